@@ -1,0 +1,74 @@
+"""The ``airlock`` command line. Errors are caught here, once, and turned into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from airlock import __version__
+from airlock.errors import AirlockError, ExitCode
+
+__all__ = ["build_parser", "main"]
+
+# Each module in airlock._commands registers one top-level command.
+_COMMANDS = ("run", "verify", "show", "seal", "policy")
+
+
+def _exit_table() -> str:
+    rows = "\n".join(f"  {int(code):>3}  {code.meaning}" for code in ExitCode)
+    return (
+        "exit codes:\n"
+        f"{rows}\n"
+        "  `airlock run` returns the wrapped command's status; when Airlock itself fails it returns\n"
+        "  one of 80-87 and prints a line starting with 'airlock: error' on stderr."
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airlock",
+        description="Run AI agents in CI/CD behind an airlock: masked, recorded, sealed.",
+        epilog=_exit_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"airlock {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMANDS:
+        module = importlib.import_module(f"airlock._commands.{name}")
+        module.register(sub)
+    return parser
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help exits 0, bad usage exits 2 → our usage code
+        code = exc.code if isinstance(exc.code, int) else 0
+        return int(ExitCode.USAGE) if code == 2 else code
+    try:
+        result: int = args.func(args)
+        return result
+    except AirlockError as exc:
+        print(f"airlock: error: {exc.explain()}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug; the message of a foreign exception may hold data, so not shown
+        if os.environ.get("AIRLOCK_DEBUG"):
+            raise
+        print(
+            f"airlock: error: internal error ({type(exc).__name__}); "
+            "rerun with AIRLOCK_DEBUG=1 for a traceback and report it",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

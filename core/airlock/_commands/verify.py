@@ -1,0 +1,17 @@
+"""`airlock verify` (being built)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from airlock.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("verify", help="(not built yet)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    raise UsageError("`airlock verify` is not built yet")
