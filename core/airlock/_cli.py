@@ -22,8 +22,8 @@ def _exit_table() -> str:
     return (
         "exit codes:\n"
         f"{rows}\n"
-        "  `airlock run` returns the wrapped command's status; when Airlock itself fails it returns\n"
-        "  one of 80-87 and prints a line starting with 'airlock: error' on stderr."
+        "  `airlock run` returns the wrapped command's status; when Airlock itself fails\n"
+        "  it returns one of 80-87 and prints a line starting with 'airlock: error' on stderr."
     )
 
 
@@ -42,8 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -59,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a bug; the message of a foreign exception may hold data, so not shown
+    except (
+        Exception
+    ) as exc:  # a bug; the message of a foreign exception may hold data, so not shown
         if os.environ.get("AIRLOCK_DEBUG"):
             raise
         print(

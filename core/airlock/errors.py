@@ -114,7 +114,9 @@ class VerificationFailed(AirlockError):
 
     exit_code = ExitCode.VERIFY_FAILED
 
-    def __init__(self, message: str, *, kind: str, line: int | None = None, hint: str | None = None):
+    def __init__(
+        self, message: str, *, kind: str, line: int | None = None, hint: str | None = None
+    ):
         super().__init__(message, hint=hint)
         self.kind = kind
         self.line = line
