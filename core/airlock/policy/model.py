@@ -1,0 +1,344 @@
+"""The session policy (``airlock.yaml``) as frozen pydantic models.
+
+Every section is one field of :class:`Policy` with a default, so a policy of ``{}`` is valid and
+means :data:`DEFAULT_POLICY`. Adding a section later (``gateways``, ``guardrails``, ...) is one
+new field here. Unknown keys are refused at every level (``extra="forbid"``): a misspelt key must
+never silently turn a protection off.
+
+Validators never put the offending *value* into a message when it could be a secret (an
+environment entry written as ``NAME=value`` is reported by position, not echoed). Regex text and
+rule ids are configuration, not secrets, and are shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+import re2
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "BUILTIN_RULE_IDS",
+    "DEFAULT_POLICY",
+    "ENV_NAME_PATTERN",
+    "ENV_REMOVE_PATTERN",
+    "RULE_ID_PATTERN",
+    "CaptureSettings",
+    "EnvironmentPolicy",
+    "MaskPattern",
+    "MaskPolicy",
+    "Policy",
+    "env_pattern_matches",
+]
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_REMOVE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*\*?$"
+RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+# Ids of the masker's built-in rules, reserved so that a user rule can never shadow one in
+# events and reports. The masker (airlock.mask) owns the rules; its ids must be in this set or
+# start with one of the reserved prefixes ``builtin.`` / ``airlock.``.
+BUILTIN_RULE_IDS: frozenset[str] = frozenset(
+    {
+        "aws-access-key-id",
+        "aws-secret-access-key",
+        "github-token",
+        "github-pat",
+        "gitlab-token",
+        "slack-token",
+        "openai-api-key",
+        "anthropic-api-key",
+        "google-api-key",
+        "stripe-key",
+        "jwt",
+        "private-key",
+        "basic-auth-url",
+        "bearer-token",
+        "npm-token",
+        "pypi-token",
+        "env",
+    }
+)
+_RESERVED_PREFIXES = ("builtin.", "airlock.")
+
+_ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
+_ENV_REMOVE_RE = re.compile(ENV_REMOVE_PATTERN)
+_RULE_ID_RE = re.compile(RULE_ID_PATTERN)
+
+# Probes for "this pattern can match nothing at all": a zero-length match would make the masker
+# loop or mask nothing, and is always a mistake in a secret rule.
+_EMPTY_PROBES = ("", "a", "A", "0", " ", "_", "-", "a b", "\n")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_env_name(value: str) -> str:
+    if _ENV_NAME_RE.match(value):
+        return value
+    if "=" in value:
+        raise PydanticCustomError(
+            "airlock_env_assignment",
+            "looks like NAME=value: list only the variable name, never its value "
+            "(and rotate that secret if this file was shared)",
+        )
+    raise PydanticCustomError(
+        "airlock_env_name",
+        "not an environment variable name (letters, digits and _, not starting with a digit)",
+    )
+
+
+def _check_remove_entry(value: str) -> str:
+    if _ENV_REMOVE_RE.match(value):
+        return value
+    if "=" in value:
+        raise PydanticCustomError(
+            "airlock_env_assignment",
+            "looks like NAME=value: list only the variable name, never its value",
+        )
+    if "*" in value:
+        raise PydanticCustomError(
+            "airlock_env_glob",
+            "'*' is allowed only once, at the end (e.g. VAULT_*)",
+        )
+    raise PydanticCustomError(
+        "airlock_env_name",
+        "not an environment variable name or NAME_* prefix glob "
+        "(letters, digits and _, not starting with a digit)",
+    )
+
+
+EnvName = Annotated[
+    str,
+    AfterValidator(_check_env_name),
+    WithJsonSchema({"type": "string", "pattern": ENV_NAME_PATTERN}),
+]
+EnvRemoveEntry = Annotated[
+    str,
+    AfterValidator(_check_remove_entry),
+    WithJsonSchema({"type": "string", "pattern": ENV_REMOVE_PATTERN}),
+]
+
+
+def env_pattern_matches(pattern: str, name: str) -> bool:
+    """True when variable ``name`` matches ``pattern``: an exact name or a trailing ``*`` glob."""
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def _duplicates(items: tuple[str, ...]) -> list[str]:
+    seen: set[str] = set()
+    dupes: list[str] = []
+    for item in items:
+        if item in seen and item not in dupes:
+            dupes.append(item)
+        seen.add(item)
+    return dupes
+
+
+class CaptureSettings(_Section):
+    """How the agent's processes are captured."""
+
+    exec: Literal["required", "best_effort", "off"] = Field(
+        default="required",
+        description=(
+            "Exec tracing of every child process. required: the session fails closed when the "
+            "tracer cannot run; best_effort: run without it and record that; off: do not trace."
+        ),
+    )
+    pty: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description=(
+            "Run the command under a pseudo-terminal. auto: when airlock's stdout is a terminal; "
+            "always; never (plain pipes)."
+        ),
+    )
+
+
+class MaskPattern(_Section):
+    """One extra masking rule: an RE2 regex whose matches are replaced in all recorded output."""
+
+    id: str = Field(
+        description="Stable rule id shown in events and reports (lowercase, digits, - _ .).",
+        json_schema_extra={"pattern": RULE_ID_PATTERN},
+    )
+    regex: str = Field(description="RE2 syntax; must not match the empty string.", min_length=1)
+    max_len: StrictInt = Field(
+        default=512,
+        ge=1,
+        le=65536,
+        description="Longest match the rule can produce, in bytes; bounds streaming look-back.",
+    )
+    description: str = Field(default="", description="Free text for humans.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _RULE_ID_RE.match(value):
+            raise PydanticCustomError(
+                "airlock_rule_id",
+                "rule id '{id}' must be 1-64 of a-z 0-9 - _ . starting with a letter or digit",
+                {"id": value[:64]},
+            )
+        if value in BUILTIN_RULE_IDS or value.startswith(_RESERVED_PREFIXES):
+            raise PydanticCustomError(
+                "airlock_rule_id_reserved",
+                "rule id '{id}' is reserved for a built-in rule; pick another id",
+                {"id": value},
+            )
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str) -> str:
+        options = re2.Options()
+        options.log_errors = False  # RE2 would otherwise print to stderr behind our back
+        try:
+            compiled = re2.compile(value, options)
+        except re2.error as exc:
+            raise PydanticCustomError(
+                "airlock_regex",
+                "not a valid RE2 regex: {why} (RE2 has no lookaround or backreferences)",
+                {"why": _re2_reason(exc)},
+            ) from exc
+        if any(_matches_empty(compiled, probe) for probe in _EMPTY_PROBES):
+            raise PydanticCustomError(
+                "airlock_regex_empty",
+                "regex can match the empty string; use + instead of * or remove the empty branch",
+            )
+        return value
+
+
+def _re2_reason(exc: Exception) -> str:
+    raw = exc.args[0] if exc.args else exc
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _matches_empty(compiled: Any, probe: str) -> bool:
+    match = compiled.search(probe)
+    return match is not None and match.end() == match.start()
+
+
+class MaskPolicy(_Section):
+    """What counts as a secret in recorded output."""
+
+    env: tuple[EnvName, ...] = Field(
+        default=(),
+        description=(
+            "Names of environment variables whose values are secrets: each value (and its common "
+            "encodings) is masked wherever it appears. Names only, never values."
+        ),
+    )
+    patterns: tuple[MaskPattern, ...] = Field(
+        default=(), description="Extra regex rules, ids unique and not clashing with built-ins."
+    )
+    correlate: Literal["none", "hmac"] = Field(
+        default="none",
+        description=(
+            "none: a masked secret becomes [MASKED:<rule>]; hmac: the replacement also carries a "
+            "keyed hash so equal secrets can be correlated without revealing them."
+        ),
+    )
+    builtin: StrictBool = Field(
+        default=True, description="Use the built-in secret patterns (tokens, keys, JWTs, ...)."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        dupes = _duplicates(value)
+        if dupes:
+            raise PydanticCustomError(
+                "airlock_duplicate", "listed more than once: {names}", {"names": ", ".join(dupes)}
+            )
+        return value
+
+    @field_validator("patterns")
+    @classmethod
+    def _ids_unique(cls, value: tuple[MaskPattern, ...]) -> tuple[MaskPattern, ...]:
+        dupes = _duplicates(tuple(p.id for p in value))
+        if dupes:
+            raise PydanticCustomError(
+                "airlock_duplicate",
+                "rule ids must be unique; used more than once: {ids}",
+                {"ids": ", ".join(dupes)},
+            )
+        return value
+
+
+class EnvironmentPolicy(_Section):
+    """What the agent's environment may contain."""
+
+    remove: tuple[EnvRemoveEntry, ...] = Field(
+        default=(),
+        description=(
+            "Variables removed from the agent's environment: exact names or NAME_* prefix globs "
+            "('*' only at the end)."
+        ),
+    )
+    keep_masked_vars: StrictBool = Field(
+        default=True,
+        description=(
+            "Keep the variables listed in mask.env visible to the agent (their values are masked "
+            "in recorded output). false removes them from the agent's environment too."
+        ),
+    )
+
+    @field_validator("remove")
+    @classmethod
+    def _remove_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        dupes = _duplicates(value)
+        if dupes:
+            raise PydanticCustomError(
+                "airlock_duplicate", "listed more than once: {names}", {"names": ", ".join(dupes)}
+            )
+        return value
+
+    def removes(self, name: str) -> bool:
+        """True when variable ``name`` is matched by one of the ``remove`` entries."""
+        return any(env_pattern_matches(pattern, name) for pattern in self.remove)
+
+
+class Policy(_Section):
+    """A session policy: how a session is recorded. ``Policy()`` is the default policy."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="Airlock session policy (airlock.yaml)",
+    )
+
+    version: Literal[1] = Field(default=1, description="Policy format version; only 1 exists.")
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    mask: MaskPolicy = Field(default_factory=MaskPolicy)
+    environment: EnvironmentPolicy = Field(default_factory=EnvironmentPolicy)
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the canonical JSON of the effective policy, for session records.
+
+        Two files that differ only in comments, key order or spelt-out defaults have one digest.
+        """
+        canonical = json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+DEFAULT_POLICY: Policy = Policy()
+"""What ``airlock run`` uses without ``--policy``: exec capture required, pty auto, built-in
+masking on, nothing removed beyond the CI variables Airlock always withholds."""
