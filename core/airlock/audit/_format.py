@@ -1,0 +1,82 @@
+"""The byte layout of a session, shared by the writer, the sealer and the verifier.
+
+A line is ``{"seq":N,"ts":"…","type":"…","prev":"<hex>","data":{…}}`` with the keys in that order
+and nothing else, so the verifier can check seq and prev with one anchored match per line instead
+of decoding the JSON. ``prev`` is the SHA-256 of the previous line's bytes without its ``\\n``;
+line 1 chains to ``SHA-256(b"airlock-genesis:" + session_id)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+__all__ = [
+    "EVENTS_FILE",
+    "FORMAT",
+    "HEX64_RE",
+    "LINE_RE",
+    "MANIFEST_FILE",
+    "SESSION_ID_RE",
+    "TYPE_RE",
+    "canonical_json",
+    "encode_line",
+    "genesis",
+    "line_hash",
+]
+
+FORMAT: Final = "airlock-session/1"
+EVENTS_FILE: Final = "events.jsonl"
+MANIFEST_FILE: Final = "manifest.json"
+_GENESIS_PREFIX: Final = b"airlock-genesis:"
+
+# A session id is one safe path component: it names a directory and an S3 key segment.
+SESSION_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TYPE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
+# One whole line, as the writer lays it out. Group 1: seq, group 2: prev. ``.*`` with DOTALL
+# jumps to the end of the line, so the match costs the same for a 100-byte or a 1-MB line.
+LINE_RE: Final = re.compile(
+    rb'\{"seq":(0|[1-9][0-9]{0,18}),"ts":"[^"\\]*","type":"[A-Za-z0-9._:-]+",'
+    rb'"prev":"([0-9a-f]{64})","data":\{.*\}\}',
+    re.DOTALL,
+)
+
+
+def genesis(session_id: str) -> str:
+    """The value line 1's ``prev`` chains to: binds the log to its session id."""
+    return hashlib.sha256(_GENESIS_PREFIX + session_id.encode("utf-8")).hexdigest()
+
+
+def line_hash(line: bytes) -> str:
+    """SHA-256 hex of one line's exact bytes, without the trailing newline."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def _dump_data(data: Mapping[str, Any]) -> bytes:
+    obj = dict(data)
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (undecodable bytes carried as str) cannot be UTF-8: escape them as
+        # \udcXX. The line stays valid JSON and nothing recorded is dropped.
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_line(seq: int, ts: str, type_: str, prev: str, data: Mapping[str, Any]) -> bytes:
+    """One event line in the fixed key order, without the trailing newline."""
+    head = (
+        f'{{"seq":{seq:d},"ts":{json.dumps(ts)},"type":{json.dumps(type_)},"prev":"{prev}","data":'
+    )
+    return head.encode("ascii") + _dump_data(data) + b"}"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, compact, UTF-8: the bytes a manifest signature covers."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")

@@ -1,0 +1,229 @@
+"""The append-only, hash-chained session log: :class:`SessionWriter`.
+
+Each event is one ``os.write`` of a whole line on an ``O_APPEND`` descriptor, with no buffering
+in Python: a SIGKILL loses at most the line being written, and what is already written stays
+readable and verifiable. The writer fsyncs only when sealing.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from airlock.audit._format import (
+    EVENTS_FILE,
+    SESSION_ID_RE,
+    TYPE_RE,
+    encode_line,
+    genesis,
+    line_hash,
+)
+from airlock.audit._manifest import LogState, build_manifest, write_manifest
+from airlock.audit.keys import SigningKey
+from airlock.errors import RecordingError, UsageError
+from airlock.events import utc_now
+
+__all__ = ["SessionWriter", "new_session_id"]
+
+
+def new_session_id() -> str:
+    """A time-sortable id: ``20261125T172500Z-`` + 10 random hex digits."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(5)}"
+
+
+def check_session_id(session_id: str) -> str:
+    """Return ``session_id`` if it is one safe path component, else raise UsageError."""
+    if not SESSION_ID_RE.fullmatch(session_id):
+        raise UsageError(
+            f"invalid session id {session_id!r}",
+            hint="use letters, digits, '.', '_' and '-' (up to 128), starting with a letter/digit",
+        )
+    return session_id
+
+
+class SessionWriter:
+    """Appends events to ``<sessions>/<id>/events.jsonl`` and seals the session.
+
+    Thread-safe. After a failed write the writer is *broken*: every later append raises
+    RecordingError, and :meth:`seal` can only seal the session as incomplete.
+    """
+
+    def __init__(self, session_id: str, path: Path, fd: int) -> None:
+        """Use :meth:`create`; this wraps an already opened, empty events file."""
+        self.session_id = session_id
+        self.path = path
+        self.seq = 0
+        self.head = genesis(session_id)
+        self._fd: int | None = fd
+        self._lock = threading.Lock()
+        self._whole = hashlib.sha256()
+        self._bytes = 0
+        self._first_ts: str | None = None
+        self._last_ts: str | None = None
+        self._failure: str | None = None
+        self._manifest: dict[str, Any] | None = None
+
+    @classmethod
+    def create(cls, sessions_dir: Path, session_id: str | None = None) -> SessionWriter:
+        """Create the session directory (0700) and an empty events file (0600)."""
+        sid = check_session_id(session_id) if session_id is not None else new_session_id()
+        session_dir = Path(sessions_dir) / sid
+        try:
+            session_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            session_dir.mkdir(mode=0o700)
+        except FileExistsError as exc:
+            raise UsageError(
+                f"session {sid} already exists in {session_dir.parent}",
+                hint="pick another session id, or leave it unset for a fresh one",
+            ) from exc
+        except OSError as exc:
+            raise RecordingError(
+                f"cannot create session directory {session_dir}: {exc.strerror}"
+            ) from exc
+        events = session_dir / EVENTS_FILE
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(events, flags, 0o600)
+        except OSError as exc:
+            raise RecordingError(f"cannot create session log {events}: {exc.strerror}") from exc
+        return cls(sid, session_dir, fd)
+
+    @property
+    def events_path(self) -> Path:
+        """The ``events.jsonl`` file."""
+        return self.path / EVENTS_FILE
+
+    @property
+    def broken(self) -> bool:
+        """True once a write failed: the log stops at the last complete line."""
+        return self._failure is not None
+
+    def append(self, type: str, data: Mapping[str, Any]) -> int:
+        """Append one event and return its seq.
+
+        Raises RecordingError when the line cannot be written (ENOSPC, EFBIG, …) or the writer
+        is already broken, and UsageError after seal/close. ``data`` must be JSON-serialisable.
+        """
+        type_ = str(type)
+        if not TYPE_RE.fullmatch(type_):
+            raise ValueError(f"invalid event type {type_!r}")
+        with self._lock:
+            fd = self._writable_fd()
+            ts = utc_now()
+            line = encode_line(self.seq, ts, type_, self.head, data)
+            payload = line + b"\n"
+            self._write_line(fd, payload)
+            self._whole.update(payload)
+            self._bytes += len(payload)
+            self.head = line_hash(line)
+            self._first_ts = self._first_ts or ts
+            self._last_ts = ts
+            self.seq += 1
+            return self.seq - 1
+
+    def seal(
+        self,
+        key: SigningKey,
+        *,
+        exit_code: int | None,
+        status: str = "complete",
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Fsync the log, write ``manifest.json`` (atomic, 0600), close, and return the manifest.
+
+        A broken writer is sealed as incomplete whatever ``status`` says, with the write
+        failure as the reason unless one is given.
+        """
+        with self._lock:
+            if self._manifest is not None:
+                raise UsageError(f"session {self.session_id} is already sealed")
+            if self._failure is not None:
+                status, reason = "incomplete", reason or self._failure
+            self._fsync_log()
+            manifest = build_manifest(
+                self._state(), key, status=status, exit_code=exit_code, reason=reason
+            )
+            write_manifest(self.path, manifest)
+            self._manifest = manifest
+            self._close_fd()
+            return manifest
+
+    def close(self) -> None:
+        """Close the log without sealing (``airlock seal`` can seal it later as incomplete)."""
+        with self._lock:
+            self._close_fd()
+
+    def __enter__(self) -> SessionWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SessionWriter(session_id={self.session_id!r}, seq={self.seq})"
+
+    def _writable_fd(self) -> int:
+        if self._failure is not None:
+            raise RecordingError(
+                f"session log {self.events_path} stopped after a failed write ({self._failure})"
+            )
+        if self._fd is None:
+            raise UsageError(f"session {self.session_id} is closed or sealed; cannot append")
+        return self._fd
+
+    def _write_line(self, fd: int, payload: bytes) -> None:
+        view = memoryview(payload)
+        try:
+            while view:  # a short write (e.g. at RLIMIT_FSIZE) is retried; the retry then fails
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            self._failure = f"write failed: {name} ({exc.strerror})"
+            raise RecordingError(
+                f"could not write to session log {self.events_path}: {exc.strerror}"
+            ) from exc
+
+    def _fsync_log(self) -> None:
+        try:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                return
+            fd = os.open(self.events_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise RecordingError(
+                f"could not flush session log {self.events_path}: {exc.strerror}"
+            ) from exc
+
+    def _state(self) -> LogState:
+        return LogState(
+            session_id=self.session_id,
+            event_count=self.seq,
+            head=self.head,
+            log_sha256=self._whole.hexdigest(),
+            log_bytes=self._bytes,
+            started_at=self._first_ts,
+            ended_at=self._last_ts,
+        )
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
