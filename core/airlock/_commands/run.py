@@ -1,17 +1,96 @@
-"""`airlock run` (being built)."""
+"""``airlock run [--policy F] [--sessions DIR] -- CMD…``: run CMD inside a recorded session."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
+from airlock._commands._common import add_flag, default_sessions_dir
 from airlock.errors import UsageError
+
+__all__ = ["register"]
+
+COMMAND_NOT_FOUND = 127
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser("run", help="(not built yet)")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "run",
+        help="run a command inside a recorded, masked, sealed session",
+        description=(
+            "Run COMMAND inside an Airlock session. Its output is masked before it is shown or "
+            "recorded; every process it starts is recorded; the log is sealed and signed at the "
+            "end. The exit status is COMMAND's own (127 if it does not exist); Airlock's own "
+            "failures use 80-87 and print a line starting with 'airlock: error'."
+        ),
+    )
+    add_flag(
+        parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy (airlock.yaml)"
+    )
+    add_flag(
+        parser,
+        "--sessions",
+        env="AIRLOCK_SESSIONS",
+        type=Path,
+        default=default_sessions_dir(),
+        help="directory that holds session logs (default: .airlock/sessions)",
+    )
+    add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, help="Ed25519 signing key (PEM)")
+    add_flag(
+        parser,
+        "--pty",
+        env="AIRLOCK_PTY",
+        choices=("auto", "always", "never"),
+        help="override the policy's capture.pty",
+    )
+    add_flag(parser, "--strace", env="AIRLOCK_STRACE", help="path of the strace binary")
+    add_flag(parser, "--quiet", env="AIRLOCK_QUIET", action="store_true", help="no summary line")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise UsageError("`airlock run` is not built yet")
+    # Imported here so that `airlock --help` and the other commands start fast.
+    from airlock.audit import load_signing_key
+    from airlock.capture.session import CommandNotFound, SessionRequest, run_session
+    from airlock.ci import agent_environment, detect_identity, removed_names
+    from airlock.policy import DEFAULT_POLICY, load_policy
+
+    argv = list(args.command)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise UsageError(
+            "no command given", hint="usage: airlock run [OPTIONS] -- COMMAND [ARGS...]"
+        )
+    policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
+    environ = dict(os.environ)
+    request = SessionRequest(
+        argv=tuple(argv),
+        sessions_dir=args.sessions,
+        policy=policy,
+        identity=detect_identity(environ),
+        key=load_signing_key(args.key),
+        agent_env=agent_environment(environ, policy),
+        secret_env=environ,
+        env_removed=tuple(removed_names(environ, policy)),
+        use_pty=None if args.pty in (None, "auto") else args.pty == "always",
+        policy_source=str(args.policy) if args.policy else None,
+        strace_path=args.strace,
+    )
+    try:
+        outcome = run_session(request)
+    except CommandNotFound as exc:
+        print(f"airlock: error: {exc.explain()}", file=sys.stderr)
+        return COMMAND_NOT_FOUND
+    if not args.quiet:
+        manifest = outcome.manifest
+        print(
+            f"airlock: session {outcome.session_id} sealed ({manifest.get('event_count')} events, "
+            f"exit {outcome.exit_status}): {outcome.path}",
+            file=sys.stderr,
+        )
+    return outcome.exit_status

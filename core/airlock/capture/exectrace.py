@@ -1,0 +1,278 @@
+"""Sans-I/O parser of ``strace -f`` output: text lines in, process events out.
+
+We run ``strace -f --seccomp-bpf -q -ttt -y -s 65536 -e signal=none
+-e trace=execve,execveat,exit_group,chdir,fchdir,clone,clone3,fork,vfork -o FIFO -- CMD``
+and feed what it writes to :class:`ExecTraceParser`. strace interleaves processes: a call may
+be split into ``<unfinished ...>`` and ``<... NAME resumed>`` halves, and a child's first call can
+appear before its parent's ``clone`` returns. So exec events are held until the parent of the pid
+is known (or the trace ends) and are then released in order.
+
+No sockets or files here: tests feed lines one byte at a time.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "STRACE_ARGS",
+    "ExecTraceParser",
+    "ProcessExec",
+    "ProcessExit",
+    "parse_c_string",
+]
+
+STRACE_ARGS = (
+    "-f",
+    "--seccomp-bpf",
+    "-q",
+    "-ttt",
+    "-y",
+    "-s",
+    "65536",
+    "-e",
+    "signal=none",
+    "-e",
+    "trace=execve,execveat,exit_group,chdir,fchdir,clone,clone3,fork,vfork",
+)
+
+_LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
+_CALL = re.compile(r"^([a-z_0-9]+)\((.*)$")
+_RESUMED = re.compile(r"^<\.\.\. ([a-z_0-9]+) resumed>(.*)$")
+_RESULT = re.compile(r"\)\s+=\s+(-?\d+|\?)(?:\s.*)?$")
+_EXITED = re.compile(r"^\+\+\+ exited with (\d+) \+\+\+$")
+_KILLED = re.compile(r"^\+\+\+ killed by (SIG[A-Z0-9]+)(?: \(core dumped\))? \+\+\+$")
+_FD_PATH = re.compile(r"^-?\d+<(.*)>$")
+_UNFINISHED = " <unfinished ...>"
+_FORKS = frozenset({"clone", "clone3", "fork", "vfork"})
+_MAX_HELD = 1000  # events waiting for a parent pid; past this they go out without one
+
+
+@dataclass(frozen=True)
+class ProcessExec:
+    pid: int
+    ppid: int | None
+    path: str
+    argv: tuple[str, ...]
+    cwd: str | None
+    ts: float
+    truncated: bool = False  # strace cut an argument (longer than -s)
+
+
+@dataclass(frozen=True)
+class ProcessExit:
+    pid: int
+    ts: float
+    status: int | None = None
+    signal: str | None = None
+
+
+_ESCAPES = {"n": 10, "t": 9, "r": 13, "v": 11, "f": 12, "a": 7, "b": 8, "\\": 92, '"': 34}
+
+
+def parse_c_string(text: str, start: int) -> tuple[str, int, bool]:
+    """Parse the strace-quoted string starting at ``text[start] == '"'``.
+
+    Returns the decoded string (UTF-8, undecodable bytes replaced), the index just past it, and
+    whether strace marked it truncated (a ``...`` right after the closing quote).
+    """
+    if text[start] != '"':
+        raise ValueError("not a quoted string")
+    out = bytearray()
+    i = start + 1
+    while text[i] != '"':
+        ch = text[i]
+        if ch != "\\":
+            out += ch.encode()
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "x":
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        elif nxt.isdigit():
+            j = i + 1
+            while j < i + 4 and text[j].isdigit():
+                j += 1
+            out.append(int(text[i + 1 : j], 8) & 0xFF)
+            i = j
+        else:
+            out.append(_ESCAPES.get(nxt, ord(nxt)))
+            i += 2
+    end = i + 1
+    truncated = text.startswith("...", end)
+    if truncated:
+        end += 3
+    return out.decode("utf-8", errors="replace"), end, truncated
+
+
+def _parse_string_list(text: str, start: int) -> tuple[tuple[str, ...], int, bool]:
+    """Parse ``["a", "b"]`` (possibly ending in ``...``) starting at ``text[start] == '['``."""
+    items: list[str] = []
+    truncated = False
+    i = start + 1
+    while i < len(text):
+        ch = text[i]
+        if ch == '"':
+            value, i, cut = parse_c_string(text, i)
+            items.append(value)
+            truncated |= cut
+        elif ch == "]":
+            return tuple(items), i + 1, truncated
+        elif text.startswith("...", i):
+            truncated = True
+            i += 3
+        else:
+            i += 1
+    raise ValueError("unterminated list")
+
+
+class ExecTraceParser:
+    """Turn strace lines into :class:`ProcessExec` / :class:`ProcessExit` events."""
+
+    def __init__(self, *, root_ppid: int | None, root_cwd: str) -> None:
+        self._root_ppid = root_ppid
+        self._root_cwd = root_cwd
+        self._root: int | None = None
+        self._buffer = ""
+        self._pending_call: dict[int, str] = {}
+        self._parent: dict[int, int | None] = {}
+        self._cwd: dict[int, str] = {}
+        self._threads: set[int] = set()
+        self._held: list[ProcessExec | ProcessExit] = []
+        self.unparsed_lines = 0
+
+    @property
+    def root_pid(self) -> int | None:
+        """The first traced pid: the command itself."""
+        return self._root
+
+    def feed(self, data: str) -> list[ProcessExec | ProcessExit]:
+        """Feed raw text (any split); return the events that are complete and releasable."""
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._line(line)
+        return self._release(final=False)
+
+    def close(self) -> list[ProcessExec | ProcessExit]:
+        """End of trace: parse what is left and release every held event."""
+        if self._buffer:
+            self._line(self._buffer)
+            self._buffer = ""
+        return self._release(final=True)
+
+    def _release(self, *, final: bool) -> list[ProcessExec | ProcessExit]:
+        out: list[ProcessExec | ProcessExit] = []
+        final = final or len(self._held) > _MAX_HELD
+        for i, event in enumerate(self._held):
+            if not final and event.pid not in self._parent:
+                self._held = self._held[i:]
+                return out
+            out.append(self._complete(event))
+        self._held = []
+        return out
+
+    def _complete(self, event: ProcessExec | ProcessExit) -> ProcessExec | ProcessExit:
+        if isinstance(event, ProcessExit):
+            return event
+        ppid = self._parent.get(event.pid)
+        cwd = event.cwd or self._cwd.get(ppid) if ppid is not None else event.cwd
+        return ProcessExec(event.pid, ppid, event.path, event.argv, cwd, event.ts, event.truncated)
+
+    def _line(self, line: str) -> None:
+        match = _LINE.match(line)
+        if match is None:
+            self.unparsed_lines += bool(line.strip())
+            return
+        pid, ts, rest = int(match[1]), float(match[2]), match[3]
+        if self._root is None:
+            self._root = pid
+            self._parent[pid] = self._root_ppid
+            self._cwd[pid] = self._root_cwd
+        for event in self._statement(pid, ts, rest):
+            self._held.append(event)
+
+    def _statement(self, pid: int, ts: float, rest: str) -> Iterator[ProcessExec | ProcessExit]:
+        if rest.startswith("+++"):
+            yield from self._exit(pid, ts, rest)
+            return
+        resumed = _RESUMED.match(rest)
+        if resumed:
+            head = self._pending_call.pop(pid, None)
+            if head is None:
+                self.unparsed_lines += 1
+                return
+            rest = head + resumed[2]
+        elif rest.endswith(_UNFINISHED):
+            self._pending_call[pid] = rest[: -len(_UNFINISHED)]
+            return
+        call = _CALL.match(rest)
+        result = _RESULT.search(rest)
+        if call is None or result is None:
+            self.unparsed_lines += 1
+            return
+        yield from self._syscall(pid, ts, call[1], call[2], result[1])
+
+    def _exit(self, pid: int, ts: float, rest: str) -> Iterator[ProcessExit]:
+        if pid in self._threads:
+            return
+        exited = _EXITED.match(rest)
+        if exited:
+            yield ProcessExit(pid, ts, status=int(exited[1]))
+            return
+        killed = _KILLED.match(rest)
+        if killed:
+            yield ProcessExit(pid, ts, signal=killed[1])
+            return
+        self.unparsed_lines += 1
+
+    def _syscall(
+        self, pid: int, ts: float, name: str, args: str, ret: str
+    ) -> Iterator[ProcessExec]:
+        if name in _FORKS:
+            self._forked(pid, args, ret)
+        elif name in ("chdir", "fchdir") and ret == "0":
+            self._chdir(pid, name, args)
+        elif name in ("execve", "execveat") and ret == "0":
+            yield self._exec(pid, ts, name, args)
+
+    def _forked(self, pid: int, args: str, ret: str) -> None:
+        if not ret.isdigit():
+            return
+        child = int(ret)
+        if "CLONE_THREAD" in args:
+            self._threads.add(child)
+            return
+        self._parent[child] = pid
+        self._cwd.setdefault(child, self._cwd.get(pid, self._root_cwd))
+
+    def _chdir(self, pid: int, name: str, args: str) -> None:
+        if name == "chdir" and args.startswith('"'):
+            target, _, _ = parse_c_string(args, 0)
+        else:
+            fd = _FD_PATH.match(args.split(")", 1)[0])
+            if fd is None:
+                return
+            target = fd[1]
+        base = self._cwd.get(pid, self._root_cwd)
+        self._cwd[pid] = posixpath.normpath(posixpath.join(base, target))
+
+    def _exec(self, pid: int, ts: float, name: str, args: str) -> ProcessExec:
+        start = args.index('"')
+        path, end, cut_path = parse_c_string(args, start)
+        if name == "execveat" and not path.startswith("/"):
+            dirfd = _FD_PATH.match(args[:start].rstrip(", "))
+            if dirfd is not None:
+                path = posixpath.join(dirfd[1], path)
+        argv: tuple[str, ...] = ()
+        cut_argv = False
+        bracket = args.find("[", end)
+        if bracket != -1:
+            argv, _, cut_argv = _parse_string_list(args, bracket)
+        self._threads.discard(pid)  # a thread that execs becomes the process
+        cwd = self._cwd.get(pid)
+        return ProcessExec(pid, None, path, argv, cwd, ts, cut_path or cut_argv)

@@ -1,0 +1,366 @@
+"""Run one command under capture: a pseudo-terminal or pipes, the exec tracer, signal forwarding.
+
+The runner knows nothing about masking or logs. It hands raw output to ``on_output`` (which
+masks, shows and records it) and process events to ``on_process``; ``on_idle`` is called when
+the output has been quiet for ``idle_seconds``, so held-back bytes (a prompt) can be shown.
+Everything runs in one thread around one selector.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import tempfile
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from selectors import EVENT_READ, PollSelector, SelectorKey
+from types import FrameType
+
+from airlock.capture.exectrace import ExecTraceParser, ProcessExec, ProcessExit
+from airlock.capture.tracer import TracerStatus
+
+__all__ = ["Command", "ProcessRunner", "RunResult"]
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_READ_SIZE = 1 << 20
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+_WATCHED_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGWINCH, signal.SIGCHLD)
+_DRAIN_GRACE = 2.0  # seconds to keep reading after the command exits (orphans holding the pipe)
+
+OutputHandler = Callable[[str, bytes], None]
+ProcessHandler = Callable[[ProcessExec | ProcessExit], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+
+
+@dataclass
+class RunResult:
+    exit_status: int  # shell convention: the code, or 128 + signal number
+    signal: str | None = None
+    forwarded: list[str] = field(default_factory=list)
+    trace_unparsed: int = 0
+
+
+@dataclass
+class _Stream:
+    name: str
+    fd: int
+    open: bool = True
+
+
+class ProcessRunner:
+    """Spawn ``command`` (under strace when ``tracer`` is given) and pump its output."""
+
+    def __init__(
+        self,
+        command: Command,
+        *,
+        use_pty: bool,
+        tracer: TracerStatus | None,
+        on_output: OutputHandler,
+        on_process: ProcessHandler,
+        on_idle: Callable[[], None],
+        on_signal: Callable[[str], None] = lambda _name: None,
+        idle_seconds: float = 0.03,
+    ) -> None:
+        self._command = command
+        self._use_pty = use_pty
+        self._tracer = tracer if tracer is not None and tracer.available else None
+        self._on_output = on_output
+        self._on_process = on_process
+        self._on_idle = on_idle
+        self._on_signal = on_signal
+        self._idle = idle_seconds
+        self._parser: ExecTraceParser | None = None
+        self._trace_buf = b""
+        self._master = -1
+
+    def run(self) -> RunResult:
+        with contextlib.ExitStack() as stack:
+            fifo_fd = self._open_trace_fifo(stack) if self._tracer else None
+            streams, stdin_fd, proc = self._spawn(stack)
+            try:
+                return self._pump(proc, streams, stdin_fd, fifo_fd, stack)
+            except BaseException:
+                _stop(proc)  # we can no longer record: the command must not go on unrecorded
+                raise
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _open_trace_fifo(self, stack: contextlib.ExitStack) -> int:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="airlock-trace-"))
+        self._fifo_path = str(Path(tmp) / "trace")
+        os.mkfifo(self._fifo_path, 0o600)
+        read_fd = os.open(self._fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Keep a writer of our own open so reads never see EOF before strace has even started.
+        keep = os.open(self._fifo_path, os.O_WRONLY | os.O_CLOEXEC)
+        stack.callback(os.close, read_fd)
+        self._fifo_keepalive = keep
+        self._parser = ExecTraceParser(root_ppid=None, root_cwd=self._command.cwd)
+        return read_fd
+
+    def _argv(self) -> list[str]:
+        if self._tracer is None:
+            return list(self._command.argv)
+        assert self._tracer.path is not None
+        return [
+            self._tracer.path,
+            *self._tracer.args,
+            "-o",
+            self._fifo_path,
+            "--",
+            *self._command.argv,
+        ]
+
+    def _spawn(
+        self, stack: contextlib.ExitStack
+    ) -> tuple[list[_Stream], int | None, subprocess.Popen[bytes]]:
+        if self._use_pty:
+            return self._spawn_pty(stack)
+        proc = subprocess.Popen(
+            self._argv(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self._command.env,
+            cwd=self._command.cwd,
+            process_group=0,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        stack.callback(proc.stdout.close)
+        stack.callback(proc.stderr.close)
+        streams = [_Stream("stdout", proc.stdout.fileno()), _Stream("stderr", proc.stderr.fileno())]
+        for stream in streams:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(stream.fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        return streams, None, proc
+
+    def _spawn_pty(
+        self, stack: contextlib.ExitStack
+    ) -> tuple[list[_Stream], int | None, subprocess.Popen[bytes]]:
+        master, slave = os.openpty()
+        stack.callback(os.close, master)
+        self._master = master
+        _copy_winsize(1, master)
+        proc = subprocess.Popen(
+            self._argv(),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=self._command.env,
+            cwd=self._command.cwd,
+            start_new_session=True,
+            preexec_fn=_take_controlling_tty,
+        )
+        os.close(slave)
+        stdin_fd: int | None = None
+        if os.isatty(0):
+            stack.enter_context(_raw_terminal(0))
+            stdin_fd = 0
+        elif not _is_closed(0):
+            stdin_fd = 0
+        return [_Stream("pty", master)], stdin_fd, proc
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _pump(
+        self,
+        proc: subprocess.Popen[bytes],
+        streams: list[_Stream],
+        stdin_fd: int | None,
+        fifo_fd: int | None,
+        stack: contextlib.ExitStack,
+    ) -> RunResult:
+        result = RunResult(exit_status=0)
+        sel = stack.enter_context(PollSelector())  # poll, not epoll: stdin may be a regular file
+        wake_r = stack.enter_context(_signal_wakeup(_WATCHED_SIGNALS))
+        sel.register(wake_r, EVENT_READ, "signal")
+        for stream in streams:
+            sel.register(stream.fd, EVENT_READ, stream)
+        if fifo_fd is not None:
+            sel.register(fifo_fd, EVENT_READ, "trace")
+        if stdin_fd is not None:
+            sel.register(stdin_fd, EVENT_READ, "stdin")
+        self._pending_signals: list[int] = []
+        self._proc = proc
+        deadline: float | None = None
+        while True:
+            ready = sel.select(self._idle if deadline is None else min(self._idle, 0.05))
+            if not ready:
+                self._on_idle()
+            for key, _ in ready:
+                self._dispatch(key, sel, streams)
+            self._forward_signals(result)
+            if proc.poll() is not None and deadline is None:
+                deadline = time.monotonic() + _DRAIN_GRACE
+            open_streams = any(s.open for s in streams)
+            if deadline is not None and (not open_streams or time.monotonic() > deadline):
+                break
+        self._finish_trace(fifo_fd, result)
+        self._on_idle()
+        result.exit_status, result.signal = _status(proc.wait())
+        return result
+
+    def _dispatch(self, key: SelectorKey, sel: PollSelector, streams: list[_Stream]) -> None:
+        if key.data == "signal":
+            with contextlib.suppress(BlockingIOError):
+                self._pending_signals.extend(os.read(key.fd, 64))
+        elif key.data == "trace":
+            self._read_trace(key.fd)
+        elif key.data == "stdin":
+            self._forward_stdin(sel, streams[0].fd)
+        else:
+            self._read_stream(key.data, sel)
+
+    def _read_stream(self, stream: _Stream, sel: PollSelector) -> None:
+        try:
+            data = os.read(stream.fd, _READ_SIZE)
+        except OSError as exc:  # EIO: the pty's slave side is gone
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if data:
+            self._on_output(stream.name, data)
+            return
+        stream.open = False
+        sel.unregister(stream.fd)
+
+    def _forward_stdin(self, sel: PollSelector, master: int) -> None:
+        data = os.read(0, 65536)
+        if not data:  # our stdin ended: tell the program the way a terminal would
+            sel.unregister(0)
+            with contextlib.suppress(OSError):
+                os.write(master, b"\x04")
+            return
+        with contextlib.suppress(OSError):
+            _write_all(master, data)
+
+    def _read_trace(self, fd: int) -> None:
+        assert self._parser is not None
+        while True:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            for event in self._parser.feed(self._decode_trace(data)):
+                self._on_process(event)
+
+    def _decode_trace(self, data: bytes) -> str:
+        # strace escapes non-ASCII bytes, so its output is ASCII; keep a split tail anyway.
+        data = self._trace_buf + data
+        cut = data.rfind(b"\n") + 1
+        self._trace_buf = data[cut:]
+        return data[:cut].decode("ascii", errors="replace")
+
+    def _finish_trace(self, fifo_fd: int | None, result: RunResult) -> None:
+        if fifo_fd is None or self._parser is None:
+            return
+        os.close(self._fifo_keepalive)
+        self._read_trace(fifo_fd)
+        tail = self._trace_buf.decode("ascii", errors="replace")
+        self._trace_buf = b""
+        for event in self._parser.feed(tail) + self._parser.close():
+            self._on_process(event)
+        result.trace_unparsed = self._parser.unparsed_lines
+
+    def _forward_signals(self, result: RunResult) -> None:
+        while self._pending_signals:
+            signum = self._pending_signals.pop(0)
+            if signum == signal.SIGWINCH:
+                if self._use_pty:
+                    _copy_winsize(1, self._master)
+                continue
+            if signum not in FORWARDED_SIGNALS:
+                continue
+            name = signal.Signals(signum).name
+            result.forwarded.append(name)
+            self._on_signal(name)
+            target = self._parser.root_pid if self._parser and self._parser.root_pid else None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target or self._proc.pid, signum)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
+
+
+def _status(returncode: int) -> tuple[int, str | None]:
+    if returncode < 0:
+        return 128 - returncode, signal.Signals(-returncode).name
+    return returncode, None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _is_closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def _take_controlling_tty() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _copy_winsize(src: int, dst: int) -> None:
+    if dst < 0 or not os.isatty(src):
+        return
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Iterator[None]:
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+
+
+@contextlib.contextmanager
+def _signal_wakeup(signums: Sequence[int]) -> Iterator[int]:
+    """Route ``signums`` to a self-pipe; the loop reads signal numbers from the returned fd."""
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _noop(_signum: int, _frame: FrameType | None) -> None:
+        return None
+
+    previous = {s: signal.signal(s, _noop) for s in signums}
+    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    try:
+        yield read_fd
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(read_fd)
+        os.close(write_fd)

@@ -1,0 +1,338 @@
+"""One recorded session: mask, show and log a command's output and processes, then seal.
+
+This is where the domains meet: the policy says how, the masker cleans every byte before it
+is shown or stored, the runner drives the process, the audit writer chains and seals. The CLI
+(an edge) prepares the inputs that depend on the CI platform: identity and the agent's
+environment.
+
+Fail closed: when exec capture is required and the tracer cannot run, nothing starts; when the
+log cannot be written, the command is stopped and the session is sealed incomplete where the
+disk still allows it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock import __version__
+from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
+from airlock.capture.exectrace import ProcessExec, ProcessExit
+from airlock.capture.runner import Command, ProcessRunner, RunResult
+from airlock.capture.tracer import TracerStatus, probe_strace
+from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
+from airlock.events import EventType, Identity
+from airlock.mask import Masker, MaskSettings, PatternRule, StreamMasker
+from airlock.policy import Policy
+
+__all__ = [
+    "CommandNotFound",
+    "SessionOutcome",
+    "SessionRequest",
+    "build_masker",
+    "run_session",
+    "seal_abandoned_sessions",
+]
+
+_TERMINAL_FD = {"stdout": 1, "pty": 1, "stderr": 2}
+
+
+class CommandNotFound(UsageError):
+    """The command does not exist; ``airlock run`` returns 127 for it, as a shell would."""
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    argv: tuple[str, ...]
+    sessions_dir: Path
+    policy: Policy
+    identity: Identity
+    key: SigningKey
+    agent_env: dict[str, str]  # already scrubbed by the caller
+    secret_env: Mapping[str, str]  # where mask.env values are read (the unscrubbed environment)
+    env_removed: tuple[str, ...] = ()
+    cwd: str = field(default_factory=os.getcwd)
+    use_pty: bool | None = None  # None: decide from the policy and whether stdout is a terminal
+    policy_source: str | None = None
+    strace_path: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionOutcome:
+    session_id: str
+    path: Path
+    exit_status: int
+    manifest: dict[str, Any]
+
+
+def build_masker(policy: Policy, secret_env: Mapping[str, str], hmac_key: bytes) -> Masker:
+    """The session's masker: built-in rules, the policy's patterns, and its env secrets."""
+    literals = tuple(
+        (f"env:{name}", secret_env[name]) for name in policy.mask.env if secret_env.get(name)
+    )
+    patterns = tuple(
+        PatternRule(p.id, p.regex, p.max_len, p.description) for p in policy.mask.patterns
+    )
+    settings = MaskSettings(
+        literals=literals,
+        patterns=patterns,
+        builtin=policy.mask.builtin,
+        correlate=policy.mask.correlate,
+        hmac_key=hmac_key if policy.mask.correlate == "hmac" else None,
+    )
+    return Masker(settings)
+
+
+def correlation_key(key: SigningKey) -> bytes:
+    """A stable secret only the signing-key holder can compute (Ed25519 signs deterministically)."""
+    return hashlib.sha256(key.sign(b"airlock:mask-correlation:v1")).digest()
+
+
+def seal_abandoned_sessions(sessions_dir: Path, key: SigningKey) -> list[Path]:
+    """Seal, as incomplete, sessions whose recorder died (no manifest, log not locked)."""
+    sealed = []
+    for path in find_unsealed(sessions_dir):
+        if _is_locked(path / "events.jsonl"):
+            continue  # a live `airlock run` owns it
+        with contextlib.suppress(AirlockError):
+            seal_session(path, key, reason="the recorder stopped before sealing (found later)")
+            sealed.append(path)
+    return sealed
+
+
+def run_session(request: SessionRequest) -> SessionOutcome:
+    """Run the command of ``request`` in a recorded session and seal it."""
+    if not request.argv:
+        raise UsageError(
+            "no command given", hint="usage: airlock run [OPTIONS] -- COMMAND [ARGS...]"
+        )
+    _resolve_command(request.argv[0], request.agent_env, request.cwd)
+    tracer = _exec_tracer(request)
+    masker = build_masker(request.policy, request.secret_env, correlation_key(request.key))
+    seal_abandoned_sessions(request.sessions_dir, request.key)
+    writer = SessionWriter.create(request.sessions_dir)
+    with _locked(writer.path / "events.jsonl"):
+        return _Session(request, writer, masker, tracer).run()
+
+
+def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
+    if "/" in name:
+        target = Path(cwd, name)
+        if os.access(target, os.X_OK) and target.is_file():
+            return
+    elif shutil.which(name, path=env.get("PATH", os.defpath)):
+        return
+    raise CommandNotFound(
+        f"command not found: {name}", hint="check the command name and the PATH the agent gets"
+    )
+
+
+def _exec_tracer(request: SessionRequest) -> TracerStatus | None:
+    mode = request.policy.capture.exec
+    if mode == "off":
+        return None
+    status = probe_strace(request.strace_path)
+    if status.available or mode == "best_effort":
+        return status
+    raise InfrastructureUnavailable(
+        f"exec capture is required by the policy, but {status.reason}",
+        hint="install strace and allow ptrace, or set `capture: {exec: best_effort}` in the policy",
+    )
+
+
+class _Session:
+    def __init__(
+        self,
+        request: SessionRequest,
+        writer: SessionWriter,
+        masker: Masker,
+        tracer: TracerStatus | None,
+    ) -> None:
+        self._req = request
+        self._writer = writer
+        self._masker = masker
+        self._tracer = tracer
+        self._streams: dict[str, StreamMasker] = {}
+        self._display_ok = {1: True, 2: True}
+        self._counts = {"processes": 0, "output_bytes": 0}
+
+    def run(self) -> SessionOutcome:
+        started = time.monotonic()
+        try:
+            self._start()
+            result = self._runner().run()
+            self._flush_all()
+            self._end(result, time.monotonic() - started)
+            manifest = self._writer.seal(self._req.key, exit_code=result.exit_status)
+        except RecordingError as exc:
+            self._seal_incomplete(f"recording failed: {exc.message}")
+            raise
+        except BaseException:
+            self._seal_incomplete("airlock stopped before the session ended")
+            raise
+        finally:
+            self._writer.close()
+        return SessionOutcome(
+            self._writer.session_id, self._writer.path, result.exit_status, manifest
+        )
+
+    def _use_pty(self) -> bool:
+        if self._req.use_pty is not None:
+            return self._req.use_pty
+        mode = self._req.policy.capture.pty
+        return mode == "always" or (mode == "auto" and os.isatty(1))
+
+    def _runner(self) -> ProcessRunner:
+        command = Command(self._req.argv, self._req.agent_env, self._req.cwd)
+        return ProcessRunner(
+            command,
+            use_pty=self._use_pty(),
+            tracer=self._tracer,
+            on_output=self._on_output,
+            on_process=self._on_process,
+            on_idle=self._on_idle,
+            on_signal=self._on_signal,
+        )
+
+    def _start(self) -> None:
+        req = self._req
+        self._writer.append(
+            EventType.SESSION_START,
+            {
+                "identity": req.identity.to_dict(),
+                "argv": [self._masker.mask_text(a) for a in req.argv],
+                "cwd": req.cwd,
+                "airlock_version": __version__,
+                "policy": {"source": req.policy_source, "sha256": req.policy.digest()},
+                "pty": self._use_pty(),
+                "mask": {
+                    "engine": self._masker.engine_name,
+                    "literals": self._masker.literal_count,
+                    "correlate": req.policy.mask.correlate,
+                },
+                "env_removed": list(req.env_removed),
+            },
+        )
+        tracer = self._tracer
+        self._writer.append(
+            EventType.CAPTURE,
+            {
+                "exec": req.policy.capture.exec,
+                "tracer": tracer.name if tracer else "none",
+                "active": bool(tracer and tracer.available),
+                "detail": tracer.reason if tracer else "exec capture is off in the policy",
+            },
+        )
+
+    def _on_signal(self, name: str) -> None:
+        self._writer.append(EventType.SIGNAL, {"forwarded": name})
+
+    def _on_output(self, stream: str, data: bytes) -> None:
+        masker = self._streams.get(stream)
+        if masker is None:
+            masker = self._streams[stream] = self._masker.stream()
+        self._emit(stream, masker.feed(data))
+
+    def _on_idle(self) -> None:
+        for stream, masker in self._streams.items():
+            self._emit(stream, masker.flush_idle())
+
+    def _flush_all(self) -> None:
+        for stream, masker in self._streams.items():
+            self._emit(stream, masker.flush())
+
+    def _emit(self, stream: str, data: bytes) -> None:
+        if not data:
+            return
+        self._show(_TERMINAL_FD[stream], data)
+        self._counts["output_bytes"] += len(data)
+        self._writer.append(EventType.OUTPUT, {"stream": stream, **_encode(data)})
+
+    def _show(self, fd: int, data: bytes) -> None:
+        if not self._display_ok[fd]:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:  # the terminal or pipe went away: keep recording, stop showing
+            self._display_ok[fd] = False
+
+    def _on_process(self, event: ProcessExec | ProcessExit) -> None:
+        if isinstance(event, ProcessExec):
+            self._counts["processes"] += 1
+            self._writer.append(
+                EventType.PROCESS_EXEC,
+                {
+                    "pid": event.pid,
+                    "ppid": event.ppid,
+                    "path": self._masker.mask_text(event.path),
+                    "argv": [self._masker.mask_text(a) for a in event.argv],
+                    "cwd": event.cwd,
+                    "at": event.ts,
+                    **({"truncated": True} if event.truncated else {}),
+                },
+            )
+        else:
+            data: dict[str, Any] = {"pid": event.pid, "at": event.ts}
+            data.update(
+                {"status": event.status} if event.signal is None else {"signal": event.signal}
+            )
+            self._writer.append(EventType.PROCESS_EXIT, data)
+
+    def _end(self, result: RunResult, duration: float) -> None:
+        self._writer.append(
+            EventType.SESSION_END,
+            {
+                "exit_status": result.exit_status,
+                "signal": result.signal,
+                "duration_seconds": round(duration, 6),
+                "signals_forwarded": result.forwarded,
+                "trace_unparsed_lines": result.trace_unparsed,
+                **self._counts,
+            },
+        )
+
+    def _seal_incomplete(self, reason: str) -> None:
+        with contextlib.suppress(AirlockError, OSError):
+            self._writer.seal(self._req.key, exit_code=None, status="incomplete", reason=reason)
+
+
+def _encode(data: bytes) -> dict[str, str]:
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def _is_locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,54 @@
+"""Find and probe the exec tracer (strace), so a missing or blocked tracer is known before the
+agent starts, not after."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from airlock.capture.exectrace import STRACE_ARGS
+
+__all__ = ["TracerStatus", "probe_strace"]
+
+_PROBE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class TracerStatus:
+    """What exec capture can do on this machine."""
+
+    available: bool
+    path: str | None
+    args: tuple[str, ...]
+    reason: str  # why it is unavailable, or what was found
+
+    @property
+    def name(self) -> str:
+        return "strace" if self.available else "none"
+
+
+def probe_strace(path: str | None = None) -> TracerStatus:
+    """Check that strace exists and may trace here (ptrace can be forbidden in containers).
+
+    Tries ``--seccomp-bpf`` first (far cheaper per syscall), then plain ``-f``.
+    """
+    found = path or shutil.which("strace")
+    if found is None:
+        return TracerStatus(False, None, (), "strace is not installed (apt-get install strace)")
+    last_error = ""
+    for args in (STRACE_ARGS, tuple(a for a in STRACE_ARGS if a != "--seccomp-bpf")):
+        try:
+            proc = subprocess.run(
+                [found, *args, "-o", "/dev/null", "--", "true"],
+                capture_output=True,
+                timeout=_PROBE_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return TracerStatus(False, found, (), f"strace could not run: {exc}")
+        if proc.returncode == 0:
+            return TracerStatus(True, found, args, f"strace at {found}")
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        last_error = lines[-1] if lines else f"exit status {proc.returncode}"
+    return TracerStatus(False, found, (), f"strace cannot trace here: {last_error}")

@@ -1,0 +1,118 @@
+"""The strace parser: real strace output, fed whole and one byte at a time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airlock.capture.exectrace import (
+    STRACE_ARGS,
+    ExecTraceParser,
+    ProcessExec,
+    ProcessExit,
+    parse_c_string,
+)
+
+SAMPLE = """\
+2037  1795627445.051532 execve("/usr/bin/sh", ["sh", "-c", "cd /tmp; ls \\"x\\\\y\\""], 0x7ffc /* 35 vars */) = 0
+2037  1795627445.052371 chdir("/tmp")   = 0
+2037  1795627445.052502 vfork( <unfinished ...>
+2038  1795627445.052630 execve("/usr/bin/ls", ["ls", "-l", "\\303\\251t\\xe9"], 0x5601 /* 35 vars */ <unfinished ...>
+2037  1795627445.052784 <... vfork resumed>) = 2038
+2038  1795627445.052860 <... execve resumed>) = 0
+2038  1795627445.054168 exit_group(0)   = ?
+2038  1795627445.054329 +++ exited with 0 +++
+2037  1795627445.054449 clone(child_stack=NULL, flags=CLONE_VM|CLONE_THREAD|CLONE_SIGHAND, tls=0x1) = 2040
+2040  1795627445.054500 exit_group(0) = ?
+2037  1795627445.054600 execve("/nope", ["nope"], 0x1 /* 1 var */) = -1 ENOENT (No such file or directory)
+2037  1795627445.056779 exit_group(3)   = ?
+2037  1795627445.056999 +++ killed by SIGKILL +++
+"""
+
+
+def _events(
+    text: str, *, step: int | None = None, cwd: str = "/work"
+) -> list[ProcessExec | ProcessExit]:
+    parser = ExecTraceParser(root_ppid=1, root_cwd=cwd)
+    out: list[ProcessExec | ProcessExit] = []
+    if step is None:
+        out += parser.feed(text)
+    else:
+        for i in range(0, len(text), step):
+            out += parser.feed(text[i : i + step])
+    return out + parser.close()
+
+
+def test_sample_gives_execs_exits_parents_and_cwd() -> None:
+    events = _events(SAMPLE)
+    execs = [e for e in events if isinstance(e, ProcessExec)]
+    exits = [e for e in events if isinstance(e, ProcessExit)]
+    assert [e.path for e in execs] == ["/usr/bin/sh", "/usr/bin/ls"]
+    assert execs[0].argv == ("sh", "-c", 'cd /tmp; ls "x\\y"')
+    assert execs[0].ppid == 1 and execs[0].cwd == "/work"
+    assert execs[1].ppid == 2037 and execs[1].cwd == "/tmp"
+    assert execs[1].argv[2] == "\u00e9t\ufffd"  # UTF-8 decoded, a lone byte replaced
+    assert [(e.pid, e.status, e.signal) for e in exits] == [
+        (2038, 0, None),
+        (2037, None, "SIGKILL"),
+    ]
+
+
+def test_one_byte_at_a_time_gives_the_same_events() -> None:
+    assert _events(SAMPLE, step=1) == _events(SAMPLE)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=1, max_value=200))
+def test_any_split_gives_the_same_events(step: int) -> None:
+    assert _events(SAMPLE, step=step) == _events(SAMPLE)
+
+
+def test_child_exec_waits_for_its_parent_to_be_known() -> None:
+    parser = ExecTraceParser(root_ppid=None, root_cwd="/")
+    first = parser.feed(
+        '10 1.0 execve("/bin/sh", ["sh"], 0x1 /* 1 var */) = 0\n'
+        '11 1.1 execve("/bin/true", ["true"], 0x1 /* 1 var */) = 0\n'
+    )
+    assert [e.pid for e in first] == [10]  # pid 11's parent is not known yet
+    second = parser.feed("10 1.2 clone(child_stack=NULL, flags=SIGCHLD) = 11\n")
+    assert [(e.pid, e.ppid) for e in second if isinstance(e, ProcessExec)] == [(11, 10)]
+
+
+@pytest.mark.parametrize(
+    ("quoted", "expected", "truncated"),
+    [
+        ('"plain"', "plain", False),
+        ('"a\\nb\\tc"', "a\nb\tc", False),
+        ('"\\x41\\102"', "AB", False),
+        ('"long"...', "long", True),
+    ],
+)
+def test_c_strings(quoted: str, expected: str, truncated: bool) -> None:
+    value, end, cut = parse_c_string(quoted, 0)
+    assert (value, end, cut) == (expected, len(quoted), truncated)
+
+
+def test_real_strace_output_parses(tmp_path: Path) -> None:
+    out = tmp_path / "trace"
+    script = "cd /; /bin/echo 'hello world' >/dev/null; (exit 4); sh -c 'exit 5'; true"
+    subprocess.run(
+        ["strace", *STRACE_ARGS, "-o", str(out), "--", "sh", "-c", script],
+        check=False,
+        cwd=tmp_path,
+    )
+    events = _events(out.read_text(), cwd=str(tmp_path))
+    execs = [e for e in events if isinstance(e, ProcessExec)]
+    assert execs[0].argv == ("sh", "-c", script) and execs[0].cwd == str(tmp_path)
+    echo = next(e for e in execs if e.argv[:1] == ("/bin/echo",))
+    assert echo.argv == ("/bin/echo", "hello world")
+    assert echo.cwd == "/" and echo.ppid == execs[0].pid
+    inner = next(e for e in execs if e.argv == ("sh", "-c", "exit 5"))
+    statuses = {e.pid: e.status for e in events if isinstance(e, ProcessExit)}
+    assert statuses[inner.pid] == 5
+    assert os.path.basename(echo.path) == "echo"

@@ -1,0 +1,117 @@
+"""The process runner with real processes: pipes and a pty, the tracer, signals, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections import defaultdict
+
+import pytest
+
+from airlock.capture.exectrace import ProcessExec, ProcessExit
+from airlock.capture.runner import Command, ProcessRunner, RunResult
+from airlock.capture.tracer import probe_strace
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.output: dict[str, bytearray] = defaultdict(bytearray)
+        self.processes: list[ProcessExec | ProcessExit] = []
+        self.idle = 0
+
+    def on_output(self, stream: str, data: bytes) -> None:
+        self.output[stream] += data
+
+    def on_idle(self) -> None:
+        self.idle += 1
+
+
+def run(argv: list[str], *, pty: bool = False, trace: bool = False) -> tuple[RunResult, Recorder]:
+    rec = Recorder()
+    runner = ProcessRunner(
+        Command(tuple(argv), dict(os.environ), os.getcwd()),
+        use_pty=pty,
+        tracer=probe_strace() if trace else None,
+        on_output=rec.on_output,
+        on_process=rec.processes.append,
+        on_idle=rec.on_idle,
+    )
+    return runner.run(), rec
+
+
+def test_pipes_keep_stdout_and_stderr_apart_and_pass_the_exit_status() -> None:
+    result, rec = run(["sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert result.exit_status == 7
+    assert bytes(rec.output["stdout"]) == b"out\n"
+    assert bytes(rec.output["stderr"]) == b"err\n"
+
+
+def test_pty_mode_gives_the_command_a_terminal() -> None:
+    code = "import os,sys; print(os.isatty(0), os.isatty(1), os.isatty(2)); sys.exit(3)"
+    result, rec = run([sys.executable, "-c", code], pty=True)
+    assert result.exit_status == 3
+    assert b"True True True" in bytes(rec.output["pty"])
+
+
+def test_large_output_arrives_whole() -> None:
+    result, rec = run([sys.executable, "-c", "import sys; sys.stdout.write('x' * 5_000_000)"])
+    assert result.exit_status == 0
+    assert len(rec.output["stdout"]) == 5_000_000
+
+
+def test_death_by_signal_is_reported_shell_style() -> None:
+    result, _ = run(["sh", "-c", "kill -9 $$"])
+    assert (result.exit_status, result.signal) == (128 + 9, "SIGKILL")
+
+
+def test_traced_run_records_nested_processes_with_parents() -> None:
+    script = "sh -c 'echo inner; exit 2'; /bin/true"
+    result, rec = run(["sh", "-c", script], trace=True)
+    assert result.exit_status == 0
+    execs = [p for p in rec.processes if isinstance(p, ProcessExec)]
+    root = execs[0]
+    inner = next(e for e in execs if e.argv == ("sh", "-c", "echo inner; exit 2"))
+    assert root.argv == ("sh", "-c", script)
+    assert inner.ppid == root.pid
+    assert any(e.path == "/bin/true" for e in execs)
+    exits = {p.pid: p.status for p in rec.processes if isinstance(p, ProcessExit)}
+    assert exits[inner.pid] == 2 and exits[root.pid] == 0
+    assert bytes(rec.output["stdout"]) == b"inner\n"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("trace", [False, True])
+def test_signals_reach_the_command(signum: signal.Signals, trace: bool) -> None:
+    code = (
+        "import signal, sys, time\n"
+        f"signal.signal(signal.{signum.name}, lambda s, f: (print('got', s, flush=True), sys.exit(42)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(20)\n"
+    )
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signum))
+    timer.start()
+    try:
+        result, rec = run([sys.executable, "-c", code], trace=trace)
+    finally:
+        timer.cancel()
+    assert result.exit_status == 42
+    assert f"got {int(signum)}".encode() in bytes(rec.output["stdout"])
+    assert result.forwarded == [signum.name]
+
+
+def test_an_exception_in_a_handler_stops_the_command() -> None:
+    def explode(stream: str, data: bytes) -> None:
+        raise RuntimeError("cannot record")
+
+    runner = ProcessRunner(
+        Command(("sh", "-c", "echo first; sleep 30"), dict(os.environ), os.getcwd()),
+        use_pty=False,
+        tracer=None,
+        on_output=explode,
+        on_process=lambda _e: None,
+        on_idle=lambda: None,
+    )
+    with pytest.raises(RuntimeError):
+        runner.run()
