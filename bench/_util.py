@@ -1,0 +1,98 @@
+"""Small helpers shared by the benchmarks: corpora, timing, printing ratios."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / ".data"
+VENV_BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A command from the project's venv if it is there, else from PATH."""
+    local = VENV_BIN / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"bench: {name} is not installed (./dev setup installs the bench tools)")
+    return found
+
+
+def log_corpus(size_mb: int) -> Path:
+    """A file of realistic agent/CI log text (compiler lines, test output, JSON), cached."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"log-{size_mb}mb.txt"
+    if path.exists() and path.stat().st_size >= size_mb * 1_000_000:
+        return path
+    rng = random.Random(42)
+    words = ["build", "test", "compile", "link", "fetch", "resolve", "install", "cache", "hit", "miss", "warning", "error", "ok"]
+    lines = []
+    for i in range(20_000):
+        kind = i % 4
+        if kind == 0:
+            lines.append(
+                f"[{i:06d}] {rng.choice(words)} src/module_{rng.randint(0, 999)}.py:{rng.randint(1, 800)} {' '.join(rng.choices(words, k=8))}"
+            )
+        elif kind == 1:
+            lines.append(
+                f'{{"level":"info","ts":{1700000000 + i},"msg":"{rng.choice(words)}","id":"{rng.getrandbits(64):016x}"}}'
+            )
+        elif kind == 2:
+            lines.append(
+                f"PASSED tests/test_{rng.randint(0, 99)}.py::test_case_{rng.randint(0, 9999)} [{rng.randint(0, 100)}%]"
+            )
+        else:
+            lines.append(" ".join(rng.choices(words, k=14)))
+    block = ("\n".join(lines) + "\n").encode()
+    with path.open("wb") as out:
+        written = 0
+        while written < size_mb * 1_000_000:
+            out.write(block)
+            written += len(block)
+    return path
+
+
+def timed(
+    argv: Sequence[str],
+    *,
+    repeat: int = 3,
+    stdout: int | None = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+    shell: bool = False,
+) -> float:
+    """Median wall-clock seconds of ``argv`` over ``repeat`` runs (failures abort)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(
+            argv if not shell else " ".join(argv),
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            env=env,
+            shell=shell,
+        )
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def row(
+    name: str, seconds: float, size_bytes: int | None = None, baseline: float | None = None
+) -> str:
+    parts = [f"{name:<44} {seconds * 1000:9.1f} ms"]
+    if size_bytes is not None:
+        parts.append(f"{size_bytes / seconds / 1e6:9.1f} MB/s")
+    if baseline is not None:
+        parts.append(f"ratio {baseline / seconds:6.2f}x of baseline speed")
+    return "  ".join(parts)
+
+
+def env_without_ci() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "ACTIONS_"))}
