@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from tests.providers.pg_app import AppDatabase, create_app_database
@@ -22,3 +27,47 @@ def _clean_ci_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def app_db(postgres_cluster: PostgresCluster) -> AppDatabase:  # noqa: F811
     """The ``appdb`` database (see tests/providers/pg_app.py)."""
     return create_app_database(postgres_cluster)
+
+
+class RecordingMoto:
+    """A moto server whose request recorder shows what our code actually sent over HTTP."""
+
+    def __init__(self, server: MotoServer) -> None:
+        self.server = server
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.server.endpoint_url
+
+    def _post(self, action: str) -> None:
+        url = f"{self.endpoint_url}/moto-api/recorder/{action}"
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5):
+            pass
+
+    def start_recording(self) -> None:
+        self._post("reset-recording")
+        self._post("start-recording")
+
+    def sent(self) -> list[dict[str, list[str]]]:
+        """Each recorded request's form body (STS speaks the query protocol), parsed."""
+        url = f"{self.endpoint_url}/moto-api/recorder/download-recording"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            lines = resp.read().decode().splitlines()
+        bodies = []
+        for line in lines:
+            entry = json.loads(line)
+            raw = entry["body"]
+            body = base64.b64decode(raw).decode() if entry["body_encoded"] else raw
+            bodies.append(urllib.parse.parse_qs(body))
+        return bodies
+
+
+@pytest.fixture(scope="session")
+def sts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordingMoto]:
+    """A dedicated moto server (its recorder writes to a temp file, not the working tree)."""
+    recording = tmp_path_factory.mktemp("moto") / "recording.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOTO_RECORDER_FILEPATH", str(recording))
+        with MotoServer.start() as server:
+            mp.delenv("MOTO_RECORDER_FILEPATH")
+            yield RecordingMoto(server)
