@@ -110,6 +110,11 @@ def _check_remove_entry(value: str) -> str:
             "airlock_env_assignment",
             "looks like NAME=value: list only the variable name, never its value",
         )
+    if value == "*":
+        raise PydanticCustomError(
+            "airlock_env_glob",
+            "a bare '*' would remove every variable; list names or NAME_* prefixes",
+        )
     if "*" in value:
         raise PydanticCustomError(
             "airlock_env_glob",
