@@ -1,17 +1,295 @@
-"""`airlock show` (being built)."""
+"""`airlock show PATH`: a session's timeline, or the sessions in a directory.
+
+Recorded text is the agent's output: it is shown with control characters escaped, so a log
+cannot move the cursor, recolour or rewrite the reader's terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from airlock.errors import UsageError
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from airlock._commands._common import add_flag
+from airlock.audit import iter_events
+from airlock.errors import AirlockError, ExitCode, UsageError
+
+__all__ = ["register", "summarize"]
+
+_EVENTS = "events.jsonl"
+_MANIFEST = "manifest.json"
+_WIDTH = 120
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+_TYPE_STYLES = {
+    "session": "bold cyan",
+    "process": "green",
+    "output": "white",
+    "input": "yellow",
+    "guardrail": "bold red",
+    "approval": "bold magenta",
+    "credential": "magenta",
+    "airlock": "bold red",
+}
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser("show", help="(not built yet)")
+    """Add ``airlock show``."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "show",
+        help="show a session's timeline, or list the sessions in a directory",
+        description=(
+            "Show a session as a timeline (offset, type, one-line summary per event), or, "
+            "when PATH is a sessions directory, list its sessions newest first. Does not "
+            "verify: use `airlock verify` for that."
+        ),
+    )
+    parser.add_argument("path", metavar="PATH", help="a session directory, or a sessions dir")
+    add_flag(
+        parser,
+        "--json",
+        env="AIRLOCK_JSON",
+        action="store_true",
+        help="print events (or sessions) as JSON lines",
+    )
+    add_flag(
+        parser,
+        "--type",
+        env="AIRLOCK_SHOW_TYPES",
+        action="append",
+        default=[],
+        metavar="T",
+        dest="types",
+        help="only events of type T, or of family T (e.g. 'process'); repeatable",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise UsageError("`airlock show` is not built yet")
+    path = Path(args.path)
+    if (path / _EVENTS).is_file() or (path.name == _EVENTS and path.is_file()):
+        _show_session(path, args)
+    elif path.is_dir():
+        _list_sessions(path, as_json=args.json)
+    else:
+        raise UsageError(
+            f"{path} is neither a session nor a sessions directory",
+            hint="pass <sessions>/<session-id>, or the sessions directory to list it",
+        )
+    return int(ExitCode.OK)
+
+
+def _wanted(types: list[str]) -> Callable[[str], bool]:
+    if not types:
+        return lambda _t: True
+    families = tuple(f"{t.rstrip('.*')}." for t in types)
+    exact = set(types)
+    return lambda t: t in exact or t.startswith(families)
+
+
+def _show_session(path: Path, args: argparse.Namespace) -> None:
+    keep = _wanted(list(args.types))
+    events = (e for e in iter_events(path) if keep(str(e.get("type", ""))))
+    if args.json:
+        for event in events:
+            sys.stdout.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
+        return
+    session_dir = path.parent if path.name == _EVENTS else path
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(Text(_header(session_dir), style="bold"))
+    _print_timeline(console, iter_events(path), keep)
+
+
+def _header(session_dir: Path) -> str:
+    manifest = _read_manifest(session_dir)
+    if manifest is None:
+        state = "UNSEALED (no manifest; `airlock seal` it if the recorder died)"
+    elif manifest.get("status") == "complete":
+        state = f"sealed complete, exit code {manifest.get('exit_code')}"
+    else:
+        state = f"sealed INCOMPLETE: {_clean(str(manifest.get('reason')))}"
+    return f"session {session_dir.name}: {state} (not verified here: run `airlock verify`)"
+
+
+def _print_timeline(
+    console: Console, events: Iterator[dict[str, Any]], keep: Callable[[str], bool]
+) -> None:
+    start: datetime | None = None
+    for event in events:
+        when = _parse_ts(event.get("ts"))
+        start = start or when
+        if not keep(str(event.get("type", ""))):
+            continue
+        offset = (when - start).total_seconds() if when and start else 0.0
+        type_ = _clean(str(event.get("type", "?")))
+        line = Text(f"{offset:+10.3f}s ", style="dim")
+        line.append(f"{type_:<20} ", style=_TYPE_STYLES.get(type_.split(".")[0], "blue"))
+        data = event.get("data")
+        line.append(summarize(type_, data if isinstance(data, dict) else {}))
+        console.print(line)
+
+
+def _parse_ts(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _clean(text: str, limit: int = _WIDTH) -> str:
+    """One line, control characters escaped, trimmed to ``limit``."""
+    text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _argv(value: Any) -> str:
+    if isinstance(value, list):
+        return shlex.join(str(a) for a in value)
+    return str(value)
+
+
+def _fields(data: dict[str, Any], *names: str) -> str:
+    return " ".join(f"{n}={_compact(data[n])}" for n in names if n in data)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _output(data: dict[str, Any]) -> str:
+    stream = data.get("stream", "")
+    if "text" in data:
+        return f"{stream}: {data['text']}"
+    if "b64" in data:
+        return f"{stream}: <{len(str(data['b64'])) * 3 // 4} bytes, not UTF-8>"
+    return _compact(data)
+
+
+def _start(data: dict[str, Any]) -> str:
+    ident = data.get("identity") if isinstance(data.get("identity"), dict) else {}
+    assert isinstance(ident, dict)
+    who = " ".join(
+        str(ident[k]) for k in ("platform", "repository", "sha", "actor") if ident.get(k)
+    )
+    return f"{_argv(data.get('argv', ''))}  [{who}]" if who else _argv(data.get("argv", ""))
+
+
+def _exit(data: dict[str, Any]) -> str:
+    pid = data.get("pid", "?")
+    if data.get("signal") is not None:
+        return f"[{pid}] killed by {data['signal']}"
+    return f"[{pid}] status {data.get('status', data.get('exit_code', '?'))}"
+
+
+_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "session.start": _start,
+    "session.end": lambda d: _fields(d, "exit_status", "signal", "duration_seconds", "reason"),
+    "capture.status": lambda d: _fields(d, "exec", "tracer", "active", "detail"),
+    "process.exec": lambda d: f"[{d.get('pid', '?')}] {_argv(d.get('argv', d.get('path', '')))}",
+    "process.exit": _exit,
+    "output": _output,
+    "input": _output,
+    "signal": lambda d: _fields(d, "forwarded", "signal"),
+    "db.query": lambda d: f"{d.get('gateway', '')}: {d.get('sql', d.get('query', ''))}",
+    "http.request": lambda d: f"{d.get('method', '')} {d.get('url', d.get('path', ''))}",
+    "http.response": lambda d: _fields(d, "status", "bytes", "ms"),
+    "guardrail.decision": lambda d: _fields(d, "rule", "rule_id", "action", "decision"),
+    "credential.issued": lambda d: _fields(d, "grant", "provider", "sha256", "expires_at"),
+    "checkpoint": lambda d: _fields(d, "seq", "head", "witness"),
+}
+
+
+def summarize(type_: str, data: dict[str, Any]) -> str:
+    """A one-line, terminal-safe summary of one event's data."""
+    fn = _SUMMARIES.get(type_)
+    try:
+        text = fn(data) if fn is not None else ""
+    except (TypeError, ValueError, AttributeError):  # data not shaped as expected: show JSON
+        text = ""
+    return _clean(text.strip() or _compact(data))
+
+
+def _read_manifest(session_dir: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((session_dir / _MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _session_row(session_dir: Path) -> dict[str, Any]:
+    manifest = _read_manifest(session_dir)
+    first = next(iter_events(session_dir), None)
+    data = first.get("data", {}) if isinstance(first, dict) else {}
+    command = _argv(data.get("argv", "")) if isinstance(data, dict) else ""
+    count: Any
+    if manifest is None:
+        status, count = "unsealed", _count_lines(session_dir / _EVENTS)
+    else:
+        status, count = str(manifest.get("status")), manifest.get("event_count")
+    return {
+        "session_id": session_dir.name,
+        "started_at": first.get("ts") if isinstance(first, dict) else None,
+        "status": status,
+        "event_count": count,
+        "command": command,
+    }
+
+
+def _broken_row(session_dir: Path) -> dict[str, Any]:
+    return {
+        "session_id": session_dir.name,
+        "started_at": None,
+        "status": "unreadable",
+        "event_count": None,
+        "command": "",
+    }
+
+
+def _count_lines(events: Path) -> int:
+    count = 0
+    with events.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+def _list_sessions(sessions_dir: Path, *, as_json: bool) -> None:
+    rows = []
+    for child in sorted(sessions_dir.iterdir()):
+        if (child / _EVENTS).is_file():
+            try:
+                rows.append(_session_row(child))
+            except AirlockError:  # unreadable or malformed: `airlock verify` says more
+                rows.append(_broken_row(child))
+    rows.sort(key=lambda r: (str(r["started_at"] or ""), r["session_id"]), reverse=True)
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=Text(_clean(str(sessions_dir))), box=box.SIMPLE_HEAD)
+    for name in ("session", "started", "status", "events"):
+        table.add_column(name, no_wrap=True, min_width=len(name))
+    table.add_column("command", overflow="ellipsis", no_wrap=True, min_width=7)
+    for row in rows:
+        # Text, not str: a recorded command must not be read as rich markup.
+        table.add_row(
+            Text(_clean(row["session_id"])),
+            Text(_clean(str(row["started_at"] or "")[:19])),
+            Text(_clean(row["status"])),
+            Text(str(row["event_count"])),
+            Text(_clean(row["command"], 60)),
+        )
+    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
