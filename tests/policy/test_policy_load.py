@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from airlock.errors import ConfigError, ExitCode
 from airlock.policy import (
     BUILTIN_RULE_IDS,
     MAX_POLICY_BYTES,
+    Policy,
     PolicyError,
     PolicyProblem,
     load_policy,
@@ -349,3 +351,63 @@ def test_empty_file_is_the_default_policy(tmp_path: Path) -> None:
 def test_problem_rendering() -> None:
     assert str(PolicyProblem("f.yaml", "a.b", "bad", 3)) == "f.yaml: a.b: bad (line 3)"
     assert str(PolicyProblem("f.yaml", "", "bad")) == "f.yaml: bad"
+
+
+# ---- odd YAML and fuzzing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1: 2", "line 1, column 1: YAML error: keys must be words"),
+        ("~: x", "keys must be words"),
+        ("capture: {[a]: 1}", "line 1, column 11: YAML error: keys must be words"),
+        ("capture: !!binary aGVsbG8=", "YAML tag 'binary' is not allowed here"),
+        ("mask: {env: !!set {A: null}}", "YAML tag 'set' is not allowed here"),
+        ("!!python/object:os.system {}", "could not determine a constructor"),
+        ("version: 1.0", "version: must be the integer 1"),
+        ("version: true", "version: must be the integer 1"),
+        ("version: '1'", "version: must be 1, written without quotes"),
+    ],
+)
+def test_odd_yaml_is_refused_clearly(text: str, expected: str) -> None:
+    assert expected in only_problem(text)
+
+
+def test_dates_stay_text() -> None:
+    policy = parse_policy("mask: {patterns: [{id: a, regex: a+, description: 2024-01-01}]}")
+    assert policy.mask.patterns[0].description == "2024-01-01"
+
+
+_KEYS = st.sampled_from(
+    ["version", "capture", "exec", "pty", "mask", "env", "patterns", "id", "regex", "max_len",
+     "description", "correlate", "builtin", "environment", "remove", "keep_masked_vars", "x"]
+)  # fmt: skip
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(["required", "off", "auto", "hmac", "a+", "A", "V_*", "a*", "(", "1"]),
+)
+_TREES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tree=st.dictionaries(_KEYS, _TREES, max_size=5))
+def test_any_document_gives_a_policy_or_a_policy_error(tree: dict[str, object]) -> None:
+    text = yaml.safe_dump(tree, allow_unicode=True)
+    try:
+        outcome: Policy | PolicyError = parse_policy(text, "fuzz.yaml")
+    except PolicyError as exc:
+        outcome = exc
+    if isinstance(outcome, Policy):
+        assert outcome.version == 1
+    else:
+        assert outcome.problems
+        assert all(str(p).startswith("fuzz.yaml: ") for p in outcome.problems)

@@ -339,7 +339,9 @@ def parse_broker_config(text: str, *, source: Path | None = None) -> BrokerConfi
     try:
         config = BrokerConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{source_map.where(err['loc'])}: {_message(err['msg'])}" for err in exc.errors()]
+        problems = [
+            f"{source_map.where(err['loc'])}: {_message(err['msg'])}" for err in exc.errors()
+        ]
         raise config_problems(label, problems) from None
     config._source = source_map
     return config

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 import typing
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ __all__ = ["MAX_POLICY_BYTES", "PolicyError", "PolicyProblem", "load_policy", "p
 MAX_POLICY_BYTES = 1024 * 1024
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+# Types a policy never needs; refusing them keeps every value a str, int, bool, list or mapping.
+_REFUSED_TAGS = ("binary", "timestamp", "set", "omap", "pairs")
 
 
 @dataclass(frozen=True)
@@ -60,26 +63,40 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans and duplicate keys refused."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Hashable] = set()
+        seen: set[str] = set()
         for key_node, _ in node.value:
             if key_node.tag == _MERGE_TAG:
                 continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable) and key in seen:
+            if not isinstance(key, str):
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping",
-                    node.start_mark,
-                    f"key {str(key)[:80]!r} appears twice; keep one",
+                    None,
+                    None,
+                    "keys must be words, not numbers, lists or null",
                     key_node.start_mark,
+                )
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key[:80]!r} appears twice; keep one", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None, None, f"YAML tag {node.tag.rsplit(':', 1)[-1]!r} is not allowed here", node.start_mark
+    )
+
+
+for _tag in _REFUSED_TAGS:
+    _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 _StrictLoader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
@@ -215,14 +232,15 @@ def _unknown_key(loc: tuple[int | str, ...]) -> str:
 
 
 def _bad_choice(loc: tuple[int | str, ...], value: Any) -> str:
-    choices = _choices_at(loc)
-    allowed = ", ".join(str(c) for c in choices)
+    choices = [str(c) for c in _choices_at(loc)]
+    allowed = ", ".join(choices)
     message = f"must be {allowed}" if len(choices) == 1 else f"must be one of: {allowed}"
-    if isinstance(value, str):
-        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
-        if close:
-            message += f"; did you mean {close[0]!r}?"
-    return message
+    if not isinstance(value, str):
+        return message
+    if value in choices:  # a quoted number where the number is meant
+        return f"{message}, written without quotes"
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
 
 
 def _kind(value: Any) -> str:

@@ -333,6 +333,13 @@ class Policy(_Section):
     mask: MaskPolicy = Field(default_factory=MaskPolicy)
     environment: EnvironmentPolicy = Field(default_factory=EnvironmentPolicy)
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_an_integer(cls, value: Any) -> Any:
+        if isinstance(value, bool | float):  # 1.0 and true would otherwise pass as 1
+            raise PydanticCustomError("airlock_version", "must be the integer 1")
+        return value
+
     def digest(self) -> str:
         """``sha256:<hex>`` of the canonical JSON of the effective policy, for session records.
 
