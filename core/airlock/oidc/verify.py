@@ -1,0 +1,273 @@
+"""Verify a CI job's OIDC token: :class:`TokenVerifier`.
+
+The checks run in an order chosen so that an attacker learns little and costs us little:
+
+1. size cap, then structure (three base64url JSON segments, a non-empty signature);
+2. ``iss`` from the *unverified* payload must be in the static allowlist — before any network
+   fetch, so a token naming an attacker's issuer never makes the broker call out;
+3. the header ``alg`` must be one of that issuer's pinned algorithms; ``crit``/``b64`` refused;
+   ``jku``, ``x5u``, ``jwk`` and ``x5c`` are ignored: keys come only from the issuer's own JWKS;
+4. the key is looked up by ``kid`` in the issuer's JWKS (see :mod:`airlock.oidc.jwks`);
+5. signature, then exact audience, then ``exp``/``nbf``/``iat`` with leeway and a maximum age;
+6. last, the ``jti`` is consumed in the :class:`~airlock.oidc.replay.ReplayCache`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from airlock.errors import ConfigError
+from airlock.oidc.errors import (
+    AlgorithmNotAllowed,
+    BadAudience,
+    BadSignature,
+    IssuerNotAllowed,
+    TokenMalformed,
+    TokenNotCurrent,
+    TokenReplayed,
+    UnknownSigningKey,
+)
+from airlock.oidc.issuers import IssuerConfig
+from airlock.oidc.jwks import JWKSCache, SigningKey
+from airlock.oidc.replay import InMemoryReplayCache, ReplayCache
+
+__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "TokenVerifier", "VerifiedToken"]
+
+DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
+_REFUSED_HEADERS = ("crit", "b64")
+_MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """A token that passed every check. ``issuer`` is the configured issuer *name*."""
+
+    issuer: str
+    claims: Mapping[str, Any]
+    jti: str
+    expires_at: float
+    issued_at: float
+    algorithm: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+
+
+class TokenVerifier:
+    """Verifies tokens from a static list of issuers. Thread-safe; one per broker process."""
+
+    def __init__(
+        self,
+        issuers: Sequence[IssuerConfig],
+        *,
+        replay_cache: ReplayCache | None = None,
+        keys: JWKSCache | None = None,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._issuers = _index_issuers(issuers)
+        self._replay = replay_cache if replay_cache is not None else InMemoryReplayCache()
+        self._keys = keys if keys is not None else JWKSCache()
+        self._max_bytes = max_token_bytes
+        self._clock = clock
+
+    @property
+    def issuers(self) -> Mapping[str, IssuerConfig]:
+        """The allowlist, by issuer URL."""
+        return dict(self._issuers)
+
+    def verify(self, token: str) -> VerifiedToken:
+        """Check ``token`` and consume its ``jti``; raise an :class:`OIDCError` on any failure."""
+        parsed = self._parse(token)
+        issuer = self._allowed_issuer(parsed.claims)
+        alg = _check_header(parsed.header, issuer)
+        key = self._keys.get_key(issuer, parsed.header["kid"])
+        claims = _verify_signature(token, key, alg)
+        _check_audience(claims, issuer)
+        issued_at, expires_at = self._check_times(claims, issuer)
+        jti = _check_jti(claims)
+        if not self._replay.consume(issuer.name, jti, expires_at + issuer.leeway):
+            raise TokenReplayed(f"jti {jti[:80]!r} of issuer {issuer.name} was already used")
+        return VerifiedToken(
+            issuer=issuer.name,
+            claims=claims,
+            jti=jti,
+            expires_at=expires_at,
+            issued_at=issued_at,
+            algorithm=alg,
+            key_id=key.kid,
+        )
+
+    def _parse(self, token: str) -> _Parsed:
+        if not isinstance(token, str):
+            raise TokenMalformed(f"token is a {type(token).__name__}, not a string")
+        if len(token) > self._max_bytes:
+            raise TokenMalformed(
+                f"token is {len(token)} bytes, the cap is {self._max_bytes}",
+                reason="token-too-large",
+            )
+        if not token.isascii():
+            raise TokenMalformed("token contains non-ASCII characters")
+        segments = token.strip().split(".")
+        if len(segments) != 3:
+            raise TokenMalformed(f"token has {len(segments)} segments, a signed JWT has 3")
+        if not segments[2]:
+            raise BadSignature("the signature segment is empty (stripped signature)")
+        return _Parsed(
+            header=_decode_json_segment(segments[0], "header"),
+            claims=_decode_json_segment(segments[1], "payload"),
+        )
+
+    def _allowed_issuer(self, claims: Mapping[str, Any]) -> IssuerConfig:
+        iss = claims.get("iss")
+        if not isinstance(iss, str):
+            raise TokenMalformed("claim iss is absent or not a string", reason="missing-claim")
+        issuer = self._issuers.get(iss)
+        if issuer is None:
+            raise IssuerNotAllowed(f"iss {iss[:200]!r} is not in the issuer allowlist")
+        return issuer
+
+    def _check_times(self, claims: Mapping[str, Any], issuer: IssuerConfig) -> tuple[float, float]:
+        now, leeway = self._clock(), issuer.leeway
+        exp = _required_numeric(claims, "exp")
+        iat = _required_numeric(claims, "iat")
+        nbf = _numeric_claim(claims, "nbf")
+        if now > exp + leeway:
+            raise TokenNotCurrent(f"exp {exp:.0f} is {now - exp:.0f} s ago (leeway {leeway} s)")
+        if nbf is not None and nbf > now + leeway:
+            raise TokenNotCurrent(
+                f"nbf {nbf:.0f} is {nbf - now:.0f} s ahead (leeway {leeway} s)",
+                reason="not-yet-valid",
+            )
+        if iat > now + leeway:
+            raise TokenNotCurrent(
+                f"iat {iat:.0f} is {iat - now:.0f} s ahead (leeway {leeway} s)",
+                reason="issued-in-future",
+            )
+        if now - iat > issuer.max_token_age + leeway:
+            raise TokenNotCurrent(
+                f"iat {iat:.0f} is {now - iat:.0f} s ago; issuer {issuer.name} allows "
+                f"{issuer.max_token_age} s (+{leeway} s leeway)",
+                reason="token-too-old",
+            )
+        return iat, exp
+
+
+def _index_issuers(issuers: Sequence[IssuerConfig]) -> dict[str, IssuerConfig]:
+    by_url: dict[str, IssuerConfig] = {}
+    names: set[str] = set()
+    for issuer in issuers:
+        if issuer.url in by_url or issuer.name in names:
+            raise ConfigError(f"issuer {issuer.name!r} ({issuer.url}) is configured twice")
+        by_url[issuer.url] = issuer
+        names.add(issuer.name)
+    return by_url
+
+
+def _decode_json_segment(segment: str, what: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenMalformed(f"the {what} is not base64url: {exc}"[:300]) from None
+    return _loads_object(raw, what)
+
+
+def _loads_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenMalformed(f"the {what} is not JSON: {exc}"[:300]) from None
+    if not isinstance(value, dict):
+        raise TokenMalformed(f"the {what} is not a JSON object")
+    return value
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers that pick different duplicates would see two different tokens.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate member {key[:40]!r}")
+        result[key] = value
+    return result
+
+
+def _check_header(header: Mapping[str, Any], issuer: IssuerConfig) -> str:
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in issuer.algorithms:
+        raise AlgorithmNotAllowed(
+            f"alg {str(alg)[:20]!r} is not in the pinned list {list(issuer.algorithms)} "
+            f"of issuer {issuer.name}"
+        )
+    refused = [name for name in _REFUSED_HEADERS if name in header]
+    if refused:
+        raise TokenMalformed(
+            f"header parameters {refused} are not supported", reason="unsupported-header"
+        )
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not 0 < len(kid) <= _MAX_ID_LENGTH:
+        raise UnknownSigningKey("header kid is absent or not a short string")
+    return alg
+
+
+def _verify_signature(token: str, key: SigningKey, alg: str) -> dict[str, Any]:
+    if key.alg is not None and key.alg != alg:
+        raise AlgorithmNotAllowed(f"header alg {alg} differs from key {key.kid}'s alg {key.alg}")
+    try:
+        payload = jwt.PyJWS().decode(token, key=key.key, algorithms=[alg])
+    except jwt.InvalidSignatureError:
+        raise BadSignature(f"signature does not verify with key {key.kid} ({alg})") from None
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise BadSignature(
+            f"signature check with key {key.kid} ({alg}) failed: {type(exc).__name__}"
+        ) from None
+    return _loads_object(payload, "signed payload")
+
+
+def _check_audience(claims: Mapping[str, Any], issuer: IssuerConfig) -> None:
+    aud = claims.get("aud")
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    if aud != issuer.audience:
+        shown = aud[:200] if isinstance(aud, str) else f"a {type(aud).__name__}"
+        raise BadAudience(f"aud {shown!r} is not {issuer.audience!r}")
+
+
+def _required_numeric(claims: Mapping[str, Any], name: str) -> float:
+    value = _numeric_claim(claims, name)
+    if value is None:
+        raise TokenMalformed(f"claim {name} is absent", reason="missing-claim")
+    return value
+
+
+def _numeric_claim(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TokenMalformed(
+            f"claim {name} is a {type(value).__name__}, not a NumericDate", reason="bad-claim-type"
+        )
+    return float(value)
+
+
+def _check_jti(claims: Mapping[str, Any]) -> str:
+    jti = claims.get("jti")
+    if jti is None:
+        raise TokenMalformed("claim jti is absent", reason="missing-claim")
+    if not isinstance(jti, str) or not 0 < len(jti) <= _MAX_ID_LENGTH:
+        raise TokenMalformed("claim jti is not a short non-empty string", reason="bad-claim-type")
+    return jti
