@@ -1,23 +1,14 @@
-"""CI tests behave the same on a laptop and inside a real CI job."""
+"""Recorded CI environments (tests/ci/fixtures). tests/conftest.py clears the real ones."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
-_CI_PREFIXES = ("GITHUB_", "ACTIONS_", "RUNNER_", "CI_", "GITLAB_", "AIRLOCK_")
-
-
-@pytest.fixture(autouse=True)
-def _clean_ci_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(_CI_PREFIXES) or name in {"CI", "GITLAB_CI"}:
-            monkeypatch.delenv(name)
 
 
 def _variables(name: str) -> dict[str, str]:

@@ -20,7 +20,6 @@ from airlock.policy import (
 
 def test_public_api_is_pinned() -> None:
     assert sorted(airlock.policy.__all__) == [
-        "BUILTIN_RULE_IDS",
         "CaptureSettings",
         "DEFAULT_POLICY",
         "EnvironmentPolicy",
@@ -30,6 +29,7 @@ def test_public_api_is_pinned() -> None:
         "Policy",
         "PolicyError",
         "PolicyProblem",
+        "builtin_rule_ids",
         "env_pattern_matches",
         "load_policy",
         "parse_policy",

@@ -14,19 +14,18 @@ from airlock.policy.load import (
     parse_policy,
 )
 from airlock.policy.model import (
-    BUILTIN_RULE_IDS,
     DEFAULT_POLICY,
     CaptureSettings,
     EnvironmentPolicy,
     MaskPattern,
     MaskPolicy,
     Policy,
+    builtin_rule_ids,
     env_pattern_matches,
 )
 from airlock.policy.schema import policy_json_schema
 
 __all__ = [
-    "BUILTIN_RULE_IDS",
     "DEFAULT_POLICY",
     "MAX_POLICY_BYTES",
     "CaptureSettings",
@@ -36,6 +35,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyProblem",
+    "builtin_rule_ids",
     "env_pattern_matches",
     "load_policy",
     "parse_policy",

@@ -12,6 +12,7 @@ rule ids are configuration, not secrets, and are shown.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -31,7 +32,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 __all__ = [
-    "BUILTIN_RULE_IDS",
     "DEFAULT_POLICY",
     "ENV_NAME_PATTERN",
     "ENV_REMOVE_PATTERN",
@@ -41,6 +41,7 @@ __all__ = [
     "MaskPattern",
     "MaskPolicy",
     "Policy",
+    "builtin_rule_ids",
     "env_pattern_matches",
 ]
 
@@ -48,30 +49,9 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENV_REMOVE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*\*?$"
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
-# Ids of the masker's built-in rules, reserved so that a user rule can never shadow one in
-# events and reports. The masker (airlock.mask) owns the rules; its ids must be in this set or
-# start with one of the reserved prefixes ``builtin.`` / ``airlock.``.
-BUILTIN_RULE_IDS: frozenset[str] = frozenset(
-    {
-        "aws-access-key-id",
-        "aws-secret-access-key",
-        "github-token",
-        "github-pat",
-        "gitlab-token",
-        "slack-token",
-        "openai-api-key",
-        "anthropic-api-key",
-        "google-api-key",
-        "stripe-key",
-        "jwt",
-        "private-key",
-        "basic-auth-url",
-        "bearer-token",
-        "npm-token",
-        "pypi-token",
-        "env",
-    }
-)
+# Reserved so that a user rule can never pass for a built-in one in events and reports: the ids
+# of the masker's built-in rules, its literal rules (``env:NAME``, refused by the id shape) and
+# these prefixes.
 _RESERVED_PREFIXES = ("builtin.", "airlock.")
 
 _ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
@@ -139,6 +119,15 @@ EnvRemoveEntry = Annotated[
 ]
 
 
+@functools.cache
+def builtin_rule_ids() -> frozenset[str]:
+    """Ids of the masker's built-in rules (``airlock.mask.rules``), which policies cannot reuse."""
+    # Imported here, not at the top: the masker may come to import policy types itself.
+    from airlock.mask.rules import BUILTIN_RULES
+
+    return frozenset(rule.id for rule in BUILTIN_RULES)
+
+
 def env_pattern_matches(pattern: str, name: str) -> bool:
     """True when variable ``name`` matches ``pattern``: an exact name or a trailing ``*`` glob."""
     if pattern.endswith("*"):
@@ -200,7 +189,7 @@ class MaskPattern(_Section):
                 "rule id '{id}' must be 1-64 of a-z 0-9 - _ . starting with a letter or digit",
                 {"id": value[:64]},
             )
-        if value in BUILTIN_RULE_IDS or value.startswith(_RESERVED_PREFIXES):
+        if value in builtin_rule_ids() or value.startswith(_RESERVED_PREFIXES):
             raise PydanticCustomError(
                 "airlock_rule_id_reserved",
                 "rule id '{id}' is reserved for a built-in rule; pick another id",
