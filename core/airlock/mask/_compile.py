@@ -1,0 +1,328 @@
+"""Turn rules and literal secrets into compiled matchers: exact RE2 regexes plus a prefilter.
+
+The prefilter (hyperscan, or an RE2 set) only answers "which rules may match somewhere in this
+buffer"; it never decides a span. Spans always come from the RE2 regexes, so the engine choice
+changes speed, never output. A prefilter must therefore never miss a rule RE2 would match: rules
+whose syntax hyperscan might read differently (non-ASCII, Unicode classes, high-byte escapes) or
+cannot compile are not prefiltered and are searched with RE2 on every buffer instead.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import re2
+
+from airlock.errors import ConfigError
+from airlock.mask.forms import literal_forms
+from airlock.mask.rules import PatternRule
+
+__all__ = [
+    "LITERAL_INDEX",
+    "CompiledRule",
+    "LiteralSet",
+    "Prefilter",
+    "build_literal_set",
+    "build_pattern_prefilter",
+    "compile_rule",
+    "hyperscan_available",
+    "validate_rule_id",
+]
+
+LITERAL_INDEX = 0
+"""Rule index of the literal alternation; pattern rules follow from index 1."""
+
+MAX_RULE_LEN = 1 << 16
+_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._/@+\-]{0,127}")
+_PROBES = (b"", b"a", b" ", b"a b", b"\n", b"_0")
+_SECRET_GROUP = b"secret"
+
+
+def _options(max_mem: int = 64 << 20) -> Any:
+    options = re2.Options()
+    options.encoding = re2.Options.Encoding.LATIN1
+    options.max_mem = max_mem
+    options.log_errors = False
+    return options
+
+
+def _re2(pattern: bytes, max_mem: int = 64 << 20) -> Any:
+    """Compile without ``re2.compile``'s LRU cache, which would pin every literal set we
+    replace (add_secret recompiles) in memory."""
+    regexp_type = getattr(re2, "_Regexp", None)
+    if regexp_type is None:  # pragma: no cover - older/newer wrapper without the class
+        return re2.compile(pattern, _options(max_mem))
+    return regexp_type(pattern, _options(max_mem))
+
+
+def validate_rule_id(rule_id: str) -> None:
+    """Refuse ids that could not be shown inside ``[MASKED:<id>]`` unambiguously."""
+    if not _RULE_ID.fullmatch(rule_id):
+        raise ConfigError(
+            f"mask rule id {rule_id!r} is not valid",
+            hint="use 1-128 characters: letters, digits and : . _ / @ + - (starting with a "
+            "letter or digit)",
+        )
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """One exact matcher: a pattern rule, or the alternation of every literal form."""
+
+    rule_id: str
+    regex: Any  # re2 regexp over bytes
+    max_len: int
+    secret_group: int | None = None
+    names: dict[bytes, str] | None = None  # literal form → rule id (literal set only)
+    overlapping: bool = False  # literals: also find occurrences that overlap a previous one
+
+    def name_for(self, matched: bytes) -> str:
+        """The rule id a match is reported under."""
+        if self.names is None:
+            return self.rule_id
+        return self.names.get(matched, self.rule_id)
+
+
+def compile_rule(rule: PatternRule) -> CompiledRule:
+    """Validate one pattern rule and compile it; every problem is a ConfigError naming it."""
+    validate_rule_id(rule.id)
+    if not 1 <= rule.max_len <= MAX_RULE_LEN:
+        raise ConfigError(
+            f"mask rule {rule.id!r}: max_len {rule.max_len} is out of range",
+            hint=f"use a max_len between 1 and {MAX_RULE_LEN}",
+        )
+    try:
+        regex = _re2(rule.regex.encode("utf-8"))
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ConfigError(
+            f"mask rule {rule.id!r}: RE2 rejected the regex: {reason}",
+            hint="write the regex in RE2 syntax: no backreferences and no lookaround "
+            "(see https://github.com/google/re2/wiki/Syntax)",
+        ) from exc
+    if _matches_empty(regex):
+        raise ConfigError(
+            f"mask rule {rule.id!r}: the regex can match an empty string",
+            hint="make the regex match at least one character (e.g. use + instead of *)",
+        )
+    group = regex.groupindex.get(_SECRET_GROUP)
+    return CompiledRule(rule.id, regex, rule.max_len, secret_group=group)
+
+
+def _matches_empty(regex: Any) -> bool:
+    return any(m.end() == m.start() for probe in _PROBES for m in regex.finditer(probe))
+
+
+@dataclass(frozen=True)
+class LiteralSet:
+    """Every form of every literal secret, ready to match and to test prefixes against."""
+
+    rule: CompiledRule | None
+    forms: tuple[bytes, ...]  # sorted bytewise, for the prefix search in flush_idle
+    count: int  # literal values, not forms
+
+    @property
+    def max_len(self) -> int:
+        return self.rule.max_len if self.rule is not None else 0
+
+
+def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
+    """Compile ``(rule_id, value)`` pairs; the first pair to claim a form names it."""
+    names: dict[bytes, str] = {}
+    for rule_id, value in literals:
+        for form in literal_forms(value):
+            names.setdefault(form, rule_id)
+    if not names:
+        return LiteralSet(None, (), 0)
+    longest_first = sorted(names, key=lambda f: (-len(f), f))
+    pattern = b"|".join(re2.escape(form) for form in longest_first)
+    regex = _re2(pattern, max_mem=max(64 << 20, 64 * len(pattern)))
+    rule = CompiledRule(
+        "literal",
+        regex,
+        len(longest_first[0]),
+        names=names,
+        overlapping=True,
+    )
+    return LiteralSet(rule, tuple(sorted(names)), len({value for _, value in literals}))
+
+
+class Prefilter(Protocol):
+    """Which rules may match somewhere in a buffer (a superset of what RE2 finds)."""
+
+    name: str
+
+    def hits(self, data: bytes) -> set[int]: ...
+
+
+def hyperscan_available() -> bool:
+    """True when the hyperscan module imports on this machine."""
+    try:
+        import hyperscan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _hyperscan_safe(regex: bytes) -> bool:
+    """True when hyperscan reads ``regex`` as RE2 does (or as a superset of it).
+
+    Outside ASCII, Unicode classes, case folding of Latin-1 letters and byte escapes of
+    0x80-0xff can differ between the two; such rules skip the prefilter rather than risk a miss.
+    """
+    if not regex.isascii():
+        return False
+    i = 0
+    while i < len(regex):
+        if regex[i : i + 1] == b"\\":
+            escape = regex[i + 1 : i + 2]
+            if escape in (b"p", b"P", b"C") or escape.isdigit():
+                return False
+            if escape == b"x" and not re.match(rb"\\x[0-7][0-9a-fA-F]", regex[i : i + 4]):
+                return False
+            i += 2
+        else:
+            i += 1
+    return True
+
+
+class _HyperscanPatterns:
+    """Hyperscan block-mode database: one SINGLEMATCH expression per safe pattern rule."""
+
+    name = "hyperscan"
+
+    def __init__(self, rules: Sequence[tuple[int, bytes]]) -> None:
+        import hyperscan
+
+        self._hs = hyperscan
+        safe = [(i, r) for i, r in rules if _hyperscan_safe(r)]
+        compiled, self._always = self._compile_each(safe)
+        self._always |= {i for i, r in rules if not _hyperscan_safe(r)}
+        self._db = self._database([r for _, r in compiled], [i for i, _ in compiled])
+        self._local = threading.local()
+
+    def _compile_each(
+        self, rules: list[tuple[int, bytes]]
+    ) -> tuple[list[tuple[int, bytes]], set[int]]:
+        """Keep the rules hyperscan compiles; the others are always searched with RE2."""
+        if not rules:
+            return [], set()
+        try:
+            self._database([r for _, r in rules], [i for i, _ in rules])
+            return rules, set()
+        except self._hs.error:
+            good = []
+            for index, regex in rules:
+                try:
+                    self._database([regex], [index])
+                    good.append((index, regex))
+                except self._hs.error:
+                    pass
+            return good, {i for i, _ in rules} - {i for i, _ in good}
+
+    def _database(self, expressions: list[bytes], ids: list[int]) -> Any:
+        if not expressions:
+            return None
+        db = self._hs.Database(mode=self._hs.HS_MODE_BLOCK)
+        db.compile(
+            expressions=expressions,
+            ids=ids,
+            elements=len(expressions),
+            flags=self._hs.HS_FLAG_SINGLEMATCH,
+        )
+        return db
+
+    def hits(self, data: bytes) -> set[int]:
+        found = set(self._always)
+        if self._db is not None:
+            _scan(self._hs, self._db, self._local, data, found, lambda i: i)
+        return found
+
+
+def _scan(
+    hs: Any, db: Any, local: threading.local, data: bytes, found: set[int], to_rule: Any
+) -> None:
+    # Scratch space may not be shared by two scans at once: one per thread and database.
+    scratch = getattr(local, "scratch", None)
+    if scratch is None:
+        scratch = hs.Scratch(db)
+        local.scratch = scratch
+
+    def on_match(match_id: int, start: int, end: int, flags: int, context: Any) -> None:
+        found.add(to_rule(match_id))
+
+    db.scan(data, match_event_handler=on_match, scratch=scratch)
+
+
+class _HyperscanLiterals:
+    """Hyperscan literal database over every literal form (distinct ids keep compiles fast)."""
+
+    def __init__(self, forms: Sequence[bytes]) -> None:
+        import hyperscan
+
+        self._hs = hyperscan
+        self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self._db.compile(
+            expressions=list(forms),
+            ids=list(range(len(forms))),
+            elements=len(forms),
+            flags=hyperscan.HS_FLAG_SINGLEMATCH,
+            literal=True,
+        )
+        self._local = threading.local()
+
+    def hit(self, data: bytes) -> bool:
+        found: set[int] = set()
+        _scan(self._hs, self._db, self._local, data, found, lambda _: LITERAL_INDEX)
+        return bool(found)
+
+
+class _Re2Patterns:
+    """An RE2 set over every pattern rule (RE2's many-match DFA does not give up on slow input)."""
+
+    name = "re2"
+    _PROBE = b"\x00airlock-mask-probe\x00"
+
+    def __init__(self, rules: Sequence[tuple[int, bytes]]) -> None:
+        self._index: list[int] = []
+        self._set: Any = None
+        if not rules:
+            return
+        self._set = re2.Set.SearchSet(_options(256 << 20))
+        for index, regex in rules:
+            self._set.Add(regex)
+            self._index.append(index)
+        self._set.Add(re2.escape(self._PROBE))
+        self._set.Compile()
+        if not self._set.Match(self._PROBE):
+            raise ConfigError(
+                "the RE2 rule set could not be built (out of memory)",
+                hint="use fewer or simpler mask patterns, or engine=hyperscan",
+            )
+
+    def hits(self, data: bytes) -> set[int]:
+        if self._set is None:
+            return set()
+        matched = self._set.Match(data) or ()
+        return {self._index[i] for i in matched if i < len(self._index)}
+
+
+def build_pattern_prefilter(engine: str, rules: Iterable[tuple[int, bytes]]) -> Prefilter:
+    """The prefilter for pattern rules, by engine name ("hyperscan" or "re2")."""
+    listed = list(rules)
+    if engine == "hyperscan":
+        return _HyperscanPatterns(listed)
+    return _Re2Patterns(listed)
+
+
+def build_literal_prefilter(engine: str, literals: LiteralSet) -> _HyperscanLiterals | None:
+    """Hyperscan's literal matcher, or None: with RE2 the literal search is its own prefilter."""
+    if engine != "hyperscan" or literals.rule is None:
+        return None
+    return _HyperscanLiterals(literals.forms)

@@ -1,0 +1,68 @@
+"""The forms a literal secret can take in output: the value itself and its common encodings.
+
+A secret leaks as often through an encoding as through its raw bytes: an ``Authorization: Basic``
+header (base64), a URL query (percent-encoding), a hex dump. Each form listed here is masked
+with the literal's own rule id.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from urllib.parse import quote, quote_plus
+
+__all__ = ["MIN_EMBEDDED_BASE64", "literal_forms"]
+
+MIN_EMBEDDED_BASE64 = 8
+"""Shortest base64 core kept for a secret embedded in a longer base64 stream.
+
+Shorter cores would mask unrelated base64 text too often to be useful.
+"""
+
+
+def literal_forms(value: bytes) -> list[bytes]:
+    """Every form of ``value`` the masker looks for, without duplicates, longest first."""
+    forms = {value}
+    forms.update(_base64_forms(value))
+    forms.update(_percent_forms(value))
+    forms.add(value.hex().encode())
+    forms.add(value.hex().upper().encode())
+    return sorted(forms, key=lambda f: (-len(f), f))
+
+
+def _base64_forms(value: bytes) -> set[bytes]:
+    forms: set[bytes] = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        padded = encode(value)
+        forms.update({padded, padded.rstrip(b"=")})
+        for offset in range(3):
+            core = _embedded_core(encode, value, offset)
+            if len(core) >= MIN_EMBEDDED_BASE64:
+                forms.add(core)
+    return forms
+
+
+def _embedded_core(encode: Callable[[bytes], bytes], value: bytes, offset: int) -> bytes:
+    """The base64 characters that depend only on ``value`` when it starts ``offset`` bytes
+    into a 3-byte group of a longer encoded stream (the 3 alignments an embedded secret takes).
+    """
+    encoded = encode(b"\0" * offset + value + b"\0\0")
+    first_bit, end_bit = 8 * offset, 8 * (offset + len(value))
+    first_char = -(-first_bit // 6)  # ceil: the first character wholly inside the value's bits
+    end_char = end_bit // 6
+    return encoded[first_char:end_char]
+
+
+def _percent_forms(value: bytes) -> set[bytes]:
+    forms: set[bytes] = set()
+    for encoder in (quote, quote_plus):
+        upper = encoder(value, safe="").encode()
+        forms.update({upper, _lower_escapes(upper)})
+    forms.discard(value)
+    return forms
+
+
+def _lower_escapes(encoded: bytes) -> bytes:
+    """``%2F`` → ``%2f``: both spellings are valid percent-encoding and both occur."""
+    parts = encoded.split(b"%")
+    return parts[0] + b"".join(b"%" + p[:2].lower() + p[2:] for p in parts[1:])

@@ -1,0 +1,306 @@
+"""The masker: settings, the shared ``Masker`` and one ``StreamMasker`` per output stream.
+
+A ``Masker`` holds an immutable compiled snapshot (rules, literal set, prefilters). ``add_secret``
+builds a new snapshot under a lock and swaps it in; masking never takes the lock, and a stream
+notices the new snapshot at its next call and re-examines everything it still holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+from airlock.errors import ConfigError
+from airlock.mask import _compile
+from airlock.mask._compile import LITERAL_INDEX, CompiledRule, LiteralSet, Prefilter
+from airlock.mask._scan import Span, advance, held_suffix, render
+from airlock.mask.rules import BUILTIN_RULES, PatternRule
+
+__all__ = ["MaskSettings", "Masker", "StreamMasker", "replacement"]
+
+Engine = Literal["auto", "hyperscan", "re2"]
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """What to mask and how. Literal values are secrets: they never appear in a repr."""
+
+    literals: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    patterns: tuple[PatternRule, ...] = ()
+    builtin: bool = True
+    correlate: Literal["none", "hmac"] = "none"
+    hmac_key: bytes | None = field(default=None, repr=False)
+    engine: Engine = "auto"
+    min_literal_len: int = 4
+
+
+def replacement(rule_id: str, value: bytes, hmac_key: bytes | None) -> bytes:
+    """What a masked span becomes: ``[MASKED:<rule-id>]``, or with a key
+    ``[MASKED:<rule-id>:<first 12 hex of HMAC-SHA256(key, value)>]`` so that equal secrets can
+    be correlated across a log without revealing them."""
+    if hmac_key is None:
+        return b"[MASKED:" + rule_id.encode() + b"]"
+    tag = hmac.new(hmac_key, value, hashlib.sha256).hexdigest()[:12]
+    return b"[MASKED:" + rule_id.encode() + b":" + tag.encode() + b"]"
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    rules: tuple[CompiledRule | None, ...]  # index 0: literal set (None when empty)
+    literals: LiteralSet
+    prefilter: Prefilter
+    literal_prefilter: _compile._HyperscanLiterals | None
+    hmac_key: bytes | None
+
+    def hits(self, data: bytes) -> set[int]:
+        found = self.prefilter.hits(data)
+        if self.literals.rule is not None and (
+            self.literal_prefilter is None or self.literal_prefilter.hit(data)
+        ):
+            found.add(LITERAL_INDEX)
+        return found
+
+    def replace(self, rule_id: str, value: bytes) -> bytes:
+        return replacement(rule_id, value, self.hmac_key)
+
+
+class Masker:
+    """Masks secrets in bytes and text; thread-safe. Create one per session and share it."""
+
+    def __init__(self, settings: MaskSettings) -> None:
+        self._settings = settings
+        self._engine = _choose_engine(settings.engine)
+        key = _check_correlation(settings)
+        patterns = (BUILTIN_RULES if settings.builtin else ()) + settings.patterns
+        self._patterns = _compile_patterns(patterns)
+        self._prefilter = _compile.build_pattern_prefilter(
+            self._engine,
+            [(i + 1, rule.regex.pattern) for i, rule in enumerate(self._patterns)],
+        )
+        self._hmac_key = key
+        self._lock = threading.Lock()
+        self._literals: list[tuple[str, bytes]] = []
+        for rule_id, value in settings.literals:
+            self._literals.append(self._checked_literal(value, rule_id))
+        self._snapshot = self._build()
+
+    @property
+    def engine_name(self) -> str:
+        """The prefilter in use: ``"hyperscan"`` or ``"re2"``."""
+        return self._engine
+
+    @property
+    def literal_count(self) -> int:
+        """How many distinct literal secret values are registered."""
+        return self._snapshot.literals.count
+
+    def add_secret(self, value: str | bytes, rule_id: str = "literal") -> None:
+        """Register a secret at run time (e.g. a credential just issued); it and its
+        encodings are masked from now on, in every stream, including output still held."""
+        entry = self._checked_literal(value, rule_id)
+        with self._lock:
+            self._literals.append(entry)
+            self._snapshot = self._build()
+
+    def mask_bytes(self, data: bytes) -> bytes:
+        """Mask a complete buffer."""
+        return StreamMasker(self)._finish(data)
+
+    def mask_text(self, text: str) -> str:
+        """Mask a complete string (UTF-8; a span cutting a character leaves U+FFFD)."""
+        return self.mask_bytes(text.encode("utf-8")).decode("utf-8", "replace")
+
+    def stream(self) -> StreamMasker:
+        """A new stream state: one per output stream (stdout, stderr, a connection)."""
+        return StreamMasker(self)
+
+    def _checked_literal(self, value: str | bytes, rule_id: str) -> tuple[str, bytes]:
+        _compile.validate_rule_id(rule_id)
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        if len(raw) < self._settings.min_literal_len:
+            raise ConfigError(
+                f"secret for {rule_id!r} is shorter than {self._settings.min_literal_len} "
+                "bytes and would mask ordinary text",
+                hint="register only real secret values; short values cannot be masked safely",
+            )
+        return rule_id, raw
+
+    def _build(self) -> _Snapshot:
+        literals = _compile.build_literal_set(self._literals)
+        return _Snapshot(
+            rules=(literals.rule, *self._patterns),
+            literals=literals,
+            prefilter=self._prefilter,
+            literal_prefilter=_compile.build_literal_prefilter(self._engine, literals),
+            hmac_key=self._hmac_key,
+        )
+
+
+def _choose_engine(engine: str) -> str:
+    if engine == "re2":
+        return "re2"
+    if engine not in ("auto", "hyperscan"):
+        raise ConfigError(f"unknown masking engine {engine!r}", hint="use auto, hyperscan or re2")
+    if _compile.hyperscan_available():
+        return "hyperscan"
+    if engine == "hyperscan":
+        raise ConfigError(
+            "masking engine hyperscan was asked for but the hyperscan module cannot be imported",
+            hint="install airlock[fast] (hyperscan), or use engine auto or re2",
+        )
+    return "re2"
+
+
+def _check_correlation(settings: MaskSettings) -> bytes | None:
+    if settings.correlate == "none":
+        return None
+    if settings.correlate != "hmac":
+        raise ConfigError(
+            f"unknown mask correlation {settings.correlate!r}", hint="use none or hmac"
+        )
+    if not settings.hmac_key:
+        raise ConfigError(
+            "mask correlation hmac needs a key",
+            hint="pass hmac_key (a per-session random key), or set correlate to none",
+        )
+    return settings.hmac_key
+
+
+def _compile_patterns(patterns: tuple[PatternRule, ...]) -> tuple[CompiledRule, ...]:
+    seen: set[str] = set()
+    compiled = []
+    for rule in patterns:
+        if rule.id in seen:
+            raise ConfigError(
+                f"mask rule id {rule.id!r} is defined twice",
+                hint="give each pattern its own id (built-in ids are listed in docs/masking.md)",
+            )
+        seen.add(rule.id)
+        compiled.append(_compile.compile_rule(rule))
+    return tuple(compiled)
+
+
+class StreamMasker:
+    """Masks one stream fed in chunks. Not for concurrent use from several threads.
+
+    The concatenation of everything ``feed`` and ``flush`` return equals
+    ``mask_bytes(whole stream)`` for any chunking. ``flush_idle`` trades that equality for
+    latency (see its docstring). After ``flush`` the object starts a new stream.
+    """
+
+    def __init__(self, masker: Masker) -> None:
+        self._masker = masker
+        self._snapshot = masker._snapshot
+        self._reset()
+
+    def _reset(self) -> None:
+        self._buf = b""
+        self._base = 0  # absolute offset of _buf[0]
+        self._emitted = 0  # absolute offset up to which output was returned
+        self._resume = [0] * len(self._snapshot.rules)
+        self._pending: list[Span] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take ``chunk``; return the masked bytes that are final now (possibly empty)."""
+        if not chunk:
+            return b""
+        return self._step(bytes(chunk), final=False)
+
+    def flush(self) -> bytes:
+        """End of stream: return everything still held, masked."""
+        out = self._step(b"", final=True)
+        self._reset()
+        return out
+
+    def flush_idle(self) -> bytes:
+        """The stream went quiet: return what is held, masked as if the stream ended here,
+        except the longest tail that is a proper prefix of a literal secret form.
+
+        A literal secret written in slow pieces is still masked. A pattern secret cut by the
+        pause (say half a private key block) may not be: the part shown is no longer held.
+        """
+        snapshot = self._sync()
+        end = self._base + len(self._buf)
+        if end == self._emitted:
+            return b""
+        spans = list(self._pending)
+        for index, rule in enumerate(snapshot.rules):
+            if rule is not None:
+                advance(rule, index, self._buf, self._base, self._resume[index], True, spans)
+        tail = self._buf[self._emitted - self._base :]
+        literals = snapshot.literals
+        cut = end - held_suffix(tail, literals.forms, literals.max_len)
+        out, cut, _ = render(self._buf, self._base, self._emitted, cut, spans, snapshot.replace)
+        # Restart matching at the cut: what was shown cannot be masked any more.
+        self._resume = [cut] * len(snapshot.rules)
+        self._pending = []
+        self._commit(cut)
+        return out
+
+    def _finish(self, data: bytes) -> bytes:
+        self._buf = bytes(data)
+        return self._step(b"", final=True)
+
+    def _sync(self) -> _Snapshot:
+        """Pick up secrets added since the last call: re-examine all held output for them."""
+        current = self._masker._snapshot
+        if current is not self._snapshot:
+            self._snapshot = current
+            self._resume[LITERAL_INDEX] = self._emitted
+            self._pending = [s for s in self._pending if s.order != LITERAL_INDEX]
+        return current
+
+    def _step(self, chunk: bytes, final: bool) -> bytes:
+        snapshot = self._sync()
+        buf = self._buf + chunk if self._buf else chunk
+        self._buf = buf
+        end = self._base + len(buf)
+        spans = self._pending
+        hits = snapshot.hits(buf) if self._decidable(snapshot, end, final) else set()
+        for index, rule in enumerate(snapshot.rules):
+            self._resume[index] = self._advance_rule(rule, index, hits, end, final, spans)
+        cut = end if final else min(min(self._resume), end)
+        out, cut, self._pending = render(
+            buf, self._base, self._emitted, cut, spans, snapshot.replace
+        )
+        self._commit(cut)
+        return out
+
+    def _decidable(self, snapshot: _Snapshot, end: int, final: bool) -> bool:
+        """Whether any rule can settle a start position now (else skip the prefilter scan)."""
+        if final:
+            return True
+        return any(
+            rule is not None and self._resume[i] <= end - rule.max_len - 1
+            for i, rule in enumerate(snapshot.rules)
+        )
+
+    def _advance_rule(
+        self,
+        rule: CompiledRule | None,
+        index: int,
+        hits: set[int],
+        end: int,
+        final: bool,
+        spans: list[Span],
+    ) -> int:
+        resume = self._resume[index]
+        if rule is None:
+            return max(resume, end + 1) if final else max(resume, end)
+        limit = end if final else end - rule.max_len - 1
+        if resume > limit:
+            return resume
+        if index not in hits:  # the prefilter saw no match anywhere in the buffer
+            return limit + 1
+        return advance(rule, index, self._buf, self._base, resume, final, spans)
+
+    def _commit(self, cut: int) -> None:
+        """Mark ``[.., cut)`` as emitted; keep one byte before it as context for ``\\b``."""
+        self._emitted = cut
+        keep = max(cut - 1, self._base)
+        if keep > self._base:
+            self._buf = self._buf[keep - self._base :]
+            self._base = keep
