@@ -106,6 +106,8 @@ class ArchiveSink(abc.ABC):
     url: str
     #: True when ``head`` always reports the archive's own SHA-256 checksum (S3 does).
     keeps_checksums: bool = False
+    #: Part size of multipart uploads; S3 checksums of multipart objects are per part.
+    part_size: int = 16 * 1024 * 1024
 
     @abc.abstractmethod
     def lock_status(self) -> LockStatus:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airlock.archive.interface import (
+    ArchiveCheckFailed,
     ArchiveError,
     ArchiveSink,
     ArchiveUnreachable,
@@ -102,6 +103,8 @@ class S3Sink(ArchiveSink):
         endpoint_url: str | None = None,
         client: S3Client | None = None,
         progress: Callable[[str, int], Progress | None] | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = MULTIPART_CHUNK,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -109,6 +112,8 @@ class S3Sink(ArchiveSink):
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._client = client or _make_client(endpoint_url)
         self.progress = progress
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
 
     def _key(self, key: str) -> str:
         return join_key(self.prefix, key)
@@ -193,7 +198,7 @@ class S3Sink(ArchiveSink):
             extra["ObjectLockMode"] = mode.value
             extra["ObjectLockRetainUntilDate"] = retain_until
         size = source.stat().st_size
-        if size < MULTIPART_THRESHOLD:
+        if size < self.multipart_threshold:
             self._put_single(key, source, sha256, extra)
         else:
             self._put_multipart(key, source, extra, size)
@@ -220,7 +225,7 @@ class S3Sink(ArchiveSink):
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK
+            multipart_threshold=self.multipart_threshold, multipart_chunksize=self.part_size
         )
         callback = self.progress(key, size) if self.progress else None
         self._call(
@@ -247,6 +252,8 @@ class S3Sink(ArchiveSink):
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
         if version_id:
             kwargs["VersionId"] = version_id
+        from botocore.exceptions import FlexibleChecksumError
+
         resp = self._call("GetObject", self._client.get_object, **kwargs)
         digest = hashlib.sha256()
         body = resp["Body"]
@@ -255,6 +262,10 @@ class S3Sink(ArchiveSink):
                 digest.update(chunk)
         except _connection_errors() as exc:
             raise ArchiveUnreachable(f"S3 read of {key} broke off: {type(exc).__name__}") from exc
+        except FlexibleChecksumError as exc:
+            raise ArchiveCheckFailed(
+                f"{self.url}/{key}: the bytes read back do not match the archive's own checksum"
+            ) from exc
         finally:
             body.close()
         return digest.hexdigest()
