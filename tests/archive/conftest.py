@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from tests.support.moto_server import MotoServer, moto_env, moto_server
 
 from airlock.audit import SessionWriter, SigningKey, load_public_keys, load_signing_key
 from airlock.events import Identity
-from tests.support.moto_server import MotoServer, moto_env, moto_server
 
 __all__ = ["moto_server"]  # re-exported fixture
 

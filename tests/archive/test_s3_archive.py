@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from tests.archive.conftest import SessionFactory, new_bucket
+from tests.support.moto_server import MotoServer
 
 from airlock.archive import (
     ArchiveCheckFailed,
@@ -25,8 +27,6 @@ from airlock.archive import (
 from airlock.archive.s3 import S3Sink, composite_sha256, hash_file
 from airlock.audit import verify_session
 from airlock.errors import VerificationFailed
-from tests.archive.conftest import SessionFactory, new_bucket
-from tests.support.moto_server import MotoServer
 
 pytestmark = pytest.mark.service
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from tests.archive.cli import run_cli
+from tests.archive.conftest import SessionFactory, new_bucket
+from tests.support.moto_server import MotoServer
 
 from airlock.archive import fetch_session
 from airlock.audit import verify_session
 from airlock.errors import ExitCode
-from tests.archive.cli import run_cli
-from tests.archive.conftest import SessionFactory, new_bucket
-from tests.support.moto_server import MotoServer
 
 pytestmark = pytest.mark.service
 
