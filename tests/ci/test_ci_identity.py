@@ -68,6 +68,12 @@ def test_github_workflow_falls_back_to_the_workflow_name(github_env: dict[str, s
     assert detect_identity(github_env).workflow == "Agent"
 
 
+def test_a_job_run_by_act_says_so(github_env: dict[str, str]) -> None:
+    assert "act" not in detect_identity(github_env).extra
+    github_env["ACT"] = "true"
+    assert detect_identity(github_env).extra["act"] == "true"
+
+
 def test_empty_values_count_as_absent(github_env: dict[str, str]) -> None:
     github_env["GITHUB_HEAD_REF"] = ""
     github_env["GITHUB_REPOSITORY_OWNER_ID"] = ""

@@ -65,6 +65,8 @@ GITHUB_EXTRA: Mapping[str, str] = {
     "runner_os": "RUNNER_OS",
     "runner_arch": "RUNNER_ARCH",
     "runner_environment": "RUNNER_ENVIRONMENT",
+    # nektos/act sets ACT=true: a local imitation of Actions, not a GitHub-run job.
+    "act": "ACT",
 }
 
 GITLAB_FIELDS: Mapping[str, tuple[str, ...]] = {
