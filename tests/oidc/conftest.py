@@ -1,7 +1,7 @@
 """Fixtures for OIDC tests: a real issuer over HTTP, an "attacker" server, a verifier factory.
 
-``oidc_issuer`` is reusable by any test (the broker's too): a fresh issuer per test, so that
-its request counters start at zero.
+``oidc_issuer`` is reusable by any test (the broker's too): one server for the session, reset
+for each test (new key, counters at zero, no overrides).
 """
 
 from __future__ import annotations
@@ -10,26 +10,38 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.support.oidc_issuer import OIDCIssuer
 
 from airlock.oidc import InMemoryReplayCache, IssuerConfig, JWKSCache, TokenVerifier
-from tests.support.oidc_issuer import OIDCIssuer
 
 AUDIENCE = "https://airlock.broker.test"
 VerifierFactory = Callable[..., TokenVerifier]
 
 
-@pytest.fixture
-def oidc_issuer() -> Iterator[OIDCIssuer]:
-    """A running test issuer with one RS256 key."""
+@pytest.fixture(scope="session")
+def _issuer_server() -> Iterator[OIDCIssuer]:
     with OIDCIssuer() as issuer:
         yield issuer
 
 
-@pytest.fixture
-def attacker() -> Iterator[OIDCIssuer]:
-    """A second server standing for the attacker's: every request it gets is counted."""
+@pytest.fixture(scope="session")
+def _attacker_server() -> Iterator[OIDCIssuer]:
     with OIDCIssuer() as server:
         yield server
+
+
+@pytest.fixture
+def oidc_issuer(_issuer_server: OIDCIssuer) -> OIDCIssuer:
+    """A running test issuer with a fresh RS256 key and zeroed request counters."""
+    _issuer_server.reset()
+    return _issuer_server
+
+
+@pytest.fixture
+def attacker(_attacker_server: OIDCIssuer) -> OIDCIssuer:
+    """A second server standing for the attacker's: every request it gets is counted."""
+    _attacker_server.reset()
+    return _attacker_server
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ Usage::
         new_kid = issuer.rotate()           # add a key and sign with it from now on
         issuer.remove_key(old_kid)
 
-``routes`` lets a test replace any path's answer (a redirect, a huge body, a foreign
+A session-long server can be shared: :meth:`reset` gives each test a fresh key and zeroed
+counters. ``routes`` lets a test replace any path's answer (a redirect, a huge body, a foreign
 ``jwks_uri``); every request is counted in ``hits`` (path -> count) and listed in ``requests``,
 so a second instance makes a fine "attacker" server whose hit counter must stay at zero.
 """
@@ -131,10 +132,31 @@ def gitlab_claims(issuer_url: str, audience: str, **overrides: Any) -> dict[str,
     return claims
 
 
+_POOL_SIZE = 24
+_key_pool: list[rsa.RSAPrivateKey] = []
+_pool_next = 0
+_pool_lock = threading.Lock()
+
+
+def _new_key(bits: int) -> rsa.RSAPrivateKey:
+    """A 2048-bit key from a small process-wide pool (generating one costs ~0.1 s); any
+    ``_POOL_SIZE`` consecutive calls return distinct keys."""
+    global _pool_next
+    if bits != 2048:
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    with _pool_lock:
+        if len(_key_pool) < _POOL_SIZE:
+            _key_pool.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+            return _key_pool[-1]
+        key = _key_pool[_pool_next % _POOL_SIZE]
+        _pool_next += 1
+        return key
+
+
 class OIDCIssuer:
     """An OIDC issuer served by uvicorn on 127.0.0.1 in a background thread."""
 
-    def __init__(self, *, key_count: int = 1) -> None:
+    def __init__(self) -> None:
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
         self.current_kid = ""
         self.hits: Counter[str] = Counter()
@@ -142,8 +164,7 @@ class OIDCIssuer:
         self.routes: dict[str, Handler] = {}
         self.discovery_overrides: dict[str, Any] = {}
         self._lock = threading.Lock()
-        for _ in range(key_count):
-            self.rotate()
+        self.reset()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -180,13 +201,23 @@ class OIDCIssuer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def reset(self) -> None:
+        """Back to a fresh state: one new signing key, no overrides, counters at zero."""
+        with self._lock:
+            self.keys.clear()
+            self.hits.clear()
+            self.requests.clear()
+        self.routes.clear()
+        self.discovery_overrides.clear()
+        self.rotate()
+
     # -- keys and tokens -------------------------------------------------------------------
 
     def add_key(self, kid: str | None = None, *, bits: int = 2048) -> str:
         """Publish a new RSA key (not used for signing until :meth:`rotate` or ``kid=``)."""
         kid = kid or uuid.uuid4().hex[:16]
         with self._lock:
-            self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+            self.keys[kid] = _new_key(bits)
         return kid
 
     def rotate(self) -> str:
@@ -222,7 +253,11 @@ class OIDCIssuer:
         the same) picks the key that actually signs; extra keyword args become header members."""
         header_kid = kid or self.current_kid
         key = self.keys[signing_kid or header_kid]
-        return jwt.encode(dict(claims), key, algorithm="RS256", headers={"kid": header_kid, **header})
+        # PyJWS, not jwt.encode: tests need claims that PyJWT would refuse to produce.
+        payload = json.dumps(dict(claims)).encode()
+        return jwt.PyJWS().encode(
+            payload, key, algorithm="RS256", headers={"kid": header_kid, **header}
+        )
 
     def github_claims(self, audience: str, **overrides: Any) -> dict[str, Any]:
         """:func:`github_claims` issued by this server."""

@@ -64,6 +64,7 @@ class VerifiedToken:
 class _Parsed:
     header: dict[str, Any]
     claims: dict[str, Any]
+    signed: bool
 
 
 class TokenVerifier:
@@ -94,6 +95,8 @@ class TokenVerifier:
         parsed = self._parse(token)
         issuer = self._allowed_issuer(parsed.claims)
         alg = _check_header(parsed.header, issuer)
+        if not parsed.signed:
+            raise BadSignature("the signature segment is empty (stripped signature)")
         key = self._keys.get_key(issuer, parsed.header["kid"])
         claims = _verify_signature(token, key, alg)
         _check_audience(claims, issuer)
@@ -124,11 +127,10 @@ class TokenVerifier:
         segments = token.strip().split(".")
         if len(segments) != 3:
             raise TokenMalformed(f"token has {len(segments)} segments, a signed JWT has 3")
-        if not segments[2]:
-            raise BadSignature("the signature segment is empty (stripped signature)")
         return _Parsed(
             header=_decode_json_segment(segments[0], "header"),
             claims=_decode_json_segment(segments[1], "payload"),
+            signed=bool(segments[2]),
         )
 
     def _allowed_issuer(self, claims: Mapping[str, Any]) -> IssuerConfig:
