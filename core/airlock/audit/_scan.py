@@ -17,7 +17,7 @@ from pathlib import Path
 from airlock.audit._format import LINE_RE
 from airlock.errors import VerificationFailed
 
-__all__ = ["ChainScan", "scan_chain"]
+__all__ = ["ChainScan", "diagnose_beyond", "scan_chain"]
 
 _BLOCK = 8 << 20
 _HINT = "the log was changed after it was written; compare it with the archived copy"
@@ -34,6 +34,7 @@ class ChainScan:
     log_sha256: str = ""
     first_line: bytes | None = None
     last_line: bytes | None = None
+    tail: list[bytes] = field(default_factory=list)  # the last two complete lines
     checkpoint_heads: dict[int, str] = field(default_factory=dict)
 
 
@@ -81,10 +82,23 @@ def scan_chain(
         if pending is not None:
             pending.result()
     scan.event_count = expected
+    scan.tail = tail
     scan.head = prev.decode("ascii")
     scan.leftover = len(carry)
     scan.log_sha256 = whole.hexdigest()
     return scan
+
+
+def diagnose_beyond(
+    events: Path, scan: ChainScan, genesis_hex: str, head: str | None
+) -> VerificationFailed:
+    """Name the break when the lines do not end where the seal's byte count says.
+
+    The scan stopped at the sealed size; the line that straddles it is read in full, with the
+    lines after it, to tell a modified line from an inserted or moved one.
+    """
+    k = scan.event_count + 1
+    return _diagnose(events, scan.covered, None, k, scan.tail, genesis_hex, head)
 
 
 def _blocks(handle: object, limit: int | None) -> Iterator[bytes]:
@@ -217,6 +231,11 @@ def _diagnose_gap(
         and nxt.prev == want_prev
         and not (nxt2 is not None and nxt2.prev == cur.hash)
     ):
+        # cur does not belong here: moved from later in the log, or not from this log at all.
+        later = [line for line in rest if line is not None]
+        moved = cur.seq not in {x.seq for x in later} and cur.prev in {x.hash for x in later}
+        if moved:
+            return _fail("reordered", k, f"seq {cur.seq} was moved before seq {e}")
         return _fail("inserted", k, f"an extra line (seq {cur.seq}) was inserted")
     if any(line is not None and line.seq == e for line in rest):
         return _fail("reordered", k, f"seq {cur.seq} comes before seq {e}: lines were reordered")

@@ -26,7 +26,7 @@ from airlock.audit._format import (
     canonical_json,
     genesis,
 )
-from airlock.audit._scan import ChainScan, scan_chain
+from airlock.audit._scan import ChainScan, diagnose_beyond, scan_chain
 from airlock.errors import VerificationFailed
 
 __all__ = ["FAILURE_KINDS", "VerifyReport", "verify_session"]
@@ -95,7 +95,8 @@ def verify_session(path: Path, trusted: Mapping[str, Ed25519PublicKey]) -> Verif
     _check_manifest_fields(manifest)
     if not events.is_file():
         raise VerificationFailed(
-            f"{events} is missing but {MANIFEST_FILE} seals {manifest['event_count']} events",
+            f"line 1: {events} is missing but {MANIFEST_FILE} seals "
+            f"{manifest['event_count']} events",
             kind="truncated",
             line=1,
         )
@@ -262,11 +263,7 @@ def _check_end(events: Path, m: dict[str, Any], scan: ChainScan) -> None:
                 kind="truncated",
                 line=n + 1,
             )
-        raise VerificationFailed(
-            f"line {n + 1}: was modified: it no longer ends where the seal says",
-            kind="modified",
-            line=n + 1,
-        )
+        raise diagnose_beyond(events, scan, m["genesis"], m["head"])
     if n > count:
         raise VerificationFailed(
             f"line {count + 1}: {n - count} line(s) beyond the sealed {count} events",
