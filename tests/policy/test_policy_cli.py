@@ -62,6 +62,14 @@ def test_check_github_annotations(tmp_path: Path) -> None:
     )
 
 
+def test_check_github_annotation_of_a_yaml_syntax_error(tmp_path: Path) -> None:
+    bad = write(tmp_path, "bad.yaml", "capture:\n  exec: required\n pty: auto\n")
+    done = airlock("policy", "check", "--format", "github", str(bad))
+    assert done.returncode == ExitCode.USAGE
+    assert done.stdout.startswith(f"::error file={bad},line=3,col=")
+    assert "::YAML syntax error: " in done.stdout
+
+
 def test_check_without_a_file_is_a_usage_error() -> None:
     done = airlock("policy", "check")
     assert done.returncode == ExitCode.USAGE

@@ -361,6 +361,7 @@ def test_empty_file_is_the_default_policy(tmp_path: Path) -> None:
 def test_problem_rendering() -> None:
     assert str(PolicyProblem("f.yaml", "a.b", "bad", 3)) == "f.yaml: a.b: bad (line 3)"
     assert str(PolicyProblem("f.yaml", "", "bad")) == "f.yaml: bad"
+    assert str(PolicyProblem("f.yaml", "", "bad", 3, 7)) == "f.yaml: line 3, column 7: bad"
 
 
 # ---- odd YAML and fuzzing ---------------------------------------------------------------------

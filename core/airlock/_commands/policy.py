@@ -67,6 +67,8 @@ def _check(args: argparse.Namespace) -> int:
 def _render(problem: PolicyProblem, fmt: str) -> str:
     if fmt == "github":
         line = f",line={problem.line}" if problem.line is not None else ""
+        if problem.column is not None:
+            line += f",col={problem.column}"
         text = f"{problem.path}: {problem.message}" if problem.path else problem.message
         return f"::error file={_gh_escape(problem.source, prop=True)}{line}::{_gh_escape(text)}"
     return str(problem)

@@ -38,17 +38,26 @@ _REFUSED_TAGS = ("binary", "timestamp", "set", "omap", "pairs")
 
 @dataclass(frozen=True)
 class PolicyProblem:
-    """One thing wrong with a policy file. ``path`` is dotted (``mask.patterns[0].regex``)."""
+    """One thing wrong with a policy file.
+
+    ``path`` is dotted (``mask.patterns[0].regex``), empty for problems of the file as a whole
+    or of its YAML syntax; ``line`` and ``column`` are 1-based, when known.
+    """
 
     source: str
     path: str
     message: str
     line: int | None = None
+    column: int | None = None
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.path}: " if self.path else f"{self.source}: "
-        suffix = f" (line {self.line})" if self.line is not None else ""
-        return f"{where}{self.message}{suffix}"
+        if self.path:
+            suffix = f" (line {self.line})" if self.line is not None else ""
+            return f"{self.source}: {self.path}: {self.message}{suffix}"
+        if self.line is not None:
+            col = f", column {self.column}" if self.column is not None else ""
+            return f"{self.source}: line {self.line}{col}: {self.message}"
+        return f"{self.source}: {self.message}"
 
 
 class PolicyError(ConfigError):
@@ -162,12 +171,12 @@ def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
 
 def _yaml_problem(exc: yaml.MarkedYAMLError, source: str) -> PolicyProblem:
     mark = exc.problem_mark or exc.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
     what = exc.problem or exc.context or "invalid YAML"
     if isinstance(exc, yaml.constructor.ConstructorError):
-        return PolicyProblem(source, where, f"YAML error: {what}")
+        return PolicyProblem(source, "", f"YAML error: {what}", line, column)
     message = f"YAML syntax error: {what}; check indentation, quoting and ':' after keys"
-    return PolicyProblem(source, where, message)
+    return PolicyProblem(source, "", message, line, column)
 
 
 def _problems(exc: ValidationError, root: yaml.Node | None, source: str) -> list[PolicyProblem]:
