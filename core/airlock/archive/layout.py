@@ -65,12 +65,17 @@ def join_key(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-def read_manifest(session_dir: Path) -> dict[str, Any]:
-    """The seal of a session; a session without one must be sealed before it is archived."""
+def read_manifest(session_dir: Path, *, required: bool = True) -> dict[str, Any]:
+    """The seal of a session; a session without one must be sealed before it is archived.
+
+    With ``required=False`` an unsealed session gives a stub ``{"session_id": <dir name>}``.
+    """
     path = session_dir / MANIFEST_NAME
     try:
         manifest: dict[str, Any] = json.loads(path.read_bytes())
     except FileNotFoundError:
+        if not required:
+            return {"session_id": session_dir.name, "status": "unsealed"}
         raise UsageError(
             f"{session_dir} is not sealed (no {MANIFEST_NAME})",
             hint=f"run `airlock seal {session_dir}` first",

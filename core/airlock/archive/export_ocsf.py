@@ -1,0 +1,141 @@
+"""`airlock export --format ocsf`: session events as OCSF-shaped JSON lines for a SIEM.
+
+Each event becomes one OCSF 1.3 record with the class that fits best (below); the Airlock event
+is kept whole under ``unmapped.airlock`` so nothing is lost, and ``metadata.uid`` is
+``<session>:<seq>`` so a SIEM can point back to the exact log line.
+
+    session.start / session.end      6002 Application Lifecycle   (3 Start / 4 Stop)
+    process.exec / process.exit      1007 Process Activity        (1 Launch / 2 Terminate)
+    http.request / http.response     4002 HTTP Activity           (by method / 99 Other)
+    db.query / db.result             6005 Datastore Activity      (99 Other)
+    guardrail.*, approval.*          6003 API Activity            (99 Other, with disposition)
+    credential.issued                3002 Authentication          (99 Other)
+    anything else (output, ...)         0 Base Event              (99 Other)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from airlock import __version__
+from airlock.archive.describe import describe
+
+__all__ = ["OCSF_VERSION", "dumps", "to_ocsf"]
+
+OCSF_VERSION = "1.3.0"
+
+# type → (category_uid, class_uid, activity_id)
+_CLASSES: dict[str, tuple[int, int, int]] = {
+    "session.start": (6, 6002, 3),
+    "session.end": (6, 6002, 4),
+    "process.exec": (1, 1007, 1),
+    "process.exit": (1, 1007, 2),
+    "http.request": (4, 4002, 99),
+    "http.response": (4, 4002, 99),
+    "db.query": (6, 6005, 99),
+    "db.result": (6, 6005, 99),
+    "credential.issued": (3, 3002, 99),
+}
+_HTTP_ACTIVITY = {
+    "CONNECT": 1,
+    "DELETE": 2,
+    "GET": 3,
+    "HEAD": 4,
+    "OPTIONS": 5,
+    "POST": 6,
+    "PUT": 7,
+    "TRACE": 8,
+}
+_DENIED = {"deny", "denied", "expired", "blocked", "refused"}
+
+
+def _classify(etype: str, data: dict[str, Any]) -> tuple[int, int, int]:
+    if etype.startswith(("guardrail.", "approval.")):
+        return 6, 6003, 99
+    category, class_uid, activity = _CLASSES.get(etype, (0, 0, 99))
+    if etype == "http.request":
+        activity = _HTTP_ACTIVITY.get(str(data.get("method", "")).upper(), 99)
+    return category, class_uid, activity
+
+
+def _millis(ts: str) -> int:
+    try:
+        return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+def _specific(etype: str, data: dict[str, Any]) -> dict[str, Any]:
+    if etype.startswith("process."):
+        argv = data.get("argv") if isinstance(data.get("argv"), list) else None
+        proc: dict[str, Any] = {"pid": data.get("pid")}
+        if argv:
+            proc["cmd_line"] = " ".join(str(a) for a in argv)
+            proc["name"] = str(argv[0]).rsplit("/", 1)[-1]
+        if data.get("path"):
+            proc["file"] = {"path": data["path"], "name": str(data["path"]).rsplit("/", 1)[-1]}
+        return {"process": proc}
+    if etype == "http.request":
+        return {
+            "http_request": {
+                "http_method": data.get("method"),
+                "url": {"url_string": data.get("url")},
+            }
+        }
+    if etype == "http.response" and data.get("status") is not None:
+        return {"http_response": {"code": data.get("status")}}
+    if etype.startswith(("guardrail.", "approval.")):
+        outcome = str(data.get("outcome") or data.get("decision") or data.get("action") or "")
+        return {"disposition": outcome, "status": "Failure" if outcome in _DENIED else "Success"}
+    return {}
+
+
+def _severity(etype: str, data: dict[str, Any]) -> int:
+    outcome = str(data.get("outcome") or data.get("decision") or data.get("action") or "")
+    if etype.startswith(("guardrail.", "approval.")) and outcome:
+        return 3 if outcome in _DENIED else 2  # Medium for a refusal, Low for a gated step
+    return 1  # Informational
+
+
+def to_ocsf(events: Iterable[dict[str, Any]], session_id: str) -> Iterator[dict[str, Any]]:
+    """OCSF records for ``events`` (as read from a session log), in log order."""
+    actor: dict[str, Any] = {}
+    for event in events:
+        etype = str(event.get("type"))
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        if etype == "session.start":
+            ident = data.get("identity") if isinstance(data.get("identity"), dict) else {}
+            assert isinstance(ident, dict)
+            actor = {"user": {"name": ident.get("actor")}} if ident.get("actor") else {}
+        category, class_uid, activity = _classify(etype, data)
+        record: dict[str, Any] = {
+            "category_uid": category,
+            "class_uid": class_uid,
+            "activity_id": activity,
+            "type_uid": class_uid * 100 + activity,
+            "severity_id": _severity(etype, data),
+            "time": _millis(str(event.get("ts", ""))),
+            "message": describe(event, 500),
+            "metadata": {
+                "version": OCSF_VERSION,
+                "product": {"name": "Airlock", "vendor_name": "Airlock", "version": __version__},
+                "uid": f"{session_id}:{event.get('seq')}",
+                "correlation_uid": session_id,
+                "original_time": event.get("ts"),
+                "log_name": "airlock-session",
+            },
+            **_specific(etype, data),
+            "unmapped": {"airlock": {"type": etype, "seq": event.get("seq"), "data": data}},
+        }
+        if actor:
+            record["actor"] = actor
+        yield record
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """One JSON line."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)

@@ -1,0 +1,100 @@
+"""A Markdown summary of a session for ``$GITHUB_STEP_SUMMARY`` (and GitLab job artifacts).
+
+GitHub renders the summary as Markdown with some HTML, so every value from the log is escaped
+(Markdown punctuation and HTML). The summary is capped below 1 MiB, GitHub's limit per step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from airlock.archive.describe import describe
+from airlock.archive.layout import read_manifest
+from airlock.archive.report import verification_state
+from airlock.audit import iter_events
+
+__all__ = ["MAX_SUMMARY_BYTES", "escape_md", "render_summary"]
+
+MAX_SUMMARY_BYTES = 1024 * 1024 - 4096  # GitHub refuses a step summary over 1 MiB
+_NOTABLE = ("process.exec", "db.query", "http.request", "guardrail.decision", "approval.")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_ICON = {"ok": "✅", "incomplete": "⚠️", "failed": "❌"}
+
+
+def escape_md(text: str) -> str:
+    """Text safe in a Markdown table cell: HTML escaped, Markdown punctuation escaped, one line."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = " ".join(text.split())
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _header(
+    manifest: Mapping[str, Any], identity: Mapping[str, Any], verdict: dict[str, str]
+) -> list[str]:
+    lines = [
+        f"### Airlock session `{escape_md(str(manifest.get('session_id')))}`",
+        "",
+        f"{_ICON.get(verdict['state'], '')} {escape_md(verdict['text'])}",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    facts = {**{k: v for k, v in identity.items() if not isinstance(v, dict)}}
+    facts.update({k: manifest.get(k) for k in ("status", "exit_code", "event_count")})
+    lines += [f"| {escape_md(str(k))} | {escape_md(str(v))} |" for k, v in facts.items()]
+    return lines
+
+
+def _notable_rows(
+    events: Iterable[dict[str, Any]], counts: Counter[str]
+) -> tuple[dict[str, Any], list[str]]:
+    identity: dict[str, Any] = {}
+    rows = []
+    for event in events:
+        etype = str(event.get("type"))
+        counts[etype] += 1
+        if etype == "session.start" and isinstance(event.get("data"), dict):
+            identity = event["data"].get("identity") or {}
+        if etype.startswith(_NOTABLE):
+            rows.append(
+                f"| {event.get('seq')} | {escape_md(etype)} | {escape_md(describe(event, 160))} |"
+            )
+    return identity, rows
+
+
+def render_summary(
+    session_dir: Path,
+    trusted: Mapping[str, Ed25519PublicKey],
+    max_bytes: int = MAX_SUMMARY_BYTES,
+) -> str:
+    """The Markdown summary of a session: identity, verification, counts, notable events."""
+    manifest = read_manifest(session_dir, required=False)
+    counts: Counter[str] = Counter()
+    identity, rows = _notable_rows(iter_events(session_dir), counts)
+    lines = _header(manifest, identity, verification_state(session_dir, trusted))
+    lines += [
+        "",
+        "**Events:** " + ", ".join(f"{escape_md(t)} {n}" for t, n in sorted(counts.items())),
+    ]
+    lines += ["", "| seq | type | what |", "|---|---|---|"]
+    head = "\n".join(lines) + "\n"
+    return _fit(head, rows, max_bytes)
+
+
+def _fit(head: str, rows: list[str], max_bytes: int) -> str:
+    out = [head]
+    size = len(head.encode())
+    for index, row in enumerate(rows):
+        row_size = len(row.encode()) + 1
+        if size + row_size + 200 > max_bytes:
+            out.append(f"\n_{len(rows) - index} more events not shown; see `airlock report`._\n")
+            break
+        out.append(row + "\n")
+        size += row_size
+    return "".join(out)
