@@ -84,7 +84,7 @@ def test_named_key_that_is_missing_is_not_generated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRLOCK_KEY", str(tmp_path / "missing.pem"))
-    with pytest.raises(ConfigError, match="missing.pem"):
+    with pytest.raises(ConfigError, match=r"missing\.pem"):
         load_signing_key()
     assert not (tmp_path / "missing.pem").exists()
 
@@ -129,7 +129,7 @@ def test_public_keys_from_public_or_private_pem(tmp_path: Path) -> None:
 
 def test_public_key_file_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("junk")
-    with pytest.raises(ConfigError, match="junk.pem"):
+    with pytest.raises(ConfigError, match=r"junk\.pem"):
         load_public_keys([tmp_path / "junk.pem"])
     with pytest.raises(ConfigError, match="could not read"):
         load_public_keys([tmp_path / "absent.pem"])
