@@ -65,6 +65,21 @@ _TAG_BAD = re.compile(r"[^\w .:/=+@-]")
 _MAX_TAGS = 50
 
 
+class _DropWireBodies(logging.Filter):
+    """botocore logs whole request and response bodies at DEBUG; for STS they hold credentials."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+def _guard_wire_logs() -> None:
+    """Keep STS bodies (tokens in, credentials out) out of DEBUG logs, process-wide."""
+    for name in ("botocore.parsers", "botocore.endpoint"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropWireBodies) for f in logger.filters):
+            logger.addFilter(_DropWireBodies())
+
+
 class AwsConfig(BaseModel):
     """A ``providers:`` entry for AWS."""
 
@@ -137,6 +152,7 @@ class AwsProvider(CredentialProvider):
     def __init__(self, config: AwsConfig) -> None:
         self._config = config
         self._client: STSClient | None = None
+        _guard_wire_logs()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
