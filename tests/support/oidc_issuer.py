@@ -132,7 +132,7 @@ def gitlab_claims(issuer_url: str, audience: str, **overrides: Any) -> dict[str,
     return claims
 
 
-_POOL_SIZE = 24
+_POOL_SIZE = 8
 _key_pool: list[rsa.RSAPrivateKey] = []
 _pool_next = 0
 _pool_lock = threading.Lock()
