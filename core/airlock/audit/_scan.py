@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from airlock.audit._format import LINE_RE
 from airlock.errors import VerificationFailed
@@ -52,20 +54,16 @@ def scan_chain(
     used only to name which line was modified when the last link breaks.
     """
     scan = ChainScan(head=genesis_hex)
-    whole = hashlib.sha256()
     expected, prev = 0, genesis_hex.encode("ascii")
     tail: list[bytes] = []
     carry = b""
-    with events.open("rb", buffering=0) as handle, ThreadPoolExecutor(1) as pool:
-        pending: Future[None] | None = None
+    with events.open("rb", buffering=0) as handle, _WholeHash(handle) as whole:
         for block in _blocks(handle, limit):
             buf = carry + block if carry else block
             lines = buf.split(b"\n")
             carry = lines.pop()
             done = len(buf) - len(carry)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(whole.update, memoryview(buf)[:done])
+            whole.update(memoryview(buf)[:done])
             if not lines:
                 continue
             start = expected
@@ -79,14 +77,51 @@ def scan_chain(
             scan.last_line = lines[-1]
             tail = (tail + lines[-2:])[-2:]
             scan.covered += done
-        if pending is not None:
-            pending.result()
+        scan.log_sha256 = whole.hexdigest()
     scan.event_count = expected
     scan.tail = tail
     scan.head = prev.decode("ascii")
     scan.leftover = len(carry)
-    scan.log_sha256 = whole.hexdigest()
     return scan
+
+
+class _WholeHash:
+    """SHA-256 of the covered bytes, on a helper thread when the file is large enough to gain.
+
+    Blocks are hashed in order: each update waits for the previous one, which overlaps the
+    hashing of block N with the line checks of block N.
+    """
+
+    _THREAD_FROM = 4 << 20
+
+    def __init__(self, handle: Any) -> None:
+        self._hash = hashlib.sha256()
+        size = os.fstat(handle.fileno()).st_size
+        self._pool = ThreadPoolExecutor(1) if size >= self._THREAD_FROM else None
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> _WholeHash:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def update(self, data: memoryview) -> None:
+        if self._pool is None:
+            self._hash.update(data)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self._hash.update, data)
+
+    def hexdigest(self) -> str:
+        self._wait()
+        return self._hash.hexdigest()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
 
 def diagnose_beyond(
@@ -101,8 +136,8 @@ def diagnose_beyond(
     return _diagnose(events, scan.covered, None, k, scan.tail, genesis_hex, head)
 
 
-def _blocks(handle: object, limit: int | None) -> Iterator[bytes]:
-    read = handle.read  # type: ignore[attr-defined]
+def _blocks(handle: Any, limit: int | None) -> Iterator[bytes]:
+    read = handle.read
     remaining = limit
     while remaining is None or remaining > 0:
         block: bytes = read(_BLOCK if remaining is None else min(_BLOCK, remaining))
