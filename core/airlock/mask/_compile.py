@@ -9,6 +9,7 @@ cannot compile are not prefiltered and are searched with RE2 on every buffer ins
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -261,7 +262,12 @@ def _scan(
 
 
 class _HyperscanLiterals:
-    """Hyperscan literal database over every literal form (distinct ids keep compiles fast)."""
+    """Hyperscan database over every literal form.
+
+    Forms are written as ``\\xHH`` regexes rather than through the pure-literal API, which the
+    Python binding passes as C strings (a NUL byte would cut a form short). Distinct ids keep
+    compiling fast: hyperscan is very slow to compile many expressions sharing one id.
+    """
 
     def __init__(self, forms: Sequence[bytes]) -> None:
         import hyperscan
@@ -269,11 +275,10 @@ class _HyperscanLiterals:
         self._hs = hyperscan
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         self._db.compile(
-            expressions=list(forms),
+            expressions=[b"".join(b"\\x%02x" % byte for byte in form) for form in forms],
             ids=list(range(len(forms))),
             elements=len(forms),
             flags=hyperscan.HS_FLAG_SINGLEMATCH,
-            literal=True,
         )
         self._local = threading.local()
 
@@ -314,11 +319,19 @@ class _Re2Patterns:
 
 
 def build_pattern_prefilter(engine: str, rules: Iterable[tuple[int, bytes]]) -> Prefilter:
-    """The prefilter for pattern rules, by engine name ("hyperscan" or "re2")."""
-    listed = list(rules)
+    """The prefilter for pattern rules, by engine name ("hyperscan" or "re2").
+
+    Prefilters are immutable, so maskers with the same rules share one (compiling the built-in
+    rules with hyperscan takes a noticeable fraction of a second).
+    """
+    return _cached_prefilter(engine, tuple(rules))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_prefilter(engine: str, rules: tuple[tuple[int, bytes], ...]) -> Prefilter:
     if engine == "hyperscan":
-        return _HyperscanPatterns(listed)
-    return _Re2Patterns(listed)
+        return _HyperscanPatterns(rules)
+    return _Re2Patterns(rules)
 
 
 def build_literal_prefilter(engine: str, literals: LiteralSet) -> _HyperscanLiterals | None:

@@ -97,7 +97,7 @@ BUILTIN_RULES: tuple[PatternRule, ...] = (
         regex=(
             r"-----BEGIN[ A-Z0-9]{0,40} PRIVATE KEY(?: BLOCK)?-----"
             r"(?:[\s\S]*?-----END[ A-Z0-9]{0,40} PRIVATE KEY(?: BLOCK)?-----"
-            r"|[A-Za-z0-9+/=\s:,.\-]*)"
+            r"|(?:[A-Za-z0-9+/=\s:,.\-]*[A-Za-z0-9+/=])?)"
         ),
         max_len=8192,
         description="PEM/OpenSSH/PGP private key block, BEGIN through END (multi-line); a block "
