@@ -34,7 +34,10 @@ _READ_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _WATCHED_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGWINCH, signal.SIGCHLD)
-_DRAIN_GRACE = 2.0  # seconds to keep reading after the command exits (orphans holding the pipe)
+_DRAIN_GRACE = 2.0
+# A trickle of output that never goes quiet is still released this often (seconds), so a slow
+# progress bar is not held back until the masker's look-behind window fills.
+_MAX_HOLD = 0.25  # seconds to keep reading after the command exits (orphans holding the pipe)
 
 OutputHandler = Callable[[str, bytes], None]
 ProcessHandler = Callable[[ProcessExec | ProcessExit], None]
@@ -197,10 +200,13 @@ class ProcessRunner:
         self._pending_signals: list[int] = []
         self._proc = proc
         deadline: float | None = None
+        last_release = time.monotonic()
         while True:
             ready = sel.select(self._idle if deadline is None else min(self._idle, 0.05))
-            if not ready:
+            now = time.monotonic()
+            if not ready or now - last_release > _MAX_HOLD:
                 self._on_idle()
+                last_release = now
             for key, _ in ready:
                 self._dispatch(key, sel, streams)
             self._forward_signals(result)
