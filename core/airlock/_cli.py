@@ -14,7 +14,18 @@ from airlock.errors import AirlockError, ExitCode
 __all__ = ["build_parser", "main"]
 
 # Each module in airlock._commands registers one top-level command.
-_COMMANDS = ("run", "verify", "show", "seal", "policy")
+_COMMANDS = (
+    "run",
+    "verify",
+    "show",
+    "seal",
+    "policy",
+    "archive",
+    "search",
+    "report",
+    "export",
+    "broker",
+)
 
 
 def _exit_table() -> str:
