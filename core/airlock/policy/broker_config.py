@@ -70,6 +70,7 @@ _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _DURATION_PATTERN = r"^(\d+h)?(\d+m)?(\d+s)?$"
 _CLAIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _GITHUB_ISSUER_HOSTS = ("token.actions.githubusercontent.com",)
+_HINT = "docs/broker-config.md describes every key; `airlock broker check --config FILE` rechecks"
 
 
 def parse_duration(value: Any) -> int:
@@ -332,9 +333,11 @@ def parse_broker_config(text: str, *, source: Path | None = None) -> BrokerConfi
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
         root = yaml.compose(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{label}: not valid YAML: {_yaml_problem(exc)}") from None
+        raise ConfigError(f"{label}: not valid YAML: {_yaml_problem(exc)}", hint=_HINT) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{label}: the top level must be a mapping (issuers:, grants:, rules:)")
+        raise ConfigError(
+            f"{label}: the top level must be a mapping (issuers:, grants:, rules:)", hint=_HINT
+        )
     source_map = _SourceMap(source, root)
     try:
         config = BrokerConfig.model_validate(data)
@@ -351,10 +354,7 @@ def config_problems(label: str, problems: Sequence[str]) -> ConfigError:
     """One :class:`ConfigError` listing ``problems`` (each starting with its YAML path)."""
     count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
     body = "\n".join(f"  - {problem}" for problem in problems)
-    return ConfigError(
-        f"{label}: {count}:\n{body}",
-        hint="fix each path listed; docs/broker-config.md describes every key",
-    )
+    return ConfigError(f"{label}: {count}:\n{body}", hint=_HINT)
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -466,6 +466,7 @@ def _compile_condition(claim: str, values: Sequence[str]) -> ClaimCondition:
 
 
 def _glob(pattern: str) -> Any:
-    # Anchored by fullmatch; `*` is "any run of characters except /"; all else is literal.
-    regex = "[^/]*".join(re2.escape(part) for part in pattern.split("*"))
+    # Anchored by fullmatch; `*` is "any run of characters except / and control characters"
+    # (a newline in a claim must not ride through a pattern); everything else is literal.
+    regex = r"[^/\x00-\x1f\x7f]*".join(re2.escape(part) for part in pattern.split("*"))
     return re2.compile(regex)
