@@ -78,15 +78,16 @@ def test_database_url_works_and_role_attributes_are_set(
         assert conn.execute("SELECT current_user").fetchone() == (cred.values["PGUSER"],)
     with app_db.superuser() as conn:
         row = conn.execute(
-            "SELECT rolconnlimit, rolvaliduntil, rolsuper, rolcreaterole FROM pg_roles "
-            "WHERE rolname = %s",
+            "SELECT rolconnlimit, rolvaliduntil, rolsuper, rolcreaterole, "
+            "shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
             [cred.values["PGUSER"]],
         ).fetchone()
     assert row is not None
     assert row[0] == 3
     assert row[1] == cred.expires_at
     assert abs((row[1] - datetime.now(UTC)).total_seconds() - 600) < 10
-    assert row[2:] == (False, False)
+    assert row[2:4] == (False, False)
+    assert row[4] == f"airlock lease {cred.lease_id}, grant appdb-ro, airlock-acme-api-1-1"
     provider.revoke(cred.lease_id, cred.revoke_handle)
 
 

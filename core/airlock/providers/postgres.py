@@ -125,6 +125,13 @@ class PostgresProvider(CredentialProvider):
         with self._connect() as conn:
             self._check_grantable(conn, grant.roles)
             self._create_role(conn, role, password, expires_at, grant)
+            note = (
+                f"airlock lease {request.lease_id}, grant {request.grant_name}, "
+                f"{request.session_name}"
+            )
+            conn.execute(
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(role), sql.Literal(note))
+            )
         database = self._database()
         return IssuedCredential(
             lease_id=request.lease_id,
