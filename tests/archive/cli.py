@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import sys
 
 from airlock import _cli
 from airlock.errors import AirlockError, ExitCode
@@ -28,5 +29,5 @@ def run_cli(argv: list[str]) -> int:
     try:
         return int(args.func(args))
     except AirlockError as exc:
-        print(f"airlock: error: {exc.explain()}")
+        print(f"airlock: error: {exc.explain()}", file=sys.stderr)
         return int(exc.exit_code)

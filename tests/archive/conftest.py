@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import os
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,6 @@ from airlock.audit import SessionWriter, SigningKey, load_public_keys, load_sign
 from airlock.events import Identity
 
 __all__ = ["moto_server"]  # re-exported fixture
-
-_bucket_ids = itertools.count()
 
 GITHUB = Identity(
     platform="github",
@@ -113,7 +111,8 @@ def s3(moto_server: MotoServer) -> Any:
 
 
 def new_bucket(client: Any, *, locked: bool = True, prefix: str = "audit") -> str:
-    name = f"{prefix}-{os.getpid()}-{next(_bucket_ids)}"
+    """A bucket of its own (a unique name: this module may be imported twice by pytest)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:20]}"
     client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=locked)
     return name
 

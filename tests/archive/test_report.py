@@ -164,7 +164,10 @@ def _key(trusted: Mapping[str, Ed25519PublicKey], tmp_path: Path) -> str:
 
 
 def test_markdown_summary_is_escaped_and_bounded(
-    tmp_path: Path, signing_key: SigningKey, trusted: Mapping[str, Ed25519PublicKey]
+    tmp_path: Path,
+    signing_key: SigningKey,
+    trusted: Mapping[str, Ed25519PublicKey],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     many = [
         ("db.query", {"sql": f"SELECT {i} FROM t -- <b>|x|</b> " + "y" * 200}) for i in range(8000)
@@ -180,13 +183,8 @@ def test_markdown_summary_is_escaped_and_bounded(
     small = write_session(tmp_path / "s", signing_key, events=EVENTS)
     argv = ["report", str(small), "--markdown", "step", "--key-file", _key(trusted, tmp_path)]
     assert run_cli(argv) == 80  # GITHUB_STEP_SUMMARY is not set
-    import os
-
-    os.environ["GITHUB_STEP_SUMMARY"] = str(summary)
-    try:
-        assert run_cli(argv) == 0
-    finally:
-        del os.environ["GITHUB_STEP_SUMMARY"]
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert run_cli(argv) == 0
     assert "no\\-drop: denied \\(dba\\-lead\\)" in summary.read_text()
 
 
@@ -206,7 +204,7 @@ def test_ocsf_export(session: Path, tmp_path: Path) -> None:
     )
     assert all(r["actor"] == {"user": {"name": "octocat"}} for r in records)
     assert all(r["time"] > 1_700_000_000_000 for r in records)
-    assert list(to_ocsf(iter_events(session), "x"))[0]["class_uid"] == 6002
+    assert next(to_ocsf(iter_events(session), "x"))["class_uid"] == 6002
 
 
 @settings(max_examples=200, deadline=None)

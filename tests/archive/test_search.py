@@ -152,7 +152,7 @@ def test_cli_sql_and_its_sandbox(corpus: Path, capsys: pytest.CaptureFixture[str
 
     outside = "SELECT * FROM read_text('/etc/hostname')"
     assert run_cli(["search", str(corpus), "--sql", outside]) == ExitCode.USAGE
-    assert "disabled by configuration" in capsys.readouterr().out
+    assert "disabled by configuration" in capsys.readouterr().err
 
 
 def test_no_sessions_is_a_usage_error(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_search_a_local_archive_and_an_s3_prefix(
     ]
     assert run_cli(argv) == 0
     found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["text"] for r in found] == ["DROP TABLE t0"]
+    assert [r["text"] for r in found] == ["DROP TABLE t0"], found
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert cached == ["events.jsonl.gz"] * 3 + ["manifest.json"] * 3
 

@@ -64,7 +64,7 @@ def test_s3_down_spools_then_drain_archives_everything(
         argv = [*_archive_args(session, bucket, private_moto, spool), "--retry-for", "0.5"]
         assert run_cli(argv) == ExitCode.UNAVAILABLE
     assert sorted(p.name for p in spool.iterdir()) == sorted(s.name for s in sessions)
-    assert "drain-spool" in capsys.readouterr().out
+    assert "drain-spool" in capsys.readouterr().err
 
     private_moto.launch()
     new_bucket_name = bucket
@@ -150,7 +150,7 @@ def test_cli_refuses_unlocked_bucket_and_unsealed_session(
     session = make_session()
     spool = tmp_path / "spool"
     assert run_cli(_archive_args(session, open_bucket, moto_server, spool)) == ExitCode.UNAVAILABLE
-    assert "--allow-unlocked" in capsys.readouterr().out
+    assert "--allow-unlocked" in capsys.readouterr().err
 
     argv = [*_archive_args(session, open_bucket, moto_server, spool), "--allow-unlocked", "--json"]
     assert run_cli(argv) == 0
