@@ -421,3 +421,52 @@ def test_issuer_configs_feed_the_verifier() -> None:
     configs = policy(MAIN).issuer_configs()
     assert [c.name for c in configs] == ["github", "gitlab"]
     assert configs[0].audience == AUD
+
+
+# -- the fast path and the explained path agree ----------------------------------------------
+
+MIXED = (
+    MAIN
+    + GLOBS
+    + ANY_EVENT
+    + """
+- id: freeze-deploy
+  issuer: github
+  effect: deny
+  claims: {environment: [frozen, "legacy-*"]}
+  grants: [deploy]
+- id: prt
+  issuer: github
+  claims: {repository_id: "123456", event_name: pull_request_target}
+  allow_events: [pull_request_target]
+  grants: [db-ro, db-rw]
+"""
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    repository_id=st.sampled_from(["123456", "999", 123456]),
+    ref=st.sampled_from(["refs/heads/main", "refs/heads/dev", "refs/tags/v1", "refs/tags/v1/x"]),
+    event=st.sampled_from(["push", "workflow_dispatch", "pull_request_target", "workflow_run"]),
+    environment=st.sampled_from([None, "frozen", "legacy-1", "prod"]),
+    requested=st.lists(
+        st.sampled_from(["db-rw", "db-ro", "gh-write", "deploy", "nope"]), max_size=4
+    ),
+)
+def test_evaluate_equals_the_explained_decision(
+    repository_id: Any, ref: str, event: str, environment: str | None, requested: list[str]
+) -> None:
+    compiled = MIXED_POLICY
+    claims = gh(repository_id=repository_id, ref=ref, event_name=event)
+    if environment is not None:
+        claims["environment"] = environment
+    claims["job_workflow_ref"] = "acme/workflows/.github/workflows/deploy.yml@refs/heads/main"
+    decision = compiled.evaluate("github", claims, requested)
+    assert decision == compiled.explain("github", claims, requested).decision
+    assert set(decision.grants) <= set(requested)
+    if decision.allowed:
+        assert decision.grants
+
+
+MIXED_POLICY = policy(MIXED)

@@ -92,6 +92,13 @@ class ClaimCondition:
     globs: tuple[str, ...]
     _compiled: tuple[Any, ...]
 
+    def holds(self, claims: Mapping[str, Any]) -> bool:
+        """True when the condition holds (the fast path: no message is built)."""
+        value = claims.get(self.claim)
+        if not isinstance(value, str):
+            return False
+        return value in self.exact or any(rx.fullmatch(value) for rx in self._compiled)
+
     def check(self, claims: Mapping[str, Any]) -> Mismatch | None:
         """None when the condition holds, else why not."""
         if self.claim not in claims:
@@ -121,6 +128,14 @@ class CompiledRule:
     grants: tuple[str, ...]
     allow_events: frozenset[str]
     unsafe: bool
+
+    def matches(self, claims: Mapping[str, Any], platform: str) -> bool:
+        """True when every condition holds (and, for allow rules, every trigger is named)."""
+        if not all(condition.holds(claims) for condition in self.conditions):
+            return False
+        if self.effect == "deny":
+            return True
+        return all(event in self.allow_events for event, _ in sensitive_events(claims, platform))
 
     def mismatches(self, claims: Mapping[str, Any], platform: str) -> list[Mismatch]:
         """Every failing condition (all of them, for explain), events included for allow rules."""
@@ -189,6 +204,10 @@ class TrustPolicy:
         self.config = config
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self._platforms = {i.name: i.resolved_platform or "other" for i in config.issuers}
+        self._by_issuer: dict[str, tuple[CompiledRule, ...]] = {
+            name: tuple(rule for rule in self.rules if rule.issuer == name)
+            for name in self._platforms
+        }
 
     @property
     def grants(self) -> Mapping[str, GrantEntry]:
@@ -202,8 +221,28 @@ class TrustPolicy:
     def evaluate(
         self, issuer_name: str, claims: Mapping[str, Any], requested_grants: Iterable[str]
     ) -> Decision:
-        """Decide what a job with these verified ``claims`` gets of ``requested_grants``."""
-        return self.explain(issuer_name, claims, requested_grants).decision
+        """Decide what a job with these verified ``claims`` gets of ``requested_grants``.
+
+        Allowing takes the fast path (no message built for rules that do not match); any
+        denial is explained in full, so that its reasons are precise.
+        """
+        requested = tuple(dict.fromkeys(requested_grants))
+        platform = self._platforms.get(issuer_name)
+        if platform is None or not requested:
+            return self.explain(issuer_name, claims, requested).decision
+        best: CompiledRule | None = None
+        best_granted: tuple[str, ...] = ()
+        for rule in self._by_issuer[issuer_name]:
+            if not rule.matches(claims, platform):
+                continue
+            if rule.effect == "deny" and rule.covers(requested):
+                return self.explain(issuer_name, claims, requested).decision
+            granted = tuple(g for g in requested if g in rule.grants)
+            if rule.effect == "allow" and (best is None or len(granted) > len(best_granted)):
+                best, best_granted = rule, granted
+        if best is None or not best_granted:
+            return self.explain(issuer_name, claims, requested).decision
+        return _allow(best.id, best_granted, requested)
 
     def explain(
         self, issuer_name: str, claims: Mapping[str, Any], requested_grants: Iterable[str]
@@ -211,7 +250,7 @@ class TrustPolicy:
         """:meth:`evaluate`, plus why each rule of the issuer did or did not match."""
         requested = tuple(dict.fromkeys(requested_grants))
         platform = self._platforms.get(issuer_name)
-        rules = [rule for rule in self.rules if rule.issuer == issuer_name]
+        rules = self._by_issuer.get(issuer_name, ())
         reports = tuple(
             self._report(rule, claims, requested, platform or "other") for rule in rules
         )
@@ -315,13 +354,17 @@ def _decide(
             f"rule {best.rule_id} matches; its ceiling {list(by_id[best.rule_id].grants)} "
             f"shares nothing with the request {list(requested)}",
         )
-    cut = tuple(g for g in requested if g not in best.granted)
-    detail = f"rule {best.rule_id} matches; granted {list(best.granted)}"
+    return _allow(best.rule_id, best.granted, requested)
+
+
+def _allow(rule_id: str, granted: tuple[str, ...], requested: tuple[str, ...]) -> Decision:
+    cut = tuple(g for g in requested if g not in granted)
+    detail = f"rule {rule_id} matches; granted {list(granted)}"
     return Decision(
         allowed=True,
-        rule_id=best.rule_id,
-        grants=best.granted,
-        reason_public=f"allowed by rule {best.rule_id!r}",
+        rule_id=rule_id,
+        grants=granted,
+        reason_public=f"allowed by rule {rule_id!r}",
         reason_detail=detail + (f"; not in its ceiling: {list(cut)}" if cut else ""),
         not_granted=cut,
     )
