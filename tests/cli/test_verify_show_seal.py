@@ -239,3 +239,11 @@ def test_installed_script_exit_codes(sessions: Path, tmp_path: Path) -> None:
     )
     assert bad.returncode == ExitCode.VERIFY_FAILED == 84
     assert bad.stderr.startswith("airlock: error: line 2: was modified")
+
+
+def test_verify_a_directory_that_is_no_session(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_signing_key()
+    assert main(["verify", str(tmp_path)]) == ExitCode.USAGE
+    assert "not a session directory" in capsys.readouterr().err

@@ -80,7 +80,10 @@ def find_unsealed(sessions_dir: Path) -> list[Path]:
 def _ts(line: bytes | None) -> str | None:
     if line is None:
         return None
-    ts = json.loads(line).get("ts")
+    try:
+        ts = json.loads(line).get("ts")
+    except ValueError:  # the layout matched but the data is not JSON: leave the time unknown
+        return None
     return ts if isinstance(ts, str) else None
 
 

@@ -27,7 +27,7 @@ from airlock.audit._format import (
     genesis,
 )
 from airlock.audit._scan import ChainScan, diagnose_beyond, scan_chain
-from airlock.errors import VerificationFailed
+from airlock.errors import UsageError, VerificationFailed
 
 __all__ = ["FAILURE_KINDS", "VerifyReport", "verify_session"]
 
@@ -87,7 +87,8 @@ def verify_session(path: Path, trusted: Mapping[str, Ed25519PublicKey]) -> Verif
 
     Checks, in order: the seal exists and is signed by a trusted key, the manifest is well
     formed, every line chains (seq and prev), and the log matches the seal's count, head, size
-    and SHA-256. Raises VerificationFailed at the first broken point.
+    and SHA-256. Raises VerificationFailed at the first broken point, UsageError when ``path``
+    is not a session at all.
     """
     session_dir, events = session_paths(path)
     manifest = _load_manifest(session_dir, events)
@@ -146,9 +147,8 @@ def _load_manifest(session_dir: Path, events: Path) -> dict[str, Any]:
                 kind="unsealed",
                 hint=f"if it crashed, seal it as incomplete with `airlock seal {session_dir}`",
             )
-        raise VerificationFailed(
+        raise UsageError(
             f"{session_dir} is not a session directory (no {EVENTS_FILE}, no {MANIFEST_FILE})",
-            kind="unsealed",
             hint="pass a session directory: <sessions>/<session-id>",
         )
     try:
