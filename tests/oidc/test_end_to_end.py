@@ -102,3 +102,33 @@ def test_policy_issuer_allowlist_is_the_verifiers(
         exchange(oidc_issuer, token, ["db-rw"])
     assert caught.value.reason == "issuer-not-allowed"
     assert sum(attacker.hits.values()) == 0
+
+
+def test_gitlab_token_through_verifier_and_policy(oidc_issuer: OIDCIssuer) -> None:
+    text = f"""
+    issuers:
+      - {{name: gitlab, url: "{oidc_issuer.url}", audience: "{AUDIENCE}", platform: gitlab}}
+    grants: {{db-ro: {{provider: postgres, roles: [app_ro]}}}}
+    rules:
+      - id: gl
+        issuer: gitlab
+        claims:
+          project_id: "20"
+          ref_protected: true
+          ci_config_ref_uri: "*/acme/api//.gitlab-ci.yml@refs/heads/main"
+        grants: [db-ro]
+    """
+    policy = compile_trust_policy(parse_broker_config(textwrap.dedent(text)))
+    keys = JWKSCache()
+    try:
+        verifier = TokenVerifier(policy.issuer_configs(), keys=keys)
+        good = verifier.verify(oidc_issuer.mint(oidc_issuer.gitlab_claims(AUDIENCE)))
+        mr = verifier.verify(
+            oidc_issuer.mint(
+                oidc_issuer.gitlab_claims(AUDIENCE, pipeline_source="merge_request_event")
+            )
+        )
+    finally:
+        keys.close()
+    assert policy.evaluate("gitlab", good.claims, ["db-ro"]).grants == ("db-ro",)
+    assert not policy.evaluate("gitlab", mr.claims, ["db-ro"]).allowed

@@ -212,3 +212,39 @@ def test_request_counting_route_sees_plain_get(oidc_issuer: OIDCIssuer) -> None:
     finally:
         keys.close()
     assert seen == ["GET"]
+
+
+def test_cold_start_fetch_is_single_flight(
+    oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory
+) -> None:
+    import threading
+    import time
+
+    def slow(_: Request) -> Response:
+        time.sleep(0.3)
+        return JSONResponse(oidc_issuer.jwks())
+
+    oidc_issuer.routes[JWKS_PATH] = slow
+    verifier = make_verifier()
+    tokens = [oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)) for _ in range(16)]
+    barrier = threading.Barrier(len(tokens))
+    accepted: list[str] = []
+
+    def verify(token: str) -> None:
+        barrier.wait()
+        accepted.append(verifier.verify(token).jti)
+
+    threads = [threading.Thread(target=verify, args=(t,)) for t in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(accepted) == len(tokens)
+    assert oidc_issuer.hits[JWKS_PATH] == 1
+    assert oidc_issuer.hits[DISCOVERY_PATH] == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"ttl": 0}, {"refresh_cooldown": -1}, {"timeout": 0}])
+def test_nonsense_cache_settings_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        JWKSCache(**kwargs)

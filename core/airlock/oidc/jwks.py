@@ -75,6 +75,8 @@ class JWKSCache:
         refresh_cooldown: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if ttl <= 0 or refresh_cooldown < 0 or timeout <= 0 or max_bytes <= 0:
+            raise ValueError("ttl, timeout and max_bytes must be positive, cooldown not negative")
         self._http = http or httpx.Client(timeout=timeout, follow_redirects=False)
         self._timeout = timeout
         self._max_bytes = max_bytes
