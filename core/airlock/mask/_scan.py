@@ -20,9 +20,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from airlock.mask._compile import LITERAL_INDEX as LITERAL
 from airlock.mask._compile import CompiledRule
 
-__all__ = ["Span", "advance", "held_suffix", "render"]
+__all__ = ["Span", "advance", "advance_literals", "held_suffix", "render"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,28 @@ def advance(
         out.append(_span_of(rule, order, m, base))
         pos = start + 1 if rule.overlapping else m.end() + base
     return pos
+
+
+def advance_literals(
+    rule: CompiledRule,
+    longest_at: dict[int, int],
+    buf: bytes,
+    base: int,
+    resume: int,
+    final: bool,
+    out: list[Span],
+) -> int:
+    """``advance`` for the literal rule from precomputed occurrences (start → longest end,
+    offsets in ``buf``): the same spans the RE2 alternation would give, without searching."""
+    end = base + len(buf)
+    limit = end if final else end - rule.max_len - 1
+    if resume > limit:
+        return resume
+    for start in sorted(longest_at):
+        if resume <= start + base <= limit:
+            stop = longest_at[start]
+            out.append(Span(start + base, stop + base, LITERAL, rule.name_for(buf[start:stop])))
+    return limit + 1
 
 
 def _span_of(rule: CompiledRule, order: int, m: object, base: int) -> Span:

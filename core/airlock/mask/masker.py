@@ -15,8 +15,14 @@ from typing import Literal
 
 from airlock.errors import ConfigError
 from airlock.mask import _compile
-from airlock.mask._compile import LITERAL_INDEX, CompiledRule, LiteralSet, Prefilter
-from airlock.mask._scan import Span, advance, held_suffix, render
+from airlock.mask._compile import (
+    LITERAL_INDEX,
+    CompiledRule,
+    HyperscanLiterals,
+    LiteralSet,
+    Prefilter,
+)
+from airlock.mask._scan import Span, advance, advance_literals, held_suffix, render
 from airlock.mask.rules import BUILTIN_RULES, PatternRule
 
 __all__ = ["MaskSettings", "Masker", "StreamMasker", "replacement"]
@@ -52,19 +58,51 @@ class _Snapshot:
     rules: tuple[CompiledRule | None, ...]  # index 0: literal set (None when empty)
     literals: LiteralSet
     prefilter: Prefilter
-    literal_prefilter: _compile._HyperscanLiterals | None
+    literal_matcher: HyperscanLiterals | None
     hmac_key: bytes | None
-
-    def hits(self, data: bytes) -> set[int]:
-        found = self.prefilter.hits(data)
-        if self.literals.rule is not None and (
-            self.literal_prefilter is None or self.literal_prefilter.hit(data)
-        ):
-            found.add(LITERAL_INDEX)
-        return found
 
     def replace(self, rule_id: str, value: bytes) -> bytes:
         return replacement(rule_id, value, self.hmac_key)
+
+    def find(
+        self, buf: bytes, base: int, resume: list[int], final: bool, spans: list[Span]
+    ) -> None:
+        """Advance every rule over ``buf`` (updating ``resume``), appending spans found."""
+        end = base + len(buf)
+        if not final and not self._decidable(resume, end):
+            return
+        hits = self.prefilter.hits(buf)
+        literal = self.rules[LITERAL_INDEX]
+        if literal is not None:
+            if self.literal_matcher is not None:
+                occurrences = self.literal_matcher.longest_at(buf)
+                resume[0] = advance_literals(
+                    literal, occurrences, buf, base, resume[0], final, spans
+                )
+            else:
+                resume[0] = advance(literal, LITERAL_INDEX, buf, base, resume[0], final, spans)
+        for index in range(1, len(self.rules)):
+            rule = self.rules[index]
+            assert rule is not None
+            limit = end if final else end - rule.max_len - 1
+            if resume[index] > limit:
+                continue
+            if index in hits:
+                resume[index] = advance(rule, index, buf, base, resume[index], final, spans)
+            else:  # the prefilter saw no match anywhere in the buffer
+                resume[index] = limit + 1
+
+    def _decidable(self, resume: list[int], end: int) -> bool:
+        """Whether any rule can settle a start position now (else skip scanning)."""
+        return any(
+            rule is not None and resume[i] <= end - rule.max_len - 1
+            for i, rule in enumerate(self.rules)
+        )
+
+    def frontier(self, resume: list[int], end: int) -> int:
+        """Everything before this offset is settled for every rule."""
+        settled = [r for r, rule in zip(resume, self.rules, strict=True) if rule is not None]
+        return min([end, *settled])
 
 
 class Masker:
@@ -134,7 +172,7 @@ class Masker:
             rules=(literals.rule, *self._patterns),
             literals=literals,
             prefilter=self._prefilter,
-            literal_prefilter=_compile.build_literal_prefilter(self._engine, literals),
+            literal_matcher=_compile.build_literal_matcher(self._engine, literals),
             hmac_key=self._hmac_key,
         )
 
@@ -227,9 +265,7 @@ class StreamMasker:
         if end == self._emitted:
             return b""
         spans = list(self._pending)
-        for index, rule in enumerate(snapshot.rules):
-            if rule is not None:
-                advance(rule, index, self._buf, self._base, self._resume[index], True, spans)
+        snapshot.find(self._buf, self._base, list(self._resume), True, spans)
         tail = self._buf[self._emitted - self._base :]
         literals = snapshot.literals
         cut = end - held_suffix(tail, literals.forms, literals.max_len)
@@ -259,43 +295,13 @@ class StreamMasker:
         self._buf = buf
         end = self._base + len(buf)
         spans = self._pending
-        hits = snapshot.hits(buf) if self._decidable(snapshot, end, final) else set()
-        for index, rule in enumerate(snapshot.rules):
-            self._resume[index] = self._advance_rule(rule, index, hits, end, final, spans)
-        cut = end if final else min(min(self._resume), end)
+        snapshot.find(buf, self._base, self._resume, final, spans)
+        cut = end if final else snapshot.frontier(self._resume, end)
         out, cut, self._pending = render(
             buf, self._base, self._emitted, cut, spans, snapshot.replace
         )
         self._commit(cut)
         return out
-
-    def _decidable(self, snapshot: _Snapshot, end: int, final: bool) -> bool:
-        """Whether any rule can settle a start position now (else skip the prefilter scan)."""
-        if final:
-            return True
-        return any(
-            rule is not None and self._resume[i] <= end - rule.max_len - 1
-            for i, rule in enumerate(snapshot.rules)
-        )
-
-    def _advance_rule(
-        self,
-        rule: CompiledRule | None,
-        index: int,
-        hits: set[int],
-        end: int,
-        final: bool,
-        spans: list[Span],
-    ) -> int:
-        resume = self._resume[index]
-        if rule is None:
-            return max(resume, end + 1) if final else max(resume, end)
-        limit = end if final else end - rule.max_len - 1
-        if resume > limit:
-            return resume
-        if index not in hits:  # the prefilter saw no match anywhere in the buffer
-            return limit + 1
-        return advance(rule, index, self._buf, self._base, resume, final, spans)
 
     def _commit(self, cut: int) -> None:
         """Mark ``[.., cut)`` as emitted; keep one byte before it as context for ``\\b``."""
