@@ -124,12 +124,9 @@ def test_unreachable_issuer_fails_closed() -> None:
     issuer = IssuerConfig(name="gone", url=url, audience=AUDIENCE)
     from airlock.oidc import TokenVerifier
 
-    keys = JWKSCache(timeout=1.0)
-    try:
-        err = unavailable(TokenVerifier([issuer], keys=keys), token)
+    with TokenVerifier([issuer]) as verifier:
+        err = unavailable(verifier, token)
         assert "ConnectError" in err.detail
-    finally:
-        keys.close()
 
 
 def test_rotation_new_key_is_picked_up_and_removed_key_refused(

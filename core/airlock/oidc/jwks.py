@@ -77,6 +77,7 @@ class JWKSCache:
     ) -> None:
         if ttl <= 0 or refresh_cooldown < 0 or timeout <= 0 or max_bytes <= 0:
             raise ValueError("ttl, timeout and max_bytes must be positive, cooldown not negative")
+        self._owns_http = http is None
         self._http = http or httpx.Client(timeout=timeout, follow_redirects=False)
         self._timeout = timeout
         self._max_bytes = max_bytes
@@ -87,8 +88,9 @@ class JWKSCache:
         self._states_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the HTTP client."""
-        self._http.close()
+        """Close the HTTP client (unless it was passed in: its owner closes it)."""
+        if self._owns_http:
+            self._http.close()
 
     def get_key(self, issuer: IssuerConfig, kid: str) -> SigningKey:
         """The key ``kid`` of ``issuer``, refreshing the JWKS (single-flight) when unknown."""

@@ -81,9 +81,21 @@ class TokenVerifier:
     ) -> None:
         self._issuers = _index_issuers(issuers)
         self._replay = replay_cache if replay_cache is not None else InMemoryReplayCache()
+        self._owns_keys = keys is None
         self._keys = keys if keys is not None else JWKSCache()
         self._max_bytes = max_token_bytes
         self._clock = clock
+
+    def close(self) -> None:
+        """Release the key cache's HTTP client (when this verifier created the cache)."""
+        if self._owns_keys:
+            self._keys.close()
+
+    def __enter__(self) -> TokenVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def issuers(self) -> Mapping[str, IssuerConfig]:
