@@ -245,3 +245,11 @@ def test_cold_start_fetch_is_single_flight(
 def test_nonsense_cache_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="positive"):
         JWKSCache(**kwargs)
+
+
+def test_origin_comparison_fills_in_default_ports() -> None:
+    from airlock.oidc.issuers import origin_of
+
+    assert origin_of("https://Token.Example:443/x") == origin_of("https://token.example/jwks")
+    assert origin_of("https://token.example:8443/") != origin_of("https://token.example/")
+    assert origin_of("https://token.example:99999/")[2] == -1

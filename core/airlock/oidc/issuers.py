@@ -26,6 +26,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # that owner gets such a token for free, so it proves nothing about this broker being the target.
 _GITHUB_DEFAULT_AUDIENCE = re.compile(r"^https?://(www\.)?github\.com(/|$)", re.IGNORECASE)
 _MAX_TOKEN_AGE_LIMIT = 12 * 3600
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 _MAX_LEEWAY = 300
 
 
@@ -42,9 +43,15 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 def origin_of(url: str) -> tuple[str, str, int | None]:
-    """``(scheme, host, port)`` of a URL, lower-cased, for same-origin comparisons."""
+    """``(scheme, host, port)`` of a URL, lower-cased, default port filled in, for same-origin
+    comparisons (``https://h`` and ``https://h:443`` are the same origin)."""
     parts = urlsplit(url)
-    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        port = -1  # not a valid port: never equal to a real origin's
+    return scheme, (parts.hostname or "").lower(), port
 
 
 @dataclass(frozen=True)
