@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.support.moto_server import moto_server  # noqa: F401 (shared fixture)
+from tests.support.postgres import postgres_cluster  # noqa: F401 (shared fixture)
 
 _CLEARED_PREFIXES = ("GITHUB_", "ACTIONS_", "RUNNER_", "CI_", "GITLAB_", "AIRLOCK_")
 _CLEARED_NAMES = ("CI", "GITLAB_CI", "GITHUB_ACTIONS")

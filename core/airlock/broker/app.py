@@ -1,0 +1,238 @@
+"""The broker's HTTP API (ASGI, Starlette), versioned under ``/v1``.
+
+    POST /v1/exchange                        {token, grants}        → credentials + job_token
+    POST /v1/revoke                          Bearer job_token       → {revoked}
+    POST /v1/sessions/{id}/checkpoints       Bearer job_token, {seq, head} → signed checkpoint
+    GET  /v1/sessions/{id}/checkpoints                              → witnessed checkpoints
+    GET  /.well-known/airlock-keys                                  → public signing keys
+    GET  /healthz, GET /metrics (Prometheus)
+
+Callers get a short, actionable reason; the broker log gets the precise one; neither gets a
+token. Request bodies are capped. Blocking work (token verification, providers, SQL) runs in a
+thread pool so one slow upstream does not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from airlock.broker.service import Broker, RateLimited
+from airlock.errors import AirlockError, InfrastructureUnavailable, PolicyDenied, UsageError
+from airlock.oidc import OIDCError
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+log = logging.getLogger("airlock.broker")
+
+MAX_BODY_BYTES = 64 * 1024
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ExchangeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=16 * 1024)
+    grants: list[str] = Field(default_factory=list, max_length=32)
+
+
+class CheckpointBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=0)
+    head: str = Field(min_length=64, max_length=64)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "airlock_broker_requests", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.exchanges = Counter(
+            "airlock_broker_exchanges", "exchange outcomes", ["outcome"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "airlock_broker_request_seconds", "request latency", ["route"], registry=self.registry
+        )
+
+
+def create_app(broker: Broker, *, sweep_interval: float = 30.0) -> Starlette:
+    """The broker's ASGI app. A background task sweeps expired leases every ``sweep_interval``."""
+    metrics = _Metrics()
+
+    def route(path: str, handler: Handler, methods: list[str], name: str) -> Route:
+        async def wrapped(request: Request) -> Response:
+            with metrics.latency.labels(name).time():
+                response = await _guard(handler, request)
+            metrics.requests.labels(name, str(response.status_code)).inc()
+            return response
+
+        return Route(path, wrapped, methods=methods)
+
+    async def exchange(request: Request) -> Response:
+        body = ExchangeBody.model_validate(await _json(request))
+        try:
+            result = await run_in_threadpool(broker.exchange, body.token, body.grants)
+        except AirlockError as exc:
+            metrics.exchanges.labels(_outcome(exc)).inc()
+            raise
+        metrics.exchanges.labels("issued").inc()
+        return JSONResponse(
+            {
+                "job_token": result.job_token,
+                "rule_id": result.rule_id,
+                "not_granted": list(result.not_granted),
+                "expires_at": result.expires_at,
+                "leases": [
+                    {
+                        "lease_id": c.lease_id,
+                        "grant": c.grant_name,
+                        "provider": c.provider,
+                        "expires_at": c.expires_at.timestamp(),
+                        "values": dict(c.values),
+                    }
+                    for c in result.credentials
+                ],
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def revoke(request: Request) -> Response:
+        revoked = await run_in_threadpool(broker.revoke_job, _bearer(request))
+        return JSONResponse({"revoked": revoked})
+
+    async def add_checkpoint(request: Request) -> Response:
+        body = CheckpointBody.model_validate(await _json(request))
+        session_id = request.path_params["session_id"]
+        row = await run_in_threadpool(
+            broker.witness, _bearer(request), session_id, body.seq, body.head
+        )
+        return JSONResponse(row.__dict__, status_code=201)
+
+    async def list_checkpoints(request: Request) -> Response:
+        rows = await run_in_threadpool(broker.store.checkpoints, request.path_params["session_id"])
+        return JSONResponse({"checkpoints": [r.__dict__ for r in rows]})
+
+    async def keys(_request: Request) -> Response:
+        return JSONResponse({"keys": broker.public_keys()})
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def prometheus(_request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sweeper(broker, sweep_interval))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return Starlette(
+        routes=[
+            route("/v1/exchange", exchange, ["POST"], "exchange"),
+            route("/v1/revoke", revoke, ["POST"], "revoke"),
+            route("/v1/sessions/{session_id}/checkpoints", add_checkpoint, ["POST"], "checkpoint"),
+            route(
+                "/v1/sessions/{session_id}/checkpoints", list_checkpoints, ["GET"], "checkpoints"
+            ),
+            route("/.well-known/airlock-keys", keys, ["GET"], "keys"),
+            route("/healthz", healthz, ["GET"], "healthz"),
+            route("/metrics", prometheus, ["GET"], "metrics"),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _guard(handler: Handler, request: Request) -> Response:
+    try:
+        return await handler(request)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
+        return _error(400, "bad-request", f"invalid request body: check {', '.join(fields)}")
+    except OIDCError as exc:
+        return _error(401, exc.reason, exc.message)
+    except RateLimited as exc:
+        return _error(429, "rate-limited", exc.message)
+    except PolicyDenied as exc:
+        return _error(403, "denied", exc.message, rule_id=exc.rule_id)
+    except UsageError as exc:
+        return _error(400, "bad-request", exc.message)
+    except InfrastructureUnavailable as exc:
+        return _error(503, "unavailable", exc.message)
+    except _BodyTooLarge:
+        return _error(413, "too-large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+    except Exception:
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, "internal", "internal error; see the broker log")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _json(request: Request) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _BodyTooLarge
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UsageError("the request body is not JSON") from None
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        raise PolicyDenied("send the job token from the exchange as `Authorization: Bearer …`")
+    return value.strip()
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    body = {"error": code, "message": message, **{k: v for k, v in extra.items() if v}}
+    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _outcome(exc: AirlockError) -> str:
+    if isinstance(exc, OIDCError):
+        return "bad-token"
+    if isinstance(exc, RateLimited):
+        return "rate-limited"
+    if isinstance(exc, PolicyDenied):
+        return "denied"
+    return "error"
+
+
+async def _sweeper(broker: Broker, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(broker.sweep)
+        except Exception:
+            log.exception("lease sweep failed")

@@ -1,0 +1,336 @@
+"""The broker's logic, without HTTP: exchange, revoke, sweep, witness.
+
+    exchange(token, grants)
+      verify the OIDC token (allowlist, signature, audience, times, single-use jti)
+      ▸ trust policy (deny by default; the grant is ceiling ∩ request)
+      ▸ rate limit per repository/project
+      ▸ each provider issues; any failure revokes what this exchange already issued
+      ▸ ledger: claims, rule, grant, SHA-256 of each value, lease id, expiry
+      ◀ credentials + a job token (for revoke and checkpoints at job end)
+
+Two tiers of error detail: exceptions carry a short public message; the precise reason goes to
+the broker's log through ``log.info``. Neither ever holds a token or a credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airlock.audit import SigningKey
+from airlock.broker.state import CheckpointRow, LeaseRow, SqlReplayCache, StateStore, token_digest
+from airlock.errors import (
+    AirlockError,
+    InfrastructureUnavailable,
+    PolicyDenied,
+    UsageError,
+)
+from airlock.oidc import JWKSCache, OIDCError, TokenVerifier, VerifiedToken
+from airlock.policy.broker_config import BrokerConfig
+from airlock.policy.trust import TrustPolicy, compile_trust_policy
+from airlock.providers.interface import (
+    CredentialProvider,
+    IssuedCredential,
+    IssueRequest,
+    get_provider,
+)
+
+__all__ = [
+    "Broker",
+    "ExchangeResult",
+    "RateLimited",
+    "checkpoint_message",
+]
+
+log = logging.getLogger("airlock.broker")
+
+_SUBJECT_CLAIMS = (
+    "repository",
+    "repository_id",
+    "repository_owner",
+    "repository_owner_id",
+    "project_path",
+    "project_id",
+    "namespace_path",
+    "namespace_id",
+    "run_id",
+    "run_attempt",
+    "pipeline_id",
+    "job_id",
+    "ref",
+    "sha",
+    "event_name",
+    "actor",
+    "user_login",
+    "workflow_ref",
+    "job_workflow_ref",
+    "environment",
+)
+
+
+class RateLimited(PolicyDenied):
+    """Too many exchanges for one repository or project in the current window."""
+
+
+@dataclass(frozen=True)
+class ExchangeResult:
+    job_token: str  # secret: lets the job revoke its leases and send checkpoints
+    rule_id: str
+    credentials: tuple[IssuedCredential, ...]
+    not_granted: tuple[str, ...]
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return f"ExchangeResult(rule_id={self.rule_id!r}, leases={len(self.credentials)})"
+
+
+def checkpoint_message(session_id: str, seq: int, head: str, at: float) -> bytes:
+    """The exact bytes the broker signs when it witnesses a chain head."""
+    return f"airlock-checkpoint/1\n{session_id}\n{seq}\n{head}\n{at:.6f}".encode()
+
+
+class Broker:
+    """One broker process. Stateless itself: everything shared lives in :class:`StateStore`."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        store: StateStore,
+        key: SigningKey,
+        verifier: TokenVerifier | None = None,
+        providers: Mapping[str, CredentialProvider] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.trust: TrustPolicy = compile_trust_policy(config)
+        self.store = store
+        self.key = key
+        self._clock = clock
+        self._jwks = JWKSCache()
+        self.verifier = verifier or TokenVerifier(
+            self.trust.issuer_configs(),
+            replay_cache=SqlReplayCache(store),
+            keys=self._jwks,
+            clock=clock,
+        )
+        self.providers = dict(providers) if providers is not None else _build_providers(config)
+        self._check_grants()
+
+    def close(self) -> None:
+        """Close the connections this broker opened (the JWKS client); not the store."""
+        self._jwks.close()
+
+    # -- exchange ---------------------------------------------------------------------------------
+
+    def exchange(self, token: str, grants: Sequence[str]) -> ExchangeResult:
+        verified = self._verify(token)
+        # An empty request asks only for a job token (to send checkpoints): a job gets one when
+        # some rule would grant it something.
+        asked = list(grants) or list(self.config.grants)
+        decision = self.trust.evaluate(verified.issuer, verified.claims, asked)
+        if not grants:
+            decision = dataclasses.replace(decision, grants=(), not_granted=())
+        if not decision.allowed:
+            log.info("exchange denied: issuer=%s %s", verified.issuer, decision.reason_detail)
+            raise PolicyDenied(decision.reason_public, rule_id=decision.rule_id)
+        subject = _subject(verified)
+        self._rate_limit(verified.issuer, subject)
+        job_token = secrets.token_urlsafe(32)
+        job_digest = token_digest(job_token)
+        issued = self._issue_all(decision.grants, decision.rule_id or "", verified, subject)
+        expires = max([c.expires_at.timestamp() for c in issued], default=verified.expires_at)
+        self.store.add_job(job_digest, subject, max(expires, self._clock() + 3600))
+        for credential in issued:
+            self.store.add_lease(
+                job_digest, verified.issuer, _lease_row(credential, decision.rule_id, subject)
+            )
+        log.info(
+            "exchange allowed: issuer=%s rule=%s grants=%s leases=%s",
+            verified.issuer,
+            decision.rule_id,
+            ",".join(decision.grants),
+            ",".join(c.lease_id for c in issued),
+        )
+        return ExchangeResult(
+            job_token, decision.rule_id or "", tuple(issued), decision.not_granted, expires
+        )
+
+    def _verify(self, token: str) -> VerifiedToken:
+        try:
+            return self.verifier.verify(token)
+        except OIDCError as exc:
+            log.info("token refused: reason=%s detail=%s", exc.reason, exc.detail)
+            raise
+
+    def _rate_limit(self, issuer: str, subject: Mapping[str, Any]) -> None:
+        limit = self.config.limits.per_repository
+        repo = subject.get("repository_id") or subject.get("project_id") or "unknown"
+        bucket = f"{issuer}:{repo}"
+        if not self.store.hit(bucket, float(limit.per), limit.burst or limit.rate, self._clock()):
+            log.info("exchange rate-limited: bucket=%s", bucket)
+            raise RateLimited(
+                "too many credential exchanges for this repository; try again shortly",
+                hint="the broker's limits.per_repository sets the rate",
+            )
+
+    def _issue_all(
+        self,
+        grants: Sequence[str],
+        rule_id: str,
+        verified: VerifiedToken,
+        subject: Mapping[str, Any],
+    ) -> list[IssuedCredential]:
+        issued: list[IssuedCredential] = []
+        try:
+            for name in grants:
+                issued.append(self._issue(name, verified, subject))
+        except BaseException:
+            for credential in issued:  # nothing half-issued
+                self._revoke_credential(credential.provider, credential)
+            raise
+        return issued
+
+    def _issue(
+        self, grant_name: str, verified: VerifiedToken, subject: Mapping[str, Any]
+    ) -> IssuedCredential:
+        grant = self.config.grants[grant_name]
+        provider = self.providers[grant.provider]
+        request = IssueRequest(
+            grant_name=grant_name,
+            settings=grant.settings,
+            lease_id="l" + secrets.token_hex(10),
+            ttl_seconds=grant.ttl,
+            session_name=_session_name(subject),
+            tags={k: str(v) for k, v in subject.items() if k in ("repository", "run_id", "actor")},
+        )
+        try:
+            # The ledger names the provider instance (providers:), which is what revoke looks up.
+            return dataclasses.replace(provider.issue(request), provider=grant.provider)
+        except UsageError as exc:  # the broker's own config is at fault, not the caller
+            log.warning("provider %s cannot issue %s: %s", grant.provider, grant_name, exc.message)
+            raise InfrastructureUnavailable(
+                f"the broker cannot issue {grant_name} right now; its operators are told why"
+            ) from exc
+        except AirlockError:
+            raise
+        except Exception as exc:  # a provider bug must not leak details or half-issue
+            log.exception("provider %s failed", grant.provider)
+            raise InfrastructureUnavailable(
+                f"the {grant.provider} provider failed to issue {grant_name}"
+            ) from exc
+
+    # -- revoke and sweep -------------------------------------------------------------------------
+
+    def revoke_job(self, job_token: str) -> int:
+        """Revoke every live lease of the job that holds ``job_token``; how many were revoked."""
+        digest = token_digest(job_token)
+        if self.store.job_subject(digest) is None:
+            raise PolicyDenied("unknown or expired job token")
+        return sum(
+            self._revoke_lease(row) for row in self.store.leases(job_digest=digest, live_only=True)
+        )
+
+    def sweep(self, now: float | None = None) -> int:
+        """Revoke leases past their expiry. Any replica may sweep: each lease is claimed once."""
+        now = self._clock() if now is None else now
+        return sum(self._revoke_lease(row) for row in self.store.expired_unrevoked(now))
+
+    def _revoke_lease(self, row: LeaseRow) -> bool:
+        if not self.store.claim_revocation(row.lease_id, self._clock()):
+            return False
+        try:
+            self.providers[row.provider].revoke(row.lease_id, row.revoke_handle)
+        except Exception as exc:
+            error = exc.message if isinstance(exc, AirlockError) else type(exc).__name__
+            log.warning("revoke of lease %s failed: %s", row.lease_id, error)
+            self.store.release_revocation(row.lease_id, error)
+            return False
+        log.info("lease revoked: %s (%s)", row.lease_id, row.grant_name)
+        return True
+
+    def _revoke_credential(self, provider_name: str, credential: IssuedCredential) -> None:
+        try:
+            self.providers[provider_name].revoke(credential.lease_id, credential.revoke_handle)
+        except Exception:
+            log.exception("rollback revoke of lease %s failed", credential.lease_id)
+
+    # -- witness ----------------------------------------------------------------------------------
+
+    def witness(self, job_token: str, session_id: str, seq: int, head: str) -> CheckpointRow:
+        """Sign and store a session's chain head at ``seq``."""
+        digest = token_digest(job_token)
+        if self.store.job_subject(digest) is None:
+            raise PolicyDenied("unknown or expired job token")
+        if not (len(head) == 64 and all(c in "0123456789abcdef" for c in head)) or seq < 0:
+            raise UsageError("a checkpoint needs seq >= 0 and head as 64 lowercase hex digits")
+        at = round(self._clock(), 6)
+        signature = self.key.sign(checkpoint_message(session_id, seq, head, at))
+        row = CheckpointRow(
+            session_id, seq, head, at, self.key.key_id, base64.b64encode(signature).decode()
+        )
+        if not self.store.add_checkpoint(digest, row):
+            raise UsageError(f"checkpoint {seq} of session {session_id} was already witnessed")
+        return row
+
+    def public_keys(self) -> list[dict[str, str]]:
+        return [
+            {
+                "key_id": self.key.key_id,
+                "alg": "Ed25519",
+                "public_pem": self.key.public_pem().decode(),
+            }
+        ]
+
+    def _check_grants(self) -> None:
+        for name, grant in self.config.grants.items():
+            provider = self.providers.get(grant.provider)
+            if provider is None:
+                raise UsageError(
+                    f"grant {name!r} names provider {grant.provider!r}, which is not configured",
+                    hint="add it under providers:, or use a provider kind",
+                )
+            provider.validate_grant(grant.settings)
+
+
+def _build_providers(config: BrokerConfig) -> dict[str, CredentialProvider]:
+    names = {grant.provider for grant in config.grants.values()} | set(config.providers)
+    built: dict[str, CredentialProvider] = {}
+    for name in sorted(names):
+        entry = dict(config.providers.get(name, {}))
+        kind = str(entry.pop("kind", name))
+        built[name] = get_provider(kind).from_config(entry)
+    return built
+
+
+def _subject(verified: VerifiedToken) -> dict[str, Any]:
+    return {k: verified.claims[k] for k in _SUBJECT_CLAIMS if k in verified.claims}
+
+
+def _session_name(subject: Mapping[str, Any]) -> str:
+    repo = subject.get("repository") or subject.get("project_path") or "job"
+    run = subject.get("run_id") or subject.get("pipeline_id") or "0"
+    return f"airlock-{repo}-{run}-{subject.get('run_attempt', '1')}"
+
+
+def _lease_row(
+    credential: IssuedCredential, rule_id: str | None, subject: Mapping[str, Any]
+) -> LeaseRow:
+    return LeaseRow(
+        lease_id=credential.lease_id,
+        grant_name=credential.grant_name,
+        provider=credential.provider,
+        rule_id=rule_id or "",
+        subject=dict(subject),
+        fingerprints=credential.fingerprints(),
+        revoke_handle=dict(credential.revoke_handle),
+        issued_at=time.time(),
+        expires_at=credential.expires_at.timestamp(),
+        revoked_at=None,
+    )

@@ -1,0 +1,309 @@
+"""The broker's shared state: the issuance ledger, used token ids, witnessed checkpoints, rate
+windows. SQLite by default, PostgreSQL by URL; every replica of the broker uses the same store,
+so the processes themselves hold nothing that matters.
+
+Secret values are never stored: the ledger keeps a SHA-256 of each credential value, and job
+tokens are stored as SHA-256 too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from airlock.errors import InfrastructureUnavailable
+from airlock.oidc.replay import ReplayCache
+
+__all__ = ["CheckpointRow", "LeaseRow", "SqlReplayCache", "StateStore", "token_digest"]
+
+_META = sa.MetaData()
+
+LEASES = sa.Table(
+    "airlock_leases",
+    _META,
+    sa.Column("lease_id", sa.String(64), primary_key=True),
+    sa.Column("job_digest", sa.String(64), nullable=False, index=True),
+    sa.Column("grant_name", sa.String(128), nullable=False),
+    sa.Column("provider", sa.String(128), nullable=False),
+    sa.Column("rule_id", sa.String(128), nullable=False),
+    sa.Column("issuer", sa.String(128), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),  # JSON: repository, ids, run, actor
+    sa.Column("fingerprints", sa.Text, nullable=False),  # JSON: name -> sha256 of the value
+    sa.Column("revoke_handle", sa.Text, nullable=False),  # JSON, non-secret
+    sa.Column("issued_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("revoke_error", sa.Text, nullable=True),
+)
+
+JTIS = sa.Table(
+    "airlock_jtis",
+    _META,
+    sa.Column("issuer", sa.String(128), primary_key=True),
+    sa.Column("jti", sa.String(256), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+JOBS = sa.Table(
+    "airlock_jobs",
+    _META,
+    sa.Column("job_digest", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+CHECKPOINTS = sa.Table(
+    "airlock_checkpoints",
+    _META,
+    sa.Column("session_id", sa.String(128), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("head", sa.String(64), nullable=False),
+    sa.Column("job_digest", sa.String(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.Text, nullable=False),
+)
+
+RATES = sa.Table(
+    "airlock_rates",
+    _META,
+    sa.Column("bucket", sa.String(256), primary_key=True),
+    sa.Column("window", sa.Integer, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    lease_id: str
+    grant_name: str
+    provider: str
+    rule_id: str
+    subject: dict[str, Any]
+    fingerprints: dict[str, str]
+    revoke_handle: dict[str, str]
+    issued_at: float
+    expires_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    session_id: str
+    seq: int
+    head: str
+    at: float
+    key_id: str
+    signature: str
+
+
+class StateStore:
+    """SQL state behind every broker replica."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = sa.create_engine(_driver_url(url), pool_pre_ping=True)
+        if self._engine.dialect.name == "sqlite":
+            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+        try:
+            _META.create_all(self._engine)
+        except OperationalError as exc:
+            raise InfrastructureUnavailable(
+                "cannot open the broker's state store",
+                hint="check `state:` in the broker config and that the database is reachable",
+            ) from exc
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- token ids --------------------------------------------------------------------------------
+
+    def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(JTIS).where(JTIS.c.expires_at < time.time() - 60))
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(JTIS).values(issuer=issuer, jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+    # -- jobs and leases --------------------------------------------------------------------------
+
+    def add_job(self, job_digest: str, subject: Mapping[str, Any], expires_at: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.insert(JOBS).values(
+                    job_digest=job_digest,
+                    subject=json.dumps(dict(subject), sort_keys=True),
+                    created_at=time.time(),
+                    expires_at=expires_at,
+                )
+            )
+
+    def job_subject(self, job_digest: str) -> dict[str, Any] | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(JOBS.c.subject, JOBS.c.expires_at).where(JOBS.c.job_digest == job_digest)
+            ).first()
+        if row is None or row.expires_at < time.time():
+            return None
+        subject: dict[str, Any] = json.loads(row.subject)
+        return subject
+
+    def add_lease(self, job_digest: str, issuer: str, row: LeaseRow) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.insert(LEASES).values(
+                    lease_id=row.lease_id,
+                    job_digest=job_digest,
+                    grant_name=row.grant_name,
+                    provider=row.provider,
+                    rule_id=row.rule_id,
+                    issuer=issuer,
+                    subject=json.dumps(row.subject, sort_keys=True),
+                    fingerprints=json.dumps(row.fingerprints, sort_keys=True),
+                    revoke_handle=json.dumps(row.revoke_handle, sort_keys=True),
+                    issued_at=row.issued_at,
+                    expires_at=row.expires_at,
+                )
+            )
+
+    def leases(self, *, job_digest: str | None = None, live_only: bool = False) -> list[LeaseRow]:
+        query = sa.select(LEASES)
+        if job_digest is not None:
+            query = query.where(LEASES.c.job_digest == job_digest)
+        if live_only:
+            query = query.where(LEASES.c.revoked_at.is_(None))
+        with self._engine.connect() as conn:
+            return [_lease(r) for r in conn.execute(query.order_by(LEASES.c.issued_at))]
+
+    def expired_unrevoked(self, now: float) -> list[LeaseRow]:
+        query = sa.select(LEASES).where(LEASES.c.revoked_at.is_(None), LEASES.c.expires_at <= now)
+        with self._engine.connect() as conn:
+            return [_lease(r) for r in conn.execute(query)]
+
+    def claim_revocation(self, lease_id: str, now: float) -> bool:
+        """Mark a lease revoked; True for exactly one caller (replicas race for the sweep)."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                sa.update(LEASES)
+                .where(LEASES.c.lease_id == lease_id, LEASES.c.revoked_at.is_(None))
+                .values(revoked_at=now, revoke_error=None)
+            )
+        return result.rowcount == 1
+
+    def release_revocation(self, lease_id: str, error: str) -> None:
+        """The provider refused: put the lease back so that the sweeper tries again."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(LEASES)
+                .where(LEASES.c.lease_id == lease_id)
+                .values(revoked_at=None, revoke_error=error[:500])
+            )
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def add_checkpoint(self, job_digest: str, row: CheckpointRow) -> bool:
+        """Store a witnessed head; False when this (session, seq) was witnessed already."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(CHECKPOINTS).values(job_digest=job_digest, **row.__dict__))
+        except IntegrityError:
+            return False
+        return True
+
+    def checkpoints(self, session_id: str) -> list[CheckpointRow]:
+        query = (
+            sa.select(
+                CHECKPOINTS.c.session_id,
+                CHECKPOINTS.c.seq,
+                CHECKPOINTS.c.head,
+                CHECKPOINTS.c.at,
+                CHECKPOINTS.c.key_id,
+                CHECKPOINTS.c.signature,
+            )
+            .where(CHECKPOINTS.c.session_id == session_id)
+            .order_by(CHECKPOINTS.c.seq)
+        )
+        with self._engine.connect() as conn:
+            return [CheckpointRow(*r) for r in conn.execute(query)]
+
+    # -- rate limits ------------------------------------------------------------------------------
+
+    def hit(self, bucket: str, per_seconds: float, limit: int, now: float) -> bool:
+        """Count one request in ``bucket``'s fixed window; False when over ``limit``."""
+        window = int(now // per_seconds)
+        with self._engine.begin() as conn:
+            updated = conn.execute(
+                sa.update(RATES)
+                .where(RATES.c.bucket == bucket, RATES.c.window == window)
+                .values(count=RATES.c.count + 1)
+            )
+            if updated.rowcount == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(RATES).values(bucket=bucket, window=window, count=1))
+                except IntegrityError:
+                    conn.execute(
+                        sa.update(RATES)
+                        .where(RATES.c.bucket == bucket, RATES.c.window == window)
+                        .values(count=RATES.c.count + 1)
+                    )
+            count = conn.execute(
+                sa.select(RATES.c.count).where(RATES.c.bucket == bucket, RATES.c.window == window)
+            ).scalar_one()
+            conn.execute(sa.delete(RATES).where(RATES.c.window < window - 1))
+        return int(count) <= limit
+
+
+class SqlReplayCache(ReplayCache):
+    """Single-use ``jti`` across every replica: a unique key on (issuer, jti)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def consume(self, issuer: str, jti: str, expires_at: float) -> bool:
+        return self._store.consume_jti(issuer, jti, expires_at)
+
+
+def _lease(row: Any) -> LeaseRow:
+    return LeaseRow(
+        lease_id=row.lease_id,
+        grant_name=row.grant_name,
+        provider=row.provider,
+        rule_id=row.rule_id,
+        subject=json.loads(row.subject),
+        fingerprints=json.loads(row.fingerprints),
+        revoke_handle=json.loads(row.revoke_handle),
+        issued_at=row.issued_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _driver_url(url: str) -> str:
+    # One vocabulary for users (postgresql://...), the psycopg 3 driver underneath.
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
