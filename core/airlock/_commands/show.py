@@ -148,6 +148,7 @@ def _parse_ts(value: Any) -> datetime | None:
 
 def _clean(text: str, limit: int = _WIDTH) -> str:
     """One line, control characters escaped, trimmed to ``limit``."""
+    text = text[: limit * 2]  # a 64 KiB output chunk is cut before it is escaped
     text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -171,7 +172,7 @@ def _compact(value: Any) -> str:
 def _output(data: dict[str, Any]) -> str:
     stream = data.get("stream", "")
     if "text" in data:
-        return f"{stream}: {data['text']}"
+        return f"{stream}: {str(data['text']).rstrip()}"
     if "b64" in data:
         return f"{stream}: <{len(str(data['b64'])) * 3 // 4} bytes, not UTF-8>"
     return _compact(data)
