@@ -440,6 +440,14 @@ MIXED = (
   claims: {repository_id: "123456", event_name: pull_request_target}
   allow_events: [pull_request_target]
   grants: [db-ro, db-rw]
+- id: org-wide
+  issuer: github
+  claims: {repository_owner_id: ["7890", "7891"], ref: "refs/tags/*"}
+  grants: [db-ro, gh-write]
+- id: other-repo
+  issuer: github
+  claims: {repository_id: "999", ref: "refs/heads/*"}
+  grants: [deploy, db-ro, db-rw, gh-write]
 """
 )
 

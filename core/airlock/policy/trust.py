@@ -208,6 +208,10 @@ class TrustPolicy:
             name: tuple(rule for rule in self.rules if rule.issuer == name)
             for name in self._platforms
         }
+        self._index = {
+            name: _RuleIndex(rules, IMMUTABLE_ID_CLAIMS[self._platforms[name]])
+            for name, rules in self._by_issuer.items()
+        }
 
     @property
     def grants(self) -> Mapping[str, GrantEntry]:
@@ -232,7 +236,7 @@ class TrustPolicy:
             return self.explain(issuer_name, claims, requested).decision
         best: CompiledRule | None = None
         best_granted: tuple[str, ...] = ()
-        for rule in self._by_issuer[issuer_name]:
+        for rule in self._index[issuer_name].candidates(claims):
             if not rule.matches(claims, platform):
                 continue
             if rule.effect == "deny" and rule.covers(requested):
@@ -268,6 +272,33 @@ class TrustPolicy:
         mismatches = tuple(rule.mismatches(claims, platform))
         granted = tuple(g for g in requested if g in rule.grants) if rule.effect == "allow" else ()
         return RuleReport(rule.id, rule.effect, mismatches, granted)
+
+
+class _RuleIndex:
+    """Rules of one issuer bucketed by their exact immutable-id values, so that evaluating a
+    job looks at the rules that can match its ids (plus the rules that bind none), not all."""
+
+    def __init__(self, rules: Sequence[CompiledRule], id_claims: Sequence[str]) -> None:
+        self._rules = tuple(rules)
+        self._id_claims = tuple(id_claims)
+        self._buckets: dict[tuple[str, str], list[int]] = {}
+        self._unindexed: list[int] = []
+        for position, rule in enumerate(self._rules):
+            condition = next((c for c in rule.conditions if c.claim in self._id_claims), None)
+            if condition is None or condition.globs:
+                self._unindexed.append(position)
+                continue
+            for value in condition.exact:
+                self._buckets.setdefault((condition.claim, value), []).append(position)
+
+    def candidates(self, claims: Mapping[str, Any]) -> list[CompiledRule]:
+        """The rules that may match ``claims``, in file order."""
+        positions = set(self._unindexed)
+        for claim in self._id_claims:
+            value = claims.get(claim)
+            if isinstance(value, str):
+                positions.update(self._buckets.get((claim, value), ()))
+        return [self._rules[p] for p in sorted(positions)]
 
 
 def sensitive_events(claims: Mapping[str, Any], platform: str) -> list[tuple[str, str]]:
