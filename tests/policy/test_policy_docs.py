@@ -23,7 +23,7 @@ REGENERATE = ".venv/bin/airlock policy schema > docs/policy.schema.json"
 def _field_names(model: type[BaseModel]) -> set[str]:
     names: set[str] = set()
     for name, info in model.model_fields.items():
-        names.add(name)
+        names.add(info.alias or name)  # the key as written in YAML
         for candidate in (info.annotation, *getattr(info.annotation, "__args__", ())):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 names |= _field_names(candidate)

@@ -26,10 +26,14 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from airlock.policy.gateways import GatewayConfig
+from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -321,12 +325,60 @@ class Policy(_Section):
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     mask: MaskPolicy = Field(default_factory=MaskPolicy)
     environment: EnvironmentPolicy = Field(default_factory=EnvironmentPolicy)
+    gateways: tuple[GatewayConfig, ...] = Field(
+        default=(), description="PostgreSQL and HTTP gateways the session runs (names unique)."
+    )
+    guardrails: tuple[GuardrailRule, ...] = Field(
+        default=(), description="Rules on SQL statements and HTTP requests (ids unique)."
+    )
+    guardrail_defaults: GuardrailDefaults = Field(default_factory=GuardrailDefaults)
 
     @field_validator("version", mode="before")
     @classmethod
     def _version_is_an_integer(cls, value: Any) -> Any:
         if isinstance(value, bool | float):  # 1.0 and true would otherwise pass as 1
             raise PydanticCustomError("airlock_version", "must be the integer 1")
+        return value
+
+    @field_validator("gateways")
+    @classmethod
+    def _gateway_names_unique(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        dupes = _duplicates(tuple(g.name for g in value))
+        if dupes:
+            raise PydanticCustomError(
+                "airlock_duplicate",
+                "gateway names must be unique; used more than once: {names}",
+                {"names": ", ".join(dupes)},
+            )
+        return value
+
+    @field_validator("guardrails")
+    @classmethod
+    def _guardrails_consistent(
+        cls, value: tuple[GuardrailRule, ...], info: ValidationInfo
+    ) -> tuple[GuardrailRule, ...]:
+        dupes = _duplicates(tuple(r.id for r in value))
+        if dupes:
+            raise PydanticCustomError(
+                "airlock_duplicate",
+                "guardrail ids must be unique; used more than once: {ids}",
+                {"ids": ", ".join(dupes)},
+            )
+        kinds = {g.name: g.kind for g in info.data.get("gateways", ())}
+        for rule in value:
+            for name in rule.gateways or ():
+                if kinds.get(name) != rule.kind:
+                    raise PydanticCustomError(
+                        "airlock_guardrail_gateway",
+                        "guardrail {id}: gateway '{name}' is not a {kind} gateway of this policy "
+                        "(declared: {known})",
+                        {
+                            "id": rule.id,
+                            "name": name,
+                            "kind": rule.kind,
+                            "known": ", ".join(sorted(kinds)) or "none",
+                        },
+                    )
         return value
 
     def digest(self) -> str:
