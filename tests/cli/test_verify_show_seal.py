@@ -100,8 +100,12 @@ def test_incomplete_is_never_reported_as_fine(
     assert "--allow-incomplete" in captured.err
     assert main(["verify", str(session), "--allow-incomplete"]) == 0
     assert capsys.readouterr().out.startswith("INCOMPLETE")
+    assert main(["verify", str(session), "--json"]) == ExitCode.VERIFY_FAILED
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ok"], report["status"]) == (False, "incomplete")
     monkeypatch.setenv("AIRLOCK_ALLOW_INCOMPLETE", "1")
-    assert main(["verify", str(session)]) == 0
+    assert main(["verify", str(session), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
 
 
 def test_trusted_keys_from_files_and_env(

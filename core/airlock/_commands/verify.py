@@ -93,11 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"ok": False, "kind": exc.kind, "line": exc.line, "error": exc.message})
         raise
+    accepted = report.status == "complete" or bool(args.allow_incomplete)
     if args.json:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), "ok": accepted})
     else:
         _print_text(report)
-    if report.status != "complete" and not args.allow_incomplete:
+    if not accepted:
         raise VerificationFailed(
             f"session {report.session_id} is INCOMPLETE ({report.reason}): its "
             f"{report.event_count} events verify, but it did not end cleanly",

@@ -56,22 +56,28 @@ def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
+_ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+_PLAIN = re.compile(r"[A-Za-z0-9._:+-]*")  # strings that need no JSON escaping
+
+
 def _dump_data(data: Mapping[str, Any]) -> bytes:
     obj = dict(data)
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
-        return text.encode("utf-8")
+        return _ENCODE_UTF8(obj).encode("utf-8")
     except UnicodeEncodeError:
         # Lone surrogates (undecodable bytes carried as str) cannot be UTF-8: escape them as
         # \udcXX. The line stays valid JSON and nothing recorded is dropped.
-        return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODE_ASCII(obj).encode("ascii")
+
+
+def _string(value: str) -> str:
+    return f'"{value}"' if _PLAIN.fullmatch(value) else json.dumps(value)
 
 
 def encode_line(seq: int, ts: str, type_: str, prev: str, data: Mapping[str, Any]) -> bytes:
     """One event line in the fixed key order, without the trailing newline."""
-    head = (
-        f'{{"seq":{seq:d},"ts":{json.dumps(ts)},"type":{json.dumps(type_)},"prev":"{prev}","data":'
-    )
+    head = f'{{"seq":{seq:d},"ts":{_string(ts)},"type":{_string(type_)},"prev":"{prev}","data":'
     return head.encode("ascii") + _dump_data(data) + b"}"
 
 
