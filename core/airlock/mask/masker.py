@@ -7,8 +7,10 @@ notices the new snapshot at its next call and re-examines everything it still ho
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import operator
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,6 +30,7 @@ from airlock.mask.rules import BUILTIN_RULES, PatternRule
 __all__ = ["MaskSettings", "Masker", "StreamMasker", "replacement"]
 
 Engine = Literal["auto", "hyperscan", "re2"]
+NEVER = 1 << 62  # resume point of a rule that does not exist (no literal secrets yet)
 
 
 @dataclass(frozen=True)
@@ -64,45 +67,46 @@ class _Snapshot:
     def replace(self, rule_id: str, value: bytes) -> bytes:
         return replacement(rule_id, value, self.hmac_key)
 
+    @functools.cached_property
+    def reach(self) -> list[int]:
+        """Per rule: how far past a start the bytes that decide it go (max_len + 1)."""
+        return [rule.max_len + 1 if rule is not None else 0 for rule in self.rules]
+
+    def initial_resume(self, at: int) -> list[int]:
+        """Resume points for a stream (re)starting at offset ``at``."""
+        return [at if rule is not None else NEVER for rule in self.rules]
+
     def find(
         self, buf: bytes, base: int, resume: list[int], final: bool, spans: list[Span]
     ) -> None:
         """Advance every rule over ``buf`` (updating ``resume``), appending spans found."""
         end = base + len(buf)
-        if not final and not self._decidable(resume, end):
-            return
-        hits = self.prefilter.hits(buf)
+        if not final and min(map(operator.add, resume, self.reach)) > end:
+            return  # no rule can settle a start yet: skip the scan
+        old = list(resume)
         literal = self.rules[LITERAL_INDEX]
+        if self.literal_matcher is not None:
+            hits, occurrences = self.literal_matcher.scan(buf)
+        else:
+            hits, occurrences = self.prefilter.hits(buf), None
+        # Rules the prefilter did not see settle every start they can: no match anywhere.
+        if final:
+            resume[:] = [max(r, end + 1) for r in old]
+        else:
+            resume[:] = [max(r, end + 1 - n) for r, n in zip(old, self.reach, strict=True)]
         if literal is not None:
-            if self.literal_matcher is not None:
-                occurrences = self.literal_matcher.longest_at(buf)
-                resume[0] = advance_literals(
-                    literal, occurrences, buf, base, resume[0], final, spans
-                )
+            if occurrences is not None:
+                resume[0] = advance_literals(literal, occurrences, buf, base, old[0], final, spans)
             else:
-                resume[0] = advance(literal, LITERAL_INDEX, buf, base, resume[0], final, spans)
-        for index in range(1, len(self.rules)):
+                resume[0] = advance(literal, LITERAL_INDEX, buf, base, old[0], final, spans)
+        for index in sorted(hits):
             rule = self.rules[index]
-            assert rule is not None
-            limit = end if final else end - rule.max_len - 1
-            if resume[index] > limit:
-                continue
-            if index in hits:
-                resume[index] = advance(rule, index, buf, base, resume[index], final, spans)
-            else:  # the prefilter saw no match anywhere in the buffer
-                resume[index] = limit + 1
-
-    def _decidable(self, resume: list[int], end: int) -> bool:
-        """Whether any rule can settle a start position now (else skip scanning)."""
-        return any(
-            rule is not None and resume[i] <= end - rule.max_len - 1
-            for i, rule in enumerate(self.rules)
-        )
+            if index != LITERAL_INDEX and rule is not None:
+                resume[index] = advance(rule, index, buf, base, old[index], final, spans)
 
     def frontier(self, resume: list[int], end: int) -> int:
         """Everything before this offset is settled for every rule."""
-        settled = [r for r, rule in zip(resume, self.rules, strict=True) if rule is not None]
-        return min([end, *settled])
+        return min(end, *resume)
 
 
 class Masker:
@@ -172,7 +176,7 @@ class Masker:
             rules=(literals.rule, *self._patterns),
             literals=literals,
             prefilter=self._prefilter,
-            literal_matcher=_compile.build_literal_matcher(self._engine, literals),
+            literal_matcher=_compile.build_literal_matcher(self._engine, literals, self._prefilter),
             hmac_key=self._hmac_key,
         )
 
@@ -238,7 +242,7 @@ class StreamMasker:
         self._buf = b""
         self._base = 0  # absolute offset of _buf[0]
         self._emitted = 0  # absolute offset up to which output was returned
-        self._resume = [0] * len(self._snapshot.rules)
+        self._resume = self._snapshot.initial_resume(0)
         self._pending: list[Span] = []
 
     def feed(self, chunk: bytes) -> bytes:
@@ -271,7 +275,7 @@ class StreamMasker:
         cut = end - held_suffix(tail, literals.forms, literals.max_len)
         out, cut, _ = render(self._buf, self._base, self._emitted, cut, spans, snapshot.replace)
         # Restart matching at the cut: what was shown cannot be masked any more.
-        self._resume = [cut] * len(snapshot.rules)
+        self._resume = snapshot.initial_resume(cut)
         self._pending = []
         self._commit(cut)
         return out
