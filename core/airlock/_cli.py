@@ -24,6 +24,7 @@ _COMMANDS = (
     "search",
     "report",
     "export",
+    "credentials",
     "broker",
 )
 

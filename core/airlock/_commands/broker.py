@@ -1,4 +1,4 @@
-"""`airlock broker`: explain the trust policy, print its schema, (later) serve the broker."""
+"""`airlock broker`: serve the broker, explain its trust policy, check it, print its schema."""
 
 from __future__ import annotations
 
@@ -28,8 +28,25 @@ def register(sub: Any) -> None:
     _register_check(commands)
     schema = commands.add_parser("schema", help="print the JSON Schema of the broker config")
     schema.set_defaults(func=_schema)
-    serve = commands.add_parser("serve", help="run the broker service (not built yet)")
+    serve = commands.add_parser("serve", help="run the broker service under uvicorn")
     add_flag(serve, "--config", env="AIRLOCK_BROKER_CONFIG", help="broker config YAML")
+    add_flag(serve, "--host", env="AIRLOCK_BROKER_HOST", default="127.0.0.1", help="listen address")
+    add_flag(serve, "--port", env="AIRLOCK_BROKER_PORT", type=int, default=8080, help="listen port")
+    add_flag(
+        serve,
+        "--signing-key",
+        env="AIRLOCK_BROKER_SIGNING_KEY",
+        type=Path,
+        help="Ed25519 key that signs checkpoints (PEM; default: the local key)",
+    )
+    add_flag(
+        serve,
+        "--sweep-interval",
+        env="AIRLOCK_BROKER_SWEEP_INTERVAL",
+        type=float,
+        default=30.0,
+        help="seconds between sweeps of expired leases",
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -104,7 +121,33 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    raise UsageError("`airlock broker serve` is not built yet")
+    if not args.config:
+        raise UsageError("--config is required", hint="airlock broker serve --config broker.yaml")
+    import logging
+
+    import uvicorn
+
+    from airlock.audit import load_signing_key
+    from airlock.broker.app import create_app
+    from airlock.broker.service import Broker
+    from airlock.broker.state import StateStore
+
+    config = load_broker_config(args.config)
+    store = StateStore(config.state)
+    broker = Broker(config, store=store, key=load_signing_key(args.signing_key))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        uvicorn.run(
+            create_app(broker, sweep_interval=args.sweep_interval),
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            access_log=False,  # request lines carry no secrets, but paths carry session ids
+        )
+    finally:
+        broker.close()
+        store.close()
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:

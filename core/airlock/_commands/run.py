@@ -47,6 +47,14 @@ def register(sub: Any) -> None:
         help="override the policy's capture.pty",
     )
     add_flag(parser, "--strace", env="AIRLOCK_STRACE", help="path of the strace binary")
+    add_flag(
+        parser,
+        "--broker",
+        env="AIRLOCK_BROKER_URL",
+        help="broker that witnesses checkpoints of the log as the session runs",
+    )
+    add_flag(parser, "--audience", env="AIRLOCK_AUDIENCE", help="the broker's OIDC audience")
+    add_flag(parser, "--state-dir", env="AIRLOCK_STATE_DIR", type=Path, help="job state directory")
     add_flag(parser, "--quiet", env="AIRLOCK_QUIET", action="store_true", help="no summary line")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     parser.set_defaults(func=_run)
@@ -68,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
     environ = dict(os.environ)
+    job = _job(args)
     request = SessionRequest(
         argv=tuple(argv),
         sessions_dir=args.sessions,
@@ -80,12 +89,16 @@ def _run(args: argparse.Namespace) -> int:
         use_pty=None if args.pty in (None, "auto") else args.pty == "always",
         policy_source=str(args.policy) if args.policy else None,
         strace_path=args.strace,
+        credentials=job.credentials,
+        witness=job.witness,
     )
     try:
         outcome = run_session(request)
     except CommandNotFound as exc:
         print(f"airlock: error: {exc.explain()}", file=sys.stderr)
         return COMMAND_NOT_FOUND
+    finally:
+        job.close()
     if not args.quiet:
         manifest = outcome.manifest
         print(
@@ -94,3 +107,51 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return outcome.exit_status
+
+
+class _Job:
+    """What the broker gave this job: credentials to mask, and a witness for checkpoints."""
+
+    def __init__(self) -> None:
+        from airlock.capture.session import IssuedSecret, Witness
+
+        self.credentials: tuple[IssuedSecret, ...] = ()
+        self.witness: Witness | None = None
+        self._close: list[Any] = []
+
+    def close(self) -> None:
+        for close in self._close:
+            close()
+
+
+def _job(args: argparse.Namespace) -> _Job:
+    from airlock.broker.client import BrokerClient, default_state_dir, load_job_state
+    from airlock.capture.session import IssuedSecret
+
+    job = _Job()
+    state = load_job_state(args.state_dir or default_state_dir())
+    if state is not None:
+        job.credentials = tuple(
+            IssuedSecret(lease["grant"], lease["lease_id"], name, value)
+            for lease in state.leases
+            for name, value in lease.get("values", {}).items()
+        )
+    if not args.broker:
+        return job
+    client = BrokerClient(args.broker)
+    job._close.append(client.close)
+    if state is None or state.broker != client.url:
+        if not args.audience:
+            raise UsageError(
+                "--broker needs the job token from `airlock credentials`, or --audience to get one"
+            )
+        from airlock.oidc import acquire_token
+
+        state = client.exchange(acquire_token(args.audience), [])
+    job_token = state.job_token
+
+    def witness(session_id: str, seq: int, head: str) -> dict[str, Any]:
+        return client.checkpoint(job_token, session_id, seq, head)
+
+    job.witness = witness
+    return job

@@ -19,7 +19,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,10 @@ from airlock.policy import Policy
 
 __all__ = [
     "CommandNotFound",
+    "IssuedSecret",
     "SessionOutcome",
     "SessionRequest",
+    "Witness",
     "build_masker",
     "run_session",
     "seal_abandoned_sessions",
@@ -48,6 +50,20 @@ _TERMINAL_FD = {"stdout": 1, "pty": 1, "stderr": 2}
 
 class CommandNotFound(UsageError):
     """The command does not exist; ``airlock run`` returns 127 for it, as a shell would."""
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A credential issued to this job (by the broker): masked everywhere, logged as a hash."""
+
+    grant: str
+    lease_id: str
+    name: str
+    value: str = field(repr=False)
+
+
+# (session id, seq, head) → the witness's signed receipt; raises when the witness is unreachable.
+Witness = Callable[[str, int, str], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,9 @@ class SessionRequest:
     use_pty: bool | None = None  # None: decide from the policy and whether stdout is a terminal
     policy_source: str | None = None
     strace_path: str | None = None
+    credentials: tuple[IssuedSecret, ...] = ()
+    witness: Witness | None = None
+    witness_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +137,8 @@ def run_session(request: SessionRequest) -> SessionOutcome:
     _resolve_command(request.argv[0], request.agent_env, request.cwd)
     tracer = _exec_tracer(request)
     masker = build_masker(request.policy, request.secret_env, correlation_key(request.key))
+    for secret in request.credentials:
+        masker.add_secret(secret.value, f"credential:{secret.grant}")
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)
     with _locked(writer.path / "events.jsonl"):
@@ -164,6 +185,7 @@ class _Session:
         self._streams: dict[str, StreamMasker] = {}
         self._display_ok = {1: True, 2: True}
         self._counts = {"processes": 0, "output_bytes": 0}
+        self._last_witness = time.monotonic()
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
@@ -172,9 +194,13 @@ class _Session:
             result = self._runner().run()
             self._flush_all()
             self._end(result, time.monotonic() - started)
+            self._checkpoint()
             manifest = self._writer.seal(self._req.key, exit_code=result.exit_status)
         except RecordingError as exc:
             self._seal_incomplete(f"recording failed: {exc.message}")
+            raise
+        except InfrastructureUnavailable as exc:
+            self._seal_incomplete(exc.message)
             raise
         except BaseException:
             self._seal_incomplete("airlock stopped before the session ended")
@@ -222,6 +248,16 @@ class _Session:
                 "env_removed": list(req.env_removed),
             },
         )
+        for secret in req.credentials:
+            self._writer.append(
+                EventType.CREDENTIAL_ISSUED,
+                {
+                    "grant": secret.grant,
+                    "lease_id": secret.lease_id,
+                    "name": secret.name,
+                    "sha256": hashlib.sha256(secret.value.encode()).hexdigest(),
+                },
+            )
         tracer = self._tracer
         self._writer.append(
             EventType.CAPTURE,
@@ -245,6 +281,24 @@ class _Session:
     def _on_idle(self) -> None:
         for stream, masker in self._streams.items():
             self._emit(stream, masker.flush_idle())
+        if time.monotonic() - self._last_witness >= self._req.witness_interval:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Have the witness sign the current chain head, then record its receipt."""
+        witness = self._req.witness
+        if witness is None or self._writer.seq == 0:
+            return
+        self._last_witness = time.monotonic()
+        seq, head = self._writer.seq - 1, self._writer.head
+        try:
+            receipt = witness(self._writer.session_id, seq, head)
+        except AirlockError as exc:  # fail closed: a session the witness cannot see must stop
+            raise InfrastructureUnavailable(
+                f"the broker could not witness checkpoint {seq}: {exc.message}",
+                hint="check the broker; a session without witnessed checkpoints is not trusted",
+            ) from exc
+        self._writer.append(EventType.CHECKPOINT, {"seq": seq, "head": head, **dict(receipt)})
 
     def _flush_all(self) -> None:
         for stream, masker in self._streams.items():

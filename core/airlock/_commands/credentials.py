@@ -1,0 +1,154 @@
+"""``airlock credentials --broker URL --grant NAME…``: exchange the job's OIDC token for scoped,
+short-lived credentials and export them for the CI platform; ``--revoke`` ends them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from airlock._commands._common import add_flag
+from airlock.errors import UsageError
+
+__all__ = ["register"]
+
+EXPORTS = ("auto", "github", "gitlab", "env-file", "none")
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "credentials",
+        help="exchange the job's OIDC token at the broker for scoped, short-lived credentials",
+        description=(
+            "Exchange the job's OIDC token at the broker for the named grants and export them: "
+            "GitHub (each value masked with ::add-mask:: before it is written to GITHUB_ENV), "
+            "GitLab (a dotenv report), or a 0600 env file. The job state (job token, issued "
+            "values) is kept 0600 outside the workspace so that `airlock run` masks every value "
+            "and `airlock credentials --revoke` ends the leases at job end."
+        ),
+    )
+    add_flag(parser, "--broker", env="AIRLOCK_BROKER_URL", help="broker base URL")
+    add_flag(
+        parser,
+        "--grant",
+        env="AIRLOCK_GRANTS",
+        action="append",
+        default=[],
+        help="grant name (repeat)",
+    )
+    add_flag(parser, "--audience", env="AIRLOCK_AUDIENCE", help="the broker's OIDC audience")
+    add_flag(
+        parser,
+        "--id-token-variable",
+        env="AIRLOCK_ID_TOKEN_VARIABLE",
+        default="AIRLOCK_ID_TOKEN",
+        help="GitLab: the id_tokens variable that holds the token",
+    )
+    add_flag(
+        parser,
+        "--export",
+        env="AIRLOCK_EXPORT",
+        choices=EXPORTS,
+        default="auto",
+        help="where values go",
+    )
+    add_flag(
+        parser,
+        "--out",
+        env="AIRLOCK_CREDENTIALS_OUT",
+        type=Path,
+        help="file for env-file/gitlab export",
+    )
+    add_flag(parser, "--state-dir", env="AIRLOCK_STATE_DIR", type=Path, help="job state directory")
+    add_flag(
+        parser,
+        "--revoke",
+        env="AIRLOCK_REVOKE",
+        action="store_true",
+        help="revoke this job's leases",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from airlock.broker.client import (
+        BrokerClient,
+        default_state_dir,
+        forget_job_state,
+        load_job_state,
+        save_job_state,
+    )
+
+    state_dir: Path = args.state_dir or default_state_dir()
+    if args.revoke:
+        state = load_job_state(state_dir)
+        if state is None:
+            print("airlock: no leases to revoke (no job state)", file=sys.stderr)
+            return 0
+        client = BrokerClient(state.broker)
+        try:
+            revoked = client.revoke(state.job_token)
+        finally:
+            client.close()
+        forget_job_state(state_dir)
+        print(f"airlock: revoked {revoked} lease(s)", file=sys.stderr)
+        return 0
+    if not args.broker or not args.audience:
+        raise UsageError(
+            "--broker and --audience are required",
+            hint="or set AIRLOCK_BROKER_URL and AIRLOCK_AUDIENCE",
+        )
+    from airlock.oidc import acquire_token
+
+    token = acquire_token(args.audience, gitlab_variable=args.id_token_variable)
+    client = BrokerClient(args.broker)
+    try:
+        state = client.exchange(token, args.grant)
+    finally:
+        client.close()
+    save_job_state(state, state_dir)
+    _export(args.export, state.values(), args.out)
+    grants = ", ".join(lease["grant"] for lease in state.leases) or "none"
+    print(f"airlock: issued {grants} under rule {state.rule_id}", file=sys.stderr)
+    return 0
+
+
+def _export(mode: str, values: dict[str, str], out: Path | None) -> None:
+    if mode == "auto":
+        mode = _platform_export()
+    if mode == "github":
+        _export_github(values)
+    elif mode == "gitlab":
+        from airlock.ci.gitlab import write_dotenv
+
+        write_dotenv(out or Path("airlock.env"), values)
+    elif mode == "env-file":
+        if out is None:
+            raise UsageError("--export env-file needs --out FILE (outside the workspace)")
+        from airlock.ci.gitlab import write_env_script
+
+        write_env_script(out, values)
+
+
+def _platform_export() -> str:
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        return "github"
+    if os.environ.get("GITLAB_CI") == "true":
+        return "gitlab"
+    return "none"
+
+
+def _export_github(values: dict[str, str]) -> None:
+    from airlock.ci.github import mask_commands, set_env
+
+    # Mask every value, line by line, before it is written anywhere the runner reads.
+    for value in values.values():
+        for command in mask_commands(value):
+            print(command, flush=True)
+    env_file = os.environ.get("GITHUB_ENV")
+    if not env_file:
+        raise UsageError("GITHUB_ENV is not set: --export github works inside GitHub Actions")
+    for name, value in values.items():
+        set_env(Path(env_file), name, value)

@@ -1,0 +1,91 @@
+"""Check a session log against the checkpoints the broker witnessed while it ran.
+
+A log rewritten after the fact, even re-signed with the (stealable) local key, no longer hashes
+to the heads the broker signed at the time: this is what makes in-job logs trustworthy when the
+runner itself is not.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from airlock.broker.service import checkpoint_message
+from airlock.errors import VerificationFailed
+
+__all__ = ["check_witnessed", "parse_public_keys"]
+
+
+def parse_public_keys(keys: Sequence[Mapping[str, str]]) -> dict[str, Ed25519PublicKey]:
+    """The broker's ``/.well-known/airlock-keys`` entries, by key id."""
+    parsed: dict[str, Ed25519PublicKey] = {}
+    for entry in keys:
+        key = load_pem_public_key(entry["public_pem"].encode())
+        if isinstance(key, Ed25519PublicKey):
+            parsed[entry["key_id"]] = key
+    return parsed
+
+
+def check_witnessed(
+    session_dir: Path,
+    session_id: str,
+    checkpoints: Sequence[Mapping[str, Any]],
+    keys: Mapping[str, Ed25519PublicKey],
+) -> int:
+    """Raise VerificationFailed at the first witnessed head the log does not match; else count."""
+    heads = _line_hashes(session_dir / "events.jsonl")
+    for checkpoint in sorted(checkpoints, key=lambda c: int(c["seq"])):
+        seq, head = int(checkpoint["seq"]), str(checkpoint["head"])
+        _check_signature(session_id, checkpoint, keys)
+        if seq >= len(heads):
+            raise VerificationFailed(
+                f"the broker witnessed line {seq + 1}, but the log has {len(heads)} lines",
+                kind="truncated",
+                line=len(heads) + 1,
+            )
+        if heads[seq] != head:
+            raise VerificationFailed(
+                f"line {seq + 1} differs from what the broker witnessed during the session",
+                kind="checkpoint-mismatch",
+                line=seq + 1,
+                hint="the log was rewritten after the broker saw it",
+            )
+    return len(checkpoints)
+
+
+def _check_signature(
+    session_id: str, checkpoint: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]
+) -> None:
+    key = keys.get(str(checkpoint["key_id"]))
+    if key is None:
+        raise VerificationFailed(
+            f"checkpoint {checkpoint['seq']} is signed by an unknown broker key",
+            kind="untrusted-key",
+        )
+    message = checkpoint_message(
+        session_id, int(checkpoint["seq"]), str(checkpoint["head"]), float(checkpoint["at"])
+    )
+    try:
+        key.verify(base64.b64decode(str(checkpoint["signature"])), message)
+    except (InvalidSignature, ValueError) as exc:
+        raise VerificationFailed(
+            f"the broker's signature on checkpoint {checkpoint['seq']} does not verify",
+            kind="checkpoint-mismatch",
+        ) from exc
+
+
+def _line_hashes(path: Path) -> list[str]:
+    hashes = []
+    with path.open("rb") as log:
+        for line in log:
+            if not line.endswith(b"\n"):
+                break  # a partial last line is not part of the log
+            hashes.append(hashlib.sha256(line[:-1]).hexdigest())
+    return hashes
