@@ -22,6 +22,8 @@ session. Queries run in a DuckDB whose file access is limited to the searched di
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,14 +78,6 @@ SELECT regexp_extract(filename, '([^/]+)/events\\.jsonl(\\.gz)?$', 1) AS session
        seq, ts, type, data
 FROM read_json({{files}}, format = 'newline_delimited', filename = true, ignore_errors = true,
                columns = {{{{seq: 'BIGINT', ts: 'VARCHAR', type: 'VARCHAR', data: 'JSON'}}}});
-CREATE VIEW sessions AS
-SELECT session_id,
-       data->'identity'->>'platform' AS platform,
-       data->'identity'->>'repository' AS repository,
-       data->'identity'->>'actor' AS actor,
-       data->'identity'->>'run_id' AS run_id,
-       CAST(ts AS TIMESTAMPTZ) AS started
-FROM raw_events WHERE type = 'session.start';
 CREATE VIEW events AS
 SELECT e.session_id, e.seq, CAST(e.ts AS TIMESTAMPTZ) AS ts, e.type,
        s.platform, s.repository, s.actor, s.run_id,
@@ -150,11 +144,63 @@ def open_events(roots: Sequence[Path]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     allowed = _sql_list([str(r.resolve()) + "/" for r in roots])
     con.execute("SET TimeZone = 'UTC'")
+    _load_sessions(con, roots)
     con.execute(_VIEWS.format(files=_sql_list(files)))
     con.execute(f"SET allowed_directories = {allowed}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _session_logs(root: Path) -> list[Path]:
+    root = root.resolve()
+    if (root / EVENTS_NAME).is_file():
+        return [root / EVENTS_NAME]
+    return sorted(root.glob(f"*/{EVENTS_NAME}")) + sorted(root.rglob(LOG_OBJECT))
+
+
+def _first_line(log: Path) -> dict[str, Any]:
+    try:
+        with gzip.open(log, "rb") if log.suffix == ".gz" else log.open("rb") as fh:
+            first = json.loads(fh.readline())
+    except (OSError, ValueError, EOFError):
+        return {}
+    return first if isinstance(first, dict) else {}
+
+
+def _session_row(
+    log: Path,
+) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
+    first = _first_line(log)
+    data = first.get("data") if first.get("type") == "session.start" else None
+    ident = data.get("identity") if isinstance(data, dict) else None
+    ident = ident if isinstance(ident, dict) else {}
+
+    def field(name: str) -> str | None:
+        value = ident.get(name)
+        return None if value is None else str(value)
+
+    started = str(first["ts"]) if ident and first.get("ts") else None
+    return (
+        log.parent.name,
+        field("platform"),
+        field("repository"),
+        field("actor"),
+        field("run_id"),
+        started,
+    )
+
+
+def _load_sessions(con: duckdb.DuckDBPyConnection, roots: Sequence[Path]) -> None:
+    """The sessions table, from each log's first line (its session.start) — one small read
+    per session instead of a second scan of every log."""
+    con.execute(
+        "CREATE TABLE sessions (session_id VARCHAR, platform VARCHAR, repository VARCHAR, "
+        "actor VARCHAR, run_id VARCHAR, started TIMESTAMPTZ)"
+    )
+    rows = [_session_row(log) for root in roots for log in _session_logs(root)]
+    if rows:
+        con.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, CAST(? AS TIMESTAMPTZ))", rows)
 
 
 def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
