@@ -1,0 +1,111 @@
+"""The ``console`` backend: a yes/no prompt on the controlling terminal (``/dev/tty``).
+
+For local runs. The prompt goes to the terminal, not to stdout/stderr, so an agent that reads
+the output of the wrapped command cannot see or answer it through its pipes. Without a terminal
+(CI, a daemon) the request is denied at once: non-interactive means deny. Prompts are asked one
+at a time.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import select
+import threading
+import time
+
+from airlock.audit.keys import SigningKey
+from airlock.gate.interface import Answer, ApprovalBackend, ApprovalRequest, Record
+
+__all__ = ["ConsoleBackend"]
+
+_YES = {"y", "yes"}
+_MAX_LINE = 1024
+_PROMPT_LOCK = threading.Lock()  # one terminal, one question at a time
+
+
+class ConsoleBackend(ApprovalBackend):
+    """Ask on ``tty`` (default ``/dev/tty``); anything but ``y``/``yes`` is a denial."""
+
+    name = "console"
+
+    def __init__(
+        self,
+        *,
+        key: SigningKey,
+        record: Record | None = None,
+        tty: str = "/dev/tty",
+        default_timeout: float = 1800.0,
+    ) -> None:
+        super().__init__(key=key, record=record)
+        self._tty = tty
+        self._default_timeout = default_timeout
+        self._answers: dict[str, Answer] = {}
+        self._answers_lock = threading.Lock()
+
+    def _submit(self, req: ApprovalRequest) -> None:
+        try:
+            fd = os.open(self._tty, os.O_RDWR | os.O_NOCTTY)
+        except OSError:
+            self._answer(req, False, "airlock", "no terminal to ask on (non-interactive: denied)")
+            return
+        thread = threading.Thread(target=self._prompt, args=(req, fd), daemon=True)
+        thread.start()
+
+    def _fetch(self, req: ApprovalRequest) -> Answer | None:
+        with self._answers_lock:
+            return self._answers.get(req.request_id)
+
+    def _answer(self, req: ApprovalRequest, approved: bool, by: str, reason: str) -> None:
+        answer = Answer(approved, by, req.operation_hash, reason)
+        with self._answers_lock:
+            self._answers.setdefault(req.request_id, answer)
+
+    def _prompt(self, req: ApprovalRequest, fd: int) -> None:
+        deadline = req.expires_at or (req.requested_at + self._default_timeout)
+        try:
+            with _PROMPT_LOCK:
+                os.write(fd, _question(req).encode("utf-8", "replace"))
+                line = _read_line(fd, deadline)
+        except OSError:
+            line = None
+        finally:
+            os.close(fd)
+        if line is None:
+            return  # no answer: the request expires
+        approved = line.strip().lower() in _YES
+        self._answer(req, approved, f"console:{_user()}", "" if approved else "denied at prompt")
+
+
+def _question(req: ApprovalRequest) -> str:
+    op = req.operation
+    where = f" on gateway {op.gateway}" if op.gateway else ""
+    return (
+        f"\r\nairlock: approval needed ({op.kind}{where}, rule {op.rule_id})\r\n"
+        f"  {op.text}\r\n"
+        f"  operation {req.operation_hash[:16]}  request {req.request_id}\r\n"
+        "Approve? [y/N] "
+    )
+
+
+def _read_line(fd: int, deadline: float) -> str | None:
+    buf = b""
+    while b"\n" not in buf and b"\r" not in buf and len(buf) < _MAX_LINE:
+        left = deadline - time.time()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if not ready:
+            continue
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break  # terminal closed: whatever was typed counts, i.e. usually a denial
+        buf += chunk
+    return buf.decode("utf-8", "replace")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"

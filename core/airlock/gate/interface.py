@@ -1,0 +1,308 @@
+"""The approval plug point: one abstract backend, one error, one module per implementation.
+
+    AirlockError
+     └── InfrastructureUnavailable
+          └── GateError        the approval backend cannot ask or answer  → 85 (fail closed)
+
+An :class:`Operation` is what waits for a human: its masked text plus where it comes from
+(rule, gateway, repository, commit, run, session). Its :meth:`Operation.operation_hash` binds a
+:class:`Decision` to exactly that operation: a decision for another hash is refused. Every
+decision is signed with the session's :class:`~airlock.audit.SigningKey` over
+``(operation hash, approved, by, at)``, and the three events ``approval.requested``,
+``approval.decided`` and ``approval.expired`` go to the ``record`` callback. An unanswered
+request expires to a denial (``reason="expired"``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from airlock.audit.keys import SigningKey
+from airlock.errors import InfrastructureUnavailable
+from airlock.events import EventType
+
+__all__ = [
+    "EXPIRED",
+    "Answer",
+    "ApprovalBackend",
+    "ApprovalRequest",
+    "Decision",
+    "GateError",
+    "Operation",
+    "OperationKind",
+    "Record",
+    "ask",
+    "format_time",
+    "valid_request_id",
+]
+
+OperationKind = Literal["sql", "http", "command"]
+Record = Callable[[str, Mapping[str, Any]], object]
+EXPIRED = "expired"
+_REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_GATE_BY = "airlock"
+
+
+class GateError(InfrastructureUnavailable):
+    """The approval backend could not ask for, or read, a decision. Fails closed."""
+
+    default_hint = "check the approval backend (--backend, --dir) and that it is reachable"
+
+
+def format_time(epoch: float) -> str:
+    """RFC 3339 UTC with microseconds, as in the session log."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def valid_request_id(request_id: str) -> bool:
+    """True for the ids backends hand out (32 lowercase hex): safe as a file name."""
+    return bool(_REQUEST_ID_RE.fullmatch(request_id))
+
+
+def _canonical(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An operation held for approval. ``text`` is already masked: it is shown to humans."""
+
+    kind: OperationKind
+    text: str
+    rule_id: str
+    gateway: str | None = None
+    repository: str | None = None
+    commit: str | None = None
+    run_id: str | None = None
+    session_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Exactly the hashed fields, JSON-ready."""
+        return asdict(self)
+
+    def operation_hash(self) -> str:
+        """SHA-256 (hex) over the canonical JSON of every field: the binding of a decision."""
+        return hashlib.sha256(_canonical(self.to_dict())).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Operation:
+        """The inverse of :meth:`to_dict`; raises GateError on a malformed mapping."""
+        try:
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as exc:
+            raise GateError("an approval request file does not describe an operation") from exc
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """One request: an id, the operation, its hash, and when it expires (epoch seconds)."""
+
+    request_id: str
+    operation: Operation
+    requested_at: float
+    expires_at: float | None = None
+
+    @property
+    def operation_hash(self) -> str:
+        return self.operation.operation_hash()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A decision bound to one operation hash. ``signature`` is base64 Ed25519 by ``key_id``."""
+
+    approved: bool
+    by: str
+    at: str
+    reason: str = ""
+    operation_hash: str = ""
+    signature: str = field(default="", repr=False)
+    key_id: str = ""
+
+    @staticmethod
+    def signed_payload(operation_hash: str, approved: bool, by: str, at: str) -> bytes:
+        """The exact bytes signed: canonical JSON of the four bound fields."""
+        return _canonical({"approved": approved, "at": at, "by": by, "operation": operation_hash})
+
+    @classmethod
+    def signed(
+        cls, key: SigningKey, operation_hash: str, *, approved: bool, by: str, reason: str = ""
+    ) -> Decision:
+        """A decision taken now, signed with ``key``."""
+        at = format_time(time.time())
+        payload = cls.signed_payload(operation_hash, approved, by, at)
+        signature = base64.b64encode(key.sign(payload)).decode()
+        return cls(approved, by, at, reason, operation_hash, signature, key.key_id)
+
+    def verify(self, public_key: Ed25519PublicKey, operation_hash: str) -> bool:
+        """True when the signature checks and the decision is for ``operation_hash``."""
+        if not self.signature or not secrets.compare_digest(self.operation_hash, operation_hash):
+            return False
+        payload = self.signed_payload(operation_hash, self.approved, self.by, self.at)
+        try:
+            public_key.verify(base64.b64decode(self.signature, validate=True), payload)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def to_event(self, request_id: str) -> dict[str, Any]:
+        """The ``approval.decided`` event data."""
+        return {"request_id": request_id, **asdict(self)}
+
+
+class ApprovalBackend(abc.ABC):
+    """Ask for a decision on an operation, and wait for it.
+
+    Subclasses implement :meth:`_submit` (post the request where humans see it) and
+    :meth:`_fetch` (the raw answer, if any). The base class keeps the requests, checks the hash
+    binding, signs, records the events, and turns a missing answer at the deadline into a
+    denial. A request has at most one decision: the first one sticks.
+    """
+
+    name: ClassVar[str] = "abstract"
+    poll_interval: float = 0.2
+
+    def __init__(self, *, key: SigningKey, record: Record | None = None) -> None:
+        self._key = key
+        self._record = record
+        self._requests: dict[str, ApprovalRequest] = {}
+        self._decisions: dict[str, Decision] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key that signs this backend's decisions."""
+        return self._key.key_id
+
+    def request(self, op: Operation, *, timeout: float | None = None) -> str:
+        """Ask for approval of ``op``; return the request id. Records ``approval.requested``."""
+        now = time.time()
+        expires = now + timeout if timeout is not None else None
+        req = ApprovalRequest(secrets.token_hex(16), op, now, expires)
+        with self._lock:
+            self._requests[req.request_id] = req
+        self._emit(EventType.APPROVAL_REQUESTED, self._requested_event(req))
+        self._submit(req)
+        return req.request_id
+
+    def status(self, request_id: str) -> Decision | None:
+        """The decision on ``request_id``, or None while nobody has answered."""
+        req = self._get(request_id)
+        with self._lock:
+            if request_id in self._decisions:
+                return self._decisions[request_id]
+        if req.expires_at is not None and time.time() >= req.expires_at:
+            return self._expire(req)
+        answer = self._fetch(req)
+        return None if answer is None else self._settle(req, answer)
+
+    async def wait(self, request_id: str, timeout: float) -> Decision:
+        """Poll until a decision or ``timeout`` seconds; then a denial with reason "expired"."""
+        req = self._get(request_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            decision = self.status(req.request_id)
+            if decision is not None:
+                return decision
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self._expire(req)
+            await asyncio.sleep(min(self.poll_interval, left))
+
+    def close(self) -> None:  # noqa: B027 (optional hook, most backends hold nothing)
+        """Release what the backend holds (files, connections)."""
+
+    @abc.abstractmethod
+    def _submit(self, req: ApprovalRequest) -> None:
+        """Make the request visible to the people who decide."""
+
+    @abc.abstractmethod
+    def _fetch(self, req: ApprovalRequest) -> Answer | None:
+        """The answer so far, or None."""
+
+    def _get(self, request_id: str) -> ApprovalRequest:
+        with self._lock:
+            req = self._requests.get(request_id)
+        if req is None:
+            raise GateError(
+                f"unknown approval request {request_id[:40]!r}",
+                hint="ask with request() first; ids are valid only in the backend that made them",
+            )
+        return req
+
+    def _settle(self, req: ApprovalRequest, answer: Answer) -> Decision:
+        if not secrets.compare_digest(answer.operation_hash, req.operation_hash):
+            answer = Answer(
+                approved=False,
+                by=_GATE_BY,
+                reason="refused: the decision was made for another operation",
+                operation_hash=req.operation_hash,
+            )
+        decision = Decision.signed(
+            self._key,
+            req.operation_hash,
+            approved=answer.approved,
+            by=answer.by,
+            reason=answer.reason,
+        )
+        return self._store(req, decision, EventType.APPROVAL_DECIDED)
+
+    def _expire(self, req: ApprovalRequest) -> Decision:
+        decision = Decision.signed(
+            self._key, req.operation_hash, approved=False, by=_GATE_BY, reason=EXPIRED
+        )
+        return self._store(req, decision, EventType.APPROVAL_EXPIRED)
+
+    def _store(self, req: ApprovalRequest, decision: Decision, event: EventType) -> Decision:
+        with self._lock:
+            existing = self._decisions.get(req.request_id)
+            if existing is not None:
+                return existing
+            self._decisions[req.request_id] = decision
+        self._emit(event, decision.to_event(req.request_id))
+        return decision
+
+    def _requested_event(self, req: ApprovalRequest) -> dict[str, Any]:
+        expires = format_time(req.expires_at) if req.expires_at is not None else None
+        return {
+            "request_id": req.request_id,
+            "backend": self.name,
+            "operation_hash": req.operation_hash,
+            "operation": req.operation.to_dict(),
+            "expires_at": expires,
+        }
+
+    def _emit(self, event: EventType, data: Mapping[str, Any]) -> None:
+        if self._record is not None:
+            self._record(str(event), data)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A raw answer from a backend, before the hash check and the signature."""
+
+    approved: bool
+    by: str
+    operation_hash: str
+    reason: str = ""
+
+
+async def ask(backend: ApprovalBackend, op: Operation, timeout: float) -> Decision:
+    """Request approval of ``op`` and wait up to ``timeout`` seconds for the decision."""
+    request_id = backend.request(op, timeout=timeout)
+    return await backend.wait(request_id, timeout)
