@@ -176,3 +176,58 @@ def test_local_archive_directory_has_the_same_layout(
     assert '"lock_enabled": false' in receipt_file.read_text()
     fetched = fetch_session(str(session_dir), tmp_path / "fetched")
     assert verify_session(fetched, trusted).status == "complete"
+
+
+def test_s3_dying_in_the_middle_of_a_multipart_upload(
+    make_session: SessionFactory,
+    private_moto: MotoServer,
+    tmp_path: Path,
+    trusted: Mapping[str, Ed25519PublicKey],
+) -> None:
+    import secrets
+
+    from airlock.archive import ArchiveUnreachable, archive_session
+    from airlock.archive.s3 import S3Sink
+    from airlock.archive.spool import SpoolRequest, spool_session
+
+    session = make_session(
+        events=[("output", {"text": secrets.token_hex(6000)}) for _ in range(1200)]
+    )
+    bucket = new_bucket(private_moto.client("s3"))
+    url = f"s3://{bucket}/airlock"
+    sent = 0
+
+    def kill_after_first_part(key: str, size: int) -> Any:
+        def advance(amount: int) -> None:
+            nonlocal sent
+            sent += amount
+            if sent >= 5 * 1024 * 1024 and private_moto.running:
+                private_moto.stop()
+
+        return advance
+
+    part = 5 * 1024 * 1024
+    sink = S3Sink(
+        bucket,
+        "airlock",
+        endpoint_url=private_moto.endpoint_url,
+        progress=kill_after_first_part,
+        multipart_threshold=part,
+        part_size=part,
+    )
+    with pytest.raises(ArchiveUnreachable):
+        archive_session(session, sink)
+    assert sent >= part and not private_moto.running
+
+    spool = tmp_path / "spool"
+    request = SpoolRequest(url, private_moto.endpoint_url, "compliance", 30, False, str(session))
+    spool_session(session, spool, request)
+    private_moto.launch()
+    private_moto.client("s3").create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    assert run_cli(["archive", "--drain-spool", "--spool", str(spool), "--delete-local"]) == 0
+
+    assert not session.exists() and not any(spool.iterdir())
+    fetched = fetch_session(
+        _session_url(bucket, session), tmp_path / "f", private_moto.endpoint_url
+    )
+    assert verify_session(fetched, trusted).event_count == 1202
