@@ -146,11 +146,19 @@ class Broker:
         job_digest = token_digest(job_token)
         issued = self._issue_all(decision.grants, decision.rule_id or "", verified, subject)
         expires = max([c.expires_at.timestamp() for c in issued], default=verified.expires_at)
-        self.store.add_job(job_digest, subject, max(expires, self._clock() + 3600))
-        for credential in issued:
-            self.store.add_lease(
-                job_digest, verified.issuer, _lease_row(credential, decision.rule_id, subject)
+        rows = [_lease_row(c, decision.rule_id, subject) for c in issued]
+        try:
+            self.store.add_job(
+                job_digest,
+                subject,
+                max(expires, self._clock() + 3600),
+                issuer=verified.issuer,
+                leases=rows,
             )
+        except BaseException:
+            for credential in issued:  # not in the ledger means not issued
+                self._revoke_credential(credential.provider, credential)
+            raise
         log.info(
             "exchange allowed: issuer=%s rule=%s grants=%s leases=%s",
             verified.issuer,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,9 @@ RATES = sa.Table(
 )
 
 
+_PURGE_EVERY = 500  # consume_jti calls between purges of expired token ids
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -115,6 +118,7 @@ class StateStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine = sa.create_engine(_driver_url(url), pool_pre_ping=True)
+        self._uses = 0
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         try:
@@ -131,8 +135,10 @@ class StateStore:
     # -- token ids --------------------------------------------------------------------------------
 
     def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
-        with self._engine.begin() as conn:
-            conn.execute(sa.delete(JTIS).where(JTIS.c.expires_at < time.time() - 60))
+        self._uses += 1
+        if self._uses % _PURGE_EVERY == 1:
+            with self._engine.begin() as conn:
+                conn.execute(sa.delete(JTIS).where(JTIS.c.expires_at < time.time() - 60))
         try:
             with self._engine.begin() as conn:
                 conn.execute(sa.insert(JTIS).values(issuer=issuer, jti=jti, expires_at=expires_at))
@@ -142,7 +148,16 @@ class StateStore:
 
     # -- jobs and leases --------------------------------------------------------------------------
 
-    def add_job(self, job_digest: str, subject: Mapping[str, Any], expires_at: float) -> None:
+    def add_job(
+        self,
+        job_digest: str,
+        subject: Mapping[str, Any],
+        expires_at: float,
+        *,
+        issuer: str,
+        leases: Sequence[LeaseRow] = (),
+    ) -> None:
+        """Record a job and its leases in one transaction."""
         with self._engine.begin() as conn:
             conn.execute(
                 sa.insert(JOBS).values(
@@ -152,6 +167,8 @@ class StateStore:
                     expires_at=expires_at,
                 )
             )
+            for row in leases:
+                conn.execute(sa.insert(LEASES).values(**_lease_values(job_digest, issuer, row)))
 
     def job_subject(self, job_digest: str) -> dict[str, Any] | None:
         with self._engine.connect() as conn:
@@ -162,24 +179,6 @@ class StateStore:
             return None
         subject: dict[str, Any] = json.loads(row.subject)
         return subject
-
-    def add_lease(self, job_digest: str, issuer: str, row: LeaseRow) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                sa.insert(LEASES).values(
-                    lease_id=row.lease_id,
-                    job_digest=job_digest,
-                    grant_name=row.grant_name,
-                    provider=row.provider,
-                    rule_id=row.rule_id,
-                    issuer=issuer,
-                    subject=json.dumps(row.subject, sort_keys=True),
-                    fingerprints=json.dumps(row.fingerprints, sort_keys=True),
-                    revoke_handle=json.dumps(row.revoke_handle, sort_keys=True),
-                    issued_at=row.issued_at,
-                    expires_at=row.expires_at,
-                )
-            )
 
     def leases(self, *, job_digest: str | None = None, live_only: bool = False) -> list[LeaseRow]:
         query = sa.select(LEASES)
@@ -279,6 +278,22 @@ class SqlReplayCache(ReplayCache):
         return self._store.consume_jti(issuer, jti, expires_at)
 
 
+def _lease_values(job_digest: str, issuer: str, row: LeaseRow) -> dict[str, Any]:
+    return {
+        "lease_id": row.lease_id,
+        "job_digest": job_digest,
+        "grant_name": row.grant_name,
+        "provider": row.provider,
+        "rule_id": row.rule_id,
+        "issuer": issuer,
+        "subject": json.dumps(row.subject, sort_keys=True),
+        "fingerprints": json.dumps(row.fingerprints, sort_keys=True),
+        "revoke_handle": json.dumps(row.revoke_handle, sort_keys=True),
+        "issued_at": row.issued_at,
+        "expires_at": row.expires_at,
+    }
+
+
 def _lease(row: Any) -> LeaseRow:
     return LeaseRow(
         lease_id=row.lease_id,
@@ -305,5 +320,6 @@ def _driver_url(url: str) -> str:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes; WAL's usual mode
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
