@@ -227,3 +227,28 @@ def test_markdown_escape_leaves_no_markup(text: str) -> None:
 @given(st.text())
 def test_strip_ansi_removes_every_escape(text: str) -> None:
     assert "\x1b" not in strip_ansi(text) and "\r" not in strip_ansi(text)
+
+
+@pytest.mark.service
+def test_report_and_export_straight_from_s3(
+    session: Path,
+    tmp_path: Path,
+    moto_server: Any,
+    s3: Any,
+    trusted: Mapping[str, Ed25519PublicKey],
+) -> None:
+    from tests.archive.conftest import new_bucket
+
+    from airlock.archive import archive_session
+    from airlock.archive.s3 import S3Sink
+
+    bucket = new_bucket(s3)
+    receipt = archive_session(session, S3Sink(bucket, "a", endpoint_url=moto_server.endpoint_url))
+    endpoint = ["--endpoint-url", moto_server.endpoint_url]
+    key = ["--key-file", _key(trusted, tmp_path)]
+    page = tmp_path / "from-s3.html"
+    assert run_cli(["report", receipt.url, "-o", str(page), *endpoint, *key]) == 0
+    assert "verified: 12 events" in page.read_text()
+    out = tmp_path / "ocsf.jsonl"
+    assert run_cli(["export", receipt.url, str(session), "-o", str(out), *endpoint]) == 0
+    assert len(out.read_text().splitlines()) == 24
