@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def build_manifest(
     status: str,
     exit_code: int | None,
     reason: str | None,
+    checkpoints: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The manifest for ``state``, signed by ``key`` over its canonical JSON."""
     if status not in STATUSES:
@@ -60,7 +62,7 @@ def build_manifest(
         "ended_at": state.ended_at,
         "exit_code": exit_code,
         "reason": reason,
-        "checkpoints": [],
+        "checkpoints": [dict(c) for c in checkpoints],
     }
     signature = key.sign(canonical_json(manifest))
     manifest["signatures"] = [

@@ -27,6 +27,7 @@ from airlock.audit._format import (
     genesis,
 )
 from airlock.audit._scan import ChainScan, diagnose_beyond, scan_chain
+from airlock.audit.checkpoints import check_witness
 from airlock.errors import UsageError, VerificationFailed
 
 __all__ = ["FAILURE_KINDS", "VerifyReport", "verify_session"]
@@ -102,6 +103,7 @@ def verify_session(path: Path, trusted: Mapping[str, Ed25519PublicKey]) -> Verif
             line=1,
         )
     checkpoints = _checkpoint_wants(manifest)
+    warnings = _witness_warnings(manifest, trusted)
     scan = scan_chain(
         events,
         manifest["genesis"],
@@ -111,7 +113,7 @@ def verify_session(path: Path, trusted: Mapping[str, Ed25519PublicKey]) -> Verif
     )
     _check_end(events, manifest, scan)
     _check_checkpoints(checkpoints, scan)
-    warnings = _trailing_warnings(events, manifest)
+    warnings += _trailing_warnings(events, manifest)
     if session_dir.name != manifest["session_id"]:
         warnings.append(
             f"directory name {session_dir.name!r} differs from session id "
@@ -229,7 +231,7 @@ def _check_manifest_fields(m: dict[str, Any]) -> None:
     last = m["event_count"] - 1 if m["event_count"] else None
     if m.get("last_seq") != last:
         raise _manifest_error("last_seq does not agree with event_count")
-    if not isinstance(m.get("checkpoints", []), list):
+    if not isinstance(m.setdefault("checkpoints", []), list):
         raise _manifest_error("checkpoints must be a list")
     if m["status"] == "incomplete" and not isinstance(m.get("reason"), str):
         m["reason"] = "not given"
@@ -239,7 +241,7 @@ def _check_manifest_fields(m: dict[str, Any]) -> None:
 def _checkpoint_wants(manifest: dict[str, Any]) -> dict[int, str]:
     """seq → head hash for each checkpoint that names a line of this log."""
     wants: dict[int, str] = {}
-    for entry in manifest.get("checkpoints", []):
+    for entry in manifest["checkpoints"]:
         if not isinstance(entry, dict):
             raise _manifest_error("a checkpoint is not an object")
         seq, head = entry.get("seq"), entry.get("head")
@@ -276,6 +278,13 @@ def _check_end(events: Path, m: dict[str, Any], scan: ChainScan) -> None:
         )
     if scan.log_sha256 != m["log_sha256"]:
         raise _manifest_error("log_sha256 does not match the log", kind="modified")
+
+
+def _witness_warnings(
+    manifest: dict[str, Any], trusted: Mapping[str, Ed25519PublicKey]
+) -> list[str]:
+    found = (check_witness(e, manifest["session_id"], trusted) for e in manifest["checkpoints"])
+    return [warning for warning in found if warning is not None]
 
 
 def _check_checkpoints(wants: dict[int, str], scan: ChainScan) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -137,11 +137,13 @@ class SessionWriter:
         exit_code: int | None,
         status: str = "complete",
         reason: str | None = None,
+        checkpoints: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         """Fsync the log, write ``manifest.json`` (atomic, 0600), close, and return the manifest.
 
-        A broken writer is sealed as incomplete whatever ``status`` says, with the write
-        failure as the reason unless one is given.
+        ``checkpoints`` are the witness receipts gathered during the session (see
+        :mod:`airlock.audit.checkpoints`). A broken writer is sealed as incomplete whatever
+        ``status`` says, with the write failure as the reason unless one is given.
         """
         with self._lock:
             if self._manifest is not None:
@@ -150,7 +152,12 @@ class SessionWriter:
                 status, reason = "incomplete", reason or self._failure
             self._fsync_log()
             manifest = build_manifest(
-                self._state(), key, status=status, exit_code=exit_code, reason=reason
+                self._state(),
+                key,
+                status=status,
+                exit_code=exit_code,
+                reason=reason,
+                checkpoints=checkpoints,
             )
             write_manifest(self.path, manifest)
             self._manifest = manifest
