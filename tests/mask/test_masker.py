@@ -263,3 +263,23 @@ def test_empty_inputs() -> None:
     assert stream.flush_idle() == b""
     assert stream.flush() == b""
     assert masker.mask_bytes(b"") == b""
+
+
+def test_large_literal_set_gives_the_same_bytes_on_both_engines() -> None:
+    # 200 literals make ~1,460 forms: hyperscan then scans patterns and literals in one pass.
+    values = [rand(20 + i % 17, seed=500 + i) for i in range(200)]
+    literals = tuple((f"env:S{i}", v) for i, v in enumerate(values))
+    token = "gh" + "p_" + rand(36)
+    data = b"".join(
+        f"line {i} {values[i * 7 % 200]} {token if i % 5 == 0 else 'ok'}\n".encode()
+        for i in range(300)
+    ) + base64.b64encode(values[3].encode())
+    hs_masker = make("hyperscan", literals=literals)
+    re_masker = make("re2", literals=literals)
+    expected = re_masker.mask_bytes(data)
+    stream = hs_masker.stream()
+    streamed = b"".join(stream.feed(data[i : i + 999]) for i in range(0, len(data), 999))
+    assert streamed + stream.flush() == expected == hs_masker.mask_bytes(data)
+    assert expected.count(b"[MASKED:env:S") == 301
+    assert expected.count(b"[MASKED:github-token]") == 60
+    assert not any(v.encode() in expected for v in values)
