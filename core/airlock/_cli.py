@@ -39,7 +39,8 @@ def _exit_table() -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or just the ``only`` command (so that a command imports only its own)."""
     parser = argparse.ArgumentParser(
         prog="airlock",
         description="Run AI agents in CI/CD behind an airlock: masked, recorded, sealed.",
@@ -48,16 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"airlock {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMANDS:
+    for name in _COMMANDS if only is None else (only,):
         module = importlib.import_module(f"airlock._commands.{name}")
         module.register(sub)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first word not starting with '-'), if it is one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in _COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(args_list))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_list)
     except SystemExit as exc:  # argparse: --help exits 0, bad usage exits 2 → our usage code
         code = exc.code if isinstance(exc.code, int) else 0
         return int(ExitCode.USAGE) if code == 2 else code
