@@ -51,6 +51,7 @@ def test_public_api_is_pinned() -> None:
     assert set(airlock.gate.__all__) == {
         "EXPIRED",
         "Answer",
+        "Approve",
         "ApprovalBackend",
         "ApprovalRequest",
         "ConsoleBackend",
@@ -61,6 +62,7 @@ def test_public_api_is_pinned() -> None:
         "Operation",
         "OperationKind",
         "Record",
+        "approver",
         "ask",
         "decide",
         "pending",
@@ -221,3 +223,36 @@ def test_concurrent_requests_are_independent(key: SigningKey) -> None:
     decisions = asyncio.run(main())
     assert len({d.operation_hash for d in decisions}) == 5
     assert all(d.reason == EXPIRED for d in decisions)
+
+
+def test_approver_binds_session_context_into_the_hash(key: SigningKey, recorder: Recorder) -> None:
+    backend = ScriptedBackend(key=key, record=recorder)
+    approve = airlock.gate.approver(
+        backend, 5, repository="acme/api", commit="c" * 40, run_id="7", session_id="s-9"
+    )
+    bare = Operation(kind="http", text="DELETE /api/v1/namespaces/prod", rule_id="no-ns")
+    bound = dataclasses.replace(
+        bare, repository="acme/api", commit="c" * 40, run_id="7", session_id="s-9"
+    )
+    backend.answer = Answer(True, "alice", bound.operation_hash())
+    assert asyncio.run(approve(bare)) is True
+    requested = recorder.events[0][1]
+    assert requested["operation"]["repository"] == "acme/api"
+    assert requested["operation_hash"] == bound.operation_hash() != bare.operation_hash()
+
+
+def test_approver_denies_when_the_answer_is_for_the_unbound_operation(key: SigningKey) -> None:
+    backend = ScriptedBackend(key=key)
+    approve = airlock.gate.approver(backend, 5, repository="acme/api", session_id="s-9")
+    bare = Operation(kind="http", text="DELETE /x", rule_id="r")
+    backend.answer = Answer(True, "alice", bare.operation_hash())
+    assert asyncio.run(approve(bare)) is False
+
+
+def test_approver_treats_backend_failure_as_denial(key: SigningKey) -> None:
+    class Broken(ScriptedBackend):
+        def _submit(self, req: ApprovalRequest) -> None:
+            raise GateError("backend down")
+
+    approve = airlock.gate.approver(Broken(key=key), 5)
+    assert asyncio.run(approve(Operation(kind="sql", text="DROP TABLE t", rule_id="r"))) is False

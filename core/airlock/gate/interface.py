@@ -18,13 +18,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -41,11 +42,13 @@ __all__ = [
     "Answer",
     "ApprovalBackend",
     "ApprovalRequest",
+    "Approve",
     "Decision",
     "GateError",
     "Operation",
     "OperationKind",
     "Record",
+    "approver",
     "ask",
     "format_time",
     "valid_request_id",
@@ -53,6 +56,7 @@ __all__ = [
 
 OperationKind = Literal["sql", "http", "command"]
 Record = Callable[[str, Mapping[str, Any]], object]
+Approve = Callable[["Operation"], Awaitable[bool]]
 EXPIRED = "expired"
 _REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _GATE_BY = "airlock"
@@ -306,3 +310,36 @@ async def ask(backend: ApprovalBackend, op: Operation, timeout: float) -> Decisi
     """Request approval of ``op`` and wait up to ``timeout`` seconds for the decision."""
     request_id = backend.request(op, timeout=timeout)
     return await backend.wait(request_id, timeout)
+
+
+def approver(
+    backend: ApprovalBackend,
+    timeout: float,
+    *,
+    repository: str | None = None,
+    commit: str | None = None,
+    run_id: str | None = None,
+    session_id: str | None = None,
+) -> Approve:
+    """The ``approve(op) -> bool`` coroutine the gateways hold operations with.
+
+    Gateways build an :class:`Operation` with what they know (kind, masked text, rule id,
+    gateway); this fills in the session's repository, commit, run and session before hashing,
+    so that a decision is bound to all of them. Any backend failure counts as a denial.
+    """
+
+    async def approve(op: Operation) -> bool:
+        bound = dataclasses.replace(
+            op,
+            repository=repository,
+            commit=commit,
+            run_id=run_id,
+            session_id=session_id or op.session_id,
+        )
+        try:
+            decision = await ask(backend, bound, timeout)
+        except GateError:
+            return False
+        return decision.approved
+
+    return approve
