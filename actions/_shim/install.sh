@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Install Airlock into a private venv from this action's own checkout, cached, and print the path
+# of its Python on stdout (everything else goes to stderr).
+#
+# Two cache layers under $AIRLOCK_CACHE_DIR (default: $RUNNER_TOOL_CACHE/airlock, which persists
+# on self-hosted runners; else ~/.cache/airlock):
+#   deps-<key>     the pinned dependencies (requirements.txt, --no-deps), keyed by the hash of
+#                  pyproject.toml, requirements.txt and the Python version: the slow part
+#   venv-<key>     a hard-linked copy of deps-<key> plus this checkout's core/airlock, keyed by
+#                  the deps key and the hash of the package source: instant to make
+# Each layer is built under a temporary name and renamed into place, under flock, so concurrent
+# jobs on one runner never see a half-built venv.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+python="${AIRLOCK_PYTHON:-python3}"
+cache="${AIRLOCK_CACHE_DIR:-${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/airlock}"
+
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "airlock: error: $python is missing or older than 3.11; set the action's python input" >&2
+  exit 80
+fi
+
+hash_of() { sha256sum | cut -c1-20; }
+pyver="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+deps_key="$({ echo "$pyver"; cat "$root/pyproject.toml" "$here/requirements.txt"; } | hash_of)"
+src_key="$(cd "$root" && find core/airlock -type f ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum | hash_of)"
+deps="$cache/deps-$deps_key"
+venv="$cache/venv-$deps_key-$src_key"
+mkdir -p "$cache"
+
+build_deps() {
+  local tmp="$deps.tmp.$$"
+  rm -rf "$tmp"
+  echo "airlock: installing dependencies into $deps (cold cache)" >&2
+  "$python" -m venv --without-pip "$tmp" >&2
+  "$python" -m pip --python "$tmp/bin/python" install --quiet --disable-pip-version-check \
+    --no-deps --only-binary=:all: -r "$here/requirements.txt" >&2
+  mv -T "$tmp" "$deps"
+}
+
+build_venv() {
+  local tmp="$venv.tmp.$$" site
+  rm -rf "$tmp"
+  cp -al "$deps" "$tmp"
+  site="$("$tmp/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  cp -r "$root/core/airlock" "$site/airlock"
+  find "$site/airlock" -name '__pycache__' -prune -exec rm -rf {} +
+  printf '#!/bin/sh\nexec "$(dirname "$0")/python" -m airlock._cli "$@"\n' > "$tmp/bin/airlock.tmp"
+  chmod 755 "$tmp/bin/airlock.tmp"
+  mv "$tmp/bin/airlock.tmp" "$tmp/bin/airlock"
+  mv -T "$tmp" "$venv"
+}
+
+(
+  flock -w 600 9 || { echo "airlock: error: timed out waiting for $cache/.lock" >&2; exit 85; }
+  [ -d "$deps" ] || build_deps
+  [ -d "$venv" ] || build_venv
+  # venvs of older checkouts of the action: unused for a week, gone
+  find "$cache" -maxdepth 1 -name 'venv-*' -type d -mtime +7 ! -path "$venv" -exec rm -rf {} + || true
+) 9>"$cache/.lock"
+
+echo "$venv/bin/python"

@@ -1,0 +1,1 @@
+require('./shim.js').run('main');

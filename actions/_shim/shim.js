@@ -1,0 +1,40 @@
+// The only JavaScript in Airlock's actions: install the private venv (install.sh), then hand
+// over to the Python CLI (`python -m airlock._commands.ci action PHASE`). Node is here for one
+// reason: a JavaScript action can declare a `post:` step with `post-if: always()`, which runs
+// after the job's other steps even when they failed or the job was cancelled. Composite
+// actions cannot. Signals are forwarded so the recorder can seal before it exits.
+'use strict';
+const { spawn, spawnSync } = require('child_process');
+const os = require('os');
+const path = require('path');
+
+function install() {
+  const env = { ...process.env };
+  if (process.env.INPUT_PYTHON) env.AIRLOCK_PYTHON = process.env.INPUT_PYTHON;
+  const done = spawnSync('bash', [path.join(__dirname, 'install.sh')], {
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    encoding: 'utf8',
+  });
+  if (done.status !== 0) {
+    process.exitCode = done.status === null ? 85 : done.status;
+    return null;
+  }
+  return done.stdout.trim().split('\n').pop();
+}
+
+function run(phase) {
+  const python = install();
+  if (!python) return;
+  const child = spawn(python, ['-m', 'airlock._commands.ci', 'action', phase], {
+    stdio: 'inherit',
+  });
+  for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(name, () => child.kill(name));
+  }
+  child.on('exit', (code, signal) => {
+    process.exitCode = code === null ? 128 + (os.constants.signals[signal] || 0) : code;
+  });
+}
+
+module.exports = { run };

@@ -1,0 +1,1 @@
+require('../_shim/shim.js').run('session-post');
