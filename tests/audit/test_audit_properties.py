@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airlock.audit import SessionWriter, SigningKey, iter_events, verify_session
+from airlock.audit import SessionWriter, SigningKey, _scan, iter_events, verify_session
 from airlock.errors import VerificationFailed
 
 SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -108,3 +108,40 @@ def test_structural_edits_are_named(n: int, data: st.DataObject) -> None:
             expected = ("reordered", at + 1)
         rewrite(session, lines)
         assert kind_of(session) == expected
+
+
+@contextmanager
+def block_size(size: int) -> Iterator[None]:
+    """Make the verifier read in tiny blocks, so lines straddle block boundaries."""
+    saved = _scan._BLOCK
+    _scan._BLOCK = size
+    try:
+        yield
+    finally:
+        _scan._BLOCK = saved
+
+
+@SETTINGS
+@given(st.integers(3, 12), st.integers(40, 3000), st.data())
+def test_block_size_never_changes_the_verdict(n: int, size: int, data: st.DataObject) -> None:
+    edit = data.draw(st.sampled_from(["none", "delete", "duplicate", "swap", "flip"]))
+    at = data.draw(st.integers(0, n - 2), label="at")
+    with sealed([{"text": "z" * (i * 37 % 300), "i": i} for i in range(n)]) as session:
+        lines = (session / "events.jsonl").read_bytes().splitlines()
+        if edit == "delete":
+            del lines[at]
+        elif edit == "duplicate":
+            lines.insert(at + 1, lines[at])
+        elif edit == "swap":
+            lines[at], lines[at + 1] = lines[at + 1], lines[at]
+        elif edit == "flip":
+            lines[at] = lines[at].replace(b'"i":', b'"j":', 1)
+        rewrite(session, lines)
+        expected = kind_of(session)
+        with block_size(size):
+            assert kind_of(session) == expected
+
+
+def test_a_line_longer_than_a_block_verifies() -> None:
+    with sealed([{"text": "big " * 3_000_000}, {"text": "after"}]) as session:
+        assert verify_session(session, TRUSTED).event_count == 2
