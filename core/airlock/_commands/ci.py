@@ -52,6 +52,7 @@ def register(sub: Any) -> None:
     _register_finalize(ci_sub)
     _register_action(ci_sub)
     _register_session(ci_sub)
+    _register_outputs(ci_sub)
     _register_follow(ci_sub)
 
 
@@ -138,6 +139,18 @@ def _register_session(ci_sub: Any) -> None:
     add_flag(parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy")
     _finalize_flags(parser)
     parser.set_defaults(func=_session_command)
+
+
+def _register_outputs(ci_sub: Any) -> None:
+    parser: argparse.ArgumentParser = ci_sub.add_parser(
+        "outputs",
+        help="write the newest session's id, path, status and exit code as step outputs",
+        description="Step outputs (GitHub) or a dotenv report (GitLab) for the newest session.",
+    )
+    add_flag(parser, "--sessions", env="AIRLOCK_SESSIONS", type=Path, help="sessions dir")
+    add_flag(parser, "--platform", env="AIRLOCK_CI_PLATFORM", choices=PLATFORMS, default="auto")
+    add_flag(parser, "--artifacts", env="AIRLOCK_ARTIFACTS", type=Path, help="GitLab: dotenv dir")
+    parser.set_defaults(func=_outputs_command)
 
 
 def _register_follow(ci_sub: Any) -> None:
@@ -350,8 +363,7 @@ def _publish_gitlab(
     directory: Path = args.artifacts or Path(environ.get("CI_PROJECT_DIR", ".")) / "airlock"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode))
-    dotenv = {"AIRLOCK_" + k.upper().replace("-", "_"): v for k, v in outputs.items()}
-    write_dotenv(directory / "airlock.env", dotenv)
+    write_dotenv(directory / "airlock.env", _dotenv(outputs))
     if result.sessions:
         _cli(["report", str(result.sessions[-1]), "-o", str(directory / "report.html")])
 
@@ -367,6 +379,35 @@ def _warn(platform: str, message: str) -> None:
 
 def _say(text: str) -> None:
     print(f"airlock: {text}", file=sys.stderr, flush=True)
+
+
+def _outputs_command(args: argparse.Namespace) -> int:
+    from airlock._commands._common import default_sessions_dir
+
+    result = FinalizeResult()
+    sessions: Path = args.sessions or default_sessions_dir()
+    result.sessions = _sealed_sessions(sessions) if sessions.is_dir() else []
+    for session in result.sessions[-1:]:
+        _verify(session, result)
+    outputs = _outputs(result, "closed")
+    platform = _platform(args.platform, os.environ)
+    if platform == "github":
+        from airlock.ci.github import GitHubFiles
+
+        GitHubFiles(os.environ).set_outputs(outputs)
+    elif platform == "gitlab":
+        from airlock.ci.gitlab import write_dotenv
+
+        directory: Path = args.artifacts or Path(os.environ.get("CI_PROJECT_DIR", ".")) / "airlock"
+        directory.mkdir(parents=True, exist_ok=True)
+        write_dotenv(directory / "airlock.env", _dotenv(outputs))
+    else:
+        print(json.dumps(outputs, indent=2))
+    return 0
+
+
+def _dotenv(outputs: Mapping[str, str]) -> dict[str, str]:
+    return {"AIRLOCK_" + k.upper().replace("-", "_"): v for k, v in outputs.items()}
 
 
 def _finalize_command(args: argparse.Namespace) -> int:
@@ -522,7 +563,11 @@ _HOOK = """\
 if [ -n "${AIRLOCK_JOURNAL:-}" ] && [ -w "$AIRLOCK_JOURNAL" ]; then
   {
     printf 'bash pid=%s ppid=%s cwd=%s script=%s\\n' "$$" "$PPID" "$PWD" "$0"
-    if [ -f "$0" ]; then
+    # a script's text only for a step's own shell (parent not bash): helpers stay one line
+    __airlock_parent="$(cat "/proc/$PPID/comm" 2>/dev/null || true)"
+    if [ "$__airlock_parent" = bash ] || [ "$__airlock_parent" = sh ]; then
+      :
+    elif [ -f "$0" ]; then
       printf 'script sha256=%s\\n' "$(sha256sum "$0" 2>/dev/null | cut -d' ' -f1)"
       head -c HOOK_MAX "$0" 2>/dev/null | sed 's/^/  | /'
       printf '\\n'
@@ -531,6 +576,7 @@ if [ -n "${AIRLOCK_JOURNAL:-}" ] && [ -w "$AIRLOCK_JOURNAL" ]; then
       printf '\\n'
     fi
   } >> "$AIRLOCK_JOURNAL" 2>/dev/null || true
+  unset __airlock_parent
 fi
 if [ -n "${AIRLOCK_PREVIOUS_BASH_ENV:-}" ] && [ -f "$AIRLOCK_PREVIOUS_BASH_ENV" ]; then
   . "$AIRLOCK_PREVIOUS_BASH_ENV"
@@ -741,7 +787,7 @@ def _follow_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``airlock ci ARGV`` with the CLI's error handling; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="airlock ci")
+    parser = argparse.ArgumentParser(prog="airlock")
     register(parser.add_subparsers(dest="command", required=True))
     args_list = ["ci", *(sys.argv[1:] if argv is None else argv)]
     try:
