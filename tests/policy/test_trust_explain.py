@@ -164,7 +164,11 @@ def test_check_and_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(out) == json.loads((ROOT / "docs" / "broker-config.schema.json").read_text())
 
 
-def test_serve_is_not_built_yet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_a_config_whose_providers_are_not_configured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The example names a GitHub App provider without its app id and key: refused before
+    # anything listens, with the field that is missing.
     code, out, _ = run(["serve", "--config", str(EXAMPLE)], capsys)
     assert code == ExitCode.USAGE
-    assert "not built yet" in out
+    assert "invalid github provider config: app_id: Field required" in out
