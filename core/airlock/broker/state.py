@@ -129,6 +129,11 @@ class StateStore:
                 hint="check `state:` in the broker config and that the database is reachable",
             ) from exc
 
+    @property
+    def engine(self) -> sa.Engine:
+        """For other broker tables (approvals) that live in the same database."""
+        return self._engine
+
     def close(self) -> None:
         self._engine.dispose()
 
