@@ -139,7 +139,7 @@ def _glob_regex(glob: str, separator: str, double_star: bool) -> re.Pattern[str]
             out.append(".*")
             i += 2
         elif glob[i] == "*":
-            out.append(f"[^{sep}]*")
+            out.append(f"[^{sep}]*" if sep else ".*")
             i += 1
         else:
             out.append(re.escape(glob[i]))
@@ -224,13 +224,18 @@ class SqlMatch(_Section):
             )
         return self
 
-    def matches(self, stmt: SqlStatement) -> bool:
-        """True when ``stmt`` meets every condition of this match."""
-        if self.kinds and not stmt.kinds.intersection(self.kinds):
+    def matches(self, stmt: SqlStatement, *, whole: bool = False) -> bool:
+        """True when ``stmt`` meets every condition of this match.
+
+        ``whole`` (used for ``allow`` rules) asks for more: every kind of the statement is in
+        ``kinds`` and every table it names is in ``tables``, so that allowing ``select`` does
+        not also allow a ``WITH … DELETE`` that happens to contain a SELECT.
+        """
+        if self.kinds and not _covers(self.kinds, stmt.kinds, whole):
             return False
         if self.without_where and not stmt.without_where:
             return False
-        if self.tables and not any(_table_match(g, t) for g in self.tables for t in stmt.tables):
+        if self.tables and not _tables_covered(self.tables, stmt.tables, whole):
             return False
         if self.functions and not any(
             _function_match(g, f) for g in self.functions for f in stmt.functions
@@ -239,14 +244,24 @@ class SqlMatch(_Section):
         return self.text is None or _compiled_text(self.text).search(stmt.text) is not None
 
 
+def _covers(wanted: Sequence[str], kinds: frozenset[str], whole: bool) -> bool:
+    return kinds.issubset(wanted) if whole else not kinds.isdisjoint(wanted)
+
+
+def _tables_covered(globs: Sequence[str], tables: Sequence[str], whole: bool) -> bool:
+    hits = (any(_table_match(g, t) for g in globs) for t in tables)
+    return bool(tables) and all(hits) if whole else any(hits)
+
+
 def _table_match(glob: str, table: str) -> bool:
     g_schema, _, g_name = glob.rpartition(".")
     t_schema, _, t_name = table.rpartition(".")
-    if not _glob_match(g_name, t_name):
+    # "schema.*" / "*.*" in a statement: every table of a schema (DROP SCHEMA, DROP OWNED, ...)
+    if t_name != "*" and not _glob_match(g_name, t_name):
         return False
     # An unqualified table may resolve to any schema on search_path (which SQL can change in
     # ways the gateway cannot see: set_config, ALTER ROLE, functions), so it matches any schema.
-    return not g_schema or not t_schema or _glob_match(g_schema, t_schema)
+    return not g_schema or not t_schema or t_schema == "*" or _glob_match(g_schema, t_schema)
 
 
 def _function_match(glob: str, function: str) -> bool:
@@ -295,7 +310,8 @@ class HttpMatch(_Section):
         description="Path glob from the first '/': '*' within one segment, '**' across.",
     )
     host: str | None = Field(
-        default=None, description="Upstream host glob ('*' within one label), case-insensitive."
+        default=None,
+        description="Upstream host glob ('*' matches any characters), case-insensitive.",
     )
     # Written `json:` in the policy; `json_body` in Python (BaseModel.json exists).
     json_body: dict[str, JsonScalar] = Field(
@@ -336,7 +352,7 @@ class HttpMatch(_Section):
             return False
         if self.path is not None and not _glob_match(self.path, request.path, "/", True):
             return False
-        if self.host is not None and not _glob_match(self.host, request.host.lower()):
+        if self.host is not None and not _glob_match(self.host, request.host, "", True):
             return False
         return all(_json_equals(request.json, k, v) for k, v in self.json_body.items())
 
@@ -460,7 +476,11 @@ def decide_sql(
             rule_id = DEFAULT_RULE_IDS["sql_unparsable"]
             out.append(Decision(defaults.sql_unparsable, rule_id, index))
             continue
-        hits = ((r.id, r.action) for r in rules if r.sql is not None and r.sql.matches(stmt))
+        hits = (
+            (r.id, r.action)
+            for r in rules
+            if r.sql is not None and r.sql.matches(stmt, whole=r.action == "allow")
+        )
         fallback = Decision(defaults.sql_unmatched, DEFAULT_RULE_IDS["sql_unmatched"], index)
         out.append(_judge(hits, fallback, index))
     return out

@@ -149,8 +149,8 @@ def _walk(node: Any) -> Iterator[Any]:
 
 def _collect(node: Any, facts: _Facts) -> None:
     kind = _NESTED_KINDS.get(type(node))
-    if kind is not None:
-        facts.kinds.add(kind)
+    if kind is not None and not (isinstance(node, ast.SelectStmt) and node.valuesLists):
+        facts.kinds.add(kind)  # a bare VALUES list (INSERT ... VALUES) reads nothing
     if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
         facts.kinds.add("create")
     if isinstance(node, ast.DeleteStmt | ast.UpdateStmt) and not _restricts(node.whereClause):

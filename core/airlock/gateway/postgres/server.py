@@ -44,6 +44,7 @@ __all__ = [
     "Approve",
     "PostgresGateway",
     "Record",
+    "ThreadedGateway",
     "UpstreamLogin",
     "resolve_login",
     "serve_postgres",

@@ -1,0 +1,227 @@
+"""The sans-I/O protocol parser: every message type, byte-at-a-time feeding, caps, fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airlock.gateway.postgres import protocol as pg
+
+FRONTEND_STREAM = b"".join(
+    [
+        pg.encode_startup({"user": "agent", "database": "db", "application_name": "t"}),
+        pg.encode_password(b"ticket\0"),
+        pg.encode_query("SELECT 1; SELECT 'é'"),
+        pg.encode_parse("s1", "SELECT $1::int", (23,)),
+        pg.encode_message(
+            b"B",
+            b"p1\0s1\0"
+            + struct.pack("!hh", 1, 0)
+            + struct.pack("!h", 2)
+            + struct.pack("!i", 1)
+            + b"7"
+            + struct.pack("!i", -1)
+            + struct.pack("!hh", 1, 1),
+        ),
+        pg.encode_message(b"D", b"Pp1\0"),
+        pg.encode_message(b"E", b"p1\0" + struct.pack("!i", 0)),
+        pg.encode_message(b"C", b"Ss1\0"),
+        pg.encode_message(b"H"),
+        pg.encode_message(b"S"),
+        pg.encode_message(b"d", b"1\t2\n"),
+        pg.encode_message(b"c"),
+        pg.encode_message(b"f", b"no more\0"),
+        pg.encode_message(b"X"),
+    ]
+)
+EXPECTED_FRONTEND = [
+    pg.StartupMessage,
+    pg.PasswordMessage,
+    pg.Query,
+    pg.Parse,
+    pg.Bind,
+    pg.Describe,
+    pg.Execute,
+    pg.Close,
+    pg.Flush,
+    pg.Sync,
+    pg.CopyData,
+    pg.CopyDone,
+    pg.CopyFail,
+    pg.Terminate,
+]
+
+BACKEND_STREAM = b"".join(
+    [
+        pg.encode_auth(10, b"SCRAM-SHA-256\0\0"),
+        pg.encode_auth(0),
+        pg.encode_message(b"S", b"server_version\x0015.1\0"),
+        pg.encode_backend_key(42, b"\1\2\3\4"),
+        pg.encode_ready("I"),
+        pg.encode_message(
+            b"T",
+            struct.pack("!h", 1) + b"email\0" + struct.pack("!IhIhih", 16384, 3, 25, -1, -1, 0),
+        ),
+        pg.encode_data_row([b"a@b", None]),
+        pg.encode_message(b"C", b"SELECT 1\0"),
+        pg.encode_error("42501", "nope", hint="h"),
+        pg.encode_error("01000", "note", severity="NOTICE", notice=True),
+        pg.encode_message(b"G", b"\0" + struct.pack("!hh", 1, 0)),
+        pg.encode_message(b"H", b"\0" + struct.pack("!hh", 1, 0)),
+        pg.encode_message(b"d", b"row\n"),
+        pg.encode_message(b"c"),
+        pg.encode_message(b"I"),
+        pg.encode_negotiate(0, ("_pq_.x",)),
+        pg.encode_message(b"1"),
+        pg.encode_message(b"2"),
+        pg.encode_message(b"3"),
+        pg.encode_message(b"n"),
+        pg.encode_message(b"s"),
+        pg.encode_message(b"t", struct.pack("!hI", 1, 23)),
+        pg.encode_message(b"A", struct.pack("!i", 7) + b"chan\0payload\0"),
+    ]
+)
+
+
+def _parse_all(parser: pg.FrontendParser | pg.BackendParser, data: bytes) -> list[pg.Message]:
+    parser.feed(data)
+    return list(parser)
+
+
+def _byte_at_a_time(parser: pg.FrontendParser | pg.BackendParser, data: bytes) -> list[pg.Message]:
+    out: list[pg.Message] = []
+    for i in range(len(data)):
+        parser.feed(data[i : i + 1])
+        out.extend(parser)
+    return out
+
+
+def test_frontend_messages_decode() -> None:
+    messages = _parse_all(pg.FrontendParser(), FRONTEND_STREAM)
+    assert [type(m) for m in messages] == EXPECTED_FRONTEND
+    startup, _, query, parse, bind = messages[:5]
+    assert isinstance(startup, pg.StartupMessage)
+    assert startup.params["user"] == "agent"
+    assert isinstance(query, pg.Query) and query.sql == "SELECT 1; SELECT 'é'"
+    assert isinstance(parse, pg.Parse) and parse.param_types == (23,)
+    assert isinstance(bind, pg.Bind) and bind.params == (b"7", None)
+    assert b"".join(m.raw for m in messages) == FRONTEND_STREAM  # raw is exact
+
+
+def test_backend_messages_decode() -> None:
+    messages = _parse_all(pg.BackendParser(), BACKEND_STREAM)
+    assert len(messages) == 23
+    described = messages[5]
+    assert isinstance(described, pg.RowDescription)
+    assert described.fields[0].name == "email" and described.fields[0].table_oid == 16384
+    row = messages[6]
+    assert isinstance(row, pg.DataRow) and row.values == (b"a@b", None)
+    error = messages[8]
+    assert isinstance(error, pg.ErrorResponse) and error.sqlstate == "42501"
+    assert error.fields["H"] == "h"
+    assert b"".join(m.raw for m in messages) == BACKEND_STREAM
+
+
+def test_byte_at_a_time_gives_the_same_messages() -> None:
+    whole = _parse_all(pg.FrontendParser(), FRONTEND_STREAM)
+    assert _byte_at_a_time(pg.FrontendParser(), FRONTEND_STREAM) == whole
+    whole_b = _parse_all(pg.BackendParser(), BACKEND_STREAM)
+    assert _byte_at_a_time(pg.BackendParser(), BACKEND_STREAM) == whole_b
+
+
+def test_startup_phase_special_packets() -> None:
+    parser = pg.FrontendParser()
+    parser.feed(pg.encode_ssl_request())
+    assert isinstance(parser.next_message(), pg.SSLRequest)
+    assert parser.in_startup  # a startup packet still has to come
+    parser.feed(pg.encode_cancel(7, b"KEY!"))
+    cancel = parser.next_message()
+    assert isinstance(cancel, pg.CancelRequest) and cancel.pid == 7 and cancel.key == b"KEY!"
+    assert "KEY!" not in repr(cancel)  # the key is not in the repr
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (struct.pack("!i", 4) + b"", "startup packet length"),
+        (struct.pack("!i", 20000), "startup packet length"),
+        (struct.pack("!ii", 8, 2 << 16), "unsupported protocol version"),
+        (struct.pack("!ii", 9, 3 << 16) + b"\0", "no user"),
+        (struct.pack("!ii", 12, 3 << 16) + b"user", "unterminated"),
+    ],
+)
+def test_bad_startup_packets_are_protocol_errors(data: bytes, reason: str) -> None:
+    parser = pg.FrontendParser()
+    parser.feed(data)
+    with pytest.raises(pg.ProtocolError, match=reason):
+        parser.next_message()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"Z" + struct.pack("!i", 5) + b"x", "unknown frontend message"),
+        (b"Q" + struct.pack("!i", 3), "outside"),
+        (b"Q" + struct.pack("!i", 2**30), "outside"),
+        (b"Q" + struct.pack("!i", 6) + b"ab", "unterminated"),
+        (b"S" + struct.pack("!i", 5) + b"x", "trailing"),
+        (b"B" + struct.pack("!i", 8) + b"\0\0\xff\xff", "negative count"),
+        (b"D" + struct.pack("!i", 6) + b"Xn", "target"),
+    ],
+)
+def test_bad_messages_are_protocol_errors(data: bytes, reason: str) -> None:
+    parser = pg.FrontendParser()
+    parser.in_startup = False
+    parser.feed(data)
+    with pytest.raises(pg.ProtocolError, match=reason):
+        parser.next_message()
+
+
+def test_message_cap_is_checked_before_buffering_the_body() -> None:
+    parser = pg.FrontendParser(max_message=1024)
+    parser.in_startup = False
+    parser.feed(b"Q" + struct.pack("!i", 2048))  # only the header: refused already
+    with pytest.raises(pg.ProtocolError, match=r"outside 4\.\.1024"):
+        parser.next_message()
+
+
+def test_data_row_encoding_round_trips() -> None:
+    values = (b"x" * 300, None, b"", b"\0\xff")
+    parser = pg.BackendParser()
+    parser.feed(pg.encode_data_row(values))
+    row = parser.next_message()
+    assert isinstance(row, pg.DataRow) and row.values == values
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_garbage_only_ever_raises_protocol_error(data: bytes, startup: bool) -> None:
+    for parser in (pg.FrontendParser(max_message=4096), pg.BackendParser(max_message=4096)):
+        if isinstance(parser, pg.FrontendParser):
+            parser.in_startup = startup
+        with contextlib.suppress(pg.ProtocolError):
+            _byte_at_a_time(parser, data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64))
+def test_any_chunking_gives_the_same_messages(size: int) -> None:
+    parser = pg.BackendParser()
+    out: list[pg.Message] = []
+    for i in range(0, len(BACKEND_STREAM), size):
+        parser.feed(BACKEND_STREAM[i : i + size])
+        out.extend(parser)
+    assert out == _parse_all(pg.BackendParser(), BACKEND_STREAM)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=60), st.integers(0, 200))
+def test_mutated_valid_streams_raise_nothing_else(noise: bytes, at: int) -> None:
+    position = at % len(BACKEND_STREAM)
+    data = BACKEND_STREAM[:position] + noise + BACKEND_STREAM[position + len(noise) :]
+    with contextlib.suppress(pg.ProtocolError):
+        _parse_all(pg.BackendParser(max_message=4096), data)
