@@ -1,0 +1,125 @@
+"""What the HTTP gateway records of a body: the first N bytes, masked, plus size and SHA-256.
+
+Bodies stream through the gateway; a :class:`BodyTap` sees every chunk, keeps only the first
+``cap`` bytes, and hashes all of them. :func:`render_body` turns the kept prefix into event data:
+JSON field masking first (``mask_json_fields``), then the session masker. A JSON body that was cut
+at the cap cannot be field-masked, so it is not recorded when field masking is configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from airlock.gateway.http.jsonmask import JsonFieldMasker
+from airlock.mask import Masker
+
+__all__ = ["BodyTap", "masked_headers", "render_body"]
+
+_MAX_DECODE_GROWTH = 4  # a recorded, decompressed prefix is at most cap * this many bytes
+
+
+class BodyTap:
+    """Sees a body's chunks: counts, hashes, and keeps the first ``cap`` bytes."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._kept = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        """Account for one chunk."""
+        self.size += len(chunk)
+        self._hash.update(chunk)
+        room = self.cap - len(self._kept)
+        if room > 0:
+            self._kept += chunk[:room]
+
+    @property
+    def prefix(self) -> bytes:
+        return bytes(self._kept)
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self._kept)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def render_body(
+    tap: BodyTap,
+    *,
+    content_type: str,
+    content_encoding: str,
+    fields: JsonFieldMasker,
+    masker: Masker,
+) -> dict[str, Any]:
+    """Event data for a body: ``size``, ``sha256`` and, when recordable, ``body`` (masked)."""
+    data: dict[str, Any] = {"size": tap.size, "sha256": tap.sha256}
+    if tap.cap == 0 or tap.size == 0:
+        return data
+    raw = _decoded(tap.prefix, content_encoding, tap.cap)
+    if raw is None:
+        return {**data, "body_omitted": f"content-encoding {content_encoding} not decoded"}
+    text = _text(raw, truncated=tap.truncated)
+    if text is None:
+        return {**data, "body_omitted": "binary"}
+    if fields and _looks_json(content_type, text):
+        masked_json = _mask_json(text, fields)
+        if masked_json is None:
+            return {**data, "body_omitted": "JSON cut at the cap cannot be field-masked"}
+        text = masked_json
+    return {**data, "body": masker.mask_text(text), "body_truncated": tap.truncated}
+
+
+def masked_headers(
+    headers: Iterable[tuple[bytes, bytes]], allow: frozenset[str], masker: Masker
+) -> dict[str, str]:
+    """The allowlisted headers (lower-case names), values masked; repeats joined with ", "."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1").lower()
+        if name in allow:
+            value = masker.mask_text(raw_value.decode("latin-1"))
+            out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def _decoded(prefix: bytes, encoding: str, cap: int) -> bytes | None:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return prefix
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    try:  # wbits 47: gzip or zlib header, detected; a cut stream decodes as far as it goes
+        return zlib.decompressobj(wbits=47).decompress(prefix, cap * _MAX_DECODE_GROWTH)
+    except zlib.error:
+        return None
+
+
+def _text(raw: bytes, *, truncated: bool) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a multi-byte character cut at the cap is not binary data
+        if truncated and exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
+            return raw[: exc.start].decode("utf-8", "replace")
+        return None
+
+
+def _looks_json(content_type: str, text: str) -> bool:
+    return "json" in content_type.lower() or text.lstrip()[:1] in ("{", "[")
+
+
+def _mask_json(text: str, fields: JsonFieldMasker) -> str | None:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    return json.dumps(fields.mask(document), ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,580 @@
+"""The HTTP gateway's ASGI application: a reverse proxy to one upstream.
+
+Per request, in this order:
+
+1. the ticket is checked (``Authorization``/``Proxy-Authorization``: Bearer, or Basic with the
+   ticket as password, as git sends it); missing or wrong → 401/407, recorded;
+2. the path is normalised (``paths.py``): what is judged is what is sent;
+3. the guardrails decide on method, path, host and — when a rule needs it — the JSON body;
+4. ``http.request`` and ``guardrail.decision`` are recorded (fail closed: a request that cannot
+   be recorded is refused with 503 and never forwarded);
+5. deny → 403 naming the rule; require_approval → held until ``approve(op)`` answers;
+6. client auth is stripped, the held credential injected, and the body streamed upstream;
+7. the response streams back and ``http.response`` records status, size, duration and the first
+   ``record_bodies`` bytes of the body, masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from airlock.events import EventType
+from airlock.gate.interface import Operation
+from airlock.gateway.http.capture import BodyTap, masked_headers, render_body
+from airlock.gateway.http.credentials import Injector
+from airlock.gateway.http.jsonmask import JsonFieldMasker
+from airlock.gateway.http.paths import NormalPath, join_upstream, normalize_path
+from airlock.gateway.tickets import Ticket
+from airlock.mask import Masker
+from airlock.policy.gateways import HttpGatewayConfig
+from airlock.policy.guardrails import (
+    DEFAULT_RULE_IDS,
+    Decision,
+    GuardrailDefaults,
+    GuardrailRule,
+    HttpRequestInfo,
+    decide_http,
+    describe_json_body,
+)
+
+__all__ = ["HttpProxy", "ProxySettings"]
+
+Record = Callable[[str, Mapping[str, Any]], object]
+Approve = Callable[[Operation], Awaitable[bool]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "host",
+    }
+)
+REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "user-agent",
+        "git-protocol",
+        "x-github-api-version",
+        "x-request-id",
+        "if-match",
+        "if-none-match",
+    }
+)
+RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "etag",
+        "location",
+        "retry-after",
+        "x-request-id",
+        "x-github-request-id",
+        "x-ratelimit-remaining",
+        "x-amz-request-id",
+    }
+)
+_APPROVAL_EXCERPT = 2000
+_NO_APPROVER = "no approval backend is configured"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Limits. ``inspect_limit``: the most body buffered to judge JSON fields, to hash a held
+    request, or to sign a payload; ``client_timeout``: seconds a client may stay silent while
+    sending its body."""
+
+    inspect_limit: int = 8 * 1024 * 1024
+    client_timeout: float = 30.0
+
+
+class _Refused(Exception):
+    """Answer the client with ``status`` and a JSON error; nothing goes upstream."""
+
+    def __init__(self, status: int, error: str, hint: str = "", **extra: Any) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.hint = hint
+        self.extra = extra
+
+
+class _ClientGone(Exception):
+    """The client disconnected or went silent."""
+
+
+@dataclass
+class _Exchange:
+    """One request's state as it moves through the proxy."""
+
+    id: str
+    method: str
+    path: NormalPath
+    query: str
+    headers: list[tuple[bytes, bytes]]
+    started: float
+    request_tap: BodyTap
+    body: bytes = b""
+    body_complete: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def header(self, name: str) -> str:
+        wanted = name.encode()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return ""
+
+
+class _Body:
+    """The client's request body: a buffered prefix, then the rest, streamed on demand."""
+
+    def __init__(self, receive: Receive, timeout: float) -> None:
+        self._receive = receive
+        self._timeout = timeout
+        self.buffer = bytearray()
+        self.done = False
+
+    async def _next(self) -> bytes:
+        try:
+            message = await asyncio.wait_for(self._receive(), self._timeout)
+        except TimeoutError as exc:
+            raise _ClientGone("client went silent while sending its body") from exc
+        if message["type"] == "http.disconnect":
+            raise _ClientGone("client disconnected")
+        self.done = not message.get("more_body", False)
+        return bytes(message.get("body", b""))
+
+    async def fill(self, limit: int) -> None:
+        """Buffer until ``limit`` bytes (or a little more) or the end of the body."""
+        while not self.done and len(self.buffer) < limit:
+            self.buffer += await self._next()
+
+    async def watch_disconnect(self, gone: asyncio.Event) -> None:
+        """Once the body is read, the next message is the disconnect: flag it."""
+        if not self.done:
+            return
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    async def stream(self, tap: BodyTap) -> AsyncIterator[bytes]:
+        """The whole body: the buffer, then the rest as it arrives."""
+        if self.buffer:
+            tap.feed(bytes(self.buffer))
+            yield bytes(self.buffer)
+        while not self.done:
+            chunk = await self._next()
+            if chunk:
+                tap.feed(chunk)
+                yield chunk
+
+
+class HttpProxy:
+    """ASGI app proxying to ``config.upstream`` with the held credential (see module doc)."""
+
+    def __init__(
+        self,
+        config: HttpGatewayConfig,
+        *,
+        masker: Masker,
+        record: Record,
+        approve: Approve | None,
+        ticket: Ticket,
+        injector: Injector,
+        client: httpx.AsyncClient,
+        rules: Sequence[GuardrailRule] = (),
+        defaults: GuardrailDefaults | None = None,
+        settings: ProxySettings | None = None,
+    ) -> None:
+        self.config = config
+        self._masker = masker
+        self._record = record
+        self._approve = approve
+        self._ticket = ticket
+        self._injector = injector
+        self._client = client
+        self._rules = tuple(rules)
+        self._defaults = defaults or GuardrailDefaults()
+        self._settings = settings or ProxySettings()
+        self._fields = JsonFieldMasker(config.mask_json_fields)
+        self._needs_json = any(r.http is not None and r.http.json_body for r in self._rules)
+        upstream = urlsplit(config.upstream)
+        self._origin = f"{upstream.scheme}://{upstream.netloc}"
+        self._base_path = upstream.path
+        self._host = (upstream.hostname or "").lower()
+        self._ids = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._handle(scope, receive, send)
+
+    # ------------------------------------------------------------------ request lifecycle
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = self._exchange(scope)
+        body = _Body(receive, self._settings.client_timeout)
+        try:
+            self._authenticate(ex)
+            decision = await self._judge(ex, body)
+            self._record_request(ex, decision)
+            await self._enforce(ex, decision, body)
+            await self._forward(ex, body, send)
+        except _Refused as refusal:
+            await self._refuse(ex, refusal, send)
+        except _ClientGone as gone:
+            self._safe_record_response(ex, 499, error=str(gone))
+
+    def _exchange(self, scope: Scope) -> _Exchange:
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        raw_path = raw_path.split(b"?", 1)[0]
+        query = bytes(scope.get("query_string", b"")).decode("latin-1")
+        return _Exchange(
+            id=str(next(self._ids)),
+            method=str(scope["method"]),
+            path=normalize_path(raw_path),
+            query=query,
+            headers=[(bytes(k), bytes(v)) for k, v in scope.get("headers", [])],
+            started=time.perf_counter(),
+            request_tap=BodyTap(self.config.record_bodies),
+        )
+
+    def _authenticate(self, ex: _Exchange) -> None:
+        proxy = ex.header("proxy-authorization")
+        presented = _ticket_from(proxy) or _ticket_from(ex.header("authorization"))
+        if presented is not None and self._ticket.check(presented):
+            return
+        status = 407 if proxy else 401
+        outcome = "missing" if presented is None else "wrong"
+        self._record_request(ex, None, auth=outcome)
+        raise _Refused(
+            status,
+            f"{outcome} gateway ticket",
+            "send the session ticket as a bearer token, or as the password of basic auth "
+            f"(e.g. http://airlock:TICKET@host/…); the agent finds it in ${self._env_hint()}",
+            auth=outcome,
+        )
+
+    def _env_hint(self) -> str:
+        return f"{self.config.name.upper().replace('-', '_')}_URL"
+
+    async def _judge(self, ex: _Exchange, body: _Body) -> Decision:
+        if self._needs_json and ex.method not in ("GET", "HEAD", "OPTIONS"):
+            document = await self._inspect_json(ex, body)
+        else:
+            document = None
+        info = HttpRequestInfo(ex.method, ex.path.judged, self._host, document)
+        return decide_http(info, self._rules, self._defaults)
+
+    async def _inspect_json(self, ex: _Exchange, body: _Body) -> Any:
+        await self._buffer_all(body, "checked against JSON guardrails")
+        if body.buffer and ex.header("content-encoding").lower() not in ("", "identity"):
+            raise _Refused(
+                415,
+                "an encoded request body cannot be checked against JSON guardrails",
+                "send the body without Content-Encoding",
+            )
+        return describe_json_body(bytes(body.buffer)) if body.buffer else None
+
+    async def _buffer_all(self, body: _Body, why: str) -> None:
+        limit = self._settings.inspect_limit
+        await body.fill(limit + 1)
+        if not body.done or len(body.buffer) > limit:
+            raise _Refused(
+                413,
+                f"request body larger than {limit} bytes cannot be {why}",
+                "send a smaller body, or ask for the limit to be raised",
+            )
+
+    async def _enforce(self, ex: _Exchange, decision: Decision, body: _Body) -> None:
+        if decision.action == "allow":
+            return
+        if decision.action == "deny":
+            raise _Refused(
+                403,
+                f"refused by guardrail {decision.rule_id}",
+                "this request is not allowed by the session policy; see the rule in airlock.yaml",
+                rule_id=decision.rule_id,
+            )
+        await self._buffer_all(body, "held for approval")
+        if not await self._ask(ex, decision, bytes(body.buffer)):
+            raise _Refused(
+                403,
+                f"approval denied for guardrail {decision.rule_id}",
+                "the request was held for approval and not approved (or the request expired)",
+                rule_id=decision.rule_id,
+            )
+
+    async def _ask(self, ex: _Exchange, decision: Decision, data: bytes) -> bool:
+        if self._approve is None:
+            ex.extra["approval"] = _NO_APPROVER
+            return False
+        op = Operation(
+            kind="http",
+            text=self._operation_text(ex, data),
+            rule_id=decision.rule_id,
+            gateway=self.config.name,
+            session_id=self._ticket.session_id,
+        )
+        return await self._approve(op)
+
+    def _operation_text(self, ex: _Exchange, data: bytes) -> str:
+        line = f"{ex.method} {ex.path.judged}"
+        if ex.query:
+            line += "?" + self._masker.mask_text(ex.query)
+        if not data:
+            return line
+        digest = hashlib.sha256(data).hexdigest()
+        tap = BodyTap(_APPROVAL_EXCERPT)
+        tap.feed(data)
+        shown = render_body(
+            tap,
+            content_type=ex.header("content-type"),
+            content_encoding=ex.header("content-encoding"),
+            fields=self._fields,
+            masker=self._masker,
+        )
+        excerpt = shown.get("body", f"({shown.get('body_omitted', 'not shown')})")
+        return f"{line}\nbody: {len(data)} bytes, sha256 {digest}\n{excerpt}"
+
+    # ------------------------------------------------------------------ upstream
+
+    async def _forward(self, ex: _Exchange, body: _Body, send: Send) -> None:
+        if self._injector.needs_body:
+            await self._buffer_all(body, "signed")
+        request = self._upstream_request(ex, body)
+        try:
+            response = await self._client.send(request, stream=True)
+        except _ClientGone:
+            raise
+        except httpx.TimeoutException as exc:
+            raise _Refused(
+                504, "upstream timed out", "check the upstream", upstream=_why(exc)
+            ) from None
+        except httpx.HTTPError as exc:
+            raise _Refused(
+                502, "upstream unreachable", "check the upstream URL", upstream=_why(exc)
+            ) from None
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(body.watch_disconnect(gone))
+        try:
+            await self._relay(ex, response, send, gone)
+        finally:
+            watcher.cancel()
+            await response.aclose()
+
+    def _upstream_request(self, ex: _Exchange, body: _Body) -> httpx.Request:
+        url = self._origin + join_upstream(self._base_path, ex.path.wire)
+        if ex.query:
+            url += "?" + ex.query
+        buffered = body.done
+        drop = _HOP_BY_HOP | self._injector.strip | ({"content-length"} if buffered else set())
+        headers = [(k, v) for k, v in ex.headers if k.decode("latin-1").lower() not in drop]
+        content: bytes | AsyncIterator[bytes]
+        if buffered:
+            content = bytes(body.buffer)
+            ex.request_tap.feed(content)
+        else:
+            content = body.stream(ex.request_tap)
+        request = self._client.build_request(ex.method, url, headers=headers, content=content)
+        self._injector.apply(request, content if isinstance(content, bytes) else None)
+        return request
+
+    async def _relay(
+        self, ex: _Exchange, response: httpx.Response, send: Send, gone: asyncio.Event
+    ) -> None:
+        headers = [
+            (k, v)
+            for k, v in response.headers.raw
+            if k.decode("latin-1").lower() not in _HOP_BY_HOP
+        ]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        tap = BodyTap(self.config.record_bodies)
+        # The response is recorded before its last byte is sent: once the client has the whole
+        # response, so has the log. With a Content-Length the last chunk is known by its size.
+        length = _content_length(response)
+        error = None
+        try:
+            async for chunk in response.aiter_raw():
+                if gone.is_set():
+                    error = "client disconnected mid-response"
+                    break
+                tap.feed(chunk)
+                if length is not None and tap.size >= length:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                chunk = b""
+        except httpx.HTTPError as exc:
+            error = f"upstream failed mid-response: {_why(exc)}"
+        self._safe_record_response(
+            ex,
+            response.status_code,
+            tap=tap,
+            headers=response.headers.raw,
+            content_type=response.headers.get("content-type", ""),
+            content_encoding=response.headers.get("content-encoding", ""),
+            error=error,
+        )
+        if error is None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": False})
+
+    # ------------------------------------------------------------------ answers and events
+
+    async def _refuse(self, ex: _Exchange, refusal: _Refused, send: Send) -> None:
+        payload = {"error": refusal.error, "gateway": self.config.name}
+        if refusal.hint:
+            payload["hint"] = refusal.hint
+        if "rule_id" in refusal.extra:
+            payload["rule_id"] = refusal.extra["rule_id"]
+        data = json.dumps(payload).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+        ]
+        if refusal.status == 401:
+            headers.append(
+                (b"www-authenticate", f'Basic realm="airlock {self.config.name}"'.encode())
+            )
+        elif refusal.status == 407:
+            headers.append(
+                (b"proxy-authenticate", f'Basic realm="airlock {self.config.name}"'.encode())
+            )
+        self._safe_record_response(ex, refusal.status, error=refusal.error, **refusal.extra)
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+    def _record_request(self, ex: _Exchange, decision: Decision | None, **extra: Any) -> None:
+        data: dict[str, Any] = {
+            "gateway": self.config.name,
+            "id": ex.id,
+            "method": ex.method,
+            "path": self._masker.mask_text(ex.path.judged),
+            "query": self._masker.mask_text(ex.query),
+            "headers": masked_headers(ex.headers, REQUEST_HEADERS, self._masker),
+            **extra,
+        }
+        self._emit(EventType.HTTP_REQUEST, data)
+        if decision is not None and _worth_recording(decision):
+            self._emit(
+                EventType.GUARDRAIL,
+                {
+                    "gateway": self.config.name,
+                    "kind": "http",
+                    "id": ex.id,
+                    "rule_id": decision.rule_id,
+                    "action": decision.action,
+                    "method": ex.method,
+                    "path": data["path"],
+                },
+            )
+
+    def _safe_record_response(
+        self,
+        ex: _Exchange,
+        status: int,
+        *,
+        tap: BodyTap | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        content_type: str = "",
+        content_encoding: str = "",
+        error: str | None = None,
+        **extra: Any,
+    ) -> None:
+        data: dict[str, Any] = {
+            "gateway": self.config.name,
+            "id": ex.id,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
+            "request_body": self._render(
+                ex.request_tap, ex.header("content-type"), ex.header("content-encoding")
+            ),
+            **{k: v for k, v in extra.items() if k != "auth"},
+            **ex.extra,
+        }
+        if tap is not None:
+            data["headers"] = masked_headers(headers, RESPONSE_HEADERS, self._masker)
+            data["body"] = self._render(tap, content_type, content_encoding)
+            data["size"] = tap.size
+        if error is not None:
+            data["error"] = self._masker.mask_text(error)
+        # The request is over; a writer that failed reports it on the next event it cannot take.
+        with contextlib.suppress(_Refused):
+            self._emit(EventType.HTTP_RESPONSE, data)
+
+    def _render(self, tap: BodyTap, content_type: str, content_encoding: str) -> dict[str, Any]:
+        return render_body(
+            tap,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            fields=self._fields,
+            masker=self._masker,
+        )
+
+    def _emit(self, event: EventType, data: Mapping[str, Any]) -> None:
+        try:
+            self._record(str(event), data)
+        except Exception as exc:
+            raise _Refused(
+                503,
+                "the session log cannot be written; refused (fail closed)",
+                "check the sessions directory",
+            ) from exc
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    raw = response.headers.get("content-length", "")
+    return int(raw) if raw.isdigit() else None
+
+
+def _worth_recording(decision: Decision) -> bool:
+    return decision.action != "allow" or decision.rule_id != DEFAULT_RULE_IDS["http_unmatched"]
+
+
+def _ticket_from(header: str) -> str | None:
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if not value:
+        return None
+    if scheme in ("bearer", "token"):
+        return value
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return None
+
+
+def _why(exc: BaseException) -> str:
+    return type(exc).__name__
