@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import tempfile
@@ -34,6 +35,7 @@ _READ_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _WATCHED_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGWINCH, signal.SIGCHLD)
+_GATHER_SECONDS = 0.002  # keep reading a busy stream this long before handing data on
 _DRAIN_GRACE = 2.0
 # A trickle of output that never goes quiet is still released this often (seconds), so a slow
 # progress bar is not held back until the masker's look-behind window fills.
@@ -147,6 +149,7 @@ class ProcessRunner:
         stack.callback(proc.stderr.close)
         streams = [_Stream("stdout", proc.stdout.fileno()), _Stream("stderr", proc.stderr.fileno())]
         for stream in streams:
+            os.set_blocking(stream.fd, False)
             with contextlib.suppress(OSError):
                 fcntl.fcntl(stream.fd, _F_SETPIPE_SZ, _PIPE_SIZE)
         return streams, None, proc
@@ -169,6 +172,7 @@ class ProcessRunner:
             preexec_fn=_take_controlling_tty,
         )
         os.close(slave)
+        os.set_blocking(master, False)
         stdin_fd: int | None = None
         if os.isatty(0):
             stack.enter_context(_raw_terminal(0))
@@ -232,17 +236,12 @@ class ProcessRunner:
             self._read_stream(key.data, sel)
 
     def _read_stream(self, stream: _Stream, sel: PollSelector) -> None:
-        try:
-            data = os.read(stream.fd, _READ_SIZE)
-        except OSError as exc:  # EIO: the pty's slave side is gone
-            if exc.errno != errno.EIO:
-                raise
-            data = b""
+        data, eof = _read_available(stream.fd)
         if data:
             self._on_output(stream.name, data)
-            return
-        stream.open = False
-        sel.unregister(stream.fd)
+        if eof:
+            stream.open = False
+            sel.unregister(stream.fd)
 
     def _forward_stdin(self, sel: PollSelector, master: int) -> None:
         data = os.read(0, 65536)
@@ -315,10 +314,44 @@ def _status(returncode: int) -> tuple[int, str | None]:
     return returncode, None
 
 
+def _read_available(fd: int) -> tuple[bytes, bool]:
+    """Read what is there now, up to _READ_SIZE, in as few reads as the kernel allows.
+
+    A pty hands out about 4 KiB per read; gathering what is already buffered before masking and
+    recording turns thousands of tiny events into a few large ones. Returns (data, at EOF).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + _GATHER_SECONDS
+    while size < _READ_SIZE:
+        try:
+            chunk = os.read(fd, _READ_SIZE - size)
+        except BlockingIOError:
+            # A writer that is still going refills the buffer within microseconds; a human at
+            # a prompt does not notice a couple of milliseconds.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                break
+            continue
+        except OSError as exc:  # EIO: the pty's slave side is gone
+            if exc.errno != errno.EIO:
+                raise
+            chunk = b""
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:  # the pty's input queue is full: wait until the program reads
+            select.select([], [fd], [], 1.0)
+            continue
         view = view[written:]
 
 
