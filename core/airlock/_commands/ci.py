@@ -288,7 +288,7 @@ def _outputs(result: FinalizeResult, fail_mode: str) -> dict[str, str]:
     from airlock.archive.layout import read_manifest
 
     out = {
-        "sessions": str(len(result.sessions)),
+        "session-count": str(len(result.sessions)),
         "fail-mode": fail_mode,
         "problems": str(len(result.problems)),
     }
@@ -362,10 +362,21 @@ def _publish_gitlab(
 
     directory: Path = args.artifacts or Path(environ.get("CI_PROJECT_DIR", ".")) / "airlock"
     directory.mkdir(parents=True, exist_ok=True)
+    _collect(result.sessions, directory / "sessions")
     (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode))
     write_dotenv(directory / "airlock.env", _dotenv(outputs))
     if result.sessions:
         _cli(["report", str(result.sessions[-1]), "-o", str(directory / "report.html")])
+
+
+def _collect(sessions: list[Path], into: Path) -> None:
+    """Copy sealed sessions kept outside the artifacts directory into it (for later jobs)."""
+    import shutil
+
+    for session in sessions:
+        target = into / session.name
+        if session.resolve() != target.resolve() and not target.exists():
+            shutil.copytree(session, target)
 
 
 def _warn(platform: str, message: str) -> None:
@@ -406,8 +417,21 @@ def _outputs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# Names chosen not to collide with the AIRLOCK_* flag variables: a dotenv report's variables
+# override the next job's own `variables:`.
+_DOTENV_NAMES = {
+    "session-id": "AIRLOCK_SESSION_ID",
+    "status": "AIRLOCK_SESSION_STATUS",
+    "exit-code": "AIRLOCK_EXIT_CODE",
+    "verified": "AIRLOCK_VERIFIED",
+    "archive-url": "AIRLOCK_ARCHIVE_URL",
+    "session-count": "AIRLOCK_SESSION_COUNT",
+    "problems": "AIRLOCK_PROBLEMS",
+}
+
+
 def _dotenv(outputs: Mapping[str, str]) -> dict[str, str]:
-    return {"AIRLOCK_" + k.upper().replace("-", "_"): v for k, v in outputs.items()}
+    return {_DOTENV_NAMES[k]: v for k, v in outputs.items() if k in _DOTENV_NAMES}
 
 
 def _finalize_command(args: argparse.Namespace) -> int:
