@@ -208,20 +208,20 @@ class _HyperscanPatterns:
 
         self._hs = hyperscan
         safe = [(i, r) for i, r in rules if _hyperscan_safe(r)]
-        self.compiled, self._always = self._compile_each(safe)
+        self.compiled, self._always, self._db = self._compile_each(safe)
         self._always |= {i for i, r in rules if not _hyperscan_safe(r)}
-        self._db = self._database([r for _, r in self.compiled], [i for i, _ in self.compiled])
         self._local = threading.local()
 
     def _compile_each(
         self, rules: list[tuple[int, bytes]]
-    ) -> tuple[list[tuple[int, bytes]], set[int]]:
-        """Keep the rules hyperscan compiles; the others are always searched with RE2."""
+    ) -> tuple[list[tuple[int, bytes]], set[int], Any]:
+        """Keep the rules hyperscan compiles (and their database); the others are always
+        searched with RE2. The common case compiles once. The database is not cached on disk
+        on purpose: a cache the agent's user can write would let one job blind the next."""
         if not rules:
-            return [], set()
+            return [], set(), None
         try:
-            self._database([r for _, r in rules], [i for i, _ in rules])
-            return rules, set()
+            return rules, set(), self._database([r for _, r in rules], [i for i, _ in rules])
         except self._hs.error:
             good = []
             for index, regex in rules:
@@ -230,7 +230,8 @@ class _HyperscanPatterns:
                     good.append((index, regex))
                 except self._hs.error:
                     pass
-            return good, {i for i, _ in rules} - {i for i, _ in good}
+            db = self._database([r for _, r in good], [i for i, _ in good])
+            return good, {i for i, _ in rules} - {i for i, _ in good}, db
 
     def _database(self, expressions: list[bytes], ids: list[int]) -> Any:
         if not expressions:
