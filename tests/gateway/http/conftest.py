@@ -13,7 +13,7 @@ from airlock.gateway.http import ProxySettings, ThreadedHttpGateway, start_in_th
 from airlock.gateway.tickets import Ticket
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.gateways import HttpGatewayConfig
-from airlock.policy.guardrails import GuardrailRule
+from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
 
 TOKEN = "upstream-held-token-" + "q" * 24
 
@@ -71,6 +71,7 @@ def make_gateway(
         environ: dict[str, str] | None = None,
         settings: ProxySettings | None = None,
         masker: Masker | None = None,
+        defaults: GuardrailDefaults | None = None,
         **fields: Any,
     ) -> ThreadedHttpGateway:
         config = HttpGatewayConfig.model_validate(
@@ -93,6 +94,7 @@ def make_gateway(
             guardrails=[GuardrailRule.model_validate(r) for r in rules or []],
             environ={"API_TOKEN": TOKEN} if environ is None else environ,
             settings=settings,
+            defaults=defaults,
         )
         started.append(gateway)
         return gateway

@@ -165,7 +165,11 @@ class _Body:
         try:
             message = await asyncio.wait_for(self._receive(), self._timeout)
         except TimeoutError as exc:
-            raise _ClientGone("client went silent while sending its body") from exc
+            raise _Refused(
+                408,
+                "the client went silent while sending its body",
+                "send the body without pauses longer than the client timeout",
+            ) from exc
         if message["type"] == "http.disconnect":
             raise _ClientGone("client disconnected")
         self.done = not message.get("more_body", False)
