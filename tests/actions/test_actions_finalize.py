@@ -37,6 +37,7 @@ def test_public_api_is_pinned() -> None:
         "action_inputs",
         "finalize",
         "main",
+        "parse_env_blocks",
         "register",
     ]
 
@@ -312,3 +313,8 @@ def test_follow_stops_on_a_truncated_journal(runner: Runner, tmp_path: Path) -> 
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 84
     assert out == "one line\nairlock: the bracket journal was truncated\n"
+
+
+def test_env_blocks_are_read_back_as_the_runner_reads_them() -> None:
+    text = "A<<ghadelimiter_1\nline1\nline2\nghadelimiter_1\nB=plain=value\n\nC<<X\n\nX\n"
+    assert ci_command.parse_env_blocks(text) == {"A": "line1\nline2", "B": "plain=value", "C": ""}

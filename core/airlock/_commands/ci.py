@@ -30,7 +30,14 @@ from typing import Any
 from airlock._commands._common import add_flag
 from airlock.errors import AirlockError, ExitCode, UsageError
 
-__all__ = ["FinalizeResult", "action_inputs", "finalize", "main", "register"]
+__all__ = [
+    "FinalizeResult",
+    "action_inputs",
+    "finalize",
+    "main",
+    "parse_env_blocks",
+    "register",
+]
 
 FAIL_MODES = ("closed", "open")
 PLATFORMS = ("auto", "github", "gitlab", "local")
@@ -514,6 +521,41 @@ def _exchange(inputs: Mapping[str, str]) -> int:
     return code
 
 
+def _exchange_into_this_step(inputs: Mapping[str, str], environ: Mapping[str, str]) -> int:
+    """Exchange, then also load what was exported into this process for ``airlock run``.
+
+    ``--export github`` writes GITHUB_ENV, which only later steps read; the root action runs
+    the agent in this very step, so the blocks appended during the exchange are read back.
+    """
+    env_file = Path(environ["GITHUB_ENV"]) if environ.get("GITHUB_ENV") else None
+    before = env_file.stat().st_size if env_file is not None and env_file.exists() else 0
+    code = _exchange(inputs)
+    if code == 0 and env_file is not None and env_file.exists():
+        with env_file.open("rb") as handle:
+            handle.seek(before)
+            os.environ.update(parse_env_blocks(handle.read().decode("utf-8")))
+    return code
+
+
+def parse_env_blocks(text: str) -> dict[str, str]:
+    """``NAME<<DELIMITER`` blocks and ``NAME=value`` lines, as the runner reads GITHUB_ENV."""
+    values: dict[str, str] = {}
+    lines = iter(text.split("\n"))
+    for line in lines:
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delimiter = line.split("<<", 1)
+            body = []
+            for inner in lines:
+                if inner == delimiter:
+                    break
+                body.append(inner)
+            values[name] = "\n".join(body)
+        elif "=" in line:
+            name, value = line.split("=", 1)
+            values[name] = value
+    return values
+
+
 def _action_main(environ: Mapping[str, str]) -> int:
     inputs = action_inputs(environ)
     command = inputs.get("command", "")
@@ -522,7 +564,7 @@ def _action_main(environ: Mapping[str, str]) -> int:
     args = _finalize_args(inputs, _job_dir(environ) / "sessions")
     args.sessions.mkdir(parents=True)
     _save_state(environ, {"sessions": str(args.sessions), "started": "1"})
-    code = _exchange(inputs)
+    code = _exchange_into_this_step(inputs, environ)
     if code != 0:
         return code
     argv = ["run", "--sessions", str(args.sessions)]
