@@ -85,13 +85,6 @@ def test_checkpoint_head_not_in_the_chain_fails(
     assert (info.value.kind, info.value.line) == ("checkpoint-mismatch", 2)
 
 
-def test_message_format_matches_the_broker() -> None:
-    from airlock.broker.service import checkpoint_message as broker_message
-
-    args = ("s-1", 7, "cd" * 32, 1764091500.123456)
-    assert broker_message(*args) == checkpoint_message(*args)
-
-
 def writer_key_resign(session: Path, key: SigningKey, manifest: dict[str, Any]) -> None:
     from airlock.audit._format import canonical_json
 

@@ -17,8 +17,9 @@ from tests.support.broker_server import BrokerServer
 from tests.support.oidc_issuer import OIDCIssuer
 from tests.support.postgres import PostgresCluster
 
+from airlock.audit.checkpoints import checkpoint_message
 from airlock.broker.app import create_app
-from airlock.broker.service import Broker, checkpoint_message
+from airlock.broker.service import Broker
 
 MakeBroker = Callable[..., Broker]
 

@@ -130,6 +130,10 @@ def test_credentials_run_witness_revoke(
     assert witnessed, "the session's end was witnessed"
     assert witnessed[-1]["seq"] >= events[-2]["seq"]  # the final checkpoint covers session.end
     assert check_witnessed(session, session.name, witnessed, keys) == len(witnessed)
+    manifest = json.loads((session / "manifest.json").read_text())
+    assert [c["seq"] for c in manifest["checkpoints"]] == [c["seq"] for c in witnessed]
+    verified = _airlock(run_env, "verify", "--broker", broker_url, str(session))
+    assert verified.returncode == 0, verified.stderr
 
     # An attacker with the local key rewrites the log and re-signs it: locally it verifies,
     # against the broker's checkpoints it does not.
@@ -147,6 +151,13 @@ def test_credentials_run_witness_revoke(
     with pytest.raises(VerificationFailed) as caught:
         check_witnessed(forged, session.name, witnessed, keys)
     assert caught.value.kind == "checkpoint-mismatch"
+    public = tmp_path / "forger.pem"
+    public.write_bytes(key.public_pem())
+    refused = _airlock(
+        run_env, "verify", "--broker", broker_url, "--key-file", str(public), str(forged)
+    )
+    assert refused.returncode == 84
+    assert b"differs from what the broker witnessed" in refused.stderr
 
     revoked = _airlock(job_env, "credentials", "--revoke")
     assert revoked.returncode == 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,11 @@ def register(sub: Any) -> None:
             "An incomplete session (it did not end cleanly) fails unless --allow-incomplete."
         ),
     )
-    parser.add_argument("path", metavar="PATH", help="a session directory (<sessions>/<id>)")
+    parser.add_argument(
+        "path",
+        metavar="PATH",
+        help="a session directory (<sessions>/<id>), or an archived one (s3://bucket/.../<id>/)",
+    )
     add_flag(
         parser,
         "--key-file",
@@ -55,6 +60,19 @@ def register(sub: Any) -> None:
         env="AIRLOCK_ALLOW_INCOMPLETE",
         action="store_true",
         help="exit 0 for a valid session sealed as incomplete",
+    )
+    add_flag(
+        parser,
+        "--broker",
+        env="AIRLOCK_BROKER_URL",
+        help="also check the log against every checkpoint this broker witnessed, and trust "
+        "its published keys for the sealed checkpoints",
+    )
+    add_flag(
+        parser,
+        "--endpoint-url",
+        env="AIRLOCK_S3_ENDPOINT_URL",
+        help="S3 endpoint for s3:// paths (S3-compatible stores, tests)",
     )
     add_flag(parser, "--json", env="AIRLOCK_JSON", action="store_true", help="print JSON")
     parser.set_defaults(func=_run)
@@ -82,13 +100,26 @@ def _env_key_set() -> bool:
 
 def _run(args: argparse.Namespace) -> int:
     if str(args.path).startswith("s3://"):
-        raise UsageError(
-            "verifying s3:// paths is not available yet",
-            hint="download the session directory (e.g. `aws s3 cp --recursive`) and verify it",
-        )
+        with tempfile.TemporaryDirectory(prefix="airlock-verify-") as tmp:
+            from airlock.archive import fetch_session
+
+            session = fetch_session(str(args.path), Path(tmp), args.endpoint_url)
+            return _verify(args, session)
+    return _verify(args, Path(args.path))
+
+
+def _verify(args: argparse.Namespace, session: Path) -> int:
     trusted = trusted_keys(list(args.key_file))
+    witnessed: list[dict[str, Any]] = []
+    if args.broker:
+        witnessed, broker_keys = _broker_checkpoints(args.broker, session.name)
+        trusted = {**trusted, **broker_keys}
     try:
-        report = verify_session(Path(args.path), trusted)
+        report = verify_session(session, trusted)
+        if args.broker:
+            from airlock.broker.witness import check_witnessed
+
+            check_witnessed(session, session.name, witnessed, trusted)
     except VerificationFailed as exc:
         if args.json:
             _print_json({"ok": False, "kind": exc.kind, "line": exc.line, "error": exc.message})
@@ -106,6 +137,19 @@ def _run(args: argparse.Namespace) -> int:
             hint="pass --allow-incomplete (AIRLOCK_ALLOW_INCOMPLETE=1) to accept it",
         )
     return int(ExitCode.OK)
+
+
+def _broker_checkpoints(
+    url: str, session_id: str
+) -> tuple[list[dict[str, Any]], dict[str, Ed25519PublicKey]]:
+    from airlock.broker.client import BrokerClient
+    from airlock.broker.witness import parse_public_keys
+
+    client = BrokerClient(url)
+    try:
+        return client.checkpoints(session_id), parse_public_keys(client.public_keys())
+    finally:
+        client.close()
 
 
 def _print_json(obj: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@
     GET  /v1/sessions/{id}/checkpoints                              → witnessed checkpoints
     GET  /.well-known/airlock-keys                                  → public signing keys
     GET  /healthz, GET /metrics (Prometheus)
+    POST /v1/approvals, GET /v1/approvals/{id}, POST /v1/webhooks/{github,gitlab}  (approvals.py)
 
 Callers get a short, actionable reason; the broker log gets the precise one; neither gets a
 token. Request bodies are capped. Blocking work (token verification, providers, SQL) runs in a
@@ -35,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from airlock.broker.approvals import approval_routes
 from airlock.broker.service import Broker, RateLimited
 from airlock.errors import AirlockError, InfrastructureUnavailable, PolicyDenied, UsageError
 from airlock.oidc import OIDCError
@@ -160,6 +162,7 @@ def create_app(broker: Broker, *, sweep_interval: float = 30.0) -> Starlette:
             route("/.well-known/airlock-keys", keys, ["GET"], "keys"),
             route("/healthz", healthz, ["GET"], "healthz"),
             route("/metrics", prometheus, ["GET"], "metrics"),
+            *(route(*spec) for spec in approval_routes(broker)),
         ],
         lifespan=lifespan,
     )

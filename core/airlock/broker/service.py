@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airlock.audit import SigningKey
+from airlock.audit.checkpoints import checkpoint_message
 from airlock.broker.state import CheckpointRow, LeaseRow, SqlReplayCache, StateStore, token_digest
 from airlock.errors import (
     AirlockError,
@@ -45,7 +46,6 @@ __all__ = [
     "Broker",
     "ExchangeResult",
     "RateLimited",
-    "checkpoint_message",
 ]
 
 log = logging.getLogger("airlock.broker")
@@ -88,11 +88,6 @@ class ExchangeResult:
 
     def __repr__(self) -> str:
         return f"ExchangeResult(rule_id={self.rule_id!r}, leases={len(self.credentials)})"
-
-
-def checkpoint_message(session_id: str, seq: int, head: str, at: float) -> bytes:
-    """The exact bytes the broker signs when it witnesses a chain head."""
-    return f"airlock-checkpoint/1\n{session_id}\n{seq}\n{head}\n{at:.6f}".encode()
 
 
 class Broker:

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from airlock.broker.service import checkpoint_message
+from airlock.audit.checkpoints import checkpoint_message
 from airlock.errors import VerificationFailed
 
 __all__ = ["check_witnessed", "parse_public_keys"]

@@ -186,6 +186,7 @@ class _Session:
         self._display_ok = {1: True, 2: True}
         self._counts = {"processes": 0, "output_bytes": 0}
         self._last_witness = time.monotonic()
+        self._receipts: list[dict[str, Any]] = []
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
@@ -195,7 +196,9 @@ class _Session:
             self._flush_all()
             self._end(result, time.monotonic() - started)
             self._checkpoint()
-            manifest = self._writer.seal(self._req.key, exit_code=result.exit_status)
+            manifest = self._writer.seal(
+                self._req.key, exit_code=result.exit_status, checkpoints=self._receipts
+            )
         except RecordingError as exc:
             self._seal_incomplete(f"recording failed: {exc.message}")
             raise
@@ -298,7 +301,10 @@ class _Session:
                 f"the broker could not witness checkpoint {seq}: {exc.message}",
                 hint="check the broker; a session without witnessed checkpoints is not trusted",
             ) from exc
-        self._writer.append(EventType.CHECKPOINT, {"seq": seq, "head": head, **dict(receipt)})
+        entry = {**dict(receipt), "seq": seq, "head": head}
+        entry.pop("session_id", None)
+        self._receipts.append(entry)
+        self._writer.append(EventType.CHECKPOINT, entry)
 
     def _flush_all(self) -> None:
         for stream, masker in self._streams.items():
@@ -358,7 +364,13 @@ class _Session:
 
     def _seal_incomplete(self, reason: str) -> None:
         with contextlib.suppress(AirlockError, OSError):
-            self._writer.seal(self._req.key, exit_code=None, status="incomplete", reason=reason)
+            self._writer.seal(
+                self._req.key,
+                exit_code=None,
+                status="incomplete",
+                reason=reason,
+                checkpoints=self._receipts,
+            )
 
 
 def _encode(data: bytes) -> dict[str, str]:

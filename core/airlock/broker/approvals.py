@@ -1,0 +1,961 @@
+"""Approvals served by the broker: create, status (long-poll), GitHub and GitLab webhooks.
+
+    POST /v1/approvals              Bearer job token, {backend, operation, timeout, pull_request…}
+                                    → {request_id, operation_hash, expires_at, url}
+    GET  /v1/approvals/{id}?wait=S  Bearer job token (the same job) → status, held up to S seconds
+    POST /v1/webhooks/github        X-Hub-Signature-256 (HMAC-SHA256 of the body), X-GitHub-Delivery
+    POST /v1/webhooks/gitlab        X-Gitlab-Token, Idempotency-Key / X-Gitlab-Webhook-UUID
+
+What the broker guarantees, whatever the replica:
+
+- the repository, run and requester come from the job's verified OIDC claims, never from the
+  body: a job can only ask about operations of its own repository and run;
+- a click decides only when the clicker passes :func:`airlock.gate._rules.refusal` at that
+  moment (not a bot, not the requester, not the PR/MR author unless allowed, enough permission,
+  one of the named approvers), for the operation hash the button or note names;
+- a request is decided once: ``UPDATE … WHERE status = 'pending'`` lets one click win a race;
+- each webhook delivery id (and each GitLab note) is accepted once, in the same transaction as
+  the decision: a replay gets 409 and changes nothing; so does a body that does not parse;
+- an unanswered request expires to a denial; every outcome is signed with the broker's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from airlock.broker.service import Broker
+from airlock.broker.state import token_digest
+from airlock.errors import AirlockError, PolicyDenied, UsageError
+from airlock.gate._github import GitHubApi, GitHubRights
+from airlock.gate._rules import ApproverRules, Clicker, Rights, approve_command, refusal
+from airlock.gate.github_check import (
+    check_run_body,
+    outcome_body,
+    parse_identifier,
+)
+from airlock.gate.gitlab import GitLabApi, GitLabRights, note_body, outcome_note
+from airlock.gate.interface import Decision, GateError, Operation, format_time
+from airlock.policy.broker_config import ApprovalsConfig
+from airlock.providers._secrets import resolve_secret
+
+__all__ = [
+    "APPROVALS",
+    "DELIVERIES",
+    "ApprovalRow",
+    "ApprovalService",
+    "approval_routes",
+    "github_signature",
+]
+
+log = logging.getLogger("airlock.broker.approvals")
+
+_META = sa.MetaData()
+
+APPROVALS = sa.Table(
+    "airlock_approvals",
+    _META,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("job_digest", sa.String(64), nullable=False, index=True),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("repository", sa.String(256), nullable=False),
+    sa.Column("repository_id", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=True, index=True),
+    sa.Column("target", sa.Integer, nullable=True),  # pull request number / merge request iid
+    sa.Column("requester", sa.String(256), nullable=True),
+    sa.Column("author", sa.String(256), nullable=True),
+    sa.Column("operation", sa.Text, nullable=False),  # JSON, masked text
+    sa.Column("operation_hash", sa.String(64), nullable=False),
+    sa.Column("rules", sa.Text, nullable=False),  # JSON list of approver rule sets
+    sa.Column("forge_ref", sa.String(64), nullable=True),  # check run id / note id
+    sa.Column("url", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("decided_by", sa.String(256), nullable=True),
+    sa.Column("decided_at", sa.String(40), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("signature", sa.Text, nullable=True),
+    sa.Column("key_id", sa.String(64), nullable=True),
+)
+
+DELIVERIES = sa.Table(
+    "airlock_webhook_deliveries",
+    _META,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("delivery_id", sa.String(160), primary_key=True),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+MAX_CREATE_BYTES = 512 * 1024
+MAX_WAIT = 60.0
+_PENDING = "pending"
+_CALLBACK = re.compile(
+    r"^/repos/([A-Za-z0-9-]+/[A-Za-z0-9._-]+)/actions/runs/(\d+)/deployment_protection_rule$"
+)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+# -- bodies ---------------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ApproversBody(_Strict):
+    users: list[str] = Field(default_factory=list, max_length=100)
+    teams: list[str] = Field(default_factory=list, max_length=100)
+    permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
+    allow_self: bool = False
+    allow_author: bool = False
+
+
+class OperationBody(_Strict):
+    kind: Literal["sql", "http", "command"]
+    text: str = Field(min_length=1, max_length=256 * 1024)
+    rule_id: str = Field(min_length=1, max_length=128)
+    gateway: str | None = Field(default=None, max_length=128)
+    repository: str | None = Field(default=None, max_length=256)
+    commit: str | None = Field(default=None, max_length=64)
+    run_id: str | None = Field(default=None, max_length=64)
+    session_id: str | None = Field(default=None, max_length=128)
+
+
+class CreateBody(_Strict):
+    backend: Literal["github-check", "gitlab", "github-environment"]
+    operation: OperationBody
+    timeout: float = Field(gt=0)
+    pull_request: int | None = Field(default=None, ge=1)
+    merge_request: int | None = Field(default=None, ge=1)
+    approvers: ApproversBody | None = None
+
+
+class _GhUser(_Loose):
+    login: str
+    id: int
+    type: str = "User"
+
+
+class _GhRepo(_Loose):
+    id: int
+    full_name: str
+
+
+class _GhInstallation(_Loose):
+    id: int
+
+
+class _GhCheckRun(_Loose):
+    id: int
+    external_id: str | None = None
+
+
+class _GhAction(_Loose):
+    identifier: str
+
+
+class CheckRunEvent(_Loose):
+    action: str
+    check_run: _GhCheckRun
+    requested_action: _GhAction | None = None
+    repository: _GhRepo
+    sender: _GhUser
+    installation: _GhInstallation | None = None
+
+
+class DeploymentRuleEvent(_Loose):
+    action: str
+    environment: str
+    deployment_callback_url: str
+    repository: _GhRepo
+    sender: _GhUser
+    installation: _GhInstallation | None = None
+
+
+class _GlUser(_Loose):
+    id: int
+    username: str
+
+
+class _GlProject(_Loose):
+    id: int
+    path_with_namespace: str
+
+
+class _GlNote(_Loose):
+    id: int
+    note: str
+    noteable_type: str
+    system: bool = False
+
+
+class _GlMergeRequest(_Loose):
+    iid: int
+
+
+class NoteEvent(_Loose):
+    object_kind: Literal["note"]
+    user: _GlUser
+    project: _GlProject
+    object_attributes: _GlNote
+    merge_request: _GlMergeRequest | None = None
+
+
+# -- rows -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalRow:
+    """One approval request as the broker keeps it."""
+
+    request_id: str
+    job_digest: str
+    backend: str
+    repository: str
+    repository_id: str
+    run_id: str | None
+    target: int | None
+    requester: str | None
+    author: str | None
+    operation: dict[str, Any]
+    operation_hash: str
+    rules: list[dict[str, Any]]
+    forge_ref: str | None
+    url: str | None
+    created_at: float
+    expires_at: float
+    status: str
+    decided_by: str | None
+    decided_at: str | None
+    reason: str | None
+    signature: str | None
+    key_id: str | None
+
+    def public(self) -> dict[str, Any]:
+        """What the waiting job gets: the status and, once decided, the signed decision."""
+        out: dict[str, Any] = {
+            "request_id": self.request_id,
+            "status": self.status,
+            "operation_hash": self.operation_hash,
+            "expires_at": format_time(self.expires_at),
+            "url": self.url,
+        }
+        if self.status != _PENDING:
+            out.update(
+                by=self.decided_by,
+                at=self.decided_at,
+                reason=self.reason or "",
+                signature=self.signature,
+                key_id=self.key_id,
+            )
+        return out
+
+    def approver_rules(self) -> list[ApproverRules]:
+        return [ApproverRules.from_dict(r) for r in self.rules]
+
+
+class Replayed(Exception):
+    """This delivery id (or note) was seen before."""
+
+
+class ApprovalStore:
+    """The approvals tables, on the broker's state database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        _META.create_all(engine)
+
+    def add(self, row: ApprovalRow) -> None:
+        values = dict(row.__dict__)
+        values["operation"] = json.dumps(row.operation, sort_keys=True)
+        values["rules"] = json.dumps(row.rules, sort_keys=True)
+        with self._engine.begin() as conn:
+            conn.execute(sa.insert(APPROVALS).values(**values))
+
+    def get(self, request_id: str) -> ApprovalRow | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(APPROVALS).where(APPROVALS.c.request_id == request_id)
+            ).first()
+        return None if row is None else _row(row)
+
+    def set_forge(self, request_id: str, forge_ref: str, url: str | None) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(APPROVALS)
+                .where(APPROVALS.c.request_id == request_id)
+                .values(forge_ref=forge_ref, url=url)
+            )
+
+    def pending_plans(self, repository_id: str, run_id: str) -> list[ApprovalRow]:
+        query = sa.select(APPROVALS).where(
+            APPROVALS.c.backend == "github-environment",
+            APPROVALS.c.repository_id == repository_id,
+            APPROVALS.c.run_id == run_id,
+            APPROVALS.c.status == _PENDING,
+        )
+        with self._engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query)]
+
+    def decide(
+        self, request_id: str, status: str, decision: Decision, deliveries: list[tuple[str, str]]
+    ) -> bool:
+        """Consume ``deliveries`` and settle a pending request, in one transaction.
+
+        True when this call decided; False when it was already decided. Raises
+        :class:`Replayed` (and changes nothing) when a delivery was seen before.
+        """
+        try:
+            with self._engine.begin() as conn:
+                for source, delivery in deliveries:
+                    conn.execute(
+                        sa.insert(DELIVERIES).values(
+                            source=source, delivery_id=delivery, received_at=time.time()
+                        )
+                    )
+                result = conn.execute(
+                    sa.update(APPROVALS)
+                    .where(APPROVALS.c.request_id == request_id, APPROVALS.c.status == _PENDING)
+                    .values(
+                        status=status,
+                        decided_by=decision.by,
+                        decided_at=decision.at,
+                        reason=decision.reason,
+                        signature=decision.signature,
+                        key_id=decision.key_id,
+                    )
+                )
+        except IntegrityError:
+            raise Replayed from None
+        return bool(result.rowcount == 1)
+
+    def consume(self, deliveries: list[tuple[str, str]]) -> None:
+        """Record deliveries that decide nothing (refused clicks); :class:`Replayed` if seen."""
+        try:
+            with self._engine.begin() as conn:
+                for source, delivery in deliveries:
+                    conn.execute(
+                        sa.insert(DELIVERIES).values(
+                            source=source, delivery_id=delivery, received_at=time.time()
+                        )
+                    )
+        except IntegrityError:
+            raise Replayed from None
+
+
+def _row(row: Any) -> ApprovalRow:
+    data = dict(row._mapping)
+    data["operation"] = json.loads(data["operation"])
+    data["rules"] = json.loads(data["rules"])
+    return ApprovalRow(**data)
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    """What a webhook delivery did; ``status`` is the HTTP status to answer with."""
+
+    result: str
+    status: int = 200
+    reason: str = ""
+    request_id: str | None = None
+
+    def response(self) -> JSONResponse:
+        body = {"result": self.result}
+        if self.reason:
+            body["reason"] = self.reason
+        if self.request_id:
+            body["request_id"] = self.request_id
+        return JSONResponse(body, status_code=self.status)
+
+
+class ApprovalService:
+    """Create, answer and expire approval requests; talk to GitHub and GitLab."""
+
+    def __init__(self, broker: Broker, *, clock: Callable[[], float] = time.time) -> None:
+        self._broker = broker
+        self._config: ApprovalsConfig = broker.config.approvals
+        self.store = ApprovalStore(broker.store.engine)
+        self._clock = clock
+        self._github: GitHubApi | None = None
+        self._gitlab: GitLabApi | None = None
+        self.version = 0  # bumped on every local decision: wakes long-polls early
+
+    def close(self) -> None:
+        """Release forge HTTP sessions."""
+        for api in (self._github, self._gitlab):
+            if api is not None:
+                api.close()
+
+    # -- create -----------------------------------------------------------------------------------
+
+    def create(self, job_token: str, body: CreateBody) -> ApprovalRow:
+        """Register a request for the job holding ``job_token`` and show it on the forge."""
+        digest, subject = self._job(job_token)
+        op = Operation(**body.operation.model_dump())
+        forge = "gitlab" if body.backend == "gitlab" else "github"
+        repository, repository_id, run_id, requester = _bound_subject(subject, forge)
+        _check_binding(op, repository, run_id, subject)
+        now = self._clock()
+        timeout = min(body.timeout, float(self._config.max_timeout))
+        rules = [self._config.approvers.model_dump()]
+        if body.approvers is not None:
+            rules.append(body.approvers.model_dump())
+        row = ApprovalRow(
+            request_id=secrets.token_hex(16),
+            job_digest=digest,
+            backend=body.backend,
+            repository=repository,
+            repository_id=repository_id,
+            run_id=run_id,
+            target=body.pull_request if forge == "github" else body.merge_request,
+            requester=requester,
+            author=None,
+            operation=op.to_dict(),
+            operation_hash=op.operation_hash(),
+            rules=[ApproverRules.from_dict(r).to_dict() for r in rules],
+            forge_ref=None,
+            url=None,
+            created_at=now,
+            expires_at=now + timeout,
+            status=_PENDING,
+            decided_by=None,
+            decided_at=None,
+            reason=None,
+            signature=None,
+            key_id=None,
+        )
+        row = self._post(row, op)
+        log.info(
+            "approval %s requested: backend=%s repository=%s rule=%s operation=%s",
+            row.request_id,
+            row.backend,
+            row.repository,
+            op.rule_id,
+            row.operation_hash[:16],
+        )
+        return self.store.get(row.request_id) or row
+
+    def _post(self, row: ApprovalRow, op: Operation) -> ApprovalRow:
+        if row.backend == "github-check":
+            return self._post_check_run(row, op)
+        if row.backend == "gitlab":
+            return self._post_note(row, op)
+        if self._config.github_app is None:
+            raise UsageError("this broker has no github_app configured for github-environment")
+        self.store.add(row)
+        return row
+
+    def _post_check_run(self, row: ApprovalRow, op: Operation) -> ApprovalRow:
+        if row.target is None:
+            raise UsageError("github-check needs the pull request number (pull_request)")
+        api = self.github()
+        pr = api.pull_request(row.repository, row.target)
+        head_sha = str((pr.get("head") or {}).get("sha", ""))
+        author = str((pr.get("user") or {}).get("login", "")) or None
+        row = _replace(row, author=author)
+        self.store.add(row)
+        body = check_run_body(
+            request_id=row.request_id,
+            op=op,
+            head_sha=head_sha,
+            requester=row.requester,
+            expires_at=row.expires_at,
+            details_url=pr.get("html_url"),
+        )
+        try:
+            check = api.call("POST", f"/repos/{row.repository}/check-runs", body)
+        except GateError:
+            self._close_unposted(row)
+            raise
+        self.store.set_forge(row.request_id, str(check.get("id")), check.get("html_url"))
+        return row
+
+    def _post_note(self, row: ApprovalRow, op: Operation) -> ApprovalRow:
+        iid = row.target
+        if iid is None:
+            raise UsageError("gitlab needs the merge request iid (merge_request)")
+        api = self.gitlab()
+        mr = api.merge_request(row.repository_id, iid)
+        author = str((mr.get("author") or {}).get("username", "")) or None
+        row = _replace(row, author=author)
+        self.store.add(row)
+        try:
+            note = api.post_note(
+                row.repository_id,
+                iid,
+                note_body(row.request_id, op, row.requester, row.expires_at),
+            )
+        except GateError:
+            self._close_unposted(row)
+            raise
+        url = f"{mr.get('web_url')}#note_{note.get('id')}" if mr.get("web_url") else None
+        self.store.set_forge(row.request_id, str(note.get("id")), url)
+        return row
+
+    def _close_unposted(self, row: ApprovalRow) -> None:
+        decision = self._sign(row, approved=False, by="airlock", reason="could not be posted")
+        self.store.decide(row.request_id, "denied", decision, [])
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def status(self, job_token: str, request_id: str) -> ApprovalRow:
+        """The request, if this job made it; expires it first when its time is up."""
+        digest, _ = self._job(job_token)
+        row = self.store.get(request_id) if re.fullmatch(r"[0-9a-f]{32}", request_id) else None
+        if row is None or not secrets.compare_digest(row.job_digest, digest):
+            raise PolicyDenied("no such approval request for this job")
+        return self._expire_if_due(row)
+
+    def _expire_if_due(self, row: ApprovalRow) -> ApprovalRow:
+        if row.status != _PENDING or self._clock() < row.expires_at:
+            return row
+        decision = self._sign(row, approved=False, by="airlock", reason="expired")
+        if self.store.decide(row.request_id, "expired", decision, []):
+            log.info("approval %s expired: denied", row.request_id)
+            self._show_outcome(row, "expired", decision)
+            self.version += 1
+        return self.store.get(row.request_id) or row
+
+    # -- GitHub webhook ---------------------------------------------------------------------------
+
+    def github_webhook(self, headers: Mapping[str, str], raw: bytes) -> WebhookResult:
+        """Verify, parse and apply one GitHub delivery."""
+        app = self._config.github_app
+        if app is None:
+            return WebhookResult("not-configured", 404, "this broker has no github_app")
+        secret = resolve_secret(app.webhook_secret.get_secret_value(), "github webhook_secret")
+        if not hmac.compare_digest(
+            headers.get("x-hub-signature-256", ""), github_signature(secret, raw)
+        ):
+            log.warning("github webhook refused: bad or missing X-Hub-Signature-256")
+            return WebhookResult("bad-signature", 401, "X-Hub-Signature-256 does not match")
+        event = headers.get("x-github-event", "")
+        delivery = headers.get("x-github-delivery", "")
+        if event == "ping":
+            return WebhookResult("pong")
+        if not delivery or len(delivery) > 128:
+            return WebhookResult("bad-request", 400, "X-GitHub-Delivery is missing")
+        payload = _json_object(raw)
+        if event == "check_run" and payload.get("action") == "requested_action":
+            return self._check_run_click(CheckRunEvent.model_validate(payload), delivery)
+        if event == "deployment_protection_rule" and payload.get("action") == "requested":
+            return self._deployment_rule(DeploymentRuleEvent.model_validate(payload), delivery)
+        return WebhookResult("ignored", 202)
+
+    def _check_run_click(self, event: CheckRunEvent, delivery: str) -> WebhookResult:
+        row = self.store.get(event.check_run.external_id or "")
+        if (
+            row is None
+            or row.backend != "github-check"
+            or row.forge_ref != str(event.check_run.id)
+            or row.repository_id != str(event.repository.id)
+            or not self._our_installation(event.installation)
+        ):
+            return WebhookResult("ignored", 202, "not an Airlock approval check run")
+        parsed = parse_identifier(
+            event.requested_action.identifier if event.requested_action else ""
+        )
+        if parsed is None:
+            return WebhookResult("bad-request", 400, "unknown requested action")
+        approve, hash_prefix = parsed
+        clicker = Clicker(event.sender.login, str(event.sender.id), event.sender.type == "Bot")
+        deliveries = [("github", delivery)]
+        if not row.operation_hash.startswith(hash_prefix):
+            return self._refuse(row, deliveries, "the button was for another operation")
+        rights = GitHubRights(self.github(), row.repository)
+        return self._click(row, clicker, approve, rights, deliveries, "github", "the check run")
+
+    def _deployment_rule(self, event: DeploymentRuleEvent, delivery: str) -> WebhookResult:
+        app = self._config.github_app
+        assert app is not None
+        match = _CALLBACK.match(_url_path(event.deployment_callback_url))
+        if match is None or match.group(1).lower() != event.repository.full_name.lower():
+            return WebhookResult("bad-request", 400, "deployment_callback_url is not a review URL")
+        if not self._our_installation(event.installation) or (
+            event.environment not in app.environments
+        ):
+            return WebhookResult("ignored", 202, "the broker does not guard this environment")
+        repo, run_id = match.group(1), match.group(2)
+        try:
+            self.store.consume([("github", delivery)])
+        except Replayed:
+            return WebhookResult("replayed", 409, "this delivery was already processed")
+        plans = [
+            self._expire_if_due(r)
+            for r in self.store.pending_plans(str(event.repository.id), run_id)
+        ]
+        plans = [p for p in plans if p.status == _PENDING]
+        state, comment = _review(plans, run_id)
+        self.github().call(
+            "POST",
+            f"/repos/{repo}/actions/runs/{run_id}/deployment_protection_rule",
+            {"environment_name": event.environment, "state": state, "comment": comment},
+        )
+        for plan in plans:
+            decision = self._sign(
+                plan, approved=True, by=f"github-environment:{event.environment}", reason=comment
+            )
+            self.store.decide(plan.request_id, "approved", decision, [])
+        self.version += 1
+        return WebhookResult(state)
+
+    def _our_installation(self, installation: _GhInstallation | None) -> bool:
+        app = self._config.github_app
+        return app is not None and (installation is None or installation.id == app.installation_id)
+
+    # -- GitLab webhook ---------------------------------------------------------------------------
+
+    def gitlab_webhook(self, headers: Mapping[str, str], raw: bytes) -> WebhookResult:
+        """Verify, parse and apply one GitLab delivery (note events)."""
+        gl = self._config.gitlab
+        if gl is None:
+            return WebhookResult("not-configured", 404, "this broker has no gitlab section")
+        expected = resolve_secret(gl.webhook_token.get_secret_value(), "gitlab webhook_token")
+        if not hmac.compare_digest(headers.get("x-gitlab-token", "").encode(), expected.encode()):
+            log.warning("gitlab webhook refused: bad or missing X-Gitlab-Token")
+            return WebhookResult("bad-token", 401, "X-Gitlab-Token does not match")
+        delivery = (
+            headers.get("idempotency-key")
+            or headers.get("x-gitlab-webhook-uuid")
+            or headers.get("x-gitlab-event-uuid")
+            or ""
+        )
+        if not delivery or len(delivery) > 128:
+            return WebhookResult(
+                "bad-request", 400, "Idempotency-Key / X-Gitlab-Webhook-UUID missing"
+            )
+        payload = _json_object(raw)
+        if payload.get("object_kind") != "note":
+            return WebhookResult("ignored", 202)
+        return self._note(NoteEvent.model_validate(payload), delivery)
+
+    def _note(self, event: NoteEvent, delivery: str) -> WebhookResult:
+        command = approve_command(event.object_attributes.note)
+        if command is None or event.object_attributes.system or event.merge_request is None:
+            return WebhookResult("ignored", 202)
+        approve, request_id = command
+        row = self.store.get(request_id)
+        if (
+            row is None
+            or row.backend != "gitlab"
+            or row.repository_id != str(event.project.id)
+            or row.target != event.merge_request.iid
+        ):
+            return WebhookResult("ignored", 202, "not an Airlock request of this merge request")
+        api = self.gitlab()
+        user = event.user
+        clicker = Clicker(user.username, str(user.id), api.is_bot(str(user.id)))
+        deliveries = [("gitlab", delivery), ("gitlab-note", str(event.object_attributes.id))]
+        rights = GitLabRights(api, row.repository_id)
+        return self._click(row, clicker, approve, rights, deliveries, "gitlab", "a note")
+
+    # -- shared -----------------------------------------------------------------------------------
+
+    def _click(
+        self,
+        row: ApprovalRow,
+        clicker: Clicker,
+        approve: bool,
+        rights: Rights,
+        deliveries: list[tuple[str, str]],
+        forge: str,
+        where: str,
+    ) -> WebhookResult:
+        row = self._expire_if_due(row)
+        if row.status != _PENDING:
+            result = "expired" if row.status == "expired" else "already-decided"
+            return self._consume(deliveries, WebhookResult(result, 200, request_id=row.request_id))
+        why = refusal(
+            row.approver_rules(),
+            clicker,
+            approve=approve,
+            requester=row.requester,
+            author=row.author,
+            rights=rights,
+        )
+        if why is not None:
+            return self._refuse(row, deliveries, why)
+        status = "approved" if approve else "denied"
+        decision = self._sign(
+            row, approved=approve, by=f"{forge}:{clicker.login}", reason=f"{status} in {where}"
+        )
+        try:
+            won = self.store.decide(row.request_id, status, decision, deliveries)
+        except Replayed:
+            return WebhookResult("replayed", 409, "this delivery was already processed")
+        if not won:
+            return WebhookResult("already-decided", 200, request_id=row.request_id)
+        log.info("approval %s %s by %s:%s", row.request_id, status, forge, clicker.login)
+        self.version += 1
+        self._show_outcome(row, status, decision)
+        return WebhookResult(status, 200, request_id=row.request_id)
+
+    def _refuse(
+        self, row: ApprovalRow, deliveries: list[tuple[str, str]], why: str
+    ) -> WebhookResult:
+        log.info("approval %s: click refused: %s", row.request_id, why)
+        return self._consume(deliveries, WebhookResult("refused", 200, why, row.request_id))
+
+    def _consume(self, deliveries: list[tuple[str, str]], result: WebhookResult) -> WebhookResult:
+        try:
+            self.store.consume(deliveries)
+        except Replayed:
+            return WebhookResult("replayed", 409, "this delivery was already processed")
+        return result
+
+    def _sign(self, row: ApprovalRow, *, approved: bool, by: str, reason: str) -> Decision:
+        return Decision.signed(
+            self._broker.key, row.operation_hash, approved=approved, by=by, reason=reason
+        )
+
+    def _show_outcome(self, row: ApprovalRow, status: str, decision: Decision) -> None:
+        """Best effort: the decision stands even when the forge cannot be updated."""
+        if row.forge_ref is None:
+            return
+        try:
+            if row.backend == "github-check":
+                body = outcome_body(
+                    status,
+                    by=decision.by,
+                    at=decision.at,
+                    reason=decision.reason,
+                    operation_hash=row.operation_hash,
+                )
+                self.github().call(
+                    "PATCH", f"/repos/{row.repository}/check-runs/{row.forge_ref}", body
+                )
+            elif row.backend == "gitlab" and row.target is not None:
+                note = outcome_note(
+                    row.request_id, status, decision.by, decision.at, decision.reason
+                )
+                self.gitlab().update_note(row.repository_id, row.target, int(row.forge_ref), note)
+        except (AirlockError, ValueError) as exc:
+            log.warning(
+                "approval %s: could not show the outcome on the forge: %s", row.request_id, exc
+            )
+
+    def _job(self, job_token: str) -> tuple[str, dict[str, Any]]:
+        digest = token_digest(job_token)
+        subject = self._broker.store.job_subject(digest)
+        if subject is None:
+            raise PolicyDenied("unknown or expired job token")
+        return digest, subject
+
+    def github(self) -> GitHubApi:
+        """The GitHub App client (built on first use)."""
+        app = self._config.github_app
+        if app is None:
+            raise UsageError("this broker has no github_app configured")
+        if self._github is None:
+            pem = resolve_secret(app.private_key.get_secret_value(), "github_app private_key")
+            self._github = GitHubApi.as_app(
+                app.app_id, pem, app.installation_id, api_url=app.api_url
+            )
+        return self._github
+
+    def gitlab(self) -> GitLabApi:
+        """The GitLab client (built on first use)."""
+        gl = self._config.gitlab
+        if gl is None:
+            raise UsageError("this broker has no gitlab section configured")
+        if self._gitlab is None:
+            token = resolve_secret(gl.token.get_secret_value(), "gitlab token")
+            self._gitlab = GitLabApi(gl.url, private_token=token)
+        return self._gitlab
+
+
+def github_signature(secret: str, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _bound_subject(
+    subject: Mapping[str, Any], forge: str
+) -> tuple[str, str, str | None, str | None]:
+    """(repository, repository id, run id, requester) from the job's verified claims."""
+    if forge == "github":
+        repo, repo_id = subject.get("repository"), subject.get("repository_id")
+        run, who = subject.get("run_id"), subject.get("actor")
+    else:
+        repo, repo_id = subject.get("project_path"), subject.get("project_id")
+        run, who = subject.get("pipeline_id"), subject.get("user_login")
+    if not repo or not repo_id:
+        raise PolicyDenied(f"this job's token does not name a {forge} repository")
+    return str(repo), str(repo_id), str(run) if run else None, str(who) if who else None
+
+
+def _check_binding(
+    op: Operation, repository: str, run_id: str | None, subject: Mapping[str, Any]
+) -> None:
+    if op.repository is not None and op.repository.lower() != repository.lower():
+        raise PolicyDenied("the operation names another repository than this job's")
+    if op.run_id is not None and run_id is not None and op.run_id != run_id:
+        raise PolicyDenied("the operation names another run than this job's")
+    sha = subject.get("sha")
+    if op.commit is not None and sha and op.commit != sha:
+        raise PolicyDenied("the operation names another commit than this job's")
+
+
+def _review(plans: list[ApprovalRow], run_id: str) -> tuple[str, str]:
+    if not plans:
+        return (
+            "rejected",
+            f"Airlock: no pending plan was registered for run {run_id}; nothing to apply",
+        )
+    hashes = ", ".join(p.operation_hash[:16] for p in plans)
+    return (
+        "approved",
+        f"Airlock: plan {hashes} recorded by run {run_id} (hash-bound; applied as is)",
+    )
+
+
+def _replace(row: ApprovalRow, **changes: Any) -> ApprovalRow:
+    return ApprovalRow(**{**row.__dict__, **changes})
+
+
+def _url_path(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    path = urlsplit(url).path
+    return path.removeprefix("/api/v3")
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError("the webhook body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UsageError("the webhook body is not a JSON object")
+    return data
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+def approval_routes(broker: Broker) -> list[tuple[str, Handler, list[str], str]]:
+    """``(path, handler, methods, name)`` for the broker app's route list."""
+    service = ApprovalService(broker)
+
+    async def create(request: Request) -> Response:
+        token = _bearer(request)
+        body = CreateBody.model_validate(_json_body(await _read(request, MAX_CREATE_BYTES)))
+        row = await run_in_threadpool(service.create, token, body)
+        return JSONResponse(row.public(), status_code=201, headers={"Cache-Control": "no-store"})
+
+    async def status(request: Request) -> Response:
+        token = _bearer(request)
+        request_id = request.path_params["request_id"]
+        wait = _wait_seconds(request.query_params.get("wait", "0"))
+        row = await run_in_threadpool(service.status, token, request_id)
+        deadline = time.monotonic() + wait
+        while row.status == _PENDING and time.monotonic() < deadline:
+            row = await _next(service, token, request_id, deadline)
+        return JSONResponse(row.public(), headers={"Cache-Control": "no-store"})
+
+    async def github(request: Request) -> Response:
+        raw = await _read(request, MAX_WEBHOOK_BYTES)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await _webhook(service.github_webhook, headers, raw)
+
+    async def gitlab(request: Request) -> Response:
+        raw = await _read(request, MAX_WEBHOOK_BYTES)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await _webhook(service.gitlab_webhook, headers, raw)
+
+    return [
+        ("/v1/approvals", create, ["POST"], "approval-create"),
+        ("/v1/approvals/{request_id}", status, ["GET"], "approval-status"),
+        ("/v1/webhooks/github", github, ["POST"], "webhook-github"),
+        ("/v1/webhooks/gitlab", gitlab, ["POST"], "webhook-gitlab"),
+    ]
+
+
+async def _next(
+    service: ApprovalService, token: str, request_id: str, deadline: float
+) -> ApprovalRow:
+    """Sleep until a local decision, a re-read tick (other replicas) or the deadline."""
+    seen = service.version
+    tick = min(time.monotonic() + 1.0, deadline)
+    while service.version == seen and time.monotonic() < tick:
+        await asyncio.sleep(0.02)
+    return await run_in_threadpool(service.status, token, request_id)
+
+
+async def _webhook(
+    handler: Callable[[Mapping[str, str], bytes], WebhookResult],
+    headers: Mapping[str, str],
+    raw: bytes,
+) -> Response:
+    try:
+        result = await run_in_threadpool(handler, headers, raw)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
+        result = WebhookResult("bad-request", 400, f"malformed payload: check {', '.join(fields)}")
+    return result.response()
+
+
+def _wait_seconds(raw: str) -> float:
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise UsageError("wait is a number of seconds") from None
+    if not 0 <= wait <= MAX_WAIT:
+        raise UsageError(f"wait is between 0 and {MAX_WAIT:.0f} seconds")
+    return wait
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise PolicyDenied("send the job token from the exchange as `Authorization: Bearer …`")
+    return value.strip()
+
+
+class _TooLarge(UsageError):
+    """A body over the cap."""
+
+
+async def _read(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _TooLarge(f"request bodies here are limited to {cap} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise _TooLarge(f"request bodies here are limited to {cap} bytes")
+    return bytes(body)
+
+
+def _json_body(raw: bytes) -> Any:
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        return json.loads(raw)
+    raise UsageError("the request body is not JSON")
