@@ -426,6 +426,7 @@ class HttpProxy:
         # response, so has the log. With a Content-Length the last chunk is known by its size.
         length = _content_length(response)
         error = None
+        last = b""
         try:
             async for chunk in response.aiter_raw():
                 if gone.is_set():
@@ -433,10 +434,9 @@ class HttpProxy:
                     break
                 tap.feed(chunk)
                 if length is not None and tap.size >= length:
-                    break
+                    last = chunk  # held back; the loop still drains so the connection is reused
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            else:
-                chunk = b""
         except httpx.HTTPError as exc:
             error = f"upstream failed mid-response: {_why(exc)}"
         self._safe_record_response(
@@ -449,7 +449,7 @@ class HttpProxy:
             error=error,
         )
         if error is None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
 
     # ------------------------------------------------------------------ answers and events
 

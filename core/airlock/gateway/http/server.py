@@ -126,6 +126,7 @@ async def serve_http(
             access_log=False,
             lifespan="off",
             server_header=False,
+            proxy_headers=False,
             date_header=False,
             timeout_keep_alive=30,
         )
