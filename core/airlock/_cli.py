@@ -25,7 +25,9 @@ _COMMANDS = (
     "report",
     "export",
     "credentials",
+    "gate",
     "broker",
+    "ci",
 )
 
 
