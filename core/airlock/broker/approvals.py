@@ -366,6 +366,16 @@ class ApprovalStore:
         except IntegrityError:
             raise Replayed from None
 
+    def release(self, deliveries: list[tuple[str, str]]) -> None:
+        """Forget deliveries whose effect could not be completed, so a redelivery may retry."""
+        with self._engine.begin() as conn:
+            for source, delivery in deliveries:
+                conn.execute(
+                    sa.delete(DELIVERIES).where(
+                        DELIVERIES.c.source == source, DELIVERIES.c.delivery_id == delivery
+                    )
+                )
+
 
 def _row(row: Any) -> ApprovalRow:
     data = dict(row._mapping)
@@ -613,11 +623,15 @@ class ApprovalService:
         ]
         plans = [p for p in plans if p.status == _PENDING]
         state, comment = _review(plans, run_id)
-        self.github().call(
-            "POST",
-            f"/repos/{repo}/actions/runs/{run_id}/deployment_protection_rule",
-            {"environment_name": event.environment, "state": state, "comment": comment},
-        )
+        try:
+            self.github().call(
+                "POST",
+                f"/repos/{repo}/actions/runs/{run_id}/deployment_protection_rule",
+                {"environment_name": event.environment, "state": state, "comment": comment},
+            )
+        except GateError:
+            self.store.release([("github", delivery)])  # GitHub's redelivery may try again
+            raise
         for plan in plans:
             decision = self._sign(
                 plan, approved=True, by=f"github-environment:{event.environment}", reason=comment

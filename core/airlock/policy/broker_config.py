@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -38,7 +39,11 @@ __all__ = [
     "MAX_GRANT_TTL",
     "NAME_PATTERN",
     "SENSITIVE_EVENTS",
+    "ApprovalsConfig",
+    "ApproverEntry",
     "BrokerConfig",
+    "GitHubAppEntry",
+    "GitLabEntry",
     "GrantEntry",
     "IssuerEntry",
     "Limits",
@@ -251,6 +256,55 @@ class Limits(BaseModel):
     per_repository: RateLimit = Field(default_factory=RateLimit)
 
 
+class GitHubAppEntry(BaseModel):
+    """The GitHub App the broker acts as for approvals (check runs, deployment reviews)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app_id: int | str
+    installation_id: int = Field(ge=1)
+    private_key: SecretStr = Field(description="PEM, or file:PATH / env:NAME")
+    webhook_secret: SecretStr = Field(description="the App's webhook secret, or file:/env:")
+    api_url: str = "https://api.github.com"
+    environments: list[str] = Field(
+        default_factory=list,
+        description="environments whose deployment protection rule the broker answers",
+    )
+
+
+class GitLabEntry(BaseModel):
+    """The GitLab instance the broker posts merge request notes to and takes webhooks from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = "https://gitlab.com"
+    token: SecretStr = Field(description="API token (api scope) for notes and member checks")
+    webhook_token: SecretStr = Field(description="the webhook's secret token, or file:/env:")
+
+
+class ApproverEntry(BaseModel):
+    """Who may approve: at least ``permission``, and one of ``users`` or of ``teams`` if named."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    users: list[str] = Field(default_factory=list)
+    teams: list[str] = Field(default_factory=list, description="GitHub org/slug or GitLab group")
+    permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
+    allow_self: bool = Field(default=False, description="the requester may approve")
+    allow_author: bool = Field(default=False, description="the PR/MR author may approve")
+
+
+class ApprovalsConfig(BaseModel):
+    """Approval gates served by the broker; every request must also satisfy ``approvers``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    github_app: GitHubAppEntry | None = None
+    gitlab: GitLabEntry | None = None
+    approvers: ApproverEntry = Field(default_factory=ApproverEntry)
+    max_timeout: Duration = Field(default=24 * 3600, gt=0, le=7 * 24 * 3600)
+
+
 class _SourceMap:
     """Maps a pydantic location to the YAML path and line it came from."""
 
@@ -279,6 +333,7 @@ class BrokerConfig(BaseModel):
         description="sqlite:///path or a postgresql:// DSN (password from the environment)",
     )
     limits: Limits = Field(default_factory=Limits)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
 
     _source: _SourceMap | None = PrivateAttr(default=None)
 

@@ -1,0 +1,169 @@
+"""Who may answer an approval request, checked at click time, the same way for every forge.
+
+A click is refused when the clicker is a bot; when they asked for the operation (unless
+``allow_self``); when they wrote the pull/merge request (unless ``allow_author``); when they hold
+less than ``permission`` on the repository; or, if ``users`` or ``teams`` are named, when they
+are neither one of the users nor a member of one of the teams (users and teams are OR'ed).
+
+Denying is safer than approving: a deny needs only a human with ``permission`` on the repository
+(the requester and the author may stop their own operation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "PERMISSION_LEVELS",
+    "ApproverRules",
+    "Clicker",
+    "Rights",
+    "approve_command",
+    "code_fence",
+    "refusal",
+    "same_login",
+]
+
+# One vocabulary for both forges. GitHub role names map here; GitLab access levels are these
+# numbers already (reporter 20, developer 30, maintainer 40, owner 50).
+PERMISSION_LEVELS: Mapping[str, int] = {
+    "none": 0,
+    "read": 20,
+    "triage": 25,
+    "write": 30,
+    "maintain": 40,
+    "admin": 50,
+}
+_BOT_LOGIN = re.compile(r"(\[bot\]$)|(^(project|group)_\d+_bot(_[0-9a-f]+)?$)", re.IGNORECASE)
+_COMMAND = re.compile(
+    r"^\s*/airlock\s+(approve|deny)\s+([0-9a-f]{32})\b(.*)$", re.IGNORECASE | re.MULTILINE
+)
+
+
+@dataclass(frozen=True)
+class ApproverRules:
+    """One rule set; a request may carry several (broker's and session's), and all must hold."""
+
+    users: frozenset[str] = field(default_factory=frozenset)
+    teams: frozenset[str] = field(default_factory=frozenset)
+    permission: str = "write"
+    allow_self: bool = False
+    allow_author: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, stable order."""
+        return {
+            "users": sorted(self.users),
+            "teams": sorted(self.teams),
+            "permission": self.permission,
+            "allow_self": self.allow_self,
+            "allow_author": self.allow_author,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ApproverRules:
+        """The inverse of :meth:`to_dict`; unknown permissions fall back to the strictest."""
+        permission = str(data.get("permission", "write"))
+        return cls(
+            users=frozenset(str(u).lower() for u in data.get("users", ())),
+            teams=frozenset(str(t).lower() for t in data.get("teams", ())),
+            permission=permission if permission in PERMISSION_LEVELS else "admin",
+            allow_self=bool(data.get("allow_self", False)),
+            allow_author=bool(data.get("allow_author", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Clicker:
+    """Who clicked (or commented): their login, numeric id and whether the forge says bot."""
+
+    login: str
+    user_id: str = ""
+    bot: bool = False
+
+    @property
+    def is_bot(self) -> bool:
+        """The forge's own flag, or a login only bots can have."""
+        return self.bot or bool(_BOT_LOGIN.search(self.login))
+
+
+class Rights(Protocol):
+    """The forge's answer to "what may this user do here", asked at click time."""
+
+    def permission_level(self, clicker: Clicker) -> int:
+        """The clicker's level on the repository (:data:`PERMISSION_LEVELS` scale)."""
+        ...
+
+    def in_team(self, team: str, clicker: Clicker) -> bool:
+        """True when the clicker is an active member of ``team`` (org/slug, or group path)."""
+        ...
+
+
+def same_login(a: str | None, b: str | None) -> bool:
+    """Forge logins compare without case; an unknown login matches nobody."""
+    return bool(a) and bool(b) and str(a).lower() == str(b).lower()
+
+
+def refusal(
+    rules: Iterable[ApproverRules],
+    clicker: Clicker,
+    *,
+    approve: bool,
+    requester: str | None,
+    author: str | None,
+    rights: Rights,
+) -> str | None:
+    """Why this click must not decide the request, or None when it may."""
+    if clicker.is_bot:
+        return f"{clicker.login} is a bot; bots cannot decide approvals"
+    for rule in rules:
+        reason = _refusal_one(
+            rule, clicker, approve=approve, requester=requester, author=author, rights=rights
+        )
+        if reason is not None:
+            return reason
+    return None
+
+
+def _refusal_one(
+    rule: ApproverRules,
+    clicker: Clicker,
+    *,
+    approve: bool,
+    requester: str | None,
+    author: str | None,
+    rights: Rights,
+) -> str | None:
+    if approve and same_login(clicker.login, requester) and not rule.allow_self:
+        return f"{clicker.login} asked for this operation and cannot approve it"
+    if approve and same_login(clicker.login, author) and not rule.allow_author:
+        return f"{clicker.login} wrote the pull request and cannot approve its operations"
+    needed = PERMISSION_LEVELS[rule.permission]
+    if rights.permission_level(clicker) < needed:
+        return f"{clicker.login} lacks {rule.permission} permission on the repository"
+    if approve and (rule.users or rule.teams) and not _named(rule, clicker, rights):
+        return f"{clicker.login} is not one of the approvers named by the policy"
+    return None
+
+
+def _named(rule: ApproverRules, clicker: Clicker, rights: Rights) -> bool:
+    if clicker.login.lower() in rule.users:
+        return True
+    return any(rights.in_team(team, clicker) for team in sorted(rule.teams))
+
+
+def approve_command(text: str) -> tuple[bool, str] | None:
+    """``(approve, request_id)`` from the first ``/airlock approve|deny <id>`` line, if any."""
+    match = _COMMAND.search(text or "")
+    if match is None:
+        return None
+    return match.group(1).lower() == "approve", match.group(2)
+
+
+def code_fence(text: str) -> str:
+    """A Markdown code fence longer than any run of backticks inside ``text``."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)

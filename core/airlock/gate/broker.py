@@ -1,0 +1,248 @@
+"""The waiting side of the broker-backed approval backends (github-check, gitlab, environment).
+
+    job  ──POST /v1/approvals (Bearer job token)──▶ broker ──▶ check run / MR note
+         ◀── request id, URL
+         ──GET /v1/approvals/{id}?wait=25 ─────────▶ (long-poll, repeated until the deadline)
+         ◀── pending | approved | denied | expired, signed by the broker's key
+
+The broker decides who may click (at click time); this side checks that the decision is for the
+operation it asked about and, when it knows the broker's public keys, that the broker signed it,
+then signs its own record with the session key. While the broker is unreachable the operation
+stays held; at the deadline it is denied as expired. Only a failure to *post* the request fails
+at once (:class:`GateError`, exit 85): then nobody could ever see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from airlock.audit.keys import SigningKey
+from airlock.events import EventType
+from airlock.gate._rules import ApproverRules
+from airlock.gate.interface import (
+    Answer,
+    ApprovalBackend,
+    ApprovalRequest,
+    Decision,
+    GateError,
+    Record,
+)
+
+__all__ = ["BrokerBackend", "ForgeTarget", "decision_from_status"]
+
+_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+_HINT = "check --broker (AIRLOCK_BROKER), the job token from `airlock credentials`, and the broker"
+_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ForgeTarget:
+    """Where the request is shown: a pull request (GitHub) or merge request (GitLab) number."""
+
+    pull_request: int | None = None
+    merge_request: int | None = None
+
+    def to_dict(self) -> dict[str, int]:
+        """Only the numbers that are set."""
+        out: dict[str, int] = {}
+        if self.pull_request is not None:
+            out["pull_request"] = self.pull_request
+        if self.merge_request is not None:
+            out["merge_request"] = self.merge_request
+        return out
+
+
+def decision_from_status(data: Mapping[str, Any]) -> Decision | None:
+    """The broker's signed decision in a status body, or None while pending / expired."""
+    if data.get("status") not in ("approved", "denied"):
+        return None
+    return Decision(
+        approved=data.get("status") == "approved",
+        by=str(data.get("by", "")),
+        at=str(data.get("at", "")),
+        reason=str(data.get("reason", "")),
+        operation_hash=str(data.get("operation_hash", "")),
+        signature=str(data.get("signature", "")),
+        key_id=str(data.get("key_id", "")),
+    )
+
+
+class BrokerBackend(ApprovalBackend):
+    """Ask the broker, which shows the request on the forge and receives the clicks."""
+
+    name: ClassVar[str] = "broker"
+    forge: ClassVar[str] = "github-check"
+    long_poll: float = 25.0
+
+    def __init__(
+        self,
+        broker_url: str,
+        job_token: str,
+        *,
+        key: SigningKey,
+        record: Record | None = None,
+        target: ForgeTarget | None = None,
+        approvers: ApproverRules | None = None,
+        verify_broker: bool = True,
+    ) -> None:
+        super().__init__(key=key, record=record)
+        self.broker_url = broker_url.rstrip("/")
+        self._job_token = job_token
+        self._target = target or ForgeTarget()
+        self._approvers = approvers
+        self._verify = verify_broker
+        self._remote: dict[str, str] = {}
+        self._broker_keys: dict[str, Ed25519PublicKey] = {}
+        self._http = httpx.Client(timeout=_TIMEOUT, follow_redirects=False)
+        self.last_error = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(broker_url={self.broker_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- ApprovalBackend ------------------------------------------------------------------------
+
+    def _submit(self, req: ApprovalRequest) -> None:
+        body: dict[str, Any] = {
+            "backend": self.forge,
+            "operation": req.operation.to_dict(),
+            "timeout": _seconds_left(req),
+            **self._target.to_dict(),
+        }
+        if self._approvers is not None:
+            body["approvers"] = self._approvers.to_dict()
+        data = self._send("POST", "/v1/approvals", body)
+        remote = str(data.get("request_id", ""))
+        if data.get("operation_hash") != req.operation_hash or not remote:
+            raise GateError("the broker registered a different operation than the one asked for")
+        self._remote[req.request_id] = remote
+        if self._verify:
+            self._load_keys()
+        self._emit(
+            EventType.APPROVAL_POSTED,
+            {"request_id": req.request_id, "broker_request": remote, "url": data.get("url")},
+        )
+
+    def _fetch(self, req: ApprovalRequest) -> Answer | None:
+        try:
+            data = self._send("GET", self._status_path(req, 0), None)
+        except GateError as exc:
+            self.last_error = exc.message
+            return None
+        return self._answer(req, data)
+
+    async def wait(self, request_id: str, timeout: float) -> Decision:
+        """Long-poll the broker until a decision, the broker's expiry or ``timeout``."""
+        req = self._get(request_id)
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=_TIMEOUT, follow_redirects=False) as client:
+            while (left := deadline - time.monotonic()) > 0:
+                decided = self._existing(req)
+                if decided is not None:
+                    return decided
+                data = await self._poll(client, req, min(left, self.long_poll))
+                if data is None:
+                    await asyncio.sleep(min(_RETRY_SECONDS, max(left - 0.01, 0)))
+                    continue
+                if data.get("status") == "expired":
+                    return self._expire(req)
+                answer = self._answer(req, data)
+                if answer is not None:
+                    return self._settle(req, answer)
+        return self._expire(req)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _existing(self, req: ApprovalRequest) -> Decision | None:
+        with self._lock:
+            return self._decisions.get(req.request_id)
+
+    async def _poll(
+        self, client: httpx.AsyncClient, req: ApprovalRequest, wait: float
+    ) -> dict[str, Any] | None:
+        url = self.broker_url + self._status_path(req, wait)
+        try:
+            response = await client.get(url, headers=self._headers(), timeout=wait + 15)
+            data: dict[str, Any] = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.last_error = (
+                f"the broker at {self.broker_url} is unreachable: {type(exc).__name__}"
+            )
+            return None
+        if response.status_code != 200:
+            self.last_error = f"the broker answered {response.status_code}: {data.get('message')}"
+            return None
+        return data
+
+    def _answer(self, req: ApprovalRequest, data: Mapping[str, Any]) -> Answer | None:
+        decision = decision_from_status(data)
+        if decision is None:
+            return None
+        if self._verify and not self._signed_by_broker(decision, req.operation_hash):
+            return Answer(
+                False,
+                "airlock",
+                req.operation_hash,
+                "refused: the broker's decision is not signed by the broker's key",
+            )
+        return Answer(decision.approved, decision.by, decision.operation_hash, decision.reason)
+
+    def _signed_by_broker(self, decision: Decision, operation_hash: str) -> bool:
+        public = self._broker_keys.get(decision.key_id)
+        return public is not None and decision.verify(public, operation_hash)
+
+    def _load_keys(self) -> None:
+        data = self._send("GET", "/.well-known/airlock-keys", None, auth=False)
+        for entry in data.get("keys", ()):
+            try:
+                public = load_pem_public_key(str(entry["public_pem"]).encode())
+            except (KeyError, ValueError, TypeError):
+                continue
+            if isinstance(public, Ed25519PublicKey):
+                self._broker_keys[str(entry.get("key_id"))] = public
+
+    def _status_path(self, req: ApprovalRequest, wait: float) -> str:
+        remote = self._remote.get(req.request_id)
+        if remote is None:
+            raise GateError("this request was never posted to the broker")
+        return f"/v1/approvals/{remote}?wait={max(0.0, wait):.1f}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._job_token}"}
+
+    def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None, *, auth: bool = True
+    ) -> dict[str, Any]:
+        headers = self._headers() if auth else {}
+        try:
+            response = self._http.request(
+                method, self.broker_url + path, json=body, headers=headers
+            )
+            data: dict[str, Any] = response.json()
+        except httpx.HTTPError as exc:
+            raise GateError(
+                f"could not reach the broker at {self.broker_url}: {type(exc).__name__}",
+                hint=_HINT,
+            ) from None
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            message = str(data.get("message") or f"HTTP {response.status_code}")
+            raise GateError(f"the broker refused the approval request: {message}", hint=_HINT)
+        return data
+
+
+def _seconds_left(req: ApprovalRequest) -> float:
+    if req.expires_at is None:
+        return 3600.0
+    return max(1.0, round(req.expires_at - time.time(), 3))

@@ -1,0 +1,612 @@
+"""Fakes at the edge we cannot run (GitHub, GitLab) for the approval tests, plus payload builders.
+
+``FakeGitHub`` / ``FakeGitLab`` answer through ``responses`` (PyGithub and python-gitlab speak
+``requests``); every GitHub request is validated against ``@octokit/openapi`` and any mismatch
+lands in ``errors``. Webhook payloads start from GitHub's own examples and are validated against
+``@octokit/openapi-webhooks`` (npm-installed into ``.cache/npm-octokit-webhooks``); GitLab note
+events follow the documented "Comment on a merge request" payload.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import responses
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from openapi_core.contrib.requests import RequestsOpenAPIRequest
+from tests.providers import conftest as _providers
+
+from airlock.audit import SigningKey
+from airlock.broker.service import Broker
+from airlock.broker.state import StateStore, token_digest
+from airlock.policy.broker_config import parse_broker_config
+
+REPO = "acme/api"
+REPO_ID = 123456
+INSTALLATION = 4242
+WEBHOOK_SECRET = "whsec-test-3f9a1c7e"  # test value
+GITLAB_URL = "https://gitlab.example"
+GITLAB_TOKEN = "glpat-test-token-000"  # test value
+GITLAB_HOOK_TOKEN = "gl-hook-secret-test"  # test value
+PROJECT_ID = 20
+RUN_ID = "8100200300"
+SHA = "9f3c0a1d2b4e5f60718293a4b5c6d7e8f9a0b1c2"
+HEAD_SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
+AUDIENCE = "https://airlock.test"
+
+github_openapi = _providers.github_openapi  # the shared fixture, for modules importing this one
+
+_ROOT = Path(__file__).resolve().parents[2]
+_WEBHOOKS_DIR = _ROOT / ".cache" / "npm-octokit-webhooks"
+_WEBHOOKS_SPEC = "node_modules/@octokit/openapi-webhooks/generated/api.github.com.json"
+_API = r"https://api\.github\.com(?::443)?"
+
+
+# -- GitHub's webhook schemas ---------------------------------------------------------------------
+
+
+class WebhookSchemas:
+    """``@octokit/openapi-webhooks``: example payloads and a validator per schema name."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    def example(self, name: str) -> dict[str, Any]:
+        value: dict[str, Any] = copy.deepcopy(self.doc["components"]["examples"][name]["value"])
+        return value
+
+    def validate(self, schema_name: str, payload: dict[str, Any]) -> None:
+        schema = {**self.doc, "$ref": f"#/components/schemas/{schema_name}"}
+        jsonschema.Draft202012Validator(schema).validate(payload)
+
+
+def _webhooks_spec() -> Path:
+    path = _WEBHOOKS_DIR / _WEBHOOKS_SPEC
+    if not path.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is needed to fetch @octokit/openapi-webhooks (apt-get install -y npm)")
+        _WEBHOOKS_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--silent", "@octokit/openapi-webhooks"],
+            cwd=_WEBHOOKS_DIR,
+            check=True,
+            timeout=300,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def webhook_schemas() -> WebhookSchemas:
+    """GitHub's webhook payload schemas and examples."""
+    return WebhookSchemas(json.loads(_webhooks_spec().read_text()))
+
+
+def check_run_click(
+    schemas: WebhookSchemas,
+    *,
+    check_run_id: int,
+    external_id: str,
+    identifier: str,
+    login: str,
+    user_id: int = 501,
+    user_type: str = "User",
+) -> dict[str, Any]:
+    """A ``check_run`` / ``requested_action`` payload, validated against GitHub's schema."""
+    payload = schemas.example("check-run-requested-action")
+    payload["check_run"].update(id=check_run_id, external_id=external_id, head_sha=HEAD_SHA)
+    payload["requested_action"] = {"identifier": identifier}
+    payload["repository"].update(id=REPO_ID, full_name=REPO, name="api")
+    payload["sender"].update(login=login, id=user_id, type=user_type)
+    payload["installation"] = {
+        "id": INSTALLATION,
+        "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ==",
+    }
+    schemas.validate("webhook-check-run-requested-action", payload)
+    return payload
+
+
+def deployment_rule(
+    schemas: WebhookSchemas, *, run_id: str = RUN_ID, environment: str = "production"
+) -> dict[str, Any]:
+    """A ``deployment_protection_rule`` / ``requested`` payload, validated against the schema."""
+    base = schemas.example("check-run-requested-action")
+    repository = base["repository"]
+    repository.update(id=REPO_ID, full_name=REPO, name="api")
+    sender = base["sender"]
+    payload = {
+        "action": "requested",
+        "environment": environment,
+        "event": "workflow_dispatch",
+        "deployment_callback_url": f"https://api.github.com/repos/{REPO}/actions/runs/{run_id}/deployment_protection_rule",
+        "deployment": {
+            "url": f"https://api.github.com/repos/{REPO}/deployments/1",
+            "id": 1,
+            "node_id": "MDEwOkRlcGxveW1lbnQx",
+            "sha": SHA,
+            "ref": "main",
+            "task": "deploy",
+            "payload": {},
+            "environment": environment,
+            "description": None,
+            "creator": sender,
+            "created_at": "2024-05-01T10:00:00Z",
+            "updated_at": "2024-05-01T10:00:00Z",
+            "statuses_url": f"https://api.github.com/repos/{REPO}/deployments/1/statuses",
+            "repository_url": f"https://api.github.com/repos/{REPO}",
+        },
+        "pull_requests": [],
+        "repository": repository,
+        "installation": {"id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ=="},
+        "sender": sender,
+    }
+    schemas.validate("webhook-deployment-protection-rule-requested", payload)
+    return payload
+
+
+def github_headers(
+    body: bytes, *, event: str, delivery: str | None = None, secret: str = WEBHOOK_SECRET
+) -> dict[str, str]:
+    """The headers GitHub sends, with a correct ``X-Hub-Signature-256`` for ``secret``."""
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "GitHub-Hookshot/123abc",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-GitHub-Hook-ID": "12312312",
+        "X-Hub-Signature-256": signature,
+    }
+
+
+# -- GitLab note events ---------------------------------------------------------------------------
+
+# The documented "Comment on a merge request" payload's keys (docs: user/project/webhooks/
+# webhook_events.md, Comment events): what GitLab sends, and what the broker may rely on.
+_GITLAB_NOTE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["object_kind", "event_type", "user", "project_id", "project", "object_attributes"],
+    "properties": {
+        "object_kind": {"const": "note"},
+        "event_type": {"const": "note"},
+        "user": {
+            "type": "object",
+            "required": ["id", "name", "username", "avatar_url"],
+            "properties": {"id": {"type": "integer"}, "username": {"type": "string"}},
+        },
+        "project_id": {"type": "integer"},
+        "project": {
+            "type": "object",
+            "required": ["id", "name", "web_url", "path_with_namespace", "default_branch"],
+        },
+        "object_attributes": {
+            "type": "object",
+            "required": ["id", "note", "noteable_type", "author_id", "project_id", "system", "url"],
+            "properties": {
+                "noteable_type": {"enum": ["MergeRequest", "Issue", "Commit", "Snippet"]}
+            },
+        },
+        "merge_request": {"type": "object", "required": ["id", "iid", "author_id", "title"]},
+    },
+}
+
+
+def gitlab_note(
+    note: str, *, user_id: int, username: str, iid: int = 7, note_id: int | None = None
+) -> dict[str, Any]:
+    """A merge request note event as documented, validated against its documented shape."""
+    nid = note_id if note_id is not None else int(time.time() * 1000) % 10**9
+    payload = {
+        "object_kind": "note",
+        "event_type": "note",
+        "user": {
+            "id": user_id,
+            "name": username.title(),
+            "username": username,
+            "avatar_url": "https://www.gravatar.com/avatar/x",
+            "email": "[REDACTED]",
+        },
+        "project_id": PROJECT_ID,
+        "project": {
+            "id": PROJECT_ID,
+            "name": "api",
+            "description": "",
+            "web_url": f"{GITLAB_URL}/acme/api",
+            "avatar_url": None,
+            "git_ssh_url": "git@gitlab.example:acme/api.git",
+            "git_http_url": f"{GITLAB_URL}/acme/api.git",
+            "namespace": "acme",
+            "visibility_level": 0,
+            "path_with_namespace": "acme/api",
+            "default_branch": "main",
+            "homepage": f"{GITLAB_URL}/acme/api",
+            "url": "git@gitlab.example:acme/api.git",
+        },
+        "object_attributes": {
+            "id": nid,
+            "note": note,
+            "noteable_type": "MergeRequest",
+            "author_id": user_id,
+            "created_at": "2024-05-01 10:00:00 UTC",
+            "updated_at": "2024-05-01 10:00:00 UTC",
+            "project_id": PROJECT_ID,
+            "attachment": None,
+            "line_code": None,
+            "commit_id": "",
+            "noteable_id": 99,
+            "system": False,
+            "st_diff": None,
+            "url": f"{GITLAB_URL}/acme/api/-/merge_requests/{iid}#note_{nid}",
+        },
+        "merge_request": {
+            "id": 99,
+            "iid": iid,
+            "target_branch": "main",
+            "source_branch": "agent/migration",
+            "source_project_id": PROJECT_ID,
+            "author_id": 3,
+            "title": "Agent migration",
+            "state": "opened",
+        },
+    }
+    jsonschema.Draft202012Validator(_GITLAB_NOTE_SCHEMA).validate(payload)
+    return payload
+
+
+def gitlab_headers(token: str = GITLAB_HOOK_TOKEN, delivery: str | None = None) -> dict[str, str]:
+    """The headers GitLab (17.4+) sends with a note event."""
+    uid = delivery or str(uuid.uuid4())
+    return {
+        "Content-Type": "application/json",
+        "X-Gitlab-Event": "Note Hook",
+        "X-Gitlab-Token": token,
+        "X-Gitlab-Webhook-UUID": str(uuid.uuid4()),
+        "X-Gitlab-Event-UUID": str(uuid.uuid4()),
+        "Idempotency-Key": uid,
+    }
+
+
+# -- fake forges ----------------------------------------------------------------------------------
+
+
+class FakeGitHub:
+    """GitHub's REST API for the calls the approval code makes, each checked against the spec."""
+
+    def __init__(self, rsps: responses.RequestsMock, openapi: Any) -> None:
+        self.openapi = openapi
+        self.errors: list[str] = []
+        self.calls: list[tuple[str, str, Any]] = []
+        self.permissions: dict[str, str] = {}
+        self.teams: dict[str, set[str]] = {}
+        self.pulls: dict[int, dict[str, Any]] = {}
+        self.check_runs: dict[int, dict[str, Any]] = {}
+        self.reviews: list[dict[str, Any]] = []
+        self.comments: list[dict[str, Any]] = []
+        self.pr_reviews: list[dict[str, Any]] = []
+        self.fail_check_runs = False
+        self._next_id = 9000
+        repo = re.escape(REPO)
+        routes: list[tuple[str, str, Any]] = [
+            ("POST", rf"{_API}/app/installations/{INSTALLATION}/access_tokens", self._token),
+            ("GET", rf"{_API}/repos/{repo}/pulls/(\d+)", self._pull),
+            ("POST", rf"{_API}/repos/{repo}/check-runs", self._create_check),
+            ("PATCH", rf"{_API}/repos/{repo}/check-runs/(\d+)", self._update_check),
+            ("GET", rf"{_API}/repos/{repo}/collaborators/([^/]+)/permission", self._permission),
+            ("GET", rf"{_API}/orgs/([^/]+)/teams/([^/]+)/memberships/([^/?]+)", self._team),
+            (
+                "POST",
+                rf"{_API}/repos/{repo}/actions/runs/(\d+)/deployment_protection_rule",
+                self._review,
+            ),
+            ("GET", rf"{_API}/repos/{repo}/issues/(\d+)/comments", self._list_comments),
+            ("POST", rf"{_API}/repos/{repo}/issues/(\d+)/comments", self._add_comment),
+            ("GET", rf"{_API}/repos/{repo}/pulls/(\d+)/reviews", self._list_reviews),
+        ]
+        for method, pattern, handler in routes:
+            rsps.add_callback(
+                method, re.compile(pattern + r"(\?.*)?$"), callback=self._wrap(pattern, handler)
+            )
+
+    def add_pull(self, number: int, author: str) -> None:
+        self.pulls[number] = {
+            "number": number,
+            "html_url": f"https://github.com/{REPO}/pull/{number}",
+            "head": {"sha": HEAD_SHA, "ref": "agent/migration"},
+            "user": {"login": author, "id": 77, "type": "User"},
+        }
+
+    def _wrap(self, pattern: str, handler: Any) -> Any:
+        def callback(request: Any) -> tuple[int, dict[str, str], str]:
+            self._validate(request)
+            body = json.loads(request.body) if request.body else None
+            path = re.sub(_API, "", request.url.split("?", 1)[0])
+            self.calls.append((request.method, path, body))
+            groups = re.match(pattern, request.url.split("?", 1)[0]).groups()  # type: ignore[union-attr]
+            status, data = handler(body, *groups)
+            return (
+                status,
+                {"Content-Type": "application/json"},
+                "" if status == 204 else json.dumps(data),
+            )
+
+        return callback
+
+    def _validate(self, request: Any) -> None:
+        sent = request.copy()
+        sent.url = re.sub(r"^https://api\.github\.com:443/", "https://api.github.com/", sent.url)
+        try:
+            self.openapi.validate_request(RequestsOpenAPIRequest(sent))
+        except Exception as exc:  # collected, asserted empty by the tests
+            self.errors.append(f"{request.method} {request.url}: {exc}")
+
+    def _token(self, _body: Any) -> tuple[int, Any]:
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        return 201, {
+            "token": "ghs_" + "a" * 36,
+            "expires_at": expires,
+            "permissions": {"checks": "write"},
+        }
+
+    def _pull(self, _body: Any, number: str) -> tuple[int, Any]:
+        pull = self.pulls.get(int(number))
+        return (200, pull) if pull else (404, {"message": "Not Found"})
+
+    def _create_check(self, body: Any) -> tuple[int, Any]:
+        if self.fail_check_runs:
+            return 403, {"message": "Resource not accessible by integration"}
+        self._next_id += 1
+        run = {
+            **body,
+            "id": self._next_id,
+            "html_url": f"https://github.com/{REPO}/runs/{self._next_id}",
+        }
+        self.check_runs[self._next_id] = run
+        return 201, run
+
+    def _update_check(self, body: Any, run_id: str) -> tuple[int, Any]:
+        self.check_runs[int(run_id)].update(body)
+        return 200, self.check_runs[int(run_id)]
+
+    def _permission(self, _body: Any, login: str) -> tuple[int, Any]:
+        role = self.permissions.get(login.lower())
+        if role is None:
+            return 404, {"message": "Not Found"}
+        legacy = {"maintain": "write", "triage": "read"}.get(role, role)
+        return 200, {"permission": legacy, "role_name": role, "user": {"login": login}}
+
+    def _team(self, _body: Any, org: str, slug: str, login: str) -> tuple[int, Any]:
+        if login.lower() in self.teams.get(f"{org}/{slug}", set()):
+            return 200, {"state": "active", "role": "member", "url": ""}
+        return 404, {"message": "Not Found"}
+
+    def _review(self, body: Any, run_id: str) -> tuple[int, Any]:
+        self.reviews.append({**body, "run_id": run_id})
+        return 204, {}
+
+    def _list_comments(self, _body: Any, number: str) -> tuple[int, Any]:
+        return 200, [c for c in self.comments if c["number"] == int(number)]
+
+    def _add_comment(self, body: Any, number: str) -> tuple[int, Any]:
+        self._next_id += 1
+        comment = {
+            "id": self._next_id,
+            "number": int(number),
+            "body": body["body"],
+            "user": {"login": "github-actions[bot]", "id": 41898282, "type": "Bot"},
+            "html_url": f"https://github.com/{REPO}/pull/{number}#issuecomment-{self._next_id}",
+        }
+        self.comments.append(comment)
+        return 201, comment
+
+    def _list_reviews(self, _body: Any, number: str) -> tuple[int, Any]:
+        return 200, [r for r in self.pr_reviews if r["number"] == int(number)]
+
+    def comment_as(self, number: int, login: str, body: str, *, user_type: str = "User") -> None:
+        """Someone writes a comment on the pull request."""
+        self._next_id += 1
+        self.comments.append(
+            {
+                "id": self._next_id,
+                "number": number,
+                "body": body,
+                "user": {"login": login, "id": 600 + len(self.comments), "type": user_type},
+                "html_url": "",
+            }
+        )
+
+
+class FakeGitLab:
+    """GitLab's REST API for merge requests, notes and members, under ``GITLAB_URL``."""
+
+    def __init__(self, rsps: responses.RequestsMock) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.levels: dict[int, int] = {}
+        self.bots: set[int] = set()
+        self.groups: dict[str, set[int]] = {}
+        self.notes: list[dict[str, Any]] = []
+        self._next_id = 500
+        api = re.escape(GITLAB_URL) + r"/api/v4"
+        project = rf"/projects/(?:{PROJECT_ID}|acme%2Fapi)"
+        routes: list[tuple[str, str, Any]] = [
+            ("GET", rf"{api}{project}/merge_requests/(\d+)", self._mr),
+            ("POST", rf"{api}{project}/merge_requests/(\d+)/notes", self._add_note),
+            ("GET", rf"{api}{project}/merge_requests/(\d+)/notes", self._list_notes),
+            ("PUT", rf"{api}{project}/merge_requests/(\d+)/notes/(\d+)", self._edit_note),
+            ("GET", rf"{api}{project}/members/all/(\d+)", self._member),
+            ("GET", rf"{api}/groups/([^/]+)/members/all/(\d+)", self._group_member),
+            ("GET", rf"{api}/users/(\d+)", self._user),
+        ]
+        for method, pattern, handler in routes:
+            rsps.add_callback(
+                method, re.compile(pattern + r"(\?.*)?$"), callback=self._wrap(pattern, handler)
+            )
+
+    def _wrap(self, pattern: str, handler: Any) -> Any:
+        def callback(request: Any) -> tuple[int, dict[str, str], str]:
+            url = request.url.split("?", 1)[0]
+            body = json.loads(request.body) if request.body else None
+            self.calls.append((request.method, url.removeprefix(GITLAB_URL + "/api/v4"), body))
+            groups = re.match(pattern, url).groups()  # type: ignore[union-attr]
+            status, data = handler(body, *groups)
+            return status, {"Content-Type": "application/json"}, json.dumps(data)
+
+        return callback
+
+    def _mr(self, _body: Any, iid: str) -> tuple[int, Any]:
+        return 200, {
+            "iid": int(iid),
+            "author": {"id": 3, "username": "mr-author"},
+            "sha": HEAD_SHA,
+            "web_url": f"{GITLAB_URL}/acme/api/-/merge_requests/{iid}",
+        }
+
+    def _add_note(self, body: Any, iid: str) -> tuple[int, Any]:
+        return 201, self.add_note(
+            int(iid), body["body"], user_id=90, username="project_20_bot_1a2b"
+        )
+
+    def add_note(self, iid: int, text: str, *, user_id: int, username: str) -> dict[str, Any]:
+        """Someone (or the job's token) writes a note on the merge request."""
+        self._next_id += 1
+        note = {
+            "id": self._next_id,
+            "iid": iid,
+            "body": text,
+            "system": False,
+            "author": {"id": user_id, "username": username},
+        }
+        self.notes.append(note)
+        return note
+
+    def _list_notes(self, _body: Any, iid: str) -> tuple[int, Any]:
+        return 200, [n for n in self.notes if n["iid"] == int(iid)]
+
+    def _edit_note(self, body: Any, _iid: str, note_id: str) -> tuple[int, Any]:
+        for note in self.notes:
+            if note["id"] == int(note_id):
+                note["body"] = body["body"]
+                return 200, note
+        return 404, {"message": "404 Not found"}
+
+    def _member(self, _body: Any, user_id: str) -> tuple[int, Any]:
+        level = self.levels.get(int(user_id))
+        if level is None:
+            return 404, {"message": "404 Not found"}
+        return 200, {"id": int(user_id), "access_level": level, "state": "active"}
+
+    def _group_member(self, _body: Any, group: str, user_id: str) -> tuple[int, Any]:
+        members = self.groups.get(group.replace("%2F", "/"), set())
+        if int(user_id) in members:
+            return 200, {"id": int(user_id), "access_level": 30, "state": "active"}
+        return 404, {"message": "404 Not found"}
+
+    def _user(self, _body: Any, user_id: str) -> tuple[int, Any]:
+        return 200, {
+            "id": int(user_id),
+            "username": f"u{user_id}",
+            "bot": int(user_id) in self.bots,
+        }
+
+
+# -- the broker -----------------------------------------------------------------------------------
+
+
+def app_private_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def approvals_yaml(issuer_url: str, state: str, pem: str, *, approvers: str = "{}") -> str:
+    return f"""
+version: 1
+issuers:
+  - {{name: github, url: "{issuer_url}", audience: "{AUDIENCE}", platform: github}}
+providers:
+  static: {{secrets: {{DEPLOY_KEY: "static-deploy-key-value"}}}}
+grants:
+  deploy: {{provider: static, secrets: [DEPLOY_KEY], ttl: 15m}}
+rules:
+  - id: api-main
+    issuer: github
+    claims: {{repository_id: "{REPO_ID}", repository_owner_id: "7890"}}
+    grants: [deploy]
+state: "{state}"
+approvals:
+  github_app:
+    app_id: 12345
+    installation_id: {INSTALLATION}
+    private_key: {json.dumps(pem)}
+    webhook_secret: "{WEBHOOK_SECRET}"
+    environments: [production]
+  gitlab: {{url: "{GITLAB_URL}", token: "{GITLAB_TOKEN}", webhook_token: "{GITLAB_HOOK_TOKEN}"}}
+  approvers: {approvers}
+  max_timeout: 1h
+"""
+
+
+def github_subject(**overrides: Any) -> dict[str, Any]:
+    return {
+        "repository": REPO,
+        "repository_id": str(REPO_ID),
+        "repository_owner_id": "7890",
+        "run_id": RUN_ID,
+        "sha": SHA,
+        "actor": "octocat",
+        **overrides,
+    }
+
+
+def gitlab_subject(**overrides: Any) -> dict[str, Any]:
+    return {
+        "project_path": "acme/api",
+        "project_id": str(PROJECT_ID),
+        "pipeline_id": "574",
+        "user_login": "sample-user",
+        **overrides,
+    }
+
+
+def add_job(broker: Broker, subject: dict[str, Any]) -> str:
+    """A job token for ``subject`` in the broker's ledger (as /v1/exchange would leave it)."""
+    token = "job-" + uuid.uuid4().hex
+    broker.store.add_job(token_digest(token), subject, time.time() + 3600, issuer="github")
+    return token
+
+
+def build_broker(
+    issuer_url: str, state: str, *, approvers: str = "{}"
+) -> tuple[Broker, StateStore]:
+    config = parse_broker_config(
+        approvals_yaml(issuer_url, state, app_private_key(), approvers=approvers)
+    )
+    store = StateStore(config.state)
+    return Broker(config, store=store, key=SigningKey.generate()), store
+
+
+@pytest.fixture
+def forges(github_openapi: Any) -> Iterator[tuple[FakeGitHub, FakeGitLab]]:
+    """Both fake forges on one ``responses`` mock; local HTTP (the broker) passes through."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_passthru(re.compile(r"http://127\.0\.0\.1"))
+        yield FakeGitHub(rsps, github_openapi), FakeGitLab(rsps)
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(url, content=body, headers=headers, timeout=30)
