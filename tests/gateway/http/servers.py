@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import socket
 import threading
@@ -93,6 +94,10 @@ async def upstream_app(scope: Scope, receive: Any, send: Any) -> None:
         "raw_path": raw_path.decode("latin-1"),
         "query": scope["query_string"].decode("latin-1"),
         "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        # what arrived, as hashes: the gateway masks an echoed credential in text responses
+        "header_sha256": {
+            k.decode("latin-1"): hashlib.sha256(v).hexdigest() for k, v in scope["headers"]
+        },
         "body_size": len(body),
         "body": body.decode("utf-8", "replace")[:4096],
     }

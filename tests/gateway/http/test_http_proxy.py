@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import httpx
@@ -11,6 +12,10 @@ from tests.gateway.http.conftest import TOKEN, GatewayFactory, Recorder
 from tests.gateway.http.servers import SECRET_IN_RESPONSE
 
 from airlock.gateway.tickets import Ticket
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _bearer(ticket: Ticket) -> dict[str, str]:
@@ -24,14 +29,17 @@ def test_bearer_ticket_is_swapped_for_the_held_credential(
     r = httpx.get(f"{gw.url}/repos/acme/api?per_page=5", headers=_bearer(ticket))
     assert r.status_code == 200
     seen = r.json()
-    assert seen["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert seen["header_sha256"]["authorization"] == _sha(f"Bearer {TOKEN}")
+    assert seen["headers"]["authorization"] == "Bearer [MASKED:gateway.api]"  # echo masked
     assert seen["path"] == "/repos/acme/api" and seen["query"] == "per_page=5"
     assert ticket.value not in json.dumps(seen)
     request, response = recorder.of("http.request")[0], recorder.of("http.response")[0]
     assert request["method"] == "GET" and request["path"] == "/repos/acme/api"
     assert request["query"] == "per_page=5"
     assert response["status"] == 200 and response["duration_ms"] > 0
-    assert response["size"] == len(r.content)
+    # size and hash are of what the upstream sent; the client got the echo masked
+    assert response["size"] == len(r.content) - len("[MASKED:gateway.api]") + len(TOKEN)
+    assert response["client_masked"] is True
     assert TOKEN not in recorder.text() and ticket.value not in recorder.text()
 
 
@@ -50,7 +58,7 @@ def test_other_ways_to_present_the_ticket(
         headers = {"Authorization": f"token {ticket.value}"}
     r = httpx.get(f"{gw.url}/x", headers=headers)
     assert r.status_code == 200
-    assert r.json()["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert r.json()["header_sha256"]["authorization"] == _sha(f"Bearer {TOKEN}")
     assert "proxy-authorization" not in r.json()["headers"]
 
 
@@ -102,7 +110,7 @@ def test_client_auth_headers_never_reach_upstream(
         },
     )
     seen = r.json()["headers"]
-    assert seen["x-api-key"] == TOKEN
+    assert r.json()["header_sha256"]["x-api-key"] == _sha(TOKEN)
     assert "authorization" not in seen and "proxy-authorization" not in seen
 
 
@@ -113,7 +121,8 @@ def test_basic_credential(make_gateway: GatewayFactory, ticket: Ticket, recorder
     )
     r = httpx.get(f"{gw.url}/x", headers=_bearer(ticket))
     expected = base64.b64encode(b"x-access-token:basic-secret-pw-123").decode()
-    assert r.json()["headers"]["authorization"] == f"Basic {expected}"
+    assert r.json()["header_sha256"]["authorization"] == _sha(f"Basic {expected}")
+    assert expected not in r.text and "basic-secret-pw-123" not in r.text
     assert "basic-secret-pw-123" not in recorder.text() and expected not in recorder.text()
 
 
@@ -173,7 +182,7 @@ def test_request_and_response_bodies_recorded_up_to_the_cap(
     assert response["request_body"]["body_truncated"] is True
     assert response["request_body"]["size"] == 34
     assert len(response["body"]["body"]) == 16 and response["body"]["body_truncated"] is True
-    assert response["body"]["size"] == len(r.content)
+    assert response["body"]["size"] == response["size"] > 16
 
 
 def test_record_bodies_zero_records_sizes_and_hashes_only(
@@ -284,3 +293,21 @@ def test_large_bodies_stream_both_ways(
     assert sizes[1] == size
     assert recorder.of("http.response")[0]["request_body"]["size"] == size
     assert all(len(e["body"].get("body", "")) <= 1024 for e in recorder.of("http.response"))
+
+
+def test_held_credential_echoed_by_the_upstream_is_masked_for_the_client(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    gw = make_gateway()
+    r = httpx.get(f"{gw.url}/echo", headers={**_bearer(ticket), "Accept-Encoding": "gzip"})
+    assert TOKEN not in r.text and "[MASKED:gateway.api]" in r.text
+    assert "content-length" not in r.headers  # the masked body may differ in length
+    assert r.json()["headers"]["accept-encoding"] == "identity"  # so that it can be masked
+
+
+def test_echo_masking_can_be_turned_off(make_gateway: GatewayFactory, ticket: Ticket) -> None:
+    from airlock.gateway.http import ProxySettings
+
+    gw = make_gateway(settings=ProxySettings(mask_held_in_responses=False))
+    r = httpx.get(f"{gw.url}/echo", headers=_bearer(ticket))
+    assert TOKEN in r.text and r.headers["content-length"] == str(len(r.content))

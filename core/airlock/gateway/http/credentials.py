@@ -37,6 +37,8 @@ class Injector(abc.ABC):
     strip: frozenset[str] = CLIENT_AUTH_HEADERS
     #: True when :meth:`apply` needs the whole request body (SigV4 over a signed payload).
     needs_body: bool = False
+    #: The held secret values (never shown): masked in text responses to the client.
+    secrets: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def apply(self, request: httpx.Request, body: bytes | None) -> None:
@@ -97,29 +99,32 @@ def load_injector(
 ) -> Injector:
     """The injector for ``credential``, its values read from ``environ`` and registered with
     ``masker``. Raises ConfigError naming a missing variable (never a value)."""
+    held = _Held(environ, masker, f"gateway.{gateway}")
+    injector = _injector(credential, held, gateway)
+    injector.secrets = tuple(held.values)
+    return injector
+
+
+def _injector(credential: HttpCredential | None, held: _Held, gateway: str) -> Injector:
     if credential is None:
         return NoCredential()
-    rule = f"gateway.{gateway}"
     if credential.env is not None and credential.env.bearer is not None:
-        token = _secret(environ, credential.env.bearer, masker, rule)
-        return _HeaderInjector("Authorization", f"Bearer {token}")
+        return _HeaderInjector("Authorization", f"Bearer {held.secret(credential.env.bearer)}")
     if credential.env is not None:
         assert credential.env.basic_user is not None and credential.env.basic_password is not None
-        user = _value(environ, credential.env.basic_user)
-        password = _secret(environ, credential.env.basic_password, masker, rule)
-        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
-        masker.add_secret(pair, rule)
+        user = held.value(credential.env.basic_user)
+        password = held.secret(credential.env.basic_password)
+        pair = held.add(base64.b64encode(f"{user}:{password}".encode()).decode())
         return _HeaderInjector("Authorization", f"Basic {pair}")
     if credential.header is not None:
-        value = _secret(environ, credential.header.value_env, masker, rule)
-        return _HeaderInjector(credential.header.name, value)
+        return _HeaderInjector(credential.header.name, held.secret(credential.header.value_env))
     if credential.aws_sigv4 is not None:
-        access = _value(environ, "AWS_ACCESS_KEY_ID")
-        secret = _secret(environ, "AWS_SECRET_ACCESS_KEY", masker, rule)
-        session_token = environ.get("AWS_SESSION_TOKEN") or None
-        if session_token is not None:
-            masker.add_secret(session_token, rule)
-        return _SigV4Injector(credential.aws_sigv4, access, secret, session_token)
+        access = held.value("AWS_ACCESS_KEY_ID")
+        secret = held.secret("AWS_SECRET_ACCESS_KEY")
+        token = held.environ.get("AWS_SESSION_TOKEN") or None
+        if token is not None:
+            held.add(token)
+        return _SigV4Injector(credential.aws_sigv4, access, secret, token)
     raise ConfigError(
         f"gateway {gateway}: credential grants are resolved by the broker, which is not wired "
         "to the HTTP gateway yet",
@@ -127,14 +132,25 @@ def load_injector(
     )
 
 
-def _value(environ: Mapping[str, str], name: str) -> str:
-    value = environ.get(name)
-    if not value:
-        raise ConfigError(f"the gateway credential variable {name} is not set", hint=_HINT)
-    return value
+class _Held:
+    """Reads credential variables; every secret is registered with the masker as it is read."""
 
+    def __init__(self, environ: Mapping[str, str], masker: Masker, rule: str) -> None:
+        self.environ = environ
+        self._masker = masker
+        self._rule = rule
+        self.values: list[str] = []
 
-def _secret(environ: Mapping[str, str], name: str, masker: Masker, rule: str) -> str:
-    value = _value(environ, name)
-    masker.add_secret(value, rule)
-    return value
+    def value(self, name: str) -> str:
+        value = self.environ.get(name)
+        if not value:
+            raise ConfigError(f"the gateway credential variable {name} is not set", hint=_HINT)
+        return value
+
+    def secret(self, name: str) -> str:
+        return self.add(self.value(name))
+
+    def add(self, value: str) -> str:
+        self._masker.add_secret(value, self._rule)
+        self.values.append(value)
+        return value

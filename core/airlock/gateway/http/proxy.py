@@ -38,7 +38,7 @@ from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.gateway.http.paths import NormalPath, join_upstream, normalize_path
 from airlock.gateway.tickets import Ticket
-from airlock.mask import Masker
+from airlock.mask import Masker, MaskSettings, StreamMasker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import (
     DEFAULT_RULE_IDS,
@@ -100,6 +100,8 @@ RESPONSE_HEADERS = frozenset(
         "x-amz-request-id",
     }
 )
+# Responses that can carry an echo of the credential as text (and are masked for the client).
+_TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
 _APPROVAL_EXCERPT = 2000
 _NO_APPROVER = "no approval backend is configured"
 
@@ -108,10 +110,12 @@ _NO_APPROVER = "no approval backend is configured"
 class ProxySettings:
     """Limits. ``inspect_limit``: the most body buffered to judge JSON fields, to hash a held
     request, or to sign a payload; ``client_timeout``: seconds a client may stay silent while
-    sending its body."""
+    sending its body; ``mask_held_in_responses``: replace the held credential in text responses
+    before the client sees them (an upstream that echoes it back cannot hand it to the agent)."""
 
     inspect_limit: int = 8 * 1024 * 1024
     client_timeout: float = 30.0
+    mask_held_in_responses: bool = True
 
 
 class _Refused(Exception):
@@ -234,6 +238,9 @@ class HttpProxy:
         self._base_path = upstream.path
         self._host = (upstream.hostname or "").lower()
         self._ids = itertools.count(1)
+        self._echo = (
+            _echo_masker(injector, config.name) if self._settings.mask_held_in_responses else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -406,6 +413,9 @@ class HttpProxy:
             ex.request_tap.feed(content)
         else:
             content = body.stream(ex.request_tap)
+        if self._echo is not None:  # text responses are masked: they must arrive uncompressed
+            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+            headers.append((b"accept-encoding", b"identity"))
         request = self._client.build_request(ex.method, url, headers=headers, content=content)
         self._injector.apply(request, content if isinstance(content, bytes) else None)
         return request
@@ -413,10 +423,10 @@ class HttpProxy:
     async def _relay(
         self, ex: _Exchange, response: httpx.Response, send: Send, gone: asyncio.Event
     ) -> None:
+        echo = self._echo_stream(ex, response)
+        drop = _HOP_BY_HOP | ({"content-length"} if echo is not None else set())
         headers = [
-            (k, v)
-            for k, v in response.headers.raw
-            if k.decode("latin-1").lower() not in _HOP_BY_HOP
+            (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in drop
         ]
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
@@ -424,7 +434,7 @@ class HttpProxy:
         tap = BodyTap(self.config.record_bodies)
         # The response is recorded before its last byte is sent: once the client has the whole
         # response, so has the log. With a Content-Length the last chunk is known by its size.
-        length = _content_length(response)
+        length = _content_length(response) if echo is None else None
         error = None
         last = b""
         try:
@@ -436,7 +446,11 @@ class HttpProxy:
                 if length is not None and tap.size >= length:
                     last = chunk  # held back; the loop still drains so the connection is reused
                     continue
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                out = chunk if echo is None else echo.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if echo is not None:
+                last = echo.flush()
         except httpx.HTTPError as exc:
             error = f"upstream failed mid-response: {_why(exc)}"
         self._safe_record_response(
@@ -447,9 +461,19 @@ class HttpProxy:
             content_type=response.headers.get("content-type", ""),
             content_encoding=response.headers.get("content-encoding", ""),
             error=error,
+            **({"client_masked": True} if echo is not None else {}),
         )
         if error is None:
             await send({"type": "http.response.body", "body": last, "more_body": False})
+
+    def _echo_stream(self, ex: _Exchange, response: httpx.Response) -> StreamMasker | None:
+        if self._echo is None or ex.method == "HEAD":
+            return None
+        ctype = response.headers.get("content-type", "").lower()
+        encoded = response.headers.get("content-encoding", "").lower() not in ("", "identity")
+        if encoded or not any(kind in ctype for kind in _TEXT_TYPES):
+            return None
+        return self._echo.stream()
 
     # ------------------------------------------------------------------ answers and events
 
@@ -552,6 +576,14 @@ class HttpProxy:
                 "the session log cannot be written; refused (fail closed)",
                 "check the sessions directory",
             ) from exc
+
+
+def _echo_masker(injector: Injector, gateway: str) -> Masker | None:
+    if not injector.secrets:
+        return None
+    rule = f"gateway.{gateway}"
+    literals = tuple((rule, value) for value in injector.secrets)
+    return Masker(MaskSettings(literals=literals, builtin=False))
 
 
 def _content_length(response: httpx.Response) -> int | None:
