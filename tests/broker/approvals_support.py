@@ -295,6 +295,7 @@ class FakeGitHub:
         self.teams: dict[str, set[str]] = {}
         self.pulls: dict[int, dict[str, Any]] = {}
         self.check_runs: dict[int, dict[str, Any]] = {}
+        self.created_actions: dict[int, list[dict[str, Any]]] = {}
         self.reviews: list[dict[str, Any]] = []
         self.comments: list[dict[str, Any]] = []
         self.pr_reviews: list[dict[str, Any]] = []
@@ -376,6 +377,7 @@ class FakeGitHub:
             "html_url": f"https://github.com/{REPO}/runs/{self._next_id}",
         }
         self.check_runs[self._next_id] = run
+        self.created_actions[self._next_id] = list(body.get("actions", []))
         return 201, run
 
     def _update_check(self, body: Any, run_id: str) -> tuple[int, Any]:

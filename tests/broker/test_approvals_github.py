@@ -252,7 +252,7 @@ def test_replayed_delivery_is_refused_and_changes_nothing(stack: Stack) -> None:
     ("login", "kw", "why"),
     [
         ("octocat", {}, "asked for this operation"),
-        ("pr-author", {}, "wrote the pull request"),
+        ("pr-author", {}, "wrote the pull/merge request"),
         ("reader", {}, "lacks write permission"),
         ("stranger", {}, "lacks write permission"),
         ("deploy-bot[bot]", {"user_type": "Bot"}, "is a bot"),

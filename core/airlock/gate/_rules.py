@@ -140,7 +140,7 @@ def _refusal_one(
     if approve and same_login(clicker.login, requester) and not rule.allow_self:
         return f"{clicker.login} asked for this operation and cannot approve it"
     if approve and same_login(clicker.login, author) and not rule.allow_author:
-        return f"{clicker.login} wrote the pull request and cannot approve its operations"
+        return f"{clicker.login} wrote the pull/merge request and cannot approve its operations"
     needed = PERMISSION_LEVELS[rule.permission]
     if rights.permission_level(clicker) < needed:
         return f"{clicker.login} lacks {rule.permission} permission on the repository"
