@@ -287,3 +287,15 @@ def test_held_requests_do_not_block_other_requests(
     gw._loop.call_soon_threadsafe(release.set)
     holder.join(10)
     assert not holder.is_alive()
+
+
+def test_approver_that_raises_means_refused(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    async def broken(op: Operation) -> bool:
+        raise RuntimeError("backend exploded")
+
+    gw = make_gateway(rules=RULES, approve=broken)
+    r = httpx.post(f"{gw.url}/deploy", headers=_auth(ticket), json={"env": "prod"})
+    assert r.status_code == 403
+    assert recorder.of("http.response")[0]["approval"] == "approval failed: RuntimeError"

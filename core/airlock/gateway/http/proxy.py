@@ -353,7 +353,11 @@ class HttpProxy:
             gateway=self.config.name,
             session_id=self._ticket.session_id,
         )
-        return await self._approve(op)
+        try:
+            return await self._approve(op)
+        except Exception as exc:  # a broken approval path denies; it never lets a request through
+            ex.extra["approval"] = f"approval failed: {type(exc).__name__}"
+            return False
 
     def _operation_text(self, ex: _Exchange, data: bytes) -> str:
         line = f"{ex.method} {ex.path.judged}"
