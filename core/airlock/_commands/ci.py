@@ -563,7 +563,7 @@ def _action_main(environ: Mapping[str, str]) -> int:
         raise UsageError("the action needs a command", hint="set `with: command: ...`")
     args = _finalize_args(inputs, _job_dir(environ) / "sessions")
     args.sessions.mkdir(parents=True)
-    _save_state(environ, {"sessions": str(args.sessions), "started": "1"})
+    _save_state(environ, {"sessions": str(args.sessions), "started": "1", "pid": str(os.getpid())})
     code = _exchange_into_this_step(inputs, environ)
     if code != 0:
         return code
@@ -583,8 +583,35 @@ def _action_post(environ: Mapping[str, str]) -> int:
     if environ.get("STATE_started") != "1" or environ.get("STATE_finalized") == "1":
         return 0
     _say("the main step did not finish: sealing, revoking and archiving now")
+    _stop_leftover_main(environ.get("STATE_pid", ""))
     args = _finalize_args(action_inputs(environ), Path(environ["STATE_sessions"]))
     return finalize(args, environ).exit_code(args.fail_mode)
+
+
+def _stop_leftover_main(pid_text: str, grace: float = 5.0) -> None:
+    """Stop a main step process that outlived its step (its shim was killed, not signalled).
+
+    It still holds its session's lock; SIGTERM makes ``airlock run`` stop the command and seal.
+    Only a process whose command line is the main step's own is signalled (pids are reused).
+    """
+    if not pid_text.isdigit() or not _is_main_step(int(pid_text)):
+        return
+    pid = int(pid_text)
+    _say(f"the main step's process {pid} is still running: stopping it so that it seals")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_for(lambda: not _pid_alive(pid), grace):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not _pid_alive(pid), 5.0)
+
+
+def _is_main_step(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"airlock._commands.ci" in argv and argv[-3:-1] == [b"action", b"main"]
 
 
 def _session_main(environ: Mapping[str, str]) -> int:

