@@ -188,3 +188,32 @@ def test_recording_failure_refuses_with_503_and_nothing_reaches_upstream(
         assert calls == ["http.request", "http.response"]
     finally:
         broken.close()
+
+
+def test_port_in_use_is_a_clear_error(make_gateway: GatewayFactory) -> None:
+    from airlock.gateway.http import HttpGatewayError
+
+    first = make_gateway()
+    port = first.address[1]
+    with pytest.raises(HttpGatewayError, match=f"cannot listen on 127.0.0.1:{port}"):
+        make_gateway(listen=f"127.0.0.1:{port}")
+    with httpx.Client() as client:  # the first one is unaffected
+        assert client.get(f"{first.url}/x").status_code == 401
+
+
+def test_an_unexpected_failure_is_a_500_that_names_no_data(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    from airlock.gateway.http.credentials import Injector
+
+    gw = make_gateway()
+
+    class Exploding(Injector):
+        def apply(self, request: httpx.Request, body: bytes | None) -> None:
+            raise ValueError("secret-looking detail that must not leak")
+
+    gw.gateway.proxy._injector = Exploding()
+    r = httpx.get(f"{gw.url}/x", headers=_auth(ticket))
+    assert r.status_code == 500 and "ValueError" in r.json()["error"]
+    assert "secret-looking" not in r.text and "secret-looking" not in recorder.text()
+    assert recorder.of("http.response")[-1]["status"] == 500

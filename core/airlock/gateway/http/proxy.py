@@ -144,8 +144,7 @@ class _Exchange:
     headers: list[tuple[bytes, bytes]]
     started: float
     request_tap: BodyTap
-    body: bytes = b""
-    body_complete: bool = False
+    responded: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str) -> str:
@@ -261,6 +260,17 @@ class HttpProxy:
             await self._refuse(ex, refusal, send)
         except _ClientGone as gone:
             self._safe_record_response(ex, 499, error=str(gone))
+        except Exception as exc:  # a bug: answer 500 and record it, but never echo the message
+            await self._internal_error(ex, exc, send)
+
+    async def _internal_error(self, ex: _Exchange, exc: Exception, send: Send) -> None:
+        what = f"internal error in the gateway ({type(exc).__name__})"
+        if ex.responded:
+            self._safe_record_response(ex, 500, error=what)
+            return
+        await self._refuse(
+            ex, _Refused(500, what, "this is a bug in Airlock: please report it"), send
+        )
 
     def _exchange(self, scope: Scope) -> _Exchange:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -432,6 +442,7 @@ class HttpProxy:
         headers = [
             (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in drop
         ]
+        ex.responded = True
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
@@ -501,6 +512,7 @@ class HttpProxy:
                 (b"proxy-authenticate", f'Basic realm="airlock {self.config.name}"'.encode())
             )
         self._safe_record_response(ex, refusal.status, error=refusal.error, **refusal.extra)
+        ex.responded = True
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
