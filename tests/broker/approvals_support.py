@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import requests
 import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -441,6 +442,7 @@ class FakeGitLab:
         self.bots: set[int] = set()
         self.groups: dict[str, set[int]] = {}
         self.notes: list[dict[str, Any]] = []
+        self.unreachable = False
         self._next_id = 500
         api = re.escape(GITLAB_URL) + r"/api/v4"
         project = rf"/projects/(?:{PROJECT_ID}|acme%2Fapi)"
@@ -460,6 +462,8 @@ class FakeGitLab:
 
     def _wrap(self, pattern: str, handler: Any) -> Any:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
+            if self.unreachable:
+                raise requests.ConnectionError("connection refused (test)")
             url = request.url.split("?", 1)[0]
             body = json.loads(request.body) if request.body else None
             self.calls.append((request.method, url.removeprefix(GITLAB_URL + "/api/v4"), body))
