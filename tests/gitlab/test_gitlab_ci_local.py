@@ -1,0 +1,203 @@
+"""The GitLab template under a real runner: gitlab-ci-local (Node 22) with the shell executor.
+
+One pipeline (tests/gitlab/pipelines/agent.yml) runs once per module: a passing agent, a failing
+agent whose after_script seals and archives, a separate archive job fed by artifacts, and the
+manual protected-environment gate with a job that reads its dotenv report. Tools are installed
+by tests/gitlab/setup_tools.sh into .cache/ of the checkout (outside git).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.service
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "gl-s3cr3t-9d7c1b"
+JOB_TOKEN = "glcbt-job-token-value-1234"
+COPIED = ("gitlab-templates", "tests/gitlab/pipelines")
+
+
+@dataclass
+class Pipeline:
+    project: Path
+    log: str
+    returncode: int
+    archive: Path
+    archive2: Path
+    sessions: Path
+
+    def job_log(self, job: str) -> str:
+        return (self.project / ".gitlab-ci-local" / "output" / f"{job}.log").read_text()
+
+    def artifacts(self, job: str) -> Path:
+        return self.project / ".gitlab-ci-local" / "artifacts" / job
+
+    def dotenv(self, job: str, name: str = "airlock/airlock.env") -> dict[str, str]:
+        text = (self.artifacts(job) / name).read_text()
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def gitlab_ci_local() -> str:
+    done = subprocess.run(
+        ["bash", str(REPO / "tests/gitlab/setup_tools.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"cannot install gitlab-ci-local: {done.stderr[-2000:]}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def airlock_wrapper(path: Path) -> Path:
+    """`airlock` for the jobs: this checkout's package, run by the test's interpreter."""
+    path.write_text(
+        "#!/bin/sh\n"
+        f"export PYTHONPATH='{REPO / 'core'}'\n"
+        'if [ "$1" = ci ]; then shift; '
+        f"exec '{sys.executable}' -m airlock._commands.ci \"$@\"; fi\n"
+        f"exec '{sys.executable}' -m airlock._cli \"$@\"\n"
+    )
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def make_project(root: Path) -> Path:
+    project = root / "project"
+    for name in COPIED:
+        shutil.copytree(REPO / name, project / name)
+    shutil.copy2(project / "tests/gitlab/pipelines/agent.yml", project / ".gitlab-ci.yml")
+    git = ["git", "-C", str(project), "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "test"], check=True)
+    return project
+
+
+def run_gcl(
+    project: Path, *args: str, variables: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    tool = gitlab_ci_local()
+    argv = [tool, "--shell-executor-no-image", "--shell-isolation", "--no-color", *args]
+    for name, value in variables.items():
+        argv += ["--variable", f"{name}={value}"]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(tool).parent}:{os.environ['PATH']}",
+        "GCL_IGNORE_PREDEFINED_VARS": "GITLAB_CI,CI_JOB_TOKEN",
+    }
+    return subprocess.run(
+        argv, cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    root = tmp_path_factory.mktemp("gitlab")
+    project = make_project(root)
+    archive, archive2, sessions = root / "archive", root / "archive2", root / "sessions"
+    config = root / "xdg"
+    done = run_gcl(
+        project,
+        "--manual",
+        "gate",
+        variables={
+            "GITLAB_CI": "true",
+            "CI_JOB_TOKEN": JOB_TOKEN,
+            "DEMO_SECRET": SECRET,
+            "XDG_CONFIG_HOME": str(config),
+            "TEST_AIRLOCK": str(airlock_wrapper(root / "airlock")),
+            "TEST_ARCHIVE": str(archive),
+            "TEST_ARCHIVE2": str(archive2),
+            "TEST_SESSIONS": str(sessions),
+        },
+    )
+    return Pipeline(
+        project, done.stdout + done.stderr, done.returncode, archive, archive2, sessions
+    )
+
+
+def manifests(root: Path) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in root.rglob("manifest.json")]
+
+
+def test_pipeline_result(pipeline: Pipeline) -> None:
+    assert pipeline.returncode == 1, pipeline.log[-4000:]  # agent-fails fails, as it should
+    summary = pipeline.log[pipeline.log.rindex("PASS") - 200 :]
+    for job in ("agent-ok", "archive-session", "gate", "after-gate"):
+        assert f"PASS  {job}" in summary, pipeline.log[-4000:]
+    assert "FAIL  agent-fails" in summary
+
+
+def test_passing_agent_is_masked_scrubbed_finalized_in_script(pipeline: Pipeline) -> None:
+    log = pipeline.job_log("agent-ok")
+    assert "agent ok, secret=" in log and SECRET not in log
+    assert "job token=withheld" in log and JOB_TOKEN not in log
+    assert "the script did not finish" not in log  # finalized in the script, fail closed
+    dotenv = pipeline.dotenv("agent-ok")
+    assert dotenv["AIRLOCK_VERIFIED"] == "ok" and dotenv["AIRLOCK_EXIT_CODE"] == "0"
+    assert dotenv["AIRLOCK_ARCHIVE_URL"].startswith(str(pipeline.archive) + "/gitlab/")
+    artifacts = pipeline.artifacts("agent-ok") / "airlock"
+    assert (artifacts / "sessions" / dotenv["AIRLOCK_SESSION_ID"] / "manifest.json").exists()
+    assert (artifacts / "report.html").exists() and (artifacts / "summary.md").exists()
+
+
+def test_failing_agent_is_sealed_and_archived_by_after_script(pipeline: Pipeline) -> None:
+    log = pipeline.job_log("agent-fails")
+    assert "agent breaks" in log
+    assert "the script did not finish: sealing, revoking and archiving now" in log
+    dotenv = pipeline.dotenv("agent-fails")
+    assert dotenv["AIRLOCK_EXIT_CODE"] == "3" and dotenv["AIRLOCK_VERIFIED"] == "ok"
+    archived = {m["session_id"]: m for m in manifests(pipeline.archive)}
+    assert archived[dotenv["AIRLOCK_SESSION_ID"]]["exit_code"] == 3
+
+
+def test_identity_and_layout_are_gitlab(pipeline: Pipeline) -> None:
+    (events,) = [
+        gzip.decompress(p.read_bytes()).decode()
+        for p in pipeline.archive.rglob("events.jsonl.gz")
+        if pipeline.dotenv("agent-ok")["AIRLOCK_SESSION_ID"] in str(p)
+    ]
+    start = json.loads(events.splitlines()[0])
+    assert start["data"]["identity"]["platform"] == "gitlab"
+    assert SECRET not in events and JOB_TOKEN not in events
+    assert (
+        "/gitlab/fallback.group/fallback.project/"
+        in pipeline.dotenv("agent-ok")["AIRLOCK_ARCHIVE_URL"]
+    )
+
+
+def test_archive_job_uploads_the_artifacts_of_the_agent_job(pipeline: Pipeline) -> None:
+    agent_session = pipeline.dotenv("agent-ok")["AIRLOCK_SESSION_ID"]
+    assert [m["session_id"] for m in manifests(pipeline.archive2)] == [agent_session]
+    assert pipeline.dotenv("archive-session")["AIRLOCK_ARCHIVE_URL"].startswith(
+        str(pipeline.archive2)
+    )
+
+
+def test_gate_records_the_approval_and_passes_it_on(pipeline: Pipeline) -> None:
+    log = pipeline.job_log("gate")
+    assert "approved by" in log and "in environment production" in log
+    gate = pipeline.dotenv("gate", "airlock/gate/airlock.env")
+    assert gate["AIRLOCK_VERIFIED"] == "ok"
+    after = pipeline.job_log("after-gate")
+    assert f"gate passed session={gate['AIRLOCK_SESSION_ID']} verified=ok status=complete" in after
+
+
+def test_inputs_are_checked_when_the_pipeline_is_created(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    shutil.copy2(project / "tests/gitlab/pipelines/bad-input.yml", project / ".gitlab-ci.yml")
+    done = run_gcl(project, "--preview", variables={})
+    assert done.returncode != 0
+    assert "fail-mode" in done.stdout + done.stderr
