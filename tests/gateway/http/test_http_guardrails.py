@@ -39,6 +39,7 @@ RULES: list[dict[str, Any]] = [
         "http": {"methods": ["GET"], "path": "/api/v1/namespaces/*"},
         "action": "allow",
     },
+    {"id": "get-body", "http": {"json": {"query.delete": True}}, "action": "deny"},
     {
         "id": "deploy-prod",
         "http": {"methods": ["POST"], "path": "/deploy", "json": {"env": "prod"}},
@@ -74,6 +75,8 @@ CATALOGUE: list[tuple[str, str, Any, int, str | None]] = [
     ("GET", "/admin/users", None, 403, "admin"),
     ("PUT", "/admin/users/1/roles", {"r": 1}, 403, "admin"),
     ("GET", "/other", None, 200, None),
+    ("GET", "/search", {"query": {"delete": True}}, 403, "get-body"),  # GET bodies are inspected
+    ("GET", "/search", {"query": {"delete": False}}, 200, None),
 ]
 
 

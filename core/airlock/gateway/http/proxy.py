@@ -298,18 +298,13 @@ class HttpProxy:
             status,
             f"{outcome} gateway ticket",
             "send the session ticket as a bearer token, or as the password of basic auth "
-            f"(e.g. http://airlock:TICKET@host/…); the agent finds it in ${self._env_hint()}",
+            "(e.g. http://airlock:TICKET@host/…)",
             auth=outcome,
         )
 
-    def _env_hint(self) -> str:
-        return f"{self.config.name.upper().replace('-', '_')}_URL"
-
     async def _judge(self, ex: _Exchange, body: _Body) -> Decision:
-        if self._needs_json and ex.method not in ("GET", "HEAD", "OPTIONS"):
-            document = await self._inspect_json(ex, body)
-        else:
-            document = None
+        # Any method may carry a body (GET included, as Elasticsearch does): all are inspected.
+        document = await self._inspect_json(ex, body) if self._needs_json else None
         info = HttpRequestInfo(ex.method, ex.path.judged, self._host, document)
         return decide_http(info, self._rules, self._defaults)
 
