@@ -177,9 +177,8 @@ def test_request_and_response_bodies_recorded_up_to_the_cap(
         f"{gw.url}/echo", headers=_bearer(ticket), content=b"0123456789abcdefXYZ-beyond-the-cap"
     )
     assert r.json()["body_size"] == 34
-    response = recorder.of("http.response")[0]
-    assert response["request_body"]["body"] == "0123456789abcdef"
-    assert response["request_body"]["body_truncated"] is True
+    request, response = recorder.of("http.request")[0], recorder.of("http.response")[0]
+    assert request["body"] == "0123456789abcdef" and request["body_truncated"] is True
     assert response["request_body"]["size"] == 34
     assert len(response["body"]["body"]) == 16 and response["body"]["body_truncated"] is True
     assert response["body"]["size"] == response["size"] > 16
@@ -191,7 +190,7 @@ def test_record_bodies_zero_records_sizes_and_hashes_only(
     gw = make_gateway(record_bodies=0)
     httpx.post(f"{gw.url}/echo", headers=_bearer(ticket), content=b"hello")
     response = recorder.of("http.response")[0]
-    assert "body" not in response["request_body"] and response["request_body"]["size"] == 5
+    assert "body" not in recorder.of("http.request")[0] and response["request_body"]["size"] == 5
     import hashlib
 
     assert response["request_body"]["sha256"] == hashlib.sha256(b"hello").hexdigest()
@@ -230,7 +229,7 @@ def test_request_json_body_fields_masked(
         headers=_bearer(ticket),
         json={"db": {"secret": "s3cr3t-value", "host": "h"}},
     )
-    body = recorder.of("http.response")[0]["request_body"]["body"]
+    body = recorder.of("http.request")[0]["body"]
     assert json.loads(body) == {"db": {"secret": "[MASKED:json-field]", "host": "h"}}
 
 
@@ -311,3 +310,12 @@ def test_echo_masking_can_be_turned_off(make_gateway: GatewayFactory, ticket: Ti
     gw = make_gateway(settings=ProxySettings(mask_held_in_responses=False))
     r = httpx.get(f"{gw.url}/echo", headers=_bearer(ticket))
     assert TOKEN in r.text and r.headers["content-length"] == str(len(r.content))
+
+
+def test_small_request_body_recorded_whole(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    gw = make_gateway()
+    httpx.post(f"{gw.url}/echo", headers=_bearer(ticket), content=b"name=ann&role=dev")
+    request = recorder.of("http.request")[0]
+    assert request["body"] == "name=ann&role=dev" and request["body_truncated"] is False

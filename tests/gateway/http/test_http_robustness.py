@@ -106,6 +106,7 @@ def test_silent_client_gets_408_and_others_are_served_meanwhile(
     assert waited < 4
     statuses = [e["status"] for e in recorder.of("http.response")]
     assert 408 in statuses
+    assert [e["path"] for e in recorder.of("http.request")].count("/upload") == 1
 
 
 def test_slowloris_headers_do_not_block_others(

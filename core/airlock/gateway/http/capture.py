@@ -17,7 +17,7 @@ from typing import Any
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.mask import Masker
 
-__all__ = ["BodyTap", "masked_headers", "render_body"]
+__all__ = ["BodyTap", "masked_headers", "render_body", "render_prefix"]
 
 _MAX_DECODE_GROWTH = 4  # a recorded, decompressed prefix is at most cap * this many bytes
 
@@ -64,18 +64,44 @@ def render_body(
     data: dict[str, Any] = {"size": tap.size, "sha256": tap.sha256}
     if tap.cap == 0 or tap.size == 0:
         return data
-    raw = _decoded(tap.prefix, content_encoding, tap.cap)
+    return data | render_prefix(
+        tap.prefix,
+        cap=tap.cap,
+        truncated=tap.truncated,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        fields=fields,
+        masker=masker,
+    )
+
+
+def render_prefix(
+    prefix: bytes,
+    *,
+    cap: int,
+    truncated: bool,
+    content_type: str,
+    content_encoding: str,
+    fields: JsonFieldMasker,
+    masker: Masker,
+) -> dict[str, Any]:
+    """``body`` (masked text) and ``body_truncated`` for the first bytes of a body, or
+    ``body_omitted`` saying why they cannot be recorded as text. A compressed prefix is
+    decoded to at most a few times ``cap``."""
+    if not prefix:
+        return {}
+    raw = _decoded(prefix, content_encoding, cap)
     if raw is None:
-        return {**data, "body_omitted": f"content-encoding {content_encoding} not decoded"}
-    text = _text(raw, truncated=tap.truncated)
+        return {"body_omitted": f"content-encoding {content_encoding} not decoded"}
+    text = _text(raw, truncated=truncated)
     if text is None:
-        return {**data, "body_omitted": "binary"}
+        return {"body_omitted": "binary"}
     if fields and _looks_json(content_type, text):
         masked_json = _mask_json(text, fields)
         if masked_json is None:
-            return {**data, "body_omitted": "JSON cut at the cap cannot be field-masked"}
+            return {"body_omitted": "JSON cut at the cap cannot be field-masked"}
         text = masked_json
-    return {**data, "body": masker.mask_text(text), "body_truncated": tap.truncated}
+    return {"body": masker.mask_text(text), "body_truncated": truncated}
 
 
 def masked_headers(

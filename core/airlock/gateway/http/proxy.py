@@ -33,7 +33,7 @@ import httpx
 
 from airlock.events import EventType
 from airlock.gate.interface import Operation
-from airlock.gateway.http.capture import BodyTap, masked_headers, render_body
+from airlock.gateway.http.capture import BodyTap, masked_headers, render_body, render_prefix
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.gateway.http.paths import NormalPath, join_upstream, normalize_path
@@ -145,6 +145,7 @@ class _Exchange:
     started: float
     request_tap: BodyTap
     responded: bool = False
+    request_recorded: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str) -> str:
@@ -253,7 +254,8 @@ class HttpProxy:
         try:
             self._authenticate(ex)
             decision = await self._judge(ex, body)
-            self._record_request(ex, decision)
+            await body.fill(self.config.record_bodies)
+            self._record_request(ex, decision, body)
             await self._enforce(ex, decision, body)
             await self._forward(ex, body, send)
         except _Refused as refusal:
@@ -488,6 +490,9 @@ class HttpProxy:
     # ------------------------------------------------------------------ answers and events
 
     async def _refuse(self, ex: _Exchange, refusal: _Refused, send: Send) -> None:
+        if not ex.request_recorded:  # refused while reading the body: the request is still logged
+            with contextlib.suppress(_Refused):
+                self._record_request(ex, None)
         payload = {"error": refusal.error, "gateway": self.config.name}
         if refusal.hint:
             payload["hint"] = refusal.hint
@@ -511,7 +516,9 @@ class HttpProxy:
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
-    def _record_request(self, ex: _Exchange, decision: Decision | None, **extra: Any) -> None:
+    def _record_request(
+        self, ex: _Exchange, decision: Decision | None, body: _Body | None = None, **extra: Any
+    ) -> None:
         data: dict[str, Any] = {
             "gateway": self.config.name,
             "id": ex.id,
@@ -521,6 +528,9 @@ class HttpProxy:
             "headers": masked_headers(ex.headers, REQUEST_HEADERS, self._masker),
             **extra,
         }
+        if body is not None:
+            data |= self._request_prefix(ex, body)
+        ex.request_recorded = True
         self._emit(EventType.HTTP_REQUEST, data)
         if decision is not None and _worth_recording(decision):
             self._emit(
@@ -535,6 +545,18 @@ class HttpProxy:
                     "path": data["path"],
                 },
             )
+
+    def _request_prefix(self, ex: _Exchange, body: _Body) -> dict[str, Any]:
+        cap = self.config.record_bodies
+        return render_prefix(
+            bytes(body.buffer[:cap]),
+            cap=cap,
+            truncated=len(body.buffer) > cap or not body.done,
+            content_type=ex.header("content-type"),
+            content_encoding=ex.header("content-encoding"),
+            fields=self._fields,
+            masker=self._masker,
+        )
 
     def _safe_record_response(
         self,
@@ -553,9 +575,7 @@ class HttpProxy:
             "id": ex.id,
             "status": status,
             "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
-            "request_body": self._render(
-                ex.request_tap, ex.header("content-type"), ex.header("content-encoding")
-            ),
+            "request_body": {"size": ex.request_tap.size, "sha256": ex.request_tap.sha256},
             **{k: v for k, v in extra.items() if k != "auth"},
             **ex.extra,
         }
