@@ -20,8 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from tests.actions.helpers import REPO
-from tests.support.moto_server import MotoServer, moto_env
+from tests.broker.conftest import AUDIENCE, STATIC_VALUE, broker_yaml
+from tests.support.moto_server import MotoServer, free_port, moto_env
+from tests.support.oidc_issuer import OIDCIssuer
 
 pytestmark = pytest.mark.service
 
@@ -176,3 +180,75 @@ def _lines_until(proc: subprocess.Popen[str], marker: str) -> Iterator[str]:
         yield line
         if marker in line or time.monotonic() > deadline:
             return
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """`airlock broker serve` trusting a local issuer; yields (broker URL, token request URL)."""
+    with OIDCIssuer() as issuer:
+
+        def token_endpoint(request: Request) -> Response:
+            if request.headers.get("authorization") != "Bearer request-token":
+                return Response(status_code=401)
+            claims = issuer.github_claims(request.query_params["audience"])
+            return JSONResponse({"value": issuer.mint(claims)})
+
+        issuer.routes["/github-token"] = token_endpoint
+        config = tmp_path / "broker.yaml"
+        config.write_text(broker_yaml(issuer.url, f"sqlite:///{tmp_path / 'broker.db'}"))
+        port = free_port()
+        serve = ["broker", "serve", "--config", str(config), "--port", str(port)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airlock._cli", *serve],
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "broker-config")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc)
+        yield url, f"{issuer.url}/github-token?api-version=2.0"
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=20)
+        assert STATIC_VALUE.encode() not in stderr
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("the broker did not start")
+
+
+def test_credentials_from_the_broker_masked_witnessed_revoked(
+    act_repo: Path, tmp_path: Path, broker: tuple[str, str]
+) -> None:
+    broker_url, token_url = broker
+    archive = tmp_path / "archive"
+    done = run_act(
+        act_repo,
+        "broker.yml",
+        {
+            "BROKER_URL": broker_url,
+            "BROKER_AUDIENCE": AUDIENCE,
+            "LOCAL_ARCHIVE": str(archive),
+            "ACTIONS_ID_TOKEN_REQUEST_URL": token_url,
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+        },
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert STATIC_VALUE not in log
+    assert "deploying with [MASKED:credential:deploy]" in log or "deploying with ***" in log
+    assert "revoked 1 lease(s)" in log
+    assert "after the agent verified=ok" in log
+    (events,) = archived_events(archive)
+    assert STATIC_VALUE not in events and '"credential.issued"' in events
+    manifest = json.loads(next(archive.rglob("manifest.json")).read_text())
+    assert manifest["checkpoints"], "the broker witnessed the session as it ran"

@@ -512,6 +512,14 @@ def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse
     )
 
 
+def _witness_argv(inputs: Mapping[str, str]) -> list[str]:
+    """``airlock run`` flags that stream checkpoints of the log to the broker as it runs."""
+    if not inputs.get("broker-url"):
+        return []
+    argv = ["--broker", inputs["broker-url"]]
+    return [*argv, "--audience", inputs["audience"]] if inputs.get("audience") else argv
+
+
 def _exchange(inputs: Mapping[str, str]) -> int:
     if not inputs.get("broker-url"):
         return 0
@@ -567,7 +575,7 @@ def _action_main(environ: Mapping[str, str]) -> int:
     code = _exchange_into_this_step(inputs, environ)
     if code != 0:
         return code
-    argv = ["run", "--sessions", str(args.sessions)]
+    argv = ["run", "--sessions", str(args.sessions), *_witness_argv(inputs)]
     if args.policy:
         argv += ["--policy", str(args.policy)]
     if inputs.get("working-directory"):
@@ -626,6 +634,7 @@ def _session_main(environ: Mapping[str, str]) -> int:
     if code != 0:
         return code
     _save_state(environ, {"started": "1"})
+    args.witness = _witness_argv(inputs)
     return _session_start(args, environ)
 
 
@@ -720,7 +729,7 @@ def _bracket(args: argparse.Namespace, environ: Mapping[str, str]) -> _Bracket:
 
 def _recorder_argv(args: argparse.Namespace, bracket: _Bracket, sessions: Path) -> list[str]:
     argv = [sys.executable, "-m", "airlock._cli", "run", "--sessions", str(sessions)]
-    argv += ["--pty", "never", "--quiet"]
+    argv += ["--pty", "never", "--quiet", *getattr(args, "witness", [])]
     if args.policy:
         argv += ["--policy", str(args.policy)]
     follow = [sys.executable, "-m", "airlock._commands.ci", "follow", str(bracket.journal)]
