@@ -162,3 +162,44 @@ def test_push_held_for_approval(
         assert push.returncode != 0
         assert "403" in push.stderr
         assert last == "initial"
+
+
+def test_large_push_held_for_approval_is_spooled_and_forwarded_intact(
+    make_gateway: GatewayFactory, ticket: Ticket, forge: Any, tmp_path: Path
+) -> None:
+    from airlock.gateway.http import ProxySettings
+
+    server, _, bare = forge
+    held: list[Operation] = []
+
+    async def approve(op: Operation) -> bool:
+        held.append(op)
+        return True
+
+    rules = [
+        {
+            "id": "protect-main",
+            "http": {"methods": ["POST"], "path": "/*/*/git-receive-pack"},
+            "action": "require_approval",
+        }
+    ]
+    gw = _forge_gateway(
+        make_gateway,
+        server.url,
+        rules=rules,
+        approve=approve,
+        settings=ProxySettings(inspect_limit=64 * 1024),
+    )
+    work = tmp_path / "work"
+    git("clone", _remote(gw, ticket), str(work))
+    (work / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))  # incompressible: a 2 MiB pack
+    git("add", "big.bin", cwd=work)
+    git("commit", "-m", "big change", cwd=work)
+    push = git("push", "origin", "main", cwd=work, check=False)
+    assert push.returncode == 0, push.stderr
+    assert git("--git-dir", str(bare), "log", "--format=%s", "-1").stdout.strip() == "big change"
+    # git probes a large push with a 4-byte request first; each POST is held and approved
+    sizes = [int(op.text.split("\n")[1].split()[1]) for op in held]
+    assert max(sizes) > 2 * 1024 * 1024  # the whole pack was held (beyond the in-memory limit)
+    fsck = git("--git-dir", str(bare), "fsck", "--full", check=False)
+    assert fsck.returncode == 0, fsck.stderr

@@ -302,3 +302,20 @@ def test_approver_that_raises_means_refused(
     r = httpx.post(f"{gw.url}/deploy", headers=_auth(ticket), json={"env": "prod"})
     assert r.status_code == 403
     assert recorder.of("http.response")[0]["approval"] == "approval failed: RuntimeError"
+
+
+def test_held_body_over_the_hold_limit_is_refused(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    from airlock.gateway.http import ProxySettings
+
+    seen: list[Operation] = []
+    gw = make_gateway(
+        rules=[{"id": "hold", "http": {"methods": ["PUT"]}, "action": "require_approval"}],
+        approve=_approve_with(True, seen),
+        settings=ProxySettings(inspect_limit=1024, hold_limit=64 * 1024),
+    )
+    r = httpx.put(f"{gw.url}/blob", headers=_auth(ticket), content=b"z" * (65 * 1024))
+    assert r.status_code == 413 and seen == []
+    r = httpx.put(f"{gw.url}/blob", headers=_auth(ticket), content=b"z" * (60 * 1024))
+    assert r.status_code == 200 and r.json()["body_size"] == 60 * 1024 and len(seen) == 1

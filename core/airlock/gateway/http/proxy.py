@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,17 +104,24 @@ RESPONSE_HEADERS = frozenset(
 # Responses that can carry an echo of the credential as text (and are masked for the client).
 _TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
 _APPROVAL_EXCERPT = 2000
+_SPOOL_CHUNK = 256 * 1024
 _NO_APPROVER = "no approval backend is configured"
 
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Limits. ``inspect_limit``: the most body buffered to judge JSON fields, to hash a held
-    request, or to sign a payload; ``client_timeout``: seconds a client may stay silent while
-    sending its body; ``mask_held_in_responses``: replace the held credential in text responses
-    before the client sees them (an upstream that echoes it back cannot hand it to the agent)."""
+    """Limits.
+
+    ``inspect_limit``: the most body buffered in memory to judge JSON fields or to sign a
+    payload. ``hold_limit``: the largest body held for approval (spooled to a private temporary
+    file beyond ``inspect_limit``, e.g. a large git push). ``client_timeout``: seconds a client
+    may stay silent while sending its body. ``mask_held_in_responses``: replace the held
+    credential in text responses before the client sees them (an upstream that echoes it back
+    cannot hand it to the agent).
+    """
 
     inspect_limit: int = 8 * 1024 * 1024
+    hold_limit: int = 1024 * 1024 * 1024
     client_timeout: float = 30.0
     mask_held_in_responses: bool = True
 
@@ -164,6 +172,42 @@ class _Body:
         self._timeout = timeout
         self.buffer = bytearray()
         self.done = False
+        self.spool: Any = None  # a SpooledTemporaryFile holding the whole body, once held
+        self.held_size = 0
+        self.held_sha256 = ""
+
+    async def hold(self, limit: int, in_memory: int) -> None:
+        """Read the whole body (at most ``limit`` bytes) into a spool: memory up to
+        ``in_memory`` bytes, then a private temporary file. The body that is forwarded later is
+        exactly the one hashed here."""
+        digest = hashlib.sha256(self.buffer)
+        spool = tempfile.SpooledTemporaryFile(max_size=in_memory)  # noqa: SIM115 (closed in stream)
+        spool.write(self.buffer)
+        size = len(self.buffer)
+        self.spool = spool
+        while size <= limit and not self.done:
+            chunk = await self._next()
+            size += len(chunk)
+            spool.write(chunk)
+            digest.update(chunk)
+        if size > limit:
+            raise _Refused(
+                413,
+                f"request body larger than {limit} bytes cannot be held for approval",
+                "send a smaller body, or ask for the hold limit to be raised",
+            )
+        self.held_size, self.held_sha256 = size, digest.hexdigest()
+
+    def held_prefix(self, size: int) -> bytes:
+        """The first ``size`` bytes of a held body."""
+        self.spool.seek(0)
+        data: bytes = self.spool.read(size)
+        return data
+
+    def close(self) -> None:
+        """Drop the spool, if any."""
+        if self.spool is not None:
+            self.spool.close()
 
     async def _next(self) -> bytes:
         try:
@@ -193,7 +237,13 @@ class _Body:
         gone.set()
 
     async def stream(self, tap: BodyTap) -> AsyncIterator[bytes]:
-        """The whole body: the buffer, then the rest as it arrives."""
+        """The whole body: the held spool, or the buffer then the rest as it arrives."""
+        if self.spool is not None:
+            self.spool.seek(0)
+            while chunk := self.spool.read(_SPOOL_CHUNK):
+                tap.feed(chunk)
+                yield chunk
+            return
         if self.buffer:
             tap.feed(bytes(self.buffer))
             yield bytes(self.buffer)
@@ -251,6 +301,12 @@ class HttpProxy:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = self._exchange(scope)
         body = _Body(receive, self._settings.client_timeout)
+        try:
+            await self._steps(ex, body, send)
+        finally:
+            body.close()
+
+    async def _steps(self, ex: _Exchange, body: _Body, send: Send) -> None:
         try:
             self._authenticate(ex)
             decision = await self._judge(ex, body)
@@ -340,8 +396,12 @@ class HttpProxy:
                 "this request is not allowed by the session policy; see the rule in airlock.yaml",
                 rule_id=decision.rule_id,
             )
-        await self._buffer_all(body, "held for approval")
-        if not await self._ask(ex, decision, bytes(body.buffer)):
+        if self._injector.needs_body:  # the signature needs the body in memory anyway
+            await self._buffer_all(body, "held for approval and signed")
+            await body.hold(self._settings.inspect_limit, self._settings.inspect_limit)
+        else:
+            await body.hold(self._settings.hold_limit, self._settings.inspect_limit)
+        if not await self._ask(ex, decision, body):
             raise _Refused(
                 403,
                 f"approval denied for guardrail {decision.rule_id}",
@@ -349,13 +409,13 @@ class HttpProxy:
                 rule_id=decision.rule_id,
             )
 
-    async def _ask(self, ex: _Exchange, decision: Decision, data: bytes) -> bool:
+    async def _ask(self, ex: _Exchange, decision: Decision, body: _Body) -> bool:
         if self._approve is None:
             ex.extra["approval"] = _NO_APPROVER
             return False
         op = Operation(
             kind="http",
-            text=self._operation_text(ex, data),
+            text=self._operation_text(ex, body),
             rule_id=decision.rule_id,
             gateway=self.config.name,
             session_id=self._ticket.session_id,
@@ -366,24 +426,23 @@ class HttpProxy:
             ex.extra["approval"] = f"approval failed: {type(exc).__name__}"
             return False
 
-    def _operation_text(self, ex: _Exchange, data: bytes) -> str:
+    def _operation_text(self, ex: _Exchange, body: _Body) -> str:
         line = f"{ex.method} {ex.path.judged}"
         if ex.query:
             line += "?" + self._masker.mask_text(ex.query)
-        if not data:
+        if not body.held_size:
             return line
-        digest = hashlib.sha256(data).hexdigest()
-        tap = BodyTap(_APPROVAL_EXCERPT)
-        tap.feed(data)
-        shown = render_body(
-            tap,
+        shown = render_prefix(
+            body.held_prefix(_APPROVAL_EXCERPT),
+            cap=_APPROVAL_EXCERPT,
+            truncated=body.held_size > _APPROVAL_EXCERPT,
             content_type=ex.header("content-type"),
             content_encoding=ex.header("content-encoding"),
             fields=self._fields,
             masker=self._masker,
         )
         excerpt = shown.get("body", f"({shown.get('body_omitted', 'not shown')})")
-        return f"{line}\nbody: {len(data)} bytes, sha256 {digest}\n{excerpt}"
+        return f"{line}\nbody: {body.held_size} bytes, sha256 {body.held_sha256}\n{excerpt}"
 
     # ------------------------------------------------------------------ upstream
 
@@ -415,7 +474,7 @@ class HttpProxy:
         url = self._origin + join_upstream(self._base_path, ex.path.wire)
         if ex.query:
             url += "?" + ex.query
-        buffered = body.done
+        buffered = body.done and body.spool is None
         drop = _HOP_BY_HOP | self._injector.strip | ({"content-length"} if buffered else set())
         headers = [(k, v) for k, v in ex.headers if k.decode("latin-1").lower() not in drop]
         content: bytes | AsyncIterator[bytes]
