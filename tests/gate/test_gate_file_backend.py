@@ -160,3 +160,14 @@ def test_unwritable_directory_is_a_gate_error(tmp_path: Path, key: SigningKey) -
     blocker.write_text("")
     with pytest.raises(GateError, match="could not create"):
         FileBackend(blocker / "sub", key=key)
+
+
+def test_decision_with_a_non_ascii_hash_is_denied_not_a_crash(
+    tmp_path: Path, key: SigningKey, op: Operation
+) -> None:
+    backend = FileBackend(tmp_path, key=key)
+    rid = backend.request(op)
+    forged = {"approved": True, "by": "m", "operation_hash": "\u00e9" * 64}
+    (tmp_path / "decisions" / f"{rid}.json").write_text(json.dumps(forged))
+    decision = backend.status(rid)
+    assert decision is not None and not decision.approved

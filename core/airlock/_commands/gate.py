@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock._commands._common import add_flag
-from airlock.audit import load_signing_key
+from airlock.audit import SigningKey, load_signing_key
 from airlock.ci.identity import detect_identity
 from airlock.errors import ApprovalDenied, ApprovalTimedOut, ExitCode, UsageError
 from airlock.gate import (
@@ -201,7 +201,7 @@ def _read_operation_file(path: Path) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _backend(args: argparse.Namespace, key: Any) -> ApprovalBackend:
+def _backend(args: argparse.Namespace, key: SigningKey) -> ApprovalBackend:
     kind: str = args.backend
     if kind == "console":
         return ConsoleBackend(key=key)

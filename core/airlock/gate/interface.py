@@ -78,6 +78,11 @@ def valid_request_id(request_id: str) -> bool:
     return bool(_REQUEST_ID_RE.fullmatch(request_id))
 
 
+def _same(a: str, b: str) -> bool:
+    """Constant-time equality of two strings, whatever characters an attacker put in them."""
+    return secrets.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
+
+
 def _canonical(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -155,7 +160,7 @@ class Decision:
 
     def verify(self, public_key: Ed25519PublicKey, operation_hash: str) -> bool:
         """True when the signature checks and the decision is for ``operation_hash``."""
-        if not self.signature or not secrets.compare_digest(self.operation_hash, operation_hash):
+        if not self.signature or not _same(self.operation_hash, operation_hash):
             return False
         payload = self.signed_payload(operation_hash, self.approved, self.by, self.at)
         try:
@@ -250,7 +255,7 @@ class ApprovalBackend(abc.ABC):
         return req
 
     def _settle(self, req: ApprovalRequest, answer: Answer) -> Decision:
-        if not secrets.compare_digest(answer.operation_hash, req.operation_hash):
+        if not _same(answer.operation_hash, req.operation_hash):
             answer = Answer(
                 approved=False,
                 by=_GATE_BY,
