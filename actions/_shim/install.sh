@@ -31,12 +31,27 @@ venv="$cache/venv-$deps_key-$src_key"
 mkdir -p "$cache"
 
 build_deps() {
-  local tmp="$deps.tmp.$$"
+  local tmp="$deps.tmp.$$" i pids=""
   rm -rf "$tmp"
   echo "airlock: installing dependencies into $deps (cold cache)" >&2
   "$python" -m venv --without-pip "$tmp" >&2
-  "$python" -m pip --python "$tmp/bin/python" install --quiet --disable-pip-version-check \
-    --no-deps --only-binary=:all: -r "$here/requirements.txt" >&2
+  # Cold installs are dominated by index round trips, one package after another. The list is
+  # pinned and installed --no-deps, so order does not matter: four pip processes share it
+  # (botocore, the largest download, alone) and each writes only its own packages' files.
+  grep -v '^#' "$here/requirements.txt" | grep . > "$tmp/.requirements"
+  grep -i '^botocore==' "$tmp/.requirements" > "$tmp/.part0" || true
+  for i in 1 2 3; do
+    grep -v -i '^botocore==' "$tmp/.requirements" | awk -v n="$i" 'NR % 3 == n % 3' > "$tmp/.part$i"
+  done
+  for i in 0 1 2 3; do
+    [ -s "$tmp/.part$i" ] || continue
+    "$python" -m pip --python "$tmp/bin/python" install --quiet --disable-pip-version-check \
+      --no-deps --only-binary=:all: -r "$tmp/.part$i" >&2 &
+    pids="$pids $!"
+  done
+  for i in $pids; do wait "$i"; done
+  "$tmp/bin/python" -c 'import boto3, cryptography, httpx, jwt, pydantic, re2, rich, yaml' >&2
+  rm -f "$tmp"/.requirements "$tmp"/.part*
   mv -T "$tmp" "$deps"
 }
 
