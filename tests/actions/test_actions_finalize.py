@@ -318,3 +318,19 @@ def test_follow_stops_on_a_truncated_journal(runner: Runner, tmp_path: Path) -> 
 def test_env_blocks_are_read_back_as_the_runner_reads_them() -> None:
     text = "A<<ghadelimiter_1\nline1\nline2\nghadelimiter_1\nB=plain=value\n\nC<<X\n\nX\n"
     assert ci_command.parse_env_blocks(text) == {"A": "line1\nline2", "B": "plain=value", "C": ""}
+
+
+def test_action_main_policy_is_read_before_changing_to_working_directory(runner: Runner) -> None:
+    work = runner.root / "work"
+    (work / "policy.yaml").write_text("version: 1\nmask:\n  env: [DEMO_TOKEN]\n")
+    (work / "agent-dir").mkdir()
+    inputs = {
+        "INPUT_COMMAND": 'echo "in $(basename "$PWD") with $DEMO_TOKEN"',
+        "INPUT_POLICY": "policy.yaml",
+        "INPUT_WORKING-DIRECTORY": "agent-dir",
+        "DEMO_TOKEN": "demo-token-value-5521",
+    }
+    main = runner.ci("action", "main", extra=inputs)
+    assert main.returncode == 0, main.stderr
+    assert "in agent-dir with " in main.stdout
+    assert "demo-token-value-5521" not in main.stdout

@@ -507,7 +507,8 @@ def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse
         artifacts=None,
         fail_mode=_fail_mode(inputs.get("fail-mode") or "closed"),
         key=None,
-        policy=Path(inputs["policy"]) if inputs.get("policy") else None,
+        # resolved now: the main step may change to working-directory before the run
+        policy=Path(inputs["policy"]).resolve() if inputs.get("policy") else None,
         state=None,
     )
 
@@ -755,17 +756,18 @@ def _session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     bracket.stop_file.unlink(missing_ok=True)
     bracket.journal.touch(mode=0o600)
     bracket.hook.write_text(_HOOK.replace("HOOK_MAX", str(_HOOK_SCRIPT_MAX)))
-    log = (bracket.state / "recorder.log").open("ab")
-    proc = subprocess.Popen(
-        _recorder_argv(args, bracket, sessions),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    log = bracket.state / "recorder.log"
+    with log.open("ab") as log_file:
+        proc = subprocess.Popen(
+            _recorder_argv(args, bracket, sessions),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
     if not _wait_for(lambda: any(sessions.glob("*/events.jsonl")), 15.0):
         proc.kill()
-        raise _unavailable("the bracket recorder did not start; see " + str(log.name))
+        raise _unavailable(f"the bracket recorder did not start; see {log}")
     session = max(sessions.glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime).parent
     bracket.save({"pid": proc.pid, "sessions": str(sessions), "session": str(session)})
     _export_bracket(bracket, session, environ)
