@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["REPO", "Runner", "parse_file_commands", "read_json"]
+__all__ = ["REPO", "Runner", "parse_file_commands", "read_json", "running_broker"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,3 +109,46 @@ class Runner:
 def read_json(path: Path) -> object:
     """The JSON document in ``path``."""
     return json.loads(path.read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_broker(config: Path, home: Path) -> Iterator[tuple[str, bytearray]]:
+    """`airlock broker serve --config CONFIG` on a free port; yields (URL, stderr holder).
+
+    The second item is filled with the broker's stderr once it stopped (for "no secret in the
+    broker's log" checks); read it after the block.
+    """
+    import httpx
+
+    port = _free_port()
+    serve = ["broker", "serve", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airlock._cli", *serve],
+        env={**os.environ, "XDG_CONFIG_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the broker did not start"
+        time.sleep(0.1)
+    log = bytearray()
+    try:
+        yield url, log
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=20)
+        log.extend(stderr)

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from tests.actions.helpers import REPO
+from tests.actions.helpers import REPO, running_broker
 from tests.broker.conftest import AUDIENCE, STATIC_VALUE, broker_yaml
-from tests.support.moto_server import MotoServer, free_port, moto_env
+from tests.support.moto_server import MotoServer, moto_env
 from tests.support.oidc_issuer import OIDCIssuer
 
 pytestmark = pytest.mark.service
@@ -196,34 +196,9 @@ def broker(tmp_path: Path) -> Iterator[tuple[str, str]]:
         issuer.routes["/github-token"] = token_endpoint
         config = tmp_path / "broker.yaml"
         config.write_text(broker_yaml(issuer.url, f"sqlite:///{tmp_path / 'broker.db'}"))
-        port = free_port()
-        serve = ["broker", "serve", "--config", str(config), "--port", str(port)]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "airlock._cli", *serve],
-            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "broker-config")},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc)
-        yield url, f"{issuer.url}/github-token?api-version=2.0"
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=20)
-        assert STATIC_VALUE.encode() not in stderr
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError("the broker did not start")
+        with running_broker(config, tmp_path / "broker-config") as (url, log):
+            yield url, f"{issuer.url}/github-token?api-version=2.0"
+        assert STATIC_VALUE.encode() not in log  # the broker's log never holds a credential
 
 
 def test_credentials_from_the_broker_masked_witnessed_revoked(

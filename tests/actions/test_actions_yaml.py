@@ -90,7 +90,8 @@ def gitlab_scripts(doc: dict[str, Any]) -> Iterator[str]:
 @pytest.mark.parametrize("path", GITLAB_FILES, ids=rel)
 def test_no_input_interpolation_inside_a_script(path: Path) -> None:
     scripts = [line for doc in gitlab_documents(path) for line in gitlab_scripts(doc)]
-    assert scripts or path.name == "bad-input.yml", rel(path)
+    if path.parent.name == "gitlab-templates":
+        assert scripts, rel(path)
     assert [s for s in scripts if "$[[" in s] == []
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.actions.helpers import running_broker
+from tests.support.oidc_issuer import OIDCIssuer
 
 pytestmark = pytest.mark.service
 
@@ -201,3 +203,67 @@ def test_inputs_are_checked_when_the_pipeline_is_created(tmp_path: Path) -> None
     done = run_gcl(project, "--preview", variables={})
     assert done.returncode != 0
     assert "fail-mode" in done.stdout + done.stderr
+
+
+GITLAB_BROKER = """
+version: 1
+issuers: [{{name: gitlab, url: "{issuer}", audience: "{audience}", platform: gitlab}}]
+providers:
+  static:
+    secrets:
+      DEPLOY_KEY: "{value}"
+grants:
+  deploy: {{provider: static, secrets: [DEPLOY_KEY], ttl: 15m}}
+rules:
+  - id: gitlab-api
+    issuer: gitlab
+    claims: {{project_id: "20", namespace_id: "72", ref_protected: "true"}}
+    grants: [deploy]
+state: "sqlite:///{state}"
+"""
+BROKER_AUDIENCE = "https://airlock.gitlab.test"
+BROKER_VALUE = "gitlab-static-deploy-value-31c7"
+
+
+def test_credentials_exchanged_masked_and_revoked(tmp_path: Path) -> None:
+    with OIDCIssuer() as issuer:
+        config = tmp_path / "broker.yaml"
+        config.write_text(
+            GITLAB_BROKER.format(
+                issuer=issuer.url,
+                audience=BROKER_AUDIENCE,
+                value=BROKER_VALUE,
+                state=tmp_path / "broker.db",
+            )
+        )
+        token = issuer.mint(issuer.gitlab_claims(BROKER_AUDIENCE))
+        with running_broker(config, tmp_path / "broker-home") as (url, broker_log):
+            project = make_project(tmp_path)
+            pipeline = (project / "tests/gitlab/pipelines/broker.yml").read_text()
+            pipeline = pipeline.replace("@BROKER_URL@", url).replace("@AUDIENCE@", BROKER_AUDIENCE)
+            (project / ".gitlab-ci.yml").write_text(pipeline)
+            done = run_gcl(
+                project,
+                variables={
+                    "GITLAB_CI": "true",
+                    "AIRLOCK_ID_TOKEN": token,  # gitlab-ci-local leaves id_tokens empty
+                    "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+                    "TEST_AIRLOCK": str(airlock_wrapper(tmp_path / "airlock")),
+                    "TEST_ARCHIVE": str(tmp_path / "archive"),
+                    "TEST_SESSIONS": str(tmp_path / "sessions"),
+                },
+            )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    job = (project / ".gitlab-ci-local/output/agent.log").read_text()
+    assert "issued deploy under rule gitlab-api" in job
+    assert "deploying with [MASKED:credential:deploy]" in job and BROKER_VALUE not in job
+    assert "id token visible? no" in job and token not in job
+    assert "revoked 1 lease(s)" in job
+    assert BROKER_VALUE.encode() not in broker_log
+    state = tmp_path / "sessions" / "state-agent"
+    assert not (state / "job.json").exists()  # forgotten after the revoke
+    artifacts = project / ".gitlab-ci-local/artifacts/agent/airlock"
+    assert BROKER_VALUE not in "".join(
+        p.read_text(errors="replace") for p in artifacts.rglob("*") if p.is_file()
+    )
