@@ -8,13 +8,16 @@ by tests/gitlab/setup_tools.sh into .cache/ of the checkout (outside git).
 
 from __future__ import annotations
 
+import functools
 import gzip
+import http.server
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,3 +270,33 @@ def test_credentials_exchanged_masked_and_revoked(tmp_path: Path) -> None:
     assert BROKER_VALUE not in "".join(
         p.read_text(errors="replace") for p in artifacts.rglob("*") if p.is_file()
     )
+
+
+def test_include_remote_with_inputs(tmp_path: Path) -> None:
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(REPO / "gitlab-templates")
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        project = make_project(tmp_path)
+        url = f"http://127.0.0.1:{server.server_address[1]}/airlock.yml"
+        text = (project / "tests/gitlab/pipelines/remote.yml").read_text()
+        (project / ".gitlab-ci.yml").write_text(text.replace("@TEMPLATE_URL@", url))
+        done = run_gcl(
+            project,
+            variables={
+                "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+                "TEST_AIRLOCK": str(airlock_wrapper(tmp_path / "airlock")),
+                "TEST_SESSIONS": str(tmp_path / "sessions"),
+            },
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    job = (project / ".gitlab-ci-local/output/agent.log").read_text()
+    assert "included remotely" in job
+    dotenv = (project / ".gitlab-ci-local/artifacts/agent/airlock/airlock.env").read_text()
+    assert "AIRLOCK_VERIFIED=ok" in dotenv
