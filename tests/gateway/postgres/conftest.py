@@ -56,7 +56,7 @@ class RunningGateway:
     def dsn(self, password: str | None = None, **extra: str) -> str:
         password = self.ticket.value if password is None else password
         parts = {"host": self.host, "port": str(self.port), "dbname": "ignored", "user": "agent"}
-        parts.update(password=password, sslmode="disable", **extra)
+        parts.update({"password": password, "sslmode": "disable", **extra})
         return " ".join(f"{k}={v}" for k, v in parts.items())
 
     def url(self) -> str:
@@ -99,12 +99,12 @@ def upstream(postgres_cluster: PostgresCluster) -> Upstream:  # noqa: F811
     return Upstream(postgres_cluster, password)
 
 
-def _config(upstream: Upstream, **overrides: Any) -> PostgresGatewayConfig:
+def _config(up: Upstream, /, **overrides: Any) -> PostgresGatewayConfig:
     data: dict[str, Any] = {
         "name": "appdb",
         "kind": "postgres",
         "listen": "127.0.0.1:0",
-        "upstream": {"host": "127.0.0.1", "port": upstream.cluster.port, "database": APP_DB,
+        "upstream": {"host": "127.0.0.1", "port": up.cluster.port, "database": APP_DB,
                      "tls": "disable"},
         "credential": {"env": {"user": "PGUSER_UP", "password": "PGPASSWORD_UP"}},
         "mask_columns": ["*.password", "users.email"],
