@@ -1,0 +1,127 @@
+"""pgbench -S through nothing vs pgbouncer vs the Airlock PostgreSQL gateway (recording + masking).
+
+    .venv/bin/python bench/pgbench_gateway.py [--quick]
+
+A throwaway PostgreSQL cluster (tests/support/postgres.py), `pgbench -i -s 1`, then
+`pgbench -S -c 8 -j 2 -T 20` (`--quick`: -T 5) against: the server directly, pgbouncer
+(session pooling, from Debian) and the Airlock gateway with every statement recorded to a
+session log and value masking on. Prints TPS, average latency, and ratios in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.postgres import PostgresCluster  # noqa: E402
+
+from airlock.audit import SessionWriter  # noqa: E402
+from airlock.gateway.postgres.server import UpstreamLogin, start_in_thread  # noqa: E402
+from airlock.gateway.tickets import Ticket  # noqa: E402
+from airlock.mask import Masker, MaskSettings  # noqa: E402
+from airlock.policy.gateways import PostgresGatewayConfig  # noqa: E402
+from airlock.policy.guardrails import GuardrailRule  # noqa: E402
+
+
+def pgbench(port: int, password: str, seconds: int, *extra: str) -> tuple[float, float]:
+    env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
+    out = subprocess.run(
+        ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-S", "-c", "8",
+         "-j", "2", "-T", str(seconds), "-n", *extra, "postgres"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))  # type: ignore[union-attr]
+    return tps, latency
+
+
+def start_pgbouncer(pg: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
+    port = pg.port + 1 if pg.port < 65000 else pg.port - 1
+    conf = pg.root / "pgbouncer"
+    conf.mkdir(exist_ok=True)
+    (conf / "userlist.txt").write_text(f'"postgres" "{pg.password}"\n')
+    (conf / "pgbouncer.ini").write_text(
+        f"[databases]\npostgres = host=127.0.0.1 port={pg.port} dbname=postgres\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = plain\n"
+        f"auth_file = {conf / 'userlist.txt'}\npool_mode = session\nmax_client_conn = 100\n"
+        f"default_pool_size = 20\nunix_socket_dir =\nlogfile = {conf / 'pgbouncer.log'}\n"
+    )
+    if pg.user:
+        shutil.chown(conf, pg.user)
+        for path in conf.iterdir():
+            shutil.chown(path, pg.user)
+    proc = subprocess.Popen(
+        [shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", str(conf / "pgbouncer.ini")],
+        user=pg.user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)
+    return proc, port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="5 s per target instead of 20 s")
+    seconds = 5 if parser.parse_args().quick else 20
+    with PostgresCluster.start() as pg:
+        env = {**os.environ, "PGPASSWORD": pg.password}
+        subprocess.run(
+            ["pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U",
+             "postgres", "postgres"], env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        results = {"direct": pgbench(pg.port, pg.password, seconds)}
+        bouncer, bport = start_pgbouncer(pg)
+        try:
+            results["pgbouncer"] = pgbench(bport, pg.password, seconds)
+        finally:
+            bouncer.terminate()
+            bouncer.wait(10)
+        sessions = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
+        writer = SessionWriter.create(sessions)
+        config = PostgresGatewayConfig.model_validate(
+            {"name": "bench", "kind": "postgres",
+             "upstream": {"host": "127.0.0.1", "port": pg.port, "database": "postgres",
+                          "tls": "disable"},
+             "credential": {"user": "postgres"}, "mask_columns": ["*.password"],
+             "mask_values": True}
+        )  # fmt: skip
+        ticket = Ticket.issue(writer.session_id, "bench")
+        rules = [GuardrailRule.model_validate(
+            {"id": "no-drop", "sql": {"kinds": ["drop", "truncate"]}, "action": "deny"})]  # fmt: skip
+
+        async def deny(op: object) -> bool:
+            return False
+
+        gateway = start_in_thread(
+            config, masker=Masker(MaskSettings()), record=writer.append, approve=deny,
+            ticket=ticket, guardrails=rules, login=UpstreamLogin("postgres", pg.password),
+        )  # fmt: skip
+        try:
+            results["airlock"] = pgbench(gateway.address[1], ticket.value, seconds)
+        finally:
+            gateway.close()
+            events = writer.seq
+            writer.close()
+            shutil.rmtree(sessions, ignore_errors=True)
+    print(f"pgbench -S -c 8 -j 2 -T {seconds} (scale 1), PostgreSQL {pg.bindir.parent.name}")
+    for name, (tps, latency) in results.items():
+        print(f"  {name:<10} {tps:>10.0f} tps   {latency:7.3f} ms avg latency")
+    direct, bouncer_tps, airlock = (results[k][0] for k in ("direct", "pgbouncer", "airlock"))
+    added = results["airlock"][1] - results["direct"][1]
+    print(f"  airlock / pgbouncer = {airlock / bouncer_tps:.2f}x   (target >= 0.5x)")
+    print(f"  airlock / direct    = {airlock / direct:.2f}x   pgbouncer / direct = "
+          f"{bouncer_tps / direct:.2f}x")  # fmt: skip
+    print(f"  added latency vs direct: {added:.3f} ms; events recorded: {events}")
+
+
+if __name__ == "__main__":
+    main()
