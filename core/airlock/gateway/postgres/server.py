@@ -789,6 +789,10 @@ class _Connection:
             self._result(error=("42501", replacement[1]))
             return replacement[0]
         masked = self._masked_error(message)
+        if message.fields.get("V", message.fields.get("S")) in ("FATAL", "PANIC"):
+            self.s.error_event(
+                f"upstream ended the session ({message.sqlstate})", connection=self.conn_id
+            )
         self._result(error=(message.sqlstate, self.s.masker.mask_text(message.message)))
         return masked
 
