@@ -32,6 +32,7 @@ from pydantic import (
 
 from airlock.errors import ConfigError
 from airlock.oidc.issuers import IssuerConfig
+from airlock.policy.durations import Duration, parse_duration
 
 __all__ = [
     "DEFAULT_GRANT_TTL",
@@ -71,42 +72,9 @@ SensitiveEvent = Literal[
     "fork",
 ]
 SENSITIVE_EVENTS: tuple[str, ...] = get_args(SensitiveEvent)
-_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_DURATION_PATTERN = r"^(\d+h)?(\d+m)?(\d+s)?$"
 _CLAIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _GITHUB_ISSUER_HOSTS = ("token.actions.githubusercontent.com",)
 _HINT = "docs/broker-config.md describes every key; `airlock broker check --config FILE` rechecks"
-
-
-def parse_duration(value: Any) -> int:
-    """Seconds (>= 0) from an integer or a string like ``90s``, ``15m``, ``1h30m``."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 15m, 1h, 90s")
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, str) and (match := _DURATION_RE.match(value.strip())) and value.strip():
-        hours, minutes, secs = (int(part or 0) for part in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    else:
-        raise ValueError("a duration is a number of seconds or a string like 15m, 1h, 90s")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-Duration = Annotated[
-    int,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": _DURATION_PATTERN, "minLength": 2},
-                {"type": "integer", "minimum": 0},
-            ],
-            "description": "seconds, or a duration such as 90s, 15m, 1h30m",
-        }
-    ),
-]
 
 
 def _claim_text(value: Any) -> str:
