@@ -73,7 +73,7 @@ def test_every_problem_is_listed_in_file_order_with_lines() -> None:
         "airlock.yaml: capture.exec: must be one of: required, best_effort, off (line 2)",
         "airlock.yaml: mask.paterns: unknown key 'paterns'; did you mean 'patterns'? (line 4)",
         "airlock.yaml: mask.correlate: must be one of: none, hmac (line 5)",
-        "airlock.yaml: foo: unknown key 'foo'; valid keys here: capture, environment, gateways, "
+        "airlock.yaml: foo: unknown key 'foo'; valid keys here: approvals, capture, environment, gateways, "
         "guardrail_defaults, guardrails, mask, version (line 6)",
     ]
 

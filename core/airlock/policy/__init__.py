@@ -36,6 +36,7 @@ from airlock.policy.load import (
 )
 from airlock.policy.model import (
     DEFAULT_POLICY,
+    ApprovalsPolicy,
     CaptureSettings,
     EnvironmentPolicy,
     MaskPattern,
@@ -49,6 +50,7 @@ from airlock.policy.schema import policy_json_schema
 __all__ = [
     "DEFAULT_POLICY",
     "MAX_POLICY_BYTES",
+    "ApprovalsPolicy",
     "CaptureSettings",
     "Decision",
     "EnvironmentPolicy",

@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from airlock.policy.durations import Duration
 from airlock.policy.gateways import GatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
 
@@ -40,6 +41,7 @@ __all__ = [
     "ENV_NAME_PATTERN",
     "ENV_REMOVE_PATTERN",
     "RULE_ID_PATTERN",
+    "ApprovalsPolicy",
     "CaptureSettings",
     "EnvironmentPolicy",
     "MaskPattern",
@@ -312,6 +314,27 @@ class EnvironmentPolicy(_Section):
         return any(env_pattern_matches(pattern, name) for pattern in self.remove)
 
 
+class ApprovalsPolicy(_Section):
+    """Who is asked when a guardrail says require_approval, and how long they have."""
+
+    backend: Literal["console", "file", "deny", "broker"] = Field(
+        default="console",
+        description=(
+            "console: a prompt on the terminal (no terminal means deny); file: decisions dropped "
+            "into `dir` by `airlock gate decide`; deny: refuse everything that needs approval; "
+            "broker: the broker posts the request in the PR/MR (`forge`) and relays the click."
+        ),
+    )
+    timeout: Duration = Field(
+        default=1800, gt=0, le=7 * 24 * 3600, description="Unanswered after this means denied."
+    )
+    dir: str = Field(default=".airlock/approvals", description="The file backend's directory.")
+    forge: Literal["github-check", "gitlab"] = Field(
+        default="github-check",
+        description="broker backend: a GitHub check run with buttons, or a GitLab MR note.",
+    )
+
+
 class Policy(_Section):
     """A session policy: how a session is recorded. ``Policy()`` is the default policy."""
 
@@ -332,6 +355,7 @@ class Policy(_Section):
         default=(), description="Rules on SQL statements and HTTP requests (ids unique)."
     )
     guardrail_defaults: GuardrailDefaults = Field(default_factory=GuardrailDefaults)
+    approvals: ApprovalsPolicy = Field(default_factory=ApprovalsPolicy)
 
     @field_validator("version", mode="before")
     @classmethod
