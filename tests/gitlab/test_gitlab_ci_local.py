@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.actions.helpers import running_broker
+import yaml
+from tests.actions.helpers import commit_all, running_broker
+from tests.support.moto_server import MotoServer, moto_env, moto_server
 from tests.support.oidc_issuer import OIDCIssuer
 
 pytestmark = pytest.mark.service
+__all__ = ["moto_server"]  # re-exported fixture
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "gl-s3cr3t-9d7c1b"
@@ -302,3 +305,87 @@ def test_include_remote_with_inputs(tmp_path: Path) -> None:
     assert "included remotely" in job
     dotenv = (project / ".gitlab-ci-local/artifacts/agent/airlock/airlock.env").read_text()
     assert "AIRLOCK_VERIFIED=ok" in dotenv
+
+
+def rewrite_example(text: str, broker_url: str) -> str:
+    """examples/gitlab/.gitlab-ci.yml with only what points outside this machine replaced."""
+    pipeline = yaml.safe_load(text)
+    (include,) = pipeline["include"]
+    inputs = {
+        **include["inputs"],
+        "broker-url": broker_url,
+        "audience": BROKER_AUDIENCE,
+        "grants": ["deploy"],
+        "airlock": "$TEST_AIRLOCK",
+        "sessions-dir": "$TEST_SESSIONS/$CI_JOB_NAME",
+        "state-dir": "$TEST_SESSIONS/state-$CI_JOB_NAME",
+    }
+    pipeline["include"] = [{"local": include["file"], "inputs": inputs}]
+    agent = pipeline["agent"]
+    agent.pop("image")
+    agent.pop("before_script")
+    command = agent["variables"]["AIRLOCK_COMMAND"]
+    command["value"] = (
+        'DEMO_API_KEY="$ANTHROPIC_API_KEY" python3 examples/demo_agent.py; echo "task: $AGENT_TASK"'
+    )
+    pipeline["apply-migration"]["script"] = [
+        line for line in pipeline["apply-migration"]["script"] if "migrate.sh" not in line
+    ]
+    return yaml.safe_dump(pipeline, sort_keys=False)
+
+
+@pytest.mark.usefixtures("moto_server")
+def test_example_pipeline(tmp_path: Path, moto_server: MotoServer) -> None:
+    s3 = moto_server.client("s3")
+    if "acme-audit" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket="acme-audit", ObjectLockEnabledForBucket=True)
+    task = "add input validation; $(touch /tmp/gitlab-example-injected)"
+    with OIDCIssuer() as issuer:
+        config = tmp_path / "broker.yaml"
+        config.write_text(
+            GITLAB_BROKER.format(
+                issuer=issuer.url,
+                audience=BROKER_AUDIENCE,
+                value=BROKER_VALUE,
+                state=tmp_path / "broker.db",
+            )
+        )
+        token = issuer.mint(issuer.gitlab_claims(BROKER_AUDIENCE))
+        with running_broker(config, tmp_path / "broker-home") as (url, _log):
+            project = make_project(tmp_path)
+            for extra in ("examples/demo_agent.py", "examples/github/airlock.yaml"):
+                (project / extra).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / extra, project / extra)
+            example = (REPO / "examples/gitlab/.gitlab-ci.yml").read_text()
+            (project / ".gitlab-ci.yml").write_text(rewrite_example(example, url))
+            commit_all(project)  # the shell executor copies tracked files only
+            done = run_gcl(
+                project,
+                "--manual",
+                "approve-migration",
+                variables={
+                    **moto_env(),
+                    "GITLAB_CI": "true",
+                    "AIRLOCK_ID_TOKEN": token,
+                    "ANTHROPIC_API_KEY": SECRET,
+                    "AGENT_TASK": task,
+                    "AIRLOCK_S3_ENDPOINT_URL": moto_server.endpoint_url,
+                    "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+                    "TEST_AIRLOCK": str(airlock_wrapper(tmp_path / "airlock")),
+                    "TEST_SESSIONS": str(tmp_path / "sessions"),
+                },
+            )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    agent = (project / ".gitlab-ci-local/output/agent.log").read_text()
+    assert "agent: planning the change" in agent and f"task: {task}" in agent
+    assert SECRET not in agent and BROKER_VALUE not in agent
+    assert "revoked 1 lease(s)" in agent
+    keys = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket="acme-audit", Prefix="airlock/gitlab/")["Contents"]
+    ]
+    events_key = next(k for k in keys if k.endswith("events.jsonl.gz"))
+    assert s3.head_object(Bucket="acme-audit", Key=events_key)["ObjectLockMode"] == "COMPLIANCE"
+    apply = (project / ".gitlab-ci-local/output/apply-migration.log").read_text()
+    assert "approved in session " in apply and "(ok)" in apply
