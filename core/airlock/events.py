@@ -36,6 +36,7 @@ class EventType(enum.StrEnum):
     APPROVAL_EXPIRED = "approval.expired"
     CREDENTIAL_ISSUED = "credential.issued"
     CHECKPOINT = "checkpoint"
+    GATEWAY_STARTED = "gateway.started"
     ERROR = "airlock.error"
 
 

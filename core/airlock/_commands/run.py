@@ -91,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         strace_path=args.strace,
         credentials=job.credentials,
         witness=job.witness,
+        broker_url=job.broker_url,
+        job_token=job.job_token,
     )
     try:
         outcome = run_session(request)
@@ -117,6 +119,8 @@ class _Job:
 
         self.credentials: tuple[IssuedSecret, ...] = ()
         self.witness: Witness | None = None
+        self.broker_url: str | None = None
+        self.job_token: str | None = None
         self._close: list[Any] = []
 
     def close(self) -> None:
@@ -131,6 +135,7 @@ def _job(args: argparse.Namespace) -> _Job:
     job = _Job()
     state = load_job_state(args.state_dir or default_state_dir())
     if state is not None:
+        job.broker_url, job.job_token = state.broker, state.job_token
         job.credentials = tuple(
             IssuedSecret(lease["grant"], lease["lease_id"], name, value)
             for lease in state.leases
@@ -148,6 +153,7 @@ def _job(args: argparse.Namespace) -> _Job:
         from airlock.oidc import acquire_token
 
         state = client.exchange(acquire_token(args.audience), [])
+        job.broker_url, job.job_token = state.broker, state.job_token
     job_token = state.job_token
 
     def witness(session_id: str, seq: int, head: str) -> dict[str, Any]:

@@ -31,6 +31,9 @@ from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
+from airlock.gate import ApprovalBackend, Approve, ConsoleBackend, DenyBackend, FileBackend
+from airlock.gate.interface import Record, approver
+from airlock.gateway.runtime import RunningGateways, held_variables, start_gateways
 from airlock.mask import Masker, MaskSettings, PatternRule, StreamMasker
 from airlock.policy import Policy
 
@@ -83,6 +86,8 @@ class SessionRequest:
     credentials: tuple[IssuedSecret, ...] = ()
     witness: Witness | None = None
     witness_interval: float = 5.0
+    broker_url: str | None = None  # for approvals through the broker (policy approvals.backend)
+    job_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -187,11 +192,14 @@ class _Session:
         self._counts = {"processes": 0, "output_bytes": 0}
         self._last_witness = time.monotonic()
         self._receipts: list[dict[str, Any]] = []
+        self._gateways: RunningGateways | None = None
+        self._agent_env = dict(request.agent_env)
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
         try:
             self._start()
+            self._start_gateways()
             result = self._runner().run()
             self._flush_all()
             self._end(result, time.monotonic() - started)
@@ -209,6 +217,8 @@ class _Session:
             self._seal_incomplete("airlock stopped before the session ended")
             raise
         finally:
+            if self._gateways is not None:
+                self._gateways.close()
             self._writer.close()
         return SessionOutcome(
             self._writer.session_id, self._writer.path, result.exit_status, manifest
@@ -221,7 +231,7 @@ class _Session:
         return mode == "always" or (mode == "auto" and os.isatty(1))
 
     def _runner(self) -> ProcessRunner:
-        command = Command(self._req.argv, self._req.agent_env, self._req.cwd)
+        command = Command(self._req.argv, self._agent_env, self._req.cwd)
         return ProcessRunner(
             command,
             use_pty=self._use_pty(),
@@ -270,6 +280,40 @@ class _Session:
                 "active": bool(tracer and tracer.available),
                 "detail": tracer.reason if tracer else "exec capture is off in the policy",
             },
+        )
+
+    def _start_gateways(self) -> None:
+        """Held mode: gateways get the credentials, the agent gets addresses and tickets."""
+        policy = self._req.policy
+        if not policy.gateways:
+            return
+        held = held_variables(policy)
+        self._agent_env = {k: v for k, v in self._agent_env.items() if k not in held}
+        self._gateways = start_gateways(
+            policy,
+            session_id=self._writer.session_id,
+            masker=self._masker,
+            record=self._writer.append,
+            approve=self._approver(),
+            environ=self._req.secret_env,
+        )
+        self._agent_env.update(self._gateways.env)
+        for gateway in self._gateways.described:
+            self._writer.append(EventType.GATEWAY_STARTED, {**gateway, "withheld": sorted(held)})
+            _notice(f"gateway {gateway['name']} ({gateway['kind']}) at {gateway['address']}")
+
+    def _approver(self) -> Approve:
+        """The approval backend the policy names, bound to this session's identity."""
+        settings = self._req.policy.approvals
+        identity = self._req.identity
+        backend = _approval_backend(self._req, self._writer.append)
+        return approver(
+            backend,
+            float(settings.timeout),
+            repository=identity.repository,
+            commit=identity.sha,
+            run_id=identity.run_id,
+            session_id=self._writer.session_id,
         )
 
     def _on_signal(self, name: str) -> None:
@@ -371,6 +415,32 @@ class _Session:
                 reason=reason,
                 checkpoints=self._receipts,
             )
+
+
+def _approval_backend(request: SessionRequest, record: Record) -> ApprovalBackend:
+    settings = request.policy.approvals
+    key = request.key
+    if settings.backend == "console":
+        return ConsoleBackend(key=key, record=record, default_timeout=float(settings.timeout))
+    if settings.backend == "file":
+        return FileBackend(Path(settings.dir), key=key, record=record)
+    if settings.backend == "deny":
+        return DenyBackend(key=key, record=record)
+    if request.broker_url is None or request.job_token is None:
+        raise UsageError(
+            "approvals.backend is broker, but this session has no broker job",
+            hint="run `airlock credentials` first, or `airlock run --broker URL --audience AUD`",
+        )
+    from airlock.gate.github_check import GitHubCheckBackend
+    from airlock.gate.gitlab import GitLabBackend
+
+    cls = GitHubCheckBackend if settings.forge == "github-check" else GitLabBackend
+    return cls(request.broker_url, request.job_token, key=key, record=record)
+
+
+def _notice(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f"airlock: {text}\n".encode())
 
 
 def _encode(data: bytes) -> dict[str, str]:

@@ -1,0 +1,177 @@
+"""Start the gateways a session policy declares, and tell the agent how to reach them.
+
+Held mode in one place: each gateway reads its upstream credential from the runner's
+environment; those variables are then withheld from the agent, which gets instead an address on
+127.0.0.1 and a session-bound ticket (registered with the masker, so it never reaches the log).
+
+    PostgreSQL gateway NAME  →  <NAME>_DATABASE_URL (and, for the first one, DATABASE_URL,
+                                PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE)
+    HTTP gateway NAME        →  <NAME>_URL, <NAME>_TOKEN (send as `Authorization: Bearer`, or
+                                as the password of basic auth, e.g. for git)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from airlock.gate.interface import Approve, Record
+from airlock.gateway.tickets import Ticket
+from airlock.mask import Masker
+from airlock.policy import Policy
+from airlock.policy.gateways import (
+    HttpCredential,
+    HttpGatewayConfig,
+    PostgresCredential,
+    PostgresGatewayConfig,
+)
+
+__all__ = ["RunningGateways", "held_variables", "start_gateways"]
+
+_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@dataclass
+class RunningGateways:
+    """What ``airlock run`` needs from the gateways: the agent's variables, and a way to stop."""
+
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    described: list[dict[str, Any]] = field(default_factory=list)
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                close()
+        self._closers.clear()
+
+
+def held_variables(policy: Policy) -> set[str]:
+    """Names of the runner's variables that hold gateway credentials: the agent never sees them."""
+    names: set[str] = set()
+    for gateway in policy.gateways:
+        if isinstance(gateway, PostgresGatewayConfig):
+            names |= _postgres_variables(gateway.credential)
+        elif gateway.credential is not None:
+            names |= _http_variables(gateway.credential)
+    return names
+
+
+def _postgres_variables(cred: PostgresCredential) -> set[str]:
+    names = {cred.env.user, cred.env.password} if cred.env is not None else set()
+    return names | ({cred.password_env} if cred.password_env else set())
+
+
+def _http_variables(cred: HttpCredential) -> set[str]:
+    names: set[str] = set()
+    if cred.env is not None:
+        names |= {v for v in (cred.env.bearer, cred.env.basic_user, cred.env.basic_password) if v}
+    if cred.header is not None:
+        names.add(cred.header.value_env)
+    if cred.aws_sigv4 is not None:
+        names |= set(_AWS_VARIABLES)
+    return names
+
+
+def start_gateways(
+    policy: Policy,
+    *,
+    session_id: str,
+    masker: Masker,
+    record: Record,
+    approve: Approve,
+    environ: Mapping[str, str],
+) -> RunningGateways:
+    """Start every gateway of ``policy``; on any failure, stop those already started."""
+    running = RunningGateways()
+    try:
+        for value in _held_values(policy, environ):
+            masker.add_secret(value, "gateway-credential")
+        for index, config in enumerate(policy.gateways):
+            ticket = Ticket.issue(session_id, config.name)
+            masker.add_secret(ticket.value, "gateway-ticket")
+            common: dict[str, Any] = {
+                "masker": masker,
+                "record": record,
+                "approve": approve,
+                "ticket": ticket,
+                "guardrails": policy.guardrails,
+                "defaults": policy.guardrail_defaults,
+                "environ": environ,
+            }
+            if isinstance(config, PostgresGatewayConfig):
+                _start_postgres(running, config, ticket, common, first=index == _first_pg(policy))
+            else:
+                _start_http(running, config, ticket, common)
+    except BaseException:
+        running.close()
+        raise
+    return running
+
+
+def _held_values(policy: Policy, environ: Mapping[str, str]) -> list[str]:
+    return [environ[name] for name in sorted(held_variables(policy)) if environ.get(name)]
+
+
+def _first_pg(policy: Policy) -> int:
+    return next(
+        (i for i, g in enumerate(policy.gateways) if isinstance(g, PostgresGatewayConfig)), -1
+    )
+
+
+def _prefix(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
+def _start_postgres(
+    running: RunningGateways,
+    config: PostgresGatewayConfig,
+    ticket: Ticket,
+    common: dict[str, Any],
+    *,
+    first: bool,
+) -> None:
+    from airlock.gateway.postgres.server import start_in_thread
+
+    gateway = start_in_thread(config, **common)
+    running._closers.append(gateway.close)
+    host, port = gateway.address[0], gateway.address[1]
+    database = config.upstream.database
+    url = f"postgresql://airlock:{quote(ticket.value, safe='')}@{host}:{port}/{quote(database)}"
+    running.env[f"{_prefix(config.name)}_DATABASE_URL"] = url + "?sslmode=disable"
+    if first:
+        running.env.update(
+            DATABASE_URL=url + "?sslmode=disable",
+            PGHOST=host,
+            PGPORT=str(port),
+            PGUSER="airlock",
+            PGPASSWORD=ticket.value,
+            PGDATABASE=database,
+            PGSSLMODE="disable",  # loopback to the gateway; the gateway does TLS upstream
+        )
+    running.described.append(
+        {"name": config.name, "kind": "postgres", "address": f"{host}:{port}", "database": database}
+    )
+
+
+def _start_http(
+    running: RunningGateways, config: HttpGatewayConfig, ticket: Ticket, common: dict[str, Any]
+) -> None:
+    from airlock.gateway.http.server import start_in_thread
+
+    gateway = start_in_thread(config, **common)
+    running._closers.append(gateway.close)
+    prefix = _prefix(config.name)
+    running.env[f"{prefix}_URL"] = gateway.url
+    running.env[f"{prefix}_TOKEN"] = ticket.value
+    running.described.append(
+        {
+            "name": config.name,
+            "kind": "http",
+            "address": gateway.url,
+            "upstream": str(config.upstream),
+        }
+    )

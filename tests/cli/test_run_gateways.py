@@ -1,0 +1,133 @@
+"""`airlock run` in held mode, end to end: the policy's PostgreSQL gateway holds the upstream
+password, the agent's psql talks to 127.0.0.1 with a ticket, guardrails deny or hold statements,
+masked columns never reach the agent, and every statement is in the session log."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from tests.support.postgres import PostgresCluster
+
+from airlock.gate.file import decide, pending
+
+AIRLOCK = str(Path(sys.executable).parent / "airlock")
+DB = "heldapp"
+USER = "held_app"
+
+
+@pytest.fixture(scope="module")
+def app_db(postgres_cluster: PostgresCluster) -> tuple[PostgresCluster, str]:
+    password = "held-" + secrets.token_hex(12)
+    with psycopg.connect(postgres_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {USER} LOGIN PASSWORD '{password}'")
+        conn.execute(f"CREATE DATABASE {DB} OWNER {USER}")
+    with psycopg.connect(postgres_cluster.dsn(USER, password, DB), autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id int, email text, password text)")
+        conn.execute("INSERT INTO users VALUES (1, 'ada@example.com', 'hunter2-pw-value')")
+        conn.execute("CREATE TABLE scratch (id int)")
+    return postgres_cluster, password
+
+
+def _policy(tmp_path: Path, cluster: PostgresCluster, approvals: str) -> Path:
+    path = tmp_path / "airlock.yaml"
+    path.write_text(
+        f"""
+gateways:
+  - name: appdb
+    kind: postgres
+    listen: 127.0.0.1:0
+    upstream: {{host: 127.0.0.1, port: {cluster.port}, database: {DB}, tls: disable}}
+    credential: {{env: {{user: APPDB_USER, password: APPDB_PASSWORD}}}}
+    mask_columns: ["*.password"]
+guardrails:
+  - {{id: no-drop-users, sql: {{kinds: [drop], tables: [users]}}, action: deny}}
+  - {{id: drop-needs-dba, sql: {{kinds: [drop, truncate]}}, action: require_approval}}
+approvals: {approvals}
+"""
+    )
+    return path
+
+
+def _run(
+    tmp_path: Path, policy: Path, password: str, script: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "GITHUB_", "CI_"))}
+    env.update(APPDB_USER=USER, APPDB_PASSWORD=password, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    return subprocess.run(
+        [AIRLOCK, "run", "--policy", str(policy), "--sessions", str(tmp_path / "s"), "--", "sh", "-c", script],
+        env=env, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def _events(tmp_path: Path) -> list[dict[str, Any]]:
+    [session] = list((tmp_path / "s").iterdir())
+    return [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+
+
+def test_held_credential_masked_columns_and_a_denied_drop(
+    tmp_path: Path, app_db: tuple[PostgresCluster, str]
+) -> None:
+    cluster, password = app_db
+    policy = _policy(tmp_path, cluster, "{backend: deny}")
+    script = (
+        'echo "sees-password:${APPDB_PASSWORD:-no}"; '
+        'psql -X -At -c "SELECT email, password FROM users"; '
+        'psql -X -At -c "DROP TABLE users"; echo "drop-exit:$?"'
+    )
+    result = _run(tmp_path, policy, password, script)
+    assert result.returncode == 0, result.stderr
+    assert "sees-password:no" in result.stdout  # the held credential never reaches the agent
+    assert "ada@example.com|[MASKED:" in result.stdout  # the password column is masked
+    assert "hunter2-pw-value" not in result.stdout
+    assert "no-drop-users" in result.stdout + result.stderr
+    assert "drop-exit:1" in result.stdout
+    with psycopg.connect(cluster.dsn(USER, password, DB)) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)  # still there
+    events = _events(tmp_path)
+    log = (next((tmp_path / "s").iterdir()) / "events.jsonl").read_text()
+    assert password not in log and "hunter2-pw-value" not in log
+    queries = [e["data"]["sql"] for e in events if e["type"] == "db.query"]
+    assert "SELECT email, password FROM users" in queries
+    decisions = [e["data"] for e in events if e["type"] == "guardrail.decision"]
+    assert any(d["rule_id"] == "no-drop-users" and d["action"] == "deny" for d in decisions)
+    started = next(e["data"] for e in events if e["type"] == "gateway.started")
+    assert started["name"] == "appdb"
+    assert "APPDB_PASSWORD" in started["withheld"]
+
+
+def test_a_held_drop_runs_once_after_approval(
+    tmp_path: Path, app_db: tuple[PostgresCluster, str]
+) -> None:
+    cluster, password = app_db
+    approvals = tmp_path / "approvals"
+    policy = _policy(tmp_path, cluster, f"{{backend: file, dir: {approvals}, timeout: 60s}}")
+
+    def approve_when_asked() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            waiting = list(pending(approvals))
+            if waiting:
+                decide(approvals, waiting[0]["request_id"], approved=True, by="dba-alice")
+                return
+            time.sleep(0.1)
+
+    clicker = threading.Thread(target=approve_when_asked)
+    clicker.start()
+    result = _run(tmp_path, policy, password, 'psql -X -At -c "DROP TABLE scratch"; echo "exit:$?"')
+    clicker.join()
+    assert "exit:0" in result.stdout, result.stdout + result.stderr
+    with psycopg.connect(cluster.dsn(USER, password, DB)) as conn:
+        assert conn.execute("SELECT to_regclass('scratch')").fetchone() == (None,)
+    types = [e["type"] for e in _events(tmp_path)]
+    assert types.count("approval.requested") == 1
+    assert types.count("approval.decided") == 1
