@@ -2,9 +2,14 @@
 
     airlock ci finalize --sessions DIR   seal what was left open, revoke leases, archive, verify,
                                          write the job summary and the step outputs / dotenv
-    airlock ci action main|post          the root GitHub Action (action.yml) reads its inputs
+    airlock ci outputs --sessions DIR    step outputs (or dotenv) of the newest session only
+    airlock ci action PHASE              the JavaScript actions' entry points, reading INPUT_*:
+                                         main, post (action.yml), session-main, session-post
+                                         (actions/session)
     airlock ci session start|stop        bracket: record the steps between start and stop
     airlock ci follow JOURNAL --stop F   (internal) the recorded process of a bracket session
+
+`python -m airlock._commands.ci ARGS` is the same as `airlock ci ARGS` (the shims use it).
 
 The YAML around these stays thin: inputs arrive as environment variables, the logic is here,
 where it is tested. ``finalize`` does every duty it can even when an earlier one fails, then
