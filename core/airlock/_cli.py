@@ -26,6 +26,7 @@ _COMMANDS = (
     "export",
     "credentials",
     "gate",
+    "gateway",
     "broker",
     "ci",
 )

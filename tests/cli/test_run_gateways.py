@@ -131,3 +131,37 @@ def test_a_held_drop_runs_once_after_approval(
     types = [e["type"] for e in _events(tmp_path)]
     assert types.count("approval.requested") == 1
     assert types.count("approval.decided") == 1
+
+
+def test_standalone_gateway_serves_until_sigterm_and_seals(
+    tmp_path: Path, app_db: tuple[PostgresCluster, str]
+) -> None:
+    cluster, password = app_db
+    policy = _policy(tmp_path, cluster, "{backend: deny}")
+    env_file = tmp_path / "agent.env"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(APPDB_USER=USER, APPDB_PASSWORD=password, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    proc = subprocess.Popen(
+        [AIRLOCK, "gateway", "--policy", str(policy), "--sessions", str(tmp_path / "s"), "--env-file", str(env_file)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not env_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.1)
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    agent = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert password not in env_file.read_text()
+    query = subprocess.run(
+        ["psql", "-X", "-At", "-c", "SELECT id FROM users"],
+        env={"PATH": os.environ["PATH"], **{k: v for k, v in agent.items() if k.startswith("PG")}},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert query.stdout.strip() == "1", query.stderr
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+    [session] = list((tmp_path / "s").iterdir())
+    manifest = json.loads((session / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert "SELECT id FROM users" in (session / "events.jsonl").read_text()

@@ -1,0 +1,122 @@
+"""``airlock gateway --policy F``: run the policy's gateways standalone, until stopped.
+
+The gateway process records into a session of its own and writes the agent-side variables
+(addresses and tickets) to a 0600 env file. This is the building block of central mode: run it
+next to the broker, off the runner, so that the credentials never enter the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from airlock._commands._common import add_flag, default_sessions_dir
+from airlock.errors import UsageError
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "gateway",
+        help="run the policy's gateways standalone (central mode), until SIGTERM",
+        description=(
+            "Start the gateways declared in the policy, record every statement and request in a "
+            "session of their own, write the agent-side variables (addresses, tickets) to a "
+            "0600 env file, and serve until SIGINT/SIGTERM; then seal the session."
+        ),
+    )
+    add_flag(parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="policy with gateways:")
+    add_flag(
+        parser,
+        "--sessions",
+        env="AIRLOCK_SESSIONS",
+        type=Path,
+        default=default_sessions_dir(),
+        help="directory that holds session logs",
+    )
+    add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, help="Ed25519 signing key (PEM)")
+    add_flag(
+        parser,
+        "--env-file",
+        env="AIRLOCK_GATEWAY_ENV_FILE",
+        type=Path,
+        help="where to write the agent's variables (0600); default: print nothing secret",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from airlock.audit import SessionWriter, load_signing_key
+    from airlock.capture.session import build_masker, correlation_key
+    from airlock.ci import detect_identity
+    from airlock.events import EventType
+    from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
+    from airlock.gateway.runtime import start_gateways
+    from airlock.policy import load_policy
+
+    if not args.policy:
+        raise UsageError("--policy is required", hint="airlock gateway --policy airlock.yaml")
+    policy = load_policy(args.policy)
+    if not policy.gateways:
+        raise UsageError(f"{args.policy} declares no gateways", hint="add a gateways: section")
+    key = load_signing_key(args.key)
+    environ = dict(os.environ)
+    masker = build_masker(policy, environ, correlation_key(key))
+    writer = SessionWriter.create(args.sessions)
+    writer.append(
+        EventType.SESSION_START,
+        {
+            "identity": detect_identity(environ).to_dict(),
+            "argv": ["airlock", "gateway"],
+            "mode": "central",
+        },
+    )
+    backend: ApprovalBackend
+    if policy.approvals.backend == "file":
+        backend = FileBackend(Path(policy.approvals.dir), key=key, record=writer.append)
+    else:  # no terminal to ask, no job to post from: held operations are refused
+        backend = DenyBackend(key=key, record=writer.append, reason="no approver in central mode")
+    running = start_gateways(
+        policy,
+        session_id=writer.session_id,
+        masker=masker,
+        record=writer.append,
+        approve=approver(backend, float(policy.approvals.timeout), session_id=writer.session_id),
+        environ=environ,
+    )
+    try:
+        for gateway in running.described:
+            writer.append(EventType.GATEWAY_STARTED, gateway)
+            print(
+                f"airlock: gateway {gateway['name']} ({gateway['kind']}) at {gateway['address']}",
+                file=sys.stderr,
+            )
+        if args.env_file:
+            _write_env(args.env_file, running.env)
+        _wait_for_stop()
+    finally:
+        running.close()
+        writer.append(EventType.SESSION_END, {"exit_status": 0})
+        writer.seal(key, exit_code=0)
+    return 0
+
+
+def _write_env(path: Path, env: dict[str, str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        for name, value in sorted(env.items()):
+            out.write(f"{name}={value}\n")
+
+
+def _wait_for_stop() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _s, _f: stop.set())
+    while not stop.wait(3600):
+        pass
