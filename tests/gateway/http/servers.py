@@ -68,6 +68,23 @@ async def upstream_app(scope: Scope, receive: Any, send: Any) -> None:
             await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})
         return
+    if path == "/slow-echo":  # the credential it received, sent back in slow pieces
+        auth = dict(scope["headers"]).get(b"authorization", b"")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        step = max(1, len(auth) // 4)
+        for i in range(0, len(auth), step):
+            await send(
+                {"type": "http.response.body", "body": auth[i : i + step], "more_body": True}
+            )
+            await asyncio.sleep(0.15)
+        await send({"type": "http.response.body", "body": b"\n"})
+        return
     if path == "/secret-json":
         doc = {
             "user": {"name": "ann", "password": "hunter2-pass"},

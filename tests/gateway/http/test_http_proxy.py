@@ -319,3 +319,39 @@ def test_small_request_body_recorded_whole(
     httpx.post(f"{gw.url}/echo", headers=_bearer(ticket), content=b"name=ann&role=dev")
     request = recorder.of("http.request")[0]
     assert request["body"] == "name=ann&role=dev" and request["body_truncated"] is False
+
+
+def test_responses_stream_instead_of_being_buffered(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    import time
+
+    gw = make_gateway()
+    arrivals = []
+    started = time.monotonic()
+    with httpx.stream("GET", f"{gw.url}/slow", headers=_bearer(ticket)) as r:
+        for chunk in r.iter_raw():
+            if chunk:
+                arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 3  # ticks arrive one by one, 0.1 s apart, not all at the end
+    assert arrivals[0] < arrivals[-1] - 0.25
+
+
+@pytest.mark.parametrize("path", ["/echo", "/binary", "/stream/1000"])
+def test_head_requests(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, path: str
+) -> None:
+    gw = make_gateway()
+    r = httpx.head(f"{gw.url}{path}", headers=_bearer(ticket))
+    assert r.status_code == 200 and r.content == b""
+    assert recorder.of("http.response")[0]["status"] == 200
+    assert httpx.get(f"{gw.url}/x", headers=_bearer(ticket)).status_code == 200  # connection fine
+
+
+def test_credential_echoed_in_slow_pieces_is_still_masked(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    gw = make_gateway()
+    r = httpx.get(f"{gw.url}/slow-echo", headers=_bearer(ticket))
+    assert TOKEN not in r.text and TOKEN[:12] not in r.text
+    assert "[MASKED:gateway.api]" in r.text

@@ -105,6 +105,7 @@ RESPONSE_HEADERS = frozenset(
 _TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
 _APPROVAL_EXCERPT = 2000
 _SPOOL_CHUNK = 256 * 1024
+_IDLE_FLUSH = 0.1  # seconds of upstream quiet after which masked text held back is released
 _NO_APPROVER = "no approval backend is configured"
 
 
@@ -252,6 +253,32 @@ class _Body:
             if chunk:
                 tap.feed(chunk)
                 yield chunk
+
+
+class _EchoMask:
+    """Masks the held credential in a text response as it streams. Output is held only while it
+    might be the start of the credential, and released at least every ``_IDLE_FLUSH`` seconds,
+    so a slow trickle (progress lines, server-sent events) still arrives promptly."""
+
+    def __init__(self, stream: StreamMasker) -> None:
+        self._stream = stream
+        self._released = time.monotonic()
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = self._stream.feed(chunk)
+        if not out and time.monotonic() - self._released >= _IDLE_FLUSH:
+            out = self._stream.flush_idle()
+        if out:
+            self._released = time.monotonic()
+        return out
+
+    def idle(self) -> bytes:
+        out = self._stream.flush_idle()
+        self._released = time.monotonic()
+        return out
+
+    def flush(self) -> bytes:
+        return self._stream.flush()
 
 
 class HttpProxy:
@@ -498,21 +525,40 @@ class HttpProxy:
         headers = [
             (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in drop
         ]
-        ex.responded = True
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
+        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
         tap = BodyTap(self.config.record_bodies)
         # The response is recorded before its last byte is sent: once the client has the whole
-        # response, so has the log. With a Content-Length the last chunk is known by its size.
+        # response, so has the log. A bodiless response is complete with its headers.
+        if ex.method == "HEAD" or response.status_code in (204, 304):
+            last, error = await self._pump(response, _discard, tap, None, gone)
+            self._record_relay(ex, response, tap, error, echo)
+            ex.responded = True
+            await send(start)
+        else:
+            ex.responded = True
+            await send(start)
+            last, error = await self._pump(response, send, tap, echo, gone)
+            self._record_relay(ex, response, tap, error, echo)
+        if error is None:
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+
+    async def _pump(
+        self,
+        response: httpx.Response,
+        send: Send,
+        tap: BodyTap,
+        echo: _EchoMask | None,
+        gone: asyncio.Event,
+    ) -> tuple[bytes, str | None]:
+        """Relay the body; return the bytes held back for the last message, and any error."""
+        # With a Content-Length the last chunk is known by its size and held back.
         length = _content_length(response) if echo is None else None
-        error = None
         last = b""
+        chunks = response.aiter_raw()
         try:
-            async for chunk in response.aiter_raw():
+            while (chunk := await self._next_chunk(chunks, echo, send)) is not None:
                 if gone.is_set():
-                    error = "client disconnected mid-response"
-                    break
+                    return b"", "client disconnected mid-response"
                 tap.feed(chunk)
                 if length is not None and tap.size >= length:
                     last = chunk  # held back; the loop still drains so the connection is reused
@@ -520,10 +566,36 @@ class HttpProxy:
                 out = chunk if echo is None else echo.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            if echo is not None:
-                last = echo.flush()
         except httpx.HTTPError as exc:
-            error = f"upstream failed mid-response: {_why(exc)}"
+            return b"", f"upstream failed mid-response: {_why(exc)}"
+        return (last if echo is None else echo.flush()), None
+
+    async def _next_chunk(
+        self, chunks: AsyncIterator[bytes], echo: _EchoMask | None, send: Send
+    ) -> bytes | None:
+        """The next upstream chunk, or None at the end. While the upstream is quiet, text the
+        echo masker holds is released (all but a possible start of the credential)."""
+        if echo is None:
+            return await anext(chunks, None)
+        pending = asyncio.ensure_future(anext(chunks, None))
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=_IDLE_FLUSH)
+                if done:
+                    return pending.result()
+                if out := echo.idle():
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        finally:
+            pending.cancel()
+
+    def _record_relay(
+        self,
+        ex: _Exchange,
+        response: httpx.Response,
+        tap: BodyTap,
+        error: str | None,
+        echo: _EchoMask | None,
+    ) -> None:
         self._safe_record_response(
             ex,
             response.status_code,
@@ -534,17 +606,15 @@ class HttpProxy:
             error=error,
             **({"client_masked": True} if echo is not None else {}),
         )
-        if error is None:
-            await send({"type": "http.response.body", "body": last, "more_body": False})
 
-    def _echo_stream(self, ex: _Exchange, response: httpx.Response) -> StreamMasker | None:
+    def _echo_stream(self, ex: _Exchange, response: httpx.Response) -> _EchoMask | None:
         if self._echo is None or ex.method == "HEAD":
             return None
         ctype = response.headers.get("content-type", "").lower()
         encoded = response.headers.get("content-encoding", "").lower() not in ("", "identity")
         if encoded or not any(kind in ctype for kind in _TEXT_TYPES):
             return None
-        return self._echo.stream()
+        return _EchoMask(self._echo.stream())
 
     # ------------------------------------------------------------------ answers and events
 
@@ -674,6 +744,10 @@ def _echo_masker(injector: Injector, gateway: str) -> Masker | None:
     rule = f"gateway.{gateway}"
     literals = tuple((rule, value) for value in injector.secrets)
     return Masker(MaskSettings(literals=literals, builtin=False))
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    return None
 
 
 def _content_length(response: httpx.Response) -> int | None:
