@@ -152,5 +152,7 @@ def test_bracket_example(
     assert "agent working on: fix the failing test" in log
     assert "revoked 1 lease(s)" in log, log[-6000:]
     archived = newest_archived(moto_server.client("s3"), "airlock/github/")
-    assert "agent working on: $TASK" in archived["events"]  # the uses: agent's own step
+    # the uses: agent's own step, by hash: the example leaves record-scripts off
+    assert "2-composite-0.sh" in archived["events"] and "script sha256=" in archived["events"]
+    assert "agent working on: $TASK" not in archived["events"]
     assert archived["manifest"]["checkpoints"], "witnessed by the broker while it ran"

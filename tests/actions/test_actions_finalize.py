@@ -4,6 +4,7 @@ runner's files parsed back: every duty done even when another failed, fail modes
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import signal
@@ -259,7 +260,7 @@ def run_bash_step(runner: Runner, script: str, name: str) -> None:
 
 def test_bracket_records_the_bash_steps_in_between(runner: Runner, tmp_path: Path) -> None:
     state = tmp_path / "bracket"
-    start = runner.ci("session", "start", "--state", str(state))
+    start = runner.ci("session", "start", "--state", str(state), "--record-scripts")
     assert start.returncode == 0, start.stderr
     session_id = runner.read("output")["session-id"]
     exported = runner.read("env")
@@ -334,3 +335,20 @@ def test_action_main_policy_is_read_before_changing_to_working_directory(runner:
     assert main.returncode == 0, main.stderr
     assert "in agent-dir with " in main.stdout
     assert "demo-token-value-5521" not in main.stdout
+
+
+def test_bracket_records_script_hashes_not_text_by_default(runner: Runner, tmp_path: Path) -> None:
+    state = tmp_path / "bracket"
+    assert runner.ci("session", "start", "--state", str(state)).returncode == 0
+    script = 'token="pasted-by-the-runner-1234"; test -n "$token"\n'
+    run_bash_step(runner, script, "pasted-secret")
+    stop = runner.ci(
+        "session", "stop", "--state", str(state), "--archive-to", str(tmp_path / "archive")
+    )
+    assert stop.returncode == 0, stop.stderr
+    events = gzip.decompress(
+        (Path(runner.read("output")["archive-url"]) / "events.jsonl.gz").read_bytes()
+    ).decode()
+    digest = hashlib.sha256(script.encode()).hexdigest()
+    assert "pasted-secret.sh" in events and f"script sha256={digest} bytes={len(script)}" in events
+    assert "pasted-by-the-runner" not in events

@@ -149,6 +149,13 @@ def _register_session(ci_sub: Any) -> None:
         help="state directory (default: $RUNNER_TEMP/airlock/bracket)",
     )
     add_flag(parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy")
+    add_flag(
+        parser,
+        "--record-scripts",
+        env="AIRLOCK_BRACKET_RECORD_SCRIPTS",
+        action="store_true",
+        help="record the text of each step's script, not only its hash (see docs first)",
+    )
     _finalize_flags(parser)
     parser.set_defaults(func=_session_command)
 
@@ -641,6 +648,7 @@ def _session_main(environ: Mapping[str, str]) -> int:
         return code
     _save_state(environ, {"started": "1"})
     args.witness = _witness_argv(inputs)
+    args.record_scripts = inputs.get("record-scripts", "false").lower() == "true"
     return _session_start(args, environ)
 
 
@@ -671,17 +679,16 @@ _HOOK = """\
 if [ -n "${AIRLOCK_JOURNAL:-}" ] && [ -w "$AIRLOCK_JOURNAL" ]; then
   {
     printf 'bash pid=%s ppid=%s cwd=%s script=%s\\n' "$$" "$PPID" "$PWD" "$0"
-    # a script's text only for a step's own shell (parent not bash): helpers stay one line
+    # a step's own shell (parent not bash): its script's hash, and its text when asked for
     __airlock_parent="$(cat "/proc/$PPID/comm" 2>/dev/null || true)"
     if [ "$__airlock_parent" = bash ] || [ "$__airlock_parent" = sh ]; then
       :
     elif [ -f "$0" ]; then
-      printf 'script sha256=%s\\n' "$(sha256sum "$0" 2>/dev/null | cut -d' ' -f1)"
-      head -c HOOK_MAX "$0" 2>/dev/null | sed 's/^/  | /'
-      printf '\\n'
-    elif [ -n "${BASH_EXECUTION_STRING:-}" ]; then
+      printf 'script sha256=%s bytes=%s\\n' "$(sha256sum "$0" 2>/dev/null | cut -d' ' -f1)" \\
+        "$(wc -c < "$0" 2>/dev/null)"
+      if [ RECORD_TEXT = 1 ]; then head -c HOOK_MAX "$0" 2>/dev/null | sed 's/^/  | /'; echo; fi
+    elif [ -n "${BASH_EXECUTION_STRING:-}" ] && [ RECORD_TEXT = 1 ]; then
       printf '%s\\n' "$BASH_EXECUTION_STRING" | head -c HOOK_MAX | sed 's/^/  | /'
-      printf '\\n'
     fi
   } >> "$AIRLOCK_JOURNAL" 2>/dev/null || true
   unset __airlock_parent
@@ -690,6 +697,13 @@ if [ -n "${AIRLOCK_PREVIOUS_BASH_ENV:-}" ] && [ -f "$AIRLOCK_PREVIOUS_BASH_ENV" 
   . "$AIRLOCK_PREVIOUS_BASH_ENV"
 fi
 """
+
+
+def _hook_text(record_scripts: bool) -> str:
+    """The BASH_ENV hook. Script text only on request: GitHub pastes `${{ secrets.X }}` into a
+    step's script file, and Airlock's masker knows only the secrets the policy names."""
+    text = _HOOK.replace("HOOK_MAX", str(_HOOK_SCRIPT_MAX))
+    return text.replace("RECORD_TEXT", "1" if record_scripts else "0")
 
 
 # Inputs given at start that stop uses when its own step leaves them empty.
@@ -764,7 +778,7 @@ def _session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sessions.mkdir(parents=True, exist_ok=True)
     bracket.stop_file.unlink(missing_ok=True)
     bracket.journal.touch(mode=0o600)
-    bracket.hook.write_text(_HOOK.replace("HOOK_MAX", str(_HOOK_SCRIPT_MAX)))
+    bracket.hook.write_text(_hook_text(bool(getattr(args, "record_scripts", False))))
     log = bracket.state / "recorder.log"
     with log.open("ab") as log_file:
         proc = subprocess.Popen(
