@@ -160,3 +160,17 @@ def test_case_changes_never_escape_a_rule(sql: str, data: st.DataObject) -> None
     flips = data.draw(st.lists(st.booleans(), min_size=len(sql), max_size=len(sql)))
     mixed = "".join(c.upper() if f else c.lower() for c, f in zip(sql, flips, strict=True))
     assert GUARD.judge(mixed).final.action == "deny"
+
+
+def test_the_shape_cache_never_changes_a_decision() -> None:
+    rules = tuple(r for r in POLICY.guardrails if r.sql is None or not r.sql.text)
+    cached = SqlGuard(rules, POLICY.guardrail_defaults, "appdb")
+    for _ in range(2):
+        for sql, _action, _rule in CATALOGUE:
+            fresh = SqlGuard(rules, POLICY.guardrail_defaults, "appdb").judge(sql)
+            seen = cached.judge(sql)
+            assert (seen.final, seen.decisions, seen.kinds) == (fresh.final, fresh.decisions, fresh.kinds)
+    first = cached.judge("DELETE FROM users WHERE id = 1")
+    second = cached.judge("DELETE FROM users WHERE id = 2")
+    assert first.final == second.final
+    assert second.statements[0].text == "DELETE FROM users WHERE id = 2"
