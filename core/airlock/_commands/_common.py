@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_flag", "default_sessions_dir"]
+__all__ = ["add_flag", "add_session_flags", "default_sessions_dir"]
 
 
 def add_flag(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: Any) -> None:
@@ -31,3 +31,19 @@ def add_flag(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: A
 def default_sessions_dir() -> Path:
     """Where sessions go when neither --sessions nor AIRLOCK_SESSIONS says: ./.airlock/sessions."""
     return Path(".airlock") / "sessions"
+
+
+def add_session_flags(parser: argparse.ArgumentParser) -> None:
+    """--policy, --sessions and --key: what every command that records a session takes."""
+    add_flag(
+        parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy (airlock.yaml)"
+    )
+    add_flag(
+        parser,
+        "--sessions",
+        env="AIRLOCK_SESSIONS",
+        type=Path,
+        default=default_sessions_dir(),
+        help="directory that holds session logs (default: .airlock/sessions)",
+    )
+    add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, help="Ed25519 signing key (PEM)")

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from airlock._commands._common import add_flag, default_sessions_dir
+from airlock._commands._common import add_flag, add_session_flags
 from airlock.errors import UsageError
 
 __all__ = ["register"]
@@ -31,16 +31,7 @@ def register(sub: Any) -> None:
             "0600 env file, and serve until SIGINT/SIGTERM; then seal the session."
         ),
     )
-    add_flag(parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="policy with gateways:")
-    add_flag(
-        parser,
-        "--sessions",
-        env="AIRLOCK_SESSIONS",
-        type=Path,
-        default=default_sessions_dir(),
-        help="directory that holds session logs",
-    )
-    add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, help="Ed25519 signing key (PEM)")
+    add_session_flags(parser)
     add_flag(
         parser,
         "--env-file",

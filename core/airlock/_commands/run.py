@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airlock._commands._common import add_flag, default_sessions_dir
+from airlock._commands._common import add_flag, add_session_flags
 from airlock.errors import UsageError
 
 __all__ = ["register"]
@@ -27,18 +27,7 @@ def register(sub: Any) -> None:
             "failures use 80-87 and print a line starting with 'airlock: error'."
         ),
     )
-    add_flag(
-        parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy (airlock.yaml)"
-    )
-    add_flag(
-        parser,
-        "--sessions",
-        env="AIRLOCK_SESSIONS",
-        type=Path,
-        default=default_sessions_dir(),
-        help="directory that holds session logs (default: .airlock/sessions)",
-    )
-    add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, help="Ed25519 signing key (PEM)")
+    add_session_flags(parser)
     add_flag(
         parser,
         "--pty",
