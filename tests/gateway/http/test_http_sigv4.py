@@ -164,3 +164,30 @@ def test_wrong_held_secret_is_refused_by_aws(
     gw = _gateway(make_gateway, moto_iam, "s3", AWS_SECRET_ACCESS_KEY="not-the-secret-at-all")
     r = httpx.get(f"{gw.url}/", headers=_auth(ticket))
     assert r.status_code == 403 and "SignatureDoesNotMatch" in r.text
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_signed_payload_hash_is_the_body_sent(
+    make_gateway: GatewayFactory, ticket: Ticket, held: bool
+) -> None:
+    """Against the echo upstream: the X-Amz-Content-SHA256 it receives is the body's hash,
+    also when the request was held for approval (and spooled) first."""
+    import hashlib
+
+    async def approve(op: object) -> bool:
+        return True
+
+    gw = make_gateway(
+        credential={"aws_sigv4": {"region": "eu-west-1", "service": "execute-api"}},
+        environ={"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s" * 40},
+        rules=[{"id": "hold", "http": {"methods": ["POST"]}, "action": "require_approval"}]
+        if held
+        else [],
+        approve=approve,
+    )
+    body = b'{"deploy": "v2"}'
+    r = httpx.post(f"{gw.url}/prod/deploy", headers=_auth(ticket), content=body)
+    seen = r.json()["headers"]
+    assert seen["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+    assert seen["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert r.json()["body_size"] == len(body)

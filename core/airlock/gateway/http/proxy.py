@@ -501,7 +501,8 @@ class HttpProxy:
         url = self._origin + join_upstream(self._base_path, ex.path.wire)
         if ex.query:
             url += "?" + ex.query
-        buffered = body.done and body.spool is None
+        # the whole body is in memory: read without a hold, or held but small enough to sign
+        buffered = body.done and (body.spool is None or len(body.buffer) == body.held_size)
         drop = _HOP_BY_HOP | self._injector.strip | ({"content-length"} if buffered else set())
         headers = [(k, v) for k, v in ex.headers if k.decode("latin-1").lower() not in drop]
         content: bytes | AsyncIterator[bytes]
