@@ -165,3 +165,51 @@ def test_standalone_gateway_serves_until_sigterm_and_seals(
     manifest = json.loads((session / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert "SELECT id FROM users" in (session / "events.jsonl").read_text()
+
+
+def test_http_gateway_injects_the_held_token(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from tests.support.broker_server import BrokerServer
+
+    held = "held-api-token-" + secrets.token_hex(8)
+    seen: list[str] = []
+
+    async def whoami(request: Request) -> JSONResponse:
+        seen.append(request.headers.get("authorization", ""))
+        return JSONResponse({"login": "octocat"})
+
+    upstream = Starlette(routes=[Route("/user", whoami)])
+    with BrokerServer(upstream) as server:
+        policy = tmp_path / "airlock.yaml"
+        policy.write_text(
+            "gateways:\n"
+            f"  - {{name: forge, kind: http, listen: '127.0.0.1:0', upstream: '{server.url}',"
+            " credential: {env: {bearer: FORGE_TOKEN}}}\n"
+        )
+        # FORGE_TOKEN held the real token; inside the session it is the gateway's ticket.
+        agent = (
+            "import os, urllib.request\n"
+            "print('sees-token:', os.environ.get('FORGE_TOKEN', 'no'))\n"
+            "req = urllib.request.Request(os.environ['FORGE_URL'] + '/user',"
+            " headers={'Authorization': 'Bearer ' + os.environ['FORGE_TOKEN']})\n"
+            "print(urllib.request.urlopen(req).read().decode())\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_"))}
+        env.update(FORGE_TOKEN=held, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+        result = subprocess.run(
+            [AIRLOCK, "run", "--policy", str(policy), "--sessions", str(tmp_path / "s"), "--",
+             sys.executable, "-c", agent],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert '"login":"octocat"' in result.stdout
+    assert seen == [f"Bearer {held}"]  # the upstream got the held token, injected by the gateway
+    assert held not in result.stdout
+    assert "sees-token: [MASKED:gateway-ticket" in result.stdout  # the ticket, never shown
+    events = _events(tmp_path)
+    assert [e["data"]["status"] for e in events if e["type"] == "http.response"] == [200]
+    log = (next((tmp_path / "s").iterdir()) / "events.jsonl").read_text()
+    assert held not in log
