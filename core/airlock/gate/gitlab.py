@@ -21,10 +21,10 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import gitlab
 import requests
 from gitlab.exceptions import GitlabError, GitlabHttpError
 
-import gitlab
 from airlock.audit.keys import SigningKey
 from airlock.events import EventType
 from airlock.gate._rules import ApproverRules, Clicker, approve_command, code_fence, refusal
