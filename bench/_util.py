@@ -31,7 +31,21 @@ def log_corpus(size_mb: int) -> Path:
     if path.exists() and path.stat().st_size >= size_mb * 1_000_000:
         return path
     rng = random.Random(42)
-    words = ["build", "test", "compile", "link", "fetch", "resolve", "install", "cache", "hit", "miss", "warning", "error", "ok"]
+    words = [
+        "build",
+        "test",
+        "compile",
+        "link",
+        "fetch",
+        "resolve",
+        "install",
+        "cache",
+        "hit",
+        "miss",
+        "warning",
+        "error",
+        "ok",
+    ]
     lines = []
     for i in range(20_000):
         kind = i % 4

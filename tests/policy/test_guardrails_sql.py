@@ -169,7 +169,11 @@ def test_the_shape_cache_never_changes_a_decision() -> None:
         for sql, _action, _rule in CATALOGUE:
             fresh = SqlGuard(rules, POLICY.guardrail_defaults, "appdb").judge(sql)
             seen = cached.judge(sql)
-            assert (seen.final, seen.decisions, seen.kinds) == (fresh.final, fresh.decisions, fresh.kinds)
+            assert (seen.final, seen.decisions, seen.kinds) == (
+                fresh.final,
+                fresh.decisions,
+                fresh.kinds,
+            )
     first = cached.judge("DELETE FROM users WHERE id = 1")
     second = cached.judge("DELETE FROM users WHERE id = 2")
     assert first.final == second.final
