@@ -32,7 +32,7 @@ from airlock.policy.broker_config import parse_duration
 
 __all__ = ["register"]
 
-_BACKENDS = ("console", "file", "deny")
+_BACKENDS = ("console", "file", "deny", "github-check", "gitlab")
 _KINDS = ("command", "sql", "http")
 _MAX_OPERATION = 1024 * 1024
 _DIR_DEFAULT = Path(".airlock") / "approvals"
@@ -209,7 +209,34 @@ def _backend(args: argparse.Namespace, key: SigningKey) -> ApprovalBackend:
         return FileBackend(args.dir, key=key)
     if kind == "deny":
         return DenyBackend(key=key, reason="the deny backend refuses every operation")
+    if kind in ("github-check", "gitlab"):
+        return _broker_backend(kind, key)
     raise UsageError(f"unknown backend {kind!r}", hint=f"use one of {', '.join(_BACKENDS)}")
+
+
+def _broker_backend(kind: str, key: SigningKey) -> ApprovalBackend:
+    """Through the broker (as its GitHub App / GitLab bot), with this job's token."""
+    from airlock.broker.client import default_state_dir, load_job_state
+    from airlock.gate.broker import ForgeTarget
+    from airlock.gate.github_check import GitHubCheckBackend
+    from airlock.gate.gitlab import GitLabBackend
+
+    state = load_job_state(default_state_dir())
+    if state is None:
+        raise UsageError(
+            f"the {kind} backend asks through the broker, and this job has no broker token",
+            hint="run `airlock credentials --broker URL --audience AUD` first",
+        )
+    target = ForgeTarget(
+        pull_request=_number(os.environ.get("AIRLOCK_PULL_REQUEST")),
+        merge_request=_number(os.environ.get("CI_MERGE_REQUEST_IID")),
+    )
+    cls = GitHubCheckBackend if kind == "github-check" else GitLabBackend
+    return cls(state.broker, state.job_token, key=key, target=target)
+
+
+def _number(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() else None
 
 
 def _announce(args: argparse.Namespace, backend: ApprovalBackend, rid: str, op: Operation) -> None:
