@@ -15,6 +15,8 @@ from airlock.errors import UsageError
 __all__ = ["register"]
 
 EXPORTS = ("auto", "github", "gitlab", "env-file", "none")
+# Helpers that read what was already issued (the job state); they never exchange again.
+HELPERS = ("aws-process", "git-credential")
 
 
 def register(sub: Any) -> None:
@@ -69,6 +71,13 @@ def register(sub: Any) -> None:
         action="store_true",
         help="revoke this job's leases",
     )
+    parser.add_argument(
+        "--helper",
+        choices=HELPERS,
+        help="print issued values for a tool: AWS credential_process JSON, or a git credential "
+        "helper answer (git passes `get` and the request on stdin)",
+    )
+    parser.add_argument("helper_args", nargs="*", help=argparse.SUPPRESS)
     parser.set_defaults(func=_run)
 
 
@@ -82,6 +91,13 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     state_dir: Path = args.state_dir or default_state_dir()
+    if args.helper:
+        state = load_job_state(state_dir)
+        if state is None:
+            raise UsageError(
+                "no credentials issued in this job", hint="run `airlock credentials` first"
+            )
+        return _helper(args.helper, list(args.helper_args), state.leases)
     if args.revoke:
         state = load_job_state(state_dir)
         if state is None:
@@ -152,3 +168,49 @@ def _export_github(values: dict[str, str]) -> None:
         raise UsageError("GITHUB_ENV is not set: --export github works inside GitHub Actions")
     for name, value in values.items():
         set_env(Path(env_file), name, value)
+
+
+def _helper(kind: str, helper_args: list[str], leases: tuple[dict[str, Any], ...]) -> int:
+    if kind == "aws-process":
+        return _aws_process(leases)
+    if helper_args[:1] != ["get"]:
+        return 0  # git also calls `store` and `erase`: nothing to do, the broker owns the token
+    return _git_credential(leases)
+
+
+def _aws_process(leases: tuple[dict[str, Any], ...]) -> int:
+    """The JSON an AWS SDK reads from `credential_process` (Version 1)."""
+    import json
+    from datetime import UTC, datetime
+
+    lease = next((x for x in leases if "AWS_ACCESS_KEY_ID" in x.get("values", {})), None)
+    if lease is None:
+        raise UsageError("no AWS credentials were issued in this job", hint="request an aws grant")
+    values = lease["values"]
+    expiration = datetime.fromtimestamp(float(lease["expires_at"]), UTC)
+    print(
+        json.dumps(
+            {
+                "Version": 1,
+                "AccessKeyId": values["AWS_ACCESS_KEY_ID"],
+                "SecretAccessKey": values["AWS_SECRET_ACCESS_KEY"],
+                "SessionToken": values.get("AWS_SESSION_TOKEN", ""),
+                "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+    )
+    return 0
+
+
+def _git_credential(leases: tuple[dict[str, Any], ...]) -> int:
+    """Answer git's `get`: a forge token issued in this job, for HTTPS remotes."""
+    request = dict(line.split("=", 1) for line in sys.stdin.read().splitlines() if "=" in line)
+    names = ("GITHUB_TOKEN", "GITLAB_TOKEN")
+    token = next((x["values"][n] for x in leases for n in names if n in x.get("values", {})), None)
+    if token is None or request.get("protocol") != "https":
+        return 0  # no answer: git tries its other helpers, or asks
+    user = (
+        "oauth2" if any("GITLAB_TOKEN" in x.get("values", {}) for x in leases) else "x-access-token"
+    )
+    print(f"username={user}\npassword={token}")
+    return 0
