@@ -65,6 +65,8 @@ build_venv() {
   printf '#!/bin/sh\nexec "$(dirname "$0")/python" -m airlock._cli "$@"\n' > "$tmp/bin/airlock.tmp"
   chmod 755 "$tmp/bin/airlock.tmp"
   mv "$tmp/bin/airlock.tmp" "$tmp/bin/airlock"
+  # every command module imports: a dependency missing from requirements.txt fails here, once
+  "$tmp/bin/python" -m airlock._cli --version >&2
   mv -T "$tmp" "$venv"
 }
 

@@ -26,6 +26,7 @@ from tests.support.oidc_issuer import OIDCIssuer
 
 pytestmark = pytest.mark.service
 
+APPDB_PASSWORD = "appdb-password-for-tests-77"
 DEMO_AGENT = 'DEMO_API_KEY="$ANTHROPIC_API_KEY" python3 examples/demo_agent.py; echo "task: $TASK"'
 
 
@@ -52,6 +53,8 @@ def rewrite_step(step: dict[str, Any]) -> dict[str, Any] | None:
     env = dict(step.get("env") or {})
     if "ANTHROPIC_API_KEY" in env:
         env["ANTHROPIC_API_KEY"] = "${{ secrets.DEMO_SECRET }}"
+    if "PGUSER_UPSTREAM" in env:
+        env.update(PGUSER_UPSTREAM="app_agent", PGPASSWORD_UPSTREAM=APPDB_PASSWORD)
     if env:
         step["env"] = env
     return step
@@ -133,6 +136,7 @@ def test_agent_example(
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert "agent: planning the change" in log and SECRET not in log and STATIC_VALUE not in log
+    assert "gateway appdb (postgres) at 127.0.0.1:6432" in log and APPDB_PASSWORD not in log
     assert "revoked 1 lease(s)" in log, log[-6000:]
     assert f"task: {task}" in log  # the task reached the agent as data, not as shell
     archived = newest_archived(moto_server.client("s3"), "airlock/github/")

@@ -352,3 +352,53 @@ def test_bracket_records_script_hashes_not_text_by_default(runner: Runner, tmp_p
     digest = hashlib.sha256(script.encode()).hexdigest()
     assert "pasted-secret.sh" in events and f"script sha256={digest} bytes={len(script)}" in events
     assert "pasted-by-the-runner" not in events
+
+
+GATEWAY_POLICY = """version: 1
+gateways:
+  - name: appdb
+    kind: postgres
+    listen: 127.0.0.1:0
+    upstream: {host: 127.0.0.1, port: 9, database: app}
+    credential: {env: {user: PGUSER_UPSTREAM, password: PGPASSWORD_UPSTREAM}}
+"""
+
+
+def test_bracket_exports_gateway_endpoints_and_masks_the_ticket(
+    runner: Runner, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(GATEWAY_POLICY)
+    state = tmp_path / "bracket"
+    upstream = {"PGUSER_UPSTREAM": "app_agent", "PGPASSWORD_UPSTREAM": "upstream-password-42"}
+    start = runner.ci(
+        "session", "start", "--state", str(state), "--policy", str(policy), extra=upstream
+    )
+    assert start.returncode == 0, start.stderr
+    exported = runner.read("env")
+    assert exported["PGHOST"] == "127.0.0.1" and int(exported["PGPORT"]) > 0
+    ticket = exported["PGPASSWORD"]
+    assert f"::add-mask::{ticket}" in start.stdout  # masked before it was exported
+    assert "upstream-password-42" not in (runner.root / "env").read_text()
+    stop = runner.ci(
+        "session",
+        "stop",
+        "--state",
+        str(state),
+        extra={"AIRLOCK_GATEWAY_VARIABLES": exported["AIRLOCK_GATEWAY_VARIABLES"]},
+    )
+    assert stop.returncode == 0, stop.stderr
+    cleared = parse_file_commands((runner.root / "env").read_text())
+    assert cleared["PGPASSWORD"] == "" and cleared["PGHOST"] == ""
+
+
+def test_bracket_start_fails_closed_when_the_recorder_cannot_start(
+    runner: Runner, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(GATEWAY_POLICY)
+    state = tmp_path / "bracket"
+    start = runner.ci("session", "start", "--state", str(state), "--policy", str(policy))
+    assert start.returncode == 85
+    assert "did not start" in start.stderr and "PGUSER_UPSTREAM is not set" in start.stderr
+    assert "BASH_ENV" not in runner.read("env")

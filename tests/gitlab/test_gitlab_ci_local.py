@@ -368,6 +368,8 @@ def test_example_pipeline(tmp_path: Path, moto_server: MotoServer) -> None:
                     "GITLAB_CI": "true",
                     "AIRLOCK_ID_TOKEN": token,
                     "ANTHROPIC_API_KEY": SECRET,
+                    "PGUSER_UPSTREAM": "app_agent",
+                    "PGPASSWORD_UPSTREAM": "appdb-password-for-tests-77",
                     "AGENT_TASK": task,
                     "AIRLOCK_S3_ENDPOINT_URL": moto_server.endpoint_url,
                     "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
@@ -380,6 +382,7 @@ def test_example_pipeline(tmp_path: Path, moto_server: MotoServer) -> None:
     agent = (project / ".gitlab-ci-local/output/agent.log").read_text()
     assert "agent: planning the change" in agent and f"task: {task}" in agent
     assert SECRET not in agent and BROKER_VALUE not in agent
+    assert "gateway appdb (postgres)" in agent and "appdb-password-for-tests-77" not in agent
     assert "revoked 1 lease(s)" in agent
     keys = [
         o["Key"]

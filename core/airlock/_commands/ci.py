@@ -178,6 +178,9 @@ def _register_follow(ci_sub: Any) -> None:
     )
     parser.add_argument("journal", type=Path)
     parser.add_argument("--stop", type=Path, required=True)
+    parser.add_argument(
+        "--ready", type=Path, help="write the gateway variables the recorder gave us here (JSON)"
+    )
     parser.set_defaults(func=_follow_command)
 
 
@@ -321,7 +324,7 @@ def _outputs(result: FinalizeResult, fail_mode: str) -> dict[str, str]:
             "session-id": last.name,
             "session-path": str(last.resolve()),
             "status": str(manifest.get("status", "")),
-            "exit-code": str(manifest.get("exit_code", "")),
+            "exit-code": "" if manifest.get("exit_code") is None else str(manifest["exit_code"]),
             "verified": verdict.get("state", ""),
             "archive-url": result.archive_urls.get(last.name, ""),
         }
@@ -730,6 +733,10 @@ class _Bracket:
     def hook(self) -> Path:
         return self.state / "bash-hook.sh"
 
+    @property
+    def ready_file(self) -> Path:
+        return self.state / "ready.json"
+
     def load(self) -> dict[str, Any]:
         try:
             data: dict[str, Any] = json.loads(self.file.read_text())
@@ -757,7 +764,8 @@ def _recorder_argv(args: argparse.Namespace, bracket: _Bracket, sessions: Path) 
     if args.policy:
         argv += ["--policy", str(args.policy)]
     follow = [sys.executable, "-m", "airlock._commands.ci", "follow", str(bracket.journal)]
-    return [*argv, "--", *follow, "--stop", str(bracket.stop_file)]
+    follow += ["--stop", str(bracket.stop_file), "--ready", str(bracket.ready_file)]
+    return [*argv, "--", *follow]
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -777,6 +785,7 @@ def _session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sessions = args.sessions or bracket.state / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     bracket.stop_file.unlink(missing_ok=True)
+    bracket.ready_file.unlink(missing_ok=True)
     bracket.journal.touch(mode=0o600)
     bracket.hook.write_text(_hook_text(bool(getattr(args, "record_scripts", False))))
     log = bracket.state / "recorder.log"
@@ -788,9 +797,13 @@ def _session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             stderr=log_file,
             start_new_session=True,
         )
-    if not _wait_for(lambda: any(sessions.glob("*/events.jsonl")), 15.0):
-        proc.kill()
-        raise _unavailable(f"the bracket recorder did not start; see {log}")
+    # ready: `airlock run` started its gateways and its command; or it exited (fail closed)
+    _wait_for(lambda: bracket.ready_file.exists() or proc.poll() is not None, 30.0)
+    if not bracket.ready_file.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise _unavailable(f"the bracket recorder did not start: {_tail(log)}")
+    gateway_env = _gateway_variables(bracket.ready_file, environ)
     session = max(sessions.glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime).parent
     bracket.save(
         {
@@ -801,9 +814,37 @@ def _session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             "finalize": {name: getattr(args, name, None) for name in _CARRIED_TO_STOP},
         }
     )
-    _export_bracket(bracket, session, environ)
+    _export_bracket(bracket, session, environ, gateway_env)
     _say(f"bracket session {session.name} started; later steps are recorded until stop")
     return 0
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    """The recorder's last lines (Airlock's own messages: they name things, never secrets)."""
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return f"see {log}"
+    return " / ".join(line.strip() for line in text) or f"see {log}"
+
+
+# What `airlock run` gives the agent to reach the policy's gateways (gateway/runtime.py).
+_GATEWAY_NAMES = ("DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
+_GATEWAY_SUFFIXES = ("_DATABASE_URL", "_URL", "_TOKEN", "PGSSLMODE")
+# Those that carry the session-bound ticket: masked before they are exported.
+_TICKET_NAMES = ("DATABASE_URL", "PGPASSWORD")
+_TICKET_SUFFIXES = ("_DATABASE_URL", "_TOKEN")
+
+
+def _is_gateway_variable(name: str) -> bool:
+    return name in _GATEWAY_NAMES or name.endswith(_GATEWAY_SUFFIXES)
+
+
+def _gateway_variables(ready: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The gateway variables the recorder's command got that this step does not already have."""
+    seen: dict[str, str] = json.loads(ready.read_text())
+    ready.unlink()
+    return {k: v for k, v in seen.items() if environ.get(k) != v}
 
 
 def _unavailable(message: str) -> AirlockError:
@@ -812,13 +853,22 @@ def _unavailable(message: str) -> AirlockError:
     return InfrastructureUnavailable(message)
 
 
-def _export_bracket(bracket: _Bracket, session: Path, environ: Mapping[str, str]) -> None:
+def _export_bracket(
+    bracket: _Bracket, session: Path, environ: Mapping[str, str], gateway_env: Mapping[str, str]
+) -> None:
     from airlock.ci.github import GitHubFiles, set_env
 
     files = GitHubFiles(environ)
     files.set_outputs({"session-id": session.name, "session-path": str(session)})
     if files.env is None:
         return
+    for name, value in gateway_env.items():
+        if name in _TICKET_NAMES or name.endswith(_TICKET_SUFFIXES):
+            for line in files.export_secret(name, value):
+                print(line, flush=True)
+        else:
+            set_env(files.env, name, value)
+    set_env(files.env, "AIRLOCK_GATEWAY_VARIABLES", ",".join(sorted(gateway_env)))
     set_env(files.env, "AIRLOCK_JOURNAL", str(bracket.journal))
     set_env(files.env, "AIRLOCK_PREVIOUS_BASH_ENV", environ.get("BASH_ENV", ""))
     set_env(files.env, "BASH_ENV", str(bracket.hook), allow_exec_hijack=True)
@@ -884,6 +934,10 @@ def _unexport_bracket(environ: Mapping[str, str]) -> None:
         previous = environ.get("AIRLOCK_PREVIOUS_BASH_ENV", "")
         set_env(files.env, "BASH_ENV", previous, allow_exec_hijack=True)
         set_env(files.env, "AIRLOCK_JOURNAL", "")
+        # the gateways stopped with the recorder: their addresses and tickets are dead
+        for name in filter(None, environ.get("AIRLOCK_GATEWAY_VARIABLES", "").split(",")):
+            if _is_gateway_variable(name):
+                set_env(files.env, name, "")
 
 
 def _session_command(args: argparse.Namespace) -> int:
@@ -892,9 +946,21 @@ def _session_command(args: argparse.Namespace) -> int:
     return _session_stop(args, os.environ)
 
 
+def _write_ready(path: Path) -> None:
+    """Tell start that the recorder is up, with the gateway variables it gave this process."""
+    found = {k: v for k, v in os.environ.items() if _is_gateway_variable(k)}
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(found, handle)
+    tmp.rename(path)
+
+
 def _follow_command(args: argparse.Namespace) -> int:
     """Copy what is appended to the journal to stdout (the recorder masks and logs it)."""
     journal: Path = args.journal
+    if args.ready is not None:
+        _write_ready(args.ready)
     position = 0
     out = sys.stdout.buffer
     while True:
