@@ -422,3 +422,20 @@ def test_any_document_gives_a_policy_or_a_policy_error(tree: dict[str, object]) 
     else:
         assert outcome.problems
         assert all(str(p).startswith("fuzz.yaml: ") for p in outcome.problems)
+
+
+def test_paths_through_the_gateway_union_read_like_the_file() -> None:
+    text = (
+        "gateways:\n"
+        "  - name: forge\n"
+        "    kind: http\n"
+        "    listen: 127.0.0.1:0\n"
+        "    upstream: https://api.github.com\n"
+        "    record_bodys: 100\n"
+    )
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "airlock.yaml")
+    [problem] = caught.value.problems
+    assert problem.path == "gateways[0].record_bodys"
+    assert problem.line == 6
+    assert "did you mean 'record_bodies'?" in problem.message

@@ -180,11 +180,52 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, source: str) -> PolicyProblem:
 
 
 def _problems(exc: ValidationError, root: yaml.Node | None, source: str) -> list[PolicyProblem]:
-    problems = [
-        PolicyProblem(source, _dotted(err["loc"]), _describe(err), _line_of(root, err["loc"]))
-        for err in exc.errors(include_url=False, include_input=True)
-    ]
+    problems = []
+    for err in exc.errors(include_url=False, include_input=True):
+        shown = _without_union_tags(err["loc"])
+        line = _line_of(root, shown)
+        problems.append(PolicyProblem(source, _dotted(shown), _describe(err), line))
     return sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.path))
+
+
+def _without_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Drop the tags pydantic puts in paths through a discriminated union (``gateways[0].postgres``
+    → ``gateways[0]``): they are not keys of the file."""
+    out: list[int | str] = []
+    model: type[BaseModel] | None = Policy
+    annotation: Any = None
+    union = False
+    for part in loc:
+        if isinstance(part, int):
+            out.append(part)
+            continue
+        if union and model is not None and part not in model.model_fields:
+            tagged = _union_member(annotation, part)
+            if tagged is not None:
+                model, union = tagged, False
+                continue
+        out.append(part)
+        if model is None or part not in model.model_fields:
+            model = None
+            continue
+        annotation = model.model_fields[part].annotation
+        union = len(_models_in(annotation)) > 1
+        model = _model_in(annotation)
+    return tuple(out)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _union_member(annotation: Any, tag: str) -> type[BaseModel] | None:
+    for member in _models_in(annotation):
+        kind = member.model_fields.get("kind")
+        if kind is not None and tag in typing.get_args(kind.annotation):
+            return member
+    return None
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -274,12 +315,18 @@ def _kind(value: Any) -> str:
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The model class that validates the mapping at ``loc`` (None past a leaf)."""
     model: type[BaseModel] | None = Policy
+    annotation: Any = None
     for part in loc:
         if isinstance(part, int):
             continue
+        if model is not None and part not in model.model_fields and annotation is not None:
+            model = _union_member(annotation, part)  # a discriminated union's tag
+            annotation = None
+            continue
         if model is None or part not in model.model_fields:
             return None
-        model = _model_in(model.model_fields[part].annotation)
+        annotation = model.model_fields[part].annotation
+        model = _model_in(annotation)
     return model
 
 
