@@ -118,7 +118,7 @@ class _Job:
 
 
 def _job(args: argparse.Namespace) -> _Job:
-    from airlock.broker.client import BrokerClient, default_state_dir, load_job_state
+    from airlock.broker.jobstate import default_state_dir, load_job_state
     from airlock.capture.session import IssuedSecret
 
     job = _Job()
@@ -132,6 +132,8 @@ def _job(args: argparse.Namespace) -> _Job:
         )
     if not args.broker:
         return job
+    from airlock.broker.client import BrokerClient
+
     client = BrokerClient(args.broker)
     job._close.append(client.close)
     if state is None or state.broker != client.url:

@@ -14,6 +14,10 @@ What the broker guarantees, whatever the replica:
   moment (not a bot, not the requester, not the PR/MR author unless allowed, enough permission,
   one of the named approvers), for the operation hash the button or note names;
 - a request is decided once: ``UPDATE … WHERE status = 'pending'`` lets one click win a race;
+- with ``min_approvals`` N it stays pending until N distinct entitled users approved (votes are
+  kept in ``airlock_approval_votes``, written under a lock on the request row in the same
+  transaction as the delivery id); one entitled deny decides at once;
+- with ``require_justification`` an approval must say why (GitLab: text after the command);
 - each webhook delivery id (and each GitLab note) is accepted once, in the same transaction as
   the decision: a replay gets 409 and changes nothing; so does a body that does not parse;
 - an unanswered request expires to a denial; every outcome is signed with the broker's key.
@@ -45,20 +49,32 @@ from airlock.broker.service import Broker
 from airlock.broker.state import token_digest
 from airlock.errors import AirlockError, PolicyDenied, UsageError
 from airlock.gate._github import GitHubApi, GitHubRights
-from airlock.gate._rules import ApproverRules, Clicker, Rights, approve_command, refusal
+from airlock.gate._rules import (
+    MAX_JUSTIFICATION,
+    ApproverRules,
+    Clicker,
+    Rights,
+    justification_required,
+    parse_command,
+    refusal,
+    required_approvals,
+)
 from airlock.gate.github_check import (
     check_run_body,
     outcome_body,
     parse_identifier,
+    progress_body,
 )
-from airlock.gate.gitlab import GitLabApi, GitLabRights, note_body, outcome_note
+from airlock.gate.gitlab import GitLabApi, GitLabRights, note_body, outcome_note, progress_note
 from airlock.gate.interface import Decision, GateError, Operation, format_time
+from airlock.mask import Masker, MaskSettings
 from airlock.policy.broker_config import ApprovalsConfig
 from airlock.providers._secrets import resolve_secret
 
 __all__ = [
     "APPROVALS",
     "DELIVERIES",
+    "VOTES",
     "ApprovalRow",
     "ApprovalService",
     "approval_routes",
@@ -104,6 +120,16 @@ DELIVERIES = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),
 )
 
+VOTES = sa.Table(
+    "airlock_approval_votes",
+    _META,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("login", sa.String(256), primary_key=True),  # lower-cased: one vote per person
+    sa.Column("by", sa.String(300), nullable=False),  # forge:login, as shown
+    sa.Column("justification", sa.Text, nullable=True),  # masked, at most 1,000 characters
+    sa.Column("voted_at", sa.Float, nullable=False),
+)
+
 MAX_WEBHOOK_BYTES = 1024 * 1024
 MAX_CREATE_BYTES = 512 * 1024
 MAX_WAIT = 60.0
@@ -132,6 +158,8 @@ class ApproversBody(_Strict):
     permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
     allow_self: bool = False
     allow_author: bool = False
+    min_approvals: int = Field(default=1, ge=1, le=10)
+    require_justification: bool = False
 
 
 class OperationBody(_Strict):
@@ -282,6 +310,25 @@ class Replayed(Exception):
     """This delivery id (or note) was seen before."""
 
 
+@dataclass(frozen=True)
+class Vote:
+    """One entitled approval of a request."""
+
+    login: str
+    by: str
+    justification: str = ""
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What an approval did: ``counted`` (a new vote), the votes so far, the decision if any."""
+
+    status: str  # "pending", "approved" or "already-decided"
+    votes: tuple[Vote, ...]
+    counted: bool
+    decision: Decision | None = None
+
+
 class ApprovalStore:
     """The approvals tables, on the broker's state database."""
 
@@ -331,12 +378,7 @@ class ApprovalStore:
         """
         try:
             with self._engine.begin() as conn:
-                for source, delivery in deliveries:
-                    conn.execute(
-                        sa.insert(DELIVERIES).values(
-                            source=source, delivery_id=delivery, received_at=time.time()
-                        )
-                    )
+                _insert_deliveries(conn, deliveries)
                 result = conn.execute(
                     sa.update(APPROVALS)
                     .where(APPROVALS.c.request_id == request_id, APPROVALS.c.status == _PENDING)
@@ -353,16 +395,37 @@ class ApprovalStore:
             raise Replayed from None
         return bool(result.rowcount == 1)
 
+    def vote(
+        self,
+        request_id: str,
+        vote: Vote,
+        needed: int,
+        sign: Callable[[tuple[Vote, ...]], Decision],
+        deliveries: list[tuple[str, str]],
+    ) -> Tally:
+        """Consume ``deliveries``, count ``vote`` once, and approve when ``needed`` are in.
+
+        One transaction, holding the request row's lock (``SELECT … FOR UPDATE``; SQLite
+        serialises writers anyway), so racing votes see each other and exactly one settles.
+        Raises :class:`Replayed` (and changes nothing) when a delivery was seen before.
+        """
+        try:
+            with self._engine.begin() as conn:
+                _insert_deliveries(conn, deliveries)
+                return _tally(conn, request_id, vote, needed, sign)
+        except IntegrityError:
+            raise Replayed from None
+
+    def votes(self, request_id: str) -> tuple[Vote, ...]:
+        """The approvals counted so far, by login."""
+        with self._engine.connect() as conn:
+            return _votes(conn, request_id)
+
     def consume(self, deliveries: list[tuple[str, str]]) -> None:
         """Record deliveries that decide nothing (refused clicks); :class:`Replayed` if seen."""
         try:
             with self._engine.begin() as conn:
-                for source, delivery in deliveries:
-                    conn.execute(
-                        sa.insert(DELIVERIES).values(
-                            source=source, delivery_id=delivery, received_at=time.time()
-                        )
-                    )
+                _insert_deliveries(conn, deliveries)
         except IntegrityError:
             raise Replayed from None
 
@@ -375,6 +438,63 @@ class ApprovalStore:
                         DELIVERIES.c.source == source, DELIVERIES.c.delivery_id == delivery
                     )
                 )
+
+
+def _insert_deliveries(conn: sa.Connection, deliveries: list[tuple[str, str]]) -> None:
+    for source, delivery in deliveries:
+        conn.execute(
+            sa.insert(DELIVERIES).values(
+                source=source, delivery_id=delivery, received_at=time.time()
+            )
+        )
+
+
+def _tally(
+    conn: sa.Connection,
+    request_id: str,
+    vote: Vote,
+    needed: int,
+    sign: Callable[[tuple[Vote, ...]], Decision],
+) -> Tally:
+    locked = sa.select(APPROVALS.c.status).where(APPROVALS.c.request_id == request_id)
+    if conn.execute(locked.with_for_update()).scalar() != _PENDING:
+        return Tally("already-decided", (), False)
+    mine = sa.select(VOTES.c.login).where(
+        VOTES.c.request_id == request_id, VOTES.c.login == vote.login
+    )
+    counted = conn.execute(mine).first() is None
+    if counted:
+        conn.execute(
+            sa.insert(VOTES).values(
+                request_id=request_id,
+                login=vote.login,
+                by=vote.by,
+                justification=vote.justification or None,
+                voted_at=time.time(),
+            )
+        )
+    votes = _votes(conn, request_id)
+    if len(votes) < needed:
+        return Tally(_PENDING, votes, counted)
+    decision = sign(votes)
+    conn.execute(
+        sa.update(APPROVALS)
+        .where(APPROVALS.c.request_id == request_id, APPROVALS.c.status == _PENDING)
+        .values(
+            status="approved",
+            decided_by=decision.by,
+            decided_at=decision.at,
+            reason=decision.reason,
+            signature=decision.signature,
+            key_id=decision.key_id,
+        )
+    )
+    return Tally("approved", votes, counted, decision)
+
+
+def _votes(conn: sa.Connection, request_id: str) -> tuple[Vote, ...]:
+    query = sa.select(VOTES).where(VOTES.c.request_id == request_id).order_by(VOTES.c.login)
+    return tuple(Vote(r.login, r.by, r.justification or "") for r in conn.execute(query))
 
 
 def _row(row: Any) -> ApprovalRow:
@@ -415,6 +535,7 @@ class ApprovalService:
         self._clock = clock
         self._github: GitHubApi | None = None
         self._gitlab: GitLabApi | None = None
+        self._masker: Masker | None = None
         self.version = 0  # bumped on every local decision: wakes long-polls early
 
     def close(self) -> None:
@@ -437,6 +558,13 @@ class ApprovalService:
         rules = [self._config.approvers.model_dump()]
         if body.approvers is not None:
             rules.append(body.approvers.model_dump())
+        if body.backend != "gitlab" and justification_required(
+            ApproverRules.from_dict(r) for r in rules
+        ):
+            raise UsageError(
+                f"require_justification works only with the gitlab backend: {body.backend} "
+                "cannot carry an approver's text (a check-run button has none)"
+            )
         row = ApprovalRow(
             request_id=secrets.token_hex(16),
             job_digest=digest,
@@ -600,7 +728,8 @@ class ApprovalService:
         if not row.operation_hash.startswith(hash_prefix):
             return self._refuse(row, deliveries, "the button was for another operation")
         rights = GitHubRights(self.github(), row.repository)
-        return self._click(row, clicker, approve, rights, deliveries, "github", "the check run")
+        click = _Click(clicker, approve)
+        return self._click(row, click, rights, deliveries, "github", "the check run")
 
     def _deployment_rule(self, event: DeploymentRuleEvent, delivery: str) -> WebhookResult:
         app = self._config.github_app
@@ -671,11 +800,10 @@ class ApprovalService:
         return self._note(NoteEvent.model_validate(payload), delivery)
 
     def _note(self, event: NoteEvent, delivery: str) -> WebhookResult:
-        command = approve_command(event.object_attributes.note)
+        command = parse_command(event.object_attributes.note)
         if command is None or event.object_attributes.system or event.merge_request is None:
             return WebhookResult("ignored", 202)
-        approve, request_id = command
-        row = self.store.get(request_id)
+        row = self.store.get(command.request_id)
         if (
             row is None
             or row.backend != "gitlab"
@@ -688,15 +816,15 @@ class ApprovalService:
         clicker = Clicker(user.username, str(user.id), api.is_bot(str(user.id)))
         deliveries = [("gitlab", delivery), ("gitlab-note", str(event.object_attributes.id))]
         rights = GitLabRights(api, row.repository_id)
-        return self._click(row, clicker, approve, rights, deliveries, "gitlab", "a note")
+        click = _Click(clicker, command.approve, self._justification(command.justification))
+        return self._click(row, click, rights, deliveries, "gitlab", "a note")
 
     # -- shared -----------------------------------------------------------------------------------
 
     def _click(
         self,
         row: ApprovalRow,
-        clicker: Clicker,
-        approve: bool,
+        click: _Click,
         rights: Rights,
         deliveries: list[tuple[str, str]],
         forge: str,
@@ -706,36 +834,96 @@ class ApprovalService:
         if row.status != _PENDING:
             result = "expired" if row.status == "expired" else "already-decided"
             return self._consume(deliveries, WebhookResult(result, 200, request_id=row.request_id))
+        rules = row.approver_rules()
         why = refusal(
-            row.approver_rules(),
-            clicker,
-            approve=approve,
+            rules,
+            click.clicker,
+            approve=click.approve,
             requester=row.requester,
             author=row.author,
             rights=rights,
         )
+        if why is None and click.approve and justification_required(rules):
+            why = _missing_justification(row, click)
         if why is not None:
-            return self._refuse(row, deliveries, why)
-        status = "approved" if approve else "denied"
-        decision = self._sign(
-            row, approved=approve, by=f"{forge}:{clicker.login}", reason=f"{status} in {where}"
-        )
+            return self._refuse(row, deliveries, why, click.clicker)
+        by = f"{forge}:{click.clicker.login}"
+        if not click.approve:
+            return self._deny(row, by, click, deliveries, where)
+        vote = Vote(click.clicker.login.lower(), by, click.justification)
         try:
-            won = self.store.decide(row.request_id, status, decision, deliveries)
+            tally = self.store.vote(
+                row.request_id,
+                vote,
+                required_approvals(rules),
+                lambda votes: self._sign_approval(row, votes, where),
+                deliveries,
+            )
+        except Replayed:
+            return WebhookResult("replayed", 409, "this delivery was already processed")
+        return self._after_vote(row, tally, by, required_approvals(rules))
+
+    def _deny(
+        self,
+        row: ApprovalRow,
+        by: str,
+        click: _Click,
+        deliveries: list[tuple[str, str]],
+        where: str,
+    ) -> WebhookResult:
+        reason = f"denied in {where}" + (f": {click.justification}" if click.justification else "")
+        decision = self._sign(row, approved=False, by=by, reason=reason)
+        try:
+            won = self.store.decide(row.request_id, "denied", decision, deliveries)
         except Replayed:
             return WebhookResult("replayed", 409, "this delivery was already processed")
         if not won:
             return WebhookResult("already-decided", 200, request_id=row.request_id)
-        log.info("approval %s %s by %s:%s", row.request_id, status, forge, clicker.login)
+        log.info("approval %s denied by %s", row.request_id, by)
         self.version += 1
-        self._show_outcome(row, status, decision)
-        return WebhookResult(status, 200, request_id=row.request_id)
+        self._show_outcome(row, "denied", decision)
+        return WebhookResult("denied", 200, request_id=row.request_id)
+
+    def _after_vote(self, row: ApprovalRow, tally: Tally, by: str, needed: int) -> WebhookResult:
+        if tally.status == "already-decided":
+            return WebhookResult("already-decided", 200, request_id=row.request_id)
+        if tally.decision is not None:
+            log.info("approval %s approved by %s", row.request_id, tally.decision.by)
+            self.version += 1
+            self._show_outcome(row, "approved", tally.decision)
+            return WebhookResult("approved", 200, request_id=row.request_id)
+        count = f"{len(tally.votes)} of {needed} approvals"
+        if not tally.counted:
+            return WebhookResult("pending", 200, f"{by} already approved; {count}", row.request_id)
+        log.info("approval %s: %s (%s)", row.request_id, count, by)
+        self._show_progress(row, tally.votes, needed)
+        return WebhookResult("pending", 200, count, row.request_id)
+
+    def _sign_approval(self, row: ApprovalRow, votes: tuple[Vote, ...], where: str) -> Decision:
+        by = ",".join(v.by for v in sorted(votes, key=lambda v: v.login))
+        said = "; ".join(f"{v.by}: {v.justification}" for v in votes if v.justification)
+        reason = f"approved in {where}" + (f" ({said})" if said else "")
+        return self._sign(row, approved=True, by=by, reason=reason)
+
+    def _justification(self, text: str) -> str:
+        if not text:
+            return ""
+        if self._masker is None:
+            self._masker = Masker(MaskSettings())
+        return self._masker.mask_text(text)[:MAX_JUSTIFICATION]
 
     def _refuse(
-        self, row: ApprovalRow, deliveries: list[tuple[str, str]], why: str
+        self,
+        row: ApprovalRow,
+        deliveries: list[tuple[str, str]],
+        why: str,
+        clicker: Clicker | None = None,
     ) -> WebhookResult:
         log.info("approval %s: click refused: %s", row.request_id, why)
-        return self._consume(deliveries, WebhookResult("refused", 200, why, row.request_id))
+        result = self._consume(deliveries, WebhookResult("refused", 200, why, row.request_id))
+        if clicker is not None and result.result == "refused" and _JUSTIFY in why:
+            self._reply(row, f"@{clicker.login} {why}")
+        return result
 
     def _consume(self, deliveries: list[tuple[str, str]], result: WebhookResult) -> WebhookResult:
         try:
@@ -775,6 +963,42 @@ class ApprovalService:
                 "approval %s: could not show the outcome on the forge: %s", row.request_id, exc
             )
 
+    def _show_progress(self, row: ApprovalRow, votes: tuple[Vote, ...], needed: int) -> None:
+        """Best effort: "1 of 2 approvals" on the check run or the note while pending."""
+        if row.forge_ref is None:
+            return
+        op = Operation(**row.operation)
+        approvers = [v.by for v in votes]
+        try:
+            if row.backend == "github-check":
+                body = progress_body(
+                    request_id=row.request_id,
+                    op=op,
+                    requester=row.requester,
+                    expires_at=row.expires_at,
+                    approvers=approvers,
+                    needed=needed,
+                )
+                self.github().call(
+                    "PATCH", f"/repos/{row.repository}/check-runs/{row.forge_ref}", body
+                )
+            elif row.backend == "gitlab" and row.target is not None:
+                note = progress_note(
+                    row.request_id, op, row.requester, row.expires_at, approvers, needed
+                )
+                self.gitlab().update_note(row.repository_id, row.target, int(row.forge_ref), note)
+        except (AirlockError, ValueError) as exc:
+            log.warning("approval %s: could not show progress on the forge: %s", row.request_id, exc)
+
+    def _reply(self, row: ApprovalRow, text: str) -> None:
+        """Best effort: answer on the merge request (GitLab only; check runs have no thread)."""
+        if row.backend != "gitlab" or row.target is None:
+            return
+        try:
+            self.gitlab().post_note(row.repository_id, row.target, text)
+        except (AirlockError, ValueError) as exc:
+            log.warning("approval %s: could not reply on the forge: %s", row.request_id, exc)
+
     def _job(self, job_token: str) -> tuple[str, dict[str, Any]]:
         digest = token_digest(job_token)
         subject = self._broker.store.job_subject(digest)
@@ -803,6 +1027,29 @@ class ApprovalService:
             token = resolve_secret(gl.token.get_secret_value(), "gitlab token")
             self._gitlab = GitLabApi(gl.url, private_token=token)
         return self._gitlab
+
+
+_JUSTIFY = "a justification is required"
+
+
+@dataclass(frozen=True)
+class _Click:
+    """One click or note: who, which way, and the (masked) justification if the forge has one."""
+
+    clicker: Clicker
+    approve: bool
+    justification: str = ""
+
+
+def _missing_justification(row: ApprovalRow, click: _Click) -> str | None:
+    if click.justification:
+        return None
+    if row.backend != "gitlab":
+        return f"{_JUSTIFY}, and {row.backend} cannot carry one: use the gitlab backend"
+    return (
+        f"{_JUSTIFY}: write `/airlock approve {row.request_id} <why>` "
+        "(the text after the id is recorded with the decision)"
+    )
 
 
 def github_signature(secret: str, body: bytes) -> str:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock import __version__
 from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
@@ -31,11 +31,13 @@ from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
-from airlock.gate import ApprovalBackend, Approve, ConsoleBackend, DenyBackend, FileBackend
-from airlock.gate.interface import Record, approver
-from airlock.gateway.runtime import RunningGateways, held_variables, start_gateways
 from airlock.mask import Masker, MaskSettings, PatternRule, StreamMasker
 from airlock.policy import Policy
+
+if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
+    from airlock.gate import ApprovalBackend, Approve
+    from airlock.gate.interface import Record
+    from airlock.gateway.runtime import RunningGateways
 
 __all__ = [
     "CommandNotFound",
@@ -287,6 +289,8 @@ class _Session:
         policy = self._req.policy
         if not policy.gateways:
             return
+        from airlock.gateway.runtime import held_variables, start_gateways
+
         held = held_variables(policy)
         self._agent_env = {k: v for k, v in self._agent_env.items() if k not in held}
         self._gateways = start_gateways(
@@ -304,6 +308,8 @@ class _Session:
 
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""
+        from airlock.gate.interface import approver
+
         settings = self._req.policy.approvals
         identity = self._req.identity
         backend = _approval_backend(self._req, self._writer.append)
@@ -418,6 +424,8 @@ class _Session:
 
 
 def _approval_backend(request: SessionRequest, record: Record) -> ApprovalBackend:
+    from airlock.gate import ConsoleBackend, DenyBackend, FileBackend
+
     settings = request.policy.approvals
     key = request.key
     if settings.backend == "console":
