@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import defaultdict
 
 import pytest
@@ -115,3 +116,20 @@ def test_an_exception_in_a_handler_stops_the_command() -> None:
     )
     with pytest.raises(RuntimeError):
         runner.run()
+
+
+@pytest.mark.parametrize("trace", [False, True])
+def test_sigterm_reaches_the_whole_process_group(trace: bool) -> None:
+    # A shell waiting on a foreground child defers its own handling until that child ends; a
+    # terminal signals the whole group, and so do we.
+    script = "trap 'echo shell-got-term; exit 143' TERM; echo ready; sleep 30; echo not-reached"
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    started = time.monotonic()
+    try:
+        result, rec = run(["sh", "-c", script], trace=trace)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 15
+    assert b"shell-got-term" in bytes(rec.output["stdout"])
+    assert result.exit_status == 143

@@ -295,9 +295,11 @@ class ProcessRunner:
             name = signal.Signals(signum).name
             result.forwarded.append(name)
             self._on_signal(name)
-            target = self._parser.root_pid if self._parser and self._parser.root_pid else None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target or self._proc.pid, signum)
+            # The whole process group, as a terminal would: a shell waiting on `sleep` only acts
+            # on the signal once its child has it too. (strace, the group leader under tracing,
+            # blocks fatal signals when it runs a command with -o.)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signum)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
