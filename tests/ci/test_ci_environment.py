@@ -43,7 +43,8 @@ def test_gitlab_job_token_in_every_disguise_is_withheld(gitlab_env: dict[str, st
     seen = agent_environment(gitlab_env, DEFAULT_POLICY)
     leaked = [v for v in seen.values() if "glcbt-64_jobtoken" in v]
     assert leaked == []
-    assert _secret_names(seen) == {"AIRLOCK_ID_TOKEN", "DATABASE_PASSWORD"}
+    # AIRLOCK_ID_TOKEN (the OIDC token Airlock exchanges) is always withheld too.
+    assert _secret_names(seen) == {"DATABASE_PASSWORD"}
     assert seen["CI_PROJECT_ID"] == gitlab_env["CI_PROJECT_ID"]
 
 

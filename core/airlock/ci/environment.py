@@ -21,6 +21,8 @@ trailing ``*`` globs, the same syntax as ``environment.remove`` in the policy. W
   exists.
 - ``AIRLOCK_BROKER_TOKEN*``, ``AIRLOCK_KEY*``, ``AIRLOCK_SIGNING_KEY*``, ``AIRLOCK_HMAC_KEY*``:
   Airlock's own broker credential, signing and correlation keys.
+- ``AIRLOCK_ID_TOKEN``: the default GitLab ``id_tokens`` variable Airlock exchanges at the
+  broker (same reason as the OIDC request pair).
 
 Not listed, because the agent may need them and the policy decides: ``GITHUB_TOKEN`` (only
 present when a workflow puts it in ``env:``) and tokens declared under GitLab ``id_tokens:``
@@ -59,6 +61,7 @@ SENSITIVE_CI_VARIABLES: tuple[str, ...] = (
     "CI_REPOSITORY_URL",
     # Airlock itself
     "AIRLOCK_BROKER_TOKEN*",
+    "AIRLOCK_ID_TOKEN",
     "AIRLOCK_KEY*",
     "AIRLOCK_SIGNING_KEY*",
     "AIRLOCK_HMAC_KEY*",
