@@ -116,3 +116,20 @@ def test_real_strace_output_parses(tmp_path: Path) -> None:
     statuses = {e.pid: e.status for e in events if isinstance(e, ProcessExit)}
     assert statuses[inner.pid] == 5
     assert os.path.basename(echo.path) == "echo"
+
+
+def test_an_argument_cannot_hide_or_forge_a_result(tmp_path: Path) -> None:
+    # `) = -1` inside an argument once made the parser take it for the syscall's result, so
+    # the exec vanished from the log; `) = 0` in a failed exec's argv made it look successful.
+    out = tmp_path / "trace"
+    script = 'env true ") = -1 x"; /nonexistent/cmd ") = 0 y"; echo hi'
+    subprocess.run(
+        ["strace", *STRACE_ARGS, "-o", str(out), "--", "sh", "-c", script],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    execs = [e for e in _events(out.read_text(), cwd=str(tmp_path)) if isinstance(e, ProcessExec)]
+    assert execs[0].argv == ("sh", "-c", script)
+    assert any(e.argv == ("env", "true", ") = -1 x") for e in execs)
+    assert not any("/nonexistent/cmd" in e.path for e in execs)

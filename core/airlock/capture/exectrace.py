@@ -42,7 +42,9 @@ STRACE_ARGS = (
 _LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 _CALL = re.compile(r"^([a-z_0-9]+)\((.*)$")
 _RESUMED = re.compile(r"^<\.\.\. ([a-z_0-9]+) resumed>(.*)$")
-_RESULT = re.compile(r"\)\s+=\s+(-?\d+|\?)(?:\s.*)?$")
+# The return value follows the last `) = `; what may follow it (an errno, a comment) holds no
+# quote, so a `) = 0` written inside an argument string can never be taken for the result.
+_RESULT = re.compile(r'\)\s+=\s+(-?\d+|\?)(?:\s[^"]*)?$')
 _EXITED = re.compile(r"^\+\+\+ exited with (\d+) \+\+\+$")
 _KILLED = re.compile(r"^\+\+\+ killed by (SIG[A-Z0-9]+)(?: \(core dumped\))? \+\+\+$")
 _FD_PATH = re.compile(r"^-?\d+<(.*)>$")
