@@ -408,3 +408,34 @@ def test_stdin_is_forwarded(tmp_path: Path) -> None:
         )
         assert result.returncode == 0
         assert b"got hello" in result.stdout
+
+
+@pytest.mark.parametrize("capture", ["required", "off"])
+def test_background_leftovers_are_stopped_when_the_command_ends(
+    tmp_path: Path, capture: str
+) -> None:
+    policy = _policy(tmp_path, f"capture: {{exec: {capture}}}\n")
+    script = "nohup sleep 60 >/dev/null 2>&1 & echo leftover=$!"
+    started = time.monotonic()
+    result = airlock(
+        tmp_path,
+        "run",
+        "--policy",
+        str(policy),
+        "--sessions",
+        str(tmp_path / "s"),
+        "--",
+        "sh",
+        "-c",
+        script,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    pid = int(result.stdout.split(b"leftover=")[1].split()[0])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()  # nothing runs on unrecorded after the seal
+    end = _events(_only_session(tmp_path / "s"))[-1]
+    assert end["data"]["leftovers_stopped"] is True
+    assert end["data"]["exit_status"] == 0

@@ -58,6 +58,7 @@ class RunResult:
     signal: str | None = None
     forwarded: list[str] = field(default_factory=list)
     trace_unparsed: int = 0
+    leftovers_stopped: bool = False  # processes the command left behind were terminated
 
 
 @dataclass
@@ -93,6 +94,7 @@ class ProcessRunner:
         self._parser: ExecTraceParser | None = None
         self._trace_buf = b""
         self._master = -1
+        self._root_exit: ProcessExit | None = None
 
     def run(self) -> RunResult:
         with contextlib.ExitStack() as stack:
@@ -214,14 +216,22 @@ class ProcessRunner:
             for key, _ in ready:
                 self._dispatch(key, sel, streams)
             self._forward_signals(result)
-            if proc.poll() is not None and deadline is None:
+            ended = proc.poll() is not None or self._root_exit is not None
+            if ended and deadline is None:
                 deadline = time.monotonic() + _DRAIN_GRACE
             open_streams = any(s.open for s in streams)
             if deadline is not None and (not open_streams or time.monotonic() > deadline):
                 break
+        # Whatever the command left running in its group would go on unrecorded after the seal.
+        result.leftovers_stopped = _end_group(proc)
         self._finish_trace(fifo_fd, result)
         self._on_idle()
         result.exit_status, result.signal = _status(proc.wait())
+        root = self._root_exit
+        if (
+            root is not None and result.leftovers_stopped
+        ):  # strace itself was stopped: use the command's
+            result.exit_status, result.signal = _exit_of(root)
         return result
 
     def _dispatch(self, key: SelectorKey, sel: PollSelector, streams: list[_Stream]) -> None:
@@ -263,7 +273,12 @@ class ProcessRunner:
             if not data:
                 return
             for event in self._parser.feed(self._decode_trace(data)):
-                self._on_process(event)
+                self._seen(event)
+
+    def _seen(self, event: ProcessExec | ProcessExit) -> None:
+        if isinstance(event, ProcessExit) and self._parser and event.pid == self._parser.root_pid:
+            self._root_exit = event
+        self._on_process(event)
 
     def _decode_trace(self, data: bytes) -> str:
         # strace escapes non-ASCII bytes, so its output is ASCII; keep a split tail anyway.
@@ -280,7 +295,7 @@ class ProcessRunner:
         tail = self._trace_buf.decode("ascii", errors="replace")
         self._trace_buf = b""
         for event in self._parser.feed(tail) + self._parser.close():
-            self._on_process(event)
+            self._seen(event)
         result.trace_unparsed = self._parser.unparsed_lines
 
     def _forward_signals(self, result: RunResult) -> None:
@@ -300,6 +315,39 @@ class ProcessRunner:
             # blocks fatal signals when it runs a command with -o.)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signum)
+
+
+def _end_group(proc: subprocess.Popen[bytes], grace: float = 1.0) -> bool:
+    """SIGTERM, then SIGKILL, whatever is still alive in the command's process group.
+
+    Returns True when something was. (A process that left the group with setsid escapes this;
+    under strace it is still traced, and the session stays open until it ends.)
+    """
+    if not _group_alive(proc):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(proc):
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return True
+
+
+def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+    proc.poll()  # reap the leader, so that a zombie does not count
+    try:
+        os.killpg(proc.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _exit_of(event: ProcessExit) -> tuple[int, str | None]:
+    if event.signal is not None:
+        return 128 + int(signal.Signals[event.signal]), event.signal
+    return event.status or 0, None
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -146,6 +146,8 @@ def run_session(request: SessionRequest) -> SessionOutcome:
     masker = build_masker(request.policy, request.secret_env, correlation_key(request.key))
     for secret in request.credentials:
         masker.add_secret(secret.value, f"credential:{secret.grant}")
+    if request.job_token:  # the agent can read the job state file: never show what is in it
+        masker.add_secret(request.job_token, "broker-job-token")
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)
     with _locked(writer.path / "events.jsonl"):
@@ -363,9 +365,10 @@ class _Session:
     def _emit(self, stream: str, data: bytes) -> None:
         if not data:
             return
-        self._show(_TERMINAL_FD[stream], data)
-        self._counts["output_bytes"] += len(data)
+        # Recorded first: if the log cannot take it, it is not shown either (fail closed).
         self._writer.append(EventType.OUTPUT, {"stream": stream, **_encode(data)})
+        self._counts["output_bytes"] += len(data)
+        self._show(_TERMINAL_FD[stream], data)
 
     def _show(self, fd: int, data: bytes) -> None:
         if not self._display_ok[fd]:
@@ -408,6 +411,7 @@ class _Session:
                 "duration_seconds": round(duration, 6),
                 "signals_forwarded": result.forwarded,
                 "trace_unparsed_lines": result.trace_unparsed,
+                "leftovers_stopped": result.leftovers_stopped,
                 **self._counts,
             },
         )
