@@ -46,9 +46,18 @@ def witnessed_session(tmp_path: Path, key: SigningKey, broker: SigningKey) -> Pa
 def test_witnessed_checkpoints_verify(tmp_path: Path, key: SigningKey, trusted: Trusted) -> None:
     broker = SigningKey.generate()
     session = witnessed_session(tmp_path, key, broker)
-    both = {**trusted, broker.key_id: broker.public_key}
-    report = verify_session(session, both)
+    report = verify_session(session, trusted, witnesses={broker.key_id: broker.public_key})
     assert (report.checkpoints_checked, report.warnings) == (2, ())
+
+
+def test_the_session_key_cannot_vouch_for_a_checkpoint(
+    tmp_path: Path, key: SigningKey, trusted: Trusted
+) -> None:
+    """Checkpoints "witnessed" with the session's own (stealable) key are not witnessed."""
+    session = witnessed_session(tmp_path, key, key)
+    report = verify_session(session, trusted, witnesses={})
+    assert len(report.warnings) == 2
+    assert "not trusted" in report.warnings[0]
 
 
 def test_untrusted_witness_is_a_warning(tmp_path: Path, key: SigningKey, trusted: Trusted) -> None:
@@ -67,7 +76,7 @@ def test_forged_witness_signature_fails(tmp_path: Path, key: SigningKey, trusted
     receipts[1]["at"] += 1.0  # any change to what the broker signed
     writer_key_resign(session, key, manifest)
     with pytest.raises(VerificationFailed) as info:
-        verify_session(session, {**trusted, broker.key_id: broker.public_key})
+        verify_session(session, trusted, witnesses={broker.key_id: broker.public_key})
     assert (info.value.kind, info.value.line) == ("checkpoint-mismatch", 5)
 
 

@@ -20,6 +20,7 @@ from tests.support.postgres import PostgresCluster
 from airlock.audit.checkpoints import checkpoint_message
 from airlock.broker.app import create_app
 from airlock.broker.service import Broker
+from airlock.errors import PolicyDenied
 
 MakeBroker = Callable[..., Broker]
 
@@ -188,3 +189,14 @@ def test_postgresql_state_store(
     with pytest.raises(Exception, match="already used"):
         broker.exchange(token, ["deploy"])
     assert [row.grant_name for row in broker.store.leases()] == ["deploy"]
+
+
+def test_a_session_id_belongs_to_the_first_job_that_checkpoints_it(
+    issuer: OIDCIssuer, make_broker: MakeBroker, sqlite_url: str
+) -> None:
+    broker = make_broker(sqlite_url)
+    first = broker.exchange(_token(issuer), []).job_token
+    second = broker.exchange(_token(issuer), []).job_token
+    broker.witness(first, "s-owned", 0, "ab" * 32)
+    with pytest.raises(PolicyDenied, match="belongs to another job"):
+        broker.witness(second, "s-owned", 1, "cd" * 32)

@@ -159,6 +159,13 @@ def test_credentials_run_witness_revoke(
     assert refused.returncode == 84
     assert b"differs from what the broker witnessed" in refused.stderr
 
+    # A session the broker never saw (here: run without --broker) is not vouched for.
+    unseen = tmp_path / "unseen"
+    assert _airlock(run_env, "run", "--sessions", str(unseen), "--", "true").returncode == 0
+    refused = _airlock(run_env, "verify", "--broker", broker_url, str(next(unseen.iterdir())))
+    assert refused.returncode == 84
+    assert b"witnessed no checkpoint" in refused.stderr
+
     revoked = _airlock(job_env, "credentials", "--revoke")
     assert revoked.returncode == 0
     assert b"revoked 1 lease" in revoked.stderr

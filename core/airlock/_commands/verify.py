@@ -110,16 +110,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace, session: Path) -> int:
     trusted = trusted_keys(list(args.key_file))
-    witnessed: list[dict[str, Any]] = []
-    if args.broker:
-        witnessed, broker_keys = _broker_checkpoints(args.broker, session.name)
-        trusted = {**trusted, **broker_keys}
+    witnesses: dict[str, Ed25519PublicKey] = {}
     try:
-        report = verify_session(session, trusted)
+        if args.broker:
+            witnessed, witnesses = _broker_checkpoints(args.broker, _session_id(session))
+        report = verify_session(session, trusted, witnesses=witnesses)
         if args.broker:
             from airlock.broker.witness import check_witnessed
 
-            check_witnessed(session, session.name, witnessed, trusted)
+            check_witnessed(
+                session, report.session_id, witnessed, witnesses, last_seq=_last_seq(session)
+            )
     except VerificationFailed as exc:
         if args.json:
             _print_json({"ok": False, "kind": exc.kind, "line": exc.line, "error": exc.message})
@@ -137,6 +138,24 @@ def _verify(args: argparse.Namespace, session: Path) -> int:
             hint="pass --allow-incomplete (AIRLOCK_ALLOW_INCOMPLETE=1) to accept it",
         )
     return int(ExitCode.OK)
+
+
+def _manifest(session: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((session / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def _session_id(session: Path) -> str:
+    """The id the session was sealed under (not its directory name, which anyone can change)."""
+    return str(_manifest(session).get("session_id") or session.name)
+
+
+def _last_seq(session: Path) -> int | None:
+    last = _manifest(session).get("last_seq")
+    return int(last) if isinstance(last, int) else None
 
 
 def _broker_checkpoints(

@@ -43,6 +43,7 @@ FAILURE_KINDS = (
     "unsealed",
     "malformed",
     "checkpoint-mismatch",
+    "unwitnessed",
 )
 _MAX_MANIFEST = 64 << 20
 
@@ -83,7 +84,12 @@ def session_paths(path: Path) -> tuple[Path, Path]:
     return path, path / EVENTS_FILE
 
 
-def verify_session(path: Path, trusted: Mapping[str, Ed25519PublicKey]) -> VerifyReport:
+def verify_session(
+    path: Path,
+    trusted: Mapping[str, Ed25519PublicKey],
+    *,
+    witnesses: Mapping[str, Ed25519PublicKey] | None = None,
+) -> VerifyReport:
     """Verify the session at ``path`` (its directory or its events.jsonl) against ``trusted``.
 
     Checks, in order: the seal exists and is signed by a trusted key, the manifest is well
@@ -103,7 +109,9 @@ def verify_session(path: Path, trusted: Mapping[str, Ed25519PublicKey]) -> Verif
             line=1,
         )
     checkpoints = _checkpoint_wants(manifest)
-    warnings = _witness_warnings(manifest, trusted)
+    # Witness signatures are checked against the witnesses' keys only: a session's own key (which
+    # the agent may have read) must never vouch for a checkpoint.
+    warnings = _witness_warnings(manifest, witnesses if witnesses is not None else {})
     scan = scan_chain(
         events,
         manifest["genesis"],

@@ -988,7 +988,9 @@ class ApprovalService:
                 )
                 self.gitlab().update_note(row.repository_id, row.target, int(row.forge_ref), note)
         except (AirlockError, ValueError) as exc:
-            log.warning("approval %s: could not show progress on the forge: %s", row.request_id, exc)
+            log.warning(
+                "approval %s: could not show progress on the forge: %s", row.request_id, exc
+            )
 
     def _reply(self, row: ApprovalRow, text: str) -> None:
         """Best effort: answer on the merge request (GitLab only; check runs have no thread)."""

@@ -273,6 +273,9 @@ class Broker:
             raise PolicyDenied("unknown or expired job token")
         if not (len(head) == 64 and all(c in "0123456789abcdef" for c in head)) or seq < 0:
             raise UsageError("a checkpoint needs seq >= 0 and head as 64 lowercase hex digits")
+        owner = self.store.session_owner(session_id)
+        if owner is not None and owner != digest:  # one session, one job: no borrowed ids
+            raise PolicyDenied(f"session {session_id} belongs to another job")
         at = round(self._clock(), 6)
         signature = self.key.sign(checkpoint_message(session_id, seq, head, at))
         row = CheckpointRow(

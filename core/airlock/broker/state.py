@@ -229,6 +229,13 @@ class StateStore:
             return False
         return True
 
+    def session_owner(self, session_id: str) -> str | None:
+        """The job (token digest) whose checkpoints this session id carries, if any."""
+        query = sa.select(CHECKPOINTS.c.job_digest).where(CHECKPOINTS.c.session_id == session_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return None if row is None else str(row.job_digest)
+
     def checkpoints(self, session_id: str) -> list[CheckpointRow]:
         query = (
             sa.select(

@@ -38,8 +38,21 @@ def check_witnessed(
     session_id: str,
     checkpoints: Sequence[Mapping[str, Any]],
     keys: Mapping[str, Ed25519PublicKey],
+    *,
+    last_seq: int | None = None,
 ) -> int:
-    """Raise VerificationFailed at the first witnessed head the log does not match; else count."""
+    """Raise VerificationFailed at the first witnessed head the log does not match; else count.
+
+    ``keys`` are the witness's keys only. A session the broker never saw fails (a missing
+    checkpoint is tampering), and so does a log that goes on past its last witnessed line by more
+    than the final checkpoint event itself (``last_seq``: the sealed last seq).
+    """
+    if not checkpoints:
+        raise VerificationFailed(
+            f"the broker witnessed no checkpoint of session {session_id}",
+            kind="unwitnessed",
+            hint="the session was not run with --broker, or its id was changed",
+        )
     heads = _line_hashes(session_dir / "events.jsonl")
     for checkpoint in sorted(checkpoints, key=lambda c: int(c["seq"])):
         seq, head = int(checkpoint["seq"]), str(checkpoint["head"])
@@ -57,6 +70,14 @@ def check_witnessed(
                 line=seq + 1,
                 hint="the log was rewritten after the broker saw it",
             )
+    newest = max(int(c["seq"]) for c in checkpoints)
+    if last_seq is not None and last_seq > newest + 1:
+        raise VerificationFailed(
+            f"lines {newest + 2}-{last_seq + 1} come after the last line the broker witnessed",
+            kind="unwitnessed",
+            line=newest + 2,
+            hint="events were added after the session's last checkpoint",
+        )
     return len(checkpoints)
 
 
