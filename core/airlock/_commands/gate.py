@@ -27,7 +27,7 @@ from airlock.gate import (
     decide,
     pending,
 )
-from airlock.mask import Masker, MaskSettings
+from airlock.mask import Masker
 from airlock.policy.broker_config import parse_duration
 
 __all__ = ["register"]
@@ -79,6 +79,13 @@ def _register_request(actions: Any) -> None:
         parser, "--rule-id", env="AIRLOCK_GATE_RULE_ID", default="manual", help="shown and bound"
     )
     add_flag(parser, "--session-id", env="AIRLOCK_SESSION_ID", help="bound into the hash")
+    add_flag(
+        parser,
+        "--policy",
+        env="AIRLOCK_POLICY",
+        type=Path,
+        help="session policy whose mask rules (env secrets, patterns) clean the operation text",
+    )
     add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, metavar="PEM", help="signing key")
     add_flag(parser, "--json", env="AIRLOCK_JSON", action="store_true", help="print JSON")
     parser.set_defaults(func=_request)
@@ -162,7 +169,7 @@ def _timeout(raw: str) -> float:
 
 def _operation(args: argparse.Namespace) -> Operation:
     text = _operation_text(args)
-    masked = Masker(MaskSettings()).mask_text(text)
+    masked = _masker(args).mask_text(text)
     identity = detect_identity(os.environ)
     return Operation(
         kind=args.kind,
@@ -173,6 +180,23 @@ def _operation(args: argparse.Namespace) -> Operation:
         run_id=identity.run_id,
         session_id=args.session_id,
     )
+
+
+def _masker(args: argparse.Namespace) -> Masker:
+    """What reviewers see is masked like session output: the policy's secrets and patterns,
+    and everything the broker issued to this job (values and job token)."""
+    from airlock.audit import load_signing_key
+    from airlock.broker.jobstate import default_state_dir, load_job_state
+    from airlock.capture.session import build_masker, correlation_key
+    from airlock.policy import DEFAULT_POLICY, load_policy
+
+    policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
+    masker = build_masker(policy, os.environ, correlation_key(load_signing_key(args.key)))
+    state = load_job_state(default_state_dir())
+    if state is not None:
+        for value in (*state.values().values(), state.job_token):
+            masker.add_secret(value, "credential")
+    return masker
 
 
 def _operation_text(args: argparse.Namespace) -> str:
