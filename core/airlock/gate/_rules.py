@@ -5,6 +5,9 @@ A click is refused when the clicker is a bot; when they asked for the operation 
 less than ``permission`` on the repository; or, if ``users`` or ``teams`` are named, when they
 are neither one of the users nor a member of one of the teams (users and teams are OR'ed).
 
+A request needs ``min_approvals`` distinct entitled approvers (the largest over all rule sets),
+and with ``require_justification`` (if any rule set asks) an approval must say why.
+
 Denying is safer than approving: a deny needs only a human with ``permission`` on the repository
 (the requester and the author may stop their own operation).
 """
@@ -17,13 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "MAX_APPROVALS",
+    "MAX_JUSTIFICATION",
     "PERMISSION_LEVELS",
     "ApproverRules",
     "Clicker",
+    "Command",
     "Rights",
     "approve_command",
     "code_fence",
+    "justification_required",
+    "parse_command",
     "refusal",
+    "required_approvals",
     "same_login",
 ]
 
@@ -41,6 +50,8 @@ _BOT_LOGIN = re.compile(r"(\[bot\]$)|(^(project|group)_\d+_bot(_[0-9a-f]+)?$)", 
 _COMMAND = re.compile(
     r"^\s*/airlock\s+(approve|deny)\s+([0-9a-f]{32})\b(.*)$", re.IGNORECASE | re.MULTILINE
 )
+MAX_APPROVALS = 10
+MAX_JUSTIFICATION = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class ApproverRules:
     permission: str = "write"
     allow_self: bool = False
     allow_author: bool = False
+    min_approvals: int = 1
+    require_justification: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, stable order."""
@@ -61,11 +74,13 @@ class ApproverRules:
             "permission": self.permission,
             "allow_self": self.allow_self,
             "allow_author": self.allow_author,
+            "min_approvals": self.min_approvals,
+            "require_justification": self.require_justification,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ApproverRules:
-        """The inverse of :meth:`to_dict`; unknown permissions fall back to the strictest."""
+        """The inverse of :meth:`to_dict`; unknown or out-of-range values become the strictest."""
         permission = str(data.get("permission", "write"))
         return cls(
             users=frozenset(str(u).lower() for u in data.get("users", ())),
@@ -73,7 +88,25 @@ class ApproverRules:
             permission=permission if permission in PERMISSION_LEVELS else "admin",
             allow_self=bool(data.get("allow_self", False)),
             allow_author=bool(data.get("allow_author", False)),
+            min_approvals=_quorum(data.get("min_approvals", 1)),
+            require_justification=bool(data.get("require_justification", False)),
         )
+
+
+def _quorum(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_APPROVALS:
+        return value
+    return MAX_APPROVALS
+
+
+def required_approvals(rules: Iterable[ApproverRules]) -> int:
+    """How many distinct entitled approvers a request needs: the strictest rule set wins."""
+    return max((rule.min_approvals for rule in rules), default=1)
+
+
+def justification_required(rules: Iterable[ApproverRules]) -> bool:
+    """True when any rule set asks approvers to say why."""
+    return any(rule.require_justification for rule in rules)
 
 
 @dataclass(frozen=True)
@@ -155,12 +188,28 @@ def _named(rule: ApproverRules, clicker: Clicker, rights: Rights) -> bool:
     return any(rights.in_team(team, clicker) for team in sorted(rule.teams))
 
 
-def approve_command(text: str) -> tuple[bool, str] | None:
-    """``(approve, request_id)`` from the first ``/airlock approve|deny <id>`` line, if any."""
+@dataclass(frozen=True)
+class Command:
+    """``/airlock approve|deny <id> [justification…]`` as written in a note or comment."""
+
+    approve: bool
+    request_id: str
+    justification: str = ""
+
+
+def parse_command(text: str) -> Command | None:
+    """The first command in ``text``; the justification is everything written after the id."""
     match = _COMMAND.search(text or "")
     if match is None:
         return None
-    return match.group(1).lower() == "approve", match.group(2)
+    rest = (text or "")[match.end(2) :].strip()
+    return Command(match.group(1).lower() == "approve", match.group(2), rest)
+
+
+def approve_command(text: str) -> tuple[bool, str] | None:
+    """``(approve, request_id)`` from the first ``/airlock approve|deny <id>`` line, if any."""
+    command = parse_command(text)
+    return None if command is None else (command.approve, command.request_id)
 
 
 def code_fence(text: str) -> str:

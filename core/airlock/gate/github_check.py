@@ -21,9 +21,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from airlock.gate._rules import code_fence
+from airlock.audit.keys import SigningKey
+from airlock.errors import ConfigError
+from airlock.gate._rules import ApproverRules, code_fence
 from airlock.gate.broker import BrokerBackend, ForgeTarget
-from airlock.gate.interface import Operation, format_time
+from airlock.gate.interface import Operation, Record, format_time
 
 __all__ = [
     "CHECK_NAME_PREFIX",
@@ -32,6 +34,7 @@ __all__ = [
     "check_run_body",
     "outcome_body",
     "parse_identifier",
+    "progress_body",
     "pull_request_number",
 ]
 
@@ -47,6 +50,33 @@ class GitHubCheckBackend(BrokerBackend):
 
     name: ClassVar[str] = "github-check"
     forge: ClassVar[str] = "github-check"
+
+    def __init__(
+        self,
+        broker_url: str,
+        job_token: str,
+        *,
+        key: SigningKey,
+        record: Record | None = None,
+        target: ForgeTarget | None = None,
+        approvers: ApproverRules | None = None,
+        verify_broker: bool = True,
+    ) -> None:
+        if approvers is not None and approvers.require_justification:
+            raise ConfigError(
+                "github-check cannot require a justification: a check-run button carries no "
+                "text, so no approval could ever be accepted",
+                hint="use the gitlab backend for require_justification, or drop it",
+            )
+        super().__init__(
+            broker_url,
+            job_token,
+            key=key,
+            record=record,
+            target=target,
+            approvers=approvers,
+            verify_broker=verify_broker,
+        )
 
 
 def action_identifier(approve: bool, operation_hash: str) -> str:
@@ -90,22 +120,51 @@ def check_run_body(
             "summary": _summary(request_id, op, requester, expires_at),
             "text": _operation_block(op),
         },
-        "actions": [
-            {
-                "label": "Approve",
-                "description": "Run this operation once",
-                "identifier": action_identifier(True, op_hash),
-            },
-            {
-                "label": "Deny",
-                "description": "Refuse this operation",
-                "identifier": action_identifier(False, op_hash),
-            },
-        ],
+        "actions": _actions(op_hash),
     }
     if details_url:
         body["details_url"] = details_url
     return body
+
+
+def progress_body(
+    *,
+    request_id: str,
+    op: Operation,
+    requester: str | None,
+    expires_at: float,
+    approvers: list[str],
+    needed: int,
+) -> dict[str, Any]:
+    """``PATCH`` while more approvals are needed: "1 of 2 approvals", the buttons kept."""
+    count = f"{len(approvers)} of {needed} approvals"
+    who = ", ".join(f"`{a}`" for a in approvers)
+    return {
+        "status": "completed",
+        "conclusion": "action_required",
+        "output": {
+            "title": f"{count}: {summary_line(op)}",
+            "summary": f"**{count}** so far ({who}); each approver counts once.\n\n"
+            + _summary(request_id, op, requester, expires_at),
+            "text": _operation_block(op),
+        },
+        "actions": _actions(op.operation_hash()),
+    }
+
+
+def _actions(op_hash: str) -> list[dict[str, str]]:
+    return [
+        {
+            "label": "Approve",
+            "description": "Run this operation once",
+            "identifier": action_identifier(True, op_hash),
+        },
+        {
+            "label": "Deny",
+            "description": "Refuse this operation",
+            "identifier": action_identifier(False, op_hash),
+        },
+    ]
 
 
 def outcome_body(

@@ -26,8 +26,9 @@ import requests
 from gitlab.exceptions import GitlabError, GitlabHttpError
 
 from airlock.audit.keys import SigningKey
+from airlock.errors import ConfigError
 from airlock.events import EventType
-from airlock.gate._rules import ApproverRules, Clicker, approve_command, code_fence, refusal
+from airlock.gate._rules import ApproverRules, Clicker, code_fence, parse_command, refusal
 from airlock.gate.broker import BrokerBackend
 from airlock.gate.interface import (
     Answer,
@@ -46,6 +47,7 @@ __all__ = [
     "GitLabRights",
     "note_body",
     "outcome_note",
+    "progress_note",
 ]
 
 log = logging.getLogger("airlock.gate")
@@ -174,6 +176,22 @@ def note_body(request_id: str, op: Operation, requester: str | None, expires_at:
     )
 
 
+def progress_note(
+    request_id: str,
+    op: Operation,
+    requester: str | None,
+    expires_at: float,
+    approvers: list[str],
+    needed: int,
+) -> str:
+    """The request note while more approvals are needed: "1 of 2 approvals" and by whom."""
+    who = ", ".join(f"`{a}`" for a in approvers)
+    return (
+        f"{note_body(request_id, op, requester, expires_at)}\n\n"
+        f"**{len(approvers)} of {needed} approvals** so far ({who}); each approver counts once."
+    )
+
+
 def outcome_note(request_id: str, status: str, by: str, at: str, reason: str) -> str:
     """The note rewritten once decided."""
     verdict = {"approved": "Approved", "denied": "Denied", "expired": "Expired (denied)"}[status]
@@ -204,6 +222,12 @@ class GitLabNotesBackend(ApprovalBackend):
         self._iid = merge_request
         self._requester = requester
         self._rules = approvers or ApproverRules()
+        if self._rules.min_approvals > 1:
+            raise ConfigError(
+                "gitlab without a broker decides on the first eligible note: "
+                "min_approvals above 1 needs the broker (gitlab backend)",
+                hint="use GitLabBackend through the broker, or set min_approvals: 1",
+            )
         self._author: str | None = None
         self._seen: set[int] = set()
         self._next_page = 1
@@ -248,10 +272,13 @@ class GitLabNotesBackend(ApprovalBackend):
     def _judge(
         self, req: ApprovalRequest, note: Mapping[str, Any], rights: GitLabRights
     ) -> Answer | None:
-        command = approve_command(str(note.get("body", "")))
-        if command is None or command[1] != req.request_id or note.get("system"):
+        command = parse_command(str(note.get("body", "")))
+        if command is None or command.request_id != req.request_id or note.get("system"):
             return None
-        approve = command[0]
+        approve = command.approve
+        if approve and self._rules.require_justification and not command.justification:
+            log.info("approval %s: note without the required justification", req.request_id)
+            return None
         author = note.get("author") or {}
         clicker = Clicker(
             str(author.get("username", "")), str(author.get("id", "")), bool(author.get("bot"))

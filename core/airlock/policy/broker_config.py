@@ -260,6 +260,16 @@ class ApproverEntry(BaseModel):
     permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
     allow_self: bool = Field(default=False, description="the requester may approve")
     allow_author: bool = Field(default=False, description="the PR/MR author may approve")
+    min_approvals: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="distinct entitled approvers needed; one entitled deny decides at once",
+    )
+    require_justification: bool = Field(
+        default=False,
+        description="an approval must say why (GitLab: text after `/airlock approve <id>`)",
+    )
 
 
 class ApprovalsConfig(BaseModel):
@@ -271,6 +281,15 @@ class ApprovalsConfig(BaseModel):
     gitlab: GitLabEntry | None = None
     approvers: ApproverEntry = Field(default_factory=ApproverEntry)
     max_timeout: Duration = Field(default=24 * 3600, gt=0, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _justification_needs_text(self) -> ApprovalsConfig:
+        if self.approvers.require_justification and self.github_app is not None:
+            raise ValueError(
+                "approvers.require_justification cannot be enforced with github_app: a check "
+                "run button carries no text; drop github_app or require_justification"
+            )
+        return self
 
 
 class _SourceMap:
