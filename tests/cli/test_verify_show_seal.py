@@ -255,3 +255,10 @@ def test_verify_a_directory_that_is_no_session(
     load_signing_key()
     assert main(["verify", str(tmp_path)]) == ExitCode.USAGE
     assert "not a session directory" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_url_that_would_leave_its_directory(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["verify", "s3://bucket/prefix/../"]) == ExitCode.USAGE
+    assert "does not name a session directory" in capsys.readouterr().err

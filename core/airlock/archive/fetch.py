@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
 from airlock.archive.interface import ArchiveCheckFailed, ArchiveSink
 from airlock.archive.layout import EVENTS_NAME, LOG_OBJECT, MANIFEST_NAME, join_key, parse_url
 from airlock.archive.local import LocalSink
 from airlock.archive.s3 import S3Sink
+from airlock.audit._format import SESSION_ID_RE
 from airlock.errors import UsageError
 
 __all__ = ["fetch_session", "make_sink"]
@@ -32,7 +32,7 @@ def fetch_session(url: str, dest: Path, endpoint_url: str | None = None) -> Path
     """
     scheme, bucket, key = parse_url(url)
     parent, _, session_id = key.rstrip("/").rpartition("/")
-    if not session_id:
+    if not session_id or not SESSION_ID_RE.fullmatch(session_id):
         raise UsageError(
             f"{url!r} does not name a session directory", hint="end it with /<session-id>/"
         )
@@ -50,10 +50,21 @@ def fetch_session(url: str, dest: Path, endpoint_url: str | None = None) -> Path
     return target
 
 
+MAX_LOG_BYTES = 64 << 30  # 64 GiB: far past any real session
+
+
 def _gunzip(source: Path, dest: Path) -> None:
     try:
         with gzip.open(source, "rb") as src, dest.open("wb") as out:
-            shutil.copyfileobj(src, out, 1024 * 1024)
+            written = 0
+            while chunk := src.read(1024 * 1024):
+                written += len(chunk)
+                if written > MAX_LOG_BYTES:  # a decompression bomb, not a session
+                    raise ArchiveCheckFailed(
+                        f"the archived {source.name} inflates past {MAX_LOG_BYTES} bytes",
+                        hint="the archived object was replaced: compare object versions",
+                    )
+                out.write(chunk)
     except (OSError, EOFError) as exc:
         raise ArchiveCheckFailed(
             f"the archived {source.name} is not a readable gzip log ({type(exc).__name__})",
