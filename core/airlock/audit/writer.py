@@ -8,6 +8,7 @@ readable and verifiable. The writer fsyncs only when sealing.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
@@ -90,9 +91,14 @@ class SessionWriter:
                 f"cannot create session directory {session_dir}: {exc.strerror}"
             ) from exc
         events = session_dir / EVENTS_FILE
+        pending = session_dir / (EVENTS_FILE + ".new")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
         try:
-            fd = os.open(events, flags, 0o600)
+            fd = os.open(pending, flags, 0o600)
+            # Locked before it has its name: another `airlock run` looking for abandoned
+            # sessions (no manifest, no lock holder) can never catch this one in between.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            pending.rename(events)
         except OSError as exc:
             raise RecordingError(f"cannot create session log {events}: {exc.strerror}") from exc
         return cls(sid, session_dir, fd)

@@ -19,7 +19,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,9 +149,8 @@ def run_session(request: SessionRequest) -> SessionOutcome:
     if request.job_token:  # the agent can read the job state file: never show what is in it
         masker.add_secret(request.job_token, "broker-job-token")
     seal_abandoned_sessions(request.sessions_dir, request.key)
-    writer = SessionWriter.create(request.sessions_dir)
-    with _locked(writer.path / "events.jsonl"):
-        return _Session(request, writer, masker, tracer).run()
+    writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
+    return _Session(request, writer, masker, tracer).run()
 
 
 def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
@@ -474,13 +473,3 @@ def _is_locked(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
-    finally:
-        os.close(fd)
