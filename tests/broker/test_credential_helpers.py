@@ -79,3 +79,18 @@ def test_git_gets_the_forge_token_from_the_helper(tmp_path: Path) -> None:
     )
     assert "username=x-access-token" in filled.stdout
     assert "password=ghs_issued_token_value" in filled.stdout
+
+
+def test_gitlab_export_is_a_private_script_not_a_dotenv_artifact(tmp_path: Path) -> None:
+    from airlock._commands.credentials import _export
+
+    out = tmp_path / "private" / "creds.env"
+    _export("gitlab", {"DEPLOY_KEY": "value with 'quotes'"}, out)
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    sourced = subprocess.run(
+        ["bash", "-c", f'. "{out}"; printf %s "$DEPLOY_KEY"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert sourced.stdout == "value with 'quotes'"

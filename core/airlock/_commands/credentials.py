@@ -132,14 +132,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(mode: str, values: dict[str, str], out: Path | None) -> None:
+    from airlock.broker.jobstate import default_state_dir
+
     if mode == "auto":
         mode = _platform_export()
     if mode == "github":
         _export_github(values)
     elif mode == "gitlab":
-        from airlock.ci.gitlab import write_dotenv
+        # Not a dotenv report: that is a downloadable artifact whose variables flow, unmasked,
+        # into later jobs. A 0600 script outside the project, sourced in this job, is not.
+        from airlock.ci.gitlab import write_env_script
 
-        write_dotenv(out or Path("airlock.env"), values)
+        target = out or (default_state_dir() / "credentials.env")
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_env_script(target, values)
+        print(f"airlock: credentials written to {target} (source it in this job)", file=sys.stderr)
     elif mode == "env-file":
         if out is None:
             raise UsageError("--export env-file needs --out FILE (outside the workspace)")
