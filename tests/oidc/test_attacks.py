@@ -25,7 +25,7 @@ from airlock.errors import ConfigError, ExitCode
 from airlock.oidc import IssuerConfig, OIDCError, TokenVerifier
 
 
-def refused(verifier: TokenVerifier, token: str, reason: str) -> OIDCError:
+def assert_refused(verifier: TokenVerifier, token: str, reason: str) -> OIDCError:
     """Assert ``token`` is refused with ``reason`` and that no error text carries the token."""
     with pytest.raises(OIDCError) as caught:
         verifier.verify(token)
@@ -56,7 +56,7 @@ def test_alg_none_is_refused(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory, alg: str
 ) -> None:
     token = forge(header_of(oidc_issuer, alg=alg), oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(), token, "alg-not-allowed")
+    assert_refused(make_verifier(), token, "alg-not-allowed")
     assert oidc_issuer.hits["/.well-known/jwks"] == 0
 
 
@@ -72,7 +72,7 @@ def test_hs256_keyed_with_the_public_key_is_refused(
     claims = oidc_issuer.github_claims(AUDIENCE)
     signing_input = forge(header, claims).rsplit(".", 1)[0]
     mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
-    refused(make_verifier(), f"{signing_input}.{b64url(mac)}", "alg-not-allowed")
+    assert_refused(make_verifier(), f"{signing_input}.{b64url(mac)}", "alg-not-allowed")
 
 
 def test_rs256_refused_when_issuer_pins_es256(
@@ -82,28 +82,28 @@ def test_rs256_refused_when_issuer_pins_es256(
         name="github", url=oidc_issuer.url, audience=AUDIENCE, algorithms=("ES256",)
     )
     token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(issuers=[pinned]), token, "alg-not-allowed")
+    assert_refused(make_verifier(issuers=[pinned]), token, "alg-not-allowed")
 
 
 def test_kid_swap_is_refused(oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory) -> None:
     first = oidc_issuer.current_kid
     second = oidc_issuer.add_key()
     token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE), kid=second, signing_kid=first)
-    refused(make_verifier(), token, "bad-signature")
+    assert_refused(make_verifier(), token, "bad-signature")
 
 
 def test_stripped_signature_is_refused(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory
 ) -> None:
     token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(), token.rsplit(".", 1)[0] + ".", "bad-signature")
+    assert_refused(make_verifier(), token.rsplit(".", 1)[0] + ".", "bad-signature")
 
 
 def test_truncated_signature_is_refused(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory
 ) -> None:
     token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(), token[:-20], "bad-signature")
+    assert_refused(make_verifier(), token[:-20], "bad-signature")
 
 
 def test_truncated_payload_is_malformed(
@@ -111,7 +111,7 @@ def test_truncated_payload_is_malformed(
 ) -> None:
     token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE))
     head, body, _ = token.split(".")
-    refused(make_verifier(), f"{head}.{body[: len(body) // 2]}", "malformed")
+    assert_refused(make_verifier(), f"{head}.{body[: len(body) // 2]}", "malformed")
 
 
 def test_tampered_payload_is_refused(
@@ -121,7 +121,7 @@ def test_tampered_payload_is_refused(
     head, _, signature = token.split(".")
     claims = oidc_issuer.github_claims(AUDIENCE, repository_id="1", repository="evil/api")
     body = b64url(json.dumps(claims).encode())
-    refused(make_verifier(), f"{head}.{body}.{signature}", "bad-signature")
+    assert_refused(make_verifier(), f"{head}.{body}.{signature}", "bad-signature")
 
 
 def test_token_signed_by_a_foreign_key_with_a_known_kid_is_refused(
@@ -129,7 +129,7 @@ def test_token_signed_by_a_foreign_key_with_a_known_kid_is_refused(
 ) -> None:
     foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = rs256_sign(foreign, header_of(oidc_issuer), oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(), token, "bad-signature")
+    assert_refused(make_verifier(), token, "bad-signature")
 
 
 # -- key-location header injection: never fetched, never used -------------------------------
@@ -146,7 +146,7 @@ def test_url_header_injection_is_ignored(
         member: attacker.url + "/.well-known/jwks",
     }
     token = rs256_sign(evil_key, header, oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(), token, "unknown-key")
+    assert_refused(make_verifier(), token, "unknown-key")
     assert sum(attacker.hits.values()) == 0
 
 
@@ -156,7 +156,7 @@ def test_url_header_with_the_issuers_kid_still_uses_the_issuers_key(
     evil_key = attacker.keys[attacker.current_kid]
     header = header_of(oidc_issuer, jku=attacker.url + "/.well-known/jwks")
     token = rs256_sign(evil_key, header, oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(), token, "bad-signature")
+    assert_refused(make_verifier(), token, "bad-signature")
     assert sum(attacker.hits.values()) == 0
 
 
@@ -172,7 +172,7 @@ def test_embedded_key_header_is_ignored(
     embedded: Any = public_jwk if member == "jwk" else [base64.b64encode(der).decode()]
     header = header_of(oidc_issuer, **{member: embedded})
     token = rs256_sign(evil_key, header, oidc_issuer.github_claims(AUDIENCE))
-    refused(make_verifier(), token, "bad-signature")
+    assert_refused(make_verifier(), token, "bad-signature")
 
 
 # -- issuer ----------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_issuer_not_allowlisted_causes_no_fetch(
     oidc_issuer: OIDCIssuer, attacker: OIDCIssuer, make_verifier: VerifierFactory
 ) -> None:
     claims = attacker.github_claims(AUDIENCE)  # iss = the attacker's own, real, issuer
-    refused(make_verifier(), attacker.mint(claims), "issuer-not-allowed")
+    assert_refused(make_verifier(), attacker.mint(claims), "issuer-not-allowed")
     assert sum(attacker.hits.values()) == 0
     assert sum(oidc_issuer.hits.values()) == 0
 
@@ -192,13 +192,13 @@ def test_near_miss_issuer_is_not_allowlisted(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory, suffix: str
 ) -> None:
     claims = oidc_issuer.github_claims(AUDIENCE, iss=oidc_issuer.url + suffix)
-    refused(make_verifier(), oidc_issuer.mint(claims), "issuer-not-allowed")
+    assert_refused(make_verifier(), oidc_issuer.mint(claims), "issuer-not-allowed")
 
 
 def test_missing_issuer_is_refused(oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory) -> None:
     claims = oidc_issuer.github_claims(AUDIENCE)
     del claims["iss"]
-    refused(make_verifier(), oidc_issuer.mint(claims), "missing-claim")
+    assert_refused(make_verifier(), oidc_issuer.mint(claims), "missing-claim")
 
 
 # -- audience --------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_wrong_audience_is_refused(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory, aud: Any
 ) -> None:
     claims = oidc_issuer.github_claims(AUDIENCE, aud=aud)
-    refused(make_verifier(), oidc_issuer.mint(claims), "bad-audience")
+    assert_refused(make_verifier(), oidc_issuer.mint(claims), "bad-audience")
 
 
 def test_single_audience_in_a_list_is_accepted(
@@ -267,7 +267,7 @@ def test_time_claims_are_enforced(
     now = int(time.time())
     claims = oidc_issuer.github_claims(AUDIENCE)
     claims.update({name: now + delta for name, delta in shift.items()})
-    refused(make_verifier(), oidc_issuer.mint(claims), reason)
+    assert_refused(make_verifier(), oidc_issuer.mint(claims), reason)
 
 
 @pytest.mark.parametrize(
@@ -310,14 +310,14 @@ def test_claims_of_the_wrong_type_are_refused(
         del claims[claim]
     else:
         claims[claim] = value
-    refused(make_verifier(), oidc_issuer.mint(claims), reason)
+    assert_refused(make_verifier(), oidc_issuer.mint(claims), reason)
 
 
 def test_oversized_token_is_refused_before_any_parsing_or_fetch(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory
 ) -> None:
     claims = oidc_issuer.github_claims(AUDIENCE, padding="x" * 17_000)
-    refused(make_verifier(), oidc_issuer.mint(claims), "token-too-large")
+    assert_refused(make_verifier(), oidc_issuer.mint(claims), "token-too-large")
     assert sum(oidc_issuer.hits.values()) == 0
 
 
@@ -334,7 +334,7 @@ def test_oversized_token_is_refused_before_any_parsing_or_fetch(
     ],
 )
 def test_malformed_tokens_are_refused(make_verifier: VerifierFactory, token: str) -> None:
-    refused(make_verifier(), token, "malformed")
+    assert_refused(make_verifier(), token, "malformed")
 
 
 def test_duplicate_claim_names_are_refused(
@@ -344,18 +344,18 @@ def test_duplicate_claim_names_are_refused(
     body_json = json.dumps(claims)[:-1] + ', "repository_id": "1"}'
     head = b64url(json.dumps(header_of(oidc_issuer)).encode())
     token = f"{head}.{b64url(body_json.encode())}.{b64url(b'sig')}"
-    refused(make_verifier(), token, "malformed")
+    assert_refused(make_verifier(), token, "malformed")
 
 
 def test_crit_header_is_refused(oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory) -> None:
     token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE), crit=["exp"], exp=1)
-    refused(make_verifier(), token, "unsupported-header")
+    assert_refused(make_verifier(), token, "unsupported-header")
 
 
 def test_missing_kid_is_refused(oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory) -> None:
     key = oidc_issuer.keys[oidc_issuer.current_kid]
     token = jwt.encode(oidc_issuer.github_claims(AUDIENCE), key, algorithm="RS256")
-    refused(make_verifier(), token, "unknown-key")
+    assert_refused(make_verifier(), token, "unknown-key")
 
 
 # -- replay ----------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ def test_replayed_jti_is_refused(oidc_issuer: OIDCIssuer, make_verifier: Verifie
     verifier = make_verifier()
     token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE))
     verifier.verify(token)
-    refused(verifier, token, "replayed")
+    assert_refused(verifier, token, "replayed")
 
 
 def test_same_jti_in_a_freshly_signed_token_is_refused(
@@ -375,7 +375,7 @@ def test_same_jti_in_a_freshly_signed_token_is_refused(
     jti = str(uuid.uuid4())
     verifier.verify(oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE, jti=jti)))
     again = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE, jti=jti, run_id="2"))
-    refused(verifier, again, "replayed")
+    assert_refused(verifier, again, "replayed")
 
 
 def test_concurrent_double_submit_exactly_one_wins(
@@ -460,7 +460,7 @@ def test_kid_spray_is_rate_limited_by_the_cooldown(
             kid=f"spray-{n}",
             signing_kid=oidc_issuer.current_kid,
         )
-        refused(verifier, token, "unknown-key")
+        assert_refused(verifier, token, "unknown-key")
     assert oidc_issuer.hits["/.well-known/jwks"] == 1
     assert oidc_issuer.hits["/.well-known/openid-configuration"] == 1
 
@@ -478,8 +478,8 @@ def test_oct_key_in_jwks_is_never_used(
     token = jwt.encode(
         oidc_issuer.github_claims(AUDIENCE), secret, algorithm="HS256", headers={"kid": "hmac"}
     )
-    refused(make_verifier(issuers=[pinned]), token, "alg-not-allowed")
+    assert_refused(make_verifier(issuers=[pinned]), token, "alg-not-allowed")
     rs_token = oidc_issuer.mint(
         oidc_issuer.github_claims(AUDIENCE), kid="hmac", signing_kid=oidc_issuer.current_kid
     )
-    refused(make_verifier(issuers=[pinned]), rs_token, "unknown-key")
+    assert_refused(make_verifier(issuers=[pinned]), rs_token, "unknown-key")

@@ -16,7 +16,7 @@ from airlock.errors import ExitCode
 from airlock.oidc import IssuerConfig, IssuerUnavailable, JWKSCache, OIDCError
 
 
-def unavailable(verifier_call: object, token: str) -> IssuerUnavailable:
+def assert_unavailable(verifier_call: object, token: str) -> IssuerUnavailable:
     with pytest.raises(IssuerUnavailable) as caught:
         verifier_call.verify(token)  # type: ignore[attr-defined]
     err = caught.value
@@ -30,7 +30,7 @@ def test_discovery_naming_another_issuer_is_refused(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory
 ) -> None:
     oidc_issuer.discovery_overrides["issuer"] = "https://elsewhere.test"
-    err = unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
+    err = assert_unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
     assert "names issuer" in err.detail
     assert oidc_issuer.hits[JWKS_PATH] == 0
 
@@ -39,7 +39,7 @@ def test_jwks_uri_on_another_host_is_never_fetched(
     oidc_issuer: OIDCIssuer, attacker: OIDCIssuer, make_verifier: VerifierFactory
 ) -> None:
     oidc_issuer.discovery_overrides["jwks_uri"] = attacker.url + JWKS_PATH
-    err = unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
+    err = assert_unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
     assert "not on the host" in err.detail
     assert sum(attacker.hits.values()) == 0
 
@@ -48,7 +48,7 @@ def test_redirect_to_another_host_is_not_followed(
     oidc_issuer: OIDCIssuer, attacker: OIDCIssuer, make_verifier: VerifierFactory
 ) -> None:
     oidc_issuer.routes[JWKS_PATH] = lambda _: RedirectResponse(attacker.url + JWKS_PATH)
-    unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
+    assert_unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
     assert oidc_issuer.hits[JWKS_PATH] == 1
     assert sum(attacker.hits.values()) == 0
 
@@ -65,7 +65,7 @@ def test_redirect_within_the_issuer_is_followed(
 
 def test_redirect_loop_is_bounded(oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory) -> None:
     oidc_issuer.routes[JWKS_PATH] = lambda _: RedirectResponse(JWKS_PATH)
-    err = unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
+    err = assert_unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
     assert "redirects" in err.detail
     assert oidc_issuer.hits[JWKS_PATH] == 4
 
@@ -74,7 +74,7 @@ def test_oversized_jwks_is_refused(oidc_issuer: OIDCIssuer, make_verifier: Verif
     jwks = oidc_issuer.jwks()
     jwks["padding"] = "x" * 300_000
     oidc_issuer.routes[JWKS_PATH] = lambda _: JSONResponse(jwks)
-    err = unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
+    err = assert_unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
     assert "more than" in err.detail
 
 
@@ -88,7 +88,7 @@ def test_oversized_chunked_jwks_is_refused(
             yield b" " * 8192
 
     oidc_issuer.routes[JWKS_PATH] = lambda _: StreamingResponse(chunks())  # type: ignore[arg-type]
-    err = unavailable(
+    err = assert_unavailable(
         make_verifier(max_bytes=64 * 1024), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE))
     )
     assert "more than 65536 bytes" in err.detail
@@ -103,7 +103,7 @@ def test_nonsense_jwks_fails_closed(
     oidc_issuer: OIDCIssuer, make_verifier: VerifierFactory, body: bytes
 ) -> None:
     oidc_issuer.routes[JWKS_PATH] = lambda _: Response(body, media_type="application/json")
-    unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
+    assert_unavailable(make_verifier(), oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
 
 
 def test_issuer_down_fails_closed_and_is_not_hammered(
@@ -112,7 +112,7 @@ def test_issuer_down_fails_closed_and_is_not_hammered(
     oidc_issuer.routes[DISCOVERY_PATH] = lambda _: Response("down", status_code=503)
     verifier = make_verifier(cooldown=30.0)
     for _ in range(10):
-        err = unavailable(verifier, oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
+        err = assert_unavailable(verifier, oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE)))
         assert "503" in err.detail
     assert oidc_issuer.hits[DISCOVERY_PATH] == 1
 
@@ -125,7 +125,7 @@ def test_unreachable_issuer_fails_closed() -> None:
     from airlock.oidc import TokenVerifier
 
     with TokenVerifier([issuer]) as verifier:
-        err = unavailable(verifier, token)
+        err = assert_unavailable(verifier, token)
         assert "ConnectError" in err.detail
 
 
