@@ -130,6 +130,7 @@ def test_revoke_is_idempotent(config: dict[str, Any], mocked: Any) -> None:
     provider = GitHubProvider.from_config(config)
     cred = provider.issue(_request())
     provider.revoke(cred.lease_id, cred.revoke_handle)  # 401: already gone, not an error
+    assert [c.request.method for c in mocked.calls][-1] == "DELETE"
 
 
 def test_revoke_with_another_seal_key_says_what_to_fix(config: dict[str, Any], mocked: Any) -> None:

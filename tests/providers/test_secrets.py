@@ -38,7 +38,7 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def _assert_hidden(secrets: list[str], *texts: str) -> None:
+def assert_hidden(secrets: list[str], *texts: str) -> None:
     for secret in secrets:
         assert len(secret) >= 8, "a test secret must be long enough to be meaningful"
         for text in texts:
@@ -70,7 +70,7 @@ def test_static(debug_logs: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     bad_config = _error_texts(
         lambda: StaticProvider.from_config({"secrets": {"bad name": literal}})
     )
-    _assert_hidden(
+    assert_hidden(
         [literal, in_file],
         *_cred_texts(cred),
         repr(provider.__dict__),
@@ -89,10 +89,8 @@ def test_postgres(debug_logs: pytest.LogCaptureFixture, app_db: AppDatabase) -> 
     )
     errors = _error_texts(lambda: wrong.issue(IssueRequest("g", {"roles": ["app_ro"]}, "l2")))
     secrets = [cred.values["PGPASSWORD"], ADMIN_PASSWORD, "WrongPassw0rd!"]
-    _assert_hidden(
-        secrets, repr(cred), str(cred), str(cred.revoke_handle), *errors, debug_logs.text
-    )
-    _assert_hidden([ADMIN_PASSWORD], repr(provider.__dict__))
+    assert_hidden(secrets, repr(cred), str(cred), str(cred.revoke_handle), *errors, debug_logs.text)
+    assert_hidden([ADMIN_PASSWORD], repr(provider.__dict__))
 
 
 def test_aws(
@@ -110,7 +108,7 @@ def test_aws(
     down = AwsProvider.from_config({"endpoint_url": "http://127.0.0.1:1", "mode": "web_identity"})
     errors = _error_texts(lambda: down.issue(request))
     secrets = [v for c in (cred, web_cred) for k, v in c.values.items() if "REGION" not in k]
-    _assert_hidden(
+    assert_hidden(
         [*secrets, web_token],
         *_cred_texts(cred),
         *_cred_texts(web_cred),
@@ -141,7 +139,7 @@ def test_github(debug_logs: pytest.LogCaptureFixture) -> None:
         )
     pem_body = pem.splitlines()[1]
     secrets = [cred.values["GITHUB_TOKEN"], pem_body, seal_key]
-    _assert_hidden(secrets, *_cred_texts(cred), *errors, debug_logs.text, repr(provider.__dict__))
+    assert_hidden(secrets, *_cred_texts(cred), *errors, debug_logs.text, repr(provider.__dict__))
 
 
 def test_gitlab(debug_logs: pytest.LogCaptureFixture) -> None:
@@ -155,7 +153,7 @@ def test_gitlab(debug_logs: pytest.LogCaptureFixture) -> None:
         mocked.post(url, json={"message": "401 Unauthorized"}, status=401)
         cred = provider.issue(request)
         errors = _error_texts(lambda: provider.issue(request))
-    _assert_hidden(
+    assert_hidden(
         [admin, issued], *_cred_texts(cred), *errors, debug_logs.text, repr(provider.__dict__)
     )
 
