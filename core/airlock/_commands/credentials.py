@@ -4,6 +4,7 @@ short-lived credentials and export them for the CI platform; ``--revoke`` ends t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -71,6 +72,14 @@ def register(sub: Any) -> None:
         action="store_true",
         help="revoke this job's leases",
     )
+    add_flag(
+        parser,
+        "--gateway",
+        env="AIRLOCK_GATEWAYS",
+        action="append",
+        default=[],
+        help="central gateway to get a ticket for; exported as <NAME>_TICKET (repeat)",
+    )
     parser.add_argument(
         "--helper",
         choices=HELPERS,
@@ -122,6 +131,16 @@ def _run(args: argparse.Namespace) -> int:
     client = BrokerClient(args.broker)
     try:
         state = client.exchange(token, args.grant)
+        for name in args.gateway:
+            ticket = client.gateway_ticket(state.job_token, name)
+            prefix = name.upper().replace("-", "_")
+            lease = {
+                "lease_id": f"ticket-{name}",
+                "grant": f"gateway:{name}",
+                "expires_at": ticket["expires_at"],
+                "values": {f"{prefix}_TICKET": ticket["ticket"]},
+            }
+            state = dataclasses.replace(state, leases=(*state.leases, lease))
     finally:
         client.close()
     save_job_state(state, state_dir)

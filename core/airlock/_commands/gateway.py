@@ -12,11 +12,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from airlock._commands._common import add_flag, add_session_flags
 from airlock.errors import UsageError
+from airlock.gateway.tickets import BrokerTicket
 
 __all__ = ["register"]
 
@@ -38,6 +40,20 @@ def register(sub: Any) -> None:
         env="AIRLOCK_GATEWAY_ENV_FILE",
         type=Path,
         help="where to write the agent's variables (0600); default: print nothing secret",
+    )
+    add_flag(
+        parser,
+        "--broker",
+        env="AIRLOCK_BROKER_URL",
+        help="central mode: check the tickets jobs present with this broker",
+    )
+    add_flag(
+        parser,
+        "--gateway-token-env",
+        env="AIRLOCK_GATEWAY_TOKEN_ENV",
+        default="AIRLOCK_GATEWAY_TOKEN",
+        help="variable holding this gateway's token for the broker (its SHA-256 is in "
+        "the broker's central_gateways:)",
     )
     parser.set_defaults(func=_run)
 
@@ -80,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         record=writer.append,
         approve=approver(backend, float(policy.approvals.timeout), session_id=writer.session_id),
         environ=environ,
+        ticket_for=_broker_tickets(args, environ, writer.session_id),
     )
     try:
         for gateway in running.described:
@@ -96,6 +113,20 @@ def _run(args: argparse.Namespace) -> int:
         writer.append(EventType.SESSION_END, {"exit_status": 0})
         writer.seal(key, exit_code=0)
     return 0
+
+
+def _broker_tickets(
+    args: argparse.Namespace, environ: dict[str, str], session_id: str
+) -> Callable[[str], BrokerTicket] | None:
+    if not args.broker:
+        return None
+    token = environ.get(args.gateway_token_env, "")
+    if not token:
+        raise UsageError(
+            f"central mode needs this gateway's broker token in {args.gateway_token_env}",
+            hint="set it, or choose the variable with --gateway-token-env",
+        )
+    return lambda name: BrokerTicket(session_id, name, args.broker, token)
 
 
 def _write_env(path: Path, env: dict[str, str]) -> None:

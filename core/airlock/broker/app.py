@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from airlock.broker.approvals import approval_routes
 from airlock.broker.service import Broker, RateLimited
+from airlock.broker.tickets import ticket_routes
 from airlock.errors import AirlockError, InfrastructureUnavailable, PolicyDenied, UsageError
 from airlock.oidc import OIDCError
 
@@ -163,6 +164,7 @@ def create_app(broker: Broker, *, sweep_interval: float = 30.0) -> Starlette:
             route("/healthz", healthz, ["GET"], "healthz"),
             route("/metrics", prometheus, ["GET"], "metrics"),
             *(route(*spec) for spec in approval_routes(broker)),
+            *(route(*spec) for spec in ticket_routes(broker)),
         ],
         lifespan=lifespan,
     )

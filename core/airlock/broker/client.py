@@ -52,6 +52,10 @@ class BrokerClient:
         body = self._post("/v1/exchange", {"token": token, "grants": list(grants)})
         return JobState(self.url, body["job_token"], body.get("rule_id", ""), tuple(body["leases"]))
 
+    def gateway_ticket(self, job_token: str, gateway: str) -> dict[str, Any]:
+        """A ticket for a central gateway, bound to this job (central mode)."""
+        return self._post("/v1/gateway-tickets", {"gateway": gateway}, bearer=job_token)
+
     def revoke(self, job_token: str) -> int:
         body = self._post("/v1/revoke", {}, bearer=job_token)
         return int(body["revoked"])

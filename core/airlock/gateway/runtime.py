@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from airlock.gate.interface import Approve, Record
-from airlock.gateway.tickets import Ticket
+from airlock.gateway.tickets import Ticket, TicketCheck
 from airlock.mask import Masker
 from airlock.policy import Policy
 from airlock.policy.gateways import (
@@ -84,15 +84,25 @@ def start_gateways(
     record: Record,
     approve: Approve,
     environ: Mapping[str, str],
+    ticket_for: Callable[[str], TicketCheck] | None = None,
 ) -> RunningGateways:
-    """Start every gateway of ``policy``; on any failure, stop those already started."""
+    """Start every gateway of ``policy``; on any failure, stop those already started.
+
+    ``ticket_for`` (central mode) gives each gateway a ticket check of its own, e.g. one that
+    asks the broker; then no session ticket is made and none is exported.
+    """
     running = RunningGateways()
     try:
         for value in _held_values(policy, environ):
             masker.add_secret(value, "gateway-credential")
         for index, config in enumerate(policy.gateways):
-            ticket = Ticket.issue(session_id, config.name)
-            masker.add_secret(ticket.value, "gateway-ticket")
+            ticket: TicketCheck
+            if ticket_for is not None:
+                ticket = ticket_for(config.name)
+            else:
+                local = Ticket.issue(session_id, config.name)
+                masker.add_secret(local.value, "gateway-ticket")
+                ticket = local
             common: dict[str, Any] = {
                 "masker": masker,
                 "record": record,
@@ -129,7 +139,7 @@ def _prefix(name: str) -> str:
 def _start_postgres(
     running: RunningGateways,
     config: PostgresGatewayConfig,
-    ticket: Ticket,
+    ticket: TicketCheck,
     common: dict[str, Any],
     *,
     first: bool,
@@ -140,25 +150,39 @@ def _start_postgres(
     running._closers.append(gateway.close)
     host, port = gateway.address[0], gateway.address[1]
     database = config.upstream.database
-    url = f"postgresql://airlock:{quote(ticket.value, safe='')}@{host}:{port}/{quote(database)}"
-    running.env[f"{_prefix(config.name)}_DATABASE_URL"] = url + "?sslmode=disable"
+    if isinstance(ticket, Ticket):  # central mode: jobs bring their own tickets from the broker
+        _export_postgres(running, config.name, ticket.value, host, port, database, first=first)
+    running.described.append(
+        {"name": config.name, "kind": "postgres", "address": f"{host}:{port}", "database": database}
+    )
+
+
+def _export_postgres(
+    running: RunningGateways,
+    name: str,
+    ticket: str,
+    host: str,
+    port: int,
+    database: str,
+    *,
+    first: bool,
+) -> None:
+    url = f"postgresql://airlock:{quote(ticket, safe='')}@{host}:{port}/{quote(database)}"
+    running.env[f"{_prefix(name)}_DATABASE_URL"] = url + "?sslmode=disable"
     if first:
         running.env.update(
             DATABASE_URL=url + "?sslmode=disable",
             PGHOST=host,
             PGPORT=str(port),
             PGUSER="airlock",
-            PGPASSWORD=ticket.value,
+            PGPASSWORD=ticket,
             PGDATABASE=database,
             PGSSLMODE="disable",  # loopback to the gateway; the gateway does TLS upstream
         )
-    running.described.append(
-        {"name": config.name, "kind": "postgres", "address": f"{host}:{port}", "database": database}
-    )
 
 
 def _start_http(
-    running: RunningGateways, config: HttpGatewayConfig, ticket: Ticket, common: dict[str, Any]
+    running: RunningGateways, config: HttpGatewayConfig, ticket: TicketCheck, common: dict[str, Any]
 ) -> None:
     from airlock.gateway.http.server import start_in_thread
 
@@ -166,7 +190,8 @@ def _start_http(
     running._closers.append(gateway.close)
     prefix = _prefix(config.name)
     running.env[f"{prefix}_URL"] = gateway.url
-    running.env[f"{prefix}_TOKEN"] = ticket.value
+    if isinstance(ticket, Ticket):
+        running.env[f"{prefix}_TOKEN"] = ticket.value
     running.described.append(
         {
             "name": config.name,

@@ -7,11 +7,28 @@ constant time. Its ``repr`` never shows the value.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["Ticket"]
+import httpx
+
+__all__ = ["BrokerTicket", "Ticket", "TicketCheck"]
+
+
+class TicketCheck(Protocol):
+    """What a gateway needs of a ticket: whose it is, and whether a presented value is it."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def gateway(self) -> str: ...
+
+    def check(self, presented: str | bytes) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -32,3 +49,37 @@ class Ticket:
         if isinstance(presented, str):
             presented = presented.encode("utf-8", "replace")
         return hmac.compare_digest(presented, self.value.encode("ascii"))
+
+
+@dataclass
+class BrokerTicket:
+    """Central mode: a ticket is valid when the broker says so (it issued it to a job, for this
+    gateway, and it has not expired). Accepted tickets are remembered until they expire, so the
+    broker is asked once per ticket, not once per connection. Unreachable broker: refused."""
+
+    session_id: str
+    gateway: str
+    broker_url: str
+    gateway_token: str = field(repr=False)
+    timeout: float = 5.0
+    _accepted: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def check(self, presented: str | bytes) -> bool:
+        value = presented.decode("utf-8", "replace") if isinstance(presented, bytes) else presented
+        key = hashlib.sha256(value.encode()).hexdigest()
+        now = time.time()
+        if self._accepted.get(key, 0.0) > now:
+            return True
+        try:
+            response = httpx.post(
+                self.broker_url.rstrip("/") + "/v1/gateway-tickets/check",
+                json={"gateway": self.gateway, "ticket": value},
+                headers={"Authorization": f"Bearer {self.gateway_token}"},
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError:
+            return False  # fail closed
+        if response.status_code != 200:
+            return False
+        self._accepted[key] = min(float(response.json().get("expires_at", now)), now + 900)
+        return True

@@ -43,6 +43,7 @@ __all__ = [
     "ApprovalsConfig",
     "ApproverEntry",
     "BrokerConfig",
+    "CentralGateway",
     "GitHubAppEntry",
     "GitLabEntry",
     "GrantEntry",
@@ -305,6 +306,19 @@ class _SourceMap:
         return f"{_yaml_path(loc)}{suffix}"
 
 
+class CentralGateway(BaseModel):
+    """A gateway that runs next to the broker (``airlock gateway --broker``): it checks the
+    tickets jobs present with the broker, authenticating with a token whose SHA-256 is here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the gateway's token (never the token itself)",
+    )
+    ticket_ttl: Duration = Field(default=900, ge=60, le=MAX_GRANT_TTL)
+
+
 class BrokerConfig(BaseModel):
     """The whole ``broker.yaml``."""
 
@@ -321,6 +335,10 @@ class BrokerConfig(BaseModel):
     )
     limits: Limits = Field(default_factory=Limits)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    central_gateways: dict[str, CentralGateway] = Field(
+        default_factory=dict,
+        description="Gateways off the runner that check job tickets with this broker, by name.",
+    )
 
     _source: _SourceMap | None = PrivateAttr(default=None)
 

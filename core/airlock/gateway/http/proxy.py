@@ -38,7 +38,7 @@ from airlock.gateway.http.capture import BodyTap, masked_headers, render_body, r
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.gateway.http.paths import NormalPath, join_upstream, normalize_path
-from airlock.gateway.tickets import Ticket
+from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker, MaskSettings, StreamMasker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import (
@@ -291,7 +291,7 @@ class HttpProxy:
         masker: Masker,
         record: Record,
         approve: Approve | None,
-        ticket: Ticket,
+        ticket: TicketCheck,
         injector: Injector,
         client: httpx.AsyncClient,
         rules: Sequence[GuardrailRule] = (),

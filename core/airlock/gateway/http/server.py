@@ -26,7 +26,7 @@ import uvicorn
 from airlock.errors import ConfigError, InfrastructureUnavailable
 from airlock.gateway.http.credentials import load_injector
 from airlock.gateway.http.proxy import Approve, HttpProxy, ProxySettings, Record
-from airlock.gateway.tickets import Ticket
+from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule, rules_for_gateway
@@ -85,7 +85,7 @@ async def serve_http(
     masker: Masker,
     record: Record,
     approve: Approve | None,
-    ticket: Ticket,
+    ticket: TicketCheck,
     guardrails: Sequence[GuardrailRule] = (),
     defaults: GuardrailDefaults | None = None,
     environ: Mapping[str, str] | None = None,

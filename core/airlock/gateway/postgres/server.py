@@ -35,7 +35,7 @@ from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres.guard import Judgement, SqlGuard
 from airlock.gateway.postgres.masking import ColumnMasker, ColumnPlan
 from airlock.gateway.postgres.scram import MECHANISM, ScramClient
-from airlock.gateway.tickets import Ticket
+from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.gateways import PostgresGatewayConfig
 from airlock.policy.guardrails import Action, Decision, GuardrailDefaults, GuardrailRule
@@ -123,7 +123,7 @@ class _Shared:
     masker: Masker
     record: Record
     approve: Approve
-    ticket: Ticket
+    ticket: TicketCheck
     guard: SqlGuard
     columns: ColumnMasker
     startup_timeout: float
@@ -180,7 +180,7 @@ async def serve_postgres(
     masker: Masker,
     record: Record,
     approve: Approve,
-    ticket: Ticket,
+    ticket: TicketCheck,
     guardrails: Sequence[GuardrailRule] = (),
     defaults: GuardrailDefaults | None = None,
     login: UpstreamLogin | None = None,
