@@ -59,3 +59,20 @@ def test_the_operation_is_masked_with_the_policy_and_the_job_state(
     for secret in ("policy-secret-4567", "job-token-abcdef", "issued-value-123"):
         assert secret not in out.out + out.err
     assert "[MASKED:env:API_KEY]" in out.out + out.err
+
+
+def test_github_comment_refuses_rules_it_cannot_honour() -> None:
+    from airlock.audit import SigningKey
+    from airlock.errors import ConfigError
+    from airlock.gate._rules import ApproverRules
+    from airlock.gate.github_comment import GitHubCommentBackend
+
+    for rules in (ApproverRules(min_approvals=2), ApproverRules(require_justification=True)):
+        with pytest.raises(ConfigError, match="need the broker"):
+            GitHubCommentBackend(
+                None,  # type: ignore[arg-type]  # refused before the API is touched
+                "acme/api",
+                12,
+                key=SigningKey.generate(),
+                approvers=rules,
+            )

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from airlock.audit.keys import SigningKey
+from airlock.errors import ConfigError
 from airlock.events import EventType
 from airlock.gate._github import GitHubApi, GitHubRights
 from airlock.gate._rules import ApproverRules, Clicker, approve_command, code_fence, refusal
@@ -76,6 +77,12 @@ class GitHubCommentBackend(ApprovalBackend):
         self._number = pull_request
         self._requester = requester
         self._rules = approvers or ApproverRules()
+        if self._rules.min_approvals > 1 or self._rules.require_justification:
+            raise ConfigError(
+                "github-comment decides on the first eligible comment: min_approvals above 1 "
+                "and require_justification need the broker",
+                hint="use the github-check backend through the broker, or drop those rules",
+            )
         self._author: str | None = None
         self._seen: set[tuple[str, int]] = set()
         self._pages = {"comments": 1, "reviews": 1}
