@@ -88,7 +88,7 @@ def _events(rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
         pool.append(
             (
                 EventType.PROCESS_EXEC,
-                {"pid": pid, "ppid": 999, "argv": argv, "cwd": "/home/runner/work/api/api"},
+                {"pid": pid, "ppid": 999, "argv": argv, "cwd": "/srv/build/acme-api"},
             )
         )
         for _ in range(rng.randint(2, 6)):
