@@ -172,3 +172,12 @@ def test_serve_refuses_a_config_whose_providers_are_not_configured(
     code, out, _ = run(["serve", "--config", str(EXAMPLE)], capsys)
     assert code == ExitCode.USAGE
     assert "invalid github provider config: app_id: Field required" in out
+
+
+def test_a_refused_serve_leaves_nothing_on_disk(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the example's state is the default, relative sqlite file
+    code, _, _ = run(["serve", "--config", str(EXAMPLE)], capsys)
+    assert code == ExitCode.USAGE
+    assert list(tmp_path.iterdir()) == []

@@ -133,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     from airlock.broker.state import StateStore
 
     config = load_broker_config(args.config)
+    Broker.check_config(config)  # refuse a bad config before anything is created on disk
     store = StateStore(config.state)
     broker = Broker(config, store=store, key=load_signing_key(args.signing_key))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -116,7 +116,13 @@ class Broker:
             clock=clock,
         )
         self.providers = dict(providers) if providers is not None else _build_providers(config)
-        self._check_grants()
+        _check_grants(config, self.providers)
+
+    @staticmethod
+    def check_config(config: BrokerConfig) -> None:
+        """Everything the constructor refuses, without opening the store or any connection."""
+        compile_trust_policy(config)
+        _check_grants(config, _build_providers(config))
 
     def close(self) -> None:
         """Close the connections this broker opened (the JWKS client); not the store."""
@@ -294,15 +300,16 @@ class Broker:
             }
         ]
 
-    def _check_grants(self) -> None:
-        for name, grant in self.config.grants.items():
-            provider = self.providers.get(grant.provider)
-            if provider is None:
-                raise UsageError(
-                    f"grant {name!r} names provider {grant.provider!r}, which is not configured",
-                    hint="add it under providers:, or use a provider kind",
-                )
-            provider.validate_grant(grant.settings)
+
+def _check_grants(config: BrokerConfig, providers: Mapping[str, CredentialProvider]) -> None:
+    for name, grant in config.grants.items():
+        provider = providers.get(grant.provider)
+        if provider is None:
+            raise UsageError(
+                f"grant {name!r} names provider {grant.provider!r}, which is not configured",
+                hint="add it under providers:, or use a provider kind",
+            )
+        provider.validate_grant(grant.settings)
 
 
 def _build_providers(config: BrokerConfig) -> dict[str, CredentialProvider]:
