@@ -213,3 +213,62 @@ def test_http_gateway_injects_the_held_token(tmp_path: Path) -> None:
     assert [e["data"]["status"] for e in events if e["type"] == "http.response"] == [200]
     log = (next((tmp_path / "s").iterdir()) / "events.jsonl").read_text()
     assert held not in log
+
+
+def test_gateway_logs_in_with_a_grant_the_broker_issued(
+    tmp_path: Path, app_db: tuple[PostgresCluster, str]
+) -> None:
+    # What `airlock credentials --grant appdb-login --hold` leaves: the values in the job state,
+    # nothing exported. The gateway logs in with them; the agent only gets a ticket.
+    from airlock.broker.jobstate import JobState, save_job_state
+
+    cluster, password = app_db
+    lease = {
+        "lease_id": "lgrant",
+        "grant": "appdb-login",
+        "expires_at": time.time() + 900,
+        "values": {"PGUSER": USER, "PGPASSWORD": password},
+    }
+    state_dir = tmp_path / "state"
+    save_job_state(JobState("http://127.0.0.1:1", "job-token", "rule", (lease,)), state_dir)
+    policy = tmp_path / "airlock.yaml"
+    policy.write_text(
+        "gateways:\n"
+        f"  - {{name: appdb, kind: postgres, listen: '127.0.0.1:0',"
+        f" upstream: {{host: 127.0.0.1, port: {cluster.port}, database: {DB}, tls: disable}},"
+        " credential: {grant: appdb-login}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "GITHUB_", "CI_"))}
+    env.update(AIRLOCK_STATE_DIR=str(state_dir), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    script = 'psql -X -At -c "SELECT current_user"; echo "pw:$PGPASSWORD"'
+    result = subprocess.run(
+        [AIRLOCK, "run", "--policy", str(policy), "--sessions", str(tmp_path / "s"), "--", "sh", "-c", script],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # current_user is the granted role; as an issued value it is masked like the password
+    assert result.stdout.splitlines()[0] == "[MASKED:credential:appdb-login]"
+    assert password not in result.stdout
+    assert "pw:[MASKED:gateway-ticket" in result.stdout  # the agent's PGPASSWORD is the ticket
+    log = (next((tmp_path / "s").iterdir()) / "events.jsonl").read_text()
+    assert password not in log
+
+
+def test_a_grant_that_was_not_issued_is_a_clear_error(tmp_path: Path) -> None:
+    policy = tmp_path / "airlock.yaml"
+    policy.write_text(
+        "gateways:\n"
+        "  - {name: appdb, kind: postgres, listen: '127.0.0.1:0',"
+        " upstream: {host: 127.0.0.1, port: 1, database: x}, credential: {grant: appdb-login}}\n"
+    )
+    env = {
+        **os.environ,
+        "AIRLOCK_STATE_DIR": str(tmp_path / "none"),
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+    }
+    result = subprocess.run(
+        [AIRLOCK, "run", "--policy", str(policy), "--sessions", str(tmp_path / "s"), "--", "true"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 80
+    assert "airlock credentials --grant appdb-login --hold" in result.stderr

@@ -74,6 +74,14 @@ def register(sub: Any) -> None:
     )
     add_flag(
         parser,
+        "--hold",
+        env="AIRLOCK_HOLD",
+        action="store_true",
+        help="keep the issued values for Airlock's gateways only (credential: {grant: NAME}); "
+        "nothing is exported to the job",
+    )
+    add_flag(
+        parser,
         "--gateway",
         env="AIRLOCK_GATEWAYS",
         action="append",
@@ -144,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         client.close()
     save_job_state(state, state_dir)
-    _export(args.export, state.values(), args.out)
+    _export("none" if args.hold else args.export, state.values(), args.out)
     grants = ", ".join(lease["grant"] for lease in state.leases) or "none"
     print(f"airlock: issued {grants} under rule {state.rule_id}", file=sys.stderr)
     return 0

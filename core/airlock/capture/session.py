@@ -292,7 +292,13 @@ class _Session:
             return
         from airlock.gateway.runtime import held_variables, start_gateways
 
-        held = held_variables(policy)
+        grant_values: dict[str, dict[str, str]] = {}
+        for secret in self._req.credentials:
+            grant_values.setdefault(secret.grant, {})[secret.name] = secret.value
+        used = {getattr(g.credential, "grant", None) for g in policy.gateways}
+        held = held_variables(policy) | {
+            name for grant in used if grant for name in grant_values.get(grant, {})
+        }
         self._agent_env = {k: v for k, v in self._agent_env.items() if k not in held}
         self._gateways = start_gateways(
             policy,
@@ -301,6 +307,7 @@ class _Session:
             record=self._writer.append,
             approve=self._approver(),
             environ=self._req.secret_env,
+            grant_values=grant_values,
         )
         self._agent_env.update(self._gateways.env)
         for gateway in self._gateways.described:

@@ -18,14 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from airlock.errors import ConfigError
 from airlock.gate.interface import Approve, Record
 from airlock.gateway.tickets import Ticket, TicketCheck
 from airlock.mask import Masker
 from airlock.policy import Policy
 from airlock.policy.gateways import (
+    GatewayConfig,
     HttpCredential,
+    HttpEnvCredential,
     HttpGatewayConfig,
     PostgresCredential,
+    PostgresEnvCredential,
     PostgresGatewayConfig,
 )
 
@@ -85,17 +89,21 @@ def start_gateways(
     approve: Approve,
     environ: Mapping[str, str],
     ticket_for: Callable[[str], TicketCheck] | None = None,
+    grant_values: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RunningGateways:
     """Start every gateway of ``policy``; on any failure, stop those already started.
 
     ``ticket_for`` (central mode) gives each gateway a ticket check of its own, e.g. one that
-    asks the broker; then no session ticket is made and none is exported.
+    asks the broker; then no session ticket is made and none is exported. ``grant_values`` are
+    the values the broker issued to this job, by grant: a gateway whose credential is
+    ``{grant: NAME}`` logs in upstream with them.
     """
     running = RunningGateways()
     try:
         for value in _held_values(policy, environ):
             masker.add_secret(value, "gateway-credential")
-        for index, config in enumerate(policy.gateways):
+        for index, declared in enumerate(policy.gateways):
+            config, environ = _with_grant(declared, environ, grant_values or {})
             ticket: TicketCheck
             if ticket_for is not None:
                 ticket = ticket_for(config.name)
@@ -120,6 +128,37 @@ def start_gateways(
         running.close()
         raise
     return running
+
+
+_GRANT_USER, _GRANT_SECRET = "_AIRLOCK_GRANT_USER", "_AIRLOCK_GRANT_SECRET"
+_TOKEN_NAMES = ("GITHUB_TOKEN", "GITLAB_TOKEN")
+
+
+def _with_grant(
+    config: GatewayConfig, environ: Mapping[str, str], grants: Mapping[str, Mapping[str, str]]
+) -> tuple[GatewayConfig, Mapping[str, str]]:
+    """A ``{grant: NAME}`` credential turned into the env form the gateways read, with the
+    values the broker issued (they are held here and never given to the agent)."""
+    cred = config.credential
+    grant = getattr(cred, "grant", None)
+    if grant is None:
+        return config, environ
+    values = grants.get(grant)
+    if not values:
+        raise ConfigError(
+            f"gateway {config.name}: grant {grant!r} was not issued to this job",
+            hint=f"run `airlock credentials --grant {grant} --hold` before `airlock run`",
+        )
+    if isinstance(config, PostgresGatewayConfig):
+        held = {_GRANT_USER: values.get("PGUSER", ""), _GRANT_SECRET: values.get("PGPASSWORD", "")}
+        new_cred: Any = PostgresCredential(
+            env=PostgresEnvCredential(user=_GRANT_USER, password=_GRANT_SECRET)
+        )
+    else:
+        token = next((values[n] for n in _TOKEN_NAMES if n in values), next(iter(values.values())))
+        held = {_GRANT_SECRET: token}
+        new_cred = HttpCredential(env=HttpEnvCredential(bearer=_GRANT_SECRET))
+    return config.model_copy(update={"credential": new_cred}), {**environ, **held}
 
 
 def _held_values(policy: Policy, environ: Mapping[str, str]) -> list[str]:
