@@ -68,7 +68,7 @@ def test_github_comment_refuses_rules_it_cannot_honour() -> None:
     from airlock.gate.github_comment import GitHubCommentBackend
 
     for rules in (ApproverRules(min_approvals=2), ApproverRules(require_justification=True)):
-        with pytest.raises(ConfigError, match="need the broker"):
+        with pytest.raises(ConfigError, match="needs the broker"):
             GitHubCommentBackend(
                 None,  # type: ignore[arg-type]  # refused before the API is touched
                 "acme/api",

@@ -19,13 +19,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from airlock.audit.keys import SigningKey
-from airlock.errors import ConfigError
 from airlock.events import EventType
 from airlock.gate._github import GitHubApi, GitHubRights
-from airlock.gate._rules import ApproverRules, Clicker, approve_command, code_fence, refusal
+from airlock.gate._polling import PollingForgeBackend
+from airlock.gate._rules import ApproverRules, Clicker, approve_command, code_fence
 from airlock.gate.interface import (
     Answer,
-    ApprovalBackend,
     ApprovalRequest,
     GateError,
     Operation,
@@ -54,11 +53,18 @@ def comment_body(request_id: str, op: Operation, requester: str | None, expires_
     )
 
 
-class GitHubCommentBackend(ApprovalBackend):
+def _unsupported(rules: ApproverRules) -> str | None:
+    if rules.min_approvals > 1:
+        return "min_approvals above 1"
+    if rules.require_justification:
+        return "require_justification (comments are not tied to a button)"
+    return None
+
+
+class GitHubCommentBackend(PollingForgeBackend):
     """Post a comment on the pull request and poll comments and reviews for the answer."""
 
     name: ClassVar[str] = "github-comment"
-    poll_interval: float = 5.0
 
     def __init__(
         self,
@@ -71,19 +77,16 @@ class GitHubCommentBackend(ApprovalBackend):
         requester: str | None = None,
         approvers: ApproverRules | None = None,
     ) -> None:
-        super().__init__(key=key, record=record)
+        super().__init__(
+            key=key,
+            record=record,
+            requester=requester,
+            approvers=approvers,
+            unsupported=_unsupported,
+        )
         self._api = api
         self._repo = repository
         self._number = pull_request
-        self._requester = requester
-        self._rules = approvers or ApproverRules()
-        if self._rules.min_approvals > 1 or self._rules.require_justification:
-            raise ConfigError(
-                "github-comment decides on the first eligible comment: min_approvals above 1 "
-                "and require_justification need the broker",
-                hint="use the github-check backend through the broker, or drop those rules",
-            )
-        self._author: str | None = None
         self._seen: set[tuple[str, int]] = set()
         self._pages = {"comments": 1, "reviews": 1}
 
@@ -108,11 +111,7 @@ class GitHubCommentBackend(ApprovalBackend):
             log.info("approval %s: GitHub unreachable, still holding: %s", req.request_id, exc)
             return None
         rights = GitHubRights(self._api, self._repo)
-        for item in items:
-            answer = self._judge(req, item, rights)
-            if answer is not None:
-                return answer
-        return None
+        return self._first_answer(req, items, lambda r, item: self._judge(r, item, rights))
 
     def _new(self, kind: str, path: str) -> list[dict[str, Any]]:
         fresh: list[dict[str, Any]] = []
@@ -137,16 +136,7 @@ class GitHubCommentBackend(ApprovalBackend):
         clicker = Clicker(
             str(user.get("login", "")), str(user.get("id", "")), user.get("type") == "Bot"
         )
-        why = refusal(
-            [self._rules],
-            clicker,
-            approve=approve,
-            requester=self._requester,
-            author=self._author,
-            rights=rights,
-        )
-        if why is not None:
-            log.info("approval %s: answer by %s refused: %s", req.request_id, clicker.login, why)
+        if not self._entitled(req, clicker, approve=approve, rights=rights):
             return None
         verdict = "approved" if approve else "denied"
         return Answer(

@@ -26,13 +26,12 @@ import requests
 from gitlab.exceptions import GitlabError, GitlabHttpError
 
 from airlock.audit.keys import SigningKey
-from airlock.errors import ConfigError
 from airlock.events import EventType
-from airlock.gate._rules import ApproverRules, Clicker, code_fence, parse_command, refusal
+from airlock.gate._polling import PollingForgeBackend
+from airlock.gate._rules import ApproverRules, Clicker, code_fence, parse_command
 from airlock.gate.broker import BrokerBackend
 from airlock.gate.interface import (
     Answer,
-    ApprovalBackend,
     ApprovalRequest,
     GateError,
     Operation,
@@ -199,11 +198,14 @@ def outcome_note(request_id: str, status: str, by: str, at: str, reason: str) ->
     return f"### Airlock approval `{request_id}`: **{verdict}** by `{by}` at {at}.{extra}"
 
 
-class GitLabNotesBackend(ApprovalBackend):
+def _notes_unsupported(rules: ApproverRules) -> str | None:
+    return "min_approvals above 1" if rules.min_approvals > 1 else None
+
+
+class GitLabNotesBackend(PollingForgeBackend):
     """No broker: post the note and poll the merge request's notes with the job's API token."""
 
     name: ClassVar[str] = "gitlab-notes"
-    poll_interval: float = 5.0
 
     def __init__(
         self,
@@ -216,19 +218,16 @@ class GitLabNotesBackend(ApprovalBackend):
         requester: str | None = None,
         approvers: ApproverRules | None = None,
     ) -> None:
-        super().__init__(key=key, record=record)
+        super().__init__(
+            key=key,
+            record=record,
+            requester=requester,
+            approvers=approvers,
+            unsupported=_notes_unsupported,
+        )
         self._api = api
         self._project = project
         self._iid = merge_request
-        self._requester = requester
-        self._rules = approvers or ApproverRules()
-        if self._rules.min_approvals > 1:
-            raise ConfigError(
-                "gitlab without a broker decides on the first eligible note: "
-                "min_approvals above 1 needs the broker (gitlab backend)",
-                hint="use GitLabBackend through the broker, or set min_approvals: 1",
-            )
-        self._author: str | None = None
         self._seen: set[int] = set()
         self._next_page = 1
 
@@ -253,11 +252,7 @@ class GitLabNotesBackend(ApprovalBackend):
         except GateError:
             return None  # GitLab unreachable: keep holding until the deadline
         rights = GitLabRights(self._api, self._project)
-        for note in notes:
-            answer = self._judge(req, note, rights)
-            if answer is not None:
-                return answer
-        return None
+        return self._first_answer(req, notes, lambda r, note: self._judge(r, note, rights))
 
     def _new_notes(self) -> list[dict[str, Any]]:
         fresh: list[dict[str, Any]] = []
@@ -285,16 +280,7 @@ class GitLabNotesBackend(ApprovalBackend):
         )
         if not clicker.is_bot and clicker.user_id.isdigit() and self._api.is_bot(clicker.user_id):
             clicker = Clicker(clicker.login, clicker.user_id, True)
-        why = refusal(
-            [self._rules],
-            clicker,
-            approve=approve,
-            requester=self._requester,
-            author=self._author,
-            rights=rights,
-        )
-        if why is not None:
-            log.info("approval %s: note by %s refused: %s", req.request_id, clicker.login, why)
+        if not self._entitled(req, clicker, approve=approve, rights=rights):
             return None
         reason = "approved in a merge request note" if approve else "denied in a merge request note"
         return Answer(approve, f"gitlab:{clicker.login}", req.operation_hash, reason)
