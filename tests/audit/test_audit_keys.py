@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,33 @@ def test_default_key_is_created_private_and_reused(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert load_signing_key().key_id == first.key_id
+
+
+def test_racing_first_runs_all_get_the_one_complete_key(tmp_path: Path) -> None:
+    """Parallel CI jobs sharing a home create the key at once: none may read it half-written."""
+    script = (  # a slow PEM encoding holds each process inside the window where they race
+        "import sys, time; from airlock.audit.keys import SigningKey, load_signing_key; "
+        "pem = SigningKey.private_pem; "
+        "SigningKey.private_pem = lambda self: (time.sleep(0.5), pem(self))[1]; "
+        "sys.stdout.write(load_signing_key().key_id)"
+    )
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    for _ in range(2):
+        shutil.rmtree(tmp_path / "config", ignore_errors=True)
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(8)
+        ]
+        results = [(run.communicate(timeout=60), run.returncode) for run in runs]
+        assert all(code == 0 for _, code in results), [err for (_, err), _ in results]
+        key_ids = {out.decode() for (out, _), _ in results}
+        assert key_ids == {load_signing_key().key_id}
+        assert [p.name for p in (tmp_path / "config" / "airlock").iterdir()] == ["signing-key.pem"]
 
 
 def test_key_id_is_a_hash_of_the_raw_public_key() -> None:

@@ -142,6 +142,7 @@ def manifests(root: Path) -> list[dict[str, object]]:
 
 def test_pipeline_result(pipeline: Pipeline) -> None:
     assert pipeline.returncode == 1, pipeline.log[-4000:]  # agent-fails fails, as it should
+    assert "PASS" in pipeline.log, pipeline.log[-4000:]
     summary = pipeline.log[pipeline.log.rindex("PASS") - 200 :]
     for job in ("agent-ok", "archive-session", "gate", "after-gate"):
         assert f"PASS  {job}" in summary, pipeline.log[-4000:]
@@ -150,7 +151,8 @@ def test_pipeline_result(pipeline: Pipeline) -> None:
 
 def test_passing_agent_is_masked_scrubbed_finalized_in_script(pipeline: Pipeline) -> None:
     log = pipeline.job_log("agent-ok")
-    assert "agent ok, secret=" in log and SECRET not in log
+    assert "agent ok, secret=" in log, log[-4000:]  # the whole tail when the job failed
+    assert SECRET not in log
     assert "job token=withheld" in log and JOB_TOKEN not in log
     assert "the script did not finish" not in log  # finalized in the script, fail closed
     dotenv = pipeline.dotenv("agent-ok")

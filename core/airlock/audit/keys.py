@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -107,23 +108,38 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
 
 
 def _create_key_file(path: Path) -> SigningKey:
+    """Create the default key so that no reader ever sees it half-written.
+
+    The PEM is written and synced under a private temporary name, then hard-linked to ``path``:
+    link() is atomic and fails when the name exists, so two first runs racing (parallel CI jobs
+    sharing a home) end up with one complete key, and the loser reads the winner's.
+    """
     key = SigningKey.generate()
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, temporary = tempfile.mkstemp(prefix=".signing-key-", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_create(path, exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:  # mkstemp: 0600, O_EXCL
+            handle.write(key.private_pem())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)
     except FileExistsError:  # another process created it first: use theirs
         return SigningKey(_read_private_key(path))
     except OSError as exc:
-        raise ConfigError(
-            f"could not create the signing key {path}: {exc.strerror}",
-            hint="make the directory writable, or point AIRLOCK_KEY at an existing key",
-        ) from exc
-    try:
-        os.write(fd, key.private_pem())
-        os.fsync(fd)
+        raise _cannot_create(path, exc) from exc
     finally:
-        os.close(fd)
+        Path(temporary).unlink()
     return key
+
+
+def _cannot_create(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"could not create the signing key {path}: {exc.strerror}",
+        hint="make the directory writable, or point AIRLOCK_KEY at an existing key",
+    )
 
 
 def _read_key_bytes(path: Path) -> bytes:
