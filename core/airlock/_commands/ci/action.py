@@ -1,0 +1,230 @@
+"""The root GitHub Action's steps: ``airlock ci action main|post|session-main|session-post``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from airlock._commands.ci.bracket import pid_alive, session_start, session_stop, wait_for
+from airlock._commands.ci.finalize import FAIL_MODES, finalize, run_cli, say
+from airlock.errors import UsageError
+
+__all__ = [
+    "action_command",
+    "action_inputs",
+    "parse_env_blocks",
+]
+
+
+def action_inputs(environ: Mapping[str, str]) -> dict[str, str]:
+    """The action's inputs: ``INPUT_<NAME>`` variables (name upper-cased, hyphens kept), trimmed."""
+    return {
+        key[len("INPUT_") :].lower(): value.strip()
+        for key, value in environ.items()
+        if key.startswith("INPUT_")
+    }
+
+
+def _grants(raw: str) -> list[str]:
+    return [g for g in raw.replace(",", "\n").split() if g]
+
+
+def _credentials_argv(inputs: Mapping[str, str]) -> list[str]:
+    argv = ["credentials", "--broker", inputs["broker-url"], "--export", "github"]
+    if inputs.get("audience"):
+        argv += ["--audience", inputs["audience"]]
+    for grant in _grants(inputs.get("grants", "")):
+        argv += ["--grant", grant]
+    return argv
+
+
+def _save_state(environ: Mapping[str, str], values: Mapping[str, str]) -> None:
+    from airlock.ci.github import set_output
+
+    state = environ.get("GITHUB_STATE")
+    if not state:
+        raise UsageError("GITHUB_STATE is not set", hint="`airlock ci action` runs in a job step")
+    for name, value in values.items():
+        set_output(Path(state), name, value)
+
+
+def _job_dir(environ: Mapping[str, str]) -> Path:
+    base = Path(environ.get("RUNNER_TEMP") or "/tmp")  # noqa: S108 (outside Actions only)
+    return base / "airlock" / uuid.uuid4().hex[:12]
+
+
+def _fail_mode(value: str) -> str:
+    if value not in FAIL_MODES:
+        raise UsageError(f"fail-mode must be one of {', '.join(FAIL_MODES)}, not {value!r}")
+    return value
+
+
+def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse.Namespace:
+    days = inputs.get("retention-days")
+    if days and not days.isdigit():
+        raise UsageError(f"retention-days must be a whole number of days, not {days!r}")
+    return argparse.Namespace(
+        sessions=sessions,
+        archive_to=inputs.get("archive-to") or None,
+        endpoint_url=inputs.get("s3-endpoint-url") or None,
+        retention_days=int(days) if days else None,
+        revoke=bool(inputs.get("broker-url")),
+        platform="github",
+        artifacts=None,
+        fail_mode=_fail_mode(inputs.get("fail-mode") or "closed"),
+        key=None,
+        # resolved now: the main step may change to working-directory before the run
+        policy=Path(inputs["policy"]).resolve() if inputs.get("policy") else None,
+        state=None,
+    )
+
+
+def _witness_argv(inputs: Mapping[str, str]) -> list[str]:
+    """``airlock run`` flags that stream checkpoints of the log to the broker as it runs."""
+    if not inputs.get("broker-url"):
+        return []
+    argv = ["--broker", inputs["broker-url"]]
+    return [*argv, "--audience", inputs["audience"]] if inputs.get("audience") else argv
+
+
+def _exchange(inputs: Mapping[str, str]) -> int:
+    if not inputs.get("broker-url"):
+        return 0
+    code = run_cli(_credentials_argv(inputs))
+    if code != 0:
+        say(f"credentials exchange failed (exit {code}); nothing was started")
+    return code
+
+
+def _exchange_into_this_step(inputs: Mapping[str, str], environ: Mapping[str, str]) -> int:
+    """Exchange, then also load what was exported into this process for ``airlock run``.
+
+    ``--export github`` writes GITHUB_ENV, which only later steps read; the root action runs
+    the agent in this very step, so the blocks appended during the exchange are read back.
+    """
+    env_file = Path(environ["GITHUB_ENV"]) if environ.get("GITHUB_ENV") else None
+    before = env_file.stat().st_size if env_file is not None and env_file.exists() else 0
+    code = _exchange(inputs)
+    if code == 0 and env_file is not None and env_file.exists():
+        with env_file.open("rb") as handle:
+            handle.seek(before)
+            os.environ.update(parse_env_blocks(handle.read().decode("utf-8")))
+    return code
+
+
+def parse_env_blocks(text: str) -> dict[str, str]:
+    """``NAME<<DELIMITER`` blocks and ``NAME=value`` lines, as the runner reads GITHUB_ENV."""
+    values: dict[str, str] = {}
+    lines = iter(text.split("\n"))
+    for line in lines:
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delimiter = line.split("<<", 1)
+            body = []
+            for inner in lines:
+                if inner == delimiter:
+                    break
+                body.append(inner)
+            values[name] = "\n".join(body)
+        elif "=" in line:
+            name, value = line.split("=", 1)
+            values[name] = value
+    return values
+
+
+def _action_main(environ: Mapping[str, str]) -> int:
+    inputs = action_inputs(environ)
+    command = inputs.get("command", "")
+    if not command:
+        raise UsageError("the action needs a command", hint="set `with: command: ...`")
+    args = _finalize_args(inputs, _job_dir(environ) / "sessions")
+    args.sessions.mkdir(parents=True)
+    _save_state(environ, {"sessions": str(args.sessions), "started": "1", "pid": str(os.getpid())})
+    code = _exchange_into_this_step(inputs, environ)
+    if code != 0:
+        return code
+    argv = ["run", "--sessions", str(args.sessions), *_witness_argv(inputs)]
+    if args.policy:
+        argv += ["--policy", str(args.policy)]
+    if inputs.get("working-directory"):
+        os.chdir(inputs["working-directory"])
+    status = run_cli([*argv, "--", "bash", "-e", "-o", "pipefail", "-c", command])
+    finalized = finalize(args, environ).exit_code(args.fail_mode)
+    _save_state(environ, {"finalized": "1"})
+    return status or finalized
+
+
+def _action_post(environ: Mapping[str, str]) -> int:
+    """After a cancelled or crashed main step: the duties main could not do."""
+    if environ.get("STATE_started") != "1" or environ.get("STATE_finalized") == "1":
+        return 0
+    say("the main step did not finish: sealing, revoking and archiving now")
+    _stop_leftover_main(environ.get("STATE_pid", ""))
+    args = _finalize_args(action_inputs(environ), Path(environ["STATE_sessions"]))
+    return finalize(args, environ).exit_code(args.fail_mode)
+
+
+def _stop_leftover_main(pid_text: str, grace: float = 5.0) -> None:
+    """Stop a main step process that outlived its step (its shim was killed, not signalled).
+
+    It still holds its session's lock; SIGTERM makes ``airlock run`` stop the command and seal.
+    Only a process whose command line is the main step's own is signalled (pids are reused).
+    """
+    if not pid_text.isdigit() or not _is_main_step(int(pid_text)):
+        return
+    pid = int(pid_text)
+    say(f"the main step's process {pid} is still running: stopping it so that it seals")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_for(lambda: not pid_alive(pid), grace):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), 5.0)
+
+
+def _is_main_step(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"airlock._commands.ci" in argv and argv[-3:-1] == [b"action", b"main"]
+
+
+def _session_main(environ: Mapping[str, str]) -> int:
+    inputs = action_inputs(environ)
+    phase = inputs.get("phase") or "start"
+    args = _finalize_args(inputs, None)
+    if phase == "stop":
+        return session_stop(args, environ)
+    if phase != "start":
+        raise UsageError(f"phase must be start or stop, not {phase!r}")
+    code = _exchange(inputs)
+    if code != 0:
+        return code
+    _save_state(environ, {"started": "1"})
+    args.witness = _witness_argv(inputs)
+    args.record_scripts = inputs.get("record-scripts", "false").lower() == "true"
+    return session_start(args, environ)
+
+
+def _session_post(environ: Mapping[str, str]) -> int:
+    if environ.get("STATE_started") != "1":
+        return 0
+    args = _finalize_args(action_inputs(environ), None)
+    return session_stop(args, environ)
+
+
+_ACTION_PHASES: dict[str, Callable[[Mapping[str, str]], int]] = {
+    "main": _action_main,
+    "post": _action_post,
+    "session-main": _session_main,
+    "session-post": _session_post,
+}
+
+
+def action_command(args: argparse.Namespace) -> int:
+    return _ACTION_PHASES[args.phase](os.environ)
