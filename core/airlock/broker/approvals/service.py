@@ -1,32 +1,7 @@
-"""Approvals served by the broker: create, status (long-poll), GitHub and GitLab webhooks.
-
-    POST /v1/approvals              Bearer job token, {backend, operation, timeout, pull_request…}
-                                    → {request_id, operation_hash, expires_at, url}
-    GET  /v1/approvals/{id}?wait=S  Bearer job token (the same job) → status, held up to S seconds
-    POST /v1/webhooks/github        X-Hub-Signature-256 (HMAC-SHA256 of the body), X-GitHub-Delivery
-    POST /v1/webhooks/gitlab        X-Gitlab-Token, Idempotency-Key / X-Gitlab-Webhook-UUID
-
-What the broker guarantees, whatever the replica:
-
-- the repository, run and requester come from the job's verified OIDC claims, never from the
-  body: a job can only ask about operations of its own repository and run;
-- a click decides only when the clicker passes :func:`airlock.gate._rules.refusal` at that
-  moment (not a bot, not the requester, not the PR/MR author unless allowed, enough permission,
-  one of the named approvers), for the operation hash the button or note names;
-- a request is decided once: ``UPDATE … WHERE status = 'pending'`` lets one click win a race;
-- with ``min_approvals`` N it stays pending until N distinct entitled users approved (votes are
-  kept in ``airlock_approval_votes``, written under a lock on the request row in the same
-  transaction as the delivery id); one entitled deny decides at once;
-- with ``require_justification`` an approval must say why (GitLab: text after the command);
-- each webhook delivery id (and each GitLab note) is accepted once, in the same transaction as
-  the decision: a replay gets 409 and changes nothing; so does a body that does not parse;
-- an unanswered request expires to a denial; every outcome is signed with the broker's key.
-"""
+"""The approval service: create, status, and the decisions that webhooks bring."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -34,17 +9,27 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
+from airlock.broker.approvals.bodies import (
+    CheckRunEvent,
+    CreateBody,
+    DeploymentRuleEvent,
+    GhInstallation,
+    NoteEvent,
+)
+from airlock.broker.approvals.store import (
+    PENDING,
+    ApprovalRow,
+    ApprovalStore,
+    Replayed,
+    Tally,
+    Vote,
+)
 from airlock.broker.service import Broker
 from airlock.broker.state import token_digest
 from airlock.errors import AirlockError, PolicyDenied, UsageError
@@ -66,442 +51,22 @@ from airlock.gate.github_check import (
     progress_body,
 )
 from airlock.gate.gitlab import GitLabApi, GitLabRights, note_body, outcome_note, progress_note
-from airlock.gate.interface import Decision, GateError, Operation, format_time
+from airlock.gate.interface import Decision, GateError, Operation
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.broker_config import ApprovalsConfig
 from airlock.providers._secrets import resolve_secret
 
 __all__ = [
-    "APPROVALS",
-    "DELIVERIES",
-    "VOTES",
-    "ApprovalRow",
     "ApprovalService",
-    "approval_routes",
+    "WebhookResult",
     "github_signature",
 ]
 
 log = logging.getLogger("airlock.broker.approvals")
 
-_META = sa.MetaData()
-
-APPROVALS = sa.Table(
-    "airlock_approvals",
-    _META,
-    sa.Column("request_id", sa.String(32), primary_key=True),
-    sa.Column("job_digest", sa.String(64), nullable=False, index=True),
-    sa.Column("backend", sa.String(32), nullable=False),
-    sa.Column("repository", sa.String(256), nullable=False),
-    sa.Column("repository_id", sa.String(64), nullable=False),
-    sa.Column("run_id", sa.String(64), nullable=True, index=True),
-    sa.Column("target", sa.Integer, nullable=True),  # pull request number / merge request iid
-    sa.Column("requester", sa.String(256), nullable=True),
-    sa.Column("author", sa.String(256), nullable=True),
-    sa.Column("operation", sa.Text, nullable=False),  # JSON, masked text
-    sa.Column("operation_hash", sa.String(64), nullable=False),
-    sa.Column("rules", sa.Text, nullable=False),  # JSON list of approver rule sets
-    sa.Column("forge_ref", sa.String(64), nullable=True),  # check run id / note id
-    sa.Column("url", sa.Text, nullable=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("decided_by", sa.String(256), nullable=True),
-    sa.Column("decided_at", sa.String(40), nullable=True),
-    sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("signature", sa.Text, nullable=True),
-    sa.Column("key_id", sa.String(64), nullable=True),
-)
-
-DELIVERIES = sa.Table(
-    "airlock_webhook_deliveries",
-    _META,
-    sa.Column("source", sa.String(32), primary_key=True),
-    sa.Column("delivery_id", sa.String(160), primary_key=True),
-    sa.Column("received_at", sa.Float, nullable=False),
-)
-
-VOTES = sa.Table(
-    "airlock_approval_votes",
-    _META,
-    sa.Column("request_id", sa.String(32), primary_key=True),
-    sa.Column("login", sa.String(256), primary_key=True),  # lower-cased: one vote per person
-    sa.Column("by", sa.String(300), nullable=False),  # forge:login, as shown
-    sa.Column("justification", sa.Text, nullable=True),  # masked, at most 1,000 characters
-    sa.Column("voted_at", sa.Float, nullable=False),
-)
-
-MAX_WEBHOOK_BYTES = 1024 * 1024
-MAX_CREATE_BYTES = 512 * 1024
-MAX_WAIT = 60.0
-_PENDING = "pending"
 _CALLBACK = re.compile(
     r"^/repos/([A-Za-z0-9-]+/[A-Za-z0-9._-]+)/actions/runs/(\d+)/deployment_protection_rule$"
 )
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-# -- bodies ---------------------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class ApproversBody(_Strict):
-    users: list[str] = Field(default_factory=list, max_length=100)
-    teams: list[str] = Field(default_factory=list, max_length=100)
-    permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
-    allow_self: bool = False
-    allow_author: bool = False
-    min_approvals: int = Field(default=1, ge=1, le=10)
-    require_justification: bool = False
-
-
-class OperationBody(_Strict):
-    kind: Literal["sql", "http", "command"]
-    text: str = Field(min_length=1, max_length=256 * 1024)
-    rule_id: str = Field(min_length=1, max_length=128)
-    gateway: str | None = Field(default=None, max_length=128)
-    repository: str | None = Field(default=None, max_length=256)
-    commit: str | None = Field(default=None, max_length=64)
-    run_id: str | None = Field(default=None, max_length=64)
-    session_id: str | None = Field(default=None, max_length=128)
-
-
-class CreateBody(_Strict):
-    backend: Literal["github-check", "gitlab", "github-environment"]
-    operation: OperationBody
-    timeout: float = Field(gt=0)
-    pull_request: int | None = Field(default=None, ge=1)
-    merge_request: int | None = Field(default=None, ge=1)
-    approvers: ApproversBody | None = None
-
-
-class _GhUser(_Loose):
-    login: str
-    id: int
-    type: str = "User"
-
-
-class _GhRepo(_Loose):
-    id: int
-    full_name: str
-
-
-class _GhInstallation(_Loose):
-    id: int
-
-
-class _GhCheckRun(_Loose):
-    id: int
-    external_id: str | None = None
-
-
-class _GhAction(_Loose):
-    identifier: str
-
-
-class CheckRunEvent(_Loose):
-    action: str
-    check_run: _GhCheckRun
-    requested_action: _GhAction | None = None
-    repository: _GhRepo
-    sender: _GhUser
-    installation: _GhInstallation | None = None
-
-
-class DeploymentRuleEvent(_Loose):
-    action: str
-    environment: str
-    deployment_callback_url: str
-    repository: _GhRepo
-    sender: _GhUser
-    installation: _GhInstallation | None = None
-
-
-class _GlUser(_Loose):
-    id: int
-    username: str
-
-
-class _GlProject(_Loose):
-    id: int
-    path_with_namespace: str
-
-
-class _GlNote(_Loose):
-    id: int
-    note: str
-    noteable_type: str
-    system: bool = False
-
-
-class _GlMergeRequest(_Loose):
-    iid: int
-
-
-class NoteEvent(_Loose):
-    object_kind: Literal["note"]
-    user: _GlUser
-    project: _GlProject
-    object_attributes: _GlNote
-    merge_request: _GlMergeRequest | None = None
-
-
-# -- rows -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ApprovalRow:
-    """One approval request as the broker keeps it."""
-
-    request_id: str
-    job_digest: str
-    backend: str
-    repository: str
-    repository_id: str
-    run_id: str | None
-    target: int | None
-    requester: str | None
-    author: str | None
-    operation: dict[str, Any]
-    operation_hash: str
-    rules: list[dict[str, Any]]
-    forge_ref: str | None
-    url: str | None
-    created_at: float
-    expires_at: float
-    status: str
-    decided_by: str | None
-    decided_at: str | None
-    reason: str | None
-    signature: str | None
-    key_id: str | None
-
-    def public(self) -> dict[str, Any]:
-        """What the waiting job gets: the status and, once decided, the signed decision."""
-        out: dict[str, Any] = {
-            "request_id": self.request_id,
-            "status": self.status,
-            "operation_hash": self.operation_hash,
-            "expires_at": format_time(self.expires_at),
-            "url": self.url,
-        }
-        if self.status != _PENDING:
-            out.update(
-                by=self.decided_by,
-                at=self.decided_at,
-                reason=self.reason or "",
-                signature=self.signature,
-                key_id=self.key_id,
-            )
-        return out
-
-    def approver_rules(self) -> list[ApproverRules]:
-        return [ApproverRules.from_dict(r) for r in self.rules]
-
-
-class Replayed(Exception):
-    """This delivery id (or note) was seen before."""
-
-
-@dataclass(frozen=True)
-class Vote:
-    """One entitled approval of a request."""
-
-    login: str
-    by: str
-    justification: str = ""
-
-
-@dataclass(frozen=True)
-class Tally:
-    """What an approval did: ``counted`` (a new vote), the votes so far, the decision if any."""
-
-    status: str  # "pending", "approved" or "already-decided"
-    votes: tuple[Vote, ...]
-    counted: bool
-    decision: Decision | None = None
-
-
-class ApprovalStore:
-    """The approvals tables, on the broker's state database."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
-        _META.create_all(engine)
-
-    def add(self, row: ApprovalRow) -> None:
-        values = dict(row.__dict__)
-        values["operation"] = json.dumps(row.operation, sort_keys=True)
-        values["rules"] = json.dumps(row.rules, sort_keys=True)
-        with self._engine.begin() as conn:
-            conn.execute(sa.insert(APPROVALS).values(**values))
-
-    def get(self, request_id: str) -> ApprovalRow | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                sa.select(APPROVALS).where(APPROVALS.c.request_id == request_id)
-            ).first()
-        return None if row is None else _row(row)
-
-    def set_forge(self, request_id: str, forge_ref: str, url: str | None) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                sa.update(APPROVALS)
-                .where(APPROVALS.c.request_id == request_id)
-                .values(forge_ref=forge_ref, url=url)
-            )
-
-    def pending_plans(self, repository_id: str, run_id: str) -> list[ApprovalRow]:
-        query = sa.select(APPROVALS).where(
-            APPROVALS.c.backend == "github-environment",
-            APPROVALS.c.repository_id == repository_id,
-            APPROVALS.c.run_id == run_id,
-            APPROVALS.c.status == _PENDING,
-        )
-        with self._engine.connect() as conn:
-            return [_row(r) for r in conn.execute(query)]
-
-    def decide(
-        self, request_id: str, status: str, decision: Decision, deliveries: list[tuple[str, str]]
-    ) -> bool:
-        """Consume ``deliveries`` and settle a pending request, in one transaction.
-
-        True when this call decided; False when it was already decided. Raises
-        :class:`Replayed` (and changes nothing) when a delivery was seen before.
-        """
-        try:
-            with self._engine.begin() as conn:
-                _insert_deliveries(conn, deliveries)
-                result = conn.execute(
-                    sa.update(APPROVALS)
-                    .where(APPROVALS.c.request_id == request_id, APPROVALS.c.status == _PENDING)
-                    .values(
-                        status=status,
-                        decided_by=decision.by,
-                        decided_at=decision.at,
-                        reason=decision.reason,
-                        signature=decision.signature,
-                        key_id=decision.key_id,
-                    )
-                )
-        except IntegrityError:
-            raise Replayed from None
-        return bool(result.rowcount == 1)
-
-    def vote(
-        self,
-        request_id: str,
-        vote: Vote,
-        needed: int,
-        sign: Callable[[tuple[Vote, ...]], Decision],
-        deliveries: list[tuple[str, str]],
-    ) -> Tally:
-        """Consume ``deliveries``, count ``vote`` once, and approve when ``needed`` are in.
-
-        One transaction, holding the request row's lock (``SELECT … FOR UPDATE``; SQLite
-        serialises writers anyway), so racing votes see each other and exactly one settles.
-        Raises :class:`Replayed` (and changes nothing) when a delivery was seen before.
-        """
-        try:
-            with self._engine.begin() as conn:
-                _insert_deliveries(conn, deliveries)
-                return _tally(conn, request_id, vote, needed, sign)
-        except IntegrityError:
-            raise Replayed from None
-
-    def votes(self, request_id: str) -> tuple[Vote, ...]:
-        """The approvals counted so far, by login."""
-        with self._engine.connect() as conn:
-            return _votes(conn, request_id)
-
-    def consume(self, deliveries: list[tuple[str, str]]) -> None:
-        """Record deliveries that decide nothing (refused clicks); :class:`Replayed` if seen."""
-        try:
-            with self._engine.begin() as conn:
-                _insert_deliveries(conn, deliveries)
-        except IntegrityError:
-            raise Replayed from None
-
-    def release(self, deliveries: list[tuple[str, str]]) -> None:
-        """Forget deliveries whose effect could not be completed, so a redelivery may retry."""
-        with self._engine.begin() as conn:
-            for source, delivery in deliveries:
-                conn.execute(
-                    sa.delete(DELIVERIES).where(
-                        DELIVERIES.c.source == source, DELIVERIES.c.delivery_id == delivery
-                    )
-                )
-
-
-def _insert_deliveries(conn: sa.Connection, deliveries: list[tuple[str, str]]) -> None:
-    for source, delivery in deliveries:
-        conn.execute(
-            sa.insert(DELIVERIES).values(
-                source=source, delivery_id=delivery, received_at=time.time()
-            )
-        )
-
-
-def _tally(
-    conn: sa.Connection,
-    request_id: str,
-    vote: Vote,
-    needed: int,
-    sign: Callable[[tuple[Vote, ...]], Decision],
-) -> Tally:
-    locked = sa.select(APPROVALS.c.status).where(APPROVALS.c.request_id == request_id)
-    if conn.execute(locked.with_for_update()).scalar() != _PENDING:
-        return Tally("already-decided", (), False)
-    mine = sa.select(VOTES.c.login).where(
-        VOTES.c.request_id == request_id, VOTES.c.login == vote.login
-    )
-    counted = conn.execute(mine).first() is None
-    if counted:
-        conn.execute(
-            sa.insert(VOTES).values(
-                request_id=request_id,
-                login=vote.login,
-                by=vote.by,
-                justification=vote.justification or None,
-                voted_at=time.time(),
-            )
-        )
-    votes = _votes(conn, request_id)
-    if len(votes) < needed:
-        return Tally(_PENDING, votes, counted)
-    decision = sign(votes)
-    conn.execute(
-        sa.update(APPROVALS)
-        .where(APPROVALS.c.request_id == request_id, APPROVALS.c.status == _PENDING)
-        .values(
-            status="approved",
-            decided_by=decision.by,
-            decided_at=decision.at,
-            reason=decision.reason,
-            signature=decision.signature,
-            key_id=decision.key_id,
-        )
-    )
-    return Tally("approved", votes, counted, decision)
-
-
-def _votes(conn: sa.Connection, request_id: str) -> tuple[Vote, ...]:
-    query = sa.select(VOTES).where(VOTES.c.request_id == request_id).order_by(VOTES.c.login)
-    return tuple(Vote(r.login, r.by, r.justification or "") for r in conn.execute(query))
-
-
-def _row(row: Any) -> ApprovalRow:
-    data = dict(row._mapping)
-    data["operation"] = json.loads(data["operation"])
-    data["rules"] = json.loads(data["rules"])
-    return ApprovalRow(**data)
 
 
 # -- the service ----------------------------------------------------------------------------------
@@ -582,7 +147,7 @@ class ApprovalService:
             url=None,
             created_at=now,
             expires_at=now + timeout,
-            status=_PENDING,
+            status=PENDING,
             decided_by=None,
             decided_at=None,
             reason=None,
@@ -672,7 +237,7 @@ class ApprovalService:
         return self._expire_if_due(row)
 
     def _expire_if_due(self, row: ApprovalRow) -> ApprovalRow:
-        if row.status != _PENDING or self._clock() < row.expires_at:
+        if row.status != PENDING or self._clock() < row.expires_at:
             return row
         decision = self._sign(row, approved=False, by="airlock", reason="expired")
         if self.store.decide(row.request_id, "expired", decision, []):
@@ -750,7 +315,7 @@ class ApprovalService:
             self._expire_if_due(r)
             for r in self.store.pending_plans(str(event.repository.id), run_id)
         ]
-        plans = [p for p in plans if p.status == _PENDING]
+        plans = [p for p in plans if p.status == PENDING]
         state, comment = _review(plans, run_id)
         try:
             self.github().call(
@@ -769,7 +334,7 @@ class ApprovalService:
         self.version += 1
         return WebhookResult(state)
 
-    def _our_installation(self, installation: _GhInstallation | None) -> bool:
+    def _our_installation(self, installation: GhInstallation | None) -> bool:
         app = self._config.github_app
         return app is not None and (installation is None or installation.id == app.installation_id)
 
@@ -831,7 +396,7 @@ class ApprovalService:
         where: str,
     ) -> WebhookResult:
         row = self._expire_if_due(row)
-        if row.status != _PENDING:
+        if row.status != PENDING:
             result = "expired" if row.status == "expired" else "already-decided"
             return self._consume(deliveries, WebhookResult(result, 200, request_id=row.request_id))
         rules = row.approver_rules()
@@ -1118,107 +683,3 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError("the webhook body is not a JSON object")
     return data
-
-
-# -- HTTP -----------------------------------------------------------------------------------------
-
-
-def approval_routes(broker: Broker) -> list[tuple[str, Handler, list[str], str]]:
-    """``(path, handler, methods, name)`` for the broker app's route list."""
-    service = ApprovalService(broker)
-
-    async def create(request: Request) -> Response:
-        token = _bearer(request)
-        body = CreateBody.model_validate(_json_body(await _read(request, MAX_CREATE_BYTES)))
-        row = await run_in_threadpool(service.create, token, body)
-        return JSONResponse(row.public(), status_code=201, headers={"Cache-Control": "no-store"})
-
-    async def status(request: Request) -> Response:
-        token = _bearer(request)
-        request_id = request.path_params["request_id"]
-        wait = _wait_seconds(request.query_params.get("wait", "0"))
-        row = await run_in_threadpool(service.status, token, request_id)
-        deadline = time.monotonic() + wait
-        while row.status == _PENDING and time.monotonic() < deadline:
-            row = await _next(service, token, request_id, deadline)
-        return JSONResponse(row.public(), headers={"Cache-Control": "no-store"})
-
-    async def github(request: Request) -> Response:
-        raw = await _read(request, MAX_WEBHOOK_BYTES)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        return await _webhook(service.github_webhook, headers, raw)
-
-    async def gitlab(request: Request) -> Response:
-        raw = await _read(request, MAX_WEBHOOK_BYTES)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        return await _webhook(service.gitlab_webhook, headers, raw)
-
-    return [
-        ("/v1/approvals", create, ["POST"], "approval-create"),
-        ("/v1/approvals/{request_id}", status, ["GET"], "approval-status"),
-        ("/v1/webhooks/github", github, ["POST"], "webhook-github"),
-        ("/v1/webhooks/gitlab", gitlab, ["POST"], "webhook-gitlab"),
-    ]
-
-
-async def _next(
-    service: ApprovalService, token: str, request_id: str, deadline: float
-) -> ApprovalRow:
-    """Sleep until a local decision, a re-read tick (other replicas) or the deadline."""
-    seen = service.version
-    tick = min(time.monotonic() + 1.0, deadline)
-    while service.version == seen and time.monotonic() < tick:
-        await asyncio.sleep(0.02)
-    return await run_in_threadpool(service.status, token, request_id)
-
-
-async def _webhook(
-    handler: Callable[[Mapping[str, str], bytes], WebhookResult],
-    headers: Mapping[str, str],
-    raw: bytes,
-) -> Response:
-    try:
-        result = await run_in_threadpool(handler, headers, raw)
-    except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
-        result = WebhookResult("bad-request", 400, f"malformed payload: check {', '.join(fields)}")
-    return result.response()
-
-
-def _wait_seconds(raw: str) -> float:
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise UsageError("wait is a number of seconds") from None
-    if not 0 <= wait <= MAX_WAIT:
-        raise UsageError(f"wait is between 0 and {MAX_WAIT:.0f} seconds")
-    return wait
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise PolicyDenied("send the job token from the exchange as `Authorization: Bearer …`")
-    return value.strip()
-
-
-class _TooLarge(UsageError):
-    """A body over the cap."""
-
-
-async def _read(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise _TooLarge(f"request bodies here are limited to {cap} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise _TooLarge(f"request bodies here are limited to {cap} bytes")
-    return bytes(body)
-
-
-def _json_body(raw: bytes) -> Any:
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        return json.loads(raw)
-    raise UsageError("the request body is not JSON")
