@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import boto3
 import botocore.exceptions
@@ -148,17 +148,12 @@ class AwsProvider(CredentialProvider):
     settings_model: ClassVar[type[BaseModel]] = AwsGrant
     config_model: ClassVar[type[BaseModel]] = AwsConfig
     ttl_limits: ClassVar[TtlLimits] = TtlLimits(minimum=STS_MIN_SECONDS, maximum=3600)
+    _config: AwsConfig
 
     def __init__(self, config: AwsConfig) -> None:
-        self._config = config
+        super().__init__(config)
         self._client: STSClient | None = None
         _guard_wire_logs()
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Self:
-        parsed = cls.parse_config(config)
-        assert isinstance(parsed, AwsConfig)
-        return cls(parsed)
 
     def validate_grant(self, settings: Mapping[str, Any]) -> AwsGrant:
         grant = super().validate_grant(settings)

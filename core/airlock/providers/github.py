@@ -93,9 +93,10 @@ class GitHubProvider(CredentialProvider):
     settings_model: ClassVar[type[BaseModel]] = GitHubGrant
     config_model: ClassVar[type[BaseModel]] = GitHubConfig
     ttl_limits: ClassVar[TtlLimits] = TtlLimits(minimum=60, maximum=GITHUB_TOKEN_SECONDS)
+    _config: GitHubConfig
 
     def __init__(self, config: GitHubConfig) -> None:
-        self._config = config
+        super().__init__(config)
         key = config.token_seal_key
         raw = resolve_secret(key.get_secret_value(), "github token_seal_key") if key else None
         try:
@@ -106,12 +107,6 @@ class GitHubProvider(CredentialProvider):
                 hint="generate one with: python -c 'from cryptography.fernet import Fernet; "
                 "print(Fernet.generate_key().decode())'",
             ) from None
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Self:
-        parsed = cls.parse_config(config)
-        assert isinstance(parsed, GitHubConfig)
-        return cls(parsed)
 
     def validate_grant(self, settings: Mapping[str, Any]) -> GitHubGrant:
         grant = super().validate_grant(settings)

@@ -112,15 +112,7 @@ class GitLabProvider(CredentialProvider):
     settings_model: ClassVar[type[BaseModel]] = GitLabGrant
     config_model: ClassVar[type[BaseModel]] = GitLabConfig
     ttl_limits: ClassVar[TtlLimits] = TtlLimits(minimum=60, maximum=24 * 3600)
-
-    def __init__(self, config: GitLabConfig) -> None:
-        self._config = config
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Self:
-        parsed = cls.parse_config(config)
-        assert isinstance(parsed, GitLabConfig)
-        return cls(parsed)
+    _config: GitLabConfig
 
     def validate_grant(self, settings: Mapping[str, Any]) -> GitLabGrant:
         grant = super().validate_grant(settings)

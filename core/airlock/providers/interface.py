@@ -145,10 +145,14 @@ class CredentialProvider(ABC):
     config_model: ClassVar[type[BaseModel]]
     ttl_limits: ClassVar[TtlLimits] = TtlLimits(minimum=60, maximum=3600)
 
+    def __init__(self, config: BaseModel) -> None:
+        """``config`` is an instance of ``config_model`` (subclasses narrow ``_config``'s type)."""
+        self._config = config
+
     @classmethod
-    @abstractmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
         """Build the provider from its ``providers:`` entry in the broker config."""
+        return cls(cls.parse_config(config))
 
     @abstractmethod
     def issue(self, request: IssueRequest) -> IssuedCredential:

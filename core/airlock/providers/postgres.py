@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -91,15 +91,7 @@ class PostgresProvider(CredentialProvider):
     settings_model: ClassVar[type[BaseModel]] = PostgresGrant
     config_model: ClassVar[type[BaseModel]] = PostgresConfig
     ttl_limits: ClassVar[TtlLimits] = TtlLimits(minimum=60, maximum=24 * 3600)
-
-    def __init__(self, config: PostgresConfig) -> None:
-        self._config = config
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Self:
-        parsed = cls.parse_config(config)
-        assert isinstance(parsed, PostgresConfig)
-        return cls(parsed)
+    _config: PostgresConfig
 
     def validate_grant(self, settings: Mapping[str, Any]) -> PostgresGrant:
         grant = super().validate_grant(settings)

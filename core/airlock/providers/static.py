@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -52,15 +52,7 @@ class StaticProvider(CredentialProvider):
     settings_model: ClassVar[type[BaseModel]] = StaticGrant
     config_model: ClassVar[type[BaseModel]] = StaticConfig
     ttl_limits: ClassVar[TtlLimits] = TtlLimits(minimum=60, maximum=12 * 3600)
-
-    def __init__(self, config: StaticConfig) -> None:
-        self._config = config
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Self:
-        parsed = cls.parse_config(config)
-        assert isinstance(parsed, StaticConfig)
-        return cls(parsed)
+    _config: StaticConfig
 
     def validate_grant(self, settings: Mapping[str, Any]) -> StaticGrant:
         grant = super().validate_grant(settings)
