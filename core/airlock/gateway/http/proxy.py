@@ -107,6 +107,8 @@ _APPROVAL_EXCERPT = 2000
 _SPOOL_CHUNK = 256 * 1024
 _IDLE_FLUSH = 0.1  # seconds of upstream quiet after which masked text held back is released
 _NO_APPROVER = "no approval backend is configured"
+_GIT_PROBE = "not asked: git's push probe (a flush packet alone) changes nothing"
+_FLUSH_PKT = b"0000"
 
 
 @dataclass(frozen=True)
@@ -428,6 +430,9 @@ class HttpProxy:
             await body.hold(self._settings.inspect_limit, self._settings.inspect_limit)
         else:
             await body.hold(self._settings.hold_limit, self._settings.inspect_limit)
+        if _is_git_push_probe(ex, body):
+            ex.extra["approval"] = _GIT_PROBE
+            return
         if not await self._ask(ex, decision, body):
             raise _Refused(
                 403,
@@ -754,6 +759,20 @@ async def _discard(message: dict[str, Any]) -> None:
 def _content_length(response: httpx.Response) -> int | None:
     raw = response.headers.get("content-length", "")
     return int(raw) if raw.isdigit() else None
+
+
+def _is_git_push_probe(ex: _Exchange, body: _Body) -> bool:
+    """git's probe before a push larger than http.postBuffer: one flush packet to receive-pack.
+
+    A flush packet alone is an empty command list, on which receive-pack changes nothing, so the
+    probe passes without asking; the pack that follows is held and asked about as usual.
+    """
+    return (
+        ex.method == "POST"
+        and ex.path.judged.endswith("/git-receive-pack")
+        and body.held_size == len(_FLUSH_PKT)
+        and body.held_prefix(len(_FLUSH_PKT)) == _FLUSH_PKT
+    )
 
 
 def _worth_recording(decision: Decision) -> bool:
