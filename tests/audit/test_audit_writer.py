@@ -121,6 +121,22 @@ def test_seal_writes_a_signed_manifest(tmp_path: Path, key: SigningKey) -> None:
     key.public_key.verify(base64.b64decode(sig["sig"]), body)  # raises if wrong
 
 
+def test_seal_digest_covers_big_and_small_lines_in_order(
+    tmp_path: Path, key: SigningKey, trusted: Trusted
+) -> None:
+    """Megabyte lines are hashed for the seal on a second thread, small ones in batches."""
+    writer = SessionWriter.create(tmp_path, "s1")
+    sizes = [10, 300_000, 5, 5, 70_000, *[200] * 400, 1_200_000, 3]
+    for i, size in enumerate(sizes):
+        writer.append("output", {"stream": "stdout", "text": f"{i}:" + 'x"\n' * size})
+    manifest = writer.seal(key, exit_code=0)
+    events = (tmp_path / "s1" / "events.jsonl").read_bytes()
+    assert manifest["log_bytes"] == len(events)
+    assert manifest["log_sha256"] == hashlib.sha256(events).hexdigest()
+    assert manifest["head"] == hashlib.sha256(events.splitlines()[-1]).hexdigest()
+    assert verify_session(tmp_path / "s1", trusted).event_count == len(sizes)
+
+
 def test_after_seal_the_writer_refuses_more(tmp_path: Path, key: SigningKey) -> None:
     writer = SessionWriter.create(tmp_path)
     writer.append("output", {})
