@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -230,3 +231,40 @@ def test_mutated_valid_streams_raise_nothing_else(noise: bytes, at: int) -> None
     except pg.ProtocolError:
         return
     assert all(isinstance(m, pg.Message) for m in messages)
+
+
+def _frames(framer: pg.Framer, data: bytes, size: int) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(0, len(data), size):
+        buf, frames = framer.split(data[i : i + size])
+        out.extend(buf[start:end] for _, start, end in frames)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64))
+def test_framer_delimits_what_the_parser_decodes_for_any_chunking(size: int) -> None:
+    raws = _frames(pg.Framer(pg.BACKEND_TYPES), BACKEND_STREAM, size)
+    assert raws == [m.raw for m in _parse_all(pg.BackendParser(), BACKEND_STREAM)]
+    assert [pg.decode_backend(raw) for raw in raws] == _parse_all(
+        pg.BackendParser(), BACKEND_STREAM
+    )
+
+
+def test_framer_holds_a_big_message_until_whole_and_checks_framing() -> None:
+    big = pg.encode_data_row([b"x" * 100_000])
+    framer = pg.Framer(pg.BACKEND_TYPES)
+    assert _frames(framer, big + pg.encode_ready("I"), 1000) == [big, pg.encode_ready("I")]
+    with pytest.raises(pg.ProtocolError, match="unknown message type"):
+        pg.Framer(pg.BACKEND_TYPES).split(b"Q\0\0\0\4")
+    with pytest.raises(pg.ProtocolError, match="length"):
+        pg.Framer(pg.BACKEND_TYPES, max_message=1024).split(b"D" + struct.pack("!i", 4096))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_framer_on_garbage_only_ever_raises_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(pg.ProtocolError):
+        buf, frames = pg.Framer(pg.BACKEND_TYPES).split(data)
+        for _, start, end in frames:
+            pg.decode_backend(buf[start:end])

@@ -34,7 +34,7 @@ from airlock.policy.guardrails import (
     strictest,
 )
 
-__all__ = ["Judgement", "SqlGuard", "analyse_sql"]
+__all__ = ["Judgement", "SqlGuard", "Verdict", "analyse_sql"]
 
 _NESTED_KINDS: dict[type[Any], str] = {
     ast.SelectStmt: "select",
@@ -234,6 +234,31 @@ class Judgement:
         return sorted({k for s in self.statements for k in s.kinds})
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a relay needs from a :class:`Judgement`, without the statement texts.
+
+    ``notable`` holds the decisions worth an event (every one but a default allow), each with
+    the sorted kinds of its statement; ``statement_kinds`` the sorted kinds of every statement.
+    """
+
+    kinds: tuple[str, ...]
+    final: Decision
+    notable: tuple[tuple[Decision, tuple[str, ...]], ...]
+    statement_kinds: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def of(cls, judgement: Judgement) -> Verdict:
+        """The verdict of ``judgement``."""
+        statement_kinds = tuple(tuple(sorted(s.kinds)) for s in judgement.statements)
+        notable = tuple(
+            (decision, statement_kinds[i])
+            for i, decision in enumerate(judgement.decisions)
+            if decision.action != "allow" or not decision.rule_id.startswith("airlock.default.")
+        )
+        return cls(tuple(judgement.kinds), judgement.final, notable, statement_kinds)
+
+
 class SqlGuard:
     """The guardrails of one PostgreSQL gateway: ``judge(sql)`` → :class:`Judgement`.
 
@@ -253,6 +278,7 @@ class SqlGuard:
         self.gateway = gateway
         self._by_text = functools.lru_cache(maxsize=2048)(self._judge)
         self._by_shape: dict[str, Judgement] = {}
+        self._verdicts: dict[str, Verdict] = {}
         self._shape_safe = not any(r.sql is not None and r.sql.text for r in self.rules)
 
     def judge(self, sql: str) -> Judgement:
@@ -272,6 +298,23 @@ class SqlGuard:
             self._by_shape.clear()
         self._by_shape[shape] = judgement
         return judgement
+
+    def verdict(self, sql: str) -> Verdict:
+        """The :class:`Verdict` on ``sql``: :meth:`judge`'s, but a shape seen before costs only
+        its fingerprint (nothing is rebuilt, so this is the relay's per-statement path)."""
+        if not self._shape_safe:
+            return Verdict.of(self._by_text(sql))
+        try:
+            shape = pg_parser.fingerprint(sql)
+        except Exception:  # unparsable: the full path decides (and records why)
+            return Verdict.of(self._by_text(sql))
+        verdict = self._verdicts.get(shape)
+        if verdict is None:
+            verdict = Verdict.of(self._by_text(sql))
+            if len(self._verdicts) >= self._MAX_SHAPES:
+                self._verdicts.clear()
+            self._verdicts[shape] = verdict
+        return verdict
 
     def _judge(self, sql: str) -> Judgement:
         statements = tuple(analyse_sql(sql))

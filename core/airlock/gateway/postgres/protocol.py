@@ -21,6 +21,7 @@ from typing import Any
 from airlock.errors import AirlockError, ExitCode
 
 __all__ = [
+    "BACKEND_TYPES",
     "MAX_MESSAGE",
     "MAX_STARTUP",
     "PROTOCOL_V3",
@@ -42,6 +43,8 @@ __all__ = [
     "Execute",
     "Field",
     "Flush",
+    "Frame",
+    "Framer",
     "FrontendParser",
     "FunctionCall",
     "GSSENCRequest",
@@ -60,6 +63,7 @@ __all__ = [
     "StartupMessage",
     "Sync",
     "Terminate",
+    "decode_backend",
     "encode_auth",
     "encode_backend_key",
     "encode_cancel",
@@ -412,6 +416,12 @@ class _Parser:
         """Bytes received but not yet returned as messages."""
         return len(self._buf)
 
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes received but not yet returned as messages."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
 
 class FrontendParser(_Parser):
     """Messages a client sends. Starts in the startup phase (untyped packets)."""
@@ -456,13 +466,78 @@ class BackendParser(_Parser):
     """Messages a server sends (after the one-byte answer to an SSLRequest, if any)."""
 
     def _decode(self, kind: str, raw: bytes) -> Message:
-        decoder = _BACKEND.get(kind)
-        if decoder is None:
-            raise ProtocolError(f"unknown backend message type {kind!r}")
-        reader = _Reader(raw[5:], kind)
-        message: Message = decoder(raw, reader)
-        reader.end()
-        return message
+        return decode_backend(raw)
+
+
+Frame = tuple[int, int, int]
+"""A whole message inside a buffer: (type byte, start, end)."""
+
+
+class Framer:
+    """Splits a stream into whole typed messages *without decoding them*.
+
+    The fast path of a relay that passes most messages through untouched: :meth:`split` returns
+    the buffer and the ``(type, start, end)`` of each whole message in it, so the caller forwards
+    unchanged runs of bytes as they came and decodes only the messages it needs
+    (:func:`decode_backend`). Checks framing only: a type byte outside ``types`` or a length
+    outside ``4..max_message`` raises :class:`ProtocolError`.
+    """
+
+    __slots__ = ("_max", "_need", "_tail", "_types")
+
+    def __init__(self, types: bytes, max_message: int = MAX_MESSAGE, pending: bytes = b"") -> None:
+        self._types = frozenset(types)
+        self._max = max_message
+        self._tail = bytearray(pending)
+        self._need = 0  # size of the buffer that completes the held message (0: unknown)
+
+    def split(self, data: bytes) -> tuple[bytes, list[Frame]]:
+        """Add ``data``; return the buffer and the whole messages in it (the rest is held)."""
+        tail = self._tail
+        if tail:
+            if self._need and len(tail) + len(data) < self._need:
+                tail += data  # a big message still arriving: no copy of the whole each time
+                return b"", []
+            buf = bytes(tail) + data
+            tail.clear()
+        else:
+            buf = data
+        frames: list[Frame] = []
+        pos, size, types, limit = 0, len(buf), self._types, self._max
+        while size - pos >= 5:
+            kind = buf[pos]
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
+            if kind not in types:
+                raise ProtocolError(f"unknown message type {chr(kind)!r}")
+            if length < 4 or length > limit:
+                raise ProtocolError(
+                    f"message {chr(kind)!r} has length {length}, outside 4..{limit}"
+                )
+            end = pos + 1 + length
+            if end > size:
+                break
+            frames.append((kind, pos, end))
+            pos = end
+        if pos < size:
+            tail += buf[pos:]
+            self._need = int.from_bytes(tail[1:5], "big") + 1 if len(tail) >= 5 else 0
+        return buf, frames
+
+
+BACKEND_TYPES = b"RKSZTDCENGHWdcIvA123nstV"
+"""Every message type a server sends."""
+
+
+def decode_backend(raw: bytes) -> Message:
+    """Decode one whole backend message (as :class:`Framer` delimits it)."""
+    kind = chr(raw[0])
+    decoder = _BACKEND.get(kind)
+    if decoder is None:
+        raise ProtocolError(f"unknown backend message type {kind!r}")
+    reader = _Reader(raw[5:], kind)
+    message: Message = decoder(raw, reader)
+    reader.end()
+    return message
 
 
 def _decode_startup(raw: bytes) -> Message:

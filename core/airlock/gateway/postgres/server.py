@@ -26,13 +26,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from airlock.errors import ConfigError
 from airlock.events import EventType
 from airlock.gate.interface import Operation
 from airlock.gateway.postgres import protocol as pg
-from airlock.gateway.postgres.guard import Judgement, SqlGuard
+from airlock.gateway.postgres.guard import SqlGuard, Verdict
 from airlock.gateway.postgres.masking import ColumnMasker, ColumnPlan
 from airlock.gateway.postgres.scram import MECHANISM, ScramClient
 from airlock.gateway.tickets import TicketCheck
@@ -68,6 +68,10 @@ _PASSED_PARAMS = (
     "extra_float_digits",
 )
 _COMPONENT = "gateway.postgres"
+_DATA_ROW, _ROW_DESCRIPTION, _COMMAND_COMPLETE, _READY = b"DTCZ"
+_MAX_ROW_PLANS = 4096
+# Backend messages the relay passes on without looking inside (the rest it decodes).
+_PASSED = frozenset(b"123nStKAVdcGHWvR")
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,21 @@ class _Shared:
     columns: ColumnMasker
     startup_timeout: float
     cancel_keys: dict[tuple[int, bytes], tuple[int, bytes]] = field(default_factory=dict)
+    # RowDescription bytes -> (column masking plan, which columns are text): a result shape
+    # seen before is not decoded again.
+    row_plans: dict[bytes, tuple[ColumnPlan | None, tuple[bool, ...]]] = field(default_factory=dict)
+
+    def row_plan(self, raw: bytes) -> tuple[ColumnPlan | None, tuple[bool, ...]]:
+        known = self.row_plans.get(raw)
+        if known is None:
+            message = pg.decode_backend(raw)
+            assert isinstance(message, pg.RowDescription)
+            fields = message.fields
+            known = (self.columns.plan(fields), tuple(f.format == 0 for f in fields))
+            if len(self.row_plans) >= _MAX_ROW_PLANS:
+                self.row_plans.clear()
+            self.row_plans[raw] = known
+        return known
 
     def event(self, type_: str, data: dict[str, Any]) -> object:
         return self.record(type_, {"gateway": self.config.name, **data})
@@ -278,6 +297,57 @@ class _Inflight:
     rows: int = 0
 
 
+@dataclass(frozen=True)
+class _Held:
+    """A statement waiting for approval, and what is needed to send or refuse it after."""
+
+    verdict: Verdict
+    masked: str
+    raw: bytes
+    parse: pg.Parse | None
+
+
+class _Pipe(asyncio.Protocol):
+    """The relay-phase protocol of one side: bytes and end of stream go to the connection,
+    flow control to the other side (``peer``). The stream protocol it replaces still learns of
+    the connection's end, so the stream writer's ``wait_closed`` returns."""
+
+    def __init__(
+        self,
+        on_data: Callable[[bytes], None],
+        on_eof: Callable[[], None],
+        previous: asyncio.BaseProtocol,
+        peer: asyncio.Transport,
+        may_resume_peer: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._on_data = on_data
+        self._on_eof = on_eof
+        self._previous = previous
+        self._peer = peer
+        self._may_resume_peer = may_resume_peer
+        self.paused = False
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def eof_received(self) -> bool | None:
+        self._on_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_eof()
+        self._previous.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self._peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._may_resume_peer():
+            self._peer.resume_reading()
+
+
 class _Connection:
     """One client connection and its upstream connection."""
 
@@ -303,6 +373,14 @@ class _Connection:
         self.upstream_parser = pg.BackendParser()
         self.text_columns: tuple[bool, ...] = ()
         self.cancel_key: tuple[int, bytes] | None = None
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.client_t = cast(asyncio.Transport, writer.transport)
+        self.up_t: asyncio.Transport = self.client_t  # the upstream's, once connected
+        self.client_parser = pg.FrontendParser()
+        self.client_parser.in_startup = False
+        self.up_framer = pg.Framer(pg.BACKEND_TYPES)
+        self.up_pipe: _Pipe | None = None
+        self.holding: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         try:
@@ -508,47 +586,124 @@ class _Connection:
         return pg.encode_backend_key(pid, key)
 
     # -------------------------------------------------------------------------- relay
+    #
+    # The relay runs in protocol callbacks, not tasks: bytes from one side are judged, recorded
+    # and masked in the callback that receives them and leave in one write to the other side.
+    # Flow control passes through (a slow client pauses reading upstream, and the reverse);
+    # a statement held for approval pauses reading from the client until it is answered.
 
     async def _relay(self) -> None:
-        tasks = [
-            asyncio.create_task(self._client_to_upstream()),
-            asyncio.create_task(self._upstream_to_client()),
-        ]
+        assert self.up_r is not None and self.up_w is not None
+        client_t, up_t = self.client_t, cast(asyncio.Transport, self.up_w.transport)
+        self.up_t = up_t
+        # Bytes the stream readers already hold (none from well-behaved peers) come first.
+        early_client = _take_buffered(self.client_r)
+        early_up = self.upstream_parser.take_buffered() + _take_buffered(self.up_r)
+        client_eof, up_eof = self.client_r.at_eof(), self.up_r.at_eof()
+        client_pipe = _Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
+        up_pipe = _Pipe(
+            self._on_upstream_data,
+            self._on_upstream_eof,
+            up_t.get_protocol(),
+            peer=client_t,
+            may_resume_peer=lambda: self.holding is None,
+        )
+        self.up_pipe = up_pipe
+        client_t.set_protocol(client_pipe)
+        up_t.set_protocol(up_pipe)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if early_up:
+                self._on_upstream_data(early_up)
+            if early_client:
+                self._on_client_data(early_client)
+            if up_eof:
+                self._on_upstream_eof()
+            if client_eof:
+                self._finish()
+            client_t.resume_reading()
+            up_t.resume_reading()
+            await self.finished
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()
+            self._finish()
+            if self.holding is not None:
+                self.holding.cancel()
 
-    async def _client_to_upstream(self) -> None:
-        assert self.up_w is not None
-        parser = pg.FrontendParser()
-        parser.in_startup = False
-        while True:
-            data = await self.client_r.read(_READ)
-            if not data:
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if self.finished.done():
+            return
+        if exc is None:
+            self.finished.set_result(None)
+        else:
+            self.finished.set_exception(exc)
+
+    def _on_client_eof(self) -> None:
+        self._finish()
+
+    def _on_upstream_eof(self) -> None:
+        if self.finished.done():
+            return
+        self.s.error_event("upstream connection lost", connection=self.conn_id)
+        self.client_t.write(
+            _fatal(
+                "08006",
+                f"the Airlock gateway {self.s.config.name} lost its upstream connection",
+                hint="reconnect; if it keeps happening, check the upstream database",
+            )
+        )
+        self._finish()
+
+    def _on_client_data(self, data: bytes) -> None:
+        if self.finished.done():
+            return
+        try:
+            self.client_parser.feed(data)
+            if self.holding is None:
+                self._pump_client()
+        except Exception as exc:
+            self._finish(exc)
+
+    def _pump_client(self) -> None:
+        """Judge, record and forward every whole message the client sent, in one write; stop
+        at a statement held for approval (the rest waits in the parser)."""
+        out = bytearray()
+        for message in self.client_parser:
+            if isinstance(message, pg.Terminate):
+                self.up_t.write(bytes(out) + message.raw)
+                self._finish()
                 return
-            parser.feed(data)
-            out = bytearray()
-            for message in parser:
-                if isinstance(message, pg.Terminate):
-                    self.up_w.write(bytes(out) + message.raw)
-                    return
-                out += await self._from_client(message, out)
-            self.up_w.write(bytes(out))
-            await self.up_w.drain()
+            forward = self._from_client(message)
+            if isinstance(forward, _Held):
+                if out:
+                    self.up_t.write(bytes(out))  # allowed on their own: they go now
+                self.client_t.pause_reading()
+                self.holding = asyncio.get_running_loop().create_task(self._hold(forward))
+                return
+            out += forward
+        if out:
+            self.up_t.write(bytes(out))
 
-    async def _from_client(self, message: pg.Message, pending: bytearray) -> bytes:
-        """The bytes to send upstream for ``message`` (may flush ``pending`` first)."""
+    async def _hold(self, held: _Held) -> None:
+        try:
+            decision = await self._ask(held.verdict.final, held.masked)
+            if decision.action == "allow":
+                self.up_t.write(held.raw)
+            else:
+                self.up_t.write(self._refused(decision, held.verdict, held.parse, asked=True))
+            self.holding = None
+            self._pump_client()
+            if self.holding is None and not (self.up_pipe and self.up_pipe.paused):
+                self.client_t.resume_reading()
+        except Exception as exc:
+            self._finish(exc)
+
+    def _from_client(self, message: pg.Message) -> bytes | _Held:
+        """The bytes to send upstream for ``message``, or the statement to hold for approval."""
         if isinstance(message, pg.Query):
             self.batches_sent += 1
-            return await self._statement(message.sql, message.raw, pending, simple=True)
+            return self._statement(message.sql, message.raw, simple=True)
         if isinstance(message, pg.Parse):
             self.statements[message.name] = message.sql
-            return await self._statement(message.sql, message.raw, pending, parse=message)
+            return self._statement(message.sql, message.raw, parse=message)
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
         elif isinstance(message, pg.Execute):
@@ -568,16 +723,10 @@ class _Connection:
             raise pg.ProtocolError("unexpected password message after login")
         return message.raw
 
-    async def _statement(
-        self,
-        sql: str,
-        raw: bytes,
-        pending: bytearray,
-        *,
-        simple: bool = False,
-        parse: pg.Parse | None = None,
-    ) -> bytes:
-        judgement = self.s.guard.judge(sql)
+    def _statement(
+        self, sql: str, raw: bytes, *, simple: bool = False, parse: pg.Parse | None = None
+    ) -> bytes | _Held:
+        verdict = self.s.guard.verdict(sql)
         masked = self.s.masker.mask_text(sql)
         if simple:
             seq = self.s.event(
@@ -586,41 +735,34 @@ class _Connection:
                     "connection": self.conn_id,
                     "protocol": "simple",
                     "sql": masked,
-                    "kinds": judgement.kinds,
+                    "kinds": list(verdict.kinds),
                 },
             )
             self.inflight.append(_Inflight(seq, time.monotonic(), self.batches_sent, True))
-        decision = judgement.final
-        self._record_decisions(judgement, masked)
-        asked = decision.action == "require_approval"
-        if asked:
-            decision = await self._ask(decision, masked, pending)
+        decision = verdict.final
+        if verdict.notable:
+            self._record_decisions(verdict, masked)
+        if decision.action == "require_approval":
+            return _Held(verdict, masked, raw, parse)
         if decision.action == "allow":
             return raw
-        return self._refused(decision, judgement, parse, asked=asked)
+        return self._refused(decision, verdict, parse, asked=False)
 
-    def _record_decisions(self, judgement: Judgement, masked: str) -> None:
-        for decision, stmt in zip(judgement.decisions, judgement.statements, strict=True):
-            if decision.action == "allow" and decision.rule_id.startswith("airlock.default."):
-                continue  # the common case: nothing matched, nothing to say
+    def _record_decisions(self, verdict: Verdict, masked: str) -> None:
+        for decision, kinds in verdict.notable:
             self.s.event(
                 EventType.GUARDRAIL,
                 {
                     "connection": self.conn_id,
                     "rule_id": decision.rule_id,
                     "action": decision.action,
-                    "kinds": sorted(stmt.kinds),
+                    "kinds": list(kinds),
                     "statement": decision.index,
                     "sql": masked,
                 },
             )
 
-    async def _ask(self, decision: Decision, masked: str, pending: bytearray) -> Decision:
-        assert self.up_w is not None
-        # What was queued before the held statement goes now: it was allowed on its own.
-        self.up_w.write(bytes(pending))
-        pending.clear()
-        await self.up_w.drain()
+    async def _ask(self, decision: Decision, masked: str) -> Decision:
         operation = Operation(
             kind="sql",
             text=masked,
@@ -647,9 +789,9 @@ class _Connection:
         return Decision(action, decision.rule_id, decision.index)
 
     def _refused(
-        self, decision: Decision, judgement: Judgement, parse: pg.Parse | None, *, asked: bool
+        self, decision: Decision, verdict: Verdict, parse: pg.Parse | None, *, asked: bool
     ) -> bytes:
-        kinds = ", ".join(sorted(judgement.statements[decision.index].kinds))
+        kinds = ", ".join(verdict.statement_kinds[decision.index])
         why = "approval was denied for" if asked else "refused by"
         return self._refusal(
             decision.rule_id,
@@ -682,7 +824,7 @@ class _Connection:
                 "protocol": "extended",
                 "sql": self.s.masker.mask_text(sql),
                 "params": self._params(bind),
-                "kinds": self.s.guard.judge(sql).kinds,
+                "kinds": list(self.s.guard.verdict(sql).kinds),
             },
         )
         self.inflight.append(_Inflight(seq, time.monotonic(), self.batches_sent + 1, False))
@@ -702,59 +844,81 @@ class _Connection:
                 out.append(self.s.masker.mask_text(value.decode("utf-8", "replace")))
         return out
 
-    async def _upstream_to_client(self) -> None:
-        assert self.up_r is not None
-        parser = self.upstream_parser
-        while True:
-            out = bytearray()
-            for message in parser:
-                out += self._from_upstream(message)
-            if out:
-                self.client_w.write(bytes(out))
-                await self.client_w.drain()
-            data = await self.up_r.read(_READ)
-            if not data:
-                break
-            parser.feed(data)
-        self.s.error_event("upstream connection lost", connection=self.conn_id)
-        self.client_w.write(
-            _fatal(
-                "08006",
-                f"the Airlock gateway {self.s.config.name} lost its upstream connection",
-                hint="reconnect; if it keeps happening, check the upstream database",
-            )
-        )
-        await self.client_w.drain()
+    def _on_upstream_data(self, data: bytes) -> None:
+        """Forward what upstream sent in one write: runs of messages that need no change go
+        as they came; only changed messages (masked rows, swapped errors) are re-encoded."""
+        if self.finished.done():
+            return
+        try:
+            buf, frames = self.up_framer.split(data)
+            if frames:
+                self.client_t.write(self._rewrite(buf, frames))
+        except Exception as exc:
+            self._finish(exc)
 
-    def _from_upstream(self, message: pg.Message) -> bytes:
-        if isinstance(message, pg.DataRow):
-            return self._data_row(message)
-        if isinstance(message, pg.RowDescription):
-            self.column_plan = self.s.columns.plan(message.fields)
-            self.text_columns = tuple(f.format == 0 for f in message.fields)
-        elif isinstance(message, pg.CommandComplete):
-            self._result(tag=message.tag)
-            self.column_plan = None
-        elif isinstance(message, pg.EmptyQueryResponse):
+    def _rewrite(self, buf: bytes, frames: list[pg.Frame]) -> bytes:
+        pieces: list[bytes] = []
+        last = 0
+        for kind, start, end in frames:
+            if kind == _DATA_ROW:
+                new = self._data_row(buf, start, end)
+            elif kind in _PASSED:
+                continue
+            elif kind == _COMMAND_COMPLETE:
+                self._result(tag=_tag(buf[start + 5 : end]))
+                self.column_plan = None
+                continue
+            elif kind == _READY:
+                if end - start != 6:
+                    raise pg.ProtocolError("ReadyForQuery message has a bad length")
+                self.tx_status = chr(buf[start + 5])
+                self._ready()
+                continue
+            elif kind == _ROW_DESCRIPTION:
+                self.column_plan, self.text_columns = self.s.row_plan(buf[start:end])
+                continue
+            else:
+                new = self._from_upstream(pg.decode_backend(buf[start:end]))
+            if new is not None:
+                pieces += (buf[last:start], new)
+                last = end
+        done = frames[-1][2]
+        if not pieces:
+            return buf if done == len(buf) else buf[:done]
+        pieces.append(buf[last:done])
+        return b"".join(pieces)
+
+    def _from_upstream(self, message: pg.Message) -> bytes | None:
+        """The bytes that replace ``message`` on the way to the client; None: unchanged.
+
+        RowDescription, DataRow, CommandComplete and ReadyForQuery take the fast paths in
+        :meth:`_rewrite` and never come here."""
+        if isinstance(message, pg.EmptyQueryResponse):
             self._result(tag="")
         elif isinstance(message, pg.ErrorResponse):
             return self._error(message)
         elif isinstance(message, pg.NoticeResponse):
-            return self._masked_error(message)
-        elif isinstance(message, pg.ReadyForQuery):
-            self.tx_status = message.status
-            self._ready()
+            return self._changed(message)
         elif isinstance(message, pg.Simple) and message.type == "s":
             self._result(tag="(suspended)")
-        return message.raw
+        return None
 
-    def _data_row(self, row: pg.DataRow) -> bytes:
+    def _data_row(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.inflight[0] if self.inflight else None
         if head is not None:
             head.rows += 1
         plan = self.column_plan
-        if plan is None and not self.s.config.mask_values:
-            return row.raw
+        mask_values = self.s.config.mask_values
+        if plan is None:
+            if not mask_values:
+                return None
+            raw = buf[start:end]
+            if self.s.masker.mask_bytes(raw) == raw:  # one scan of the row: the common case
+                return None
+        else:
+            raw = buf[start:end]
+        row = pg.decode_backend(raw)
+        assert isinstance(row, pg.DataRow)
         values = list(row.values)
         changed = False
         if plan is not None:
@@ -762,17 +926,15 @@ class _Connection:
                 if masked and i < len(values) and values[i] is not None:
                     values[i] = replacement
                     changed = True
-        if self.s.config.mask_values:
-            changed |= self._mask_values(row.raw, values)
-        return pg.encode_data_row(values) if changed else row.raw
+        if mask_values:
+            changed |= self._mask_values(values)
+        return pg.encode_data_row(values) if changed else None
 
     def _text(self, index: int) -> bool:
         return index < len(self.text_columns) and self.text_columns[index]
 
-    def _mask_values(self, raw: bytes, values: list[bytes | None]) -> bool:
+    def _mask_values(self, values: list[bytes | None]) -> bool:
         masker = self.s.masker
-        if masker.mask_bytes(raw) == raw:  # one scan of the whole row: the common, clean case
-            return False
         changed = False
         for i, value in enumerate(values):
             if value is not None and self._text(i):
@@ -782,13 +944,13 @@ class _Connection:
                     changed = True
         return changed
 
-    def _error(self, message: pg.ErrorResponse) -> bytes:
+    def _error(self, message: pg.ErrorResponse) -> bytes | None:
         token = _refusal_token(message.message)
         replacement = self.refusals.pop(token, None) if token else None
         if replacement is not None:
             self._result(error=("42501", replacement[1]))
             return replacement[0]
-        masked = self._masked_error(message)
+        masked = self._changed(message)
         if message.fields.get("V", message.fields.get("S")) in ("FATAL", "PANIC"):
             self.s.error_event(
                 f"upstream ended the session ({message.sqlstate})", connection=self.conn_id
@@ -797,10 +959,14 @@ class _Connection:
         return masked
 
     def _masked_error(self, message: pg.ErrorResponse | pg.NoticeResponse) -> bytes:
+        return self._changed(message) or message.raw
+
+    def _changed(self, message: pg.ErrorResponse | pg.NoticeResponse) -> bytes | None:
+        """``message`` with its fields masked; None when nothing needed masking."""
         masker = self.s.masker
         fields = {k: masker.mask_text(v) for k, v in message.fields.items()}
         if fields == dict(message.fields):
-            return message.raw
+            return None
         body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
         return pg.encode_message(message.raw[:1], body)
 
@@ -830,6 +996,21 @@ class _Connection:
             self.inflight.popleft()
         if self.batches_done >= self.batches_sent:
             self.refusals.clear()  # refusals skipped by an earlier error never come back
+
+
+def _tag(body: bytes) -> str:
+    """The tag of a CommandComplete body (one NUL-terminated string)."""
+    if body.find(b"\0") != len(body) - 1:
+        raise pg.ProtocolError("CommandComplete message is malformed")
+    return body[:-1].decode("utf-8", "replace")
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Empty ``reader``'s buffer without waiting (StreamReader has no public call for it)."""
+    held: bytearray = getattr(reader, "_buffer", bytearray())
+    data = bytes(held)
+    held.clear()
+    return data
 
 
 def _refusal_token(message: str) -> str | None:
