@@ -1,9 +1,9 @@
 """The broker's logic, without HTTP: exchange, revoke, sweep, witness.
 
     exchange(token, grants)
-      verify the OIDC token (allowlist, signature, audience, times, single-use jti)
+      verify the OIDC token (allowlist, signature, audience, times)
       ▸ trust policy (deny by default; the grant is ceiling ∩ request)
-      ▸ rate limit per repository/project
+      ▸ single-use jti and rate limit per repository/project: one SQL transaction
       ▸ each provider issues; any failure revokes what this exchange already issued
       ▸ ledger: claims, rule, grant, SHA-256 of each value, lease id, expiry
       ◀ credentials + a job token (for revoke and checkpoints at job end)
@@ -33,6 +33,7 @@ from airlock.errors import (
     UsageError,
 )
 from airlock.oidc import JWKSCache, OIDCError, TokenVerifier, VerifiedToken
+from airlock.oidc.verify import replayed
 from airlock.policy.broker_config import BrokerConfig
 from airlock.policy.trust import TrustPolicy, compile_trust_policy
 from airlock.providers.interface import (
@@ -109,6 +110,9 @@ class Broker:
         self.key = key
         self._clock = clock
         self._jwks = JWKSCache()
+        # Our own verifier leaves the jti to exchange(), which consumes it in the transaction
+        # that counts the rate window; a given verifier consumes it in its own replay cache.
+        self._store_consumes_jti = verifier is None
         self.verifier = verifier or TokenVerifier(
             self.trust.issuer_configs(),
             replay_cache=SqlReplayCache(store),
@@ -138,11 +142,11 @@ class Broker:
         decision = self.trust.evaluate(verified.issuer, verified.claims, asked)
         if not grants:
             decision = dataclasses.replace(decision, grants=(), not_granted=())
+        subject = _subject(verified)
+        self._admit(verified, subject, count=decision.allowed)
         if not decision.allowed:
             log.info("exchange denied: issuer=%s %s", verified.issuer, decision.reason_detail)
             raise PolicyDenied(decision.reason_public, rule_id=decision.rule_id)
-        subject = _subject(verified)
-        self._rate_limit(verified.issuer, subject)
         job_token = secrets.token_urlsafe(32)
         job_digest = token_digest(job_token)
         issued = self._issue_all(decision.grants, decision.rule_id or "", verified, subject)
@@ -173,16 +177,29 @@ class Broker:
 
     def _verify(self, token: str) -> VerifiedToken:
         try:
-            return self.verifier.verify(token)
+            return self.verifier.verify(token, consume=not self._store_consumes_jti)
         except OIDCError as exc:
             log.info("token refused: reason=%s detail=%s", exc.reason, exc.detail)
             raise
 
-    def _rate_limit(self, issuer: str, subject: Mapping[str, Any]) -> None:
+    def _admit(self, verified: VerifiedToken, subject: Mapping[str, Any], *, count: bool) -> None:
+        """Use up the token's jti and, for an allowed request, count it in the repository's rate
+        window: one transaction. A replayed token counts nothing; a denied one is used up."""
         limit = self.config.limits.per_repository
         repo = subject.get("repository_id") or subject.get("project_id") or "unknown"
-        bucket = f"{issuer}:{repo}"
-        if not self.store.hit(bucket, float(limit.per), limit.burst or limit.rate, self._clock()):
+        bucket = f"{verified.issuer}:{repo}"
+        admission = self.store.admit(
+            verified.issuer,
+            verified.jti if self._store_consumes_jti else None,
+            verified.replay_until,
+            rate=(bucket, float(limit.per), limit.burst or limit.rate) if count else None,
+            now=self._clock(),
+        )
+        if not admission.fresh:
+            exc = replayed(verified.issuer, verified.jti)
+            log.info("token refused: reason=%s detail=%s", exc.reason, exc.detail)
+            raise exc
+        if not admission.within_rate:
             log.info("exchange rate-limited: bucket=%s", bucket)
             raise RateLimited(
                 "too many credential exchanges for this repository; try again shortly",

@@ -8,20 +8,30 @@ tokens are stored as SHA-256 too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from airlock.errors import InfrastructureUnavailable
 from airlock.oidc.replay import ReplayCache
 
-__all__ = ["CheckpointRow", "LeaseRow", "SqlReplayCache", "StateStore", "token_digest"]
+__all__ = [
+    "Admission",
+    "CheckpointRow",
+    "LeaseRow",
+    "SqlReplayCache",
+    "StateStore",
+    "token_digest",
+]
 
 _META = sa.MetaData()
 
@@ -81,7 +91,7 @@ RATES = sa.Table(
 )
 
 
-_PURGE_EVERY = 500  # consume_jti calls between purges of expired token ids
+_PURGE_EVERY = 500  # admissions between purges of expired token ids and old rate windows
 
 
 def token_digest(token: str) -> str:
@@ -103,6 +113,14 @@ class LeaseRow:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """What :meth:`StateStore.admit` decided, in one transaction."""
+
+    fresh: bool  # the token id had not been used (it is now)
+    within_rate: bool  # the request fits the rate window (counted only when fresh)
+
+
+@dataclass(frozen=True)
 class CheckpointRow:
     session_id: str
     seq: int
@@ -119,8 +137,33 @@ class StateStore:
         self.url = url
         self._engine = sa.create_engine(_driver_url(url), pool_pre_ping=True)
         self._uses = 0
-        if self._engine.dialect.name == "sqlite":
+        dialect = self._engine.dialect.name
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # SQLite has one writer at a time; threads that meet a busy database sleep in its busy
+        # handler (1, 2, 5 ... 100 ms). Writers of this process queue on a lock instead, so the
+        # busy handler only arbitrates between processes.
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if dialect == "sqlite" else contextlib.nullcontext()
+        )
+        if dialect == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+        # The exchange path's statements, built once: executing a statement object again reuses
+        # its cache key and compiled form instead of building and hashing a new tree per call.
+        self._use_jti = (
+            self._insert(JTIS)
+            .on_conflict_do_nothing(index_elements=[JTIS.c.issuer, JTIS.c.jti])
+            .returning(JTIS.c.jti)
+        )
+        self._count_rate = (
+            self._insert(RATES)
+            .on_conflict_do_update(
+                index_elements=[RATES.c.bucket, RATES.c.window],
+                set_={"count": RATES.c.count + 1},
+            )
+            .returning(RATES.c.count)
+        )
+        self._add_job = sa.insert(JOBS)
+        self._add_leases = sa.insert(LEASES)
         try:
             _META.create_all(self._engine)
         except OperationalError as exc:
@@ -137,19 +180,56 @@ class StateStore:
     def close(self) -> None:
         self._engine.dispose()
 
-    # -- token ids --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._write_lock, self._engine.begin() as conn:
+            yield conn
+
+    # -- token ids and rate windows -----------------------------------------------------------
 
     def consume_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
+        """Record a token id as used; True for exactly one caller across every replica."""
+        return self.admit(issuer, jti, expires_at).fresh
+
+    def admit(
+        self,
+        issuer: str,
+        jti: str | None,
+        jti_expires_at: float,
+        *,
+        rate: tuple[str, float, int] | None = None,
+        now: float | None = None,
+    ) -> Admission:
+        """Consume ``jti`` (unless None) and, when it was fresh, count one request in the fixed
+        window of ``rate`` = (bucket, per_seconds, limit) — one transaction, one round trip each.
+
+        Single use holds across replicas: the insert of (issuer, jti) does nothing when the row
+        exists, and of two concurrent inserts the database lets exactly one through."""
+        now = time.time() if now is None else now
         self._uses += 1
         if self._uses % _PURGE_EVERY == 1:
-            with self._engine.begin() as conn:
-                conn.execute(sa.delete(JTIS).where(JTIS.c.expires_at < time.time() - 60))
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(sa.insert(JTIS).values(issuer=issuer, jti=jti, expires_at=expires_at))
-        except IntegrityError:
-            return False
-        return True
+            self._purge(now, rate)
+        with self._write() as conn:
+            if jti is not None:
+                inserted = conn.execute(
+                    self._use_jti, {"issuer": issuer, "jti": jti, "expires_at": jti_expires_at}
+                ).first()
+                if inserted is None:
+                    return Admission(fresh=False, within_rate=True)
+            if rate is None:
+                return Admission(fresh=True, within_rate=True)
+            bucket, per_seconds, limit = rate
+            count = conn.execute(
+                self._count_rate,
+                {"bucket": bucket, "window": int(now // per_seconds), "count": 1},
+            ).scalar_one()
+        return Admission(fresh=True, within_rate=int(count) <= limit)
+
+    def _purge(self, now: float, rate: tuple[str, float, int] | None) -> None:
+        with self._write() as conn:
+            conn.execute(sa.delete(JTIS).where(JTIS.c.expires_at < time.time() - 60))
+            if rate is not None:
+                conn.execute(sa.delete(RATES).where(RATES.c.window < int(now // rate[1]) - 1))
 
     # -- jobs and leases --------------------------------------------------------------------------
 
@@ -163,17 +243,20 @@ class StateStore:
         leases: Sequence[LeaseRow] = (),
     ) -> None:
         """Record a job and its leases in one transaction."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
-                sa.insert(JOBS).values(
-                    job_digest=job_digest,
-                    subject=json.dumps(dict(subject), sort_keys=True),
-                    created_at=time.time(),
-                    expires_at=expires_at,
-                )
+                self._add_job,
+                {
+                    "job_digest": job_digest,
+                    "subject": json.dumps(dict(subject), sort_keys=True),
+                    "created_at": time.time(),
+                    "expires_at": expires_at,
+                },
             )
-            for row in leases:
-                conn.execute(sa.insert(LEASES).values(**_lease_values(job_digest, issuer, row)))
+            if leases:
+                conn.execute(
+                    self._add_leases, [_lease_values(job_digest, issuer, row) for row in leases]
+                )
 
     def job_subject(self, job_digest: str) -> dict[str, Any] | None:
         with self._engine.connect() as conn:
@@ -201,7 +284,7 @@ class StateStore:
 
     def claim_revocation(self, lease_id: str, now: float) -> bool:
         """Mark a lease revoked; True for exactly one caller (replicas race for the sweep)."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 sa.update(LEASES)
                 .where(LEASES.c.lease_id == lease_id, LEASES.c.revoked_at.is_(None))
@@ -211,7 +294,7 @@ class StateStore:
 
     def release_revocation(self, lease_id: str, error: str) -> None:
         """The provider refused: put the lease back so that the sweeper tries again."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 sa.update(LEASES)
                 .where(LEASES.c.lease_id == lease_id)
@@ -223,7 +306,7 @@ class StateStore:
     def add_checkpoint(self, job_digest: str, row: CheckpointRow) -> bool:
         """Store a witnessed head; False when this (session, seq) was witnessed already."""
         try:
-            with self._engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(sa.insert(CHECKPOINTS).values(job_digest=job_digest, **row.__dict__))
         except IntegrityError:
             return False
@@ -256,28 +339,7 @@ class StateStore:
 
     def hit(self, bucket: str, per_seconds: float, limit: int, now: float) -> bool:
         """Count one request in ``bucket``'s fixed window; False when over ``limit``."""
-        window = int(now // per_seconds)
-        with self._engine.begin() as conn:
-            updated = conn.execute(
-                sa.update(RATES)
-                .where(RATES.c.bucket == bucket, RATES.c.window == window)
-                .values(count=RATES.c.count + 1)
-            )
-            if updated.rowcount == 0:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(sa.insert(RATES).values(bucket=bucket, window=window, count=1))
-                except IntegrityError:
-                    conn.execute(
-                        sa.update(RATES)
-                        .where(RATES.c.bucket == bucket, RATES.c.window == window)
-                        .values(count=RATES.c.count + 1)
-                    )
-            count = conn.execute(
-                sa.select(RATES.c.count).where(RATES.c.bucket == bucket, RATES.c.window == window)
-            ).scalar_one()
-            conn.execute(sa.delete(RATES).where(RATES.c.window < window - 1))
-        return int(count) <= limit
+        return self.admit("", None, 0.0, rate=(bucket, per_seconds, limit), now=now).within_rate
 
 
 class SqlReplayCache(ReplayCache):

@@ -9,7 +9,10 @@ The checks run in an order chosen so that an attacker learns little and costs us
    ``jku``, ``x5u``, ``jwk`` and ``x5c`` are ignored: keys come only from the issuer's own JWKS;
 4. the key is looked up by ``kid`` in the issuer's JWKS (see :mod:`airlock.oidc.jwks`);
 5. signature, then exact audience, then ``exp``/``nbf``/``iat`` with leeway and a maximum age;
-6. last, the ``jti`` is consumed in the :class:`~airlock.oidc.replay.ReplayCache`.
+6. last, the ``jti`` is consumed in the :class:`~airlock.oidc.replay.ReplayCache` — or, with
+   ``consume=False``, left to the caller, who must consume ``(issuer, jti)`` until
+   ``replay_until`` before acting on the token (the broker does it in the same SQL transaction
+   as its rate window).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from airlock.oidc.issuers import IssuerConfig
 from airlock.oidc.jwks import JWKSCache, SigningKey
 from airlock.oidc.replay import InMemoryReplayCache, ReplayCache
 
-__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "TokenVerifier", "VerifiedToken"]
+__all__ = ["DEFAULT_MAX_TOKEN_BYTES", "TokenVerifier", "VerifiedToken", "replayed"]
 
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
 _REFUSED_HEADERS = ("crit", "b64")
@@ -58,6 +61,7 @@ class VerifiedToken:
     issued_at: float
     algorithm: str
     key_id: str
+    replay_until: float = 0.0  # keep the jti as used until then: expiry plus the leeway
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,12 @@ class TokenVerifier:
         """The allowlist, by issuer URL."""
         return dict(self._issuers)
 
-    def verify(self, token: str) -> VerifiedToken:
-        """Check ``token`` and consume its ``jti``; raise an :class:`OIDCError` on any failure."""
+    def verify(self, token: str, *, consume: bool = True) -> VerifiedToken:
+        """Check ``token`` and consume its ``jti``; raise an :class:`OIDCError` on any failure.
+
+        ``consume=False`` runs every check but the single-use one: the caller then owns it and
+        must record ``(issuer, jti)`` as used until ``replay_until`` (atomically, refusing the
+        token when it was used) before it trusts the token."""
         parsed = self._parse(token)
         issuer = self._allowed_issuer(parsed.claims)
         alg = _check_header(parsed.header, issuer)
@@ -114,8 +122,9 @@ class TokenVerifier:
         _check_audience(claims, issuer)
         issued_at, expires_at = self._check_times(claims, issuer)
         jti = _check_jti(claims)
-        if not self._replay.consume(issuer.name, jti, expires_at + issuer.leeway):
-            raise TokenReplayed(f"jti {jti[:80]!r} of issuer {issuer.name} was already used")
+        replay_until = expires_at + issuer.leeway
+        if consume and not self._replay.consume(issuer.name, jti, replay_until):
+            raise replayed(issuer.name, jti)
         return VerifiedToken(
             issuer=issuer.name,
             claims=claims,
@@ -124,6 +133,7 @@ class TokenVerifier:
             issued_at=issued_at,
             algorithm=alg,
             key_id=key.kid,
+            replay_until=replay_until,
         )
 
     def _parse(self, token: str) -> _Parsed:
@@ -178,6 +188,11 @@ class TokenVerifier:
                 reason="token-too-old",
             )
         return iat, exp
+
+
+def replayed(issuer_name: str, jti: str) -> TokenReplayed:
+    """The error for a token whose ``jti`` was already used."""
+    return TokenReplayed(f"jti {jti[:80]!r} of issuer {issuer_name} was already used")
 
 
 def _index_issuers(issuers: Sequence[IssuerConfig]) -> dict[str, IssuerConfig]:
