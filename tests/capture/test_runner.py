@@ -133,3 +133,11 @@ def test_sigterm_reaches_the_whole_process_group(trace: bool) -> None:
     assert time.monotonic() - started < 15
     assert b"shell-got-term" in bytes(rec.output["stdout"])
     assert result.exit_status == 143
+
+
+def test_a_probe_started_early_gives_the_same_answer_as_probing_now() -> None:
+    from airlock.capture.prepare import start_probe
+
+    assert start_probe(None)() == probe_strace(None)
+    missing = start_probe("/nonexistent/strace")()
+    assert not missing.available and "could not run" in missing.reason

@@ -283,3 +283,21 @@ def test_large_literal_set_gives_the_same_bytes_on_both_engines() -> None:
     assert expected.count(b"[MASKED:env:S") == 301
     assert expected.count(b"[MASKED:github-token]") == 60
     assert not any(v.encode() in expected for v in values)
+
+
+def test_rules_compiled_by_warm_up_are_shared_by_later_maskers() -> None:
+    """Start-up compiles the rules on a thread; the session's masker takes them, same results."""
+    rule = PatternRule("warm-up-rule", r"wu-[0-9]{6}-tok")
+    settings = MaskSettings(patterns=(rule,))
+    Masker.warm_up(settings)
+    maskers = [Masker(settings) for _ in range(2)]  # the first may wait for the warm-up thread
+    assert maskers[0]._prefilter is maskers[1]._prefilter
+    for masker in maskers:
+        assert masker.mask_text("a wu-123456-tok b") == "a [MASKED:warm-up-rule] b"
+
+
+def test_warm_up_leaves_errors_to_the_masker() -> None:
+    bad = MaskSettings(patterns=(PatternRule("dup", "x{4}"), PatternRule("dup", "y{4}")))
+    Masker.warm_up(bad)
+    with pytest.raises(ConfigError, match="defined twice"):
+        Masker(bad)

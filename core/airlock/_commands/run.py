@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from airlock._commands._common import add_flag, add_session_flags
 from airlock.errors import UsageError
@@ -14,6 +16,7 @@ from airlock.errors import UsageError
 __all__ = ["register"]
 
 COMMAND_NOT_FOUND = 127
+T = TypeVar("T")
 
 
 def register(sub: Any) -> None:
@@ -50,12 +53,6 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Imported here so that `airlock --help` and the other commands start fast.
-    from airlock.audit import load_signing_key
-    from airlock.capture.session import CommandNotFound, SessionRequest, run_session
-    from airlock.ci import agent_environment, detect_identity, removed_names
-    from airlock.policy import DEFAULT_POLICY, load_policy
-
     argv = list(args.command)
     if argv[:1] == ["--"]:
         argv = argv[1:]
@@ -63,14 +60,28 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(
             "no command given", hint="usage: airlock run [OPTIONS] -- COMMAND [ARGS...]"
         )
+    # Imported here so that `airlock --help` and the other commands start fast. The slow parts
+    # of start-up (compiling the mask rules, probing strace, asking git who we are) start as
+    # soon as the policy is known and run while the rest is imported and loaded.
+    from airlock.policy import DEFAULT_POLICY, load_policy
+
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
+    from airlock.capture.prepare import warm_up
+
+    tracer_probe = warm_up(policy, args.strace)
+    from airlock.ci import agent_environment, detect_identity, removed_names
+
     environ = dict(os.environ)
+    identity = _Background(detect_identity, environ)
+    from airlock.audit import load_signing_key
+    from airlock.capture.session import CommandNotFound, SessionRequest, run_session
+
     job = _job(args)
     request = SessionRequest(
         argv=tuple(argv),
         sessions_dir=args.sessions,
         policy=policy,
-        identity=detect_identity(environ),
+        identity=identity.result(),
         key=load_signing_key(args.key),
         agent_env=agent_environment(environ, policy),
         secret_env=environ,
@@ -78,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         use_pty=None if args.pty in (None, "auto") else args.pty == "always",
         policy_source=str(args.policy) if args.policy else None,
         strace_path=args.strace,
+        tracer_probe=tracer_probe,
         credentials=job.credentials,
         witness=job.witness,
         broker_url=job.broker_url,
@@ -98,6 +110,29 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return outcome.exit_status
+
+
+class _Background(Generic[T]):
+    """``fn(*args)`` on a daemon thread; :meth:`result` waits and returns or raises what it did."""
+
+    def __init__(self, fn: Callable[..., T], *args: Any) -> None:
+        self._outcome: list[tuple[bool, Any]] = []
+
+        def call() -> None:
+            try:
+                self._outcome.append((True, fn(*args)))
+            except BaseException as exc:  # handed over to result()
+                self._outcome.append((False, exc))
+
+        self._thread = threading.Thread(target=call, name="airlock-run-start", daemon=True)
+        self._thread.start()
+
+    def result(self) -> T:
+        self._thread.join()
+        ok, value = self._outcome[0]
+        if not ok:
+            raise value
+        return cast(T, value)
 
 
 class _Job:

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 from airlock import __version__
 from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
 from airlock.capture.exectrace import ProcessExec, ProcessExit
+from airlock.capture.prepare import mask_settings
 from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
-from airlock.mask import Masker, MaskSettings, PatternRule, StreamMasker
+from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
@@ -91,6 +92,7 @@ class SessionRequest:
     witness: Witness | None = None
     witness_interval: float = 5.0
     broker_url: str | None = None  # for approvals through the broker (policy approvals.backend)
+    tracer_probe: Callable[[], TracerStatus] | None = None  # a probe already started (prepare)
     job_token: str | None = field(default=None, repr=False)
 
 
@@ -104,20 +106,7 @@ class SessionOutcome:
 
 def build_masker(policy: Policy, secret_env: Mapping[str, str], hmac_key: bytes) -> Masker:
     """The session's masker: built-in rules, the policy's patterns, and its env secrets."""
-    literals = tuple(
-        (f"env:{name}", secret_env[name]) for name in policy.mask.env if secret_env.get(name)
-    )
-    patterns = tuple(
-        PatternRule(p.id, p.regex, p.max_len, p.description) for p in policy.mask.patterns
-    )
-    settings = MaskSettings(
-        literals=literals,
-        patterns=patterns,
-        builtin=policy.mask.builtin,
-        correlate=policy.mask.correlate,
-        hmac_key=hmac_key if policy.mask.correlate == "hmac" else None,
-    )
-    return Masker(settings)
+    return Masker(mask_settings(policy, secret_env, hmac_key))
 
 
 def correlation_key(key: SigningKey) -> bytes:
@@ -191,7 +180,8 @@ def _exec_tracer(request: SessionRequest) -> TracerStatus | None:
     mode = request.policy.capture.exec
     if mode == "off":
         return None
-    status = probe_strace(request.strace_path)
+    probe = request.tracer_probe
+    status = probe() if probe is not None else probe_strace(request.strace_path)
     if status.available or mode == "best_effort":
         return status
     raise InfrastructureUnavailable(

@@ -11,6 +11,7 @@ import os
 import pwd
 import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -145,12 +146,15 @@ def _from_table(
 
 def _local(environ: Mapping[str, str], cwd: Path) -> Identity:
     extra = {"host": socket.gethostname()}
-    sha = _git(cwd, "rev-parse", "--verify", "--quiet", "HEAD")
-    ref = _git(cwd, "symbolic-ref", "--quiet", "HEAD")
-    if sha is not None:
-        dirty = _git(cwd, "status", "--porcelain", "--untracked-files=no")
-        if dirty is not None:
-            extra["git_dirty"] = "true" if dirty else "false"
+    # The three run at once: each is a process start, and `airlock run` waits for them.
+    sha, ref, dirty = _git_all(
+        cwd,
+        ("rev-parse", "--verify", "--quiet", "HEAD"),
+        ("symbolic-ref", "--quiet", "HEAD"),
+        ("status", "--porcelain", "--untracked-files=no"),
+    )
+    if sha is not None and dirty is not None:
+        extra["git_dirty"] = "true" if dirty else "false"
     return Identity(platform="local", actor=_login_user(environ), sha=sha, ref=ref, extra=extra)
 
 
@@ -164,8 +168,9 @@ def _login_user(environ: Mapping[str, str]) -> str | None:
         return None
 
 
-def _git(cwd: Path, *args: str) -> str | None:
-    """Output of ``git args`` in ``cwd`` stripped, or None (no git, not a checkout, slow, error).
+def _git_all(cwd: Path, *commands: tuple[str, ...]) -> list[str | None]:
+    """Output of ``git <command>`` in ``cwd`` for each command, stripped, or None (no git, not
+    a checkout, slow, error). The commands run concurrently, within one overall timeout.
 
     Runs with a minimal environment so that GIT_DIR and friends from the caller cannot point it
     elsewhere, and without the optional locks that ``git status`` would otherwise take.
@@ -178,16 +183,32 @@ def _git(cwd: Path, *args: str) -> str | None:
     home = os.environ.get("HOME")
     if home:
         env["HOME"] = home
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(cwd), *args],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_SECONDS,
-            env=env,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.SubprocessError):
+    procs: list[subprocess.Popen[str] | None] = []
+    for args in commands:
+        try:
+            procs.append(
+                subprocess.Popen(
+                    ["git", "-C", str(cwd), *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    env=env,
+                )
+            )
+        except OSError:
+            procs.append(None)
+    deadline = time.monotonic() + GIT_TIMEOUT_SECONDS
+    return [_git_output(proc, deadline) for proc in procs]
+
+
+def _git_output(proc: subprocess.Popen[str] | None, deadline: float) -> str | None:
+    if proc is None:
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    try:
+        out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    return out.strip() if proc.returncode == 0 else None

@@ -9,7 +9,6 @@ cannot compile are not prefiltered and are searched with RE2 on every buffer ins
 
 from __future__ import annotations
 
-import functools
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -361,16 +360,37 @@ def build_pattern_prefilter(engine: str, rules: Iterable[tuple[int, bytes]]) -> 
     """The prefilter for pattern rules, by engine name ("hyperscan" or "re2").
 
     Prefilters are immutable, so maskers with the same rules share one (compiling the built-in
-    rules with hyperscan takes a noticeable fraction of a second).
+    rules with hyperscan takes a noticeable fraction of a second). Two threads asking for the
+    same rules at once compile them once: the second waits for the first (see ``warm_up``).
     """
-    return _cached_prefilter(engine, tuple(rules))
+    key = (engine, tuple(rules))
+    with _CACHE_LOCK:
+        found = _PREFILTERS.get(key)
+        if found is not None:
+            return found
+        building = _BUILDING.setdefault(key, threading.Lock())
+    try:
+        with building:
+            with _CACHE_LOCK:
+                found = _PREFILTERS.get(key)
+            if found is None:
+                found = (
+                    _HyperscanPatterns(key[1]) if engine == "hyperscan" else _Re2Patterns(key[1])
+                )
+                with _CACHE_LOCK:
+                    if len(_PREFILTERS) >= _CACHE_SIZE:
+                        del _PREFILTERS[next(iter(_PREFILTERS))]
+                    _PREFILTERS[key] = found
+    finally:
+        with _CACHE_LOCK:
+            _BUILDING.pop(key, None)
+    return found
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_prefilter(engine: str, rules: tuple[tuple[int, bytes], ...]) -> Prefilter:
-    if engine == "hyperscan":
-        return _HyperscanPatterns(rules)
-    return _Re2Patterns(rules)
+_CACHE_SIZE = 32
+_CACHE_LOCK = threading.Lock()
+_PREFILTERS: dict[tuple[str, tuple[tuple[int, bytes], ...]], Prefilter] = {}
+_BUILDING: dict[tuple[str, tuple[tuple[int, bytes], ...]], threading.Lock] = {}
 
 
 def build_literal_matcher(

@@ -7,6 +7,7 @@ notices the new snapshot at its next call and re-examines everything it still ho
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -116,18 +117,28 @@ class Masker:
         self._settings = settings
         self._engine = _choose_engine(settings.engine)
         key = _check_correlation(settings)
-        patterns = (BUILTIN_RULES if settings.builtin else ()) + settings.patterns
-        self._patterns = _compile_patterns(patterns)
-        self._prefilter = _compile.build_pattern_prefilter(
-            self._engine,
-            [(i + 1, rule.regex.pattern) for i, rule in enumerate(self._patterns)],
-        )
+        self._patterns, self._prefilter = _pattern_rules(settings, self._engine)
         self._hmac_key = key
         self._lock = threading.Lock()
         self._literals: list[tuple[str, bytes]] = []
         for rule_id, value in settings.literals:
             self._literals.append(self._checked_literal(value, rule_id))
         self._snapshot = self._build()
+
+    @staticmethod
+    def warm_up(settings: MaskSettings) -> None:
+        """Start compiling the pattern rules of ``settings`` on a background thread.
+
+        The compiler releases the GIL, so start-up work can go on meanwhile; a Masker built
+        later with the same rules takes the result, or waits for it. Problems are left for that
+        Masker to report.
+        """
+
+        def compile_rules() -> None:
+            with contextlib.suppress(Exception):
+                _pattern_rules(settings, _choose_engine(settings.engine))
+
+        threading.Thread(target=compile_rules, name="airlock-mask-warm-up", daemon=True).start()
 
     @property
     def engine_name(self) -> str:
@@ -209,6 +220,16 @@ def _check_correlation(settings: MaskSettings) -> bytes | None:
             hint="pass hmac_key (a per-session random key), or set correlate to none",
         )
     return settings.hmac_key
+
+
+def _pattern_rules(
+    settings: MaskSettings, engine: str
+) -> tuple[tuple[CompiledRule, ...], _compile.Prefilter]:
+    patterns = _compile_patterns((BUILTIN_RULES if settings.builtin else ()) + settings.patterns)
+    prefilter = _compile.build_pattern_prefilter(
+        engine, [(i + 1, rule.regex.pattern) for i, rule in enumerate(patterns)]
+    )
+    return patterns, prefilter
 
 
 def _compile_patterns(patterns: tuple[PatternRule, ...]) -> tuple[CompiledRule, ...]:
