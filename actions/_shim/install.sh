@@ -5,7 +5,8 @@
 # Two cache layers under $AIRLOCK_CACHE_DIR (default: $RUNNER_TOOL_CACHE/airlock, which persists
 # on self-hosted runners; else ~/.cache/airlock):
 #   deps-<key>     the pinned dependencies (requirements.txt, --no-deps), keyed by the hash of
-#                  pyproject.toml, requirements.txt and the Python version: the slow part
+#                  pyproject.toml, requirements.txt and the Python version: the slow part,
+#                  done by uv (AIRLOCK_INSTALLER=pip: by pip, as it is when uv fails)
 #   venv-<key>     a hard-linked copy of deps-<key> plus this checkout's core/airlock, keyed by
 #                  the deps key and the hash of the package source: instant to make
 # Each layer is built under a temporary name and renamed into place, under flock, so concurrent
@@ -30,28 +31,74 @@ deps="$cache/deps-$deps_key"
 venv="$cache/venv-$deps_key-$src_key"
 mkdir -p "$cache"
 
-build_deps() {
-  local tmp="$deps.tmp.$$" i pids=""
-  rm -rf "$tmp"
-  echo "airlock: installing dependencies into $deps (cold cache)" >&2
-  "$python" -m venv --without-pip "$tmp" >&2
+# uv installs the pinned list in one process with parallel downloads: about 4x faster than pip
+# on a cold cache. Taken from PATH, else bootstrapped once (pinned) into the cache with pip.
+# Whatever goes wrong on this path, pip does the install instead.
+uv_version="0.13.9"
+
+pip_setting() {  # pip's effective value of a setting: its PIP_* variable, else its config files
+  local variable="PIP_$(printf '%s' "$1" | tr 'a-z-' 'A-Z_')"
+  if [ -n "${!variable:-}" ]; then printf '%s' "${!variable}"; return; fi
+  "$python" -m pip config get "global.$1" 2>/dev/null || true
+}
+
+find_uv() {
+  local boot="$cache/uv-$uv_version"
+  if command -v uv >/dev/null 2>&1; then command -v uv; return; fi
+  if [ ! -x "$boot/bin/uv" ]; then
+    rm -rf "$boot.tmp.$$"
+    "$python" -m venv --without-pip "$boot.tmp.$$" >&2 &&
+      "$python" -m pip --python "$boot.tmp.$$/bin/python" install --quiet \
+        --disable-pip-version-check --only-binary=:all: "uv==$uv_version" >&2 &&
+      mv -T "$boot.tmp.$$" "$boot" || { rm -rf "$boot.tmp.$$"; return 1; }
+  fi
+  echo "$boot/bin/uv"
+}
+
+# uv reads no pip.conf, so pip's index settings are passed on, and pip's way of choosing among
+# several indexes (the best match across all of them) is asked for by name.
+install_with_uv() {  # $1: the venv
+  local uv setting url args=()
+  uv="$(find_uv)" || return 1
+  setting="$(pip_setting index-url)"; [ -z "$setting" ] || args+=(--index-url "$setting")
+  for url in $(pip_setting extra-index-url); do args+=(--extra-index-url "$url"); done
+  for url in $(pip_setting find-links); do args+=(--find-links "$url"); done
+  setting="$(pip_setting cert)"
+  SSL_CERT_FILE="${setting:-${SSL_CERT_FILE:-}}" UV_NO_CONFIG=1 "$uv" pip install --quiet \
+    --python "$1/bin/python" --no-deps --only-binary :all: --index-strategy unsafe-best-match "${args[@]}" \
+    -r "$here/requirements.txt" >&2
+}
+
+install_with_pip() {  # $1: the venv
+  local i pids=""
   # Cold installs are dominated by index round trips, one package after another. The list is
   # pinned and installed --no-deps, so order does not matter: four pip processes share it
   # (botocore, the largest download, alone) and each writes only its own packages' files.
-  grep -v '^#' "$here/requirements.txt" | grep . > "$tmp/.requirements"
-  grep -i '^botocore==' "$tmp/.requirements" > "$tmp/.part0" || true
+  grep -v '^#' "$here/requirements.txt" | grep . > "$1/.requirements"
+  grep -i '^botocore==' "$1/.requirements" > "$1/.part0" || true
   for i in 1 2 3; do
-    grep -v -i '^botocore==' "$tmp/.requirements" | awk -v n="$i" 'NR % 3 == n % 3' > "$tmp/.part$i"
+    grep -v -i '^botocore==' "$1/.requirements" | awk -v n="$i" 'NR % 3 == n % 3' > "$1/.part$i"
   done
   for i in 0 1 2 3; do
-    [ -s "$tmp/.part$i" ] || continue
-    "$python" -m pip --python "$tmp/bin/python" install --quiet --disable-pip-version-check \
-      --no-deps --only-binary=:all: -r "$tmp/.part$i" >&2 &
+    [ -s "$1/.part$i" ] || continue
+    "$python" -m pip --python "$1/bin/python" install --quiet --disable-pip-version-check \
+      --no-deps --only-binary=:all: -r "$1/.part$i" >&2 &
     pids="$pids $!"
   done
-  for i in $pids; do wait "$i"; done
+  for i in $pids; do wait "$i" || return 1; done
+  rm -f "$1"/.requirements "$1"/.part*
+}
+
+build_deps() {
+  local tmp="$deps.tmp.$$"
+  rm -rf "$tmp"
+  echo "airlock: installing dependencies into $deps (cold cache)" >&2
+  "$python" -m venv --without-pip "$tmp" >&2
+  if [ "${AIRLOCK_INSTALLER:-uv}" != uv ] || ! install_with_uv "$tmp"; then
+    [ "${AIRLOCK_INSTALLER:-uv}" != uv ] || echo "airlock: uv failed; installing with pip" >&2
+    install_with_pip "$tmp"
+  fi
   "$tmp/bin/python" -c 'import boto3, cryptography, httpx, jwt, pydantic, re2, rich, yaml' >&2
-  rm -f "$tmp"/.requirements "$tmp"/.part*
   mv -T "$tmp" "$deps"
 }
 

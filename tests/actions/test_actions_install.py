@@ -1,0 +1,64 @@
+"""actions/_shim/install.sh on a cold cache: uv installs the pinned list; pip takes over when uv
+fails. Each test builds a private venv from the package index into its own cache directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "actions" / "_shim" / "install.sh"
+UV_VERSION = re.compile(r'^uv_version="([0-9.]+)"$', re.M)
+
+pytestmark = pytest.mark.service
+
+
+def install(cache: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "AIRLOCK_INSTALLER"}
+    environ.update(AIRLOCK_CACHE_DIR=str(cache), UV_NO_CACHE="1", **env)
+    return subprocess.run(
+        ["bash", str(INSTALL)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def assert_working_venv(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, done.stderr[-3000:]
+    python = done.stdout.strip().splitlines()[-1]
+    version = subprocess.run(
+        [python, "-m", "airlock._cli", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith("airlock ")
+
+
+def test_cold_install_uses_uv(tmp_path: Path) -> None:
+    done = install(tmp_path / "cache")
+    assert_working_venv(done)
+    assert "uv failed" not in done.stderr
+    if shutil.which("uv") is None:  # not on PATH: bootstrapped, pinned, into the cache
+        pinned = UV_VERSION.search(INSTALL.read_text())
+        assert pinned is not None
+        booted = [p.parent.parent.name for p in (tmp_path / "cache").glob("uv-*/bin/uv")]
+        assert booted == [f"uv-{pinned[1]}"]
+
+
+def test_pip_installs_when_uv_fails(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    uv = fake / "uv"
+    uv.write_text("#!/bin/sh\necho 'uv: broken on purpose' >&2\nexit 2\n")
+    uv.chmod(uv.stat().st_mode | stat.S_IXUSR)
+    done = install(tmp_path / "cache", PATH=f"{fake}:{os.environ['PATH']}")
+    assert_working_venv(done)
+    assert "uv: broken on purpose" in done.stderr
+    assert "airlock: uv failed; installing with pip" in done.stderr
