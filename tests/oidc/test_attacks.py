@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -335,6 +336,44 @@ def test_oversized_token_is_refused_before_any_parsing_or_fetch(
 )
 def test_malformed_tokens_are_refused(make_verifier: VerifierFactory, token: str) -> None:
     assert_refused(make_verifier(), token, "malformed")
+
+
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _flip_padding_bits(segment: str) -> str:
+    """The same bytes with different unused trailing bits: a non-canonical encoding."""
+    assert len(segment) % 4 in (2, 3)
+    return segment[:-1] + _B64URL[_B64URL.index(segment[-1]) ^ 1]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "outcome"),
+    [
+        (lambda h, p, s: (h, p, s + "=" * (-len(s) % 4)), "accepted"),  # padded: PyJWT accepts
+        (lambda h, p, s: (h, p, s + "!"), "bad-signature"),
+        (lambda h, p, s: (h, p, s[:10] + "+" + s[10:]), "bad-signature"),
+        (lambda h, p, s: (h, p, s + "==="), "bad-signature"),
+        (lambda h, p, s: (h, p, s + "="), "bad-signature"),  # padding that leaves a partial quad
+        (lambda h, p, s: (h, p, _flip_padding_bits(s)), "bad-signature"),
+        (lambda h, p, s: (h, p[:8] + " " + p[8:], s), "bad-signature"),
+        (lambda h, p, s: (h, p + "A", s), "malformed"),  # 4n+1 characters decode to nothing
+        (lambda h, p, s: (" " + h, p, s), "bad-signature"),
+    ],
+)
+def test_segments_must_be_strict_base64url(
+    oidc_issuer: OIDCIssuer,
+    make_verifier: VerifierFactory,
+    mutate: Callable[[str, str, str], tuple[str, str, str]],
+    outcome: str,
+) -> None:
+    token = oidc_issuer.mint(oidc_issuer.github_claims(AUDIENCE))
+    mutated = ".".join(mutate(*token.split(".")))
+    verifier = make_verifier()
+    if outcome == "accepted":
+        assert verifier.verify(mutated).claims["aud"] == AUDIENCE
+    else:
+        assert_refused(verifier, mutated, outcome)
 
 
 def test_duplicate_claim_names_are_refused(
