@@ -301,3 +301,12 @@ def test_warm_up_leaves_errors_to_the_masker() -> None:
     Masker.warm_up(bad)
     with pytest.raises(ConfigError, match="defined twice"):
         Masker(bad)
+
+
+def test_mask_text_remembers_answers_but_not_past_a_new_secret() -> None:
+    masker = Masker(MaskSettings())
+    word = "deploy --token=late-secret-9f8e7d6c"
+    assert masker.mask_text(word) == word
+    assert masker.mask_text(word) == word  # answered from memory
+    masker.add_secret("late-secret-9f8e7d6c", "credential:late")
+    assert masker.mask_text(word) == "deploy --token=[MASKED:credential:late]"

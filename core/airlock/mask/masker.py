@@ -64,6 +64,9 @@ class _Snapshot:
     prefilter: Prefilter
     literal_matcher: HyperscanLiterals | None
     hmac_key: bytes | None
+    # mask_text results under this snapshot (argv words repeat: `sh`, `git`, paths). Tied to
+    # the snapshot, so a secret added later is never missed by an answer computed before it.
+    texts: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def replace(self, rule_id: str, value: bytes) -> bytes:
         return replacement(rule_id, value, self.hmac_key)
@@ -108,6 +111,10 @@ class _Snapshot:
     def frontier(self, resume: list[int], end: int) -> int:
         """Everything before this offset is settled for every rule."""
         return min(end, *resume)
+
+
+_TEXT_MEMO_LEN = 4096  # longer strings are not remembered
+_TEXT_MEMO_SIZE = 4096
 
 
 class Masker:
@@ -164,7 +171,15 @@ class Masker:
 
     def mask_text(self, text: str) -> str:
         """Mask a complete string (UTF-8; a span cutting a character leaves U+FFFD)."""
-        return self.mask_bytes(text.encode("utf-8")).decode("utf-8", "replace")
+        texts = self._snapshot.texts  # before masking: a newer snapshot only masks more
+        masked = texts.get(text)
+        if masked is None:
+            masked = self.mask_bytes(text.encode("utf-8")).decode("utf-8", "replace")
+            if len(text) <= _TEXT_MEMO_LEN:
+                if len(texts) >= _TEXT_MEMO_SIZE:
+                    texts.clear()
+                texts[text] = masked
+        return masked
 
     def stream(self) -> StreamMasker:
         """A new stream state: one per output stream (stdout, stderr, a connection)."""
