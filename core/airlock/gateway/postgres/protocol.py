@@ -22,6 +22,7 @@ from airlock.errors import AirlockError, ExitCode
 
 __all__ = [
     "BACKEND_TYPES",
+    "FRONTEND_TYPES",
     "MAX_MESSAGE",
     "MAX_STARTUP",
     "PROTOCOL_V3",
@@ -64,6 +65,7 @@ __all__ = [
     "Sync",
     "Terminate",
     "decode_backend",
+    "decode_frontend",
     "encode_auth",
     "encode_backend_key",
     "encode_cancel",
@@ -453,13 +455,7 @@ class FrontendParser(_Parser):
         return message
 
     def _decode(self, kind: str, raw: bytes) -> Message:
-        decoder = _FRONTEND.get(kind)
-        if decoder is None:
-            raise ProtocolError(f"unknown frontend message type {kind!r}")
-        reader = _Reader(raw[5:], kind)
-        message: Message = decoder(raw, reader)
-        reader.end()
-        return message
+        return decode_frontend(raw)
 
 
 class BackendParser(_Parser):
@@ -526,6 +522,20 @@ class Framer:
 
 BACKEND_TYPES = b"RKSZTDCENGHWdcIvA123nstV"
 """Every message type a server sends."""
+FRONTEND_TYPES = b"QPBDECSHXdcfpF"
+"""Every message type a client sends after the startup phase."""
+
+
+def decode_frontend(raw: bytes) -> Message:
+    """Decode one whole frontend message (as :class:`Framer` delimits it)."""
+    kind = chr(raw[0])
+    decoder = _FRONTEND.get(kind)
+    if decoder is None:
+        raise ProtocolError(f"unknown frontend message type {kind!r}")
+    reader = _Reader(raw[5:], kind)
+    message: Message = decoder(raw, reader)
+    reader.end()
+    return message
 
 
 def decode_backend(raw: bytes) -> Message:

@@ -69,6 +69,9 @@ _PASSED_PARAMS = (
 )
 _COMPONENT = "gateway.postgres"
 _DATA_ROW, _ROW_DESCRIPTION, _COMMAND_COMPLETE, _READY = b"DTCZ"
+_QUERY, _TERMINATE = b"QX"
+# Frontend messages with nothing to judge or record: Describe, Flush, CopyData/Done/Fail.
+_CLIENT_PASSED = frozenset(b"DHdcf")
 _MAX_ROW_PLANS = 4096
 # Backend messages the relay passes on without looking inside (the rest it decodes).
 _PASSED = frozenset(b"123nStKAVdcGHWvR")
@@ -376,8 +379,8 @@ class _Connection:
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.client_t = cast(asyncio.Transport, writer.transport)
         self.up_t: asyncio.Transport = self.client_t  # the upstream's, once connected
-        self.client_parser = pg.FrontendParser()
-        self.client_parser.in_startup = False
+        self.client_framer = pg.Framer(pg.FRONTEND_TYPES)
+        self.client_backlog = b""  # whole messages that came while a statement was held
         self.up_framer = pg.Framer(pg.BACKEND_TYPES)
         self.up_pipe: _Pipe | None = None
         self.holding: asyncio.Task[None] | None = None
@@ -656,31 +659,53 @@ class _Connection:
         if self.finished.done():
             return
         try:
-            self.client_parser.feed(data)
-            if self.holding is None:
-                self._pump_client()
+            buf, frames = self.client_framer.split(data)
+            if not frames:
+                return
+            if self.holding is not None:
+                self.client_backlog += buf[frames[0][1] : frames[-1][2]]
+            else:
+                self._pump_client(buf, frames)
         except Exception as exc:
             self._finish(exc)
 
-    def _pump_client(self) -> None:
-        """Judge, record and forward every whole message the client sent, in one write; stop
-        at a statement held for approval (the rest waits in the parser)."""
-        out = bytearray()
-        for message in self.client_parser:
-            if isinstance(message, pg.Terminate):
-                self.up_t.write(bytes(out) + message.raw)
+    def _pump_client(self, buf: bytes, frames: list[pg.Frame]) -> None:
+        """Judge, record and forward the client's whole messages in one write: runs that need
+        no change go as they came. Stops at a statement held for approval (the messages after
+        it wait in the backlog) and at Terminate."""
+        pieces: list[bytes] = []
+        last = 0
+        for kind, start, end in frames:
+            if kind in _CLIENT_PASSED:
+                continue
+            raw = buf[start:end]
+            if kind == _QUERY:
+                self.batches_sent += 1
+                forward = self._statement(_cstring(raw, "Query"), raw, simple=True)
+            elif kind == _TERMINATE:
+                pieces.append(buf[last:end])
+                self.up_t.write(b"".join(pieces))
                 self._finish()
                 return
-            forward = self._from_client(message)
+            else:
+                forward = self._from_client(pg.decode_frontend(raw))
+            if forward is raw:
+                continue
+            pieces.append(buf[last:start])
+            last = end
             if isinstance(forward, _Held):
-                if out:
-                    self.up_t.write(bytes(out))  # allowed on their own: they go now
+                self.up_t.write(b"".join(pieces))  # allowed on their own: they go now
+                self.client_backlog = buf[end : frames[-1][2]]
                 self.client_t.pause_reading()
                 self.holding = asyncio.get_running_loop().create_task(self._hold(forward))
                 return
-            out += forward
-        if out:
-            self.up_t.write(bytes(out))
+            pieces.append(forward)
+        done = frames[-1][2]
+        if not pieces:
+            self.up_t.write(buf if done == len(buf) else buf[:done])
+        else:
+            pieces.append(buf[last:done])
+            self.up_t.write(b"".join(pieces))
 
     async def _hold(self, held: _Held) -> None:
         try:
@@ -690,7 +715,9 @@ class _Connection:
             else:
                 self.up_t.write(self._refused(decision, held.verdict, held.parse, asked=True))
             self.holding = None
-            self._pump_client()
+            backlog, self.client_backlog = self.client_backlog, b""
+            if backlog:
+                self._pump_client(*pg.Framer(pg.FRONTEND_TYPES).split(backlog))
             if self.holding is None and not (self.up_pipe and self.up_pipe.paused):
                 self.client_t.resume_reading()
         except Exception as exc:
@@ -865,7 +892,7 @@ class _Connection:
             elif kind in _PASSED:
                 continue
             elif kind == _COMMAND_COMPLETE:
-                self._result(tag=_tag(buf[start + 5 : end]))
+                self._result(tag=_cstring(buf[start:end], "CommandComplete"))
                 self.column_plan = None
                 continue
             elif kind == _READY:
@@ -998,11 +1025,11 @@ class _Connection:
             self.refusals.clear()  # refusals skipped by an earlier error never come back
 
 
-def _tag(body: bytes) -> str:
-    """The tag of a CommandComplete body (one NUL-terminated string)."""
-    if body.find(b"\0") != len(body) - 1:
-        raise pg.ProtocolError("CommandComplete message is malformed")
-    return body[:-1].decode("utf-8", "replace")
+def _cstring(raw: bytes, what: str) -> str:
+    """The one NUL-terminated string that is the whole body of message ``raw``."""
+    if raw.find(b"\0", 5) != len(raw) - 1:
+        raise pg.ProtocolError(f"{what} message is malformed")
+    return raw[5:-1].decode("utf-8", "replace")
 
 
 def _take_buffered(reader: asyncio.StreamReader) -> bytes:
