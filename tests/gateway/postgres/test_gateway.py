@@ -284,6 +284,27 @@ def test_require_approval_waits_and_runs_when_approved(make_gateway: MakeGateway
     assert any(d.get("approval") == "approved" for d in gw.of_type("guardrail.decision"))
 
 
+def test_messages_pipelined_behind_a_held_statement_wait_and_keep_their_order(
+    make_gateway: MakeGateway,
+) -> None:
+    async def slow_yes(op: object) -> bool:
+        await asyncio.sleep(0.2)
+        return True
+
+    gw = make_gateway(
+        rules=[{"id": "audit-ok", "sql": {"tables": ["audit.*"]}, "action": "require_approval"}],
+        approve=slow_yes,
+    )
+    with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+        with conn.pipeline():
+            conn.execute("INSERT INTO audit.log VALUES (3, 'pipelined')")
+            read_back = conn.execute("SELECT msg FROM audit.log WHERE id = 3")
+            after = conn.execute("SELECT 2")
+        assert read_back.fetchone() == ("pipelined",) and after.fetchone() == (2,)
+    held = [op.text for op in gw.approvals]
+    assert len(held) == 2 and "INSERT" in held[0] and "SELECT msg" in held[1]
+
+
 def test_require_approval_denied_is_refused(make_gateway: MakeGateway) -> None:
     gw = make_gateway(
         rules=[{"id": "audit-ok", "sql": {"tables": ["audit.*"]}, "action": "require_approval"}]

@@ -251,6 +251,13 @@ def test_framer_delimits_what_the_parser_decodes_for_any_chunking(size: int) -> 
     )
 
 
+def test_framer_delimits_frontend_messages_after_startup() -> None:
+    messages = _parse_all(pg.FrontendParser(), FRONTEND_STREAM)[1:]  # the startup is untyped
+    typed = b"".join(m.raw for m in messages)
+    raws = _frames(pg.Framer(pg.FRONTEND_TYPES), typed, 7)
+    assert [pg.decode_frontend(raw) for raw in raws] == messages
+
+
 def test_framer_holds_a_big_message_until_whole_and_checks_framing() -> None:
     big = pg.encode_data_row([b"x" * 100_000])
     framer = pg.Framer(pg.BACKEND_TYPES)
