@@ -72,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 s per target instead of 20 s")
     seconds = 5 if parser.parse_args().quick else 20
+    load_before = os.getloadavg()
     with PostgresCluster.start() as pg:
         env = {**os.environ, "PGPASSWORD": pg.password}
         subprocess.run(
@@ -121,6 +122,9 @@ def main() -> None:
     print(f"  airlock / direct    = {airlock / direct:.2f}x   pgbouncer / direct = "
           f"{bouncer_tps / direct:.2f}x")  # fmt: skip
     print(f"  added latency vs direct: {added:.3f} ms; events recorded: {events}")
+    load_after = os.getloadavg()
+    print(f"  load average before: {' '.join(f'{x:.2f}' for x in load_before)}, "
+          f"after: {' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)")  # fmt: skip
 
 
 if __name__ == "__main__":

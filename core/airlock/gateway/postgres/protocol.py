@@ -9,6 +9,10 @@
 bytes in ``raw`` so a proxy forwards what it does not change byte for byte. Anything malformed
 raises :class:`ProtocolError` (and only that): unknown type bytes, lengths out of range, fields
 that do not fit their message, messages over the size caps.
+
+A relay that passes most messages through unchanged uses :class:`Framer` instead: it only
+delimits messages (type byte, length), and the relay decodes the few it needs with
+:func:`decode_frontend` / :func:`decode_backend` and forwards the rest as the bytes came.
 """
 
 from __future__ import annotations
