@@ -172,6 +172,15 @@ def test_copy_both_ways(gateway: RunningGateway) -> None:
     assert any(r.get("tag") == "COPY 1000" and r["rows"] == 1000 for r in results)
 
 
+def test_copy_to_stdout_is_value_masked(gateway: RunningGateway) -> None:
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        out = bytearray()
+        with conn.cursor().copy("COPY (SELECT body FROM notes) TO STDOUT") as copy:
+            for chunk in copy:
+                out += chunk
+    assert SECRET_IN_DATA.encode() not in out and b"[MASKED:env:API_SECRET]" in out
+
+
 def test_large_result_of_100k_rows(gateway: RunningGateway) -> None:
     with psycopg.connect(gateway.dsn()) as conn:
         rows = conn.execute("SELECT n, h FROM big ORDER BY n").fetchall()

@@ -68,13 +68,13 @@ _PASSED_PARAMS = (
     "extra_float_digits",
 )
 _COMPONENT = "gateway.postgres"
-_DATA_ROW, _ROW_DESCRIPTION, _COMMAND_COMPLETE, _READY = b"DTCZ"
+_DATA_ROW, _ROW_DESCRIPTION, _COMMAND_COMPLETE, _READY, _COPY_DATA = b"DTCZd"
 _QUERY, _TERMINATE = b"QX"
 # Frontend messages with nothing to judge or record: Describe, Flush, CopyData/Done/Fail.
 _CLIENT_PASSED = frozenset(b"DHdcf")
 _MAX_ROW_PLANS = 4096
 # Backend messages the relay passes on without looking inside (the rest it decodes).
-_PASSED = frozenset(b"123nStKAVdcGHWvR")
+_PASSED = frozenset(b"123nStKAVcGHWvR")
 
 
 @dataclass(frozen=True)
@@ -891,6 +891,8 @@ class _Connection:
                 new = self._data_row(buf, start, end)
             elif kind in _PASSED:
                 continue
+            elif kind == _COPY_DATA:
+                new = self._copy_data(buf, start, end)
             elif kind == _COMMAND_COMPLETE:
                 self._result(tag=_cstring(buf[start:end], "CommandComplete"))
                 self.column_plan = None
@@ -956,6 +958,15 @@ class _Connection:
         if mask_values:
             changed |= self._mask_values(values)
         return pg.encode_data_row(values) if changed else None
+
+    def _copy_data(self, buf: bytes, start: int, end: int) -> bytes | None:
+        """COPY ... TO STDOUT data (one row per message): value masking only, as the COPY
+        stream names no columns."""
+        if not self.s.config.mask_values:
+            return None
+        data = buf[start + 5 : end]
+        masked = self.s.masker.mask_bytes(data)
+        return None if masked == data else pg.encode_message(b"d", masked)
 
     def _text(self, index: int) -> bool:
         return index < len(self.text_columns) and self.text_columns[index]
