@@ -1,11 +1,13 @@
 """pgbench -S through nothing vs pgbouncer vs the Airlock PostgreSQL gateway (recording + masking).
 
-    .venv/bin/python bench/pgbench_gateway.py [--quick]
+    .venv/bin/python bench/pgbench_gateway.py [--quick] [--rounds N]
 
 A throwaway PostgreSQL cluster (tests/support/postgres.py), `pgbench -i -s 1`, then
 `pgbench -S -c 8 -j 2 -T 20` (`--quick`: -T 5) against: the server directly, pgbouncer
 (session pooling, from Debian) and the Airlock gateway with every statement recorded to a
-session log and value masking on. Prints TPS, average latency, and ratios in the same run.
+session log and value masking on. Prints TPS, average latency, and ratios in the same run;
+``--rounds N`` runs the three in turn N times and prints the median ratio (the machine may be
+shared: one round is noisy), and the load average is printed with the figures.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 from tests.support.postgres import PostgresCluster  # noqa: E402
 
 from airlock.audit import SessionWriter  # noqa: E402
-from airlock.gateway.postgres.server import UpstreamLogin, start_in_thread  # noqa: E402
+from airlock.gateway.postgres.server import (  # noqa: E402
+    ThreadedGateway,
+    UpstreamLogin,
+    start_in_thread,
+)
 from airlock.gateway.tickets import Ticket  # noqa: E402
 from airlock.mask import Masker, MaskSettings  # noqa: E402
 from airlock.policy.gateways import PostgresGatewayConfig  # noqa: E402
@@ -68,52 +75,78 @@ def start_pgbouncer(pg: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def start_gateway(pg: PostgresCluster, writer: SessionWriter) -> tuple[ThreadedGateway, str]:
+    config = PostgresGatewayConfig.model_validate(
+        {"name": "bench", "kind": "postgres",
+         "upstream": {"host": "127.0.0.1", "port": pg.port, "database": "postgres",
+                      "tls": "disable"},
+         "credential": {"user": "postgres"}, "mask_columns": ["*.password"],
+         "mask_values": True}
+    )  # fmt: skip
+    ticket = Ticket.issue(writer.session_id, "bench")
+    rules = [GuardrailRule.model_validate(
+        {"id": "no-drop", "sql": {"kinds": ["drop", "truncate"]}, "action": "deny"})]  # fmt: skip
+
+    async def deny(op: object) -> bool:
+        return False
+
+    gateway = start_in_thread(
+        config, masker=Masker(MaskSettings()), record=writer.append, approve=deny,
+        ticket=ticket, guardrails=rules, login=UpstreamLogin("postgres", pg.password),
+    )  # fmt: skip
+    return gateway, ticket.value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 s per target instead of 20 s")
-    seconds = 5 if parser.parse_args().quick else 20
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the three targets in turn N times (median)"
+    )
+    args = parser.parse_args()
+    seconds = 5 if args.quick else 20
     load_before = os.getloadavg()
+    rounds: list[dict[str, tuple[float, float]]] = []
     with PostgresCluster.start() as pg:
         env = {**os.environ, "PGPASSWORD": pg.password}
         subprocess.run(
             ["pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U",
              "postgres", "postgres"], env=env, check=True, capture_output=True,
         )  # fmt: skip
-        results = {"direct": pgbench(pg.port, pg.password, seconds)}
         bouncer, bport = start_pgbouncer(pg)
-        try:
-            results["pgbouncer"] = pgbench(bport, pg.password, seconds)
-        finally:
-            bouncer.terminate()
-            bouncer.wait(10)
         sessions = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
         writer = SessionWriter.create(sessions)
-        config = PostgresGatewayConfig.model_validate(
-            {"name": "bench", "kind": "postgres",
-             "upstream": {"host": "127.0.0.1", "port": pg.port, "database": "postgres",
-                          "tls": "disable"},
-             "credential": {"user": "postgres"}, "mask_columns": ["*.password"],
-             "mask_values": True}
-        )  # fmt: skip
-        ticket = Ticket.issue(writer.session_id, "bench")
-        rules = [GuardrailRule.model_validate(
-            {"id": "no-drop", "sql": {"kinds": ["drop", "truncate"]}, "action": "deny"})]  # fmt: skip
-
-        async def deny(op: object) -> bool:
-            return False
-
-        gateway = start_in_thread(
-            config, masker=Masker(MaskSettings()), record=writer.append, approve=deny,
-            ticket=ticket, guardrails=rules, login=UpstreamLogin("postgres", pg.password),
-        )  # fmt: skip
+        gateway, ticket = start_gateway(pg, writer)
         try:
-            results["airlock"] = pgbench(gateway.address[1], ticket.value, seconds)
+            for _ in range(args.rounds):
+                rounds.append({
+                    "direct": pgbench(pg.port, pg.password, seconds),
+                    "pgbouncer": pgbench(bport, pg.password, seconds),
+                    "airlock": pgbench(gateway.address[1], ticket, seconds),
+                })  # fmt: skip
         finally:
             gateway.close()
+            bouncer.terminate()
+            bouncer.wait(10)
             events = writer.seq
             writer.close()
             shutil.rmtree(sessions, ignore_errors=True)
+    load_after = os.getloadavg()
     print(f"pgbench -S -c 8 -j 2 -T {seconds} (scale 1), PostgreSQL {pg.bindir.parent.name}")
+    for number, results in enumerate(rounds, 1):
+        if len(rounds) > 1:
+            print(f"round {number}")
+        report(results)
+    if len(rounds) > 1:
+        ratios = sorted(r["airlock"][0] / r["pgbouncer"][0] for r in rounds)
+        print(f"median airlock / pgbouncer over {len(rounds)} rounds = "
+              f"{statistics.median(ratios):.2f}x (min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")  # fmt: skip
+    print(f"events recorded: {events}; load average before: "
+          f"{' '.join(f'{x:.2f}' for x in load_before)}, after: "
+          f"{' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)")  # fmt: skip
+
+
+def report(results: dict[str, tuple[float, float]]) -> None:
     for name, (tps, latency) in results.items():
         print(f"  {name:<10} {tps:>10.0f} tps   {latency:7.3f} ms avg latency")
     direct, bouncer_tps, airlock = (results[k][0] for k in ("direct", "pgbouncer", "airlock"))
@@ -121,10 +154,7 @@ def main() -> None:
     print(f"  airlock / pgbouncer = {airlock / bouncer_tps:.2f}x   (target >= 0.5x)")
     print(f"  airlock / direct    = {airlock / direct:.2f}x   pgbouncer / direct = "
           f"{bouncer_tps / direct:.2f}x")  # fmt: skip
-    print(f"  added latency vs direct: {added:.3f} ms; events recorded: {events}")
-    load_after = os.getloadavg()
-    print(f"  load average before: {' '.join(f'{x:.2f}' for x in load_before)}, "
-          f"after: {' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)")  # fmt: skip
+    print(f"  added latency vs direct: {added:.3f} ms")
 
 
 if __name__ == "__main__":
