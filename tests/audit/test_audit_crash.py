@@ -142,6 +142,52 @@ def test_file_size_limit_is_a_recording_error_and_earlier_lines_verify(
     assert (report.status, report.event_count) == ("incomplete", result["seq"])
 
 
+_FILL_LATER = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    from pathlib import Path
+    from airlock.audit import SessionWriter, load_signing_key
+    from airlock.errors import RecordingError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+    writer = SessionWriter.create(Path(sys.argv[1]), "full")
+    shown, error = [], None
+    try:
+        for i in range(1000):
+            writer.append_later("output", {"text": "z" * 7000, "i": i}, lambda i=i: shown.append(i))
+    except RecordingError as exc:
+        error = exc.message
+    writer.flush()
+    manifest = writer.seal(load_signing_key(Path(sys.argv[2])), exit_code=0)
+    print(json.dumps({"seq": writer.seq, "shown": shown, "error": error, "manifest": manifest}))
+    """
+)
+
+
+def test_a_failed_queued_write_shows_nothing_more_and_seals_incomplete(
+    tmp_path: Path, key: SigningKey, trusted: Trusted
+) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(key.private_pem())
+    os.chmod(key_file, 0o600)
+    sessions = tmp_path / "sessions"
+    done = subprocess.run(
+        [sys.executable, "-c", _FILL_LATER, str(sessions), str(key_file)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    result = json.loads(done.stdout)
+    assert "stopped after a failed write" in result["error"]
+    # Exactly the lines on disk were shown: none after the failed one.
+    assert result["shown"] == list(range(result["seq"])) and result["seq"] > 0
+    manifest = result["manifest"]
+    assert (manifest["status"], manifest["event_count"]) == ("incomplete", result["seq"])
+    assert "EFBIG" in manifest["reason"]
+    report = verify_session(sessions / "full", trusted)
+    assert (report.status, report.event_count) == ("incomplete", result["seq"])
+
+
 def test_seal_session_refuses_a_sealed_session(tmp_path: Path, key: SigningKey) -> None:
     writer = SessionWriter.create(tmp_path)
     writer.append("output", {})

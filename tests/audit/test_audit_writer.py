@@ -137,6 +137,40 @@ def test_seal_digest_covers_big_and_small_lines_in_order(
     assert verify_session(tmp_path / "s1", trusted).event_count == len(sizes)
 
 
+def test_queued_events_keep_their_order_and_run_then_once_written(
+    tmp_path: Path, key: SigningKey, trusted: Trusted
+) -> None:
+    writer = SessionWriter.create(tmp_path, "s1")
+    events = tmp_path / "s1" / "events.jsonl"
+    on_disk_when_shown: list[int] = []
+
+    def show(i: int) -> None:  # runs on the writer's thread, after the line is written
+        on_disk_when_shown.append(events.read_bytes().count(b"\n"))
+
+    for i in range(30):
+        if i % 3 == 0:
+            assert writer.append("process.exec", {"i": i}) == i  # waits for the queued ones
+        else:
+            text = 'big\t"output"\n' * (i * 1000)
+            writer.append_later("output", {"i": i, "text": text}, lambda i=i: show(i))
+    writer.flush()
+    assert writer.seq == 30
+    assert on_disk_when_shown == [i + 1 for i in range(30) if i % 3]
+    assert [e["data"]["i"] for e in iter_events(tmp_path / "s1")] == list(range(30))
+    writer.seal(key, exit_code=0)
+    assert verify_session(tmp_path / "s1", trusted).event_count == 30
+    with pytest.raises(UsageError):
+        writer.append_later("output", {"text": "late"})
+
+
+def test_queued_data_that_is_not_json_is_refused_at_once(tmp_path: Path) -> None:
+    writer = SessionWriter.create(tmp_path, "s1")
+    with pytest.raises(TypeError):
+        writer.append_later("output", {"text": object()})
+    writer.flush()
+    assert writer.seq == 0 and not writer.broken
+
+
 def test_after_seal_the_writer_refuses_more(tmp_path: Path, key: SigningKey) -> None:
     writer = SessionWriter.create(tmp_path)
     writer.append("output", {})

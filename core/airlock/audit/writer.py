@@ -15,7 +15,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -25,8 +25,9 @@ from airlock.audit._format import (
     EVENTS_FILE,
     SESSION_ID_RE,
     TYPE_RE,
-    encode_entry,
+    encode_data,
     genesis,
+    join_entry,
     line_hash,
 )
 from airlock.audit._manifest import LogState, build_manifest, write_manifest
@@ -74,6 +75,8 @@ class SessionWriter:
         self._failure: str | None = None
         self._manifest: dict[str, Any] | None = None
         self._second = (-1, "")  # the last whole second formatted, for _clock
+        self._queue: queue.Queue[_Queued | None] | None = None
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def create(cls, sessions_dir: Path, session_id: str | None = None) -> SessionWriter:
@@ -116,26 +119,84 @@ class SessionWriter:
         return self._failure is not None
 
     def append(self, type: str, data: Mapping[str, Any]) -> int:
-        """Append one event and return its seq.
+        """Append one event and return its seq (after the lines queued by :meth:`append_later`).
 
         Raises RecordingError when the line cannot be written (ENOSPC, EFBIG, …) or the writer
         is already broken, and UsageError after seal/close. ``data`` must be JSON-serialisable.
         """
-        type_ = str(type)
-        if not TYPE_RE.fullmatch(type_):
-            raise ValueError(f"invalid event type {type_!r}")
+        type_ = _checked_type(type)
+        self.flush()
         with self._lock:
             fd = self._writable_fd()
-            ts = self._clock()
-            payload = encode_entry(self.seq, ts, type_, self.head, data)
-            self._write_line(fd, payload)
-            self._whole.update(payload)
-            self._bytes += len(payload)
-            self.head = line_hash(memoryview(payload)[:-1])
-            self._first_ts = self._first_ts or ts
-            self._last_ts = ts
-            self.seq += 1
-            return self.seq - 1
+            return self._write_entry(fd, type_, encode_data(data))
+
+    def append_later(
+        self, type: str, data: Mapping[str, Any], then: Callable[[], object] | None = None
+    ) -> None:
+        """Queue one event: it is encoded now, in the caller's thread, and written in order by
+        the writer's thread, which then calls ``then`` (say, showing the output that was just
+        recorded). Should the write fail, ``then`` is not called and the writer is broken.
+
+        For a producer of big events (a command's output): JSON-escaping here, hashing and
+        writing there, on two cores. Raises at once what :meth:`append` would raise before
+        writing; a later write failure is raised by the next call. ``then`` must not append.
+        """
+        type_ = _checked_type(type)
+        self._writable_fd()
+        encoded = encode_data(data)
+        if self._queue is None:
+            self._queue = queue.Queue(_QUEUED_LINES)
+            self._thread = threading.Thread(
+                target=self._write_queued, name="airlock-log-writer", daemon=True
+            )
+            self._thread.start()
+        self._queue.put((type_, encoded, then))
+
+    def flush(self) -> None:
+        """Wait until every event queued by :meth:`append_later` is written (or dropped after
+        a failed write). ``seq`` and ``head`` then describe everything appended so far."""
+        if self._queue is not None and threading.current_thread() is not self._thread:
+            self._queue.join()
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None and self._queue is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _write_queued(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            type_, encoded, then = item
+            try:
+                with self._lock:
+                    if self._failure is not None or self._fd is None:
+                        continue  # not recorded, so not shown either
+                    self._write_entry(self._fd, type_, encoded)
+                if then is not None:
+                    then()
+            except RecordingError:
+                pass  # the writer is broken now; the producer's next call raises
+            except Exception as exc:  # a bug: stop recording rather than go on unseen
+                self._failure = f"the writer thread failed ({type(exc).__name__})"
+            finally:
+                self._queue.task_done()
+
+    def _write_entry(self, fd: int, type_: str, encoded: list[bytes]) -> int:
+        ts = self._clock()
+        payload = join_entry(self.seq, ts, type_, self.head, encoded)
+        self._write_line(fd, payload)
+        self._whole.update(payload)
+        self._bytes += len(payload)
+        self.head = line_hash(memoryview(payload)[:-1])
+        self._first_ts = self._first_ts or ts
+        self._last_ts = ts
+        self.seq += 1
+        return self.seq - 1
 
     def seal(
         self,
@@ -152,6 +213,7 @@ class SessionWriter:
         :mod:`airlock.audit.checkpoints`). A broken writer is sealed as incomplete whatever
         ``status`` says, with the write failure as the reason unless one is given.
         """
+        self.flush()
         with self._lock:
             if self._manifest is not None:
                 raise UsageError(f"session {self.session_id} is already sealed")
@@ -169,12 +231,15 @@ class SessionWriter:
             write_manifest(self.path, manifest)
             self._manifest = manifest
             self._close_fd()
-            return manifest
+        self._stop_thread()
+        return manifest
 
     def close(self) -> None:
         """Close the log without sealing (``airlock seal`` can seal it later as incomplete)."""
+        self.flush()
         with self._lock:
             self._close_fd()
+        self._stop_thread()
 
     def __enter__(self) -> SessionWriter:
         return self
@@ -251,6 +316,17 @@ class SessionWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+_Queued = tuple[str, list[bytes], Callable[[], object] | None]
+_QUEUED_LINES = 4  # events waiting for the writer's thread: bounds the memory they hold
+
+
+def _checked_type(type: str) -> str:
+    type_ = str(type)
+    if not TYPE_RE.fullmatch(type_):
+        raise ValueError(f"invalid event type {type_!r}")
+    return type_
 
 
 class _FileDigest:

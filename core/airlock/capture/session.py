@@ -363,6 +363,7 @@ class _Session:
         if witness is None or self._writer.seq == 0:
             return
         self._last_witness = time.monotonic()
+        self._writer.flush()
         seq, head = self._writer.seq - 1, self._writer.head
         try:
             receipt = witness(self._writer.session_id, seq, head)
@@ -383,10 +384,13 @@ class _Session:
     def _emit(self, stream: str, data: bytes) -> None:
         if not data:
             return
-        # Recorded first: if the log cannot take it, it is not shown either (fail closed).
-        self._writer.append(EventType.OUTPUT, {"stream": stream, **_encode(data)})
+        # Recorded first: if the log cannot take it, it is not shown either (fail closed). The
+        # writer's thread writes the line, then shows it, while this one reads and masks more.
+        fd = _TERMINAL_FD[stream]
+        self._writer.append_later(
+            EventType.OUTPUT, {"stream": stream, **_encode(data)}, lambda: self._show(fd, data)
+        )
         self._counts["output_bytes"] += len(data)
-        self._show(_TERMINAL_FD[stream], data)
 
     def _show(self, fd: int, data: bytes) -> None:
         if not self._display_ok[fd]:
