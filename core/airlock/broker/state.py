@@ -147,23 +147,30 @@ class StateStore:
         )
         if dialect == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-        # The exchange path's statements, built once: executing a statement object again reuses
-        # its cache key and compiled form instead of building and hashing a new tree per call.
-        self._use_jti = (
+        # The exchange path's statements, compiled once for this database; they run on the driver
+        # connection directly (SQLAlchemy's per-execution machinery cost more than the SQL).
+        d = self._engine.dialect
+        self._use_jti = _Prepared(
             self._insert(JTIS)
             .on_conflict_do_nothing(index_elements=[JTIS.c.issuer, JTIS.c.jti])
-            .returning(JTIS.c.jti)
+            .returning(JTIS.c.jti),
+            d,
+            ("issuer", "jti", "expires_at"),
         )
-        self._count_rate = (
+        self._count_rate = _Prepared(
             self._insert(RATES)
             .on_conflict_do_update(
                 index_elements=[RATES.c.bucket, RATES.c.window],
                 set_={"count": RATES.c.count + 1},
             )
-            .returning(RATES.c.count)
+            .returning(RATES.c.count),
+            d,
+            ("bucket", "window", "count"),
         )
-        self._add_job = sa.insert(JOBS)
-        self._add_leases = sa.insert(LEASES)
+        self._add_job = _Prepared(sa.insert(JOBS), d, [c.name for c in JOBS.columns])
+        self._add_leases = _Prepared(
+            sa.insert(LEASES), d, list(_lease_values("", "", _EMPTY_LEASE))
+        )
         try:
             _META.create_all(self._engine)
         except OperationalError as exc:
@@ -184,6 +191,31 @@ class StateStore:
     def _write(self) -> Iterator[sa.Connection]:
         with self._write_lock, self._engine.begin() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _write_raw(self) -> Iterator[Any]:
+        """A transaction on a pooled driver connection (pre-pinged like any checkout); a driver
+        error that means the connection is gone takes it out of the pool."""
+        with self._write_lock:
+            conn = self._engine.raw_connection()
+            cursor = conn.cursor()
+            try:
+                yield cursor
+                conn.commit()
+            except BaseException as exc:
+                dialect = self._engine.dialect
+                gone = isinstance(exc, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
+                    exc, conn.dbapi_connection, cursor
+                )
+                if gone:
+                    conn.invalidate(exc)
+                else:
+                    conn.rollback()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+                conn.close()
 
     # -- token ids and rate windows -----------------------------------------------------------
 
@@ -209,20 +241,18 @@ class StateStore:
         self._uses += 1
         if self._uses % _PURGE_EVERY == 1:
             self._purge(now, rate)
-        with self._write() as conn:
+        with self._write_raw() as cursor:
             if jti is not None:
-                inserted = conn.execute(
-                    self._use_jti, {"issuer": issuer, "jti": jti, "expires_at": jti_expires_at}
-                ).first()
-                if inserted is None:
+                values = {"issuer": issuer, "jti": jti, "expires_at": jti_expires_at}
+                cursor.execute(self._use_jti.sql, self._use_jti.params(values))
+                if cursor.fetchone() is None:
                     return Admission(fresh=False, within_rate=True)
             if rate is None:
                 return Admission(fresh=True, within_rate=True)
             bucket, per_seconds, limit = rate
-            count = conn.execute(
-                self._count_rate,
-                {"bucket": bucket, "window": int(now // per_seconds), "count": 1},
-            ).scalar_one()
+            values = {"bucket": bucket, "window": int(now // per_seconds), "count": 1}
+            cursor.execute(self._count_rate.sql, self._count_rate.params(values))
+            (count,) = cursor.fetchone()
         return Admission(fresh=True, within_rate=int(count) <= limit)
 
     def _purge(self, now: float, rate: tuple[str, float, int] | None) -> None:
@@ -243,20 +273,17 @@ class StateStore:
         leases: Sequence[LeaseRow] = (),
     ) -> None:
         """Record a job and its leases in one transaction."""
-        with self._write() as conn:
-            conn.execute(
-                self._add_job,
-                {
-                    "job_digest": job_digest,
-                    "subject": json.dumps(dict(subject), sort_keys=True),
-                    "created_at": time.time(),
-                    "expires_at": expires_at,
-                },
-            )
-            if leases:
-                conn.execute(
-                    self._add_leases, [_lease_values(job_digest, issuer, row) for row in leases]
-                )
+        job = {
+            "job_digest": job_digest,
+            "subject": json.dumps(dict(subject), sort_keys=True),
+            "created_at": time.time(),
+            "expires_at": expires_at,
+        }
+        rows = [self._add_leases.params(_lease_values(job_digest, issuer, r)) for r in leases]
+        with self._write_raw() as cursor:
+            cursor.execute(self._add_job.sql, self._add_job.params(job))
+            if rows:
+                cursor.executemany(self._add_leases.sql, rows)
 
     def job_subject(self, job_digest: str) -> dict[str, Any] | None:
         with self._engine.connect() as conn:
@@ -342,6 +369,24 @@ class StateStore:
         return self.admit("", None, 0.0, rate=(bucket, per_seconds, limit), now=now).within_rate
 
 
+class _Prepared:
+    """A statement compiled once for one database: its SQL in the driver's parameter style, and
+    how to lay out a call's values (positional drivers take a tuple in the compiled order)."""
+
+    def __init__(self, statement: Any, dialect: sa.Dialect, keys: Sequence[str]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        self.sql = str(compiled)
+        # The literals (such as the "+ 1"), under the names the compiled SQL uses for them.
+        self._defaults = dict(compiled.construct_params(dict.fromkeys(keys)))
+        self._order = list(compiled.positiontup or ()) if compiled.positional else None
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        merged = {**self._defaults, **values}
+        if self._order is None:
+            return merged
+        return tuple(merged[key] for key in self._order)
+
+
 class SqlReplayCache(ReplayCache):
     """Single-use ``jti`` across every replica: a unique key on (issuer, jti)."""
 
@@ -350,6 +395,9 @@ class SqlReplayCache(ReplayCache):
 
     def consume(self, issuer: str, jti: str, expires_at: float) -> bool:
         return self._store.consume_jti(issuer, jti, expires_at)
+
+
+_EMPTY_LEASE = LeaseRow("", "", "", "", {}, {}, {}, 0.0, 0.0, None)
 
 
 def _lease_values(job_digest: str, issuer: str, row: LeaseRow) -> dict[str, Any]:
