@@ -188,6 +188,20 @@ def test_large_result_of_100k_rows(gateway: RunningGateway) -> None:
     assert rows[0][1] == "c4ca4238a0b923820dcc509a6f75849b"  # md5('1') passes unmasked
 
 
+def test_a_client_that_reads_slowly_gets_every_row_while_others_are_served(
+    gateway: RunningGateway,
+) -> None:
+    sock = _raw_connect(gateway)
+    _read_until(sock, b"Z")
+    sock.sendall(pg.encode_query("SELECT n, h FROM big ORDER BY n"))
+    time.sleep(0.5)  # the result backs up: the gateway must stop reading upstream, not buffer
+    assert _alive(gateway)
+    messages = _read_until(sock, b"Z")
+    sock.close()
+    rows = [m for m in messages if isinstance(m, pg.DataRow)]
+    assert len(rows) == 100_000 and rows[-1].values[0] == b"100000"
+
+
 def test_cancel_from_psql_reaches_the_upstream(gateway: RunningGateway) -> None:
     # psql in its own process: psycopg's binary cancel() holds the GIL inside libpq, which would
     # freeze a gateway running in this very process (a test artefact, not a gateway property).

@@ -338,8 +338,10 @@ class _Pipe(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._on_eof()
-        self._previous.connection_lost(exc)
+        try:
+            self._on_eof()
+        finally:
+            self._previous.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -638,9 +640,6 @@ class _Connection:
             self.finished.set_result(None)
         else:
             self.finished.set_exception(exc)
-
-    def _on_client_eof(self) -> None:
-        self._finish()
 
     def _on_upstream_eof(self) -> None:
         if self.finished.done():
