@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tests.archive.cli import run_cli
 from tests.archive.conftest import SessionFactory, new_bucket
 from tests.support.moto_server import MotoServer
+from tests.support.tcp_relay import TcpRelay
 
 from airlock.archive import fetch_session
 from airlock.audit import verify_session
@@ -80,28 +81,25 @@ def test_s3_down_spools_then_drain_archives_everything(
 
 def test_s3_coming_back_during_the_retry_window(
     make_session: SessionFactory,
-    private_moto: MotoServer,
+    moto_server: MotoServer,
     tmp_path: Path,
     trusted: Mapping[str, Ed25519PublicKey],
 ) -> None:
     session = make_session()
     spool = tmp_path / "spool"
-    bucket = new_bucket(private_moto.client("s3"))
-    private_moto.stop()
-
-    def come_back() -> None:
-        private_moto.launch()
-        private_moto.client("s3").create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-
-    timer = threading.Timer(1.0, come_back)
-    timer.start()
-    try:
-        argv = [*_archive_args(session, bucket, private_moto, spool), "--retry-for", "30"]
-        assert run_cli(argv) == 0
-    finally:
-        timer.join()
+    bucket = new_bucket(moto_server.client("s3"))
+    port = int(moto_server.endpoint_url.rsplit(":", 1)[1])
+    with TcpRelay(port) as relay:  # refused until it opens, then S3 with the bucket, at once
+        timer = threading.Timer(1.0, relay.open)
+        timer.start()
+        try:
+            argv = [*_archive_args(session, bucket, moto_server, spool), "--retry-for", "30"]
+            argv[argv.index("--endpoint-url") + 1] = relay.url
+            assert run_cli(argv) == 0
+        finally:
+            timer.join()
     assert not any(spool.iterdir())  # the spooled copy went once the archive was verified
-    count = _verified_copy(_session_url(bucket, session), private_moto, tmp_path / "f", trusted)
+    count = _verified_copy(_session_url(bucket, session), moto_server, tmp_path / "f", trusted)
     assert count == 8
 
 
