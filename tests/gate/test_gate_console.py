@@ -62,7 +62,7 @@ def test_no_terminal_means_deny(key: SigningKey, op: Operation, tmp_path: object
     backend = ConsoleBackend(key=key, tty="/nonexistent/tty")
     started = time.monotonic()
     decision = asyncio.run(ask(backend, op, 10))
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # denied at once, not after the 10 s timeout
     assert not decision.approved and "non-interactive" in decision.reason
 
 
