@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from tests.broker.conftest import AUDIENCE, broker_yaml
@@ -83,8 +85,14 @@ def replicas(issuer: OIDCIssuer) -> Iterator[Callable[..., list[Broker]]]:
         store.close()
 
 
-def _pg_url(c: PostgresCluster) -> str:
-    return f"postgresql://{c.superuser}:{c.password}@{c.host}:{c.port}/postgres"
+@pytest.fixture
+def pg_url(postgres_cluster: PostgresCluster) -> str:
+    """A fresh database of the session's cluster, so that no other test's rows are in it."""
+    c = postgres_cluster
+    name = f"broker_state_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://{c.superuser}:{c.password}@{c.host}:{c.port}/{name}"
 
 
 def _assert_one_token_one_lease(issuer: OIDCIssuer, brokers: list[Broker]) -> None:
@@ -103,9 +111,9 @@ def test_concurrent_replay_across_replicas_sqlite(
 
 @pytest.mark.service
 def test_concurrent_replay_across_replicas_postgresql(
-    issuer: OIDCIssuer, replicas: Replicas, postgres_cluster: PostgresCluster
+    issuer: OIDCIssuer, replicas: Replicas, pg_url: str
 ) -> None:
-    _assert_one_token_one_lease(issuer, replicas(_pg_url(postgres_cluster)))
+    _assert_one_token_one_lease(issuer, replicas(pg_url))
 
 
 def _assert_window_admits_exactly(issuer: OIDCIssuer, brokers: list[Broker], rate: int) -> None:
@@ -124,9 +132,9 @@ def test_rate_window_admits_exactly_its_limit_across_replicas_sqlite(
 
 @pytest.mark.service
 def test_rate_window_admits_exactly_its_limit_across_replicas_postgresql(
-    issuer: OIDCIssuer, replicas: Replicas, postgres_cluster: PostgresCluster
+    issuer: OIDCIssuer, replicas: Replicas, pg_url: str
 ) -> None:
-    _assert_window_admits_exactly(issuer, replicas(_pg_url(postgres_cluster), rate=7), 7)
+    _assert_window_admits_exactly(issuer, replicas(pg_url, rate=7), 7)
 
 
 def test_a_replayed_token_is_not_counted_and_a_denied_one_is_used_up(
