@@ -372,6 +372,10 @@ class _Reader:
             raise ProtocolError(f"{self.what} message has a negative length")
         return self._take(size)
 
+    def int16s(self, count: int) -> tuple[int, ...]:
+        values: tuple[int, ...] = struct.unpack(f"!{count}h", self._take(2 * count))
+        return values
+
     def rest(self) -> bytes:
         return self._take(len(self.body) - self.pos)
 
@@ -594,10 +598,9 @@ def _strings(reader: _Reader) -> dict[str, str]:
 
 def _f_bind(raw: bytes, r: _Reader) -> Bind:
     portal, statement = r.cstring(), r.cstring()
-    formats = tuple(r.int16() for _ in range(r.count()))
+    formats = r.int16s(r.count())
     params = tuple(r.value() for _ in range(r.count()))
-    results = tuple(r.int16() for _ in range(r.count()))
-    return Bind(raw, portal, statement, formats, params, results)
+    return Bind(raw, portal, statement, formats, params, r.int16s(r.count()))
 
 
 def _f_target(cls: Any) -> Any:

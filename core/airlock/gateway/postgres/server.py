@@ -69,7 +69,7 @@ _PASSED_PARAMS = (
 )
 _COMPONENT = "gateway.postgres"
 _DATA_ROW, _ROW_DESCRIPTION, _COMMAND_COMPLETE, _READY, _COPY_DATA = b"DTCZd"
-_QUERY, _TERMINATE = b"QX"
+_QUERY, _TERMINATE, _SYNC = b"QXS"
 # Frontend messages with nothing to judge or record: Describe, Flush, CopyData/Done/Fail.
 _CLIENT_PASSED = frozenset(b"DHdcf")
 _MAX_ROW_PLANS = 4096
@@ -368,7 +368,7 @@ class _Connection:
         self.nonce = secrets.token_hex(6)
         self.refusals: dict[str, tuple[bytes, str]] = {}
         self.refusal_count = 0
-        self.statements: dict[str, str] = {}
+        self.statements: dict[str, tuple[str, Verdict]] = {}
         self.portals: dict[str, pg.Bind] = {}
         self.inflight: deque[_Inflight] = deque()
         self.batches_sent = 0
@@ -681,6 +681,11 @@ class _Connection:
             if kind == _QUERY:
                 self.batches_sent += 1
                 forward = self._statement(_cstring(raw, "Query"), raw, simple=True)
+            elif kind == _SYNC:
+                if end - start != 5:
+                    raise pg.ProtocolError("Sync message has trailing bytes")
+                self.batches_sent += 1
+                continue
             elif kind == _TERMINATE:
                 pieces.append(buf[last:end])
                 self.up_t.write(b"".join(pieces))
@@ -728,8 +733,9 @@ class _Connection:
             self.batches_sent += 1
             return self._statement(message.sql, message.raw, simple=True)
         if isinstance(message, pg.Parse):
-            self.statements[message.name] = message.sql
-            return self._statement(message.sql, message.raw, parse=message)
+            verdict = self.s.guard.verdict(message.sql)
+            self.statements[message.name] = (message.sql, verdict)
+            return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
         elif isinstance(message, pg.Execute):
@@ -750,9 +756,15 @@ class _Connection:
         return message.raw
 
     def _statement(
-        self, sql: str, raw: bytes, *, simple: bool = False, parse: pg.Parse | None = None
+        self,
+        sql: str,
+        raw: bytes,
+        *,
+        simple: bool = False,
+        parse: pg.Parse | None = None,
+        verdict: Verdict | None = None,
     ) -> bytes | _Held:
-        verdict = self.s.guard.verdict(sql)
+        verdict = verdict or self.s.guard.verdict(sql)
         masked = self.s.masker.mask_text(sql)
         if simple:
             seq = self.s.event(
@@ -842,7 +854,8 @@ class _Connection:
 
     def _record_execute(self, message: pg.Execute) -> None:
         bind = self.portals.get(message.portal)
-        sql = self.statements.get(bind.statement, "") if bind is not None else ""
+        known = self.statements.get(bind.statement) if bind is not None else None
+        sql, verdict = known or ("", self.s.guard.verdict(""))
         seq = self.s.event(
             EventType.DB_QUERY,
             {
@@ -850,7 +863,7 @@ class _Connection:
                 "protocol": "extended",
                 "sql": self.s.masker.mask_text(sql),
                 "params": self._params(bind),
-                "kinds": list(self.s.guard.verdict(sql).kinds),
+                "kinds": list(verdict.kinds),
             },
         )
         self.inflight.append(_Inflight(seq, time.monotonic(), self.batches_sent + 1, False))
