@@ -133,3 +133,30 @@ def test_an_argument_cannot_hide_or_forge_a_result(tmp_path: Path) -> None:
     assert execs[0].argv == ("sh", "-c", script)
     assert any(e.argv == ("env", "true", ") = -1 x") for e in execs)
     assert not any("/nonexistent/cmd" in e.path for e in execs)
+
+
+def _strace_quote(raw: bytes, hex_escapes: bool) -> str:
+    """Quote bytes the way strace does: printable ASCII as is, the rest escaped."""
+    named = {10: "\\n", 9: "\\t", 13: "\\r", 11: "\\v", 12: "\\f", 34: '\\"', 92: "\\\\"}
+    out = []
+    for i, byte in enumerate(raw):
+        if byte in named:
+            out.append(named[byte])
+        elif 32 <= byte < 127:
+            out.append(chr(byte))
+        elif hex_escapes:
+            out.append(f"\\x{byte:02x}")
+        else:  # octal, three digits when a digit follows (as strace writes it)
+            digit_next = i + 1 < len(raw) and 48 <= raw[i + 1] <= 57
+            out.append(f"\\{byte:03o}" if digit_next else f"\\{byte:o}")
+    return '"' + "".join(out) + '"'
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=200), hex_escapes=st.booleans(), cut=st.booleans())
+def test_c_strings_round_trip(raw: bytes, hex_escapes: bool, cut: bool) -> None:
+    quoted = _strace_quote(raw, hex_escapes) + ("..." if cut else "")
+    text = f'execve({quoted}, ["x"]'
+    value, end, truncated = parse_c_string(text, 7)
+    assert value == raw.decode("utf-8", errors="replace")
+    assert (end, truncated) == (7 + len(quoted), cut)

@@ -75,6 +75,21 @@ class ProcessExit:
 _ESCAPES = {"n": 10, "t": 9, "r": 13, "v": 11, "f": 12, "a": 7, "b": 8, "\\": 92, '"': 34}
 
 
+_QUOTED = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"', re.DOTALL)  # one strace-quoted string
+_ESCAPE = re.compile(rb"\\(x..|[0-9]{1,3}|.)", re.DOTALL)
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    code = match[1]
+    if code[0] == 0x78:  # \xHH
+        value = int(code[1:], 16)
+    elif code[0] in b"0123456789":  # \ooo, octal
+        value = int(code, 8) & 0xFF
+    else:
+        value = _ESCAPES.get(code.decode("latin-1"), code[0])
+    return bytes((value,))
+
+
 def parse_c_string(text: str, start: int) -> tuple[str, int, bool]:
     """Parse the strace-quoted string starting at ``text[start] == '"'``.
 
@@ -83,32 +98,20 @@ def parse_c_string(text: str, start: int) -> tuple[str, int, bool]:
     """
     if text[start] != '"':
         raise ValueError("not a quoted string")
-    out = bytearray()
-    i = start + 1
-    while text[i] != '"':
-        ch = text[i]
-        if ch != "\\":
-            out += ch.encode()
-            i += 1
-            continue
-        nxt = text[i + 1]
-        if nxt == "x":
-            out.append(int(text[i + 2 : i + 4], 16))
-            i += 4
-        elif nxt.isdigit():
-            j = i + 1
-            while j < i + 4 and text[j].isdigit():
-                j += 1
-            out.append(int(text[i + 1 : j], 8) & 0xFF)
-            i = j
-        else:
-            out.append(_ESCAPES.get(nxt, ord(nxt)))
-            i += 2
-    end = i + 1
+    quoted = _QUOTED.match(text, start)
+    if quoted is None:
+        raise ValueError("unterminated string")
+    body = quoted[1]
+    if "\\" in body:
+        raw = _ESCAPE.sub(_unescape, body.encode())
+        value = raw.decode("utf-8", errors="replace")
+    else:
+        value = body
+    end = quoted.end()
     truncated = text.startswith("...", end)
     if truncated:
         end += 3
-    return out.decode("utf-8", errors="replace"), end, truncated
+    return value, end, truncated
 
 
 def _parse_string_list(text: str, start: int) -> tuple[tuple[str, ...], int, bool]:
