@@ -124,7 +124,7 @@ def test_seal_writes_a_signed_manifest(tmp_path: Path, key: SigningKey) -> None:
 def test_seal_digest_covers_big_and_small_lines_in_order(
     tmp_path: Path, key: SigningKey, trusted: Trusted
 ) -> None:
-    """The seal covers every byte, whatever the sizes of the lines."""
+    """Megabyte lines are hashed for the seal on another thread, small ones in batches."""
     writer = SessionWriter.create(tmp_path, "s1")
     sizes = [10, 300_000, 5, 5, 70_000, *[200] * 400, 1_200_000, 3]
     for i, size in enumerate(sizes):
