@@ -7,7 +7,8 @@ A throwaway PostgreSQL cluster (tests/support/postgres.py), `pgbench -i -s 1`, t
 (session pooling, from Debian) and the Airlock gateway with every statement recorded to a
 session log and value masking on. Prints TPS, average latency, and ratios in the same run;
 ``--rounds N`` runs the three in turn N times and prints the median ratio (the machine may be
-shared: one round is noisy), and the load average is printed with the figures.
+shared: one round is noisy), and the load average is printed with the figures. The gateway's
+CPU time per statement (its event-loop thread) is printed too: it hardly depends on the load.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,7 +42,7 @@ from airlock.policy.gateways import PostgresGatewayConfig  # noqa: E402
 from airlock.policy.guardrails import GuardrailRule  # noqa: E402
 
 
-def pgbench(port: int, password: str, seconds: int, *extra: str) -> tuple[float, float]:
+def pgbench(port: int, password: str, seconds: int, *extra: str) -> tuple[float, float, int]:
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
     out = subprocess.run(
         ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-S", "-c", "8",
@@ -49,7 +51,15 @@ def pgbench(port: int, password: str, seconds: int, *extra: str) -> tuple[float,
     ).stdout  # fmt: skip
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))  # type: ignore[union-attr]
-    return tps, latency
+    done = int(re.search(r"transactions actually processed: (\d+)", out).group(1))  # type: ignore[union-attr]
+    return tps, latency, done
+
+
+def thread_cpu(name: str) -> float:
+    """CPU seconds used so far by the thread called ``name`` (the gateway's event loop)."""
+    thread = next(t for t in threading.enumerate() if t.name == name)
+    assert thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
 def start_pgbouncer(pg: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
@@ -106,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 5 if args.quick else 20
     load_before = os.getloadavg()
-    rounds: list[dict[str, tuple[float, float]]] = []
+    rounds: list[dict[str, tuple[float, float, int]]] = []
+    cpu_per_statement: list[float] = []
     with PostgresCluster.start() as pg:
         env = {**os.environ, "PGPASSWORD": pg.password}
         subprocess.run(
@@ -119,11 +130,12 @@ def main() -> None:
         gateway, ticket = start_gateway(pg, writer)
         try:
             for _ in range(args.rounds):
-                rounds.append({
-                    "direct": pgbench(pg.port, pg.password, seconds),
-                    "pgbouncer": pgbench(bport, pg.password, seconds),
-                    "airlock": pgbench(gateway.address[1], ticket, seconds),
-                })  # fmt: skip
+                direct = pgbench(pg.port, pg.password, seconds)
+                bouncer_run = pgbench(bport, pg.password, seconds)
+                cpu = thread_cpu("airlock-pg-bench")
+                airlock = pgbench(gateway.address[1], ticket, seconds)
+                cpu_per_statement.append((thread_cpu("airlock-pg-bench") - cpu) / airlock[2])
+                rounds.append({"direct": direct, "pgbouncer": bouncer_run, "airlock": airlock})
         finally:
             gateway.close()
             bouncer.terminate()
@@ -133,21 +145,26 @@ def main() -> None:
             shutil.rmtree(sessions, ignore_errors=True)
     load_after = os.getloadavg()
     print(f"pgbench -S -c 8 -j 2 -T {seconds} (scale 1), PostgreSQL {pg.bindir.parent.name}")
-    for number, results in enumerate(rounds, 1):
+    for number, (results, cpu) in enumerate(zip(rounds, cpu_per_statement, strict=True), 1):
         if len(rounds) > 1:
             print(f"round {number}")
         report(results)
+        print(f"  gateway CPU per statement: {cpu * 1e6:.0f} us (its event-loop thread; "
+              "steadier than TPS on a shared machine)")  # fmt: skip
     if len(rounds) > 1:
         ratios = sorted(r["airlock"][0] / r["pgbouncer"][0] for r in rounds)
         print(f"median airlock / pgbouncer over {len(rounds)} rounds = "
               f"{statistics.median(ratios):.2f}x (min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")  # fmt: skip
+        print(
+            f"median gateway CPU per statement: {statistics.median(cpu_per_statement) * 1e6:.0f} us"
+        )
     print(f"events recorded: {events}; load average before: "
           f"{' '.join(f'{x:.2f}' for x in load_before)}, after: "
           f"{' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)")  # fmt: skip
 
 
-def report(results: dict[str, tuple[float, float]]) -> None:
-    for name, (tps, latency) in results.items():
+def report(results: dict[str, tuple[float, float, int]]) -> None:
+    for name, (tps, latency, _) in results.items():
         print(f"  {name:<10} {tps:>10.0f} tps   {latency:7.3f} ms avg latency")
     direct, bouncer_tps, airlock = (results[k][0] for k in ("direct", "pgbouncer", "airlock"))
     added = results["airlock"][1] - results["direct"][1]
