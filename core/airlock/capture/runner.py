@@ -113,6 +113,10 @@ class ProcessRunner:
         self._fifo_path = str(Path(tmp) / "trace")
         os.mkfifo(self._fifo_path, 0o600)
         read_fd = os.open(self._fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Room for a burst of processes: strace (and so the traced command) waits on a full
+        # FIFO, and 64 KiB is only ~130 short-lived processes.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(read_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
         # Keep a writer of our own open so reads never see EOF before strace has even started.
         keep = os.open(self._fifo_path, os.O_WRONLY | os.O_CLOEXEC)
         stack.callback(os.close, read_fd)
