@@ -11,6 +11,10 @@
 Callers get a short, actionable reason; the broker log gets the precise one; neither gets a
 token. Request bodies are capped. Blocking work (token verification, providers, SQL) runs in a
 thread pool so one slow upstream does not stall the event loop.
+
+:func:`serve` runs the broker under uvicorn, in one process or in ``workers`` processes on one
+listening socket (each worker its own broker over the shared state store; see DESIGN: the broker
+is stateless, so workers scale like replicas).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -42,7 +49,7 @@ from airlock.broker.tickets import ticket_routes
 from airlock.errors import AirlockError, InfrastructureUnavailable, PolicyDenied, UsageError
 from airlock.oidc import OIDCError
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "app_from_environment", "create_app", "serve"]
 
 log = logging.getLogger("airlock.broker")
 
@@ -76,8 +83,11 @@ class _Metrics:
         )
 
 
-def create_app(broker: Broker, *, sweep_interval: float = 30.0) -> Starlette:
-    """The broker's ASGI app. A background task sweeps expired leases every ``sweep_interval``."""
+def create_app(
+    broker: Broker, *, sweep_interval: float = 30.0, owns_broker: bool = False
+) -> Starlette:
+    """The broker's ASGI app. A background task sweeps expired leases every ``sweep_interval``.
+    With ``owns_broker`` the app closes the broker and its store when it shuts down."""
     metrics = _Metrics()
 
     def route(path: str, handler: Handler, methods: list[str], name: str) -> Route:
@@ -151,6 +161,9 @@ def create_app(broker: Broker, *, sweep_interval: float = 30.0) -> Starlette:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if owns_broker:
+                broker.close()
+                broker.store.close()
 
     return Starlette(
         routes=[
@@ -241,3 +254,91 @@ async def _sweeper(broker: Broker, interval: float) -> None:
             await run_in_threadpool(broker.sweep)
         except Exception:
             log.exception("lease sweep failed")
+
+
+# -- running it -----------------------------------------------------------------------------------
+
+_LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
+_ENV_CONFIG = "AIRLOCK_BROKER_CONFIG"
+_ENV_KEY = "AIRLOCK_BROKER_SIGNING_KEY"
+_ENV_SWEEP = "AIRLOCK_BROKER_SWEEP_INTERVAL"
+
+
+def serve(
+    config_path: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    workers: int = 1,
+    signing_key: Path | None = None,
+    sweep_interval: float = 30.0,
+) -> None:
+    """Run the broker under uvicorn until it is stopped.
+
+    The config is checked, the state store's tables created and the signing key loaded (the
+    default key generated) here, once, before any worker starts; with ``workers > 1`` uvicorn
+    binds the socket and starts that many processes, each building its own broker through
+    :func:`app_from_environment`. Each worker sweeps expired leases (claims are atomic) and
+    keeps its own Prometheus counters."""
+    from airlock.audit import load_signing_key
+    from airlock.broker.state import StateStore
+    from airlock.errors import UsageError
+    from airlock.policy.broker_config import load_broker_config
+
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {workers}")
+    config = load_broker_config(config_path)
+    Broker.check_config(config)  # refuse a bad config before anything is created on disk
+    store = StateStore(config.state)
+    key = load_signing_key(signing_key)
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    if workers == 1:
+        app: Any = create_app(
+            Broker(config, store=store, key=key), sweep_interval=sweep_interval, owns_broker=True
+        )
+    else:
+        store.close()
+        os.environ[_ENV_CONFIG] = str(Path(config_path).resolve())
+        os.environ[_ENV_SWEEP] = repr(sweep_interval)
+        if signing_key is not None:
+            os.environ[_ENV_KEY] = str(signing_key.resolve())
+        app = f"{__name__}:app_from_environment"
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "access_log": False,  # request lines carry no secrets, but paths carry session ids
+    }
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    server_config = uvicorn.Config(app, factory=True, workers=workers, **options)
+    sock = server_config.bind_socket()
+    # Workers serve connections accepted from this socket, which asyncio does not recognise as
+    # TCP (proto 0): without TCP_NODELAY, which accepted sockets inherit, each response whose
+    # head and body go out in two writes waits ~40 ms for the client's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        Multiprocess(server_config, sockets=[sock]).run()
+    finally:
+        sock.close()
+
+
+def app_from_environment() -> Starlette:
+    """One worker's app (a uvicorn factory): the broker named by ``$AIRLOCK_BROKER_CONFIG``,
+    signing with ``$AIRLOCK_BROKER_SIGNING_KEY`` (default: the local key)."""
+    from airlock.audit import load_signing_key
+    from airlock.broker.state import StateStore
+    from airlock.policy.broker_config import load_broker_config
+
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    config = load_broker_config(os.environ[_ENV_CONFIG])
+    key_path = os.environ.get(_ENV_KEY)
+    key = load_signing_key(Path(key_path) if key_path else None)
+    broker = Broker(config, store=StateStore(config.state), key=key)
+    sweep = float(os.environ.get(_ENV_SWEEP, "30"))
+    return create_app(broker, sweep_interval=sweep, owns_broker=True)

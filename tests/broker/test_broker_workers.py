@@ -1,0 +1,105 @@
+"""`airlock.broker.app.serve(workers=N)`: N processes on one socket, one shared state store. A
+token is single-use across the workers, the lease ledger sees every exchange, and SIGTERM stops
+every worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.broker.conftest import AUDIENCE, broker_yaml
+from tests.support.oidc_issuer import OIDCIssuer
+
+from airlock.broker.state import StateStore
+
+WORKERS = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest.fixture
+def served(
+    issuer: OIDCIssuer, tmp_path: Path
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    config = tmp_path / "broker.yaml"
+    config.write_text(broker_yaml(issuer.url, state))
+    port = _free_port()
+    code = "import sys; from airlock.broker.app import serve; "
+    code += "serve(sys.argv[1], port=int(sys.argv[2]), workers=int(sys.argv[3]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(config), str(port), str(WORKERS)],
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the broker did not start"
+        time.sleep(0.1)
+    yield url, state, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+
+
+def _exchange(url: str, token: str) -> int:
+    # A fresh connection each time, so that the kernel spreads them over the workers.
+    with httpx.Client(timeout=30) as client:
+        response = client.post(f"{url}/v1/exchange", json={"token": token, "grants": ["deploy"]})
+    return response.status_code
+
+
+Served = tuple[str, str, subprocess.Popen[bytes]]
+
+
+def test_workers_share_single_use_and_the_ledger(issuer: OIDCIssuer, served: Served) -> None:
+    url, state, proc = served
+    assert len(_children(proc.pid)) >= WORKERS
+    tokens = [issuer.mint(issuer.github_claims(AUDIENCE)) for _ in range(24)]
+    replayed = tokens[0]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda t: _exchange(url, t), [*tokens, *[replayed] * 8]))
+    assert codes[:24] == [200] * 24
+    assert codes[24:] == [401] * 8
+    store = StateStore(state)
+    try:
+        assert len(store.leases()) == 24
+    finally:
+        store.close()
+
+
+def test_sigterm_stops_every_worker(served: Served) -> None:
+    _, _, proc = served
+    workers = _children(proc.pid)
+    assert len(workers) >= WORKERS
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{w}").exists() for w in workers):
+        assert time.monotonic() < deadline, "a worker outlived SIGTERM"
+        time.sleep(0.1)
