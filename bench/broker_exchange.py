@@ -89,11 +89,26 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(config: Path, tmp: str) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(config: Path, tmp: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = _port()
     env = {**os.environ, "XDG_CONFIG_HOME": tmp}
+    command = [tool("airlock"), "broker", "serve", "--config", str(config), "--port", str(port)]
+    if workers > 1:
+        if (
+            "--workers"
+            in subprocess.run([*command[:3], "--help"], capture_output=True, text=True).stdout
+        ):
+            command += ["--workers", str(workers)]
+        else:  # the CLI does not pass --workers on yet: the same serve() it would call
+            command = [
+                sys.executable,
+                "-c",
+                "import sys; from airlock.broker.app import serve; "
+                "serve(sys.argv[1], port=int(sys.argv[2]), workers=int(sys.argv[3]))",
+                *(str(config), str(port), str(workers)),
+            ]
     proc = subprocess.Popen(
-        [tool("airlock"), "broker", "serve", "--config", str(config), "--port", str(port)],
+        command,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -212,25 +227,33 @@ def _mint(issuer: OIDCIssuer, count: int, path: Path) -> None:
 
 
 def _bench_store(
-    issuer: OIDCIssuer, state: str, label: str, args: argparse.Namespace, tmp: str
+    issuer: OIDCIssuer, state: str, store: str, args: argparse.Namespace, tmp: str
 ) -> None:
-    config = Path(tmp, f"broker-{label}.yaml")
+    for workers in args.workers:
+        label = f"{store}, {workers} worker{'s' if workers > 1 else ''}"
+        _bench_server(issuer, state, label, workers, args, tmp)
+
+
+def _bench_server(
+    issuer: OIDCIssuer, state: str, label: str, workers: int, args: argparse.Namespace, tmp: str
+) -> None:
+    config = Path(tmp, "broker.yaml")
     config.write_text(broker_yaml(issuer.url, state, rate=1_000_000_000))
     bare_lua = Path(tmp, "bare.lua")
     bare_lua.write_text(_LUA_COMMON)
     exchange_lua = Path(tmp, "exchange.lua")
     exchange_lua.write_text(_LUA_EXCHANGE)
-    tokens = Path(tmp, f"tokens-{label}.txt")
+    tokens = Path(tmp, "tokens.txt")
     t0 = time.perf_counter()
     _mint(issuer, args.tokens, tokens)
     print(f"  ({args.tokens} tokens minted in {time.perf_counter() - t0:.1f} s)", flush=True)
-    proc, url = _serve(config, tmp)
+    proc, url = _serve(config, tmp, workers)
     try:
         # Warm up: JWKS fetch, connection pool, SQL statement caches.
         with httpx.Client() as client:
             for body in json.loads("[" + ",".join(_head(tokens, 20)) + "]"):
                 client.post(url + "/v1/exchange", json=body).raise_for_status()
-        rest = Path(tmp, f"tokens-{label}-rest.txt")
+        rest = Path(tmp, "tokens-rest.txt")
         with tokens.open() as src, rest.open("w") as dst:
             for i, line in enumerate(src):
                 if i >= 20:
@@ -243,10 +266,18 @@ def _bench_store(
         )
         profile = os.environ.get("BENCH_PROFILE")  # py-spy's collapsed stacks of the server
         spy = None
-        if profile:
+        if profile and workers == 1:
             spy = subprocess.Popen(
                 [
-                    *(tool("py-spy"), "record", "-f", "raw", "-o", f"{profile}-{label}.txt"),
+                    *(
+                        tool("py-spy"),
+                        "record",
+                        "--gil",
+                        "-f",
+                        "raw",
+                        "-o",
+                        f"{profile}-{state[:5]}.txt",
+                    ),
                     *("--pid", str(proc.pid), "--duration", str(args.duration)),
                 ],
                 stdout=subprocess.DEVNULL,
@@ -275,7 +306,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--tokens", type=int, help="tokens to mint per store")
     parser.add_argument("--only", choices=["sqlite", "postgresql"], help="one store only")
+    parser.add_argument(
+        "--workers", default="1,2", help="broker worker processes to measure, comma-separated"
+    )
     args = parser.parse_args()
+    args.workers = [int(n) for n in args.workers.split(",")]
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     args.duration = args.duration or (5 if args.quick else 15)
