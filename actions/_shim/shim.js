@@ -23,7 +23,16 @@ function install() {
   return done.stdout.trim().split('\n').pop();
 }
 
+// The post step has nothing to do when main never started or did its duties itself, which is
+// every job that was not cancelled (GitHub hands post what main saved, as STATE_*). Python
+// checks the same (_action_post); testing it here spares post the install check and a start.
+function nothingToDo(phase) {
+  const state = process.env;
+  return phase === 'post' && (state.STATE_started !== '1' || state.STATE_finalized === '1');
+}
+
 function run(phase) {
+  if (nothingToDo(phase)) return;
   const python = install();
   if (!python) return;
   const child = spawn(python, ['-m', 'airlock._commands.ci', 'action', phase], {
