@@ -163,6 +163,34 @@ def test_queued_events_keep_their_order_and_run_then_once_written(
         writer.append_later("output", {"text": "late"})
 
 
+def test_a_stuck_display_does_not_hold_up_other_threads(tmp_path: Path) -> None:
+    """Showing output may block (a paused terminal); a gateway's events still get written."""
+    writer = SessionWriter.create(tmp_path, "s1")
+    release, showing = threading.Event(), threading.Event()
+
+    def stuck_show() -> None:
+        showing.set()
+        release.wait(30)
+
+    writer.append_later("output", {"text": "shown later"}, stuck_show)
+    assert showing.wait(30)
+    other = threading.Thread(target=lambda: writer.append("http.request", {"path": "/x"}))
+    other.start()
+    other.join(30)
+    try:
+        assert not other.is_alive()  # written while the display is stuck
+        assert writer.seq == 2
+    finally:
+        release.set()
+    writer.append("process.exec", {"pid": 1})  # the queueing thread waits for its own
+    assert [e["type"] for e in iter_events(tmp_path / "s1")] == [
+        "output",
+        "http.request",
+        "process.exec",
+    ]
+    writer.close()
+
+
 def test_queued_data_that_is_not_json_is_refused_at_once(tmp_path: Path) -> None:
     writer = SessionWriter.create(tmp_path, "s1")
     with pytest.raises(TypeError):

@@ -77,6 +77,7 @@ class SessionWriter:
         self._second = (-1, "")  # the last whole second formatted, for _clock
         self._queue: queue.Queue[_Queued | None] | None = None
         self._thread: threading.Thread | None = None
+        self._producers: set[int] = set()  # threads that queued events
 
     @classmethod
     def create(cls, sessions_dir: Path, session_id: str | None = None) -> SessionWriter:
@@ -119,13 +120,17 @@ class SessionWriter:
         return self._failure is not None
 
     def append(self, type: str, data: Mapping[str, Any]) -> int:
-        """Append one event and return its seq (after the lines queued by :meth:`append_later`).
+        """Append one event and return its seq.
+
+        A thread that queued events with :meth:`append_later` first waits for them, so its own
+        events keep their order; other threads (a gateway) do not wait for them.
 
         Raises RecordingError when the line cannot be written (ENOSPC, EFBIG, …) or the writer
         is already broken, and UsageError after seal/close. ``data`` must be JSON-serialisable.
         """
         type_ = _checked_type(type)
-        self.flush()
+        if threading.get_ident() in self._producers:
+            self.flush()
         with self._lock:
             fd = self._writable_fd()
             return self._write_entry(fd, type_, encode_data(data))
@@ -144,6 +149,7 @@ class SessionWriter:
         type_ = _checked_type(type)
         self._writable_fd()
         encoded = encode_data(data)
+        self._producers.add(threading.get_ident())
         if self._queue is None:
             self._queue = queue.Queue(_QUEUED_LINES)
             self._thread = threading.Thread(
