@@ -55,6 +55,18 @@ def _raw_bytes_of_query(gw: RunningGateway, sql: str) -> bytes:
     return received
 
 
+def test_a_query_pipelined_behind_the_password_is_answered(gateway: RunningGateway) -> None:
+    """Password and a Query in one write: the query is relayed after login, not dropped."""
+    with socket.create_connection((gateway.host, gateway.port), timeout=10) as sock:
+        sock.sendall(pg.encode_startup({"user": "agent", "database": "x"}))
+        _read_until(sock, b"R")
+        password = pg.encode_password(gateway.ticket.value.encode() + b"\0")
+        sock.sendall(password + pg.encode_query("SELECT 41 + 1 AS answer"))
+        received = _read_until(sock, b"Z") + _read_until(sock, b"Z")
+    rows = [m for m in received if m.raw[:1] == b"D"]
+    assert len(rows) == 1 and rows[0].raw.endswith(b"42")
+
+
 # ----------------------------------------------------------------------------- psql
 
 

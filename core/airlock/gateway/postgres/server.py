@@ -386,6 +386,7 @@ class _Connection:
         self.up_framer = pg.Framer(pg.BACKEND_TYPES)
         self.up_pipe: _Pipe | None = None
         self.holding: asyncio.Task[None] | None = None
+        self.after_password = b""  # what a client pipelined behind its password, relayed later
 
     async def run(self) -> None:
         try:
@@ -465,6 +466,7 @@ class _Connection:
         message = await _read_one(self.client_r, parser)
         if not isinstance(message, pg.PasswordMessage):
             raise pg.ProtocolError("expected a password message")
+        self.after_password = parser.take_buffered()
         if not self.s.ticket.check(message.data.rstrip(b"\0")):
             raise _Refused(
                 _fatal(
@@ -602,7 +604,8 @@ class _Connection:
         client_t, up_t = self.client_t, cast(asyncio.Transport, self.up_w.transport)
         self.up_t = up_t
         # Bytes the stream readers already hold (none from well-behaved peers) come first.
-        early_client = _take_buffered(self.client_r)
+        early_client = self.after_password + _take_buffered(self.client_r)
+        self.after_password = b""
         early_up = self.upstream_parser.take_buffered() + _take_buffered(self.up_r)
         client_eof, up_eof = self.client_r.at_eof(), self.up_r.at_eof()
         client_pipe = _Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
@@ -1057,7 +1060,9 @@ def _cstring(raw: bytes, what: str) -> str:
 
 def _take_buffered(reader: asyncio.StreamReader) -> bytes:
     """Empty ``reader``'s buffer without waiting (StreamReader has no public call for it)."""
-    held: bytearray = getattr(reader, "_buffer", bytearray())
+    held = getattr(reader, "_buffer", None)
+    if not isinstance(held, bytearray):  # never drop what a peer sent: refuse to relay instead
+        raise RuntimeError("asyncio.StreamReader keeps no _buffer in this Python: cannot relay")
     data = bytes(held)
     held.clear()
     return data
