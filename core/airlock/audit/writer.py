@@ -158,6 +158,13 @@ class SessionWriter:
             self._thread.start()
         self._queue.put((type_, encoded, then))
 
+    def last_line(self) -> tuple[int, str]:
+        """(seq, hash) of the last line written, after the caller's queued events: the chain
+        head a witness signs. (-1, genesis) when nothing is written yet."""
+        self.flush()
+        with self._lock:
+            return self.seq - 1, self.head
+
     def flush(self) -> None:
         """Wait until every event queued by :meth:`append_later` is written (or dropped after
         a failed write). ``seq`` and ``head`` then describe everything appended so far."""

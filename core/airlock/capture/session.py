@@ -363,8 +363,7 @@ class _Session:
         if witness is None or self._writer.seq == 0:
             return
         self._last_witness = time.monotonic()
-        self._writer.flush()
-        seq, head = self._writer.seq - 1, self._writer.head
+        seq, head = self._writer.last_line()
         try:
             receipt = witness(self._writer.session_id, seq, head)
         except AirlockError as exc:  # fail closed: a session the witness cannot see must stop
