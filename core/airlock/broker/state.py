@@ -9,8 +9,10 @@ tokens are stored as SHA-256 too.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -139,12 +141,15 @@ class StateStore:
         self._uses = 0
         dialect = self._engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        # SQLite has one writer at a time; threads that meet a busy database sleep in its busy
-        # handler (1, 2, 5 ... 100 ms). Writers of this process queue on a lock instead, so the
-        # busy handler only arbitrates between processes.
-        self._write_lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if dialect == "sqlite" else contextlib.nullcontext()
-        )
+        # SQLite has one writer at a time; writers that meet a busy database sleep in its busy
+        # handler (1, 2, 5 ... 100 ms). Our writers queue on a lock instead: a thread lock, and
+        # for a database file an flock(2) on a file beside it, so that the worker processes of
+        # one host queue too. Other writers of the file still meet in the busy handler.
+        self._write_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if dialect == "sqlite":
+            database = self._engine.url.database or ""
+            file_backed = database not in ("", ":memory:") and not database.startswith("file:")
+            self._write_lock = _WriterLock(database + "-writer" if file_backed else None)
         if dialect == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         # The exchange path's statements, compiled once for this database; they run on the driver
@@ -186,6 +191,8 @@ class StateStore:
 
     def close(self) -> None:
         self._engine.dispose()
+        if isinstance(self._write_lock, _WriterLock):
+            self._write_lock.close()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sa.Connection]:
@@ -367,6 +374,43 @@ class StateStore:
     def hit(self, bucket: str, per_seconds: float, limit: int, now: float) -> bool:
         """Count one request in ``bucket``'s fixed window; False when over ``limit``."""
         return self.admit("", None, 0.0, rate=(bucket, per_seconds, limit), now=now).within_rate
+
+
+class _WriterLock:
+    """A thread lock, then (for ``path``) an exclusive flock(2) on that file: one writer at a
+    time across the threads and processes of a host, each waiting its turn in the kernel."""
+
+    def __init__(self, path: str | None) -> None:
+        self._lock = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0  # a forked child opens its own file: flock is per open file
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self._path is None:
+            return
+        try:
+            if self._fd is None or self._pid != os.getpid():
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = None
 
 
 class _Prepared:
