@@ -93,6 +93,8 @@ RATES = sa.Table(
 )
 
 
+_POOL_SIZE = 16
+_POOL_OVERFLOW = 24  # up to 40 connections: anyio's default thread pool
 _PURGE_EVERY = 500  # admissions between purges of expired token ids and old rate windows
 
 
@@ -137,7 +139,11 @@ class StateStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._engine = sa.create_engine(_driver_url(url), pool_pre_ping=True)
+        # Enough pooled connections for the thread pool's concurrent requests: a connection over
+        # pool_size is closed when returned, and a new PostgreSQL connection costs milliseconds.
+        self._engine = sa.create_engine(
+            _driver_url(url), pool_pre_ping=True, pool_size=_POOL_SIZE, max_overflow=_POOL_OVERFLOW
+        )
         self._uses = 0
         dialect = self._engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -150,7 +156,6 @@ class StateStore:
             database = self._engine.url.database or ""
             file_backed = database not in ("", ":memory:") and not database.startswith("file:")
             self._write_lock = _WriterLock(database + "-writer" if file_backed else None)
-        if dialect == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         # The exchange path's statements, compiled once for this database; they run on the driver
         # connection directly (SQLAlchemy's per-execution machinery cost more than the SQL).
@@ -217,7 +222,8 @@ class StateStore:
                 if gone:
                     conn.invalidate(exc)
                 else:
-                    conn.rollback()
+                    with contextlib.suppress(Exception):  # the pool's reset-on-return retries
+                        conn.rollback()
                 raise
             finally:
                 with contextlib.suppress(Exception):
