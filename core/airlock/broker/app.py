@@ -276,10 +276,10 @@ def serve(
     """Run the broker under uvicorn until it is stopped.
 
     The config is checked, the state store's tables created and the signing key loaded (the
-    default key generated) here, once, before any worker starts; with ``workers > 1`` uvicorn
-    binds the socket and starts that many processes, each building its own broker through
-    :func:`app_from_environment`. Each worker sweeps expired leases (claims are atomic) and
-    keeps its own Prometheus counters."""
+    default key generated) here, once, before any worker starts; with ``workers > 1`` this
+    process binds the socket and uvicorn's supervisor starts that many processes on it, each
+    building its own broker through :func:`app_from_environment`. Each worker sweeps expired
+    leases (claims are atomic) and keeps its own Prometheus counters."""
     from airlock.audit import load_signing_key
     from airlock.broker.state import StateStore
     from airlock.errors import UsageError
@@ -292,17 +292,6 @@ def serve(
     store = StateStore(config.state)
     key = load_signing_key(signing_key)
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
-    if workers == 1:
-        app: Any = create_app(
-            Broker(config, store=store, key=key), sweep_interval=sweep_interval, owns_broker=True
-        )
-    else:
-        store.close()
-        os.environ[_ENV_CONFIG] = str(Path(config_path).resolve())
-        os.environ[_ENV_SWEEP] = repr(sweep_interval)
-        if signing_key is not None:
-            os.environ[_ENV_KEY] = str(signing_key.resolve())
-        app = f"{__name__}:app_from_environment"
     import uvicorn
 
     options: dict[str, Any] = {
@@ -312,10 +301,21 @@ def serve(
         "access_log": False,  # request lines carry no secrets, but paths carry session ids
     }
     if workers == 1:
-        uvicorn.run(app, **options)
+        broker = Broker(config, store=store, key=key)
+        try:
+            uvicorn.run(create_app(broker, sweep_interval=sweep_interval), **options)
+        finally:
+            broker.close()
+            store.close()
         return
     from uvicorn.supervisors import Multiprocess
 
+    store.close()
+    os.environ[_ENV_CONFIG] = str(Path(config_path).resolve())
+    os.environ[_ENV_SWEEP] = repr(sweep_interval)
+    if signing_key is not None:
+        os.environ[_ENV_KEY] = str(signing_key.resolve())
+    app = f"{__name__}:app_from_environment"
     server_config = uvicorn.Config(app, factory=True, workers=workers, **options)
     sock = server_config.bind_socket()
     # Workers serve connections accepted from this socket, which asyncio does not recognise as
