@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.broker.conftest import AUDIENCE, broker_yaml
@@ -325,6 +326,10 @@ def main() -> None:
             _bench_store(issuer, f"sqlite:///{tmp}/state.db", "sqlite", args, tmp)
         if args.only in (None, "postgresql"):
             with PostgresCluster.start() as pg:
+                # The test cluster logs every statement (for debugging tests); a server would not.
+                with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                    conn.execute("ALTER SYSTEM SET log_statement = 'none'")
+                    conn.execute("SELECT pg_reload_conf()")
                 _bench_store(
                     issuer,
                     f"postgresql://{pg.superuser}:{pg.password}@{pg.host}:{pg.port}/postgres",
