@@ -1,13 +1,26 @@
-"""The fast path for big output events writes exactly the bytes the json module would."""
+"""The fast paths (big output events, small events) write exactly the bytes the json module would."""
 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airlock.audit._format import _SLOW_CONTROLS, _dump_data, _has_slow_controls
+from airlock.audit import SessionWriter
+from airlock.audit._format import (
+    _SLOW_CONTROLS,
+    _dump_data,
+    _has_slow_controls,
+    encode_line,
+    encode_small,
+    genesis,
+    line_hash,
+)
+from airlock.events import EventType
 
 TEXT = st.text(
     alphabet=st.one_of(
@@ -46,3 +59,55 @@ def test_each_slow_control_byte_is_found() -> None:
     for byte in range(256):
         data = b"a" * 100 + bytes([byte]) + b"b" * 100
         assert _has_slow_controls(data) == (byte < 32 and byte not in (9, 10, 13, 27))
+
+
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(TEXT, VALUES, max_size=6))
+def test_small_events_encode_as_the_json_module_does(data: dict[str, object]) -> None:
+    text = encode_small(data)
+    assert text is not None
+    assert text.encode("utf-8") == _dump_data(data)
+    assert json.loads(text) == json.loads(_dump_data(data))
+
+
+def test_small_encoding_leaves_big_strings_to_the_fast_path() -> None:
+    assert encode_small({"stream": "stdout", "text": "x" * 5000}) is None
+    assert encode_small({"text": "x" * 4095}) == '{"text":"' + "x" * 4095 + '"}'
+
+
+def test_small_encoding_escapes_lone_surrogates_and_refuses_what_json_refuses() -> None:
+    assert encode_small({"argv": ["a\udcffé"]}) == '{"argv":["a\\udcff\\u00e9"]}'
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_small({"x": float("nan")})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_small({"x": object()})
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=st.lists(st.dictionaries(TEXT, VALUES, max_size=4), min_size=1, max_size=5))
+def test_written_lines_are_the_documented_layout(events: list[dict[str, object]]) -> None:
+    """The writer's one-pass line for small events is byte for byte encode_line's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = SessionWriter.create(Path(tmp))
+        for i, data in enumerate(events):
+            writer.append(EventType.DB_QUERY if i % 2 else "custom.type-1:x", data)
+        writer.close()
+        lines = writer.events_path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    prev = genesis(writer.session_id)
+    for seq, (raw, data) in enumerate(zip(lines[:-1], events, strict=True)):
+        parsed = json.loads(raw)
+        type_ = "db.query" if seq % 2 else "custom.type-1:x"
+        assert raw == encode_line(seq, parsed["ts"], type_, prev, data)
+        prev = line_hash(raw)

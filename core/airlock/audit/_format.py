@@ -14,6 +14,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Mapping
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any, Final
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "canonical_json",
     "encode_data",
     "encode_line",
+    "encode_small",
     "genesis",
     "join_entry",
     "line_hash",
@@ -150,6 +152,50 @@ def _dump_flat(data: Mapping[str, Any]) -> list[bytes] | None:
             return None
     parts.append(b"}")
     return parts
+
+
+def _not_serialisable(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _c_encoder() -> Callable[[Any], str] | None:
+    """The json module's C encoder, made once (``JSONEncoder.encode`` makes one per call).
+
+    No circular-reference check (``markers`` None): a self-referencing value raises
+    RecursionError instead of ValueError, and nothing is written either way.
+    """
+    if c_make_encoder is None or c_encode_basestring is None:  # a Python without _json
+        return None
+    make = c_make_encoder(
+        None, _not_serialisable, c_encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(obj: Any) -> str:
+        return "".join(make(obj, 0))
+
+    return encode
+
+
+_ENCODE_SMALL: Final = _c_encoder() or _ENCODE_UTF8
+
+
+def encode_small(data: Mapping[str, Any]) -> str | None:
+    """The ``data`` object of a line as text that encodes to UTF-8, or None when a value is a
+    big string (:func:`encode_data` does those faster).
+
+    The common event (a few short values) in one pass of the json module's C encoder: the
+    same bytes as :func:`encode_data`, as text so the writer encodes the whole line once.
+    """
+    for value in data.values():
+        if isinstance(value, str) and len(value) >= _FAST_MIN:
+            return None
+    text = _ENCODE_SMALL(data if type(data) is dict else dict(data))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return _ENCODE_ASCII(dict(data))  # lone surrogates, as in _dump_parts
+    return text
 
 
 def _dump_parts(data: Mapping[str, Any]) -> list[bytes]:

@@ -26,6 +26,7 @@ from airlock.audit._format import (
     SESSION_ID_RE,
     TYPE_RE,
     encode_data,
+    encode_small,
     genesis,
     join_entry,
     line_hash,
@@ -129,11 +130,18 @@ class SessionWriter:
         is already broken, and UsageError after seal/close. ``data`` must be JSON-serialisable.
         """
         type_ = _checked_type(type)
-        if threading.get_ident() in self._producers:
+        if self._producers and threading.get_ident() in self._producers:
             self.flush()
         with self._lock:
             fd = self._writable_fd()
-            return self._write_entry(fd, type_, encode_data(data))
+            text = encode_small(data)
+            if text is None:
+                return self._write_entry(fd, type_, encode_data(data))
+            # The common small event: the whole line as text, encoded once. ts, type_ (checked
+            # against TYPE_RE) and head need no JSON escaping; text is known to encode.
+            ts = self._clock()
+            line = f'{{"seq":{self.seq},"ts":"{ts}","type":"{type_}","prev":"{self.head}"'
+            return self._written(fd, f'{line},"data":{text}}}\n'.encode(), ts)
 
     def append_later(
         self, type: str, data: Mapping[str, Any], then: Callable[[], object] | None = None
@@ -201,7 +209,10 @@ class SessionWriter:
 
     def _write_entry(self, fd: int, type_: str, encoded: list[bytes]) -> int:
         ts = self._clock()
-        payload = join_entry(self.seq, ts, type_, self.head, encoded)
+        return self._written(fd, join_entry(self.seq, ts, type_, self.head, encoded), ts)
+
+    def _written(self, fd: int, payload: bytes, ts: str) -> int:
+        """Write one whole line (with its ``\\n``) and move the chain on."""
         self._write_line(fd, payload)
         self._whole.update(payload)
         self._bytes += len(payload)
@@ -336,10 +347,20 @@ _QUEUED_LINES = 4  # events waiting for the writer's thread: bounds the memory t
 
 
 def _checked_type(type: str) -> str:
+    known = _TYPES.get(type)
+    if known is not None:
+        return known
     type_ = str(type)
     if not TYPE_RE.fullmatch(type_):
         raise ValueError(f"invalid event type {type_!r}")
+    if len(_TYPES) < _MAX_TYPES:
+        _TYPES[type] = type_
     return type_
+
+
+# Event types already checked (a StrEnum member maps to its plain str): a few dozen in practice.
+_TYPES: dict[str, str] = {}
+_MAX_TYPES = 1024
 
 
 class _FileDigest:
