@@ -310,3 +310,18 @@ def test_mask_text_remembers_answers_but_not_past_a_new_secret() -> None:
     assert masker.mask_text(word) == word  # answered from memory
     masker.add_secret("late-secret-9f8e7d6c", "credential:late")
     assert masker.mask_text(word) == "deploy --token=[MASKED:credential:late]"
+
+
+def test_a_buffer_with_nothing_to_mask_comes_back_as_is(engine: str) -> None:
+    masker = make(engine)
+    clean = b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
+    assert masker.mask_bytes(clean) is clean  # no literal secrets yet
+    masker.add_secret(SECRET, "credential:db")
+    assert masker.mask_bytes(clean) is clean
+    text = "ls -la /tmp é"
+    assert masker.mask_text(text) is text
+    # One scan decides it, so a hit by either a literal or a pattern rule is still masked.
+    assert masker.mask_bytes(clean + SECRET.encode()) == clean + b"[MASKED:credential:db]"
+    key = b"AKIA" + b"ABCDEFGHIJKLMNOP"
+    assert b"AKIA" not in masker.mask_bytes(b"key=" + key + b" end")
+    assert masker.mask_bytes(bytearray(clean)) == clean

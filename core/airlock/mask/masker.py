@@ -87,12 +87,42 @@ class _Snapshot:
         end = base + len(buf)
         if not final and min(map(operator.add, resume, self.reach)) > end:
             return  # no rule can settle a start yet: skip the scan
+        hits, occurrences = self._scan(buf)
+        self._advance(buf, base, resume, final, spans, hits, occurrences)
+
+    def mask_whole(self, buf: bytes) -> bytes:
+        """``buf`` masked as a whole stream: what a fresh StreamMasker's feed and flush
+        return, in one scan, and ``buf`` itself when no rule can match in it."""
+        hits, occurrences = self._scan(buf)
+        if not hits and not occurrences:
+            literal = self.rules[LITERAL_INDEX]
+            if occurrences is not None or literal is None or literal.regex.search(buf) is None:
+                return buf
+        spans: list[Span] = []
+        resume = self.initial_resume(0)
+        self._advance(buf, 0, resume, True, spans, hits, occurrences)
+        return render(buf, 0, 0, len(buf), spans, self.replace)[0]
+
+    def _scan(self, buf: bytes) -> tuple[set[int], dict[int, int] | None]:
+        """The prefilter's pass: pattern rules that may match, and the literal occurrences
+        when hyperscan finds them (None: the literal rule is searched with RE2)."""
+        if self.literal_matcher is not None:
+            return self.literal_matcher.scan(buf)
+        return self.prefilter.hits(buf), None
+
+    def _advance(
+        self,
+        buf: bytes,
+        base: int,
+        resume: list[int],
+        final: bool,
+        spans: list[Span],
+        hits: set[int],
+        occurrences: dict[int, int] | None,
+    ) -> None:
+        end = base + len(buf)
         old = list(resume)
         literal = self.rules[LITERAL_INDEX]
-        if self.literal_matcher is not None:
-            hits, occurrences = self.literal_matcher.scan(buf)
-        else:
-            hits, occurrences = self.prefilter.hits(buf), None
         # Rules the prefilter did not see settle every start they can: no match anywhere.
         if final:
             resume[:] = [max(r, end + 1) for r in old]
@@ -166,15 +196,17 @@ class Masker:
             self._snapshot = self._build()
 
     def mask_bytes(self, data: bytes) -> bytes:
-        """Mask a complete buffer."""
-        return StreamMasker(self)._finish(data)
+        """Mask a complete buffer (the very same object back when nothing needed masking)."""
+        return self._snapshot.mask_whole(bytes(data))
 
     def mask_text(self, text: str) -> str:
         """Mask a complete string (UTF-8; a span cutting a character leaves U+FFFD)."""
         texts = self._snapshot.texts  # before masking: a newer snapshot only masks more
         masked = texts.get(text)
         if masked is None:
-            masked = self.mask_bytes(text.encode("utf-8")).decode("utf-8", "replace")
+            raw = text.encode("utf-8")
+            out = self._snapshot.mask_whole(raw)
+            masked = text if out is raw else out.decode("utf-8", "replace")
             if len(text) <= _TEXT_MEMO_LEN:
                 if len(texts) >= _TEXT_MEMO_SIZE:
                     texts.clear()
@@ -315,10 +347,6 @@ class StreamMasker:
         self._pending = []
         self._commit(cut)
         return out
-
-    def _finish(self, data: bytes) -> bytes:
-        self._buf = bytes(data)
-        return self._step(b"", final=True)
 
     def _sync(self) -> _Snapshot:
         """Pick up secrets added since the last call: re-examine all held output for them."""
