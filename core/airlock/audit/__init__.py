@@ -6,19 +6,28 @@
     iter_events(dir)           read events (does not verify)
 
 The byte layout is documented in docs/session-format.md.
+
+Names are imported on first use (PEP 562): a command that only writes a session does not load
+the verifier and the reader.
 """
 
-from airlock.audit.keys import (
-    SigningKey,
-    default_key_path,
-    key_id_for,
-    load_public_keys,
-    load_signing_key,
-)
-from airlock.audit.reader import iter_events
-from airlock.audit.seal import find_unsealed, seal_session
-from airlock.audit.verify import FAILURE_KINDS, VerifyReport, verify_session
-from airlock.audit.writer import SessionWriter, new_session_id
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airlock.audit.keys import (
+        SigningKey,
+        default_key_path,
+        key_id_for,
+        load_public_keys,
+        load_signing_key,
+    )
+    from airlock.audit.reader import iter_events
+    from airlock.audit.seal import find_unsealed, seal_session
+    from airlock.audit.verify import FAILURE_KINDS, VerifyReport, verify_session
+    from airlock.audit.writer import SessionWriter, new_session_id
 
 __all__ = [
     "FAILURE_KINDS",
@@ -35,3 +44,32 @@ __all__ = [
     "seal_session",
     "verify_session",
 ]
+
+_WHERE = {
+    "FAILURE_KINDS": "verify",
+    "SessionWriter": "writer",
+    "SigningKey": "keys",
+    "VerifyReport": "verify",
+    "default_key_path": "keys",
+    "find_unsealed": "seal",
+    "iter_events": "reader",
+    "key_id_for": "keys",
+    "load_public_keys": "keys",
+    "load_signing_key": "keys",
+    "new_session_id": "writer",
+    "seal_session": "seal",
+    "verify_session": "verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
