@@ -78,7 +78,7 @@ EnvName = Annotated[
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

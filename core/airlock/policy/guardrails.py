@@ -114,7 +114,7 @@ _METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
 
 def _re2_options() -> Any:

@@ -12,28 +12,24 @@ rather than "last one wins".
 from __future__ import annotations
 
 import difflib
-import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from airlock.errors import ConfigError
 from airlock.policy.model import Policy
 
+if TYPE_CHECKING:
+    import yaml  # imported when a file is read: `airlock run` without --policy does without
+
 __all__ = ["MAX_POLICY_BYTES", "PolicyError", "PolicyProblem", "load_policy", "parse_policy"]
 
 MAX_POLICY_BYTES = 1024 * 1024
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-# Types a policy never needs; refusing them keeps every value a str, int, bool, list or mapping.
-_REFUSED_TAGS = ("binary", "timestamp", "set", "omap", "pairs")
 
 
 @dataclass(frozen=True)
@@ -66,49 +62,6 @@ class PolicyError(ConfigError):
     def __init__(self, problems: Sequence[PolicyProblem], *, hint: str | None = None) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems), hint=hint)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and duplicate keys refused."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, str):
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    "keys must be words, not numbers, lists or null",
-                    key_node.start_mark,
-                )
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key[:80]!r} appears twice; keep one", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    raise yaml.constructor.ConstructorError(
-        None, None, f"YAML tag {node.tag.rsplit(':', 1)[-1]!r} is not allowed here", node.start_mark
-    )
-
-
-for _tag in _REFUSED_TAGS:
-    _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
-_StrictLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
 
 
 def load_policy(path: Path) -> Policy:
@@ -156,7 +109,11 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
 
 
 def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    loader = _StrictLoader(text)
+    import yaml
+
+    from airlock.policy._yaml import StrictLoader
+
+    loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -173,6 +130,8 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, source: str) -> PolicyProblem:
     mark = exc.problem_mark or exc.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
     what = exc.problem or exc.context or "invalid YAML"
+    import yaml
+
     if isinstance(exc, yaml.constructor.ConstructorError):
         return PolicyProblem(source, "", f"YAML error: {what}", line, column)
     message = f"YAML syntax error: {what}; check indentation, quoting and ':' after keys"
@@ -355,6 +314,8 @@ def _choices_at(loc: tuple[int | str, ...]) -> tuple[Any, ...]:
 
 def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     """1-based line of the YAML node at ``loc`` (the key's line for a key), if it can be found."""
+    import yaml
+
     node = root
     line = root.start_mark.line + 1 if root is not None else None
     for part in loc:

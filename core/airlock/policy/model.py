@@ -70,7 +70,7 @@ _EMPTY_PROBES = ("", "a", "A", "0", " ", "_", "-", "a b", "\n")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _check_env_name(value: str) -> str:
