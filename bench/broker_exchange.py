@@ -95,19 +95,7 @@ def _serve(config: Path, tmp: str, workers: int) -> tuple[subprocess.Popen[bytes
     env = {**os.environ, "XDG_CONFIG_HOME": tmp}
     command = [tool("airlock"), "broker", "serve", "--config", str(config), "--port", str(port)]
     if workers > 1:
-        if (
-            "--workers"
-            in subprocess.run([*command[:3], "--help"], capture_output=True, text=True).stdout
-        ):
-            command += ["--workers", str(workers)]
-        else:  # the CLI does not pass --workers on yet: the same serve() it would call
-            command = [
-                sys.executable,
-                "-c",
-                "import sys; from airlock.broker.app import serve; "
-                "serve(sys.argv[1], port=int(sys.argv[2]), workers=int(sys.argv[3]))",
-                *(str(config), str(port), str(workers)),
-            ]
+        command += ["--workers", str(workers)]
     proc = subprocess.Popen(
         command,
         env=env,

@@ -1,4 +1,4 @@
-"""`airlock.broker.app.serve(workers=N)`: N processes on one socket, one shared state store. A
+"""`airlock broker serve --workers N`: N processes on one socket, one shared state store. A
 token is single-use across the workers, the lease ledger sees every exchange, and SIGTERM stops
 every worker."""
 
@@ -42,10 +42,11 @@ def served(
     config = tmp_path / "broker.yaml"
     config.write_text(broker_yaml(issuer.url, state))
     port = _free_port()
-    code = "import sys; from airlock.broker.app import serve; "
-    code += "serve(sys.argv[1], port=int(sys.argv[2]), workers=int(sys.argv[3]))"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(config), str(port), str(WORKERS)],
+        [
+            *(sys.executable, "-m", "airlock._cli", "broker", "serve", "--config", str(config)),
+            *("--port", str(port), "--workers", str(WORKERS)),
+        ],
         env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

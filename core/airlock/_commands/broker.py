@@ -47,6 +47,15 @@ def register(sub: Any) -> None:
         default=30.0,
         help="seconds between sweeps of expired leases",
     )
+    add_flag(
+        serve,
+        "--workers",
+        env="AIRLOCK_BROKER_WORKERS",
+        type=int,
+        default=1,
+        help="worker processes on one socket, each a broker over the shared state (SQLite on "
+        "one host, or PostgreSQL)",
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -123,31 +132,16 @@ def _schema(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if not args.config:
         raise UsageError("--config is required", hint="airlock broker serve --config broker.yaml")
-    import logging
+    from airlock.broker.app import serve
 
-    import uvicorn
-
-    from airlock.audit import load_signing_key
-    from airlock.broker.app import create_app
-    from airlock.broker.service import Broker
-    from airlock.broker.state import StateStore
-
-    config = load_broker_config(args.config)
-    Broker.check_config(config)  # refuse a bad config before anything is created on disk
-    store = StateStore(config.state)
-    broker = Broker(config, store=store, key=load_signing_key(args.signing_key))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        uvicorn.run(
-            create_app(broker, sweep_interval=args.sweep_interval),
-            host=args.host,
-            port=args.port,
-            log_level="info",
-            access_log=False,  # request lines carry no secrets, but paths carry session ids
-        )
-    finally:
-        broker.close()
-        store.close()
+    serve(
+        args.config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        signing_key=args.signing_key,
+        sweep_interval=args.sweep_interval,
+    )
     return 0
 
 
