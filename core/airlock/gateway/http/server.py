@@ -127,6 +127,7 @@ async def serve_http(
             lifespan="off",
             server_header=False,
             proxy_headers=False,
+            http="h11",  # the same HTTP parser whatever else is installed (httptools: broker)
             date_header=False,
             timeout_keep_alive=30,
         )
