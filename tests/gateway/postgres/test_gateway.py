@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import struct
@@ -65,6 +66,22 @@ def test_a_query_pipelined_behind_the_password_is_answered(gateway: RunningGatew
         received = _read_until(sock, b"Z") + _read_until(sock, b"Z")
     rows = [m for m in received if m.raw[:1] == b"D"]
     assert len(rows) == 1 and rows[0].raw.endswith(b"42")
+
+
+def test_closing_with_clients_connected_logs_no_error(
+    make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = make_gateway()
+    sockets = [_raw_connect(gw) for _ in range(3)]
+    for sock in sockets:
+        _read_until(sock, b"Z")  # logged in, idle: the relay is waiting on them
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        gw.handle.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    for sock in sockets:
+        sock.settimeout(10)
+        assert sock.recv(65536) == b""  # closed by the gateway, not left hanging
+        sock.close()
 
 
 # ----------------------------------------------------------------------------- psql

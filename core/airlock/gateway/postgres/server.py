@@ -229,7 +229,11 @@ async def serve_postgres(
     holder: list[PostgresGateway] = []
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await holder[0]._serve_client(reader, writer)
+        # Closing the gateway cancels the connections still open; asyncio's stream protocol
+        # would log that as an error with a traceback on the user's terminal. Their last events
+        # are recorded by then and the sockets closed by _serve_client.
+        with contextlib.suppress(asyncio.CancelledError):
+            await holder[0]._serve_client(reader, writer)
 
     server = await asyncio.start_server(
         on_client, config.listen_host, config.listen_port, limit=_READ
@@ -245,11 +249,13 @@ class ThreadedGateway:
         self._loop = loop
         self.gateway = gateway
         self.address = gateway.address
+        self._closing = False
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the gateway and its thread."""
-        if self._loop.is_closed():
+        """Stop the gateway and its thread (once: closing again does nothing)."""
+        if self._closing or self._loop.is_closed():
             return
+        self._closing = True
         future = asyncio.run_coroutine_threadsafe(self.gateway.close(), self._loop)
         with contextlib.suppress(Exception):
             future.result(timeout)
