@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,12 +124,6 @@ def read_json(path: Path) -> object:
     return json.loads(path.read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_broker(config: Path, home: Path) -> Iterator[tuple[str, bytearray]]:
     """`airlock broker serve --config CONFIG` on a free port; yields (URL, stderr holder).
@@ -139,27 +131,9 @@ def running_broker(config: Path, home: Path) -> Iterator[tuple[str, bytearray]]:
     The second item is filled with the broker's stderr once it stopped (for "no secret in the
     broker's log" checks); read it after the block.
     """
-    import httpx
+    from tests.support.broker_server import start_broker_process
 
-    port = _free_port()
-    serve = ["broker", "serve", "--config", str(config), "--port", str(port)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airlock._cli", *serve],
-        env={**os.environ, "XDG_CONFIG_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the broker did not start"
-        time.sleep(0.1)
+    proc, url = start_broker_process(["broker", "serve", "--config", str(config)], home, 30)
     log = bytearray()
     try:
         yield url, log

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from tests.broker.conftest import AUDIENCE, STATIC_VALUE, broker_yaml
+from tests.support.broker_server import start_broker_process
 from tests.support.oidc_issuer import OIDCIssuer
 
 from airlock.audit import SessionWriter, iter_events, load_signing_key, verify_session
@@ -32,35 +31,12 @@ from airlock.errors import VerificationFailed
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def broker_url(issuer: OIDCIssuer, tmp_path: Path) -> Iterator[str]:
     config = tmp_path / "broker.yaml"
     config.write_text(broker_yaml(issuer.url, f"sqlite:///{tmp_path / 'state.db'}"))
-    port = _free_port()
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "broker-config")}
-    proc = subprocess.Popen(
-        [AIRLOCK, "broker", "serve", "--config", str(config), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "the broker did not start"
-        time.sleep(0.1)
+    serve = ["broker", "serve", "--config", str(config)]
+    proc, url = start_broker_process(serve, tmp_path / "broker-config", 30)
     yield url
     proc.terminate()
     _, stderr = proc.communicate(timeout=20)

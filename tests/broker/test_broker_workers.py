@@ -4,11 +4,8 @@ every worker."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,17 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.broker.conftest import AUDIENCE, broker_yaml
+from tests.support.broker_server import start_broker_process
 from tests.support.oidc_issuer import OIDCIssuer
 
 from airlock.broker.state import StateStore
 
 WORKERS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _children(pid: int) -> set[int]:
@@ -41,27 +33,8 @@ def served(
     state = f"sqlite:///{tmp_path / 'state.db'}"
     config = tmp_path / "broker.yaml"
     config.write_text(broker_yaml(issuer.url, state))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "airlock._cli", "broker", "serve", "--config", str(config)),
-            *("--port", str(port), "--workers", str(WORKERS)),
-        ],
-        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "the broker did not start"
-        time.sleep(0.1)
+    serve = ["broker", "serve", "--config", str(config), "--workers", str(WORKERS)]
+    proc, url = start_broker_process(serve, tmp_path / "config")
     yield url, state, proc
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 
 import uvicorn
@@ -35,3 +39,31 @@ class BrokerServer:
     ) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+
+def start_broker_process(
+    argv: list[str], home: Path, timeout: float = 60.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``airlock broker serve`` (``argv`` after the program, with ``--port`` set to a free
+    port here) in its own process; returns it and its URL once ``/healthz`` answers."""
+    import httpx
+    from tests.support.moto_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airlock._cli", *argv, "--port", str(port)],
+        env={**os.environ, "XDG_CONFIG_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the broker did not start"
+        time.sleep(0.1)
