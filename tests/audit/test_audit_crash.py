@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -115,20 +116,26 @@ def test_torn_last_line_is_left_in_place_and_excluded(
     assert report.warnings == ("20 byte(s) of a partial last line are not covered by the seal",)
 
 
-def test_file_size_limit_is_a_recording_error_and_earlier_lines_verify(
-    tmp_path: Path, key: SigningKey, trusted: Trusted
-) -> None:
+def _run_writer(script: str, tmp_path: Path, key: SigningKey) -> dict[str, Any]:
+    """Run a writer script in its own process (it sets limits on itself); its JSON result."""
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(key.private_pem())
     os.chmod(key_file, 0o600)
     sessions = tmp_path / "sessions"
     done = subprocess.run(
-        [sys.executable, "-c", _FILL_TO_LIMIT, str(sessions), str(key_file)],
+        [sys.executable, "-c", script, str(sessions), str(key_file)],
         capture_output=True,
         check=True,
         timeout=60,
     )
-    result = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_file_size_limit_is_a_recording_error_and_earlier_lines_verify(
+    tmp_path: Path, key: SigningKey, trusted: Trusted
+) -> None:
+    result = _run_writer(_FILL_TO_LIMIT, tmp_path, key)
     assert "could not write to session log" in result["error"]
     assert "File too large" in result["error"]
     assert "stopped after a failed write" in result["again"]
@@ -136,9 +143,9 @@ def test_file_size_limit_is_a_recording_error_and_earlier_lines_verify(
     assert manifest["status"] == "incomplete"
     assert "EFBIG" in manifest["reason"]
     assert manifest["event_count"] == result["seq"] > 0
-    size = (sessions / "full" / "events.jsonl").stat().st_size
+    size = (tmp_path / "sessions" / "full" / "events.jsonl").stat().st_size
     assert manifest["log_bytes"] <= size <= 50_000
-    report = verify_session(sessions / "full", trusted)
+    report = verify_session(tmp_path / "sessions" / "full", trusted)
     assert (report.status, report.event_count) == ("incomplete", result["seq"])
 
 
@@ -167,24 +174,14 @@ _FILL_LATER = textwrap.dedent(
 def test_a_failed_queued_write_shows_nothing_more_and_seals_incomplete(
     tmp_path: Path, key: SigningKey, trusted: Trusted
 ) -> None:
-    key_file = tmp_path / "key.pem"
-    key_file.write_bytes(key.private_pem())
-    os.chmod(key_file, 0o600)
-    sessions = tmp_path / "sessions"
-    done = subprocess.run(
-        [sys.executable, "-c", _FILL_LATER, str(sessions), str(key_file)],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    result = json.loads(done.stdout)
+    result = _run_writer(_FILL_LATER, tmp_path, key)
     assert "stopped after a failed write" in result["error"]
     # Exactly the lines on disk were shown: none after the failed one.
     assert result["shown"] == list(range(result["seq"])) and result["seq"] > 0
     manifest = result["manifest"]
     assert (manifest["status"], manifest["event_count"]) == ("incomplete", result["seq"])
     assert "EFBIG" in manifest["reason"]
-    report = verify_session(sessions / "full", trusted)
+    report = verify_session(tmp_path / "sessions" / "full", trusted)
     assert (report.status, report.event_count) == ("incomplete", result["seq"])
 
 
