@@ -536,22 +536,19 @@ FRONTEND_TYPES = b"QPBDECSHXdcfpF"
 
 def decode_frontend(raw: bytes) -> Message:
     """Decode one whole frontend message (as :class:`Framer` delimits it)."""
-    kind = chr(raw[0])
-    decoder = _FRONTEND.get(kind)
-    if decoder is None:
-        raise ProtocolError(f"unknown frontend message type {kind!r}")
-    reader = _Reader(raw[5:], kind)
-    message: Message = decoder(raw, reader)
-    reader.end()
-    return message
+    return _decode(raw, _FRONTEND, "frontend")
 
 
 def decode_backend(raw: bytes) -> Message:
     """Decode one whole backend message (as :class:`Framer` delimits it)."""
+    return _decode(raw, _BACKEND, "backend")
+
+
+def _decode(raw: bytes, decoders: Mapping[str, Any], side: str) -> Message:
     kind = chr(raw[0])
-    decoder = _BACKEND.get(kind)
+    decoder = decoders.get(kind)
     if decoder is None:
-        raise ProtocolError(f"unknown backend message type {kind!r}")
+        raise ProtocolError(f"unknown {side} message type {kind!r}")
     reader = _Reader(raw[5:], kind)
     message: Message = decoder(raw, reader)
     reader.end()
