@@ -15,6 +15,24 @@ DATA = Path(__file__).resolve().parent / ".data"
 VENV_BIN = Path(sys.executable).parent
 
 
+# The vocabulary of the generated log text (the masking corpus adds to it).
+LOG_WORDS = [
+    "build",
+    "test",
+    "compile",
+    "link",
+    "fetch",
+    "resolve",
+    "install",
+    "cache",
+    "hit",
+    "miss",
+    "warning",
+    "error",
+    "ok",
+]
+
+
 def tool(name: str) -> str:
     """A command from the project's venv if it is there, else from PATH."""
     local = VENV_BIN / name
@@ -31,38 +49,23 @@ def log_corpus(size_mb: int) -> Path:
     if path.exists() and path.stat().st_size >= size_mb * 1_000_000:
         return path
     rng = random.Random(42)
-    words = [
-        "build",
-        "test",
-        "compile",
-        "link",
-        "fetch",
-        "resolve",
-        "install",
-        "cache",
-        "hit",
-        "miss",
-        "warning",
-        "error",
-        "ok",
-    ]
     lines = []
     for i in range(20_000):
         kind = i % 4
         if kind == 0:
             lines.append(
-                f"[{i:06d}] {rng.choice(words)} src/module_{rng.randint(0, 999)}.py:{rng.randint(1, 800)} {' '.join(rng.choices(words, k=8))}"
+                f"[{i:06d}] {rng.choice(LOG_WORDS)} src/module_{rng.randint(0, 999)}.py:{rng.randint(1, 800)} {' '.join(rng.choices(LOG_WORDS, k=8))}"
             )
         elif kind == 1:
             lines.append(
-                f'{{"level":"info","ts":{1700000000 + i},"msg":"{rng.choice(words)}","id":"{rng.getrandbits(64):016x}"}}'
+                f'{{"level":"info","ts":{1700000000 + i},"msg":"{rng.choice(LOG_WORDS)}","id":"{rng.getrandbits(64):016x}"}}'
             )
         elif kind == 2:
             lines.append(
                 f"PASSED tests/test_{rng.randint(0, 99)}.py::test_case_{rng.randint(0, 9999)} [{rng.randint(0, 100)}%]"
             )
         else:
-            lines.append(" ".join(rng.choices(words, k=14)))
+            lines.append(" ".join(rng.choices(LOG_WORDS, k=14)))
     block = ("\n".join(lines) + "\n").encode()
     with path.open("wb") as out:
         written = 0

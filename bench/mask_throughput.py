@@ -24,25 +24,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import re2
+from _util import LOG_WORDS
 
 from airlock.mask import BUILTIN_RULES, Masker, MaskSettings, PatternRule
 
 CHUNK = 64 * 1024
 ALNUM = string.ascii_letters + string.digits
 WORDS = [
-    "build",
-    "test",
-    "compile",
-    "link",
-    "fetch",
-    "resolve",
-    "install",
-    "cache",
-    "hit",
-    "miss",
-    "warning",
-    "error",
-    "ok",
+    *LOG_WORDS,
     "retry",
     "upload",
     "download",
