@@ -274,4 +274,5 @@ def test_framer_on_garbage_only_ever_raises_protocol_error(data: bytes) -> None:
     with contextlib.suppress(pg.ProtocolError):
         buf, frames = pg.Framer(pg.BACKEND_TYPES).split(data)
         for _, start, end in frames:
-            pg.decode_backend(buf[start:end])
+            message = pg.decode_backend(buf[start:end])
+            assert message.raw == bytes(buf[start:end])  # whole frames, decoded as they came
