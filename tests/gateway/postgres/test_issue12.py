@@ -15,7 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from tests.gateway.postgres.conftest import APP_USER, MakeGateway, RunningGateway, Upstream
+from tests.gateway.postgres.conftest import (
+    APP_USER,
+    SECRET_IN_DATA,
+    MakeGateway,
+    RunningGateway,
+    Upstream,
+)
 
 pytestmark = pytest.mark.service
 
@@ -289,3 +295,18 @@ def test_closing_the_gateway_records_every_pending_hold_without_tracebacks(
     assert len(gw.of_type("approval.cancelled")) == 2
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
     assert _exists(upstream, victims)
+
+
+# ------------------------------------------------------------------- 7: NOTIFY payloads
+
+
+def test_notify_payloads_are_masked(gateway: RunningGateway) -> None:
+    with (
+        psycopg.connect(gateway.dsn(), autocommit=True) as listener,
+        psycopg.connect(gateway.dsn(), autocommit=True) as sender,
+    ):
+        listener.execute("LISTEN airlock_ch")
+        sender.execute("SELECT pg_notify('airlock_ch', %s)", (f"token {SECRET_IN_DATA} here",))
+        received = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert len(received) == 1 and SECRET_IN_DATA not in received[0]
+    assert received == ["token [MASKED:env:API_SECRET] here"]

@@ -60,8 +60,8 @@ _QUERY, _TERMINATE, _SYNC = b"QXS"
 # Frontend messages with nothing to judge or record: Describe, Flush, CopyData/Done/Fail.
 _CLIENT_PASSED = frozenset(b"DHdcf")
 # Backend messages the relay passes on without looking inside (the rest it decodes).
-_PASSED = frozenset(b"123ntKAVcGHWvR")
-_PARAMETER_STATUS = ord("S")
+_PASSED = frozenset(b"123ntKVcGHWvR")
+_PARAMETER_STATUS, _NOTIFICATION = b"SA"
 # What a client may send while a statement is held (read so that its going away is seen);
 # past this, reading pauses until the hold ends.
 _MAX_BACKLOG = 1024 * 1024
@@ -808,6 +808,8 @@ class Connection:
                 new = self._data_row(buf, start, end)
             elif kind in _PASSED:
                 continue
+            elif kind == _NOTIFICATION:
+                new = self._notification(buf, start, end)
             elif kind == _PARAMETER_STATUS:
                 status = pg.decode_backend(buf[start:end])
                 assert isinstance(status, pg.ParameterStatus)
@@ -889,6 +891,14 @@ class Connection:
         data = buf[start + 5 : end]
         masked = self.s.masker.mask_bytes(data)
         return None if masked == data else pg.encode_message(b"d", masked)
+
+    def _notification(self, buf: bytes, start: int, end: int) -> bytes | None:
+        """NOTIFY channel and payload, masked (always: they are free text like an error)."""
+        body = buf[start + 5 : end]
+        masked = self.s.masker.mask_bytes(body[4:])
+        if masked == body[4:]:
+            return None
+        return pg.encode_message(b"A", body[:4] + masked)
 
     def _text(self, index: int) -> bool:
         return index < len(self.text_columns) and self.text_columns[index]
