@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from tests.gateway.postgres.conftest import (
@@ -310,3 +311,61 @@ def test_notify_payloads_are_masked(gateway: RunningGateway) -> None:
         received = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
     assert len(received) == 1 and SECRET_IN_DATA not in received[0]
     assert received == ["token [MASKED:env:API_SECRET] here"]
+
+
+# ------------------------------------------------- 5: masking in the formats clients asked for
+
+MASKED = "[MASKED:column]"
+
+
+@pytest.fixture
+def kept(upstream: Upstream) -> Iterator[str]:
+    """A table with masked columns of several types."""
+    name = f"kept_{secrets.token_hex(3)}"
+    with upstream.superuser() as conn:
+        conn.execute(
+            f"CREATE TABLE {name} (id int, email text, profile jsonb, doc json, blob bytea, "
+            "tags text[], codes int[], pin int)"
+        )
+        conn.execute(
+            f"INSERT INTO {name} VALUES (1, 'a@example.com', '{{\"k\": 1}}', '[1]', "
+            "'\\x0102', '{x,y}', '{1,2}', 1234)"
+        )
+        conn.execute(f"ALTER TABLE {name} OWNER TO {APP_USER}")
+    yield name
+    with upstream.superuser() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+MASK_ALL = ["*.email", "*.profile", "*.doc", "*.blob", "*.tags", "*.codes"]
+
+
+def test_asyncpg_reads_masked_jsonb_bytea_and_arrays_in_binary(
+    make_gateway: MakeGateway, kept: str
+) -> None:
+    gw = make_gateway(mask_columns=MASK_ALL)
+
+    async def main() -> list[Any]:
+        conn = await asyncpg.connect(gw.url())
+        try:
+            query = f"SELECT id, email, profile, doc, blob, tags, codes FROM {kept}"
+            first = await conn.fetchrow(query)  # prepares (Describe statement), then binds
+            again = await conn.fetchrow(query)  # the cached statement: Bind/Execute only
+            return [tuple(first), tuple(again)]
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(main())
+    expected = (1, MASKED, f'"{MASKED}"', f'"{MASKED}"', MASKED.encode(), [MASKED], [])
+    assert rows == [expected, expected]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_psycopg_gets_typed_masked_values_in_both_formats(
+    make_gateway: MakeGateway, kept: str, binary: bool
+) -> None:
+    gw = make_gateway(mask_columns=MASK_ALL)
+    with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+        cur = conn.cursor(binary=binary)
+        row = cur.execute(f"SELECT id, email, profile, blob, tags, codes FROM {kept}").fetchone()
+    assert row == (1, MASKED, MASKED, MASKED.encode(), [MASKED], [])

@@ -58,9 +58,10 @@ _PASSED_PARAMS = (
 _DATA_ROW, _ROW_DESCRIPTION, _COMMAND_COMPLETE, _READY, _COPY_DATA = b"DTCZd"
 _QUERY, _TERMINATE, _SYNC = b"QXS"
 # Frontend messages with nothing to judge or record: Describe, Flush, CopyData/Done/Fail.
-_CLIENT_PASSED = frozenset(b"DHdcf")
+_CLIENT_PASSED = frozenset(b"Hdcf")
 # Backend messages the relay passes on without looking inside (the rest it decodes).
-_PASSED = frozenset(b"123ntKVcGHWvR")
+_PASSED = frozenset(b"123tKVcGHWvR")
+_NO_DATA = ord("n")
 _PARAMETER_STATUS, _NOTIFICATION = b"SA"
 # What a client may send while a statement is held (read so that its going away is seen);
 # past this, reading pauses until the hold ends.
@@ -79,6 +80,18 @@ class _Inflight:
     batch: int
     simple: bool
     rows: int = 0
+    bind: pg.Bind | None = None  # an Execute's: its portal, statement and result formats
+    planned: bool = False
+
+
+@dataclass(frozen=True)
+class _Describe:
+    """A Describe sent upstream whose RowDescription / NoData is still to come."""
+
+    batch: int
+    target: str  # "S" | "P"
+    name: str
+    ours: bool = False  # sent by the gateway to learn the columns: its answer is not relayed
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,9 @@ class Connection:
         self.approved_portals: set[str] = set()  # held Executes approved, for that Bind only
         self.sql_prepared: dict[str, SqlStatement] = {}  # SQL PREPARE, for judging EXECUTE
         self.state = SessionState()
+        self.describes: deque[_Describe] = deque()
+        self.described: dict[str, bytes | None] = {}  # statement -> RowDescription (or NoData)
+        self.portal_rows: dict[str, bytes | None] = {}  # portal -> RowDescription (or NoData)
         self.inflight: deque[_Inflight] = deque()
         self.batches_sent = 0
         self.batches_done = 0
@@ -572,12 +588,16 @@ class Connection:
             self.batches_sent += 1
             return self._statement(message.sql, message.raw, simple=True)
         if isinstance(message, pg.Parse):
+            self.described.pop(message.name, None)
             verdict = self.s.guard.verdict(message.sql, self.sql_prepared)
             self.statements[message.name] = (message.sql, verdict)
             return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
             self.approved_portals.discard(message.portal)
+            self.portal_rows.pop(message.portal, None)
+        elif isinstance(message, pg.Describe):
+            self.describes.append(_Describe(self.batches_sent + 1, message.target, message.name))
         elif isinstance(message, pg.Execute):
             return self._execute(message)
         elif isinstance(message, pg.Sync):
@@ -767,11 +787,30 @@ class Connection:
                 "kinds": list(verdict.kinds),
             },
         )
-        self.inflight.append(_Inflight(seq, time.monotonic(), self.batches_sent + 1, False))
+        self.inflight.append(
+            _Inflight(seq, time.monotonic(), self.batches_sent + 1, False, bind=bind)
+        )
+        raw = self._describe_first(bind) + message.raw
         if verdict.final.action != "require_approval" or message.portal in self.approved_portals:
-            return message.raw
+            return raw
         text = f"{masked}\n-- parameters: {json.dumps(params)}" if params else masked
-        return _Held(verdict, text, message.raw, None, portal=message.portal)
+        return _Held(verdict, text, raw, None, portal=message.portal)
+
+    def _describe_first(self, bind: pg.Bind | None) -> bytes:
+        """A Describe of ``bind``'s portal to send before its Execute when the columns of what
+        it returns are not known (masking goes by column name); empty when they are."""
+        if bind is None or not self.s.columns.active:
+            return b""
+        if bind.portal in self.portal_rows or bind.statement in self.described:
+            return b""
+        if any(
+            (d.target == "P" and d.name == bind.portal)
+            or (d.target == "S" and d.name == bind.statement)
+            for d in self.describes
+        ):
+            return b""
+        self.describes.append(_Describe(self.batches_sent + 1, "P", bind.portal, ours=True))
+        return pg.encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
 
     def _params(self, bind: pg.Bind | None) -> list[str | None]:
         if bind is None:
@@ -827,9 +866,10 @@ class Connection:
                 self.tx_status = chr(buf[start + 5])
                 self._ready()
                 continue
-            elif kind == _ROW_DESCRIPTION:
-                self.column_plan, self.text_columns = self.s.row_plan(buf[start:end])
-                continue
+            elif kind in (_ROW_DESCRIPTION, _NO_DATA):
+                new = self._description(buf[start:end], kind == _NO_DATA)
+                if new is None:
+                    continue
             else:
                 new = self._from_upstream(pg.decode_backend(buf[start:end]))
             if new is not None:
@@ -856,10 +896,41 @@ class Connection:
             self._result(tag="(suspended)")
         return None
 
+    def _description(self, raw: bytes, no_data: bool) -> bytes | None:
+        """RowDescription / NoData: a simple Query's columns, or the answer to the oldest
+        Describe (kept for the Executes to come). b"": ours, not relayed; None: unchanged."""
+        head = self.inflight[0] if self.inflight else None
+        if (head is not None and head.simple) or not self.describes:
+            if not no_data:
+                self.column_plan, self.text_columns = self.s.row_plan(raw)
+            return None
+        describe = self.describes.popleft()
+        (self.described if describe.target == "S" else self.portal_rows)[describe.name] = (
+            None if no_data else raw
+        )
+        return b"" if describe.ours else None
+
+    def _plan_execute(self, head: _Inflight) -> None:
+        """The masking plan for the rows of Execute ``head``: its portal's columns in the
+        formats its Bind asked for."""
+        head.planned = True
+        bind = head.bind
+        if bind is None:
+            return
+        raw = self.portal_rows.get(bind.portal)
+        if raw is not None:  # a described portal: the RowDescription carries the formats
+            self.column_plan, self.text_columns = self.s.row_plan(raw)
+            return
+        raw = self.described.get(bind.statement)
+        if raw is not None:
+            self.column_plan, self.text_columns = self.s.row_plan(raw, bind.result_formats)
+
     def _data_row(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.inflight[0] if self.inflight else None
         if head is not None:
             head.rows += 1
+            if not head.planned and not head.simple:
+                self._plan_execute(head)
         plan = self.column_plan
         mask_values = self.s.config.mask_values
         if plan is None:
@@ -915,6 +986,10 @@ class Connection:
         return changed
 
     def _error(self, message: pg.ErrorResponse) -> bytes | None:
+        head = self.inflight[0] if self.inflight else None
+        if head is None or not head.simple:  # the server skips to Sync: no more answers
+            batch = self.batches_done + 1
+            self.describes = deque(d for d in self.describes if d.batch != batch)
         token = refusal_token(message.message)
         replacement = self.refusals.pop(token, None) if token else None
         if replacement is not None:
@@ -962,6 +1037,8 @@ class Connection:
 
     def _ready(self) -> None:
         self.batches_done += 1
+        while self.describes and self.describes[0].batch <= self.batches_done:
+            self.describes.popleft()
         while self.inflight and self.inflight[0].batch <= self.batches_done:
             self.inflight.popleft()
         if self.batches_done >= self.batches_sent:
