@@ -7,6 +7,8 @@ import asyncio
 import logging
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -23,6 +25,8 @@ from tests.gateway.postgres.conftest import (
     RunningGateway,
     Upstream,
 )
+
+from airlock.gateway.postgres import protocol as pg
 
 pytestmark = pytest.mark.service
 
@@ -369,3 +373,57 @@ def test_psycopg_gets_typed_masked_values_in_both_formats(
         cur = conn.cursor(binary=binary)
         row = cur.execute(f"SELECT id, email, profile, blob, tags, codes FROM {kept}").fetchone()
     assert row == (1, MASKED, MASKED, MASKED.encode(), [MASKED], [])
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _logged_in(gw: RunningGateway) -> socket.socket:
+    sock = socket.create_connection((gw.host, gw.port), timeout=10)
+    sock.sendall(pg.encode_startup({"user": "agent", "database": "x"}))
+    sock.recv(65536)  # the password request
+    sock.sendall(pg.encode_password(gw.ticket.value.encode() + b"\0"))
+    received = b""
+    while not received.endswith(pg.encode_ready("I")):
+        received += sock.recv(65536)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> list[pg.Message]:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    parser = pg.BackendParser()
+    parser.feed(data)
+    return list(parser)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pg.encode_password(b"again\0"),  # a login message after login: out of order
+        b"\x7f" + struct.pack("!i", 8) + b"junk",  # an unknown message type
+        b"Q" + struct.pack("!i", 4),  # a Query with no text at all
+    ],
+    ids=["password-after-login", "unknown-type", "empty-query-frame"],
+)
+def test_garbage_after_login_ends_that_connection_cleanly(
+    gateway: RunningGateway, bad: bytes
+) -> None:
+    with _logged_in(gateway) as sock:
+        sock.sendall(bad)
+        messages = _until_closed(sock)
+    assert isinstance(messages[-1], pg.ErrorResponse) and messages[-1].sqlstate == "08P01"
+    assert gateway.of_type("airlock.error")
+    assert _alive_after(gateway)
+
+
+def test_an_unparsable_statement_is_refused_recorded_and_the_session_goes_on(
+    gateway: RunningGateway,
+) -> None:
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="sql_unparsable"):
+            conn.execute("SELEC 1 FROM")
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    rules = [d["rule_id"] for d in gateway.of_type("guardrail.decision")]
+    assert "airlock.default.sql_unparsable" in rules
