@@ -168,3 +168,30 @@ def test_results_fed_byte_by_byte_are_masked_like_one_piece() -> None:
     assert outs[0] == outs[1]
     assert b"a@example.com" not in outs[0] and SECRET.encode() not in outs[0]
     assert b"[MASKED:column]" in outs[0] and b"[MASKED:env:SECRET]" in outs[0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.one_of(st.none(), st.binary(max_size=40)), min_size=3, max_size=3),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_fast_row_path_masks_exactly_like_decode_and_encode(
+    rows: list[list[bytes | None]],
+) -> None:
+    """Rows with an ``email`` column: the run-at-once path equals per-row decode → replace →
+    encode."""
+    backend = _row_description("id", "email", "note") + b"".join(
+        pg.encode_data_row(r) for r in rows
+    )
+    relay = _relay([])
+    relay.s.config = relay.s.config.model_copy(update={"mask_values": False})
+    relay.client_data(pg.encode_query("SELECT id, email, note FROM users"))
+    got = relay.results.feed(backend)
+    expected = [[r[0], None if r[1] is None else b"[MASKED:column]", r[2]] for r in rows]
+    parser = pg.BackendParser()
+    parser.feed(got)
+    decoded = [list(m.values) for m in parser if isinstance(m, pg.DataRow)]
+    assert decoded == expected
