@@ -254,9 +254,8 @@ class ApprovalService:
         if app is None:
             return WebhookResult("not-configured", 404, "this broker has no github_app")
         secret = resolve_secret(app.webhook_secret.get_secret_value(), "github webhook_secret")
-        if not hmac.compare_digest(
-            headers.get("x-hub-signature-256", ""), github_signature(secret, raw)
-        ):
+        presented = headers.get("x-hub-signature-256", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(presented, github_signature(secret, raw).encode()):
             log.warning("github webhook refused: bad or missing X-Hub-Signature-256")
             return WebhookResult("bad-signature", 401, "X-Hub-Signature-256 does not match")
         event = headers.get("x-github-event", "")
@@ -346,7 +345,8 @@ class ApprovalService:
         if gl is None:
             return WebhookResult("not-configured", 404, "this broker has no gitlab section")
         expected = resolve_secret(gl.webhook_token.get_secret_value(), "gitlab webhook_token")
-        if not hmac.compare_digest(headers.get("x-gitlab-token", "").encode(), expected.encode()):
+        presented = headers.get("x-gitlab-token", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(presented, expected.encode()):
             log.warning("gitlab webhook refused: bad or missing X-Gitlab-Token")
             return WebhookResult("bad-token", 401, "X-Gitlab-Token does not match")
         delivery = (
@@ -671,14 +671,17 @@ def _replace(row: ApprovalRow, **changes: Any) -> ApprovalRow:
 def _url_path(url: str) -> str:
     from urllib.parse import urlsplit
 
-    path = urlsplit(url).path
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # e.g. "http://[": not a URL, so not a review URL
+        return ""
     return path.removeprefix("/api/v3")
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UsageError("the webhook body is not JSON") from None
     if not isinstance(data, dict):
         raise UsageError("the webhook body is not a JSON object")
