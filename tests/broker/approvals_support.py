@@ -50,6 +50,12 @@ SHA = "9f3c0a1d2b4e5f60718293a4b5c6d7e8f9a0b1c2"
 HEAD_SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
 AUDIENCE = "https://airlock.test"
 
+
+def user_id_of(login: str) -> int:
+    """A stable numeric id per person (GitHub ids are immutable; logins are not)."""
+    return 100_000 + int(hashlib.sha256(login.lower().encode()).hexdigest()[:8], 16) % 900_000
+
+
 github_openapi = _providers.github_openapi  # the shared fixture, for modules importing this one
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -105,15 +111,17 @@ def check_run_click(
     external_id: str,
     identifier: str,
     login: str,
-    user_id: int = 501,
+    user_id: int | None = None,
     user_type: str = "User",
+    head_sha: str = HEAD_SHA,
 ) -> dict[str, Any]:
     """A ``check_run`` / ``requested_action`` payload, validated against GitHub's schema."""
     payload = schemas.example("check-run-requested-action")
-    payload["check_run"].update(id=check_run_id, external_id=external_id, head_sha=HEAD_SHA)
+    payload["check_run"].update(id=check_run_id, external_id=external_id, head_sha=head_sha)
     payload["requested_action"] = {"identifier": identifier}
     payload["repository"].update(id=REPO_ID, full_name=REPO, name="api")
-    payload["sender"].update(login=login, id=user_id, type=user_type)
+    uid = user_id_of(login) if user_id is None else user_id
+    payload["sender"].update(login=login, id=uid, type=user_type)
     payload["installation"] = {
         "id": INSTALLATION,
         "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ==",
@@ -324,12 +332,21 @@ class FakeGitHub:
                 method, re.compile(pattern + r"(\?.*)?$"), callback=self._wrap(pattern, handler)
             )
 
-    def add_pull(self, number: int, author: str) -> None:
+    def add_pull(
+        self, number: int, author: str, *, author_id: int | None = None, merge_sha: str = SHA
+    ) -> None:
+        """A pull request whose test merge commit is ``merge_sha`` (by default the job's
+        commit: a ``pull_request`` workflow runs ``refs/pull/N/merge``)."""
         self.pulls[number] = {
             "number": number,
             "html_url": f"https://github.com/{REPO}/pull/{number}",
             "head": {"sha": HEAD_SHA, "ref": "agent/migration"},
-            "user": {"login": author, "id": 77, "type": "User"},
+            "merge_commit_sha": merge_sha,
+            "user": {
+                "login": author,
+                "id": user_id_of(author) if author_id is None else author_id,
+                "type": "User",
+            },
         }
 
     def _wrap(self, pattern: str, handler: Any) -> Any:
@@ -427,7 +444,7 @@ class FakeGitHub:
                 "id": self._next_id,
                 "number": number,
                 "body": body,
-                "user": {"login": login, "id": 600 + len(self.comments), "type": user_type},
+                "user": {"login": login, "id": user_id_of(login), "type": user_type},
                 "html_url": "",
             }
         )
@@ -575,6 +592,7 @@ def github_subject(**overrides: Any) -> dict[str, Any]:
         "run_id": RUN_ID,
         "sha": SHA,
         "actor": "octocat",
+        "actor_id": str(user_id_of("octocat")),
         **overrides,
     }
 
@@ -585,6 +603,7 @@ def gitlab_subject(**overrides: Any) -> dict[str, Any]:
         "project_id": str(PROJECT_ID),
         "pipeline_id": "574",
         "user_login": "sample-user",
+        "user_id": "1",
         **overrides,
     }
 

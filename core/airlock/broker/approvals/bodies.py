@@ -79,6 +79,7 @@ class GhInstallation(_Loose):
 class _GhCheckRun(_Loose):
     id: ForgeId
     external_id: str | None = None
+    head_sha: str | None = None
 
 
 class _GhAction(_Loose):
