@@ -332,7 +332,7 @@ class _Session:
 
         settings = self._req.policy.approvals
         identity = self._req.identity
-        backend = _approval_backend(self._req, self._writer.append)
+        backend = _approval_backend(self._req, self._writer.append, own_pty=self._use_pty())
         return approver(
             backend,
             float(settings.timeout),
@@ -448,13 +448,20 @@ class _Session:
             )
 
 
-def _approval_backend(request: SessionRequest, record: Record) -> ApprovalBackend:
+def _approval_backend(
+    request: SessionRequest, record: Record, *, own_pty: bool
+) -> ApprovalBackend:
     from airlock.gate import ConsoleBackend, DenyBackend, FileBackend
 
     settings = request.policy.approvals
     key = request.key
     if settings.backend == "console":
-        return ConsoleBackend(key=key, record=record, default_timeout=float(settings.timeout))
+        return ConsoleBackend(
+            key=key,
+            record=record,
+            default_timeout=float(settings.timeout),
+            agent_shares_terminal=not own_pty,  # without its own pty it can TIOCSTI ours
+        )
     if settings.backend == "file":
         return FileBackend(Path(settings.dir), key=key, record=record)
     if settings.backend == "deny":
