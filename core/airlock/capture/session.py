@@ -448,9 +448,7 @@ class _Session:
             )
 
 
-def _approval_backend(
-    request: SessionRequest, record: Record, *, own_pty: bool
-) -> ApprovalBackend:
+def _approval_backend(request: SessionRequest, record: Record, *, own_pty: bool) -> ApprovalBackend:
     from airlock.gate import ConsoleBackend, DenyBackend, FileBackend
 
     settings = request.policy.approvals
