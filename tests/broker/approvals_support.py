@@ -10,6 +10,7 @@ events follow the documented "Comment on a merge request" payload.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -29,7 +30,7 @@ import requests
 import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from openapi_core.contrib.requests import RequestsOpenAPIRequest
+from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 from tests.providers import conftest as _providers
 
 from airlock.audit import SigningKey
@@ -62,6 +63,33 @@ _ROOT = Path(__file__).resolve().parents[2]
 _WEBHOOKS_DIR = _ROOT / ".cache" / "npm-octokit-webhooks"
 _WEBHOOKS_SPEC = "node_modules/@octokit/openapi-webhooks/generated/api.github.com.json"
 _API = r"https://api\.github\.com(?::443)?"
+
+
+# -- GitHub's REST examples --------------------------------------------------------------------------
+
+
+@functools.cache
+def _github_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(_providers._octokit_spec_path().read_text())
+    return spec
+
+
+def _on_example(spec: dict[str, Any], method: str, template: str, status: int, data: Any) -> Any:
+    """``data`` laid over GitHub's own example answer for the operation: the fakes answer in
+    full, as GitHub would, and the answer is then validated against the description."""
+    content = spec["paths"][template][method.lower()]["responses"][str(status)]["content"]
+    (ref,) = [e["$ref"] for e in content["application/json"]["examples"].values()][:1]
+    example = copy.deepcopy(spec["components"]["examples"][ref.rsplit("/", 1)[-1]]["value"])
+    if isinstance(data, list):
+        item = example[0] if isinstance(example, list) and example else {}
+        return [_merge(copy.deepcopy(item), d) for d in data]
+    return _merge(example, data)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
 
 
 # -- GitHub's webhook schemas ---------------------------------------------------------------------
@@ -309,27 +337,77 @@ class FakeGitHub:
         self.comments: list[dict[str, Any]] = []
         self.pr_reviews: list[dict[str, Any]] = []
         self.fail_check_runs = False
+        self.injected: set[int] = set()  # failure statuses a test injects on purpose
         self._next_id = 9000
         repo = re.escape(REPO)
-        routes: list[tuple[str, str, Any]] = [
-            ("POST", rf"{_API}/app/installations/{INSTALLATION}/access_tokens", self._token),
-            ("GET", rf"{_API}/repos/{repo}/pulls/(\d+)", self._pull),
-            ("POST", rf"{_API}/repos/{repo}/check-runs", self._create_check),
-            ("PATCH", rf"{_API}/repos/{repo}/check-runs/(\d+)", self._update_check),
-            ("GET", rf"{_API}/repos/{repo}/collaborators/([^/]+)/permission", self._permission),
-            ("GET", rf"{_API}/orgs/([^/]+)/teams/([^/]+)/memberships/([^/?]+)", self._team),
+        self.spec = _github_spec()
+        routes: list[tuple[str, str, str, Any]] = [
+            (
+                "POST",
+                rf"{_API}/app/installations/{INSTALLATION}/access_tokens",
+                "/app/installations/{installation_id}/access_tokens",
+                self._token,
+            ),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/pulls/(\d+)",
+                "/repos/{owner}/{repo}/pulls/{pull_number}",
+                self._pull,
+            ),
+            (
+                "POST",
+                rf"{_API}/repos/{repo}/check-runs",
+                "/repos/{owner}/{repo}/check-runs",
+                self._create_check,
+            ),
+            (
+                "PATCH",
+                rf"{_API}/repos/{repo}/check-runs/(\d+)",
+                "/repos/{owner}/{repo}/check-runs/{check_run_id}",
+                self._update_check,
+            ),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/collaborators/([^/]+)/permission",
+                "/repos/{owner}/{repo}/collaborators/{username}/permission",
+                self._permission,
+            ),
+            (
+                "GET",
+                rf"{_API}/orgs/([^/]+)/teams/([^/]+)/memberships/([^/?]+)",
+                "/orgs/{org}/teams/{team_slug}/memberships/{username}",
+                self._team,
+            ),
             (
                 "POST",
                 rf"{_API}/repos/{repo}/actions/runs/(\d+)/deployment_protection_rule",
+                "/repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule",
                 self._review,
             ),
-            ("GET", rf"{_API}/repos/{repo}/issues/(\d+)/comments", self._list_comments),
-            ("POST", rf"{_API}/repos/{repo}/issues/(\d+)/comments", self._add_comment),
-            ("GET", rf"{_API}/repos/{repo}/pulls/(\d+)/reviews", self._list_reviews),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/issues/(\d+)/comments",
+                "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+                self._list_comments,
+            ),
+            (
+                "POST",
+                rf"{_API}/repos/{repo}/issues/(\d+)/comments",
+                "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+                self._add_comment,
+            ),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/pulls/(\d+)/reviews",
+                "/repos/{owner}/{repo}/pulls/{pull_number}/reviews",
+                self._list_reviews,
+            ),
         ]
-        for method, pattern, handler in routes:
+        for method, pattern, template, handler in routes:
             rsps.add_callback(
-                method, re.compile(pattern + r"(\?.*)?$"), callback=self._wrap(pattern, handler)
+                method,
+                re.compile(pattern + r"(\?.*)?$"),
+                callback=self._wrap(method, pattern, template, handler),
             )
 
     def add_pull(
@@ -342,6 +420,7 @@ class FakeGitHub:
             "html_url": f"https://github.com/{REPO}/pull/{number}",
             "head": {"sha": HEAD_SHA, "ref": "agent/migration"},
             "merge_commit_sha": merge_sha,
+            "requested_teams": [],  # GitHub's own example lacks a required key here
             "user": {
                 "login": author,
                 "id": user_id_of(author) if author_id is None else author_id,
@@ -349,29 +428,49 @@ class FakeGitHub:
             },
         }
 
-    def _wrap(self, pattern: str, handler: Any) -> Any:
+    def _wrap(self, method: str, pattern: str, template: str, handler: Any) -> Any:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
-            self._validate(request)
+            sent = request.copy()
+            sent.url = re.sub(
+                r"^https://api\.github\.com:443/", "https://api.github.com/", sent.url
+            )
+            self._validate(sent)
             body = json.loads(request.body) if request.body else None
             path = re.sub(_API, "", request.url.split("?", 1)[0])
             self.calls.append((request.method, path, body))
             groups = re.match(pattern, request.url.split("?", 1)[0]).groups()  # type: ignore[union-attr]
             status, data = handler(body, *groups)
-            return (
-                status,
-                {"Content-Type": "application/json"},
-                "" if status == 204 else json.dumps(data),
-            )
+            if 200 <= status < 300 and status != 204:
+                data = _on_example(self.spec, method, template, status, data)
+            text = "" if status == 204 else json.dumps(data)
+            self._validate_response(sent, status, text)
+            return status, {"Content-Type": "application/json"}, text
 
         return callback
 
-    def _validate(self, request: Any) -> None:
-        sent = request.copy()
-        sent.url = re.sub(r"^https://api\.github\.com:443/", "https://api.github.com/", sent.url)
+    def _validate(self, sent: Any) -> None:
         try:
             self.openapi.validate_request(RequestsOpenAPIRequest(sent))
-        except Exception as exc:  # collected, asserted empty by the tests
-            self.errors.append(f"{request.method} {request.url}: {exc}")
+        except Exception as exc:  # collected, asserted empty when the fixture ends
+            self.errors.append(f"{sent.method} {sent.url}: {exc}")
+
+    def _validate_response(self, sent: Any, status: int, text: str) -> None:
+        if status in self.injected:
+            return
+        response = requests.Response()
+        response.status_code = status
+        response._content = text.encode()
+        response.headers["Content-Type"] = "application/json"
+        response.url = sent.url
+        try:
+            self.openapi.validate_response(
+                RequestsOpenAPIRequest(sent), RequestsOpenAPIResponse(response)
+            )
+        except Exception as exc:  # collected, asserted empty when the fixture ends
+            found = getattr(exc, "__cause__", None)
+            errors = getattr(found, "schema_errors", ()) or getattr(exc, "schema_errors", ())
+            detail = "; ".join(f"{list(e.absolute_path)}: {e.message[:120]}" for e in errors)
+            self.errors.append(f"answer to {sent.method} {sent.url}: {detail or str(exc)[:300]}")
 
     def _token(self, _body: Any) -> tuple[int, Any]:
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
@@ -387,6 +486,9 @@ class FakeGitHub:
 
     def _create_check(self, body: Any) -> tuple[int, Any]:
         if self.fail_check_runs:
+            # GitHub answers any call with this 403 when the App lacks a permission; the
+            # description documents it in general, not for each operation.
+            self.injected.add(403)
             return 403, {"message": "Resource not accessible by integration"}
         self._next_id += 1
         run = {
@@ -407,7 +509,8 @@ class FakeGitHub:
         if role is None:
             return 404, {"message": "Not Found"}
         legacy = {"maintain": "write", "triage": "read"}.get(role, role)
-        return 200, {"permission": legacy, "role_name": role, "user": {"login": login}}
+        user = {"login": login, "id": user_id_of(login), "role_name": role}
+        return 200, {"permission": legacy, "role_name": role, "user": user}
 
     def _team(self, _body: Any, org: str, slug: str, login: str) -> tuple[int, Any]:
         if login.lower() in self.teams.get(f"{org}/{slug}", set()):
@@ -454,6 +557,7 @@ class FakeGitLab:
     """GitLab's REST API for merge requests, notes and members, under ``GITLAB_URL``."""
 
     def __init__(self, rsps: responses.RequestsMock) -> None:
+        self.errors: list[str] = []
         self.calls: list[tuple[str, str, Any]] = []
         self.levels: dict[int, int] = {}
         self.bots: set[int] = set()
@@ -630,7 +734,11 @@ def forges(github_openapi: Any) -> Iterator[tuple[FakeGitHub, FakeGitLab]]:
     """Both fake forges on one ``responses`` mock; local HTTP (the broker) passes through."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.add_passthru(re.compile(r"http://127\.0\.0\.1"))
-        yield FakeGitHub(rsps, github_openapi), FakeGitLab(rsps)
+        github, gitlab = FakeGitHub(rsps, github_openapi), FakeGitLab(rsps)
+        yield github, gitlab
+    # Every request we sent and every answer the fakes gave must fit the forge's description.
+    assert github.errors == [], "\n".join(github.errors)
+    assert gitlab.errors == [], "\n".join(gitlab.errors)
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:

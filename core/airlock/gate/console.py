@@ -84,7 +84,6 @@ class ConsoleBackend(ApprovalBackend):
             with _PROMPT_LOCK:
                 termios.tcflush(fd, termios.TCIFLUSH)  # typed ahead = not an answer to this
                 os.write(fd, _question(req).encode("utf-8", "replace"))
-                termios.tcflush(fd, termios.TCIFLUSH)
                 line = _read_line(fd, deadline)
                 who = _human(fd)
         except OSError:
