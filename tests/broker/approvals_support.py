@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 from tests.providers import conftest as _providers
+from tests.support import gitlab_schemas
 
 from airlock.audit import SigningKey
 from airlock.broker.service import Broker
@@ -213,40 +214,11 @@ def github_headers(
 
 # -- GitLab note events ---------------------------------------------------------------------------
 
-# The documented "Comment on a merge request" payload's keys (docs: user/project/webhooks/
-# webhook_events.md, Comment events): what GitLab sends, and what the broker may rely on.
-_GITLAB_NOTE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["object_kind", "event_type", "user", "project_id", "project", "object_attributes"],
-    "properties": {
-        "object_kind": {"const": "note"},
-        "event_type": {"const": "note"},
-        "user": {
-            "type": "object",
-            "required": ["id", "name", "username", "avatar_url"],
-            "properties": {"id": {"type": "integer"}, "username": {"type": "string"}},
-        },
-        "project_id": {"type": "integer"},
-        "project": {
-            "type": "object",
-            "required": ["id", "name", "web_url", "path_with_namespace", "default_branch"],
-        },
-        "object_attributes": {
-            "type": "object",
-            "required": ["id", "note", "noteable_type", "author_id", "project_id", "system", "url"],
-            "properties": {
-                "noteable_type": {"enum": ["MergeRequest", "Issue", "Commit", "Snippet"]}
-            },
-        },
-        "merge_request": {"type": "object", "required": ["id", "iid", "author_id", "title"]},
-    },
-}
-
 
 def gitlab_note(
     note: str, *, user_id: int, username: str, iid: int = 7, note_id: int | None = None
 ) -> dict[str, Any]:
-    """A merge request note event as documented, validated against its documented shape."""
+    """A merge request note event, completed and validated against GitLab's payload type."""
     nid = note_id if note_id is not None else int(time.time() * 1000) % 10**9
     payload = {
         "object_kind": "note",
@@ -256,7 +228,6 @@ def gitlab_note(
             "name": username.title(),
             "username": username,
             "avatar_url": "https://www.gravatar.com/avatar/x",
-            "email": "[REDACTED]",
         },
         "project_id": PROJECT_ID,
         "project": {
@@ -283,9 +254,9 @@ def gitlab_note(
             "updated_at": "2024-05-01 10:00:00 UTC",
             "project_id": PROJECT_ID,
             "attachment": None,
-            "line_code": None,
+            "line_code": "",  # gitbeaker types it string (GitLab's docs example: null)
             "commit_id": "",
-            "noteable_id": 99,
+            "noteable_id": None,  # gitbeaker: string | null (GitLab's docs example: 99)
             "system": False,
             "st_diff": None,
             "url": f"{GITLAB_URL}/acme/api/-/merge_requests/{iid}#note_{nid}",
@@ -301,8 +272,10 @@ def gitlab_note(
             "state": "opened",
         },
     }
-    jsonschema.Draft202012Validator(_GITLAB_NOTE_SCHEMA).validate(payload)
-    return payload
+    full = gitlab_schemas.instance("note_event", **payload)
+    problems = gitlab_schemas.validate("note_event", full)
+    assert problems == [], problems  # GitLab's payload type (see tests/support/gitlab_schemas)
+    return full
 
 
 def gitlab_headers(token: str = GITLAB_HOOK_TOKEN, delivery: str | None = None) -> dict[str, str]:
@@ -567,21 +540,23 @@ class FakeGitLab:
         self._next_id = 500
         api = re.escape(GITLAB_URL) + r"/api/v4"
         project = rf"/projects/(?:{PROJECT_ID}|acme%2Fapi)"
-        routes: list[tuple[str, str, Any]] = [
-            ("GET", rf"{api}{project}/merge_requests/(\d+)", self._mr),
-            ("POST", rf"{api}{project}/merge_requests/(\d+)/notes", self._add_note),
-            ("GET", rf"{api}{project}/merge_requests/(\d+)/notes", self._list_notes),
-            ("PUT", rf"{api}{project}/merge_requests/(\d+)/notes/(\d+)", self._edit_note),
-            ("GET", rf"{api}{project}/members/all/(\d+)", self._member),
-            ("GET", rf"{api}/groups/([^/]+)/members/all/(\d+)", self._group_member),
-            ("GET", rf"{api}/users/(\d+)", self._user),
+        routes: list[tuple[str, str, str, Any]] = [
+            ("GET", rf"{api}{project}/merge_requests/(\d+)", "merge_request", self._mr),
+            ("POST", rf"{api}{project}/merge_requests/(\d+)/notes", "note", self._add_note),
+            ("GET", rf"{api}{project}/merge_requests/(\d+)/notes", "note", self._list_notes),
+            ("PUT", rf"{api}{project}/merge_requests/(\d+)/notes/(\d+)", "note", self._edit_note),
+            ("GET", rf"{api}{project}/members/all/(\d+)", "member", self._member),
+            ("GET", rf"{api}/groups/([^/]+)/members/all/(\d+)", "member", self._group_member),
+            ("GET", rf"{api}/users/(\d+)", "user", self._user),
         ]
-        for method, pattern, handler in routes:
+        for method, pattern, schema, handler in routes:
             rsps.add_callback(
-                method, re.compile(pattern + r"(\?.*)?$"), callback=self._wrap(pattern, handler)
+                method,
+                re.compile(pattern + r"(\?.*)?$"),
+                callback=self._wrap(pattern, schema, handler),
             )
 
-    def _wrap(self, pattern: str, handler: Any) -> Any:
+    def _wrap(self, pattern: str, schema: str, handler: Any) -> Any:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
             if self.unreachable:
                 raise requests.ConnectionError("connection refused (test)")
@@ -590,9 +565,20 @@ class FakeGitLab:
             self.calls.append((request.method, url.removeprefix(GITLAB_URL + "/api/v4"), body))
             groups = re.match(pattern, url).groups()  # type: ignore[union-attr]
             status, data = handler(body, *groups)
+            if 200 <= status < 300:
+                data = self._answer(request, schema, data)
             return status, {"Content-Type": "application/json"}, json.dumps(data)
 
         return callback
+
+    def _answer(self, request: Any, schema: str, data: Any) -> Any:
+        """``data`` as a full GitLab answer of type ``schema``, checked against that type."""
+        items = data if isinstance(data, list) else [data]
+        full = [gitlab_schemas.instance(schema, **item) for item in items]
+        for item in full:
+            for problem in gitlab_schemas.validate(schema, item):
+                self.errors.append(f"answer to {request.method} {request.url}: {problem}")
+        return full if isinstance(data, list) else full[0]
 
     def _mr(self, _body: Any, iid: str) -> tuple[int, Any]:
         return 200, {
