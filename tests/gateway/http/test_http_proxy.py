@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import socket
 
 import httpx
 import pytest
@@ -355,3 +357,26 @@ def test_credential_echoed_in_slow_pieces_is_still_masked(
     r = httpx.get(f"{gw.url}/slow-echo", headers=_bearer(ticket))
     assert TOKEN not in r.text and TOKEN[:12] not in r.text
     assert "[MASKED:gateway.api]" in r.text
+
+
+def test_every_socket_of_a_keep_alive_exchange_has_tcp_nodelay(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    """Without TCP_NODELAY each keep-alive response waits on Nagle and delayed ACKs (~40 ms)."""
+    gw = make_gateway()
+
+    async def nodelay() -> list[int]:
+        # the client's connection as the gateway accepted it, and the gateway's upstream one
+        server = gw.gateway._server
+        accepted = [c.transport.get_extra_info("socket") for c in server.server_state.connections]
+        pool = gw.gateway._client._transport._pool  # type: ignore[attr-defined]
+        upstream = [
+            c._connection._network_stream.get_extra_info("socket") for c in pool.connections
+        ]
+        assert accepted and upstream
+        return [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted + upstream]
+
+    with httpx.Client() as client:
+        assert client.get(f"{gw.url}/x", headers=_bearer(ticket)).status_code == 200
+        flags = asyncio.run_coroutine_threadsafe(nodelay(), gw._loop).result(5)
+    assert flags and all(flags)
