@@ -91,6 +91,33 @@ def test_normalise_examples(raw: str, judged: str, wire: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "candidates"),
+    [
+        ("/", ("/",)),
+        ("/items/1/", ("/items/1",)),
+        ("/items/1//", ("/items/1",)),
+        ("/items%2F1", ("/items%2F1", "/items/1")),
+        ("/items%2f1/", ("/items%2F1", "/items/1")),
+        ("/a/b%2F..%2F..%2Fc", ("/a/b%2F..%2F..%2Fc", "/c")),
+        ("/a%5Cb", ("/a\\b", "/a/b")),
+        ("/a%252Fb", ("/a%2Fb",)),  # an escaped percent sign is not a slash
+    ],
+)
+def test_guardrails_judge_every_reading_of_a_path(raw: str, candidates: tuple[str, ...]) -> None:
+    assert normalize_path(raw).candidates == candidates
+
+
+@settings(max_examples=300)
+@given(st.lists(_path_chars, max_size=30).map(lambda parts: "/" + "".join(parts)))
+def test_path_candidates_have_no_trailing_slash_and_start_with_the_judged_path(raw: str) -> None:
+    norm = normalize_path(raw.encode())
+    first, *rest = norm.candidates
+    assert first == (norm.judged.rstrip("/") or "/")
+    assert all(c == "/" or not c.endswith("/") for c in norm.candidates)
+    assert len(rest) <= 1 and rest != [first]
+
+
+@pytest.mark.parametrize(
     ("base", "wire", "out"),
     [
         ("", "/x", "/x"),

@@ -49,6 +49,7 @@ from airlock.policy.guardrails import (
     HttpRequestInfo,
     decide_http,
     describe_json_body,
+    strictest,
 )
 
 __all__ = ["HttpProxy", "ProxySettings"]
@@ -392,8 +393,15 @@ class HttpProxy:
     async def _judge(self, ex: _Exchange, body: _Body) -> Decision:
         # Any method may carry a body (GET included, as Elasticsearch does): all are inspected.
         document = await self._inspect_json(ex, body) if self._needs_json else None
-        info = HttpRequestInfo(ex.method, ex.path.judged, self._host, document)
-        return decide_http(info, self._rules, self._defaults)
+        decisions = (
+            decide_http(
+                HttpRequestInfo(ex.method, path, self._host, document), self._rules, self._defaults
+            )
+            for path in ex.path.candidates
+        )
+        decision = strictest(decisions)
+        assert decision is not None  # a path has at least one reading
+        return decision
 
     async def _inspect_json(self, ex: _Exchange, body: _Body) -> Any:
         await self._buffer_all(body, "checked against JSON guardrails")
