@@ -33,9 +33,26 @@ from urllib.parse import urlsplit
 import httpx
 
 from airlock.events import EventType
-from airlock.gate.interface import Operation
+from airlock.gate.interface import EXPIRED as GATE_EXPIRED
+from airlock.gate.interface import Decider, Operation
 from airlock.gateway.http.capture import BodyTap, masked_headers, render_body, render_prefix
 from airlock.gateway.http.credentials import Injector
+from airlock.gateway.http.hold import (
+    APPROVED,
+    CLIENT_GONE,
+    DENIED,
+    EXPIRED,
+    SESSION_ENDED,
+    Action,
+    Ask,
+    Cancel,
+    Forward,
+    Gone,
+    Hold,
+    Outcome,
+    Pass,
+    Refuse,
+)
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.gateway.http.paths import NormalPath, join_upstream, normalize_path
 from airlock.gateway.tickets import TicketCheck
@@ -108,8 +125,7 @@ _APPROVAL_EXCERPT = 2000
 _SPOOL_CHUNK = 256 * 1024
 _IDLE_FLUSH = 0.1  # seconds of upstream quiet after which masked text held back is released
 _NO_APPROVER = "no approval backend is configured"
-_GIT_PROBE = "not asked: git's push probe (a flush packet alone) changes nothing"
-_FLUSH_PKT = b"0000"
+_STOPPED = "gateway stopped"
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,9 @@ class _Exchange:
     request_tap: BodyTap
     responded: bool = False
     request_recorded: bool = False
+    forwarded: bool = False
+    body: _Body | None = None
+    hold: Hold | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str) -> str:
@@ -180,27 +199,21 @@ class _Body:
         self.held_size = 0
         self.held_sha256 = ""
 
-    async def hold(self, limit: int, in_memory: int) -> None:
-        """Read the whole body (at most ``limit`` bytes) into a spool: memory up to
-        ``in_memory`` bytes, then a private temporary file. The body that is forwarded later is
-        exactly the one hashed here."""
-        digest = hashlib.sha256(self.buffer)
+    async def hold(self, hold: Hold, in_memory: int) -> None:
+        """Read the whole body into a spool (memory up to ``in_memory`` bytes, then a private
+        temporary file), counted and hashed by ``hold``: the body forwarded later is exactly
+        the one hashed here."""
         spool = tempfile.SpooledTemporaryFile(max_size=in_memory)  # noqa: SIM115 (closed in stream)
-        spool.write(self.buffer)
-        size = len(self.buffer)
         self.spool = spool
-        while size <= limit and not self.done:
-            chunk = await self._next()
-            size += len(chunk)
+        chunk = bytes(self.buffer)
+        while True:
             spool.write(chunk)
-            digest.update(chunk)
-        if size > limit:
-            raise _Refused(
-                413,
-                f"request body larger than {limit} bytes cannot be held for approval",
-                "send a smaller body, or ask for the hold limit to be raised",
-            )
-        self.held_size, self.held_sha256 = size, digest.hexdigest()
+            for action in hold.body(chunk):
+                raise _refused(action, hold.rule_id)
+            if self.done:
+                break
+            chunk = await self._next()
+        self.held_size, self.held_sha256 = hold.size, hold.sha256
 
     def held_prefix(self, size: int) -> bytes:
         """The first ``size`` bytes of a held body."""
@@ -236,9 +249,21 @@ class _Body:
         """Once the body is read, the next message is the disconnect: flag it."""
         if not self.done:
             return
+        await self.disconnected()
+        gone.set()
+
+    async def disconnected(self) -> None:
+        """Return when the client has gone (call once the body is read whole)."""
         while (await self._receive())["type"] != "http.disconnect":
             pass
-        gone.set()
+
+    def summary(self) -> dict[str, Any]:
+        """Size and SHA-256 of the body as far as the gateway read it (for a refusal)."""
+        data: dict[str, Any] = {
+            "size": len(self.buffer),
+            "sha256": hashlib.sha256(self.buffer).hexdigest(),
+        }
+        return data if self.done else data | {"complete": False}
 
     async def stream(self, tap: BodyTap) -> AsyncIterator[bytes]:
         """The whole body: the held spool, or the buffer then the rest as it arrives."""
@@ -318,6 +343,7 @@ class HttpProxy:
         self._base_path = upstream.path
         self._host = (upstream.hostname or "").lower()
         self._ids = itertools.count(1)
+        self._holds: set[asyncio.Future[tuple[Outcome, str]]] = set()
         self._echo = (
             _echo_masker(injector, config.name) if self._settings.mask_held_in_responses else None
         )
@@ -331,6 +357,7 @@ class HttpProxy:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = self._exchange(scope)
         body = _Body(receive, self._settings.client_timeout)
+        ex.body = body
         try:
             await self._steps(ex, body, send)
         finally:
@@ -348,6 +375,9 @@ class HttpProxy:
             await self._refuse(ex, refusal, send)
         except _ClientGone as gone:
             self._safe_record_response(ex, 499, error=str(gone))
+        except asyncio.CancelledError:  # the server is going away: say so, then let it go
+            self._safe_record_response(ex, 503, error="the gateway stopped during the request")
+            raise
         except Exception as exc:  # a bug: answer 500 and record it, but never echo the message
             await self._internal_error(ex, exc, send)
 
@@ -433,45 +463,94 @@ class HttpProxy:
                 "this request is not allowed by the session policy; see the rule in airlock.yaml",
                 rule_id=decision.rule_id,
             )
+        limit = self._settings.hold_limit
         if self._injector.needs_body:  # the signature needs the body in memory anyway
             await self._buffer_all(body, "held for approval and signed")
-            await body.hold(self._settings.inspect_limit, self._settings.inspect_limit)
-        else:
-            await body.hold(self._settings.hold_limit, self._settings.inspect_limit)
-        if _is_git_push_probe(ex, body):
-            ex.extra["approval"] = _GIT_PROBE
-            return
-        if not await self._ask(ex, decision, body):
-            raise _Refused(
-                403,
-                f"approval denied for guardrail {decision.rule_id}",
-                "the request was held for approval and not approved (or the request expired)",
-                rule_id=decision.rule_id,
-            )
+            limit = self._settings.inspect_limit
+        hold = Hold(ex.method, ex.path, ex.query, decision.rule_id, limit=limit)
+        ex.hold = hold
+        await body.hold(hold, self._settings.inspect_limit)
+        actions = hold.end(self._masker.mask_text(ex.query), self._excerpt(ex, body))
+        await self._drive(ex, hold, actions)
 
-    async def _ask(self, ex: _Exchange, decision: Decision, body: _Body) -> bool:
+    async def _drive(self, ex: _Exchange, hold: Hold, actions: list[Action]) -> None:
+        """Carry out the hold's actions until it forwards (return) or refuses (raise)."""
+        while actions:
+            action, *actions = actions
+            if isinstance(action, Forward):
+                return
+            if isinstance(action, Pass):
+                ex.extra["approval"] = action.why
+            elif isinstance(action, Ask):
+                actions += await self._ask(ex, hold, action.text)
+            elif isinstance(action, Cancel):
+                ex.extra["approval"] = f"cancelled: {action.reason}"
+            elif isinstance(action, Gone):
+                raise _ClientGone(action.why)
+            elif isinstance(action, Refuse):
+                raise _refused(action, hold.rule_id)
+        raise AssertionError("a hold ended without forwarding or refusing")  # pragma: no cover
+
+    async def _ask(self, ex: _Exchange, hold: Hold, text: str) -> list[Action]:
+        """Ask while watching the client; what the hold makes of the first thing to happen."""
         if self._approve is None:
             ex.extra["approval"] = _NO_APPROVER
-            return False
+            return hold.decided(DENIED)
         op = Operation(
             kind="http",
-            text=self._operation_text(ex, body),
-            rule_id=decision.rule_id,
+            text=text,
+            rule_id=hold.rule_id,
             gateway=self.config.name,
             session_id=self._ticket.session_id,
         )
+        asking = asyncio.ensure_future(self._decide(op))
+        gone = asyncio.ensure_future(ex.body.disconnected() if ex.body else asyncio.Event().wait())
+        self._holds.add(asking)
         try:
-            return await self._approve(op)
-        except Exception as exc:  # a broken approval path denies; it never lets a request through
-            ex.extra["approval"] = f"approval failed: {type(exc).__name__}"
-            return False
+            await asyncio.wait({asking, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            asking.cancel(_STOPPED)
+            raise
+        finally:
+            self._holds.discard(asking)
+            gone.cancel()
+        if asking.cancelled():  # cancel_holds(): the session is ending
+            return hold.session_ended()
+        if not asking.done():  # the client left first: the request must never go upstream
+            actions = hold.client_gone()
+            asking.cancel(CLIENT_GONE)
+            await asyncio.wait({asking})
+            return actions
+        outcome, why = asking.result()
+        if why:
+            ex.extra["approval"] = why
+        return hold.decided(outcome)
 
-    def _operation_text(self, ex: _Exchange, body: _Body) -> str:
-        line = f"{ex.method} {ex.path.judged}"
-        if ex.query:
-            line += "?" + self._masker.mask_text(ex.query)
+    async def _decide(self, op: Operation) -> tuple[Outcome, str]:
+        """The outcome and, when it is not plain, why. A broken approval path denies."""
+        try:
+            decider: object = self._approve  # an Approver also says why (Decider)
+            if isinstance(decider, Decider):
+                verdict = await decider.decide(op)
+                if verdict.approved:
+                    return APPROVED, ""
+                return (EXPIRED if verdict.reason == GATE_EXPIRED else DENIED), verdict.reason
+            assert self._approve is not None
+            return (APPROVED if await self._approve(op) else DENIED), ""
+        except Exception as exc:  # it never lets a request through
+            return DENIED, f"approval failed: {type(exc).__name__}"
+
+    def cancel_holds(self, reason: str = SESSION_ENDED) -> int:
+        """Cancel every request held for approval (the session is ending): each is refused with
+        503 and recorded, and its approval request is cancelled. Returns how many."""
+        holds = list(self._holds)
+        for task in holds:
+            task.cancel(reason)
+        return len(holds)
+
+    def _excerpt(self, ex: _Exchange, body: _Body) -> str | None:
         if not body.held_size:
-            return line
+            return None
         shown = render_prefix(
             body.held_prefix(_APPROVAL_EXCERPT),
             cap=_APPROVAL_EXCERPT,
@@ -481,15 +560,17 @@ class HttpProxy:
             fields=self._fields,
             masker=self._masker,
         )
-        excerpt = shown.get("body", f"({shown.get('body_omitted', 'not shown')})")
-        return f"{line}\nbody: {body.held_size} bytes, sha256 {body.held_sha256}\n{excerpt}"
+        return str(shown.get("body", f"({shown.get('body_omitted', 'not shown')})"))
 
     # ------------------------------------------------------------------ upstream
 
     async def _forward(self, ex: _Exchange, body: _Body, send: Send) -> None:
         if self._injector.needs_body:
             await self._buffer_all(body, "signed")
+        if ex.hold is not None:  # the approval is spent on this request, and only this one
+            ex.hold.forward(ex.method, ex.path, ex.query, body.held_sha256)
         request = self._upstream_request(ex, body)
+        ex.forwarded = True
         try:
             response = await self._client.send(request, stream=True)
         except _ClientGone:
@@ -718,7 +799,7 @@ class HttpProxy:
             "id": ex.id,
             "status": status,
             "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
-            "request_body": {"size": ex.request_tap.size, "sha256": ex.request_tap.sha256},
+            "request_body": self._request_body(ex),
             **{k: v for k, v in extra.items() if k != "auth"},
             **ex.extra,
         }
@@ -731,6 +812,14 @@ class HttpProxy:
         # The request is over; a writer that failed reports it on the next event it cannot take.
         with contextlib.suppress(_Refused):
             self._emit(EventType.HTTP_RESPONSE, data)
+
+    def _request_body(self, ex: _Exchange) -> dict[str, Any]:
+        if ex.forwarded or ex.body is None:
+            return {"size": ex.request_tap.size, "sha256": ex.request_tap.sha256}
+        if ex.hold is None or not ex.hold.size:
+            return ex.body.summary()  # refused before forwarding: what the gateway read of it
+        data: dict[str, Any] = {"size": ex.hold.size, "sha256": ex.hold.sha256}
+        return data if ex.body.done else data | {"complete": False}
 
     def _render(self, tap: BodyTap, content_type: str, content_encoding: str) -> dict[str, Any]:
         return render_body(
@@ -769,18 +858,9 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-def _is_git_push_probe(ex: _Exchange, body: _Body) -> bool:
-    """git's probe before a push larger than http.postBuffer: one flush packet to receive-pack.
-
-    A flush packet alone is an empty command list, on which receive-pack changes nothing, so the
-    probe passes without asking; the pack that follows is held and asked about as usual.
-    """
-    return (
-        ex.method == "POST"
-        and ex.path.judged.endswith("/git-receive-pack")
-        and body.held_size == len(_FLUSH_PKT)
-        and body.held_prefix(len(_FLUSH_PKT)) == _FLUSH_PKT
-    )
+def _refused(action: Action, rule_id: str) -> _Refused:
+    assert isinstance(action, Refuse), action
+    return _Refused(action.status, action.error, action.hint, rule_id=rule_id)
 
 
 def _worth_recording(decision: Decision) -> bool:
