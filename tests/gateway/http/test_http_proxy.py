@@ -212,6 +212,25 @@ def test_json_fields_and_secrets_masked_in_recorded_bodies(
     assert SECRET_IN_RESPONSE not in recorder.text() and "hunter2-pass" not in recorder.text()
 
 
+@pytest.mark.parametrize("cap", [4096, 64])
+def test_json_unicode_escapes_are_decoded_before_masking(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, cap: int
+) -> None:
+    """``\\u0067hp_…`` is ``ghp_…`` to every JSON reader: the log must not keep it, whole or cut."""
+    gw = make_gateway(record_bodies=cap)
+    r = httpx.get(f"{gw.url}/escaped-json", headers=_bearer(ticket))
+    assert json.loads(r.content)["token"] == SECRET_IN_RESPONSE  # the client gets it as sent
+    body = recorder.of("http.response")[0]["body"]["body"]
+    decoded = body.encode().decode("unicode_escape") if "\\u" in body else body
+    assert SECRET_IN_RESPONSE[:12] not in decoded and "[MASKED:" in body
+    if cap == 4096:  # escapes that JSON needs stay escaped; the rest reads as text
+        assert json.loads(body) == {
+            "token": json.loads(body)["token"],
+            "quote": '"',
+            "pair": "\U0001f600",
+        }
+
+
 def test_cut_json_is_not_recorded_when_fields_must_be_masked(
     make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
 ) -> None:
