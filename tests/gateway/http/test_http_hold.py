@@ -37,7 +37,7 @@ def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=20))
 def test_the_text_asked_about_does_not_depend_on_how_the_body_was_cut(
     body: bytes, cuts: list[int]
@@ -69,7 +69,7 @@ EVENTS = st.lists(
 )
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(EVENTS)
 def test_forward_happens_once_and_only_after_an_approval(events: list[str]) -> None:
     hold = _hold()

@@ -107,7 +107,7 @@ def test_guardrails_judge_every_reading_of_a_path(raw: str, candidates: tuple[st
     assert normalize_path(raw).candidates == candidates
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(_path_chars, max_size=30).map(lambda parts: "/" + "".join(parts)))
 def test_path_candidates_have_no_trailing_slash_and_start_with_the_judged_path(raw: str) -> None:
     norm = normalize_path(raw.encode())
@@ -240,7 +240,7 @@ _json_docs = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(_json_docs)
 def test_decoding_json_escapes_keeps_the_document(doc: object) -> None:
     from airlock.gateway.http.capture import decode_json_escapes
