@@ -34,6 +34,7 @@ class EventType(enum.StrEnum):
     APPROVAL_POSTED = "approval.posted"
     APPROVAL_DECIDED = "approval.decided"
     APPROVAL_EXPIRED = "approval.expired"
+    APPROVAL_CANCELLED = "approval.cancelled"  # the operation will never run: reason says why
     CREDENTIAL_ISSUED = "credential.issued"
     CHECKPOINT = "checkpoint"
     GATEWAY_STARTED = "gateway.started"

@@ -90,6 +90,7 @@ _BY_TYPE: dict[str, Callable[[dict[str, Any]], str]] = {
     "approval.requested": _decision,
     "approval.decided": _decision,
     "approval.expired": _decision,
+    "approval.cancelled": _decision,
     "credential.issued": lambda d: " ".join(
         str(d[k]) for k in ("grant", "provider", "sha256") if d.get(k)
     ),
