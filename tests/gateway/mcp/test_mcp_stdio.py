@@ -152,3 +152,46 @@ def test_bad_servers_give_protocol_errors_and_the_session_goes_on(tmp_path: Path
         e["data"].get("error") for e in _session_events(tmp_path) if e["type"] == "mcp.response"
     ]
     assert "answer too large" in errors and "server exited" in errors
+
+
+def test_approval_flow_binds_one_call_with_its_arguments(tmp_path: Path) -> None:
+    from airlock.gate.file import decide, pending
+
+    approvals = tmp_path / "approvals"
+    policy = tmp_path / "airlock.yaml"
+    policy.write_text(
+        "gateways:\n"
+        "  - {name: tools, kind: mcp, command: [x],\n"
+        "     tool_rules: [{id: delete-needs-ok, tool: delete_file, action: require_approval}]}\n"
+        f"approvals: {{backend: file, dir: '{approvals}', timeout: 60s}}\n"
+    )
+    server = [sys.executable, str(HERE / "mcp_server.py")]
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "airlock._cli", "mcp", "--policy", str(policy), "--", *server],
+        env=_env(tmp_path),
+    )
+    asked: list[dict[str, Any]] = []
+
+    async def decider() -> None:
+        for approve in (True, False):
+            while not (found := list(pending(approvals))):
+                await anyio.sleep(0.05)
+            asked.append(found[0])
+            decide(approvals, found[0]["request_id"], approved=approve, by="reviewer")
+
+    async def main() -> str:
+        async with Client(params) as client, anyio.create_task_group() as tg:
+            tg.start_soon(decider)
+            done = await client.call_tool("delete_file", {"path": "/tmp/a"})
+            with pytest.raises(MCPError, match="not approved"):
+                await client.call_tool("delete_file", {"path": "/tmp/b"})
+            return str(done.content[0].text)
+
+    assert anyio.run(main) == "deleted /tmp/a"
+    texts = [a["operation"]["text"] for a in asked]
+    assert texts == ['delete_file {"path": "/tmp/a"}', 'delete_file {"path": "/tmp/b"}']
+    assert asked[0]["operation_hash"] != asked[1]["operation_hash"]
+    assert all(a["operation"]["kind"] == "tool" for a in asked)
+    types = [e["type"] for e in _session_events(tmp_path)]
+    assert types.count("approval.decided") == 2
