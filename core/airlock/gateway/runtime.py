@@ -292,7 +292,16 @@ def _start_agent_gateway(
             }
         )
         return
-    raise ConfigError(
-        f"gateway {config.name}: MCP gateways do not run under airlock run yet",
-        hint="wrap the server with `airlock mcp -- SERVER_CMD` meanwhile",
+    from airlock.gateway.mcp.http import start_in_thread as start_mcp
+
+    mcp = start_mcp(config, **common)
+    running._closers.append(mcp.close)
+    running.env.update({f"{prefix}_MCP_URL": mcp.url, f"{prefix}_TOKEN": ticket.value})
+    running.described.append(
+        {
+            "name": config.name,
+            "kind": "mcp",
+            "address": mcp.url,
+            "upstream": config.upstream or " ".join(config.command),
+        }
     )
