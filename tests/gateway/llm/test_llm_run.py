@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from tests.gateway.llm.fake_models import UPSTREAM_KEY, FakeModels
 
+from airlock.archive.summary import render_summary
+
 pytestmark = pytest.mark.service
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
@@ -60,3 +62,6 @@ gateways:
     assert [e["data"].get("tool") for e in events if e["type"] == "mcp.request"] == ["add"]
     assert UPSTREAM_KEY not in log and UPSTREAM_KEY not in done.stdout + done.stderr
     assert seen["ANTHROPIC_API_KEY"] not in log  # the ticket is masked too
+    summary = render_summary(session, {})
+    assert "Models: claude\\-test \\(1\\)" in summary
+    assert "MCP tool calls: add 1" in summary
