@@ -211,19 +211,25 @@ class LlmProxy:
     async def _pass_events(
         self, call: _Call, events: Sequence[Any], assembler: Assembler, send: Send
     ) -> bool:
+        """Forward (or hold) the events one upstream read completed: one write for all of them,
+        sent at once. False when one is malformed (it and those after it are not forwarded)."""
+        out: list[bytes] = []
+        ok = True
         for event in events:
             errors = len(assembler.response.errors)
             opened = assembler.feed(event)
-            if any("malformed" in e for e in assembler.response.errors[errors:]):
+            if len(assembler.response.errors) > errors and any(
+                "malformed" in e for e in assembler.response.errors[errors:]
+            ):
                 call.outcome = "upstream_malformed"
-                return False
+                ok = False
+                break
             call.holding |= opened and self._judges_tools
             raw = self._scrub(event.raw)
-            if call.holding:
-                call.held.append(raw)
-            else:
-                await send({"type": "http.response.body", "body": raw, "more_body": True})
-        return True
+            (call.held if call.holding else out).append(raw)
+        if out:
+            await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        return ok
 
     async def _whole(self, call: _Call, upstream: httpx.Response, assembler: Assembler) -> bytes:
         body = await _read_capped(upstream)

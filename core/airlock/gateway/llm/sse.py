@@ -34,46 +34,45 @@ class SseError(ValueError):
 
 
 class SseParser:
-    """Feed bytes with :meth:`feed`; get the events they complete."""
+    """Feed bytes with :meth:`feed`; get the events they complete. One pass over the bytes: a
+    chunk holding many events costs time in proportion to its size."""
 
     def __init__(self, max_event: int = _MAX_EVENT) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
         self._max = max_event
-        self._scanned = 0  # bytes of the buffer known to hold no event end (minus a margin)
+        self._pos = 0  # where scanning resumes
+        self._prev = 0  # end of the last line end seen (0: the buffer starts a line), or -1
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """The events that ``chunk`` completes (possibly none)."""
-        self._buffer += chunk
-        events = []
-        while True:
-            end = _event_end(self._buffer, max(0, self._scanned - 4))
-            if end is None:
-                self._scanned = len(self._buffer)
+        buf = self._buffer
+        buf += chunk
+        events, start, prev, pos = [], 0, self._prev, len(buf)
+        for match in _LINE_END.finditer(buf, self._pos):
+            if (
+                match.end() == len(buf)
+                and buf[match.start()] == 0x0D
+                and match.end() - match.start() == 1
+            ):
+                pos = match.start()  # a lone CR at the end may be the start of CRLF
                 break
-            raw, self._buffer = self._buffer[:end], self._buffer[end:]
-            self._scanned = 0
-            events.append(_parse(raw))
-        if len(self._buffer) > self._max:
+            if match.start() == prev:  # a blank line: the event ends here
+                events.append(_parse(bytes(buf[start : match.end()])))
+                start = match.end()
+            prev = match.end()
+        del buf[:start]
+        self._pos = pos - start
+        self._prev = prev - start if prev >= start else -1
+        if len(buf) > self._max:
             raise SseError(f"an event of more than {self._max} bytes")
         return events
 
     def close(self) -> list[SseEvent]:
         """The unterminated last event, if the stream ended mid-event."""
-        raw, self._buffer = self._buffer, b""
+        raw = bytes(self._buffer)
+        self._buffer.clear()
+        self._pos, self._prev = 0, 0
         return [_parse(raw)] if raw.strip() else []
-
-
-def _event_end(buffer: bytes, start: int) -> int | None:
-    """Index just past the blank line that ends the first event, or None. ``start`` must be at
-    a point before any line end not yet examined (a few bytes of margin suffice)."""
-    previous_end = 0 if start == 0 else -1
-    for match in _LINE_END.finditer(buffer, start):
-        if match.group() == b"\r" and match.end() == len(buffer):
-            return None  # a lone CR at the end may be the start of CRLF: wait for more
-        if match.start() == previous_end:
-            return match.end()
-        previous_end = match.end()
-    return None
 
 
 def _parse(raw: bytes) -> SseEvent:
