@@ -45,8 +45,6 @@ class McpBridge:
         names = config.credential.env if config.credential else ()
         self._env = server_environment(environ, names)
         held = [environ[n] for n in names]
-        for value in held:
-            masker.add_secret(value, "gateway-credential")
         self.config = config
         self.relay = McpRelay(config, masker, held)
         self._masker, self._record, self._approve = masker, record, approve

@@ -110,6 +110,9 @@ class McpRelay:
         self.config = config
         self._masker = masker
         self._held = [h.encode() for h in held if h]
+        for value in held:
+            if value:
+                masker.add_secret(value, "gateway-credential")  # never in the log either
         self._clock = clock
         self._pending: dict[Any, _Pending] = {}
         self.server_alive = True
