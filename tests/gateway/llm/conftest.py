@@ -21,9 +21,10 @@ from airlock.policy.agent_gateways import LlmGatewayConfig
 def models() -> Iterator[FakeModels]:
     fake = FakeModels()
     server = ThreadedServer(fake).start()
-    fake.url = server.url  # type: ignore[attr-defined]
+    fake.url = server.url
     yield fake
     server.stop()
+    assert fake.violations == [], "the fake model server left its OpenAPI description"
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def make_llm(models: FakeModels, recorder: Recorder, ticket: Ticket) -> Iterator
         masker: Masker | None = None,
         **fields: Any,
     ) -> ThreadedLlmGateway:
-        upstream = models.url + ("/v1" if provider != "anthropic" else "")  # type: ignore[attr-defined]
+        upstream = models.url + ("/v1" if provider != "anthropic" else "")
         config = LlmGatewayConfig.model_validate(
             {"name": "model", "kind": "llm", "provider": provider, "upstream": upstream, **fields}
         )

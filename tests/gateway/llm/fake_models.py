@@ -1,7 +1,10 @@
 """A local fake model server: the Anthropic Messages API and OpenAI Chat Completions, with SSE.
 
 Replies are scripted (``FakeModels.script``: one :class:`Reply` per request, then the default).
-What the server received (headers included) is kept in ``FakeModels.seen`` for the tests.
+What the server received (headers included) is kept in ``FakeModels.seen`` for the tests. Every
+request it receives and every answer it sends (whole bodies and each streamed event) is checked
+against the provider's published OpenAPI description; what does not follow it is collected in
+``FakeModels.violations`` (the fixture fails the test on any).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.gateway.llm.openapi_specs import violations as spec_violations
 
 Scope = dict[str, Any]
 UPSTREAM_KEY = "sk-ant-api03-" + "HeldModelKey0123456789" * 3
@@ -28,6 +33,11 @@ class Reply:
 class FakeModels:
     script: list[Reply] = field(default_factory=list)
     seen: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    url: str = ""
+
+    def check(self, provider: str, schema: str, instance: Any) -> None:
+        self.violations += spec_violations(provider, schema, instance)
 
     def next_reply(self) -> Reply:
         return self.script.pop(0) if self.script else Reply()
@@ -57,8 +67,10 @@ class FakeModels:
             return
         reply = self.next_reply()
         if scope["path"] == "/v1/messages":
+            self.check("anthropic", "CreateMessageParams", data)
             await self._anthropic(send, data, reply)
         elif scope["path"] == "/v1/chat/completions":
+            self.check("openai", "CreateChatCompletionRequest", data)
             await self._openai(send, data, reply)
         elif scope["path"] == "/v1/models":
             await _json(send, 200, {"data": [{"id": "claude-test", "type": "model"}]})
@@ -233,6 +245,9 @@ class FakeModels:
                 chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
         chunk({}, stop)
         chunks.append(json.dumps({**base, "choices": [], "usage": usage}))
+        for text in chunks:
+            if text != "{not json":
+                self.check("openai", "CreateChatCompletionStreamResponse", json.loads(text))
         chunks.append("[DONE]")
         await _sse(send, [("", c) for c in chunks], reply.delay)
 

@@ -110,3 +110,15 @@ def test_tool_rules_strictest_wins_and_arguments_match_by_path() -> None:
     assert (found.rule_id, found.action) == ("nested", "require_approval")
     fallback = decide_tool("Read", {}, rules, "deny", "mcp")
     assert (fallback.rule_id, fallback.action) == ("airlock.default.mcp_tool", "deny")
+
+
+def test_the_gateways_own_errors_follow_the_published_descriptions() -> None:
+    from tests.gateway.llm.openapi_specs import violations
+
+    from airlock.gateway.llm.providers import error_body
+
+    for kind in ("permission_error", "authentication_error", "invalid_request_error", "api_error"):
+        body = json.loads(error_body("anthropic", kind, "refused by Airlock"))
+        assert violations("anthropic", "ErrorResponse", body) == []
+    body = json.loads(error_body("openai", "permission_error", "refused by Airlock"))
+    assert violations("openai", "ErrorResponse", body) == []

@@ -305,8 +305,10 @@ def assembler_for(provider: Provider) -> Assembler:
 def error_body(provider: Provider, kind: str, message: str) -> bytes:
     """A JSON error body in the provider's own shape (its SDKs raise it as an API error)."""
     if provider == "anthropic":
-        return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-    return json.dumps({"error": {"message": message, "type": kind, "code": kind}}).encode()
+        error = {"type": kind, "message": message}
+        return json.dumps({"type": "error", "error": error, "request_id": None}).encode()
+    error = {"message": message, "type": kind, "param": None, "code": kind}
+    return json.dumps({"error": error}).encode()
 
 
 def stream_error(provider: Provider, kind: str, message: str) -> bytes:

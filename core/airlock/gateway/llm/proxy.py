@@ -450,10 +450,10 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _Refusal(499, "client_gone", "the client went away")
+            raise _Refusal(499, "api_error", "the client went away")
         body += message.get("body", b"")
         if len(body) > MAX_BODY:
-            raise _Refusal(413, "request_too_large", f"request body over {MAX_BODY} bytes")
+            raise _Refusal(413, "invalid_request_error", f"request body over {MAX_BODY} bytes")
         if not message.get("more_body", False):
             return bytes(body)
 
