@@ -307,7 +307,7 @@ def error_body(provider: Provider, kind: str, message: str) -> bytes:
     if provider == "anthropic":
         error = {"type": kind, "message": message}
         return json.dumps({"type": "error", "error": error, "request_id": None}).encode()
-    error = {"message": message, "type": kind, "param": None, "code": kind}
+    error: dict[str, str | None] = {"message": message, "type": kind, "param": None, "code": kind}
     return json.dumps({"error": error}).encode()
 
 
