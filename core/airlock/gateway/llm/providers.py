@@ -305,10 +305,14 @@ def assembler_for(provider: Provider) -> Assembler:
 def error_body(provider: Provider, kind: str, message: str) -> bytes:
     """A JSON error body in the provider's own shape (its SDKs raise it as an API error)."""
     if provider == "anthropic":
-        error = {"type": kind, "message": message}
-        return json.dumps({"type": "error", "error": error, "request_id": None}).encode()
-    error: dict[str, str | None] = {"message": message, "type": kind, "param": None, "code": kind}
-    return json.dumps({"error": error}).encode()
+        shaped: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": kind, "message": message},
+            "request_id": None,
+        }
+    else:
+        shaped = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+    return json.dumps(shaped).encode()
 
 
 def stream_error(provider: Provider, kind: str, message: str) -> bytes:
