@@ -27,7 +27,8 @@ def test_agent_under_airlock_run(tmp_path: Path, models: FakeModels) -> None:
     policy.write_text(
         f"""
 gateways:
-  - {{name: model, kind: llm, provider: anthropic, upstream: "{models.url}"}}
+  - {{name: model, kind: llm, provider: anthropic, upstream: "{models.url}",
+     credential: {{env: TEAM_MODEL_KEY}}}}
   - name: tools
     kind: mcp
     command: ["{sys.executable}", "{ROOT / "tests/gateway/mcp/mcp_server.py"}"]
@@ -36,7 +37,7 @@ gateways:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_"))}
     env.update(
-        ANTHROPIC_API_KEY=UPSTREAM_KEY,
+        TEAM_MODEL_KEY=UPSTREAM_KEY,  # held by Airlock: never in the agent's environment
         XDG_CONFIG_HOME=str(tmp_path / "cfg"),
         PYTHONPATH=f"{ROOT / 'core'}{os.pathsep}{ROOT}",
     )
