@@ -50,3 +50,13 @@ def test_describe_names_the_model_the_tools_and_the_outcome() -> None:
     assert describe(EVENTS[5]) == "tools/call delete [deny]"
     response = {"type": "mcp.response", "data": {"tool": "add", "duration_ms": 1.5}}
     assert describe(response) == "add: ok in 1.5 ms"
+
+
+def test_ocsf_maps_model_and_mcp_events_to_api_activity() -> None:
+    from airlock.archive.export_ocsf import to_ocsf
+
+    events = [{"seq": i, "ts": "2026-01-01T00:00:00Z", **e} for i, e in enumerate(EVENTS[:6])]
+    records = list(to_ocsf(events, "s1"))
+    assert {
+        r["class_uid"] for r in records if r["unmapped"]["airlock"]["type"][:4] in ("llm.", "mcp.")
+    } == {6003}
