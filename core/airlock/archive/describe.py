@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from airlock.archive.agent_summary import describe_agent_event
+
 __all__ = ["describe", "output_text", "strip_ansi", "truncate"]
 
 # CSI sequences, OSC sequences (ended by BEL or ST), and other single-character escapes
@@ -102,5 +104,9 @@ def describe(event: dict[str, Any], limit: int = 200) -> str:
     data = event.get("data") if isinstance(event.get("data"), dict) else {}
     assert isinstance(data, dict)
     func = _BY_TYPE.get(str(event.get("type")))
-    text = func(data) if func else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    agent = None if func else describe_agent_event(str(event.get("type")), data)  # llm.*, mcp.*
+    if agent is not None:
+        text = agent
+    else:
+        text = func(data) if func else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return truncate(" ".join(text.split()), limit)

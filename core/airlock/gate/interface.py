@@ -59,7 +59,7 @@ __all__ = [
     "valid_request_id",
 ]
 
-OperationKind = Literal["sql", "http", "command"]
+OperationKind = Literal["sql", "http", "command", "tool"]
 Record = Callable[[str, Mapping[str, Any]], object]
 Approve = Callable[["Operation"], Awaitable[bool]]
 EXPIRED = "expired"
