@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from airlock.audit import SessionWriter, load_signing_key
-    from airlock.capture.session import build_masker, correlation_key
+    from airlock.jobs.run import build_masker, correlation_key
     from airlock.ci import detect_identity
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
