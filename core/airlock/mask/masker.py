@@ -107,8 +107,17 @@ class _Snapshot:
         """The prefilter's pass: pattern rules that may match, and the literal occurrences
         when hyperscan finds them (None: the literal rule is searched with RE2)."""
         if self.literal_matcher is not None:
-            return self.literal_matcher.scan(buf)
-        return self.prefilter.hits(buf), None
+            hits, occurrences = self.literal_matcher.scan(buf)
+        else:
+            hits, occurrences = self.prefilter.hits(buf), None
+        if any(t in buf for t in self.literals.triggers):
+            hits.add(self.canonical_index)
+        return hits, occurrences
+
+    @property
+    def canonical_index(self) -> int:
+        """Rule index of the canonical literal matcher: the last one."""
+        return len(self.rules) - 1
 
     def _advance(
         self,
@@ -231,7 +240,7 @@ class Masker:
     def _build(self) -> _Snapshot:
         literals = _compile.build_literal_set(self._literals)
         return _Snapshot(
-            rules=(literals.rule, *self._patterns),
+            rules=(literals.rule, *self._patterns, literals.canonical),
             literals=literals,
             prefilter=self._prefilter,
             literal_matcher=_compile.build_literal_matcher(self._engine, literals, self._prefilter),
@@ -353,8 +362,10 @@ class StreamMasker:
         current = self._masker._snapshot
         if current is not self._snapshot:
             self._snapshot = current
-            self._resume[LITERAL_INDEX] = self._emitted
-            self._pending = [s for s in self._pending if s.order != LITERAL_INDEX]
+            literal_rules = (LITERAL_INDEX, current.canonical_index)
+            for index in literal_rules:
+                self._resume[index] = self._emitted if current.rules[index] else NEVER
+            self._pending = [s for s in self._pending if s.order not in literal_rules]
         return current
 
     def _step(self, chunk: bytes, final: bool) -> bytes:
