@@ -353,7 +353,7 @@ class _Session:
 
     def _on_idle(self) -> None:
         for stream, masker in self._streams.items():
-            self._emit(stream, masker.flush_idle())
+            self._emit(stream, masker.flush_idle(time.monotonic()))
         if time.monotonic() - self._last_witness >= self._req.witness_interval:
             self._checkpoint()
 

@@ -83,6 +83,7 @@ class CompiledRule:
     names: dict[bytes, str] | None = None  # literal form → rule id (literal set only)
     overlapping: bool = False  # literals: also find occurrences that overlap a previous one
     group_names: tuple[str, ...] = ()  # canonical literals: capture group i + 1 → rule id
+    hold: Any = None  # re2 regexp: a tail that may begin a match (PatternRule.hold)
 
     def name_for(self, matched: bytes) -> str:
         """The rule id a match is reported under."""
@@ -106,24 +107,29 @@ def compile_rule(rule: PatternRule) -> CompiledRule:
             f"mask rule {rule.id!r}: max_len {rule.max_len} is out of range",
             hint=f"use a max_len between 1 and {MAX_RULE_LEN}",
         )
-    try:
-        regex = _re2(rule.regex.encode("utf-8"))
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else "invalid"
-        if isinstance(reason, bytes):
-            reason = reason.decode("utf-8", "replace")
-        raise ConfigError(
-            f"mask rule {rule.id!r}: RE2 rejected the regex: {reason}",
-            hint="write the regex in RE2 syntax: no backreferences and no lookaround "
-            "(see https://github.com/google/re2/wiki/Syntax)",
-        ) from exc
+    regex = _compile_regex(rule.id, rule.regex)
     if _matches_empty(regex):
         raise ConfigError(
             f"mask rule {rule.id!r}: the regex can match an empty string",
             hint="make the regex match at least one character (e.g. use + instead of *)",
         )
     group = regex.groupindex.get(_SECRET_GROUP)
-    return CompiledRule(rule.id, regex, rule.max_len, secret_group=group)
+    hold = _compile_regex(rule.id, rule.hold) if rule.hold else None
+    return CompiledRule(rule.id, regex, rule.max_len, secret_group=group, hold=hold)
+
+
+def _compile_regex(rule_id: str, pattern: str) -> Any:
+    try:
+        return _re2(pattern.encode("utf-8"))
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ConfigError(
+            f"mask rule {rule_id!r}: RE2 rejected the regex: {reason}",
+            hint="write the regex in RE2 syntax: no backreferences and no lookaround "
+            "(see https://github.com/google/re2/wiki/Syntax)",
+        ) from exc
 
 
 def _matches_empty(regex: Any) -> bool:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import hmac
 import operator
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
@@ -147,11 +148,31 @@ class _Snapshot:
             if index != LITERAL_INDEX and rule is not None:
                 resume[index] = advance(rule, index, buf, base, old[index], final, spans)
 
+    @functools.cached_property
+    def hold_reach(self) -> int:
+        """The longest tail a quiet stream may hold for pattern rules."""
+        return max([rule.max_len for rule in self.rules[1:-1] if rule is not None] or [0])
+
+    def hold_length(self, tail: bytes) -> int:
+        """How much of the tail of a quiet stream could be the start of a pattern secret: its
+        trailing run of non-whitespace bytes, or further back where a rule's ``hold`` says so.
+        """
+        window = tail[-self.hold_reach :] if self.hold_reach else b""
+        run = _TRAILING_RUN.search(window)
+        held = len(window) - run.start() if run else 0
+        for rule in self.rules[1:-1]:
+            if rule is not None and rule.hold is not None:
+                found = rule.hold.search(window)
+                if found is not None:
+                    held = max(held, len(window) - found.start())
+        return held
+
     def frontier(self, resume: list[int], end: int) -> int:
         """Everything before this offset is settled for every rule."""
         return min(end, *resume)
 
 
+_TRAILING_RUN = re.compile(rb"\S+\Z")
 _TEXT_MEMO_LEN = 4096  # longer strings are not remembered
 _TEXT_MEMO_SIZE = 4096
 
@@ -321,6 +342,8 @@ class StreamMasker:
         self._emitted = 0  # absolute offset up to which output was returned
         self._resume = self._snapshot.initial_resume(0)
         self._pending: list[Span] = []
+        self._hold_at: int | None = None  # offset a quiet stream holds from (pattern hold)
+        self._hold_since = 0.0
 
     def feed(self, chunk: bytes) -> bytes:
         """Take ``chunk``; return the masked bytes that are final now (possibly empty)."""
@@ -334,12 +357,19 @@ class StreamMasker:
         self._reset()
         return out
 
-    def flush_idle(self) -> bytes:
-        """The stream went quiet: return what is held, masked as if the stream ended here,
-        except the longest tail that is a proper prefix of a literal secret form.
+    HOLD_WINDOW = 1.0
+    """Seconds a quiet stream holds a tail that could begin a pattern secret (see flush_idle)."""
 
-        A literal secret written in slow pieces is still masked. A pattern secret cut by the
-        pause (say half a private key block) may not be: the part shown is no longer held.
+    def flush_idle(self, now: float | None = None) -> bytes:
+        """The stream went quiet: return what is held, masked as if the stream ended here,
+        except the longest tail that is a proper prefix of a literal secret form (held until
+        more bytes come or the stream ends).
+
+        With ``now`` (a monotonic clock reading), a tail that could begin a pattern secret
+        (``_Snapshot.hold_length``) is held too, until ``HOLD_WINDOW`` seconds after the call
+        that first held it from the same offset. So a pattern secret whose pieces all arrive
+        within the window of its first byte is masked whatever the pauses between them.
+        Without ``now`` such a tail is shown: the part shown is no longer held.
         """
         snapshot = self._sync()
         end = self._base + len(self._buf)
@@ -349,13 +379,27 @@ class StreamMasker:
         snapshot.find(self._buf, self._base, list(self._resume), True, spans)
         tail = self._buf[self._emitted - self._base :]
         literals = snapshot.literals
-        cut = end - held_suffix(tail, literals.forms, literals.max_len)
+        held = held_suffix(tail, literals.forms, literals.max_len)
+        if now is not None:
+            held = max(held, self._pattern_hold(snapshot, tail, end, now))
+        cut = end - held
         out, cut, _ = render(self._buf, self._base, self._emitted, cut, spans, snapshot.replace)
         # Restart matching at the cut: what was shown cannot be masked any more.
         self._resume = snapshot.initial_resume(cut)
         self._pending = []
         self._commit(cut)
         return out
+
+    def _pattern_hold(self, snapshot: _Snapshot, tail: bytes, end: int, now: float) -> int:
+        held = snapshot.hold_length(tail)
+        start = end - held
+        if not held:
+            self._hold_at = None
+        elif self._hold_at != start:
+            self._hold_at, self._hold_since = start, now
+        elif now - self._hold_since >= self.HOLD_WINDOW:
+            return 0
+        return held
 
     def _sync(self) -> _Snapshot:
         """Pick up secrets added since the last call: re-examine all held output for them."""
