@@ -62,6 +62,7 @@ class ProcessExec:
     cwd: str | None
     ts: float
     truncated: bool = False  # strace cut an argument (longer than -s)
+    cut: tuple[int, ...] = ()  # which: argv indices, and -1 for the path
 
 
 @dataclass(frozen=True)
@@ -114,19 +115,25 @@ def parse_c_string(text: str, start: int) -> tuple[str, int, bool]:
     return value, end, truncated
 
 
-def _parse_string_list(text: str, start: int) -> tuple[tuple[str, ...], int, bool]:
-    """Parse ``["a", "b"]`` (possibly ending in ``...``) starting at ``text[start] == '['``."""
+def _parse_string_list(text: str, start: int) -> tuple[tuple[str, ...], int, bool, tuple[int, ...]]:
+    """Parse ``["a", "b"]`` (possibly ending in ``...``) starting at ``text[start] == '['``.
+
+    Returns the items, the index past the list, whether anything was cut, and which items were.
+    """
     items: list[str] = []
+    cut_items: list[int] = []
     truncated = False
     i = start + 1
     while i < len(text):
         ch = text[i]
         if ch == '"':
             value, i, cut = parse_c_string(text, i)
+            if cut:
+                cut_items.append(len(items))
             items.append(value)
             truncated |= cut
         elif ch == "]":
-            return tuple(items), i + 1, truncated
+            return tuple(items), i + 1, truncated, tuple(cut_items)
         elif text.startswith("...", i):
             truncated = True
             i += 3
@@ -186,7 +193,9 @@ class ExecTraceParser:
             return event
         ppid = self._parent.get(event.pid)
         cwd = event.cwd or self._cwd.get(ppid) if ppid is not None else event.cwd
-        return ProcessExec(event.pid, ppid, event.path, event.argv, cwd, event.ts, event.truncated)
+        return ProcessExec(
+            event.pid, ppid, event.path, event.argv, cwd, event.ts, event.truncated, event.cut
+        )
 
     def _line(self, line: str) -> None:
         match = _LINE.match(line)
@@ -275,9 +284,11 @@ class ExecTraceParser:
                 path = posixpath.join(dirfd[1], path)
         argv: tuple[str, ...] = ()
         cut_argv = False
+        cut: tuple[int, ...] = ()
         bracket = args.find("[", end)
         if bracket != -1:
-            argv, _, cut_argv = _parse_string_list(args, bracket)
+            argv, _, cut_argv, cut = _parse_string_list(args, bracket)
         self._threads.discard(pid)  # a thread that execs becomes the process
         cwd = self._cwd.get(pid)
-        return ProcessExec(pid, None, path, argv, cwd, ts, cut_path or cut_argv)
+        cut = ((-1,) if cut_path else ()) + cut
+        return ProcessExec(pid, None, path, argv, cwd, ts, cut_path or cut_argv, cut)

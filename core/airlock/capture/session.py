@@ -264,7 +264,7 @@ class _Session:
             {
                 "identity": req.identity.to_dict(),
                 "argv": [self._masker.mask_text(a) for a in req.argv],
-                "cwd": req.cwd,
+                "cwd": self._masker.mask_text(req.cwd),
                 "airlock_version": __version__,
                 "policy": {"source": req.policy_source, "sha256": req.policy.digest()},
                 "pty": self._use_pty(),
@@ -409,9 +409,7 @@ class _Session:
                 {
                     "pid": event.pid,
                     "ppid": event.ppid,
-                    "path": self._masker.mask_text(event.path),
-                    "argv": [self._masker.mask_text(a) for a in event.argv],
-                    "cwd": event.cwd,
+                    **_masked_process_fields(self._masker, event),
                     "at": event.ts,
                     **({"truncated": True} if event.truncated else {}),
                 },
@@ -446,6 +444,20 @@ class _Session:
                 reason=reason,
                 checkpoints=self._receipts,
             )
+
+
+def _masked_process_fields(masker: Masker, event: ProcessExec) -> dict[str, Any]:
+    """Path, argv and cwd of an exec, masked; a value strace cut short is masked as a stream
+    that ends at the cut (the prefix of a secret the cut went through is masked too)."""
+
+    def mask(text: str, index: int) -> str:
+        return masker.mask_cut_text(text) if index in event.cut else masker.mask_text(text)
+
+    return {
+        "path": mask(event.path, -1),
+        "argv": [mask(arg, i) for i, arg in enumerate(event.argv)],
+        "cwd": masker.mask_text(event.cwd) if event.cwd is not None else None,
+    }
 
 
 def _approval_backend(request: SessionRequest, record: Record) -> ApprovalBackend:

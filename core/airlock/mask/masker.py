@@ -32,6 +32,7 @@ from airlock.mask.rules import BUILTIN_RULES, PatternRule
 __all__ = ["MaskSettings", "Masker", "StreamMasker", "replacement"]
 
 Engine = Literal["auto", "hyperscan", "re2"]
+TRUNCATED = "truncated"  # rule id of the possible secret start at the end of a cut value
 NEVER = 1 << 62  # resume point of a rule that does not exist (no literal secrets yet)
 
 
@@ -102,6 +103,19 @@ class _Snapshot:
         spans: list[Span] = []
         resume = self.initial_resume(0)
         self._advance(buf, 0, resume, True, spans, hits, occurrences)
+        return render(buf, 0, 0, len(buf), spans, self.replace)[0]
+
+    def mask_cut(self, buf: bytes) -> bytes:
+        """``buf`` masked as a stream cut short after its last byte: like ``mask_whole``, and
+        the tail that could be the start of a secret (a literal prefix, or what a quiet stream
+        would hold for pattern rules) becomes ``[MASKED:truncated]``."""
+        literals = self.literals
+        held = max(held_suffix(buf, literals.forms, literals.max_len), self.hold_length(buf))
+        hits, occurrences = self._scan(buf)
+        spans: list[Span] = []
+        self._advance(buf, 0, self.initial_resume(0), True, spans, hits, occurrences)
+        if held:
+            spans.append(Span(len(buf) - held, len(buf), len(self.rules), TRUNCATED))
         return render(buf, 0, 0, len(buf), spans, self.replace)[0]
 
     def _scan(self, buf: bytes) -> tuple[set[int], dict[int, int] | None]:
@@ -242,6 +256,12 @@ class Masker:
                     texts.clear()
                 texts[text] = masked
         return masked
+
+    def mask_cut_text(self, text: str) -> str:
+        """Mask a string that was cut short (an argument strace truncated): see
+        ``_Snapshot.mask_cut``. The cut is treated like a chunk boundary, so the prefix of a
+        secret the cut went through is masked too."""
+        return self._snapshot.mask_cut(text.encode("utf-8")).decode("utf-8", "replace")
 
     def stream(self) -> StreamMasker:
         """A new stream state: one per output stream (stdout, stderr, a connection)."""
