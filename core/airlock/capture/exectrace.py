@@ -1,6 +1,6 @@
 """Sans-I/O parser of ``strace -f`` output: text lines in, process events out.
 
-We run ``strace -f --seccomp-bpf -q -ttt -y -s 65536 -e signal=none
+We run ``strace -DDD -f --seccomp-bpf -q -ttt -y -s 65536 -e signal=none
 -e trace=execve,execveat,exit_group,chdir,fchdir,clone,clone3,fork,vfork -o FIFO -- CMD``
 and feed what it writes to :class:`ExecTraceParser`. strace interleaves processes: a call may
 be split into ``<unfinished ...>`` and ``<... NAME resumed>`` halves, and a child's first call can
@@ -26,6 +26,10 @@ __all__ = [
 ]
 
 STRACE_ARGS = (
+    # The tracer runs as a detached grandchild in its own session: the command is Airlock's
+    # own child, leads its own process group (and, with a pty, session), gets the terminal's
+    # SIGHUP, and its exit status is its own.
+    "-DDD",
     "-f",
     "--seccomp-bpf",
     "-q",
@@ -155,7 +159,13 @@ class ExecTraceParser:
         self._cwd: dict[int, str] = {}
         self._threads: set[int] = set()
         self._held: list[ProcessExec | ProcessExit] = []
+        self._alive: set[int] = set()
         self.unparsed_lines = 0
+
+    @property
+    def alive(self) -> frozenset[int]:
+        """Processes the trace has seen start and not yet end."""
+        return frozenset(self._alive)
 
     @property
     def root_pid(self) -> int | None:
@@ -207,6 +217,7 @@ class ExecTraceParser:
             self._root = pid
             self._parent[pid] = self._root_ppid
             self._cwd[pid] = self._root_cwd
+            self._alive.add(pid)
         for event in self._statement(pid, ts, rest):
             self._held.append(event)
 
@@ -234,6 +245,7 @@ class ExecTraceParser:
     def _exit(self, pid: int, ts: float, rest: str) -> Iterator[ProcessExit]:
         if pid in self._threads:
             return
+        self._alive.discard(pid)
         exited = _EXITED.match(rest)
         if exited:
             yield ProcessExit(pid, ts, status=int(exited[1]))
@@ -262,6 +274,7 @@ class ExecTraceParser:
             self._threads.add(child)
             return
         self._parent[child] = pid
+        self._alive.add(child)
         self._cwd.setdefault(child, self._cwd.get(pid, self._root_cwd))
 
     def _chdir(self, pid: int, name: str, args: str) -> None:

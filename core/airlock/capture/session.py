@@ -255,6 +255,7 @@ class _Session:
             on_process=self._on_process,
             on_idle=self._on_idle,
             on_signal=self._on_signal,
+            tracer_required=self._req.policy.capture.exec == "required",
         )
 
     def _start(self) -> None:
@@ -431,6 +432,8 @@ class _Session:
                 "signals_forwarded": result.forwarded,
                 "trace_unparsed_lines": result.trace_unparsed,
                 "leftovers_stopped": result.leftovers_stopped,
+                "leftovers_remaining": result.leftovers_remaining,
+                "tracer_lost": result.tracer_lost,
                 **self._counts,
             },
         )
