@@ -3,6 +3,7 @@ pty, the command leaves a setsid daemon behind. Real airlock, real strace, real 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -13,8 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.airlock_cli import AIRLOCK, clean_env, events, only_session
+import pytest
+from tests.support.airlock_cli import AIRLOCK, clean_env, events, only_session, run_airlock
 
+SECRET = "pending-" + "7Hq2vX9kLm4Rt8Wz"
 DEADLINE = 20.0  # seconds to wait for something that must happen (never a timing assertion)
 
 
@@ -158,3 +161,77 @@ def test_without_the_tracer_a_setsid_daemon_is_not_claimed_as_stopped(tmp_path: 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(daemon, signal.SIGKILL)
+
+
+def _logged_output(session: Path) -> bytes:
+    out = b""
+    for e in events(session):
+        if e["type"] == "output":
+            data = e["data"]
+            out += data["text"].encode() if "text" in data else base64.b64decode(data["b64"])
+    return out
+
+
+def _pending_output(session: Path) -> bytes:
+    from airlock.audit.pending import read_pending
+
+    return b"".join(read_pending(session).values())
+
+
+@pytest.mark.parametrize(
+    ("tail", "logged_tail"),
+    [
+        (b"last words without a newline", b"last words without a newline"),
+        (b"half a secret: " + SECRET[:9].encode(), b"half a secret: [MASKED:truncated]"),
+    ],
+    ids=["plain", "literal-prefix"],
+)
+def test_output_read_before_a_sigkill_of_the_recorder_is_in_the_log(
+    tmp_path: Path, tail: bytes, logged_tail: bytes
+) -> None:
+    """The recorder holds back a tail (up to 8 KiB while output flows, a possible secret start
+    when quiet); it is kept, masked, in pending.bin and appended when the session is sealed."""
+    body = b"".join(b"line %05d of the build log\n" % i for i in range(3000))
+    data_file = tmp_path / "data"
+    data_file.write_bytes(body + tail)
+    agent = (
+        "import os, sys, time\n"
+        f"os.write(1, open({str(data_file)!r}, 'rb').read())\n"
+        "time.sleep(60)\n"
+    )
+    (tmp_path / "airlock.yaml").write_text("mask: {env: [K]}\n")
+    proc = subprocess.Popen(
+        [
+            AIRLOCK,
+            "run",
+            "--policy",
+            str(tmp_path / "airlock.yaml"),
+            "--sessions",
+            str(tmp_path / "s"),
+            "--pty",
+            "never",
+            "--",
+            sys.executable,
+            "-c",
+            agent,
+        ],
+        env=clean_env(tmp_path, K=SECRET),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: list((tmp_path / "s").glob("*/events.jsonl")), "the session")
+        session = only_session(tmp_path / "s")
+        expected = body + logged_tail
+        _wait_for(
+            lambda: _logged_output(session) + _pending_output(session) == expected,
+            "the recorder to take in every byte",
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run_airlock(tmp_path, "seal", str(session)).returncode == 0
+    assert _logged_output(session) == expected  # exactly, nothing lost, nothing twice
+    assert SECRET[:9].encode() not in (session / "events.jsonl").read_bytes()
+    assert not (session / "pending.bin").exists()
+    assert run_airlock(tmp_path, "verify", "--allow-incomplete", str(session)).returncode == 0

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from airlock import __version__
 from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
+from airlock.audit.pending import PendingSpool
 from airlock.capture.exectrace import ProcessExec, ProcessExit
 from airlock.capture.prepare import mask_settings
 from airlock.capture.runner import Command, ProcessRunner, RunResult
@@ -209,6 +210,7 @@ class _Session:
         self._receipts: list[dict[str, Any]] = []
         self._gateways: RunningGateways | None = None
         self._agent_env = dict(request.agent_env)
+        self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
@@ -235,6 +237,7 @@ class _Session:
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
+            self._pending.remove()
         return SessionOutcome(
             self._writer.session_id, self._writer.path, result.exit_status, manifest
         )
@@ -350,11 +353,14 @@ class _Session:
         masker = self._streams.get(stream)
         if masker is None:
             masker = self._streams[stream] = self._masker.stream()
-        self._emit(stream, masker.feed(data))
+        shown = masker.feed(data)
+        self._pending.update({name: m.pending() for name, m in self._streams.items()})
+        self._emit(stream, shown)
 
     def _on_idle(self) -> None:
         for stream, masker in self._streams.items():
             self._emit(stream, masker.flush_idle(time.monotonic()))
+        self._pending.update({name: m.pending() for name, m in self._streams.items()})
         if time.monotonic() - self._last_witness >= self._req.witness_interval:
             self._checkpoint()
 

@@ -410,6 +410,24 @@ class StreamMasker:
         self._commit(cut)
         return out
 
+    def pending(self) -> bytes:
+        """What the stream holds now, masked as if it were cut here: rules see the end of the
+        stream, and a tail that is a proper prefix of a literal form becomes
+        ``[MASKED:truncated]``. For a record of output read but not yet final (it does not
+        change the stream's state)."""
+        snapshot = self._sync()
+        end = self._base + len(self._buf)
+        if end == self._emitted:
+            return b""
+        spans = list(self._pending)
+        snapshot.find(self._buf, self._base, list(self._resume), True, spans)
+        literals = snapshot.literals
+        tail = self._buf[self._emitted - self._base :]
+        held = held_suffix(tail, literals.forms, literals.max_len)
+        if held:
+            spans.append(Span(end - held, end, len(snapshot.rules), TRUNCATED))
+        return render(self._buf, self._base, self._emitted, end, spans, snapshot.replace)[0]
+
     def _pattern_hold(self, snapshot: _Snapshot, tail: bytes, end: int, now: float) -> int:
         held = snapshot.hold_length(tail)
         start = end - held
