@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from airlock import __version__
 from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
+from airlock.audit.pending import PendingSpool
 from airlock.capture.exectrace import ProcessExec, ProcessExit
 from airlock.capture.prepare import mask_settings
 from airlock.capture.runner import Command, ProcessRunner, RunResult
@@ -209,6 +210,7 @@ class _Session:
         self._receipts: list[dict[str, Any]] = []
         self._gateways: RunningGateways | None = None
         self._agent_env = dict(request.agent_env)
+        self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
@@ -235,6 +237,7 @@ class _Session:
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
+            self._pending.remove()
         return SessionOutcome(
             self._writer.session_id, self._writer.path, result.exit_status, manifest
         )
@@ -255,6 +258,7 @@ class _Session:
             on_process=self._on_process,
             on_idle=self._on_idle,
             on_signal=self._on_signal,
+            tracer_required=self._req.policy.capture.exec == "required",
         )
 
     def _start(self) -> None:
@@ -264,7 +268,7 @@ class _Session:
             {
                 "identity": req.identity.to_dict(),
                 "argv": [self._masker.mask_text(a) for a in req.argv],
-                "cwd": req.cwd,
+                "cwd": self._masker.mask_text(req.cwd),
                 "airlock_version": __version__,
                 "policy": {"source": req.policy_source, "sha256": req.policy.digest()},
                 "pty": self._use_pty(),
@@ -349,11 +353,14 @@ class _Session:
         masker = self._streams.get(stream)
         if masker is None:
             masker = self._streams[stream] = self._masker.stream()
-        self._emit(stream, masker.feed(data))
+        shown = masker.feed(data)
+        self._pending.update({name: m.pending() for name, m in self._streams.items()})
+        self._emit(stream, shown)
 
     def _on_idle(self) -> None:
         for stream, masker in self._streams.items():
-            self._emit(stream, masker.flush_idle())
+            self._emit(stream, masker.flush_idle(time.monotonic()))
+        self._pending.update({name: m.pending() for name, m in self._streams.items()})
         if time.monotonic() - self._last_witness >= self._req.witness_interval:
             self._checkpoint()
 
@@ -409,9 +416,7 @@ class _Session:
                 {
                     "pid": event.pid,
                     "ppid": event.ppid,
-                    "path": self._masker.mask_text(event.path),
-                    "argv": [self._masker.mask_text(a) for a in event.argv],
-                    "cwd": event.cwd,
+                    **_masked_process_fields(self._masker, event),
                     "at": event.ts,
                     **({"truncated": True} if event.truncated else {}),
                 },
@@ -433,6 +438,8 @@ class _Session:
                 "signals_forwarded": result.forwarded,
                 "trace_unparsed_lines": result.trace_unparsed,
                 "leftovers_stopped": result.leftovers_stopped,
+                "leftovers_remaining": result.leftovers_remaining,
+                "tracer_lost": result.tracer_lost,
                 **self._counts,
             },
         )
@@ -446,6 +453,20 @@ class _Session:
                 reason=reason,
                 checkpoints=self._receipts,
             )
+
+
+def _masked_process_fields(masker: Masker, event: ProcessExec) -> dict[str, Any]:
+    """Path, argv and cwd of an exec, masked; a value strace cut short is masked as a stream
+    that ends at the cut (the prefix of a secret the cut went through is masked too)."""
+
+    def mask(text: str, index: int) -> str:
+        return masker.mask_cut_text(text) if index in event.cut else masker.mask_text(text)
+
+    return {
+        "path": mask(event.path, -1),
+        "argv": [mask(arg, i) for i, arg in enumerate(event.argv)],
+        "cwd": masker.mask_text(event.cwd) if event.cwd is not None else None,
+    }
 
 
 def _approval_backend(request: SessionRequest, record: Record, *, own_pty: bool) -> ApprovalBackend:
