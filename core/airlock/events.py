@@ -37,6 +37,7 @@ class EventType(enum.StrEnum):
     CREDENTIAL_ISSUED = "credential.issued"
     CHECKPOINT = "checkpoint"
     GATEWAY_STARTED = "gateway.started"
+    NET_CONNECT = "net.connect"  # one egress attempt: host, port, sni, outcome, rule, bytes
     ERROR = "airlock.error"
 
 
