@@ -10,6 +10,7 @@ SNI is the host asked for (TLS is never intercepted), and records each attempt a
     proxy.close()
 """
 
+from airlock.egress.agent import proxy_environment
 from airlock.egress.proxy import EgressProxy, EgressProxyError, start_egress_proxy
 
-__all__ = ["EgressProxy", "EgressProxyError", "start_egress_proxy"]
+__all__ = ["EgressProxy", "EgressProxyError", "proxy_environment", "start_egress_proxy"]
