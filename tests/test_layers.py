@@ -19,10 +19,11 @@ LAYERS = {
     "gateway": 1,
     "egress": 1,
     "gate": 1,
-    "ci": 2,
-    "broker": 2,
-    "_commands": 2,
-    "_cli": 2,
+    "jobs": 2,
+    "ci": 3,
+    "broker": 3,
+    "_commands": 3,
+    "_cli": 3,
 }
 
 
