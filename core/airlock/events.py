@@ -42,6 +42,7 @@ class EventType(enum.StrEnum):
     LLM_RESPONSE = "llm.response"  # assembled from the stream: text, tool calls, usage
     MCP_REQUEST = "mcp.request"  # tools/call, resources/read (and refused calls)
     MCP_RESPONSE = "mcp.response"  # result or error, duration
+    NET_CONNECT = "net.connect"  # one egress attempt: host, port, sni, outcome, rule, bytes
     ERROR = "airlock.error"
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airlock import __version__
 from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
@@ -37,6 +38,7 @@ from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
+    from airlock.egress import EgressProxy
     from airlock.gate import ApprovalBackend, Approve
     from airlock.gate.interface import Record
     from airlock.gateway.runtime import RunningGateways
@@ -209,6 +211,7 @@ class _Session:
         self._last_witness = time.monotonic()
         self._receipts: list[dict[str, Any]] = []
         self._gateways: RunningGateways | None = None
+        self._egress: EgressProxy | None = None
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
 
@@ -217,6 +220,7 @@ class _Session:
         try:
             self._start()
             self._start_gateways()
+            self._start_egress()
             result = self._runner().run()
             self._flush_all()
             self._end(result, time.monotonic() - started)
@@ -234,6 +238,8 @@ class _Session:
             self._seal_incomplete("airlock stopped before the session ended")
             raise
         finally:
+            if self._egress is not None:
+                self._egress.close()
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
@@ -329,6 +335,38 @@ class _Session:
         for gateway in self._gateways.described:
             self._writer.append(EventType.GATEWAY_STARTED, {**gateway, "withheld": sorted(held)})
             _notice(f"gateway {gateway['name']} ({gateway['kind']}) at {gateway['address']}")
+
+    def _start_egress(self) -> None:
+        """The policy's network: section → the egress proxy, and the agent's proxy variables."""
+        network = self._req.policy.network
+        if network is None:
+            return
+        from airlock.egress import proxy_environment, start_egress_proxy
+
+        mask = self._masker.mask_text
+
+        def record(kind: str, data: Mapping[str, Any]) -> None:
+            self._writer.append(
+                kind, {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
+            )
+
+        asks = any(rule.action == "require_approval" for rule in network.allow)
+        self._egress = start_egress_proxy(
+            network, record=record, approve=self._approver() if asks else None
+        )
+        described = self._gateways.described if self._gateways is not None else []
+        hosts = [urlsplit("//" + str(g["address"]).split("://")[-1]).hostname for g in described]
+        self._agent_env.update(proxy_environment(self._egress, [h or "" for h in hosts]))
+        self._writer.append(
+            EventType.GATEWAY_STARTED,
+            {
+                "name": "egress",
+                "kind": "egress",
+                "address": self._egress.url,
+                "allowlist": self._egress.rules.allowlist(),
+            },
+        )
+        _notice(f"egress proxy at {self._egress.url} (network: default deny)")
 
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""
