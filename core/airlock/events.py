@@ -37,6 +37,7 @@ class EventType(enum.StrEnum):
     CREDENTIAL_ISSUED = "credential.issued"
     CHECKPOINT = "checkpoint"
     GATEWAY_STARTED = "gateway.started"
+    SANDBOX_STATUS = "sandbox.status"  # the sandbox's mode, walls and self-check probe results
     ERROR = "airlock.error"
 
 

@@ -50,6 +50,7 @@ class Command:
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str
+    pass_fds: tuple[int, ...] = ()  # inherited by the command (the sandbox's seccomp filter)
 
 
 @dataclass
@@ -148,6 +149,7 @@ class ProcessRunner:
             stderr=subprocess.PIPE,
             env=self._command.env,
             cwd=self._command.cwd,
+            pass_fds=self._command.pass_fds,
             process_group=0,
         )
         assert proc.stdout is not None and proc.stderr is not None
@@ -174,6 +176,7 @@ class ProcessRunner:
             stderr=slave,
             env=self._command.env,
             cwd=self._command.cwd,
+            pass_fds=self._command.pass_fds,
             start_new_session=True,
             preexec_fn=_take_controlling_tty,
         )

@@ -35,6 +35,7 @@ from pydantic_core import PydanticCustomError
 from airlock.policy.durations import Duration
 from airlock.policy.gateways import GatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
+from airlock.policy.sandbox import SandboxPolicy
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -356,6 +357,7 @@ class Policy(_Section):
     )
     guardrail_defaults: GuardrailDefaults = Field(default_factory=GuardrailDefaults)
     approvals: ApprovalsPolicy = Field(default_factory=ApprovalsPolicy)
+    sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
 
     @field_validator("version", mode="before")
     @classmethod
