@@ -43,6 +43,7 @@ class EventType(enum.StrEnum):
     MCP_REQUEST = "mcp.request"  # tools/call, resources/read (and refused calls)
     MCP_RESPONSE = "mcp.response"  # result or error, duration
     NET_CONNECT = "net.connect"  # one egress attempt: host, port, sni, outcome, rule, bytes
+    SANDBOX_STATUS = "sandbox.status"  # the sandbox's mode, walls and self-check probe results
     ERROR = "airlock.error"
 
 

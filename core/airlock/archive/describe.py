@@ -94,10 +94,21 @@ def _net(data: dict[str, Any]) -> str:
     return f"{outcome} {what} ({rule}; {moved})"
 
 
+def _sandbox(data: dict[str, Any]) -> str:
+    probes = data.get("probes") or []
+    failed = [str(p.get("id")) for p in probes if isinstance(p, dict) and not p.get("ok")]
+    state = "active" if data.get("active") else f"NOT active ({data.get('reason', '?')})"
+    checks = f"{len(probes) - len(failed)}/{len(probes)} probes passed" if probes else "no probes"
+    return f"sandbox {data.get('mode', '?')}: {state}; {checks}" + (
+        f"; failed: {', '.join(failed)}" if failed else ""
+    )
+
+
 _BY_TYPE: dict[str, Callable[[dict[str, Any]], str]] = {
     "session.start": _identity,
     "session.end": lambda d: f"exit {d.get('exit_status', d.get('exit_code'))}",
     "process.exec": _argv,
+    "sandbox.status": _sandbox,
     "process.exit": _exit,
     "output": lambda d: strip_ansi(output_text(d)).strip(),
     "db.query": lambda d: str(d.get("sql") or d.get("query") or ""),

@@ -34,8 +34,10 @@ from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
+from airlock.jobs.sandboxed import effective_mode, sandbox_spec, start_for_session
 from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
+from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -97,6 +99,9 @@ class SessionRequest:
     broker_url: str | None = None  # for approvals through the broker (policy approvals.backend)
     tracer_probe: Callable[[], TracerStatus] | None = None  # a probe already started (prepare)
     job_token: str | None = field(default=None, repr=False)
+    sandbox: str | None = None  # required | best_effort | off; None: the policy's sandbox.mode
+    key_path: Path | None = None  # hidden from the sandbox, with the sessions and state dirs
+    state_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -143,9 +148,18 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         masker.add_secret(secret.value, f"credential:{secret.grant}")
     if request.job_token:  # the agent can read the job state file: never show what is in it
         masker.add_secret(request.job_token, "broker-job-token")
+    spec = sandbox_spec(
+        request.policy,
+        mode=effective_mode(request.policy, request.sandbox),
+        cwd=request.cwd,
+        sessions_dir=request.sessions_dir,
+        key_path=request.key_path,
+        state_dir=request.state_dir,
+        environ=request.secret_env,
+    )
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
-    return _Session(request, writer, masker, tracer).run()
+    return _Session(request, writer, masker, tracer, spec).run()
 
 
 def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
@@ -200,8 +214,11 @@ class _Session:
         writer: SessionWriter,
         masker: Masker,
         tracer: TracerStatus | None,
+        sandbox: SandboxSpec | None = None,
     ) -> None:
         self._req = request
+        self._sandbox_spec = sandbox
+        self._sandbox: RunningSandbox | None = None
         self._writer = writer
         self._masker = masker
         self._tracer = tracer
@@ -221,6 +238,7 @@ class _Session:
             self._start()
             self._start_gateways()
             self._start_egress()
+            self._start_sandbox()
             result = self._runner().run()
             self._flush_all()
             self._end(result, time.monotonic() - started)
@@ -240,6 +258,8 @@ class _Session:
         finally:
             if self._egress is not None:
                 self._egress.close()
+            if self._sandbox is not None:
+                self._sandbox.close()
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
@@ -255,7 +275,11 @@ class _Session:
         return mode == "always" or (mode == "auto" and os.isatty(1))
 
     def _runner(self) -> ProcessRunner:
-        command = Command(self._req.argv, self._agent_env, self._req.cwd)
+        argv, env, fds = self._req.argv, self._agent_env, tuple[int, ...]()
+        if self._sandbox is not None and self._sandbox.active:
+            argv = tuple(self._sandbox.wrap(list(argv)))
+            env, fds = self._sandbox.env, self._sandbox.pass_fds
+        command = Command(argv, env, self._req.cwd, fds)
         return ProcessRunner(
             command,
             use_pty=self._use_pty(),
@@ -367,6 +391,26 @@ class _Session:
             },
         )
         _notice(f"egress proxy at {self._egress.url} (network: default deny)")
+
+    def _start_sandbox(self) -> None:
+        """Check the sandbox from inside and record it; required and broken: exit 85 here."""
+        spec = self._sandbox_spec
+        if spec is None:
+            return
+        gateways = self._gateways
+        try:
+            self._sandbox = start_for_session(
+                spec,
+                agent_env=self._agent_env,
+                gateways=gateways.described if gateways else [],
+                gateway_env=gateways.env if gateways else {},
+            )
+        except SandboxUnavailable as exc:
+            self._writer.append(EventType.SANDBOX_STATUS, exc.status)
+            raise
+        self._writer.append(EventType.SANDBOX_STATUS, self._sandbox.status)
+        if not self._sandbox.active:
+            _notice(f"sandbox downgraded (best_effort): {self._sandbox.status.get('reason')}")
 
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""
