@@ -427,3 +427,15 @@ def test_an_unparsable_statement_is_refused_recorded_and_the_session_goes_on(
         assert conn.execute("SELECT 2").fetchone() == (2,)
     rules = [d["rule_id"] for d in gateway.of_type("guardrail.decision")]
     assert "airlock.default.sql_unparsable" in rules
+
+
+def test_a_masked_column_sent_as_null_comes_with_a_notice(
+    make_gateway: MakeGateway, kept: str
+) -> None:
+    gw = make_gateway(mask_columns=["*.pin"])
+    notices: list[str] = []
+    with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        row = conn.execute(f"SELECT id, pin FROM {kept}").fetchone()
+    assert row == (1, None)
+    assert len(notices) == 1 and "pin" in notices[0] and "NULL" in notices[0]

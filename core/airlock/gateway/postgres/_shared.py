@@ -21,6 +21,9 @@ from airlock.mask import Masker
 from airlock.policy.gateways import PostgresGatewayConfig
 
 Record = Callable[[str, Mapping[str, Any]], object]
+# A result shape's column masking plan, which columns are text, and the masked columns whose
+# type has no masked value (they come back NULL, and the client is told so in a notice).
+RowPlan = tuple[ColumnPlan | None, tuple[bool, ...], tuple[str, ...]]
 Approve = Callable[[Operation], Awaitable[bool] | bool]
 
 STARTUP_TIMEOUT = 10.0
@@ -90,13 +93,9 @@ class Shared:
     cancel_keys: dict[tuple[int, bytes], tuple[int, bytes]] = field(default_factory=dict)
     # RowDescription bytes -> (column masking plan, which columns are text): a result shape
     # seen before is not decoded again.
-    row_plans: dict[
-        tuple[bytes, tuple[int, ...] | None], tuple[ColumnPlan | None, tuple[bool, ...]]
-    ] = field(default_factory=dict)
+    row_plans: dict[tuple[bytes, tuple[int, ...] | None], RowPlan] = field(default_factory=dict)
 
-    def row_plan(
-        self, raw: bytes, formats: tuple[int, ...] | None = None
-    ) -> tuple[ColumnPlan | None, tuple[bool, ...]]:
+    def row_plan(self, raw: bytes, formats: tuple[int, ...] | None = None) -> RowPlan:
         """The masking plan and the text columns of results described by RowDescription
         ``raw``, in the Bind result ``formats`` when given (a described *statement* says text
         for every column; the Bind decides what comes)."""
@@ -109,7 +108,12 @@ class Shared:
                 fields = tuple(
                     dataclasses.replace(f, format=_format(formats, i)) for i, f in enumerate(fields)
                 )
-            known = (self.columns.plan(fields), tuple(f.format == 0 for f in fields))
+            plan = self.columns.plan(fields)
+            nulled = tuple(
+                f.name for f, (masked, value) in zip(fields, plan or (), strict=False)
+                if masked and value is None
+            )  # fmt: skip
+            known = (plan, tuple(f.format == 0 for f in fields), nulled)
             if len(self.row_plans) >= _MAX_ROW_PLANS:
                 self.row_plans.clear()
             self.row_plans[(raw, formats)] = known

@@ -12,7 +12,7 @@ statement): ``[MASKED:column]`` in text-like columns (text, varchar, char(n), na
 holding those bytes), the JSON string ``"[MASKED:column]"`` in json/jsonb (binary jsonb with its
 version byte), a one-element array of that in arrays of those types, an empty array in other
 arrays, and NULL in every other type (an integer, a date: no value of the type can say "masked",
-and a made-up one would be believed).
+and a made-up one would be believed; the relay tells the client in a NOTICE).
 """
 
 from __future__ import annotations

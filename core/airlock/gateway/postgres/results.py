@@ -13,7 +13,7 @@ from typing import Any
 
 from airlock.events import EventType
 from airlock.gateway.postgres import protocol as pg
-from airlock.gateway.postgres._shared import Shared, cstring, refusal_token, rows_of
+from airlock.gateway.postgres._shared import RowPlan, Shared, cstring, refusal_token, rows_of
 from airlock.gateway.postgres.masking import ColumnPlan
 from airlock.gateway.postgres.parse_state import SessionState
 
@@ -67,6 +67,8 @@ class Results:
         self.tx_status = "I"
         self.column_plan: ColumnPlan | None = None
         self.text_columns: tuple[bool, ...] = ()
+        self.nulled: tuple[str, ...] = ()  # masked columns sent as NULL in this result
+        self.noticed = False  # the client was told about them
 
     def feed(self, data: bytes) -> bytes:
         """Backend bytes in, the bytes for the client out (whole messages; the rest waits).
@@ -175,7 +177,7 @@ class Results:
         head = self.inflight[0] if self.inflight else None
         if (head is not None and head.simple) or not self.describes:
             if not no_data:
-                self.column_plan, self.text_columns = self.s.row_plan(raw)
+                self._use(self.s.row_plan(raw))
             return None
         describe = self.describes.popleft()
         (self.described if describe.target == "S" else self.portal_rows)[describe.name] = (
@@ -192,11 +194,16 @@ class Results:
             return
         raw = self.portal_rows.get(bind.portal)
         if raw is not None:  # a described portal: the RowDescription carries the formats
-            self.column_plan, self.text_columns = self.s.row_plan(raw)
+            self._use(self.s.row_plan(raw))
             return
         raw = self.described.get(bind.statement)
         if raw is not None:
-            self.column_plan, self.text_columns = self.s.row_plan(raw, bind.result_formats)
+            self._use(self.s.row_plan(raw, bind.result_formats))
+
+    def _use(self, plan: RowPlan) -> None:
+        self.column_plan, self.text_columns, nulled = plan
+        self.nulled = nulled
+        self.noticed = False
 
     def _rows(self, buf: bytes, run: list[pg.Frame]) -> bytes | None:
         """A run of DataRows: the bytes replacing them, None when unchanged. One masker scan
@@ -207,15 +214,29 @@ class Results:
             if not head.planned and not head.simple:
                 self._plan_execute(head)
         start, end = run[0][1], run[-1][2]
-        if self.s.config.mask_values:
-            chunk = buf[start:end]
-            if self.s.masker.mask_bytes(chunk) is not chunk:
-                pieces = [self._data_row(buf, s, e) or buf[s:e] for _, s, e in run]
-                return b"".join(pieces)
         plan = self.column_plan
-        if plan is None:
+        chunk = buf[start:end]
+        if self.s.config.mask_values and self.s.masker.mask_bytes(chunk) is not chunk:
+            rows = [self._data_row(buf, s, e) or buf[s:e] for _, s, e in run]
+        elif plan is None:
             return None
-        return b"".join(_mask_columns(buf, run, _encoded_plan(plan)))
+        else:
+            rows = _mask_columns(buf, run, _encoded_plan(plan))
+        if self.nulled and not self.noticed:
+            self.noticed = True
+            rows.insert(0, self._null_notice())
+        return b"".join(rows)
+
+    def _null_notice(self) -> bytes:
+        """Masked columns of a type with no masked value come back NULL: never silently."""
+        names = ", ".join(self.nulled)
+        return pg.encode_error(
+            "01000",
+            f"Airlock gateway {self.s.config.name}: masked column(s) {names} sent as NULL",
+            hint="their type has no value that can say 'masked' (see docs/gateways.md)",
+            severity="NOTICE",
+            notice=True,
+        )
 
     def _data_row(self, buf: bytes, start: int, end: int) -> bytes | None:
         plan = self.column_plan
