@@ -439,3 +439,31 @@ def test_a_masked_column_sent_as_null_comes_with_a_notice(
         row = conn.execute(f"SELECT id, pin FROM {kept}").fetchone()
     assert row == (1, None)
     assert len(notices) == 1 and "pin" in notices[0] and "NULL" in notices[0]
+
+
+def test_a_backslash_statement_pipelined_behind_a_running_one_is_refused(
+    make_gateway: MakeGateway, upstream: Upstream, victims: str
+) -> None:
+    """The setting flipped by a function and the bypass sent in the same write: the gateway
+    cannot know the state yet, so the statement whose reading depends on it is refused."""
+    with upstream.superuser() as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION public.flip() RETURNS text LANGUAGE sql AS "
+            "$$ SELECT set_config('standard_conforming_strings', 'off', false) $$"
+        )
+    gw = make_gateway(rules=[NO_UNSCOPED])
+    with _logged_in(gw) as sock:
+        evil = f"SELECT 'x\\''; DELETE FROM {victims}; --'"
+        sock.sendall(pg.encode_query("SELECT public.flip()") + pg.encode_query(evil))
+        parser = pg.BackendParser()
+        ready = 0
+        errors = []
+        while ready < 2:
+            parser.feed(sock.recv(65536))
+            for message in parser:
+                ready += isinstance(message, pg.ReadyForQuery)
+                if isinstance(message, pg.ErrorResponse):
+                    errors.append(message.message)
+        sock.sendall(pg.encode_message(b"X"))
+    assert len(errors) == 1 and "parse_state" in errors[0]
+    assert _count(upstream, victims) == 10
