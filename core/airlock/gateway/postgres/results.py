@@ -375,6 +375,8 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
     masked = [(i, r) for i, r in enumerate(plan) if r is not None]
     last = masked[-1][0]
     unpack, pack = _LENGTH.unpack_from, _LENGTH.pack
+    if len(masked) == 1:
+        return _mask_one_column(buf, run, *masked[0])
     out: list[bytes] = []
     append = out.append
     for _, start, end in run:
@@ -401,4 +403,32 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
         append(b"D" + pack(end - start - 1 + delta) + buf[start + 5 : start + 7])
         out += pieces
         append(buf[copied:end])
+    return out
+
+
+def _mask_one_column(
+    buf: bytes, run: list[pg.Frame], index: int, replacement: bytes
+) -> list[bytes]:
+    """:func:`_mask_columns` for the common plan of one masked column."""
+    unpack, pack = _LENGTH.unpack_from, _LENGTH.pack
+    width = len(replacement)
+    out: list[bytes] = []
+    append = out.append
+    for _, start, end in run:
+        if unpack(buf, start + 3)[0] & 0xFFFF <= index:  # the column count (int16 at +5)
+            raise pg.ProtocolError("a DataRow has fewer columns than its RowDescription")
+        pos = start + 7
+        for _ in range(index):
+            size = unpack(buf, pos)[0]
+            pos += 4 + size if size > 0 else 4
+        size = unpack(buf, pos)[0]
+        if size < 0:  # NULL stays NULL
+            append(buf[start:end])
+            continue
+        after = pos + 4 + size
+        if after > end:
+            raise pg.ProtocolError("a DataRow is shorter than its columns say")
+        append(b"D" + pack(end - start - 1 + width - 4 - size) + buf[start + 5 : pos])
+        append(replacement)
+        append(buf[after:end])
     return out
