@@ -467,3 +467,32 @@ def test_a_backslash_statement_pipelined_behind_a_running_one_is_refused(
         sock.sendall(pg.encode_message(b"X"))
     assert len(errors) == 1 and "parse_state" in errors[0]
     assert _count(upstream, victims) == 10
+
+
+def _bind_execute(statement: str) -> bytes:
+    bind = b"\0" + statement.encode() + b"\0" + struct.pack("!hhh", 0, 0, 0)
+    execute = b"\0" + struct.pack("!i", 0)
+    return (
+        pg.encode_message(b"B", bind) + pg.encode_message(b"E", execute) + pg.encode_message(b"S")
+    )
+
+
+def test_rows_of_a_statement_never_described_are_masked_and_our_describe_is_not_seen(
+    gateway: RunningGateway,
+) -> None:
+    """A client that executes without any Describe: the gateway asks for the columns itself
+    (masking goes by name) and keeps the answer to itself."""
+    with _logged_in(gateway) as sock:
+        sync = pg.encode_message(b"S")
+        sock.sendall(pg.encode_parse("s", "SELECT email FROM users WHERE id = 1") + sync)
+        sock.sendall(_bind_execute("s"))
+        parser = pg.BackendParser()
+        messages: list[pg.Message] = []
+        while sum(isinstance(m, pg.ReadyForQuery) for m in messages) < 2:
+            parser.feed(sock.recv(65536))
+            messages.extend(parser)
+        sock.sendall(pg.encode_message(b"X"))
+    kinds = [m.raw[:1] for m in messages]
+    assert kinds == [b"1", b"Z", b"2", b"D", b"C", b"Z"]  # no RowDescription reaches the client
+    row = next(m for m in messages if isinstance(m, pg.DataRow))
+    assert row.values == (b"[MASKED:column]",)
