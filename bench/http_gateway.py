@@ -199,7 +199,9 @@ def _bench(seconds: float, rounds: int, concurrency: int) -> None:
             assert gateway.stdout is not None
             if gateway.stdout.readline().strip() != "ready":
                 raise SystemExit("bench: the gateway did not start")
+            cpu_before = _cpu_seconds(gateway.pid)
             results = _measure(up_port, gw_port, seconds, rounds, concurrency)
+            cpu = _cpu_seconds(gateway.pid) - cpu_before
             log = next(Path(sessions).rglob("events.jsonl"))
             events = sum(1 for _ in log.open("rb"))
         finally:
@@ -207,6 +209,15 @@ def _bench(seconds: float, rounds: int, concurrency: int) -> None:
                 proc.terminate()
                 proc.wait(10)
     _report(results, seconds, rounds, concurrency, events)
+    # each request through the gateway writes http.request and http.response
+    print(f"gateway CPU per request: {cpu / max(1, events // 2) * 1000:.3f} ms (user+system)")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): less sensitive to a busy machine
+    than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _measure(
