@@ -315,10 +315,11 @@ class HttpProxy:
             gone.cancel()
         if asking.cancelled():  # cancel_holds(): the session is ending
             return hold.session_ended()
-        if not asking.done():  # the client left first: the request must never go upstream
+        if gone.done():  # the client left (even as the answer came): never send it upstream
             actions = hold.client_gone()
-            asking.cancel(CLIENT_GONE)
-            await asyncio.wait({asking})
+            if not asking.done():
+                asking.cancel(CLIENT_GONE)
+                await asyncio.wait({asking})
             return actions
         outcome, why = asking.result()
         if why:
