@@ -224,12 +224,13 @@ class HttpProxy:
         document = await self._inspect_json(ex, body) if self._needs_json else None
         decisions = (
             decide_http(
-                HttpRequestInfo(ex.method, path, self._host, document), self._rules, self._defaults
+                HttpRequestInfo(method, path, self._host, document), self._rules, self._defaults
             )
+            for method in ex.methods()
             for path in ex.path.candidates
         )
         decision = strictest(decisions)
-        assert decision is not None  # a path has at least one reading
+        assert decision is not None  # a request has at least one method and one path reading
         return decision
 
     async def _inspect_json(self, ex: Exchange, body: RequestBody) -> Any:
