@@ -38,6 +38,12 @@ class EventType(enum.StrEnum):
     CREDENTIAL_ISSUED = "credential.issued"
     CHECKPOINT = "checkpoint"
     GATEWAY_STARTED = "gateway.started"
+    LLM_REQUEST = "llm.request"  # model API: model, new messages, tools by hash
+    LLM_RESPONSE = "llm.response"  # assembled from the stream: text, tool calls, usage
+    MCP_REQUEST = "mcp.request"  # tools/call, resources/read (and refused calls)
+    MCP_RESPONSE = "mcp.response"  # result or error, duration
+    NET_CONNECT = "net.connect"  # one egress attempt: host, port, sni, outcome, rule, bytes
+    SANDBOX_STATUS = "sandbox.status"  # the sandbox's mode, walls and self-check probe results
     ERROR = "airlock.error"
 
 

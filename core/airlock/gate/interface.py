@@ -59,7 +59,7 @@ __all__ = [
     "valid_request_id",
 ]
 
-OperationKind = Literal["sql", "http", "command"]
+OperationKind = Literal["sql", "http", "command", "tool"]
 Record = Callable[[str, Mapping[str, Any]], object]
 Approve = Callable[["Operation"], Awaitable[bool]]
 EXPIRED = "expired"
@@ -148,27 +148,59 @@ class Decision:
     operation_hash: str = ""
     signature: str = field(default="", repr=False)
     key_id: str = ""
+    justification: str = ""  # what the approver(s) wrote (masked), when the forge carries text
+    by_ids: tuple[str, ...] = ()  # immutable ids of the deciders: "github:583231", "gitlab:42"
 
     @staticmethod
-    def signed_payload(operation_hash: str, approved: bool, by: str, at: str) -> bytes:
-        """The exact bytes signed: canonical JSON of the four bound fields."""
-        return _canonical({"approved": approved, "at": at, "by": by, "operation": operation_hash})
+    def signed_payload(
+        operation_hash: str,
+        approved: bool,
+        by: str,
+        at: str,
+        justification: str = "",
+        by_ids: tuple[str, ...] = (),
+    ) -> bytes:
+        """The exact bytes signed: canonical JSON of the bound fields (``justification`` and
+        ``by_ids`` only when present, so that older decisions verify unchanged)."""
+        bound: dict[str, Any] = {
+            "approved": approved,
+            "at": at,
+            "by": by,
+            "operation": operation_hash,
+        }
+        if justification:
+            bound["justification"] = justification
+        if by_ids:
+            bound["by_ids"] = list(by_ids)
+        return _canonical(bound)
 
     @classmethod
     def signed(
-        cls, key: SigningKey, operation_hash: str, *, approved: bool, by: str, reason: str = ""
+        cls,
+        key: SigningKey,
+        operation_hash: str,
+        *,
+        approved: bool,
+        by: str,
+        reason: str = "",
+        justification: str = "",
+        by_ids: tuple[str, ...] = (),
     ) -> Decision:
         """A decision taken now, signed with ``key``."""
         at = format_time(time.time())
-        payload = cls.signed_payload(operation_hash, approved, by, at)
+        payload = cls.signed_payload(operation_hash, approved, by, at, justification, by_ids)
         signature = base64.b64encode(key.sign(payload)).decode()
-        return cls(approved, by, at, reason, operation_hash, signature, key.key_id)
+        return cls(
+            approved, by, at, reason, operation_hash, signature, key.key_id, justification, by_ids
+        )
 
     def verify(self, public_key: Ed25519PublicKey, operation_hash: str) -> bool:
         """True when the signature checks and the decision is for ``operation_hash``."""
         if not self.signature or not _same(self.operation_hash, operation_hash):
             return False
-        payload = self.signed_payload(operation_hash, self.approved, self.by, self.at)
+        payload = self.signed_payload(
+            operation_hash, self.approved, self.by, self.at, self.justification, self.by_ids
+        )
         try:
             public_key.verify(base64.b64decode(self.signature, validate=True), payload)
         except (InvalidSignature, ValueError):
@@ -176,8 +208,13 @@ class Decision:
         return True
 
     def to_event(self, request_id: str) -> dict[str, Any]:
-        """The ``approval.decided`` event data."""
-        return {"request_id": request_id, **asdict(self)}
+        """The ``approval.decided`` event data (``justification``/``by_ids`` when present)."""
+        data = {"request_id": request_id, **asdict(self)}
+        data["by_ids"] = list(self.by_ids)
+        for optional in ("justification", "by_ids"):
+            if not data[optional]:
+                del data[optional]
+        return data
 
 
 class ApprovalBackend(abc.ABC):
@@ -284,6 +321,8 @@ class ApprovalBackend(abc.ABC):
             approved=answer.approved,
             by=answer.by,
             reason=answer.reason,
+            justification=answer.justification,
+            by_ids=answer.by_ids,
         )
         return self._store(req, decision, EventType.APPROVAL_DECIDED)
 
@@ -325,6 +364,8 @@ class Answer:
     by: str
     operation_hash: str
     reason: str = ""
+    justification: str = ""
+    by_ids: tuple[str, ...] = ()
 
 
 async def ask(backend: ApprovalBackend, op: Operation, timeout: float) -> Decision:
