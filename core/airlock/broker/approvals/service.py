@@ -28,8 +28,13 @@ from airlock.broker.approvals.store import (
 from airlock.broker.service import Broker
 from airlock.broker.state import token_digest
 from airlock.errors import AirlockError, PolicyDenied, UsageError
-from airlock.gate._github import GitHubApi
-from airlock.gate._rules import (
+from airlock.gate.forges import Click, Forge, ForgeRequest, Shown
+from airlock.gate.forges.github_check import GitHubCheckForge
+from airlock.gate.forges.gitlab_notes import GitLabNotesForge
+from airlock.gate.github_api import GitHubApi
+from airlock.gate.gitlab import GitLabApi
+from airlock.gate.interface import Decision, GateError, Operation
+from airlock.gate.rules import (
     MAX_JUSTIFICATION,
     ApproverRules,
     Clicker,
@@ -37,14 +42,9 @@ from airlock.gate._rules import (
     refusal,
     required_approvals,
 )
-from airlock.gate.forges import Click, Forge, ForgeRequest, Shown
-from airlock.gate.forges.github_check import GitHubCheckForge
-from airlock.gate.forges.gitlab_notes import GitLabNotesForge
-from airlock.gate.gitlab import GitLabApi
-from airlock.gate.interface import Decision, GateError, Operation
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.broker_config import ApprovalsConfig
-from airlock.providers._secrets import resolve_secret
+from airlock.providers.secrets import resolve_secret
 
 __all__ = [
     "ApprovalService",

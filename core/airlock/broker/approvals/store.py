@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from airlock.broker.state import add_missing_columns
-from airlock.gate._rules import ApproverRules
 from airlock.gate.interface import Decision, format_time
+from airlock.gate.rules import ApproverRules
 
 __all__ = [
     "APPROVALS",

@@ -12,10 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from airlock.errors import PolicyDenied
-from airlock.gate._github import GitHubApi, GitHubRights
-from airlock.gate._rules import Clicker, Rights
 from airlock.gate.forges.interface import Click, Forge, ForgeRef, ForgeRequest, Shown
 from airlock.gate.forges.payloads import CheckRunEvent
+from airlock.gate.github_api import GitHubApi, GitHubRights
 from airlock.gate.github_check import (
     check_run_body,
     outcome_body,
@@ -23,6 +22,7 @@ from airlock.gate.github_check import (
     progress_body,
 )
 from airlock.gate.interface import Decision
+from airlock.gate.rules import Clicker, Rights
 
 __all__ = ["GitHubCheckForge", "pr_runs_commit"]
 

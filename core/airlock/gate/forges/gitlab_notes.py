@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from airlock.gate._rules import Clicker, Rights, parse_command
 from airlock.gate.forges.interface import Click, Forge, ForgeRef, ForgeRequest, Shown
 from airlock.gate.forges.payloads import NoteEvent
 from airlock.gate.gitlab import GitLabApi, GitLabRights, note_body, outcome_note, progress_note
 from airlock.gate.interface import Decision
+from airlock.gate.rules import Clicker, Rights, parse_command
 
 __all__ = ["GitLabNotesForge"]
 

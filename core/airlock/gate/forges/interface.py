@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from airlock.gate._rules import Clicker, Rights
 from airlock.gate.interface import Decision, Operation
+from airlock.gate.rules import Clicker, Rights
 
 __all__ = ["Click", "Forge", "ForgeRef", "ForgeRequest", "Shown"]
 
