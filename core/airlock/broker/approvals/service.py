@@ -400,7 +400,13 @@ class ApprovalService:
         if tally.status == "already-decided":
             return WebhookResult("already-decided", 200, request_id=row.request_id)
         if tally.decision is not None:
-            log.info("approval %s approved by %s", row.request_id, tally.decision.by)
+            log.info(
+                "approval %s approved by %s (ids %s)%s",
+                row.request_id,
+                tally.decision.by,
+                ",".join(tally.decision.by_ids),
+                " with a justification" if tally.decision.justification else "",
+            )
             self.version += 1
             self._show_outcome(row, "approved", tally.decision)
             return WebhookResult("approved", 200, request_id=row.request_id)
