@@ -41,7 +41,7 @@ class ApproversBody(_Strict):
 
 
 class OperationBody(_Strict):
-    kind: Literal["sql", "http", "command"]
+    kind: Literal["sql", "http", "command", "tool"]
     text: str = Field(min_length=1, max_length=256 * 1024)
     rule_id: str = Field(min_length=1, max_length=128)
     gateway: str | None = Field(default=None, max_length=128)
