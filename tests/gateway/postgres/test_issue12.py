@@ -4,6 +4,7 @@ settings, MERGE, one approval = one execution, held statements dying with their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -496,3 +497,35 @@ def test_rows_of_a_statement_never_described_are_masked_and_our_describe_is_not_
     assert kinds == [b"1", b"Z", b"2", b"D", b"C", b"Z"]  # no RowDescription reaches the client
     row = next(m for m in messages if isinstance(m, pg.DataRow))
     assert row.values == (b"[MASKED:column]",)
+
+
+def test_a_token_at_the_edge_of_a_value_is_value_masked(
+    gateway: RunningGateway, upstream: Upstream, victims: str
+) -> None:
+    """A 65-byte value (its length's last byte is "A") starting with an AWS key id, and a key
+    at the end of the last column with more rows after it: both masked."""
+    key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    notes = [key + " " + "x" * 44, "note " + key, "plain"]
+    with gateway_rows(upstream, victims, notes) as query:
+        received = _raw_rows(gateway, query)
+    assert key.encode() not in received
+    assert received.count(b"[MASKED:aws-access-key-id]") == 2
+
+
+@contextlib.contextmanager
+def gateway_rows(upstream: Upstream, table: str, notes: list[str]) -> Iterator[str]:
+    with upstream.superuser() as conn:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN note text")
+        for i, note in enumerate(notes, 1):
+            conn.execute(f"UPDATE {table} SET note = %s WHERE id = %s", (note, i))
+    yield f"SELECT id, note FROM {table} WHERE id <= {len(notes)} ORDER BY id"
+
+
+def _raw_rows(gw: RunningGateway, query: str) -> bytes:
+    with _logged_in(gw) as sock:
+        sock.sendall(pg.encode_query(query))
+        received = b""
+        while not received.endswith(pg.encode_ready("I")):
+            received += sock.recv(65536)
+        sock.sendall(pg.encode_message(b"X"))
+    return received

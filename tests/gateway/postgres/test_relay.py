@@ -195,3 +195,17 @@ def test_the_fast_row_path_masks_exactly_like_decode_and_encode(
     parser.feed(got)
     decoded = [list(m.values) for m in parser if isinstance(m, pg.DataRow)]
     assert decoded == expected
+
+
+def test_value_masking_sees_tokens_at_either_edge_of_a_value() -> None:
+    """A token at the start of a value whose length byte is a letter, and at the end of the
+    last column with another row after it: both masked (a scan of the raw rows missed them)."""
+    key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    leading = (key + " " + "x" * 44).encode()  # 65 bytes: its length's last byte is "A"
+    rows = [[b"1", leading], [b"2", ("note " + key).encode()], [b"3", b"plain"]]
+    backend = _row_description("id", "note") + b"".join(pg.encode_data_row(r) for r in rows)
+    relay = _relay([])
+    relay.client_data(pg.encode_query("SELECT id, note FROM notes"))
+    out = relay.results.feed(backend)
+    assert key.encode() not in out
+    assert out.count(b"[MASKED:aws-access-key-id]") == 2

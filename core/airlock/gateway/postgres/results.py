@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,10 +214,8 @@ class Results:
             head.rows += len(run)
             if not head.planned and not head.simple:
                 self._plan_execute(head)
-        start, end = run[0][1], run[-1][2]
         plan = self.column_plan
-        chunk = buf[start:end]
-        if self.s.config.mask_values and self.s.masker.mask_bytes(chunk) is not chunk:
+        if self.s.config.mask_values and _has_secret(self.s.masker.mask_bytes, buf, run):
             rows = [self._data_row(buf, s, e) or buf[s:e] for _, s, e in run]
         elif plan is None:
             return None
@@ -241,14 +240,7 @@ class Results:
     def _data_row(self, buf: bytes, start: int, end: int) -> bytes | None:
         plan = self.column_plan
         mask_values = self.s.config.mask_values
-        if plan is None:
-            if not mask_values:
-                return None
-            raw = buf[start:end]
-            if self.s.masker.mask_bytes(raw) == raw:  # one scan of the row: the common case
-                return None
-        else:
-            raw = buf[start:end]
+        raw = buf[start:end]
         row = pg.decode_backend(raw)
         assert isinstance(row, pg.DataRow)
         values = list(row.values)
@@ -366,6 +358,28 @@ def _encoded_plan(plan: ColumnPlan) -> tuple[bytes | None, ...]:
 
 
 _LENGTH = struct.Struct("!i")
+
+
+def _has_secret(mask: Callable[[bytes], bytes], buf: bytes, run: list[pg.Frame]) -> bool:
+    """Whether any value of the DataRows in ``run`` holds something the masker masks: one scan
+    over the values joined by NUL. (Not over the raw rows: a length byte that is a letter
+    before a value, or the next row's ``D`` after it, would hide a token from ``\\b``.)"""
+    unpack = _LENGTH.unpack_from
+    values: list[bytes] = []
+    append = values.append
+    for _, start, end in run:
+        pos = start + 7
+        for _ in range(unpack(buf, start + 3)[0] & 0xFFFF):
+            size = unpack(buf, pos)[0]
+            if size > 0:
+                append(buf[pos + 4 : pos + 4 + size])
+                pos += 4 + size
+            else:
+                pos += 4
+        if pos > end:
+            raise pg.ProtocolError("a DataRow is shorter than its columns say")
+    joined = b"\0".join(values)
+    return mask(joined) is not joined
 
 
 def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...]) -> list[bytes]:
