@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ class Events:
     def net(self) -> list[dict[str, Any]]:
         with self._lock:
             return [d for k, d in self.items if k == "net.connect"]
+
+    def wait_net(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The ``net.connect`` events once ``count`` are there (a tunnel is recorded when both
+        ends have closed, a moment after the client exits)."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.net()) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return found
 
 
 async def resolve_test_names(host: str, port: int) -> list[str]:

@@ -50,8 +50,7 @@ def test_allowed_host_is_tunnelled_and_recorded(
     done = _curl(proxy, ca, f"https://allowed.test:{https_port}/hello.txt")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello through the proxy\n"
-    proxy.close()
-    [event] = events.net()
+    [event] = events.wait_net(1)
     assert event["outcome"] == "allowed"
     assert event["rule_id"] == "site"
     assert (event["host"], event["port"], event["sni"]) == (
@@ -112,7 +111,7 @@ def test_ip_literal_needs_a_rule_naming_it(
     proxy = start_proxy("network: {" + network.format(port=https_port).replace("{{", "{") + "}")
     done = _curl(proxy, ca, f"https://127.0.0.1:{https_port}/hello.txt")
     assert (done.returncode == 0) is allowed, done.stderr
-    [event] = events.net()
+    [event] = events.wait_net(1)
     assert event["outcome"] == ("allowed" if allowed else "denied")
 
 

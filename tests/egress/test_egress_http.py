@@ -65,7 +65,7 @@ def test_allowed_method_and_path_are_forwarded(
         done.stdout == f"GET /pub/a/b.txt?x=1 web.test:{port} 0\n"
     )  # Host from the URL, no proxy auth
     assert seen == ["GET /pub/a/b.txt?x=1"]
-    [event] = events.net()
+    [event] = events.wait_net(1)
     assert event["kind"] == "http" and event["outcome"] == "allowed"
     assert (event["method"], event["path"], event["rule_id"]) == ("GET", "/pub/a/b.txt", "pub-read")
     assert event["status"] == 200 and event["bytes_down"] > len(done.stdout)
@@ -116,7 +116,7 @@ def test_chunked_upload_is_framed_and_a_smuggled_second_request_is_dropped(
     done = _curl(proxy, f"http://web.test:{port}/upload", "-H", "Transfer-Encoding: chunked",
                  "--data-binary", "x" * 5000)  # fmt: skip
     assert done.returncode == 0 and seen == ["POST /upload", "POST /upload"]
-    assert [e["outcome"] for e in events.net()] == ["allowed", "allowed"]
+    assert [e["outcome"] for e in events.wait_net(2)] == ["allowed", "allowed"]
 
 
 def test_https_url_in_a_plain_request_is_refused(start_proxy: ProxyFactory, events: Events) -> None:
@@ -147,6 +147,7 @@ def test_require_approval_waits_for_the_file_gate(
     decider.join()
     assert done.stdout.endswith(" 200" if verdict else " 403")
     assert seen == (["GET /pub/x"] if verdict else [])
+    events.wait_net(1)
     kinds = [k for k, _ in events.items]
     assert kinds == ["approval.requested", "approval.decided", "net.connect"]
     requested = events.items[0][1]

@@ -299,27 +299,86 @@ async def _relay(
     upstream: asyncio.StreamWriter,
     attempt: _Attempt,
 ) -> None:
-    async def up() -> None:
-        while data := await reader.read(_CHUNK):
-            attempt.up += len(data)
-            upstream.write(data)
-            await upstream.drain()
-        if upstream.can_write_eof():
-            upstream.write_eof()
+    """Splice the two transports with protocols (no stream buffers in between) until the
+    upstream side ends; a client's EOF is passed on as a half-close."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client_t, upstream_t = writer.transport, upstream.transport
+    to_upstream = _Pipe(upstream_t, attempt, "up", done, half_close=True)
+    to_client = _Pipe(client_t, attempt, "down", done, half_close=False)
+    for stream, transport, pipe in (
+        (reader, client_t, to_upstream),
+        (up_reader, upstream_t, to_client),
+    ):
+        buffered = _take_buffer(stream)
+        transport.set_protocol(pipe)
+        if buffered:
+            pipe.data_received(buffered)
+        if stream.at_eof():
+            pipe.eof_received()
+        elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+            transport.resume_reading()
+    await done
 
-    async def down() -> None:
-        while data := await up_reader.read(_CHUNK):
-            attempt.down += len(data)
-            writer.write(data)
-            await writer.drain()
 
-    up_task = asyncio.create_task(up())
-    try:
-        await down()
-    finally:
-        up_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await up_task
+def _take_buffer(stream: asyncio.StreamReader) -> bytes:
+    buffer = getattr(stream, "_buffer", None)  # asyncio keeps what it read ahead here
+    if not isinstance(buffer, bytearray) or not buffer:
+        return b""
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
+class _Pipe(asyncio.Protocol):
+    """Bytes read from one transport are written to ``peer``; when ``peer``'s buffer fills up,
+    reading from this side pauses (the peer's protocol is the other pipe, which asks us)."""
+
+    def __init__(
+        self,
+        peer: asyncio.BaseTransport,
+        attempt: _Attempt,
+        direction: str,
+        done: asyncio.Future[None],
+        *,
+        half_close: bool,
+    ) -> None:
+        assert isinstance(peer, asyncio.WriteTransport)
+        self.peer = peer
+        self.attempt = attempt
+        self.direction = direction
+        self.done = done
+        self.half_close = half_close
+
+    def data_received(self, data: bytes) -> None:
+        if self.direction == "up":
+            self.attempt.up += len(data)
+        else:
+            self.attempt.down += len(data)
+        self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.half_close and self.peer.can_write_eof():
+            self.peer.write_eof()
+            return True
+        self._finish()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def pause_writing(self) -> None:  # our transport's buffer is full: stop feeding it
+        other = self.peer
+        if isinstance(other, asyncio.ReadTransport):
+            other.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.peer
+        if isinstance(other, asyncio.ReadTransport) and not other.is_closing():
+            other.resume_reading()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 async def _forward(
