@@ -198,6 +198,10 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "session.start": _start,
     "session.end": lambda d: _fields(d, "exit_status", "signal", "duration_seconds", "reason"),
     "capture.status": lambda d: _fields(d, "exec", "tracer", "active", "detail"),
+    "sandbox.status": lambda d: (
+        _fields(d, "mode", "active", "reason", "bridged_ports")
+        + "".join(f" {p['id']}={'ok' if p.get('ok') else 'FAILED'}" for p in d.get("probes", []))
+    ),
     "process.exec": lambda d: f"[{d.get('pid', '?')}] {_argv(d.get('argv', d.get('path', '')))}",
     "process.exit": _exit,
     "output": _output,

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from airlock.archive.agent_summary import describe_agent_event
+
 __all__ = ["describe", "net_text", "output_text", "strip_ansi", "truncate"]
 
 # CSI sequences, OSC sequences (ended by BEL or ST), and other single-character escapes
@@ -92,10 +94,21 @@ def _net(data: dict[str, Any]) -> str:
     return f"{outcome} {what} ({rule}; {moved})"
 
 
+def _sandbox(data: dict[str, Any]) -> str:
+    probes = data.get("probes") or []
+    failed = [str(p.get("id")) for p in probes if isinstance(p, dict) and not p.get("ok")]
+    state = "active" if data.get("active") else f"NOT active ({data.get('reason', '?')})"
+    checks = f"{len(probes) - len(failed)}/{len(probes)} probes passed" if probes else "no probes"
+    return f"sandbox {data.get('mode', '?')}: {state}; {checks}" + (
+        f"; failed: {', '.join(failed)}" if failed else ""
+    )
+
+
 _BY_TYPE: dict[str, Callable[[dict[str, Any]], str]] = {
     "session.start": _identity,
     "session.end": lambda d: f"exit {d.get('exit_status', d.get('exit_code'))}",
     "process.exec": _argv,
+    "sandbox.status": _sandbox,
     "process.exit": _exit,
     "output": lambda d: strip_ansi(output_text(d)).strip(),
     "db.query": lambda d: str(d.get("sql") or d.get("query") or ""),
@@ -105,6 +118,7 @@ _BY_TYPE: dict[str, Callable[[dict[str, Any]], str]] = {
     "approval.requested": _decision,
     "approval.decided": _decision,
     "approval.expired": _decision,
+    "approval.cancelled": _decision,
     "net.connect": _net,
     "credential.issued": lambda d: " ".join(
         str(d[k]) for k in ("grant", "provider", "sha256") if d.get(k)
@@ -122,5 +136,9 @@ def describe(event: dict[str, Any], limit: int = 200) -> str:
     data = event.get("data") if isinstance(event.get("data"), dict) else {}
     assert isinstance(data, dict)
     func = _BY_TYPE.get(str(event.get("type")))
-    text = func(data) if func else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    agent = None if func else describe_agent_event(str(event.get("type")), data)  # llm.*, mcp.*
+    if agent is not None:
+        text = agent
+    else:
+        text = func(data) if func else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return truncate(" ".join(text.split()), limit)

@@ -14,6 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from airlock.archive.agent_summary import agent_totals
 from airlock.archive.describe import describe
 from airlock.archive.layout import read_manifest
 from airlock.archive.report import verification_state
@@ -22,7 +23,14 @@ from airlock.audit import iter_events
 __all__ = ["MAX_SUMMARY_BYTES", "escape_md", "render_summary"]
 
 MAX_SUMMARY_BYTES = 1024 * 1024 - 4096  # GitHub refuses a step summary over 1 MiB
-_NOTABLE = ("process.exec", "db.query", "http.request", "guardrail.decision", "approval.")
+_NOTABLE = (
+    "process.exec",
+    "db.query",
+    "http.request",
+    "mcp.request",
+    "guardrail.decision",
+    "approval.",
+)
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 _ICON = {"ok": "✅", "incomplete": "⚠️", "failed": "❌"}
 
@@ -115,10 +123,17 @@ def render_summary(
         "",
         "**Events:** " + ", ".join(f"{escape_md(t)} {n}" for t, n in sorted(counts.items())),
     ]
+    lines += _agent_lines(session_dir)
     lines += network.lines()
     lines += ["", "| seq | type | what |", "|---|---|---|"]
     head = "\n".join(lines) + "\n"
     return _fit(head, rows, max_bytes)
+
+
+def _agent_lines(session_dir: Path) -> list[str]:
+    """Models, tokens, tool calls, denials, approvals (when the session has any)."""
+    totals = agent_totals(iter_events(session_dir))
+    return [] if totals.empty() else ["", *(f"- {escape_md(line)}" for line in totals.lines())]
 
 
 def _fit(head: str, rows: list[str], max_bytes: int) -> str:

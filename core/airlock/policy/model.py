@@ -37,6 +37,7 @@ from airlock.policy.durations import Duration
 from airlock.policy.gateways import GatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
 from airlock.policy.network import NetworkPolicy
+from airlock.policy.sandbox import SandboxPolicy
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -363,6 +364,7 @@ class Policy(_Section):
         description="Egress allowlist (docs/egress.md). Present: `airlock run` starts the egress "
         "proxy and the agent's HTTP(S) traffic goes through it, default deny.",
     )
+    sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -439,6 +441,8 @@ def _upstream_hosts(gateways: tuple[GatewayConfig, ...]) -> dict[str, str]:
     hosts: dict[str, str] = {}
     for gateway in gateways:
         upstream = gateway.upstream
+        if upstream is None:
+            continue
         host = upstream.host if not isinstance(upstream, str) else urlsplit(upstream).hostname
         if host:
             hosts[gateway.name] = host.lower()
