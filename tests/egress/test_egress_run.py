@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,13 +28,15 @@ def https_port(ca: LocalCA, site_dir: Path) -> Iterator[int]:
         yield server.server_address[1]
 
 
-def _run(tmp_path: Path, policy: str, script: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, policy: str, script: str, sandbox: str = "off"
+) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "airlock.yaml"
     path.write_text(policy)
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
     return subprocess.run(
-        [AIRLOCK, "run", "--policy", str(path), "--sessions", str(tmp_path / "s"), "--",
+        [AIRLOCK, "run", "--sandbox", sandbox, "--policy", str(path), "--sessions", str(tmp_path / "s"), "--",
          "sh", "-c", script],
         env=env, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )  # fmt: skip
@@ -45,25 +48,33 @@ def _events(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
     return session, [json.loads(line) for line in lines]
 
 
+@pytest.mark.parametrize("sandbox", ["off", "required"])
 def test_run_routes_the_agent_through_the_proxy(
-    tmp_path: Path, ca: LocalCA, https_port: int
+    tmp_path: Path, ca: LocalCA, https_port: int, sandbox: str
 ) -> None:
+    if sandbox == "required" and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (./dev setup installs it)")
     policy = (
         "capture: {exec: best_effort}\n"
         "network:\n"
         f"  allow: [{{id: local-site, host: localhost, ports: [{https_port}], "
         "local_addresses: true}]\n"
     )
+    shutil.copy(ca.path, tmp_path / "ca.pem")  # the workspace: inside a sandbox /tmp is private
     script = (
-        f"curl -sS --cacert {ca.path} https://localhost:{https_port}/hello.txt; "
-        f"curl -sS --cacert {ca.path} https://denied.example:{https_port}/ || echo DENIED $?; "
-        'echo "proxy=$HTTPS_PROXY no_proxy=$NO_PROXY"'
+        f"curl -sS --cacert ca.pem https://localhost:{https_port}/hello.txt; "
+        f"curl -sS --cacert ca.pem https://denied.example:{https_port}/ || echo DENIED $?; "
+        'echo "proxy=$HTTPS_PROXY no_proxy=$NO_PROXY"; '
+        f"curl -sS --noproxy '*' --cacert ca.pem https://localhost:{https_port}/hello.txt "
+        ">/dev/null 2>&1 && echo DIRECT-OK || echo DIRECT-REFUSED"
     )
-    done = _run(tmp_path, policy, script)
+    done = _run(tmp_path, policy, script, sandbox)
     assert done.returncode == 0, done.stderr
     assert "hello through the proxy" in done.stdout
     assert "DENIED 56" in done.stdout
     assert "proxy=http://127.0.0.1:" in done.stdout and "no_proxy=127.0.0.1" in done.stdout
+    # Outside a sandbox the proxy variables are advice; inside one, the proxy is the only way.
+    assert ("DIRECT-REFUSED" if sandbox == "required" else "DIRECT-OK") in done.stdout
 
     session, events = _events(tmp_path)
     [started] = [e["data"] for e in events if e["type"] == "gateway.started"]

@@ -39,7 +39,7 @@ from airlock.events import EventType
 from airlock.gate.interface import Approve, Operation, Record
 from airlock.policy.network import EgressRules, NetDecision
 
-__all__ = ["Resolve", "handle_connection"]
+__all__ = ["Context", "Resolve", "handle_connection"]
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 _CHUNK = 256 * 1024
