@@ -78,6 +78,10 @@ def test_allowed_method_and_path_are_forwarded(
         ([], "/private/a", "airlock.default-deny"),
         ([], "/pub/secret/key", "no-secret"),
         (["-d", "x=1"], "/pub/a", "airlock.default-deny"),
+        (["--path-as-is"], "/pub/../private/a", "airlock.default-deny"),
+        (["--path-as-is"], "/pub/%2e%2e/private/a", "airlock.default-deny"),
+        (["--path-as-is"], "/pub/x/..//secret/key", "no-secret"),
+        ([], "/pub/secret%2Fkey", "no-secret"),
     ],
 )
 def test_denied_method_or_path_gets_403_and_never_reaches_the_server(

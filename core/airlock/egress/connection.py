@@ -148,14 +148,19 @@ def _describe(head: RequestHead) -> dict[str, Any]:
     if head.is_connect:
         data["kind"] = "connect"
     else:
-        data.update(kind="http", method=head.method, path=(head.path or "/").split("?", 1)[0])
+        data.update(
+            kind="http", method=head.method, path=head.readings[0] if head.readings else "/"
+        )
     return data
 
 
 async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecision:
-    path = None if head.is_connect else (head.path or "/").split("?", 1)[0]
     method = None if head.is_connect else head.method
-    decision = ctx.rules.decide(head.host, head.port, method, path)
+    path = head.readings[0] if head.readings else "/"
+    if head.is_connect:
+        decision = ctx.rules.decide(head.host, head.port)
+    else:
+        decision = ctx.rules.decide_readings(head.host, head.port, head.method, head.readings)
     attempt.data.update(rule_id=decision.rule_id)
     if decision.action == "deny":
         raise _Refused(403, decision.rule_id, decision.hint or "refused by the network policy")
