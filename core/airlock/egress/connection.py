@@ -109,6 +109,9 @@ async def handle_connection(
     except asyncio.CancelledError:
         attempt.data["error"] = attempt.data.get("error") or "closed: the proxy stopped"
         raise
+    except Exception as exc:  # fail closed: the connection ends, and is recorded
+        attempt.data.setdefault("outcome", "denied")
+        attempt.data["error"] = f"egress proxy error: {type(exc).__name__}"
     finally:
         # Recorded before the client hears back: what it saw is always already in the log.
         ctx.record(str(EventType.NET_CONNECT), attempt.event())
