@@ -320,7 +320,7 @@ async def _relay(
         buffered = _take_buffer(stream)
         transport.set_protocol(pipe)
         if buffered:
-            pipe.data_received(buffered)
+            pipe.forward(buffered)
         if stream.at_eof():
             pipe.eof_received()
         elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
@@ -337,9 +337,12 @@ def _take_buffer(stream: asyncio.StreamReader) -> bytes:
     return data
 
 
-class _Pipe(asyncio.Protocol):
+class _Pipe(asyncio.BufferedProtocol):
     """Bytes read from one transport are written to ``peer``; when ``peer``'s buffer fills up,
-    reading from this side pauses (the peer's protocol is the other pipe, which asks us)."""
+    reading from this side pauses (the peer's protocol is the other pipe, which asks us).
+
+    Reads land in one preallocated buffer per direction (no new object per read); the peer's
+    ``write`` sends at once or copies what it could not send, so the buffer is free again."""
 
     def __init__(
         self,
@@ -356,8 +359,15 @@ class _Pipe(asyncio.Protocol):
         self.direction = direction
         self.done = done
         self.half_close = half_close
+        self.buffer = memoryview(bytearray(_CHUNK))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.forward(self.buffer[:nbytes])
+
+    def forward(self, data: bytes | memoryview) -> None:
         if self.direction == "up":
             self.attempt.up += len(data)
         else:
