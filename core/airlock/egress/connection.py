@@ -132,18 +132,22 @@ def _os_reason(exc: BaseException) -> str:
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[RequestHead, bytes]:
     parser = HeadParser()
-    deadline = time.monotonic() + _HEAD_TIMEOUT
     try:
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
-            if not data:
-                raise _Refused(0, "airlock.bad-request", "connection closed before a request")
-            head = parser.feed(data)
-            if head is not None:
-                assert isinstance(head, RequestHead)
-                return head, parser.rest
+        async with asyncio.timeout(_HEAD_TIMEOUT):
+            return await _head_from(reader, parser)
     except ProxyProtocolError as exc:
         raise _Refused(400, "airlock.bad-request", str(exc)) from None
+
+
+async def _head_from(reader: asyncio.StreamReader, parser: HeadParser) -> tuple[RequestHead, bytes]:
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise _Refused(0, "airlock.bad-request", "connection closed before a request")
+        head = parser.feed(data)
+        if head is not None:
+            assert isinstance(head, RequestHead)
+            return head, parser.rest
 
 
 def _describe(head: RequestHead) -> dict[str, Any]:
@@ -232,9 +236,8 @@ async def _open(
     last: BaseException | None = None
     for address in addresses:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, limit=_CHUNK), _CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(address, port, limit=_CHUNK)
         except (OSError, TimeoutError) as exc:
             last = exc
             continue
@@ -282,13 +285,13 @@ async def _read_hello(
     hello_reader = ClientHelloReader()
     seen = bytearray(rest)
     hello = hello_reader.feed(rest) if rest else None
-    deadline = time.monotonic() + _HELLO_TIMEOUT
-    while hello is None:
-        data = await asyncio.wait_for(reader.read(16384), deadline - time.monotonic())
-        if not data:
-            raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
-        seen += data
-        hello = hello_reader.feed(data)
+    async with asyncio.timeout(_HELLO_TIMEOUT):
+        while hello is None:
+            data = await reader.read(16384)
+            if not data:
+                raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
+            seen += data
+            hello = hello_reader.feed(data)
     attempt.data["sni"] = hello.sni
     expected = head.host
     if not hello.tls or hello.malformed:
