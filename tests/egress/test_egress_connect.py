@@ -14,7 +14,9 @@ from tests.egress.conftest import Events, ProxyFactory
 from tests.egress.servers import serve
 from tests.support.tls_ca import LocalCA
 
-from airlock.egress import EgressProxy
+from airlock.egress import EgressProxy, EgressProxyError, start_egress_proxy
+from airlock.errors import ExitCode
+from airlock.policy import parse_policy
 
 _ALLOW = """
 network:
@@ -197,3 +199,16 @@ def _read_all(sock: socket.socket) -> bytes:
     while data := sock.recv(65536):
         chunks.append(data)
     return b"".join(chunks)
+
+
+def test_a_taken_port_fails_closed_with_85(events: Events) -> None:
+    network = parse_policy("network: {allow: [{id: a, host: a.test}]}").network
+    assert network is not None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(EgressProxyError) as caught:
+            start_egress_proxy(network, record=events, approve=None, listen=("127.0.0.1", port))
+    assert caught.value.exit_code == ExitCode.UNAVAILABLE
+    assert f"127.0.0.1:{port}" in str(caught.value)
