@@ -114,7 +114,10 @@ async def handle_connection(
         attempt.data["error"] = f"egress proxy error: {type(exc).__name__}"
     finally:
         # Recorded before the client hears back: what it saw is always already in the log.
-        ctx.record(str(EventType.NET_CONNECT), attempt.event())
+        # A log that cannot be written fails the session (its writer says so); this
+        # connection still ends here.
+        with contextlib.suppress(Exception):
+            ctx.record(str(EventType.NET_CONNECT), attempt.event())
         if upstream is not None:
             upstream.close()
         if refusal is not None and refusal.status:
