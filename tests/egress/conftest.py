@@ -41,10 +41,22 @@ class Events:
         return found
 
 
-async def resolve_test_names(host: str, port: int) -> list[str]:
-    if host.endswith(".test"):
-        return ["127.0.0.1"]
-    raise OSError("not a test name")
+class Resolver:
+    """The proxy's DNS in tests: ``.test`` names are 127.0.0.1; every lookup is remembered."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        if host.endswith(".test"):
+            return ["127.0.0.1"]
+        raise OSError("not a test name")
+
+
+@pytest.fixture
+def resolver() -> Resolver:
+    return Resolver()
 
 
 @pytest.fixture(scope="session")
@@ -61,16 +73,14 @@ ProxyFactory = Callable[..., EgressProxy]
 
 
 @pytest.fixture
-def start_proxy(events: Events) -> Iterator[ProxyFactory]:
+def start_proxy(events: Events, resolver: Resolver) -> Iterator[ProxyFactory]:
     """``start_proxy(network_yaml, approve=None)``: a running proxy for that ``network:``."""
     running: list[EgressProxy] = []
 
     def start(network_yaml: str, approve: Approve | None = None) -> EgressProxy:
         policy = parse_policy(network_yaml)
         assert policy.network is not None
-        proxy = start_egress_proxy(
-            policy.network, record=events, approve=approve, resolve=resolve_test_names
-        )
+        proxy = start_egress_proxy(policy.network, record=events, approve=approve, resolve=resolver)
         running.append(proxy)
         return proxy
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.egress.conftest import Events, ProxyFactory
+from tests.egress.conftest import Events, ProxyFactory, Resolver
 from tests.egress.servers import serve
 from tests.support.tls_ca import LocalCA
 
@@ -66,7 +66,7 @@ def test_allowed_host_is_tunnelled_and_recorded(
 
 
 def test_denied_host_gets_403_naming_what_to_add(
-    start_proxy: ProxyFactory, events: Events, ca: LocalCA, https_port: int
+    start_proxy: ProxyFactory, events: Events, resolver: Resolver, ca: LocalCA, https_port: int
 ) -> None:
     proxy = start_proxy(_ALLOW.format(port=https_port))
     done = _curl(proxy, ca, f"https://other.test:{https_port}/hello.txt")
@@ -81,6 +81,7 @@ def test_denied_host_gets_403_naming_what_to_add(
         answer = _read_all(sock).decode()
     assert answer.startswith("HTTP/1.1 403 ")
     assert "network.allow" in answer and f"host: other.test, ports: [{https_port}]" in answer
+    assert resolver.asked == []  # a denied name is never looked up: no DNS exfiltration
 
 
 def test_name_resolving_to_loopback_needs_local_addresses(
