@@ -72,6 +72,7 @@ def test_run_routes_the_agent_through_the_proxy(
     assert done.returncode == 0, done.stderr
     assert "hello through the proxy" in done.stdout
     assert "DENIED 56" in done.stdout
+    assert f"egress denied denied.example:{https_port} (rule airlock.default-deny)" in done.stderr
     assert "proxy=http://127.0.0.1:" in done.stdout and "no_proxy=127.0.0.1" in done.stdout
     # Outside a sandbox the proxy variables are advice; inside one, the proxy is the only way.
     assert ("DIRECT-REFUSED" if sandbox == "required" else "DIRECT-OK") in done.stdout

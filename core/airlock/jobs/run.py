@@ -371,9 +371,11 @@ class _Session:
         mask = self._masker.mask_text
 
         def record(kind: str, data: Mapping[str, Any]) -> None:
-            self._writer.append(
-                kind, {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
-            )
+            masked = {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
+            self._writer.append(kind, masked)
+            if masked.get("outcome") == "denied":  # on stderr too: the CI log shows it live
+                where = f"{masked.get('host')}:{masked.get('port')}"
+                _notice(f"egress denied {where} (rule {masked.get('rule_id')})")
 
         asks = any(rule.action == "require_approval" for rule in network.allow)
         self._egress = start_egress_proxy(
