@@ -13,6 +13,7 @@ import pytest
 from tests.support.tls_ca import LocalCA
 
 from airlock.egress import EgressProxy, start_egress_proxy
+from airlock.gate.file import decide, pending
 from airlock.gate.interface import Approve
 from airlock.policy import parse_policy
 
@@ -95,3 +96,14 @@ def site_dir(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "hello.txt").write_text("hello through the proxy\n")
     return root
+
+
+def decide_first(directory: Path, verdict: bool) -> None:
+    """Decide the first pending request of the file gate in ``directory`` (a human, scripted)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = list(pending(directory))
+        if found:
+            decide(directory, str(found[0]["request_id"]), approved=verdict, by="tester")
+            return
+        time.sleep(0.02)

@@ -7,15 +7,19 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
-from tests.egress.conftest import Events, ProxyFactory, Resolver
+from tests.egress.conftest import Events, ProxyFactory, Resolver, decide_first
 from tests.egress.servers import serve
 from tests.support.tls_ca import LocalCA
 
+from airlock.audit.keys import SigningKey
 from airlock.egress import EgressProxy, EgressProxyError, start_egress_proxy
 from airlock.errors import ExitCode
+from airlock.gate.file import FileBackend
+from airlock.gate.interface import approver
 from airlock.policy import parse_policy
 
 _ALLOW = """
@@ -213,3 +217,23 @@ def test_a_taken_port_fails_closed_with_85(events: Events) -> None:
             start_egress_proxy(network, record=events, approve=None, listen=("127.0.0.1", port))
     assert caught.value.exit_code == ExitCode.UNAVAILABLE
     assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+def test_require_approval_holds_a_tunnel_until_approved(
+    tmp_path: Path, start_proxy: ProxyFactory, events: Events, ca: LocalCA, https_port: int
+) -> None:
+    network = (
+        f"network: {{allow: [{{id: ask, host: allowed.test, ports: [{https_port}], "
+        "local_addresses: true, action: require_approval}]}"
+    )
+    approve = approver(FileBackend(tmp_path, key=SigningKey.generate(), record=events), 30)
+    proxy = start_proxy(network, approve=approve)
+    decider = threading.Thread(target=decide_first, args=(tmp_path, True))
+    decider.start()
+    done = _curl(proxy, ca, f"https://allowed.test:{https_port}/hello.txt")
+    decider.join()
+    assert done.stdout == "hello through the proxy\n", done.stderr
+    [event] = events.wait_net(1)
+    assert event["outcome"] == "approved" and event["rule_id"] == "ask"
+    [requested] = [d for k, d in events.items if k == "approval.requested"]
+    assert requested["operation"]["text"] == f"CONNECT allowed.test:{https_port}"

@@ -7,18 +7,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.egress.conftest import Events, ProxyFactory
+from tests.egress.conftest import Events, ProxyFactory, decide_first
 from tests.egress.servers import EchoHandler, serve
 
 from airlock.audit.keys import SigningKey
 from airlock.egress import EgressProxy
 from airlock.gate.deny import DenyBackend
-from airlock.gate.file import FileBackend, decide, pending
+from airlock.gate.file import FileBackend
 from airlock.gate.interface import approver
 
 _RULES = """
@@ -145,7 +144,7 @@ def test_require_approval_waits_for_the_file_gate(
     network = _ASK.replace("PORT", str(port))
     approve = approver(FileBackend(tmp_path, key=SigningKey.generate(), record=events), 30)
     proxy = start_proxy(network, approve=approve)
-    decider = threading.Thread(target=_decide_first, args=(tmp_path, verdict))
+    decider = threading.Thread(target=decide_first, args=(tmp_path, verdict))
     decider.start()
     done = _curl(proxy, f"http://web.test:{port}/pub/x", "-w", " %{http_code}")
     decider.join()
@@ -175,16 +174,6 @@ def test_require_approval_with_the_deny_gate_or_none_is_refused(
     assert seen == []
     assert [e["outcome"] for e in events.net()] == ["denied", "denied"]
     assert [k for k, _ in events.items].count("approval.decided") == 1
-
-
-def _decide_first(directory: Path, verdict: bool) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        found = list(pending(directory))
-        if found:
-            decide(directory, str(found[0]["request_id"]), approved=verdict, by="tester")
-            return
-        time.sleep(0.02)
 
 
 def _read_all(sock: socket.socket) -> bytes:
