@@ -229,6 +229,7 @@ class _Session:
         self._receipts: list[dict[str, Any]] = []
         self._gateways: RunningGateways | None = None
         self._egress: EgressProxy | None = None
+        self._egress_env: dict[str, str] = {}
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
 
@@ -370,9 +371,11 @@ class _Session:
         mask = self._masker.mask_text
 
         def record(kind: str, data: Mapping[str, Any]) -> None:
-            self._writer.append(
-                kind, {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
-            )
+            masked = {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
+            self._writer.append(kind, masked)
+            if masked.get("outcome") == "denied":  # on stderr too: the CI log shows it live
+                where = f"{masked.get('host')}:{masked.get('port')}"
+                _notice(f"egress denied {where} (rule {masked.get('rule_id')})")
 
         asks = any(rule.action == "require_approval" for rule in network.allow)
         self._egress = start_egress_proxy(
@@ -380,7 +383,8 @@ class _Session:
         )
         described = self._gateways.described if self._gateways is not None else []
         hosts = [urlsplit("//" + str(g["address"]).split("://")[-1]).hostname for g in described]
-        self._agent_env.update(proxy_environment(self._egress, [h or "" for h in hosts]))
+        self._egress_env = proxy_environment(self._egress, [h or "" for h in hosts])
+        self._agent_env.update(self._egress_env)
         self._writer.append(
             EventType.GATEWAY_STARTED,
             {
@@ -398,12 +402,17 @@ class _Session:
         if spec is None:
             return
         gateways = self._gateways
+        endpoints = list(gateways.described) if gateways else []
+        if self._egress is not None:  # the agent's only way out: bridged in like a gateway
+            endpoints.append(
+                {"name": "egress", "address": f"{self._egress.host}:{self._egress.port}"}
+            )
         try:
             self._sandbox = start_for_session(
                 spec,
                 agent_env=self._agent_env,
-                gateways=gateways.described if gateways else [],
-                gateway_env=gateways.env if gateways else {},
+                gateways=endpoints,
+                gateway_env={**(gateways.env if gateways else {}), **self._egress_env},
             )
         except SandboxUnavailable as exc:
             self._writer.append(EventType.SANDBOX_STATUS, exc.status)
