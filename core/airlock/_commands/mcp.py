@@ -71,11 +71,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from airlock.audit import SessionWriter, load_signing_key
-    from airlock.capture.session import build_masker, correlation_key
     from airlock.ci import detect_identity
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
     from airlock.gateway.mcp.stdio import serve_stdio
+    from airlock.jobs.run import build_masker, correlation_key
     from airlock.policy import DEFAULT_POLICY, load_policy
 
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
