@@ -269,3 +269,18 @@ def test_key_and_secrets_never_reach_the_agent_or_the_log(
     log = recorder.text()
     assert UPSTREAM_KEY not in log and SECRET not in log and ticket.value not in log
     assert "[MASKED:" in recorder.of("llm.response")[0]["text"]
+
+
+def test_dot_segments_are_refused_before_anything_goes_upstream(
+    make_llm: LlmFactory, models: FakeModels, ticket: Ticket
+) -> None:
+    import http.client
+
+    gateway = make_llm("openai-compatible")
+    host, port = gateway.gateway.address
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/v1/../../admin/keys", headers={"Authorization": f"Bearer {ticket.value}"})
+    answer = conn.getresponse()
+    assert answer.status == 400 and b"'..'" in answer.read()
+    conn.close()
+    assert models.seen == []

@@ -119,6 +119,8 @@ class LlmProxy:
         call = _Call(str(next(self._ids)), str(scope["path"]))
         try:
             self._authenticate(scope)
+            if not _plain_path(call.path):
+                raise _Refusal(400, "invalid_request_error", "the path has '.', '..' or '\\'")
             body = await _read_body(receive)
             if scope["method"] == "POST" and call.path == _MODEL_PATHS[self.provider]:
                 await self._model_call(call, scope, body, send)
@@ -438,6 +440,11 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {
         bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in scope["headers"]
     }
+
+
+def _plain_path(path: str) -> bool:
+    """No dot segments or backslashes: what is judged is what the upstream serves."""
+    return "\\" not in path and not any(p in (".", "..") for p in path.split("/"))
 
 
 def _bearer(value: str) -> str:
