@@ -4,13 +4,12 @@ one and relay (see ``relay.py``). Runs until the agent closes our stdin."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, BinaryIO
 
 from airlock.gateway.mcp.bridge import McpBridge
-from airlock.gateway.mcp.transport import DEFAULT_CAP, read_line
+from airlock.gateway.mcp.transport import DEFAULT_CAP, Line
 
 __all__ = ["serve_stdio"]
 
@@ -46,22 +45,34 @@ async def serve_stdio(
         to_client=to_client,
         cap=cap,
     )
-    reader = asyncio.StreamReader(limit=cap)
     source = stdin or sys.stdin.buffer
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(source.fileno()), "rb")
-    )
-    await bridge.start()
+    await bridge.start()  # a server that cannot start fails before the agent is read
     try:
-        while (line := await read_line(reader, cap)) is not None:
+        # stdin is read in a thread: it may be a pipe, a file or /dev/null (not all pollable)
+        while (line := await loop.run_in_executor(None, _read_line, source, cap)) is not None:
             if line.oversized:
                 await to_client(_too_large(line.size))
             else:
                 await bridge.from_client(line.data)
     finally:
-        transport.close()
         await bridge.close()
     return 0
+
+
+def _read_line(source: BinaryIO, cap: int) -> Line | None:
+    """One line of at most ``cap`` bytes (a longer one is read to its end and discarded)."""
+    data = source.readline(cap + 1)
+    if not data:
+        return None
+    if len(data) <= cap or data.endswith(b"\n"):
+        return Line(data)
+    size = len(data)
+    while not data.endswith(b"\n"):
+        data = source.readline(1 << 20)
+        if not data:
+            break
+        size += len(data)
+    return Line(b"", True, size)
 
 
 def _write(out: BinaryIO, line: bytes) -> None:
