@@ -59,8 +59,38 @@ def _header(
     return lines
 
 
+class _Network:
+    """The job summary's network section: the egress allowlist and every denial."""
+
+    def __init__(self) -> None:
+        self.allowlist: list[str] | None = None
+        self.denials: list[str] = []
+        self.allowed = 0
+
+    def see(self, etype: str, event: dict[str, Any]) -> None:
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        if etype == "gateway.started" and data.get("kind") == "egress":
+            self.allowlist = [str(line) for line in data.get("allowlist") or ()]
+        elif etype == "net.connect" and data.get("outcome") == "denied":
+            self.denials.append(f"| {event.get('seq')} | {escape_md(describe(event, 240))} |")
+        elif etype == "net.connect":
+            self.allowed += 1
+
+    def lines(self) -> list[str]:
+        if self.allowlist is None and not self.denials and not self.allowed:
+            return []
+        rules = self.allowlist or []
+        out = ["", "#### Network", "", f"**Allowlist** ({len(rules)} rules, default deny):", ""]
+        out += [f"- {escape_md(rule)}" for rule in rules[:100]] or ["- (nothing allowed)"]
+        out += ["", f"**Connections:** {self.allowed} allowed, {len(self.denials)} denied", ""]
+        if self.denials:
+            out += ["| seq | denied |", "|---|---|", *self.denials[:200]]
+        return out
+
+
 def _notable_rows(
-    events: Iterable[dict[str, Any]], counts: Counter[str]
+    events: Iterable[dict[str, Any]], counts: Counter[str], network: _Network | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     identity: dict[str, Any] = {}
     rows = []
@@ -69,6 +99,8 @@ def _notable_rows(
         counts[etype] += 1
         if etype == "session.start" and isinstance(event.get("data"), dict):
             identity = event["data"].get("identity") or {}
+        if network is not None:
+            network.see(etype, event)
         if etype.startswith(_NOTABLE):
             rows.append(
                 f"| {event.get('seq')} | {escape_md(etype)} | {escape_md(describe(event, 160))} |"
@@ -84,13 +116,15 @@ def render_summary(
     """The Markdown summary of a session: identity, verification, counts, notable events."""
     manifest = read_manifest(session_dir, required=False)
     counts: Counter[str] = Counter()
-    identity, rows = _notable_rows(iter_events(session_dir), counts)
+    network = _Network()
+    identity, rows = _notable_rows(iter_events(session_dir), counts, network)
     lines = _header(manifest, identity, verification_state(session_dir, trusted))
     lines += [
         "",
         "**Events:** " + ", ".join(f"{escape_md(t)} {n}" for t, n in sorted(counts.items())),
     ]
     lines += _agent_lines(session_dir)
+    lines += network.lines()
     lines += ["", "| seq | type | what |", "|---|---|---|"]
     head = "\n".join(lines) + "\n"
     return _fit(head, rows, max_bytes)

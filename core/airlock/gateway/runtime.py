@@ -179,7 +179,21 @@ def _with_grant(
 
 
 def _held_values(policy: Policy, environ: Mapping[str, str]) -> list[str]:
-    return [environ[name] for name in sorted(held_variables(policy)) if environ.get(name)]
+    """The values of the held variables that are secrets: not user names (an upstream user
+    ``postgres`` registered as a secret would mask every ``/usr/lib/postgresql`` path)."""
+    names = held_variables(policy) - _user_variables(policy)
+    return [environ[name] for name in sorted(names) if environ.get(name)]
+
+
+def _user_variables(policy: Policy) -> set[str]:
+    names: set[str] = set()
+    for gateway in policy.gateways:
+        cred = gateway.credential
+        if isinstance(gateway, PostgresGatewayConfig) and gateway.credential.env is not None:
+            names.add(gateway.credential.env.user)
+        elif isinstance(cred, HttpCredential) and cred.env is not None and cred.env.basic_user:
+            names.add(cred.env.basic_user)
+    return names
 
 
 def _first_pg(policy: Policy) -> int:
