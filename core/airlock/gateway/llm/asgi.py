@@ -14,6 +14,22 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+__all__ = [
+    "MAX_BODY",
+    "Receive",
+    "Refusal",
+    "Scope",
+    "Send",
+    "Upstream",
+    "bearer",
+    "headers_of",
+    "plain_path",
+    "read_body",
+    "read_capped",
+    "respond",
+    "start",
+]
+
 MAX_BODY = 32 * 1024 * 1024
 
 
