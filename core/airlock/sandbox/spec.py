@@ -65,7 +65,9 @@ def protected_paths(
     """Airlock's own state: what the agent must never read or write."""
     paths = [sessions_dir, Path(home) / ".config" / "airlock"]
     if key_path is not None:
-        paths += [key_path]
+        paths.append(key_path)
+        if key_path.parent.name == "airlock":  # the default key's own directory
+            paths.append(key_path.parent)
     if state_dir is not None:
         paths.append(state_dir)
     return tuple(dict.fromkeys(_abs(p) for p in paths))
