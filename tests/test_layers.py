@@ -17,6 +17,8 @@ LAYERS = {
     "providers": 1,
     "archive": 1,
     "gateway": 1,
+    "egress": 1,
+    "sandbox": 1,
     "gate": 1,
     "jobs": 2,
     "ci": 3,

@@ -213,6 +213,9 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "guardrail.decision": lambda d: _fields(d, "rule", "rule_id", "action", "decision"),
     "credential.issued": lambda d: _fields(d, "grant", "provider", "sha256", "expires_at"),
     "checkpoint": lambda d: _fields(d, "seq", "head", "witness"),
+    "net.connect": lambda d: _fields(
+        d, "outcome", "kind", "host", "port", "sni", "method", "path", "rule_id", "error"
+    ),
 }
 
 

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from airlock.audit.keys import SigningKey
 from airlock.events import EventType
-from airlock.gate._rules import ApproverRules
 from airlock.gate.interface import (
     Answer,
     ApprovalBackend,
@@ -35,6 +34,7 @@ from airlock.gate.interface import (
     GateError,
     Record,
 )
+from airlock.gate.rules import ApproverRules
 
 __all__ = ["BrokerBackend", "ForgeTarget", "decision_from_status"]
 
@@ -72,6 +72,8 @@ def decision_from_status(data: Mapping[str, Any]) -> Decision | None:
         operation_hash=str(data.get("operation_hash", "")),
         signature=str(data.get("signature", "")),
         key_id=str(data.get("key_id", "")),
+        justification=str(data.get("justification") or ""),
+        by_ids=tuple(str(i) for i in data.get("by_ids") or ()),
     )
 
 
@@ -195,7 +197,14 @@ class BrokerBackend(ApprovalBackend):
                 req.operation_hash,
                 "refused: the broker's decision is not signed by the broker's key",
             )
-        return Answer(decision.approved, decision.by, decision.operation_hash, decision.reason)
+        return Answer(
+            decision.approved,
+            decision.by,
+            decision.operation_hash,
+            decision.reason,
+            decision.justification,
+            decision.by_ids,
+        )
 
     def _signed_by_broker(self, decision: Decision, operation_hash: str) -> bool:
         public = self._broker_keys.get(decision.key_id)

@@ -28,7 +28,6 @@ from gitlab.exceptions import GitlabError, GitlabHttpError
 from airlock.audit.keys import SigningKey
 from airlock.events import EventType
 from airlock.gate._polling import PollingForgeBackend
-from airlock.gate._rules import ApproverRules, Clicker, code_fence, parse_command
 from airlock.gate.broker import BrokerBackend
 from airlock.gate.interface import (
     Answer,
@@ -38,6 +37,7 @@ from airlock.gate.interface import (
     Record,
     format_time,
 )
+from airlock.gate.rules import ApproverRules, Clicker, code_fence, parse_command
 
 __all__ = [
     "GitLabApi",
@@ -147,7 +147,7 @@ class GitLabApi:
 
 
 class GitLabRights:
-    """:class:`~airlock.gate._rules.Rights` for one project, asked of GitLab at click time."""
+    """:class:`~airlock.gate.rules.Rights` for one project, asked of GitLab at click time."""
 
     def __init__(self, api: GitLabApi, project: str) -> None:
         self._api = api
@@ -216,12 +216,14 @@ class GitLabNotesBackend(PollingForgeBackend):
         key: SigningKey,
         record: Record | None = None,
         requester: str | None = None,
+        requester_id: str | None = None,
         approvers: ApproverRules | None = None,
     ) -> None:
         super().__init__(
             key=key,
             record=record,
             requester=requester,
+            requester_id=requester_id,
             approvers=approvers,
             unsupported=_notes_unsupported,
         )
@@ -233,7 +235,7 @@ class GitLabNotesBackend(PollingForgeBackend):
 
     def _submit(self, req: ApprovalRequest) -> None:
         mr = self._api.merge_request(self._project, self._iid)
-        self._author = str((mr.get("author") or {}).get("username") or "") or None
+        self._author_id = str((mr.get("author") or {}).get("id") or "") or None
         expires = req.expires_at or time.time() + 3600
         note = self._api.post_note(
             self._project,

@@ -1,10 +1,17 @@
-"""Request bodies: what a job sends, and the parts of GitHub/GitLab webhook payloads we read."""
+"""Request bodies: what a job sends (webhook payloads: :mod:`airlock.gate.forges.payloads`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from airlock.gate.forges.payloads import (
+    CheckRunEvent,
+    DeploymentRuleEvent,
+    GhInstallation,
+    NoteEvent,
+)
 
 __all__ = [
     "ApproversBody",
@@ -23,10 +30,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
 class ApproversBody(_Strict):
     users: list[str] = Field(default_factory=list, max_length=100)
     teams: list[str] = Field(default_factory=list, max_length=100)
@@ -38,7 +41,7 @@ class ApproversBody(_Strict):
 
 
 class OperationBody(_Strict):
-    kind: Literal["sql", "http", "command"]
+    kind: Literal["sql", "http", "command", "tool"]
     text: str = Field(min_length=1, max_length=256 * 1024)
     rule_id: str = Field(min_length=1, max_length=128)
     gateway: str | None = Field(default=None, max_length=128)
@@ -51,78 +54,7 @@ class OperationBody(_Strict):
 class CreateBody(_Strict):
     backend: Literal["github-check", "gitlab", "github-environment"]
     operation: OperationBody
-    timeout: float = Field(gt=0)
-    pull_request: int | None = Field(default=None, ge=1)
-    merge_request: int | None = Field(default=None, ge=1)
+    timeout: float = Field(gt=0, le=7 * 24 * 3600)
+    pull_request: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    merge_request: int | None = Field(default=None, ge=1, le=2**31 - 1)
     approvers: ApproversBody | None = None
-
-
-class _GhUser(_Loose):
-    login: str
-    id: int
-    type: str = "User"
-
-
-class _GhRepo(_Loose):
-    id: int
-    full_name: str
-
-
-class GhInstallation(_Loose):
-    id: int
-
-
-class _GhCheckRun(_Loose):
-    id: int
-    external_id: str | None = None
-
-
-class _GhAction(_Loose):
-    identifier: str
-
-
-class CheckRunEvent(_Loose):
-    action: str
-    check_run: _GhCheckRun
-    requested_action: _GhAction | None = None
-    repository: _GhRepo
-    sender: _GhUser
-    installation: GhInstallation | None = None
-
-
-class DeploymentRuleEvent(_Loose):
-    action: str
-    environment: str
-    deployment_callback_url: str
-    repository: _GhRepo
-    sender: _GhUser
-    installation: GhInstallation | None = None
-
-
-class _GlUser(_Loose):
-    id: int
-    username: str
-
-
-class _GlProject(_Loose):
-    id: int
-    path_with_namespace: str
-
-
-class _GlNote(_Loose):
-    id: int
-    note: str
-    noteable_type: str
-    system: bool = False
-
-
-class _GlMergeRequest(_Loose):
-    iid: int
-
-
-class NoteEvent(_Loose):
-    object_kind: Literal["note"]
-    user: _GlUser
-    project: _GlProject
-    object_attributes: _GlNote
-    merge_request: _GlMergeRequest | None = None
