@@ -398,12 +398,14 @@ class _Session:
         if spec is None:
             return
         gateways = self._gateways
+        egress = self._egress
         try:
             self._sandbox = start_for_session(
                 spec,
                 agent_env=self._agent_env,
                 gateways=gateways.described if gateways else [],
                 gateway_env=gateways.env if gateways else {},
+                egress=(egress.host, egress.port) if egress is not None else None,
             )
         except SandboxUnavailable as exc:
             self._writer.append(EventType.SANDBOX_STATUS, exc.status)

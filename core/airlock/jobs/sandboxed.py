@@ -15,6 +15,11 @@ from airlock.sandbox import start_sandbox as _start
 
 __all__ = ["effective_mode", "sandbox_spec", "start_for_session"]
 
+_PROXY_VARS = ("https_proxy", "http_proxy", "no_proxy", "all_proxy")
+# Only listeners on the host's loopback are bridged: inside, the same 127.0.0.1:PORT reaches
+# them. A central gateway elsewhere is not reachable from the sandbox (its network is loopback).
+_LOOPBACK = ("127.0.0.1", "localhost")
+
 
 def effective_mode(policy: Policy, override: str | None) -> str:
     """``--sandbox`` / AIRLOCK_SANDBOX when given, else the policy's ``sandbox.mode``."""
@@ -56,10 +61,22 @@ def start_for_session(
     agent_env: Mapping[str, str],
     gateways: list[dict[str, Any]],
     gateway_env: Mapping[str, str],
+    egress: tuple[str, int] | None = None,
 ) -> RunningSandbox:
-    """Start the sandbox with each gateway's listener reachable inside at the same address."""
+    """Start the sandbox with each gateway's listener, and the egress proxy, reachable inside at
+    the same 127.0.0.1 port; the agent's proxy variables (set by the egress step) pass in."""
     endpoints = [_endpoint(str(g["address"])) for g in gateways if g.get("address")]
-    return _start(spec, endpoints=endpoints, agent_env=agent_env, extra_env=gateway_env)
+    extra = dict(gateway_env)
+    if egress is not None:
+        endpoints.append(egress)
+        extra.update({k: v for k, v in agent_env.items() if k.lower() in _PROXY_VARS})
+    return _start(
+        spec,
+        endpoints=[e for e in endpoints if e[0] in _LOOPBACK],
+        agent_env=agent_env,
+        extra_env=extra,
+        proxy_port=egress[1] if egress is not None else None,
+    )
 
 
 def _endpoint(address: str) -> tuple[str, int]:
