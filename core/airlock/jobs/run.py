@@ -406,6 +406,7 @@ class _Session:
                 gateways=gateways.described if gateways else [],
                 gateway_env=gateways.env if gateways else {},
                 egress=(egress.host, egress.port) if egress is not None else None,
+                passed=[secret.name for secret in self._req.credentials],  # direct mode
             )
         except SandboxUnavailable as exc:
             self._writer.append(EventType.SANDBOX_STATUS, exc.status)

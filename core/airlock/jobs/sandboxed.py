@@ -3,7 +3,7 @@ with the session's gateways bridged in. docs/sandbox.md describes what the agent
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +62,13 @@ def start_for_session(
     gateways: list[dict[str, Any]],
     gateway_env: Mapping[str, str],
     egress: tuple[str, int] | None = None,
+    passed: Iterable[str] = (),
 ) -> RunningSandbox:
     """Start the sandbox with each gateway's listener, and the egress proxy, reachable inside at
     the same 127.0.0.1 port; the agent's proxy variables (set by the egress step) pass in."""
     endpoints = [_endpoint(str(g["address"])) for g in gateways if g.get("address")]
-    extra = dict(gateway_env)
+    extra = {name: agent_env[name] for name in passed if name in agent_env}  # not held ones
+    extra.update(gateway_env)
     if egress is not None:
         endpoints.append(egress)
         extra.update({k: v for k, v in agent_env.items() if k.lower() in _PROXY_VARS})

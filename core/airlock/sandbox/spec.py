@@ -37,7 +37,7 @@ ALWAYS_HIDDEN = (
     "/run/user",
 )
 # Always passed in (when set), besides the policy's `env` and the gateway variables.
-BASE_ENV = ("PATH", "TERM", "LANG", "LANGUAGE", "LC_*", "TZ", "COLORTERM", "NO_COLOR")
+BASE_ENV = ("PATH", "TERM", "LANG", "LANGUAGE", "LC_*", "TZ", "COLORTERM", "NO_COLOR", "CI")
 # Runner directories that hold the job's tokens and file commands.
 _RUNNER_DIR_VARS = ("RUNNER_TEMP", "RUNNER_TOOL_CACHE_TOKENS")
 _RUNNER_FILE_VARS = ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STATE", "GITHUB_PATH")
