@@ -23,7 +23,7 @@ from typing import Any
 from airlock.errors import InfrastructureUnavailable
 from airlock.policy.model import env_pattern_matches
 from airlock.sandbox.bridge import Bridge
-from airlock.sandbox.bwrap import BwrapCommand, find_bwrap
+from airlock.sandbox.bwrap import BwrapCommand, find_bwrap, probed_paths
 from airlock.sandbox.seccomp import build_filter, host_arch
 from airlock.sandbox.spec import SandboxSpec
 
@@ -168,7 +168,7 @@ def _self_check(
     """Run the probes in a sandbox like the agent's; check the host canaries heard nothing."""
     with _Canaries() as canaries:
         config = {
-            "hidden": list(command.spec.hidden),
+            "hidden": probed_paths(command.spec),
             "canary_tcp": ["127.0.0.1", canaries.tcp_port],
             "canary_udp": ["127.0.0.1", canaries.udp_port],
             "proxy": proxy_port,

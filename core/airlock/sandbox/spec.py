@@ -135,7 +135,8 @@ def _refuse_overlap(path: str, protected: tuple[str, ...], key: str, *, writable
 
 def _runner_paths(environ: Mapping[str, str]) -> list[str]:
     paths = [environ[name] for name in _RUNNER_DIR_VARS if environ.get(name)]
-    paths += [str(Path(environ[name]).parent) for name in _RUNNER_FILE_VARS if environ.get(name)]
+    files = [environ[name] for name in _RUNNER_FILE_VARS if environ.get(name)]
+    paths += files + [str(Path(f).parent) for f in files]
     project = environ.get("CI_PROJECT_DIR")
     if project:  # GitLab keeps file variables and the job's scripts next to the checkout
         paths.append(project.rstrip("/") + ".tmp")
