@@ -12,8 +12,9 @@ from airlock.policy import Policy
 from airlock.policy.sandbox import SANDBOX_MODES
 from airlock.sandbox import RunningSandbox, SandboxSpec, compile_spec, protected_paths
 from airlock.sandbox import start_sandbox as _start
+from airlock.sandbox.runtime import EarlyCheck, begin_self_check
 
-__all__ = ["effective_mode", "sandbox_spec", "start_for_session"]
+__all__ = ["begin_self_check", "effective_mode", "sandbox_spec", "start_for_session"]
 
 _PROXY_VARS = ("https_proxy", "http_proxy", "no_proxy", "all_proxy")
 # Only listeners on the host's loopback are bridged: inside, the same 127.0.0.1:PORT reaches
@@ -63,6 +64,7 @@ def start_for_session(
     gateway_env: Mapping[str, str],
     egress: tuple[str, int] | None = None,
     passed: Iterable[str] = (),
+    early: EarlyCheck | None = None,
 ) -> RunningSandbox:
     """Start the sandbox with each gateway's listener, and the egress proxy, reachable inside at
     the same 127.0.0.1 port; the agent's proxy variables (set by the egress step) pass in."""
@@ -78,6 +80,7 @@ def start_for_session(
         agent_env=agent_env,
         extra_env=extra,
         proxy_port=egress[1] if egress is not None else None,
+        early=early,
     )
 
 
