@@ -34,10 +34,16 @@ from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
-from airlock.jobs.sandboxed import effective_mode, sandbox_spec, start_for_session
+from airlock.jobs.sandboxed import (
+    begin_self_check,
+    effective_mode,
+    sandbox_spec,
+    start_for_session,
+)
 from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
 from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
+from airlock.sandbox.runtime import EarlyCheck
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -157,9 +163,15 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         state_dir=request.state_dir,
         environ=request.secret_env,
     )
+    # The sandbox's self-check runs while the log and the gateways start (without an egress
+    # proxy to probe; with one, it runs once the proxy is up).
+    early = None
+    if spec is not None and request.policy.network is None:
+        request.sessions_dir.mkdir(parents=True, exist_ok=True)  # so the probes see it covered
+        early = begin_self_check(spec)
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
-    return _Session(request, writer, masker, tracer, spec).run()
+    return _Session(request, writer, masker, tracer, spec, early).run()
 
 
 def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
@@ -215,9 +227,11 @@ class _Session:
         masker: Masker,
         tracer: TracerStatus | None,
         sandbox: SandboxSpec | None = None,
+        early: EarlyCheck | None = None,
     ) -> None:
         self._req = request
         self._sandbox_spec = sandbox
+        self._early_check = early
         self._sandbox: RunningSandbox | None = None
         self._writer = writer
         self._masker = masker
@@ -402,17 +416,16 @@ class _Session:
         if spec is None:
             return
         gateways = self._gateways
-        endpoints = list(gateways.described) if gateways else []
-        if self._egress is not None:  # the agent's only way out: bridged in like a gateway
-            endpoints.append(
-                {"name": "egress", "address": f"{self._egress.host}:{self._egress.port}"}
-            )
+        egress = self._egress
         try:
             self._sandbox = start_for_session(
                 spec,
                 agent_env=self._agent_env,
-                gateways=endpoints,
-                gateway_env={**(gateways.env if gateways else {}), **self._egress_env},
+                gateways=gateways.described if gateways else [],
+                gateway_env=gateways.env if gateways else {},
+                egress=(egress.host, egress.port) if egress is not None else None,
+                passed=[secret.name for secret in self._req.credentials],  # direct mode
+                early=self._early_check,
             )
         except SandboxUnavailable as exc:
             self._writer.append(EventType.SANDBOX_STATUS, exc.status)
