@@ -28,6 +28,7 @@ from airlock.mask._compile import (
 )
 from airlock.mask._scan import Span, advance, advance_literals, held_suffix, render
 from airlock.mask.rules import BUILTIN_RULES, PatternRule
+from airlock.mask.strength import weak_reason
 
 __all__ = ["MaskSettings", "Masker", "StreamMasker", "replacement"]
 
@@ -47,6 +48,7 @@ class MaskSettings:
     hmac_key: bytes | None = field(default=None, repr=False)
     engine: Engine = "auto"
     min_literal_len: int = 4
+    weak: Literal["error", "warn"] = "warn"  # a literal that would mask ordinary text
 
 
 def replacement(rule_id: str, value: bytes, hmac_key: bytes | None) -> bytes:
@@ -202,6 +204,7 @@ class Masker:
         self._hmac_key = key
         self._lock = threading.Lock()
         self._literals: list[tuple[str, bytes]] = []
+        self.weak_literals: list[tuple[str, str]] = []  # (rule id, why) for settings.weak=warn
         for rule_id, value in settings.literals:
             self._literals.append(self._checked_literal(value, rule_id))
         self._snapshot = self._build()
@@ -276,6 +279,15 @@ class Masker:
                 "bytes and would mask ordinary text",
                 hint="register only real secret values; short values cannot be masked safely",
             )
+        reason = weak_reason(raw)
+        if reason is not None:
+            if self._settings.weak == "error":
+                raise ConfigError(
+                    f"secret for {rule_id!r} {reason} and would mask ordinary text",
+                    hint="give it a real secret value, or set `mask: {weak: warn}` to mask it "
+                    "anyway",
+                )
+            self.weak_literals.append((rule_id, reason))
         return rule_id, raw
 
     def _build(self) -> _Snapshot:
