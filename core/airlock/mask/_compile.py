@@ -144,7 +144,17 @@ class LiteralSet:
     forms: tuple[bytes, ...]  # sorted bytewise, for the prefix search in flush_idle
     count: int  # literal values, not forms
     canonical: CompiledRule | None = None  # see build_canonical_rule
-    triggers: tuple[bytes, ...] = ()  # a canonical match always contains one of these bytes
+    triggers: tuple[bytes, ...] = ()  # a canonical match holds one of these, or a lone CR
+
+    def canonical_may_match(self, buf: bytes) -> bool:
+        """False when the canonical rule can find nothing the exact forms do not: ``buf`` has
+        no trigger byte and no CR outside a CRLF (a CR before LF can only sit inside a value
+        that has a newline, and then CR is a trigger)."""
+        if self.canonical is None:
+            return False
+        if any(t in buf for t in self.triggers):
+            return True
+        return b"\r" in buf and buf.count(b"\r") != buf.count(b"\r\n")
 
     @property
     def max_len(self) -> int:
@@ -188,7 +198,7 @@ _INVISIBLE = (
     rb"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
     rb"|\x1b[\x20-\x2f]*[\x30-\x7e]|\x00|\r)*"
 )
-_INVISIBLE_TRIGGERS = (b"\x1b", b"\x00", b"\r")
+_INVISIBLE_TRIGGERS = (b"\x1b", b"\x00")
 CANONICAL_SLACK = 256
 """Bytes of invisible sequences a canonical match may hold beyond 3 bytes per secret byte."""
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -213,7 +223,7 @@ def build_canonical_rule(
 
     A match covers the whole byte range, escapes included. Every match the exact literal
     alternation does not find holds one of the returned trigger bytes, so a buffer without them
-    need not be searched.
+    need not be searched (see ``LiteralSet.canonical_may_match``).
     """
     values: dict[bytes, str] = {}
     for rule_id, value in literals:
@@ -225,6 +235,8 @@ def build_canonical_rule(
         b"(" + _INVISIBLE.join(_canonical_atom(b) for b in value) + b")" for value in ordered
     ]
     triggers = set(_INVISIBLE_TRIGGERS)
+    if any(0x0A in value for value in ordered):
+        triggers.add(b"\r")  # a pty writes the value's "\n" as "\r\n"
     if any(b not in _UNRESERVED for value in ordered for b in value):
         triggers.add(b"%")
     if any(0x20 in value for value in ordered):

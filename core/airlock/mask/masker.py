@@ -127,7 +127,7 @@ class _Snapshot:
             hits, occurrences = self.literal_matcher.scan(buf)
         else:
             hits, occurrences = self.prefilter.hits(buf), None
-        if any(t in buf for t in self.literals.triggers):
+        if self.literals.canonical_may_match(buf):
             hits.add(self.canonical_index)
         return hits, occurrences
 
