@@ -198,6 +198,10 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "session.start": _start,
     "session.end": lambda d: _fields(d, "exit_status", "signal", "duration_seconds", "reason"),
     "capture.status": lambda d: _fields(d, "exec", "tracer", "active", "detail"),
+    "sandbox.status": lambda d: (
+        _fields(d, "mode", "active", "reason", "bridged_ports")
+        + "".join(f" {p['id']}={'ok' if p.get('ok') else 'FAILED'}" for p in d.get("probes", []))
+    ),
     "process.exec": lambda d: f"[{d.get('pid', '?')}] {_argv(d.get('argv', d.get('path', '')))}",
     "process.exit": _exit,
     "output": _output,
@@ -209,6 +213,9 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "guardrail.decision": lambda d: _fields(d, "rule", "rule_id", "action", "decision"),
     "credential.issued": lambda d: _fields(d, "grant", "provider", "sha256", "expires_at"),
     "checkpoint": lambda d: _fields(d, "seq", "head", "witness"),
+    "net.connect": lambda d: _fields(
+        d, "outcome", "kind", "host", "port", "sni", "method", "path", "rule_id", "error"
+    ),
 }
 
 

@@ -12,7 +12,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["describe", "output_text", "strip_ansi", "truncate"]
+from airlock.archive.agent_summary import describe_agent_event
+
+__all__ = ["describe", "net_text", "output_text", "strip_ansi", "truncate"]
 
 # CSI sequences, OSC sequences (ended by BEL or ST), and other single-character escapes
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
@@ -77,10 +79,36 @@ def _http(data: dict[str, Any]) -> str:
     return f"{data.get('method', '')} {data.get('url', data.get('path', ''))}".strip()
 
 
+def _net(data: dict[str, Any]) -> str:
+    """``denied CONNECT evil.example:443 (airlock.default-deny: ...)`` and the like."""
+    target = f"{data.get('host', '?')}:{data.get('port', '?')}"
+    what = f"{data.get('method', '')} http://{target}{data.get('path', '')}"
+    if data.get("kind") != "http":
+        what = f"CONNECT {target}"
+    outcome = str(data.get("outcome", "?"))
+    rule = str(data.get("rule_id") or "?")
+    if outcome == "denied":
+        reason = f": {data['error']}" if data.get("error") else ""
+        return f"denied {what} ({rule}{reason})"
+    moved = f"{data.get('bytes_up', 0)} B up, {data.get('bytes_down', 0)} B down"
+    return f"{outcome} {what} ({rule}; {moved})"
+
+
+def _sandbox(data: dict[str, Any]) -> str:
+    probes = data.get("probes") or []
+    failed = [str(p.get("id")) for p in probes if isinstance(p, dict) and not p.get("ok")]
+    state = "active" if data.get("active") else f"NOT active ({data.get('reason', '?')})"
+    checks = f"{len(probes) - len(failed)}/{len(probes)} probes passed" if probes else "no probes"
+    return f"sandbox {data.get('mode', '?')}: {state}; {checks}" + (
+        f"; failed: {', '.join(failed)}" if failed else ""
+    )
+
+
 _BY_TYPE: dict[str, Callable[[dict[str, Any]], str]] = {
     "session.start": _identity,
     "session.end": lambda d: f"exit {d.get('exit_status', d.get('exit_code'))}",
     "process.exec": _argv,
+    "sandbox.status": _sandbox,
     "process.exit": _exit,
     "output": lambda d: strip_ansi(output_text(d)).strip(),
     "db.query": lambda d: str(d.get("sql") or d.get("query") or ""),
@@ -90,10 +118,17 @@ _BY_TYPE: dict[str, Callable[[dict[str, Any]], str]] = {
     "approval.requested": _decision,
     "approval.decided": _decision,
     "approval.expired": _decision,
+    "approval.cancelled": _decision,
+    "net.connect": _net,
     "credential.issued": lambda d: " ".join(
         str(d[k]) for k in ("grant", "provider", "sha256") if d.get(k)
     ),
 }
+
+
+def net_text(data: dict[str, Any]) -> str:
+    """The description of a ``net.connect`` event's data."""
+    return _net(data)
 
 
 def describe(event: dict[str, Any], limit: int = 200) -> str:
@@ -101,5 +136,9 @@ def describe(event: dict[str, Any], limit: int = 200) -> str:
     data = event.get("data") if isinstance(event.get("data"), dict) else {}
     assert isinstance(data, dict)
     func = _BY_TYPE.get(str(event.get("type")))
-    text = func(data) if func else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    agent = None if func else describe_agent_event(str(event.get("type")), data)  # llm.*, mcp.*
+    if agent is not None:
+        text = agent
+    else:
+        text = func(data) if func else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return truncate(" ".join(text.split()), limit)

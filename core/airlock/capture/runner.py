@@ -51,6 +51,7 @@ class Command:
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str
+    pass_fds: tuple[int, ...] = ()  # inherited by the command (the sandbox's seccomp filter)
 
 
 @dataclass
@@ -157,6 +158,7 @@ class ProcessRunner:
             stderr=subprocess.PIPE,
             env=self._command.env,
             cwd=self._command.cwd,
+            pass_fds=self._command.pass_fds,
             process_group=0,
         )
         assert proc.stdout is not None and proc.stderr is not None
@@ -183,6 +185,7 @@ class ProcessRunner:
             stderr=slave,
             env=self._command.env,
             cwd=self._command.cwd,
+            pass_fds=self._command.pass_fds,
             start_new_session=True,
             preexec_fn=_take_controlling_tty,
         )

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airlock import __version__
 from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
@@ -33,10 +34,13 @@ from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
+from airlock.jobs.sandboxed import effective_mode, sandbox_spec, start_for_session
 from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
+from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
+    from airlock.egress import EgressProxy
     from airlock.gate import ApprovalBackend, Approve
     from airlock.gate.interface import Record
     from airlock.gateway.runtime import RunningGateways
@@ -95,6 +99,9 @@ class SessionRequest:
     broker_url: str | None = None  # for approvals through the broker (policy approvals.backend)
     tracer_probe: Callable[[], TracerStatus] | None = None  # a probe already started (prepare)
     job_token: str | None = field(default=None, repr=False)
+    sandbox: str | None = None  # required | best_effort | off; None: the policy's sandbox.mode
+    key_path: Path | None = None  # hidden from the sandbox, with the sessions and state dirs
+    state_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -141,9 +148,18 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         masker.add_secret(secret.value, f"credential:{secret.grant}")
     if request.job_token:  # the agent can read the job state file: never show what is in it
         masker.add_secret(request.job_token, "broker-job-token")
+    spec = sandbox_spec(
+        request.policy,
+        mode=effective_mode(request.policy, request.sandbox),
+        cwd=request.cwd,
+        sessions_dir=request.sessions_dir,
+        key_path=request.key_path,
+        state_dir=request.state_dir,
+        environ=request.secret_env,
+    )
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
-    return _Session(request, writer, masker, tracer).run()
+    return _Session(request, writer, masker, tracer, spec).run()
 
 
 def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
@@ -198,8 +214,11 @@ class _Session:
         writer: SessionWriter,
         masker: Masker,
         tracer: TracerStatus | None,
+        sandbox: SandboxSpec | None = None,
     ) -> None:
         self._req = request
+        self._sandbox_spec = sandbox
+        self._sandbox: RunningSandbox | None = None
         self._writer = writer
         self._masker = masker
         self._tracer = tracer
@@ -209,6 +228,7 @@ class _Session:
         self._last_witness = time.monotonic()
         self._receipts: list[dict[str, Any]] = []
         self._gateways: RunningGateways | None = None
+        self._egress: EgressProxy | None = None
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
 
@@ -217,6 +237,8 @@ class _Session:
         try:
             self._start()
             self._start_gateways()
+            self._start_egress()
+            self._start_sandbox()
             result = self._runner().run()
             self._flush_all()
             self._end(result, time.monotonic() - started)
@@ -234,6 +256,10 @@ class _Session:
             self._seal_incomplete("airlock stopped before the session ended")
             raise
         finally:
+            if self._egress is not None:
+                self._egress.close()
+            if self._sandbox is not None:
+                self._sandbox.close()
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
@@ -249,7 +275,11 @@ class _Session:
         return mode == "always" or (mode == "auto" and os.isatty(1))
 
     def _runner(self) -> ProcessRunner:
-        command = Command(self._req.argv, self._agent_env, self._req.cwd)
+        argv, env, fds = self._req.argv, self._agent_env, tuple[int, ...]()
+        if self._sandbox is not None and self._sandbox.active:
+            argv = tuple(self._sandbox.wrap(list(argv)))
+            env, fds = self._sandbox.env, self._sandbox.pass_fds
+        command = Command(argv, env, self._req.cwd, fds)
         return ProcessRunner(
             command,
             use_pty=self._use_pty(),
@@ -333,13 +363,65 @@ class _Session:
             self._writer.append(EventType.GATEWAY_STARTED, {**gateway, "withheld": sorted(held)})
             _notice(f"gateway {gateway['name']} ({gateway['kind']}) at {gateway['address']}")
 
+    def _start_egress(self) -> None:
+        """The policy's network: section → the egress proxy, and the agent's proxy variables."""
+        network = self._req.policy.network
+        if network is None:
+            return
+        from airlock.egress import proxy_environment, start_egress_proxy
+
+        mask = self._masker.mask_text
+
+        def record(kind: str, data: Mapping[str, Any]) -> None:
+            self._writer.append(
+                kind, {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
+            )
+
+        asks = any(rule.action == "require_approval" for rule in network.allow)
+        self._egress = start_egress_proxy(
+            network, record=record, approve=self._approver() if asks else None
+        )
+        described = self._gateways.described if self._gateways is not None else []
+        hosts = [urlsplit("//" + str(g["address"]).split("://")[-1]).hostname for g in described]
+        self._agent_env.update(proxy_environment(self._egress, [h or "" for h in hosts]))
+        self._writer.append(
+            EventType.GATEWAY_STARTED,
+            {
+                "name": "egress",
+                "kind": "egress",
+                "address": self._egress.url,
+                "allowlist": self._egress.rules.allowlist(),
+            },
+        )
+        _notice(f"egress proxy at {self._egress.url} (network: default deny)")
+
+    def _start_sandbox(self) -> None:
+        """Check the sandbox from inside and record it; required and broken: exit 85 here."""
+        spec = self._sandbox_spec
+        if spec is None:
+            return
+        gateways = self._gateways
+        try:
+            self._sandbox = start_for_session(
+                spec,
+                agent_env=self._agent_env,
+                gateways=gateways.described if gateways else [],
+                gateway_env=gateways.env if gateways else {},
+            )
+        except SandboxUnavailable as exc:
+            self._writer.append(EventType.SANDBOX_STATUS, exc.status)
+            raise
+        self._writer.append(EventType.SANDBOX_STATUS, self._sandbox.status)
+        if not self._sandbox.active:
+            _notice(f"sandbox downgraded (best_effort): {self._sandbox.status.get('reason')}")
+
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""
         from airlock.gate.interface import approver
 
         settings = self._req.policy.approvals
         identity = self._req.identity
-        backend = _approval_backend(self._req, self._writer.append)
+        backend = _approval_backend(self._req, self._writer.append, own_pty=self._use_pty())
         return approver(
             backend,
             float(settings.timeout),
@@ -472,13 +554,18 @@ def _masked_process_fields(masker: Masker, event: ProcessExec) -> dict[str, Any]
     }
 
 
-def _approval_backend(request: SessionRequest, record: Record) -> ApprovalBackend:
+def _approval_backend(request: SessionRequest, record: Record, *, own_pty: bool) -> ApprovalBackend:
     from airlock.gate import ConsoleBackend, DenyBackend, FileBackend
 
     settings = request.policy.approvals
     key = request.key
     if settings.backend == "console":
-        return ConsoleBackend(key=key, record=record, default_timeout=float(settings.timeout))
+        return ConsoleBackend(
+            key=key,
+            record=record,
+            default_timeout=float(settings.timeout),
+            agent_shares_terminal=not own_pty,  # without its own pty it can TIOCSTI ours
+        )
     if settings.backend == "file":
         return FileBackend(Path(settings.dir), key=key, record=record)
     if settings.backend == "deny":
