@@ -144,6 +144,7 @@ class LiteralSet:
     forms: tuple[bytes, ...]  # sorted bytewise, for the prefix search in flush_idle
     count: int  # literal values, not forms
     canonical: CompiledRule | None = None  # see build_canonical_rule
+    values: tuple[bytes, ...] = ()  # the literal values themselves (for canonical_held)
     triggers: tuple[bytes, ...] = ()  # a canonical match holds one of these, or a lone CR
 
     def canonical_may_match(self, buf: bytes) -> bool:
@@ -159,6 +160,18 @@ class LiteralSet:
     @property
     def max_len(self) -> int:
         return self.rule.max_len if self.rule is not None else 0
+
+    def held(self, tail: bytes) -> int:
+        """Length of the longest suffix of ``tail`` that could be the start of a literal secret
+        in any form, exact or canonical (a stream cut there must hold it back)."""
+        if self.rule is None:
+            return 0
+        from airlock.mask._canonical import canonical_held
+        from airlock.mask._scan import held_suffix
+
+        exact = held_suffix(tail, self.forms, self.max_len)
+        reach = self.canonical.max_len if self.canonical is not None else 0
+        return max(exact, canonical_held(tail, self.values, reach))
 
 
 def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
@@ -188,8 +201,9 @@ def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
         rule,
         tuple(sorted(names)),
         len({value for _, value in literals}),
-        canonical,
-        triggers,
+        canonical=canonical,
+        triggers=triggers,
+        values=tuple(sorted({value for _, value in literals})),
     )
 
 

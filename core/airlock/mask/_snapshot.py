@@ -17,7 +17,7 @@ from airlock.mask._compile import (
     LiteralSet,
     Prefilter,
 )
-from airlock.mask._scan import Span, advance, advance_literals, held_suffix, render
+from airlock.mask._scan import Span, advance, advance_literals, render
 
 __all__ = ["NEVER", "TRUNCATED", "Snapshot", "replacement"]
 
@@ -87,7 +87,7 @@ class Snapshot:
         the tail that could be the start of a secret (a literal prefix, or what a quiet stream
         would hold for pattern rules) becomes ``[MASKED:truncated]``."""
         literals = self.literals
-        held = max(held_suffix(buf, literals.forms, literals.max_len), self.hold_length(buf))
+        held = max(literals.held(buf), self.hold_length(buf))
         hits, occurrences = self._scan(buf)
         spans: list[Span] = []
         self._advance(buf, 0, self.initial_resume(0), True, spans, hits, occurrences)

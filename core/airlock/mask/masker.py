@@ -18,7 +18,7 @@ from airlock.mask._compile import (
     LITERAL_INDEX,
     CompiledRule,
 )
-from airlock.mask._scan import Span, held_suffix, render
+from airlock.mask._scan import Span, render
 from airlock.mask._snapshot import NEVER, TRUNCATED, Snapshot, replacement
 from airlock.mask.rules import BUILTIN_RULES, PatternRule
 from airlock.mask.strength import weak_reason
@@ -264,7 +264,7 @@ class StreamMasker:
         snapshot.find(self._buf, self._base, list(self._resume), True, spans)
         tail = self._buf[self._emitted - self._base :]
         literals = snapshot.literals
-        held = held_suffix(tail, literals.forms, literals.max_len)
+        held = literals.held(tail)
         if now is not None:
             held = max(held, self._pattern_hold(snapshot, tail, end, now))
         cut = end - held
@@ -288,7 +288,7 @@ class StreamMasker:
         snapshot.find(self._buf, self._base, list(self._resume), True, spans)
         literals = snapshot.literals
         tail = self._buf[self._emitted - self._base :]
-        held = held_suffix(tail, literals.forms, literals.max_len)
+        held = literals.held(tail)
         if held:
             spans.append(Span(end - held, end, len(snapshot.rules), TRUNCATED))
         return render(self._buf, self._base, self._emitted, end, spans, snapshot.replace)[0]
