@@ -251,6 +251,9 @@ class ProcessRunner:
         result.leftovers_stopped = left and not remaining
         self._on_idle()
         result.exit_status, result.signal = _procs.status(proc.wait())
+        root = self._root_exit
+        if root is not None and root.pid != proc.pid:  # an older strace without -DDD is our
+            result.exit_status, result.signal = _exit_of(root)  # child: use the command's own
         return result
 
     def _trace_started(self) -> None:
@@ -387,3 +390,9 @@ class ProcessRunner:
             # blocks fatal signals when it runs a command with -o.)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signum)
+
+
+def _exit_of(event: ProcessExit) -> tuple[int, str | None]:
+    if event.signal is not None:
+        return 128 + int(signal.Signals[event.signal]), event.signal
+    return event.status or 0, None
