@@ -100,13 +100,17 @@ class Masker:
         return self._snapshot.mask_whole(bytes(data))
 
     def mask_text(self, text: str) -> str:
-        """Mask a complete string (UTF-8; a span cutting a character leaves U+FFFD)."""
+        """Mask a complete string (UTF-8; a span cutting a character leaves U+FFFD).
+
+        Bytes that are not UTF-8 may come as surrogate escapes (``os.fsdecode``, argv, the
+        environment): they are masked as the bytes they stand for, and the result is always
+        clean text (U+FFFD where such a byte is left)."""
         texts = self._snapshot.texts  # before masking: a newer snapshot only masks more
         masked = texts.get(text)
         if masked is None:
-            raw = text.encode("utf-8")
+            raw, clean = _utf8(text)
             out = self._snapshot.mask_whole(raw)
-            masked = text if out is raw else out.decode("utf-8", "replace")
+            masked = text if out is raw and clean else out.decode("utf-8", "replace")
             if len(text) <= _TEXT_MEMO_LEN:
                 if len(texts) >= _TEXT_MEMO_SIZE:
                     texts.clear()
@@ -117,7 +121,7 @@ class Masker:
         """Mask a string that was cut short (an argument strace truncated): see
         ``Snapshot.mask_cut``. The cut is treated like a chunk boundary, so the prefix of a
         secret the cut went through is masked too."""
-        return self._snapshot.mask_cut(text.encode("utf-8")).decode("utf-8", "replace")
+        return self._snapshot.mask_cut(_utf8(text)[0]).decode("utf-8", "replace")
 
     def stream(self) -> StreamMasker:
         """A new stream state: one per output stream (stdout, stderr, a connection)."""
@@ -125,7 +129,7 @@ class Masker:
 
     def _checked_literal(self, value: str | bytes, rule_id: str) -> tuple[str, bytes]:
         _compile.validate_rule_id(rule_id)
-        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        raw = _utf8(value)[0] if isinstance(value, str) else bytes(value)
         if len(raw) < self._settings.min_literal_len:
             raise ConfigError(
                 f"secret for {rule_id!r} is shorter than {self._settings.min_literal_len} "
@@ -152,6 +156,14 @@ class Masker:
             literal_matcher=_compile.build_literal_matcher(self._engine, literals, self._prefilter),
             hmac_key=self._hmac_key,
         )
+
+
+def _utf8(text: str) -> tuple[bytes, bool]:
+    """``text`` as bytes, and whether it was plain UTF-8 (no surrogate escapes)."""
+    try:
+        return text.encode("utf-8"), True
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape"), False
 
 
 def _choose_engine(engine: str) -> str:
