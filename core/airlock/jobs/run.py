@@ -308,6 +308,8 @@ class _Session:
 
     def _start(self) -> None:
         req = self._req
+        for rule, why in self._masker.weak_literals:
+            _notice(f"warning: the secret for {rule} {why}; it will mask that text everywhere")
         self._writer.append(
             EventType.SESSION_START,
             {
@@ -321,6 +323,7 @@ class _Session:
                     "engine": self._masker.engine_name,
                     "literals": self._masker.literal_count,
                     "correlate": req.policy.mask.correlate,
+                    "weak": [rule for rule, _ in self._masker.weak_literals],
                 },
                 "env_removed": list(req.env_removed),
             },
