@@ -252,16 +252,52 @@ def test_a_held_drop_never_runs_once_its_client_is_killed(
         _wait_for(lambda: bool(asked), "the approval request")
         psql.send_signal(signal.SIGKILL)
         psql.wait(10)
-        _wait_for(lambda: bool(gw.of_type("approval.cancelled")), "approval.cancelled")
+        _wait_for(lambda: bool(_never_sent(gw)), "the held statement's result")
     finally:
         release.set()
     assert _alive_after(gw)
     assert _exists(upstream, victims)
     assert f"DROP TABLE {victims}" not in upstream.cluster.server_log()
-    cancelled = gw.of_type("approval.cancelled")[0]
-    assert cancelled["rule_id"] == "drops" and "DROP TABLE" in cancelled["sql"]
+    (result,) = _never_sent(gw)
+    assert "never sent" in result["error"]["message"]
+
+
+def test_a_held_statement_whose_client_left_is_cancelled_once_at_the_gate(
+    make_gateway: MakeGateway, upstream: Upstream, victims: str, tmp_path: Any
+) -> None:
+    """With a real approval gate, the cancellation is one ``approval.cancelled`` (the gate's),
+    bound to the request; the gateway records the statement's result, not a second one."""
+    from airlock.audit import SigningKey
+    from airlock.gate import FileBackend
+    from airlock.gate.interface import approver
+
+    gate_events: list[tuple[str, dict[str, Any]]] = []
+    backend = FileBackend(
+        tmp_path / "approvals",
+        key=SigningKey.generate(),
+        record=lambda kind, data: gate_events.append((str(kind), dict(data))) or 0,
+    )
+    gw = make_gateway(
+        rules=[{"id": "drops", "sql": {"kinds": ["drop"]}, "action": "require_approval"}],
+        approve=approver(backend, timeout=60),
+    )
+    psql = _psql_in_background(gw, f"DROP TABLE {victims}")
+    _wait_for(lambda: any(k == "approval.requested" for k, _ in gate_events), "the request")
+    psql.send_signal(signal.SIGKILL)
+    psql.wait(10)
+    _wait_for(lambda: bool(_never_sent(gw)), "the held statement's result")
+    _wait_for(lambda: any(k == "approval.cancelled" for k, _ in gate_events), "the cancel")
+    cancelled = [d for k, d in gate_events if k == "approval.cancelled"]
+    requested = [d for k, d in gate_events if k == "approval.requested"]
+    assert len(cancelled) == 1 and cancelled[0]["request_id"] == requested[0]["request_id"]
+    assert gw.of_type("approval.cancelled") == []
+    assert _exists(upstream, victims)
+
+
+def _never_sent(gw: RunningGateway) -> list[dict[str, Any]]:
+    """The db.result events of statements cancelled while held (57014, never sent)."""
     results = gw.of_type("db.result")
-    assert any(r.get("error", {}).get("sqlstate") == "57014" for r in results)
+    return [r for r in results if r.get("error", {}).get("sqlstate") == "57014"]
 
 
 def _psql_in_background(gw: RunningGateway, sql: str) -> subprocess.Popen[bytes]:
@@ -298,7 +334,7 @@ def test_closing_the_gateway_records_every_pending_hold_without_tracebacks(
             client.wait(10)
     finally:
         release.set()
-    assert len(gw.of_type("approval.cancelled")) == 2
+    assert len(_never_sent(gw)) == 2
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
     assert _exists(upstream, victims)
 

@@ -111,20 +111,12 @@ class Relay:
 
     def cancelled(self) -> None:
         """The client went (or the gateway closed) while a statement was held: it is never
-        sent; recorded as ``approval.cancelled`` and as the statement's result."""
+        sent; recorded as the statement's result. ``approval.cancelled`` is the approval
+        gate's to record (cancelling the task that awaits it), so it is written once."""
         held = self.holding
         if held is None:
             return
         self.holding = None
-        self.s.event(
-            EventType.APPROVAL_CANCELLED,
-            {
-                "connection": self.conn_id,
-                "rule_id": held.verdict.final.rule_id,
-                "sql": held.masked,
-                "reason": "the client disconnected while the statement was held; never sent",
-            },
-        )
         self.results.result(error=("57014", "cancelled while held for approval: never sent"))
 
     # ------------------------------------------------------------------------ client side
