@@ -61,7 +61,7 @@ from airlock.gateway.http.hold import (
     Refuse,
 )
 from airlock.gateway.http.jsonmask import JsonFieldMasker
-from airlock.gateway.http.paths import normalize_path
+from airlock.gateway.http.paths import NormalPath, normalize_path
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.gateway.http.upstream import Upstream
 from airlock.gateway.tickets import TicketCheck
@@ -106,6 +106,18 @@ class ProxySettings:
     hold_limit: int = 1024 * 1024 * 1024
     client_timeout: float = 30.0
     mask_held_in_responses: bool = True
+
+
+def _origin_form(target: bytes) -> bytes | None:
+    """The path of a request target: absolute-form (``GET http://host/path``, as clients that
+    take the gateway for a forward proxy send it) is read as its path; the authority is ignored,
+    as the ``Host`` header is. Another form (``*``, ``items/1``) is not a path: None."""
+    if target.startswith(b"/"):
+        return target
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        return b"/" + rest.partition(b"/")[2]
+    return None
 
 
 class HttpProxy:
@@ -165,6 +177,7 @@ class HttpProxy:
     async def _steps(self, ex: Exchange, body: RequestBody, send: Send) -> None:
         try:
             self._authenticate(ex)
+            self._check_target(ex)
             decision = await self._judge(ex, body)
             await body.fill(self.config.record_bodies)
             self._log.request(ex, decision, body)
@@ -191,12 +204,17 @@ class HttpProxy:
 
     def _exchange(self, scope: Scope) -> Exchange:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        raw_path = raw_path.split(b"?", 1)[0]
+        target = _origin_form(raw_path.split(b"?", 1)[0])
+        path = (
+            normalize_path(target)
+            if target is not None
+            else NormalPath("/", "/", invalid="the request target is not a path")
+        )
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         return Exchange(
             id=str(next(self._ids)),
             method=str(scope["method"]),
-            path=normalize_path(raw_path),
+            path=path,
             query=query,
             headers=[(bytes(k), bytes(v)) for k, v in scope.get("headers", [])],
             started=time.perf_counter(),
@@ -218,6 +236,12 @@ class HttpProxy:
             "(e.g. http://airlock:TICKET@host/…)",
             auth=outcome,
         )
+
+    def _check_target(self, ex: Exchange) -> None:
+        if ex.path.invalid:
+            raise Refused(
+                400, ex.path.invalid, "send a path (/…) of UTF-8 text without control characters"
+            )
 
     async def _judge(self, ex: Exchange, body: RequestBody) -> Decision:
         # Any method may carry a body (GET included, as Elasticsearch does): all are inspected.
