@@ -7,6 +7,7 @@ A request passes the attack when the gateway refuses it (403 naming the rule, or
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -110,3 +111,37 @@ def test_an_absolute_form_target_is_forwarded_as_its_path(
     )
     assert _status(_send(gw.url, raw)) == 200
     assert recorder.of("http.request")[-1]["path"] == "/items/1"
+
+
+def test_a_head_is_judged_as_the_get_the_upstream_runs(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    """Servers run the GET handler for a HEAD: a rule on GET holds the HEAD too."""
+    rules = [{"id": "no-get", "http": {"methods": ["GET"], "path": "/secret"}, "action": "deny"}]
+    gw = make_gateway(rules=rules)
+    auth = {"Authorization": f"Bearer {ticket.value}"}
+    assert httpx.head(f"{gw.url}/secret", headers=auth).status_code == 403
+    assert httpx.head(f"{gw.url}/other", headers=auth).status_code == 200
+
+
+def test_smuggling_a_second_request_in_a_chunked_body_is_judged_on_its_own(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    """Transfer-Encoding wins over Content-Length: the smuggled DELETE is a second request,
+    judged and refused; the upstream never sees the client's framing."""
+    gw = make_gateway(rules=RULES)
+    auth = f"Authorization: Bearer {ticket.value}\r\n".encode()
+    smuggled = b"DELETE /items/1 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    raw = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + f"Content-Length: {5 + len(smuggled)}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + b"0\r\n\r\n"
+        + smuggled
+    )
+    _send(gw.url, raw)
+    deadline = time.monotonic() + 10
+    while len(recorder.of("http.response")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e["status"] for e in recorder.of("http.response")] == [200, 403]
+    assert recorder.of("guardrail.decision")[0]["rule_id"] == "no-delete"

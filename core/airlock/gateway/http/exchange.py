@@ -85,7 +85,7 @@ class Exchange:
         """The request's method, and those its method overrides name: frameworks (Rails,
         Laravel, Express, Google APIs) run ``POST`` + ``X-HTTP-Method-Override: DELETE``, or
         ``_method=DELETE`` in the query or a form body (``form``), as a DELETE, so the
-        guardrails judge every one of them."""
+        guardrails judge every one of them; a HEAD is judged as a GET too."""
         values = [v.decode("latin-1") for k, v in self.headers if k.lower() in _OVERRIDES]
         values += [v for k, v in parse_qsl(self.query, keep_blank_values=True) if k == _FORM_FIELD]
         if form:
@@ -93,6 +93,8 @@ class Exchange:
         names = [self.method.upper()]
         for value in values:
             names += value.upper().replace(",", " ").split()
+        if "HEAD" in names:  # servers run the GET handler for a HEAD (RFC 9110 §9.3.2)
+            names.append("GET")
         return list(dict.fromkeys(names))
 
     def has_form_body(self) -> bool:
