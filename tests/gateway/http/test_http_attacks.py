@@ -145,3 +145,47 @@ def test_smuggling_a_second_request_in_a_chunked_body_is_judged_on_its_own(
         time.sleep(0.05)
     assert [e["status"] for e in recorder.of("http.response")] == [200, 403]
     assert recorder.of("guardrail.decision")[0]["rule_id"] == "no-delete"
+
+
+JSON_RULES: list[dict[str, Any]] = [
+    {
+        "id": "force",
+        "http": {"methods": ["POST"], "path": "/api/**", "json": {"spec.force": True}},
+        "action": "deny",
+    }
+]
+_FORCE = b'"spec": {"force": true}'
+JSON_TRICKS: list[tuple[str, bytes]] = [
+    ("huge-number", b'{"n": ' + b"9" * 5000 + b", " + _FORCE + b"}"),
+    ("invalid-utf8", b'{"x": "\xff", ' + _FORCE + b"}"),
+    ("trailing-data", b"{" + _FORCE + b"} {}"),  # a streaming decoder reads the first value
+    ("duplicate-key-last-false", b'{"spec": {"force": true, "force": false}}'),
+    ("duplicate-object", b"{" + _FORCE + b', "spec": {"force": false}}'),
+    ("bom", b"\xef\xbb\xbf{" + _FORCE + b"}"),
+    ("deep", b"[" * 5000 + b"{" + _FORCE + b"}" + b"]" * 5000),
+]
+
+
+@pytest.mark.parametrize(("name", "body"), JSON_TRICKS, ids=[n for n, _ in JSON_TRICKS])
+def test_json_the_guardrails_cannot_read_one_way_is_refused(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, name: str, body: bytes
+) -> None:
+    """A body Python's parser rejects or reads one way, and an upstream parser another, must
+    not slip past a JSON guardrail as "not JSON"."""
+    gw = make_gateway(rules=JSON_RULES)
+    r = httpx.post(
+        f"{gw.url}/api/x",
+        headers={"Authorization": f"Bearer {ticket.value}", "Content-Type": "application/json"},
+        content=body,
+    )
+    assert r.status_code in (400, 403), (name, r.status_code)
+    assert not [e for e in recorder.of("http.response") if e["status"] == 200]
+
+
+def test_plain_json_and_non_json_bodies_still_pass_a_json_guardrail(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    gw = make_gateway(rules=JSON_RULES)
+    auth = {"Authorization": f"Bearer {ticket.value}"}
+    for body in (b'{"spec": {"force": false}}', b"plain text", b" \n[1, 2]", b""):
+        assert httpx.post(f"{gw.url}/api/x", headers=auth, content=body).status_code == 200

@@ -68,6 +68,7 @@ from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import (
+    AmbiguousJson,
     Decision,
     GuardrailDefaults,
     GuardrailRule,
@@ -269,7 +270,14 @@ class HttpProxy:
                 "an encoded request body cannot be checked against JSON guardrails",
                 "send the body without Content-Encoding",
             )
-        return describe_json_body(bytes(body.buffer)) if body.buffer else None
+        try:
+            return describe_json_body(bytes(body.buffer)) if body.buffer else None
+        except AmbiguousJson as exc:
+            raise Refused(
+                400,
+                f"the JSON body cannot be checked against JSON guardrails: {exc}",
+                "send one JSON value in UTF-8, without duplicate keys",
+            ) from None
 
     async def _buffer_all(self, body: RequestBody, why: str) -> None:
         limit = self._settings.inspect_limit
