@@ -374,11 +374,22 @@ class HttpMatch(_Section):
 
 
 def _json_equals(body: Any, dotted: str, expected: Any) -> bool:
-    node = body
+    # Keys match without case (Unicode case folding): Go's encoding/json fills the field
+    # ``Spec.Force`` from ``"SPEC": {"FORCE": true}`` (and "\u017f" for "s"). Any matching path counts.
+    nodes = [body]
     for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
+        folded = part.casefold()
+        nodes = [
+            value
+            for node in nodes
+            if isinstance(node, Mapping)
+            for key, value in node.items()
+            if isinstance(key, str) and key.casefold() == folded
+        ]
+    return any(_json_scalar_equals(node, expected) for node in nodes)
+
+
+def _json_scalar_equals(node: Any, expected: Any) -> bool:
     if isinstance(node, bool) or isinstance(expected, bool):  # true must not equal 1
         return node is expected
     return bool(node == expected)

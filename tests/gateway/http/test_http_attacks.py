@@ -189,3 +189,23 @@ def test_plain_json_and_non_json_bodies_still_pass_a_json_guardrail(
     auth = {"Authorization": f"Bearer {ticket.value}"}
     for body in (b'{"spec": {"force": false}}', b"plain text", b" \n[1, 2]", b""):
         assert httpx.post(f"{gw.url}/api/x", headers=auth, content=body).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"SPEC": {"Force": true}}',
+        '{"\u017fpec": {"force": true}}'.encode(),  # long s folds to s, as Go's EqualFold does
+        b'{"spec": {"force": false}, "Spec": {"force": true}}',
+    ],
+    ids=["upper", "long-s", "two-cases"],
+)
+def test_json_keys_are_matched_without_case_as_go_decodes_them(
+    make_gateway: GatewayFactory, ticket: Ticket, body: bytes
+) -> None:
+    """Go's encoding/json fills a struct field from a key of any case."""
+    gw = make_gateway(rules=JSON_RULES)
+    r = httpx.post(
+        f"{gw.url}/api/x", headers={"Authorization": f"Bearer {ticket.value}"}, content=body
+    )
+    assert (r.status_code, r.json().get("rule_id")) == (403, "force")
