@@ -375,7 +375,7 @@ class HttpMatch(_Section):
 
 def _json_equals(body: Any, dotted: str, expected: Any) -> bool:
     # Keys match without case (Unicode case folding): Go's encoding/json fills the field
-    # ``Spec.Force`` from ``"SPEC": {"FORCE": true}`` (and "\u017f" for "s"). Any matching path counts.
+    # ``Spec.Force`` from ``"SPEC": {"FORCE": true}`` (and "\u017f" for "s"). Any match counts.
     nodes = [body]
     for part in dotted.split("."):
         folded = part.casefold()
