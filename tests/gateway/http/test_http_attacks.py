@@ -209,3 +209,38 @@ def test_json_keys_are_matched_without_case_as_go_decodes_them(
         f"{gw.url}/api/x", headers={"Authorization": f"Bearer {ticket.value}"}, content=body
     )
     assert (r.status_code, r.json().get("rule_id")) == (403, "force")
+
+
+class _RevocableTicket:
+    """A ticket the broker can revoke (central mode's BrokerTicket answers the same way)."""
+
+    def __init__(self, ticket: Ticket) -> None:
+        self._ticket = ticket
+        self.revoked = False
+        self.session_id = ticket.session_id
+        self.gateway = ticket.gateway
+
+    def check(self, presented: str | bytes) -> bool:
+        return not self.revoked and self._ticket.check(presented)
+
+
+def test_a_ticket_revoked_while_its_request_is_held_is_not_forwarded(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, upstream: Any
+) -> None:
+    """Revoking the job ends its tickets: a request held for approval meanwhile must not go
+    upstream when the (late) approval arrives."""
+    revocable = _RevocableTicket(ticket)
+
+    async def approve(op: Any) -> bool:
+        revocable.revoked = True  # the job ended (lease revoked) before the approver clicked
+        return True
+
+    rules = [
+        {"id": "hold", "http": {"methods": ["POST"], "path": "/echo"}, "action": "require_approval"}
+    ]
+    gw = make_gateway(rules=rules, approve=approve, ticket_check=revocable)
+    r = httpx.post(
+        f"{gw.url}/echo", headers={"Authorization": f"Bearer {ticket.value}"}, content=b"x"
+    )
+    assert r.status_code == 401
+    assert [e["status"] for e in recorder.of("http.response")] == [401]

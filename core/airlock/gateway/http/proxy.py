@@ -222,9 +222,13 @@ class HttpProxy:
             request_tap=BodyTap(self.config.record_bodies),
         )
 
+    def _presented(self, ex: Exchange) -> str | None:
+        proxy = ticket_from(ex.header("proxy-authorization"))
+        return proxy or ticket_from(ex.header("authorization"))
+
     def _authenticate(self, ex: Exchange) -> None:
         proxy = ex.header("proxy-authorization")
-        presented = ticket_from(proxy) or ticket_from(ex.header("authorization"))
+        presented = self._presented(ex)
         if presented is not None and self._ticket.check(presented):
             return
         status = 407 if proxy else 401
@@ -399,6 +403,17 @@ class HttpProxy:
         )
         return str(shown.get("body", f"({shown.get('body_omitted', 'not shown')})"))
 
+    def _recheck_ticket(self, ex: Exchange) -> None:
+        """A hold can outlast the ticket (the job was revoked or ended meanwhile): ask again."""
+        presented = self._presented(ex)
+        if presented is None or not self._ticket.check(presented):
+            raise Refused(
+                401,
+                "the gateway ticket was revoked or expired while the request was held",
+                "the job's tickets end with the job; run the operation again in a live job",
+                auth="revoked",
+            )
+
     # ------------------------------------------------------------------ upstream
 
     async def _forward(self, ex: Exchange, body: RequestBody, send: Send) -> None:
@@ -406,6 +421,7 @@ class HttpProxy:
             await self._buffer_all(body, "signed")
         if ex.hold is not None:  # the approval is spent on this request, and only this one
             ex.hold.forward(ex.method, ex.path, ex.query, body.held_sha256)
+            self._recheck_ticket(ex)
         await self._upstream.forward(ex, body, send)
 
     async def _refuse(self, ex: Exchange, refusal: Refused, send: Send) -> None:
