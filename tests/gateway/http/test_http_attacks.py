@@ -244,3 +244,19 @@ def test_a_ticket_revoked_while_its_request_is_held_is_not_forwarded(
     )
     assert r.status_code == 401
     assert [e["status"] for e in recorder.of("http.response")] == [401]
+
+
+@pytest.mark.parametrize("header", ["X-Original-URL", "X-Rewrite-URL", "x-original-url"])
+def test_a_header_that_rewrites_the_path_upstream_is_refused(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, header: str
+) -> None:
+    """Symfony, Zend and IIS route by ``X-Original-URL``/``X-Rewrite-URL`` over the request
+    line: ``GET /other`` + ``X-Original-URL: /admin/users`` would reach a denied path."""
+    gw = make_gateway(rules=RULES)
+    r = httpx.get(
+        f"{gw.url}/other",
+        headers={"Authorization": f"Bearer {ticket.value}", header: "/admin/users"},
+    )
+    assert r.status_code == 400
+    assert header.lower() in r.json()["error"].lower()
+    assert [e["status"] for e in recorder.of("http.response")] == [400]

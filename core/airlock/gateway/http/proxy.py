@@ -87,6 +87,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _APPROVAL_EXCERPT = 2000
+# Symfony, Zend/Laminas and IIS (URL Rewrite) route by these headers instead of the request line.
+_REWRITES = ("x-original-url", "x-rewrite-url")
 _NO_APPROVER = "no approval backend is configured"
 _STOPPED = "gateway stopped"
 
@@ -247,6 +249,13 @@ class HttpProxy:
             raise Refused(
                 400, ex.path.invalid, "send a path (/…) of UTF-8 text without control characters"
             )
+        for name in _REWRITES:  # frameworks route by these over the request line
+            if ex.header(name):
+                raise Refused(
+                    400,
+                    f"the {name} header is refused: it would change the path upstream",
+                    "send the path in the request line",
+                )
 
     async def _judge(self, ex: Exchange, body: RequestBody) -> Decision:
         # Any method may carry a body (GET included, as Elasticsearch does): all are inspected.
