@@ -7,7 +7,9 @@ A request passes the attack when the gateway refuses it (403 naming the rule, or
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -260,3 +262,43 @@ def test_a_header_that_rewrites_the_path_upstream_is_refused(
     assert r.status_code == 400
     assert header.lower() in r.json()["error"].lower()
     assert [e["status"] for e in recorder.of("http.response")] == [400]
+
+
+class _SlowBrokerTicket:
+    """A ticket checked with a broker that answers slowly for one value (a central gateway's
+    BrokerTicket makes a blocking HTTP call): it answers once another request was served."""
+
+    def __init__(self, ticket: Ticket, served: threading.Event) -> None:
+        self._ticket = ticket
+        self._served = served
+        self.session_id = ticket.session_id
+        self.gateway = ticket.gateway
+        self.waited_for_other: bool | None = None
+
+    def check(self, presented: str | bytes) -> bool:
+        if presented == "slow-ticket-" + "x" * 20:
+            self.waited_for_other = self._served.wait(10)
+            return False
+        return self._ticket.check(presented)
+
+
+def test_a_slow_ticket_check_does_not_stall_other_requests(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    """In central mode one gateway serves many jobs: one agent presenting tickets the broker is
+    slow to check must not freeze the others' requests."""
+    served = threading.Event()
+    slow = _SlowBrokerTicket(ticket, served)
+    gw = make_gateway(ticket_check=slow)
+    with ThreadPoolExecutor(1) as pool:
+        stalled = pool.submit(
+            httpx.get,
+            f"{gw.url}/other",
+            headers={"Authorization": "Bearer slow-ticket-" + "x" * 20},
+        )
+        time.sleep(0.2)  # let the slow check start first (order, not timing, is asserted)
+        ok = httpx.get(f"{gw.url}/other", headers={"Authorization": f"Bearer {ticket.value}"})
+        served.set()
+        assert stalled.result(timeout=30).status_code == 401
+    assert ok.status_code == 200
+    assert slow.waited_for_other is True  # the other request was served while it waited

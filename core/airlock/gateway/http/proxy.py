@@ -64,7 +64,7 @@ from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.gateway.http.paths import NormalPath, normalize_path
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.gateway.http.upstream import Upstream
-from airlock.gateway.tickets import TicketCheck
+from airlock.gateway.tickets import Ticket, TicketCheck
 from airlock.mask import Masker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import (
@@ -179,7 +179,7 @@ class HttpProxy:
 
     async def _steps(self, ex: Exchange, body: RequestBody, send: Send) -> None:
         try:
-            self._authenticate(ex)
+            await self._authenticate(ex)
             self._check_target(ex)
             decision = await self._judge(ex, body)
             await body.fill(self.config.record_bodies)
@@ -228,10 +228,16 @@ class HttpProxy:
         proxy = ticket_from(ex.header("proxy-authorization"))
         return proxy or ticket_from(ex.header("authorization"))
 
-    def _authenticate(self, ex: Exchange) -> None:
+    async def _check_ticket(self, presented: str) -> bool:
+        if isinstance(self._ticket, Ticket):  # local: a constant-time compare
+            return self._ticket.check(presented)
+        # central mode asks the broker (blocking HTTP): never in the loop that serves the others
+        return await asyncio.to_thread(self._ticket.check, presented)
+
+    async def _authenticate(self, ex: Exchange) -> None:
         proxy = ex.header("proxy-authorization")
         presented = self._presented(ex)
-        if presented is not None and self._ticket.check(presented):
+        if presented is not None and await self._check_ticket(presented):
             return
         status = 407 if proxy else 401
         outcome = "missing" if presented is None else "wrong"
@@ -412,10 +418,10 @@ class HttpProxy:
         )
         return str(shown.get("body", f"({shown.get('body_omitted', 'not shown')})"))
 
-    def _recheck_ticket(self, ex: Exchange) -> None:
+    async def _recheck_ticket(self, ex: Exchange) -> None:
         """A hold can outlast the ticket (the job was revoked or ended meanwhile): ask again."""
         presented = self._presented(ex)
-        if presented is None or not self._ticket.check(presented):
+        if presented is None or not await self._check_ticket(presented):
             raise Refused(
                 401,
                 "the gateway ticket was revoked or expired while the request was held",
@@ -430,7 +436,7 @@ class HttpProxy:
             await self._buffer_all(body, "signed")
         if ex.hold is not None:  # the approval is spent on this request, and only this one
             ex.hold.forward(ex.method, ex.path, ex.query, body.held_sha256)
-            self._recheck_ticket(ex)
+            await self._recheck_ticket(ex)
         await self._upstream.forward(ex, body, send)
 
     async def _refuse(self, ex: Exchange, refusal: Refused, send: Send) -> None:
