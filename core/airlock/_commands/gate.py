@@ -243,7 +243,7 @@ def _broker_backend(kind: str, key: SigningKey) -> ApprovalBackend:
     from airlock.broker.client import default_state_dir, load_job_state
     from airlock.gate.broker import ForgeTarget
     from airlock.gate.github_check import GitHubCheckBackend
-    from airlock.gate.gitlab import GitLabBackend
+    from airlock.gate.gitlab_job import GitLabBackend
 
     state = load_job_state(default_state_dir())
     if state is None:

@@ -465,7 +465,7 @@ def _approval_backend(request: SessionRequest, record: Record) -> ApprovalBacken
             hint="run `airlock credentials` first, or `airlock run --broker URL --audience AUD`",
         )
     from airlock.gate.github_check import GitHubCheckBackend
-    from airlock.gate.gitlab import GitLabBackend
+    from airlock.gate.gitlab_job import GitLabBackend
 
     cls = GitHubCheckBackend if settings.forge == "github-check" else GitLabBackend
     return cls(request.broker_url, request.job_token, key=key, record=record)
