@@ -1,105 +1,20 @@
-"""One-line, human descriptions of events, shared by the report, the summary and the export.
+"""Descriptions of events for the archive's views: the describer lives in ``airlock.audit``.
 
-Everything here works on already-masked event data; descriptions are plain text (callers
-escape for HTML or Markdown).
+Kept so that ``airlock.archive.describe`` imports go on working; new code uses
+:class:`airlock.audit.describe.Describer`, which knows what earlier events of the session said
+(an approval decision names the rule of its request).
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
+
+from airlock.audit.describe import Describer, output_text, strip_ansi, truncate
 
 __all__ = ["describe", "output_text", "strip_ansi", "truncate"]
 
-# CSI sequences, OSC sequences (ended by BEL or ST), and other single-character escapes
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-
-def strip_ansi(text: str) -> str:
-    """Terminal text without escape sequences or control characters; CR/LF normalised."""
-    text = _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("", text)
-
-
-def truncate(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis."""
-    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
-
-
-def output_text(data: dict[str, Any]) -> str:
-    """The text of an output event (``text``, or ``b64`` decoded with replacement)."""
-    if isinstance(data.get("text"), str):
-        return str(data["text"])
-    if isinstance(data.get("b64"), str):
-        try:
-            return base64.b64decode(data["b64"]).decode("utf-8", "replace")
-        except ValueError:
-            return ""
-    return ""
-
-
-def _argv(data: dict[str, Any]) -> str:
-    argv = data.get("argv")
-    return " ".join(str(a) for a in argv) if isinstance(argv, list) else str(data.get("path", ""))
-
-
-def _identity(data: dict[str, Any]) -> str:
-    ident = data.get("identity") if isinstance(data.get("identity"), dict) else {}
-    assert isinstance(ident, dict)
-    parts = [ident.get("platform"), ident.get("repository"), ident.get("run_id")]
-    who = f" by {ident['actor']}" if ident.get("actor") else ""
-    return (
-        " ".join(str(p) for p in parts if p) + who + (f": {_argv(data)}" if "argv" in data else "")
-    )
-
-
-def _exit(data: dict[str, Any]) -> str:
-    if data.get("signal") is not None:
-        return f"pid {data.get('pid')} killed by {data['signal']}"
-    status = data.get("status", data.get("exit_code"))
-    return f"pid {data.get('pid')} exited {status}"
-
-
-def _decision(data: dict[str, Any]) -> str:
-    rule = data.get("rule_id") or data.get("rule") or "?"
-    outcome = data.get("outcome") or data.get("decision") or data.get("action") or "?"
-    extra = data.get("approver") or data.get("reason") or ""
-    return f"{rule}: {outcome}" + (f" ({extra})" if extra else "")
-
-
-def _http(data: dict[str, Any]) -> str:
-    if "status" in data and "method" not in data:
-        return f"HTTP {data['status']}"
-    return f"{data.get('method', '')} {data.get('url', data.get('path', ''))}".strip()
-
-
-_BY_TYPE: dict[str, Callable[[dict[str, Any]], str]] = {
-    "session.start": _identity,
-    "session.end": lambda d: f"exit {d.get('exit_status', d.get('exit_code'))}",
-    "process.exec": _argv,
-    "process.exit": _exit,
-    "output": lambda d: strip_ansi(output_text(d)).strip(),
-    "db.query": lambda d: str(d.get("sql") or d.get("query") or ""),
-    "http.request": _http,
-    "http.response": _http,
-    "guardrail.decision": _decision,
-    "approval.requested": _decision,
-    "approval.decided": _decision,
-    "approval.expired": _decision,
-    "credential.issued": lambda d: " ".join(
-        str(d[k]) for k in ("grant", "provider", "sha256") if d.get(k)
-    ),
-}
-
-
-def describe(event: dict[str, Any], limit: int = 200) -> str:
-    """A one-line description of ``event`` (at most ``limit`` characters)."""
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    assert isinstance(data, dict)
-    func = _BY_TYPE.get(str(event.get("type")))
-    text = func(data) if func else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return truncate(" ".join(text.split()), limit)
+def describe(event: Mapping[str, Any], limit: int = 200) -> str:
+    """A one-line description of ``event`` on its own (at most ``limit`` characters)."""
+    return Describer().describe(event, limit)

@@ -24,9 +24,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from airlock import __version__
-from airlock.archive.describe import describe, output_text, strip_ansi, truncate
 from airlock.archive.layout import read_manifest
 from airlock.audit import iter_events, verify_session
+from airlock.audit.describe import Describer, output_text, strip_ansi, truncate
 from airlock.errors import VerificationFailed
 
 __all__ = ["ReportLimits", "render_report", "verification_state"]
@@ -80,8 +80,10 @@ def _collect(
     size = 0
     start: datetime | None = None
     identity: dict[str, Any] = {}
+    describer = Describer()
     for event in events:
         etype = str(event.get("type"))
+        view = describer.view(event)
         types[etype] = types.get(etype, 0) + 1
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
         assert isinstance(data, dict)
@@ -99,7 +101,8 @@ def _collect(
                     "seq": event.get("seq"),
                     "offset": _offset(str(event.get("ts", "")), start),
                     "type": etype,
-                    "summary": describe(event, 300),
+                    "summary": truncate(view.plain, 300),
+                    "denied": view.denied,
                     "data": truncate(pretty, limits.data_chars),
                 }
             )

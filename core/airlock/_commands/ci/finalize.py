@@ -175,13 +175,31 @@ def _outputs(result: FinalizeResult, fail_mode: str) -> dict[str, str]:
     return out
 
 
-def _summary_markdown(result: FinalizeResult, fail_mode: str) -> str:
-    from airlock._commands.report import trusted_keys
-    from airlock.archive.summary import escape_md, render_summary
+def report_link(environ: Mapping[str, str]) -> str | None:
+    """Where the job's full HTML report can be found: GitLab's artifact file, GitHub's run page
+    (its artifacts section, where a workflow's upload step puts the report)."""
+    if environ.get("CI_JOB_URL"):
+        return f"{environ['CI_JOB_URL']}/artifacts/file/airlock/report.html"
+    names = ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")
+    if all(environ.get(n) for n in names):
+        server, repo, run = (environ[n] for n in names)
+        return f"{server}/{repo}/actions/runs/{run}#artifacts"
+    return None
 
-    parts = [render_summary(s, trusted_keys([]), max_bytes=200_000) for s in result.sessions]
+
+def _summary_markdown(
+    result: FinalizeResult, fail_mode: str, environ: Mapping[str, str] | None = None
+) -> str:
+    from airlock._commands.report import trusted_keys
+    from airlock.archive.summary import code_span, escape_md, render_summary
+
+    link = report_link(environ or {})
+    parts = [
+        render_summary(s, trusted_keys([]), max_bytes=200_000, report_link=link)
+        for s in result.sessions
+    ]
     for name, url in result.archive_urls.items():
-        parts.append(f"Archived `{escape_md(name)}` to `{escape_md(url)}` and verified it.\n")
+        parts.append(f"Archived {code_span(name)} to {code_span(url)} and verified it.\n")
     if result.problems:
         mode = "open: reported, not failing the job" if fail_mode == "open" else "closed"
         parts.append(f"**Airlock problems** (fail-mode {mode}):\n")
@@ -213,7 +231,9 @@ def _publish_github(
 
     files = GitHubFiles(environ)
     files.set_outputs(outputs)
-    if files.summary is not None and not files.summarize(_summary_markdown(result, args.fail_mode)):
+    if files.summary is not None and not files.summarize(
+        _summary_markdown(result, args.fail_mode, environ)
+    ):
         say("the job summary is full; see the HTML report (`airlock report`)")
 
 
@@ -228,7 +248,7 @@ def _publish_gitlab(
     directory: Path = args.artifacts or Path(environ.get("CI_PROJECT_DIR", ".")) / "airlock"
     directory.mkdir(parents=True, exist_ok=True)
     _collect(result.sessions, directory / "sessions")
-    (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode))
+    (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode, environ))
     write_dotenv(directory / "airlock.env", _dotenv(outputs))
     if result.sessions:
         run_cli(["report", str(result.sessions[-1]), "-o", str(directory / "report.html")])
