@@ -18,10 +18,11 @@ LAYERS = {
     "archive": 1,
     "gateway": 1,
     "gate": 1,
-    "ci": 2,
-    "broker": 2,
-    "_commands": 2,
-    "_cli": 2,
+    "jobs": 2,
+    "ci": 3,
+    "broker": 3,
+    "_commands": 3,
+    "_cli": 3,
 }
 
 

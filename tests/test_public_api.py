@@ -26,3 +26,12 @@ def test_all_names_exist(name: str) -> None:
 
 def test_top_level_api() -> None:
     assert airlock.__all__ == ["AirlockError", "ExitCode", "__version__"]
+
+
+def test_capture_exports_nothing_that_moved_to_jobs() -> None:
+    import airlock.capture
+
+    assert airlock.capture.__all__ == []
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("airlock.capture.session")
+    assert "run_session" in importlib.import_module("airlock.jobs.run").__all__

@@ -60,11 +60,11 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from airlock.audit import SessionWriter, load_signing_key
-    from airlock.capture.session import build_masker, correlation_key
     from airlock.ci import detect_identity
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
     from airlock.gateway.runtime import start_gateways
+    from airlock.jobs.run import build_masker, correlation_key
     from airlock.policy import load_policy
 
     if not args.policy:

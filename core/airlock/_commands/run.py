@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     identity = _Background(detect_identity, environ)
     from airlock.audit import load_signing_key
-    from airlock.capture.session import CommandNotFound, SessionRequest, run_session
+    from airlock.jobs.run import CommandNotFound, SessionRequest, run_session
 
     job = _job(args)
     request = SessionRequest(
@@ -139,7 +139,7 @@ class _Job:
     """What the broker gave this job: credentials to mask, and a witness for checkpoints."""
 
     def __init__(self) -> None:
-        from airlock.capture.session import IssuedSecret, Witness
+        from airlock.jobs.run import IssuedSecret, Witness
 
         self.credentials: tuple[IssuedSecret, ...] = ()
         self.witness: Witness | None = None
@@ -154,7 +154,7 @@ class _Job:
 
 def _job(args: argparse.Namespace) -> _Job:
     from airlock.broker.jobstate import default_state_dir, load_job_state
-    from airlock.capture.session import IssuedSecret
+    from airlock.jobs.run import IssuedSecret
 
     job = _Job()
     state = load_job_state(args.state_dir or default_state_dir())

@@ -79,7 +79,7 @@ def resolve_platform(choice: str, environ: Mapping[str, str]) -> str:
 
 def _seal_open_sessions(sessions: Path, key_path: Path | None, result: FinalizeResult) -> None:
     from airlock.audit import load_signing_key
-    from airlock.capture.session import seal_abandoned_sessions
+    from airlock.jobs.run import seal_abandoned_sessions
 
     try:
         result.sealed_late = seal_abandoned_sessions(sessions, load_signing_key(key_path))
