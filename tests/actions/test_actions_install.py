@@ -62,3 +62,30 @@ def test_pip_installs_when_uv_fails(tmp_path: Path) -> None:
     assert_working_venv(done)
     assert "uv: broken on purpose" in done.stderr
     assert "airlock: uv failed; installing with pip" in done.stderr
+
+
+def _path_without(tmp_path: Path, *missing: str) -> str:
+    """A PATH of links to every tool on this PATH except ``missing`` (as on a bare image)."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for directory in reversed(os.environ["PATH"].split(os.pathsep)):
+        for tool in Path(directory).glob("*") if Path(directory).is_dir() else []:
+            if tool.name not in missing and os.access(tool, os.X_OK):
+                (tools / tool.name).unlink(missing_ok=True)
+                (tools / tool.name).symlink_to(tool)
+    return str(tools)
+
+
+def test_the_cache_key_is_the_same_with_shasum_and_refused_without_any(tmp_path: Path) -> None:
+    # a warm cache, made by the sha256sum path: the shasum path must find the very same venv
+    cache = tmp_path / "cache"
+    done = install(cache)
+    assert_working_venv(done)
+    path = _path_without(tmp_path, "sha256sum")
+    again = install(cache, PATH=path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == done.stdout and "installing" not in again.stderr
+    (Path(path) / "shasum").unlink()
+    refused = install(cache, PATH=path)
+    assert refused.returncode == 80
+    assert "neither sha256sum nor shasum is installed" in refused.stderr

@@ -28,7 +28,7 @@ def test_venv_and_sessions_live_outside_the_project_directory() -> None:
     install = "\n".join(jobs[".airlock-install"])
     assert 'airlock_venv="${CI_BUILDS_DIR:-/tmp}/.airlock/${CI_JOB_ID:-local}/venv"' in install
     assert ".airlock-venv" not in TEMPLATE.read_text()
-    assert "/.airlock-pip-cache/' >> \"$CI_PROJECT_DIR/.git/info/exclude\"" in install
+    assert '/.airlock-pip-cache/\' >> "$CI_PROJECT_DIR/.git/info/exclude"' in install
 
 
 def test_the_cache_is_per_job_version_and_lock_and_agent_jobs_only_pull() -> None:

@@ -40,6 +40,7 @@ class FinalizeResult:
     sealed_late: list[Path] = field(default_factory=list)
     archive_urls: dict[str, str] = field(default_factory=dict)
     verdicts: dict[str, dict[str, str]] = field(default_factory=dict)
+    note: str | None = None  # e.g. "cancelled: …", shown at the top of the summary
 
     def fail(self, code: int, message: str) -> None:
         """Record a duty that failed."""
@@ -130,7 +131,7 @@ def _verify(session: Path, result: FinalizeResult) -> None:
 
 def finalize(args: argparse.Namespace, environ: Mapping[str, str]) -> FinalizeResult:
     """Every end-of-job duty, each attempted whatever happened to the others."""
-    result = FinalizeResult()
+    result = FinalizeResult(note=getattr(args, "note", None))
     sessions: Path | None = args.sessions
     if sessions is None:
         raise UsageError("finalize needs --sessions", hint="the directory `airlock run` wrote to")
@@ -194,7 +195,8 @@ def _summary_markdown(
     from airlock.archive.summary import code_span, escape_md, render_summary
 
     link = report_link(environ or {})
-    parts = [
+    parts = [f"> [!WARNING]\n> **{escape_md(result.note)}**\n"] if result.note else []
+    parts += [
         render_summary(s, trusted_keys([]), max_bytes=200_000, report_link=link)
         for s in result.sessions
     ]
