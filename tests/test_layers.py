@@ -17,6 +17,7 @@ LAYERS = {
     "providers": 1,
     "archive": 1,
     "gateway": 1,
+    "egress": 1,
     "gate": 1,
     "jobs": 2,
     "ci": 3,

@@ -27,6 +27,7 @@ _COMMANDS = (
     "credentials",
     "gate",
     "gateway",
+    "mcp",
     "broker",
     "ci",
 )

@@ -111,6 +111,9 @@ EXTRA_OF_MODULE = {
     "requests": "broker",
     "httptools": "broker",
     "uvloop": "broker",
+    "mcp": "agent",
+    "anthropic": "agent",
+    "openai": "agent",
 }
 
 

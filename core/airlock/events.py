@@ -34,9 +34,16 @@ class EventType(enum.StrEnum):
     APPROVAL_POSTED = "approval.posted"
     APPROVAL_DECIDED = "approval.decided"
     APPROVAL_EXPIRED = "approval.expired"
+    APPROVAL_CANCELLED = "approval.cancelled"  # the operation will never run: reason says why
     CREDENTIAL_ISSUED = "credential.issued"
     CHECKPOINT = "checkpoint"
     GATEWAY_STARTED = "gateway.started"
+    LLM_REQUEST = "llm.request"  # model API: model, new messages, tools by hash
+    LLM_RESPONSE = "llm.response"  # assembled from the stream: text, tool calls, usage
+    MCP_REQUEST = "mcp.request"  # tools/call, resources/read (and refused calls)
+    MCP_RESPONSE = "mcp.response"  # result or error, duration
+    NET_CONNECT = "net.connect"  # one egress attempt: host, port, sni, outcome, rule, bytes
+    SANDBOX_STATUS = "sandbox.status"  # the sandbox's mode, walls and self-check probe results
     ERROR = "airlock.error"
 
 

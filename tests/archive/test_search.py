@@ -229,3 +229,24 @@ def test_an_empty_s3_prefix_says_so_and_names_the_prefix(
     err = capsys.readouterr().err
     assert f"no archived sessions found under s3://{bucket}/nothing-here" in err
     assert "cache" not in err.split("hint")[0]
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_search_into_head_exits_0_quietly(corpus: Path, fmt: str) -> None:
+    """`airlock search DIR | head -1`: the closed pipe is the reader's choice, not an error."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "airlock._cli", "search", str(corpus), "--format", fmt,
+         "--limit", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    ) as search:  # fmt: skip
+        assert search.stdout is not None and search.stderr is not None
+        first = search.stdout.readline()
+        search.stdout.close()  # what `head -1` does once it has its line
+        err = search.stderr.read()
+        assert search.wait(60) == 0, err
+    assert first and err == b""

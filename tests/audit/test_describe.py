@@ -126,6 +126,58 @@ CASES: dict[str, tuple[dict[str, Any], tuple[str, ...], str | None, str | None]]
         "no-drop",
         "expired",
     ),
+    "approval.cancelled": (
+        {"connection": 1, "rule_id": "no-drop", "sql": "DROP TABLE users", "reason": "client left"},
+        ("no-drop: approval cancelled: client left",),
+        "no-drop",
+        "cancelled",
+    ),
+    "llm.request": (
+        {"model": "claude-x", "messages": [{"role": "user"}]},
+        ("claude-x: 1 new message(s)",),
+        None,
+        None,
+    ),
+    "llm.response": (
+        {
+            "outcome": "forwarded",
+            "text": "ok",
+            "tool_calls": [{"name": "Bash"}],
+            "usage": {"input_tokens": 9, "output_tokens": 2},
+        },
+        ("forwarded: ok → Bash (9/2 tok)",),
+        None,
+        "forwarded",
+    ),
+    "mcp.request": (
+        {"method": "tools/call", "tool": "delete", "action": "deny", "rule_id": "no-delete"},
+        ("tools/call delete [deny]",),
+        "no-delete",
+        "deny",
+    ),
+    "mcp.response": ({"tool": "add", "duration_ms": 1.5}, ("add: ok in 1.5 ms",), None, None),
+    "net.connect": (
+        {
+            "kind": "connect",
+            "host": "evil.example",
+            "port": 443,
+            "outcome": "denied",
+            "rule_id": "airlock.default-deny",
+        },
+        ("denied CONNECT evil.example:443 (airlock.default-deny)",),
+        "airlock.default-deny",
+        "denied",
+    ),
+    "sandbox.status": (
+        {
+            "mode": "bwrap",
+            "active": True,
+            "probes": [{"id": "no-key", "ok": True}, {"id": "no-net", "ok": False}],
+        },
+        ("sandbox bwrap: active; 1/2 probes passed; failed: no-net",),
+        None,
+        None,
+    ),
     "credential.issued": (
         {"grant": "appdb", "lease_id": "l1", "name": "PGPASSWORD", "sha256": "ef" * 32},
         ("appdb PGPASSWORD sha256 efefefefefef…",),
@@ -173,7 +225,7 @@ def test_each_type_is_described_from_the_fields_it_is_written_with(type_: str) -
         assert word in view.summary
     assert "?" not in view.summary.replace("?a=1", "")  # never "?: ?"
     assert (view.rule_id, view.outcome) == (rule_id, outcome)
-    assert view.denied == (outcome in {"deny", "denied", "expired"})
+    assert view.denied == (outcome in {"deny", "denied", "expired", "cancelled"})
 
 
 def test_a_granted_approval_and_a_guardrail_after_approval() -> None:
@@ -196,9 +248,9 @@ def test_a_decision_without_its_request_still_says_what_it_knows() -> None:
 def test_unknown_and_malformed_events_fall_back_to_their_json() -> None:
     describer = Describer()
     assert describer.view(
-        {"type": "net.connect", "data": {"host": "a", "decision": "deny"}}
+        {"type": "future.type", "data": {"host": "a", "decision": "deny"}}
     ).summary == ('{"host":"a","decision":"deny"}')
-    assert describer.view({"type": "net.connect", "data": {"decision": "deny"}}).denied
+    assert describer.view({"type": "future.type", "data": {"decision": "deny"}}).denied
     assert describer.view({"type": "process.exec", "data": {"argv": 5}}).summary  # no raise
     assert describer.view({"type": "output", "data": "not an object"}).summary == "{}"
 

@@ -10,6 +10,7 @@ events follow the documented "Comment on a merge request" payload.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -29,8 +30,9 @@ import requests
 import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from openapi_core.contrib.requests import RequestsOpenAPIRequest
+from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 from tests.providers import conftest as _providers
+from tests.support import gitlab_schemas
 
 from airlock.audit import SigningKey
 from airlock.broker.service import Broker
@@ -50,12 +52,45 @@ SHA = "9f3c0a1d2b4e5f60718293a4b5c6d7e8f9a0b1c2"
 HEAD_SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
 AUDIENCE = "https://airlock.test"
 
+
+def user_id_of(login: str) -> int:
+    """A stable numeric id per person (GitHub ids are immutable; logins are not)."""
+    return 100_000 + int(hashlib.sha256(login.lower().encode()).hexdigest()[:8], 16) % 900_000
+
+
 github_openapi = _providers.github_openapi  # the shared fixture, for modules importing this one
 
 _ROOT = Path(__file__).resolve().parents[2]
 _WEBHOOKS_DIR = _ROOT / ".cache" / "npm-octokit-webhooks"
 _WEBHOOKS_SPEC = "node_modules/@octokit/openapi-webhooks/generated/api.github.com.json"
 _API = r"https://api\.github\.com(?::443)?"
+
+
+# -- GitHub's REST examples --------------------------------------------------------------------------
+
+
+@functools.cache
+def _github_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(_providers._octokit_spec_path().read_text())
+    return spec
+
+
+def _on_example(spec: dict[str, Any], method: str, template: str, status: int, data: Any) -> Any:
+    """``data`` laid over GitHub's own example answer for the operation: the fakes answer in
+    full, as GitHub would, and the answer is then validated against the description."""
+    content = spec["paths"][template][method.lower()]["responses"][str(status)]["content"]
+    (ref,) = [e["$ref"] for e in content["application/json"]["examples"].values()][:1]
+    example = copy.deepcopy(spec["components"]["examples"][ref.rsplit("/", 1)[-1]]["value"])
+    if isinstance(data, list):
+        item = example[0] if isinstance(example, list) and example else {}
+        return [_merge(copy.deepcopy(item), d) for d in data]
+    return _merge(example, data)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
 
 
 # -- GitHub's webhook schemas ---------------------------------------------------------------------
@@ -105,15 +140,17 @@ def check_run_click(
     external_id: str,
     identifier: str,
     login: str,
-    user_id: int = 501,
+    user_id: int | None = None,
     user_type: str = "User",
+    head_sha: str = HEAD_SHA,
 ) -> dict[str, Any]:
     """A ``check_run`` / ``requested_action`` payload, validated against GitHub's schema."""
     payload = schemas.example("check-run-requested-action")
-    payload["check_run"].update(id=check_run_id, external_id=external_id, head_sha=HEAD_SHA)
+    payload["check_run"].update(id=check_run_id, external_id=external_id, head_sha=head_sha)
     payload["requested_action"] = {"identifier": identifier}
     payload["repository"].update(id=REPO_ID, full_name=REPO, name="api")
-    payload["sender"].update(login=login, id=user_id, type=user_type)
+    uid = user_id_of(login) if user_id is None else user_id
+    payload["sender"].update(login=login, id=uid, type=user_type)
     payload["installation"] = {
         "id": INSTALLATION,
         "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ==",
@@ -177,40 +214,11 @@ def github_headers(
 
 # -- GitLab note events ---------------------------------------------------------------------------
 
-# The documented "Comment on a merge request" payload's keys (docs: user/project/webhooks/
-# webhook_events.md, Comment events): what GitLab sends, and what the broker may rely on.
-_GITLAB_NOTE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["object_kind", "event_type", "user", "project_id", "project", "object_attributes"],
-    "properties": {
-        "object_kind": {"const": "note"},
-        "event_type": {"const": "note"},
-        "user": {
-            "type": "object",
-            "required": ["id", "name", "username", "avatar_url"],
-            "properties": {"id": {"type": "integer"}, "username": {"type": "string"}},
-        },
-        "project_id": {"type": "integer"},
-        "project": {
-            "type": "object",
-            "required": ["id", "name", "web_url", "path_with_namespace", "default_branch"],
-        },
-        "object_attributes": {
-            "type": "object",
-            "required": ["id", "note", "noteable_type", "author_id", "project_id", "system", "url"],
-            "properties": {
-                "noteable_type": {"enum": ["MergeRequest", "Issue", "Commit", "Snippet"]}
-            },
-        },
-        "merge_request": {"type": "object", "required": ["id", "iid", "author_id", "title"]},
-    },
-}
-
 
 def gitlab_note(
     note: str, *, user_id: int, username: str, iid: int = 7, note_id: int | None = None
 ) -> dict[str, Any]:
-    """A merge request note event as documented, validated against its documented shape."""
+    """A merge request note event, completed and validated against GitLab's payload type."""
     nid = note_id if note_id is not None else int(time.time() * 1000) % 10**9
     payload = {
         "object_kind": "note",
@@ -220,7 +228,6 @@ def gitlab_note(
             "name": username.title(),
             "username": username,
             "avatar_url": "https://www.gravatar.com/avatar/x",
-            "email": "[REDACTED]",
         },
         "project_id": PROJECT_ID,
         "project": {
@@ -247,9 +254,9 @@ def gitlab_note(
             "updated_at": "2024-05-01 10:00:00 UTC",
             "project_id": PROJECT_ID,
             "attachment": None,
-            "line_code": None,
+            "line_code": "",  # gitbeaker types it string (GitLab's docs example: null)
             "commit_id": "",
-            "noteable_id": 99,
+            "noteable_id": None,  # gitbeaker: string | null (GitLab's docs example: 99)
             "system": False,
             "st_diff": None,
             "url": f"{GITLAB_URL}/acme/api/-/merge_requests/{iid}#note_{nid}",
@@ -265,8 +272,10 @@ def gitlab_note(
             "state": "opened",
         },
     }
-    jsonschema.Draft202012Validator(_GITLAB_NOTE_SCHEMA).validate(payload)
-    return payload
+    full = gitlab_schemas.instance("note_event", **payload)
+    problems = gitlab_schemas.validate("note_event", full)
+    assert problems == [], problems  # GitLab's payload type (see tests/support/gitlab_schemas)
+    return full
 
 
 def gitlab_headers(token: str = GITLAB_HOOK_TOKEN, delivery: str | None = None) -> dict[str, str]:
@@ -301,60 +310,140 @@ class FakeGitHub:
         self.comments: list[dict[str, Any]] = []
         self.pr_reviews: list[dict[str, Any]] = []
         self.fail_check_runs = False
+        self.injected: set[int] = set()  # failure statuses a test injects on purpose
         self._next_id = 9000
         repo = re.escape(REPO)
-        routes: list[tuple[str, str, Any]] = [
-            ("POST", rf"{_API}/app/installations/{INSTALLATION}/access_tokens", self._token),
-            ("GET", rf"{_API}/repos/{repo}/pulls/(\d+)", self._pull),
-            ("POST", rf"{_API}/repos/{repo}/check-runs", self._create_check),
-            ("PATCH", rf"{_API}/repos/{repo}/check-runs/(\d+)", self._update_check),
-            ("GET", rf"{_API}/repos/{repo}/collaborators/([^/]+)/permission", self._permission),
-            ("GET", rf"{_API}/orgs/([^/]+)/teams/([^/]+)/memberships/([^/?]+)", self._team),
+        self.spec = _github_spec()
+        routes: list[tuple[str, str, str, Any]] = [
+            (
+                "POST",
+                rf"{_API}/app/installations/{INSTALLATION}/access_tokens",
+                "/app/installations/{installation_id}/access_tokens",
+                self._token,
+            ),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/pulls/(\d+)",
+                "/repos/{owner}/{repo}/pulls/{pull_number}",
+                self._pull,
+            ),
+            (
+                "POST",
+                rf"{_API}/repos/{repo}/check-runs",
+                "/repos/{owner}/{repo}/check-runs",
+                self._create_check,
+            ),
+            (
+                "PATCH",
+                rf"{_API}/repos/{repo}/check-runs/(\d+)",
+                "/repos/{owner}/{repo}/check-runs/{check_run_id}",
+                self._update_check,
+            ),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/collaborators/([^/]+)/permission",
+                "/repos/{owner}/{repo}/collaborators/{username}/permission",
+                self._permission,
+            ),
+            (
+                "GET",
+                rf"{_API}/orgs/([^/]+)/teams/([^/]+)/memberships/([^/?]+)",
+                "/orgs/{org}/teams/{team_slug}/memberships/{username}",
+                self._team,
+            ),
             (
                 "POST",
                 rf"{_API}/repos/{repo}/actions/runs/(\d+)/deployment_protection_rule",
+                "/repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule",
                 self._review,
             ),
-            ("GET", rf"{_API}/repos/{repo}/issues/(\d+)/comments", self._list_comments),
-            ("POST", rf"{_API}/repos/{repo}/issues/(\d+)/comments", self._add_comment),
-            ("GET", rf"{_API}/repos/{repo}/pulls/(\d+)/reviews", self._list_reviews),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/issues/(\d+)/comments",
+                "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+                self._list_comments,
+            ),
+            (
+                "POST",
+                rf"{_API}/repos/{repo}/issues/(\d+)/comments",
+                "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+                self._add_comment,
+            ),
+            (
+                "GET",
+                rf"{_API}/repos/{repo}/pulls/(\d+)/reviews",
+                "/repos/{owner}/{repo}/pulls/{pull_number}/reviews",
+                self._list_reviews,
+            ),
         ]
-        for method, pattern, handler in routes:
+        for method, pattern, template, handler in routes:
             rsps.add_callback(
-                method, re.compile(pattern + r"(\?.*)?$"), callback=self._wrap(pattern, handler)
+                method,
+                re.compile(pattern + r"(\?.*)?$"),
+                callback=self._wrap(method, pattern, template, handler),
             )
 
-    def add_pull(self, number: int, author: str) -> None:
+    def add_pull(
+        self, number: int, author: str, *, author_id: int | None = None, merge_sha: str = SHA
+    ) -> None:
+        """A pull request whose test merge commit is ``merge_sha`` (by default the job's
+        commit: a ``pull_request`` workflow runs ``refs/pull/N/merge``)."""
         self.pulls[number] = {
             "number": number,
             "html_url": f"https://github.com/{REPO}/pull/{number}",
             "head": {"sha": HEAD_SHA, "ref": "agent/migration"},
-            "user": {"login": author, "id": 77, "type": "User"},
+            "merge_commit_sha": merge_sha,
+            "requested_teams": [],  # GitHub's own example lacks a required key here
+            "user": {
+                "login": author,
+                "id": user_id_of(author) if author_id is None else author_id,
+                "type": "User",
+            },
         }
 
-    def _wrap(self, pattern: str, handler: Any) -> Any:
+    def _wrap(self, method: str, pattern: str, template: str, handler: Any) -> Any:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
-            self._validate(request)
+            sent = request.copy()
+            sent.url = re.sub(
+                r"^https://api\.github\.com:443/", "https://api.github.com/", sent.url
+            )
+            self._validate(sent)
             body = json.loads(request.body) if request.body else None
             path = re.sub(_API, "", request.url.split("?", 1)[0])
             self.calls.append((request.method, path, body))
             groups = re.match(pattern, request.url.split("?", 1)[0]).groups()  # type: ignore[union-attr]
             status, data = handler(body, *groups)
-            return (
-                status,
-                {"Content-Type": "application/json"},
-                "" if status == 204 else json.dumps(data),
-            )
+            if 200 <= status < 300 and status != 204:
+                data = _on_example(self.spec, method, template, status, data)
+            text = "" if status == 204 else json.dumps(data)
+            self._validate_response(sent, status, text)
+            return status, {"Content-Type": "application/json"}, text
 
         return callback
 
-    def _validate(self, request: Any) -> None:
-        sent = request.copy()
-        sent.url = re.sub(r"^https://api\.github\.com:443/", "https://api.github.com/", sent.url)
+    def _validate(self, sent: Any) -> None:
         try:
             self.openapi.validate_request(RequestsOpenAPIRequest(sent))
-        except Exception as exc:  # collected, asserted empty by the tests
-            self.errors.append(f"{request.method} {request.url}: {exc}")
+        except Exception as exc:  # collected, asserted empty when the fixture ends
+            self.errors.append(f"{sent.method} {sent.url}: {exc}")
+
+    def _validate_response(self, sent: Any, status: int, text: str) -> None:
+        if status in self.injected:
+            return
+        response = requests.Response()
+        response.status_code = status
+        response._content = text.encode()
+        response.headers["Content-Type"] = "application/json"
+        response.url = sent.url
+        try:
+            self.openapi.validate_response(
+                RequestsOpenAPIRequest(sent), RequestsOpenAPIResponse(response)
+            )
+        except Exception as exc:  # collected, asserted empty when the fixture ends
+            found = getattr(exc, "__cause__", None)
+            errors = getattr(found, "schema_errors", ()) or getattr(exc, "schema_errors", ())
+            detail = "; ".join(f"{list(e.absolute_path)}: {e.message[:120]}" for e in errors)
+            self.errors.append(f"answer to {sent.method} {sent.url}: {detail or str(exc)[:300]}")
 
     def _token(self, _body: Any) -> tuple[int, Any]:
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
@@ -370,6 +459,9 @@ class FakeGitHub:
 
     def _create_check(self, body: Any) -> tuple[int, Any]:
         if self.fail_check_runs:
+            # GitHub answers any call with this 403 when the App lacks a permission; the
+            # description documents it in general, not for each operation.
+            self.injected.add(403)
             return 403, {"message": "Resource not accessible by integration"}
         self._next_id += 1
         run = {
@@ -390,7 +482,8 @@ class FakeGitHub:
         if role is None:
             return 404, {"message": "Not Found"}
         legacy = {"maintain": "write", "triage": "read"}.get(role, role)
-        return 200, {"permission": legacy, "role_name": role, "user": {"login": login}}
+        user = {"login": login, "id": user_id_of(login), "role_name": role}
+        return 200, {"permission": legacy, "role_name": role, "user": user}
 
     def _team(self, _body: Any, org: str, slug: str, login: str) -> tuple[int, Any]:
         if login.lower() in self.teams.get(f"{org}/{slug}", set()):
@@ -427,7 +520,7 @@ class FakeGitHub:
                 "id": self._next_id,
                 "number": number,
                 "body": body,
-                "user": {"login": login, "id": 600 + len(self.comments), "type": user_type},
+                "user": {"login": login, "id": user_id_of(login), "type": user_type},
                 "html_url": "",
             }
         )
@@ -437,6 +530,7 @@ class FakeGitLab:
     """GitLab's REST API for merge requests, notes and members, under ``GITLAB_URL``."""
 
     def __init__(self, rsps: responses.RequestsMock) -> None:
+        self.errors: list[str] = []
         self.calls: list[tuple[str, str, Any]] = []
         self.levels: dict[int, int] = {}
         self.bots: set[int] = set()
@@ -446,21 +540,23 @@ class FakeGitLab:
         self._next_id = 500
         api = re.escape(GITLAB_URL) + r"/api/v4"
         project = rf"/projects/(?:{PROJECT_ID}|acme%2Fapi)"
-        routes: list[tuple[str, str, Any]] = [
-            ("GET", rf"{api}{project}/merge_requests/(\d+)", self._mr),
-            ("POST", rf"{api}{project}/merge_requests/(\d+)/notes", self._add_note),
-            ("GET", rf"{api}{project}/merge_requests/(\d+)/notes", self._list_notes),
-            ("PUT", rf"{api}{project}/merge_requests/(\d+)/notes/(\d+)", self._edit_note),
-            ("GET", rf"{api}{project}/members/all/(\d+)", self._member),
-            ("GET", rf"{api}/groups/([^/]+)/members/all/(\d+)", self._group_member),
-            ("GET", rf"{api}/users/(\d+)", self._user),
+        routes: list[tuple[str, str, str, Any]] = [
+            ("GET", rf"{api}{project}/merge_requests/(\d+)", "merge_request", self._mr),
+            ("POST", rf"{api}{project}/merge_requests/(\d+)/notes", "note", self._add_note),
+            ("GET", rf"{api}{project}/merge_requests/(\d+)/notes", "note", self._list_notes),
+            ("PUT", rf"{api}{project}/merge_requests/(\d+)/notes/(\d+)", "note", self._edit_note),
+            ("GET", rf"{api}{project}/members/all/(\d+)", "member", self._member),
+            ("GET", rf"{api}/groups/([^/]+)/members/all/(\d+)", "member", self._group_member),
+            ("GET", rf"{api}/users/(\d+)", "user", self._user),
         ]
-        for method, pattern, handler in routes:
+        for method, pattern, schema, handler in routes:
             rsps.add_callback(
-                method, re.compile(pattern + r"(\?.*)?$"), callback=self._wrap(pattern, handler)
+                method,
+                re.compile(pattern + r"(\?.*)?$"),
+                callback=self._wrap(pattern, schema, handler),
             )
 
-    def _wrap(self, pattern: str, handler: Any) -> Any:
+    def _wrap(self, pattern: str, schema: str, handler: Any) -> Any:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
             if self.unreachable:
                 raise requests.ConnectionError("connection refused (test)")
@@ -469,9 +565,20 @@ class FakeGitLab:
             self.calls.append((request.method, url.removeprefix(GITLAB_URL + "/api/v4"), body))
             groups = re.match(pattern, url).groups()  # type: ignore[union-attr]
             status, data = handler(body, *groups)
+            if 200 <= status < 300:
+                data = self._answer(request, schema, data)
             return status, {"Content-Type": "application/json"}, json.dumps(data)
 
         return callback
+
+    def _answer(self, request: Any, schema: str, data: Any) -> Any:
+        """``data`` as a full GitLab answer of type ``schema``, checked against that type."""
+        items = data if isinstance(data, list) else [data]
+        full = [gitlab_schemas.instance(schema, **item) for item in items]
+        for item in full:
+            for problem in gitlab_schemas.validate(schema, item):
+                self.errors.append(f"answer to {request.method} {request.url}: {problem}")
+        return full if isinstance(data, list) else full[0]
 
     def _mr(self, _body: Any, iid: str) -> tuple[int, Any]:
         return 200, {
@@ -575,6 +682,7 @@ def github_subject(**overrides: Any) -> dict[str, Any]:
         "run_id": RUN_ID,
         "sha": SHA,
         "actor": "octocat",
+        "actor_id": str(user_id_of("octocat")),
         **overrides,
     }
 
@@ -585,6 +693,7 @@ def gitlab_subject(**overrides: Any) -> dict[str, Any]:
         "project_id": str(PROJECT_ID),
         "pipeline_id": "574",
         "user_login": "sample-user",
+        "user_id": "1",
         **overrides,
     }
 
@@ -611,7 +720,11 @@ def forges(github_openapi: Any) -> Iterator[tuple[FakeGitHub, FakeGitLab]]:
     """Both fake forges on one ``responses`` mock; local HTTP (the broker) passes through."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.add_passthru(re.compile(r"http://127\.0\.0\.1"))
-        yield FakeGitHub(rsps, github_openapi), FakeGitLab(rsps)
+        github, gitlab = FakeGitHub(rsps, github_openapi), FakeGitLab(rsps)
+        yield github, gitlab
+    # Every request we sent and every answer the fakes gave must fit the forge's description.
+    assert github.errors == [], "\n".join(github.errors)
+    assert gitlab.errors == [], "\n".join(gitlab.errors)
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:

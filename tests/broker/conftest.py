@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,17 @@ def issuer() -> Iterator[OIDCIssuer]:
         yield server
 
 
-def broker_yaml(issuer_url: str, state: str, *, rate: int = 1000) -> str:
+def broker_yaml(issuer_url: str, state: str, *, rate: int = 1000, tickets: bool = False) -> str:
+    """A broker trusting ``issuer_url``; with ``tickets`` the rule also grants a ticket for the
+    central gateway ``appdb``, not for ``proddb`` (the caller adds both to
+    ``central_gateways:``, see :func:`central_gateways_yaml`)."""
+    ticket_grant = (
+        "  appdb-ticket: {provider: central-gateway, gateway: appdb}\n"
+        "  proddb-ticket: {provider: central-gateway, gateway: proddb}\n"
+        if tickets
+        else ""
+    )
+    ticket_name = ", appdb-ticket" if tickets else ""
     return f"""
 version: 1
 issuers: [{{name: github, url: "{issuer_url}", audience: "{AUDIENCE}", platform: github}}]
@@ -35,14 +46,24 @@ providers:
 grants:
   deploy: {{provider: static, secrets: [DEPLOY_KEY], ttl: 15m}}
   broken: {{provider: static, secrets: [BROKEN]}}
-rules:
+{ticket_grant}rules:
   - id: api-main
     issuer: github
     claims: {{repository_id: "123456", repository_owner_id: "7890", ref: refs/heads/main}}
-    grants: [deploy, broken]
+    grants: [deploy, broken{ticket_name}]
 state: "{state}"
 limits: {{per_repository: {{rate: {rate}, per: 60}}}}
 """
+
+
+def central_gateways_yaml(gateway_token: str) -> str:
+    """``central_gateways:`` with ``appdb`` and ``proddb``, both using ``gateway_token``."""
+    digest = hashlib.sha256(gateway_token.encode()).hexdigest()
+    return (
+        "central_gateways:\n"
+        f"  appdb: {{token_sha256: {digest}}}\n"
+        f"  proddb: {{token_sha256: {digest}}}\n"
+    )
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from tests.broker.approvals_support import (
     github_headers,
     github_subject,
     post,
+    user_id_of,
 )
 from tests.support.broker_server import BrokerServer
 from tests.support.oidc_issuer import OIDCIssuer
@@ -34,6 +35,7 @@ from tests.support.oidc_issuer import OIDCIssuer
 from airlock.broker.app import create_app
 from airlock.broker.service import Broker
 from airlock.gate import Decision, Operation
+from airlock.gate.broker import decision_from_status
 
 forges = approvals_support.forges
 github_openapi = approvals_support.github_openapi
@@ -152,15 +154,9 @@ def _broker_key(stack: Stack) -> Any:
 
 
 def _decision(body: dict[str, Any]) -> Decision:
-    return Decision(
-        approved=body["status"] == "approved",
-        by=body["by"],
-        at=body["at"],
-        reason=body["reason"],
-        operation_hash=body["operation_hash"],
-        signature=body["signature"],
-        key_id=body["key_id"],
-    )
+    decision = decision_from_status(body)
+    assert decision is not None
+    return decision
 
 
 def test_check_run_is_posted_on_the_head_sha_with_buttons_and_the_operation(stack: Stack) -> None:
@@ -270,6 +266,54 @@ def test_clicks_that_must_not_approve(
     assert stack.status(token, created["request_id"]).json()["status"] == "pending"
     (check,) = stack.github.check_runs.values()
     assert check["conclusion"] == "action_required"
+
+
+@pytest.mark.parametrize(
+    ("login", "who", "why"),
+    [
+        ("octocat-renamed", "octocat", "asked for this operation"),
+        ("OctoCat", "octocat", "asked for this operation"),
+        ("pr-author-renamed", "pr-author", "wrote the pull/merge request"),
+        ("PR-Author", "pr-author", "wrote the pull/merge request"),
+    ],
+)
+def test_a_renamed_requester_or_author_cannot_approve(
+    stack: Stack, login: str, who: str, why: str
+) -> None:
+    """The click carries the same immutable id under another login: still the same person."""
+    stack.github.permissions[login.lower()] = "admin"
+    token = add_job(stack.broker, github_subject())
+    created = stack.create(token).json()
+    response = stack.click(created, login, user_id=user_id_of(who))
+    assert response.json()["result"] == "refused" and why in response.json()["reason"]
+    assert stack.status(token, created["request_id"]).json()["status"] == "pending"
+
+
+def test_the_requesters_old_login_taken_by_someone_else_may_approve(stack: Stack) -> None:
+    token = add_job(stack.broker, github_subject())
+    created = stack.create(token).json()
+    response = stack.click(created, "octocat", user_id=user_id_of("someone-else"))
+    assert response.json()["result"] == "approved"
+    body = stack.status(token, created["request_id"]).json()
+    assert body["by"] == "github:octocat"  # the login, for humans
+    assert body["by_ids"] == [f"github:{user_id_of('someone-else')}"]  # the id, signed
+    assert _decision(body).verify(_broker_key(stack), created["operation_hash"])
+
+
+def test_a_check_run_is_posted_only_on_a_pull_request_at_the_jobs_commit(stack: Stack) -> None:
+    stack.github.add_pull(13, author="pr-author", merge_sha="0" * 40)  # another commit
+    token = add_job(stack.broker, github_subject())
+    response = stack.create(token, pull_request=13)
+    assert response.status_code == 403 and "not at this job's commit" in response.text
+    assert stack.github.check_runs == {}
+
+
+def test_a_click_on_a_check_run_for_another_head_is_ignored(stack: Stack) -> None:
+    token = add_job(stack.broker, github_subject())
+    created = stack.create(token).json()
+    response = stack.click(created, "alice", head_sha="1" * 40)
+    assert response.status_code == 202 and response.json()["result"] == "ignored"
+    assert stack.status(token, created["request_id"]).json()["status"] == "pending"
 
 
 def test_a_button_for_another_operation_hash_is_refused(stack: Stack) -> None:

@@ -106,6 +106,9 @@ def test_the_note_describes_the_operation_and_a_member_decides(stack: Stack) -> 
     [
         (1, "sample-user", "asked for this operation"),
         (3, "mr-author", "wrote the pull/merge request"),
+        (1, "sample-user-renamed", "asked for this operation"),  # same id, new username
+        (3, "mr-author-renamed", "wrote the pull/merge request"),
+        (1, "Sample-User", "asked for this operation"),
         (12, "reporter", "lacks write permission"),
         (99, "outsider", "lacks write permission"),
         (13, "service-account", "is a bot"),

@@ -31,6 +31,7 @@ from tests.broker.approvals_support import (
     gitlab_note,
     gitlab_subject,
     post,
+    user_id_of,
 )
 from tests.support.broker_server import BrokerServer
 from tests.support.oidc_issuer import OIDCIssuer
@@ -40,8 +41,9 @@ from airlock.broker.app import create_app
 from airlock.broker.approvals import VOTES
 from airlock.broker.service import Broker
 from airlock.errors import ConfigError
-from airlock.gate import Decision, Operation
+from airlock.gate import Operation
 from airlock.gate._rules import ApproverRules, parse_command, required_approvals
+from airlock.gate.broker import decision_from_status
 from airlock.gate.github_check import GitHubCheckBackend
 from airlock.gate.gitlab import GitLabApi, GitLabNotesBackend
 from airlock.policy.broker_config import parse_broker_config
@@ -89,7 +91,14 @@ class Stack:
         data: dict[str, Any] = response.json()
         return data
 
-    def click(self, created: dict[str, Any], login: str, *, approve: bool = True) -> str:
+    def click(
+        self,
+        created: dict[str, Any],
+        login: str,
+        *,
+        approve: bool = True,
+        user_id: int | None = None,
+    ) -> str:
         run_id = int(created["url"].rsplit("/", 1)[-1])
         identifier = self.github.created_actions[run_id][0 if approve else 1]["identifier"]
         payload = check_run_click(
@@ -98,6 +107,7 @@ class Stack:
             external_id=created["request_id"],
             identifier=identifier,
             login=login,
+            user_id=user_id,
         )
         raw = json.dumps(payload).encode()
         response = post(
@@ -123,8 +133,8 @@ class Stack:
 
     def votes(self, request_id: str) -> list[str]:
         with self.broker.store.engine.connect() as conn:
-            query = sa.select(VOTES.c.login).where(VOTES.c.request_id == request_id)
-            return sorted(r.login for r in conn.execute(query))
+            query = sa.select(VOTES.c.by).where(VOTES.c.request_id == request_id)
+            return sorted(r.by.split(":", 1)[1] for r in conn.execute(query))
 
 
 @pytest.fixture
@@ -153,15 +163,8 @@ def stack(
 
 def _verified(stack: Stack, body: dict[str, Any]) -> bool:
     (entry,) = stack.broker.public_keys()
-    decision = Decision(
-        approved=body["status"] == "approved",
-        by=body["by"],
-        at=body["at"],
-        reason=body["reason"],
-        operation_hash=body["operation_hash"],
-        signature=body["signature"],
-        key_id=body["key_id"],
-    )
+    decision = decision_from_status(body)
+    assert decision is not None
     return decision.verify(
         load_pem_public_key(entry["public_pem"].encode()), body["operation_hash"]
     )  # type: ignore[arg-type]
@@ -194,6 +197,17 @@ def test_the_same_approver_twice_counts_once(stack: Stack) -> None:
     assert stack.click(created, "Alice") == "pending"  # logins compare without case
     assert stack.status(token, created["request_id"])["status"] == "pending"
     assert stack.votes(created["request_id"]) == ["alice"]
+
+
+def test_one_person_under_two_logins_counts_once(stack: Stack) -> None:
+    """A rename between two clicks must not make one approver count twice."""
+    stack.github.permissions["alice-renamed"] = "write"
+    token = add_job(stack.broker, github_subject())
+    created = stack.create(token)
+    assert stack.click(created, "alice") == "pending"
+    assert stack.click(created, "alice-renamed", user_id=user_id_of("alice")) == "pending"
+    assert stack.status(token, created["request_id"])["status"] == "pending"
+    assert len(stack.votes(created["request_id"])) == 1
 
 
 def test_one_entitled_deny_after_an_approval_decides_denied(stack: Stack) -> None:

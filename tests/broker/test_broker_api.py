@@ -133,7 +133,7 @@ def test_checkpoints_are_signed_with_the_published_key(
         keys = httpx.get(f"{server.url}/.well-known/airlock-keys").json()["keys"]
     assert witnessed.status_code == 201, witnessed.text
     assert duplicate.status_code == 400
-    assert unauthenticated.status_code == 403
+    assert unauthenticated.status_code == 401  # no bearer token: unauthenticated
     row = witnessed.json()
     assert listed == [row]
     public = load_pem_public_key(keys[0]["public_pem"].encode())

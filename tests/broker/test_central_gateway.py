@@ -4,7 +4,6 @@ that gateway; the job never sees the password, the gateway never sees a job or O
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from tests.broker.conftest import AUDIENCE, broker_yaml
+from tests.broker.conftest import AUDIENCE, broker_yaml, central_gateways_yaml
 from tests.support.broker_server import BrokerServer
 from tests.support.oidc_issuer import OIDCIssuer
 from tests.support.postgres import PostgresCluster
@@ -52,10 +51,9 @@ def test_central_gateway_admits_only_broker_tickets(
         conn.execute(f"CREATE ROLE central_app LOGIN PASSWORD '{db_password}'")
         conn.execute("CREATE DATABASE centraldb OWNER central_app")
     gateway_token = secrets.token_urlsafe(24)
-    text = broker_yaml(issuer.url, f"sqlite:///{tmp_path / 'b.db'}") + (
-        "central_gateways:\n"
-        f"  appdb: {{token_sha256: {hashlib.sha256(gateway_token.encode()).hexdigest()}}}\n"
-    )
+    text = broker_yaml(
+        issuer.url, f"sqlite:///{tmp_path / 'b.db'}", tickets=True
+    ) + central_gateways_yaml(gateway_token)
     config = parse_broker_config(text)
     store = StateStore(config.state)
     broker = Broker(config, store=store, key=SigningKey.generate())

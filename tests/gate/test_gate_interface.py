@@ -49,9 +49,12 @@ class ScriptedBackend(ApprovalBackend):
 
 def test_public_api_is_pinned() -> None:
     assert set(airlock.gate.__all__) == {
+        "CANCELLED",
         "EXPIRED",
         "Answer",
         "Approve",
+        "Approver",
+        "Decider",
         "ApprovalBackend",
         "ApprovalRequest",
         "ConsoleBackend",
@@ -256,3 +259,38 @@ def test_approver_treats_backend_failure_as_denial(key: SigningKey) -> None:
 
     approve = airlock.gate.approver(Broken(key=key), 5)
     assert asyncio.run(approve(Operation(kind="sql", text="DROP TABLE t", rule_id="r"))) is False
+
+
+def test_approver_decide_tells_an_expiry_from_a_denial(key: SigningKey) -> None:
+    backend = ScriptedBackend(key=key)
+    approve = airlock.gate.approver(backend, 0.05)
+    assert isinstance(approve, airlock.gate.Decider)
+    decision = asyncio.run(approve.decide(Operation(kind="http", text="DELETE /x", rule_id="r")))
+    assert decision.approved is False and decision.reason == EXPIRED
+
+
+def test_cancelling_a_pending_approval_records_approval_cancelled(
+    key: SigningKey, recorder: Recorder
+) -> None:
+    backend = ScriptedBackend(key=key, record=recorder)
+    approve = airlock.gate.approver(backend, 30)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(
+            approve(Operation(kind="sql", text="DROP TABLE t", rule_id="r"))
+        )
+        while not backend.submitted:
+            await asyncio.sleep(0.01)
+        task.cancel("client disconnected")
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert recorder.types() == ["approval.requested", "approval.cancelled"]
+    cancelled = recorder.events[-1][1]
+    assert (
+        cancelled["approved"] is False and cancelled["reason"] == "cancelled: client disconnected"
+    )
+    request_id = backend.submitted[0].request_id
+    backend.answer = Answer(True, "alice", backend.submitted[0].operation_hash)
+    assert backend.status(request_id).approved is False  # a late approval changes nothing

@@ -78,9 +78,9 @@ class _Rights:
 def test_deny_needs_less_than_approve() -> None:
     rights = _Rights({"req": 30, "outsider": 0}, {})
     rules = [ApproverRules(teams=frozenset({"acme/dba"}))]
-    kw = {"requester": "req", "author": "auth", "rights": rights}
-    assert refusal(rules, Clicker("req"), approve=False, **kw) is None  # type: ignore[arg-type]
-    assert refusal(rules, Clicker("req"), approve=True, **kw) is not None  # type: ignore[arg-type]
+    kw = {"requester_id": "1", "author_id": "2", "rights": rights}
+    assert refusal(rules, Clicker("req", "1"), approve=False, **kw) is None  # type: ignore[arg-type]
+    assert refusal(rules, Clicker("req", "1"), approve=True, **kw) is not None  # type: ignore[arg-type]
     assert refusal(rules, Clicker("outsider"), approve=False, **kw) is not None  # type: ignore[arg-type]
     assert refusal(rules, Clicker("dependabot[bot]"), approve=False, **kw) is not None  # type: ignore[arg-type]
 

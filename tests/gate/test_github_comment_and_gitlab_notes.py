@@ -8,7 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 from tests.broker import approvals_support
-from tests.broker.approvals_support import GITLAB_TOKEN, GITLAB_URL, REPO, FakeGitHub, FakeGitLab
+from tests.broker.approvals_support import (
+    GITLAB_TOKEN,
+    GITLAB_URL,
+    REPO,
+    FakeGitHub,
+    FakeGitLab,
+    user_id_of,
+)
 
 from airlock.audit import SigningKey
 from airlock.gate import Operation
@@ -33,7 +40,7 @@ def comment_backend(
     api = GitHubApi.with_token("ghs_" + "t" * 36)
     backend = GitHubCommentBackend(
         api, REPO, 12, key=SigningKey.generate(), requester="octocat",
-        approvers=ApproverRules(),
+        requester_id=str(user_id_of("octocat")), approvers=ApproverRules(),
     )  # fmt: skip
     backend.poll_interval = 0.05
     yield backend, github
@@ -85,7 +92,7 @@ def notes_backend(
     gitlab.levels.update({11: 30, 12: 20, 1: 40, 3: 40})
     api = GitLabApi(GITLAB_URL, private_token=GITLAB_TOKEN)
     backend = GitLabNotesBackend(
-        api, "acme/api", 7, key=SigningKey.generate(), requester="sample-user"
+        api, "acme/api", 7, key=SigningKey.generate(), requester="sample-user", requester_id="1"
     )
     backend.poll_interval = 0.05
     yield backend, gitlab

@@ -54,7 +54,7 @@ def test_the_documented_shape_loads() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("gateways: [{name: a, kind: pg}]", "gateways[0]: kind must be postgres or http"),
+        ("gateways: [{name: a, kind: pg}]", "gateways[0]: kind must be postgres, http, llm or mcp"),
         (
             "gateways: [{name: a, kind: postgres, listen: '0.0.0.0:5432', "
             "upstream: {host: h, database: d}, credential: {grant: g}}]",

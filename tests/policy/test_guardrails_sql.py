@@ -74,7 +74,8 @@ CATALOGUE = [
     ("COPY orders TO STDOUT", "allow", "airlock.default.sql_unmatched"),
     ("COPY (DELETE FROM orders RETURNING *) TO STDOUT", "deny", "no-unscoped-write"),
     # code that cannot be analysed
-    ("DO $$ BEGIN EXECUTE 'DROP TABLE x'; END $$", "require_approval", "opaque-code"),
+    ("DO $$ BEGIN EXECUTE 'DROP TABLE x'; END $$", "deny", "airlock.builtin.dynamic_sql"),
+    ("DO $$ BEGIN NULL; END $$", "require_approval", "opaque-code"),
     ("CALL cleanup()", "require_approval", "opaque-code"),
     # privileges, ALTER SYSTEM, functions
     ("GRANT ALL ON orders TO public", "deny", "no-grants"),

@@ -74,7 +74,7 @@ def test_every_problem_is_listed_in_file_order_with_lines() -> None:
         "airlock.yaml: mask.paterns: unknown key 'paterns'; did you mean 'patterns'? (line 4)",
         "airlock.yaml: mask.correlate: must be one of: none, hmac (line 5)",
         "airlock.yaml: foo: unknown key 'foo'; valid keys here: approvals, capture, environment, gateways, "
-        "guardrail_defaults, guardrails, mask, version (line 6)",
+        "guardrail_defaults, guardrails, mask, network, sandbox, version (line 6)",
     ]
 
 

@@ -41,6 +41,8 @@ def test_public_api_is_pinned() -> None:
         "PostgresCredential",
         "PostgresGatewayConfig",
         "PostgresUpstream",
+        "SandboxFilesystem",
+        "SandboxPolicy",
         "SqlMatch",
         "SqlStatement",
         "builtin_rule_ids",

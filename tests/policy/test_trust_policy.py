@@ -478,3 +478,31 @@ def test_evaluate_equals_the_explained_decision(
 
 
 MIXED_POLICY = policy(MIXED)
+
+
+def test_immutable_sub_tokens_bind_by_the_id_claims_and_sub_stays_refused() -> None:
+    """Repositories created since mid-2026 get an immutable ``sub``
+    (``repo:octo@7890/api@123456:ref:…``): the policy still binds the id claims, and a rule
+    on ``sub`` (either format) is refused at load."""
+    immutable = "repo:acme@7890/api@123456:ref:refs/heads/main"
+    assert policy(MAIN).evaluate("github", gh(sub=immutable), ["db-rw"]).allowed
+    renamed = gh(sub="repo:acme@7890/api@999999:ref:refs/heads/main", repository_id="999999")
+    assert not policy(MAIN).evaluate("github", renamed, ["db-rw"]).allowed
+    rule = MAIN.replace("ref: refs/heads/main,", f'ref: refs/heads/main, sub: "{immutable}",')
+    assert "`sub` cannot be a condition" in problems(rule)
+
+
+def test_repo_property_claims_are_exact_conditions_next_to_the_ids() -> None:
+    rule = MAIN.replace("ref: refs/heads/main,", "ref: refs/heads/main, repo_property_tier: prod,")
+    trust = policy(rule)
+    assert trust.evaluate("github", gh(repo_property_tier="prod"), ["db-rw"]).allowed
+    denied = trust.evaluate("github", gh(repo_property_tier="dev"), ["db-rw"])
+    assert not denied.allowed and "repo_property_tier" in denied.reason_detail
+    assert not trust.evaluate("github", gh(), ["db-rw"]).allowed  # absent: no match
+    unbound = """
+    - id: by-property-only
+      issuer: github
+      claims: {repo_property_tier: prod}
+      grants: [db-rw]
+    """
+    assert "immutable" in problems(unbound)  # a property is no substitute for the ids

@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             ticket = client.gateway_ticket(state.job_token, name)
             prefix = name.upper().replace("-", "_")
             lease = {
-                "lease_id": f"ticket-{name}",
+                "lease_id": str(ticket.get("lease_id", f"ticket-{name}")),
                 "grant": f"gateway:{name}",
                 "expires_at": ticket["expires_at"],
                 "values": {f"{prefix}_TICKET": ticket["ticket"]},

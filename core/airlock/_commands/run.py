@@ -41,6 +41,13 @@ def register(sub: Any) -> None:
     add_flag(parser, "--strace", env="AIRLOCK_STRACE", help="path of the strace binary")
     add_flag(
         parser,
+        "--sandbox",
+        env="AIRLOCK_SANDBOX",
+        choices=("required", "best_effort", "off"),
+        help="contain the command in a bubblewrap sandbox (overrides the policy's sandbox.mode)",
+    )
+    add_flag(
+        parser,
         "--broker",
         env="AIRLOCK_BROKER_URL",
         help="broker that witnesses checkpoints of the log as the session runs",
@@ -94,6 +101,9 @@ def _run(args: argparse.Namespace) -> int:
         witness=job.witness,
         broker_url=job.broker_url,
         job_token=job.job_token,
+        sandbox=args.sandbox,
+        key_path=args.key,
+        state_dir=args.state_dir or _default_state_dir(),
     )
     try:
         outcome = run_session(request)
@@ -110,6 +120,12 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return outcome.exit_status
+
+
+def _default_state_dir() -> Path:
+    from airlock.broker.jobstate import default_state_dir
+
+    return default_state_dir()
 
 
 class _Background(Generic[T]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -116,7 +117,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         sql, params = build_query(_filters(args))
         columns, rows = run_query(con, sql, params)
-    _FORMATTERS[args.format](columns, rows)
+    try:
+        _FORMATTERS[args.format](columns, rows)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (`| head -1`): not an error
+        # stdout now goes nowhere, so the interpreter's last flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -181,6 +187,12 @@ def _print_table(columns: list[str], rows: list[tuple[Any, ...]]) -> None:
     for row in rows:
         table.add_row(*(_cell(row[i]) for i in keep))
     console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+    def stop_quietly() -> None:  # rich would exit 1; a closed pipe is handled in _run
+        console.quiet = True
+        raise BrokenPipeError
+
+    console.on_broken_pipe = stop_quietly  # type: ignore[method-assign]
     console.print(table, markup=False)
     console.print(f"{len(rows)} row(s)", markup=False, style="dim")
 

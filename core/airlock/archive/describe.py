@@ -12,9 +12,14 @@ from typing import Any
 
 from airlock.audit.describe import Describer, output_text, strip_ansi, truncate
 
-__all__ = ["describe", "output_text", "strip_ansi", "truncate"]
+__all__ = ["describe", "net_text", "output_text", "strip_ansi", "truncate"]
 
 
 def describe(event: Mapping[str, Any], limit: int = 200) -> str:
     """A one-line description of ``event`` on its own (at most ``limit`` characters)."""
     return Describer().describe(event, limit)
+
+
+def net_text(data: Mapping[str, Any]) -> str:
+    """The description of a ``net.connect`` event's data."""
+    return Describer().view({"type": "net.connect", "data": data}).summary

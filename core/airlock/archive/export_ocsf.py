@@ -9,12 +9,13 @@ is kept whole under ``unmapped.airlock`` so nothing is lost, and ``metadata.uid`
     http.request / http.response     4002 HTTP Activity           (by method / 99 Other)
     db.query / db.result             6005 Datastore Activity      (99 Other)
     guardrail.*, approval.*          6003 API Activity            (99 Other, with disposition)
+    credential.issued                3002 Authentication          (99 Other)
+    llm.*, mcp.*                     6003 API Activity            (99 Other)
+    anything else (output, ...)         0 Base Event              (99 Other)
 
 Guardrail and approval records carry ``status`` (Success / Failure for a refusal),
 ``disposition`` and ``disposition_id`` (OCSF: 1 Allowed, 2 Blocked, 99 Other; an approval still
 pending is 99 "requested"), and the rule under ``policy.uid``, all from the shared describer.
-    credential.issued                3002 Authentication          (99 Other)
-    anything else (output, ...)         0 Base Event              (99 Other)
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ _CLASSES: dict[str, tuple[int, int, int]] = {
     "db.query": (6, 6005, 99),
     "db.result": (6, 6005, 99),
     "credential.issued": (3, 3002, 99),
+    # the agent-native gateways: a model API call or an MCP tool call is an API call
+    "llm.request": (6, 6003, 99),
+    "llm.response": (6, 6003, 99),
+    "mcp.request": (6, 6003, 99),
+    "mcp.response": (6, 6003, 99),
 }
 _HTTP_ACTIVITY = {
     "CONNECT": 1,

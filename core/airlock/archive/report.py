@@ -24,6 +24,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from airlock import __version__
+from airlock.archive.asciicast import frames
+from airlock.archive.conversation import conversation
 from airlock.archive.layout import read_manifest
 from airlock.audit import iter_events, verify_session
 from airlock.audit.describe import Describer, output_text, strip_ansi, truncate
@@ -109,6 +111,17 @@ def _collect(
     return rows, types, "".join(terminal)[: limits.terminal_chars], identity
 
 
+def _frames(session_dir: Path, limits: ReportLimits) -> list[tuple[float, str]]:
+    """Timed terminal output (ANSI kept: the page renders colours as classes, text as text)."""
+    out, size = [], 0
+    for seconds, text in frames(iter_events(session_dir)):
+        if size >= limits.terminal_chars:
+            break
+        out.append((round(seconds, 3), text))
+        size += len(text)
+    return out
+
+
 def _script_json(value: Any) -> str:
     """JSON safe inside <script>: no "<", ">", "&" or line separators can end or confuse it."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -147,6 +160,8 @@ def render_report(
         "types": sorted(types.items()),
         "events": rows,
         "terminal": terminal,
+        "frames": _frames(session_dir, limits),
+        "conversation": conversation(iter_events(session_dir)),
     }
     style, script = _resource("report.css"), _resource("report.js")
     csp = (

@@ -78,6 +78,7 @@ _RULE_ID = """coalesce(e.data->>'rule_id', e.data->>'rule', e.data->'operation'-
     r.rule_id)"""
 _OUTCOME = """CASE
     WHEN e.type = 'approval.requested' THEN 'requested'
+    WHEN e.type = 'approval.cancelled' THEN 'cancelled'
     WHEN e.type IN ('approval.decided', 'approval.expired') THEN CASE
         WHEN (e.data->>'approved') = 'true' THEN 'approved'
         WHEN (e.data->>'reason') = 'expired' THEN 'expired'
@@ -398,6 +399,7 @@ SELECT
            json_extract_scalar(e.data, '$.operation.rule_id'), r.rule_id) AS rule_id,
   CASE
     WHEN e.type = 'approval.requested' THEN 'requested'
+    WHEN e.type = 'approval.cancelled' THEN 'cancelled'
     WHEN e.type IN ('approval.decided', 'approval.expired') THEN CASE
       WHEN json_extract_scalar(e.data, '$.approved') = 'true' THEN 'approved'
       WHEN json_extract_scalar(e.data, '$.reason') = 'expired' THEN 'expired'

@@ -17,16 +17,24 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from airlock.archive.agent_summary import agent_totals
 from airlock.archive.layout import read_manifest
 from airlock.archive.report import verification_state
 from airlock.audit import iter_events
-from airlock.audit.describe import Describer, truncate
+from airlock.audit.describe import Describer, EventView, truncate
 
 __all__ = ["MAX_SUMMARY_BYTES", "MAX_SUMMARY_ROWS", "code_span", "escape_md", "render_summary"]
 
 MAX_SUMMARY_BYTES = 1024 * 1024 - 4096  # GitHub refuses a step summary over 1 MiB
 MAX_SUMMARY_ROWS = 100  # notable events shown; the HTML report has them all
-_NOTABLE = ("process.exec", "db.query", "http.request", "guardrail.decision", "approval.")
+_NOTABLE = (
+    "process.exec",
+    "db.query",
+    "http.request",
+    "mcp.request",
+    "guardrail.decision",
+    "approval.",
+)
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 _ICON = {"ok": "✅", "incomplete": "⚠️", "failed": "❌"}
 
@@ -69,8 +77,38 @@ def _header(
     return lines
 
 
+class _Network:
+    """The job summary's network section: the egress allowlist and every denial."""
+
+    def __init__(self) -> None:
+        self.allowlist: list[str] | None = None
+        self.denials: list[str] = []
+        self.allowed = 0
+
+    def see(self, etype: str, event: dict[str, Any], view: EventView) -> None:
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        if etype == "gateway.started" and data.get("kind") == "egress":
+            self.allowlist = [str(line) for line in data.get("allowlist") or ()]
+        elif etype == "net.connect" and data.get("outcome") == "denied":
+            self.denials.append(f"| {event.get('seq')} | {escape_md(truncate(view.plain, 240))} |")
+        elif etype == "net.connect":
+            self.allowed += 1
+
+    def lines(self) -> list[str]:
+        if self.allowlist is None and not self.denials and not self.allowed:
+            return []
+        rules = self.allowlist or []
+        out = ["", "#### Network", "", f"**Allowlist** ({len(rules)} rules, default deny):", ""]
+        out += [f"- {escape_md(rule)}" for rule in rules[:100]] or ["- (nothing allowed)"]
+        out += ["", f"**Connections:** {self.allowed} allowed, {len(self.denials)} denied", ""]
+        if self.denials:
+            out += ["| seq | denied |", "|---|---|", *self.denials[:200]]
+        return out
+
+
 def _notable_rows(
-    events: Iterable[dict[str, Any]], counts: Counter[str]
+    events: Iterable[dict[str, Any]], counts: Counter[str], network: _Network | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     identity: dict[str, Any] = {}
     rows = []
@@ -81,6 +119,8 @@ def _notable_rows(
         view = describer.view(event)
         if etype == "session.start" and isinstance(event.get("data"), dict):
             identity = event["data"].get("identity") or {}
+        if network is not None:
+            network.see(etype, event, view)
         if etype.startswith(_NOTABLE):
             what = escape_md(truncate(view.plain, 160))
             if view.denied:
@@ -104,15 +144,24 @@ def render_summary(
     """
     manifest = read_manifest(session_dir, required=False)
     counts: Counter[str] = Counter()
-    identity, rows = _notable_rows(iter_events(session_dir), counts)
+    network = _Network()
+    identity, rows = _notable_rows(iter_events(session_dir), counts, network)
     lines = _header(manifest, identity, verification_state(session_dir, trusted))
     lines += [
         "",
         "**Events:** " + ", ".join(f"{escape_md(t)} {n}" for t, n in sorted(counts.items())),
     ]
+    lines += _agent_lines(session_dir)
+    lines += network.lines()
     lines += ["", "| seq | type | what |", "|---|---|---|"]
     head = "\n".join(lines) + "\n"
     return _fit(head, rows, max_bytes, max_rows, report_link)
+
+
+def _agent_lines(session_dir: Path) -> list[str]:
+    """Models, tokens, tool calls, denials, approvals (when the session has any)."""
+    totals = agent_totals(iter_events(session_dir))
+    return [] if totals.empty() else ["", *(f"- {escape_md(line)}" for line in totals.lines())]
 
 
 def _fit(head: str, rows: list[str], max_bytes: int, max_rows: int, link: str | None) -> str:

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 # Outcomes that mean "this did not happen": OCSF status Failure, a denial in every view.
-DENIED_OUTCOMES = frozenset({"deny", "denied", "expired", "blocked", "refused"})
+DENIED_OUTCOMES = frozenset({"deny", "denied", "expired", "blocked", "refused", "cancelled"})
 
 # CSI sequences, OSC sequences (ended by BEL or ST), and other single-character escapes
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
@@ -325,6 +325,15 @@ def _decided(data: Mapping[str, Any], session: _Session) -> Facts:
     return Facts(f"{rule or 'no rule'}: {outcome}{by}{reason}{what}", rule_id=rule, outcome=outcome)
 
 
+@describes("approval.cancelled")
+def _cancelled(data: Mapping[str, Any], session: _Session) -> Facts:
+    rule = _text(data.get("rule_id") or session.operation(data).get("rule_id"))
+    reason = f": {data['reason']}" if data.get("reason") else ""
+    return Facts(
+        f"{rule or 'no rule'}: approval cancelled{reason}", rule_id=rule, outcome="cancelled"
+    )
+
+
 @describes("credential.issued")
 def _credential(data: Mapping[str, Any], _s: _Session) -> Facts:
     digest = f"sha256 {str(data['sha256'])[:12]}…" if data.get("sha256") else ""
@@ -348,3 +357,69 @@ def _gateway(data: Mapping[str, Any], _s: _Session) -> Facts:
 def _error(data: Mapping[str, Any], _s: _Session) -> Facts:
     where = data.get("component") or "airlock"
     return Facts(f"{where}: {data.get('error') or data.get('message') or ''}", outcome="error")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@describes("llm.request")
+def _llm_request(data: Mapping[str, Any], _s: _Session) -> Facts:
+    if data.get("auth"):
+        return Facts(f"model request refused: {data['auth']} ticket")
+    new = len(data.get("messages") or [])
+    return Facts(f"{data.get('model', data.get('path', ''))}: {new} new message(s)")
+
+
+@describes("llm.response")
+def _llm_response(data: Mapping[str, Any], _s: _Session) -> Facts:
+    calls = ", ".join(str(c.get("name")) for c in data.get("tool_calls") or [])
+    raw = data.get("usage")
+    usage: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    text = str(data.get("text") or data.get("error") or "")[:120]
+    tools = f" → {calls}" if calls else ""
+    tokens = f" ({_int(usage.get('input_tokens'))}/{_int(usage.get('output_tokens'))} tok)"
+    return Facts(
+        f"{data.get('outcome', '')}: {text}{tools}{tokens if usage else ''}",
+        outcome=_text(data.get("outcome")),
+    )
+
+
+@describes("mcp.request")
+def _mcp_request(data: Mapping[str, Any], _s: _Session) -> Facts:
+    what = data.get("tool") or data.get("uri") or data.get("error") or ""
+    action = f" [{data['action']}]" if data.get("action") else ""
+    return Facts(f"{data.get('method', '')} {what}{action}".strip())
+
+
+@describes("mcp.response")
+def _mcp_response(data: Mapping[str, Any], _s: _Session) -> Facts:
+    outcome = f"error {data['error']}" if data.get("error") else "ok"
+    took = f" in {data['duration_ms']} ms" if "duration_ms" in data else ""
+    return Facts(f"{data.get('tool') or data.get('method', '')}: {outcome}{took}".strip())
+
+
+@describes("net.connect")
+def _net(data: Mapping[str, Any], _s: _Session) -> Facts:
+    """``denied CONNECT evil.example:443 (airlock.default-deny: ...)`` and the like."""
+    target = f"{data.get('host', '?')}:{data.get('port', '?')}"
+    what = f"{data.get('method', '')} http://{target}{data.get('path', '')}"
+    if data.get("kind") != "http":
+        what = f"CONNECT {target}"
+    outcome = str(data.get("outcome", "?"))
+    rule = str(data.get("rule_id") or "?")
+    if outcome == "denied":
+        reason = f": {data['error']}" if data.get("error") else ""
+        return Facts(f"denied {what} ({rule}{reason})")
+    moved = f"{data.get('bytes_up', 0)} B up, {data.get('bytes_down', 0)} B down"
+    return Facts(f"{outcome} {what} ({rule}; {moved})")
+
+
+@describes("sandbox.status")
+def _sandbox(data: Mapping[str, Any], _s: _Session) -> Facts:
+    probes = [p for p in data.get("probes") or [] if isinstance(p, dict)]
+    failed = [str(p.get("id")) for p in probes if not p.get("ok")]
+    state = "active" if data.get("active") else f"NOT active ({data.get('reason', '?')})"
+    checks = f"{len(probes) - len(failed)}/{len(probes)} probes passed" if probes else "no probes"
+    tail = f"; failed: {', '.join(failed)}" if failed else ""
+    return Facts(f"sandbox {data.get('mode', '?')}: {state}; {checks}{tail}")

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from airlock.audit._format import EVENTS_FILE, MANIFEST_FILE, SESSION_ID_RE, genesis
+from airlock.audit._format import (
+    EVENTS_FILE,
+    MANIFEST_FILE,
+    SESSION_ID_RE,
+    encode_line,
+    genesis,
+    line_hash,
+)
 from airlock.audit._manifest import LogState, build_manifest, write_manifest
-from airlock.audit._scan import scan_chain
+from airlock.audit._scan import ChainScan, scan_chain
 from airlock.audit.keys import SigningKey
+from airlock.audit.pending import PENDING_FILE, read_pending
 from airlock.audit.verify import session_paths
 from airlock.errors import UsageError, VerificationFailed
+from airlock.events import utc_now
 
 __all__ = ["find_unsealed", "seal_session"]
 
@@ -42,12 +52,9 @@ def seal_session(
     if not SESSION_ID_RE.fullmatch(session_id):
         raise UsageError(f"{session_dir} is not named like a session id")
     _fsync_file(events)
-    try:
-        scan = scan_chain(events, genesis(session_id))
-    except VerificationFailed as exc:
-        raise VerificationFailed(
-            f"refusing to seal {session_dir}: {exc.message}", kind=exc.kind, line=exc.line
-        ) from exc
+    scan = _scan(session_dir, events)
+    if _append_pending(session_dir, events, scan):
+        scan = _scan(session_dir, events)
     state = LogState(
         session_id=session_id,
         event_count=scan.event_count,
@@ -61,7 +68,43 @@ def seal_session(
         key=key, state=state, status="incomplete", exit_code=None, reason=reason
     )
     write_manifest(session_dir, manifest)
+    (session_dir / PENDING_FILE).unlink(missing_ok=True)
     return manifest
+
+
+def _scan(session_dir: Path, events: Path) -> ChainScan:
+    try:
+        return scan_chain(events, genesis(session_dir.name))
+    except VerificationFailed as exc:
+        raise VerificationFailed(
+            f"refusing to seal {session_dir}: {exc.message}", kind=exc.kind, line=exc.line
+        ) from exc
+
+
+def _append_pending(session_dir: Path, events: Path, scan: ChainScan) -> bool:
+    """Append the output the dead recorder had read but not logged (see
+    :mod:`airlock.audit.pending`), unless the log ends in a partial line."""
+    pending = read_pending(session_dir)
+    if not pending or scan.covered != events.stat().st_size:
+        return False
+    seq, head = scan.event_count, scan.head
+    lines = []
+    for stream, data in sorted(pending.items()):
+        try:
+            body: dict[str, Any] = {"text": data.decode("utf-8")}
+        except UnicodeDecodeError:
+            body = {"b64": base64.b64encode(data).decode("ascii")}
+        data_ = {"stream": stream, **body, "pending": True}
+        line = encode_line(seq, utc_now(), "output", head, data_)
+        lines.append(line + b"\n")
+        seq, head = seq + 1, line_hash(line)
+    fd = os.open(events, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"".join(lines))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def find_unsealed(sessions_dir: Path) -> list[Path]:

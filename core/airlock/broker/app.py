@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -44,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from airlock.broker.approvals import approval_routes
+from airlock.broker.requests import BadRequest, bearer, check_session_id, read_json
 from airlock.broker.service import Broker, RateLimited
 from airlock.broker.tickets import ticket_routes
 from airlock.errors import AirlockError, InfrastructureUnavailable, PolicyDenied, UsageError
@@ -100,7 +100,7 @@ def create_app(
         return Route(path, wrapped, methods=methods)
 
     async def exchange(request: Request) -> Response:
-        body = ExchangeBody.model_validate(await _json(request))
+        body = ExchangeBody.model_validate(await read_json(request, MAX_BODY_BYTES))
         try:
             result = await run_in_threadpool(broker.exchange, body.token, body.grants)
         except AirlockError as exc:
@@ -128,19 +128,20 @@ def create_app(
         )
 
     async def revoke(request: Request) -> Response:
-        revoked = await run_in_threadpool(broker.revoke_job, _bearer(request))
+        revoked = await run_in_threadpool(broker.revoke_job, bearer(request))
         return JSONResponse({"revoked": revoked})
 
     async def add_checkpoint(request: Request) -> Response:
-        body = CheckpointBody.model_validate(await _json(request))
-        session_id = request.path_params["session_id"]
+        body = CheckpointBody.model_validate(await read_json(request, MAX_BODY_BYTES))
+        session_id = check_session_id(request.path_params["session_id"])
         row = await run_in_threadpool(
-            broker.witness, _bearer(request), session_id, body.seq, body.head
+            broker.witness, bearer(request), session_id, body.seq, body.head
         )
         return JSONResponse(row.__dict__, status_code=201)
 
     async def list_checkpoints(request: Request) -> Response:
-        rows = await run_in_threadpool(broker.store.checkpoints, request.path_params["session_id"])
+        session_id = check_session_id(request.path_params["session_id"])
+        rows = await run_in_threadpool(broker.store.checkpoints, session_id)
         return JSONResponse({"checkpoints": [r.__dict__ for r in rows]})
 
     async def keys(_request: Request) -> Response:
@@ -186,6 +187,8 @@ def create_app(
 async def _guard(handler: Handler, request: Request) -> Response:
     try:
         return await handler(request)
+    except BadRequest as exc:
+        return _error(exc.status, exc.code, exc.message)
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
         return _error(400, "bad-request", f"invalid request body: check {', '.join(fields)}")
@@ -199,37 +202,11 @@ async def _guard(handler: Handler, request: Request) -> Response:
         return _error(400, "bad-request", exc.message)
     except InfrastructureUnavailable as exc:
         return _error(503, "unavailable", exc.message)
-    except _BodyTooLarge:
-        return _error(413, "too-large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+    except AirlockError as exc:
+        return _error(400, "bad-request", exc.message)
     except Exception:
         log.exception("internal error on %s", request.url.path)
         return _error(500, "internal", "internal error; see the broker log")
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _json(request: Request) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _BodyTooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _BodyTooLarge
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise UsageError("the request body is not JSON") from None
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value:
-        raise PolicyDenied("send the job token from the exchange as `Authorization: Bearer …`")
-    return value.strip()
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:

@@ -25,7 +25,15 @@ from typing import Any
 
 from airlock.audit import SigningKey
 from airlock.audit.checkpoints import checkpoint_message
-from airlock.broker.state import CheckpointRow, LeaseRow, SqlReplayCache, StateStore, token_digest
+from airlock.broker.state import (
+    CheckpointRow,
+    JobRow,
+    LeaseRow,
+    SqlReplayCache,
+    StateStore,
+    token_digest,
+)
+from airlock.broker.ticket_grants import TICKET_PROVIDER, TicketProvider
 from airlock.errors import (
     AirlockError,
     InfrastructureUnavailable,
@@ -68,7 +76,9 @@ _SUBJECT_CLAIMS = (
     "sha",
     "event_name",
     "actor",
+    "actor_id",
     "user_login",
+    "user_id",
     "workflow_ref",
     "job_workflow_ref",
     "environment",
@@ -119,7 +129,10 @@ class Broker:
             keys=self._jwks,
             clock=clock,
         )
-        self.providers = dict(providers) if providers is not None else _build_providers(config)
+        if providers is None:
+            self.providers = _build_providers(config, store.engine)
+        else:
+            self.providers = {**_ticket_providers(config, store.engine), **providers}
         _check_grants(config, self.providers)
 
     @staticmethod
@@ -149,7 +162,8 @@ class Broker:
             raise PolicyDenied(decision.reason_public, rule_id=decision.rule_id)
         job_token = secrets.token_urlsafe(32)
         job_digest = token_digest(job_token)
-        issued = self._issue_all(decision.grants, decision.rule_id or "", verified, subject)
+        ceiling = self._ticket_ceiling(verified)
+        issued = self._issue_all(decision.grants, subject)
         expires = max([c.expires_at.timestamp() for c in issued], default=verified.expires_at)
         rows = [_lease_row(c, decision.rule_id, subject) for c in issued]
         try:
@@ -159,6 +173,8 @@ class Broker:
                 max(expires, self._clock() + 3600),
                 issuer=verified.issuer,
                 leases=rows,
+                ceiling=ceiling,
+                rule_id=decision.rule_id or "",
             )
         except BaseException:
             for credential in issued:  # not in the ledger means not issued
@@ -174,6 +190,66 @@ class Broker:
         return ExchangeResult(
             job_token, decision.rule_id or "", tuple(issued), decision.not_granted, expires
         )
+
+    def _ticket_ceiling(self, verified: VerifiedToken) -> tuple[str, ...]:
+        """The ticket grants the trust policy allows this job to ask for after its exchange."""
+        tickets = [n for n, g in self.config.grants.items() if self._is_ticket(g.provider)]
+        if not tickets:
+            return ()
+        decision = self.trust.evaluate(verified.issuer, verified.claims, tickets)
+        return decision.grants if decision.allowed else ()
+
+    def _is_ticket(self, provider: str) -> bool:
+        return isinstance(self.providers.get(provider), TicketProvider)
+
+    # -- tickets ----------------------------------------------------------------------------------
+
+    def issue_ticket(self, job_token: str, gateway: str) -> IssuedCredential:
+        """A ticket for central ``gateway``, if the rule that admitted the job grants one."""
+        if gateway not in self.config.central_gateways:
+            raise UsageError(f"no central gateway named {gateway!r} at this broker")
+        digest = token_digest(job_token)
+        job = self._live_job(digest)
+        names = [
+            name
+            for name in job.ceiling
+            if name in self.config.grants
+            and self._is_ticket(self.config.grants[name].provider)
+            and self.config.grants[name].settings.get("gateway") == gateway
+        ]
+        if not names:
+            log.info(
+                "ticket denied: gateway=%s rule=%s grants no ticket grant for it (ceiling=%s)",
+                gateway,
+                job.rule_id,
+                ",".join(job.ceiling) or "-",
+            )
+            raise PolicyDenied(
+                f"the trust rule that admitted this job grants no ticket for gateway {gateway!r}",
+                rule_id=job.rule_id or None,
+            )
+        credential = self._issue(names[0], job.subject)
+        row = _lease_row(credential, job.rule_id, job.subject)
+        try:
+            self.store.add_leases(digest, job.issuer, [row])
+        except BaseException:
+            self._revoke_credential(credential.provider, credential)
+            raise
+        log.info("ticket issued: gateway=%s lease=%s", gateway, credential.lease_id)
+        return credential
+
+    def check_ticket(self, gateway: str, ticket: str) -> tuple[dict[str, Any], float] | None:
+        """(subject, expiry) of a live ticket for ``gateway``; None for anything else."""
+        for provider in self.providers.values():
+            if isinstance(provider, TicketProvider):
+                return provider.check(gateway, ticket)
+        return None
+
+    def _live_job(self, digest: str) -> JobRow:
+        job = self.store.job(digest)
+        if job is None:
+            raise PolicyDenied("unknown, expired or revoked job token")
+        return job
 
     def _verify(self, token: str) -> VerifiedToken:
         try:
@@ -207,25 +283,19 @@ class Broker:
             )
 
     def _issue_all(
-        self,
-        grants: Sequence[str],
-        rule_id: str,
-        verified: VerifiedToken,
-        subject: Mapping[str, Any],
+        self, grants: Sequence[str], subject: Mapping[str, Any]
     ) -> list[IssuedCredential]:
         issued: list[IssuedCredential] = []
         try:
             for name in grants:
-                issued.append(self._issue(name, verified, subject))
+                issued.append(self._issue(name, subject))
         except BaseException:
             for credential in issued:  # nothing half-issued
                 self._revoke_credential(credential.provider, credential)
             raise
         return issued
 
-    def _issue(
-        self, grant_name: str, verified: VerifiedToken, subject: Mapping[str, Any]
-    ) -> IssuedCredential:
+    def _issue(self, grant_name: str, subject: Mapping[str, Any]) -> IssuedCredential:
         grant = self.config.grants[grant_name]
         provider = self.providers[grant.provider]
         request = IssueRequest(
@@ -255,10 +325,15 @@ class Broker:
     # -- revoke and sweep -------------------------------------------------------------------------
 
     def revoke_job(self, job_token: str) -> int:
-        """Revoke every live lease of the job that holds ``job_token``; how many were revoked."""
+        """End the job that holds ``job_token``: from now on the token gets nothing (no ticket,
+        checkpoint or approval) and its tickets stop passing ``/check``; then revoke every live
+        lease. How many leases were revoked."""
         digest = token_digest(job_token)
-        if self.store.job_subject(digest) is None:
-            raise PolicyDenied("unknown or expired job token")
+        if self.store.was_revoked(digest):
+            return 0
+        self._live_job(digest)
+        self.store.revoke_job(digest, self._clock())
+        log.info("job revoked: %s…", digest[:12])
         return sum(
             self._revoke_lease(row) for row in self.store.leases(job_digest=digest, live_only=True)
         )
@@ -292,8 +367,7 @@ class Broker:
     def witness(self, job_token: str, session_id: str, seq: int, head: str) -> CheckpointRow:
         """Sign and store a session's chain head at ``seq``."""
         digest = token_digest(job_token)
-        if self.store.job_subject(digest) is None:
-            raise PolicyDenied("unknown or expired job token")
+        self._live_job(digest)
         if not (len(head) == 64 and all(c in "0123456789abcdef" for c in head)) or seq < 0:
             raise UsageError("a checkpoint needs seq >= 0 and head as 64 lowercase hex digits")
         owner = self.store.session_owner(session_id)
@@ -329,14 +403,32 @@ def _check_grants(config: BrokerConfig, providers: Mapping[str, CredentialProvid
         provider.validate_grant(grant.settings)
 
 
-def _build_providers(config: BrokerConfig) -> dict[str, CredentialProvider]:
+def _build_providers(
+    config: BrokerConfig, engine: Any | None = None
+) -> dict[str, CredentialProvider]:
+    built: dict[str, CredentialProvider] = _ticket_providers(config, engine)
+    for name, kind, entry in _provider_entries(config):
+        if kind != TICKET_PROVIDER:
+            built[name] = get_provider(kind).from_config(entry)
+    return built
+
+
+def _ticket_providers(config: BrokerConfig, engine: Any | None) -> dict[str, CredentialProvider]:
+    """The broker's own provider kind: tickets for central gateways, kept in its state store."""
+    return {
+        name: TicketProvider(config.central_gateways, engine)
+        for name, kind, _ in _provider_entries(config)
+        if kind == TICKET_PROVIDER
+    }
+
+
+def _provider_entries(config: BrokerConfig) -> list[tuple[str, str, dict[str, Any]]]:
     names = {grant.provider for grant in config.grants.values()} | set(config.providers)
-    built: dict[str, CredentialProvider] = {}
+    out = []
     for name in sorted(names):
         entry = dict(config.providers.get(name, {}))
-        kind = str(entry.pop("kind", name))
-        built[name] = get_provider(kind).from_config(entry)
-    return built
+        out.append((name, str(entry.pop("kind", name)), entry))
+    return out
 
 
 def _subject(verified: VerifiedToken) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from airlock.oidc.replay import ReplayCache
 __all__ = [
     "Admission",
     "CheckpointRow",
+    "JobRow",
     "LeaseRow",
     "SqlReplayCache",
     "StateStore",
@@ -70,6 +71,12 @@ JOBS = sa.Table(
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
+    # The grants this job may still get after its exchange (central-gateway tickets), as the
+    # trust policy decided at exchange time: a JSON list. NULL (an older row): none.
+    sa.Column("ceiling", sa.Text, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),  # revoke ends the job, not only its leases
+    sa.Column("issuer", sa.String(128), nullable=True),
+    sa.Column("rule_id", sa.String(128), nullable=True),
 )
 
 CHECKPOINTS = sa.Table(
@@ -114,6 +121,17 @@ class LeaseRow:
     issued_at: float
     expires_at: float
     revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A live job: its verified subject and the grants it may still get (tickets)."""
+
+    subject: dict[str, Any]
+    ceiling: tuple[str, ...]
+    expires_at: float
+    issuer: str
+    rule_id: str
 
 
 @dataclass(frozen=True)
@@ -183,6 +201,7 @@ class StateStore:
         )
         try:
             _META.create_all(self._engine)
+            add_missing_columns(self._engine, JOBS)
         except OperationalError as exc:
             raise InfrastructureUnavailable(
                 "cannot open the broker's state store",
@@ -284,6 +303,8 @@ class StateStore:
         *,
         issuer: str,
         leases: Sequence[LeaseRow] = (),
+        ceiling: Sequence[str] = (),
+        rule_id: str = "",
     ) -> None:
         """Record a job and its leases in one transaction."""
         job = {
@@ -291,6 +312,10 @@ class StateStore:
             "subject": json.dumps(dict(subject), sort_keys=True),
             "created_at": time.time(),
             "expires_at": expires_at,
+            "ceiling": json.dumps(list(ceiling)),
+            "revoked_at": None,
+            "issuer": issuer,
+            "rule_id": rule_id,
         }
         rows = [self._add_leases.params(_lease_values(job_digest, issuer, r)) for r in leases]
         with self._write_raw() as cursor:
@@ -298,15 +323,45 @@ class StateStore:
             if rows:
                 cursor.executemany(self._add_leases.sql, rows)
 
-    def job_subject(self, job_digest: str) -> dict[str, Any] | None:
+    def job(self, job_digest: str) -> JobRow | None:
+        """The job holding this token digest, or None when unknown, expired or revoked."""
+        query = sa.select(JOBS)
         with self._engine.connect() as conn:
-            row = conn.execute(
-                sa.select(JOBS.c.subject, JOBS.c.expires_at).where(JOBS.c.job_digest == job_digest)
-            ).first()
-        if row is None or row.expires_at < time.time():
+            row = conn.execute(query.where(JOBS.c.job_digest == job_digest)).first()
+        if row is None or row.revoked_at is not None or row.expires_at < time.time():
             return None
-        subject: dict[str, Any] = json.loads(row.subject)
-        return subject
+        ceiling = tuple(str(g) for g in json.loads(row.ceiling or "[]"))
+        return JobRow(
+            json.loads(row.subject), ceiling, row.expires_at, row.issuer or "", row.rule_id or ""
+        )
+
+    def job_subject(self, job_digest: str) -> dict[str, Any] | None:
+        """The subject of a live job (see :meth:`job`)."""
+        job = self.job(job_digest)
+        return None if job is None else job.subject
+
+    def revoke_job(self, job_digest: str, now: float) -> bool:
+        """End a job: its token gets nothing from now on. False when it was not live."""
+        with self._write() as conn:
+            result = conn.execute(
+                sa.update(JOBS)
+                .where(JOBS.c.job_digest == job_digest, JOBS.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        return result.rowcount == 1
+
+    def was_revoked(self, job_digest: str) -> bool:
+        """True when this job was ended by revoke (a second revoke is then a no-op)."""
+        query = sa.select(JOBS.c.revoked_at).where(JOBS.c.job_digest == job_digest)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return row is not None and row.revoked_at is not None
+
+    def add_leases(self, job_digest: str, issuer: str, leases: Sequence[LeaseRow]) -> None:
+        """Record leases issued to a job after its exchange (tickets)."""
+        rows = [self._add_leases.params(_lease_values(job_digest, issuer, r)) for r in leases]
+        with self._write_raw() as cursor:
+            cursor.executemany(self._add_leases.sql, rows)
 
     def leases(self, *, job_digest: str | None = None, live_only: bool = False) -> list[LeaseRow]:
         query = sa.select(LEASES)
@@ -479,6 +534,18 @@ def _lease(row: Any) -> LeaseRow:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
     )
+
+
+def add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
+    """Add the nullable columns of ``table`` that an older database lacks (ALTER TABLE ADD)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+    missing = [c for c in table.columns if c.name not in present and c.nullable]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _driver_url(url: str) -> str:

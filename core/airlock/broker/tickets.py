@@ -1,9 +1,11 @@
 """Central mode: tickets for gateways that run next to the broker, off the runner.
 
-A job asks for a ticket to a named central gateway with its job token; the gateway, which never
-sees job tokens or OIDC tokens, checks each ticket a client presents with the broker,
-authenticating with its own token (configured as a SHA-256 in ``central_gateways:``). Tickets
-are stored hashed, bound to one gateway and one job, and expire.
+A job asks for a ticket to a named central gateway with its job token; it gets one only when
+the trust rule that admitted its token grants a ticket grant for that gateway (see
+:mod:`airlock.broker.ticket_grants`). The gateway, which never sees job tokens or OIDC tokens,
+checks each ticket a client presents with the broker, authenticating with its own token
+(configured as a SHA-256 in ``central_gateways:``). Tickets are leases: stored hashed, bound to
+one gateway and one job, with a TTL; revoking the job ends them at once.
 
     POST /v1/gateway-tickets        Bearer <job token>      {gateway}          → {ticket, …}
     POST /v1/gateway-tickets/check  Bearer <gateway token>  {gateway, ticket}  → {subject} | 403
@@ -13,34 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from airlock.broker.requests import bearer, read_json
 from airlock.broker.service import Broker
-from airlock.broker.state import token_digest
-from airlock.errors import PolicyDenied, UsageError
+from airlock.errors import PolicyDenied
 
-__all__ = ["TicketService", "ticket_routes"]
+__all__ = ["MAX_TICKET_BODY", "TicketService", "ticket_routes"]
 
-_META = sa.MetaData()
-TICKETS = sa.Table(
-    "airlock_gateway_tickets",
-    _META,
-    sa.Column("ticket_sha", sa.String(64), primary_key=True),
-    sa.Column("gateway", sa.String(64), nullable=False),
-    sa.Column("job_digest", sa.String(64), nullable=False),
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False, index=True),
-)
+MAX_TICKET_BODY = 4096
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -58,47 +47,27 @@ class CheckBody(BaseModel):
 class TicketService:
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._engine = broker.store.engine
-        _META.create_all(self._engine)
 
     def issue(self, job_token: str, gateway: str) -> dict[str, Any]:
-        central = self._broker.config.central_gateways.get(gateway)
-        if central is None:
-            raise UsageError(f"no central gateway named {gateway!r} at this broker")
-        digest = token_digest(job_token)
-        subject = self._broker.store.job_subject(digest)
-        if subject is None:
-            raise PolicyDenied("unknown or expired job token")
-        ticket = secrets.token_urlsafe(32)
-        expires = time.time() + central.ticket_ttl
-        with self._engine.begin() as conn:
-            conn.execute(sa.delete(TICKETS).where(TICKETS.c.expires_at < time.time()))
-            conn.execute(
-                sa.insert(TICKETS).values(
-                    ticket_sha=token_digest(ticket),
-                    gateway=gateway,
-                    job_digest=digest,
-                    subject=json.dumps(subject, sort_keys=True),
-                    expires_at=expires,
-                )
-            )
-        return {"ticket": ticket, "gateway": gateway, "expires_at": expires}
+        credential = self._broker.issue_ticket(job_token, gateway)
+        (ticket,) = credential.values.values()
+        return {
+            "ticket": ticket,
+            "gateway": gateway,
+            "lease_id": credential.lease_id,
+            "expires_at": credential.expires_at.timestamp(),
+        }
 
     def check(self, gateway_token: str, gateway: str, ticket: str) -> dict[str, Any]:
         central = self._broker.config.central_gateways.get(gateway)
         presented = hashlib.sha256(gateway_token.encode()).hexdigest()
         if central is None or not hmac.compare_digest(presented, central.token_sha256):
             raise PolicyDenied("this gateway is not known to the broker")
-        query = sa.select(TICKETS).where(
-            TICKETS.c.ticket_sha == token_digest(ticket),
-            TICKETS.c.gateway == gateway,
-            TICKETS.c.expires_at > time.time(),
-        )
-        with self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        if row is None:
+        found = self._broker.check_ticket(gateway, ticket)
+        if found is None:
             raise PolicyDenied("ticket refused")
-        return {"subject": json.loads(row.subject), "expires_at": row.expires_at}
+        subject, expires_at = found
+        return {"subject": subject, "expires_at": expires_at}
 
 
 def ticket_routes(broker: Broker) -> list[tuple[str, Handler, list[str], str]]:
@@ -106,33 +75,18 @@ def ticket_routes(broker: Broker) -> list[tuple[str, Handler, list[str], str]]:
     service = TicketService(broker)
 
     async def issue(request: Request) -> Response:
-        body = IssueBody.model_validate(await _json(request))
-        result = await run_in_threadpool(service.issue, _bearer(request), body.gateway)
+        token = bearer(request)
+        body = IssueBody.model_validate(await read_json(request, MAX_TICKET_BODY))
+        result = await run_in_threadpool(service.issue, token, body.gateway)
         return JSONResponse(result, status_code=201, headers={"Cache-Control": "no-store"})
 
     async def check(request: Request) -> Response:
-        body = CheckBody.model_validate(await _json(request))
-        result = await run_in_threadpool(service.check, _bearer(request), body.gateway, body.ticket)
+        token = bearer(request)
+        body = CheckBody.model_validate(await read_json(request, MAX_TICKET_BODY))
+        result = await run_in_threadpool(service.check, token, body.gateway, body.ticket)
         return JSONResponse(result, headers={"Cache-Control": "no-store"})
 
     return [
         ("/v1/gateway-tickets", issue, ["POST"], "gateway-ticket"),
         ("/v1/gateway-tickets/check", check, ["POST"], "gateway-ticket-check"),
     ]
-
-
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > 4096:
-        raise UsageError("request body too large")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise UsageError("the request body is not JSON") from None
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value:
-        raise PolicyDenied("send a bearer token")
-    return value.strip()

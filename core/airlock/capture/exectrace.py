@@ -1,6 +1,6 @@
 """Sans-I/O parser of ``strace -f`` output: text lines in, process events out.
 
-We run ``strace -f --seccomp-bpf -q -ttt -y -s 65536 -e signal=none
+We run ``strace -DDD -f --seccomp-bpf -q -ttt -y -s 65536 -e signal=none
 -e trace=execve,execveat,exit_group,chdir,fchdir,clone,clone3,fork,vfork -o FIFO -- CMD``
 and feed what it writes to :class:`ExecTraceParser`. strace interleaves processes: a call may
 be split into ``<unfinished ...>`` and ``<... NAME resumed>`` halves, and a child's first call can
@@ -26,6 +26,10 @@ __all__ = [
 ]
 
 STRACE_ARGS = (
+    # The tracer runs as a detached grandchild in its own session: the command is Airlock's
+    # own child, leads its own process group (and, with a pty, session), gets the terminal's
+    # SIGHUP, and its exit status is its own.
+    "-DDD",
     "-f",
     "--seccomp-bpf",
     "-q",
@@ -62,6 +66,7 @@ class ProcessExec:
     cwd: str | None
     ts: float
     truncated: bool = False  # strace cut an argument (longer than -s)
+    cut: tuple[int, ...] = ()  # which: argv indices, and -1 for the path
 
 
 @dataclass(frozen=True)
@@ -114,19 +119,25 @@ def parse_c_string(text: str, start: int) -> tuple[str, int, bool]:
     return value, end, truncated
 
 
-def _parse_string_list(text: str, start: int) -> tuple[tuple[str, ...], int, bool]:
-    """Parse ``["a", "b"]`` (possibly ending in ``...``) starting at ``text[start] == '['``."""
+def _parse_string_list(text: str, start: int) -> tuple[tuple[str, ...], int, bool, tuple[int, ...]]:
+    """Parse ``["a", "b"]`` (possibly ending in ``...``) starting at ``text[start] == '['``.
+
+    Returns the items, the index past the list, whether anything was cut, and which items were.
+    """
     items: list[str] = []
+    cut_items: list[int] = []
     truncated = False
     i = start + 1
     while i < len(text):
         ch = text[i]
         if ch == '"':
             value, i, cut = parse_c_string(text, i)
+            if cut:
+                cut_items.append(len(items))
             items.append(value)
             truncated |= cut
         elif ch == "]":
-            return tuple(items), i + 1, truncated
+            return tuple(items), i + 1, truncated, tuple(cut_items)
         elif text.startswith("...", i):
             truncated = True
             i += 3
@@ -148,7 +159,13 @@ class ExecTraceParser:
         self._cwd: dict[int, str] = {}
         self._threads: set[int] = set()
         self._held: list[ProcessExec | ProcessExit] = []
+        self._alive: set[int] = set()
         self.unparsed_lines = 0
+
+    @property
+    def alive(self) -> frozenset[int]:
+        """Processes the trace has seen start and not yet end."""
+        return frozenset(self._alive)
 
     @property
     def root_pid(self) -> int | None:
@@ -186,7 +203,9 @@ class ExecTraceParser:
             return event
         ppid = self._parent.get(event.pid)
         cwd = event.cwd or self._cwd.get(ppid) if ppid is not None else event.cwd
-        return ProcessExec(event.pid, ppid, event.path, event.argv, cwd, event.ts, event.truncated)
+        return ProcessExec(
+            event.pid, ppid, event.path, event.argv, cwd, event.ts, event.truncated, event.cut
+        )
 
     def _line(self, line: str) -> None:
         match = _LINE.match(line)
@@ -198,6 +217,7 @@ class ExecTraceParser:
             self._root = pid
             self._parent[pid] = self._root_ppid
             self._cwd[pid] = self._root_cwd
+            self._alive.add(pid)
         for event in self._statement(pid, ts, rest):
             self._held.append(event)
 
@@ -225,6 +245,7 @@ class ExecTraceParser:
     def _exit(self, pid: int, ts: float, rest: str) -> Iterator[ProcessExit]:
         if pid in self._threads:
             return
+        self._alive.discard(pid)
         exited = _EXITED.match(rest)
         if exited:
             yield ProcessExit(pid, ts, status=int(exited[1]))
@@ -253,6 +274,7 @@ class ExecTraceParser:
             self._threads.add(child)
             return
         self._parent[child] = pid
+        self._alive.add(child)
         self._cwd.setdefault(child, self._cwd.get(pid, self._root_cwd))
 
     def _chdir(self, pid: int, name: str, args: str) -> None:
@@ -275,9 +297,11 @@ class ExecTraceParser:
                 path = posixpath.join(dirfd[1], path)
         argv: tuple[str, ...] = ()
         cut_argv = False
+        cut: tuple[int, ...] = ()
         bracket = args.find("[", end)
         if bracket != -1:
-            argv, _, cut_argv = _parse_string_list(args, bracket)
+            argv, _, cut_argv, cut = _parse_string_list(args, bracket)
         self._threads.discard(pid)  # a thread that execs becomes the process
         cwd = self._cwd.get(pid)
-        return ProcessExec(pid, None, path, argv, cwd, ts, cut_path or cut_argv)
+        cut = ((-1,) if cut_path else ()) + cut
+        return ProcessExec(pid, None, path, argv, cwd, ts, cut_path or cut_argv, cut)

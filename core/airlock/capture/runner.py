@@ -27,6 +27,7 @@ from types import FrameType
 
 from airlock.capture.exectrace import ExecTraceParser, ProcessExec, ProcessExit
 from airlock.capture.tracer import TracerStatus
+from airlock.errors import InfrastructureUnavailable
 
 __all__ = ["Command", "ProcessRunner", "RunResult"]
 
@@ -50,6 +51,7 @@ class Command:
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str
+    pass_fds: tuple[int, ...] = ()  # inherited by the command (the sandbox's seccomp filter)
 
 
 @dataclass
@@ -58,7 +60,9 @@ class RunResult:
     signal: str | None = None
     forwarded: list[str] = field(default_factory=list)
     trace_unparsed: int = 0
-    leftovers_stopped: bool = False  # processes the command left behind were terminated
+    leftovers_stopped: bool = False  # processes were left behind, and all of them are gone now
+    leftovers_remaining: int = 0  # left behind and still alive after SIGKILL
+    tracer_lost: bool = False  # the exec tracer ended while the command ran (best_effort)
 
 
 @dataclass
@@ -82,6 +86,7 @@ class ProcessRunner:
         on_idle: Callable[[], None],
         on_signal: Callable[[str], None] = lambda _name: None,
         idle_seconds: float = 0.03,
+        tracer_required: bool = False,
     ) -> None:
         self._command = command
         self._use_pty = use_pty
@@ -95,6 +100,11 @@ class ProcessRunner:
         self._trace_buf = b""
         self._master = -1
         self._root_exit: ProcessExit | None = None
+        self._tracer_required = tracer_required
+        self._tracer_pid: int | None = None
+        self._fifo_keepalive = -1
+        self._trace_open = False
+        self._tracer_lost = False
 
     def run(self) -> RunResult:
         with contextlib.ExitStack() as stack:
@@ -148,6 +158,7 @@ class ProcessRunner:
             stderr=subprocess.PIPE,
             env=self._command.env,
             cwd=self._command.cwd,
+            pass_fds=self._command.pass_fds,
             process_group=0,
         )
         assert proc.stdout is not None and proc.stderr is not None
@@ -174,6 +185,7 @@ class ProcessRunner:
             stderr=slave,
             env=self._command.env,
             cwd=self._command.cwd,
+            pass_fds=self._command.pass_fds,
             start_new_session=True,
             preexec_fn=_take_controlling_tty,
         )
@@ -220,30 +232,69 @@ class ProcessRunner:
             for key, _ in ready:
                 self._dispatch(key, sel, streams)
             self._forward_signals(result)
+            self._check_tracer(result)
             ended = proc.poll() is not None or self._root_exit is not None
             if ended and deadline is None:
                 deadline = time.monotonic() + _DRAIN_GRACE
             open_streams = any(s.open for s in streams)
             if deadline is not None and (not open_streams or time.monotonic() > deadline):
                 break
-        # Whatever the command left running in its group would go on unrecorded after the seal.
-        result.leftovers_stopped = _end_group(proc)
+        # Whatever the command left running would go on unrecorded after the seal: its process
+        # group, and every traced process that left it (setsid daemons).
+        left = _end_group(proc)
+        left |= self._end_traced(signal.SIGTERM)
+        if left:
+            _wait_gone(lambda: self._traced_alive() or _group_pids(proc), _LEFTOVER_GRACE)
+            self._end_traced(signal.SIGKILL)
+            _kill_group(proc, signal.SIGKILL)
         self._finish_trace(fifo_fd, result)
+        remaining = self._traced_alive() | _group_pids(proc)
+        result.leftovers_remaining = len(remaining)
+        result.leftovers_stopped = left and not remaining
         self._on_idle()
         result.exit_status, result.signal = _status(proc.wait())
-        root = self._root_exit
-        if (
-            root is not None and result.leftovers_stopped
-        ):  # strace itself was stopped: use the command's
-            result.exit_status, result.signal = _exit_of(root)
         return result
+
+    def _trace_started(self) -> None:
+        """strace wrote its first line (the command's exec): it holds the FIFO open and traces
+        the command, so from now on EOF on the FIFO means the tracer is gone."""
+        self._tracer_pid = _tracer_of(self._proc.pid)
+        os.close(self._fifo_keepalive)
+        self._fifo_keepalive = -1
+        self._trace_open = True
+
+    def _check_tracer(self, result: RunResult) -> None:
+        """The tracer ended while the command runs: fail closed, or note it (best effort)."""
+        if not self._tracer_lost or result.tracer_lost:
+            return
+        result.tracer_lost = True
+        if self._tracer_required:
+            raise InfrastructureUnavailable(
+                "the exec tracer (strace) stopped while the command was running; the command "
+                "was stopped because exec capture is required",
+                hint="check that nothing kills or ptrace-blocks strace on this runner, or set "
+                "`capture: {exec: best_effort}` in the policy",
+            )
+
+    def _traced_alive(self) -> set[int]:
+        """Live processes our tracer still traces (so they are ours: no pid reuse)."""
+        if self._parser is None or self._tracer_pid is None:
+            return set()
+        return {pid for pid in self._parser.alive if _tracer_of(pid) == self._tracer_pid}
+
+    def _end_traced(self, signum: int) -> bool:
+        alive = self._traced_alive()
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        return bool(alive)
 
     def _dispatch(self, key: SelectorKey, sel: PollSelector, streams: list[_Stream]) -> None:
         if key.data == "signal":
             with contextlib.suppress(BlockingIOError):
                 self._pending_signals.extend(os.read(key.fd, 64))
         elif key.data == "trace":
-            self._read_trace(key.fd)
+            self._read_trace(key.fd, sel)
         elif key.data == "stdin":
             self._forward_stdin(sel, streams[0].fd)
         else:
@@ -267,17 +318,27 @@ class ProcessRunner:
         with contextlib.suppress(OSError):
             _write_all(master, data)
 
-    def _read_trace(self, fd: int) -> None:
+    def _read_trace(self, fd: int, sel: PollSelector | None = None) -> bool:
+        """Read what the tracer wrote; False once it closed the FIFO (the tracer ended)."""
         assert self._parser is not None
         while True:
             try:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
-                return
+                return True
             if not data:
-                return
+                break
+            if self._fifo_keepalive >= 0:
+                self._trace_started()
             for event in self._parser.feed(self._decode_trace(data)):
                 self._seen(event)
+        if self._trace_open:
+            self._trace_open = False
+            if sel is not None:
+                sel.unregister(fd)
+            if self._root_exit is None and self._proc.poll() is None:
+                self._tracer_lost = True
+        return False
 
     def _seen(self, event: ProcessExec | ProcessExit) -> None:
         if isinstance(event, ProcessExit) and self._parser and event.pid == self._parser.root_pid:
@@ -294,8 +355,17 @@ class ProcessRunner:
     def _finish_trace(self, fifo_fd: int | None, result: RunResult) -> None:
         if fifo_fd is None or self._parser is None:
             return
-        os.close(self._fifo_keepalive)
-        self._read_trace(fifo_fd)
+        if self._fifo_keepalive >= 0:  # strace never wrote a line
+            os.close(self._fifo_keepalive)
+            self._fifo_keepalive = -1
+            self._trace_open = True
+        # strace ends once every traced process has: read its last lines (exits) until then.
+        deadline = time.monotonic() + _DRAIN_GRACE
+        while self._trace_open and self._read_trace(fifo_fd):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            select.select([fifo_fd], [], [], remaining)
         tail = self._trace_buf.decode("ascii", errors="replace")
         self._trace_buf = b""
         for event in self._parser.feed(tail) + self._parser.close():
@@ -321,37 +391,67 @@ class ProcessRunner:
                 os.killpg(self._proc.pid, signum)
 
 
-def _end_group(proc: subprocess.Popen[bytes], grace: float = 1.0) -> bool:
-    """SIGTERM, then SIGKILL, whatever is still alive in the command's process group.
+_LEFTOVER_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for what the command left behind
 
-    Returns True when something was. (A process that left the group with setsid escapes this;
-    under strace it is still traced, and the session stays open until it ends.)
+
+def _end_group(proc: subprocess.Popen[bytes]) -> bool:
+    """SIGTERM whatever is still alive in the command's process group; True when something was.
+
+    (A process that left the group with setsid escapes this; the tracer still knows it.)
     """
-    if not _group_alive(proc):
+    if not _group_pids(proc):
         return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_alive(proc):
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    _kill_group(proc, signal.SIGTERM)
     return True
 
 
-def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+def _kill_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def _group_pids(proc: subprocess.Popen[bytes]) -> set[int]:
+    """Live (not zombie) members of the command's process group."""
     proc.poll()  # reap the leader, so that a zombie does not count
     try:
         os.killpg(proc.pid, 0)
     except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        return set()
+    members = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == proc.pid and stat[0] != "Z":
+                members.add(int(entry.name))
+    return members
 
 
-def _exit_of(event: ProcessExit) -> tuple[int, str | None]:
-    if event.signal is not None:
-        return 128 + int(signal.Signals[event.signal]), event.signal
-    return event.status or 0, None
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of ``pid`` from /proc, or None when it is gone."""
+    try:
+        with Path(f"/proc/{pid}/stat").open("rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0].decode(), int(fields[2])
+
+
+def _tracer_of(pid: int) -> int | None:
+    """The pid tracing ``pid`` (None: not traced, or gone)."""
+    try:
+        with Path(f"/proc/{pid}/status").open("rb") as f:
+            for line in f:
+                if line.startswith(b"TracerPid:"):
+                    return int(line.split()[1]) or None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _wait_gone(alive: Callable[[], object], grace: float) -> None:
+    deadline = time.monotonic() + grace
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -13,11 +13,14 @@ from airlock.gate.console import ConsoleBackend
 from airlock.gate.deny import DenyBackend
 from airlock.gate.file import FileBackend, decide, pending
 from airlock.gate.interface import (
+    CANCELLED,
     EXPIRED,
     Answer,
     ApprovalBackend,
     ApprovalRequest,
     Approve,
+    Approver,
+    Decider,
     Decision,
     GateError,
     Operation,
@@ -28,12 +31,15 @@ from airlock.gate.interface import (
 )
 
 __all__ = [
+    "CANCELLED",
     "EXPIRED",
     "Answer",
     "ApprovalBackend",
     "ApprovalRequest",
     "Approve",
+    "Approver",
     "ConsoleBackend",
+    "Decider",
     "Decision",
     "DenyBackend",
     "FileBackend",

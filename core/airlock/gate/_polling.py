@@ -30,13 +30,15 @@ class PollingForgeBackend(ApprovalBackend):
         key: SigningKey,
         record: Record | None,
         requester: str | None,
+        requester_id: str | None,
         approvers: ApproverRules | None,
         unsupported: Callable[[ApproverRules], str | None],
     ) -> None:
         super().__init__(key=key, record=record)
-        self._requester = requester
+        self._requester = requester  # the login, for humans to read
+        self._requester_id = requester_id  # the immutable id: what self-approval compares
         self._rules = approvers or ApproverRules()
-        self._author: str | None = None
+        self._author_id: str | None = None  # the PR/MR author's id, read when posting
         problem = unsupported(self._rules)
         if problem is not None:
             raise ConfigError(
@@ -64,8 +66,8 @@ class PollingForgeBackend(ApprovalBackend):
             [self._rules],
             clicker,
             approve=approve,
-            requester=self._requester,
-            author=self._author,
+            requester_id=self._requester_id,
+            author_id=self._author_id,
             rights=rights,
         )
         if why is not None:

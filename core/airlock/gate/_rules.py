@@ -5,6 +5,12 @@ A click is refused when the clicker is a bot; when they asked for the operation 
 less than ``permission`` on the repository; or, if ``users`` or ``teams`` are named, when they
 are neither one of the users nor a member of one of the teams (users and teams are OR'ed).
 
+"Who asked" and "who wrote" compare the forge's immutable numeric user ids (GitHub ``actor_id``
+and ``sender.id``, GitLab ``user_id`` and ``user.id``), never logins: a login can be renamed
+between the request and the click. When an id is unknown, an approval is refused (unless the
+rule allows self- or author-approval). Logins are for humans to read, and where a policy names
+users by login they compare without case.
+
 A request needs ``min_approvals`` distinct entitled approvers (the largest over all rule sets),
 and with ``require_justification`` (if any rule set asks) an approval must say why.
 
@@ -33,6 +39,7 @@ __all__ = [
     "parse_command",
     "refusal",
     "required_approvals",
+    "same_id",
     "same_login",
 ]
 
@@ -140,21 +147,34 @@ def same_login(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and str(a).lower() == str(b).lower()
 
 
+def same_id(a: str | None, b: str | None) -> bool:
+    """Immutable forge user ids compare exactly; an unknown id matches nobody."""
+    return bool(a) and bool(b) and str(a).strip() == str(b).strip()
+
+
 def refusal(
     rules: Iterable[ApproverRules],
     clicker: Clicker,
     *,
     approve: bool,
-    requester: str | None,
-    author: str | None,
+    requester_id: str | None,
+    author_id: str | None,
     rights: Rights,
 ) -> str | None:
-    """Why this click must not decide the request, or None when it may."""
+    """Why this click must not decide the request, or None when it may.
+
+    ``requester_id`` and ``author_id`` are the forge's numeric user ids of who asked for the
+    operation and who wrote the pull/merge request (None: unknown)."""
     if clicker.is_bot:
         return f"{clicker.login} is a bot; bots cannot decide approvals"
     for rule in rules:
         reason = _refusal_one(
-            rule, clicker, approve=approve, requester=requester, author=author, rights=rights
+            rule,
+            clicker,
+            approve=approve,
+            requester_id=requester_id,
+            author_id=author_id,
+            rights=rights,
         )
         if reason is not None:
             return reason
@@ -166,14 +186,20 @@ def _refusal_one(
     clicker: Clicker,
     *,
     approve: bool,
-    requester: str | None,
-    author: str | None,
+    requester_id: str | None,
+    author_id: str | None,
     rights: Rights,
 ) -> str | None:
-    if approve and same_login(clicker.login, requester) and not rule.allow_self:
-        return f"{clicker.login} asked for this operation and cannot approve it"
-    if approve and same_login(clicker.login, author) and not rule.allow_author:
-        return f"{clicker.login} wrote the pull/merge request and cannot approve its operations"
+    if approve and not rule.allow_self:
+        if not requester_id or not clicker.user_id:
+            return "who asked for this operation is unknown, so no one may approve it"
+        if same_id(clicker.user_id, requester_id):
+            return f"{clicker.login} asked for this operation and cannot approve it"
+    if approve and not rule.allow_author:
+        if not author_id or not clicker.user_id:
+            return "who wrote the pull/merge request is unknown, so no one may approve it"
+        if same_id(clicker.user_id, author_id):
+            return f"{clicker.login} wrote the pull/merge request and cannot approve its operations"
     needed = PERMISSION_LEVELS[rule.permission]
     if rights.permission_level(clicker) < needed:
         return f"{clicker.login} lacks {rule.permission} permission on the repository"

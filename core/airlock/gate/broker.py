@@ -72,6 +72,8 @@ def decision_from_status(data: Mapping[str, Any]) -> Decision | None:
         operation_hash=str(data.get("operation_hash", "")),
         signature=str(data.get("signature", "")),
         key_id=str(data.get("key_id", "")),
+        justification=str(data.get("justification") or ""),
+        by_ids=tuple(str(i) for i in data.get("by_ids") or ()),
     )
 
 
@@ -195,7 +197,14 @@ class BrokerBackend(ApprovalBackend):
                 req.operation_hash,
                 "refused: the broker's decision is not signed by the broker's key",
             )
-        return Answer(decision.approved, decision.by, decision.operation_hash, decision.reason)
+        return Answer(
+            decision.approved,
+            decision.by,
+            decision.operation_hash,
+            decision.reason,
+            decision.justification,
+            decision.by_ids,
+        )
 
     def _signed_by_broker(self, decision: Decision, operation_hash: str) -> bool:
         public = self._broker_keys.get(decision.key_id)

@@ -4,13 +4,21 @@ For local runs. The prompt goes to the terminal, not to stdout/stderr, so an age
 the output of the wrapped command cannot see or answer it through its pipes. Without a terminal
 (CI, a daemon) the request is denied at once: non-interactive means deny. Prompts are asked one
 at a time.
+
+An agent that shares this terminal (``capture.pty: never``, or ``auto`` with stdout piped) can
+type into it with ``ioctl(TIOCSTI)`` and answer its own prompt. So the backend refuses (denies)
+when told the agent shares the terminal, asks only on a real terminal, and flushes typed-ahead
+input (``tcflush``) before asking, so that nothing written before the question counts. The
+sandbox blocks TIOCSTI as well; both stay. The decision is recorded as
+``console:<owner of the terminal>``, the human at it, not the user Airlock runs as.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import select
+import termios
 import threading
 import time
 
@@ -36,18 +44,27 @@ class ConsoleBackend(ApprovalBackend):
         record: Record | None = None,
         tty: str = "/dev/tty",
         default_timeout: float = 1800.0,
+        agent_shares_terminal: bool = False,
     ) -> None:
         super().__init__(key=key, record=record)
         self._tty = tty
         self._default_timeout = default_timeout
+        self._agent_shares_terminal = agent_shares_terminal
         self._answers: dict[str, Answer] = {}
         self._answers_lock = threading.Lock()
 
     def _submit(self, req: ApprovalRequest) -> None:
+        if self._agent_shares_terminal:
+            self._answer(req, False, "airlock", _SHARED)
+            return
         try:
             fd = os.open(self._tty, os.O_RDWR | os.O_NOCTTY)
         except OSError:
             self._answer(req, False, "airlock", "no terminal to ask on (non-interactive: denied)")
+            return
+        if not os.isatty(fd):
+            os.close(fd)
+            self._answer(req, False, "airlock", f"{self._tty} is not a terminal: denied")
             return
         thread = threading.Thread(target=self._prompt, args=(req, fd), daemon=True)
         thread.start()
@@ -65,8 +82,10 @@ class ConsoleBackend(ApprovalBackend):
         deadline = req.expires_at or (req.requested_at + self._default_timeout)
         try:
             with _PROMPT_LOCK:
+                termios.tcflush(fd, termios.TCIFLUSH)  # typed ahead = not an answer to this
                 os.write(fd, _question(req).encode("utf-8", "replace"))
                 line = _read_line(fd, deadline)
+                who = _human(fd)
         except OSError:
             line = None
         finally:
@@ -74,7 +93,7 @@ class ConsoleBackend(ApprovalBackend):
         if line is None:
             return  # no answer: the request expires
         approved = line.strip().lower() in _YES
-        self._answer(req, approved, f"console:{_user()}", "" if approved else "denied at prompt")
+        self._answer(req, approved, f"console:{who}", "" if approved else "denied at prompt")
 
 
 def _question(req: ApprovalRequest) -> str:
@@ -104,8 +123,16 @@ def _read_line(fd: int, deadline: float) -> str | None:
     return buf.decode("utf-8", "replace")
 
 
-def _user() -> str:
+_SHARED = (
+    "the agent shares this terminal and could type the answer itself (TIOCSTI): denied; "
+    "run the agent on its own pty (capture.pty: always) or use another approvals backend"
+)
+
+
+def _human(fd: int) -> str:
+    """Who sits at the terminal: the owner of the terminal device (login(1) gives it to them)."""
+    uid = os.fstat(fd).st_uid
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid{os.getuid()}"
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"

@@ -75,12 +75,14 @@ class GitHubCommentBackend(PollingForgeBackend):
         key: SigningKey,
         record: Record | None = None,
         requester: str | None = None,
+        requester_id: str | None = None,
         approvers: ApproverRules | None = None,
     ) -> None:
         super().__init__(
             key=key,
             record=record,
             requester=requester,
+            requester_id=requester_id,
             approvers=approvers,
             unsupported=_unsupported,
         )
@@ -92,7 +94,7 @@ class GitHubCommentBackend(PollingForgeBackend):
 
     def _submit(self, req: ApprovalRequest) -> None:
         pr = self._api.pull_request(self._repo, self._number)
-        self._author = str((pr.get("user") or {}).get("login") or "") or None
+        self._author_id = str((pr.get("user") or {}).get("id") or "") or None
         expires = req.expires_at or time.time() + 3600
         body = comment_body(req.request_id, req.operation, self._requester, expires)
         path = f"/repos/{self._repo}/issues/{self._number}/comments"

@@ -209,12 +209,14 @@ class GitLabNotesBackend(PollingForgeBackend):
         key: SigningKey,
         record: Record | None = None,
         requester: str | None = None,
+        requester_id: str | None = None,
         approvers: ApproverRules | None = None,
     ) -> None:
         super().__init__(
             key=key,
             record=record,
             requester=requester,
+            requester_id=requester_id,
             approvers=approvers,
             unsupported=_notes_unsupported,
         )
@@ -226,7 +228,7 @@ class GitLabNotesBackend(PollingForgeBackend):
 
     def _submit(self, req: ApprovalRequest) -> None:
         mr = self._api.merge_request(self._project, self._iid)
-        self._author = str((mr.get("author") or {}).get("username") or "") or None
+        self._author_id = str((mr.get("author") or {}).get("id") or "") or None
         expires = req.expires_at or time.time() + 3600
         note = self._api.post_note(
             self._project,

@@ -8,9 +8,10 @@ An :class:`Operation` is what waits for a human: its masked text plus where it c
 (rule, gateway, repository, commit, run, session). Its :meth:`Operation.operation_hash` binds a
 :class:`Decision` to exactly that operation: a decision for another hash is refused. Every
 decision is signed with the session's :class:`~airlock.audit.SigningKey` over
-``(operation hash, approved, by, at)``, and the three events ``approval.requested``,
-``approval.decided`` and ``approval.expired`` go to the ``record`` callback. An unanswered
-request expires to a denial (``reason="expired"``).
+``(operation hash, approved, by, at)``, and the events ``approval.requested``,
+``approval.decided``, ``approval.expired`` and ``approval.cancelled`` go to the ``record``
+callback. An unanswered request expires to a denial (``reason="expired"``); one whose operation
+will never run (its client left, the session ended) is cancelled: a denial with the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,11 +40,14 @@ from airlock.errors import InfrastructureUnavailable
 from airlock.events import EventType
 
 __all__ = [
+    "CANCELLED",
     "EXPIRED",
     "Answer",
     "ApprovalBackend",
     "ApprovalRequest",
     "Approve",
+    "Approver",
+    "Decider",
     "Decision",
     "GateError",
     "Operation",
@@ -54,10 +59,11 @@ __all__ = [
     "valid_request_id",
 ]
 
-OperationKind = Literal["sql", "http", "command"]
+OperationKind = Literal["sql", "http", "command", "tool"]
 Record = Callable[[str, Mapping[str, Any]], object]
 Approve = Callable[["Operation"], Awaitable[bool]]
 EXPIRED = "expired"
+CANCELLED = "cancelled"
 _REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _GATE_BY = "airlock"
 
@@ -142,27 +148,59 @@ class Decision:
     operation_hash: str = ""
     signature: str = field(default="", repr=False)
     key_id: str = ""
+    justification: str = ""  # what the approver(s) wrote (masked), when the forge carries text
+    by_ids: tuple[str, ...] = ()  # immutable ids of the deciders: "github:583231", "gitlab:42"
 
     @staticmethod
-    def signed_payload(operation_hash: str, approved: bool, by: str, at: str) -> bytes:
-        """The exact bytes signed: canonical JSON of the four bound fields."""
-        return _canonical({"approved": approved, "at": at, "by": by, "operation": operation_hash})
+    def signed_payload(
+        operation_hash: str,
+        approved: bool,
+        by: str,
+        at: str,
+        justification: str = "",
+        by_ids: tuple[str, ...] = (),
+    ) -> bytes:
+        """The exact bytes signed: canonical JSON of the bound fields (``justification`` and
+        ``by_ids`` only when present, so that older decisions verify unchanged)."""
+        bound: dict[str, Any] = {
+            "approved": approved,
+            "at": at,
+            "by": by,
+            "operation": operation_hash,
+        }
+        if justification:
+            bound["justification"] = justification
+        if by_ids:
+            bound["by_ids"] = list(by_ids)
+        return _canonical(bound)
 
     @classmethod
     def signed(
-        cls, key: SigningKey, operation_hash: str, *, approved: bool, by: str, reason: str = ""
+        cls,
+        key: SigningKey,
+        operation_hash: str,
+        *,
+        approved: bool,
+        by: str,
+        reason: str = "",
+        justification: str = "",
+        by_ids: tuple[str, ...] = (),
     ) -> Decision:
         """A decision taken now, signed with ``key``."""
         at = format_time(time.time())
-        payload = cls.signed_payload(operation_hash, approved, by, at)
+        payload = cls.signed_payload(operation_hash, approved, by, at, justification, by_ids)
         signature = base64.b64encode(key.sign(payload)).decode()
-        return cls(approved, by, at, reason, operation_hash, signature, key.key_id)
+        return cls(
+            approved, by, at, reason, operation_hash, signature, key.key_id, justification, by_ids
+        )
 
     def verify(self, public_key: Ed25519PublicKey, operation_hash: str) -> bool:
         """True when the signature checks and the decision is for ``operation_hash``."""
         if not self.signature or not _same(self.operation_hash, operation_hash):
             return False
-        payload = self.signed_payload(operation_hash, self.approved, self.by, self.at)
+        payload = self.signed_payload(
+            operation_hash, self.approved, self.by, self.at, self.justification, self.by_ids
+        )
         try:
             public_key.verify(base64.b64decode(self.signature, validate=True), payload)
         except (InvalidSignature, ValueError):
@@ -170,8 +208,13 @@ class Decision:
         return True
 
     def to_event(self, request_id: str) -> dict[str, Any]:
-        """The ``approval.decided`` event data."""
-        return {"request_id": request_id, **asdict(self)}
+        """The ``approval.decided`` event data (``justification``/``by_ids`` when present)."""
+        data = {"request_id": request_id, **asdict(self)}
+        data["by_ids"] = list(self.by_ids)
+        for optional in ("justification", "by_ids"):
+            if not data[optional]:
+                del data[optional]
+        return data
 
 
 class ApprovalBackend(abc.ABC):
@@ -233,6 +276,16 @@ class ApprovalBackend(abc.ABC):
                 return self._expire(req)
             await asyncio.sleep(min(self.poll_interval, left))
 
+    def cancel(self, request_id: str, reason: str = CANCELLED) -> Decision:
+        """The operation will not run (its client left, the session ended): record
+        ``approval.cancelled``, a denial with ``reason``. A decision already taken stands, and
+        no later answer changes this one."""
+        req = self._get(request_id)
+        decision = Decision.signed(
+            self._key, req.operation_hash, approved=False, by=_GATE_BY, reason=reason
+        )
+        return self._store(req, decision, EventType.APPROVAL_CANCELLED)
+
     def close(self) -> None:  # noqa: B027 (optional hook, most backends hold nothing)
         """Release what the backend holds (files, connections)."""
 
@@ -268,6 +321,8 @@ class ApprovalBackend(abc.ABC):
             approved=answer.approved,
             by=answer.by,
             reason=answer.reason,
+            justification=answer.justification,
+            by_ids=answer.by_ids,
         )
         return self._store(req, decision, EventType.APPROVAL_DECIDED)
 
@@ -309,12 +364,82 @@ class Answer:
     by: str
     operation_hash: str
     reason: str = ""
+    justification: str = ""
+    by_ids: tuple[str, ...] = ()
 
 
 async def ask(backend: ApprovalBackend, op: Operation, timeout: float) -> Decision:
     """Request approval of ``op`` and wait up to ``timeout`` seconds for the decision."""
     request_id = backend.request(op, timeout=timeout)
     return await backend.wait(request_id, timeout)
+
+
+@runtime_checkable
+class Decider(Protocol):
+    """An ``approve`` callable that can also say why: :class:`Approver` is one."""
+
+    async def decide(self, op: Operation) -> Decision: ...
+
+
+class Approver:
+    """``await approver(op)`` → bool, and ``await approver.decide(op)`` → the :class:`Decision`
+    (whose ``reason`` tells an expiry from a denial). Made by :func:`approver`.
+
+    Cancelling the task that awaits it (``task.cancel("client disconnected")``) cancels the
+    request at the backend: ``approval.cancelled`` is recorded with the cancel message as reason.
+    """
+
+    def __init__(
+        self,
+        backend: ApprovalBackend,
+        timeout: float,
+        *,
+        repository: str | None = None,
+        commit: str | None = None,
+        run_id: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self._backend = backend
+        self._timeout = timeout
+        self._repository, self._commit, self._run_id = repository, commit, run_id
+        self._session_id = session_id
+
+    async def __call__(self, op: Operation) -> bool:
+        return (await self.decide(op)).approved
+
+    async def decide(self, op: Operation) -> Decision:
+        """Ask for ``op`` (bound to the session's context) and wait for the decision. A backend
+        that fails gives an unsigned denial saying so."""
+        bound = dataclasses.replace(
+            op,
+            repository=self._repository,
+            commit=self._commit,
+            run_id=self._run_id,
+            session_id=self._session_id or op.session_id,
+        )
+        try:
+            request_id = self._backend.request(bound, timeout=self._timeout)
+        except GateError:
+            return _failed(bound)
+        try:
+            return await self._backend.wait(request_id, self._timeout)
+        except GateError:
+            return _failed(bound)
+        except asyncio.CancelledError as exc:
+            reason = str(exc.args[0]) if exc.args and exc.args[0] else CANCELLED
+            with contextlib.suppress(Exception):  # a failing record must not hide the cancel
+                self._backend.cancel(request_id, f"{CANCELLED}: {reason}"[:200])
+            raise
+
+
+def _failed(op: Operation) -> Decision:
+    return Decision(
+        approved=False,
+        by=_GATE_BY,
+        at=format_time(time.time()),
+        reason="the approval backend failed",
+        operation_hash=op.operation_hash(),
+    )
 
 
 def approver(
@@ -325,26 +450,19 @@ def approver(
     commit: str | None = None,
     run_id: str | None = None,
     session_id: str | None = None,
-) -> Approve:
+) -> Approver:
     """The ``approve(op) -> bool`` coroutine the gateways hold operations with.
 
     Gateways build an :class:`Operation` with what they know (kind, masked text, rule id,
     gateway); this fills in the session's repository, commit, run and session before hashing,
-    so that a decision is bound to all of them. Any backend failure counts as a denial.
+    so that a decision is bound to all of them. Any backend failure counts as a denial. The
+    result is an :class:`Approver`: ``decide(op)`` gives the whole decision.
     """
-
-    async def approve(op: Operation) -> bool:
-        bound = dataclasses.replace(
-            op,
-            repository=repository,
-            commit=commit,
-            run_id=run_id,
-            session_id=session_id or op.session_id,
-        )
-        try:
-            decision = await ask(backend, bound, timeout)
-        except GateError:
-            return False
-        return decision.approved
-
-    return approve
+    return Approver(
+        backend,
+        timeout,
+        repository=repository,
+        commit=commit,
+        run_id=run_id,
+        session_id=session_id,
+    )

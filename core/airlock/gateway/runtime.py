@@ -8,6 +8,10 @@ environment; those variables are then withheld from the agent, which gets instea
                                 PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE)
     HTTP gateway NAME        →  <NAME>_URL, <NAME>_TOKEN (send as `Authorization: Bearer`, or
                                 as the password of basic auth, e.g. for git)
+    model gateway (llm)      →  ANTHROPIC_BASE_URL + ANTHROPIC_API_KEY (the ticket), or
+                                OPENAI_BASE_URL + OPENAI_API_KEY; and <NAME>_URL, <NAME>_TOKEN
+    MCP gateway NAME         →  <NAME>_MCP_URL, <NAME>_TOKEN (streamable HTTP; see
+                                ``airlock.gateway.mcp.config`` for the agent's MCP config)
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from airlock.gate.interface import Approve, Record
 from airlock.gateway.tickets import Ticket, TicketCheck
 from airlock.mask import Masker
 from airlock.policy import Policy
+from airlock.policy.agent_gateways import LlmGatewayConfig, McpGatewayConfig
 from airlock.policy.gateways import (
     GatewayConfig,
     HttpCredential,
@@ -57,7 +62,11 @@ def held_variables(policy: Policy) -> set[str]:
     """Names of the runner's variables that hold gateway credentials: the agent never sees them."""
     names: set[str] = set()
     for gateway in policy.gateways:
-        if isinstance(gateway, PostgresGatewayConfig):
+        if isinstance(gateway, LlmGatewayConfig):
+            names.add(gateway.key_env)
+        elif isinstance(gateway, McpGatewayConfig):
+            names |= set(gateway.credential.env) if gateway.credential else set()
+        elif isinstance(gateway, PostgresGatewayConfig):
             names |= _postgres_variables(gateway.credential)
         elif gateway.credential is not None:
             names |= _http_variables(gateway.credential)
@@ -103,8 +112,13 @@ def start_gateways(
         for value in _held_values(policy, environ):
             masker.add_secret(value, "gateway-credential")
         for index, declared in enumerate(policy.gateways):
-            config, environ = _with_grant(declared, environ, grant_values or {})
             ticket: TicketCheck
+            if isinstance(declared, LlmGatewayConfig | McpGatewayConfig):
+                _start_agent_gateway(
+                    running, declared, session_id, masker, record, approve, environ
+                )
+                continue
+            config, environ = _with_grant(declared, environ, grant_values or {})
             if ticket_for is not None:
                 ticket = ticket_for(config.name)
             else:
@@ -122,7 +136,7 @@ def start_gateways(
             }
             if isinstance(config, PostgresGatewayConfig):
                 _start_postgres(running, config, ticket, common, first=index == _first_pg(policy))
-            else:
+            elif isinstance(config, HttpGatewayConfig):
                 _start_http(running, config, ticket, common)
     except BaseException:
         running.close()
@@ -162,7 +176,21 @@ def _with_grant(
 
 
 def _held_values(policy: Policy, environ: Mapping[str, str]) -> list[str]:
-    return [environ[name] for name in sorted(held_variables(policy)) if environ.get(name)]
+    """The values of the held variables that are secrets: not user names (an upstream user
+    ``postgres`` registered as a secret would mask every ``/usr/lib/postgresql`` path)."""
+    names = held_variables(policy) - _user_variables(policy)
+    return [environ[name] for name in sorted(names) if environ.get(name)]
+
+
+def _user_variables(policy: Policy) -> set[str]:
+    names: set[str] = set()
+    for gateway in policy.gateways:
+        cred = gateway.credential
+        if isinstance(gateway, PostgresGatewayConfig) and gateway.credential.env is not None:
+            names.add(gateway.credential.env.user)
+        elif isinstance(cred, HttpCredential) and cred.env is not None and cred.env.basic_user:
+            names.add(cred.env.basic_user)
+    return names
 
 
 def _first_pg(policy: Policy) -> int:
@@ -237,5 +265,57 @@ def _start_http(
             "kind": "http",
             "address": gateway.url,
             "upstream": str(config.upstream),
+        }
+    )
+
+
+def _start_agent_gateway(
+    running: RunningGateways,
+    config: LlmGatewayConfig | McpGatewayConfig,
+    session_id: str,
+    masker: Masker,
+    record: Record,
+    approve: Approve,
+    environ: Mapping[str, str],
+) -> None:
+    """The model and MCP gateways: local tickets only (central mode does not serve them yet)."""
+    ticket = Ticket.issue(session_id, config.name)
+    masker.add_secret(ticket.value, "gateway-ticket")
+    prefix = _prefix(config.name)
+    common: dict[str, Any] = {
+        "masker": masker,
+        "record": record,
+        "approve": approve,
+        "ticket": ticket,
+        "environ": environ,
+    }
+    if isinstance(config, LlmGatewayConfig):
+        from airlock.gateway.llm import agent_env, start_in_thread
+
+        llm = start_in_thread(config, **common)
+        running._closers.append(llm.close)
+        running.env.update(agent_env(config, llm.url, ticket.value))
+        running.env.update({f"{prefix}_URL": llm.url, f"{prefix}_TOKEN": ticket.value})
+        running.described.append(
+            {
+                "name": config.name,
+                "kind": "llm",
+                "provider": config.provider,
+                "address": llm.url,
+                "upstream": config.upstream_url,
+            }
+        )
+        return
+    from airlock.gateway.mcp.http import start_in_thread as start_mcp
+
+    mcp = start_mcp(config, **common)
+    running._closers.append(mcp.close)
+    running.env.update({f"{prefix}_MCP_URL": mcp.url, f"{prefix}_TOKEN": ticket.value})
+    running.described.append(
+        {
+            "name": config.name,
+            "kind": "mcp",
+            "address": mcp.url,
+            "upstream": config.upstream or " ".join(config.command),
         }
     )

@@ -16,7 +16,9 @@ from typing import Protocol
 
 import httpx
 
-__all__ = ["BrokerTicket", "Ticket", "TicketCheck"]
+__all__ = ["RECHECK_SECONDS", "BrokerTicket", "Ticket", "TicketCheck"]
+
+RECHECK_SECONDS = 5.0  # how long a gateway trusts the broker's "yes" for a ticket
 
 
 class TicketCheck(Protocol):
@@ -54,8 +56,9 @@ class Ticket:
 @dataclass
 class BrokerTicket:
     """Central mode: a ticket is valid when the broker says so (it issued it to a job, for this
-    gateway, and it has not expired). Accepted tickets are remembered until they expire, so the
-    broker is asked once per ticket, not once per connection. Unreachable broker: refused."""
+    gateway, it has not expired, and neither it nor its job was revoked). An accepted ticket is
+    remembered for :data:`RECHECK_SECONDS` at most, so a revoke at the broker ends it within
+    that time here. Unreachable broker: refused."""
 
     session_id: str
     gateway: str
@@ -81,5 +84,7 @@ class BrokerTicket:
             return False  # fail closed
         if response.status_code != 200:
             return False
-        self._accepted[key] = min(float(response.json().get("expires_at", now)), now + 900)
+        self._accepted[key] = min(
+            float(response.json().get("expires_at", now)), now + RECHECK_SECONDS
+        )
         return True

@@ -23,19 +23,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airlock import __version__
 from airlock.audit import SessionWriter, SigningKey, find_unsealed, seal_session
+from airlock.audit.pending import PendingSpool
 from airlock.capture.exectrace import ProcessExec, ProcessExit
 from airlock.capture.prepare import mask_settings
 from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
+from airlock.jobs.sandboxed import effective_mode, sandbox_spec, start_for_session
 from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
+from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
+    from airlock.egress import EgressProxy
     from airlock.gate import ApprovalBackend, Approve
     from airlock.gate.interface import Record
     from airlock.gateway.runtime import RunningGateways
@@ -94,6 +99,9 @@ class SessionRequest:
     broker_url: str | None = None  # for approvals through the broker (policy approvals.backend)
     tracer_probe: Callable[[], TracerStatus] | None = None  # a probe already started (prepare)
     job_token: str | None = field(default=None, repr=False)
+    sandbox: str | None = None  # required | best_effort | off; None: the policy's sandbox.mode
+    key_path: Path | None = None  # hidden from the sandbox, with the sessions and state dirs
+    state_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,18 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         masker.add_secret(secret.value, f"credential:{secret.grant}")
     if request.job_token:  # the agent can read the job state file: never show what is in it
         masker.add_secret(request.job_token, "broker-job-token")
+    spec = sandbox_spec(
+        request.policy,
+        mode=effective_mode(request.policy, request.sandbox),
+        cwd=request.cwd,
+        sessions_dir=request.sessions_dir,
+        key_path=request.key_path,
+        state_dir=request.state_dir,
+        environ=request.secret_env,
+    )
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
-    return _Session(request, writer, masker, tracer).run()
+    return _Session(request, writer, masker, tracer, spec).run()
 
 
 def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
@@ -197,8 +214,11 @@ class _Session:
         writer: SessionWriter,
         masker: Masker,
         tracer: TracerStatus | None,
+        sandbox: SandboxSpec | None = None,
     ) -> None:
         self._req = request
+        self._sandbox_spec = sandbox
+        self._sandbox: RunningSandbox | None = None
         self._writer = writer
         self._masker = masker
         self._tracer = tracer
@@ -208,13 +228,17 @@ class _Session:
         self._last_witness = time.monotonic()
         self._receipts: list[dict[str, Any]] = []
         self._gateways: RunningGateways | None = None
+        self._egress: EgressProxy | None = None
         self._agent_env = dict(request.agent_env)
+        self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
         try:
             self._start()
             self._start_gateways()
+            self._start_egress()
+            self._start_sandbox()
             result = self._runner().run()
             self._flush_all()
             self._end(result, time.monotonic() - started)
@@ -232,9 +256,14 @@ class _Session:
             self._seal_incomplete("airlock stopped before the session ended")
             raise
         finally:
+            if self._egress is not None:
+                self._egress.close()
+            if self._sandbox is not None:
+                self._sandbox.close()
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
+            self._pending.remove()
         return SessionOutcome(
             self._writer.session_id, self._writer.path, result.exit_status, manifest
         )
@@ -246,7 +275,11 @@ class _Session:
         return mode == "always" or (mode == "auto" and os.isatty(1))
 
     def _runner(self) -> ProcessRunner:
-        command = Command(self._req.argv, self._agent_env, self._req.cwd)
+        argv, env, fds = self._req.argv, self._agent_env, tuple[int, ...]()
+        if self._sandbox is not None and self._sandbox.active:
+            argv = tuple(self._sandbox.wrap(list(argv)))
+            env, fds = self._sandbox.env, self._sandbox.pass_fds
+        command = Command(argv, env, self._req.cwd, fds)
         return ProcessRunner(
             command,
             use_pty=self._use_pty(),
@@ -255,6 +288,7 @@ class _Session:
             on_process=self._on_process,
             on_idle=self._on_idle,
             on_signal=self._on_signal,
+            tracer_required=self._req.policy.capture.exec == "required",
         )
 
     def _start(self) -> None:
@@ -264,7 +298,7 @@ class _Session:
             {
                 "identity": req.identity.to_dict(),
                 "argv": [self._masker.mask_text(a) for a in req.argv],
-                "cwd": req.cwd,
+                "cwd": self._masker.mask_text(req.cwd),
                 "airlock_version": __version__,
                 "policy": {"source": req.policy_source, "sha256": req.policy.digest()},
                 "pty": self._use_pty(),
@@ -326,13 +360,65 @@ class _Session:
             self._writer.append(EventType.GATEWAY_STARTED, {**gateway, "withheld": sorted(held)})
             _notice(f"gateway {gateway['name']} ({gateway['kind']}) at {gateway['address']}")
 
+    def _start_egress(self) -> None:
+        """The policy's network: section → the egress proxy, and the agent's proxy variables."""
+        network = self._req.policy.network
+        if network is None:
+            return
+        from airlock.egress import proxy_environment, start_egress_proxy
+
+        mask = self._masker.mask_text
+
+        def record(kind: str, data: Mapping[str, Any]) -> None:
+            self._writer.append(
+                kind, {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
+            )
+
+        asks = any(rule.action == "require_approval" for rule in network.allow)
+        self._egress = start_egress_proxy(
+            network, record=record, approve=self._approver() if asks else None
+        )
+        described = self._gateways.described if self._gateways is not None else []
+        hosts = [urlsplit("//" + str(g["address"]).split("://")[-1]).hostname for g in described]
+        self._agent_env.update(proxy_environment(self._egress, [h or "" for h in hosts]))
+        self._writer.append(
+            EventType.GATEWAY_STARTED,
+            {
+                "name": "egress",
+                "kind": "egress",
+                "address": self._egress.url,
+                "allowlist": self._egress.rules.allowlist(),
+            },
+        )
+        _notice(f"egress proxy at {self._egress.url} (network: default deny)")
+
+    def _start_sandbox(self) -> None:
+        """Check the sandbox from inside and record it; required and broken: exit 85 here."""
+        spec = self._sandbox_spec
+        if spec is None:
+            return
+        gateways = self._gateways
+        try:
+            self._sandbox = start_for_session(
+                spec,
+                agent_env=self._agent_env,
+                gateways=gateways.described if gateways else [],
+                gateway_env=gateways.env if gateways else {},
+            )
+        except SandboxUnavailable as exc:
+            self._writer.append(EventType.SANDBOX_STATUS, exc.status)
+            raise
+        self._writer.append(EventType.SANDBOX_STATUS, self._sandbox.status)
+        if not self._sandbox.active:
+            _notice(f"sandbox downgraded (best_effort): {self._sandbox.status.get('reason')}")
+
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""
         from airlock.gate.interface import approver
 
         settings = self._req.policy.approvals
         identity = self._req.identity
-        backend = _approval_backend(self._req, self._writer.append)
+        backend = _approval_backend(self._req, self._writer.append, own_pty=self._use_pty())
         return approver(
             backend,
             float(settings.timeout),
@@ -349,11 +435,14 @@ class _Session:
         masker = self._streams.get(stream)
         if masker is None:
             masker = self._streams[stream] = self._masker.stream()
-        self._emit(stream, masker.feed(data))
+        shown = masker.feed(data)
+        self._pending.update({name: m.pending() for name, m in self._streams.items()})
+        self._emit(stream, shown)
 
     def _on_idle(self) -> None:
         for stream, masker in self._streams.items():
-            self._emit(stream, masker.flush_idle())
+            self._emit(stream, masker.flush_idle(time.monotonic()))
+        self._pending.update({name: m.pending() for name, m in self._streams.items()})
         if time.monotonic() - self._last_witness >= self._req.witness_interval:
             self._checkpoint()
 
@@ -409,9 +498,7 @@ class _Session:
                 {
                     "pid": event.pid,
                     "ppid": event.ppid,
-                    "path": self._masker.mask_text(event.path),
-                    "argv": [self._masker.mask_text(a) for a in event.argv],
-                    "cwd": event.cwd,
+                    **_masked_process_fields(self._masker, event),
                     "at": event.ts,
                     **({"truncated": True} if event.truncated else {}),
                 },
@@ -433,6 +520,8 @@ class _Session:
                 "signals_forwarded": result.forwarded,
                 "trace_unparsed_lines": result.trace_unparsed,
                 "leftovers_stopped": result.leftovers_stopped,
+                "leftovers_remaining": result.leftovers_remaining,
+                "tracer_lost": result.tracer_lost,
                 **self._counts,
             },
         )
@@ -448,13 +537,32 @@ class _Session:
             )
 
 
-def _approval_backend(request: SessionRequest, record: Record) -> ApprovalBackend:
+def _masked_process_fields(masker: Masker, event: ProcessExec) -> dict[str, Any]:
+    """Path, argv and cwd of an exec, masked; a value strace cut short is masked as a stream
+    that ends at the cut (the prefix of a secret the cut went through is masked too)."""
+
+    def mask(text: str, index: int) -> str:
+        return masker.mask_cut_text(text) if index in event.cut else masker.mask_text(text)
+
+    return {
+        "path": mask(event.path, -1),
+        "argv": [mask(arg, i) for i, arg in enumerate(event.argv)],
+        "cwd": masker.mask_text(event.cwd) if event.cwd is not None else None,
+    }
+
+
+def _approval_backend(request: SessionRequest, record: Record, *, own_pty: bool) -> ApprovalBackend:
     from airlock.gate import ConsoleBackend, DenyBackend, FileBackend
 
     settings = request.policy.approvals
     key = request.key
     if settings.backend == "console":
-        return ConsoleBackend(key=key, record=record, default_timeout=float(settings.timeout))
+        return ConsoleBackend(
+            key=key,
+            record=record,
+            default_timeout=float(settings.timeout),
+            agent_shares_terminal=not own_pty,  # without its own pty it can TIOCSTI ours
+        )
     if settings.backend == "file":
         return FileBackend(Path(settings.dir), key=key, record=record)
     if settings.backend == "deny":

@@ -82,12 +82,21 @@ class CompiledRule:
     secret_group: int | None = None
     names: dict[bytes, str] | None = None  # literal form → rule id (literal set only)
     overlapping: bool = False  # literals: also find occurrences that overlap a previous one
+    group_names: tuple[str, ...] = ()  # canonical literals: capture group i + 1 → rule id
+    hold: Any = None  # re2 regexp: a tail that may begin a match (PatternRule.hold)
 
     def name_for(self, matched: bytes) -> str:
         """The rule id a match is reported under."""
         if self.names is None:
             return self.rule_id
         return self.names.get(matched, self.rule_id)
+
+    def name_of(self, match: Any) -> str:
+        """The rule id of a regex match (by its capture group for canonical literals)."""
+        for group, name in enumerate(self.group_names, 1):
+            if match.start(group) >= 0:
+                return name
+        return self.name_for(match.group())
 
 
 def compile_rule(rule: PatternRule) -> CompiledRule:
@@ -98,24 +107,29 @@ def compile_rule(rule: PatternRule) -> CompiledRule:
             f"mask rule {rule.id!r}: max_len {rule.max_len} is out of range",
             hint=f"use a max_len between 1 and {MAX_RULE_LEN}",
         )
-    try:
-        regex = _re2(rule.regex.encode("utf-8"))
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else "invalid"
-        if isinstance(reason, bytes):
-            reason = reason.decode("utf-8", "replace")
-        raise ConfigError(
-            f"mask rule {rule.id!r}: RE2 rejected the regex: {reason}",
-            hint="write the regex in RE2 syntax: no backreferences and no lookaround "
-            "(see https://github.com/google/re2/wiki/Syntax)",
-        ) from exc
+    regex = _compile_regex(rule.id, rule.regex)
     if _matches_empty(regex):
         raise ConfigError(
             f"mask rule {rule.id!r}: the regex can match an empty string",
             hint="make the regex match at least one character (e.g. use + instead of *)",
         )
     group = regex.groupindex.get(_SECRET_GROUP)
-    return CompiledRule(rule.id, regex, rule.max_len, secret_group=group)
+    hold = _compile_regex(rule.id, rule.hold) if rule.hold else None
+    return CompiledRule(rule.id, regex, rule.max_len, secret_group=group, hold=hold)
+
+
+def _compile_regex(rule_id: str, pattern: str) -> Any:
+    try:
+        return _re2(pattern.encode("utf-8"))
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ConfigError(
+            f"mask rule {rule_id!r}: RE2 rejected the regex: {reason}",
+            hint="write the regex in RE2 syntax: no backreferences and no lookaround "
+            "(see https://github.com/google/re2/wiki/Syntax)",
+        ) from exc
 
 
 def _matches_empty(regex: Any) -> bool:
@@ -129,6 +143,8 @@ class LiteralSet:
     rule: CompiledRule | None
     forms: tuple[bytes, ...]  # sorted bytewise, for the prefix search in flush_idle
     count: int  # literal values, not forms
+    canonical: CompiledRule | None = None  # see build_canonical_rule
+    triggers: tuple[bytes, ...] = ()  # a canonical match always contains one of these bytes
 
     @property
     def max_len(self) -> int:
@@ -155,7 +171,68 @@ def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
         names=names,
         overlapping=True,
     )
-    return LiteralSet(rule, tuple(sorted(names)), len({value for _, value in literals}))
+    canonical, triggers = build_canonical_rule(literals)
+    return LiteralSet(
+        rule,
+        tuple(sorted(names)),
+        len({value for _, value in literals}),
+        canonical,
+        triggers,
+    )
+
+
+# What a terminal does not show between two characters of a secret: ANSI CSI (colours, cursor),
+# OSC (titles, hyperlinks), two-byte ESC sequences, NUL, and CR (a pty turns "\n" into "\r\n").
+_INVISIBLE = (
+    rb"(?:\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"
+    rb"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
+    rb"|\x1b[\x20-\x2f]*[\x30-\x7e]|\x00|\r)*"
+)
+_INVISIBLE_TRIGGERS = (b"\x1b", b"\x00", b"\r")
+CANONICAL_SLACK = 256
+"""Bytes of invisible sequences a canonical match may hold beyond 3 bytes per secret byte."""
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _canonical_atom(byte: int) -> bytes:
+    """One secret byte: itself or percent-encoded with either case (any ``safe`` set)."""
+    raw: bytes = re2.escape(bytes((byte,)))
+    if byte in _UNRESERVED:
+        return raw
+    hi, lo = (b"[%s%s]" % (c.encode(), c.upper().encode()) for c in f"{byte:02x}")
+    plus = b"|\\+" if byte == 0x20 else b""
+    return b"(?:" + raw + b"|%" + hi + lo + plus + b")"
+
+
+def build_canonical_rule(
+    literals: Sequence[tuple[str, bytes]],
+) -> tuple[CompiledRule | None, tuple[bytes, ...]]:
+    """One regex for every literal value as a reader would see it: invisible sequences
+    (``_INVISIBLE``) allowed between any two of its bytes, and each byte raw or percent-encoded
+    under any safe set (``quote(v, safe="/")``, ``encodeURIComponent``, ``encodeURI`` …).
+
+    A match covers the whole byte range, escapes included. Every match the exact literal
+    alternation does not find holds one of the returned trigger bytes, so a buffer without them
+    need not be searched.
+    """
+    values: dict[bytes, str] = {}
+    for rule_id, value in literals:
+        values.setdefault(value, rule_id)
+    if not values:
+        return None, ()
+    ordered = sorted(values, key=lambda v: (-len(v), v))
+    alternatives = [
+        b"(" + _INVISIBLE.join(_canonical_atom(b) for b in value) + b")" for value in ordered
+    ]
+    triggers = set(_INVISIBLE_TRIGGERS)
+    if any(b not in _UNRESERVED for value in ordered for b in value):
+        triggers.add(b"%")
+    if any(0x20 in value for value in ordered):
+        triggers.add(b"+")
+    max_len = min(MAX_RULE_LEN, 3 * len(ordered[0]) + CANONICAL_SLACK)
+    regex = _re2(b"|".join(alternatives), max_mem=_LITERAL_MEM if len(ordered) > 64 else 64 << 20)
+    rule = CompiledRule("literal", regex, max_len, group_names=tuple(values[v] for v in ordered))
+    return rule, tuple(sorted(triggers))
 
 
 class Prefilter(Protocol):

@@ -98,7 +98,7 @@ def _span_of(rule: CompiledRule, order: int, m: object, base: int) -> Span:
     s, e = m.span(group) if group is not None else (-1, -1)  # type: ignore[attr-defined]
     if s < 0 or s == e:
         s, e = m.span()  # type: ignore[attr-defined]
-    return Span(s + base, e + base, order, rule.name_for(m.group()))  # type: ignore[attr-defined]
+    return Span(s + base, e + base, order, rule.name_of(m))
 
 
 def render(

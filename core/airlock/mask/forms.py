@@ -8,6 +8,8 @@ with the literal's own rule id.
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
@@ -25,6 +27,7 @@ def literal_forms(value: bytes) -> list[bytes]:
     forms = {value}
     forms.update(_base64_forms(value))
     forms.update(_percent_forms(value))
+    forms.update(_json_forms(value))
     forms.add(value.hex().encode())
     forms.add(value.hex().upper().encode())
     return sorted(forms, key=lambda f: (-len(f), f))
@@ -66,3 +69,29 @@ def _lower_escapes(encoded: bytes) -> bytes:
     """``%2F`` → ``%2f``: both spellings are valid percent-encoding and both occur."""
     parts = encoded.split(b"%")
     return parts[0] + b"".join(b"%" + p[:2].lower() + p[2:] for p in parts[1:])
+
+
+def _json_forms(value: bytes) -> set[bytes]:
+    """The value inside a JSON string, as common encoders write it.
+
+    ``json.dumps`` (``\\uXXXX`` for non-ASCII) and ``ensure_ascii=False`` (the same escapes
+    as JavaScript's ``JSON.stringify``), each also with ``/`` written ``\\/`` (PHP, some Java),
+    upper-case ``\\uXXXX`` digits (.NET) and ``<``, ``>``, ``&`` as ``\\u003c`` … (Go).
+    A value that is not UTF-8 cannot be a JSON string and has no JSON form.
+    """
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return set()
+    forms: set[bytes] = set()
+    for ensure_ascii in (True, False):
+        body = json.dumps(text, ensure_ascii=ensure_ascii)[1:-1]
+        variants = {body, body.replace("/", "\\/"), _upper_unicode_escapes(body)}
+        variants.add(body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+        forms.update(v.encode("utf-8") for v in variants)
+    forms.discard(value)
+    return forms
+
+
+def _upper_unicode_escapes(body: str) -> str:
+    return re.sub(r"\\u[0-9a-f]{4}", lambda m: "\\u" + m[0][2:].upper(), body)

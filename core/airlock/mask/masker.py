@@ -12,6 +12,7 @@ import functools
 import hashlib
 import hmac
 import operator
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +32,7 @@ from airlock.mask.rules import BUILTIN_RULES, PatternRule
 __all__ = ["MaskSettings", "Masker", "StreamMasker", "replacement"]
 
 Engine = Literal["auto", "hyperscan", "re2"]
+TRUNCATED = "truncated"  # rule id of the possible secret start at the end of a cut value
 NEVER = 1 << 62  # resume point of a rule that does not exist (no literal secrets yet)
 
 
@@ -103,12 +105,34 @@ class _Snapshot:
         self._advance(buf, 0, resume, True, spans, hits, occurrences)
         return render(buf, 0, 0, len(buf), spans, self.replace)[0]
 
+    def mask_cut(self, buf: bytes) -> bytes:
+        """``buf`` masked as a stream cut short after its last byte: like ``mask_whole``, and
+        the tail that could be the start of a secret (a literal prefix, or what a quiet stream
+        would hold for pattern rules) becomes ``[MASKED:truncated]``."""
+        literals = self.literals
+        held = max(held_suffix(buf, literals.forms, literals.max_len), self.hold_length(buf))
+        hits, occurrences = self._scan(buf)
+        spans: list[Span] = []
+        self._advance(buf, 0, self.initial_resume(0), True, spans, hits, occurrences)
+        if held:
+            spans.append(Span(len(buf) - held, len(buf), len(self.rules), TRUNCATED))
+        return render(buf, 0, 0, len(buf), spans, self.replace)[0]
+
     def _scan(self, buf: bytes) -> tuple[set[int], dict[int, int] | None]:
         """The prefilter's pass: pattern rules that may match, and the literal occurrences
         when hyperscan finds them (None: the literal rule is searched with RE2)."""
         if self.literal_matcher is not None:
-            return self.literal_matcher.scan(buf)
-        return self.prefilter.hits(buf), None
+            hits, occurrences = self.literal_matcher.scan(buf)
+        else:
+            hits, occurrences = self.prefilter.hits(buf), None
+        if any(t in buf for t in self.literals.triggers):
+            hits.add(self.canonical_index)
+        return hits, occurrences
+
+    @property
+    def canonical_index(self) -> int:
+        """Rule index of the canonical literal matcher: the last one."""
+        return len(self.rules) - 1
 
     def _advance(
         self,
@@ -138,11 +162,31 @@ class _Snapshot:
             if index != LITERAL_INDEX and rule is not None:
                 resume[index] = advance(rule, index, buf, base, old[index], final, spans)
 
+    @functools.cached_property
+    def hold_reach(self) -> int:
+        """The longest tail a quiet stream may hold for pattern rules."""
+        return max([rule.max_len for rule in self.rules[1:-1] if rule is not None] or [0])
+
+    def hold_length(self, tail: bytes) -> int:
+        """How much of the tail of a quiet stream could be the start of a pattern secret: its
+        trailing run of non-whitespace bytes, or further back where a rule's ``hold`` says so.
+        """
+        window = tail[-self.hold_reach :] if self.hold_reach else b""
+        run = _TRAILING_RUN.search(window)
+        held = len(window) - run.start() if run else 0
+        for rule in self.rules[1:-1]:
+            if rule is not None and rule.hold is not None:
+                found = rule.hold.search(window)
+                if found is not None:
+                    held = max(held, len(window) - found.start())
+        return held
+
     def frontier(self, resume: list[int], end: int) -> int:
         """Everything before this offset is settled for every rule."""
         return min(end, *resume)
 
 
+_TRAILING_RUN = re.compile(rb"\S+\Z")
 _TEXT_MEMO_LEN = 4096  # longer strings are not remembered
 _TEXT_MEMO_SIZE = 4096
 
@@ -213,6 +257,12 @@ class Masker:
                 texts[text] = masked
         return masked
 
+    def mask_cut_text(self, text: str) -> str:
+        """Mask a string that was cut short (an argument strace truncated): see
+        ``_Snapshot.mask_cut``. The cut is treated like a chunk boundary, so the prefix of a
+        secret the cut went through is masked too."""
+        return self._snapshot.mask_cut(text.encode("utf-8")).decode("utf-8", "replace")
+
     def stream(self) -> StreamMasker:
         """A new stream state: one per output stream (stdout, stderr, a connection)."""
         return StreamMasker(self)
@@ -231,7 +281,7 @@ class Masker:
     def _build(self) -> _Snapshot:
         literals = _compile.build_literal_set(self._literals)
         return _Snapshot(
-            rules=(literals.rule, *self._patterns),
+            rules=(literals.rule, *self._patterns, literals.canonical),
             literals=literals,
             prefilter=self._prefilter,
             literal_matcher=_compile.build_literal_matcher(self._engine, literals, self._prefilter),
@@ -312,6 +362,8 @@ class StreamMasker:
         self._emitted = 0  # absolute offset up to which output was returned
         self._resume = self._snapshot.initial_resume(0)
         self._pending: list[Span] = []
+        self._hold_at: int | None = None  # offset a quiet stream holds from (pattern hold)
+        self._hold_since = 0.0
 
     def feed(self, chunk: bytes) -> bytes:
         """Take ``chunk``; return the masked bytes that are final now (possibly empty)."""
@@ -325,12 +377,19 @@ class StreamMasker:
         self._reset()
         return out
 
-    def flush_idle(self) -> bytes:
-        """The stream went quiet: return what is held, masked as if the stream ended here,
-        except the longest tail that is a proper prefix of a literal secret form.
+    HOLD_WINDOW = 1.0
+    """Seconds a quiet stream holds a tail that could begin a pattern secret (see flush_idle)."""
 
-        A literal secret written in slow pieces is still masked. A pattern secret cut by the
-        pause (say half a private key block) may not be: the part shown is no longer held.
+    def flush_idle(self, now: float | None = None) -> bytes:
+        """The stream went quiet: return what is held, masked as if the stream ended here,
+        except the longest tail that is a proper prefix of a literal secret form (held until
+        more bytes come or the stream ends).
+
+        With ``now`` (a monotonic clock reading), a tail that could begin a pattern secret
+        (``_Snapshot.hold_length``) is held too, until ``HOLD_WINDOW`` seconds after the call
+        that first held it from the same offset. So a pattern secret whose pieces all arrive
+        within the window of its first byte is masked whatever the pauses between them.
+        Without ``now`` such a tail is shown: the part shown is no longer held.
         """
         snapshot = self._sync()
         end = self._base + len(self._buf)
@@ -340,7 +399,10 @@ class StreamMasker:
         snapshot.find(self._buf, self._base, list(self._resume), True, spans)
         tail = self._buf[self._emitted - self._base :]
         literals = snapshot.literals
-        cut = end - held_suffix(tail, literals.forms, literals.max_len)
+        held = held_suffix(tail, literals.forms, literals.max_len)
+        if now is not None:
+            held = max(held, self._pattern_hold(snapshot, tail, end, now))
+        cut = end - held
         out, cut, _ = render(self._buf, self._base, self._emitted, cut, spans, snapshot.replace)
         # Restart matching at the cut: what was shown cannot be masked any more.
         self._resume = snapshot.initial_resume(cut)
@@ -348,13 +410,44 @@ class StreamMasker:
         self._commit(cut)
         return out
 
+    def pending(self) -> bytes:
+        """What the stream holds now, masked as if it were cut here: rules see the end of the
+        stream, and a tail that is a proper prefix of a literal form becomes
+        ``[MASKED:truncated]``. For a record of output read but not yet final (it does not
+        change the stream's state)."""
+        snapshot = self._sync()
+        end = self._base + len(self._buf)
+        if end == self._emitted:
+            return b""
+        spans = list(self._pending)
+        snapshot.find(self._buf, self._base, list(self._resume), True, spans)
+        literals = snapshot.literals
+        tail = self._buf[self._emitted - self._base :]
+        held = held_suffix(tail, literals.forms, literals.max_len)
+        if held:
+            spans.append(Span(end - held, end, len(snapshot.rules), TRUNCATED))
+        return render(self._buf, self._base, self._emitted, end, spans, snapshot.replace)[0]
+
+    def _pattern_hold(self, snapshot: _Snapshot, tail: bytes, end: int, now: float) -> int:
+        held = snapshot.hold_length(tail)
+        start = end - held
+        if not held:
+            self._hold_at = None
+        elif self._hold_at != start:
+            self._hold_at, self._hold_since = start, now
+        elif now - self._hold_since >= self.HOLD_WINDOW:
+            return 0
+        return held
+
     def _sync(self) -> _Snapshot:
         """Pick up secrets added since the last call: re-examine all held output for them."""
         current = self._masker._snapshot
         if current is not self._snapshot:
             self._snapshot = current
-            self._resume[LITERAL_INDEX] = self._emitted
-            self._pending = [s for s in self._pending if s.order != LITERAL_INDEX]
+            literal_rules = (LITERAL_INDEX, current.canonical_index)
+            for index in literal_rules:
+                self._resume[index] = self._emitted if current.rules[index] else NEVER
+            self._pending = [s for s in self._pending if s.order not in literal_rules]
         return current
 
     def _step(self, chunk: bytes, final: bool) -> bytes:

@@ -28,6 +28,10 @@ class PatternRule:
     regex: str
     max_len: int = 512
     description: str = ""
+    hold: str = ""
+    """RE2 regex, anchored at the end (``\\z``), for the start of a match that more bytes could
+    complete, when that start has whitespace in it (a trailing run of non-whitespace bytes is
+    always held). A quiet stream holds such a tail back for the hold window."""
 
 
 _END_OF_KEY = r"(?:[^A-Za-z0-9_\-]|\z)"  # a token's end: not followed by more token characters
@@ -48,6 +52,10 @@ BUILTIN_RULES: tuple[PatternRule, ...] = (
         max_len=256,
         description="AWS secret access key: 40 characters after aws_secret_access_key= or "
         "AWS_SECRET_ACCESS_KEY: (or SecretAccessKey in JSON); only the value is masked",
+        hold=(
+            r"(?i:aws_?secret_?access_?key|secret_?access_?key)[\"']?\s*"
+            r"(?:[:=]\s*[\"']?[A-Za-z0-9/+]{0,40})?\z"
+        ),
     ),
     PatternRule(
         id="github-token",
@@ -102,6 +110,11 @@ BUILTIN_RULES: tuple[PatternRule, ...] = (
         max_len=8192,
         description="PEM/OpenSSH/PGP private key block, BEGIN through END (multi-line); a block "
         "cut short (no END line) is masked from BEGIN through its last base64 line",
+        # BEGIN, then header and base64 lines (never two dashes in a row), then a partial END.
+        hold=(
+            r"-----BEGIN[ A-Z0-9]{0,60}(?:-{1,5}(?:[A-Za-z0-9+/=\s:,.]|-[A-Za-z0-9+/=\s:,.])*"
+            r"(?:-{1,5}(?:E|EN|END[ A-Z0-9]{0,60}-{0,4})?)?)?\z"
+        ),
     ),
     PatternRule(
         id="jwt",

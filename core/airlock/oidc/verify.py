@@ -226,6 +226,8 @@ def _loads_object(raw: bytes, what: str) -> dict[str, Any]:
         value = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TokenMalformed(f"the {what} is not JSON: {exc}"[:300]) from None
+    except RecursionError:  # a header like [[[[…]]]]: refused, never a crash
+        raise TokenMalformed(f"the {what} nests too deeply") from None
     if not isinstance(value, dict):
         raise TokenMalformed(f"the {what} is not a JSON object")
     return value
@@ -319,11 +321,18 @@ def _numeric_claim(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise TokenMalformed(
             f"claim {name} is a {type(value).__name__}, not a NumericDate", reason="bad-claim-type"
         )
     return float(value)
+
+
+def _finite(value: float) -> bool:
+    try:  # an int such as 10**400 does not fit a float: OverflowError, not a crash
+        return math.isfinite(value) and abs(float(value)) < 1e15
+    except OverflowError:
+        return False
 
 
 def _check_jti(claims: Mapping[str, Any]) -> str:

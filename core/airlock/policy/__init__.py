@@ -45,6 +45,7 @@ from airlock.policy.model import (
     builtin_rule_ids,
     env_pattern_matches,
 )
+from airlock.policy.sandbox import SandboxFilesystem, SandboxPolicy
 from airlock.policy.schema import policy_json_schema
 
 __all__ = [
@@ -69,6 +70,8 @@ __all__ = [
     "PostgresCredential",
     "PostgresGatewayConfig",
     "PostgresUpstream",
+    "SandboxFilesystem",
+    "SandboxPolicy",
     "SqlMatch",
     "SqlStatement",
     "builtin_rule_ids",

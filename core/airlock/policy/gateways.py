@@ -377,17 +377,26 @@ class HttpGatewayConfig(_Gateway):
         return value
 
 
+# The agent-native gateways (model API, MCP) live in their own module; it builds on _Gateway.
+from airlock.policy.agent_gateways import LlmGatewayConfig, McpGatewayConfig  # noqa: E402
+
+_KINDS = ("postgres", "http", "llm", "mcp")
+
+
 def _gateway_kind(value: Any) -> str | None:
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
-    return kind if kind in ("postgres", "http") else None
+    return kind if kind in _KINDS else None
 
 
 GatewayConfig = Annotated[
-    Annotated[PostgresGatewayConfig, Tag("postgres")] | Annotated[HttpGatewayConfig, Tag("http")],
+    Annotated[PostgresGatewayConfig, Tag("postgres")]
+    | Annotated[HttpGatewayConfig, Tag("http")]
+    | Annotated[LlmGatewayConfig, Tag("llm")]
+    | Annotated[McpGatewayConfig, Tag("mcp")],
     Discriminator(
         _gateway_kind,
         custom_error_type="airlock_gateway_kind",
-        custom_error_message="kind must be postgres or http",
+        custom_error_message="kind must be postgres, http, llm or mcp",
     ),
 ]
 """One entry of ``gateways:``; ``kind`` selects the model."""

@@ -39,6 +39,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ACTIONS",
+    "BUILTIN_RULE_IDS",
     "DEFAULT_RULE_IDS",
     "SQL_KINDS",
     "Action",
@@ -78,6 +79,7 @@ SqlKind = Literal[
     "copy_file",
     "do",
     "call",
+    "dynamic_sql",
     "set",
     "vacuum",
     "other",
@@ -106,6 +108,13 @@ DEFAULT_RULE_IDS = {
     "sql_unparsable": "airlock.default.sql_unparsable",
     "sql_unmatched": "airlock.default.sql_unmatched",
     "http_unmatched": "airlock.default.http_unmatched",
+}
+# Rules no policy can switch off: what they refuse cannot be judged at all.
+BUILTIN_RULE_IDS = {
+    # a statement that would make the server read SQL differently from the gateway
+    "parse_state": "airlock.builtin.parse_state",
+    # PL/pgSQL running text built at run time, unless a rule naming dynamic_sql decides
+    "dynamic_sql": "airlock.builtin.dynamic_sql",
 }
 GUARDRAIL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 _ID_RE = re.compile(GUARDRAIL_ID_PATTERN)
@@ -161,7 +170,10 @@ class SqlStatement:
     ``tables`` are ``schema.table`` or bare ``table`` (as written, identifiers normalised);
     ``without_where`` is true for a DELETE/UPDATE (also inside a WITH) whose WHERE is missing or
     mentions no column. ``functions`` are the functions it calls, lower-case, schema-qualified
-    when written so.
+    when written so. ``changes_parsing``: it sets something that makes the server read later SQL
+    differently (denied by ``airlock.builtin.parse_state``). ``prepares``/``executes``: the
+    prepared statement a ``PREPARE`` creates / an ``EXECUTE`` runs (the gateway judges an
+    ``EXECUTE`` as the statement it runs).
     """
 
     text: str
@@ -170,6 +182,9 @@ class SqlStatement:
     functions: tuple[str, ...] = ()
     without_where: bool = False
     parsed: bool = True
+    changes_parsing: bool = False
+    prepares: str | None = None
+    executes: str | None = None
 
 
 class SqlMatch(_Section):
@@ -476,13 +491,19 @@ def decide_sql(
             rule_id = DEFAULT_RULE_IDS["sql_unparsable"]
             out.append(Decision(defaults.sql_unparsable, rule_id, index))
             continue
-        hits = (
-            (r.id, r.action)
-            for r in rules
-            if r.sql is not None and r.sql.matches(stmt, whole=r.action == "allow")
-        )
+        if stmt.changes_parsing:
+            out.append(Decision("deny", BUILTIN_RULE_IDS["parse_state"], index))
+            continue
+        matching = [
+            r for r in rules if r.sql is not None and r.sql.matches(stmt, whole=r.action == "allow")
+        ]
+        if "dynamic_sql" in stmt.kinds and not any(
+            r.sql is not None and "dynamic_sql" in r.sql.kinds for r in matching
+        ):
+            out.append(Decision("deny", BUILTIN_RULE_IDS["dynamic_sql"], index))
+            continue
         fallback = Decision(defaults.sql_unmatched, DEFAULT_RULE_IDS["sql_unmatched"], index)
-        out.append(_judge(hits, fallback, index))
+        out.append(_judge(((r.id, r.action) for r in matching), fallback, index))
     return out
 
 

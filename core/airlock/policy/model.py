@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import re2
 from pydantic import (
@@ -35,6 +36,8 @@ from pydantic_core import PydanticCustomError
 from airlock.policy.durations import Duration
 from airlock.policy.gateways import GatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
+from airlock.policy.network import NetworkPolicy
+from airlock.policy.sandbox import SandboxPolicy
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -356,6 +359,12 @@ class Policy(_Section):
     )
     guardrail_defaults: GuardrailDefaults = Field(default_factory=GuardrailDefaults)
     approvals: ApprovalsPolicy = Field(default_factory=ApprovalsPolicy)
+    network: NetworkPolicy | None = Field(
+        default=None,
+        description="Egress allowlist (docs/egress.md). Present: `airlock run` starts the egress "
+        "proxy and the agent's HTTP(S) traffic goes through it, default deny.",
+    )
+    sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -405,6 +414,18 @@ class Policy(_Section):
                     )
         return value
 
+    @field_validator("network")
+    @classmethod
+    def _network_beside_gateways(
+        cls, value: NetworkPolicy | None, info: ValidationInfo
+    ) -> NetworkPolicy | None:
+        if value is None:
+            return value
+        problem = value.bind_gateways(_upstream_hosts(info.data.get("gateways", ())))
+        if problem is not None:
+            raise PydanticCustomError("airlock_network_gateway", problem)
+        return value
+
     def digest(self) -> str:
         """``sha256:<hex>`` of the canonical JSON of the effective policy, for session records.
 
@@ -414,6 +435,18 @@ class Policy(_Section):
             self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
         return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _upstream_hosts(gateways: tuple[GatewayConfig, ...]) -> dict[str, str]:
+    hosts: dict[str, str] = {}
+    for gateway in gateways:
+        upstream = gateway.upstream
+        if upstream is None:
+            continue
+        host = upstream.host if not isinstance(upstream, str) else urlsplit(upstream).hostname
+        if host:
+            hosts[gateway.name] = host.lower()
+    return hosts
 
 
 DEFAULT_POLICY: Policy = Policy()

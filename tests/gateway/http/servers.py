@@ -93,6 +93,12 @@ async def upstream_app(scope: Scope, receive: Any, send: Any) -> None:
         }
         await _reply(send, 200, json.dumps(doc).encode())
         return
+    if path == "/escaped-json":  # the secret written with JSON unicode escapes, as some APIs do
+        escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET_IN_RESPONSE[:2])
+        token = escaped + SECRET_IN_RESPONSE[2:]
+        doc = '{"token": "' + token + '", "quote": "\\u0022", "pair": "\\ud83d\\ude00"}'
+        await _reply(send, 200, doc.encode())
+        return
     if path == "/gzip":
         await _reply(
             send,

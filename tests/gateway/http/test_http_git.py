@@ -162,6 +162,12 @@ def test_push_held_for_approval(
         assert push.returncode != 0
         assert "403" in push.stderr
         assert last == "initial"
+    # the pack's real size is recorded, refused or not (it is also in the approval text)
+    size = int(held[0].text.split("body: ", 1)[1].split(" bytes", 1)[0])
+    pushes = {r["id"] for r in recorder.of("http.request") if r["path"].endswith("receive-pack")}
+    assert size in [
+        r["request_body"]["size"] for r in recorder.of("http.response") if r["id"] in pushes
+    ]
 
 
 def test_large_push_held_for_approval_is_spooled_and_forwarded_intact(

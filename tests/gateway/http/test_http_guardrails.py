@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,13 @@ CATALOGUE: list[tuple[str, str, Any, int, str | None]] = [
     ("DELETE", "/api/v1/namespaces/prod", None, 403, "no-ns-delete"),
     ("delete", "/api/v1/namespaces/prod", None, 403, "no-ns-delete"),
     ("DELETE", "/API/V1/NAMESPACES/prod", None, 403, "no-ns-delete"),
-    ("DELETE", "/api/v1/namespaces/prod/", None, 200, None),  # trailing slash: another segment
+    ("DELETE", "/api/v1/namespaces/prod/", None, 403, "no-ns-delete"),  # trailing slash
+    ("DELETE", "/api/v1/namespaces/prod//", None, 403, "no-ns-delete"),
+    ("DELETE", "/api/v1%2Fnamespaces%2Fprod", None, 403, "no-ns-delete"),  # servers decode %2F
+    ("DELETE", "/api/v1/namespaces%2fprod", None, 403, "no-ns-delete"),
+    ("DELETE", "/api/v1/x%2F..%2Fnamespaces/prod", None, 403, "no-ns-delete"),
+    ("DELETE", "/api/v1%5Cnamespaces%5Cprod", None, 403, "no-ns-delete"),  # and backslashes
+    ("DELETE", "/api/v1/./namespaces/%70rod/", None, 403, "no-ns-delete"),
     ("DELETE", "/api/v1//namespaces/prod", None, 403, "no-ns-delete"),
     ("DELETE", "/api/v1/x/../namespaces/prod", None, 403, "no-ns-delete"),
     ("DELETE", "/api/v1/%6eamespaces/prod", None, 403, "no-ns-delete"),
@@ -319,3 +326,41 @@ def test_held_body_over_the_hold_limit_is_refused(
     assert r.status_code == 413 and seen == []
     r = httpx.put(f"{gw.url}/blob", headers=_auth(ticket), content=b"z" * (60 * 1024))
     assert r.status_code == 200 and r.json()["body_size"] == 60 * 1024 and len(seen) == 1
+
+
+def test_curl_delete_with_a_trailing_slash_is_held_like_the_path_without(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    seen: list[Operation] = []
+    rules = [
+        {
+            "id": "hold-items",
+            "http": {"methods": ["DELETE"], "path": "/items/*"},
+            "action": "require_approval",
+        }
+    ]
+    gw = make_gateway(rules=rules, approve=_approve_with(False, seen))
+    for path in ("/items/1/", "/items%2F1", "/items/1/."):
+        out = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-X",
+                "DELETE",
+                "--path-as-is",
+                "-H",
+                f"Authorization: Bearer {ticket.value}",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                gw.url + path,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert out.stdout == "403", path
+    assert [op.rule_id for op in seen] == ["hold-items"] * 3
+    assert recorder.of("guardrail.decision")[0]["action"] == "require_approval"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import socket
 
 import httpx
 import pytest
@@ -210,6 +212,25 @@ def test_json_fields_and_secrets_masked_in_recorded_bodies(
     assert SECRET_IN_RESPONSE not in recorder.text() and "hunter2-pass" not in recorder.text()
 
 
+@pytest.mark.parametrize("cap", [4096, 64])
+def test_json_unicode_escapes_are_decoded_before_masking(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, cap: int
+) -> None:
+    """``\\u0067hp_…`` is ``ghp_…`` to every JSON reader: the log must not keep it, whole or cut."""
+    gw = make_gateway(record_bodies=cap)
+    r = httpx.get(f"{gw.url}/escaped-json", headers=_bearer(ticket))
+    assert json.loads(r.content)["token"] == SECRET_IN_RESPONSE  # the client gets it as sent
+    body = recorder.of("http.response")[0]["body"]["body"]
+    decoded = body.encode().decode("unicode_escape") if "\\u" in body else body
+    assert SECRET_IN_RESPONSE[:12] not in decoded and "[MASKED:" in body
+    if cap == 4096:  # escapes that JSON needs stay escaped; the rest reads as text
+        assert json.loads(body) == {
+            "token": json.loads(body)["token"],
+            "quote": '"',
+            "pair": "\U0001f600",
+        }
+
+
 def test_cut_json_is_not_recorded_when_fields_must_be_masked(
     make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
 ) -> None:
@@ -355,3 +376,26 @@ def test_credential_echoed_in_slow_pieces_is_still_masked(
     r = httpx.get(f"{gw.url}/slow-echo", headers=_bearer(ticket))
     assert TOKEN not in r.text and TOKEN[:12] not in r.text
     assert "[MASKED:gateway.api]" in r.text
+
+
+def test_every_socket_of_a_keep_alive_exchange_has_tcp_nodelay(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    """Without TCP_NODELAY each keep-alive response waits on Nagle and delayed ACKs (~40 ms)."""
+    gw = make_gateway()
+
+    async def nodelay() -> list[int]:
+        # the client's connection as the gateway accepted it, and the gateway's upstream one
+        server = gw.gateway._server
+        accepted = [c.transport.get_extra_info("socket") for c in server.server_state.connections]
+        pool = gw.gateway._client._transport._pool  # type: ignore[attr-defined]
+        upstream = [
+            c._connection._network_stream.get_extra_info("socket") for c in pool.connections
+        ]
+        assert accepted and upstream
+        return [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted + upstream]
+
+    with httpx.Client() as client:
+        assert client.get(f"{gw.url}/x", headers=_bearer(ticket)).status_code == 200
+        flags = asyncio.run_coroutine_threadsafe(nodelay(), gw._loop).result(5)
+    assert flags and all(flags)

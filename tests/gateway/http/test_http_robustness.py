@@ -213,7 +213,7 @@ def test_an_unexpected_failure_is_a_500_that_names_no_data(
         def apply(self, request: httpx.Request, body: bytes | None) -> None:
             raise ValueError("secret-looking detail that must not leak")
 
-    gw.gateway.proxy._injector = Exploding()
+    gw.gateway.proxy._upstream._injector = Exploding()
     r = httpx.get(f"{gw.url}/x", headers=_auth(ticket))
     assert r.status_code == 500 and "ValueError" in r.json()["error"]
     assert "secret-looking" not in r.text and "secret-looking" not in recorder.text()

@@ -91,6 +91,33 @@ def test_normalise_examples(raw: str, judged: str, wire: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "candidates"),
+    [
+        ("/", ("/",)),
+        ("/items/1/", ("/items/1",)),
+        ("/items/1//", ("/items/1",)),
+        ("/items%2F1", ("/items%2F1", "/items/1")),
+        ("/items%2f1/", ("/items%2F1", "/items/1")),
+        ("/a/b%2F..%2F..%2Fc", ("/a/b%2F..%2F..%2Fc", "/c")),
+        ("/a%5Cb", ("/a\\b", "/a/b")),
+        ("/a%252Fb", ("/a%2Fb",)),  # an escaped percent sign is not a slash
+    ],
+)
+def test_guardrails_judge_every_reading_of_a_path(raw: str, candidates: tuple[str, ...]) -> None:
+    assert normalize_path(raw).candidates == candidates
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_path_chars, max_size=30).map(lambda parts: "/" + "".join(parts)))
+def test_path_candidates_have_no_trailing_slash_and_start_with_the_judged_path(raw: str) -> None:
+    norm = normalize_path(raw.encode())
+    first, *rest = norm.candidates
+    assert first == (norm.judged.rstrip("/") or "/")
+    assert all(c == "/" or not c.endswith("/") for c in norm.candidates)
+    assert len(rest) <= 1 and rest != [first]
+
+
+@pytest.mark.parametrize(
     ("base", "wire", "out"),
     [
         ("", "/x", "/x"),
@@ -202,3 +229,41 @@ def test_json_that_does_not_parse_is_not_recorded_when_fields_are_masked() -> No
     tap.feed(b'{"password": "x", broken')
     assert "body" not in _render(tap, fields=["password"])
     assert "x" in str(_render(tap)["body"])  # without field masking: the masker alone decides
+
+
+_json_docs = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_docs)
+def test_decoding_json_escapes_keeps_the_document(doc: object) -> None:
+    from airlock.gateway.http.capture import decode_json_escapes
+
+    escaped = json.dumps(doc)  # ensure_ascii: every non-ASCII character escaped
+    decoded = decode_json_escapes(escaped)
+    assert json.loads(decoded) == doc
+    assert decode_json_escapes(decoded) == decoded
+
+
+@pytest.mark.parametrize(
+    ("text", "out"),
+    [
+        ('"\\u0073k_live"', '"sk_live"'),
+        ('"\\\\u0073k"', '"\\\\u0073k"'),  # an escaped backslash, then the letters u0073
+        ('"\\\\\\u0073k"', '"\\\\sk"'),
+        ('"\\u0022"', '"\\u0022"'),  # a quote stays escaped
+        ('"\\ud83d\\ude00"', '"\U0001f600"'),
+        ('"\\ud83d"', '"\\ud83d"'),  # a lone surrogate stays escaped
+        ('{"k": "\\u00', '{"k": "\\u00'),  # cut at the cap mid-escape
+    ],
+)
+def test_decoding_json_escapes_examples(text: str, out: str) -> None:
+    from airlock.gateway.http.capture import decode_json_escapes
+
+    assert decode_json_escapes(text) == out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,10 @@ __all__ = [
 ]
 
 # -- bodies ---------------------------------------------------------------------------------------
+
+# Forge ids and numbers fit 63 bits; anything larger is refused by validation (a 400), never
+# carried into SQL or a URL.
+ForgeId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class _Strict(BaseModel):
@@ -38,7 +42,7 @@ class ApproversBody(_Strict):
 
 
 class OperationBody(_Strict):
-    kind: Literal["sql", "http", "command"]
+    kind: Literal["sql", "http", "command", "tool"]
     text: str = Field(min_length=1, max_length=256 * 1024)
     rule_id: str = Field(min_length=1, max_length=128)
     gateway: str | None = Field(default=None, max_length=128)
@@ -51,30 +55,31 @@ class OperationBody(_Strict):
 class CreateBody(_Strict):
     backend: Literal["github-check", "gitlab", "github-environment"]
     operation: OperationBody
-    timeout: float = Field(gt=0)
-    pull_request: int | None = Field(default=None, ge=1)
-    merge_request: int | None = Field(default=None, ge=1)
+    timeout: float = Field(gt=0, le=7 * 24 * 3600)
+    pull_request: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    merge_request: int | None = Field(default=None, ge=1, le=2**31 - 1)
     approvers: ApproversBody | None = None
 
 
 class _GhUser(_Loose):
     login: str
-    id: int
+    id: ForgeId
     type: str = "User"
 
 
 class _GhRepo(_Loose):
-    id: int
+    id: ForgeId
     full_name: str
 
 
 class GhInstallation(_Loose):
-    id: int
+    id: ForgeId
 
 
 class _GhCheckRun(_Loose):
-    id: int
+    id: ForgeId
     external_id: str | None = None
+    head_sha: str | None = None
 
 
 class _GhAction(_Loose):
@@ -100,24 +105,24 @@ class DeploymentRuleEvent(_Loose):
 
 
 class _GlUser(_Loose):
-    id: int
+    id: ForgeId
     username: str
 
 
 class _GlProject(_Loose):
-    id: int
+    id: ForgeId
     path_with_namespace: str
 
 
 class _GlNote(_Loose):
-    id: int
+    id: ForgeId
     note: str
     noteable_type: str
     system: bool = False
 
 
 class _GlMergeRequest(_Loose):
-    iid: int
+    iid: ForgeId
 
 
 class NoteEvent(_Loose):

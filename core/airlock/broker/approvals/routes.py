@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -17,8 +14,9 @@ from starlette.responses import JSONResponse, Response
 from airlock.broker.approvals.bodies import CreateBody
 from airlock.broker.approvals.service import ApprovalService, WebhookResult
 from airlock.broker.approvals.store import PENDING, ApprovalRow
+from airlock.broker.requests import BadRequest, bearer, check_depth, loads, read_body
 from airlock.broker.service import Broker
-from airlock.errors import PolicyDenied, UsageError
+from airlock.errors import UsageError
 
 __all__ = [
     "MAX_CREATE_BYTES",
@@ -42,13 +40,13 @@ def approval_routes(broker: Broker) -> list[tuple[str, Handler, list[str], str]]
     service = ApprovalService(broker)
 
     async def create(request: Request) -> Response:
-        token = _bearer(request)
-        body = CreateBody.model_validate(_json_body(await _read(request, MAX_CREATE_BYTES)))
+        token = bearer(request)
+        body = CreateBody.model_validate(loads(await read_body(request, MAX_CREATE_BYTES)))
         row = await run_in_threadpool(service.create, token, body)
         return JSONResponse(row.public(), status_code=201, headers={"Cache-Control": "no-store"})
 
     async def status(request: Request) -> Response:
-        token = _bearer(request)
+        token = bearer(request)
         request_id = request.path_params["request_id"]
         wait = _wait_seconds(request.query_params.get("wait", "0"))
         row = await run_in_threadpool(service.status, token, request_id)
@@ -58,12 +56,12 @@ def approval_routes(broker: Broker) -> list[tuple[str, Handler, list[str], str]]
         return JSONResponse(row.public(), headers={"Cache-Control": "no-store"})
 
     async def github(request: Request) -> Response:
-        raw = await _read(request, MAX_WEBHOOK_BYTES)
+        raw = await read_body(request, MAX_WEBHOOK_BYTES)
         headers = {k.lower(): v for k, v in request.headers.items()}
         return await _webhook(service.github_webhook, headers, raw)
 
     async def gitlab(request: Request) -> Response:
-        raw = await _read(request, MAX_WEBHOOK_BYTES)
+        raw = await read_body(request, MAX_WEBHOOK_BYTES)
         headers = {k.lower(): v for k, v in request.headers.items()}
         return await _webhook(service.gitlab_webhook, headers, raw)
 
@@ -92,7 +90,12 @@ async def _webhook(
     raw: bytes,
 ) -> Response:
     try:
+        check_depth(raw)
         result = await run_in_threadpool(handler, headers, raw)
+    except BadRequest as exc:
+        result = WebhookResult(exc.code, exc.status, exc.message)
+    except UsageError as exc:
+        result = WebhookResult("bad-request", 400, exc.message)
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
         result = WebhookResult("bad-request", 400, f"malformed payload: check {', '.join(fields)}")
@@ -107,32 +110,3 @@ def _wait_seconds(raw: str) -> float:
     if not 0 <= wait <= MAX_WAIT:
         raise UsageError(f"wait is between 0 and {MAX_WAIT:.0f} seconds")
     return wait
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise PolicyDenied("send the job token from the exchange as `Authorization: Bearer …`")
-    return value.strip()
-
-
-class _TooLarge(UsageError):
-    """A body over the cap."""
-
-
-async def _read(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise _TooLarge(f"request bodies here are limited to {cap} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise _TooLarge(f"request bodies here are limited to {cap} bytes")
-    return bytes(body)
-
-
-def _json_body(raw: bytes) -> Any:
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        return json.loads(raw)
-    raise UsageError("the request body is not JSON")

@@ -116,7 +116,8 @@ class ApprovalService:
         digest, subject = self._job(job_token)
         op = Operation(**body.operation.model_dump())
         forge = "gitlab" if body.backend == "gitlab" else "github"
-        repository, repository_id, run_id, requester = _bound_subject(subject, forge)
+        bound = _bound_subject(subject, forge)
+        repository, repository_id, run_id = bound.repository, bound.repository_id, bound.run_id
         _check_binding(op, repository, run_id, subject)
         now = self._clock()
         timeout = min(body.timeout, float(self._config.max_timeout))
@@ -138,7 +139,7 @@ class ApprovalService:
             repository_id=repository_id,
             run_id=run_id,
             target=body.pull_request if forge == "github" else body.merge_request,
-            requester=requester,
+            requester=bound.requester,
             author=None,
             operation=op.to_dict(),
             operation_hash=op.operation_hash(),
@@ -153,8 +154,9 @@ class ApprovalService:
             reason=None,
             signature=None,
             key_id=None,
+            requester_id=bound.requester_id,
         )
-        row = self._post(row, op)
+        row = self._post(row, op, subject)
         log.info(
             "approval %s requested: backend=%s repository=%s rule=%s operation=%s",
             row.request_id,
@@ -165,9 +167,9 @@ class ApprovalService:
         )
         return self.store.get(row.request_id) or row
 
-    def _post(self, row: ApprovalRow, op: Operation) -> ApprovalRow:
+    def _post(self, row: ApprovalRow, op: Operation, subject: Mapping[str, Any]) -> ApprovalRow:
         if row.backend == "github-check":
-            return self._post_check_run(row, op)
+            return self._post_check_run(row, op, str(subject.get("sha") or ""))
         if row.backend == "gitlab":
             return self._post_note(row, op)
         if self._config.github_app is None:
@@ -175,14 +177,25 @@ class ApprovalService:
         self.store.add(row)
         return row
 
-    def _post_check_run(self, row: ApprovalRow, op: Operation) -> ApprovalRow:
+    def _post_check_run(self, row: ApprovalRow, op: Operation, job_sha: str) -> ApprovalRow:
         if row.target is None:
             raise UsageError("github-check needs the pull request number (pull_request)")
         api = self.github()
         pr = api.pull_request(row.repository, row.target)
         head_sha = str((pr.get("head") or {}).get("sha", ""))
-        author = str((pr.get("user") or {}).get("login", "")) or None
-        row = _replace(row, author=author)
+        if not _pr_runs_commit(pr, job_sha):
+            log.info(
+                "approval refused: PR #%s head %s is not the job's commit %s",
+                row.target,
+                head_sha[:12],
+                job_sha[:12],
+            )
+            raise PolicyDenied(
+                f"pull request #{row.target} is not at this job's commit: an approval is posted "
+                "only on the pull request the job runs for"
+            )
+        author = str((pr.get("user") or {}).get("login", "")) or None  # for humans to read
+        row = _replace(row, author=author, head_sha=head_sha)
         self.store.add(row)
         body = check_run_body(
             request_id=row.request_id,
@@ -206,7 +219,7 @@ class ApprovalService:
             raise UsageError("gitlab needs the merge request iid (merge_request)")
         api = self.gitlab()
         mr = api.merge_request(row.repository_id, iid)
-        author = str((mr.get("author") or {}).get("username", "")) or None
+        author = str((mr.get("author") or {}).get("username", "")) or None  # for humans to read
         row = _replace(row, author=author)
         self.store.add(row)
         try:
@@ -254,9 +267,8 @@ class ApprovalService:
         if app is None:
             return WebhookResult("not-configured", 404, "this broker has no github_app")
         secret = resolve_secret(app.webhook_secret.get_secret_value(), "github webhook_secret")
-        if not hmac.compare_digest(
-            headers.get("x-hub-signature-256", ""), github_signature(secret, raw)
-        ):
+        presented = headers.get("x-hub-signature-256", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(presented, github_signature(secret, raw).encode()):
             log.warning("github webhook refused: bad or missing X-Hub-Signature-256")
             return WebhookResult("bad-signature", 401, "X-Hub-Signature-256 does not match")
         event = headers.get("x-github-event", "")
@@ -279,6 +291,7 @@ class ApprovalService:
             or row.backend != "github-check"
             or row.forge_ref != str(event.check_run.id)
             or row.repository_id != str(event.repository.id)
+            or (row.head_sha and event.check_run.head_sha != row.head_sha)
             or not self._our_installation(event.installation)
         ):
             return WebhookResult("ignored", 202, "not an Airlock approval check run")
@@ -294,7 +307,24 @@ class ApprovalService:
             return self._refuse(row, deliveries, "the button was for another operation")
         rights = GitHubRights(self.github(), row.repository)
         click = _Click(clicker, approve)
-        return self._click(row, click, rights, deliveries, "github", "the check run")
+        author_id = self._github_author_id(row) if approve else None
+        return self._click(row, click, rights, deliveries, "github", "the check run", author_id)
+
+    def _github_author_id(self, row: ApprovalRow) -> str | None:
+        """The pull request author's immutable id, read now (not when the request was made)."""
+        if row.target is None:
+            return None
+        pr = self.github().pull_request(row.repository, row.target)
+        author_id = (pr.get("user") or {}).get("id")
+        return str(author_id) if author_id is not None else None
+
+    def _gitlab_author_id(self, row: ApprovalRow) -> str | None:
+        """The merge request author's immutable id, read now."""
+        if row.target is None:
+            return None
+        mr = self.gitlab().merge_request(row.repository_id, row.target)
+        author_id = (mr.get("author") or {}).get("id")
+        return str(author_id) if author_id is not None else None
 
     def _deployment_rule(self, event: DeploymentRuleEvent, delivery: str) -> WebhookResult:
         app = self._config.github_app
@@ -346,7 +376,8 @@ class ApprovalService:
         if gl is None:
             return WebhookResult("not-configured", 404, "this broker has no gitlab section")
         expected = resolve_secret(gl.webhook_token.get_secret_value(), "gitlab webhook_token")
-        if not hmac.compare_digest(headers.get("x-gitlab-token", "").encode(), expected.encode()):
+        presented = headers.get("x-gitlab-token", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(presented, expected.encode()):
             log.warning("gitlab webhook refused: bad or missing X-Gitlab-Token")
             return WebhookResult("bad-token", 401, "X-Gitlab-Token does not match")
         delivery = (
@@ -382,7 +413,8 @@ class ApprovalService:
         deliveries = [("gitlab", delivery), ("gitlab-note", str(event.object_attributes.id))]
         rights = GitLabRights(api, row.repository_id)
         click = _Click(clicker, command.approve, self._justification(command.justification))
-        return self._click(row, click, rights, deliveries, "gitlab", "a note")
+        author_id = self._gitlab_author_id(row) if command.approve else None
+        return self._click(row, click, rights, deliveries, "gitlab", "a note", author_id)
 
     # -- shared -----------------------------------------------------------------------------------
 
@@ -394,6 +426,7 @@ class ApprovalService:
         deliveries: list[tuple[str, str]],
         forge: str,
         where: str,
+        author_id: str | None,
     ) -> WebhookResult:
         row = self._expire_if_due(row)
         if row.status != PENDING:
@@ -404,18 +437,19 @@ class ApprovalService:
             rules,
             click.clicker,
             approve=click.approve,
-            requester=row.requester,
-            author=row.author,
+            requester_id=row.requester_id,
+            author_id=author_id,
             rights=rights,
         )
         if why is None and click.approve and justification_required(rules):
             why = _missing_justification(row, click)
         if why is not None:
             return self._refuse(row, deliveries, why, click.clicker)
-        by = f"{forge}:{click.clicker.login}"
+        by = f"{forge}:{click.clicker.login}"  # the login, for humans; the id is what counts
+        by_id = f"{forge}:{click.clicker.user_id}"
         if not click.approve:
-            return self._deny(row, by, click, deliveries, where)
-        vote = Vote(click.clicker.login.lower(), by, click.justification)
+            return self._deny(row, (by, by_id), click, deliveries, where)
+        vote = Vote(by_id, by, click.justification)
         try:
             tally = self.store.vote(
                 row.request_id,
@@ -431,13 +465,21 @@ class ApprovalService:
     def _deny(
         self,
         row: ApprovalRow,
-        by: str,
+        who: tuple[str, str],
         click: _Click,
         deliveries: list[tuple[str, str]],
         where: str,
     ) -> WebhookResult:
+        by, by_id = who
         reason = f"denied in {where}" + (f": {click.justification}" if click.justification else "")
-        decision = self._sign(row, approved=False, by=by, reason=reason)
+        decision = self._sign(
+            row,
+            approved=False,
+            by=by,
+            reason=reason,
+            justification=click.justification,
+            by_ids=(by_id,),
+        )
         try:
             won = self.store.decide(row.request_id, "denied", decision, deliveries)
         except Replayed:
@@ -465,10 +507,18 @@ class ApprovalService:
         return WebhookResult("pending", 200, count, row.request_id)
 
     def _sign_approval(self, row: ApprovalRow, votes: tuple[Vote, ...], where: str) -> Decision:
-        by = ",".join(v.by for v in sorted(votes, key=lambda v: v.login))
-        said = "; ".join(f"{v.by}: {v.justification}" for v in votes if v.justification)
+        ordered = sorted(votes, key=lambda v: (v.by.lower(), v.approver_id))
+        by = ",".join(v.by for v in ordered)
+        said = "; ".join(f"{v.by}: {v.justification}" for v in ordered if v.justification)
         reason = f"approved in {where}" + (f" ({said})" if said else "")
-        return self._sign(row, approved=True, by=by, reason=reason)
+        return self._sign(
+            row,
+            approved=True,
+            by=by,
+            reason=reason,
+            justification=said,
+            by_ids=tuple(v.approver_id for v in ordered),
+        )
 
     def _justification(self, text: str) -> str:
         if not text:
@@ -497,9 +547,24 @@ class ApprovalService:
             return WebhookResult("replayed", 409, "this delivery was already processed")
         return result
 
-    def _sign(self, row: ApprovalRow, *, approved: bool, by: str, reason: str) -> Decision:
+    def _sign(
+        self,
+        row: ApprovalRow,
+        *,
+        approved: bool,
+        by: str,
+        reason: str,
+        justification: str = "",
+        by_ids: tuple[str, ...] = (),
+    ) -> Decision:
         return Decision.signed(
-            self._broker.key, row.operation_hash, approved=approved, by=by, reason=reason
+            self._broker.key,
+            row.operation_hash,
+            approved=approved,
+            by=by,
+            reason=reason,
+            justification=justification,
+            by_ids=by_ids,
         )
 
     def _show_outcome(self, row: ApprovalRow, status: str, decision: Decision) -> None:
@@ -624,19 +689,47 @@ def github_signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _bound_subject(
-    subject: Mapping[str, Any], forge: str
-) -> tuple[str, str, str | None, str | None]:
-    """(repository, repository id, run id, requester) from the job's verified claims."""
+@dataclass(frozen=True)
+class _Bound:
+    """What a request is bound to, from the job's verified claims."""
+
+    repository: str
+    repository_id: str
+    run_id: str | None
+    requester: str | None  # the login, for humans to read
+    requester_id: str | None  # the immutable id (GitHub actor_id, GitLab user_id)
+
+
+def _bound_subject(subject: Mapping[str, Any], forge: str) -> _Bound:
     if forge == "github":
         repo, repo_id = subject.get("repository"), subject.get("repository_id")
-        run, who = subject.get("run_id"), subject.get("actor")
+        run, who, who_id = subject.get("run_id"), subject.get("actor"), subject.get("actor_id")
     else:
         repo, repo_id = subject.get("project_path"), subject.get("project_id")
-        run, who = subject.get("pipeline_id"), subject.get("user_login")
+        run, who, who_id = (
+            subject.get("pipeline_id"),
+            subject.get("user_login"),
+            subject.get("user_id"),
+        )
     if not repo or not repo_id:
         raise PolicyDenied(f"this job's token does not name a {forge} repository")
-    return str(repo), str(repo_id), str(run) if run else None, str(who) if who else None
+    return _Bound(
+        str(repo),
+        str(repo_id),
+        str(run) if run else None,
+        str(who) if who else None,
+        str(who_id) if who_id else None,
+    )
+
+
+def _pr_runs_commit(pr: Mapping[str, Any], job_sha: str) -> bool:
+    """True when the job runs the pull request's head commit, or its test merge commit
+    (``pull_request`` workflows check out ``refs/pull/N/merge``: GITHUB_SHA is that merge)."""
+    if not job_sha:
+        return False
+    head = str((pr.get("head") or {}).get("sha") or "")
+    merge = str(pr.get("merge_commit_sha") or "")
+    return job_sha in (head, merge)
 
 
 def _check_binding(
@@ -671,14 +764,17 @@ def _replace(row: ApprovalRow, **changes: Any) -> ApprovalRow:
 def _url_path(url: str) -> str:
     from urllib.parse import urlsplit
 
-    path = urlsplit(url).path
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # e.g. "http://[": not a URL, so not a review URL
+        return ""
     return path.removeprefix("/api/v3")
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UsageError("the webhook body is not JSON") from None
     if not isinstance(data, dict):
         raise UsageError("the webhook body is not a JSON object")

@@ -11,9 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from airlock.gate._rules import (
-    ApproverRules,
-)
+from airlock.broker.state import add_missing_columns
+from airlock.gate._rules import ApproverRules
 from airlock.gate.interface import Decision, format_time
 
 __all__ = [
@@ -55,6 +54,11 @@ APPROVALS = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("signature", sa.Text, nullable=True),
     sa.Column("key_id", sa.String(64), nullable=True),
+    # Added later (nullable, so older databases gain them in place):
+    sa.Column("requester_id", sa.String(64), nullable=True),  # GitHub actor_id / GitLab user_id
+    sa.Column("head_sha", sa.String(64), nullable=True),  # the PR head the check run is on
+    sa.Column("justification", sa.Text, nullable=True),  # masked, what the approvers wrote
+    sa.Column("decided_by_ids", sa.Text, nullable=True),  # JSON list: "github:583231", …
 )
 
 DELIVERIES = sa.Table(
@@ -69,7 +73,8 @@ VOTES = sa.Table(
     "airlock_approval_votes",
     _META,
     sa.Column("request_id", sa.String(32), primary_key=True),
-    sa.Column("login", sa.String(256), primary_key=True),  # lower-cased: one vote per person
+    # The approver's immutable id ("github:583231"): one vote per person, whatever their login.
+    sa.Column("login", sa.String(256), primary_key=True),
     sa.Column("by", sa.String(300), nullable=False),  # forge:login, as shown
     sa.Column("justification", sa.Text, nullable=True),  # masked, at most 1,000 characters
     sa.Column("voted_at", sa.Float, nullable=False),
@@ -107,6 +112,10 @@ class ApprovalRow:
     reason: str | None
     signature: str | None
     key_id: str | None
+    requester_id: str | None = None
+    head_sha: str | None = None
+    justification: str | None = None
+    decided_by_ids: list[str] | None = None
 
     def public(self) -> dict[str, Any]:
         """What the waiting job gets: the status and, once decided, the signed decision."""
@@ -125,6 +134,10 @@ class ApprovalRow:
                 signature=self.signature,
                 key_id=self.key_id,
             )
+            if self.justification:
+                out["justification"] = self.justification
+            if self.decided_by_ids:
+                out["by_ids"] = list(self.decided_by_ids)
         return out
 
     def approver_rules(self) -> list[ApproverRules]:
@@ -137,9 +150,9 @@ class Replayed(Exception):
 
 @dataclass(frozen=True)
 class Vote:
-    """One entitled approval of a request."""
+    """One entitled approval of a request: ``approver_id`` is the forge's immutable id."""
 
-    login: str
+    approver_id: str
     by: str
     justification: str = ""
 
@@ -160,11 +173,13 @@ class ApprovalStore:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         _META.create_all(engine)
+        add_missing_columns(engine, APPROVALS)
 
     def add(self, row: ApprovalRow) -> None:
         values = dict(row.__dict__)
         values["operation"] = json.dumps(row.operation, sort_keys=True)
         values["rules"] = json.dumps(row.rules, sort_keys=True)
+        values["decided_by_ids"] = json.dumps(row.decided_by_ids or [])
         with self._engine.begin() as conn:
             conn.execute(sa.insert(APPROVALS).values(**values))
 
@@ -214,6 +229,7 @@ class ApprovalStore:
                         reason=decision.reason,
                         signature=decision.signature,
                         key_id=decision.key_id,
+                        **_decided(decision),
                     )
                 )
         except IntegrityError:
@@ -285,14 +301,14 @@ def _tally(
     if conn.execute(locked.with_for_update()).scalar() != PENDING:
         return Tally("already-decided", (), False)
     mine = sa.select(VOTES.c.login).where(
-        VOTES.c.request_id == request_id, VOTES.c.login == vote.login
+        VOTES.c.request_id == request_id, VOTES.c.login == vote.approver_id
     )
     counted = conn.execute(mine).first() is None
     if counted:
         conn.execute(
             sa.insert(VOTES).values(
                 request_id=request_id,
-                login=vote.login,
+                login=vote.approver_id,
                 by=vote.by,
                 justification=vote.justification or None,
                 voted_at=time.time(),
@@ -312,9 +328,17 @@ def _tally(
             reason=decision.reason,
             signature=decision.signature,
             key_id=decision.key_id,
+            **_decided(decision),
         )
     )
     return Tally("approved", votes, counted, decision)
+
+
+def _decided(decision: Decision) -> dict[str, Any]:
+    return {
+        "justification": decision.justification or None,
+        "decided_by_ids": json.dumps(list(decision.by_ids)),
+    }
 
 
 def _votes(conn: sa.Connection, request_id: str) -> tuple[Vote, ...]:
@@ -326,4 +350,5 @@ def _row(row: Any) -> ApprovalRow:
     data = dict(row._mapping)
     data["operation"] = json.loads(data["operation"])
     data["rules"] = json.loads(data["rules"])
+    data["decided_by_ids"] = json.loads(data.get("decided_by_ids") or "[]")
     return ApprovalRow(**data)

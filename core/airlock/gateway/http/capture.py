@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.mask import Masker
 
-__all__ = ["BodyTap", "masked_headers", "render_body", "render_prefix"]
+__all__ = ["BodyTap", "decode_json_escapes", "masked_headers", "render_body", "render_prefix"]
 
 _MAX_DECODE_GROWTH = 4  # a recorded, decompressed prefix is at most cap * this many bytes
 
@@ -96,12 +97,45 @@ def render_prefix(
     text = _text(raw, truncated=truncated)
     if text is None:
         return {"body_omitted": "binary"}
-    if fields and _looks_json(content_type, text):
-        masked_json = _mask_json(text, fields)
-        if masked_json is None:
-            return {"body_omitted": "JSON cut at the cap cannot be field-masked"}
-        text = masked_json
+    if _looks_json(content_type, text):
+        if fields:
+            masked_json = _mask_json(text, fields)
+            if masked_json is None:
+                return {"body_omitted": "JSON cut at the cap cannot be field-masked"}
+            text = masked_json
+        text = decode_json_escapes(text)
     return {"body": masker.mask_text(text), "body_truncated": truncated}
+
+
+# A \uXXXX escape not itself escaped (preceded by an even number of backslashes), or a pair.
+_ESCAPE = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})"
+)
+# What JSON must keep escaped inside a string: the quote, the backslash, control characters.
+_KEEP = frozenset({'"', "\\"} | {chr(c) for c in range(0x20)})
+
+
+def decode_json_escapes(text: str) -> str:
+    """JSON text with its ``\\uXXXX`` escapes written as the characters they stand for (those
+    JSON needs escaped, and lone surrogates, stay escaped): ``"\\u0073k_live_…"`` is
+    ``sk_live_…`` to every JSON reader, so the masker must see it that way. Works on JSON cut at
+    the cap too."""
+    if "\\u" not in text:
+        return text
+    return _ESCAPE.sub(_unescape, text)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    if match.group(2) is not None:
+        high, low = int(match.group(2), 16), int(match.group(3), 16)
+        char = chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+        return match.group(1) + char
+    code = int(match.group(5), 16)
+    char = chr(code)
+    if char in _KEEP or 0xD800 <= code <= 0xDFFF:
+        return match.group(0)
+    return match.group(4) + char
 
 
 def masked_headers(

@@ -5,6 +5,11 @@ percent-escapes are decoded (``%2e%2e`` is ``..``), dot segments are resolved, r
 are collapsed. The result is re-encoded for the upstream, so the upstream receives the path that
 was judged. An escaped slash (``%2F``) stays inside its segment, as GitLab's ``projects/a%2Fb``
 needs, and is shown as ``%2F`` to the globs, so ``*`` still never crosses a real ``/``.
+
+Upstreams disagree on two points, so the guardrails judge every reading and the strictest
+decision wins (:attr:`NormalPath.candidates`): a trailing slash usually names the same resource
+(``DELETE /items/1/`` is ``DELETE /items/1``), and many servers decode ``%2F`` (and ``%5C``, a
+backslash) into a separator before routing (``/items%2F1`` is ``/items/1`` there).
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ class NormalPath:
 
     judged: str
     wire: str
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The readings of this path the guardrails judge: without a trailing slash, and, when
+        an escaped slash or backslash is present, with it decoded into a separator."""
+        first = _without_trailing_slash(self.judged)
+        if "%2F" not in self.wire and "%5C" not in self.wire:
+            return (first,)
+        split = normalize_path(self.wire.replace("%2F", "/").replace("%5C", "/")).judged
+        second = _without_trailing_slash(split)
+        return (first,) if second == first else (first, second)
 
 
 def normalize_path(raw: str | bytes) -> NormalPath:
@@ -46,6 +62,10 @@ def normalize_path(raw: str | bytes) -> NormalPath:
         judged += "/"
         wire += "/"
     return NormalPath(judged=judged, wire=wire)
+
+
+def _without_trailing_slash(path: str) -> str:
+    return path.rstrip("/") or "/"
 
 
 def _judged(segment: bytes) -> str:

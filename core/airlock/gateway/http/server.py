@@ -41,6 +41,7 @@ __all__ = [
 
 _UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=30.0)
 _START_TIMEOUT = 10.0
+_GRACE = 5
 
 
 class HttpGatewayError(InfrastructureUnavailable):
@@ -69,7 +70,9 @@ class HttpGateway:
         return f"http://{shown}:{port}"
 
     async def close(self) -> None:
-        """Stop accepting, finish open requests (briefly), close the upstream client."""
+        """Stop accepting, refuse the requests held for approval (each recorded, with its
+        approval cancelled), finish the others (briefly), close the upstream client."""
+        self.proxy.cancel_holds()
         self._server.should_exit = True
         try:
             await self._task
@@ -130,6 +133,9 @@ async def serve_http(
             http="h11",  # the same HTTP parser whatever else is installed (httptools: broker)
             date_header=False,
             timeout_keep_alive=30,
+            # on close, responses in flight get this long; then their tasks are cancelled
+            # (and recorded), so that no task outlives the loop
+            timeout_graceful_shutdown=_GRACE,
         )
     )
     server.config.load()
@@ -143,7 +149,9 @@ async def serve_http(
 def _bind(config: HttpGatewayConfig) -> socket.socket:
     host, port = config.listen_host, config.listen_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # accepted sockets inherit it. Without it every keep-alive response waits on Nagle (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

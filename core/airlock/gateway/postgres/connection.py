@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import secrets
 import ssl
 import time
@@ -32,8 +33,14 @@ from airlock.gateway.postgres._shared import (
 )
 from airlock.gateway.postgres.guard import Verdict
 from airlock.gateway.postgres.masking import ColumnPlan
+from airlock.gateway.postgres.parse_state import (
+    PARSE_STATE_RULE,
+    SessionState,
+    depends_on_backslashes,
+    unsafe_encoding,
+)
 from airlock.gateway.postgres.scram import MECHANISM, ScramClient
-from airlock.policy.guardrails import Action, Decision
+from airlock.policy.guardrails import Action, Decision, SqlStatement
 
 __all__ = ["Connection"]
 
@@ -53,7 +60,11 @@ _QUERY, _TERMINATE, _SYNC = b"QXS"
 # Frontend messages with nothing to judge or record: Describe, Flush, CopyData/Done/Fail.
 _CLIENT_PASSED = frozenset(b"DHdcf")
 # Backend messages the relay passes on without looking inside (the rest it decodes).
-_PASSED = frozenset(b"123nStKAVcGHWvR")
+_PASSED = frozenset(b"123ntKVcGHWvR")
+_PARAMETER_STATUS, _NOTIFICATION = b"SA"
+# What a client may send while a statement is held (read so that its going away is seen);
+# past this, reading pauses until the hold ends.
+_MAX_BACKLOG = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------ connection
@@ -72,12 +83,16 @@ class _Inflight:
 
 @dataclass(frozen=True)
 class _Held:
-    """A statement waiting for approval, and what is needed to send or refuse it after."""
+    """A statement waiting for approval, and what is needed to send or refuse it after.
+
+    ``portal`` is set for an extended-protocol Execute: the approval covers that one execution
+    of the portal (its statement and parameter values), never a later Bind."""
 
     verdict: Verdict
     masked: str
     raw: bytes
     parse: pg.Parse | None
+    portal: str | None = None
 
 
 class _Pipe(asyncio.Protocol):
@@ -140,6 +155,9 @@ class Connection:
         self.refusal_count = 0
         self.statements: dict[str, tuple[str, Verdict]] = {}
         self.portals: dict[str, pg.Bind] = {}
+        self.approved_portals: set[str] = set()  # held Executes approved, for that Bind only
+        self.sql_prepared: dict[str, SqlStatement] = {}  # SQL PREPARE, for judging EXECUTE
+        self.state = SessionState()
         self.inflight: deque[_Inflight] = deque()
         self.batches_sent = 0
         self.batches_done = 0
@@ -269,10 +287,25 @@ class Connection:
                 f"upstream unreachable: {type(exc).__name__}",
             ) from None
         assert self.up_w is not None
+        self._check_startup_encoding(startup)
         params = {"user": self.s.login.user, "database": upstream.database}
         params.update({k: v for k, v in startup.params.items() if k in _PASSED_PARAMS})
         self.up_w.write(pg.encode_startup(params))
         await self._upstream_login()
+
+    def _check_startup_encoding(self, startup: pg.StartupMessage) -> None:
+        encoding = startup.params.get("client_encoding", "")
+        if unsafe_encoding(encoding):
+            raise Refused(
+                fatal(
+                    "22023",
+                    f"the Airlock gateway {self.s.config.name} does not accept client_encoding "
+                    f"{encoding[:40]}: the gateway would read SQL differently from the server "
+                    f"(rule {PARSE_STATE_RULE})",
+                    hint="connect with client_encoding UTF8 (PGCLIENTENCODING=UTF8)",
+                ),
+                f"client asked for client_encoding {encoding[:40]} ({PARSE_STATE_RULE})",
+            )
 
     async def _upstream_tls(self) -> None:
         tls = self.s.config.upstream.tls
@@ -320,6 +353,8 @@ class Connection:
                 self.upstream_parser = parser
                 return
             else:
+                if isinstance(message, pg.ParameterStatus):
+                    self.state.update(message.name, message.value)
                 greeting += message.raw
 
     def _answer_auth(self, message: pg.Authentication, scram: ScramClient | None) -> Any:
@@ -366,8 +401,10 @@ class Connection:
     #
     # The relay runs in protocol callbacks, not tasks: bytes from one side are judged, recorded
     # and masked in the callback that receives them and leave in one write to the other side.
-    # Flow control passes through (a slow client pauses reading upstream, and the reverse);
-    # a statement held for approval pauses reading from the client until it is answered.
+    # Flow control passes through (a slow client pauses reading upstream, and the reverse).
+    # While a statement is held for approval the client is still read (what it sends waits in
+    # a backlog, up to _MAX_BACKLOG), so that a client going away cancels the hold: a held
+    # statement is never sent for a client that is gone.
 
     async def _relay(self) -> None:
         assert self.up_r is not None and self.up_w is not None
@@ -403,8 +440,10 @@ class Connection:
             await self.finished
         finally:
             self._finish()
-            if self.holding is not None:
-                self.holding.cancel()
+            holding = self.holding
+            if holding is not None:
+                holding.cancel()
+                await asyncio.gather(holding, return_exceptions=True)
 
     def _finish(self, exc: BaseException | None = None) -> None:
         if self.finished.done():
@@ -436,6 +475,8 @@ class Connection:
                 return
             if self.holding is not None:
                 self.client_backlog += buf[frames[0][1] : frames[-1][2]]
+                if len(self.client_backlog) > _MAX_BACKLOG:
+                    self.client_t.pause_reading()
             else:
                 self._pump_client(buf, frames)
         except Exception as exc:
@@ -473,7 +514,6 @@ class Connection:
             if isinstance(forward, _Held):
                 self.up_t.write(b"".join(pieces))  # allowed on their own: they go now
                 self.client_backlog = buf[end : frames[-1][2]]
-                self.client_t.pause_reading()
                 self.holding = asyncio.get_running_loop().create_task(self._hold(forward))
                 return
             pieces.append(forward)
@@ -487,10 +527,23 @@ class Connection:
     async def _hold(self, held: _Held) -> None:
         try:
             decision = await self._ask(held.verdict.final, held.masked)
+        except asyncio.CancelledError:
+            self._cancelled(held)
+            raise
+        try:
+            if self.finished.done():  # the client went while the answer was on its way
+                self._cancelled(held)
+                return
             if decision.action == "allow":
+                if held.portal is not None:
+                    self.approved_portals.add(held.portal)
                 self.up_t.write(held.raw)
             else:
-                self.up_t.write(self._refused(decision, held.verdict, held.parse, asked=True))
+                extended = held.portal is not None
+                refused = self._refused(
+                    decision, held.verdict, held.parse, asked=True, extended=extended
+                )
+                self.up_t.write(refused)
             self.holding = None
             backlog, self.client_backlog = self.client_backlog, b""
             if backlog:
@@ -500,23 +553,39 @@ class Connection:
         except Exception as exc:
             self._finish(exc)
 
+    def _cancelled(self, held: _Held) -> None:
+        """The client went (or the gateway closed) while ``held`` waited: it is never sent."""
+        self.s.event(
+            EventType.APPROVAL_CANCELLED,
+            {
+                "connection": self.conn_id,
+                "rule_id": held.verdict.final.rule_id,
+                "sql": held.masked,
+                "reason": "the client disconnected while the statement was held; never sent",
+            },
+        )
+        self._result(error=("57014", "cancelled while held for approval: never sent"))
+
     def _from_client(self, message: pg.Message) -> bytes | _Held:
         """The bytes to send upstream for ``message``, or the statement to hold for approval."""
         if isinstance(message, pg.Query):
             self.batches_sent += 1
             return self._statement(message.sql, message.raw, simple=True)
         if isinstance(message, pg.Parse):
-            verdict = self.s.guard.verdict(message.sql)
+            verdict = self.s.guard.verdict(message.sql, self.sql_prepared)
             self.statements[message.name] = (message.sql, verdict)
             return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
+            self.approved_portals.discard(message.portal)
         elif isinstance(message, pg.Execute):
-            self._record_execute(message)
+            return self._execute(message)
         elif isinstance(message, pg.Sync):
             self.batches_sent += 1
         elif isinstance(message, pg.Close):
             (self.statements if message.target == "S" else self.portals).pop(message.name, None)
+            if message.target != "S":
+                self.approved_portals.discard(message.name)
         elif isinstance(message, pg.FunctionCall):
             self.batches_sent += 1
             return self._refusal(
@@ -537,7 +606,10 @@ class Connection:
         parse: pg.Parse | None = None,
         verdict: Verdict | None = None,
     ) -> bytes | _Held:
-        verdict = verdict or self.s.guard.verdict(sql)
+        busy = bool(self.inflight)  # something running whose settings changes are not seen yet
+        verdict = verdict or self.s.guard.verdict(sql, self.sql_prepared)
+        for name, prepared in verdict.prepares:
+            self.sql_prepared[name] = prepared
         masked = self.s.masker.mask_text(sql)
         if simple:
             seq = self.s.event(
@@ -550,14 +622,47 @@ class Connection:
                 },
             )
             self.inflight.append(_Inflight(seq, time.monotonic(), self.batches_sent, True))
+        why = self._parse_state(sql, busy)
+        if why is not None:
+            return self._refused_state(why, masked, parse)
         decision = verdict.final
         if verdict.notable:
             self._record_decisions(verdict, masked)
         if decision.action == "require_approval":
+            if parse is not None:  # held at each Execute, with its parameter values
+                return raw
             return _Held(verdict, masked, raw, parse)
         if decision.action == "allow":
             return raw
         return self._refused(decision, verdict, parse, asked=False)
+
+    def _parse_state(self, sql: str, busy: bool) -> str | None:
+        """Why the server may read ``sql`` differently from the gateway now (None: it won't)."""
+        why = self.state.refuses(sql)
+        if why is None and busy and depends_on_backslashes(sql):
+            why = "a statement still running may have changed standard_conforming_strings"
+        return why
+
+    def _refused_state(self, why: str, masked: str, parse: pg.Parse | None) -> bytes:
+        self.s.event(
+            EventType.GUARDRAIL,
+            {
+                "connection": self.conn_id,
+                "rule_id": PARSE_STATE_RULE,
+                "action": "deny",
+                "reason": why,
+                "sql": masked,
+            },
+        )
+        return self._refusal(
+            PARSE_STATE_RULE,
+            f"Airlock gateway {self.s.config.name}: statement refused by guardrail "
+            f"{PARSE_STATE_RULE} ({why}): the server could read it differently from the gateway",
+            "use standard_conforming_strings = on and client_encoding UTF8, and send a statement "
+            "with backslashes in a plain string literal only after the previous results arrived "
+            "(or write it as E'...')",
+            parse,
+        )
 
     def _record_decisions(self, verdict: Verdict, masked: str) -> None:
         for decision, kinds in verdict.notable:
@@ -600,7 +705,13 @@ class Connection:
         return Decision(action, decision.rule_id, decision.index)
 
     def _refused(
-        self, decision: Decision, verdict: Verdict, parse: pg.Parse | None, *, asked: bool
+        self,
+        decision: Decision,
+        verdict: Verdict,
+        parse: pg.Parse | None,
+        *,
+        asked: bool,
+        extended: bool = False,
     ) -> bytes:
         kinds = ", ".join(verdict.statement_kinds[decision.index])
         why = "approval was denied for" if asked else "refused by"
@@ -611,11 +722,22 @@ class Connection:
             "the session policy's guardrails hold this statement; ask for the policy to change "
             "or run a narrower statement",
             parse,
+            extended=extended,
         )
 
     def _refusal(
-        self, rule_id: str, message: str, hint: str, parse: pg.Parse | None = None
+        self,
+        rule_id: str,
+        message: str,
+        hint: str,
+        parse: pg.Parse | None = None,
+        *,
+        extended: bool = False,
     ) -> bytes:
+        """What goes upstream instead of a refused message: a statement that fails at once
+        (its error is swapped for ours on the way back). In place of a Parse, a Parse of the
+        same name; in place of an Execute (``extended``), a Parse of a fresh name, which fails
+        and so creates nothing; otherwise a Query."""
         self.refusal_count += 1
         token = f"airlock_refused_{self.nonce}_{self.refusal_count}"
         error = pg.encode_error("42501", message, hint=hint, detail=f"rule {rule_id}")
@@ -623,23 +745,33 @@ class Connection:
         poison = f'SELECT "{token}"'
         if parse is not None:
             return pg.encode_parse(parse.name, poison)
+        if extended:
+            return pg.encode_parse(token, poison)
         return pg.encode_query(poison)
 
-    def _record_execute(self, message: pg.Execute) -> None:
+    def _execute(self, message: pg.Execute) -> bytes | _Held:
+        """Record an Execute; hold it when its statement needs approval. One approval covers
+        this execution only (its statement and these parameter values): a new Bind asks again."""
         bind = self.portals.get(message.portal)
         known = self.statements.get(bind.statement) if bind is not None else None
         sql, verdict = known or ("", self.s.guard.verdict(""))
+        masked = self.s.masker.mask_text(sql)
+        params = self._params(bind)
         seq = self.s.event(
             EventType.DB_QUERY,
             {
                 "connection": self.conn_id,
                 "protocol": "extended",
-                "sql": self.s.masker.mask_text(sql),
-                "params": self._params(bind),
+                "sql": masked,
+                "params": params,
                 "kinds": list(verdict.kinds),
             },
         )
         self.inflight.append(_Inflight(seq, time.monotonic(), self.batches_sent + 1, False))
+        if verdict.final.action != "require_approval" or message.portal in self.approved_portals:
+            return message.raw
+        text = f"{masked}\n-- parameters: {json.dumps(params)}" if params else masked
+        return _Held(verdict, text, message.raw, None, portal=message.portal)
 
     def _params(self, bind: pg.Bind | None) -> list[str | None]:
         if bind is None:
@@ -675,6 +807,13 @@ class Connection:
             if kind == _DATA_ROW:
                 new = self._data_row(buf, start, end)
             elif kind in _PASSED:
+                continue
+            elif kind == _NOTIFICATION:
+                new = self._notification(buf, start, end)
+            elif kind == _PARAMETER_STATUS:
+                status = pg.decode_backend(buf[start:end])
+                assert isinstance(status, pg.ParameterStatus)
+                self.state.update(status.name, status.value)
                 continue
             elif kind == _COPY_DATA:
                 new = self._copy_data(buf, start, end)
@@ -752,6 +891,14 @@ class Connection:
         data = buf[start + 5 : end]
         masked = self.s.masker.mask_bytes(data)
         return None if masked == data else pg.encode_message(b"d", masked)
+
+    def _notification(self, buf: bytes, start: int, end: int) -> bytes | None:
+        """NOTIFY channel and payload, masked (always: they are free text like an error)."""
+        body = buf[start + 5 : end]
+        masked = self.s.masker.mask_bytes(body[4:])
+        if masked == body[4:]:
+            return None
+        return pg.encode_message(b"A", body[:4] + masked)
 
     def _text(self, index: int) -> bool:
         return index < len(self.text_columns) and self.text_columns[index]

@@ -1,28 +1,16 @@
-"""SQL text → :class:`~airlock.policy.guardrails.SqlStatement` summaries, with PostgreSQL's own
-parser (pglast, libpg_query), and the per-gateway judge built on them. Sans-I/O.
-
-What is read from each statement: its kinds (the top statement *and* every nested statement, so
-a ``WITH d AS (DELETE …) SELECT …`` is ``select`` and ``delete``, an ``EXPLAIN ANALYZE UPDATE``
-is ``update``), every table it names, every function it calls, whether a DELETE/UPDATE has a
-WHERE that restricts anything. What cannot be read: the bodies of ``DO`` blocks and of functions
-and procedures called (kinds ``do``/``call``; a ``SELECT f()`` may write anything ``f`` does) —
-rules should treat those as risky.
-"""
+"""The per-gateway SQL judge: statement summaries (:mod:`~airlock.gateway.postgres.analysis`)
+against the policy's guardrails, cached for the relay's hot path. Sans-I/O."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import pglast
-from pglast import ast
 from pglast import parser as pg_parser
-from pglast.enums import GrantTargetType, ObjectType
-from pglast.parser import ParseError
 
+from airlock.gateway.postgres.analysis import analyse_sql
 from airlock.policy.guardrails import (
     DEFAULT_RULE_IDS,
     Decision,
@@ -35,189 +23,6 @@ from airlock.policy.guardrails import (
 )
 
 __all__ = ["Judgement", "SqlGuard", "Verdict", "analyse_sql"]
-
-_NESTED_KINDS: dict[type[Any], str] = {
-    ast.SelectStmt: "select",
-    ast.InsertStmt: "insert",
-    ast.UpdateStmt: "update",
-    ast.DeleteStmt: "delete",
-    ast.MergeStmt: "merge",
-}
-_EXACT_KINDS: dict[type[Any], str] = {
-    ast.TruncateStmt: "truncate",
-    ast.DoStmt: "do",
-    ast.CallStmt: "call",
-    ast.VariableSetStmt: "set",
-    ast.VacuumStmt: "vacuum",
-    ast.CopyStmt: "copy",
-    ast.RenameStmt: "alter",
-    ast.IndexStmt: "create",
-    ast.ViewStmt: "create",
-    ast.DefineStmt: "create",
-    ast.RuleStmt: "create",
-    ast.CompositeTypeStmt: "create",
-    ast.ReindexStmt: "alter",
-    ast.ClusterStmt: "alter",
-    ast.CommentStmt: "alter",
-    ast.SecLabelStmt: "alter",
-    ast.ReassignOwnedStmt: "alter",
-    ast.DropOwnedStmt: "drop",
-    ast.DropRoleStmt: "drop",
-    ast.DropdbStmt: "drop",
-    ast.DropTableSpaceStmt: "drop",
-    ast.DropSubscriptionStmt: "drop",
-    ast.DropUserMappingStmt: "drop",
-    ast.DropStmt: "drop",
-}
-# Objects whose DROP names relations (schema.name lists) rather than types, functions, roles.
-_RELATION_OBJECTS = {
-    ObjectType.OBJECT_TABLE,
-    ObjectType.OBJECT_VIEW,
-    ObjectType.OBJECT_MATVIEW,
-    ObjectType.OBJECT_SEQUENCE,
-    ObjectType.OBJECT_INDEX,
-    ObjectType.OBJECT_FOREIGN_TABLE,
-}
-_WHOLE_DATABASE = "*.*"
-
-
-def analyse_sql(sql: str) -> list[SqlStatement]:
-    """One summary per statement of ``sql``; one unparsed summary if it does not parse.
-
-    An empty string (or only comments) gives no statement at all.
-    """
-    try:
-        raw = pglast.parse_sql(sql)
-    except ParseError:
-        return [SqlStatement(text=sql, kinds=frozenset({"other"}), parsed=False)]
-    return [_summarise(stmt.stmt, _slice(sql, stmt)) for stmt in raw]
-
-
-def _slice(sql: str, raw: Any) -> str:
-    # pglast turns libpg_query's byte offsets into character offsets; 0 length: to the end.
-    start = raw.stmt_location or 0
-    end = start + raw.stmt_len if raw.stmt_len else len(sql)
-    return sql[start:end].strip()
-
-
-@dataclass
-class _Facts:
-    kinds: set[str]
-    tables: list[str]
-    functions: list[str]
-    without_where: bool = False
-
-
-def _summarise(node: Any, text: str) -> SqlStatement:
-    facts = _Facts({_top_kind(node)}, [], [])
-    for child in _walk(node):
-        _collect(child, facts)
-    if len(facts.kinds) > 1:
-        facts.kinds.discard("other")
-    return SqlStatement(
-        text=text,
-        kinds=frozenset(facts.kinds),
-        tables=tuple(dict.fromkeys(facts.tables)),
-        functions=tuple(dict.fromkeys(facts.functions)),
-        without_where=facts.without_where,
-    )
-
-
-def _top_kind(node: Any) -> str:
-    kind = _EXACT_KINDS.get(type(node)) or _NESTED_KINDS.get(type(node))
-    if kind is not None:
-        return kind
-    name = type(node).__name__
-    if isinstance(node, ast.GrantStmt | ast.GrantRoleStmt):
-        return "grant" if node.is_grant else "revoke"
-    if name.startswith("Alter"):
-        return "alter"
-    if name.startswith("Create"):
-        return "create"
-    return "other"
-
-
-def _walk(node: Any) -> Iterator[Any]:
-    """Every AST node under (and including) ``node``, depth first."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.Node):
-            yield item
-            stack.extend(getattr(item, slot) for slot in type(item).__slots__)  # type: ignore[attr-defined]
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-
-
-def _collect(node: Any, facts: _Facts) -> None:
-    kind = _NESTED_KINDS.get(type(node))
-    if kind is not None and not (isinstance(node, ast.SelectStmt) and node.valuesLists):
-        facts.kinds.add(kind)  # a bare VALUES list (INSERT ... VALUES) reads nothing
-    if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
-        facts.kinds.add("create")
-    if isinstance(node, ast.DeleteStmt | ast.UpdateStmt) and not _restricts(node.whereClause):
-        facts.without_where = True
-    if isinstance(node, ast.RangeVar):
-        facts.tables.append(_qualified(node.schemaname, node.relname or ""))
-    elif isinstance(node, ast.FuncCall):
-        _function(node, facts)
-    elif isinstance(node, ast.CopyStmt):
-        _copy(node, facts)
-    elif isinstance(node, ast.DropStmt):
-        facts.tables.extend(_dropped(node))
-    elif isinstance(node, ast.GrantStmt):
-        facts.tables.extend(_granted(node))
-    elif isinstance(node, ast.DropdbStmt | ast.DropOwnedStmt):
-        facts.tables.append(_WHOLE_DATABASE)
-
-
-def _restricts(where: Any) -> bool:
-    """A WHERE restricts rows when it mentions a column (or is WHERE CURRENT OF a cursor)."""
-    if where is None:
-        return False
-    return any(isinstance(n, ast.ColumnRef | ast.CurrentOfExpr) for n in _walk(where))
-
-
-def _qualified(schema: str | None, name: str) -> str:
-    return f"{schema}.{name}" if schema else name
-
-
-def _names(items: Any) -> list[str]:
-    return [item.sval or "" for item in items if isinstance(item, ast.String)]
-
-
-def _function(node: Any, facts: _Facts) -> None:
-    name = ".".join(_names(node.funcname)).lower()
-    facts.functions.append(name)
-    if name.rpartition(".")[2] == "set_config":  # SELECT set_config('search_path', …) is a SET
-        facts.kinds.add("set")
-
-
-def _copy(node: Any, facts: _Facts) -> None:
-    if node.is_program:
-        facts.kinds.add("copy_program")
-    elif node.filename is not None:
-        facts.kinds.add("copy_file")
-
-
-def _dropped(node: Any) -> list[str]:
-    kind = node.removeType
-    if kind == ObjectType.OBJECT_SCHEMA:
-        return [f"{name}.*" for name in _names(node.objects)]
-    if kind not in _RELATION_OBJECTS:
-        return []
-    out = []
-    for obj in node.objects:
-        parts = _names(obj) if isinstance(obj, list | tuple) else _names([obj])
-        if parts:
-            out.append(".".join(parts[-2:]))
-    return out
-
-
-def _granted(node: Any) -> list[str]:
-    if node.targtype == GrantTargetType.ACL_TARGET_ALL_IN_SCHEMA:
-        return [f"{name}.*" for name in _names(node.objects or ())]
-    return []
 
 
 @dataclass(frozen=True)
@@ -246,6 +51,8 @@ class Verdict:
     final: Decision
     notable: tuple[tuple[Decision, tuple[str, ...]], ...]
     statement_kinds: tuple[tuple[str, ...], ...]
+    prepares: tuple[tuple[str, SqlStatement], ...] = ()
+    executes: bool = False
 
     @classmethod
     def of(cls, judgement: Judgement) -> Verdict:
@@ -256,7 +63,11 @@ class Verdict:
             for i, decision in enumerate(judgement.decisions)
             if decision.action != "allow" or not decision.rule_id.startswith("airlock.default.")
         )
-        return cls(tuple(judgement.kinds), judgement.final, notable, statement_kinds)
+        prepares = tuple((s.prepares, s) for s in judgement.statements if s.prepares is not None)
+        executes = any(s.executes is not None for s in judgement.statements)
+        return cls(
+            tuple(judgement.kinds), judgement.final, notable, statement_kinds, prepares, executes
+        )
 
 
 class SqlGuard:
@@ -265,7 +76,10 @@ class SqlGuard:
     Results are cached by text (prepared statements and repeated queries are parsed once), and
     by shape: PostgreSQL's query fingerprint (pg_query's, ~3 µs) ignores literal values, which
     no decision depends on unless a rule matches on ``text:``. So `WHERE id = 1` and
-    `WHERE id = 2` are parsed once (~60 µs) between them.
+    `WHERE id = 2` are parsed once (~60 µs) between them. Statements whose judgement *does*
+    depend on literals are never cached by shape: settings (``SET x = 'off'``,
+    ``set_config('…')``), bodies (``DO $$…$$``, ``CREATE FUNCTION … AS '…'``) and writes (a
+    ``WHERE 1 = 1`` is a tautology, ``WHERE 1 = 2`` is not).
     """
 
     _MAX_SHAPES = 4096
@@ -294,14 +108,32 @@ class SqlGuard:
             only = dataclasses.replace(hit.statements[0], text=sql)
             return dataclasses.replace(hit, statements=(only,))
         judgement = self._by_text(sql)
+        if _literals_matter(judgement):
+            return judgement
         if len(self._by_shape) >= self._MAX_SHAPES:
             self._by_shape.clear()
         self._by_shape[shape] = judgement
         return judgement
 
-    def verdict(self, sql: str) -> Verdict:
+    def verdict(self, sql: str, prepared: Mapping[str, SqlStatement] | None = None) -> Verdict:
         """The :class:`Verdict` on ``sql``: :meth:`judge`'s, but a shape seen before costs only
-        its fingerprint (nothing is rebuilt, so this is the relay's per-statement path)."""
+        its fingerprint (nothing is rebuilt, so this is the relay's per-statement path).
+
+        ``prepared`` are the statements the connection's SQL ``PREPARE`` made, by name: an
+        ``EXECUTE`` is judged as the statement it runs (an unknown name cannot be judged and
+        gets the ``sql_unparsable`` default)."""
+        verdict = self._cached_verdict(sql)
+        if verdict.executes:
+            return Verdict.of(self._expand(self._by_text(sql), prepared or {}))
+        return verdict
+
+    def _expand(self, judgement: Judgement, prepared: Mapping[str, SqlStatement]) -> Judgement:
+        statements = tuple(_executed(s, prepared) for s in judgement.statements)
+        decisions = tuple(decide_sql(statements, self.rules, self.defaults))
+        final = strictest(decisions) or judgement.final
+        return Judgement(statements, decisions, final)
+
+    def _cached_verdict(self, sql: str) -> Verdict:
         if not self._shape_safe:
             return Verdict.of(self._by_text(sql))
         try:
@@ -310,7 +142,10 @@ class SqlGuard:
             return Verdict.of(self._by_text(sql))
         verdict = self._verdicts.get(shape)
         if verdict is None:
-            verdict = Verdict.of(self._by_text(sql))
+            judgement = self._by_text(sql)
+            verdict = Verdict.of(judgement)
+            if _literals_matter(judgement):
+                return verdict
             if len(self._verdicts) >= self._MAX_SHAPES:
                 self._verdicts.clear()
             self._verdicts[shape] = verdict
@@ -322,3 +157,32 @@ class SqlGuard:
         # No statement at all (empty query): nothing runs, so nothing to refuse.
         final = strictest(decisions) or Decision("allow", DEFAULT_RULE_IDS["sql_unmatched"])
         return Judgement(statements, decisions, final)
+
+
+# Kinds whose judgement can turn on a literal value, which a query fingerprint ignores.
+_LITERAL_KINDS = frozenset({"set", "do", "create", "call", "delete", "update", "merge"})
+
+
+def _literals_matter(judgement: Judgement) -> bool:
+    return any(
+        s.changes_parsing or not s.kinds.isdisjoint(_LITERAL_KINDS) for s in judgement.statements
+    )
+
+
+def _executed(stmt: SqlStatement, prepared: Mapping[str, SqlStatement]) -> SqlStatement:
+    """``stmt`` with what its ``EXECUTE`` runs counted in (unparsed if that is unknown)."""
+    if stmt.executes is None:
+        return stmt
+    target = prepared.get(stmt.executes)
+    if target is None:
+        return dataclasses.replace(stmt, parsed=False)
+    kinds = (stmt.kinds | target.kinds) - ({"other"} if target.kinds - {"other"} else set())
+    return dataclasses.replace(
+        stmt,
+        kinds=frozenset(kinds),
+        tables=tuple(dict.fromkeys(stmt.tables + target.tables)),
+        functions=tuple(dict.fromkeys(stmt.functions + target.functions)),
+        without_where=stmt.without_where or target.without_where,
+        changes_parsing=stmt.changes_parsing or target.changes_parsing,
+        parsed=stmt.parsed and target.parsed,
+    )

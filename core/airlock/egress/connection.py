@@ -1,0 +1,430 @@
+"""One client connection to the egress proxy: judge, resolve, connect, relay, record.
+
+The parsing is sans-I/O (``protocol.py``, ``tls.py``); the rules are ``policy.network``; this
+module only moves bytes and keeps the ``net.connect`` record of the attempt. In order:
+
+1. read the request head (``CONNECT host:port`` or ``METHOD http://host/path``); bad → 400;
+2. the rules decide on host, port (and method, path for plain HTTP); deny → 403 naming the rule
+   and what to add; ``require_approval`` → held until ``approve(op)`` answers;
+3. the host is resolved *here* (the agent has no DNS), IP literals need a rule naming them, and
+   loopback / link-local answers are refused unless the rule says ``local_addresses: true``;
+4. CONNECT: 200, then the TLS ClientHello is read; its SNI must equal the CONNECT host (no SNI
+   for a name, or not TLS at all → the tunnel is closed); then bytes flow both ways untouched.
+   Plain HTTP: one request per connection, hop-by-hop headers dropped, ``Host`` set from the
+   URL, ``Connection: close`` both ways.
+5. one ``net.connect`` event when the attempt ends (or the proxy closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from airlock.egress.protocol import (
+    BodyFramer,
+    HeadParser,
+    ProxyProtocolError,
+    RequestHead,
+    ResponseHead,
+    forward_head,
+)
+from airlock.egress.tls import ClientHelloReader
+from airlock.events import EventType
+from airlock.gate.interface import Approve, Operation, Record
+from airlock.policy.network import EgressRules, NetDecision
+
+__all__ = ["Resolve", "handle_connection"]
+
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+_CHUNK = 256 * 1024
+_HEAD_TIMEOUT = 30.0
+_HELLO_TIMEOUT = 10.0
+_CONNECT_TIMEOUT = 10.0
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, rule_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.rule_id, self.reason = status, rule_id, reason
+
+
+@dataclass
+class _Attempt:
+    started: float = field(default_factory=time.monotonic)
+    data: dict[str, Any] = field(default_factory=dict)
+    up: int = 0
+    down: int = 0
+
+    def event(self) -> dict[str, Any]:
+        duration = round((time.monotonic() - self.started) * 1000, 3)
+        return {
+            **self.data,
+            "bytes_up": self.up,
+            "bytes_down": self.down,
+            "duration_ms": duration,
+        }
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every connection shares."""
+
+    rules: EgressRules
+    record: Record
+    approve: Approve | None
+    resolve: Resolve
+
+
+async def handle_connection(
+    ctx: Context, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Serve one client connection to the end; always records one ``net.connect``."""
+    attempt = _Attempt()
+    upstream: asyncio.StreamWriter | None = None
+    refusal: _Refused | None = None
+    try:
+        head, rest = await _read_head(reader)
+        attempt.data.update(_describe(head))
+        decision = await _judge(ctx, head, attempt)
+        addresses = await _addresses(ctx, head, decision)
+        up_reader, upstream = await _open(addresses, head.port, attempt)
+        if head.is_connect:
+            await _tunnel(head, reader, writer, up_reader, upstream, rest, attempt)
+        else:
+            await _forward(head, reader, writer, up_reader, upstream, rest, attempt)
+    except _Refused as refused:
+        refusal = refused
+        attempt.data.update(outcome="denied", rule_id=refused.rule_id, error=refused.reason)
+        if refused.status:
+            attempt.data["status"] = refused.status
+    except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+        attempt.data.setdefault("outcome", "denied")
+        attempt.data["error"] = attempt.data.get("error") or _os_reason(exc)
+    except asyncio.CancelledError:
+        attempt.data["error"] = attempt.data.get("error") or "closed: the proxy stopped"
+        raise
+    finally:
+        # Recorded before the client hears back: what it saw is always already in the log.
+        ctx.record(str(EventType.NET_CONNECT), attempt.event())
+        if upstream is not None:
+            upstream.close()
+        if refusal is not None and refusal.status:
+            await _answer(writer, refusal.status, refusal.reason)
+        writer.close()
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed early"
+    return (getattr(exc, "strerror", None) or type(exc).__name__)[:200]
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[RequestHead, bytes]:
+    parser = HeadParser()
+    deadline = time.monotonic() + _HEAD_TIMEOUT
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+            if not data:
+                raise _Refused(0, "airlock.bad-request", "connection closed before a request")
+            head = parser.feed(data)
+            if head is not None:
+                assert isinstance(head, RequestHead)
+                return head, parser.rest
+    except ProxyProtocolError as exc:
+        raise _Refused(400, "airlock.bad-request", str(exc)) from None
+
+
+def _describe(head: RequestHead) -> dict[str, Any]:
+    data: dict[str, Any] = {"host": head.host, "port": head.port}
+    if head.is_connect:
+        data["kind"] = "connect"
+    else:
+        data.update(kind="http", method=head.method, path=(head.path or "/").split("?", 1)[0])
+    return data
+
+
+async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecision:
+    path = None if head.is_connect else (head.path or "/").split("?", 1)[0]
+    method = None if head.is_connect else head.method
+    decision = ctx.rules.decide(head.host, head.port, method, path)
+    attempt.data.update(rule_id=decision.rule_id)
+    if decision.action == "deny":
+        raise _Refused(403, decision.rule_id, decision.hint or "refused by the network policy")
+    if decision.action == "require_approval":
+        target = f"{head.host}:{head.port}"
+        text = f"CONNECT {target}" if head.is_connect else f"{method} http://{target}{path}"
+        op = Operation(kind="http", text=text, rule_id=decision.rule_id, gateway="egress")
+        approved = ctx.approve is not None and await ctx.approve(op)
+        if not approved:
+            raise _Refused(
+                403,
+                decision.rule_id,
+                f"{text} needs approval (rule {decision.rule_id}) and was not approved",
+            )
+        attempt.data["outcome"] = "approved"
+    else:
+        attempt.data["outcome"] = "allowed"
+    return decision
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (
+        address.is_loopback
+        or address.is_link_local
+        or address.is_unspecified
+        or (address.is_multicast)
+    )
+
+
+async def _addresses(ctx: Context, head: RequestHead, decision: NetDecision) -> list[str]:
+    literal = _ip(head.host)
+    if literal is not None:
+        found = [str(literal)]
+    else:
+        try:
+            found = await ctx.resolve(head.host, head.port)
+        except OSError:
+            raise _Refused(502, decision.rule_id, f"cannot resolve {head.host}") from None
+        if not found:
+            raise _Refused(502, decision.rule_id, f"cannot resolve {head.host}")
+    checked = [a for a in (_ip(f) for f in found) if a is not None]
+    local = [a for a in checked if _is_local(a)]
+    if local and not decision.local_addresses:
+        raise _Refused(
+            403,
+            "airlock.local-address",
+            f"{head.host} resolves to {local[0]}, a loopback or link-local address, which the "
+            f"proxy refuses; if intended, set local_addresses: true on rule {decision.rule_id}",
+        )
+    return [str(a) for a in checked]
+
+
+async def _open(
+    addresses: list[str], port: int, attempt: _Attempt
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    last: BaseException | None = None
+    for address in addresses:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, port, limit=_CHUNK), _CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            last = exc
+            continue
+        attempt.data["address"] = address
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+    reason = _os_reason(last) if last is not None else "no address"
+    raise _Refused(502, str(attempt.data.get("rule_id", "")), f"cannot connect: {reason}")
+
+
+async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
+    phrase = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}.get(status, "Error")
+    body = f"Airlock egress proxy: {reason}\n".encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\nX-Airlock-Egress: refused\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        writer.write(head.encode("latin-1") + body)
+        await writer.drain()
+
+
+async def _tunnel(
+    head: RequestHead,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+    rest: bytes,
+    attempt: _Attempt,
+) -> None:
+    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    await writer.drain()
+    hello_bytes = await _read_hello(head, reader, rest, attempt)
+    upstream.write(hello_bytes)
+    attempt.up += len(hello_bytes)
+    await _relay(reader, writer, up_reader, upstream, attempt)
+
+
+async def _read_hello(
+    head: RequestHead, reader: asyncio.StreamReader, rest: bytes, attempt: _Attempt
+) -> bytes:
+    hello_reader = ClientHelloReader()
+    seen = bytearray(rest)
+    hello = hello_reader.feed(rest) if rest else None
+    deadline = time.monotonic() + _HELLO_TIMEOUT
+    while hello is None:
+        data = await asyncio.wait_for(reader.read(16384), deadline - time.monotonic())
+        if not data:
+            raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
+        seen += data
+        hello = hello_reader.feed(data)
+    attempt.data["sni"] = hello.sni
+    expected = head.host
+    if not hello.tls or hello.malformed:
+        raise _Refused(0, "airlock.sni", "not a TLS ClientHello: only TLS goes through CONNECT")
+    if hello.sni is None and _ip(expected) is None:
+        raise _Refused(0, "airlock.sni", f"no SNI in the ClientHello for {expected}")
+    if hello.sni is not None and hello.sni != expected:
+        raise _Refused(0, "airlock.sni", f"SNI {hello.sni} differs from the CONNECT host")
+    return bytes(seen)
+
+
+async def _relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+    attempt: _Attempt,
+) -> None:
+    async def up() -> None:
+        while data := await reader.read(_CHUNK):
+            attempt.up += len(data)
+            upstream.write(data)
+            await upstream.drain()
+        if upstream.can_write_eof():
+            upstream.write_eof()
+
+    async def down() -> None:
+        while data := await up_reader.read(_CHUNK):
+            attempt.down += len(data)
+            writer.write(data)
+            await writer.drain()
+
+    up_task = asyncio.create_task(up())
+    try:
+        await down()
+    finally:
+        up_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await up_task
+
+
+async def _forward(
+    head: RequestHead,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+    rest: bytes,
+    attempt: _Attempt,
+) -> None:
+    try:
+        framer = BodyFramer.for_request(head)
+    except ProxyProtocolError as exc:
+        raise _Refused(400, "airlock.bad-request", str(exc)) from None
+    headers = tuple((k, v) for k, v in head.headers if k.lower() not in ("host", "expect"))
+    authority = head.host if head.port == 80 else f"{head.host}:{head.port}"
+    if ":" in head.host:
+        authority = f"[{head.host}]" if head.port == 80 else f"[{head.host}]:{head.port}"
+    first = forward_head(
+        f"{head.method} {head.path} HTTP/1.1",
+        headers,
+        (("Host", authority), ("Connection", "close")),
+    )
+    upstream.write(first)
+    attempt.up += len(first)
+    if (head.header("expect") or "").lower() == "100-continue" and not framer.done:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the judging is already done
+    await _send_body(framer, reader, upstream, rest, attempt)
+    await _return_response(head, writer, up_reader, attempt)
+
+
+async def _send_body(
+    framer: BodyFramer,
+    reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+    data: bytes,
+    attempt: _Attempt,
+) -> None:
+    while not framer.done:
+        if not data:
+            data = await reader.read(_CHUNK)
+            if not data:
+                raise _Refused(0, "airlock.bad-request", "client closed inside the request body")
+        try:
+            used, _ = framer.feed(data)
+        except ProxyProtocolError as exc:
+            raise _Refused(0, "airlock.bad-request", str(exc)) from None
+        upstream.write(data[:used])
+        attempt.up += used
+        await upstream.drain()
+        data = data[used:]
+    # Bytes after the body would be a second request; one request per connection: dropped.
+
+
+async def _return_response(
+    head: RequestHead,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    attempt: _Attempt,
+) -> None:
+    parser = HeadParser(response=True)
+    response = await _response_head(parser, up_reader, b"", attempt)
+    while 100 <= response.status < 200:  # interim responses: not forwarded (Expect is ours)
+        leftover, parser = parser.rest, HeadParser(response=True)
+        response = await _response_head(parser, up_reader, leftover, attempt)
+    attempt.data["status"] = response.status
+    status_line = f"HTTP/1.1 {response.status} {response.reason}".rstrip()
+    out = forward_head(status_line, response.headers, (("Connection", "close"),))
+    writer.write(out)
+    attempt.down += len(out)
+    body = parser.rest
+    try:
+        framer = BodyFramer.for_response(response, head.method)
+    except ProxyProtocolError:
+        framer = BodyFramer("close")
+    while True:
+        if body:
+            used, done = framer.feed(body)
+            writer.write(body[:used])
+            attempt.down += used
+            await writer.drain()
+            if done:
+                return
+        if framer.done:
+            return
+        body = await up_reader.read(_CHUNK)
+        if not body:
+            return
+
+
+async def _response_head(
+    parser: HeadParser, up_reader: asyncio.StreamReader, data: bytes, attempt: _Attempt
+) -> ResponseHead:
+    rule = str(attempt.data.get("rule_id"))
+    while True:
+        if not data:
+            data = await up_reader.read(_CHUNK)
+            if not data:
+                raise _Refused(502, rule, "upstream closed before answering")
+        try:
+            response = parser.feed(data)
+        except ProxyProtocolError as exc:
+            raise _Refused(502, rule, str(exc)) from None
+        if response is not None:
+            assert isinstance(response, ResponseHead)
+            return response
+        data = b""

@@ -1,0 +1,229 @@
+"""One request's state in the HTTP gateway, and the client's body as the proxy reads it.
+
+:class:`Exchange` travels through ``proxy.py``; :class:`RequestBody` buffers, holds (spools) and
+streams the client's body and notices the client leaving; :class:`EchoMask` masks the held
+credential in a text response as it streams. :class:`Refused` and :class:`ClientGone` end an
+exchange early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from airlock.gateway.http.capture import BodyTap
+from airlock.gateway.http.hold import Hold, Refuse
+from airlock.gateway.http.paths import NormalPath
+from airlock.mask import StreamMasker
+
+__all__ = [
+    "ClientGone",
+    "EchoMask",
+    "Exchange",
+    "Refused",
+    "RequestBody",
+    "error_name",
+    "refused",
+    "ticket_from",
+]
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+_SPOOL_CHUNK = 256 * 1024
+IDLE_FLUSH = 0.1  # seconds of upstream quiet after which masked text held back is released
+
+
+class Refused(Exception):
+    """Answer the client with ``status`` and a JSON error; nothing goes upstream."""
+
+    def __init__(self, status: int, error: str, hint: str = "", **extra: Any) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.hint = hint
+        self.extra = extra
+
+
+class ClientGone(Exception):
+    """The client disconnected or went silent."""
+
+
+@dataclass
+class Exchange:
+    """One request's state as it moves through the proxy."""
+
+    id: str
+    method: str
+    path: NormalPath
+    query: str
+    headers: list[tuple[bytes, bytes]]
+    started: float
+    request_tap: BodyTap
+    responded: bool = False
+    request_recorded: bool = False
+    forwarded: bool = False
+    body: RequestBody | None = None
+    hold: Hold | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def header(self, name: str) -> str:
+        wanted = name.encode()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return ""
+
+
+class RequestBody:
+    """The client's request body: a buffered prefix, then the rest, streamed on demand."""
+
+    def __init__(self, receive: Receive, timeout: float) -> None:
+        self._receive = receive
+        self._timeout = timeout
+        self.buffer = bytearray()
+        self.done = False
+        self.spool: Any = None  # a SpooledTemporaryFile holding the whole body, once held
+        self.held_size = 0
+        self.held_sha256 = ""
+
+    async def hold(self, hold: Hold, in_memory: int) -> None:
+        """Read the whole body into a spool (memory up to ``in_memory`` bytes, then a private
+        temporary file), counted and hashed by ``hold``: the body forwarded later is exactly
+        the one hashed here."""
+        spool = tempfile.SpooledTemporaryFile(max_size=in_memory)  # noqa: SIM115 (closed in stream)
+        self.spool = spool
+        chunk = bytes(self.buffer)
+        while True:
+            spool.write(chunk)
+            for action in hold.body(chunk):
+                raise refused(action, hold.rule_id)
+            if self.done:
+                break
+            chunk = await self._next()
+        self.held_size, self.held_sha256 = hold.size, hold.sha256
+
+    def held_prefix(self, size: int) -> bytes:
+        """The first ``size`` bytes of a held body."""
+        self.spool.seek(0)
+        data: bytes = self.spool.read(size)
+        return data
+
+    def close(self) -> None:
+        """Drop the spool, if any."""
+        if self.spool is not None:
+            self.spool.close()
+
+    async def _next(self) -> bytes:
+        try:
+            message = await asyncio.wait_for(self._receive(), self._timeout)
+        except TimeoutError as exc:
+            raise Refused(
+                408,
+                "the client went silent while sending its body",
+                "send the body without pauses longer than the client timeout",
+            ) from exc
+        if message["type"] == "http.disconnect":
+            raise ClientGone("client disconnected")
+        self.done = not message.get("more_body", False)
+        return bytes(message.get("body", b""))
+
+    async def fill(self, limit: int) -> None:
+        """Buffer until ``limit`` bytes (or a little more) or the end of the body."""
+        while not self.done and len(self.buffer) < limit:
+            self.buffer += await self._next()
+
+    async def watch_disconnect(self, gone: asyncio.Event) -> None:
+        """Once the body is read, the next message is the disconnect: flag it."""
+        if not self.done:
+            return
+        await self.disconnected()
+        gone.set()
+
+    async def disconnected(self) -> None:
+        """Return when the client has gone (call once the body is read whole)."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+    def summary(self) -> dict[str, Any]:
+        """Size and SHA-256 of the body as far as the gateway read it (for a refusal)."""
+        data: dict[str, Any] = {
+            "size": len(self.buffer),
+            "sha256": hashlib.sha256(self.buffer).hexdigest(),
+        }
+        return data if self.done else data | {"complete": False}
+
+    async def stream(self, tap: BodyTap) -> AsyncIterator[bytes]:
+        """The whole body: the held spool, or the buffer then the rest as it arrives."""
+        if self.spool is not None:
+            self.spool.seek(0)
+            while chunk := self.spool.read(_SPOOL_CHUNK):
+                tap.feed(chunk)
+                yield chunk
+            return
+        if self.buffer:
+            tap.feed(bytes(self.buffer))
+            yield bytes(self.buffer)
+        while not self.done:
+            chunk = await self._next()
+            if chunk:
+                tap.feed(chunk)
+                yield chunk
+
+
+class EchoMask:
+    """Masks the held credential in a text response as it streams. Output is held only while it
+    might be the start of the credential, and released at least every ``_IDLE_FLUSH`` seconds,
+    so a slow trickle (progress lines, server-sent events) still arrives promptly."""
+
+    def __init__(self, stream: StreamMasker) -> None:
+        self._stream = stream
+        self._released = time.monotonic()
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = self._stream.feed(chunk)
+        if not out and time.monotonic() - self._released >= IDLE_FLUSH:
+            out = self._stream.flush_idle()
+        if out:
+            self._released = time.monotonic()
+        return out
+
+    def idle(self) -> bytes:
+        out = self._stream.flush_idle()
+        self._released = time.monotonic()
+        return out
+
+    def flush(self) -> bytes:
+        return self._stream.flush()
+
+
+def ticket_from(header: str) -> str | None:
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if not value:
+        return None
+    if scheme in ("bearer", "token"):
+        return value
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return None
+
+
+def error_name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def refused(action: object, rule_id: str) -> Refused:
+    """The exception for a hold's :class:`~airlock.gateway.http.hold.Refuse` action."""
+    assert isinstance(action, Refuse), action
+    return Refused(action.status, action.error, action.hint, rule_id=rule_id)

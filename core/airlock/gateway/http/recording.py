@@ -1,0 +1,168 @@
+"""What the HTTP gateway records of an exchange: ``http.request``, ``guardrail.decision`` and
+``http.response``, masked, with the body prefixes and sizes (docs/gateways.md, "What is
+recorded"). A request that cannot be recorded is refused (fail closed)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from airlock.events import EventType
+from airlock.gateway.http.capture import BodyTap, masked_headers, render_body, render_prefix
+from airlock.gateway.http.exchange import Exchange, Refused, RequestBody
+from airlock.gateway.http.jsonmask import JsonFieldMasker
+from airlock.mask import Masker
+from airlock.policy.guardrails import DEFAULT_RULE_IDS, Decision
+
+__all__ = ["REQUEST_HEADERS", "RESPONSE_HEADERS", "ExchangeLog", "worth_recording"]
+
+Record = Callable[[str, Mapping[str, Any]], object]
+
+REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "user-agent",
+        "git-protocol",
+        "x-github-api-version",
+        "x-request-id",
+        "if-match",
+        "if-none-match",
+    }
+)
+RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "etag",
+        "location",
+        "retry-after",
+        "x-request-id",
+        "x-github-request-id",
+        "x-ratelimit-remaining",
+        "x-amz-request-id",
+    }
+)
+
+
+class ExchangeLog:
+    """Writes one gateway's events through ``record``, masked with ``masker`` and ``fields``."""
+
+    def __init__(
+        self, gateway: str, cap: int, masker: Masker, fields: JsonFieldMasker, record: Record
+    ) -> None:
+        self._gateway = gateway
+        self._cap = cap
+        self._masker = masker
+        self._fields = fields
+        self._record = record
+
+    def request(
+        self, ex: Exchange, decision: Decision | None, body: RequestBody | None = None, **extra: Any
+    ) -> None:
+        data: dict[str, Any] = {
+            "gateway": self._gateway,
+            "id": ex.id,
+            "method": ex.method,
+            "path": self._masker.mask_text(ex.path.judged),
+            "query": self._masker.mask_text(ex.query),
+            "headers": masked_headers(ex.headers, REQUEST_HEADERS, self._masker),
+            **extra,
+        }
+        if body is not None:
+            data |= self._request_prefix(ex, body)
+        ex.request_recorded = True
+        self.emit(EventType.HTTP_REQUEST, data)
+        if decision is not None and worth_recording(decision):
+            self.emit(
+                EventType.GUARDRAIL,
+                {
+                    "gateway": self._gateway,
+                    "kind": "http",
+                    "id": ex.id,
+                    "rule_id": decision.rule_id,
+                    "action": decision.action,
+                    "method": ex.method,
+                    "path": data["path"],
+                },
+            )
+
+    def _request_prefix(self, ex: Exchange, body: RequestBody) -> dict[str, Any]:
+        cap = self._cap
+        return render_prefix(
+            bytes(body.buffer[:cap]),
+            cap=cap,
+            truncated=len(body.buffer) > cap or not body.done,
+            content_type=ex.header("content-type"),
+            content_encoding=ex.header("content-encoding"),
+            fields=self._fields,
+            masker=self._masker,
+        )
+
+    def response(
+        self,
+        ex: Exchange,
+        status: int,
+        *,
+        tap: BodyTap | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        content_type: str = "",
+        content_encoding: str = "",
+        error: str | None = None,
+        **extra: Any,
+    ) -> None:
+        data: dict[str, Any] = {
+            "gateway": self._gateway,
+            "id": ex.id,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
+            "request_body": self._request_body(ex),
+            **{k: v for k, v in extra.items() if k != "auth"},
+            **ex.extra,
+        }
+        if tap is not None:
+            data["headers"] = masked_headers(headers, RESPONSE_HEADERS, self._masker)
+            data["body"] = self._render(tap, content_type, content_encoding)
+            data["size"] = tap.size
+        if error is not None:
+            data["error"] = self._masker.mask_text(error)
+        # The request is over; a writer that failed reports it on the next event it cannot take.
+        with contextlib.suppress(Refused):
+            self.emit(EventType.HTTP_RESPONSE, data)
+
+    def _request_body(self, ex: Exchange) -> dict[str, Any]:
+        if ex.forwarded or ex.body is None:
+            return {"size": ex.request_tap.size, "sha256": ex.request_tap.sha256}
+        if ex.hold is None or not ex.hold.size:
+            return ex.body.summary()  # refused before forwarding: what the gateway read of it
+        data: dict[str, Any] = {"size": ex.hold.size, "sha256": ex.hold.sha256}
+        return data if ex.body.done else data | {"complete": False}
+
+    def _render(self, tap: BodyTap, content_type: str, content_encoding: str) -> dict[str, Any]:
+        return render_body(
+            tap,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            fields=self._fields,
+            masker=self._masker,
+        )
+
+    def emit(self, event: EventType, data: Mapping[str, Any]) -> None:
+        try:
+            self._record(str(event), data)
+        except Exception as exc:
+            raise Refused(
+                503,
+                "the session log cannot be written; refused (fail closed)",
+                "check the sessions directory",
+            ) from exc
+
+
+def worth_recording(decision: Decision) -> bool:
+    return decision.action != "allow" or decision.rule_id != DEFAULT_RULE_IDS["http_unmatched"]

@@ -1,0 +1,234 @@
+"""The upstream half of the HTTP gateway: send the request with the held credential, stream the
+response back to the client (masking an echoed credential in text), and record it before its
+last byte leaves (docs/gateways.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from airlock.gateway.http.capture import BodyTap
+from airlock.gateway.http.credentials import Injector
+from airlock.gateway.http.exchange import (
+    IDLE_FLUSH,
+    ClientGone,
+    EchoMask,
+    Exchange,
+    Refused,
+    RequestBody,
+    error_name,
+)
+from airlock.gateway.http.paths import join_upstream
+from airlock.gateway.http.recording import ExchangeLog
+from airlock.mask import Masker, MaskSettings
+from airlock.policy.gateways import HttpGatewayConfig
+
+__all__ = ["Upstream"]
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "host",
+    }
+)
+# Responses that can carry an echo of the credential as text (and are masked for the client).
+_TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
+
+
+class Upstream:
+    """One gateway's upstream: ``config.upstream`` through ``client``, with ``injector``'s
+    credential; ``mask_echo`` masks that credential in text responses."""
+
+    def __init__(
+        self,
+        config: HttpGatewayConfig,
+        *,
+        client: httpx.AsyncClient,
+        injector: Injector,
+        log: ExchangeLog,
+        mask_echo: bool,
+    ) -> None:
+        upstream = urlsplit(config.upstream)
+        self._origin = f"{upstream.scheme}://{upstream.netloc}"
+        self._base_path = upstream.path
+        self._client = client
+        self._injector = injector
+        self._log = log
+        self._cap = config.record_bodies
+        self._echo = _echo_masker(injector, config.name) if mask_echo else None
+
+    async def forward(self, ex: Exchange, body: RequestBody, send: Send) -> None:
+        """Send the request upstream with the held credential and relay the response."""
+        request = self._upstream_request(ex, body)
+        ex.forwarded = True
+        try:
+            response = await self._client.send(request, stream=True)
+        except ClientGone:
+            raise
+        except httpx.TimeoutException as exc:
+            raise Refused(
+                504, "upstream timed out", "check the upstream", upstream=error_name(exc)
+            ) from None
+        except httpx.HTTPError as exc:
+            raise Refused(
+                502, "upstream unreachable", "check the upstream URL", upstream=error_name(exc)
+            ) from None
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(body.watch_disconnect(gone))
+        try:
+            await self._relay(ex, response, send, gone)
+        finally:
+            watcher.cancel()
+            await response.aclose()
+
+    def _upstream_request(self, ex: Exchange, body: RequestBody) -> httpx.Request:
+        url = self._origin + join_upstream(self._base_path, ex.path.wire)
+        if ex.query:
+            url += "?" + ex.query
+        # the whole body is in memory: read without a hold, or held but small enough to sign
+        buffered = body.done and (body.spool is None or len(body.buffer) == body.held_size)
+        drop = _HOP_BY_HOP | self._injector.strip | ({"content-length"} if buffered else set())
+        headers = [(k, v) for k, v in ex.headers if k.decode("latin-1").lower() not in drop]
+        content: bytes | AsyncIterator[bytes]
+        if buffered:
+            content = bytes(body.buffer)
+            ex.request_tap.feed(content)
+        else:
+            content = body.stream(ex.request_tap)
+        if self._echo is not None:  # text responses are masked: they must arrive uncompressed
+            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+            headers.append((b"accept-encoding", b"identity"))
+        request = self._client.build_request(ex.method, url, headers=headers, content=content)
+        self._injector.apply(request, content if isinstance(content, bytes) else None)
+        return request
+
+    async def _relay(
+        self, ex: Exchange, response: httpx.Response, send: Send, gone: asyncio.Event
+    ) -> None:
+        echo = self._echo_stream(ex, response)
+        drop = _HOP_BY_HOP | ({"content-length"} if echo is not None else set())
+        headers = [
+            (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in drop
+        ]
+        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        tap = BodyTap(self._cap)
+        # The response is recorded before its last byte is sent: once the client has the whole
+        # response, so has the log. A bodiless response is complete with its headers.
+        if ex.method == "HEAD" or response.status_code in (204, 304):
+            last, error = await self._pump(response, _discard, tap, None, gone)
+            self._record_relay(ex, response, tap, error, echo)
+            ex.responded = True
+            await send(start)
+        else:
+            ex.responded = True
+            await send(start)
+            last, error = await self._pump(response, send, tap, echo, gone)
+            self._record_relay(ex, response, tap, error, echo)
+        if error is None:
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+
+    async def _pump(
+        self,
+        response: httpx.Response,
+        send: Send,
+        tap: BodyTap,
+        echo: EchoMask | None,
+        gone: asyncio.Event,
+    ) -> tuple[bytes, str | None]:
+        """Relay the body; return the bytes held back for the last message, and any error."""
+        # With a Content-Length the last chunk is known by its size and held back.
+        length = _content_length(response) if echo is None else None
+        last = b""
+        chunks = response.aiter_raw()
+        try:
+            while (chunk := await self._next_chunk(chunks, echo, send)) is not None:
+                if gone.is_set():
+                    return b"", "client disconnected mid-response"
+                tap.feed(chunk)
+                if length is not None and tap.size >= length:
+                    last = chunk  # held back; the loop still drains so the connection is reused
+                    continue
+                out = chunk if echo is None else echo.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        except httpx.HTTPError as exc:
+            return b"", f"upstream failed mid-response: {error_name(exc)}"
+        return (last if echo is None else echo.flush()), None
+
+    async def _next_chunk(
+        self, chunks: AsyncIterator[bytes], echo: EchoMask | None, send: Send
+    ) -> bytes | None:
+        """The next upstream chunk, or None at the end. While the upstream is quiet, text the
+        echo masker holds is released (all but a possible start of the credential)."""
+        if echo is None:
+            return await anext(chunks, None)
+        pending = asyncio.ensure_future(anext(chunks, None))
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=IDLE_FLUSH)
+                if done:
+                    return pending.result()
+                if out := echo.idle():
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        finally:
+            pending.cancel()
+
+    def _record_relay(
+        self,
+        ex: Exchange,
+        response: httpx.Response,
+        tap: BodyTap,
+        error: str | None,
+        echo: EchoMask | None,
+    ) -> None:
+        self._log.response(
+            ex,
+            response.status_code,
+            tap=tap,
+            headers=response.headers.raw,
+            content_type=response.headers.get("content-type", ""),
+            content_encoding=response.headers.get("content-encoding", ""),
+            error=error,
+            **({"client_masked": True} if echo is not None else {}),
+        )
+
+    def _echo_stream(self, ex: Exchange, response: httpx.Response) -> EchoMask | None:
+        if self._echo is None or ex.method == "HEAD":
+            return None
+        ctype = response.headers.get("content-type", "").lower()
+        encoded = response.headers.get("content-encoding", "").lower() not in ("", "identity")
+        if encoded or not any(kind in ctype for kind in _TEXT_TYPES):
+            return None
+        return EchoMask(self._echo.stream())
+
+    # ------------------------------------------------------------------ answers and events
+
+
+def _echo_masker(injector: Injector, gateway: str) -> Masker | None:
+    if not injector.secrets:
+        return None
+    rule = f"gateway.{gateway}"
+    literals = tuple((rule, value) for value in injector.secrets)
+    return Masker(MaskSettings(literals=literals, builtin=False))
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    return None
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    raw = response.headers.get("content-length", "")
+    return int(raw) if raw.isdigit() else None

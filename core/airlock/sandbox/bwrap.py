@@ -1,0 +1,126 @@
+"""The bubblewrap command line for a :class:`~airlock.sandbox.spec.SandboxSpec`.
+
+The root is built from explicit binds, never ``--bind / /``: system directories read-only, the
+workspace read-write, fresh tmpfs for /tmp, /var, /run and $HOME, a fresh /proc for the new PID
+namespace and a minimal /dev. Hidden paths are covered last (an empty read-only tmpfs for a
+directory, /dev/null for a file), after every bind that could otherwise reveal them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from airlock.sandbox.spec import SandboxSpec
+
+__all__ = ["BRIDGE_DIR", "RELAY_DIR", "SYSTEM_DIRS", "BwrapCommand", "find_bwrap", "relay_python"]
+
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+RELAY_DIR = "/run/airlock/bin"
+BRIDGE_DIR = "/run/airlock/net"
+_HERE = Path(__file__).resolve().parent
+_FRESH = ("/tmp", "/var", "/run")  # noqa: S108 (fresh tmpfs mounts inside the sandbox)
+_VAR_TMP = "/var/tmp"  # noqa: S108
+_NAMESPACES = (
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-net",
+    "--unshare-cgroup-try",
+)
+
+
+def find_bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+def relay_python() -> str:
+    """A python3 the sandbox can run: the system's, else the one running Airlock."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return os.path.realpath(sys.executable)
+
+
+@dataclass(frozen=True)
+class BwrapCommand:
+    """``bwrap`` argv for one sandbox; ``seccomp_fd`` must be inherited by bwrap."""
+
+    bwrap: str
+    spec: SandboxSpec
+    seccomp_fd: int | None
+    bridge_dir: str | None = None  # host dir of the Unix sockets, shown at BRIDGE_DIR
+
+    def argv(self, command: list[str]) -> list[str]:
+        return [self.bwrap, *self.options(), "--", *command]
+
+    def relay_argv(self, pairs: list[tuple[int, str]], command: list[str]) -> list[str]:
+        """The command behind the in-sandbox relay, which bridges ``pairs`` (port, socket name)."""
+        if not pairs:
+            return self.argv(command)
+        bridged = [f"{port}={BRIDGE_DIR}/{name}" for port, name in pairs]
+        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", *bridged, "--"]
+        return self.argv([*relay, *command])
+
+    def probe_argv(self, config_json: str, pairs: list[tuple[int, str]]) -> list[str]:
+        bridged = [f"{port}={BRIDGE_DIR}/{name}" for port, name in pairs]
+        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", "--probe", config_json]
+        return self.argv([*relay, *bridged])
+
+    def options(self) -> list[str]:
+        spec = self.spec
+        opts = [*_NAMESPACES, "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        opts += ["--uid", str(spec.uid), "--gid", str(spec.gid), "--hostname", "airlock-sandbox"]
+        opts += _system_binds(relay_python())
+        opts += ["--proc", "/proc", "--dev", "/dev"]
+        for tmp in _FRESH:
+            opts += ["--tmpfs", tmp]
+        opts += ["--dir", _VAR_TMP, "--tmpfs", spec.home]
+        for path in spec.home_files + spec.read_only:
+            opts += ["--ro-bind-try", path, path]
+        opts += ["--bind", spec.workspace, spec.workspace]
+        for path in spec.read_write:
+            opts += ["--bind-try", path, path]
+        opts += ["--ro-bind", str(_HERE / "_relay.py"), f"{RELAY_DIR}/_relay.py"]
+        opts += ["--ro-bind", str(_HERE / "_probes.py"), f"{RELAY_DIR}/_probes.py"]
+        if self.bridge_dir is not None:
+            opts += ["--ro-bind", self.bridge_dir, BRIDGE_DIR]
+        opts += _covers(spec)
+        opts += ["--remount-ro", "/", "--chdir", spec.workspace]
+        if self.seccomp_fd is not None:
+            opts += ["--seccomp", str(self.seccomp_fd)]
+        return opts
+
+
+def _system_binds(python: str) -> list[str]:
+    opts: list[str] = []
+    for path in SYSTEM_DIRS:
+        if Path(path).is_symlink():
+            opts += ["--symlink", str(Path(path).readlink()), path]
+        elif Path(path).is_dir():
+            opts += ["--ro-bind", path, path]
+    if not any(python.startswith(d + "/") for d in SYSTEM_DIRS):  # a python outside /usr
+        prefix = str(Path(python).parent.parent)
+        opts += ["--ro-bind", prefix, prefix]
+    return opts
+
+
+def _visible(path: str, spec: SandboxSpec) -> bool:
+    roots = (*SYSTEM_DIRS, spec.workspace, *spec.read_write, *spec.read_only, *spec.home_files)
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _covers(spec: SandboxSpec) -> list[str]:
+    opts: list[str] = []
+    for path in spec.hidden:
+        if not _visible(path, spec) or not os.path.lexists(path):
+            continue  # not bound into the sandbox: there is nothing to see
+        if Path(path).is_dir() and not Path(path).is_symlink():
+            opts += ["--tmpfs", path, "--remount-ro", path]
+        else:
+            opts += ["--ro-bind", "/dev/null", path]
+    return opts

@@ -1,0 +1,78 @@
+"""Fixtures for the egress proxy tests: a test CA, local servers, a proxy whose DNS maps the
+``.test`` names to 127.0.0.1, and the ``net.connect`` events it records."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.tls_ca import LocalCA
+
+from airlock.egress import EgressProxy, start_egress_proxy
+from airlock.gate.interface import Approve
+from airlock.policy import parse_policy
+
+
+class Events:
+    """What the proxy recorded, in order (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, data: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.items.append((kind, dict(data)))
+
+    def net(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [d for k, d in self.items if k == "net.connect"]
+
+
+async def resolve_test_names(host: str, port: int) -> list[str]:
+    if host.endswith(".test"):
+        return ["127.0.0.1"]
+    raise OSError("not a test name")
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    return LocalCA.create(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+ProxyFactory = Callable[..., EgressProxy]
+
+
+@pytest.fixture
+def start_proxy(events: Events) -> Iterator[ProxyFactory]:
+    """``start_proxy(network_yaml, approve=None)``: a running proxy for that ``network:``."""
+    running: list[EgressProxy] = []
+
+    def start(network_yaml: str, approve: Approve | None = None) -> EgressProxy:
+        policy = parse_policy(network_yaml)
+        assert policy.network is not None
+        proxy = start_egress_proxy(
+            policy.network, record=events, approve=approve, resolve=resolve_test_names
+        )
+        running.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in running:
+        proxy.close()
+
+
+@pytest.fixture
+def site_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello through the proxy\n")
+    return root
