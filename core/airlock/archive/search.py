@@ -25,7 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -299,11 +299,18 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def sync_s3_prefix(url: str, cache_dir: Path, endpoint_url: str | None = None) -> Path:
+def sync_s3_prefix(
+    url: str,
+    cache_dir: Path,
+    endpoint_url: str | None = None,
+    *,
+    on_total: Callable[[int], None] | None = None,
+    on_item: Callable[[str], None] | None = None,
+) -> Path:
     """Mirror the logs and manifests under an S3 prefix into ``cache_dir``; return the root.
 
-    Objects already in the cache with the same size are not downloaded again (archived objects
-    are immutable under Object Lock).
+    Objects already in the cache are not downloaded again (archived objects are immutable under
+    Object Lock). ``on_total`` hears how many objects there are, ``on_item`` each one done.
     """
     from airlock.archive.s3 import S3Sink
 
@@ -320,14 +327,18 @@ def sync_s3_prefix(url: str, cache_dir: Path, endpoint_url: str | None = None) -
             "--endpoint-url; sessions sit under <platform>/<owner>/<repo>/<yyyy>/<mm>/<dd>/",
         )
 
+    if on_total is not None:
+        on_total(len(wanted))
+
     def fetch(key: str) -> None:
         dest = root / key
-        if dest.exists():
-            return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
-        sink.download(key, tmp)
-        tmp.rename(dest)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.part")
+            sink.download(key, tmp)
+            tmp.rename(dest)
+        if on_item is not None:
+            on_item(key)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(fetch, wanted))
