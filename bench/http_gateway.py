@@ -100,6 +100,30 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
     asyncio.run(main())
 
 
+def _run_bare(port: int, upstream: str) -> None:
+    """The floor: the same server and client stack (uvicorn h11, httpx) forwarding with no
+    ticket, rules, recording or masking. Not Airlock: what any Python proxy of this shape costs."""
+    import httpx
+    import uvicorn
+
+    client = httpx.AsyncClient(base_url=upstream, trust_env=False)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        response = await client.request(scope["method"], scope["path"])
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"transfer-encoding"]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": response.content})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                lifespan="off", http="h11")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- load
 
 
@@ -159,7 +183,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--role", choices=["upstream", "gateway"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["upstream", "gateway", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--sessions", help=argparse.SUPPRESS)
@@ -170,15 +194,22 @@ def main() -> None:
     if args.role == "gateway":
         _run_gateway(args.port, args.upstream, args.sessions)
         return
+    if args.role == "bare":
+        _run_bare(args.port, args.upstream)
+        return
     seconds, rounds = (3.0, 2) if args.quick else (args.seconds, args.rounds)
     _bench(seconds, rounds, args.concurrency)
 
 
 def _bench(seconds: float, rounds: int, concurrency: int) -> None:
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, gw_port, bare_port = _free_port(), _free_port(), _free_port()
     me = [sys.executable, __file__]
     with tempfile.TemporaryDirectory() as sessions:
         upstream = subprocess.Popen([*me, "--role", "upstream", "--port", str(up_port)])
+        bare = subprocess.Popen(
+            [*me, "--role", "bare", "--port", str(bare_port), "--upstream",
+             f"http://127.0.0.1:{up_port}"]
+        )  # fmt: skip
         gateway = subprocess.Popen(
             [
                 *me,
@@ -196,24 +227,37 @@ def _bench(seconds: float, rounds: int, concurrency: int) -> None:
         )
         try:
             _wait_port(up_port)
+            _wait_port(bare_port)
             assert gateway.stdout is not None
             if gateway.stdout.readline().strip() != "ready":
                 raise SystemExit("bench: the gateway did not start")
-            results = _measure(up_port, gw_port, seconds, rounds, concurrency)
+            cpu_before = _cpu_seconds(gateway.pid)
+            results = _measure(up_port, gw_port, bare_port, seconds, rounds, concurrency)
+            cpu = _cpu_seconds(gateway.pid) - cpu_before
             log = next(Path(sessions).rglob("events.jsonl"))
             events = sum(1 for _ in log.open("rb"))
         finally:
-            for proc in (gateway, upstream):
+            for proc in (gateway, bare, upstream):
                 proc.terminate()
                 proc.wait(10)
     _report(results, seconds, rounds, concurrency, events)
+    # each request through the gateway writes http.request and http.response
+    print(f"gateway CPU per request: {cpu / max(1, events // 2) * 1000:.3f} ms (user+system)")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): less sensitive to a busy machine
+    than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _measure(
-    up_port: int, gw_port: int, seconds: float, rounds: int, concurrency: int
+    up_port: int, gw_port: int, bare_port: int, seconds: float, rounds: int, concurrency: int
 ) -> dict[str, tuple[float, list[float], int]]:
     targets = {
         "direct": (f"http://127.0.0.1:{up_port}/items", {}),
+        "bare": (f"http://127.0.0.1:{bare_port}/items", {}),
         "gateway": (f"http://127.0.0.1:{gw_port}/items", {"Authorization": f"Bearer {_TICKET}"}),
     }
     best: dict[str, tuple[float, list[float], int]] = {}
@@ -243,6 +287,11 @@ def _report(
         print(f"{name:<10}{rps:>10.0f}{_pct(lat, 0.5):>10.2f}{_pct(lat, 0.99):>10.2f}{errors:>8}")
     direct, gateway = results["direct"], results["gateway"]
     print(f"ratio gateway/direct (req/s): {gateway[0] / direct[0]:.2f}x")
+    bare = results["bare"]
+    print(
+        f"ratio bare proxy/direct: {bare[0] / direct[0]:.2f}x; gateway/bare proxy: "
+        f"{gateway[0] / bare[0]:.2f}x (the floor of a uvicorn + httpx hop, same run)"
+    )
     print(
         f"added p50 latency: {_pct(gateway[1], 0.5) - _pct(direct[1], 0.5):.2f} ms "
         f"(median of all requests {statistics.median(gateway[1]) * 1000:.2f} ms)"

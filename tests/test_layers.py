@@ -18,6 +18,7 @@ LAYERS = {
     "archive": 1,
     "gateway": 1,
     "egress": 1,
+    "sandbox": 1,
     "gate": 1,
     "jobs": 2,
     "ci": 3,

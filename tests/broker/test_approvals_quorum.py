@@ -42,10 +42,10 @@ from airlock.broker.approvals import VOTES
 from airlock.broker.service import Broker
 from airlock.errors import ConfigError
 from airlock.gate import Operation
-from airlock.gate._rules import ApproverRules, parse_command, required_approvals
 from airlock.gate.broker import decision_from_status
 from airlock.gate.github_check import GitHubCheckBackend
 from airlock.gate.gitlab import GitLabApi, GitLabNotesBackend
+from airlock.gate.rules import ApproverRules, parse_command, required_approvals
 from airlock.policy.broker_config import parse_broker_config
 
 forges = approvals_support.forges

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from tests.broker.conftest import AUDIENCE, broker_yaml, central_gateways_yaml
 from tests.support.broker_server import BrokerServer
 from tests.support.oidc_issuer import OIDCIssuer
@@ -114,3 +115,30 @@ def test_revoke_ends_the_job_token_and_its_tickets_at_once(api: Api) -> None:
     assert api.ticket(job, "appdb").status_code == 403  # the token gets nothing more
     assert api.checkpoint(job, 2).status_code == 403
     assert api.revoke(job).json() == {"revoked": 0}  # revoking again is a no-op
+
+
+def test_an_older_state_database_gains_the_new_columns_in_place(tmp_path: Path) -> None:
+    """A broker upgraded over an existing database: jobs and approvals tables get the columns
+    revoke, tickets and id-bound approvals need, and old rows stay readable."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the tables as the previous release created them
+        conn.execute(
+            sa.text(
+                "CREATE TABLE airlock_jobs (job_digest VARCHAR(64) PRIMARY KEY, subject TEXT "
+                "NOT NULL, created_at FLOAT NOT NULL, expires_at FLOAT NOT NULL)"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO airlock_jobs VALUES ('d' , '{\"repository_id\": \"1\"}', 0, 1e12)")
+        )
+    engine.dispose()
+    store = StateStore(url)
+    try:
+        old = store.job("d")
+        assert old is not None and old.ceiling == () and old.subject == {"repository_id": "1"}
+        assert store.revoke_job("d", 1.0) and store.job("d") is None
+        columns = {c["name"] for c in sa.inspect(store.engine).get_columns("airlock_jobs")}
+        assert {"ceiling", "revoked_at", "issuer", "rule_id"} <= columns
+    finally:
+        store.close()

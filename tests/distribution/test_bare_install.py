@@ -171,3 +171,25 @@ def test_a_missing_extra_exits_80_and_names_it(
     assert result.returncode == 80, result.stderr
     assert f"install airlock-ci[{extra}]" in result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_job_side_approvals_through_the_broker_need_no_forge_library(bare_venv: Path) -> None:
+    """PR-button approvals in the Action (github-check / gitlab through the broker) once
+    crashed with ModuleNotFoundError: gitlab; the job side must not import forge clients."""
+    script = (
+        "import sys\n"
+        "from airlock.audit.keys import SigningKey\n"
+        "from airlock.jobs.approvals import BackendSettings, approval_backend\n"
+        "key = SigningKey.generate()\n"
+        "settings = BackendSettings(broker_url='http://127.0.0.1:9', job_token='t')\n"
+        "names = [type(approval_backend(k, settings, key=key)).__name__\n"
+        "         for k in ('github-check', 'gitlab')]\n"
+        "import airlock.jobs.run\n"
+        "print(names, [m for m in ('gitlab', 'github', 'requests') if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [str(bare_venv / "bin" / "python"), "-c", script],
+        capture_output=True, text=True, env={"PATH": os.environ["PATH"]}, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['GitHubCheckBackend', 'GitLabBackend'] []"

@@ -3,7 +3,7 @@ where a policy names users by login, the login compares without case."""
 
 from __future__ import annotations
 
-from airlock.gate._rules import ApproverRules, Clicker, refusal
+from airlock.gate.rules import ApproverRules, Clicker, refusal
 
 REQUESTER_ID = "583231"  # GitHub actor_id / GitLab user_id of who asked
 AUTHOR_ID = "77"  # the pull/merge request author's id

@@ -64,8 +64,8 @@ def test_the_operation_is_masked_with_the_policy_and_the_job_state(
 def test_github_comment_refuses_rules_it_cannot_honour() -> None:
     from airlock.audit import SigningKey
     from airlock.errors import ConfigError
-    from airlock.gate._rules import ApproverRules
     from airlock.gate.github_comment import GitHubCommentBackend
+    from airlock.gate.rules import ApproverRules
 
     for rules in (ApproverRules(min_approvals=2), ApproverRules(require_justification=True)):
         with pytest.raises(ConfigError, match="needs the broker"):

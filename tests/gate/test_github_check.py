@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airlock.gate import Operation
-from airlock.gate._rules import ApproverRules, Clicker, approve_command, code_fence, refusal
 from airlock.gate.github_check import (
     action_identifier,
     check_run_body,
@@ -17,6 +16,7 @@ from airlock.gate.github_check import (
     parse_identifier,
     pull_request_number,
 )
+from airlock.gate.rules import ApproverRules, Clicker, approve_command, code_fence, refusal
 
 HASHES = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 

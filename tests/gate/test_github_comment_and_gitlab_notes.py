@@ -19,10 +19,10 @@ from tests.broker.approvals_support import (
 
 from airlock.audit import SigningKey
 from airlock.gate import Operation
-from airlock.gate._github import GitHubApi
-from airlock.gate._rules import ApproverRules
+from airlock.gate.github_api import GitHubApi
 from airlock.gate.github_comment import GitHubCommentBackend
 from airlock.gate.gitlab import GitLabApi, GitLabNotesBackend
+from airlock.gate.rules import ApproverRules
 
 forges = approvals_support.forges
 github_openapi = approvals_support.github_openapi

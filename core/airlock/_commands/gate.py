@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import os
@@ -19,20 +20,18 @@ from airlock.errors import ApprovalDenied, ApprovalTimedOut, ExitCode, UsageErro
 from airlock.gate import (
     EXPIRED,
     ApprovalBackend,
-    ConsoleBackend,
     Decision,
-    DenyBackend,
-    FileBackend,
     Operation,
     decide,
     pending,
 )
+from airlock.jobs.approvals import BACKENDS, BackendSettings, approval_backend
 from airlock.mask import Masker
 from airlock.policy.broker_config import parse_duration
 
 __all__ = ["register"]
 
-_BACKENDS = ("console", "file", "deny", "github-check", "gitlab")
+_BACKENDS = BACKENDS
 _KINDS = ("command", "sql", "http")
 _MAX_OPERATION = 1024 * 1024
 _DIR_DEFAULT = Path(".airlock") / "approvals"
@@ -227,23 +226,18 @@ def _read_operation_file(path: Path) -> str:
 
 def _backend(args: argparse.Namespace, key: SigningKey) -> ApprovalBackend:
     kind: str = args.backend
-    if kind == "console":
-        return ConsoleBackend(key=key)
-    if kind == "file":
-        return FileBackend(args.dir, key=key)
-    if kind == "deny":
-        return DenyBackend(key=key, reason="the deny backend refuses every operation")
+    settings = BackendSettings(
+        directory=args.dir, deny_reason="the deny backend refuses every operation"
+    )
     if kind in ("github-check", "gitlab"):
-        return _broker_backend(kind, key)
-    raise UsageError(f"unknown backend {kind!r}", hint=f"use one of {', '.join(_BACKENDS)}")
+        settings = _broker_settings(kind, settings)
+    return approval_backend(kind, settings, key=key)
 
 
-def _broker_backend(kind: str, key: SigningKey) -> ApprovalBackend:
+def _broker_settings(kind: str, settings: BackendSettings) -> BackendSettings:
     """Through the broker (as its GitHub App / GitLab bot), with this job's token."""
     from airlock.broker.client import default_state_dir, load_job_state
     from airlock.gate.broker import ForgeTarget
-    from airlock.gate.github_check import GitHubCheckBackend
-    from airlock.gate.gitlab_job import GitLabBackend
 
     state = load_job_state(default_state_dir())
     if state is None:
@@ -255,8 +249,9 @@ def _broker_backend(kind: str, key: SigningKey) -> ApprovalBackend:
         pull_request=_number(os.environ.get("AIRLOCK_PULL_REQUEST")),
         merge_request=_number(os.environ.get("CI_MERGE_REQUEST_IID")),
     )
-    cls = GitHubCheckBackend if kind == "github-check" else GitLabBackend
-    return cls(state.broker, state.job_token, key=key, target=target)
+    return dataclasses.replace(
+        settings, broker_url=state.broker, job_token=state.job_token, target=target
+    )
 
 
 def _number(raw: str | None) -> int | None:

@@ -11,8 +11,8 @@ from typing import Any
 
 from airlock.audit.keys import SigningKey
 from airlock.errors import ConfigError
-from airlock.gate._rules import ApproverRules, Clicker, Rights, refusal
 from airlock.gate.interface import Answer, ApprovalBackend, ApprovalRequest, Record
+from airlock.gate.rules import ApproverRules, Clicker, Rights, refusal
 
 __all__ = ["PollingForgeBackend"]
 

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from airlock.audit.keys import SigningKey
 from airlock.events import EventType
-from airlock.gate._rules import ApproverRules
 from airlock.gate.interface import (
     Answer,
     ApprovalBackend,
@@ -35,6 +34,7 @@ from airlock.gate.interface import (
     GateError,
     Record,
 )
+from airlock.gate.rules import ApproverRules
 
 __all__ = ["BrokerBackend", "ForgeTarget", "decision_from_status"]
 

@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 
 from airlock.audit.keys import SigningKey
 from airlock.errors import ConfigError
-from airlock.gate._rules import ApproverRules, code_fence
 from airlock.gate.broker import BrokerBackend, ForgeTarget
 from airlock.gate.interface import Operation, Record, format_time
+from airlock.gate.rules import ApproverRules, code_fence
 
 __all__ = [
     "CHECK_NAME_PREFIX",

@@ -20,9 +20,8 @@ from typing import Any, ClassVar
 
 from airlock.audit.keys import SigningKey
 from airlock.events import EventType
-from airlock.gate._github import GitHubApi, GitHubRights
 from airlock.gate._polling import PollingForgeBackend
-from airlock.gate._rules import ApproverRules, Clicker, approve_command, code_fence
+from airlock.gate.github_api import GitHubApi, GitHubRights
 from airlock.gate.interface import (
     Answer,
     ApprovalRequest,
@@ -31,6 +30,7 @@ from airlock.gate.interface import (
     Record,
     format_time,
 )
+from airlock.gate.rules import ApproverRules, Clicker, approve_command, code_fence
 
 __all__ = ["GitHubCommentBackend", "comment_body"]
 

@@ -28,7 +28,6 @@ from gitlab.exceptions import GitlabError, GitlabHttpError
 from airlock.audit.keys import SigningKey
 from airlock.events import EventType
 from airlock.gate._polling import PollingForgeBackend
-from airlock.gate._rules import ApproverRules, Clicker, code_fence, parse_command
 from airlock.gate.gitlab_job import GitLabBackend  # re-exported: the job's side lives there
 from airlock.gate.interface import (
     Answer,
@@ -38,6 +37,7 @@ from airlock.gate.interface import (
     Record,
     format_time,
 )
+from airlock.gate.rules import ApproverRules, Clicker, code_fence, parse_command
 
 __all__ = [
     "GitLabApi",
@@ -140,7 +140,7 @@ class GitLabApi:
 
 
 class GitLabRights:
-    """:class:`~airlock.gate._rules.Rights` for one project, asked of GitLab at click time."""
+    """:class:`~airlock.gate.rules.Rights` for one project, asked of GitLab at click time."""
 
     def __init__(self, api: GitLabApi, project: str) -> None:
         self._api = api

@@ -426,9 +426,10 @@ class Approver:
         except GateError:
             return _failed(bound)
         except asyncio.CancelledError as exc:
-            reason = str(exc.args[0]) if exc.args and exc.args[0] else CANCELLED
+            why = str(exc.args[0]) if exc.args and exc.args[0] else ""
+            reason = f"{CANCELLED}: {why}"[:200] if why else CANCELLED
             with contextlib.suppress(Exception):  # a failing record must not hide the cancel
-                self._backend.cancel(request_id, f"{CANCELLED}: {reason}"[:200])
+                self._backend.cancel(request_id, reason)
             raise
 
 

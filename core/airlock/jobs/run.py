@@ -552,31 +552,18 @@ def _masked_process_fields(masker: Masker, event: ProcessExec) -> dict[str, Any]
 
 
 def _approval_backend(request: SessionRequest, record: Record, *, own_pty: bool) -> ApprovalBackend:
-    from airlock.gate import ConsoleBackend, DenyBackend, FileBackend
+    from airlock.jobs.approvals import BackendSettings, approval_backend
 
-    settings = request.policy.approvals
-    key = request.key
-    if settings.backend == "console":
-        return ConsoleBackend(
-            key=key,
-            record=record,
-            default_timeout=float(settings.timeout),
-            agent_shares_terminal=not own_pty,  # without its own pty it can TIOCSTI ours
-        )
-    if settings.backend == "file":
-        return FileBackend(Path(settings.dir), key=key, record=record)
-    if settings.backend == "deny":
-        return DenyBackend(key=key, record=record)
-    if request.broker_url is None or request.job_token is None:
-        raise UsageError(
-            "approvals.backend is broker, but this session has no broker job",
-            hint="run `airlock credentials` first, or `airlock run --broker URL --audience AUD`",
-        )
-    from airlock.gate.github_check import GitHubCheckBackend
-    from airlock.gate.gitlab_job import GitLabBackend
-
-    cls = GitHubCheckBackend if settings.forge == "github-check" else GitLabBackend
-    return cls(request.broker_url, request.job_token, key=key, record=record)
+    policy = request.policy.approvals
+    kind = policy.forge if policy.backend == "broker" else policy.backend
+    settings = BackendSettings(
+        timeout=float(policy.timeout),
+        directory=Path(policy.dir) if policy.backend == "file" else None,
+        broker_url=request.broker_url,
+        job_token=request.job_token,
+        agent_shares_terminal=not own_pty,  # without its own pty it can TIOCSTI ours
+    )
+    return approval_backend(kind, settings, key=request.key, record=record)
 
 
 def _notice(text: str) -> None:

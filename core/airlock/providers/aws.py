@@ -32,7 +32,6 @@ from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from airlock.errors import ConfigError
-from airlock.providers._secrets import redact, resolve_secret
 from airlock.providers.interface import (
     CredentialProvider,
     IssuedCredential,
@@ -41,6 +40,7 @@ from airlock.providers.interface import (
     TtlLimits,
     clamp_ttl,
 )
+from airlock.providers.secrets import redact, resolve_secret
 
 if TYPE_CHECKING:
     from mypy_boto3_sts.client import STSClient

@@ -30,7 +30,6 @@ from github import Auth, Github, GithubException, GithubIntegration
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from airlock.errors import ConfigError
-from airlock.providers._secrets import resolve_secret
 from airlock.providers.interface import (
     CredentialProvider,
     IssuedCredential,
@@ -39,6 +38,7 @@ from airlock.providers.interface import (
     TtlLimits,
     clamp_ttl,
 )
+from airlock.providers.secrets import resolve_secret
 
 __all__ = ["GitHubConfig", "GitHubGrant", "GitHubProvider"]
 

@@ -26,7 +26,6 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from airlock.errors import ConfigError
-from airlock.providers._secrets import resolve_secret
 from airlock.providers.interface import (
     CredentialProvider,
     IssuedCredential,
@@ -35,6 +34,7 @@ from airlock.providers.interface import (
     TtlLimits,
     clamp_ttl,
 )
+from airlock.providers.secrets import resolve_secret
 
 __all__ = ["ACCESS_LEVELS", "GitLabConfig", "GitLabGrant", "GitLabProvider", "upstream_expiry"]
 

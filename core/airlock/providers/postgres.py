@@ -30,7 +30,6 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from airlock.errors import ConfigError
-from airlock.providers._secrets import redact, resolve_secret
 from airlock.providers.interface import (
     CredentialProvider,
     IssuedCredential,
@@ -39,6 +38,7 @@ from airlock.providers.interface import (
     TtlLimits,
     clamp_ttl,
 )
+from airlock.providers.secrets import redact, resolve_secret
 
 __all__ = ["ROLE_PREFIX", "PostgresConfig", "PostgresGrant", "PostgresProvider", "role_for_lease"]
 

@@ -15,7 +15,6 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from airlock.errors import ConfigError
-from airlock.providers._secrets import resolve_secret
 from airlock.providers.interface import (
     CredentialProvider,
     IssuedCredential,
@@ -23,6 +22,7 @@ from airlock.providers.interface import (
     TtlLimits,
     clamp_ttl,
 )
+from airlock.providers.secrets import resolve_secret
 
 __all__ = ["StaticConfig", "StaticGrant", "StaticProvider"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -364,3 +365,17 @@ def test_curl_delete_with_a_trailing_slash_is_held_like_the_path_without(
         assert out.stdout == "403", path
     assert [op.rule_id for op in seen] == ["hold-items"] * 3
     assert recorder.of("guardrail.decision")[0]["action"] == "require_approval"
+
+
+@pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"])
+def test_a_method_override_header_is_judged_as_the_method_it_names(
+    guarded: Any, ticket: Ticket, recorder: Recorder, header: str
+) -> None:
+    """Many frameworks run POST + X-HTTP-Method-Override: DELETE as the DELETE."""
+    out = subprocess.run(
+        ["curl", "-sS", "-X", "POST", "-H", f"Authorization: Bearer {ticket.value}",
+         "-H", f"{header}: delete", guarded.url + "/api/v1/namespaces/prod"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert json.loads(out.stdout)["rule_id"] == "no-ns-delete"
+    assert recorder.of("http.response")[-1]["status"] == 403

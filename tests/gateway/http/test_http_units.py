@@ -56,7 +56,7 @@ _path_chars = st.sampled_from(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(_path_chars, max_size=30).map(lambda parts: "/" + "".join(parts)))
 def test_normalised_paths_are_canonical(raw: str) -> None:
     norm = normalize_path(raw.encode())
@@ -152,7 +152,7 @@ def test_json_field_mask_replaces_whole_subtrees() -> None:
     assert masked == {"secrets": MASKED_FIELD, "k": [[{"secrets": MASKED_FIELD}]]}
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=5),
@@ -267,3 +267,22 @@ def test_decoding_json_escapes_examples(text: str, out: str) -> None:
     from airlock.gateway.http.capture import decode_json_escapes
 
     assert decode_json_escapes(text) == out
+
+
+_keys = st.sampled_from(["password", "token", "name", "pass", "word", "p\u00e4ss", "a.b", "*"])
+_docs_with_keys = st.recursive(
+    st.none() | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_docs_with_keys, st.sampled_from([["password"], ["user.token"], ["pass*"], ["p\u00e4ss"]]))
+def test_skipping_a_document_that_names_no_field_changes_nothing(
+    doc: object, globs: list[str]
+) -> None:
+    fields = JsonFieldMasker(globs)
+    for text in (json.dumps(doc), json.dumps(doc, ensure_ascii=False)):
+        if not fields.might_match(text):
+            assert fields.mask(json.loads(text)) == json.loads(text)

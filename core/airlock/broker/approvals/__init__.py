@@ -10,7 +10,7 @@ What the broker guarantees, whatever the replica:
 
 - the repository, run and requester come from the job's verified OIDC claims, never from the
   body: a job can only ask about operations of its own repository and run;
-- a click decides only when the clicker passes :func:`airlock.gate._rules.refusal` at that
+- a click decides only when the clicker passes :func:`airlock.gate.rules.refusal` at that
   moment (not a bot, not the requester, not the PR/MR author unless allowed, enough permission,
   one of the named approvers), for the operation hash the button or note names;
 - a request is decided once: ``UPDATE … WHERE status = 'pending'`` lets one click win a race;

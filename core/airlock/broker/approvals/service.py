@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -15,13 +16,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from airlock.broker.approvals.bodies import (
-    CheckRunEvent,
-    CreateBody,
-    DeploymentRuleEvent,
-    GhInstallation,
-    NoteEvent,
-)
+from airlock.broker.approvals.bodies import CreateBody, DeploymentRuleEvent, GhInstallation
 from airlock.broker.approvals.store import (
     PENDING,
     ApprovalRow,
@@ -33,28 +28,23 @@ from airlock.broker.approvals.store import (
 from airlock.broker.service import Broker
 from airlock.broker.state import token_digest
 from airlock.errors import AirlockError, PolicyDenied, UsageError
-from airlock.gate._github import GitHubApi, GitHubRights
-from airlock.gate._rules import (
+from airlock.gate.forges import Click, Forge, ForgeRequest, Shown
+from airlock.gate.forges.github_check import GitHubCheckForge
+from airlock.gate.forges.gitlab_notes import GitLabNotesForge
+from airlock.gate.github_api import GitHubApi
+from airlock.gate.gitlab import GitLabApi
+from airlock.gate.interface import Decision, GateError, Operation
+from airlock.gate.rules import (
     MAX_JUSTIFICATION,
     ApproverRules,
     Clicker,
-    Rights,
     justification_required,
-    parse_command,
     refusal,
     required_approvals,
 )
-from airlock.gate.github_check import (
-    check_run_body,
-    outcome_body,
-    parse_identifier,
-    progress_body,
-)
-from airlock.gate.gitlab import GitLabApi, GitLabRights, note_body, outcome_note, progress_note
-from airlock.gate.interface import Decision, GateError, Operation
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.broker_config import ApprovalsConfig
-from airlock.providers._secrets import resolve_secret
+from airlock.providers.secrets import resolve_secret
 
 __all__ = [
     "ApprovalService",
@@ -100,6 +90,7 @@ class ApprovalService:
         self._clock = clock
         self._github: GitHubApi | None = None
         self._gitlab: GitLabApi | None = None
+        self._forges: dict[str, Forge] = {}
         self._masker: Masker | None = None
         self.version = 0  # bumped on every local decision: wakes long-polls early
 
@@ -124,7 +115,7 @@ class ApprovalService:
         rules = [self._config.approvers.model_dump()]
         if body.approvers is not None:
             rules.append(body.approvers.model_dump())
-        if body.backend != "gitlab" and justification_required(
+        if not _carries_text(body.backend) and justification_required(
             ApproverRules.from_dict(r) for r in rules
         ):
             raise UsageError(
@@ -168,71 +159,36 @@ class ApprovalService:
         return self.store.get(row.request_id) or row
 
     def _post(self, row: ApprovalRow, op: Operation, subject: Mapping[str, Any]) -> ApprovalRow:
-        if row.backend == "github-check":
-            return self._post_check_run(row, op, str(subject.get("sha") or ""))
-        if row.backend == "gitlab":
-            return self._post_note(row, op)
-        if self._config.github_app is None:
-            raise UsageError("this broker has no github_app configured for github-environment")
-        self.store.add(row)
-        return row
-
-    def _post_check_run(self, row: ApprovalRow, op: Operation, job_sha: str) -> ApprovalRow:
+        if row.backend == "github-environment":  # GitHub's own review UI shows it
+            if self._config.github_app is None:
+                raise UsageError("this broker has no github_app configured for github-environment")
+            self.store.add(row)
+            return row
+        forge = self.forge(row.backend)
         if row.target is None:
-            raise UsageError("github-check needs the pull request number (pull_request)")
-        api = self.github()
-        pr = api.pull_request(row.repository, row.target)
-        head_sha = str((pr.get("head") or {}).get("sha", ""))
-        if not _pr_runs_commit(pr, job_sha):
-            log.info(
-                "approval refused: PR #%s head %s is not the job's commit %s",
-                row.target,
-                head_sha[:12],
-                job_sha[:12],
+            what = (
+                "pull request number (pull_request)"
+                if forge.source == "github"
+                else ("merge request iid (merge_request)")
             )
-            raise PolicyDenied(
-                f"pull request #{row.target} is not at this job's commit: an approval is posted "
-                "only on the pull request the job runs for"
-            )
-        author = str((pr.get("user") or {}).get("login", "")) or None  # for humans to read
-        row = _replace(row, author=author, head_sha=head_sha)
+            raise UsageError(f"{row.backend} needs the {what}")
         self.store.add(row)
-        body = check_run_body(
-            request_id=row.request_id,
-            op=op,
-            head_sha=head_sha,
-            requester=row.requester,
-            expires_at=row.expires_at,
-            details_url=pr.get("html_url"),
+        request = ForgeRequest(
+            row.request_id,
+            op,
+            row.repository,
+            row.repository_id,
+            row.target,
+            row.requester,
+            row.expires_at,
+            str(subject.get("sha") or ""),
         )
         try:
-            check = api.call("POST", f"/repos/{row.repository}/check-runs", body)
-        except GateError:
+            ref = forge.post(request)
+        except (GateError, PolicyDenied):
             self._close_unposted(row)
             raise
-        self.store.set_forge(row.request_id, str(check.get("id")), check.get("html_url"))
-        return row
-
-    def _post_note(self, row: ApprovalRow, op: Operation) -> ApprovalRow:
-        iid = row.target
-        if iid is None:
-            raise UsageError("gitlab needs the merge request iid (merge_request)")
-        api = self.gitlab()
-        mr = api.merge_request(row.repository_id, iid)
-        author = str((mr.get("author") or {}).get("username", "")) or None  # for humans to read
-        row = _replace(row, author=author)
-        self.store.add(row)
-        try:
-            note = api.post_note(
-                row.repository_id,
-                iid,
-                note_body(row.request_id, op, row.requester, row.expires_at),
-            )
-        except GateError:
-            self._close_unposted(row)
-            raise
-        url = f"{mr.get('web_url')}#note_{note.get('id')}" if mr.get("web_url") else None
-        self.store.set_forge(row.request_id, str(note.get("id")), url)
+        self.store.set_forge(row.request_id, ref.ref, ref.url, ref.head_sha, ref.author)
         return row
 
     def _close_unposted(self, row: ApprovalRow) -> None:
@@ -278,53 +234,32 @@ class ApprovalService:
         if not delivery or len(delivery) > 128:
             return WebhookResult("bad-request", 400, "X-GitHub-Delivery is missing")
         payload = _json_object(raw)
-        if event == "check_run" and payload.get("action") == "requested_action":
-            return self._check_run_click(CheckRunEvent.model_validate(payload), delivery)
+        if event == "check_run":
+            return self._answer(self.forge("github-check"), payload, delivery)
         if event == "deployment_protection_rule" and payload.get("action") == "requested":
             return self._deployment_rule(DeploymentRuleEvent.model_validate(payload), delivery)
         return WebhookResult("ignored", 202)
 
-    def _check_run_click(self, event: CheckRunEvent, delivery: str) -> WebhookResult:
-        row = self.store.get(event.check_run.external_id or "")
-        if (
-            row is None
-            or row.backend != "github-check"
-            or row.forge_ref != str(event.check_run.id)
-            or row.repository_id != str(event.repository.id)
-            or (row.head_sha and event.check_run.head_sha != row.head_sha)
-            or not self._our_installation(event.installation)
-        ):
-            return WebhookResult("ignored", 202, "not an Airlock approval check run")
-        parsed = parse_identifier(
-            event.requested_action.identifier if event.requested_action else ""
-        )
-        if parsed is None:
-            return WebhookResult("bad-request", 400, "unknown requested action")
-        approve, hash_prefix = parsed
-        clicker = Clicker(event.sender.login, str(event.sender.id), event.sender.type == "Bot")
-        deliveries = [("github", delivery)]
-        if not row.operation_hash.startswith(hash_prefix):
-            return self._refuse(row, deliveries, "the button was for another operation")
-        rights = GitHubRights(self.github(), row.repository)
-        click = _Click(clicker, approve)
-        author_id = self._github_author_id(row) if approve else None
-        return self._click(row, click, rights, deliveries, "github", "the check run", author_id)
-
-    def _github_author_id(self, row: ApprovalRow) -> str | None:
-        """The pull request author's immutable id, read now (not when the request was made)."""
-        if row.target is None:
-            return None
-        pr = self.github().pull_request(row.repository, row.target)
-        author_id = (pr.get("user") or {}).get("id")
-        return str(author_id) if author_id is not None else None
-
-    def _gitlab_author_id(self, row: ApprovalRow) -> str | None:
-        """The merge request author's immutable id, read now."""
-        if row.target is None:
-            return None
-        mr = self.gitlab().merge_request(row.repository_id, row.target)
-        author_id = (mr.get("author") or {}).get("id")
-        return str(author_id) if author_id is not None else None
+    def _answer(self, forge: Forge, payload: Mapping[str, Any], delivery: str) -> WebhookResult:
+        """Apply the answer in a verified webhook ``payload`` to the request it names."""
+        click = forge.click(payload, delivery)
+        if click is None:
+            return WebhookResult("ignored", 202)
+        row = self.store.get(click.request_id) if click.request_id else None
+        if row is None or row.backend != forge.name:
+            return WebhookResult("ignored", 202, f"not an Airlock request shown in {click.where}")
+        shown = _shown(row)
+        if not forge.matches(click, shown, row.head_sha):
+            return WebhookResult("ignored", 202, f"not an Airlock request shown in {click.where}")
+        deliveries = list(click.deliveries)
+        if click.hash_prefix is not None:
+            if not click.hash_prefix:
+                return WebhookResult("bad-request", 400, "unknown requested action")
+            if not row.operation_hash.startswith(click.hash_prefix):
+                return self._refuse(row, deliveries, "the button was for another operation")
+        click = dataclasses.replace(click, justification=self._justification(click.justification))
+        author_id = forge.author_id(shown) if click.approve else None
+        return self._click(row, click, forge, author_id)
 
     def _deployment_rule(self, event: DeploymentRuleEvent, delivery: str) -> WebhookResult:
         app = self._config.github_app
@@ -390,44 +325,14 @@ class ApprovalService:
             return WebhookResult(
                 "bad-request", 400, "Idempotency-Key / X-Gitlab-Webhook-UUID missing"
             )
-        payload = _json_object(raw)
-        if payload.get("object_kind") != "note":
-            return WebhookResult("ignored", 202)
-        return self._note(NoteEvent.model_validate(payload), delivery)
-
-    def _note(self, event: NoteEvent, delivery: str) -> WebhookResult:
-        command = parse_command(event.object_attributes.note)
-        if command is None or event.object_attributes.system or event.merge_request is None:
-            return WebhookResult("ignored", 202)
-        row = self.store.get(command.request_id)
-        if (
-            row is None
-            or row.backend != "gitlab"
-            or row.repository_id != str(event.project.id)
-            or row.target != event.merge_request.iid
-        ):
-            return WebhookResult("ignored", 202, "not an Airlock request of this merge request")
-        api = self.gitlab()
-        user = event.user
-        clicker = Clicker(user.username, str(user.id), api.is_bot(str(user.id)))
-        deliveries = [("gitlab", delivery), ("gitlab-note", str(event.object_attributes.id))]
-        rights = GitLabRights(api, row.repository_id)
-        click = _Click(clicker, command.approve, self._justification(command.justification))
-        author_id = self._gitlab_author_id(row) if command.approve else None
-        return self._click(row, click, rights, deliveries, "gitlab", "a note", author_id)
+        return self._answer(self.forge("gitlab"), _json_object(raw), delivery)
 
     # -- shared -----------------------------------------------------------------------------------
 
     def _click(
-        self,
-        row: ApprovalRow,
-        click: _Click,
-        rights: Rights,
-        deliveries: list[tuple[str, str]],
-        forge: str,
-        where: str,
-        author_id: str | None,
+        self, row: ApprovalRow, click: Click, forge: Forge, author_id: str | None
     ) -> WebhookResult:
+        deliveries, where = list(click.deliveries), click.where
         row = self._expire_if_due(row)
         if row.status != PENDING:
             result = "expired" if row.status == "expired" else "already-decided"
@@ -439,14 +344,14 @@ class ApprovalService:
             approve=click.approve,
             requester_id=row.requester_id,
             author_id=author_id,
-            rights=rights,
+            rights=forge.rights(_shown(row)),
         )
         if why is None and click.approve and justification_required(rules):
-            why = _missing_justification(row, click)
+            why = _missing_justification(row, click, forge)
         if why is not None:
             return self._refuse(row, deliveries, why, click.clicker)
-        by = f"{forge}:{click.clicker.login}"  # the login, for humans; the id is what counts
-        by_id = f"{forge}:{click.clicker.user_id}"
+        by = f"{forge.source}:{click.clicker.login}"  # for humans; the id is what counts
+        by_id = f"{forge.source}:{click.clicker.user_id}"
         if not click.approve:
             return self._deny(row, (by, by_id), click, deliveries, where)
         vote = Vote(by_id, by, click.justification)
@@ -466,7 +371,7 @@ class ApprovalService:
         self,
         row: ApprovalRow,
         who: tuple[str, str],
-        click: _Click,
+        click: Click,
         deliveries: list[tuple[str, str]],
         where: str,
     ) -> WebhookResult:
@@ -495,7 +400,13 @@ class ApprovalService:
         if tally.status == "already-decided":
             return WebhookResult("already-decided", 200, request_id=row.request_id)
         if tally.decision is not None:
-            log.info("approval %s approved by %s", row.request_id, tally.decision.by)
+            log.info(
+                "approval %s approved by %s (ids %s)%s",
+                row.request_id,
+                tally.decision.by,
+                ",".join(tally.decision.by_ids),
+                " with a justification" if tally.decision.justification else "",
+            )
             self.version += 1
             self._show_outcome(row, "approved", tally.decision)
             return WebhookResult("approved", 200, request_id=row.request_id)
@@ -569,25 +480,10 @@ class ApprovalService:
 
     def _show_outcome(self, row: ApprovalRow, status: str, decision: Decision) -> None:
         """Best effort: the decision stands even when the forge cannot be updated."""
-        if row.forge_ref is None:
+        if row.forge_ref is None or row.backend not in FORGES:
             return
         try:
-            if row.backend == "github-check":
-                body = outcome_body(
-                    status,
-                    by=decision.by,
-                    at=decision.at,
-                    reason=decision.reason,
-                    operation_hash=row.operation_hash,
-                )
-                self.github().call(
-                    "PATCH", f"/repos/{row.repository}/check-runs/{row.forge_ref}", body
-                )
-            elif row.backend == "gitlab" and row.target is not None:
-                note = outcome_note(
-                    row.request_id, status, decision.by, decision.at, decision.reason
-                )
-                self.gitlab().update_note(row.repository_id, row.target, int(row.forge_ref), note)
+            self.forge(row.backend).show_outcome(_shown(row), status, decision)
         except (AirlockError, ValueError) as exc:
             log.warning(
                 "approval %s: could not show the outcome on the forge: %s", row.request_id, exc
@@ -595,39 +491,21 @@ class ApprovalService:
 
     def _show_progress(self, row: ApprovalRow, votes: tuple[Vote, ...], needed: int) -> None:
         """Best effort: "1 of 2 approvals" on the check run or the note while pending."""
-        if row.forge_ref is None:
+        if row.forge_ref is None or row.backend not in FORGES:
             return
-        op = Operation(**row.operation)
-        approvers = [v.by for v in votes]
         try:
-            if row.backend == "github-check":
-                body = progress_body(
-                    request_id=row.request_id,
-                    op=op,
-                    requester=row.requester,
-                    expires_at=row.expires_at,
-                    approvers=approvers,
-                    needed=needed,
-                )
-                self.github().call(
-                    "PATCH", f"/repos/{row.repository}/check-runs/{row.forge_ref}", body
-                )
-            elif row.backend == "gitlab" and row.target is not None:
-                note = progress_note(
-                    row.request_id, op, row.requester, row.expires_at, approvers, needed
-                )
-                self.gitlab().update_note(row.repository_id, row.target, int(row.forge_ref), note)
+            self.forge(row.backend).show_progress(_shown(row), [v.by for v in votes], needed)
         except (AirlockError, ValueError) as exc:
             log.warning(
                 "approval %s: could not show progress on the forge: %s", row.request_id, exc
             )
 
     def _reply(self, row: ApprovalRow, text: str) -> None:
-        """Best effort: answer on the merge request (GitLab only; check runs have no thread)."""
-        if row.backend != "gitlab" or row.target is None:
+        """Best effort: answer on the forge's thread, where it has one."""
+        if row.backend not in FORGES:
             return
         try:
-            self.gitlab().post_note(row.repository_id, row.target, text)
+            self.forge(row.backend).reply(_shown(row), text)
         except (AirlockError, ValueError) as exc:
             log.warning("approval %s: could not reply on the forge: %s", row.request_id, exc)
 
@@ -637,6 +515,20 @@ class ApprovalService:
         if subject is None:
             raise PolicyDenied("unknown or expired job token")
         return digest, subject
+
+    def forge(self, backend: str) -> Forge:
+        """The forge that shows ``backend``'s requests (built on first use)."""
+        if backend not in self._forges:
+            if backend == GitHubCheckForge.name:
+                app = self._config.github_app
+                if app is None:
+                    raise UsageError("this broker has no github_app configured")
+                self._forges[backend] = GitHubCheckForge(self.github, app.installation_id)
+            elif backend == GitLabNotesForge.name:
+                self._forges[backend] = GitLabNotesForge(self.gitlab)
+            else:
+                raise UsageError(f"no forge shows {backend!r} requests")
+        return self._forges[backend]
 
     def github(self) -> GitHubApi:
         """The GitHub App client (built on first use)."""
@@ -664,19 +556,10 @@ class ApprovalService:
 _JUSTIFY = "a justification is required"
 
 
-@dataclass(frozen=True)
-class _Click:
-    """One click or note: who, which way, and the (masked) justification if the forge has one."""
-
-    clicker: Clicker
-    approve: bool
-    justification: str = ""
-
-
-def _missing_justification(row: ApprovalRow, click: _Click) -> str | None:
+def _missing_justification(row: ApprovalRow, click: Click, forge: Forge) -> str | None:
     if click.justification:
         return None
-    if row.backend != "gitlab":
+    if not forge.carries_text:
         return f"{_JUSTIFY}, and {row.backend} cannot carry one: use the gitlab backend"
     return (
         f"{_JUSTIFY}: write `/airlock approve {row.request_id} <why>` "
@@ -722,16 +605,6 @@ def _bound_subject(subject: Mapping[str, Any], forge: str) -> _Bound:
     )
 
 
-def _pr_runs_commit(pr: Mapping[str, Any], job_sha: str) -> bool:
-    """True when the job runs the pull request's head commit, or its test merge commit
-    (``pull_request`` workflows check out ``refs/pull/N/merge``: GITHUB_SHA is that merge)."""
-    if not job_sha:
-        return False
-    head = str((pr.get("head") or {}).get("sha") or "")
-    merge = str(pr.get("merge_commit_sha") or "")
-    return job_sha in (head, merge)
-
-
 def _check_binding(
     op: Operation, repository: str, run_id: str | None, subject: Mapping[str, Any]
 ) -> None:
@@ -757,8 +630,25 @@ def _review(plans: list[ApprovalRow], run_id: str) -> tuple[str, str]:
     )
 
 
-def _replace(row: ApprovalRow, **changes: Any) -> ApprovalRow:
-    return ApprovalRow(**{**row.__dict__, **changes})
+FORGES: dict[str, type[Forge]] = {f.name: f for f in (GitHubCheckForge, GitLabNotesForge)}
+
+
+def _carries_text(backend: str) -> bool:
+    forge = FORGES.get(backend)
+    return forge is not None and forge.carries_text
+
+
+def _shown(row: ApprovalRow) -> Shown:
+    return Shown(
+        row.request_id,
+        Operation(**row.operation),
+        row.repository,
+        row.repository_id,
+        row.target,
+        row.requester,
+        row.expires_at,
+        row.forge_ref,
+    )
 
 
 def _url_path(url: str) -> str:

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from airlock.broker.state import add_missing_columns
-from airlock.gate._rules import ApproverRules
 from airlock.gate.interface import Decision, format_time
+from airlock.gate.rules import ApproverRules
 
 __all__ = [
     "APPROVALS",
@@ -190,12 +190,20 @@ class ApprovalStore:
             ).first()
         return None if row is None else _row(row)
 
-    def set_forge(self, request_id: str, forge_ref: str, url: str | None) -> None:
+    def set_forge(
+        self,
+        request_id: str,
+        forge_ref: str,
+        url: str | None,
+        head_sha: str | None = None,
+        author: str | None = None,
+    ) -> None:
+        """Where the forge shows the request (and the head and author it reported)."""
         with self._engine.begin() as conn:
             conn.execute(
                 sa.update(APPROVALS)
                 .where(APPROVALS.c.request_id == request_id)
-                .values(forge_ref=forge_ref, url=url)
+                .values(forge_ref=forge_ref, url=url, head_sha=head_sha, author=author)
             )
 
     def pending_plans(self, repository_id: str, run_id: str) -> list[ApprovalRow]:

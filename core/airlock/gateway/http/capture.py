@@ -98,12 +98,12 @@ def render_prefix(
     if text is None:
         return {"body_omitted": "binary"}
     if _looks_json(content_type, text):
-        if fields:
+        text = decode_json_escapes(text)
+        if fields and fields.might_match(text):
             masked_json = _mask_json(text, fields)
             if masked_json is None:
                 return {"body_omitted": "JSON cut at the cap cannot be field-masked"}
             text = masked_json
-        text = decode_json_escapes(text)
     return {"body": masker.mask_text(text), "body_truncated": truncated}
 
 

@@ -9,6 +9,7 @@ matching key is replaced, whatever its type.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 __all__ = ["MASKED_FIELD", "JsonFieldMasker"]
 
 MASKED_FIELD = "[MASKED:json-field]"
+_WILD = frozenset("*?[")
 
 
 class JsonFieldMasker:
@@ -24,6 +26,17 @@ class JsonFieldMasker:
     def __init__(self, globs: Sequence[str]) -> None:
         self._anywhere = [_compile(g) for g in globs if "." not in g]
         self._paths = [[_compile(p) for p in g.split(".")] for g in globs if "." in g]
+        # The key each glob must end on, when it is a plain name: a document whose text names
+        # none of them (quoted, no escapes left) has nothing to mask, and is not walked.
+        lasts = [g.rsplit(".", 1)[-1] for g in globs]
+        self._wild = any(_WILD & set(last) for last in lasts)
+        self._quoted = tuple(json.dumps(last, ensure_ascii=False) for last in lasts)
+
+    def might_match(self, text: str) -> bool:
+        """False when no field of the JSON ``text`` can match (then :meth:`mask` changes
+        nothing): every glob ends on a plain name that the text never quotes, and the text has
+        no escape left that could spell one."""
+        return self._wild or "\\" in text or any(q in text for q in self._quoted)
 
     def __bool__(self) -> bool:
         return bool(self._anywhere or self._paths)

@@ -224,12 +224,13 @@ class HttpProxy:
         document = await self._inspect_json(ex, body) if self._needs_json else None
         decisions = (
             decide_http(
-                HttpRequestInfo(ex.method, path, self._host, document), self._rules, self._defaults
+                HttpRequestInfo(method, path, self._host, document), self._rules, self._defaults
             )
+            for method in ex.methods()
             for path in ex.path.candidates
         )
         decision = strictest(decisions)
-        assert decision is not None  # a path has at least one reading
+        assert decision is not None  # a request has at least one method and one path reading
         return decision
 
     async def _inspect_json(self, ex: Exchange, body: RequestBody) -> Any:
@@ -315,10 +316,11 @@ class HttpProxy:
             gone.cancel()
         if asking.cancelled():  # cancel_holds(): the session is ending
             return hold.session_ended()
-        if not asking.done():  # the client left first: the request must never go upstream
+        if gone.done():  # the client left (even as the answer came): never send it upstream
             actions = hold.client_gone()
-            asking.cancel(CLIENT_GONE)
-            await asyncio.wait({asking})
+            if not asking.done():
+                asking.cancel(CLIENT_GONE)
+                await asyncio.wait({asking})
             return actions
         outcome, why = asking.result()
         if why:

@@ -15,8 +15,8 @@ from typing import Any
 import requests
 from github import Auth, Github, GithubException
 
-from airlock.gate._rules import PERMISSION_LEVELS, Clicker
 from airlock.gate.interface import GateError
+from airlock.gate.rules import PERMISSION_LEVELS, Clicker
 
 __all__ = ["GitHubApi", "GitHubRights"]
 
@@ -108,7 +108,7 @@ class GitHubApi:
 
 
 class GitHubRights:
-    """:class:`~airlock.gate._rules.Rights` for one repository, asked of GitHub at click time."""
+    """:class:`~airlock.gate.rules.Rights` for one repository, asked of GitHub at click time."""
 
     def __init__(self, api: GitHubApi, repo: str) -> None:
         self._api = api
