@@ -55,3 +55,15 @@ def test_archive_of_many_sessions_reports_each_in_a_log(tmp_path: Path) -> None:
     assert [line.split(":")[1].strip() for line in lines] == [
         "archived 1/3", "archived 2/3", "archived 3/3",
     ]  # fmt: skip
+
+
+def test_a_big_report_reads_every_event_once_through_the_progress_hook(tmp_path: Path) -> None:
+    from airlock.archive.report import render_report
+
+    writer = SessionWriter.create(tmp_path / "s")
+    for i in range(50):
+        writer.append("output", {"stream": "stdout", "text": f"line {i}\n"})
+    writer.seal(load_signing_key(None), exit_code=0)
+    seen: list[int] = []
+    page = render_report(writer.path, {}, on_event=lambda: seen.append(1))
+    assert len(seen) == 50 and "line 49" in page

@@ -46,12 +46,12 @@ class ItemProgress:
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, total=total)
 
-    def advance(self, name: str, detail: str = "") -> None:
-        """One more item finished."""
+    def advance(self, name: str, detail: str = "", *, count: int = 1) -> None:
+        """``count`` more items finished (one line per call without a terminal)."""
         with self._lock:
-            self.done += 1
+            self.done += count
             if self._bar is not None and self._task is not None:
-                self._bar.update(self._task, advance=1)
+                self._bar.update(self._task, advance=count)
                 return
             of = f"/{self.total}" if self.total else ""
             tail = f" {detail}" if detail else ""
