@@ -59,3 +59,16 @@ def test_a_cancelled_run_says_cancelled_in_the_summary(runner: Runner, tmp_path:
     done = runner.ci("action", "post", extra={**state, **_inputs(command="x")}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert runner.summary.startswith("> [!WARNING]\n> **cancelled: the main step did not finish")
+
+
+def test_gitlab_after_script_notes_the_job_status_in_the_summary(
+    runner: Runner, tmp_path: Path
+) -> None:
+    sessions, artifacts = tmp_path / "sessions", tmp_path / "artifacts"
+    runner.airlock("run", "--sessions", str(sessions), "--", "sh", "-c", "exit 3")
+    note = "job canceled: the script did not finish"
+    argv = ["finalize", "--sessions", str(sessions), "--platform", "gitlab"]
+    done = runner.ci(*argv, "--artifacts", str(artifacts), "--note", note, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = (artifacts / "summary.md").read_text()
+    assert summary.startswith("> [!WARNING]\n> **job canceled: the script did not finish**")

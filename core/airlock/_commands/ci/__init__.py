@@ -68,6 +68,12 @@ def register(sub: Any) -> None:
 
 def _finalize_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--sessions", env="AIRLOCK_SESSIONS", type=Path, help="the job's sessions dir")
+    add_flag(
+        parser,
+        "--note",
+        env="AIRLOCK_FINALIZE_NOTE",
+        help="a warning put at the top of the summary (e.g. that the job was cancelled)",
+    )
     add_flag(parser, "--archive-to", env="AIRLOCK_ARCHIVE_TO", help="s3://BUCKET/PREFIX or a dir")
     add_flag(parser, "--endpoint-url", env="AIRLOCK_S3_ENDPOINT_URL", help="S3 endpoint override")
     add_flag(
