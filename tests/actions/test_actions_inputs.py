@@ -50,6 +50,8 @@ def test_a_failing_agent_gets_an_error_annotation(runner: Runner) -> None:
         "the session is sealed and in the job summary"
     ]
     assert "cancelled" not in runner.summary
+    report = Path(runner.read("output")["report-path"])
+    assert report.name == "report.html" and "<!DOCTYPE html>" in report.read_text()
 
 
 def test_a_cancelled_run_says_cancelled_in_the_summary(runner: Runner, tmp_path: Path) -> None:

@@ -232,11 +232,24 @@ def _publish_github(
     from airlock.ci.github import GitHubFiles
 
     files = GitHubFiles(environ)
-    files.set_outputs(outputs)
+    report = _github_report(result, args.sessions)
+    files.set_outputs({**outputs, "report-path": str(report) if report else ""})
     if files.summary is not None and not files.summarize(
         _summary_markdown(result, args.fail_mode, environ)
     ):
         say("the job summary is full; see the HTML report (`airlock report`)")
+
+
+def _github_report(result: FinalizeResult, sessions: Path | None) -> Path | None:
+    """The newest session's HTML report beside the sessions directory, for an upload step
+    (the summary links the run's artifacts); None when there is nothing to report."""
+    if not result.sessions or sessions is None:
+        return None
+    report = sessions.parent / "report.html"
+    if run_cli(["report", str(result.sessions[-1]), "-o", str(report)]) != 0:
+        result.fail(int(ExitCode.UNAVAILABLE), "writing the HTML report failed")
+        return None
+    return report.resolve()
 
 
 def _publish_gitlab(
