@@ -74,3 +74,14 @@ def test_gitlab_after_script_notes_the_job_status_in_the_summary(
     assert done.returncode == 0, done.stderr
     summary = (artifacts / "summary.md").read_text()
     assert summary.startswith("> [!WARNING]\n> **job canceled: the script did not finish**")
+
+
+def test_an_unknown_input_is_refused_naming_the_valid_ones(runner: Runner) -> None:
+    from tests.actions.helpers import REPO
+
+    extra = {"AIRLOCK_ACTION_YML": str(REPO / "action.yml"), **_inputs(command="x", comand="y")}
+    done = runner.ci("action", "main", extra=extra)
+    assert done.returncode == 80
+    assert "unknown input(s) comand for this action" in done.stderr
+    assert "the inputs are: " in done.stderr and "working-directory" in done.stderr
+    assert runner.read("state") == {}

@@ -68,8 +68,26 @@ def _fail_mode(value: str) -> str:
 _GRANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
-def check_inputs(inputs: Mapping[str, str]) -> None:
+def declared_inputs(environ: Mapping[str, str]) -> set[str] | None:
+    """The inputs the running action declares: its action.yml, named by the shim."""
+    import yaml
+
+    path = Path(environ.get("AIRLOCK_ACTION_YML") or "/nonexistent/action.yml")
+    try:
+        declared = yaml.safe_load(path.read_text()).get("inputs") or {}
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return {str(name).lower() for name in declared}
+
+
+def check_inputs(inputs: Mapping[str, str], declared: set[str] | None = None) -> None:
     """Refuse bad inputs before anything starts: UsageError (exit 80) naming the input."""
+    unknown = sorted(set(inputs) - declared) if declared is not None else []
+    if unknown:
+        raise UsageError(
+            f"unknown input(s) {', '.join(unknown)} for this action",
+            hint=f"the inputs are: {', '.join(sorted(declared or ()))}",
+        )
     workdir = inputs.get("working-directory")
     if workdir and not Path(workdir).is_dir():
         raise UsageError(
@@ -168,7 +186,7 @@ def _action_main(environ: Mapping[str, str]) -> int:
     command = inputs.get("command", "")
     if not command:
         raise UsageError("the action needs a command", hint="set `with: command: ...`")
-    check_inputs(inputs)
+    check_inputs(inputs, declared_inputs(environ))
     args = _finalize_args(inputs, _job_dir(environ) / "sessions")
     args.sessions.mkdir(parents=True)
     _save_state(environ, {"sessions": str(args.sessions), "started": "1", "pid": str(os.getpid())})
