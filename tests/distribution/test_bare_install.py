@@ -1,7 +1,7 @@
 """The bare distribution (no extras) in a fresh venv: every command's --help works, and a command
 whose extra is missing exits 80 naming the extra to install: never a traceback or "internal error".
 
-The venv gets the package from a real `pip install --no-deps` of this checkout, and exactly the
+The venv gets the package from a real wheel of this checkout (`pip install --no-deps --no-index`), and exactly the
 base dependencies' files (the closure of `Requires-Dist` without extras), linked from this
 interpreter's environment: offline, and nothing from an extra can be imported by accident.
 """
@@ -67,25 +67,20 @@ def _command_paths(
 
 @pytest.fixture(scope="module")
 def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("bare") / "venv"
+    root = tmp_path_factory.mktemp("bare")
+    venv, wheels = root / "venv", root / "wheels"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # offline: the wheel is built by this environment's hatchling, installed from that file alone
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--disable-pip-version-check",
-            str(ROOT),
-        ],
+        [*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
         check=True,
-        env={**os.environ, "PIP_NO_INPUT": "1"},
-    )
+    )  # fmt: skip
+    (wheel,) = wheels.glob("airlock_ci-*.whl")
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], check=True
+    )  # fmt: skip
     site = Path(
         subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
