@@ -76,16 +76,47 @@ def _path_without(tmp_path: Path, *missing: str) -> str:
     return str(tools)
 
 
+def _warm_cache(cache: Path) -> Path:
+    """The cache layout install.sh looks for, under the keys it computes with sha256sum
+    (computed here the same way): with both present it installs nothing."""
+    import hashlib
+    import sys
+
+    pyver = f"{sys.version_info[0]}.{sys.version_info[1]}"  # of AIRLOCK_PYTHON below
+    shim = INSTALL.parent
+    deps = hashlib.sha256(
+        f"{pyver}\n".encode()
+        + (REPO / "pyproject.toml").read_bytes()
+        + (shim / "requirements.txt").read_bytes()
+    ).hexdigest()[:20]
+    files = sorted(
+        (
+            str(p.relative_to(REPO))
+            for p in (REPO / "core/airlock").rglob("*")
+            if p.is_file() and p.suffix != ".pyc"
+        ),
+        key=lambda s: s.encode(),
+    )
+    lines = "".join(f"{hashlib.sha256((REPO / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
+    src = hashlib.sha256(lines.encode()).hexdigest()[:20]
+    venv = cache / f"venv-{deps}-{src}"
+    (cache / f"deps-{deps}").mkdir(parents=True)
+    venv.mkdir()
+    return venv
+
+
 def test_the_cache_key_is_the_same_with_shasum_and_refused_without_any(tmp_path: Path) -> None:
-    # a warm cache, made by the sha256sum path: the shasum path must find the very same venv
+    import sys
+
     cache = tmp_path / "cache"
-    done = install(cache)
-    assert_working_venv(done)
+    venv = _warm_cache(cache)
+    fast_fail = {"AIRLOCK_PYTHON": sys.executable, "AIRLOCK_INSTALLER": "pip", "PIP_NO_INDEX": "1"}
+    done = install(cache, **fast_fail)  # sha256sum: the key computed above
+    assert done.returncode == 0 and done.stdout.strip() == f"{venv}/bin/python", done.stderr
     path = _path_without(tmp_path, "sha256sum")
-    again = install(cache, PATH=path)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout == done.stdout and "installing" not in again.stderr
+    again = install(cache, PATH=path, **fast_fail)  # shasum -a 256: the very same key
+    assert again.returncode == 0 and again.stdout == done.stdout, again.stderr
     (Path(path) / "shasum").unlink()
-    refused = install(cache, PATH=path)
+    refused = install(cache, PATH=path, **fast_fail)
     assert refused.returncode == 80
     assert "neither sha256sum nor shasum is installed" in refused.stderr
