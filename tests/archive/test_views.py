@@ -185,3 +185,25 @@ def test_the_summary_is_capped_with_a_link_to_the_full_report(
     assert len(re.findall(r"^\| \d+ \| process\\\.exec", text, flags=re.M)) == 100
     assert "2900 more events not shown" in text
     assert _MD.render(text).count(f'href="{link}"') == 1
+
+
+def test_ocsf_egress_denials_are_blocked_network_activity() -> None:
+    denied = {"kind": "connect", "host": "evil.example", "port": 443, "outcome": "denied",
+              "rule_id": "airlock.default-deny"}  # fmt: skip
+    allowed = {**denied, "host": "pypi.org", "outcome": "allowed", "rule_id": "pypi"}
+    events = [
+        {"seq": 1, "type": "net.connect", "data": denied},
+        {"seq": 2, "type": "net.connect", "data": allowed},
+    ]
+    blocked, opened = to_ocsf(events, "s")
+    assert (blocked["class_uid"], blocked["disposition_id"], blocked["status"]) == (
+        4001,
+        2,
+        "Failure",
+    )
+    assert blocked["policy"]["uid"] == "airlock.default-deny"
+    assert (opened["disposition"], opened["disposition_id"], opened["status"]) == (
+        "allowed",
+        1,
+        "Success",
+    )

@@ -10,12 +10,14 @@ is kept whole under ``unmapped.airlock`` so nothing is lost, and ``metadata.uid`
     db.query / db.result             6005 Datastore Activity      (99 Other)
     guardrail.*, approval.*          6003 API Activity            (99 Other, with disposition)
     credential.issued                3002 Authentication          (99 Other)
+    net.connect                      4001 Network Activity        (1 Open, with disposition)
     llm.*, mcp.*                     6003 API Activity            (99 Other)
     anything else (output, ...)         0 Base Event              (99 Other)
 
-Guardrail and approval records carry ``status`` (Success / Failure for a refusal),
-``disposition`` and ``disposition_id`` (OCSF: 1 Allowed, 2 Blocked, 99 Other; an approval still
-pending is 99 "requested"), and the rule under ``policy.uid``, all from the shared describer.
+Guardrail, approval and egress records (and any other refusal) carry ``status`` (Success /
+Failure for a refusal), ``disposition`` and ``disposition_id`` (OCSF: 1 Allowed, 2 Blocked, 99
+Other; an approval still pending is 99 "requested"), and the rule under ``policy.uid``, all
+from the shared describer.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ _CLASSES: dict[str, tuple[int, int, int]] = {
     "db.query": (6, 6005, 99),
     "db.result": (6, 6005, 99),
     "credential.issued": (3, 3002, 99),
+    "net.connect": (4, 4001, 1),  # Network Activity: Open (allowed or refused: see disposition)
     # the agent-native gateways: a model API call or an MCP tool call is an API call
     "llm.request": (6, 6003, 99),
     "llm.response": (6, 6003, 99),
@@ -77,6 +80,11 @@ def _millis(ts: str) -> int:
         return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
         return 0
+
+
+def _has_disposition(etype: str, view: EventView) -> bool:
+    """Decisions carry one: guardrails, approvals, egress attempts, and any refusal."""
+    return etype.startswith(("guardrail.", "approval.", "net.")) or view.denied
 
 
 def _disposition(view: EventView) -> dict[str, Any]:
@@ -152,7 +160,7 @@ def to_ocsf(events: Iterable[dict[str, Any]], session_id: str) -> Iterator[dict[
                 "log_name": "airlock-session",
             },
             **_specific(etype, data),
-            **(_disposition(view) if etype.startswith(("guardrail.", "approval.")) else {}),
+            **(_disposition(view) if _has_disposition(etype, view) else {}),
             "unmapped": {"airlock": {"type": etype, "seq": event.get("seq"), "data": data}},
         }
         if actor:
