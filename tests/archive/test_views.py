@@ -207,3 +207,15 @@ def test_ocsf_egress_denials_are_blocked_network_activity() -> None:
         1,
         "Success",
     )
+
+
+def test_show_says_the_same_as_the_summary(
+    approvals: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airlock._cli import main
+
+    assert main(["show", str(approvals)]) == 0
+    out = capsys.readouterr().out
+    assert "DENIED no-drop: denied by 4242 (no): sql DROP TABLE users" in out
+    assert "EXPIRED no-drop: expired by airlock" in out
+    assert "no-drop: approved by 4343" in out and "?: ?" not in out
