@@ -358,3 +358,18 @@ def test_rules_parse_and_bounds() -> None:
             key=SigningKey.generate(),
             approvers=ApproverRules(min_approvals=2),
         )
+
+
+def test_an_approver_who_lost_their_rights_no_longer_counts_towards_the_quorum(
+    stack: Stack,
+) -> None:
+    """Attack: dana approves, then loses write access (or leaves the team); alice's click
+    must not complete the quorum with dana's stale vote. Rights are asked again."""
+    token = add_job(stack.broker, github_subject())
+    created = stack.create(token)
+    assert stack.click(created, "dana") == "pending"
+    stack.github.permissions["dana"] = "read"
+    assert stack.click(created, "alice") == "pending"
+    assert stack.status(token, created["request_id"])["status"] == "pending"
+    assert stack.votes(created["request_id"]) == ["alice"]
+    assert stack.click(created, "erin") == "approved"

@@ -65,3 +65,32 @@ def test_a_secret_in_every_argv_element_is_masked(tmp_path: Path) -> None:
     for e in events(session):
         if e["type"] == "process.exec":
             assert secret not in repr(e["data"])
+
+
+def test_a_secret_that_is_not_utf8_is_masked_in_output_and_argv(tmp_path: Path) -> None:
+    """A non-UTF-8 secret value (bytes in the environment) used to crash `airlock run` (87);
+    strace's argv was decoded with U+FFFD before masking, so the rest of it showed."""
+    import os
+    import subprocess
+
+    from tests.support.airlock_cli import AIRLOCK
+
+    secret = b"bin-\xff\xfe-" + secrets.token_hex(8).encode()
+    policy = tmp_path / "airlock.yaml"
+    policy.write_text("mask: {env: [K]}\ncapture: {exec: required}\n")
+    env = {os.fsencode(k): os.fsencode(v) for k, v in clean_env(tmp_path).items()}
+    env[b"K"] = secret
+    argv = [AIRLOCK, "run", "--policy", str(policy), "--sessions", str(tmp_path / "s"), "--"]
+    result = subprocess.run(
+        [*map(os.fsencode, argv), b"printf", b"x " + secret + b" y\n"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"x [MASKED:env:K] y\n"
+    log = (only_session(tmp_path / "s") / "events.jsonl").read_bytes()
+    assert secret[7:].decode() not in log.decode()
+    execs = [e["data"] for e in events(only_session(tmp_path / "s")) if e["type"] == "process.exec"]
+    assert execs[0]["argv"] == ["printf", "x [MASKED:env:K] y\n"]

@@ -141,3 +141,22 @@ def test_a_probe_started_early_gives_the_same_answer_as_probing_now() -> None:
     assert start_probe(None)() == probe_strace(None)
     missing = start_probe("/nonexistent/strace")()
     assert not missing.available and "could not run" in missing.reason
+
+
+def test_an_older_strace_without_dddd_still_gives_the_commands_status() -> None:
+    from dataclasses import replace
+
+    probed = probe_strace()
+    older = replace(probed, args=tuple(a for a in probed.args if a != "-DDD"))
+    rec = Recorder()
+    runner = ProcessRunner(
+        Command(("sh", "-c", "/bin/true; exit 7"), dict(os.environ), os.getcwd()),
+        use_pty=False,
+        tracer=older,
+        on_output=rec.on_output,
+        on_process=rec.processes.append,
+        on_idle=rec.on_idle,
+    )
+    result = runner.run()
+    assert result.exit_status == 7
+    assert any(isinstance(p, ProcessExec) and p.path == "/bin/true" for p in rec.processes)

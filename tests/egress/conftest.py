@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from tests.support.tls_ca import LocalCA
 
 from airlock.egress import EgressProxy, start_egress_proxy
+from airlock.gate.file import decide, pending
 from airlock.gate.interface import Approve
 from airlock.policy import parse_policy
 
@@ -31,11 +33,31 @@ class Events:
         with self._lock:
             return [d for k, d in self.items if k == "net.connect"]
 
+    def wait_net(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The ``net.connect`` events once ``count`` are there (a tunnel is recorded when both
+        ends have closed, a moment after the client exits)."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.net()) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return found
 
-async def resolve_test_names(host: str, port: int) -> list[str]:
-    if host.endswith(".test"):
-        return ["127.0.0.1"]
-    raise OSError("not a test name")
+
+class Resolver:
+    """The proxy's DNS in tests: ``.test`` names are 127.0.0.1; every lookup is remembered."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        if host.endswith(".test"):
+            return ["127.0.0.1"]
+        raise OSError("not a test name")
+
+
+@pytest.fixture
+def resolver() -> Resolver:
+    return Resolver()
 
 
 @pytest.fixture(scope="session")
@@ -52,16 +74,14 @@ ProxyFactory = Callable[..., EgressProxy]
 
 
 @pytest.fixture
-def start_proxy(events: Events) -> Iterator[ProxyFactory]:
+def start_proxy(events: Events, resolver: Resolver) -> Iterator[ProxyFactory]:
     """``start_proxy(network_yaml, approve=None)``: a running proxy for that ``network:``."""
     running: list[EgressProxy] = []
 
     def start(network_yaml: str, approve: Approve | None = None) -> EgressProxy:
         policy = parse_policy(network_yaml)
         assert policy.network is not None
-        proxy = start_egress_proxy(
-            policy.network, record=events, approve=approve, resolve=resolve_test_names
-        )
+        proxy = start_egress_proxy(policy.network, record=events, approve=approve, resolve=resolver)
         running.append(proxy)
         return proxy
 
@@ -76,3 +96,14 @@ def site_dir(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "hello.txt").write_text("hello through the proxy\n")
     return root
+
+
+def decide_first(directory: Path, verdict: bool) -> None:
+    """Decide the first pending request of the file gate in ``directory`` (a human, scripted)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = list(pending(directory))
+        if found:
+            decide(directory, str(found[0]["request_id"]), approved=verdict, by="tester")
+            return
+        time.sleep(0.02)

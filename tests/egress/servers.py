@@ -45,6 +45,9 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(text)))
         self.end_headers()
         self.wfile.write(text)
+        # Like a careless server, read on after "Connection: close": a request smuggled behind
+        # the first one would be served, so the proxy must never pass it on.
+        self.close_connection = False
 
     do_GET = do_POST = do_PUT = do_DELETE = _echo  # noqa: N815
 

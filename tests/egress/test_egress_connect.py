@@ -7,14 +7,20 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
-from tests.egress.conftest import Events, ProxyFactory
+from tests.egress.conftest import Events, ProxyFactory, Resolver, decide_first
 from tests.egress.servers import serve
 from tests.support.tls_ca import LocalCA
 
-from airlock.egress import EgressProxy
+from airlock.audit.keys import SigningKey
+from airlock.egress import EgressProxy, EgressProxyError, start_egress_proxy
+from airlock.errors import ExitCode
+from airlock.gate.file import FileBackend
+from airlock.gate.interface import approver
+from airlock.policy import parse_policy
 
 _ALLOW = """
 network:
@@ -50,8 +56,7 @@ def test_allowed_host_is_tunnelled_and_recorded(
     done = _curl(proxy, ca, f"https://allowed.test:{https_port}/hello.txt")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello through the proxy\n"
-    proxy.close()
-    [event] = events.net()
+    [event] = events.wait_net(1)
     assert event["outcome"] == "allowed"
     assert event["rule_id"] == "site"
     assert (event["host"], event["port"], event["sni"]) == (
@@ -65,7 +70,7 @@ def test_allowed_host_is_tunnelled_and_recorded(
 
 
 def test_denied_host_gets_403_naming_what_to_add(
-    start_proxy: ProxyFactory, events: Events, ca: LocalCA, https_port: int
+    start_proxy: ProxyFactory, events: Events, resolver: Resolver, ca: LocalCA, https_port: int
 ) -> None:
     proxy = start_proxy(_ALLOW.format(port=https_port))
     done = _curl(proxy, ca, f"https://other.test:{https_port}/hello.txt")
@@ -80,6 +85,7 @@ def test_denied_host_gets_403_naming_what_to_add(
         answer = _read_all(sock).decode()
     assert answer.startswith("HTTP/1.1 403 ")
     assert "network.allow" in answer and f"host: other.test, ports: [{https_port}]" in answer
+    assert resolver.asked == []  # a denied name is never looked up: no DNS exfiltration
 
 
 def test_name_resolving_to_loopback_needs_local_addresses(
@@ -112,7 +118,7 @@ def test_ip_literal_needs_a_rule_naming_it(
     proxy = start_proxy("network: {" + network.format(port=https_port).replace("{{", "{") + "}")
     done = _curl(proxy, ca, f"https://127.0.0.1:{https_port}/hello.txt")
     assert (done.returncode == 0) is allowed, done.stderr
-    [event] = events.net()
+    [event] = events.wait_net(1)
     assert event["outcome"] == ("allowed" if allowed else "denied")
 
 
@@ -198,3 +204,36 @@ def _read_all(sock: socket.socket) -> bytes:
     while data := sock.recv(65536):
         chunks.append(data)
     return b"".join(chunks)
+
+
+def test_a_taken_port_fails_closed_with_85(events: Events) -> None:
+    network = parse_policy("network: {allow: [{id: a, host: a.test}]}").network
+    assert network is not None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(EgressProxyError) as caught:
+            start_egress_proxy(network, record=events, approve=None, listen=("127.0.0.1", port))
+    assert caught.value.exit_code == ExitCode.UNAVAILABLE
+    assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+def test_require_approval_holds_a_tunnel_until_approved(
+    tmp_path: Path, start_proxy: ProxyFactory, events: Events, ca: LocalCA, https_port: int
+) -> None:
+    network = (
+        f"network: {{allow: [{{id: ask, host: allowed.test, ports: [{https_port}], "
+        "local_addresses: true, action: require_approval}]}"
+    )
+    approve = approver(FileBackend(tmp_path, key=SigningKey.generate(), record=events), 30)
+    proxy = start_proxy(network, approve=approve)
+    decider = threading.Thread(target=decide_first, args=(tmp_path, True))
+    decider.start()
+    done = _curl(proxy, ca, f"https://allowed.test:{https_port}/hello.txt")
+    decider.join()
+    assert done.stdout == "hello through the proxy\n", done.stderr
+    [event] = events.wait_net(1)
+    assert event["outcome"] == "approved" and event["rule_id"] == "ask"
+    [requested] = [d for k, d in events.items if k == "approval.requested"]
+    assert requested["operation"]["text"] == f"CONNECT allowed.test:{https_port}"

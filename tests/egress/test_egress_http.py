@@ -7,18 +7,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.egress.conftest import Events, ProxyFactory
+from tests.egress.conftest import Events, ProxyFactory, decide_first
 from tests.egress.servers import EchoHandler, serve
 
 from airlock.audit.keys import SigningKey
 from airlock.egress import EgressProxy
 from airlock.gate.deny import DenyBackend
-from airlock.gate.file import FileBackend, decide, pending
+from airlock.gate.file import FileBackend
 from airlock.gate.interface import approver
 
 _RULES = """
@@ -65,7 +64,7 @@ def test_allowed_method_and_path_are_forwarded(
         done.stdout == f"GET /pub/a/b.txt?x=1 web.test:{port} 0\n"
     )  # Host from the URL, no proxy auth
     assert seen == ["GET /pub/a/b.txt?x=1"]
-    [event] = events.net()
+    [event] = events.wait_net(1)
     assert event["kind"] == "http" and event["outcome"] == "allowed"
     assert (event["method"], event["path"], event["rule_id"]) == ("GET", "/pub/a/b.txt", "pub-read")
     assert event["status"] == 200 and event["bytes_down"] > len(done.stdout)
@@ -78,6 +77,10 @@ def test_allowed_method_and_path_are_forwarded(
         ([], "/private/a", "airlock.default-deny"),
         ([], "/pub/secret/key", "no-secret"),
         (["-d", "x=1"], "/pub/a", "airlock.default-deny"),
+        (["--path-as-is"], "/pub/../private/a", "airlock.default-deny"),
+        (["--path-as-is"], "/pub/%2e%2e/private/a", "airlock.default-deny"),
+        (["--path-as-is"], "/pub/x/..//secret/key", "no-secret"),
+        ([], "/pub/secret%2Fkey", "no-secret"),
     ],
 )
 def test_denied_method_or_path_gets_403_and_never_reaches_the_server(
@@ -116,7 +119,7 @@ def test_chunked_upload_is_framed_and_a_smuggled_second_request_is_dropped(
     done = _curl(proxy, f"http://web.test:{port}/upload", "-H", "Transfer-Encoding: chunked",
                  "--data-binary", "x" * 5000)  # fmt: skip
     assert done.returncode == 0 and seen == ["POST /upload", "POST /upload"]
-    assert [e["outcome"] for e in events.net()] == ["allowed", "allowed"]
+    assert [e["outcome"] for e in events.wait_net(2)] == ["allowed", "allowed"]
 
 
 def test_https_url_in_a_plain_request_is_refused(start_proxy: ProxyFactory, events: Events) -> None:
@@ -141,12 +144,13 @@ def test_require_approval_waits_for_the_file_gate(
     network = _ASK.replace("PORT", str(port))
     approve = approver(FileBackend(tmp_path, key=SigningKey.generate(), record=events), 30)
     proxy = start_proxy(network, approve=approve)
-    decider = threading.Thread(target=_decide_first, args=(tmp_path, verdict))
+    decider = threading.Thread(target=decide_first, args=(tmp_path, verdict))
     decider.start()
     done = _curl(proxy, f"http://web.test:{port}/pub/x", "-w", " %{http_code}")
     decider.join()
     assert done.stdout.endswith(" 200" if verdict else " 403")
     assert seen == (["GET /pub/x"] if verdict else [])
+    events.wait_net(1)
     kinds = [k for k, _ in events.items]
     assert kinds == ["approval.requested", "approval.decided", "net.connect"]
     requested = events.items[0][1]
@@ -170,16 +174,6 @@ def test_require_approval_with_the_deny_gate_or_none_is_refused(
     assert seen == []
     assert [e["outcome"] for e in events.net()] == ["denied", "denied"]
     assert [k for k, _ in events.items].count("approval.decided") == 1
-
-
-def _decide_first(directory: Path, verdict: bool) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        found = list(pending(directory))
-        if found:
-            decide(directory, str(found[0]["request_id"]), approved=verdict, by="tester")
-            return
-        time.sleep(0.02)
 
 
 def _read_all(sock: socket.socket) -> bytes:

@@ -102,3 +102,21 @@ def test_a_complete_private_key_block_is_not_held() -> None:
     stream = make().stream()
     stream.feed(SHAPES["private-key-block"] + b"\nnext line")
     assert stream.flush_idle(1.0) == b"[MASKED:private-key-block]\nnext "
+
+
+@pytest.mark.parametrize("inside", [b"\x1b[1;34m", b"\x1b]0;t\x07", b"\x00", b"\r", b"%"], ids=repr)
+def test_a_literal_with_invisible_bytes_split_anywhere_is_masked(
+    engine: str, inside: bytes
+) -> None:
+    """Found by the leak property test: a literal written with an escape inside, cut inside or
+    next to the escape, with a pause; the start must be held like an exact prefix."""
+    value = b"4:GDo\nU\x01H\nGRZ8iJo8N5qiWYm"
+    masker = make(engine, literals=(("env:K", value),))
+    if inside == b"%":  # the first newline percent-encoded
+        shown = value[:5] + b"%0a" + value[6:]
+    else:
+        shown = value[:12] + inside + value[12:]
+    line = b"value=" + shown + b" ;\n"
+    for cut in range(1, len(line)):
+        _, out = _split_with_pause(masker.stream(), line[:cut], line[cut:], 0.05)
+        assert out == b"value=[MASKED:env:K] ;\n", cut

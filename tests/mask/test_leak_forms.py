@@ -120,3 +120,28 @@ def test_ordinary_text_with_escapes_and_percent_is_left_alone(engine: str) -> No
     masker = make(engine, literals=(("env:K", SECRET),))
     text = b"\x1b[32mok\x1b[0m 100% done\r\n a+b=c %41 \x00 tok-" + rand(8).encode()
     assert masker.mask_bytes(text) == text
+
+
+@pytest.mark.parametrize("value", ["password", "true", "Deploy", "1234567", "xxxxxxxxxxxx"])
+def test_a_weak_secret_is_refused_or_reported(value: str) -> None:
+    from airlock.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        make(literals=(("env:WEAK", value),), weak="error")
+    assert "env:WEAK" in str(refused.value.message)
+    assert value not in str(refused.value.message) + str(refused.value.hint)
+    warned = make(literals=(("env:WEAK", value),))
+    assert [rule for rule, _ in warned.weak_literals] == ["env:WEAK"]
+
+
+@pytest.mark.parametrize("value", ["tok-" + rand(12), "hunter2-correct-horse", "12345678901"])
+def test_a_real_secret_is_not_called_weak(value: str) -> None:
+    assert make(literals=(("env:OK", value),), weak="error").weak_literals == []
+
+
+def test_binary_output_is_masked_losslessly(engine: str) -> None:
+    value = bytes(range(0x80, 0x90)) + b"\x00\xff-bin"
+    masker = make(engine, literals=(("env:BIN", value),))
+    noise = bytes(range(256)) * 4
+    out = masker.mask_bytes(noise + value + noise)
+    assert out == noise + b"[MASKED:env:BIN]" + noise

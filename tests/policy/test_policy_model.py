@@ -35,6 +35,7 @@ def test_public_api_is_pinned() -> None:
         "MAX_POLICY_BYTES",
         "MaskPattern",
         "MaskPolicy",
+        "NetworkPolicy",
         "Policy",
         "PolicyError",
         "PolicyProblem",

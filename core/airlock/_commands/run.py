@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         broker_url=job.broker_url,
         job_token=job.job_token,
         sandbox=args.sandbox,
-        key_path=args.key,
+        key_path=args.key or _default_key_path(),
         state_dir=args.state_dir or _default_state_dir(),
     )
     try:
@@ -120,6 +120,12 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return outcome.exit_status
+
+
+def _default_key_path() -> Path:
+    from airlock.audit.keys import default_key_path
+
+    return default_key_path()
 
 
 def _default_state_dir() -> Path:

@@ -271,11 +271,14 @@ def serve(
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     import uvicorn
 
+    from airlock.broker.http_protocol import BoundedHttpToolsProtocol
+
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": "info",
         "access_log": False,  # request lines carry no secrets, but paths carry session ids
+        "http": BoundedHttpToolsProtocol,  # a request head of bounded size
     }
     if workers == 1:
         broker = Broker(config, store=store, key=key)

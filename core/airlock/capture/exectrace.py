@@ -98,7 +98,8 @@ def _unescape(match: re.Match[bytes]) -> bytes:
 def parse_c_string(text: str, start: int) -> tuple[str, int, bool]:
     """Parse the strace-quoted string starting at ``text[start] == '"'``.
 
-    Returns the decoded string (UTF-8, undecodable bytes replaced), the index just past it, and
+    Returns the decoded string (UTF-8, undecodable bytes as surrogate escapes: mask it with
+    ``Masker.mask_text``, which gives clean text), the index just past it, and
     whether strace marked it truncated (a ``...`` right after the closing quote).
     """
     if text[start] != '"':
@@ -109,7 +110,7 @@ def parse_c_string(text: str, start: int) -> tuple[str, int, bool]:
     body = quoted[1]
     if "\\" in body:
         raw = _ESCAPE.sub(_unescape, body.encode())
-        value = raw.decode("utf-8", errors="replace")
+        value = raw.decode("utf-8", errors="surrogateescape")  # exact bytes, for the masker
     else:
         value = body
     end = quoted.end()

@@ -32,6 +32,7 @@ def mask_settings(policy: Policy, secret_env: Mapping[str, str], hmac_key: bytes
         builtin=policy.mask.builtin,
         correlate=policy.mask.correlate,
         hmac_key=hmac_key if policy.mask.correlate == "hmac" else None,
+        weak=policy.mask.weak,
     )
 
 

@@ -9,22 +9,19 @@ Everything runs in one thread around one selector.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import select
 import signal
 import subprocess
 import tempfile
-import termios
 import time
-import tty
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from selectors import EVENT_READ, PollSelector, SelectorKey
-from types import FrameType
 
+from airlock.capture import _fdio, _procs
 from airlock.capture.exectrace import ExecTraceParser, ProcessExec, ProcessExit
 from airlock.capture.tracer import TracerStatus
 from airlock.errors import InfrastructureUnavailable
@@ -36,7 +33,6 @@ _READ_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _WATCHED_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGWINCH, signal.SIGCHLD)
-_GATHER_SECONDS = 0.002  # keep reading a busy stream this long before handing data on
 _DRAIN_GRACE = 2.0
 # A trickle of output that never goes quiet is still released this often (seconds), so a slow
 # progress bar is not held back until the masker's look-behind window fills.
@@ -113,7 +109,7 @@ class ProcessRunner:
             try:
                 return self._pump(proc, streams, stdin_fd, fifo_fd, stack)
             except BaseException:
-                _stop(proc)  # we can no longer record: the command must not go on unrecorded
+                _procs.stop(proc)  # we can no longer record: the command must not go on unrecorded
                 raise
 
     # -- setup ---------------------------------------------------------------------------------
@@ -177,7 +173,7 @@ class ProcessRunner:
         master, slave = os.openpty()
         stack.callback(os.close, master)
         self._master = master
-        _copy_winsize(1, master)
+        _fdio.copy_winsize(1, master)
         proc = subprocess.Popen(
             self._argv(),
             stdin=slave,
@@ -187,15 +183,15 @@ class ProcessRunner:
             cwd=self._command.cwd,
             pass_fds=self._command.pass_fds,
             start_new_session=True,
-            preexec_fn=_take_controlling_tty,
+            preexec_fn=_fdio.take_controlling_tty,
         )
         os.close(slave)
         os.set_blocking(master, False)
         stdin_fd: int | None = None
         if os.isatty(0):
-            stack.enter_context(_raw_terminal(0))
+            stack.enter_context(_fdio.raw_terminal(0))
             stdin_fd = 0
-        elif not _is_closed(0):
+        elif not _fdio.is_closed(0):
             stdin_fd = 0
         return [_Stream("pty", master)], stdin_fd, proc
 
@@ -211,7 +207,7 @@ class ProcessRunner:
     ) -> RunResult:
         result = RunResult(exit_status=0)
         sel = stack.enter_context(PollSelector())  # poll, not epoll: stdin may be a regular file
-        wake_r = stack.enter_context(_signal_wakeup(_WATCHED_SIGNALS))
+        wake_r = stack.enter_context(_fdio.signal_wakeup(_WATCHED_SIGNALS))
         sel.register(wake_r, EVENT_READ, "signal")
         for stream in streams:
             sel.register(stream.fd, EVENT_READ, stream)
@@ -241,24 +237,29 @@ class ProcessRunner:
                 break
         # Whatever the command left running would go on unrecorded after the seal: its process
         # group, and every traced process that left it (setsid daemons).
-        left = _end_group(proc)
+        left = _procs.end_group(proc)
         left |= self._end_traced(signal.SIGTERM)
         if left:
-            _wait_gone(lambda: self._traced_alive() or _group_pids(proc), _LEFTOVER_GRACE)
+            _procs.wait_gone(
+                lambda: self._traced_alive() or _procs.group_pids(proc), _procs.LEFTOVER_GRACE
+            )
             self._end_traced(signal.SIGKILL)
-            _kill_group(proc, signal.SIGKILL)
+            _procs.kill_group(proc, signal.SIGKILL)
         self._finish_trace(fifo_fd, result)
-        remaining = self._traced_alive() | _group_pids(proc)
+        remaining = self._traced_alive() | _procs.group_pids(proc)
         result.leftovers_remaining = len(remaining)
         result.leftovers_stopped = left and not remaining
         self._on_idle()
-        result.exit_status, result.signal = _status(proc.wait())
+        result.exit_status, result.signal = _procs.status(proc.wait())
+        root = self._root_exit
+        if root is not None and root.pid != proc.pid:  # an older strace without -DDD is our
+            result.exit_status, result.signal = _exit_of(root)  # child: use the command's own
         return result
 
     def _trace_started(self) -> None:
         """strace wrote its first line (the command's exec): it holds the FIFO open and traces
         the command, so from now on EOF on the FIFO means the tracer is gone."""
-        self._tracer_pid = _tracer_of(self._proc.pid)
+        self._tracer_pid = _procs.tracer_of(self._proc.pid)
         os.close(self._fifo_keepalive)
         self._fifo_keepalive = -1
         self._trace_open = True
@@ -280,7 +281,7 @@ class ProcessRunner:
         """Live processes our tracer still traces (so they are ours: no pid reuse)."""
         if self._parser is None or self._tracer_pid is None:
             return set()
-        return {pid for pid in self._parser.alive if _tracer_of(pid) == self._tracer_pid}
+        return {pid for pid in self._parser.alive if _procs.tracer_of(pid) == self._tracer_pid}
 
     def _end_traced(self, signum: int) -> bool:
         alive = self._traced_alive()
@@ -301,7 +302,7 @@ class ProcessRunner:
             self._read_stream(key.data, sel)
 
     def _read_stream(self, stream: _Stream, sel: PollSelector) -> None:
-        data, eof = _read_available(stream.fd)
+        data, eof = _fdio.read_available(stream.fd)
         if data:
             self._on_output(stream.name, data)
         if eof:
@@ -316,7 +317,7 @@ class ProcessRunner:
                 os.write(master, b"\x04")
             return
         with contextlib.suppress(OSError):
-            _write_all(master, data)
+            _fdio.write_all(master, data)
 
     def _read_trace(self, fd: int, sel: PollSelector | None = None) -> bool:
         """Read what the tracer wrote; False once it closed the FIFO (the tracer ended)."""
@@ -377,7 +378,7 @@ class ProcessRunner:
             signum = self._pending_signals.pop(0)
             if signum == signal.SIGWINCH:
                 if self._use_pty:
-                    _copy_winsize(1, self._master)
+                    _fdio.copy_winsize(1, self._master)
                 continue
             if signum not in FORWARDED_SIGNALS:
                 continue
@@ -391,169 +392,7 @@ class ProcessRunner:
                 os.killpg(self._proc.pid, signum)
 
 
-_LEFTOVER_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for what the command left behind
-
-
-def _end_group(proc: subprocess.Popen[bytes]) -> bool:
-    """SIGTERM whatever is still alive in the command's process group; True when something was.
-
-    (A process that left the group with setsid escapes this; the tracer still knows it.)
-    """
-    if not _group_pids(proc):
-        return False
-    _kill_group(proc, signal.SIGTERM)
-    return True
-
-
-def _kill_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signum)
-
-
-def _group_pids(proc: subprocess.Popen[bytes]) -> set[int]:
-    """Live (not zombie) members of the command's process group."""
-    proc.poll()  # reap the leader, so that a zombie does not count
-    try:
-        os.killpg(proc.pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return set()
-    members = set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == proc.pid and stat[0] != "Z":
-                members.add(int(entry.name))
-    return members
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, process group) of ``pid`` from /proc, or None when it is gone."""
-    try:
-        with Path(f"/proc/{pid}/stat").open("rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0].decode(), int(fields[2])
-
-
-def _tracer_of(pid: int) -> int | None:
-    """The pid tracing ``pid`` (None: not traced, or gone)."""
-    try:
-        with Path(f"/proc/{pid}/status").open("rb") as f:
-            for line in f:
-                if line.startswith(b"TracerPid:"):
-                    return int(line.split()[1]) or None
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _wait_gone(alive: Callable[[], object], grace: float) -> None:
-    deadline = time.monotonic() + grace
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    proc.wait()
-
-
-def _status(returncode: int) -> tuple[int, str | None]:
-    if returncode < 0:
-        return 128 - returncode, signal.Signals(-returncode).name
-    return returncode, None
-
-
-def _read_available(fd: int) -> tuple[bytes, bool]:
-    """Read what is there now, up to _READ_SIZE, in as few reads as the kernel allows.
-
-    A pty hands out about 4 KiB per read; gathering what is already buffered before masking and
-    recording turns thousands of tiny events into a few large ones. Returns (data, at EOF).
-    """
-    chunks: list[bytes] = []
-    size = 0
-    deadline = time.monotonic() + _GATHER_SECONDS
-    while size < _READ_SIZE:
-        try:
-            chunk = os.read(fd, _READ_SIZE - size)
-        except BlockingIOError:
-            # A writer that is still going refills the buffer within microseconds; a human at
-            # a prompt does not notice a couple of milliseconds.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                break
-            continue
-        except OSError as exc:  # EIO: the pty's slave side is gone
-            if exc.errno != errno.EIO:
-                raise
-            chunk = b""
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks), False
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:  # the pty's input queue is full: wait until the program reads
-            select.select([], [fd], [], 1.0)
-            continue
-        view = view[written:]
-
-
-def _is_closed(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return True
-    return False
-
-
-def _take_controlling_tty() -> None:
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def _copy_winsize(src: int, dst: int) -> None:
-    if dst < 0 or not os.isatty(src):
-        return
-    with contextlib.suppress(OSError):
-        size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
-        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
-
-
-@contextlib.contextmanager
-def _raw_terminal(fd: int) -> Iterator[None]:
-    saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
-
-
-@contextlib.contextmanager
-def _signal_wakeup(signums: Sequence[int]) -> Iterator[int]:
-    """Route ``signums`` to a self-pipe; the loop reads signal numbers from the returned fd."""
-    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def _noop(_signum: int, _frame: FrameType | None) -> None:
-        return None
-
-    previous = {s: signal.signal(s, _noop) for s in signums}
-    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    try:
-        yield read_fd
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        os.close(read_fd)
-        os.close(write_fd)
+def _exit_of(event: ProcessExit) -> tuple[int, str | None]:
+    if event.signal is not None:
+        return 128 + int(signal.Signals[event.signal]), event.signal
+    return event.status or 0, None

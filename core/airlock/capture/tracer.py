@@ -31,13 +31,14 @@ class TracerStatus:
 def probe_strace(path: str | None = None) -> TracerStatus:
     """Check that strace exists and may trace here (ptrace can be forbidden in containers).
 
-    Tries ``--seccomp-bpf`` first (far cheaper per syscall), then plain ``-f``.
+    Tries ``--seccomp-bpf`` first (far cheaper per syscall), then plain ``-f``; each with
+    ``-DDD`` (the command stays Airlock's own child), then without it for an older strace.
     """
     found = path or shutil.which("strace")
     if found is None:
         return TracerStatus(False, None, (), "strace is not installed (apt-get install strace)")
     last_error = ""
-    for args in (STRACE_ARGS, tuple(a for a in STRACE_ARGS if a != "--seccomp-bpf")):
+    for args in _variants():
         try:
             proc = subprocess.run(
                 [found, *args, "-o", "/dev/null", "--", "true"],
@@ -52,3 +53,12 @@ def probe_strace(path: str | None = None) -> TracerStatus:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         last_error = lines[-1] if lines else f"exit status {proc.returncode}"
     return TracerStatus(False, found, (), f"strace cannot trace here: {last_error}")
+
+
+def _variants() -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for drop in ((), ("--seccomp-bpf",), ("-DDD",), ("-DDD", "--seccomp-bpf")):
+        args = tuple(a for a in STRACE_ARGS if a not in drop)
+        if args not in found:
+            found.append(args)
+    return found

@@ -39,7 +39,7 @@ from airlock.events import EventType
 from airlock.gate.interface import Approve, Operation, Record
 from airlock.policy.network import EgressRules, NetDecision
 
-__all__ = ["Resolve", "handle_connection"]
+__all__ = ["Context", "Resolve", "handle_connection"]
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 _CHUNK = 256 * 1024
@@ -109,9 +109,15 @@ async def handle_connection(
     except asyncio.CancelledError:
         attempt.data["error"] = attempt.data.get("error") or "closed: the proxy stopped"
         raise
+    except Exception as exc:  # fail closed: the connection ends, and is recorded
+        attempt.data.setdefault("outcome", "denied")
+        attempt.data["error"] = f"egress proxy error: {type(exc).__name__}"
     finally:
         # Recorded before the client hears back: what it saw is always already in the log.
-        ctx.record(str(EventType.NET_CONNECT), attempt.event())
+        # A log that cannot be written fails the session (its writer says so); this
+        # connection still ends here.
+        with contextlib.suppress(Exception):
+            ctx.record(str(EventType.NET_CONNECT), attempt.event())
         if upstream is not None:
             upstream.close()
         if refusal is not None and refusal.status:
@@ -129,18 +135,22 @@ def _os_reason(exc: BaseException) -> str:
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[RequestHead, bytes]:
     parser = HeadParser()
-    deadline = time.monotonic() + _HEAD_TIMEOUT
     try:
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
-            if not data:
-                raise _Refused(0, "airlock.bad-request", "connection closed before a request")
-            head = parser.feed(data)
-            if head is not None:
-                assert isinstance(head, RequestHead)
-                return head, parser.rest
+        async with asyncio.timeout(_HEAD_TIMEOUT):
+            return await _head_from(reader, parser)
     except ProxyProtocolError as exc:
         raise _Refused(400, "airlock.bad-request", str(exc)) from None
+
+
+async def _head_from(reader: asyncio.StreamReader, parser: HeadParser) -> tuple[RequestHead, bytes]:
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise _Refused(0, "airlock.bad-request", "connection closed before a request")
+        head = parser.feed(data)
+        if head is not None:
+            assert isinstance(head, RequestHead)
+            return head, parser.rest
 
 
 def _describe(head: RequestHead) -> dict[str, Any]:
@@ -148,14 +158,19 @@ def _describe(head: RequestHead) -> dict[str, Any]:
     if head.is_connect:
         data["kind"] = "connect"
     else:
-        data.update(kind="http", method=head.method, path=(head.path or "/").split("?", 1)[0])
+        data.update(
+            kind="http", method=head.method, path=head.readings[0] if head.readings else "/"
+        )
     return data
 
 
 async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecision:
-    path = None if head.is_connect else (head.path or "/").split("?", 1)[0]
     method = None if head.is_connect else head.method
-    decision = ctx.rules.decide(head.host, head.port, method, path)
+    path = head.readings[0] if head.readings else "/"
+    if head.is_connect:
+        decision = ctx.rules.decide(head.host, head.port)
+    else:
+        decision = ctx.rules.decide_readings(head.host, head.port, head.method, head.readings)
     attempt.data.update(rule_id=decision.rule_id)
     if decision.action == "deny":
         raise _Refused(403, decision.rule_id, decision.hint or "refused by the network policy")
@@ -224,9 +239,8 @@ async def _open(
     last: BaseException | None = None
     for address in addresses:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, limit=_CHUNK), _CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(address, port, limit=_CHUNK)
         except (OSError, TimeoutError) as exc:
             last = exc
             continue
@@ -274,13 +288,13 @@ async def _read_hello(
     hello_reader = ClientHelloReader()
     seen = bytearray(rest)
     hello = hello_reader.feed(rest) if rest else None
-    deadline = time.monotonic() + _HELLO_TIMEOUT
-    while hello is None:
-        data = await asyncio.wait_for(reader.read(16384), deadline - time.monotonic())
-        if not data:
-            raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
-        seen += data
-        hello = hello_reader.feed(data)
+    async with asyncio.timeout(_HELLO_TIMEOUT):
+        while hello is None:
+            data = await reader.read(16384)
+            if not data:
+                raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
+            seen += data
+            hello = hello_reader.feed(data)
     attempt.data["sni"] = hello.sni
     expected = head.host
     if not hello.tls or hello.malformed:
@@ -299,27 +313,96 @@ async def _relay(
     upstream: asyncio.StreamWriter,
     attempt: _Attempt,
 ) -> None:
-    async def up() -> None:
-        while data := await reader.read(_CHUNK):
-            attempt.up += len(data)
-            upstream.write(data)
-            await upstream.drain()
-        if upstream.can_write_eof():
-            upstream.write_eof()
+    """Splice the two transports with protocols (no stream buffers in between) until the
+    upstream side ends; a client's EOF is passed on as a half-close."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client_t, upstream_t = writer.transport, upstream.transport
+    to_upstream = _Pipe(upstream_t, attempt, "up", done, half_close=True)
+    to_client = _Pipe(client_t, attempt, "down", done, half_close=False)
+    for stream, transport, pipe in (
+        (reader, client_t, to_upstream),
+        (up_reader, upstream_t, to_client),
+    ):
+        buffered = _take_buffer(stream)
+        transport.set_protocol(pipe)
+        if buffered:
+            pipe.forward(buffered)
+        if stream.at_eof():
+            pipe.eof_received()
+        elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+            transport.resume_reading()
+    await done
 
-    async def down() -> None:
-        while data := await up_reader.read(_CHUNK):
-            attempt.down += len(data)
-            writer.write(data)
-            await writer.drain()
 
-    up_task = asyncio.create_task(up())
-    try:
-        await down()
-    finally:
-        up_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await up_task
+def _take_buffer(stream: asyncio.StreamReader) -> bytes:
+    buffer = getattr(stream, "_buffer", None)  # asyncio keeps what it read ahead here
+    if not isinstance(buffer, bytearray) or not buffer:
+        return b""
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
+class _Pipe(asyncio.BufferedProtocol):
+    """Bytes read from one transport are written to ``peer``; when ``peer``'s buffer fills up,
+    reading from this side pauses (the peer's protocol is the other pipe, which asks us).
+
+    Reads land in one preallocated buffer per direction (no new object per read); the peer's
+    ``write`` sends at once or copies what it could not send, so the buffer is free again."""
+
+    def __init__(
+        self,
+        peer: asyncio.BaseTransport,
+        attempt: _Attempt,
+        direction: str,
+        done: asyncio.Future[None],
+        *,
+        half_close: bool,
+    ) -> None:
+        assert isinstance(peer, asyncio.WriteTransport)
+        self.peer = peer
+        self.attempt = attempt
+        self.direction = direction
+        self.done = done
+        self.half_close = half_close
+        self.buffer = memoryview(bytearray(_CHUNK))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.forward(self.buffer[:nbytes])
+
+    def forward(self, data: bytes | memoryview) -> None:
+        if self.direction == "up":
+            self.attempt.up += len(data)
+        else:
+            self.attempt.down += len(data)
+        self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.half_close and self.peer.can_write_eof():
+            self.peer.write_eof()
+            return True
+        self._finish()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def pause_writing(self) -> None:  # our transport's buffer is full: stop feeding it
+        other = self.peer
+        if isinstance(other, asyncio.ReadTransport):
+            other.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.peer
+        if isinstance(other, asyncio.ReadTransport) and not other.is_closing():
+            other.resume_reading()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 async def _forward(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from airlock.errors import UsageError
+from airlock.gateway.http.paths import normalize_path
 
 __all__ = [
     "HOP_BY_HOP",
@@ -58,7 +59,9 @@ class ProxyProtocolError(UsageError):
 @dataclass(frozen=True)
 class RequestHead:
     """A parsed request head. ``host``/``port`` are the target; ``path`` is origin-form
-    (``/p?q``) for plain HTTP and ``None`` for CONNECT."""
+    (``/p?q``) for plain HTTP, normalised (escapes decoded, dot segments resolved, as
+    gateway/http/paths.py does: what is judged is what is sent), and ``None`` for CONNECT;
+    ``readings`` are the path's readings the rules judge (strictest wins)."""
 
     method: str
     target: str
@@ -67,6 +70,7 @@ class RequestHead:
     host: str
     port: int
     path: str | None
+    readings: tuple[str, ...] = ()
 
     @property
     def is_connect(self) -> bool:
@@ -176,11 +180,12 @@ def _absolute(
         raise ProxyProtocolError("the URL needs a host and no user:password@")
     if not 1 <= port <= 65535 or any(c in target for c in "\\#"):
         raise ProxyProtocolError("malformed URL in the request line")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if not path.startswith("/"):
+    if parts.path and not parts.path.startswith("/"):
         raise ProxyProtocolError("malformed URL path")
+    normal = normalize_path(parts.path or "/")
+    path = normal.wire + (f"?{parts.query}" if parts.query else "")
     host = parts.hostname.lower().rstrip(".")
-    return RequestHead(method, target, version, headers, host, port, path)
+    return RequestHead(method, target, version, headers, host, port, path, normal.candidates)
 
 
 def _response_line(line: bytes, headers: tuple[tuple[str, str], ...]) -> ResponseHead:

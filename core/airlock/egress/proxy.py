@@ -129,5 +129,8 @@ def start_egress_proxy(
 
     thread = threading.Thread(target=run, name="airlock-egress", daemon=True)
     thread.start()
-    server = started.result(_START_TIMEOUT)
+    try:
+        server = started.result(_START_TIMEOUT)
+    except TimeoutError:
+        raise EgressProxyError("the egress proxy did not start within 10 s") from None
     return EgressProxy(rules, loop, thread, server, tasks)

@@ -65,7 +65,10 @@ def held_variables(policy: Policy) -> set[str]:
         if isinstance(gateway, LlmGatewayConfig):
             names.add(gateway.key_env)
         elif isinstance(gateway, McpGatewayConfig):
-            names |= set(gateway.credential.env) if gateway.credential else set()
+            cred = gateway.credential
+            names |= (
+                set(cred.env) | ({cred.bearer_env} if cred.bearer_env else set()) if cred else set()
+            )
         elif isinstance(gateway, PostgresGatewayConfig):
             names |= _postgres_variables(gateway.credential)
         elif gateway.credential is not None:

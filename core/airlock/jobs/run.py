@@ -34,10 +34,16 @@ from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
-from airlock.jobs.sandboxed import effective_mode, sandbox_spec, start_for_session
+from airlock.jobs.sandboxed import (
+    begin_self_check,
+    effective_mode,
+    sandbox_spec,
+    start_for_session,
+)
 from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
 from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
+from airlock.sandbox.runtime import EarlyCheck
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -157,9 +163,15 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         state_dir=request.state_dir,
         environ=request.secret_env,
     )
+    # The sandbox's self-check runs while the log and the gateways start (without an egress
+    # proxy to probe; with one, it runs once the proxy is up).
+    early = None
+    if spec is not None and request.policy.network is None:
+        request.sessions_dir.mkdir(parents=True, exist_ok=True)  # so the probes see it covered
+        early = begin_self_check(spec)
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
-    return _Session(request, writer, masker, tracer, spec).run()
+    return _Session(request, writer, masker, tracer, spec, early).run()
 
 
 def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
@@ -215,9 +227,11 @@ class _Session:
         masker: Masker,
         tracer: TracerStatus | None,
         sandbox: SandboxSpec | None = None,
+        early: EarlyCheck | None = None,
     ) -> None:
         self._req = request
         self._sandbox_spec = sandbox
+        self._early_check = early
         self._sandbox: RunningSandbox | None = None
         self._writer = writer
         self._masker = masker
@@ -229,6 +243,7 @@ class _Session:
         self._receipts: list[dict[str, Any]] = []
         self._gateways: RunningGateways | None = None
         self._egress: EgressProxy | None = None
+        self._egress_env: dict[str, str] = {}
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
 
@@ -293,6 +308,8 @@ class _Session:
 
     def _start(self) -> None:
         req = self._req
+        for rule, why in self._masker.weak_literals:
+            _notice(f"warning: the secret for {rule} {why}; it will mask that text everywhere")
         self._writer.append(
             EventType.SESSION_START,
             {
@@ -306,6 +323,7 @@ class _Session:
                     "engine": self._masker.engine_name,
                     "literals": self._masker.literal_count,
                     "correlate": req.policy.mask.correlate,
+                    "weak": [rule for rule, _ in self._masker.weak_literals],
                 },
                 "env_removed": list(req.env_removed),
             },
@@ -370,9 +388,11 @@ class _Session:
         mask = self._masker.mask_text
 
         def record(kind: str, data: Mapping[str, Any]) -> None:
-            self._writer.append(
-                kind, {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
-            )
+            masked = {k: mask(v) if isinstance(v, str) else v for k, v in data.items()}
+            self._writer.append(kind, masked)
+            if masked.get("outcome") == "denied":  # on stderr too: the CI log shows it live
+                where = f"{masked.get('host')}:{masked.get('port')}"
+                _notice(f"egress denied {where} (rule {masked.get('rule_id')})")
 
         asks = any(rule.action == "require_approval" for rule in network.allow)
         self._egress = start_egress_proxy(
@@ -380,7 +400,8 @@ class _Session:
         )
         described = self._gateways.described if self._gateways is not None else []
         hosts = [urlsplit("//" + str(g["address"]).split("://")[-1]).hostname for g in described]
-        self._agent_env.update(proxy_environment(self._egress, [h or "" for h in hosts]))
+        self._egress_env = proxy_environment(self._egress, [h or "" for h in hosts])
+        self._agent_env.update(self._egress_env)
         self._writer.append(
             EventType.GATEWAY_STARTED,
             {
@@ -398,12 +419,16 @@ class _Session:
         if spec is None:
             return
         gateways = self._gateways
+        egress = self._egress
         try:
             self._sandbox = start_for_session(
                 spec,
                 agent_env=self._agent_env,
                 gateways=gateways.described if gateways else [],
                 gateway_env=gateways.env if gateways else {},
+                egress=(egress.host, egress.port) if egress is not None else None,
+                passed=[secret.name for secret in self._req.credentials],  # direct mode
+                early=self._early_check,
             )
         except SandboxUnavailable as exc:
             self._writer.append(EventType.SANDBOX_STATUS, exc.status)

@@ -3,17 +3,24 @@ with the session's gateways bridged in. docs/sandbox.md describes what the agent
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from airlock.errors import UsageError
 from airlock.policy import Policy
 from airlock.policy.sandbox import SANDBOX_MODES
 from airlock.sandbox import RunningSandbox, SandboxSpec, compile_spec, protected_paths
 from airlock.sandbox import start_sandbox as _start
+from airlock.sandbox.runtime import EarlyCheck, begin_self_check
 
-__all__ = ["effective_mode", "sandbox_spec", "start_for_session"]
+__all__ = ["begin_self_check", "effective_mode", "sandbox_spec", "start_for_session"]
+
+_PROXY_VARS = ("https_proxy", "http_proxy", "no_proxy", "all_proxy")
+# Only listeners on the host's loopback are bridged: inside, the same 127.0.0.1:PORT reaches
+# them. A central gateway elsewhere is not reachable from the sandbox (its network is loopback).
+_LOOPBACK = ("127.0.0.1", "localhost")
 
 
 def effective_mode(policy: Policy, override: str | None) -> str:
@@ -56,12 +63,31 @@ def start_for_session(
     agent_env: Mapping[str, str],
     gateways: list[dict[str, Any]],
     gateway_env: Mapping[str, str],
+    egress: tuple[str, int] | None = None,
+    passed: Iterable[str] = (),
+    early: EarlyCheck | None = None,
 ) -> RunningSandbox:
-    """Start the sandbox with each gateway's listener reachable inside at the same address."""
+    """Start the sandbox with each gateway's listener, and the egress proxy, reachable inside at
+    the same 127.0.0.1 port; the agent's proxy variables (set by the egress step) pass in."""
     endpoints = [_endpoint(str(g["address"])) for g in gateways if g.get("address")]
-    return _start(spec, endpoints=endpoints, agent_env=agent_env, extra_env=gateway_env)
+    extra = {name: agent_env[name] for name in passed if name in agent_env}  # not held ones
+    extra.update(gateway_env)
+    if egress is not None:
+        endpoints.append(egress)
+        extra.update({k: v for k, v in agent_env.items() if k.lower() in _PROXY_VARS})
+    return _start(
+        spec,
+        endpoints=[e for e in endpoints if e[0] in _LOOPBACK],
+        agent_env=agent_env,
+        extra_env=extra,
+        proxy_port=egress[1] if egress is not None else None,
+        early=early,
+    )
 
 
 def _endpoint(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+    """``host:port`` (PostgreSQL) or a URL (HTTP, model-API and MCP gateways) → (host, port)."""
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"gateway address without host and port: {address!r}")
+    return parts.hostname, parts.port

@@ -144,11 +144,34 @@ class LiteralSet:
     forms: tuple[bytes, ...]  # sorted bytewise, for the prefix search in flush_idle
     count: int  # literal values, not forms
     canonical: CompiledRule | None = None  # see build_canonical_rule
-    triggers: tuple[bytes, ...] = ()  # a canonical match always contains one of these bytes
+    values: tuple[bytes, ...] = ()  # the literal values themselves (for canonical_held)
+    triggers: tuple[bytes, ...] = ()  # a canonical match holds one of these, or a lone CR
+
+    def canonical_may_match(self, buf: bytes) -> bool:
+        """False when the canonical rule can find nothing the exact forms do not: ``buf`` has
+        no trigger byte and no CR outside a CRLF (a CR before LF can only sit inside a value
+        that has a newline, and then CR is a trigger)."""
+        if self.canonical is None:
+            return False
+        if any(t in buf for t in self.triggers):
+            return True
+        return b"\r" in buf and buf.count(b"\r") != buf.count(b"\r\n")
 
     @property
     def max_len(self) -> int:
         return self.rule.max_len if self.rule is not None else 0
+
+    def held(self, tail: bytes) -> int:
+        """Length of the longest suffix of ``tail`` that could be the start of a literal secret
+        in any form, exact or canonical (a stream cut there must hold it back)."""
+        if self.rule is None:
+            return 0
+        from airlock.mask._canonical import canonical_held
+        from airlock.mask._scan import held_suffix
+
+        exact = held_suffix(tail, self.forms, self.max_len)
+        reach = self.canonical.max_len if self.canonical is not None else 0
+        return max(exact, canonical_held(tail, self.values, reach))
 
 
 def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
@@ -171,68 +194,17 @@ def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
         names=names,
         overlapping=True,
     )
+    from airlock.mask._canonical import build_canonical_rule  # it builds on this module
+
     canonical, triggers = build_canonical_rule(literals)
     return LiteralSet(
         rule,
         tuple(sorted(names)),
         len({value for _, value in literals}),
-        canonical,
-        triggers,
+        canonical=canonical,
+        triggers=triggers,
+        values=tuple(sorted({value for _, value in literals})),
     )
-
-
-# What a terminal does not show between two characters of a secret: ANSI CSI (colours, cursor),
-# OSC (titles, hyperlinks), two-byte ESC sequences, NUL, and CR (a pty turns "\n" into "\r\n").
-_INVISIBLE = (
-    rb"(?:\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"
-    rb"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
-    rb"|\x1b[\x20-\x2f]*[\x30-\x7e]|\x00|\r)*"
-)
-_INVISIBLE_TRIGGERS = (b"\x1b", b"\x00", b"\r")
-CANONICAL_SLACK = 256
-"""Bytes of invisible sequences a canonical match may hold beyond 3 bytes per secret byte."""
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-
-def _canonical_atom(byte: int) -> bytes:
-    """One secret byte: itself or percent-encoded with either case (any ``safe`` set)."""
-    raw: bytes = re2.escape(bytes((byte,)))
-    if byte in _UNRESERVED:
-        return raw
-    hi, lo = (b"[%s%s]" % (c.encode(), c.upper().encode()) for c in f"{byte:02x}")
-    plus = b"|\\+" if byte == 0x20 else b""
-    return b"(?:" + raw + b"|%" + hi + lo + plus + b")"
-
-
-def build_canonical_rule(
-    literals: Sequence[tuple[str, bytes]],
-) -> tuple[CompiledRule | None, tuple[bytes, ...]]:
-    """One regex for every literal value as a reader would see it: invisible sequences
-    (``_INVISIBLE``) allowed between any two of its bytes, and each byte raw or percent-encoded
-    under any safe set (``quote(v, safe="/")``, ``encodeURIComponent``, ``encodeURI`` …).
-
-    A match covers the whole byte range, escapes included. Every match the exact literal
-    alternation does not find holds one of the returned trigger bytes, so a buffer without them
-    need not be searched.
-    """
-    values: dict[bytes, str] = {}
-    for rule_id, value in literals:
-        values.setdefault(value, rule_id)
-    if not values:
-        return None, ()
-    ordered = sorted(values, key=lambda v: (-len(v), v))
-    alternatives = [
-        b"(" + _INVISIBLE.join(_canonical_atom(b) for b in value) + b")" for value in ordered
-    ]
-    triggers = set(_INVISIBLE_TRIGGERS)
-    if any(b not in _UNRESERVED for value in ordered for b in value):
-        triggers.add(b"%")
-    if any(0x20 in value for value in ordered):
-        triggers.add(b"+")
-    max_len = min(MAX_RULE_LEN, 3 * len(ordered[0]) + CANONICAL_SLACK)
-    regex = _re2(b"|".join(alternatives), max_mem=_LITERAL_MEM if len(ordered) > 64 else 64 << 20)
-    rule = CompiledRule("literal", regex, max_len, group_names=tuple(values[v] for v in ordered))
-    return rule, tuple(sorted(triggers))
 
 
 class Prefilter(Protocol):

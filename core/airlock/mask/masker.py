@@ -8,11 +8,6 @@ notices the new snapshot at its next call and re-examines everything it still ho
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import hmac
-import operator
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,18 +17,15 @@ from airlock.mask import _compile
 from airlock.mask._compile import (
     LITERAL_INDEX,
     CompiledRule,
-    HyperscanLiterals,
-    LiteralSet,
-    Prefilter,
 )
-from airlock.mask._scan import Span, advance, advance_literals, held_suffix, render
+from airlock.mask._scan import Span, render
+from airlock.mask._snapshot import NEVER, TRUNCATED, Snapshot, replacement
 from airlock.mask.rules import BUILTIN_RULES, PatternRule
+from airlock.mask.strength import weak_reason
 
 __all__ = ["MaskSettings", "Masker", "StreamMasker", "replacement"]
 
 Engine = Literal["auto", "hyperscan", "re2"]
-TRUNCATED = "truncated"  # rule id of the possible secret start at the end of a cut value
-NEVER = 1 << 62  # resume point of a rule that does not exist (no literal secrets yet)
 
 
 @dataclass(frozen=True)
@@ -47,146 +39,9 @@ class MaskSettings:
     hmac_key: bytes | None = field(default=None, repr=False)
     engine: Engine = "auto"
     min_literal_len: int = 4
+    weak: Literal["error", "warn"] = "warn"  # a literal that would mask ordinary text
 
 
-def replacement(rule_id: str, value: bytes, hmac_key: bytes | None) -> bytes:
-    """What a masked span becomes: ``[MASKED:<rule-id>]``, or with a key
-    ``[MASKED:<rule-id>:<first 12 hex of HMAC-SHA256(key, value)>]`` so that equal secrets can
-    be correlated across a log without revealing them."""
-    if hmac_key is None:
-        return b"[MASKED:" + rule_id.encode() + b"]"
-    tag = hmac.new(hmac_key, value, hashlib.sha256).hexdigest()[:12]
-    return b"[MASKED:" + rule_id.encode() + b":" + tag.encode() + b"]"
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    rules: tuple[CompiledRule | None, ...]  # index 0: literal set (None when empty)
-    literals: LiteralSet
-    prefilter: Prefilter
-    literal_matcher: HyperscanLiterals | None
-    hmac_key: bytes | None
-    # mask_text results under this snapshot (argv words repeat: `sh`, `git`, paths). Tied to
-    # the snapshot, so a secret added later is never missed by an answer computed before it.
-    texts: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
-
-    def replace(self, rule_id: str, value: bytes) -> bytes:
-        return replacement(rule_id, value, self.hmac_key)
-
-    @functools.cached_property
-    def reach(self) -> list[int]:
-        """Per rule: how far past a start the bytes that decide it go (max_len + 1)."""
-        return [rule.max_len + 1 if rule is not None else 0 for rule in self.rules]
-
-    def initial_resume(self, at: int) -> list[int]:
-        """Resume points for a stream (re)starting at offset ``at``."""
-        return [at if rule is not None else NEVER for rule in self.rules]
-
-    def find(
-        self, buf: bytes, base: int, resume: list[int], final: bool, spans: list[Span]
-    ) -> None:
-        """Advance every rule over ``buf`` (updating ``resume``), appending spans found."""
-        end = base + len(buf)
-        if not final and min(map(operator.add, resume, self.reach)) > end:
-            return  # no rule can settle a start yet: skip the scan
-        hits, occurrences = self._scan(buf)
-        self._advance(buf, base, resume, final, spans, hits, occurrences)
-
-    def mask_whole(self, buf: bytes) -> bytes:
-        """``buf`` masked as a whole stream: what a fresh StreamMasker's feed and flush
-        return, in one scan, and ``buf`` itself when no rule can match in it."""
-        hits, occurrences = self._scan(buf)
-        if not hits and not occurrences:
-            literal = self.rules[LITERAL_INDEX]
-            if occurrences is not None or literal is None or literal.regex.search(buf) is None:
-                return buf
-        spans: list[Span] = []
-        resume = self.initial_resume(0)
-        self._advance(buf, 0, resume, True, spans, hits, occurrences)
-        return render(buf, 0, 0, len(buf), spans, self.replace)[0]
-
-    def mask_cut(self, buf: bytes) -> bytes:
-        """``buf`` masked as a stream cut short after its last byte: like ``mask_whole``, and
-        the tail that could be the start of a secret (a literal prefix, or what a quiet stream
-        would hold for pattern rules) becomes ``[MASKED:truncated]``."""
-        literals = self.literals
-        held = max(held_suffix(buf, literals.forms, literals.max_len), self.hold_length(buf))
-        hits, occurrences = self._scan(buf)
-        spans: list[Span] = []
-        self._advance(buf, 0, self.initial_resume(0), True, spans, hits, occurrences)
-        if held:
-            spans.append(Span(len(buf) - held, len(buf), len(self.rules), TRUNCATED))
-        return render(buf, 0, 0, len(buf), spans, self.replace)[0]
-
-    def _scan(self, buf: bytes) -> tuple[set[int], dict[int, int] | None]:
-        """The prefilter's pass: pattern rules that may match, and the literal occurrences
-        when hyperscan finds them (None: the literal rule is searched with RE2)."""
-        if self.literal_matcher is not None:
-            hits, occurrences = self.literal_matcher.scan(buf)
-        else:
-            hits, occurrences = self.prefilter.hits(buf), None
-        if any(t in buf for t in self.literals.triggers):
-            hits.add(self.canonical_index)
-        return hits, occurrences
-
-    @property
-    def canonical_index(self) -> int:
-        """Rule index of the canonical literal matcher: the last one."""
-        return len(self.rules) - 1
-
-    def _advance(
-        self,
-        buf: bytes,
-        base: int,
-        resume: list[int],
-        final: bool,
-        spans: list[Span],
-        hits: set[int],
-        occurrences: dict[int, int] | None,
-    ) -> None:
-        end = base + len(buf)
-        old = list(resume)
-        literal = self.rules[LITERAL_INDEX]
-        # Rules the prefilter did not see settle every start they can: no match anywhere.
-        if final:
-            resume[:] = [max(r, end + 1) for r in old]
-        else:
-            resume[:] = [max(r, end + 1 - n) for r, n in zip(old, self.reach, strict=True)]
-        if literal is not None:
-            if occurrences is not None:
-                resume[0] = advance_literals(literal, occurrences, buf, base, old[0], final, spans)
-            else:
-                resume[0] = advance(literal, LITERAL_INDEX, buf, base, old[0], final, spans)
-        for index in sorted(hits):
-            rule = self.rules[index]
-            if index != LITERAL_INDEX and rule is not None:
-                resume[index] = advance(rule, index, buf, base, old[index], final, spans)
-
-    @functools.cached_property
-    def hold_reach(self) -> int:
-        """The longest tail a quiet stream may hold for pattern rules."""
-        return max([rule.max_len for rule in self.rules[1:-1] if rule is not None] or [0])
-
-    def hold_length(self, tail: bytes) -> int:
-        """How much of the tail of a quiet stream could be the start of a pattern secret: its
-        trailing run of non-whitespace bytes, or further back where a rule's ``hold`` says so.
-        """
-        window = tail[-self.hold_reach :] if self.hold_reach else b""
-        run = _TRAILING_RUN.search(window)
-        held = len(window) - run.start() if run else 0
-        for rule in self.rules[1:-1]:
-            if rule is not None and rule.hold is not None:
-                found = rule.hold.search(window)
-                if found is not None:
-                    held = max(held, len(window) - found.start())
-        return held
-
-    def frontier(self, resume: list[int], end: int) -> int:
-        """Everything before this offset is settled for every rule."""
-        return min(end, *resume)
-
-
-_TRAILING_RUN = re.compile(rb"\S+\Z")
 _TEXT_MEMO_LEN = 4096  # longer strings are not remembered
 _TEXT_MEMO_SIZE = 4096
 
@@ -202,6 +57,7 @@ class Masker:
         self._hmac_key = key
         self._lock = threading.Lock()
         self._literals: list[tuple[str, bytes]] = []
+        self.weak_literals: list[tuple[str, str]] = []  # (rule id, why) for settings.weak=warn
         for rule_id, value in settings.literals:
             self._literals.append(self._checked_literal(value, rule_id))
         self._snapshot = self._build()
@@ -244,13 +100,17 @@ class Masker:
         return self._snapshot.mask_whole(bytes(data))
 
     def mask_text(self, text: str) -> str:
-        """Mask a complete string (UTF-8; a span cutting a character leaves U+FFFD)."""
+        """Mask a complete string (UTF-8; a span cutting a character leaves U+FFFD).
+
+        Bytes that are not UTF-8 may come as surrogate escapes (``os.fsdecode``, argv, the
+        environment): they are masked as the bytes they stand for, and the result is always
+        clean text (U+FFFD where such a byte is left)."""
         texts = self._snapshot.texts  # before masking: a newer snapshot only masks more
         masked = texts.get(text)
         if masked is None:
-            raw = text.encode("utf-8")
+            raw, clean = _utf8(text)
             out = self._snapshot.mask_whole(raw)
-            masked = text if out is raw else out.decode("utf-8", "replace")
+            masked = text if out is raw and clean else out.decode("utf-8", "replace")
             if len(text) <= _TEXT_MEMO_LEN:
                 if len(texts) >= _TEXT_MEMO_SIZE:
                     texts.clear()
@@ -259,9 +119,9 @@ class Masker:
 
     def mask_cut_text(self, text: str) -> str:
         """Mask a string that was cut short (an argument strace truncated): see
-        ``_Snapshot.mask_cut``. The cut is treated like a chunk boundary, so the prefix of a
+        ``Snapshot.mask_cut``. The cut is treated like a chunk boundary, so the prefix of a
         secret the cut went through is masked too."""
-        return self._snapshot.mask_cut(text.encode("utf-8")).decode("utf-8", "replace")
+        return self._snapshot.mask_cut(_utf8(text)[0]).decode("utf-8", "replace")
 
     def stream(self) -> StreamMasker:
         """A new stream state: one per output stream (stdout, stderr, a connection)."""
@@ -269,24 +129,41 @@ class Masker:
 
     def _checked_literal(self, value: str | bytes, rule_id: str) -> tuple[str, bytes]:
         _compile.validate_rule_id(rule_id)
-        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        raw = _utf8(value)[0] if isinstance(value, str) else bytes(value)
         if len(raw) < self._settings.min_literal_len:
             raise ConfigError(
                 f"secret for {rule_id!r} is shorter than {self._settings.min_literal_len} "
                 "bytes and would mask ordinary text",
                 hint="register only real secret values; short values cannot be masked safely",
             )
+        reason = weak_reason(raw)
+        if reason is not None:
+            if self._settings.weak == "error":
+                raise ConfigError(
+                    f"secret for {rule_id!r} {reason} and would mask ordinary text",
+                    hint="give it a real secret value, or set `mask: {weak: warn}` to mask it "
+                    "anyway",
+                )
+            self.weak_literals.append((rule_id, reason))
         return rule_id, raw
 
-    def _build(self) -> _Snapshot:
+    def _build(self) -> Snapshot:
         literals = _compile.build_literal_set(self._literals)
-        return _Snapshot(
+        return Snapshot(
             rules=(literals.rule, *self._patterns, literals.canonical),
             literals=literals,
             prefilter=self._prefilter,
             literal_matcher=_compile.build_literal_matcher(self._engine, literals, self._prefilter),
             hmac_key=self._hmac_key,
         )
+
+
+def _utf8(text: str) -> tuple[bytes, bool]:
+    """``text`` as bytes, and whether it was plain UTF-8 (no surrogate escapes)."""
+    try:
+        return text.encode("utf-8"), True
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape"), False
 
 
 def _choose_engine(engine: str) -> str:
@@ -386,7 +263,7 @@ class StreamMasker:
         more bytes come or the stream ends).
 
         With ``now`` (a monotonic clock reading), a tail that could begin a pattern secret
-        (``_Snapshot.hold_length``) is held too, until ``HOLD_WINDOW`` seconds after the call
+        (``Snapshot.hold_length``) is held too, until ``HOLD_WINDOW`` seconds after the call
         that first held it from the same offset. So a pattern secret whose pieces all arrive
         within the window of its first byte is masked whatever the pauses between them.
         Without ``now`` such a tail is shown: the part shown is no longer held.
@@ -399,7 +276,7 @@ class StreamMasker:
         snapshot.find(self._buf, self._base, list(self._resume), True, spans)
         tail = self._buf[self._emitted - self._base :]
         literals = snapshot.literals
-        held = held_suffix(tail, literals.forms, literals.max_len)
+        held = literals.held(tail)
         if now is not None:
             held = max(held, self._pattern_hold(snapshot, tail, end, now))
         cut = end - held
@@ -423,12 +300,12 @@ class StreamMasker:
         snapshot.find(self._buf, self._base, list(self._resume), True, spans)
         literals = snapshot.literals
         tail = self._buf[self._emitted - self._base :]
-        held = held_suffix(tail, literals.forms, literals.max_len)
+        held = literals.held(tail)
         if held:
             spans.append(Span(end - held, end, len(snapshot.rules), TRUNCATED))
         return render(self._buf, self._base, self._emitted, end, spans, snapshot.replace)[0]
 
-    def _pattern_hold(self, snapshot: _Snapshot, tail: bytes, end: int, now: float) -> int:
+    def _pattern_hold(self, snapshot: Snapshot, tail: bytes, end: int, now: float) -> int:
         held = snapshot.hold_length(tail)
         start = end - held
         if not held:
@@ -439,7 +316,7 @@ class StreamMasker:
             return 0
         return held
 
-    def _sync(self) -> _Snapshot:
+    def _sync(self) -> Snapshot:
         """Pick up secrets added since the last call: re-examine all held output for them."""
         current = self._masker._snapshot
         if current is not self._snapshot:

@@ -45,6 +45,7 @@ from airlock.policy.model import (
     builtin_rule_ids,
     env_pattern_matches,
 )
+from airlock.policy.network import NetworkPolicy
 from airlock.policy.sandbox import SandboxFilesystem, SandboxPolicy
 from airlock.policy.schema import policy_json_schema
 
@@ -64,6 +65,7 @@ __all__ = [
     "HttpRequestInfo",
     "MaskPattern",
     "MaskPolicy",
+    "NetworkPolicy",
     "Policy",
     "PolicyError",
     "PolicyProblem",

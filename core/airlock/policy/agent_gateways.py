@@ -246,6 +246,15 @@ class McpCredential(_Section):
     agent and registered with the masker."""
 
     env: tuple[str, ...] = Field(default=(), description="Variable names passed to the server.")
+    bearer_env: str | None = Field(
+        default=None,
+        description="With upstream: the variable holding a bearer token sent to the server.",
+    )
+
+    @field_validator("bearer_env")
+    @classmethod
+    def _bearer_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_env_name(value)
 
     @field_validator("env")
     @classmethod

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_RULE_IDS",
     "SQL_KINDS",
     "Action",
+    "AmbiguousJson",
     "Decision",
     "GuardrailDefaults",
     "GuardrailRule",
@@ -373,11 +374,22 @@ class HttpMatch(_Section):
 
 
 def _json_equals(body: Any, dotted: str, expected: Any) -> bool:
-    node = body
+    # Keys match without case (Unicode case folding): Go's encoding/json fills the field
+    # ``Spec.Force`` from ``"SPEC": {"FORCE": true}`` (and "\u017f" for "s"). Any match counts.
+    nodes = [body]
     for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
+        folded = part.casefold()
+        nodes = [
+            value
+            for node in nodes
+            if isinstance(node, Mapping)
+            for key, value in node.items()
+            if isinstance(key, str) and key.casefold() == folded
+        ]
+    return any(_json_scalar_equals(node, expected) for node in nodes)
+
+
+def _json_scalar_equals(node: Any, expected: Any) -> bool:
     if isinstance(node, bool) or isinstance(expected, bool):  # true must not equal 1
         return node is expected
     return bool(node == expected)
@@ -516,9 +528,38 @@ def decide_http(
     return _judge(hits, fallback, 0)
 
 
+class AmbiguousJson(ValueError):
+    """A body that starts like JSON but that parsers read differently (see
+    :func:`describe_json_body`): judging it "not JSON" would let it past a JSON rule."""
+
+
 def describe_json_body(body: bytes) -> Any:
-    """Parse ``body`` as JSON for :class:`HttpRequestInfo`; None when it is not JSON."""
+    """Parse ``body`` as JSON for :class:`HttpRequestInfo`; None when it is not JSON.
+
+    A body that starts with ``{`` or ``[`` but is not strict JSON raises :class:`AmbiguousJson`:
+    upstream parsers disagree with Python's on invalid UTF-8 (replaced, not refused), duplicate
+    keys (first or last wins), numbers past Python's digit limit, data after the first value (a
+    streaming decoder stops there) and deep nesting."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        start = body.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+        if start[:1] in (b"{", b"["):
+            why = _json_problem(exc)
+            raise AmbiguousJson(why) from None
         return None
+
+
+def _json_problem(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    return str(exc).partition(":")[0][:80]  # the kind of error, never the body's text
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("duplicate key in an object")
+    return data

@@ -260,6 +260,15 @@ class MaskPolicy(_Section):
     builtin: StrictBool = Field(
         default=True, description="Use the built-in secret patterns (tokens, keys, JWTs, ...)."
     )
+    weak: Literal["error", "warn"] = Field(
+        default="warn",
+        description=(
+            "A mask.env value that would mask ordinary text (a common or single short word, a "
+            "short number, one repeated character). error: refuse to start (exit 80); warn: "
+            "mask it anyway, say so on stderr and in session.start. Values shorter than 4 bytes "
+            "are always refused."
+        ),
+    )
 
     @field_validator("env")
     @classmethod

@@ -364,6 +364,13 @@ class EgressRules:
             hint=chosen[0].hint,
         )
 
+    def decide_readings(
+        self, host: str, port: int, method: str, paths: tuple[str, ...]
+    ) -> NetDecision:
+        """The strictest decision over every reading of a plain-HTTP path."""
+        decisions = [self.decide(host, port, method, path) for path in paths or ("/",)]
+        return max(decisions, key=lambda d: _RANK[d.action])
+
     def allowlist(self) -> list[str]:
         """Human lines for the job summary: ``rule-id: host ports (action)``."""
         return [

@@ -109,16 +109,37 @@ def _system_binds(python: str) -> list[str]:
     return opts
 
 
-def _visible(path: str, spec: SandboxSpec) -> bool:
-    roots = (*SYSTEM_DIRS, spec.workspace, *spec.read_write, *spec.read_only, *spec.home_files)
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def covered_paths(spec: SandboxSpec) -> list[str]:
+    """The hidden paths that bwrap must cover: those that exist and are inside a bind.
+
+    A hidden path outside every bind shows nothing. One that holds the workspace (or another
+    bind) shows only the directories leading to it, and covering it would hide the workspace:
+    the files it holds that matter (the runner's GITHUB_ENV...) are listed on their own.
+    """
+    binds = (spec.workspace, *spec.read_write, *spec.read_only, *spec.home_files)
+    roots = (*SYSTEM_DIRS, *binds)
+    return [
+        path
+        for path in spec.hidden
+        if any(_under(path, r) for r in roots)
+        and not any(_under(b, path) for b in binds)
+        and os.path.lexists(path)
+    ]
+
+
+def probed_paths(spec: SandboxSpec) -> list[str]:
+    """The hidden paths the self-check tries to read: all but those that hold a bind."""
+    binds = (spec.workspace, *spec.read_write, *spec.read_only, *spec.home_files)
+    return [path for path in spec.hidden if not any(_under(b, path) for b in binds)]
 
 
 def _covers(spec: SandboxSpec) -> list[str]:
     opts: list[str] = []
-    for path in spec.hidden:
-        if not _visible(path, spec) or not os.path.lexists(path):
-            continue  # not bound into the sandbox: there is nothing to see
+    for path in covered_paths(spec):
         if Path(path).is_dir() and not Path(path).is_symlink():
             opts += ["--tmpfs", path, "--remount-ro", path]
         else:

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +24,19 @@ from typing import Any
 from airlock.errors import InfrastructureUnavailable
 from airlock.policy.model import env_pattern_matches
 from airlock.sandbox.bridge import Bridge
-from airlock.sandbox.bwrap import BwrapCommand, find_bwrap
+from airlock.sandbox.bwrap import BwrapCommand, find_bwrap, probed_paths
 from airlock.sandbox.seccomp import build_filter, host_arch
 from airlock.sandbox.spec import SandboxSpec
 
-__all__ = ["USERNS_HINT", "RunningSandbox", "SandboxUnavailable", "sandbox_env", "start_sandbox"]
+__all__ = [
+    "USERNS_HINT",
+    "EarlyCheck",
+    "RunningSandbox",
+    "SandboxUnavailable",
+    "begin_self_check",
+    "sandbox_env",
+    "start_sandbox",
+]
 
 _PROBE_TIMEOUT = 30.0
 _TMP = "/tmp"  # noqa: S108 (the sandbox's own fresh tmpfs)
@@ -96,8 +105,13 @@ def start_sandbox(
     agent_env: Mapping[str, str],
     extra_env: Mapping[str, str] | None = None,
     proxy_port: int | None = None,
+    early: EarlyCheck | None = None,
 ) -> RunningSandbox:
-    """Bridge ``endpoints``, self-check, and return the sandbox (or raise, with ``required``)."""
+    """Bridge ``endpoints``, self-check, and return the sandbox (or raise, with ``required``).
+
+    ``early`` is a self-check already started (:func:`begin_self_check`); without a proxy to
+    probe, its result is used instead of running the probes again.
+    """
     env = {**sandbox_env(spec, agent_env), **(extra_env or {})}
     status: dict[str, Any] = {"mode": spec.mode, "active": False, "workspace": spec.workspace}
     bwrap = find_bwrap()
@@ -111,7 +125,10 @@ def start_sandbox(
     sandbox = RunningSandbox(status, env, bridge=bridge)
     try:
         command = BwrapCommand(bwrap, spec, None, bridge.dir)
-        probes, error = _self_check(command, program, bridge, env, proxy_port)
+        if early is not None and proxy_port is None:
+            probes, error = early.result()
+        else:
+            probes, error = _self_check(command, program, bridge.pairs, env, proxy_port)
         status.update(
             {
                 "bwrap": bwrap,
@@ -158,26 +175,51 @@ def _memfd(program: bytes) -> int:
     return fd
 
 
+class EarlyCheck:
+    """The self-check probes, run on a thread while the session starts its other parts."""
+
+    def __init__(self, bwrap: str, spec: SandboxSpec, program: bytes) -> None:
+        command = BwrapCommand(bwrap, spec, None, None)
+        env = {"PATH": "/usr/bin:/bin"}
+        self._outcome: list[tuple[list[dict[str, Any]], str | None]] = []
+
+        def check() -> None:
+            self._outcome.append(_self_check(command, program, [], env, None))
+
+        self._thread = threading.Thread(target=check, name="airlock-sandbox-check", daemon=True)
+        self._thread.start()
+
+    def result(self) -> tuple[list[dict[str, Any]], str | None]:
+        self._thread.join()
+        return self._outcome[0] if self._outcome else ([], "the self-check did not finish")
+
+
+def begin_self_check(spec: SandboxSpec) -> EarlyCheck | None:
+    """Start the probes now (None when bwrap or a filter is missing: start_sandbox says so)."""
+    bwrap, arch = find_bwrap(), host_arch()
+    if bwrap is None or arch is None:
+        return None
+    return EarlyCheck(bwrap, spec, build_filter(arch))
+
+
 def _self_check(
     command: BwrapCommand,
     program: bytes,
-    bridge: Bridge,
+    pairs: list[tuple[int, str]],
     env: Mapping[str, str],
     proxy_port: int | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Run the probes in a sandbox like the agent's; check the host canaries heard nothing."""
     with _Canaries() as canaries:
         config = {
-            "hidden": list(command.spec.hidden),
+            "hidden": probed_paths(command.spec),
             "canary_tcp": ["127.0.0.1", canaries.tcp_port],
             "canary_udp": ["127.0.0.1", canaries.udp_port],
             "proxy": proxy_port,
         }
         fd = _memfd(program)
         try:
-            argv = dataclasses.replace(command, seccomp_fd=fd).probe_argv(
-                json.dumps(config), bridge.pairs
-            )
+            argv = dataclasses.replace(command, seccomp_fd=fd).probe_argv(json.dumps(config), pairs)
             proc = subprocess.run(
                 argv,
                 env=dict(env),

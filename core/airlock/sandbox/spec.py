@@ -37,7 +37,7 @@ ALWAYS_HIDDEN = (
     "/run/user",
 )
 # Always passed in (when set), besides the policy's `env` and the gateway variables.
-BASE_ENV = ("PATH", "TERM", "LANG", "LANGUAGE", "LC_*", "TZ", "COLORTERM", "NO_COLOR")
+BASE_ENV = ("PATH", "TERM", "LANG", "LANGUAGE", "LC_*", "TZ", "COLORTERM", "NO_COLOR", "CI")
 # Runner directories that hold the job's tokens and file commands.
 _RUNNER_DIR_VARS = ("RUNNER_TEMP", "RUNNER_TOOL_CACHE_TOKENS")
 _RUNNER_FILE_VARS = ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STATE", "GITHUB_PATH")
@@ -65,7 +65,9 @@ def protected_paths(
     """Airlock's own state: what the agent must never read or write."""
     paths = [sessions_dir, Path(home) / ".config" / "airlock"]
     if key_path is not None:
-        paths += [key_path]
+        paths.append(key_path)
+        if key_path.parent.name == "airlock":  # the default key's own directory
+            paths.append(key_path.parent)
     if state_dir is not None:
         paths.append(state_dir)
     return tuple(dict.fromkeys(_abs(p) for p in paths))
@@ -133,7 +135,8 @@ def _refuse_overlap(path: str, protected: tuple[str, ...], key: str, *, writable
 
 def _runner_paths(environ: Mapping[str, str]) -> list[str]:
     paths = [environ[name] for name in _RUNNER_DIR_VARS if environ.get(name)]
-    paths += [str(Path(environ[name]).parent) for name in _RUNNER_FILE_VARS if environ.get(name)]
+    files = [environ[name] for name in _RUNNER_FILE_VARS if environ.get(name)]
+    paths += files + [str(Path(f).parent) for f in files]
     project = environ.get("CI_PROJECT_DIR")
     if project:  # GitLab keeps file variables and the job's scripts next to the checkout
         paths.append(project.rstrip("/") + ".tmp")

@@ -10,7 +10,7 @@ from tests.gateway.http.servers import ThreadedServer, upstream_app
 
 from airlock.gate import Operation
 from airlock.gateway.http import ProxySettings, ThreadedHttpGateway, start_in_thread
-from airlock.gateway.tickets import Ticket
+from airlock.gateway.tickets import Ticket, TicketCheck
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
@@ -72,6 +72,7 @@ def make_gateway(
         settings: ProxySettings | None = None,
         masker: Masker | None = None,
         defaults: GuardrailDefaults | None = None,
+        ticket_check: TicketCheck | None = None,
         **fields: Any,
     ) -> ThreadedHttpGateway:
         config = HttpGatewayConfig.model_validate(
@@ -90,7 +91,7 @@ def make_gateway(
             masker=masker or Masker(MaskSettings()),
             record=recorder,
             approve=approve,
-            ticket=ticket,
+            ticket=ticket_check or ticket,
             guardrails=[GuardrailRule.model_validate(r) for r in rules or []],
             environ={"API_TOKEN": TOKEN} if environ is None else environ,
             settings=settings,

@@ -29,6 +29,43 @@ class Reply:
     delay: float = 0.0  # seconds between events
 
 
+def _usage(
+    input_tokens: int | None, output_tokens: int, *, delta: bool = False, beta: bool = False
+) -> dict[str, Any]:
+    """Usage with every field the published description requires (the unknown ones null)."""
+    usage: dict[str, Any] = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": None,
+        "cache_read_input_tokens": None,
+        "output_tokens_details": None,
+        "server_tool_use": None,
+    }
+    if not delta:
+        usage |= {"cache_creation": None, "inference_geo": None, "service_tier": None}
+    if beta:  # the beta API (Claude Code uses it) adds these
+        usage |= {"iterations": None} | ({} if delta else {"speed": None})
+    return usage
+
+
+def _text_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text, "citations": None}
+
+
+def _tool_block(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call_id, "name": name, "input": arguments,
+            "caller": {"type": "direct"}}  # fmt: skip
+
+
+def _message(
+    model: str, content: list[Any], stop: str | None, usage: Any, beta: bool = False
+) -> dict[str, Any]:
+    message = {"id": "msg_01", "type": "message", "role": "assistant", "model": model,
+               "content": content, "stop_reason": stop, "stop_sequence": None,
+               "stop_details": None, "container": None, "usage": usage}  # fmt: skip
+    return message | ({"context_management": None, "diagnostics": None} if beta else {})
+
+
 @dataclass
 class FakeModels:
     script: list[Reply] = field(default_factory=list)
@@ -66,9 +103,12 @@ class FakeModels:
             )
             return
         reply = self.next_reply()
+        beta = b"beta=true" in scope.get("query_string", b"")  # /v1/messages?beta=true
         if scope["path"] == "/v1/messages":
-            self.check("anthropic", "CreateMessageParams", data)
-            await self._anthropic(send, data, reply)
+            self.check(
+                "anthropic", "BetaCreateMessageParams" if beta else "CreateMessageParams", data
+            )
+            await self._anthropic(send, data, reply, beta)
         elif scope["path"] == "/v1/chat/completions":
             self.check("openai", "CreateChatCompletionRequest", data)
             await self._openai(send, data, reply)
@@ -77,47 +117,22 @@ class FakeModels:
         else:
             await _json(send, 404, {"error": "not found"})
 
-    async def _anthropic(self, send: Any, request: dict[str, Any], reply: Reply) -> None:
+    async def _anthropic(
+        self, send: Any, request: dict[str, Any], reply: Reply, beta: bool = False
+    ) -> None:
+        prefix = "Beta" if beta else ""
         model = request.get("model", "claude-test")
         stop = "tool_use" if reply.tools else "end_turn"
         if not request.get("stream"):
-            content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}]
-            content += [
-                {"type": "tool_use", "id": f"toolu_{i:02d}", "name": n, "input": a}
-                for i, (n, a) in enumerate(reply.tools)
-            ]
-            await _json(
-                send,
-                200,
-                {
-                    "id": "msg_01",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": content,
-                    "stop_reason": stop,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": 12, "output_tokens": 7},
-                },
-            )
+            content = [_text_block(reply.text)]
+            content += [_tool_block(f"toolu_{i:02d}", n, a) for i, (n, a) in enumerate(reply.tools)]
+            message = _message(model, content, stop, _usage(12, 7, beta=beta), beta)
+            check = "anthropic", prefix + "Message"
+            await _json(send, 200, message, check=lambda body: self.check(*check, body))
             return
+        start = _message(model, [], None, _usage(12, 1, beta=beta), beta)
         events: list[tuple[str, Any]] = [
-            (
-                "message_start",
-                {
-                    "type": "message_start",
-                    "message": {
-                        "id": "msg_01",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": model,
-                        "content": [],
-                        "stop_reason": None,
-                        "stop_sequence": None,
-                        "usage": {"input_tokens": 12, "output_tokens": 1},
-                    },
-                },
-            )
+            ("message_start", {"type": "message_start", "message": start})
         ]
         events.append(
             (
@@ -125,7 +140,7 @@ class FakeModels:
                 {
                     "type": "content_block_start",
                     "index": 0,
-                    "content_block": {"type": "text", "text": ""},
+                    "content_block": _text_block(""),
                 },
             )
         )
@@ -150,12 +165,7 @@ class FakeModels:
                     {
                         "type": "content_block_start",
                         "index": i,
-                        "content_block": {
-                            "type": "tool_use",
-                            "id": f"toolu_{i:02d}",
-                            "name": name,
-                            "input": {},
-                        },
+                        "content_block": _tool_block(f"toolu_{i:02d}", name, {}),
                     },
                 )
             )
@@ -176,14 +186,23 @@ class FakeModels:
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": stop, "stop_sequence": None},
-                    "usage": {"output_tokens": 7},
+                    "delta": {
+                        "stop_reason": stop,
+                        "stop_sequence": None,
+                        "stop_details": None,
+                        "container": None,
+                    },
+                    "usage": _usage(None, 7, delta=True, beta=beta),
+                    **({"context_management": None} if beta else {}),
                 },
             )
         )
         events.append(("message_stop", {"type": "message_stop"}))
         await _sse(
-            send, [(n, d if isinstance(d, str) else json.dumps(d)) for n, d in events], reply.delay
+            send,
+            [(n, d if isinstance(d, str) else json.dumps(d)) for n, d in events],
+            reply.delay,
+            check=lambda event: self.check("anthropic", prefix + "MessageStreamEvent", event),
         )
 
     async def _openai(self, send: Any, request: dict[str, Any], reply: Reply) -> None:
@@ -192,7 +211,7 @@ class FakeModels:
         usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
         base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
         if not request.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
             if reply.tools:
                 message["tool_calls"] = [
                     {
@@ -215,6 +234,7 @@ class FakeModels:
                     ],
                     "usage": usage,
                 },
+                check=lambda body: self.check("openai", "CreateChatCompletionResponse", body),
             )
             return
         chunks: list[str] = []
@@ -257,7 +277,9 @@ def _split(text: str, parts: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
-async def _json(send: Any, status: int, body: Any) -> None:
+async def _json(send: Any, status: int, body: Any, check: Any = None) -> None:
+    if check is not None:
+        check(body)
     data = json.dumps(body).encode()
     await send(
         {
@@ -272,7 +294,10 @@ async def _json(send: Any, status: int, body: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _sse(send: Any, events: list[tuple[str, str]], delay: float) -> None:
+async def _sse(send: Any, events: list[tuple[str, str]], delay: float, check: Any = None) -> None:
+    for _, data in events:
+        if check is not None and data not in ("[DONE]", "{not json"):
+            check(json.loads(data))
     await send(
         {
             "type": "http.response.start",

@@ -266,6 +266,25 @@ def test_key_and_secrets_never_reach_the_agent_or_the_log(
     models.script = [Reply(text=f"token {SECRET} and key {UPSTREAM_KEY}", chunks=1)]
     text, _ = _consume("anthropic", gateway.url, ticket)
     assert UPSTREAM_KEY not in text  # an upstream echo of the key is scrubbed
+    # a secret the agent sends the model (a tool result it read) is masked in the record
+    _anthropic(gateway.url, ticket).messages.create(
+        model="m", max_tokens=5, messages=[{"role": "user", "content": f"the .env says {SECRET}"}]
+    )
     log = recorder.text()
     assert UPSTREAM_KEY not in log and SECRET not in log and ticket.value not in log
     assert "[MASKED:" in recorder.of("llm.response")[0]["text"]
+
+
+def test_dot_segments_are_refused_before_anything_goes_upstream(
+    make_llm: LlmFactory, models: FakeModels, ticket: Ticket
+) -> None:
+    import http.client
+
+    gateway = make_llm("openai-compatible")
+    host, port = gateway.gateway.address
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/v1/../../admin/keys", headers={"Authorization": f"Bearer {ticket.value}"})
+    answer = conn.getresponse()
+    assert answer.status == 400 and b"'..'" in answer.read()
+    conn.close()
+    assert models.seen == []

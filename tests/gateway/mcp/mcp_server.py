@@ -54,4 +54,7 @@ def config() -> str:
 
 
 if __name__ == "__main__":
-    app.run()
+    if len(sys.argv) > 2 and sys.argv[1] == "--http":  # streamable HTTP on 127.0.0.1:PORT/mcp
+        app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        app.run()

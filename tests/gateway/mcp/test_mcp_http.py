@@ -82,3 +82,62 @@ def test_bad_bodies_get_json_rpc_errors(
         httpx.post(running.url, content=json.dumps(notification), headers=auth).status_code == 202
     )
     assert httpx.get(running.url, headers=auth).status_code == 405
+
+
+def test_a_streamable_http_upstream_behind_the_gateway(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import time
+
+    import anyio
+    import httpx2
+    from mcp.client.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("mcp_server.py")), "--http", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ticket, recorder = Ticket.issue("s1", "remote"), Recorder()
+    config = McpGatewayConfig.model_validate(
+        {"name": "remote", "kind": "mcp", "upstream": f"http://127.0.0.1:{port}/mcp",
+         "credential": {"bearer_env": "REMOTE_TOKEN"},
+         "tool_rules": [{"id": "no-delete", "tool": "delete_file", "action": "deny"}]}
+    )  # fmt: skip
+    try:
+        for _ in range(200):  # until the server listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        running = start_in_thread(
+            config, masker=Masker(MaskSettings()), record=recorder, approve=None,
+            ticket=ticket, environ={"REMOTE_TOKEN": "remote-held-token-" + "r" * 20},
+        )  # fmt: skip
+
+        async def main() -> dict[str, Any]:
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {ticket.value}"})
+            async with http, Client(streamable_http_client(running.url, http_client=http)) as c:
+                names = sorted(t.name for t in (await c.list_tools()).tools)
+                added = (await c.call_tool("add", {"a": 20, "b": 22})).structured_content
+                with pytest.raises(MCPError, match="no-delete"):
+                    await c.call_tool("delete_file", {"path": "/x"})
+                return {"names": names, "added": added}
+
+        try:
+            out = anyio.run(main)
+        finally:
+            running.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert "delete_file" not in out["names"] and "add" in out["names"]
+    assert out["added"] == {"result": 42}
+    calls = [(d["tool"], d["action"]) for d in recorder.of("mcp.request") if d.get("tool")]
+    assert calls == [("add", "allow"), ("delete_file", "deny")]
+    assert "remote-held-token" not in recorder.text()

@@ -195,3 +195,12 @@ def test_approval_flow_binds_one_call_with_its_arguments(tmp_path: Path) -> None
     assert all(a["operation"]["kind"] == "tool" for a in asked)
     types = [e["type"] for e in _session_events(tmp_path)]
     assert types.count("approval.decided") == 2
+
+
+def test_a_server_that_cannot_start_is_a_config_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "airlock._cli", "mcp", "--", str(tmp_path / "no-such-server")],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(tmp_path), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 80
+    assert "cannot start the MCP server" in done.stderr and "Traceback" not in done.stderr

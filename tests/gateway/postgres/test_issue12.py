@@ -4,15 +4,19 @@ settings, MERGE, one approval = one execution, held statements dying with their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from tests.gateway.postgres.conftest import (
@@ -22,6 +26,8 @@ from tests.gateway.postgres.conftest import (
     RunningGateway,
     Upstream,
 )
+
+from airlock.gateway.postgres import protocol as pg
 
 pytestmark = pytest.mark.service
 
@@ -246,16 +252,52 @@ def test_a_held_drop_never_runs_once_its_client_is_killed(
         _wait_for(lambda: bool(asked), "the approval request")
         psql.send_signal(signal.SIGKILL)
         psql.wait(10)
-        _wait_for(lambda: bool(gw.of_type("approval.cancelled")), "approval.cancelled")
+        _wait_for(lambda: bool(_never_sent(gw)), "the held statement's result")
     finally:
         release.set()
     assert _alive_after(gw)
     assert _exists(upstream, victims)
     assert f"DROP TABLE {victims}" not in upstream.cluster.server_log()
-    cancelled = gw.of_type("approval.cancelled")[0]
-    assert cancelled["rule_id"] == "drops" and "DROP TABLE" in cancelled["sql"]
+    (result,) = _never_sent(gw)
+    assert "never sent" in result["error"]["message"]
+
+
+def test_a_held_statement_whose_client_left_is_cancelled_once_at_the_gate(
+    make_gateway: MakeGateway, upstream: Upstream, victims: str, tmp_path: Any
+) -> None:
+    """With a real approval gate, the cancellation is one ``approval.cancelled`` (the gate's),
+    bound to the request; the gateway records the statement's result, not a second one."""
+    from airlock.audit import SigningKey
+    from airlock.gate import FileBackend
+    from airlock.gate.interface import approver
+
+    gate_events: list[tuple[str, dict[str, Any]]] = []
+    backend = FileBackend(
+        tmp_path / "approvals",
+        key=SigningKey.generate(),
+        record=lambda kind, data: gate_events.append((str(kind), dict(data))) or 0,
+    )
+    gw = make_gateway(
+        rules=[{"id": "drops", "sql": {"kinds": ["drop"]}, "action": "require_approval"}],
+        approve=approver(backend, timeout=60),
+    )
+    psql = _psql_in_background(gw, f"DROP TABLE {victims}")
+    _wait_for(lambda: any(k == "approval.requested" for k, _ in gate_events), "the request")
+    psql.send_signal(signal.SIGKILL)
+    psql.wait(10)
+    _wait_for(lambda: bool(_never_sent(gw)), "the held statement's result")
+    _wait_for(lambda: any(k == "approval.cancelled" for k, _ in gate_events), "the cancel")
+    cancelled = [d for k, d in gate_events if k == "approval.cancelled"]
+    requested = [d for k, d in gate_events if k == "approval.requested"]
+    assert len(cancelled) == 1 and cancelled[0]["request_id"] == requested[0]["request_id"]
+    assert gw.of_type("approval.cancelled") == []
+    assert _exists(upstream, victims)
+
+
+def _never_sent(gw: RunningGateway) -> list[dict[str, Any]]:
+    """The db.result events of statements cancelled while held (57014, never sent)."""
     results = gw.of_type("db.result")
-    assert any(r.get("error", {}).get("sqlstate") == "57014" for r in results)
+    return [r for r in results if r.get("error", {}).get("sqlstate") == "57014"]
 
 
 def _psql_in_background(gw: RunningGateway, sql: str) -> subprocess.Popen[bytes]:
@@ -292,7 +334,7 @@ def test_closing_the_gateway_records_every_pending_hold_without_tracebacks(
             client.wait(10)
     finally:
         release.set()
-    assert len(gw.of_type("approval.cancelled")) == 2
+    assert len(_never_sent(gw)) == 2
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
     assert _exists(upstream, victims)
 
@@ -310,3 +352,216 @@ def test_notify_payloads_are_masked(gateway: RunningGateway) -> None:
         received = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
     assert len(received) == 1 and SECRET_IN_DATA not in received[0]
     assert received == ["token [MASKED:env:API_SECRET] here"]
+
+
+# ------------------------------------------------- 5: masking in the formats clients asked for
+
+MASKED = "[MASKED:column]"
+
+
+@pytest.fixture
+def kept(upstream: Upstream) -> Iterator[str]:
+    """A table with masked columns of several types."""
+    name = f"kept_{secrets.token_hex(3)}"
+    with upstream.superuser() as conn:
+        conn.execute(
+            f"CREATE TABLE {name} (id int, email text, profile jsonb, doc json, blob bytea, "
+            "tags text[], codes int[], pin int)"
+        )
+        conn.execute(
+            f"INSERT INTO {name} VALUES (1, 'a@example.com', '{{\"k\": 1}}', '[1]', "
+            "'\\x0102', '{x,y}', '{1,2}', 1234)"
+        )
+        conn.execute(f"ALTER TABLE {name} OWNER TO {APP_USER}")
+    yield name
+    with upstream.superuser() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+MASK_ALL = ["*.email", "*.profile", "*.doc", "*.blob", "*.tags", "*.codes"]
+
+
+def test_asyncpg_reads_masked_jsonb_bytea_and_arrays_in_binary(
+    make_gateway: MakeGateway, kept: str
+) -> None:
+    gw = make_gateway(mask_columns=MASK_ALL)
+
+    async def main() -> list[Any]:
+        conn = await asyncpg.connect(gw.url())
+        try:
+            query = f"SELECT id, email, profile, doc, blob, tags, codes FROM {kept}"
+            first = await conn.fetchrow(query)  # prepares (Describe statement), then binds
+            again = await conn.fetchrow(query)  # the cached statement: Bind/Execute only
+            return [tuple(first), tuple(again)]
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(main())
+    expected = (1, MASKED, f'"{MASKED}"', f'"{MASKED}"', MASKED.encode(), [MASKED], [])
+    assert rows == [expected, expected]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_psycopg_gets_typed_masked_values_in_both_formats(
+    make_gateway: MakeGateway, kept: str, binary: bool
+) -> None:
+    gw = make_gateway(mask_columns=MASK_ALL)
+    with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+        cur = conn.cursor(binary=binary)
+        row = cur.execute(f"SELECT id, email, profile, blob, tags, codes FROM {kept}").fetchone()
+    assert row == (1, MASKED, MASKED, MASKED.encode(), [MASKED], [])
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _logged_in(gw: RunningGateway) -> socket.socket:
+    sock = socket.create_connection((gw.host, gw.port), timeout=10)
+    sock.sendall(pg.encode_startup({"user": "agent", "database": "x"}))
+    sock.recv(65536)  # the password request
+    sock.sendall(pg.encode_password(gw.ticket.value.encode() + b"\0"))
+    received = b""
+    while not received.endswith(pg.encode_ready("I")):
+        received += sock.recv(65536)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> list[pg.Message]:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    parser = pg.BackendParser()
+    parser.feed(data)
+    return list(parser)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pg.encode_password(b"again\0"),  # a login message after login: out of order
+        b"\x7f" + struct.pack("!i", 8) + b"junk",  # an unknown message type
+        b"Q" + struct.pack("!i", 4),  # a Query with no text at all
+    ],
+    ids=["password-after-login", "unknown-type", "empty-query-frame"],
+)
+def test_garbage_after_login_ends_that_connection_cleanly(
+    gateway: RunningGateway, bad: bytes
+) -> None:
+    with _logged_in(gateway) as sock:
+        sock.sendall(bad)
+        messages = _until_closed(sock)
+    assert isinstance(messages[-1], pg.ErrorResponse) and messages[-1].sqlstate == "08P01"
+    assert gateway.of_type("airlock.error")
+    assert _alive_after(gateway)
+
+
+def test_an_unparsable_statement_is_refused_recorded_and_the_session_goes_on(
+    gateway: RunningGateway,
+) -> None:
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="sql_unparsable"):
+            conn.execute("SELEC 1 FROM")
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    rules = [d["rule_id"] for d in gateway.of_type("guardrail.decision")]
+    assert "airlock.default.sql_unparsable" in rules
+
+
+def test_a_masked_column_sent_as_null_comes_with_a_notice(
+    make_gateway: MakeGateway, kept: str
+) -> None:
+    gw = make_gateway(mask_columns=["*.pin"])
+    notices: list[str] = []
+    with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        row = conn.execute(f"SELECT id, pin FROM {kept}").fetchone()
+    assert row == (1, None)
+    assert len(notices) == 1 and "pin" in notices[0] and "NULL" in notices[0]
+
+
+def test_a_backslash_statement_pipelined_behind_a_running_one_is_refused(
+    make_gateway: MakeGateway, upstream: Upstream, victims: str
+) -> None:
+    """The setting flipped by a function and the bypass sent in the same write: the gateway
+    cannot know the state yet, so the statement whose reading depends on it is refused."""
+    with upstream.superuser() as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION public.flip() RETURNS text LANGUAGE sql AS "
+            "$$ SELECT set_config('standard_conforming_strings', 'off', false) $$"
+        )
+    gw = make_gateway(rules=[NO_UNSCOPED])
+    with _logged_in(gw) as sock:
+        evil = f"SELECT 'x\\''; DELETE FROM {victims}; --'"
+        sock.sendall(pg.encode_query("SELECT public.flip()") + pg.encode_query(evil))
+        parser = pg.BackendParser()
+        ready = 0
+        errors = []
+        while ready < 2:
+            parser.feed(sock.recv(65536))
+            for message in parser:
+                ready += isinstance(message, pg.ReadyForQuery)
+                if isinstance(message, pg.ErrorResponse):
+                    errors.append(message.message)
+        sock.sendall(pg.encode_message(b"X"))
+    assert len(errors) == 1 and "parse_state" in errors[0]
+    assert _count(upstream, victims) == 10
+
+
+def _bind_execute(statement: str) -> bytes:
+    bind = b"\0" + statement.encode() + b"\0" + struct.pack("!hhh", 0, 0, 0)
+    execute = b"\0" + struct.pack("!i", 0)
+    return (
+        pg.encode_message(b"B", bind) + pg.encode_message(b"E", execute) + pg.encode_message(b"S")
+    )
+
+
+def test_rows_of_a_statement_never_described_are_masked_and_our_describe_is_not_seen(
+    gateway: RunningGateway,
+) -> None:
+    """A client that executes without any Describe: the gateway asks for the columns itself
+    (masking goes by name) and keeps the answer to itself."""
+    with _logged_in(gateway) as sock:
+        sync = pg.encode_message(b"S")
+        sock.sendall(pg.encode_parse("s", "SELECT email FROM users WHERE id = 1") + sync)
+        sock.sendall(_bind_execute("s"))
+        parser = pg.BackendParser()
+        messages: list[pg.Message] = []
+        while sum(isinstance(m, pg.ReadyForQuery) for m in messages) < 2:
+            parser.feed(sock.recv(65536))
+            messages.extend(parser)
+        sock.sendall(pg.encode_message(b"X"))
+    kinds = [m.raw[:1] for m in messages]
+    assert kinds == [b"1", b"Z", b"2", b"D", b"C", b"Z"]  # no RowDescription reaches the client
+    row = next(m for m in messages if isinstance(m, pg.DataRow))
+    assert row.values == (b"[MASKED:column]",)
+
+
+def test_a_token_at_the_edge_of_a_value_is_value_masked(
+    gateway: RunningGateway, upstream: Upstream, victims: str
+) -> None:
+    """A 65-byte value (its length's last byte is "A") starting with an AWS key id, and a key
+    at the end of the last column with more rows after it: both masked."""
+    key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    notes = [key + " " + "x" * 44, "note " + key, "plain"]
+    with gateway_rows(upstream, victims, notes) as query:
+        received = _raw_rows(gateway, query)
+    assert key.encode() not in received
+    assert received.count(b"[MASKED:aws-access-key-id]") == 2
+
+
+@contextlib.contextmanager
+def gateway_rows(upstream: Upstream, table: str, notes: list[str]) -> Iterator[str]:
+    with upstream.superuser() as conn:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN note text")
+        for i, note in enumerate(notes, 1):
+            conn.execute(f"UPDATE {table} SET note = %s WHERE id = %s", (note, i))
+    yield f"SELECT id, note FROM {table} WHERE id <= {len(notes)} ORDER BY id"
+
+
+def _raw_rows(gw: RunningGateway, query: str) -> bytes:
+    with _logged_in(gw) as sock:
+        sock.sendall(pg.encode_query(query))
+        received = b""
+        while not received.endswith(pg.encode_ready("I")):
+            received += sock.recv(65536)
+        sock.sendall(pg.encode_message(b"X"))
+    return received

@@ -64,6 +64,35 @@ def register(sub: Any) -> None:
     _register_session(ci_sub)
     _register_outputs(ci_sub)
     _register_follow(ci_sub)
+    _register_sandbox_host(ci_sub)
+
+
+def _register_sandbox_host(ci_sub: Any) -> None:
+    parser: argparse.ArgumentParser = ci_sub.add_parser(
+        "sandbox-host",
+        help="prepare this runner for the agent's sandbox (bubblewrap, user namespaces)",
+        description=(
+            "Install bubblewrap when missing and lift Ubuntu 24.04's AppArmor user-namespace "
+            "restriction (with sudo), saying so in the log; refuse `required` on a runner "
+            "without Linux (exit 85). docs/sandbox.md."
+        ),
+    )
+    add_flag(
+        parser,
+        "--sandbox",
+        env="AIRLOCK_SANDBOX",
+        default="required",
+        help="required, best_effort or off",
+    )
+    parser.set_defaults(func=_sandbox_host_command)
+
+
+def _sandbox_host_command(args: argparse.Namespace) -> int:
+    from airlock._commands.ci.finalize import say
+    from airlock.ci.sandbox_host import prepare_sandbox_host
+
+    prepare_sandbox_host(args.sandbox, say=say)
+    return 0
 
 
 def _finalize_flags(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from airlock._commands.ci.bracket import pid_alive, session_start, session_stop, wait_for
 from airlock._commands.ci.finalize import FAIL_MODES, finalize, run_cli, say
+from airlock.ci.sandbox_host import prepare_sandbox_host
 from airlock.errors import UsageError
 
 __all__ = [
@@ -193,7 +194,9 @@ def _action_main(environ: Mapping[str, str]) -> int:
     code = _exchange_into_this_step(inputs, environ)
     if code != 0:
         return code
-    argv = ["run", "--sessions", str(args.sessions), *_witness_argv(inputs)]
+    sandbox = inputs.get("sandbox") or "required"
+    prepare_sandbox_host(sandbox, say=say)
+    argv = ["run", "--sessions", str(args.sessions), "--sandbox", sandbox, *_witness_argv(inputs)]
     if args.policy:
         argv += ["--policy", str(args.policy)]
     if inputs.get("working-directory"):

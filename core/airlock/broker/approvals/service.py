@@ -354,6 +354,7 @@ class ApprovalService:
         by_id = f"{forge.source}:{click.clicker.user_id}"
         if not click.approve:
             return self._deny(row, (by, by_id), click, deliveries, where)
+        self._drop_stale_votes(row, rules, forge, author_id, by_id)
         vote = Vote(by_id, by, click.justification)
         try:
             tally = self.store.vote(
@@ -366,6 +367,35 @@ class ApprovalService:
         except Replayed:
             return WebhookResult("replayed", 409, "this delivery was already processed")
         return self._after_vote(row, tally, by, required_approvals(rules))
+
+    def _drop_stale_votes(
+        self,
+        row: ApprovalRow,
+        rules: list[ApproverRules],
+        forge: Forge,
+        author_id: str | None,
+        voter: str,
+    ) -> None:
+        """Before a vote that may settle the request, ask again whether each earlier approver
+        may still approve (rights are checked at click time: theirs may have been removed
+        since); drop the votes of those who may not."""
+        votes = [v for v in self.store.votes(row.request_id) if v.approver_id != voter]
+        if len(votes) + 1 < required_approvals(rules):
+            return
+        rights = forge.rights(_shown(row))
+        for vote in votes:
+            clicker = Clicker(vote.by.partition(":")[2], vote.approver_id.partition(":")[2])
+            why = refusal(
+                rules,
+                clicker,
+                approve=True,
+                requester_id=row.requester_id,
+                author_id=author_id,
+                rights=rights,
+            )
+            if why is not None:
+                log.info("approval %s: earlier vote dropped: %s", row.request_id, why)
+                self.store.drop_vote(row.request_id, vote.approver_id)
 
     def _deny(
         self,

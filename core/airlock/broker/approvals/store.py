@@ -265,6 +265,15 @@ class ApprovalStore:
         except IntegrityError:
             raise Replayed from None
 
+    def drop_vote(self, request_id: str, approver_id: str) -> None:
+        """Forget one approval (its approver lost the right to give it)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.delete(VOTES).where(
+                    VOTES.c.request_id == request_id, VOTES.c.login == approver_id
+                )
+            )
+
     def votes(self, request_id: str) -> tuple[Vote, ...]:
         """The approvals counted so far, by login."""
         with self._engine.connect() as conn:

@@ -12,11 +12,13 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from airlock.gateway.http.capture import BodyTap
 from airlock.gateway.http.hold import Hold, Refuse
@@ -37,6 +39,12 @@ __all__ = [
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 _SPOOL_CHUNK = 256 * 1024
 _OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+# ``_method=DELETE`` in the query or a form body: Rails, Laravel, Symfony, Express run it as that
+# method. In a multipart body the field is found by its part header.
+_FORM_FIELD = "_method"
+_MULTIPART_FIELD = re.compile(
+    rb'name="?_method"?[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)', re.I
+)
 IDLE_FLUSH = 0.1  # seconds of upstream quiet after which masked text held back is released
 
 
@@ -73,15 +81,25 @@ class Exchange:
     hold: Hold | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def methods(self) -> list[str]:
-        """The request's method, and those its method-override headers name: frameworks
-        (Rails, Express, Google APIs) run ``POST`` + ``X-HTTP-Method-Override: DELETE`` as a
-        DELETE, so the guardrails judge every one of them."""
-        names = [self.method]
-        for key, value in self.headers:
-            if key.lower() in _OVERRIDES:
-                names += value.decode("latin-1").upper().replace(",", " ").split()
+    def methods(self, form: bytes = b"") -> list[str]:
+        """The request's method, and those its method overrides name: frameworks (Rails,
+        Laravel, Express, Google APIs) run ``POST`` + ``X-HTTP-Method-Override: DELETE``, or
+        ``_method=DELETE`` in the query or a form body (``form``), as a DELETE, so the
+        guardrails judge every one of them; a HEAD is judged as a GET too."""
+        values = [v.decode("latin-1") for k, v in self.headers if k.lower() in _OVERRIDES]
+        values += [v for k, v in parse_qsl(self.query, keep_blank_values=True) if k == _FORM_FIELD]
+        if form:
+            values += form_methods(form, self.header("content-type"))
+        names = [self.method.upper()]
+        for value in values:
+            names += value.upper().replace(",", " ").split()
+        if "HEAD" in names:  # servers run the GET handler for a HEAD (RFC 9110 §9.3.2)
+            names.append("GET")
         return list(dict.fromkeys(names))
+
+    def has_form_body(self) -> bool:
+        """A body a framework would read ``_method`` from."""
+        return is_form(self.header("content-type"))
 
     def header(self, name: str) -> str:
         wanted = name.encode()
@@ -211,6 +229,19 @@ class EchoMask:
 
     def flush(self) -> bytes:
         return self._stream.flush()
+
+
+def is_form(content_type: str) -> bool:
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind in ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def form_methods(body: bytes, content_type: str) -> list[str]:
+    """The ``_method`` values in a form body (url-encoded or multipart)."""
+    if "multipart" in content_type.lower():
+        return [m.decode("latin-1") for m in _MULTIPART_FIELD.findall(body)]
+    text = body.decode("latin-1")
+    return [v for k, v in parse_qsl(text, keep_blank_values=True) if k == _FORM_FIELD]
 
 
 def ticket_from(header: str) -> str | None:

@@ -61,13 +61,14 @@ from airlock.gateway.http.hold import (
     Refuse,
 )
 from airlock.gateway.http.jsonmask import JsonFieldMasker
-from airlock.gateway.http.paths import normalize_path
+from airlock.gateway.http.paths import NormalPath, normalize_path
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.gateway.http.upstream import Upstream
-from airlock.gateway.tickets import TicketCheck
+from airlock.gateway.tickets import Ticket, TicketCheck
 from airlock.mask import Masker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import (
+    AmbiguousJson,
     Decision,
     GuardrailDefaults,
     GuardrailRule,
@@ -86,6 +87,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _APPROVAL_EXCERPT = 2000
+# Symfony, Zend/Laminas and IIS (URL Rewrite) route by these headers instead of the request line.
+_REWRITES = ("x-original-url", "x-rewrite-url")
 _NO_APPROVER = "no approval backend is configured"
 _STOPPED = "gateway stopped"
 
@@ -106,6 +109,18 @@ class ProxySettings:
     hold_limit: int = 1024 * 1024 * 1024
     client_timeout: float = 30.0
     mask_held_in_responses: bool = True
+
+
+def _origin_form(target: bytes) -> bytes | None:
+    """The path of a request target: absolute-form (``GET http://host/path``, as clients that
+    take the gateway for a forward proxy send it) is read as its path; the authority is ignored,
+    as the ``Host`` header is. Another form (``*``, ``items/1``) is not a path: None."""
+    if target.startswith(b"/"):
+        return target
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        return b"/" + rest.partition(b"/")[2]
+    return None
 
 
 class HttpProxy:
@@ -164,7 +179,8 @@ class HttpProxy:
 
     async def _steps(self, ex: Exchange, body: RequestBody, send: Send) -> None:
         try:
-            self._authenticate(ex)
+            await self._authenticate(ex)
+            self._check_target(ex)
             decision = await self._judge(ex, body)
             await body.fill(self.config.record_bodies)
             self._log.request(ex, decision, body)
@@ -191,22 +207,37 @@ class HttpProxy:
 
     def _exchange(self, scope: Scope) -> Exchange:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        raw_path = raw_path.split(b"?", 1)[0]
+        target = _origin_form(raw_path.split(b"?", 1)[0])
+        path = (
+            normalize_path(target)
+            if target is not None
+            else NormalPath("/", "/", invalid="the request target is not a path")
+        )
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         return Exchange(
             id=str(next(self._ids)),
             method=str(scope["method"]),
-            path=normalize_path(raw_path),
+            path=path,
             query=query,
             headers=[(bytes(k), bytes(v)) for k, v in scope.get("headers", [])],
             started=time.perf_counter(),
             request_tap=BodyTap(self.config.record_bodies),
         )
 
-    def _authenticate(self, ex: Exchange) -> None:
+    def _presented(self, ex: Exchange) -> str | None:
+        proxy = ticket_from(ex.header("proxy-authorization"))
+        return proxy or ticket_from(ex.header("authorization"))
+
+    async def _check_ticket(self, presented: str) -> bool:
+        if isinstance(self._ticket, Ticket):  # local: a constant-time compare
+            return self._ticket.check(presented)
+        # central mode asks the broker (blocking HTTP): never in the loop that serves the others
+        return await asyncio.to_thread(self._ticket.check, presented)
+
+    async def _authenticate(self, ex: Exchange) -> None:
         proxy = ex.header("proxy-authorization")
-        presented = ticket_from(proxy) or ticket_from(ex.header("authorization"))
-        if presented is not None and self._ticket.check(presented):
+        presented = self._presented(ex)
+        if presented is not None and await self._check_ticket(presented):
             return
         status = 407 if proxy else 401
         outcome = "missing" if presented is None else "wrong"
@@ -219,14 +250,31 @@ class HttpProxy:
             auth=outcome,
         )
 
+    def _check_target(self, ex: Exchange) -> None:
+        if ex.path.invalid:
+            raise Refused(
+                400, ex.path.invalid, "send a path (/…) of UTF-8 text without control characters"
+            )
+        for name in _REWRITES:  # frameworks route by these over the request line
+            if ex.header(name):
+                raise Refused(
+                    400,
+                    f"the {name} header is refused: it would change the path upstream",
+                    "send the path in the request line",
+                )
+
     async def _judge(self, ex: Exchange, body: RequestBody) -> Decision:
         # Any method may carry a body (GET included, as Elasticsearch does): all are inspected.
         document = await self._inspect_json(ex, body) if self._needs_json else None
+        form = b""
+        if self._rules and ex.has_form_body():  # it may name the method: ``_method=DELETE``
+            await self._buffer_all(body, "checked for a _method override")
+            form = bytes(body.buffer)
         decisions = (
             decide_http(
                 HttpRequestInfo(method, path, self._host, document), self._rules, self._defaults
             )
-            for method in ex.methods()
+            for method in ex.methods(form)
             for path in ex.path.candidates
         )
         decision = strictest(decisions)
@@ -241,7 +289,14 @@ class HttpProxy:
                 "an encoded request body cannot be checked against JSON guardrails",
                 "send the body without Content-Encoding",
             )
-        return describe_json_body(bytes(body.buffer)) if body.buffer else None
+        try:
+            return describe_json_body(bytes(body.buffer)) if body.buffer else None
+        except AmbiguousJson as exc:
+            raise Refused(
+                400,
+                f"the JSON body cannot be checked against JSON guardrails: {exc}",
+                "send one JSON value in UTF-8, without duplicate keys",
+            ) from None
 
     async def _buffer_all(self, body: RequestBody, why: str) -> None:
         limit = self._settings.inspect_limit
@@ -363,6 +418,17 @@ class HttpProxy:
         )
         return str(shown.get("body", f"({shown.get('body_omitted', 'not shown')})"))
 
+    async def _recheck_ticket(self, ex: Exchange) -> None:
+        """A hold can outlast the ticket (the job was revoked or ended meanwhile): ask again."""
+        presented = self._presented(ex)
+        if presented is None or not await self._check_ticket(presented):
+            raise Refused(
+                401,
+                "the gateway ticket was revoked or expired while the request was held",
+                "the job's tickets end with the job; run the operation again in a live job",
+                auth="revoked",
+            )
+
     # ------------------------------------------------------------------ upstream
 
     async def _forward(self, ex: Exchange, body: RequestBody, send: Send) -> None:
@@ -370,6 +436,7 @@ class HttpProxy:
             await self._buffer_all(body, "signed")
         if ex.hold is not None:  # the approval is spent on this request, and only this one
             ex.hold.forward(ex.method, ex.path, ex.query, body.held_sha256)
+            await self._recheck_ticket(ex)
         await self._upstream.forward(ex, body, send)
 
     async def _refuse(self, ex: Exchange, refusal: Refused, send: Send) -> None:

@@ -32,6 +32,20 @@ import httpx
 
 from airlock.events import EventType
 from airlock.gate.interface import Operation
+from airlock.gateway.llm.asgi import (
+    Receive,
+    Refusal,
+    Scope,
+    Send,
+    Upstream,
+    bearer,
+    headers_of,
+    plain_path,
+    read_body,
+    read_capped,
+    respond,
+    start,
+)
 from airlock.gateway.llm.conversation import Conversation
 from airlock.gateway.llm.guard import BUDGET_RULE, MODEL_RULE, Budget, model_allowed
 from airlock.gateway.llm.providers import (
@@ -56,20 +70,9 @@ __all__ = ["LlmProxy"]
 
 Record = Callable[[str, Mapping[str, Any]], object]
 Approve = Callable[[Operation], Awaitable[bool]]
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-MAX_BODY = 32 * 1024 * 1024
 _PASS_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "user-agent")
 _MODEL_PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
 _CUT = "…[cut by airlock]"
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
 
 
 @dataclass
@@ -119,30 +122,32 @@ class LlmProxy:
         call = _Call(str(next(self._ids)), str(scope["path"]))
         try:
             self._authenticate(scope)
-            body = await _read_body(receive)
+            if not plain_path(call.path):
+                raise Refusal(400, "invalid_request_error", "the path has '.', '..' or '\\'")
+            body = await read_body(receive)
             if scope["method"] == "POST" and call.path == _MODEL_PATHS[self.provider]:
                 await self._model_call(call, scope, body, send)
             else:
                 await self._other(call, scope, body, send)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             self._emit_safe(EventType.LLM_RESPONSE, self._refusal_data(call, refusal))
             body = error_body(self.provider, refusal.kind, refusal.message)
-            await _respond(send, refusal.status, body, quiet=True)
+            await respond(send, refusal.status, body, quiet=True)
         except Exception as exc:  # a bug: answer, record, never echo the message
             what = f"internal error in the gateway ({type(exc).__name__})"
             self._emit_safe(EventType.LLM_RESPONSE, {"id": call.id, "error": what})
-            await _respond(send, 500, error_body(self.provider, "api_error", what), quiet=True)
+            await respond(send, 500, error_body(self.provider, "api_error", what), quiet=True)
 
     # ------------------------------------------------------------------------ checks
 
     def _authenticate(self, scope: Scope) -> None:
-        headers = _headers(scope)
-        presented = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
+        headers = headers_of(scope)
+        presented = headers.get("x-api-key") or bearer(headers.get("authorization", ""))
         if presented and self._ticket.check(presented):
             return
         outcome = "missing" if not presented else "wrong"
         self._emit(EventType.LLM_REQUEST, {"gateway": self.config.name, "auth": outcome})
-        raise _Refusal(
+        raise Refusal(
             401,
             "authentication_error",
             f"{outcome} gateway ticket: use the session ticket Airlock exported as the API key",
@@ -152,13 +157,13 @@ class LlmProxy:
         if not model_allowed(request.model, self.config.allowed_models):
             self._decision(call, Decision("deny", MODEL_RULE), model=request.model)
             allowed = ", ".join(self.config.allowed_models)
-            raise _Refusal(
+            raise Refusal(
                 403, "permission_error", f"model {request.model!r} is not allowed ({allowed})"
             )
         reason = self.budget.take_request()
         if reason is not None:
             self._decision(call, Decision("deny", BUDGET_RULE), used=self.budget.used())
-            raise _Refusal(403, "permission_error", reason)
+            raise Refusal(403, "permission_error", reason)
 
     # ------------------------------------------------------------------------ model calls
 
@@ -166,7 +171,7 @@ class LlmProxy:
         try:
             request = read_request(self.provider, body)
         except RequestError as exc:
-            raise _Refusal(400, "invalid_request_error", str(exc)) from exc
+            raise Refusal(400, "invalid_request_error", str(exc)) from exc
         call.request = request
         self._judge_request(call, request)
         self._record_request(call, request)
@@ -174,7 +179,7 @@ class LlmProxy:
         async with self._upstream(scope, call.path, body) as upstream:
             streamed = "text/event-stream" in upstream.headers.get("content-type", "")
             if streamed and upstream.status_code == 200:
-                await _start(send, 200, upstream.headers)
+                await start(send, 200, upstream.headers)
                 last = await self._stream(call, upstream, assembler, send)
             else:
                 last = await self._whole(call, upstream, assembler)
@@ -184,7 +189,7 @@ class LlmProxy:
         if streamed and upstream.status_code == 200:
             await self._end(send, last)
         else:
-            await _respond(send, upstream.status_code, last, upstream.headers)
+            await respond(send, upstream.status_code, last, upstream.headers)
 
     async def _stream(
         self, call: _Call, upstream: httpx.Response, assembler: Assembler, send: Send
@@ -232,14 +237,14 @@ class LlmProxy:
         return ok
 
     async def _whole(self, call: _Call, upstream: httpx.Response, assembler: Assembler) -> bytes:
-        body = await _read_capped(upstream)
+        body = await read_capped(upstream)
         assembler.whole(body)
         if upstream.status_code != 200:
             call.outcome = f"upstream_{upstream.status_code}"
             return self._scrub(body)
         refusal = await self._judge_tools(call, assembler.response)
         if refusal is not None:
-            raise _Refusal(403, "permission_error", refusal)
+            raise Refusal(403, "permission_error", refusal)
         return self._scrub(body)
 
     async def _judge_tools(self, call: _Call, response: ModelResponse) -> str | None:
@@ -293,15 +298,15 @@ class LlmProxy:
             },
         )
         async with self._upstream(scope, call.path, body) as upstream:
-            data = await _read_capped(upstream)
+            data = await read_capped(upstream)
         self._emit_safe(
             EventType.LLM_RESPONSE,
             {"gateway": self.config.name, "id": call.id, "status": upstream.status_code},
         )
-        await _respond(send, upstream.status_code, self._scrub(data), upstream.headers)
+        await respond(send, upstream.status_code, self._scrub(data), upstream.headers)
 
     def _upstream(self, scope: Scope, path: str, body: bytes) -> Any:
-        headers = {k: v for k, v in _headers(scope).items() if k in _PASS_HEADERS}
+        headers = {k: v for k, v in headers_of(scope).items() if k in _PASS_HEADERS}
         if self.provider == "anthropic":
             headers["x-api-key"] = self._key
         else:
@@ -310,7 +315,7 @@ class LlmProxy:
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         url = self.config.upstream_url + suffix + (f"?{query}" if query else "")
         request = self._client.build_request(scope["method"], url, headers=headers, content=body)
-        return _Upstream(self._client, request)
+        return Upstream(self._client, request)
 
     # ------------------------------------------------------------------------ recording
 
@@ -337,7 +342,7 @@ class LlmProxy:
         try:
             self._emit(EventType.LLM_REQUEST, data)
         except Exception as exc:
-            raise _Refusal(503, "api_error", "Airlock could not record the request") from exc
+            raise Refusal(503, "api_error", "Airlock could not record the request") from exc
 
     def _record_response(self, call: _Call, status: int, response: ModelResponse) -> None:
         self._emit_safe(
@@ -363,7 +368,7 @@ class LlmProxy:
             },
         )
 
-    def _refusal_data(self, call: _Call, refusal: _Refusal) -> dict[str, Any]:
+    def _refusal_data(self, call: _Call, refusal: Refusal) -> dict[str, Any]:
         return {
             "gateway": self.config.name,
             "id": call.id,
@@ -411,85 +416,3 @@ class LlmProxy:
 
     async def _end(self, send: Send, body: bytes) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-class _Upstream:
-    """``async with``: send the request, stream the response, map failures to a 502."""
-
-    def __init__(self, client: httpx.AsyncClient, request: httpx.Request) -> None:
-        self._client, self._request = client, request
-        self._response: httpx.Response | None = None
-
-    async def __aenter__(self) -> httpx.Response:
-        try:
-            self._response = await self._client.send(self._request, stream=True)
-        except httpx.HTTPError as exc:
-            raise _Refusal(
-                502, "api_error", f"the model API could not be reached ({type(exc).__name__})"
-            ) from exc
-        return self._response
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._response is not None:
-            await self._response.aclose()
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    return {
-        bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in scope["headers"]
-    }
-
-
-def _bearer(value: str) -> str:
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
-async def _read_body(receive: Receive) -> bytes:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Refusal(499, "api_error", "the client went away")
-        body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise _Refusal(413, "invalid_request_error", f"request body over {MAX_BODY} bytes")
-        if not message.get("more_body", False):
-            return bytes(body)
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise _Refusal(502, "api_error", f"the model API answered with over {MAX_BODY} bytes")
-    return bytes(body)
-
-
-_RESPONSE_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after")
-
-
-async def _start(send: Send, status: int, headers: Mapping[str, str]) -> None:
-    kept = [(k.encode(), headers[k].encode()) for k in _RESPONSE_HEADERS if k in headers]
-    await send({"type": "http.response.start", "status": status, "headers": kept})
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    headers: Mapping[str, str] | None = None,
-    *,
-    quiet: bool = False,
-) -> None:
-    try:
-        kept = {"content-type": "application/json"} | {
-            k: v for k, v in (headers or {}).items() if k in _RESPONSE_HEADERS
-        }
-        kept["content-length"] = str(len(body))
-        await _start(send, status, kept)
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-    except Exception:
-        if not quiet:
-            raise

@@ -1,7 +1,8 @@
 """The MCP gateway's streamable-HTTP front: what ``airlock run`` gives the agent.
 
 Airlock starts the stdio server itself (outside the agent's sandbox, with the variables it
-needs) and serves the agent at ``http://127.0.0.1:PORT/mcp``: each POSTed JSON-RPC request goes
+needs), or talks to a streamable-HTTP ``upstream:`` (``upstream.py``), and serves the agent at
+``http://127.0.0.1:PORT/mcp``: each POSTed JSON-RPC request goes
 through the relay and its answer comes back as ``application/json``; notifications and
 responses get ``202``. The ticket is the bearer token. Requests of different clients never
 collide: ids are renumbered on the way to the server and restored on the way back. Messages the
@@ -25,6 +26,7 @@ from airlock.errors import ConfigError, InfrastructureUnavailable
 from airlock.gateway.mcp.bridge import McpBridge
 from airlock.gateway.mcp.relay import error_line
 from airlock.gateway.mcp.transport import DEFAULT_CAP
+from airlock.gateway.mcp.upstream import HttpUpstream
 from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.agent_gateways import McpGatewayConfig
@@ -52,6 +54,7 @@ class McpHttpFront:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.bridge: McpBridge | None = None
+        self.upstream: HttpUpstream | None = None
 
     async def to_client(self, line: bytes) -> None:
         """A line for the agent: the answer to one waiting request (others are dropped)."""
@@ -79,6 +82,10 @@ class McpHttpFront:
         body = await _body(receive, self._cap)
         if body is None:
             await _reply(send, 413, _error(None, -32600, "message over the gateway's limit"))
+            return
+        if self.upstream is not None:
+            status, answer, back = await self.upstream.exchange(body, _header_map(scope))
+            await _reply(send, status, answer, back)
             return
         await self._message(body, send)
 
@@ -122,9 +129,16 @@ async def _body(receive: Receive, cap: int) -> bytes | None:
             return bytes(body)
 
 
-async def _reply(send: Send, status: int, data: Any) -> None:
+def _header_map(scope: Scope) -> dict[str, str]:
+    return {bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _reply(
+    send: Send, status: int, data: Any, extra: Mapping[str, str] | None = None
+) -> None:
     body = b"" if data is None else json.dumps(data, separators=(",", ":")).encode()
     headers = [(b"content-length", str(len(body)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
     if body:
         headers.append((b"content-type", b"application/json"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -139,10 +153,10 @@ class ThreadedMcpGateway:
         loop: asyncio.AbstractEventLoop,
         thread: threading.Thread,
         server: uvicorn.Server,
-        bridge: McpBridge,
+        closer: Callable[[], Awaitable[None]],
         address: tuple[str, int],
     ) -> None:
-        self._loop, self._thread, self._server, self.bridge = loop, thread, server, bridge
+        self._loop, self._thread, self._server, self._closer = loop, thread, server, closer
         self.address = address
 
     @property
@@ -155,7 +169,7 @@ class ThreadedMcpGateway:
 
         async def stop() -> None:
             try:
-                await self.bridge.close()  # the server process first, while the loop runs
+                await self._closer()  # the server process first, while the loop runs
             finally:
                 self._server.should_exit = True
 
@@ -176,11 +190,6 @@ def start_in_thread(
     **_: Any,
 ) -> ThreadedMcpGateway:
     """Start the stdio server and the HTTP front; returns once both run."""
-    if config.upstream is not None:
-        raise ConfigError(
-            f"gateway {config.name}: fronting a streamable-HTTP MCP upstream is not supported "
-            "yet; give command: [ARGV…] (a stdio server)",
-        )
     sock = _bind(config)
     loop = asyncio.new_event_loop()
     front = McpHttpFront(ticket)
@@ -195,24 +204,30 @@ def start_in_thread(
             date_header=False,
         )
     )
-    started: Future[McpBridge] = Future()
+    started: Future[Callable[[], Awaitable[None]]] = Future()
 
     async def main() -> None:
-        bridge = McpBridge(
-            config,
-            masker=masker,
-            record=record,
-            approve=approve,
-            session_id=ticket.session_id,
-            environ=environ,
-            to_client=front.to_client,
-        )
-        await bridge.start()
-        front.bridge = bridge
+        closer: Callable[[], Awaitable[None]]
+        if config.upstream is not None:
+            front.upstream = _http_upstream(config, masker, record, approve, ticket, environ)
+            closer = front.upstream.close
+        else:
+            bridge = McpBridge(
+                config,
+                masker=masker,
+                record=record,
+                approve=approve,
+                session_id=ticket.session_id,
+                environ=environ,
+                to_client=front.to_client,
+            )
+            await bridge.start()
+            front.bridge = bridge
+            closer = bridge.close
         server.config.load()
         server.lifespan = server.config.lifespan_class(server.config)
         await server.startup(sockets=[sock])
-        started.set_result(bridge)
+        started.set_result(closer)
         await server.main_loop()
         await server.shutdown(sockets=[sock])
 
@@ -229,9 +244,36 @@ def start_in_thread(
 
     thread = threading.Thread(target=run, name=f"airlock-mcp-{config.name}", daemon=True)
     thread.start()
-    bridge = started.result(30.0)
+    closer = started.result(30.0)
     host, port = sock.getsockname()[:2]
-    return ThreadedMcpGateway(loop, thread, server, bridge, (host, port))
+    return ThreadedMcpGateway(loop, thread, server, closer, (host, port))
+
+
+def _http_upstream(
+    config: McpGatewayConfig,
+    masker: Masker,
+    record: Callable[[str, Mapping[str, Any]], object],
+    approve: Any,
+    ticket: TicketCheck,
+    environ: Mapping[str, str],
+) -> HttpUpstream:
+    cred = config.credential
+    bearer = environ.get(cred.bearer_env, "") if cred and cred.bearer_env else None
+    if cred and cred.bearer_env and not bearer:
+        raise ConfigError(
+            f"gateway {config.name}: the variable {cred.bearer_env} is not set",
+            hint="set it in the job's environment (Airlock sends it to the MCP server only)",
+        )
+    return HttpUpstream(
+        config,
+        masker=masker,
+        record=record,
+        approve=approve,
+        session_id=ticket.session_id,
+        held=[bearer] if bearer else [],
+        cap=DEFAULT_CAP,
+        bearer=bearer,
+    )
 
 
 def _bind(config: McpGatewayConfig) -> socket.socket:

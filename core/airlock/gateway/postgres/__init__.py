@@ -1,5 +1,7 @@
-"""The PostgreSQL gateway: sans-I/O protocol (``protocol``), SQL guardrails (``guard``), column
-masking (``masking``), SCRAM client (``scram``) and the asyncio server (``server``)."""
+"""The PostgreSQL gateway: sans-I/O protocol (``protocol``), the sans-I/O relay (``relay`` for
+what the client sends, ``results`` for what comes back), SQL reading and guardrails
+(``analysis``, ``plpgsql``, ``tautology``, ``parse_state``, ``guard``), column masking
+(``masking``), SCRAM client (``scram``) and the asyncio server (``server``, ``connection``)."""
 
 from airlock.gateway.postgres.guard import Judgement, SqlGuard, analyse_sql
 from airlock.gateway.postgres.protocol import ProtocolError

@@ -4,6 +4,7 @@ per-gateway state, refusals, and small wire helpers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from airlock.mask import Masker
 from airlock.policy.gateways import PostgresGatewayConfig
 
 Record = Callable[[str, Mapping[str, Any]], object]
+# A result shape's column masking plan, which columns are text, and the masked columns whose
+# type has no masked value (they come back NULL, and the client is told so in a notice).
+RowPlan = tuple[ColumnPlan | None, tuple[bool, ...], tuple[str, ...]]
 Approve = Callable[[Operation], Awaitable[bool] | bool]
 
 STARTUP_TIMEOUT = 10.0
@@ -89,18 +93,30 @@ class Shared:
     cancel_keys: dict[tuple[int, bytes], tuple[int, bytes]] = field(default_factory=dict)
     # RowDescription bytes -> (column masking plan, which columns are text): a result shape
     # seen before is not decoded again.
-    row_plans: dict[bytes, tuple[ColumnPlan | None, tuple[bool, ...]]] = field(default_factory=dict)
+    row_plans: dict[tuple[bytes, tuple[int, ...] | None], RowPlan] = field(default_factory=dict)
 
-    def row_plan(self, raw: bytes) -> tuple[ColumnPlan | None, tuple[bool, ...]]:
-        known = self.row_plans.get(raw)
+    def row_plan(self, raw: bytes, formats: tuple[int, ...] | None = None) -> RowPlan:
+        """The masking plan and the text columns of results described by RowDescription
+        ``raw``, in the Bind result ``formats`` when given (a described *statement* says text
+        for every column; the Bind decides what comes)."""
+        known = self.row_plans.get((raw, formats))
         if known is None:
             message = pg.decode_backend(raw)
             assert isinstance(message, pg.RowDescription)
             fields = message.fields
-            known = (self.columns.plan(fields), tuple(f.format == 0 for f in fields))
+            if formats is not None:
+                fields = tuple(
+                    dataclasses.replace(f, format=_format(formats, i)) for i, f in enumerate(fields)
+                )
+            plan = self.columns.plan(fields)
+            nulled = tuple(
+                f.name for f, (masked, value) in zip(fields, plan or (), strict=False)
+                if masked and value is None
+            )  # fmt: skip
+            known = (plan, tuple(f.format == 0 for f in fields), nulled)
             if len(self.row_plans) >= _MAX_ROW_PLANS:
                 self.row_plans.clear()
-            self.row_plans[raw] = known
+            self.row_plans[(raw, formats)] = known
         return known
 
     def event(self, type_: str, data: dict[str, Any]) -> object:
@@ -108,6 +124,13 @@ class Shared:
 
     def error_event(self, what: str, **data: Any) -> None:
         self.event(EventType.ERROR, {"component": COMPONENT, "error": what, **data})
+
+
+def _format(formats: tuple[int, ...], index: int) -> int:
+    """Column ``index``'s format from Bind result-format codes (none: text; one: all)."""
+    if not formats:
+        return 0
+    return formats[0] if len(formats) == 1 else (formats[index] if index < len(formats) else 0)
 
 
 def cstring(raw: bytes, what: str) -> str:

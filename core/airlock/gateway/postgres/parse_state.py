@@ -22,7 +22,6 @@ function) refuses every statement whose reading would depend on it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from pglast import parser
 
@@ -99,13 +98,14 @@ def depends_on_backslashes(sql: str) -> bool:
     )
 
 
-@dataclass
 class SessionState:
     """What the server says about the settings that change parsing (from ParameterStatus)."""
 
-    standard_conforming_strings: str = "on"
-    client_encoding: str = "UTF8"
-    search_path: str | None = None
+    def __init__(self) -> None:
+        self.standard_conforming_strings = "on"
+        self.client_encoding = "UTF8"
+        self.search_path: str | None = None
+        self._safe = True  # both as the gateway reads SQL: the per-statement fast path
 
     def update(self, name: str, value: str) -> None:
         """Take a ParameterStatus (``name``, ``value``) into account."""
@@ -115,10 +115,15 @@ class SessionState:
             self.client_encoding = value
         elif name == "search_path":
             self.search_path = value
+        self._safe = _is_on(self.standard_conforming_strings) and not unsafe_encoding(
+            self.client_encoding
+        )
 
     def refuses(self, sql: str) -> str | None:
         """Why ``sql`` must be refused in this state (None: it reads the same to us and the
         server)."""
+        if self._safe:
+            return None
         if unsafe_encoding(self.client_encoding) and not sql.isascii():
             return f"client_encoding is {self.client_encoding}"
         if not _is_on(self.standard_conforming_strings) and depends_on_backslashes(sql):

@@ -1,0 +1,364 @@
+"""The PostgreSQL relay, sans-I/O (h11 style): bytes in, actions out.
+
+:class:`Relay` takes what the client sends and says what to do (:class:`Step`): the bytes to
+send upstream, a statement to hold for approval, whether to pause reading the client, whether
+the client said goodbye. It judges and records every statement, replaces refused ones by a
+statement that fails at once, and keeps the protocol state (statements, portals, holds, the
+session settings that change parsing). Its :attr:`Relay.results` takes what upstream sends and
+returns the bytes for the client. The asyncio connection only moves bytes and asks approvers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from airlock.events import EventType
+from airlock.gateway.postgres import protocol as pg
+from airlock.gateway.postgres._shared import Shared, cstring
+from airlock.gateway.postgres.guard import Verdict
+from airlock.gateway.postgres.parse_state import (
+    PARSE_STATE_RULE,
+    SessionState,
+    depends_on_backslashes,
+)
+from airlock.gateway.postgres.results import Results
+from airlock.policy.guardrails import Decision, SqlStatement
+
+__all__ = ["MAX_BACKLOG", "Held", "Relay", "Step"]
+
+_QUERY, _TERMINATE, _SYNC = b"QXS"
+# Frontend messages with nothing to judge or record: Flush, CopyData/Done/Fail.
+_CLIENT_PASSED = frozenset(b"Hdcf")
+# What a client may send while a statement is held (it is read so that its going away is
+# seen); past this, reading pauses until the hold ends.
+MAX_BACKLOG = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Held:
+    """A statement waiting for approval, and what is needed to send or refuse it after.
+
+    ``portal`` is set for an extended-protocol Execute: the approval covers that one execution
+    of the portal (its statement and parameter values), never a later Bind."""
+
+    verdict: Verdict
+    masked: str
+    raw: bytes
+    parse: pg.Parse | None
+    portal: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do after client bytes (or an approval answer): send ``upstream``; then ask for
+    approval of ``hold`` (nothing more is sent until :meth:`Relay.decided`); ``pause`` reading
+    the client (its backlog is full); ``end``: the client sent Terminate."""
+
+    upstream: bytes = b""
+    hold: Held | None = None
+    pause: bool = False
+    end: bool = False
+
+
+class Relay:
+    """The client half of one connection's relay (the upstream half is :attr:`results`)."""
+
+    def __init__(self, shared: Shared, conn_id: str) -> None:
+        self.s = shared
+        self.conn_id = conn_id
+        self.nonce = secrets.token_hex(6)
+        self.state = SessionState()
+        self.results = Results(shared, conn_id, self.state)
+        self.framer = pg.Framer(pg.FRONTEND_TYPES)
+        self.statements: dict[str, tuple[str, Verdict]] = {}
+        self.portals: dict[str, pg.Bind] = {}
+        self.approved_portals: set[str] = set()  # held Executes approved, for that Bind only
+        self.sql_prepared: dict[str, SqlStatement] = {}  # SQL PREPARE, for judging EXECUTE
+        self.refusal_count = 0
+        self.holding: Held | None = None
+        self.backlog = b""  # whole messages that came while a statement was held
+
+    def client_data(self, data: bytes) -> Step:
+        """Bytes from the client in (any split); what to do out."""
+        buf, frames = self.framer.split(data)
+        if not frames:
+            return Step()
+        if self.holding is not None:
+            self.backlog += buf[frames[0][1] : frames[-1][2]]
+            return Step(pause=len(self.backlog) > MAX_BACKLOG)
+        return self._pump(buf, frames)
+
+    def decided(self, decision: Decision) -> Step:
+        """The approver's answer on the held statement: send it or its refusal, then whatever
+        the client sent meanwhile (up to the next hold)."""
+        held = self.holding
+        assert held is not None, "decided() without a held statement"
+        self.holding = None
+        if decision.action == "allow":
+            if held.portal is not None:
+                self.approved_portals.add(held.portal)
+            sent = held.raw
+        else:
+            extended = held.portal is not None
+            sent = self._refused(decision, held.verdict, held.parse, asked=True, extended=extended)
+        backlog, self.backlog = self.backlog, b""
+        if not backlog:
+            return Step(upstream=sent)
+        after = self._pump(*pg.Framer(pg.FRONTEND_TYPES).split(backlog))
+        return Step(sent + after.upstream, after.hold, after.pause, after.end)
+
+    def cancelled(self) -> None:
+        """The client went (or the gateway closed) while a statement was held: it is never
+        sent; recorded as the statement's result. ``approval.cancelled`` is the approval
+        gate's to record (cancelling the task that awaits it), so it is written once."""
+        held = self.holding
+        if held is None:
+            return
+        self.holding = None
+        self.results.result(error=("57014", "cancelled while held for approval: never sent"))
+
+    # ------------------------------------------------------------------------ client side
+
+    def _pump(self, buf: bytes, frames: list[pg.Frame]) -> Step:
+        """Judge, record and forward whole messages: runs that need no change go as they came.
+        Stops at a statement held for approval (the messages after it wait in the backlog) and
+        at Terminate."""
+        pieces: list[bytes] = []
+        last = 0
+        for kind, start, end in frames:
+            if kind in _CLIENT_PASSED:
+                continue
+            raw = buf[start:end]
+            if kind == _QUERY:
+                self.results.batches_sent += 1
+                forward = self._statement(cstring(raw, "Query"), raw, simple=True)
+            elif kind == _SYNC:
+                if end - start != 5:
+                    raise pg.ProtocolError("Sync message has trailing bytes")
+                self.results.batches_sent += 1
+                continue
+            elif kind == _TERMINATE:
+                pieces.append(buf[last:end])
+                return Step(upstream=b"".join(pieces), end=True)
+            else:
+                forward = self._from_client(pg.decode_frontend(raw))
+            if forward is raw:
+                continue
+            pieces.append(buf[last:start])
+            last = end
+            if isinstance(forward, Held):
+                self.holding = forward
+                self.backlog = buf[end : frames[-1][2]]
+                return Step(upstream=b"".join(pieces), hold=forward)  # those before it go now
+            pieces.append(forward)
+        done = frames[-1][2]
+        if not pieces:
+            return Step(upstream=buf if done == len(buf) else buf[:done])
+        pieces.append(buf[last:done])
+        return Step(upstream=b"".join(pieces))
+
+    def _from_client(self, message: pg.Message) -> bytes | Held:
+        """The bytes to send upstream for ``message``, or the statement to hold for approval."""
+        if isinstance(message, pg.Parse):
+            self.results.described.pop(message.name, None)
+            verdict = self.s.guard.verdict(message.sql, self.sql_prepared)
+            self.statements[message.name] = (message.sql, verdict)
+            return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
+        if isinstance(message, pg.Bind):
+            self.portals[message.portal] = message
+            self.approved_portals.discard(message.portal)
+            self.results.portal_rows.pop(message.portal, None)
+        elif isinstance(message, pg.Describe):
+            self.results.describe_sent(message.target, message.name)
+        elif isinstance(message, pg.Execute):
+            return self._execute(message)
+        elif isinstance(message, pg.Close):
+            (self.statements if message.target == "S" else self.portals).pop(message.name, None)
+            if message.target != "S":
+                self.approved_portals.discard(message.name)
+        elif isinstance(message, pg.FunctionCall):
+            self.results.batches_sent += 1
+            return self._refusal(
+                "airlock.function_call",
+                "the fastpath function call interface is not allowed through the gateway",
+                "call the function in SQL (SELECT f(...)) so guardrails can judge it",
+            )
+        elif isinstance(message, pg.PasswordMessage):
+            raise pg.ProtocolError("unexpected password message after login")
+        return message.raw
+
+    def _statement(
+        self,
+        sql: str,
+        raw: bytes,
+        *,
+        simple: bool = False,
+        parse: pg.Parse | None = None,
+        verdict: Verdict | None = None,
+    ) -> bytes | Held:
+        busy = self.results.busy
+        verdict = verdict or self.s.guard.verdict(sql, self.sql_prepared)
+        for name, prepared in verdict.prepares:
+            self.sql_prepared[name] = prepared
+        masked = self.s.masker.mask_text(sql)
+        if simple:
+            seq = self.s.event(
+                EventType.DB_QUERY,
+                {
+                    "connection": self.conn_id,
+                    "protocol": "simple",
+                    "sql": masked,
+                    "kinds": list(verdict.kinds),
+                },
+            )
+            self.results.query_sent(seq)
+        why = self._parse_state(sql, busy)
+        if why is not None:
+            return self._refused_state(why, masked, parse)
+        decision = verdict.final
+        if verdict.notable:
+            self._record_decisions(verdict, masked)
+        if decision.action == "require_approval":
+            if parse is not None:  # held at each Execute, with its parameter values
+                return raw
+            return Held(verdict, masked, raw, parse)
+        if decision.action == "allow":
+            return raw
+        return self._refused(decision, verdict, parse, asked=False)
+
+    def _parse_state(self, sql: str, busy: bool) -> str | None:
+        """Why the server may read ``sql`` differently from the gateway now (None: it won't)."""
+        why = self.state.refuses(sql)
+        if why is None and busy and depends_on_backslashes(sql):
+            why = "a statement still running may have changed standard_conforming_strings"
+        return why
+
+    def _refused_state(self, why: str, masked: str, parse: pg.Parse | None) -> bytes:
+        self.s.event(
+            EventType.GUARDRAIL,
+            {
+                "connection": self.conn_id,
+                "rule_id": PARSE_STATE_RULE,
+                "action": "deny",
+                "reason": why,
+                "sql": masked,
+            },
+        )
+        return self._refusal(
+            PARSE_STATE_RULE,
+            f"Airlock gateway {self.s.config.name}: statement refused by guardrail "
+            f"{PARSE_STATE_RULE} ({why}): the server could read it differently from the gateway",
+            "use standard_conforming_strings = on and client_encoding UTF8, and send a statement "
+            "with backslashes in a plain string literal only after the previous results arrived "
+            "(or write it as E'...')",
+            parse,
+        )
+
+    def _record_decisions(self, verdict: Verdict, masked: str) -> None:
+        for decision, kinds in verdict.notable:
+            self.s.event(
+                EventType.GUARDRAIL,
+                {
+                    "connection": self.conn_id,
+                    "rule_id": decision.rule_id,
+                    "action": decision.action,
+                    "kinds": list(kinds),
+                    "statement": decision.index,
+                    "sql": masked,
+                },
+            )
+
+    def _refused(
+        self,
+        decision: Decision,
+        verdict: Verdict,
+        parse: pg.Parse | None,
+        *,
+        asked: bool,
+        extended: bool = False,
+    ) -> bytes:
+        kinds = ", ".join(verdict.statement_kinds[decision.index])
+        why = "approval was denied for" if asked else "refused by"
+        return self._refusal(
+            decision.rule_id,
+            f"Airlock gateway {self.s.config.name}: statement {decision.index + 1} ({kinds}) "
+            f"{why} guardrail {decision.rule_id}",
+            "the session policy's guardrails hold this statement; ask for the policy to change "
+            "or run a narrower statement",
+            parse,
+            extended=extended,
+        )
+
+    def _refusal(
+        self,
+        rule_id: str,
+        message: str,
+        hint: str,
+        parse: pg.Parse | None = None,
+        *,
+        extended: bool = False,
+    ) -> bytes:
+        """What goes upstream instead of a refused message: a statement that fails at once
+        (its error is swapped for ours on the way back). In place of a Parse, a Parse of the
+        same name; in place of an Execute (``extended``), a Parse of a fresh name, which fails
+        and so creates nothing; otherwise a Query."""
+        self.refusal_count += 1
+        token = f"airlock_refused_{self.nonce}_{self.refusal_count}"
+        error = pg.encode_error("42501", message, hint=hint, detail=f"rule {rule_id}")
+        self.results.refusals[token] = (error, message)
+        poison = f'SELECT "{token}"'
+        if parse is not None:
+            return pg.encode_parse(parse.name, poison)
+        if extended:
+            return pg.encode_parse(token, poison)
+        return pg.encode_query(poison)
+
+    def _execute(self, message: pg.Execute) -> bytes | Held:
+        """Record an Execute; hold it when its statement needs approval. One approval covers
+        this execution only (its statement and these parameter values): a new Bind asks again."""
+        bind = self.portals.get(message.portal)
+        known = self.statements.get(bind.statement) if bind is not None else None
+        sql, verdict = known or ("", self.s.guard.verdict(""))
+        masked = self.s.masker.mask_text(sql)
+        params = self._params(bind)
+        seq = self.s.event(
+            EventType.DB_QUERY,
+            {
+                "connection": self.conn_id,
+                "protocol": "extended",
+                "sql": masked,
+                "params": params,
+                "kinds": list(verdict.kinds),
+            },
+        )
+        self.results.execute_sent(seq, bind)
+        raw = self._describe_first(bind) + message.raw
+        if verdict.final.action != "require_approval" or message.portal in self.approved_portals:
+            return raw
+        text = f"{masked}\n-- parameters: {json.dumps(params)}" if params else masked
+        return Held(verdict, text, raw, None, portal=message.portal)
+
+    def _describe_first(self, bind: pg.Bind | None) -> bytes:
+        """A Describe of ``bind``'s portal to send before its Execute when the columns of what
+        it returns are not known (masking goes by column name); empty when they are."""
+        if bind is None or not self.s.columns.active or self.results.columns_known(bind):
+            return b""
+        self.results.describe_sent("P", bind.portal, ours=True)
+        return pg.encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
+
+    def _params(self, bind: pg.Bind | None) -> list[str | None]:
+        if bind is None:
+            return []
+        formats = bind.param_formats
+        out: list[str | None] = []
+        for i, value in enumerate(bind.params):
+            fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+            if value is None:
+                out.append(None)
+            elif fmt == 1:  # binary: not rendered, so nothing secret can leak through it
+                out.append(f"<binary {len(value)} bytes>")
+            else:
+                out.append(self.s.masker.mask_text(value.decode("utf-8", "replace")))
+        return out

@@ -1,0 +1,160 @@
+"""The canonical literal matcher: every literal secret as a reader would see it.
+
+One RE2 regex over all literal values: between any two bytes of a value, invisible sequences a
+terminal does not show (ANSI/OSC escapes, NUL, CR) are allowed, and each byte may be raw or
+percent-encoded under any safe set. See docs/masking.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import re2
+
+from airlock.mask._compile import _LITERAL_MEM, MAX_RULE_LEN, CompiledRule, _re2
+
+__all__ = ["CANONICAL_SLACK", "build_canonical_rule"]
+
+# What a terminal does not show between two characters of a secret: ANSI CSI (colours, cursor),
+# OSC (titles, hyperlinks), two-byte ESC sequences, NUL, and CR (a pty turns "\n" into "\r\n").
+_INVISIBLE = (
+    rb"(?:\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"
+    rb"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
+    rb"|\x1b[\x20-\x2f]*[\x30-\x7e]|\x00|\r)*"
+)
+_INVISIBLE_TRIGGERS = (b"\x1b", b"\x00")
+CANONICAL_SLACK = 256
+"""Bytes of invisible sequences a canonical match may hold beyond 3 bytes per secret byte."""
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _canonical_atom(byte: int) -> bytes:
+    """One secret byte: itself or percent-encoded with either case (any ``safe`` set)."""
+    raw: bytes = re2.escape(bytes((byte,)))
+    if byte in _UNRESERVED:
+        return raw
+    hi, lo = (b"[%s%s]" % (c.encode(), c.upper().encode()) for c in f"{byte:02x}")
+    plus = b"|\\+" if byte == 0x20 else b""
+    return b"(?:" + raw + b"|%" + hi + lo + plus + b")"
+
+
+def build_canonical_rule(
+    literals: Sequence[tuple[str, bytes]],
+) -> tuple[CompiledRule | None, tuple[bytes, ...]]:
+    """One regex for every literal value as a reader would see it: invisible sequences
+    (``_INVISIBLE``) allowed between any two of its bytes, and each byte raw or percent-encoded
+    under any safe set (``quote(v, safe="/")``, ``encodeURIComponent``, ``encodeURI`` …).
+
+    A match covers the whole byte range, escapes included. Every match the exact literal
+    alternation does not find holds one of the returned trigger bytes, so a buffer without them
+    need not be searched (see ``LiteralSet.canonical_may_match``).
+    """
+    values: dict[bytes, str] = {}
+    for rule_id, value in literals:
+        values.setdefault(value, rule_id)
+    if not values:
+        return None, ()
+    ordered = sorted(values, key=lambda v: (-len(v), v))
+    alternatives = [
+        b"(" + _INVISIBLE.join(_canonical_atom(b) for b in value) + b")" for value in ordered
+    ]
+    triggers = set(_INVISIBLE_TRIGGERS)
+    if any(0x0A in value for value in ordered):
+        triggers.add(b"\r")  # a pty writes the value's "\n" as "\r\n"
+    if any(b not in _UNRESERVED for value in ordered for b in value):
+        triggers.add(b"%")
+    if any(0x20 in value for value in ordered):
+        triggers.add(b"+")
+    max_len = min(MAX_RULE_LEN, 3 * len(ordered[0]) + CANONICAL_SLACK)
+    regex = _re2(b"|".join(alternatives), max_mem=_LITERAL_MEM if len(ordered) > 64 else 64 << 20)
+    rule = CompiledRule("literal", regex, max_len, group_names=tuple(values[v] for v in ordered))
+    return rule, tuple(sorted(triggers))
+
+
+_INCOMPLETE = -1
+
+
+def _invisible_len(buf: bytes, i: int) -> int:
+    """Length of the invisible sequence at ``buf[i]``: 0 when there is none, _INCOMPLETE when
+    ``buf`` ends inside one (what ``_INVISIBLE`` matches, read by hand)."""
+    byte = buf[i]
+    if byte in (0x00, 0x0D):
+        return 1
+    if byte != 0x1B:
+        return 0
+    n, k = len(buf), i + 1
+    if k == n:
+        return _INCOMPLETE
+    if buf[k] == 0x5B:  # CSI: parameters, intermediates, a final byte
+        k += 1
+        while k < n and 0x30 <= buf[k] <= 0x3F:
+            k += 1
+        while k < n and 0x20 <= buf[k] <= 0x2F:
+            k += 1
+        if k == n:
+            return _INCOMPLETE
+        return k + 1 - i if 0x40 <= buf[k] <= 0x7E else 0
+    if buf[k] == 0x5D:  # OSC: up to BEL or ESC \
+        end = min(j for j in (buf.find(b"\x07", k), buf.find(b"\x1b\\", k), n) if j >= 0)
+        if end == n or (buf[end] == 0x1B and end + 1 == n):
+            return _INCOMPLETE
+        return end + (1 if buf[end] == 0x07 else 2) - i
+    while k < n and 0x20 <= buf[k] <= 0x2F:
+        k += 1
+    if k == n:
+        return _INCOMPLETE
+    return k + 1 - i if 0x30 <= buf[k] <= 0x7E else 0
+
+
+def _byte_at(buf: bytes, i: int, want: int) -> int:
+    """How many bytes of ``buf`` at ``i`` spell ``want`` (raw, ``%XX``, ``+`` for a space):
+    0 when they do not, _INCOMPLETE when ``buf`` ends inside a ``%XX`` that could."""
+    if buf[i] == want:
+        return 1
+    if want == 0x20 and buf[i] == 0x2B:
+        return 1
+    if buf[i] != 0x25:
+        return 0
+    digits = b"%02x" % want
+    got = buf[i + 1 : i + 3].lower()
+    if len(got) < 2:
+        return _INCOMPLETE if digits.startswith(got) else 0
+    return 3 if got == digits else 0
+
+
+def _prefix_from(buf: bytes, i: int, value: bytes) -> bool:
+    """True when ``buf[i:]`` (to its end) is a proper prefix of a canonical rendering of
+    ``value``: the stream may be cut inside that rendering."""
+    j = 0
+    n = len(buf)
+    while i < n:
+        if j:
+            skip = _invisible_len(buf, i)
+            if skip == _INCOMPLETE:
+                return True
+            if skip:
+                i += skip
+                continue
+        if j == len(value):
+            return False  # the whole value is there: the rule decides it, not the hold
+        step = _byte_at(buf, i, value[j])
+        if step == _INCOMPLETE:
+            return True
+        if not step:
+            return False
+        i, j = i + step, j + 1
+    return 0 < j < len(value)
+
+
+def canonical_held(tail: bytes, values: Sequence[bytes], reach: int) -> int:
+    """Length of the longest suffix of ``tail`` (within ``reach``) that could begin a canonical
+    match not finished yet: a literal value with invisible sequences or percent escapes, cut
+    by the end of ``tail``. 0 when ``tail`` has no byte only such a rendering would hold."""
+    window = tail[-reach:]
+    if not any(t in window for t in (b"\x1b", b"\x00", b"\r", b"%", b"+")):
+        return 0  # any prefix here is a prefix of the value itself: an exact form
+    firsts = {v[0] for v in values} | {0x25}
+    for i in range(len(window)):
+        if window[i] in firsts and any(_prefix_from(window, i, v) for v in values):
+            return len(window) - i
+    return 0
