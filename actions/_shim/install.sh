@@ -18,15 +18,30 @@ root="$(cd "$here/../.." && pwd)"
 python="${AIRLOCK_PYTHON:-python3}"
 cache="${AIRLOCK_CACHE_DIR:-${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/airlock}"
 
+# Exec capture (strace, ptrace), the sandbox (bubblewrap) and the locking below are Linux's.
+if [ "$(uname -s)" != Linux ]; then
+  echo "airlock: error: Airlock's actions run on Linux runners only (this is $(uname -s)); use runs-on: ubuntu-latest or a Linux self-hosted runner" >&2
+  exit 80
+fi
+
 # One interpreter start (it runs twice a job, main and post): the version check and the key.
 if ! pyver="$("$python" -c 'import sys; v = sys.version_info; assert v >= (3, 11); print("%d.%d" % v[:2])' 2>/dev/null)"; then
   echo "airlock: error: $python is missing or older than 3.11; set the action's python input" >&2
   exit 80
 fi
 
-hash_of() { sha256sum | cut -c1-20; }
+# sha256sum (GNU coreutils) where there is one; `shasum -a 256` (Perl) otherwise. Same output.
+if command -v sha256sum >/dev/null 2>&1; then
+  sha256=(sha256sum)
+elif command -v shasum >/dev/null 2>&1; then
+  sha256=(shasum -a 256)
+else
+  echo "airlock: error: neither sha256sum nor shasum is installed on this runner; install coreutils" >&2
+  exit 80
+fi
+hash_of() { "${sha256[@]}" | cut -c1-20; }
 deps_key="$({ echo "$pyver"; cat "$root/pyproject.toml" "$here/requirements.txt"; } | hash_of)"
-src_key="$(cd "$root" && find core/airlock -type f ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum | hash_of)"
+src_key="$(cd "$root" && find core/airlock -type f ! -name '*.pyc' | LC_ALL=C sort | xargs "${sha256[@]}" | hash_of)"
 deps="$cache/deps-$deps_key"
 venv="$cache/venv-$deps_key-$src_key"
 mkdir -p "$cache"

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from airlock import __version__
-from airlock.errors import AirlockError, ExitCode
+from airlock.errors import AirlockError, ExitCode, MissingExtra
 
 __all__ = ["build_parser", "main"]
 
@@ -65,33 +65,49 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return first if first in _COMMANDS else None
 
 
+def _fail(exc: AirlockError) -> int:
+    print(f"airlock: error: {exc.explain()}", file=sys.stderr)
+    return int(exc.exit_code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_of(args_list))
+    command = _command_of(args_list)
     try:
+        parser = build_parser(command)
         args = parser.parse_args(args_list)
     except SystemExit as exc:  # argparse: --help exits 0, bad usage exits 2 → our usage code
         code = exc.code if isinstance(exc.code, int) else 0
         return int(ExitCode.USAGE) if code == 2 else code
+    except ModuleNotFoundError as exc:  # an optional dependency, imported by the command itself
+        return _missing(exc, command)
     try:
         result: int = args.func(args)
         return result
+    except ModuleNotFoundError as exc:  # an optional dependency the command needed after all
+        return _missing(exc, command)
     except AirlockError as exc:
-        print(f"airlock: error: {exc.explain()}", file=sys.stderr)
-        return int(exc.exit_code)
+        return _fail(exc)
     except KeyboardInterrupt:
         return 130
-    except (
-        Exception
-    ) as exc:  # a bug; the message of a foreign exception may hold data, so not shown
-        if os.environ.get("AIRLOCK_DEBUG"):
-            raise
-        print(
-            f"airlock: error: internal error ({type(exc).__name__}); "
-            "rerun with AIRLOCK_DEBUG=1 for a traceback and report it",
-            file=sys.stderr,
-        )
-        return int(ExitCode.INTERNAL)
+    except Exception as exc:  # a bug; the message of a foreign exception may hold data: not shown
+        return _internal(exc)
+
+
+def _missing(exc: ModuleNotFoundError, command: str | None) -> int:
+    missing = MissingExtra.from_import(exc, command=command)
+    return _internal(exc) if missing is None else _fail(missing)
+
+
+def _internal(exc: Exception) -> int:
+    if os.environ.get("AIRLOCK_DEBUG"):
+        raise exc
+    print(
+        f"airlock: error: internal error ({type(exc).__name__}); "
+        "rerun with AIRLOCK_DEBUG=1 for a traceback and report it",
+        file=sys.stderr,
+    )
+    return int(ExitCode.INTERNAL)
 
 
 if __name__ == "__main__":  # pragma: no cover

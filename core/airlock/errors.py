@@ -7,7 +7,8 @@ ids, not the data that matched.
 
     AirlockError
      ├── UsageError                  bad flags, missing command                  → 80
-     │    └── ConfigError            unreadable or invalid policy / config file  → 80
+     │    ├── ConfigError            unreadable or invalid policy / config file  → 80
+     │    └── MissingExtra           an optional dependency is not installed     → 80
      ├── PolicyDenied                a rule refused the operation               → 81
      ├── ApprovalDenied              a human said no                            → 82
      ├── ApprovalTimedOut            nobody answered in time (= denied)         → 83
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ExitCode",
     "InfrastructureUnavailable",
+    "MissingExtra",
     "PolicyDenied",
     "RecordingError",
     "UsageError",
@@ -91,6 +93,53 @@ class UsageError(AirlockError):
 
 class ConfigError(UsageError):
     default_hint = "fix the file; `airlock policy check FILE` explains each problem"
+
+
+# The top-level import name of each optional dependency → the extra of the distribution
+# (`airlock-ci`) that installs it. Everything else the job side imports is a base dependency.
+EXTRA_OF_MODULE = {
+    "hyperscan": "fast",
+    "boto3": "archive",
+    "botocore": "archive",
+    "duckdb": "archive",
+    "starlette": "broker",
+    "sqlalchemy": "broker",
+    "psycopg": "broker",
+    "prometheus_client": "broker",
+    "github": "broker",
+    "gitlab": "broker",
+    "requests": "broker",
+    "httptools": "broker",
+    "uvloop": "broker",
+    "mcp": "agent",
+    "anthropic": "agent",
+    "openai": "agent",
+}
+
+
+class MissingExtra(UsageError):
+    """A command needs an optional dependency that is not installed: name the extra to add."""
+
+    def __init__(self, module: str, extra: str, *, what: str = "this command") -> None:
+        spec = f"airlock-ci[{extra}]"
+        super().__init__(
+            f"{what} needs the Python package {module!r}, which is not installed",
+            hint=f"install {spec} (pip install '{spec}') in the environment that runs airlock",
+        )
+        self.module = module
+        self.extra = extra
+
+    @classmethod
+    def from_import(
+        cls, exc: ModuleNotFoundError, *, command: str | None = None
+    ) -> MissingExtra | None:
+        """The MissingExtra for ``exc``; None when the missing module is not an optional one."""
+        module = (exc.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(module)
+        if extra is None:
+            return None
+        what = f"`airlock {command}`" if command else "this command"
+        return cls(module, "broker" if command == "broker" else extra, what=what)
 
 
 class PolicyDenied(AirlockError):

@@ -39,6 +39,7 @@ def test_public_api_is_pinned() -> None:
             "GitHubFiles",
             "append_path",
             "append_summary",
+            "error_annotation",
             "escape_command_data",
             "format_file_command",
             "mask_commands",

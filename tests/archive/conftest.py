@@ -89,8 +89,14 @@ def _default_events() -> list[tuple[str, dict[str, Any]]]:
         ("process.exec", {"pid": 100, "argv": ["psql", "-c", "select 1"]}),
         ("output", {"stream": "stdout", "text": "password=[MASKED:env:DATABASE_PASSWORD]\n"}),
         ("db.query", {"sql": "DROP TABLE users", "gateway": "appdb"}),
-        ("guardrail.decision", {"rule_id": "no-drop", "outcome": "require_approval"}),
-        ("approval.decided", {"rule_id": "no-drop", "outcome": "approved", "approver": "dba"}),
+        (
+            "approval.requested",
+            {
+                "request_id": "r1",
+                "operation": {"kind": "sql", "text": "DROP TABLE users", "rule_id": "no-drop"},
+            },
+        ),
+        ("approval.decided", {"request_id": "r1", "approved": True, "by": "dba", "reason": ""}),
         ("process.exit", {"pid": 100, "exit_code": 0}),
     ]
 

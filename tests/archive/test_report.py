@@ -44,8 +44,18 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
         {"stream": "stderr", "text": "<img src=https://evil.example/x.png onerror=alert(1)>\n"},
     ),
     ("db.query", {"sql": "DROP TABLE users", "gateway": "appdb"}),
-    ("guardrail.decision", {"rule_id": "no-drop", "outcome": "require_approval"}),
-    ("approval.decided", {"rule_id": "no-drop", "outcome": "denied", "approver": "dba-lead"}),
+    ("guardrail.decision", {"rule_id": "no-drop", "action": "require_approval"}),
+    (
+        "approval.requested",
+        {
+            "request_id": "r1",
+            "operation": {"kind": "sql", "text": "DROP TABLE users", "rule_id": "no-drop"},
+        },
+    ),
+    (
+        "approval.decided",
+        {"request_id": "r1", "approved": False, "by": "dba-lead", "reason": "not now"},
+    ),
     ("http.request", {"method": "POST", "url": "https://github.com/acme/api/git-receive-pack"}),
     ("http.response", {"status": 403}),
     ("process.exit", {"pid": 7, "status": 1}),
@@ -92,9 +102,9 @@ def test_report_renders_filters_and_stays_offline(
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.goto(page_file.as_uri())
 
-    assert page.locator("#verification").inner_text().startswith("verified: 12 events")
+    assert page.locator("#verification").inner_text().startswith("verified: 13 events")
     assert "verify ok" in (page.locator("#verification").get_attribute("class") or "")
-    assert page.locator("#timeline-body tr").count() == 12
+    assert page.locator("#timeline-body tr").count() == 13
     assert "acme/api" in page.locator("#identity").inner_text()
 
     terminal = page.locator("#terminal").inner_text()
@@ -105,14 +115,17 @@ def test_report_renders_filters_and_stays_offline(
     assert page.locator("img").count() == 0
 
     page.uncheck("input[data-type='output']")
-    assert page.locator("#timeline-body tr:not([hidden])").count() == 9
+    assert page.locator("#timeline-body tr:not([hidden])").count() == 10
     page.fill("#text-filter", "no-drop")
     visible = page.locator("#timeline-body tr:not([hidden]) td.type").all_inner_texts()
-    assert visible == ["guardrail.decision", "approval.decided"]
-    assert page.locator("#shown").inner_text() == "2 of 12 events shown"
+    assert visible == ["guardrail.decision", "approval.requested", "approval.decided"]
+    assert page.locator("#shown").inner_text() == "3 of 13 events shown"
+    assert page.locator("#timeline-body tr.denied td.type").all_inner_texts() == [
+        "approval.decided"
+    ]
     page.fill("#text-filter", "")
     page.check("input[data-type='output']")
-    assert page.locator("#timeline-body tr:not([hidden])").count() == 12
+    assert page.locator("#timeline-body tr:not([hidden])").count() == 13
 
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 10_000
@@ -185,14 +198,14 @@ def test_markdown_summary_is_escaped_and_bounded(
     assert run_cli(argv) == 80  # GITHUB_STEP_SUMMARY is not set
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     assert run_cli(argv) == 0
-    assert "no\\-drop: denied \\(dba\\-lead\\)" in summary.read_text()
+    assert "**DENIED** no\\-drop: denied by dba\\-lead \\(not now\\)" in summary.read_text()
 
 
 def test_ocsf_export(session: Path, tmp_path: Path) -> None:
     out = tmp_path / "events.ocsf.jsonl"
     assert run_cli(["export", str(session), "--format", "ocsf", "-o", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 12
+    assert len(records) == 13
     by_type = {r["unmapped"]["airlock"]["type"]: r for r in records}
     assert by_type["process.exec"]["class_uid"] == 1007
     assert by_type["process.exec"]["process"]["cmd_line"].startswith("psql -h db.internal")
@@ -248,7 +261,7 @@ def test_report_and_export_straight_from_s3(
     key = ["--key-file", _key(trusted, tmp_path)]
     page = tmp_path / "from-s3.html"
     assert run_cli(["report", receipt.url, "-o", str(page), *endpoint, *key]) == 0
-    assert "verified: 12 events" in page.read_text()
+    assert "verified: 13 events" in page.read_text()
     out = tmp_path / "ocsf.jsonl"
     assert run_cli(["export", receipt.url, str(session), "-o", str(out), *endpoint]) == 0
-    assert len(out.read_text().splitlines()) == 24
+    assert len(out.read_text().splitlines()) == 26

@@ -42,10 +42,13 @@ def _events(i: int) -> list[tuple[str, dict[str, Any]]]:
         events.append(("output", {"stream": "stdout", "text": "password=[MASKED:env:DB_PASSWORD]"}))
     if i % 5 == 0:
         events.append(("db.query", {"sql": f"DROP TABLE t{i}"}))
-        outcome = "deny" if i % 10 == 0 else "require_approval"
-        events.append(("guardrail.decision", {"rule_id": "no-drop", "outcome": outcome}))
-    if i % 10 == 5:
-        events.append(("approval.decided", {"rule_id": "no-drop", "outcome": "approved"}))
+        action = "deny" if i % 10 == 0 else "require_approval"
+        events.append(("guardrail.decision", {"rule_id": "no-drop", "action": action}))
+    if i % 10 == 5:  # the events the gate really writes (docs/approvals.md)
+        op = {"kind": "sql", "text": f"DROP TABLE t{i}", "rule_id": "no-drop"}
+        events.append(("approval.requested", {"request_id": f"r{i}", "operation": op}))
+        decision = {"request_id": f"r{i}", "approved": i % 20 == 5, "by": "dba", "reason": ""}
+        events.append(("approval.decided", decision))
     return events
 
 
@@ -98,8 +101,12 @@ def test_filters_by_type_repo_actor_platform(con: Any) -> None:
 
 def test_filters_by_rule_and_outcome(con: Any) -> None:
     assert _count(con, rule="no-drop", outcome="deny") == N // 10
-    assert _count(con, types=("approval.decided",), outcome="approved") == N // 10
-    assert _count(con, rule="no-drop") == N // 5 + N // 10
+    assert _count(con, types=("approval.decided",), outcome="approved") == N // 20
+    assert _count(con, outcome="denied") == N // 20
+    assert _count(con, outcome="requested") == N // 10
+    # a decision names the rule of its request: guardrails, requests and decisions
+    assert _count(con, rule="no-drop") == N // 5 + N // 10 + N // 10
+    assert _count(con, rule="no-drop", types=("approval.decided",)) == N // 10
 
 
 def test_text_search_is_case_insensitive_and_matches_argv(con: Any) -> None:
@@ -210,6 +217,18 @@ def test_athena_ddl_follows_the_layout(capsys: pytest.CaptureFixture[str]) -> No
     assert "CREATE OR REPLACE VIEW airlock_events AS" in ddl
     with pytest.raises(UsageError):
         athena_ddl("s3://b/p", table="x; DROP TABLE y")
+
+
+@pytest.mark.service
+def test_an_empty_s3_prefix_says_so_and_names_the_prefix(
+    tmp_path: Path, moto_server: MotoServer, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = new_bucket(s3)
+    argv = ["search", f"s3://{bucket}/nothing-here", "--endpoint-url", moto_server.endpoint_url]
+    assert run_cli([*argv, "--cache", str(tmp_path / "cache")]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"no archived sessions found under s3://{bucket}/nothing-here" in err
+    assert "cache" not in err.split("hint")[0]
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "table"])

@@ -193,7 +193,7 @@ def test_show_timeline_is_readable_and_terminal_safe(
     out = capsys.readouterr().out
     assert "sealed complete" in out
     assert "git commit -m 'a b'" in out
-    assert "[42] status 0" in out
+    assert "[42] exited 0" in out
     assert "\x1b" not in out  # recorded escape sequences are shown escaped, never replayed
     assert "\\x1b[31mred" in out
     assert len(out.splitlines()) == 6

@@ -95,7 +95,7 @@ def test_run_routes_the_agent_through_the_proxy(
     show = subprocess.run(
         [AIRLOCK, "show", str(session)], capture_output=True, text=True, timeout=60, check=False
     )
-    assert "outcome=denied" in show.stdout and "denied.example" in show.stdout
+    assert "DENIED denied CONNECT denied.example" in show.stdout  # the shared describer
     summary = render_summary(session, {})
     denied = len(expected) - 1
     assert "#### Network" in summary and f"1 allowed, {denied} denied" in summary

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock._commands._common import add_flag
+from airlock._commands._progress import ItemProgress
 from airlock.archive.archiver import (
     DEFAULT_RETENTION_DAYS,
     ArchiveOptions,
@@ -108,7 +109,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.drain_spool:
         receipts = _drain(spool_dir, args)
     else:
-        receipts = [_archive_one(path, args, spool_dir) for path in _sessions(args)]
+        sessions = _sessions(args)
+        receipts = []
+        with ItemProgress("archived", len(sessions)) as progress:
+            for path in sessions:
+                receipts.append(_archive_one(path, args, spool_dir))
+                progress.advance(path.name)
     _report(receipts, args)
     return 0
 
@@ -177,8 +183,10 @@ def _retry(func: Callable[[], Receipt], retry_for: float, entry_path: Path) -> R
 def _drain(spool_dir: Path, args: argparse.Namespace) -> list[Receipt]:
     entries = pending(spool_dir)
     receipts = []
-    for entry in entries:
-        receipts.append(_drain_one(entry, args))
+    with ItemProgress("drained", len(entries)) as progress:
+        for entry in entries:
+            receipts.append(_drain_one(entry, args))
+            progress.advance(entry.path.name)
     if not entries:
         _say(f"spool {spool_dir} is empty")
     return receipts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -73,7 +74,6 @@ def session_path(path: str, endpoint_url: str | None) -> Iterator[Path]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from airlock.archive.report import render_report
     from airlock.archive.summary import render_summary
 
     if not args.output and not args.markdown:
@@ -81,10 +81,35 @@ def _run(args: argparse.Namespace) -> int:
     trusted = trusted_keys(args.key_file)
     with session_path(args.path, args.endpoint_url) as session:
         if args.output:
-            _write(args.output, render_report(session, trusted))
+            _write(args.output, _render_with_progress(session, trusted))
         if args.markdown:
             _write_markdown(args.markdown, render_summary(session, trusted))
     return 0
+
+
+_BIG = 20_000  # events: below this a report takes about a second, no bar needed
+
+
+def _render_with_progress(session: Path, trusted: Mapping[str, Ed25519PublicKey]) -> str:
+    """The report; on a terminal, a progress bar over the events of a big session (in a log,
+    nothing: a line per event would drown it)."""
+    from airlock._commands._progress import ItemProgress
+    from airlock.archive.layout import read_manifest
+    from airlock.archive.report import render_report
+
+    total = read_manifest(session, required=False).get("event_count")
+    if not sys.stderr.isatty() or not isinstance(total, int) or total < _BIG:
+        return render_report(session, trusted)
+    seen = 0
+
+    def tick() -> None:  # the bar moves every 1,000 events: drawing it costs more than an event
+        nonlocal seen
+        seen += 1
+        if seen % 1000 == 0:
+            progress.advance("", count=1000)
+
+    with ItemProgress("events read", total) as progress:
+        return render_report(session, trusted, on_event=tick)
 
 
 def _write(path: Path, text: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock._commands._common import add_flag, default_sessions_dir
+from airlock._commands._progress import ItemProgress
 from airlock.archive.search import (
     SearchFilters,
     athena_ddl,
@@ -128,7 +129,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _local_root(source: str, args: argparse.Namespace) -> Path:
     if source.startswith("s3://"):
-        return sync_s3_prefix(source, args.cache, args.endpoint_url)
+        with ItemProgress("fetched") as progress:
+            return sync_s3_prefix(
+                source,
+                args.cache,
+                args.endpoint_url,
+                on_total=progress.set_total,
+                on_item=lambda key: progress.advance(key),
+            )
     path = Path(source)
     if not path.exists():
         raise UsageError(f"{path} does not exist")

@@ -23,12 +23,13 @@ from rich.text import Text
 
 from airlock._commands._common import add_flag
 from airlock.audit import iter_events
+from airlock.audit.describe import Describer
+from airlock.audit.reader import EVENTS_FILE, load_manifest
 from airlock.errors import AirlockError, ExitCode, UsageError
 
 __all__ = ["register", "summarize"]
 
-_EVENTS = "events.jsonl"
-_MANIFEST = "manifest.json"
+_EVENTS = EVENTS_FILE
 _WIDTH = 120
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 _TYPE_STYLES = {
@@ -111,7 +112,7 @@ def _show_session(path: Path, args: argparse.Namespace) -> None:
 
 
 def _header(session_dir: Path) -> str:
-    manifest = _read_manifest(session_dir)
+    manifest = load_manifest(session_dir)
     if manifest is None:
         state = "UNSEALED (no manifest; `airlock seal` it if the recorder died)"
     elif manifest.get("status") == "complete":
@@ -125,17 +126,20 @@ def _print_timeline(
     console: Console, events: Iterator[dict[str, Any]], keep: Callable[[str], bool]
 ) -> None:
     start: datetime | None = None
+    describer = Describer()
     for event in events:
         when = _parse_ts(event.get("ts"))
         start = start or when
+        view = describer.view(event)  # every event: a decision refers to its request
         if not keep(str(event.get("type", ""))):
             continue
         offset = (when - start).total_seconds() if when and start else 0.0
         type_ = _clean(str(event.get("type", "?")))
         line = Text(f"{offset:+10.3f}s ", style="dim")
         line.append(f"{type_:<20} ", style=_TYPE_STYLES.get(type_.split(".")[0], "blue"))
-        data = event.get("data")
-        line.append(summarize(type_, data if isinstance(data, dict) else {}))
+        if view.denied:
+            line.append(f"{(view.outcome or 'denied').upper()} ", style="bold red")
+        line.append(_clean(view.summary))
         console.print(line)
 
 
@@ -159,86 +163,14 @@ def _argv(value: Any) -> str:
     return str(value)
 
 
-def _fields(data: dict[str, Any], *names: str) -> str:
-    return " ".join(f"{n}={_compact(data[n])}" for n in names if n in data)
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _output(data: dict[str, Any]) -> str:
-    stream = data.get("stream", "")
-    if "text" in data:
-        return f"{stream}: {str(data['text']).rstrip()}"
-    if "b64" in data:
-        return f"{stream}: <{len(str(data['b64'])) * 3 // 4} bytes, not UTF-8>"
-    return _compact(data)
-
-
-def _start(data: dict[str, Any]) -> str:
-    ident = data.get("identity") if isinstance(data.get("identity"), dict) else {}
-    assert isinstance(ident, dict)
-    who = " ".join(
-        str(ident[k]) for k in ("platform", "repository", "sha", "actor") if ident.get(k)
-    )
-    return f"{_argv(data.get('argv', ''))}  [{who}]" if who else _argv(data.get("argv", ""))
-
-
-def _exit(data: dict[str, Any]) -> str:
-    pid = data.get("pid", "?")
-    if data.get("signal") is not None:
-        return f"[{pid}] killed by {data['signal']}"
-    return f"[{pid}] status {data.get('status', data.get('exit_code', '?'))}"
-
-
-_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "session.start": _start,
-    "session.end": lambda d: _fields(d, "exit_status", "signal", "duration_seconds", "reason"),
-    "capture.status": lambda d: _fields(d, "exec", "tracer", "active", "detail"),
-    "sandbox.status": lambda d: (
-        _fields(d, "mode", "active", "reason", "bridged_ports")
-        + "".join(f" {p['id']}={'ok' if p.get('ok') else 'FAILED'}" for p in d.get("probes", []))
-    ),
-    "process.exec": lambda d: f"[{d.get('pid', '?')}] {_argv(d.get('argv', d.get('path', '')))}",
-    "process.exit": _exit,
-    "output": _output,
-    "input": _output,
-    "signal": lambda d: _fields(d, "forwarded", "signal"),
-    "db.query": lambda d: f"{d.get('gateway', '')}: {d.get('sql', d.get('query', ''))}",
-    "http.request": lambda d: f"{d.get('method', '')} {d.get('url', d.get('path', ''))}",
-    "http.response": lambda d: _fields(d, "status", "bytes", "ms"),
-    "guardrail.decision": lambda d: _fields(d, "rule", "rule_id", "action", "decision"),
-    "credential.issued": lambda d: _fields(d, "grant", "provider", "sha256", "expires_at"),
-    "checkpoint": lambda d: _fields(d, "seq", "head", "witness"),
-    "net.connect": lambda d: _fields(
-        d, "outcome", "kind", "host", "port", "sni", "method", "path", "rule_id", "error"
-    ),
-}
-
-
-def summarize(type_: str, data: dict[str, Any]) -> str:
-    """A one-line, terminal-safe summary of one event's data."""
-    fn = _SUMMARIES.get(type_)
-    try:
-        text = fn(data) if fn is not None else ""
-    except (TypeError, ValueError, AttributeError):  # data not shaped as expected: show JSON
-        text = ""
-    return _clean(text.strip() or _compact(data))
-
-
-def _read_manifest(session_dir: Path) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads((session_dir / _MANIFEST).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
+def summarize(type_: str, data: dict[str, Any], describer: Describer | None = None) -> str:
+    """A one-line, terminal-safe summary of one event's data (the shared describer's)."""
+    view = (describer or Describer()).view({"type": type_, "data": data})
+    return _clean(view.summary)
 
 
 def _session_row(session_dir: Path) -> dict[str, Any]:
-    manifest = _read_manifest(session_dir)
+    manifest = load_manifest(session_dir)
     first = next(iter_events(session_dir), None)
     data = first.get("data", {}) if isinstance(first, dict) else {}
     command = _argv(data.get("argv", "")) if isinstance(data, dict) else ""

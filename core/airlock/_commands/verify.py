@@ -141,11 +141,9 @@ def _verify(args: argparse.Namespace, session: Path) -> int:
 
 
 def _manifest(session: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((session / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data
+    from airlock.audit.reader import load_manifest
+
+    return load_manifest(session) or {}
 
 
 def _session_id(session: Path) -> str:

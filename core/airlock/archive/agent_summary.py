@@ -83,25 +83,9 @@ def _int(value: Any) -> int:
 
 
 def describe_agent_event(etype: str, data: dict[str, Any]) -> str | None:
-    """One line for an llm.* / mcp.* event; None for other types."""
-    if etype == "llm.request":
-        if data.get("auth"):
-            return f"model request refused: {data['auth']} ticket"
-        new = len(data.get("messages") or [])
-        return f"{data.get('model', data.get('path', ''))}: {new} new message(s)"
-    if etype == "llm.response":
-        calls = ", ".join(str(c.get("name")) for c in data.get("tool_calls") or [])
-        usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
-        text = str(data.get("text") or data.get("error") or "")[:120]
-        tools = f" → {calls}" if calls else ""
-        tokens = f" ({_int(usage.get('input_tokens'))}/{_int(usage.get('output_tokens'))} tok)"
-        return f"{data.get('outcome', '')}: {text}{tools}{tokens if usage else ''}"
-    if etype == "mcp.request":
-        what = data.get("tool") or data.get("uri") or data.get("error") or ""
-        action = f" [{data['action']}]" if data.get("action") else ""
-        return f"{data.get('method', '')} {what}{action}".strip()
-    if etype == "mcp.response":
-        outcome = f"error {data['error']}" if data.get("error") else "ok"
-        took = f" in {data['duration_ms']} ms" if "duration_ms" in data else ""
-        return f"{data.get('tool') or data.get('method', '')}: {outcome}{took}".strip()
-    return None
+    """One line for an llm.* / mcp.* event (the shared describer's); None for other types."""
+    if not etype.startswith(("llm.", "mcp.")):
+        return None
+    from airlock.audit.describe import Describer
+
+    return Describer().view({"type": etype, "data": data}).summary

@@ -10,8 +10,14 @@ is kept whole under ``unmapped.airlock`` so nothing is lost, and ``metadata.uid`
     db.query / db.result             6005 Datastore Activity      (99 Other)
     guardrail.*, approval.*          6003 API Activity            (99 Other, with disposition)
     credential.issued                3002 Authentication          (99 Other)
+    net.connect                      4001 Network Activity        (1 Open, with disposition)
     llm.*, mcp.*                     6003 API Activity            (99 Other)
     anything else (output, ...)         0 Base Event              (99 Other)
+
+Guardrail, approval and egress records (and any other refusal) carry ``status`` (Success /
+Failure for a refusal), ``disposition`` and ``disposition_id`` (OCSF: 1 Allowed, 2 Blocked, 99
+Other; an approval still pending is 99 "requested"), and the rule under ``policy.uid``, all
+from the shared describer.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from airlock import __version__
-from airlock.archive.describe import describe
+from airlock.audit.describe import Describer, EventView, truncate
 
 __all__ = ["OCSF_VERSION", "dumps", "to_ocsf"]
 
@@ -39,6 +45,7 @@ _CLASSES: dict[str, tuple[int, int, int]] = {
     "db.query": (6, 6005, 99),
     "db.result": (6, 6005, 99),
     "credential.issued": (3, 3002, 99),
+    "net.connect": (4, 4001, 1),  # Network Activity: Open (allowed or refused: see disposition)
     # the agent-native gateways: a model API call or an MCP tool call is an API call
     "llm.request": (6, 6003, 99),
     "llm.response": (6, 6003, 99),
@@ -55,7 +62,8 @@ _HTTP_ACTIVITY = {
     "PUT": 7,
     "TRACE": 8,
 }
-_DENIED = {"deny", "denied", "expired", "blocked", "refused"}
+# OCSF disposition_id: 1 Allowed, 2 Blocked, 99 Other
+_DISPOSITION_ID = {"allow": 1, "allowed": 1, "approved": 1}
 
 
 def _classify(etype: str, data: dict[str, Any]) -> tuple[int, int, int]:
@@ -72,6 +80,25 @@ def _millis(ts: str) -> int:
         return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
         return 0
+
+
+def _has_disposition(etype: str, view: EventView) -> bool:
+    """Decisions carry one: guardrails, approvals, egress attempts, and any refusal."""
+    return etype.startswith(("guardrail.", "approval.", "net.")) or view.denied
+
+
+def _disposition(view: EventView) -> dict[str, Any]:
+    outcome = view.outcome or ""
+    disposition_id = 2 if view.denied else _DISPOSITION_ID.get(outcome, 99)
+    record: dict[str, Any] = {
+        "disposition": outcome or "Other",
+        "disposition_id": disposition_id,
+        "status": "Failure" if view.denied else "Success",
+        "status_id": 2 if view.denied else 1,
+    }
+    if view.rule_id:
+        record["policy"] = {"uid": view.rule_id, "name": view.rule_id}
+    return record
 
 
 def _specific(etype: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -93,24 +120,22 @@ def _specific(etype: str, data: dict[str, Any]) -> dict[str, Any]:
         }
     if etype == "http.response" and data.get("status") is not None:
         return {"http_response": {"code": data.get("status")}}
-    if etype.startswith(("guardrail.", "approval.")):
-        outcome = str(data.get("outcome") or data.get("decision") or data.get("action") or "")
-        return {"disposition": outcome, "status": "Failure" if outcome in _DENIED else "Success"}
     return {}
 
 
-def _severity(etype: str, data: dict[str, Any]) -> int:
-    outcome = str(data.get("outcome") or data.get("decision") or data.get("action") or "")
-    if etype.startswith(("guardrail.", "approval.")) and outcome:
-        return 3 if outcome in _DENIED else 2  # Medium for a refusal, Low for a gated step
+def _severity(view: EventView) -> int:
+    if view.type.startswith(("guardrail.", "approval.")) and view.outcome:
+        return 3 if view.denied else 2  # Medium for a refusal, Low for a gated step
     return 1  # Informational
 
 
 def to_ocsf(events: Iterable[dict[str, Any]], session_id: str) -> Iterator[dict[str, Any]]:
     """OCSF records for ``events`` (as read from a session log), in log order."""
     actor: dict[str, Any] = {}
+    describer = Describer()
     for event in events:
         etype = str(event.get("type"))
+        view = describer.view(event)
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
         assert isinstance(data, dict)
         if etype == "session.start":
@@ -123,9 +148,9 @@ def to_ocsf(events: Iterable[dict[str, Any]], session_id: str) -> Iterator[dict[
             "class_uid": class_uid,
             "activity_id": activity,
             "type_uid": class_uid * 100 + activity,
-            "severity_id": _severity(etype, data),
+            "severity_id": _severity(view),
             "time": _millis(str(event.get("ts", ""))),
-            "message": describe(event, 500),
+            "message": truncate(view.plain, 500),
             "metadata": {
                 "version": OCSF_VERSION,
                 "product": {"name": "Airlock", "vendor_name": "Airlock", "version": __version__},
@@ -135,6 +160,7 @@ def to_ocsf(events: Iterable[dict[str, Any]], session_id: str) -> Iterator[dict[
                 "log_name": "airlock-session",
             },
             **_specific(etype, data),
+            **(_disposition(view) if _has_disposition(etype, view) else {}),
             "unmapped": {"airlock": {"type": etype, "seq": event.get("seq"), "data": data}},
         }
         if actor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airlock.audit.reader import EVENTS_FILE, MANIFEST_FILE
 from airlock.errors import UsageError
 
 __all__ = [
@@ -28,9 +29,9 @@ __all__ = [
     "read_manifest",
 ]
 
-EVENTS_NAME = "events.jsonl"
-LOG_OBJECT = "events.jsonl.gz"
-MANIFEST_NAME = "manifest.json"
+EVENTS_NAME = EVENTS_FILE  # the names are the audit reader's
+LOG_OBJECT = f"{EVENTS_FILE}.gz"
+MANIFEST_NAME = MANIFEST_FILE
 
 # One path segment of a key: no "/", no "..", nothing a shell or a browser would reinterpret.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+@-]")

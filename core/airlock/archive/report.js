@@ -47,6 +47,7 @@
     const row = el("tr", "kind-" + ev.type.split(".")[0]);
     row.id = "ev-" + ev.seq;
     row.dataset.type = ev.type;
+    if (ev.denied) row.classList.add("denied");
     row.dataset.search = (ev.type + " " + ev.summary + " " + ev.data).toLowerCase();
     row.appendChild(el("td", "seq", String(ev.seq)));
     row.appendChild(el("td", "ts", ev.offset));

@@ -14,7 +14,7 @@ import hashlib
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from airlock import __version__
 from airlock.archive.asciicast import frames
 from airlock.archive.conversation import conversation
-from airlock.archive.describe import describe, output_text, strip_ansi, truncate
 from airlock.archive.layout import read_manifest
 from airlock.audit import iter_events, verify_session
+from airlock.audit.describe import Describer, output_text, strip_ansi, truncate
 from airlock.errors import VerificationFailed
 
 __all__ = ["ReportLimits", "render_report", "verification_state"]
@@ -74,7 +74,9 @@ def _offset(ts: str, start: datetime | None) -> str:
 
 
 def _collect(
-    events: Iterable[dict[str, Any]], limits: ReportLimits
+    events: Iterable[dict[str, Any]],
+    limits: ReportLimits,
+    on_event: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int], str, dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     types: dict[str, int] = {}
@@ -82,8 +84,12 @@ def _collect(
     size = 0
     start: datetime | None = None
     identity: dict[str, Any] = {}
+    describer = Describer()
     for event in events:
+        if on_event is not None:
+            on_event()
         etype = str(event.get("type"))
+        view = describer.view(event)
         types[etype] = types.get(etype, 0) + 1
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
         assert isinstance(data, dict)
@@ -101,7 +107,8 @@ def _collect(
                     "seq": event.get("seq"),
                     "offset": _offset(str(event.get("ts", "")), start),
                     "type": etype,
-                    "summary": describe(event, 300),
+                    "summary": truncate(view.plain, 300),
+                    "denied": view.denied,
                     "data": truncate(pretty, limits.data_chars),
                 }
             )
@@ -139,11 +146,14 @@ def render_report(
     session_dir: Path,
     trusted: Mapping[str, Ed25519PublicKey],
     limits: ReportLimits | None = None,
+    on_event: Callable[[], None] | None = None,
 ) -> str:
-    """The HTML page for the session in ``session_dir`` (verified against ``trusted``)."""
+    """The HTML page for the session in ``session_dir`` (verified against ``trusted``).
+
+    ``on_event`` is called once per event read (progress for big sessions)."""
     limits = limits or ReportLimits()
     manifest = read_manifest(session_dir, required=False)
-    rows, types, terminal, identity = _collect(iter_events(session_dir), limits)
+    rows, types, terminal, identity = _collect(iter_events(session_dir), limits, on_event)
     facts = [("session", str(manifest.get("session_id")))]
     facts += [(k, str(v)) for k, v in identity.items() if not isinstance(v, dict)]
     facts += [

@@ -25,7 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -71,6 +71,23 @@ _TEXT = """coalesce(
     nullif(concat_ws(' ', data->>'method', data->>'url'), ''),
     data->>'reason', data->>'message', CAST(data AS VARCHAR))"""
 
+# rule_id and outcome as airlock.audit.describe gives them (tests/archive/test_search_views.py
+# keeps the two in step): an approval decision names the rule of its request, and its outcome
+# is approved / denied / expired.
+_RULE_ID = """coalesce(e.data->>'rule_id', e.data->>'rule', e.data->'operation'->>'rule_id',
+    r.rule_id)"""
+_OUTCOME = """CASE
+    WHEN e.type = 'approval.requested' THEN 'requested'
+    WHEN e.type = 'approval.cancelled' THEN 'cancelled'
+    WHEN e.type IN ('approval.decided', 'approval.expired') THEN CASE
+        WHEN (e.data->>'approved') = 'true' THEN 'approved'
+        WHEN (e.data->>'reason') = 'expired' THEN 'expired'
+        ELSE 'denied' END
+    WHEN e.type = 'airlock.error' THEN 'error'
+    WHEN e.type = 'db.result' AND (e.data->'error') IS NOT NULL THEN 'error'
+    ELSE coalesce(e.data->>'approval', e.data->>'action', e.data->>'decision',
+                  e.data->>'outcome') END"""
+
 # Only constants and quoted file globs are interpolated; user values are always parameters.
 _VIEWS = f"""
 CREATE VIEW raw_events AS
@@ -78,14 +95,20 @@ SELECT regexp_extract(filename, '([^/]+)/events\\.jsonl(\\.gz)?$', 1) AS session
        seq, ts, type, data
 FROM read_json({{files}}, format = 'newline_delimited', filename = true, ignore_errors = true,
                columns = {{{{seq: 'BIGINT', ts: 'VARCHAR', type: 'VARCHAR', data: 'JSON'}}}});
+CREATE VIEW approval_requests AS
+SELECT session_id, data->>'request_id' AS request_id, data->'operation'->>'rule_id' AS rule_id
+FROM raw_events WHERE type = 'approval.requested';
 CREATE VIEW events AS
 SELECT e.session_id, e.seq, CAST(e.ts AS TIMESTAMPTZ) AS ts, e.type,
        s.platform, s.repository, s.actor, s.run_id,
        {_TEXT} AS text,
-       coalesce(e.data->>'rule_id', e.data->>'rule') AS rule_id,
-       coalesce(e.data->>'outcome', e.data->>'decision', e.data->>'action') AS outcome,
+       {_RULE_ID} AS rule_id,
+       {_OUTCOME} AS outcome,
        e.data
-FROM raw_events e LEFT JOIN sessions s USING (session_id);
+FROM raw_events e LEFT JOIN sessions s USING (session_id)
+LEFT JOIN approval_requests r
+       ON e.type LIKE 'approval.%' AND r.session_id = e.session_id
+      AND r.request_id = (e.data->>'request_id');
 """  # noqa: S608
 
 
@@ -276,11 +299,18 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def sync_s3_prefix(url: str, cache_dir: Path, endpoint_url: str | None = None) -> Path:
+def sync_s3_prefix(
+    url: str,
+    cache_dir: Path,
+    endpoint_url: str | None = None,
+    *,
+    on_total: Callable[[int], None] | None = None,
+    on_item: Callable[[str], None] | None = None,
+) -> Path:
     """Mirror the logs and manifests under an S3 prefix into ``cache_dir``; return the root.
 
-    Objects already in the cache with the same size are not downloaded again (archived objects
-    are immutable under Object Lock).
+    Objects already in the cache are not downloaded again (archived objects are immutable under
+    Object Lock). ``on_total`` hears how many objects there are, ``on_item`` each one done.
     """
     from airlock.archive.s3 import S3Sink
 
@@ -290,15 +320,25 @@ def sync_s3_prefix(url: str, cache_dir: Path, endpoint_url: str | None = None) -
     sink = S3Sink(bucket, prefix, endpoint_url=endpoint_url)
     root = cache_dir / bucket / prefix
     wanted = [k for k in sink.list_keys("") if k.endswith((f"/{LOG_OBJECT}", f"/{MANIFEST_NAME}"))]
+    if not any(k.endswith(f"/{LOG_OBJECT}") for k in wanted):
+        raise UsageError(
+            f"no archived sessions found under {url}",
+            hint="check the bucket and prefix (as given to `airlock archive --to`) and "
+            "--endpoint-url; sessions sit under <platform>/<owner>/<repo>/<yyyy>/<mm>/<dd>/",
+        )
+
+    if on_total is not None:
+        on_total(len(wanted))
 
     def fetch(key: str) -> None:
         dest = root / key
-        if dest.exists():
-            return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
-        sink.download(key, tmp)
-        tmp.rename(dest)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.part")
+            sink.download(key, tmp)
+            tmp.rename(dest)
+        if on_item is not None:
+            on_item(key)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(fetch, wanted))
@@ -346,26 +386,48 @@ TBLPROPERTIES (
 );
 
 -- The same columns as `airlock search` (docs/search.md); manifests are filtered out by path.
+-- An approval decision names the rule of its request (joined by request_id in the same log).
 CREATE OR REPLACE VIEW {table} AS
+WITH approval_requests AS (
+  SELECT "$path" AS path, json_extract_scalar(data, '$.request_id') AS request_id,
+         json_extract_scalar(data, '$.operation.rule_id') AS rule_id
+  FROM {table}_raw WHERE type = 'approval.requested'
+)
 SELECT
-  regexp_extract("$path", '/([^/]+)/events\\.jsonl\\.gz$', 1) AS session_id,
-  seq,
-  from_iso8601_timestamp(ts) AS ts,
-  type,
-  platform,
-  owner || '/' || repo AS repository,
-  owner,
-  repo,
-  day,
-  regexp_extract("$path", '/([^/]+)/[^/]+/events\\.jsonl\\.gz$', 1) AS run_id,
-  coalesce(json_extract_scalar(data, '$.text'), json_extract_scalar(data, '$.sql'),
-           json_extract_scalar(data, '$.query'), data) AS text,
-  coalesce(json_extract_scalar(data, '$.rule_id'), json_extract_scalar(data, '$.rule')) AS rule_id,
-  coalesce(json_extract_scalar(data, '$.outcome'), json_extract_scalar(data, '$.decision'),
-           json_extract_scalar(data, '$.action')) AS outcome,
-  data
-FROM {table}_raw
-WHERE "$path" LIKE '%/events.jsonl.gz';
+  regexp_extract(e."$path", '/([^/]+)/events\\.jsonl\\.gz$', 1) AS session_id,
+  e.seq,
+  from_iso8601_timestamp(e.ts) AS ts,
+  e.type,
+  e.platform,
+  e.owner || '/' || e.repo AS repository,
+  e.owner,
+  e.repo,
+  e.day,
+  regexp_extract(e."$path", '/([^/]+)/[^/]+/events\\.jsonl\\.gz$', 1) AS run_id,
+  coalesce(json_extract_scalar(e.data, '$.text'), json_extract_scalar(e.data, '$.sql'),
+           json_extract_scalar(e.data, '$.query'), e.data) AS text,
+  coalesce(json_extract_scalar(e.data, '$.rule_id'), json_extract_scalar(e.data, '$.rule'),
+           json_extract_scalar(e.data, '$.operation.rule_id'), r.rule_id) AS rule_id,
+  CASE
+    WHEN e.type = 'approval.requested' THEN 'requested'
+    WHEN e.type = 'approval.cancelled' THEN 'cancelled'
+    WHEN e.type IN ('approval.decided', 'approval.expired') THEN CASE
+      WHEN json_extract_scalar(e.data, '$.approved') = 'true' THEN 'approved'
+      WHEN json_extract_scalar(e.data, '$.reason') = 'expired' THEN 'expired'
+      ELSE 'denied' END
+    WHEN e.type = 'airlock.error' THEN 'error'
+    WHEN e.type = 'db.result' AND json_extract(e.data, '$.error') IS NOT NULL THEN 'error'
+    ELSE coalesce(json_extract_scalar(e.data, '$.approval'),
+                  json_extract_scalar(e.data, '$.action'),
+                  json_extract_scalar(e.data, '$.decision'),
+                  json_extract_scalar(e.data, '$.outcome'))
+  END AS outcome,
+  e.data
+FROM {table}_raw e
+LEFT JOIN approval_requests r
+  ON e.type LIKE 'approval.%' AND r.path = e."$path"
+ AND r.request_id = json_extract_scalar(e.data, '$.request_id')
+WHERE e."$path" LIKE '%/events.jsonl.gz';
 
 -- Example: SELECT ts, type, text FROM {table}
 --   WHERE owner = 'acme' AND repo = 'api' AND day >= '2026/11/01' AND type = 'db.query';

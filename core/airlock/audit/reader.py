@@ -1,4 +1,9 @@
-"""Read the events of a session, sealed or not."""
+"""The one session reader: the file names, the events and the seal of a session, sealed or not.
+
+Every part that reads a session on disk (show, search, report, archive layout, verify, the
+broker's witness check) takes the names and the parsing from here, and describes events with
+:mod:`airlock.audit.describe`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from airlock.audit._format import EVENTS_FILE, MANIFEST_FILE
 from airlock.audit.verify import session_paths
 from airlock.errors import UsageError, VerificationFailed
 
-__all__ = ["iter_events"]
+__all__ = ["EVENTS_FILE", "MANIFEST_FILE", "iter_events", "load_manifest"]
+
+
+def load_manifest(session_dir: Path) -> dict[str, Any] | None:
+    """The session's seal as a JSON object, or None when it is missing or unreadable.
+
+    Reading does not verify the signature: :func:`~airlock.audit.verify_session` does.
+    """
+    try:
+        manifest = json.loads((session_dir / MANIFEST_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def iter_events(path: Path) -> Iterator[dict[str, Any]]:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from airlock.audit.checkpoints import checkpoint_message
+from airlock.audit.reader import EVENTS_FILE
 from airlock.errors import VerificationFailed
 
 __all__ = ["check_witnessed", "parse_public_keys"]
@@ -53,7 +54,7 @@ def check_witnessed(
             kind="unwitnessed",
             hint="the session was not run with --broker, or its id was changed",
         )
-    heads = _line_hashes(session_dir / "events.jsonl")
+    heads = _line_hashes(session_dir / EVENTS_FILE)
     for checkpoint in sorted(checkpoints, key=lambda c: int(c["seq"])):
         seq, head = int(checkpoint["seq"]), str(checkpoint["head"])
         _check_signature(session_id, checkpoint, keys)

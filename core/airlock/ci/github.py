@@ -32,6 +32,7 @@ __all__ = [
     "GitHubFiles",
     "append_path",
     "append_summary",
+    "error_annotation",
     "escape_command_data",
     "format_file_command",
     "mask_commands",
@@ -68,6 +69,13 @@ EXEC_HIJACK_VARIABLES = frozenset(
 def escape_command_data(value: str) -> str:
     """``value`` escaped as the data part of a workflow command (``%``, CR and LF)."""
     return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def error_annotation(message: str, *, title: str = "Airlock") -> str:
+    """An ``::error::`` workflow command: the run's page shows ``message`` as an annotation."""
+    title = title.replace("%", "%25").replace("\r", "").replace("\n", " ")
+    title = title.replace(":", "%3A").replace(",", "%2C")
+    return f"::error title={title}::{escape_command_data(message)}"
 
 
 def mask_commands(value: str) -> list[str]:

@@ -28,7 +28,7 @@ from gitlab.exceptions import GitlabError, GitlabHttpError
 from airlock.audit.keys import SigningKey
 from airlock.events import EventType
 from airlock.gate._polling import PollingForgeBackend
-from airlock.gate.broker import BrokerBackend
+from airlock.gate.gitlab_job import GitLabBackend  # re-exported: the job's side lives there
 from airlock.gate.interface import (
     Answer,
     ApprovalRequest,
@@ -52,13 +52,6 @@ __all__ = [
 log = logging.getLogger("airlock.gate")
 
 _HINT = "check the GitLab URL, the token's api scope, and that the project and MR exist"
-
-
-class GitLabBackend(BrokerBackend):
-    """The job's side of ``gitlab`` with a broker: the broker posts the note and takes webhooks."""
-
-    name: ClassVar[str] = "gitlab"
-    forge: ClassVar[str] = "gitlab"
 
 
 class GitLabApi:

@@ -62,7 +62,7 @@ def _through_broker(
     kind: str, settings: BackendSettings, key: SigningKey, record: Record | None
 ) -> ApprovalBackend:
     from airlock.gate.github_check import GitHubCheckBackend
-    from airlock.gate.gitlab import GitLabBackend
+    from airlock.gate.gitlab_job import GitLabBackend  # no python-gitlab on the job side
 
     if settings.broker_url is None or settings.job_token is None:
         raise UsageError(

@@ -176,7 +176,7 @@ def _choose_engine(engine: str) -> str:
     if engine == "hyperscan":
         raise ConfigError(
             "masking engine hyperscan was asked for but the hyperscan module cannot be imported",
-            hint="install airlock[fast] (hyperscan), or use engine auto or re2",
+            hint="install airlock-ci[fast] (hyperscan), or use engine auto or re2",
         )
     return "re2"
 

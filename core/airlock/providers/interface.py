@@ -191,7 +191,7 @@ def get_provider(name: str) -> type[CredentialProvider]:
     except ImportError as exc:
         raise ConfigError(
             f"the {name} provider needs the {extra} package, which is not installed",
-            hint="pip install 'airlock[broker]'",
+            hint="pip install 'airlock-ci[broker]'",
         ) from exc
     cls: type[CredentialProvider] = getattr(module, class_name)
     return cls

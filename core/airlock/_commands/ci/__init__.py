@@ -19,6 +19,7 @@ returns the most serious failure (fail-mode ``closed``) or 0 with warnings (``op
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +97,12 @@ def _sandbox_host_command(args: argparse.Namespace) -> int:
 
 def _finalize_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--sessions", env="AIRLOCK_SESSIONS", type=Path, help="the job's sessions dir")
+    add_flag(
+        parser,
+        "--note",
+        env="AIRLOCK_FINALIZE_NOTE",
+        help="a warning put at the top of the summary (e.g. that the job was cancelled)",
+    )
     add_flag(parser, "--archive-to", env="AIRLOCK_ARCHIVE_TO", help="s3://BUCKET/PREFIX or a dir")
     add_flag(parser, "--endpoint-url", env="AIRLOCK_S3_ENDPOINT_URL", help="S3 endpoint override")
     add_flag(
@@ -228,10 +235,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except AirlockError as exc:
         print(f"airlock: error: {exc.explain()}", file=sys.stderr)
+        _annotate(exc.explain())
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: its message may hold data, so only its type is shown
+        if os.environ.get("AIRLOCK_DEBUG"):
+            raise
+        text = f"internal error ({type(exc).__name__}); rerun with AIRLOCK_DEBUG=1 and report it"
+        print(f"airlock: error: {text}", file=sys.stderr)
+        _annotate(text)
+        return int(ExitCode.INTERNAL)
     return result
+
+
+def _annotate(message: str) -> None:
+    """Under GitHub Actions, the error also as an annotation on the run's page."""
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        from airlock.ci.github import error_annotation
+
+        print(error_annotation(message), flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

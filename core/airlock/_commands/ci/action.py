@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import uuid
 from collections.abc import Callable, Mapping
@@ -63,6 +64,50 @@ def _fail_mode(value: str) -> str:
     if value not in FAIL_MODES:
         raise UsageError(f"fail-mode must be one of {', '.join(FAIL_MODES)}, not {value!r}")
     return value
+
+
+_GRANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+
+
+def declared_inputs(environ: Mapping[str, str]) -> set[str] | None:
+    """The inputs the running action declares: its action.yml, named by the shim."""
+    import yaml
+
+    path = Path(environ.get("AIRLOCK_ACTION_YML") or "/nonexistent/action.yml")
+    try:
+        declared = yaml.safe_load(path.read_text()).get("inputs") or {}
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return {str(name).lower() for name in declared}
+
+
+def check_inputs(inputs: Mapping[str, str], declared: set[str] | None = None) -> None:
+    """Refuse bad inputs before anything starts: UsageError (exit 80) naming the input."""
+    unknown = sorted(set(inputs) - declared) if declared is not None else []
+    if unknown:
+        raise UsageError(
+            f"unknown input(s) {', '.join(unknown)} for this action",
+            hint=f"the inputs are: {', '.join(sorted(declared or ()))}",
+        )
+    workdir = inputs.get("working-directory")
+    if workdir and not Path(workdir).is_dir():
+        raise UsageError(
+            f"working-directory {workdir!r} is not a directory",
+            hint="give a directory of the checkout (relative to the workspace), or leave it empty",
+        )
+    policy = inputs.get("policy")
+    if policy and not Path(policy).is_file():
+        raise UsageError(
+            f"policy {policy!r} is not a file", hint="give the path relative to the workspace"
+        )
+    broker = inputs.get("broker-url")
+    if broker and not re.fullmatch(r"https?://[^\s]+", broker):
+        raise UsageError(f"broker-url must be an http(s):// URL, not {broker!r}")
+    bad = [g for g in _grants(inputs.get("grants", "")) if not _GRANT.fullmatch(g)]
+    if bad:
+        raise UsageError(f"grants holds names that cannot be grants: {', '.join(map(repr, bad))}")
+    if inputs.get("grants") and not broker:
+        raise UsageError("grants are asked of the broker: set broker-url too")
 
 
 def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse.Namespace:
@@ -142,6 +187,7 @@ def _action_main(environ: Mapping[str, str]) -> int:
     command = inputs.get("command", "")
     if not command:
         raise UsageError("the action needs a command", hint="set `with: command: ...`")
+    check_inputs(inputs, declared_inputs(environ))
     args = _finalize_args(inputs, _job_dir(environ) / "sessions")
     args.sessions.mkdir(parents=True)
     _save_state(environ, {"sessions": str(args.sessions), "started": "1", "pid": str(os.getpid())})
@@ -156,9 +202,25 @@ def _action_main(environ: Mapping[str, str]) -> int:
     if inputs.get("working-directory"):
         os.chdir(inputs["working-directory"])
     status = run_cli([*argv, "--", "bash", "-e", "-o", "pipefail", "-c", command])
+    if status != 0:
+        _annotate_failure(status)
     finalized = finalize(args, environ).exit_code(args.fail_mode)
     _save_state(environ, {"finalized": "1"})
     return status or finalized
+
+
+def _annotate_failure(status: int) -> None:
+    from airlock.ci.github import error_annotation
+    from airlock.errors import ExitCode
+
+    codes = {int(c) for c in ExitCode}
+    if status in codes:
+        text = f"Airlock itself failed (exit {status}: {ExitCode(status).meaning}); see the log"
+    elif status > 128:
+        text = f"the agent command was killed by signal {status - 128} (exit {status})"
+    else:
+        text = f"the agent command failed with exit status {status}"
+    print(error_annotation(text + "; the session is sealed and in the job summary"), flush=True)
 
 
 def _action_post(environ: Mapping[str, str]) -> int:
@@ -168,6 +230,7 @@ def _action_post(environ: Mapping[str, str]) -> int:
     say("the main step did not finish: sealing, revoking and archiving now")
     _stop_leftover_main(environ.get("STATE_pid", ""))
     args = _finalize_args(action_inputs(environ), Path(environ["STATE_sessions"]))
+    args.note = "cancelled: the main step did not finish (the job was cancelled or timed out)"
     return finalize(args, environ).exit_code(args.fail_mode)
 
 

@@ -40,6 +40,7 @@ class FinalizeResult:
     sealed_late: list[Path] = field(default_factory=list)
     archive_urls: dict[str, str] = field(default_factory=dict)
     verdicts: dict[str, dict[str, str]] = field(default_factory=dict)
+    note: str | None = None  # e.g. "cancelled: …", shown at the top of the summary
 
     def fail(self, code: int, message: str) -> None:
         """Record a duty that failed."""
@@ -130,7 +131,7 @@ def _verify(session: Path, result: FinalizeResult) -> None:
 
 def finalize(args: argparse.Namespace, environ: Mapping[str, str]) -> FinalizeResult:
     """Every end-of-job duty, each attempted whatever happened to the others."""
-    result = FinalizeResult()
+    result = FinalizeResult(note=getattr(args, "note", None))
     sessions: Path | None = args.sessions
     if sessions is None:
         raise UsageError("finalize needs --sessions", hint="the directory `airlock run` wrote to")
@@ -175,13 +176,32 @@ def _outputs(result: FinalizeResult, fail_mode: str) -> dict[str, str]:
     return out
 
 
-def _summary_markdown(result: FinalizeResult, fail_mode: str) -> str:
-    from airlock._commands.report import trusted_keys
-    from airlock.archive.summary import escape_md, render_summary
+def report_link(environ: Mapping[str, str]) -> str | None:
+    """Where the job's full HTML report can be found: GitLab's artifact file, GitHub's run page
+    (its artifacts section, where a workflow's upload step puts the report)."""
+    if environ.get("CI_JOB_URL"):
+        return f"{environ['CI_JOB_URL']}/artifacts/file/airlock/report.html"
+    names = ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")
+    if all(environ.get(n) for n in names):
+        server, repo, run = (environ[n] for n in names)
+        return f"{server}/{repo}/actions/runs/{run}#artifacts"
+    return None
 
-    parts = [render_summary(s, trusted_keys([]), max_bytes=200_000) for s in result.sessions]
+
+def _summary_markdown(
+    result: FinalizeResult, fail_mode: str, environ: Mapping[str, str] | None = None
+) -> str:
+    from airlock._commands.report import trusted_keys
+    from airlock.archive.summary import code_span, escape_md, render_summary
+
+    link = report_link(environ or {})
+    parts = [f"> [!WARNING]\n> **{escape_md(result.note)}**\n"] if result.note else []
+    parts += [
+        render_summary(s, trusted_keys([]), max_bytes=200_000, report_link=link)
+        for s in result.sessions
+    ]
     for name, url in result.archive_urls.items():
-        parts.append(f"Archived `{escape_md(name)}` to `{escape_md(url)}` and verified it.\n")
+        parts.append(f"Archived {code_span(name)} to {code_span(url)} and verified it.\n")
     if result.problems:
         mode = "open: reported, not failing the job" if fail_mode == "open" else "closed"
         parts.append(f"**Airlock problems** (fail-mode {mode}):\n")
@@ -212,9 +232,24 @@ def _publish_github(
     from airlock.ci.github import GitHubFiles
 
     files = GitHubFiles(environ)
-    files.set_outputs(outputs)
-    if files.summary is not None and not files.summarize(_summary_markdown(result, args.fail_mode)):
+    report = _github_report(result, args.sessions)
+    files.set_outputs({**outputs, "report-path": str(report) if report else ""})
+    if files.summary is not None and not files.summarize(
+        _summary_markdown(result, args.fail_mode, environ)
+    ):
         say("the job summary is full; see the HTML report (`airlock report`)")
+
+
+def _github_report(result: FinalizeResult, sessions: Path | None) -> Path | None:
+    """The newest session's HTML report beside the sessions directory, for an upload step
+    (the summary links the run's artifacts); None when there is nothing to report."""
+    if not result.sessions or sessions is None:
+        return None
+    report = sessions.parent / "report.html"
+    if run_cli(["report", str(result.sessions[-1]), "-o", str(report)]) != 0:
+        result.fail(int(ExitCode.UNAVAILABLE), "writing the HTML report failed")
+        return None
+    return report.resolve()
 
 
 def _publish_gitlab(
@@ -228,7 +263,7 @@ def _publish_gitlab(
     directory: Path = args.artifacts or Path(environ.get("CI_PROJECT_DIR", ".")) / "airlock"
     directory.mkdir(parents=True, exist_ok=True)
     _collect(result.sessions, directory / "sessions")
-    (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode))
+    (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode, environ))
     write_dotenv(directory / "airlock.env", _dotenv(outputs))
     if result.sessions:
         run_cli(["report", str(result.sessions[-1]), "-o", str(directory / "report.html")])
