@@ -74,6 +74,10 @@ class Relay:
         self.framer = pg.Framer(pg.FRONTEND_TYPES)
         self.statements: dict[str, tuple[str, Verdict]] = {}
         self.portals: dict[str, pg.Bind] = {}
+        # A portal runs the statement as it was at its Bind (PostgreSQL keeps the portal's plan
+        # when its statement is parsed again or closed): judged by that, never by the name.
+        self.bound: dict[str, tuple[str, Verdict]] = {}
+        self.rebound: set[str] = set()  # portals whose statement name changed since their Bind
         self.approved_portals: set[str] = set()  # held Executes approved, for that Bind only
         self.sql_prepared: dict[str, SqlStatement] = {}  # SQL PREPARE, for judging EXECUTE
         self.refusal_count = 0
@@ -163,11 +167,18 @@ class Relay:
         """The bytes to send upstream for ``message``, or the statement to hold for approval."""
         if isinstance(message, pg.Parse):
             self.results.described.pop(message.name, None)
+            self._statement_changed(message.name)
             verdict = self.s.guard.verdict(message.sql, self.sql_prepared)
             self.statements[message.name] = (message.sql, verdict)
             return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
+            self.rebound.discard(message.portal)
+            known = self.statements.get(message.statement)
+            if known is None:
+                self.bound.pop(message.portal, None)
+            else:
+                self.bound[message.portal] = known
             self.approved_portals.discard(message.portal)
             self.results.portal_rows.pop(message.portal, None)
         elif isinstance(message, pg.Describe):
@@ -176,7 +187,10 @@ class Relay:
             return self._execute(message)
         elif isinstance(message, pg.Close):
             (self.statements if message.target == "S" else self.portals).pop(message.name, None)
-            if message.target != "S":
+            if message.target == "S":
+                self._statement_changed(message.name)
+            else:
+                self.bound.pop(message.name, None)
                 self.approved_portals.discard(message.name)
         elif isinstance(message, pg.FunctionCall):
             self.results.batches_sent += 1
@@ -319,7 +333,7 @@ class Relay:
         """Record an Execute; hold it when its statement needs approval. One approval covers
         this execution only (its statement and these parameter values): a new Bind asks again."""
         bind = self.portals.get(message.portal)
-        known = self.statements.get(bind.statement) if bind is not None else None
+        known = self.bound.get(message.portal) if bind is not None else None
         sql, verdict = known or ("", self.s.guard.verdict(""))
         masked = self.s.masker.mask_text(sql)
         params = self._params(bind)
@@ -343,10 +357,17 @@ class Relay:
     def _describe_first(self, bind: pg.Bind | None) -> bytes:
         """A Describe of ``bind``'s portal to send before its Execute when the columns of what
         it returns are not known (masking goes by column name); empty when they are."""
-        if bind is None or not self.s.columns.active or self.results.columns_known(bind):
+        if bind is None or not self.s.columns.active:
+            return b""
+        if bind.portal not in self.rebound and self.results.columns_known(bind):
             return b""
         self.results.describe_sent("P", bind.portal, ours=True)
         return pg.encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
+
+    def _statement_changed(self, name: str) -> None:
+        """Statement ``name`` is parsed again or closed: the portals bound to it keep the old
+        one, so their columns must come from a Describe of the portal, not of the name."""
+        self.rebound.update(p for p, bind in self.portals.items() if bind.statement == name)
 
     def _params(self, bind: pg.Bind | None) -> list[str | None]:
         if bind is None:

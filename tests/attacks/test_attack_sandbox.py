@@ -1,0 +1,81 @@
+"""Attacks on the sandbox from moves the earlier reviews did not name, with real bubblewrap, git
+and ``airlock run`` processes, checked from outside.
+
+What the agent writes in the workspace outlives its session, and the next ``airlock run`` in
+that checkout runs ``git`` there (the session's identity: commit, ref, dirty) *outside* the
+sandbox. ``.git/config`` and ``.git/info/attributes`` are the agent's to write: a
+``core.fsmonitor`` hook or a filter driver it names would run as Airlock's user, uncontained.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.service,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
+    pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed"),
+]
+
+AIRLOCK = str(Path(sys.executable).parent / "airlock")
+
+
+def _checkout(tmp_path: Path) -> Path:
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path)}
+    for args in (
+        ["init", "-q"],
+        ["-c", "user.email=a@example.com", "-c", "user.name=a", "commit", "-q",
+         "--allow-empty", "-m", "first"],
+    ):  # fmt: skip
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    (repo / "tracked.txt").write_text("hello\n")
+    subprocess.run(["git", "add", "tracked.txt"], cwd=repo, env=env, check=True)
+    return repo
+
+
+def _airlock_run(tmp_path: Path, repo: Path, script: str) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
+    return subprocess.run(
+        [AIRLOCK, "run", "--pty", "never", "--sandbox", "required", "--", "sh", "-c", script],
+        cwd=repo, env=env, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param('git config core.fsmonitor "touch {marker}; false"', id="fsmonitor-hook"),
+        pytest.param(
+            'echo "* filter=agent" > .git/info/attributes; '
+            'git config filter.agent.clean "touch {marker}; cat"; '
+            "sleep 1; echo jello > tracked.txt",  # same size: git must read it,
+            id="filter-driver",
+        ),
+    ],
+)
+def test_what_the_agent_plants_in_git_config_never_runs_outside_the_sandbox(
+    tmp_path: Path, plant: str
+) -> None:
+    repo = _checkout(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    marker = outside / "ran-outside-the-sandbox"
+    planted = _airlock_run(tmp_path, repo, plant.format(marker=marker))
+    assert planted.returncode == 0, planted.stderr
+    assert not marker.exists()  # inside, the agent cannot write there itself
+    planted_config = (repo / ".git" / "config").read_bytes()
+    assert b"fsmonitor" in planted_config or b"filter" in planted_config
+
+    following = _airlock_run(tmp_path, repo, "true")  # the next step of the same job
+
+    assert following.returncode == 0, following.stderr
+    assert not marker.exists(), "git ran the agent's program outside the sandbox"
