@@ -9,6 +9,7 @@ sandbox. ``.git/config`` and ``.git/info/attributes`` are the agent's to write: 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -79,3 +80,19 @@ def test_what_the_agent_plants_in_git_config_never_runs_outside_the_sandbox(
 
     assert following.returncode == 0, following.stderr
     assert not marker.exists(), "git ran the agent's program outside the sandbox"
+
+
+def test_the_agent_cannot_move_the_live_session_away_from_its_seal(tmp_path: Path) -> None:
+    """The sessions dir is hidden under a tmpfs, but its parent ``.airlock`` sits in the
+    writable workspace: renaming it moves the live session (the mount moves along), and the
+    seal, written by path at the end, finds no directory: the session is left unsealed."""
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    result = _airlock_run(
+        tmp_path, repo, "mv .airlock .moved; mkdir -p .airlock/sessions; echo agent done"
+    )
+    assert b"agent done" in result.stdout
+    assert result.returncode == 0, result.stderr
+    [session] = (repo / ".airlock" / "sessions").iterdir()
+    assert json.loads((session / "manifest.json").read_text())["status"] == "complete"
+    assert not (repo / ".moved").exists()
