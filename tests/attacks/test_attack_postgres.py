@@ -210,3 +210,41 @@ def test_a_held_statement_is_held_when_the_server_skips_the_parse_that_replaced_
         sock.sendall(pg.encode_message(b"X"))
     assert _count(upstream, victims) == 10, received
     assert gw.approvals != [], received
+
+
+@pytest.mark.parametrize("action", ["deny", "require_approval"])
+def test_a_statement_prepared_in_sql_is_judged_when_a_protocol_bind_runs_it(
+    make_gateway: MakeGateway,  # noqa: F811
+    upstream: Upstream,  # noqa: F811
+    victims: str,
+    action: str,
+) -> None:
+    """SQL ``PREPARE s AS DELETE …`` and protocol-level named statements share one namespace:
+    Bind p to "s" and Execute p runs the DELETE, whatever the gateway thought "s" was."""
+    gw = make_gateway(rules=[{"id": "no-delete", "sql": {"kinds": ["delete"]}, "action": action}])
+    with _logged_in(gw) as sock:
+        sock.sendall(pg.encode_query(f"PREPARE s AS DELETE FROM {victims}"))
+        prepared = _until_ready(sock)
+        sock.sendall(_bind("p", "s") + _execute("p") + SYNC)
+        received = _until_ready(sock)
+        sock.sendall(pg.encode_message(b"X"))
+    assert _count(upstream, victims) == 10, (prepared, received)
+
+
+def test_each_protocol_execution_of_a_sql_prepared_statement_asks_again(
+    make_gateway: MakeGateway,  # noqa: F811
+    upstream: Upstream,  # noqa: F811
+    victims: str,
+) -> None:
+    """One approval is one execution: SQL ``EXECUTE s`` asks again, and so must a protocol
+    Bind/Execute of the same SQL-prepared statement (the approver said yes to the PREPARE)."""
+    gw = make_gateway(rules=RULES, approve=lambda op: True)
+    with _logged_in(gw) as sock:
+        sock.sendall(pg.encode_query(f"PREPARE s AS DELETE FROM {victims} WHERE id = 1"))
+        _until_ready(sock)
+        asked_for_prepare = len(gw.approvals)
+        sock.sendall(_bind("p", "s") + _execute("p") + SYNC)
+        received = _until_ready(sock)
+        sock.sendall(pg.encode_message(b"X"))
+    assert asked_for_prepare == 1
+    assert len(gw.approvals) == 2, received  # the execution was asked for too

@@ -174,7 +174,7 @@ class Relay:
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
             self.rebound.discard(message.portal)
-            known = self.statements.get(message.statement)
+            known = self.statements.get(message.statement) or self._sql_prepared(message.statement)
             if known is None:
                 self.bound.pop(message.portal, None)
             else:
@@ -363,6 +363,14 @@ class Relay:
             return b""
         self.results.describe_sent("P", bind.portal, ours=True)
         return pg.encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
+
+    def _sql_prepared(self, name: str) -> tuple[str, Verdict] | None:
+        """A statement made by SQL ``PREPARE``, which shares its namespace with Parse: a Bind
+        of it is judged as SQL ``EXECUTE`` of it is (one approval, one execution)."""
+        if name not in self.sql_prepared:
+            return None
+        sql = 'EXECUTE "' + name.replace('"', '""') + '"'
+        return sql, self.s.guard.verdict(sql, self.sql_prepared)
 
     def _statement_changed(self, name: str) -> None:
         """Statement ``name`` is parsed again or closed: the portals bound to it keep the old
