@@ -248,3 +248,48 @@ def test_each_protocol_execution_of_a_sql_prepared_statement_asks_again(
         sock.sendall(pg.encode_message(b"X"))
     assert asked_for_prepare == 1
     assert len(gw.approvals) == 2, received  # the execution was asked for too
+
+
+def test_a_masked_column_stays_masked_when_a_sql_cursor_is_executed_as_a_portal(
+    make_gateway: MakeGateway,  # noqa: F811
+) -> None:
+    """``DECLARE c CURSOR FOR SELECT password …`` makes a portal the client can Execute over the
+    extended protocol with no Bind: the gateway has no columns for it, and must not pass its
+    rows unmasked (``FETCH`` in SQL is masked)."""
+    gw = make_gateway()  # mask_columns: *.password
+    with _logged_in(gw) as sock:
+        sock.sendall(pg.encode_query("BEGIN; DECLARE c CURSOR FOR SELECT password FROM users"))
+        _until_ready_in_transaction(sock)
+        sock.sendall(_execute("c") + SYNC)
+        received = _until_ready_in_transaction(sock)
+        sock.sendall(pg.encode_message(b"X"))
+    rows = [m for m in _messages(received) if isinstance(m, pg.DataRow)]
+    assert rows, received
+    assert b"pw1" not in received
+
+
+def _until_ready_in_transaction(sock: socket.socket) -> bytes:
+    received = b""
+    while not received.endswith(pg.encode_ready("T")) and not received.endswith(
+        pg.encode_ready("E")
+    ):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def test_an_execute_of_no_portal_fails_cleanly_and_the_connection_stays_usable(
+    make_gateway: MakeGateway,  # noqa: F811
+) -> None:
+    gw = make_gateway()
+    with _logged_in(gw) as sock:
+        sock.sendall(_execute("nothing") + SYNC)
+        failed = _until_ready(sock)
+        sock.sendall(pg.encode_query("SELECT 40 + 2"))
+        answered = _until_ready(sock)
+        sock.sendall(pg.encode_message(b"X"))
+    errors = [m for m in _messages(failed) if isinstance(m, pg.ErrorResponse)]
+    assert len(errors) == 1 and b"34000" in errors[0].raw, failed  # invalid_cursor_name
+    assert [m for m in _messages(answered) if isinstance(m, pg.DataRow)] != []

@@ -34,6 +34,7 @@ _CLIENT_PASSED = frozenset(b"Hdcf")
 # What a client may send while a statement is held (it is read so that its going away is
 # seen); past this, reading pauses until the hold ends.
 MAX_BACKLOG = 1024 * 1024
+_NO_STATEMENT = "\0cursor"  # no statement has this name (names are C strings)
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,8 @@ class Relay:
         this execution only (its statement and these parameter values): a new Bind asks again."""
         bind = self.portals.get(message.portal)
         known = self.bound.get(message.portal) if bind is not None else None
+        if bind is None and self.s.columns.active:
+            bind = self._cursor_portal(message.portal)
         sql, verdict = known or ("", self.s.guard.verdict(""))
         masked = self.s.masker.mask_text(sql)
         params = self._params(bind)
@@ -353,6 +356,13 @@ class Relay:
             return raw
         text = f"{masked}\n-- parameters: {json.dumps(params)}" if params else masked
         return Held(verdict, text, raw, None, portal=message.portal)
+
+    def _cursor_portal(self, portal: str) -> pg.Bind:
+        """A portal the client never bound: a SQL cursor (``DECLARE``). Its columns are known
+        only from a Describe of the portal, asked at every Execute (a cursor name can be
+        declared again), so its rows are masked as ``FETCH`` would mask them."""
+        self.results.portal_rows.pop(portal, None)
+        return pg.Bind(b"", portal, _NO_STATEMENT, (), (), ())
 
     def _describe_first(self, bind: pg.Bind | None) -> bytes:
         """A Describe of ``bind``'s portal to send before its Execute when the columns of what
