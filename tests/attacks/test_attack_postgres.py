@@ -161,11 +161,6 @@ def _messages(data: bytes) -> list[pg.Message]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.py records a statement at Parse, before the server confirms it (ParseComplete): "
-    "a Parse the server refuses or skips after an error still renames the statement for the gateway",
-)
 def test_a_held_statement_is_held_when_a_failed_parse_reuses_its_name(
     make_gateway: MakeGateway,  # noqa: F811
     upstream: Upstream,  # noqa: F811
@@ -186,11 +181,6 @@ def test_a_held_statement_is_held_when_a_failed_parse_reuses_its_name(
     assert gw.approvals != [], received
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.py records a statement at Parse, before the server confirms it (ParseComplete): "
-    "a Parse the server refuses or skips after an error still renames the statement for the gateway",
-)
 def test_a_held_statement_is_held_when_the_server_skips_the_parse_that_replaced_it(
     make_gateway: MakeGateway,  # noqa: F811
     upstream: Upstream,  # noqa: F811

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from typing import cast
 
 from airlock.events import EventType
 from airlock.gateway.postgres import protocol as pg
@@ -34,6 +35,7 @@ _CLIENT_PASSED = frozenset(b"Hdcf")
 # What a client may send while a statement is held (it is read so that its going away is
 # seen); past this, reading pauses until the hold ends.
 MAX_BACKLOG = 1024 * 1024
+_SEVERITY = {"require_approval": 1, "deny": 2}
 _NO_STATEMENT = "\0cursor"  # no statement has this name (names are C strings)
 
 
@@ -171,11 +173,12 @@ class Relay:
             self._statement_changed(message.name)
             verdict = self.s.guard.verdict(message.sql, self.sql_prepared)
             self.statements[message.name] = (message.sql, verdict)
+            self.results.name_change_sent("S", message.name, (message.sql, verdict))
             return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
             self.rebound.discard(message.portal)
-            known = self.statements.get(message.statement) or self._sql_prepared(message.statement)
+            known = self._definition(message.statement)
             if known is None:
                 self.bound.pop(message.portal, None)
             else:
@@ -188,6 +191,7 @@ class Relay:
             return self._execute(message)
         elif isinstance(message, pg.Close):
             (self.statements if message.target == "S" else self.portals).pop(message.name, None)
+            self.results.name_change_sent("s" if message.target == "S" else "P", message.name)
             if message.target == "S":
                 self._statement_changed(message.name)
             else:
@@ -352,6 +356,8 @@ class Relay:
         )
         self.results.execute_sent(seq, bind)
         raw = self._describe_first(bind) + message.raw
+        if verdict.final.action == "deny":  # a Bind of a name that may hold a refused Parse
+            return self._refused(verdict.final, verdict, None, asked=False, extended=True)
         if verdict.final.action != "require_approval" or message.portal in self.approved_portals:
             return raw
         text = f"{masked}\n-- parameters: {json.dumps(params)}" if params else masked
@@ -373,6 +379,23 @@ class Relay:
             return b""
         self.results.describe_sent("P", bind.portal, ours=True)
         return pg.encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
+
+    def _definition(self, name: str) -> tuple[str, Verdict] | None:
+        """What statement ``name`` may hold for a Bind sent now, judged strictest first.
+
+        A Parse earlier in this same batch decides alone (if the server refuses or skips it,
+        it skips this Bind too). Otherwise the server holds what it confirmed, or any Parse of
+        earlier batches still unanswered: every one of those could be it."""
+        batch = self.results.batches_sent + 1
+        changes = [c for c in self.results.changes if c.name == name and c.target in "Ss"]
+        same = [c for c in changes if c.batch == batch]
+        if same:
+            return cast("tuple[str, Verdict] | None", same[-1].entry)
+        found = [self.results.statements.get(name), *(c.entry for c in changes if c.entry)]
+        candidates: list[tuple[str, Verdict]] = [c for c in found if c is not None]
+        if not candidates:
+            return self._sql_prepared(name)
+        return max(candidates, key=lambda c: _SEVERITY.get(c[1].final.action, 0))
 
     def _sql_prepared(self, name: str) -> tuple[str, Verdict] | None:
         """A statement made by SQL ``PREPARE``, which shares its namespace with Parse: a Bind
