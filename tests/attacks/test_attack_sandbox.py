@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,49 @@ def test_the_agent_cannot_move_the_live_session_away_from_its_seal(tmp_path: Pat
     [session] = (repo / ".airlock" / "sessions").iterdir()
     assert json.loads((session / "manifest.json").read_text())["status"] == "complete"
     assert not (repo / ".moved").exists()
+
+
+# Root-owned 0600 credentials at their standard places under the read-only system binds. The
+# agent's uid maps to the uid running Airlock (root on many self-hosted runners): it owns them.
+RUNNER_SECRETS = (
+    "/etc/gitlab-runner/config.toml",  # GitLab Runner's registration and runner tokens
+    "/opt/actions-runner/.credentials_rsaparams",  # a self-hosted GitHub runner's private key
+)
+
+
+@pytest.fixture
+def planted_runner_secrets() -> Iterator[dict[str, str]]:
+    """The files above, created for the test (root only; never over a real one)."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent owns root's files only when Airlock runs as root")
+    made: list[Path] = []
+    canaries: dict[str, str] = {}
+    try:
+        for name in RUNNER_SECRETS:
+            path = Path(name)
+            if path.parent.exists():
+                pytest.skip(f"{path.parent} exists on this machine: not touched")
+            path.parent.mkdir(mode=0o700)
+            made.append(path.parent)
+            canaries[name] = "canary-" + secrets.token_hex(8)
+            path.write_text(canaries[name])
+            path.chmod(0o600)
+        yield canaries
+    finally:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_runner_credentials_under_the_system_binds_are_hidden(
+    tmp_path: Path, planted_runner_secrets: dict[str, str]
+) -> None:
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    result = _airlock_run(
+        tmp_path, repo, "cat " + " ".join(planted_runner_secrets) + " 2>/dev/null; echo read-done"
+    )
+    assert b"read-done" in result.stdout, result.stderr
+    leaked = [
+        path for path, canary in planted_runner_secrets.items() if canary.encode() in result.stdout
+    ]
+    assert leaked == []

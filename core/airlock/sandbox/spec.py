@@ -30,6 +30,25 @@ ALWAYS_HIDDEN = (
     "/etc/ssh",
     "/etc/ssl/private",
     "/etc/security/opasswd",
+    # Credentials of the runner, the machine and what it hosts, at their standard places:
+    "/etc/gitlab-runner",  # GitLab Runner's config.toml: runner and registration tokens
+    "/opt/actions-runner/.credentials",  # a self-hosted GitHub runner's identity
+    "/opt/actions-runner/.credentials_rsaparams",  # ... and its private key
+    "/opt/actions-runner/.runner",
+    "/etc/kubernetes",  # admin.conf, kubelet.conf, pki/*.key on a cluster node
+    "/etc/rancher",  # k3s.yaml / rke2.yaml: cluster-admin kubeconfigs
+    "/etc/credstore",  # systemd system credentials
+    "/etc/credstore.encrypted",
+    "/etc/krb5.keytab",  # the host's Kerberos keys
+    "/etc/mysql/debian.cnf",  # MySQL's maintenance password
+    "/etc/gitlab",  # Omnibus GitLab's gitlab-secrets.json
+    "/etc/letsencrypt",  # certbot's private keys
+    "/etc/wireguard",
+    "/etc/NetworkManager/system-connections",
+    "/etc/pki/tls/private",
+    "/etc/ipsec.secrets",
+    "/etc/ppp/chap-secrets",
+    "/etc/ppp/pap-secrets",
     "/var/run/docker.sock",
     "/run/docker.sock",
     "/run/containerd",
