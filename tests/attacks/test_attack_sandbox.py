@@ -44,11 +44,20 @@ def _checkout(tmp_path: Path) -> Path:
     return repo
 
 
-def _airlock_run(tmp_path: Path, repo: Path, script: str) -> subprocess.CompletedProcess[bytes]:
+def _airlock_run(
+    tmp_path: Path,
+    repo: Path,
+    script: str,
+    *,
+    policy: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
+    env.update({"XDG_CONFIG_HOME": str(tmp_path / "cfg"), **(extra_env or {})})
+    with_policy = ["--policy", str(policy.relative_to(repo))] if policy is not None else []
     return subprocess.run(
-        [AIRLOCK, "run", "--pty", "never", "--sandbox", "required", "--", "sh", "-c", script],
+        [AIRLOCK, "run", *with_policy, "--pty", "never", "--sandbox", "required", "--",
+         "sh", "-c", script],
         cwd=repo, env=env, capture_output=True, timeout=120, check=False,
     )  # fmt: skip
 
@@ -144,3 +153,32 @@ def test_runner_credentials_under_the_system_binds_are_hidden(
         path for path, canary in planted_runner_secrets.items() if canary.encode() in result.stdout
     ]
     assert leaked == []
+
+
+@pytest.mark.parametrize("where", ["airlock.yaml", ".github/airlock.yaml"])
+def test_the_agent_cannot_rewrite_the_policy_of_the_next_session(
+    tmp_path: Path, where: str
+) -> None:
+    """The policy file is in the checkout, which the agent may write: a rewritten policy (no
+    masking here; a wider allowlist or no guardrails as well) would rule the job's next
+    ``airlock run``. Inside the sandbox it is read-only, and cannot be moved aside."""
+    repo = tmp_path / "ws"
+    policy = repo / where
+    policy.parent.mkdir(parents=True)
+    policy.write_text("mask: {env: [TOK]}\nsandbox: {env: [TOK]}\n")
+    weaker = "sandbox: {env: [TOK]}"
+    moves = (
+        f"echo '{weaker}' > {where}; "
+        f"mv {where} moved.yaml; echo '{weaker}' > {where}; "
+        f"mv {Path(where).parent} moved-dir; mkdir -p {Path(where).parent}; echo '{weaker}' > {where}; "
+        "echo tried"
+    )
+    token = "tok_" + secrets.token_hex(12)
+    first = _airlock_run(tmp_path, repo, moves, policy=policy, extra_env={"TOK": token})
+    assert b"tried" in first.stdout, first.stderr
+    second = _airlock_run(
+        tmp_path, repo, 'echo "token=$TOK"', policy=policy, extra_env={"TOK": token}
+    )
+    assert second.returncode == 0, second.stderr
+    assert b"token=" in second.stdout
+    assert token.encode() not in second.stdout, "the next session ran under the agent's policy"

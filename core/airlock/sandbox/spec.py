@@ -74,6 +74,7 @@ class SandboxSpec:
     home_files: tuple[str, ...]
     hidden: tuple[str, ...]  # covered last, so no bind can reveal them
     env_pass: tuple[str, ...]
+    pinned: tuple[str, ...] = ()  # files in a writable bind kept read-only (the policy file)
     uid: int = 1000
     gid: int = 1000
 
@@ -100,6 +101,7 @@ def compile_spec(
     home: str,
     protected: Iterable[str],
     environ: Mapping[str, str],
+    pinned: Iterable[str] = (),
 ) -> SandboxSpec:
     """The session's sandbox, or :class:`ConfigError` naming the path to change."""
     fs = policy.filesystem
@@ -125,6 +127,7 @@ def compile_spec(
         home_files=tuple(_absolute(p, home) for p in policy.home_files),
         hidden=tuple(dict.fromkeys(hidden)),
         env_pass=(*BASE_ENV, *policy.env),
+        pinned=tuple(dict.fromkeys(_abs(p) for p in pinned)),
     )
 
 
