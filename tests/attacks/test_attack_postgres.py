@@ -13,6 +13,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from tests.gateway.postgres.conftest import (  # noqa: F401 (fixtures)
     APP_USER,
@@ -283,3 +284,26 @@ def test_an_execute_of_no_portal_fails_cleanly_and_the_connection_stays_usable(
     errors = [m for m in _messages(failed) if isinstance(m, pg.ErrorResponse)]
     assert len(errors) == 1 and b"34000" in errors[0].raw, failed  # invalid_cursor_name
     assert [m for m in _messages(answered) if isinstance(m, pg.DataRow)] != []
+
+
+def test_copy_from_stdin_is_an_insert_for_the_guardrails(
+    make_gateway: MakeGateway,  # noqa: F811
+    upstream: Upstream,  # noqa: F811
+) -> None:
+    """A rule that holds INSERTs into audit.* must hold ``COPY audit.log FROM STDIN`` too: it
+    writes the same rows (psycopg's ``cursor.copy``, psql's ``\\copy``)."""
+    gw = make_gateway(
+        rules=[{"id": "audit-ok", "sql": {"kinds": ["insert"], "tables": ["audit.*"]},
+                "action": "require_approval"}]
+    )  # fmt: skip
+    marker = secrets.randbelow(10**9) + 10**9
+    with (
+        psycopg.connect(gw.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.Error),
+        conn.cursor().copy("COPY audit.log (id, msg) FROM STDIN") as copy,
+    ):
+        copy.write_row((marker, "written by COPY"))
+    with upstream.superuser() as conn:
+        row = conn.execute("SELECT count(*) FROM audit.log WHERE id = %s", (marker,)).fetchone()
+    assert row == (0,)
+    assert [op.rule_id for op in gw.approvals] == ["audit-ok"]
