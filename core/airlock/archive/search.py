@@ -71,7 +71,7 @@ _TEXT = """coalesce(
     nullif(concat_ws(' ', data->>'method', data->>'url'), ''),
     data->>'reason', data->>'message', CAST(data AS VARCHAR))"""
 
-# rule_id and outcome as airlock.audit.describe gives them (tests/archive/test_search_views.py
+# rule_id and outcome as airlock.audit.describe gives them (tests/archive/test_views.py
 # keeps the two in step): an approval decision names the rule of its request, and its outcome
 # is approved / denied / expired.
 _RULE_ID = """coalesce(e.data->>'rule_id', e.data->>'rule', e.data->'operation'->>'rule_id',
@@ -405,7 +405,12 @@ SELECT
   e.day,
   regexp_extract(e."$path", '/([^/]+)/[^/]+/events\\.jsonl\\.gz$', 1) AS run_id,
   coalesce(json_extract_scalar(e.data, '$.text'), json_extract_scalar(e.data, '$.sql'),
-           json_extract_scalar(e.data, '$.query'), e.data) AS text,
+           json_extract_scalar(e.data, '$.query'),
+           array_join(try_cast(json_extract(e.data, '$.argv') AS array(varchar)), ' '),
+           nullif(concat_ws(' ', json_extract_scalar(e.data, '$.method'),
+                            json_extract_scalar(e.data, '$.url')), ''),
+           json_extract_scalar(e.data, '$.reason'), json_extract_scalar(e.data, '$.message'),
+           e.data) AS text,
   coalesce(json_extract_scalar(e.data, '$.rule_id'), json_extract_scalar(e.data, '$.rule'),
            json_extract_scalar(e.data, '$.operation.rule_id'), r.rule_id) AS rule_id,
   CASE
