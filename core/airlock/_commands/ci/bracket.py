@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock._commands.ci.finalize import finalize, resolve_platform, say, warn
+from airlock.audit.reader import find_logs
 from airlock.errors import AirlockError, ExitCode, UsageError
 
 __all__ = [
@@ -157,7 +158,7 @@ def session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         raise _unavailable(f"the bracket recorder did not start: {_tail(log)}")
     gateway_env = _gateway_variables(bracket.ready_file, environ)
-    session = max(sessions.glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime).parent
+    session = max(find_logs(sessions, archived=False), key=lambda p: p.stat().st_mtime).parent
     bracket.save(
         {
             "pid": proc.pid,
