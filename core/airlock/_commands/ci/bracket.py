@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from airlock._commands.ci.finalize import finalize, resolve_platform, say, warn
-from airlock.audit.reader import find_logs
 from airlock.errors import AirlockError, ExitCode, UsageError
 
 __all__ = [
@@ -158,6 +157,8 @@ def session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         raise _unavailable(f"the bracket recorder did not start: {_tail(log)}")
     gateway_env = _gateway_variables(bracket.ready_file, environ)
+    from airlock.audit.reader import find_logs  # here: `follow` and `stop` start faster
+
     session = max(find_logs(sessions, archived=False), key=lambda p: p.stat().st_mtime).parent
     bracket.save(
         {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.audit.reader import MANIFEST_FILE
+from airlock.audit._format import MANIFEST_FILE
 from airlock.errors import AirlockError, ExitCode, UsageError
 
 __all__ = [
