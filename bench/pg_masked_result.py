@@ -29,7 +29,7 @@ from airlock.audit import SessionWriter  # noqa: E402
 from airlock.gateway.postgres.server import UpstreamLogin, start_in_thread  # noqa: E402
 from airlock.gateway.tickets import Ticket  # noqa: E402
 from airlock.mask import Masker, MaskSettings  # noqa: E402
-from airlock.policy.gateways import PostgresGatewayConfig  # noqa: E402
+from _util import pg_gateway_config  # noqa: E402
 
 QUERY = "SELECT n, email FROM big"
 
@@ -60,13 +60,7 @@ def main() -> None:
         )  # fmt: skip
         sessions = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
         writer = SessionWriter.create(sessions)
-        config = PostgresGatewayConfig.model_validate(
-            {"name": "bench", "kind": "postgres",
-             "upstream": {"host": "127.0.0.1", "port": pg.port, "database": "postgres",
-                          "tls": "disable"},
-             "credential": {"user": "postgres"}, "mask_columns": ["*.email"],
-             "mask_values": True}
-        )  # fmt: skip
+        config = pg_gateway_config(pg.port, ["*.email"])
         ticket = Ticket.issue(writer.session_id, "bench")
         gateway = start_in_thread(
             config, masker=Masker(MaskSettings()), record=writer.append,

@@ -38,7 +38,7 @@ from airlock.gateway.postgres.server import (  # noqa: E402
 )
 from airlock.gateway.tickets import Ticket  # noqa: E402
 from airlock.mask import Masker, MaskSettings  # noqa: E402
-from airlock.policy.gateways import PostgresGatewayConfig  # noqa: E402
+from _util import pg_gateway_config  # noqa: E402
 from airlock.policy.guardrails import GuardrailRule  # noqa: E402
 
 
@@ -86,13 +86,7 @@ def start_pgbouncer(pg: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_gateway(pg: PostgresCluster, writer: SessionWriter) -> tuple[ThreadedGateway, str]:
-    config = PostgresGatewayConfig.model_validate(
-        {"name": "bench", "kind": "postgres",
-         "upstream": {"host": "127.0.0.1", "port": pg.port, "database": "postgres",
-                      "tls": "disable"},
-         "credential": {"user": "postgres"}, "mask_columns": ["*.password"],
-         "mask_values": True}
-    )  # fmt: skip
+    config = pg_gateway_config(pg.port, ["*.password"])
     ticket = Ticket.issue(writer.session_id, "bench")
     rules = [GuardrailRule.model_validate(
         {"id": "no-drop", "sql": {"kinds": ["drop", "truncate"]}, "action": "deny"})]  # fmt: skip

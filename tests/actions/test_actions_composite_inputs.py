@@ -39,32 +39,42 @@ def _value(expr: str, inputs: dict[str, str], action_path: Path) -> str:
     raise AssertionError(f"no value for ${{{{ {expr} }}}} in this test runner")
 
 
+def _run_step(
+    runner: Runner, step: dict[str, Any], inputs: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """One composite step as the runner runs it: its env evaluated, its script under bash."""
+    env = {
+        k: _EXPR.sub(lambda m: _value(m.group(1), inputs, REPO), str(v))
+        for k, v in (step.get("env") or {}).items()
+    }
+    assert "${{" not in step["run"]  # never an expression inside a script
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        env=runner.env({**env, "GITHUB_WORKSPACE": str(runner.root / "work")}),
+        cwd=runner.root / "work",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _inputs(action: str, given: dict[str, str]) -> dict[str, str]:
+    declared, _ = _steps(action)
+    return {**{name: str(spec.get("default", "")) for name, spec in declared.items()}, **given}
+
+
 def run_composite(
     runner: Runner, action: str, given: dict[str, str]
 ) -> tuple[int, str, str, list[str]]:
-    """(exit status, stdout, stderr, names of the steps that ran)."""
-    declared, steps = _steps(action)
-    inputs = {name: str(spec.get("default", "")) for name, spec in declared.items()}
-    inputs.update(given)
+    """(exit status, stdout, stderr, names of the steps that ran) up to the first failure."""
+    inputs = _inputs(action, given)
     ran: list[str] = []
     out = err = ""
-    for step in steps:
+    for step in _steps(action)[1]:
         if step.get("id") == "install":
             continue
-        env = {
-            k: _EXPR.sub(lambda m: _value(m.group(1), inputs, REPO), str(v))
-            for k, v in (step.get("env") or {}).items()
-        }
-        assert "${{" not in step["run"]  # never an expression inside a script
-        done = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-            env=runner.env({**env, "GITHUB_WORKSPACE": str(runner.root / "work")}),
-            cwd=runner.root / "work",
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _run_step(runner, step, inputs)
         ran.append(step["name"])
         out, err = out + done.stdout, err + done.stderr
         if done.returncode != 0:
@@ -110,24 +120,9 @@ def test_a_bad_input_stops_the_action_at_its_check_step(
 @pytest.mark.parametrize("action", ["run", "gate", "credentials", "archive", "verify"])
 def test_the_declared_defaults_pass_the_check(runner: Runner, action: str) -> None:
     """The check step itself accepts what the action declares as defaults."""
-    _, steps = _steps(action)
-    (check,) = [s for s in steps if s["name"] == "Check the inputs"]
-    declared, _ = _steps(action)
-    inputs = {name: str(spec.get("default", "")) for name, spec in declared.items()}
-    inputs.update({"command": "x", "operation": "x", "broker-url": "https://b", "path": "s"})
-    env = {
-        k: _EXPR.sub(lambda m: _value(m.group(1), inputs, REPO), str(v))
-        for k, v in check["env"].items()
-    }
-    done = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", check["run"]],
-        env=runner.env(env),
-        cwd=runner.root / "work",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    (check,) = [s for s in _steps(action)[1] if s["name"] == "Check the inputs"]
+    required = {"command": "x", "operation": "x", "broker-url": "https://b", "path": "s"}
+    done = _run_step(runner, check, _inputs(action, required))
     assert done.returncode == 0, done.stderr
 
 
