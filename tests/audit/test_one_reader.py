@@ -69,6 +69,19 @@ def test_session_file_names_and_gzip_live_only_in_the_audit_layer() -> None:
     assert offences == {}
 
 
+def test_one_describer_lives_in_audit() -> None:
+    """Views describe events through airlock.audit.describe; no module elsewhere defines its
+    own module-level ``describe`` (archive/describe.py was a second one)."""
+    others = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        if not rel.startswith("audit/") and {"describe", "describe_event"} & names:
+            others.append(rel)
+    assert others == []
+
+
 def test_the_pin_sees_an_offence(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text('"""Reads events.jsonl."""\nimport gzip\nLOG = "x/events.jsonl"\n')
