@@ -103,8 +103,9 @@ def _exit_now(code: int) -> None:
     """End the installed ``airlock run`` at once: its log is sealed, fsynced and closed, and the
     interpreter's teardown of every module it imported (pydantic's schemas, the masker) would
     cost 50-100 ms of CPU after the command has ended. Exit handlers still run; with another
-    thread still alive this returns and Python ends the usual way."""
-    if threading.active_count() != 1:
+    thread still alive, or under a profiler or debugger, this returns and Python ends the
+    usual way."""
+    if threading.active_count() != 1 or sys.getprofile() or sys.gettrace():
         return
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
