@@ -252,7 +252,7 @@ class ProcessRunner:
             self._end_traced(signal.SIGKILL)
             _procs.kill_group(proc, signal.SIGKILL)
         self._finish_trace(fifo_fd, result)
-        self._check_tracer(result)  # the trace may end without the root's exit only now
+        self._check_tracer(result)  # the end of the FIFO may have been read only now
         remaining = self._traced_alive() | _procs.group_pids(proc)
         result.leftovers_remaining = len(remaining)
         result.leftovers_stopped = left and not remaining
@@ -363,17 +363,25 @@ class ProcessRunner:
             self._trace_open = False
             if sel is not None:
                 sel.unregister(fd)
-            if self._root_exit is None and (self._proc.poll() is None or self._root_untraced()):
+            if self._root_exit is None and self._tracer_went_first():
                 self._tracer_lost = True
         return False
 
-    def _root_untraced(self) -> bool:
-        """The trace ended before it showed the command's own end: the tracer died first (the
-        command may have ended since, say when a fork failed once the seccomp filter had no
-        tracer left)."""
+    def _tracer_went_first(self) -> bool:
+        """The trace ended without the command's end: did the tracer die first?
+
+        Yes while the command runs. Yes too when the command has since exited on its own and the
+        trace never showed that exit, which strace writes before it ends (the command's next
+        fork fails once the seccomp filter has no tracer left, so it may exit before the end
+        of the FIFO is read). A command killed by a signal can take strace's last lines with it
+        (strace re-raises the signal on itself): that is not a lost tracer.
+        """
+        status = self._proc.poll()
+        if status is None:
+            return True
         assert self._parser is not None
         root = self._parser.root_pid
-        return root is not None and root in self._parser.alive
+        return status >= 0 and root is not None and root in self._parser.alive
 
     def _seen(self, event: ProcessExec | ProcessExit) -> None:
         if isinstance(event, ProcessExit) and self._parser and event.pid == self._parser.root_pid:
