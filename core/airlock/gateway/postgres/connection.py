@@ -29,9 +29,12 @@ from airlock.gateway.postgres._shared import (
 from airlock.gateway.postgres.parse_state import PARSE_STATE_RULE, unsafe_encoding
 from airlock.gateway.postgres.relay import Held, Relay, Step
 from airlock.gateway.postgres.scram import MECHANISM, ScramClient
+from airlock.gateway.tickets import check_ticket
 from airlock.policy.guardrails import Action, Decision
 
-__all__ = ["Connection"]
+__all__ = ["TICKET_RULE", "Connection"]
+
+TICKET_RULE = "airlock.ticket_revoked"  # a held statement whose ticket ended before its approval
 
 # Client startup parameters passed upstream; others (options, replication, ...) are dropped:
 # `options=-c session_replication_role=replica` would, for example, switch off triggers.
@@ -112,6 +115,7 @@ class Connection:
         self.up_pipe: _Pipe | None = None
         self.holding: asyncio.Task[None] | None = None
         self.after_password = b""  # what a client pipelined behind its password, relayed later
+        self.presented = b""  # the ticket the client logged in with: checked again after holds
 
     async def run(self) -> None:
         try:
@@ -192,7 +196,8 @@ class Connection:
         if not isinstance(message, pg.PasswordMessage):
             raise pg.ProtocolError("expected a password message")
         self.after_password = parser.take_buffered()
-        if not self.s.ticket.check(message.data.rstrip(b"\0")):
+        self.presented = message.data.rstrip(b"\0")
+        if not await check_ticket(self.s.ticket, self.presented):
             raise Refused(
                 fatal(
                     "28P01",
@@ -426,6 +431,7 @@ class Connection:
     async def _hold(self, held: Held) -> None:
         try:
             decision = await self._ask(held.verdict.final, held.masked)
+            revoked = decision.action == "allow" and not await self._ticket_still_valid()
         except asyncio.CancelledError:
             self.relay.cancelled()
             raise
@@ -434,11 +440,44 @@ class Connection:
                 self.relay.cancelled()
                 return
             self.holding = None
+            if revoked:
+                self.relay.revoked()
+                self._revoked()
+                return
             self._apply(self.relay.decided(decision))
             if self.holding is None and not (self.up_pipe and self.up_pipe.paused):
                 self.client_t.resume_reading()
         except Exception as exc:
             self._finish(exc)
+
+    async def _ticket_still_valid(self) -> bool:
+        """A hold can outlast the ticket (its job was revoked or ended meanwhile): ask again,
+        past any cached answer, before the approved statement is sent."""
+        valid = await check_ticket(self.s.ticket, self.presented, fresh=True)
+        if not valid:
+            self.s.event(
+                EventType.GUARDRAIL,
+                {
+                    "connection": self.conn_id,
+                    "rule_id": TICKET_RULE,
+                    "action": "deny",
+                    "reason": "the gateway ticket was revoked or expired while the statement "
+                    "was held: never sent",
+                },
+            )
+        return valid
+
+    def _revoked(self) -> None:
+        """End a connection whose ticket no longer holds: nothing more is relayed for it."""
+        self.client_t.write(
+            fatal(
+                "28000",
+                f"the Airlock gateway {self.s.config.name} ended this connection: its ticket was "
+                f"revoked or expired while a statement was held (rule {TICKET_RULE})",
+                hint="the job's tickets end with the job; run the statement again in a live job",
+            )
+        )
+        self._finish()
 
     async def _ask(self, decision: Decision, masked: str) -> Decision:
         operation = Operation(
