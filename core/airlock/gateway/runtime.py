@@ -223,7 +223,13 @@ def _start_postgres(
     if isinstance(ticket, Ticket):  # central mode: jobs bring their own tickets from the broker
         _export_postgres(running, config.name, ticket.value, host, port, database, first=first)
     running.described.append(
-        {"name": config.name, "kind": "postgres", "address": f"{host}:{port}", "database": database}
+        {
+            "name": config.name,
+            "kind": "postgres",
+            "address": f"{host}:{port}",
+            "database": database,
+            "event_loop": gateway.loop_name,
+        }
     )
 
 
