@@ -214,6 +214,7 @@ def _start_postgres(
     *,
     first: bool,
 ) -> None:
+    from airlock.gateway.postgres.rowpath import ROW_PATH
     from airlock.gateway.postgres.server import start_in_thread
 
     gateway = start_in_thread(config, **common)
@@ -229,6 +230,7 @@ def _start_postgres(
             "address": f"{host}:{port}",
             "database": database,
             "event_loop": gateway.loop_name,
+            "row_path": ROW_PATH,
         }
     )
 

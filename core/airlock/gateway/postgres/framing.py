@@ -16,6 +16,8 @@ from airlock.gateway.postgres.messages import (
     ProtocolError,
     StartupMessage,
 )
+from airlock.gateway.postgres.rowpath import Frame, type_table
+from airlock.gateway.postgres.rowpath import split as split_frames
 
 __all__ = [
     "BACKEND_TYPES",
@@ -116,10 +118,6 @@ class BackendParser(_Parser):
         return decode_backend(raw)
 
 
-Frame = tuple[int, int, int]
-"""A whole message inside a buffer: (type byte, start, end)."""
-
-
 class Framer:
     """Splits a stream into whole typed messages *without decoding them*.
 
@@ -127,13 +125,14 @@ class Framer:
     the buffer and the ``(type, start, end)`` of each whole message in it, so the caller forwards
     unchanged runs of bytes as they came and decodes only the messages it needs
     (:func:`decode_backend`). Checks framing only: a type byte outside ``types`` or a length
-    outside ``4..max_message`` raises :class:`ProtocolError`.
+    outside ``4..max_message`` raises :class:`ProtocolError`. (The loop itself is
+    :func:`~.rowpath.split`: compiled when built.)
     """
 
     __slots__ = ("_max", "_need", "_tail", "_types")
 
     def __init__(self, types: bytes, max_message: int = MAX_MESSAGE, pending: bytes = b"") -> None:
-        self._types = frozenset(types)
+        self._types = type_table(types)
         self._max = max_message
         self._tail = bytearray(pending)
         self._need = 0  # size of the buffer that completes the held message (0: unknown)
@@ -149,23 +148,8 @@ class Framer:
             tail.clear()
         else:
             buf = data
-        frames: list[Frame] = []
-        pos, size, types, limit = 0, len(buf), self._types, self._max
-        while size - pos >= 5:
-            kind = buf[pos]
-            length = int.from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
-            if kind not in types:
-                raise ProtocolError(f"unknown message type {chr(kind)!r}")
-            if length < 4 or length > limit:
-                raise ProtocolError(
-                    f"message {chr(kind)!r} has length {length}, outside 4..{limit}"
-                )
-            end = pos + 1 + length
-            if end > size:
-                break
-            frames.append((kind, pos, end))
-            pos = end
-        if pos < size:
+        frames, pos = split_frames(buf, self._types, self._max)
+        if pos < len(buf):
             tail += buf[pos:]
             self._need = int.from_bytes(tail[1:5], "big") + 1 if len(tail) >= 5 else 0
         return buf, frames
