@@ -229,7 +229,6 @@ def _start_postgres(
             "kind": "postgres",
             "address": f"{host}:{port}",
             "database": database,
-            "event_loop": gateway.loop_name,
             "row_path": ROW_PATH,
         }
     )

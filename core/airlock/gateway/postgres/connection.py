@@ -9,44 +9,28 @@ import asyncio
 import contextlib
 import inspect
 import secrets
-import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from airlock.events import EventType
 from airlock.gate.interface import Operation
 from airlock.gateway.postgres import protocol as pg
+from airlock.gateway.postgres import upstream
 from airlock.gateway.postgres._shared import (
     CONNECT_TIMEOUT,
-    READ_SIZE,
     Refused,
     Shared,
     fatal,
-    md5_password,
     read_one,
     take_buffered,
 )
-from airlock.gateway.postgres.parse_state import PARSE_STATE_RULE, unsafe_encoding
 from airlock.gateway.postgres.relay import Held, Relay, Step
-from airlock.gateway.postgres.scram import MECHANISM, ScramClient
 from airlock.gateway.tickets import check_ticket
 from airlock.policy.guardrails import Action, Decision
 
 __all__ = ["TICKET_RULE", "Connection"]
 
 TICKET_RULE = "airlock.ticket_revoked"  # a held statement whose ticket ended before its approval
-
-# Client startup parameters passed upstream; others (options, replication, ...) are dropped:
-# `options=-c session_replication_role=replica` would, for example, switch off triggers.
-_PASSED_PARAMS = (
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "extra_float_digits",
-)
-
 
 # ------------------------------------------------------------------------------ connection
 
@@ -175,10 +159,10 @@ class Connection:
         target = self.s.cancel_keys.get((request.pid, request.key))
         if target is None:
             return  # PostgreSQL says nothing either way
-        upstream = self.s.config.upstream
+        server = self.s.config.upstream
         with contextlib.suppress(OSError, TimeoutError):
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(upstream.host, upstream.port), CONNECT_TIMEOUT
+                asyncio.open_connection(server.host, server.port), CONNECT_TIMEOUT
             )
             writer.write(pg.encode_cancel(*target))
             await writer.drain()
@@ -211,127 +195,13 @@ class Connection:
     # ------------------------------------------------------------------ upstream side
 
     async def _connect_upstream(self, startup: pg.StartupMessage) -> None:
-        upstream = self.s.config.upstream
-        try:
-            self.up_r, self.up_w = await asyncio.wait_for(
-                asyncio.open_connection(upstream.host, upstream.port, limit=READ_SIZE),
-                CONNECT_TIMEOUT,
-            )
-            await self._upstream_tls()
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise Refused(
-                fatal(
-                    "08006",
-                    f"the Airlock gateway {self.s.config.name} cannot reach its upstream database",
-                    hint="check the gateway's upstream host, port and tls settings and that the "
-                    "database is up",
-                ),
-                f"upstream unreachable: {type(exc).__name__}",
-            ) from None
-        assert self.up_w is not None
-        self._check_startup_encoding(startup)
-        params = {"user": self.s.login.user, "database": upstream.database}
-        params.update({k: v for k, v in startup.params.items() if k in _PASSED_PARAMS})
-        self.up_w.write(pg.encode_startup(params))
-        await self._upstream_login()
-
-    def _check_startup_encoding(self, startup: pg.StartupMessage) -> None:
-        encoding = startup.params.get("client_encoding", "")
-        if unsafe_encoding(encoding):
-            raise Refused(
-                fatal(
-                    "22023",
-                    f"the Airlock gateway {self.s.config.name} does not accept client_encoding "
-                    f"{encoding[:40]}: the gateway would read SQL differently from the server "
-                    f"(rule {PARSE_STATE_RULE})",
-                    hint="connect with client_encoding UTF8 (PGCLIENTENCODING=UTF8)",
-                ),
-                f"client asked for client_encoding {encoding[:40]} ({PARSE_STATE_RULE})",
-            )
-
-    async def _upstream_tls(self) -> None:
-        tls = self.s.config.upstream.tls
-        assert self.up_r is not None and self.up_w is not None
-        if tls == "disable":
-            return
-        self.up_w.write(pg.encode_ssl_request())
-        await self.up_w.drain()
-        answer = await self.up_r.readexactly(1)
-        if answer == b"S":
-            await self.up_w.start_tls(self._tls_context(), server_hostname=self._sni())
-        elif answer != b"N" or tls != "prefer":
-            raise ssl.SSLError(f"upstream refused TLS (tls: {tls})")
-
-    def _tls_context(self) -> ssl.SSLContext:
-        upstream = self.s.config.upstream
-        if upstream.tls == "verify-full":
-            return ssl.create_default_context(cafile=upstream.ca_file)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # prefer/require: encrypted, not authenticated
-        return context
-
-    def _sni(self) -> str | None:
-        return self.s.config.upstream.host if self.s.config.upstream.tls == "verify-full" else None
-
-    async def _upstream_login(self) -> None:
-        assert self.up_r is not None and self.up_w is not None
-        parser = pg.BackendParser()
-        scram: ScramClient | None = None
-        greeting = bytearray(pg.encode_auth(0))
-        while True:
-            message = await read_one(self.up_r, parser)
-            if isinstance(message, pg.Authentication):
-                scram = self._answer_auth(message, scram)
-                await self.up_w.drain()
-            elif isinstance(message, pg.ErrorResponse):
-                error = self.relay.results.masked_error(message)
-                raise Refused(error, "upstream refused the login")
-            elif isinstance(message, pg.BackendKeyData):
-                greeting += self._our_key(message)
-            elif isinstance(message, pg.ReadyForQuery):
-                greeting += message.raw
-                self.client_w.write(bytes(greeting))
-                await self.client_w.drain()
-                self.upstream_parser = parser
-                return
-            else:
-                if isinstance(message, pg.ParameterStatus):
-                    self.relay.state.update(message.name, message.value)
-                greeting += message.raw
-
-    def _answer_auth(self, message: pg.Authentication, scram: ScramClient | None) -> Any:
-        assert self.up_w is not None
-        login = self.s.login
-        if message.code == 0:
-            return scram
-        if message.code == 3 and login.password is not None:
-            self.up_w.write(pg.encode_password(login.password.encode() + b"\0"))
-        elif message.code == 5 and login.password is not None:
-            self.up_w.write(pg.encode_password(md5_password(login, message.data[:4])))
-        elif message.code == 10 and login.password is not None:
-            if MECHANISM.encode() not in message.data.split(b"\0"):
-                raise self._login_error("upstream offers no SCRAM-SHA-256")
-            scram = ScramClient(login.password)
-            self.up_w.write(pg.encode_password(scram.first()))
-        elif message.code == 11 and scram is not None:
-            self.up_w.write(pg.encode_password(scram.final(message.data)))
-        elif message.code == 12 and scram is not None:
-            scram.verify(message.data)
-        else:
-            raise self._login_error(f"unsupported upstream authentication (code {message.code})")
-        return scram
-
-    def _login_error(self, what: str) -> Refused:
-        return Refused(
-            fatal(
-                "28000",
-                f"the Airlock gateway {self.s.config.name} cannot log in upstream",
-                hint="the held credential or the upstream's authentication method does not fit; "
-                "see the session log",
-            ),
-            what,
+        self.up_r, self.up_w = await upstream.connect(self.s, startup)
+        parser, greeting = await upstream.login(
+            self.s, self.up_r, self.up_w, self._our_key, self.relay
         )
+        self.client_w.write(greeting)
+        await self.client_w.drain()
+        self.upstream_parser = parser
 
     def _our_key(self, message: pg.BackendKeyData) -> bytes:
         pid = secrets.randbelow(2**31 - 1) + 1

@@ -21,7 +21,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airlock.gateway._loop import LoopName, new_loop
 from airlock.gateway.postgres._shared import (
     READ_SIZE,
     STARTUP_TIMEOUT,
@@ -138,11 +137,8 @@ async def serve_postgres(
 class ThreadedGateway:
     """A gateway running in its own thread and event loop (see :func:`start_in_thread`)."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, gateway: PostgresGateway, loop_name: LoopName
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gateway: PostgresGateway) -> None:
         self._loop = loop
-        self.loop_name = loop_name  # which event loop implementation runs it
         self.gateway = gateway
         self.address = gateway.address
         self._closing = False
@@ -163,7 +159,7 @@ def start_in_thread(config: PostgresGatewayConfig, **kwargs: Any) -> ThreadedGat
 
     Keyword arguments are those of :func:`serve_postgres`. ``record`` is called from that thread.
     """
-    loop, loop_name = new_loop()
+    loop = asyncio.new_event_loop()
     ready: list[PostgresGateway | BaseException] = []
     started = threading.Event()
 
@@ -185,4 +181,4 @@ def start_in_thread(config: PostgresGatewayConfig, **kwargs: Any) -> ThreadedGat
     result = ready[0]
     if isinstance(result, BaseException):
         raise result
-    return ThreadedGateway(loop, result, loop_name)
+    return ThreadedGateway(loop, result)
