@@ -66,6 +66,7 @@ class BrokerTicket:
     gateway, it has not expired, and neither it nor its job was revoked). An accepted ticket is
     remembered for :data:`RECHECK_SECONDS` at most (and :data:`CACHE_SIZE` tickets at most), so
     a revoke at the broker ends it within that time here; ``fresh`` checks skip the cache.
+    Gateways with long-lived connections (PostgreSQL) ask again every ``recheck`` seconds.
     Unreachable or slow broker (past ``timeout``): refused."""
 
     session_id: str
@@ -73,6 +74,7 @@ class BrokerTicket:
     broker_url: str
     gateway_token: str = field(repr=False)
     timeout: float = 5.0
+    recheck: float = RECHECK_SECONDS  # how often a long-lived connection's ticket is asked again
     _accepted: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -80,8 +81,13 @@ class _Broker:
         assert r.status_code == 201, r.text
         return str(r.json()["ticket"])
 
-    def checker(self) -> BrokerTicket:
-        return BrokerTicket("central", "appdb", self.url, GATEWAY_TOKEN, timeout=20)
+    def checker(self, recheck: float = 60.0) -> BrokerTicket:
+        return BrokerTicket("central", "appdb", self.url, GATEWAY_TOKEN, 20, recheck)
+
+    def revoke(self, job: str) -> None:
+        headers = {"Authorization": f"Bearer {job}"}
+        r = httpx.post(f"{self.url}/v1/revoke", headers=headers, timeout=30)
+        assert r.json() == {"revoked": 1}
 
 
 @pytest.fixture
@@ -169,3 +175,26 @@ def test_a_slow_broker_check_does_not_stall_other_clients(
             broker.slow.release.set()
         assert a_done.result(timeout=60) == 2
     assert order == ["B", "A"]
+
+
+def test_revoking_the_job_ends_its_open_connections(
+    make_gateway: MakeGateway, broker: _Broker
+) -> None:
+    """An open connection outlives any login check: the gateway asks the broker again every
+    ``recheck`` seconds, so a revoked job's connection ends (and nothing more runs on it)."""
+    job = broker.job()
+    gw = make_gateway(ticket_check=broker.checker(recheck=0.05))
+    with _connect(gw, broker.ticket(job)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        broker.revoke(job)
+        deadline = time.monotonic() + 60  # a bound for a hang, not a speed figure
+        ended = []
+        while not ended and time.monotonic() < deadline:
+            ended = [g for g in gw.of_type("guardrail.decision") if g["rule_id"] == TICKET_RULE]
+            time.sleep(0.02)
+        assert [g["reason"] for g in ended] == [
+            "the gateway ticket was revoked or expired: connection ended"
+        ]
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 2")
+    assert not [q for q in gw.of_type("db.query") if q["sql"] == "SELECT 2"]

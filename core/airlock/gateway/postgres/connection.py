@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import inspect
 import secrets
-from collections.abc import Callable
 from typing import cast
 
 from airlock.events import EventType
@@ -24,58 +23,14 @@ from airlock.gateway.postgres._shared import (
     read_one,
     take_buffered,
 )
+from airlock.gateway.postgres.pipe import Pipe
 from airlock.gateway.postgres.relay import Held, Relay, Step
-from airlock.gateway.tickets import check_ticket
+from airlock.gateway.tickets import BrokerTicket, check_ticket
 from airlock.policy.guardrails import Action, Decision
 
 __all__ = ["TICKET_RULE", "Connection"]
 
 TICKET_RULE = "airlock.ticket_revoked"  # a held statement whose ticket ended before its approval
-
-# ------------------------------------------------------------------------------ connection
-
-
-class _Pipe(asyncio.Protocol):
-    """The relay-phase protocol of one side: bytes and end of stream go to the connection,
-    flow control to the other side (``peer``). The stream protocol it replaces still learns of
-    the connection's end, so the stream writer's ``wait_closed`` returns."""
-
-    def __init__(
-        self,
-        on_data: Callable[[bytes], None],
-        on_eof: Callable[[], None],
-        previous: asyncio.BaseProtocol,
-        peer: asyncio.Transport,
-        may_resume_peer: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._on_data = on_data
-        self._on_eof = on_eof
-        self._previous = previous
-        self._peer = peer
-        self._may_resume_peer = may_resume_peer
-        self.paused = False
-
-    def data_received(self, data: bytes) -> None:
-        self._on_data(data)
-
-    def eof_received(self) -> bool | None:
-        self._on_eof()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        try:
-            self._on_eof()
-        finally:
-            self._previous.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-        self._peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self._may_resume_peer():
-            self._peer.resume_reading()
 
 
 class Connection:
@@ -96,7 +51,7 @@ class Connection:
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.client_t = cast(asyncio.Transport, writer.transport)
         self.up_t: asyncio.Transport = self.client_t  # the upstream's, once connected
-        self.up_pipe: _Pipe | None = None
+        self.up_pipe: Pipe | None = None
         self.holding: asyncio.Task[None] | None = None
         self.after_password = b""  # what a client pipelined behind its password, relayed later
         self.presented = b""  # the ticket the client logged in with: checked again after holds
@@ -228,8 +183,8 @@ class Connection:
         self.after_password = b""
         early_up = self.upstream_parser.take_buffered() + take_buffered(self.up_r)
         client_eof, up_eof = self.client_r.at_eof(), self.up_r.at_eof()
-        client_pipe = _Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
-        up_pipe = _Pipe(
+        client_pipe = Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
+        up_pipe = Pipe(
             self._on_upstream_data,
             self._on_upstream_eof,
             up_t.get_protocol(),
@@ -239,6 +194,7 @@ class Connection:
         self.up_pipe = up_pipe
         client_t.set_protocol(client_pipe)
         up_t.set_protocol(up_pipe)
+        watch: asyncio.Task[None] | None = None
         try:
             if early_up:
                 self._on_upstream_data(early_up)
@@ -250,9 +206,13 @@ class Connection:
                 self._finish()
             client_t.resume_reading()
             up_t.resume_reading()
+            watch = self._watch_ticket()
             await self.finished
         finally:
             self._finish()
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
             holding = self.holding
             if holding is not None:
                 holding.cancel()
@@ -337,13 +297,40 @@ class Connection:
             )
         return valid
 
-    def _revoked(self) -> None:
+    def _watch_ticket(self) -> asyncio.Task[None] | None:
+        """Central mode: the ticket is checked again every ``recheck`` seconds while the
+        connection is open, so a job revoked at the broker loses its open connections too."""
+        ticket = self.s.ticket
+        if not isinstance(ticket, BrokerTicket):
+            return None  # a session's own ticket lives as long as the session and its gateway
+
+        async def watch() -> None:
+            while not self.finished.done():
+                await asyncio.sleep(ticket.recheck)
+                if await check_ticket(ticket, self.presented, fresh=True):
+                    continue
+                if not self.finished.done():
+                    self.s.event(
+                        EventType.GUARDRAIL,
+                        {
+                            "connection": self.conn_id,
+                            "rule_id": TICKET_RULE,
+                            "action": "deny",
+                            "reason": "the gateway ticket was revoked or expired: connection ended",
+                        },
+                    )
+                    self._revoked("while the connection was open")
+                return
+
+        return asyncio.get_running_loop().create_task(watch())
+
+    def _revoked(self, when: str = "while a statement was held") -> None:
         """End a connection whose ticket no longer holds: nothing more is relayed for it."""
         self.client_t.write(
             fatal(
                 "28000",
                 f"the Airlock gateway {self.s.config.name} ended this connection: its ticket was "
-                f"revoked or expired while a statement was held (rule {TICKET_RULE})",
+                f"revoked or expired {when} (rule {TICKET_RULE})",
                 hint="the job's tickets end with the job; run the statement again in a live job",
             )
         )
