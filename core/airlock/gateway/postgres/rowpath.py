@@ -1,7 +1,7 @@
 """The hot loops of the PostgreSQL relay, per message and per row: delimiting messages, joining
 the values of a run of DataRows (for one masker scan), and splicing one masked column into
 each row. Each has a pure-Python version here and an optional compiled twin (``_rows.c``, a
-small C extension of our own, built by ``python -m airlock.gateway.postgres.rowpath --build``;
+small C extension of our own, built by ``python -m airlock.gateway.postgres.build_rows``;
 ``./dev setup`` builds it when a C compiler is there). :data:`ROW_PATH` says which one runs
 (``gateway.started`` records it); ``AIRLOCK_PG_ROWS=python`` forces the pure-Python path.
 A property test checks that both give equal results (and that malformed rows raise in both).
@@ -12,9 +12,6 @@ from __future__ import annotations
 import importlib
 import os
 import struct
-import subprocess
-import sys
-import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -24,8 +21,8 @@ from airlock.gateway.postgres.messages import ProtocolError
 
 __all__ = [
     "ROW_PATH",
+    "SOURCE",
     "Frame",
-    "build",
     "join_values",
     "mask_one_column",
     "py_join_values",
@@ -126,16 +123,22 @@ def py_mask_one_column(buf: bytes, run: list[Frame], index: int, replacement: by
 
 # -------------------------------------------------------------------------- compiled
 
-_SOURCE = Path(__file__).with_name("_rows.c")
+SOURCE = Path(__file__).with_name("_rows.c")
+_VERSION = 1  # _rows.c's VERSION: a build of another version is not used
+
+
+def _current(module: ModuleType) -> bool:
+    return getattr(module, "VERSION", None) == _VERSION
 
 
 def _load() -> ModuleType | None:
     if os.environ.get("AIRLOCK_PG_ROWS", "").strip().lower() == "python":
         return None
     try:
-        return importlib.import_module("airlock.gateway.postgres._rows")
+        module = importlib.import_module("airlock.gateway.postgres._rows")
     except ImportError:
         return None
+    return module if _current(module) else None
 
 
 def _compiled_split(rows: ModuleType) -> Callable[[bytes, bytes, int], tuple[list[Frame], int]]:
@@ -182,25 +185,3 @@ ROW_PATH: Literal["compiled", "python"] = "python" if _compiled is None else "co
 split = py_split if _compiled is None else _compiled_split(_compiled)
 join_values = py_join_values if _compiled is None else _compiled_join(_compiled)
 mask_one_column = py_mask_one_column if _compiled is None else _compiled_mask(_compiled)
-
-
-def build(target: Path | None = None, compiler: str | None = None) -> Path:
-    """Compile ``_rows.c`` into ``target`` (default: next to this module); returns the module
-    file. Raises ``OSError``/``subprocess.CalledProcessError`` when there is no compiler."""
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    out = (target or _SOURCE.parent) / f"_rows{suffix}"
-    cc = compiler or os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    include = sysconfig.get_paths()["include"]
-    command = [*cc.split(), "-O2", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{include}"]
-    subprocess.run([*command, str(_SOURCE), "-o", str(out)], check=True, capture_output=True)
-    return out
-
-
-if __name__ == "__main__":  # python -m airlock.gateway.postgres.rowpath --build
-    if sys.argv[1:] != ["--build"]:
-        sys.exit("usage: python -m airlock.gateway.postgres.rowpath --build")
-    try:
-        print(f"built {build()}")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        sys.exit(f"not built (the pure-Python row path runs): {exc} {detail.decode()[:400]}")
