@@ -116,6 +116,15 @@ class Relay:
         after = self._pump(*pg.Framer(pg.FRONTEND_TYPES).split(backlog))
         return Step(sent + after.upstream, after.hold, after.pause, after.end)
 
+    def revoked(self) -> None:
+        """The held statement was approved but its ticket ended meanwhile: it is never sent,
+        nor anything the client sent after it (the connection ends); recorded as the statement's
+        result."""
+        assert self.holding is not None, "revoked() without a held statement"
+        self.holding = None
+        self.backlog = b""
+        self.results.result(error=("28000", "ticket revoked while held for approval: never sent"))
+
     def cancelled(self) -> None:
         """The client went (or the gateway closed) while a statement was held: it is never
         sent; recorded as the statement's result. ``approval.cancelled`` is the approval

@@ -17,6 +17,7 @@ from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres._shared import RowPlan, Shared, cstring, refusal_token, rows_of
 from airlock.gateway.postgres.masking import ColumnPlan
 from airlock.gateway.postgres.parse_state import SessionState
+from airlock.gateway.postgres.rowpath import join_values, mask_one_column
 
 __all__ = ["Describe", "Inflight", "NameChange", "Results"]
 
@@ -400,21 +401,7 @@ def _has_secret(mask: Callable[[bytes], bytes], buf: bytes, run: list[pg.Frame])
     """Whether any value of the DataRows in ``run`` holds something the masker masks: one scan
     over the values joined by NUL. (Not over the raw rows: a length byte that is a letter
     before a value, or the next row's ``D`` after it, would hide a token from ``\\b``.)"""
-    unpack = _LENGTH.unpack_from
-    values: list[bytes] = []
-    append = values.append
-    for _, start, end in run:
-        pos = start + 7
-        for _ in range(unpack(buf, start + 3)[0] & 0xFFFF):
-            size = unpack(buf, pos)[0]
-            if size > 0:
-                append(buf[pos + 4 : pos + 4 + size])
-                pos += 4 + size
-            else:
-                pos += 4
-        if pos > end:
-            raise pg.ProtocolError("a DataRow is shorter than its columns say")
-    joined = b"\0".join(values)
+    joined = join_values(buf, run)
     return mask(joined) is not joined
 
 
@@ -426,7 +413,7 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
     last = masked[-1][0]
     unpack, pack = _LENGTH.unpack_from, _LENGTH.pack
     if len(masked) == 1:
-        return _mask_one_column(buf, run, *masked[0])
+        return [mask_one_column(buf, run, *masked[0])]
     out: list[bytes] = []
     append = out.append
     for _, start, end in run:
@@ -453,32 +440,4 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
         append(b"D" + pack(end - start - 1 + delta) + buf[start + 5 : start + 7])
         out += pieces
         append(buf[copied:end])
-    return out
-
-
-def _mask_one_column(
-    buf: bytes, run: list[pg.Frame], index: int, replacement: bytes
-) -> list[bytes]:
-    """:func:`_mask_columns` for the common plan of one masked column."""
-    unpack, pack = _LENGTH.unpack_from, _LENGTH.pack
-    width = len(replacement)
-    out: list[bytes] = []
-    append = out.append
-    for _, start, end in run:
-        if unpack(buf, start + 3)[0] & 0xFFFF <= index:  # the column count (int16 at +5)
-            raise pg.ProtocolError("a DataRow has fewer columns than its RowDescription")
-        pos = start + 7
-        for _ in range(index):
-            size = unpack(buf, pos)[0]
-            pos += 4 + size if size > 0 else 4
-        size = unpack(buf, pos)[0]
-        if size < 0:  # NULL stays NULL
-            append(buf[start:end])
-            continue
-        after = pos + 4 + size
-        if after > end:
-            raise pg.ProtocolError("a DataRow is shorter than its columns say")
-        append(b"D" + pack(end - start - 1 + width - 4 - size) + buf[start + 5 : pos])
-        append(replacement)
-        append(buf[after:end])
     return out
