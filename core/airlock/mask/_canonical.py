@@ -2,7 +2,8 @@
 
 One RE2 regex over all literal values: between any two bytes of a value, invisible sequences a
 terminal does not show (ANSI/OSC escapes, NUL, CR) are allowed, and each byte may be raw or
-percent-encoded under any safe set. See docs/masking.md.
+percent-encoded under any safe set; and every base64 form of a value with line breaks inside
+(``_wrapped``). See docs/masking.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 import re2
 
 from airlock.mask._compile import _LITERAL_MEM, MAX_RULE_LEN, CompiledRule, _re2
+from airlock.mask._wrapped import wrapped_alternative, wrapped_match_ok
+from airlock.mask.forms import base64_forms
 
 __all__ = ["CANONICAL_SLACK", "build_canonical_rule"]
 
@@ -58,6 +61,16 @@ def build_canonical_rule(
     alternatives = [
         b"(" + _INVISIBLE.join(_canonical_atom(b) for b in value) + b")" for value in ordered
     ]
+    names = [values[v] for v in ordered]
+    # Wrapped base64 forms come last: a match at the same start by a form above wins.
+    wrapped: dict[bytes, str] = {}
+    for value in ordered:
+        for form in sorted(base64_forms(value), key=lambda f: (-len(f), f)):
+            wrapped.setdefault(form, values[value])
+    first_wrapped = len(alternatives) + 1
+    alternatives += [b"(" + wrapped_alternative(form) + b")" for form in wrapped]
+    names += wrapped.values()
+    groups = range(first_wrapped, len(names) + 1)
     triggers = set(_INVISIBLE_TRIGGERS)
     if any(0x0A in value for value in ordered):
         triggers.add(b"\r")  # a pty writes the value's "\n" as "\r\n"
@@ -67,7 +80,13 @@ def build_canonical_rule(
         triggers.add(b"+")
     max_len = min(MAX_RULE_LEN, 3 * len(ordered[0]) + CANONICAL_SLACK)
     regex = _re2(b"|".join(alternatives), max_mem=_LITERAL_MEM if len(ordered) > 64 else 64 << 20)
-    rule = CompiledRule("literal", regex, max_len, group_names=tuple(values[v] for v in ordered))
+    rule = CompiledRule(
+        "literal",
+        regex,
+        max_len,
+        group_names=tuple(names),
+        check=lambda buf, match: wrapped_match_ok(buf, match, groups),
+    )
     return rule, tuple(sorted(triggers))
 
 

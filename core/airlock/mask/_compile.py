@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import re2
 
 from airlock.errors import ConfigError
-from airlock.mask.forms import literal_forms
+from airlock.mask.forms import base64_forms, literal_forms
 from airlock.mask.rules import PatternRule
 
 __all__ = [
@@ -84,6 +84,7 @@ class CompiledRule:
     overlapping: bool = False  # literals: also find occurrences that overlap a previous one
     group_names: tuple[str, ...] = ()  # canonical literals: capture group i + 1 → rule id
     hold: Any = None  # re2 regexp: a tail that may begin a match (PatternRule.hold)
+    check: Any = None  # (buf, match) -> bool: False rejects a regex match (wrapped base64)
 
     def name_for(self, matched: bytes) -> str:
         """The rule id a match is reported under."""
@@ -146,6 +147,7 @@ class LiteralSet:
     canonical: CompiledRule | None = None  # see build_canonical_rule
     values: tuple[bytes, ...] = ()  # the literal values themselves (for canonical_held)
     triggers: tuple[bytes, ...] = ()  # a canonical match holds one of these, or a lone CR
+    wrapped: tuple[bytes, ...] = ()  # base64 forms, sorted (for wrapped_held)
 
     def canonical_may_match(self, buf: bytes) -> bool:
         """False when the canonical rule can find nothing the exact forms do not: ``buf`` has
@@ -155,7 +157,11 @@ class LiteralSet:
             return False
         if any(t in buf for t in self.triggers):
             return True
-        return b"\r" in buf and buf.count(b"\r") != buf.count(b"\r\n")
+        if b"\r" in buf and buf.count(b"\r") != buf.count(b"\r\n"):
+            return True
+        from airlock.mask._wrapped import may_hold_wrapped
+
+        return bool(self.wrapped) and may_hold_wrapped(buf)
 
     @property
     def max_len(self) -> int:
@@ -168,10 +174,12 @@ class LiteralSet:
             return 0
         from airlock.mask._canonical import canonical_held
         from airlock.mask._scan import held_suffix
+        from airlock.mask._wrapped import wrapped_held
 
         exact = held_suffix(tail, self.forms, self.max_len)
         reach = self.canonical.max_len if self.canonical is not None else 0
-        return max(exact, canonical_held(tail, self.values, reach))
+        wrapped = wrapped_held(tail, self.wrapped, reach)
+        return max(exact, canonical_held(tail, self.values, reach), wrapped)
 
 
 def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
@@ -204,6 +212,7 @@ def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
         canonical=canonical,
         triggers=triggers,
         values=tuple(sorted({value for _, value in literals})),
+        wrapped=tuple(sorted({f for _, value in literals for f in base64_forms(value)})),
     )
 
 

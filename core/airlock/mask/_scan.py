@@ -63,7 +63,7 @@ def advance(
             if m is None:
                 pos = start + 1
                 continue
-        if m.end() == m.start():
+        if m.end() == m.start() or (rule.check is not None and not rule.check(buf, m)):
             pos = start + 1
             continue
         out.append(_span_of(rule, order, m, base))

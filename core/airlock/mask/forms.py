@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MIN_EMBEDDED_BASE64", "literal_forms"]
+__all__ = ["MIN_EMBEDDED_BASE64", "base64_forms", "literal_forms"]
 
 MIN_EMBEDDED_BASE64 = 8
 """Shortest base64 core kept for a secret embedded in a longer base64 stream.
@@ -25,7 +25,7 @@ Shorter cores would mask unrelated base64 text too often to be useful.
 def literal_forms(value: bytes) -> list[bytes]:
     """Every form of ``value`` the masker looks for, without duplicates, longest first."""
     forms = {value}
-    forms.update(_base64_forms(value))
+    forms.update(base64_forms(value))
     forms.update(_percent_forms(value))
     forms.update(_json_forms(value))
     forms.add(value.hex().encode())
@@ -33,7 +33,8 @@ def literal_forms(value: bytes) -> list[bytes]:
     return sorted(forms, key=lambda f: (-len(f), f))
 
 
-def _base64_forms(value: bytes) -> set[bytes]:
+def base64_forms(value: bytes) -> set[bytes]:
+    """base64 and base64url, padded and unpadded, and the cores at the 3 alignments."""
     forms: set[bytes] = set()
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         padded = encode(value)

@@ -20,6 +20,7 @@ from airlock.mask._compile import (
 )
 from airlock.mask._scan import Span, render
 from airlock.mask._snapshot import NEVER, TRUNCATED, Snapshot, replacement
+from airlock.mask._wrapped import MIN_WRAP
 from airlock.mask.rules import BUILTIN_RULES, PatternRule
 from airlock.mask.strength import weak_reason
 
@@ -156,6 +157,9 @@ class Masker:
             literal_matcher=_compile.build_literal_matcher(self._engine, literals, self._prefilter),
             hmac_key=self._hmac_key,
         )
+
+
+CONTEXT = MIN_WRAP + 2  # + "\r" and the byte before the line: see _commit
 
 
 def _utf8(text: str) -> tuple[bytes, bool]:
@@ -344,7 +348,7 @@ class StreamMasker:
     def _commit(self, cut: int) -> None:
         """Mark ``[.., cut)`` as emitted; keep one byte before it as context for ``\\b``."""
         self._emitted = cut
-        keep = max(cut - 1, self._base)
+        keep = max(cut - CONTEXT, self._base)
         if keep > self._base:
             self._buf = self._buf[keep - self._base :]
             self._base = keep
