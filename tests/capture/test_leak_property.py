@@ -36,7 +36,10 @@ VIEW_SOURCES = [
 ]
 MAX_PAUSE_TOTAL = 0.6  # seconds: well inside the 1 s hold window
 
-FORMS = ("raw", "json", "json-unicode", "quote", "quote_plus", "base64", "hex", "ansi", "nul")
+FORMS = (
+    *("raw", "json", "json-unicode", "quote", "quote_plus", "base64", "hex", "ansi", "nul"),
+    *("base64-wrapped", "base32", "utf-16le", "bytes-repr", "shell-quoted"),
+)
 
 AGENT = """
 import base64, json, os, sys, time
@@ -70,7 +73,17 @@ def printed(case: Case) -> bytes:
         "hex": lambda: raw.hex().encode(),
         "ansi": lambda: raw[:at] + b"\x1b[1;3" + str(at % 8).encode() + b"m" + raw[at:],
         "nul": lambda: raw[:at] + b"\x00" + raw[at:],
+        "base64-wrapped": lambda: _wrap16(base64.b64encode(raw)),
+        "base32": lambda: base64.b32encode(raw),
+        "utf-16le": lambda: s.encode("utf-16-le"),
+        "bytes-repr": lambda: repr(raw).encode(),
+        "shell-quoted": lambda: b"'" + raw.replace(b"'", b"'\\''") + b"'",
     }[case.form]()
+
+
+def _wrap16(encoded: bytes) -> bytes:
+    """base64 wrapped at 16 columns (the narrowest width the masker reads as wrapping)."""
+    return b"\n".join(encoded[i : i + 16] for i in range(0, len(encoded), 16))
 
 
 secret_text = st.text(

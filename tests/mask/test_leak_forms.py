@@ -3,8 +3,10 @@ safe set, and secrets broken up by bytes a terminal does not show (ANSI/OSC esca
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import shlex
 import subprocess
 from urllib.parse import quote, quote_plus
 
@@ -145,3 +147,30 @@ def test_binary_output_is_masked_losslessly(engine: str) -> None:
     noise = bytes(range(256)) * 4
     out = masker.mask_bytes(noise + value + noise)
     assert out == noise + b"[MASKED:env:BIN]" + noise
+
+
+def _iconv(value: str, charset: str) -> bytes:
+    return subprocess.run(
+        ["iconv", "-f", "UTF-8", "-t", charset], input=value.encode(), capture_output=True,
+        check=True, timeout=30,
+    ).stdout  # fmt: skip
+
+
+OTHER_FORMS = {
+    "utf-16le": lambda v: _iconv(v, "UTF-16LE"),
+    "utf-16be": lambda v: _iconv(v, "UTF-16BE"),
+    "base32": lambda v: base64.b32encode(v.encode()),
+    "base32-unpadded": lambda v: base64.b32encode(v.encode()).rstrip(b"="),
+    "bytes-repr": lambda v: repr(v.encode()).encode(),
+    "shell-quoted": lambda v: shlex.quote(v).replace("'\"'\"'", "'\\''").encode(),
+}
+
+
+@pytest.mark.parametrize("form", OTHER_FORMS)
+def test_encodings_nobody_named_are_masked(form: str) -> None:
+    """Issue 13, item 2: each form leaked on the code before it was added to forms.py."""
+    secret = "it's" + rand(8) + "é\x01" + rand(5)
+    masker = make(literals=(("env:K", secret),))
+    shown = b"out: " + OTHER_FORMS[form](secret) + b" end\n"
+    out = masker.mask_bytes(shown)
+    assert MARK in out and out.startswith(b"out: ") and out.endswith(b" end\n"), out

@@ -28,6 +28,8 @@ _INVISIBLE = (
 _INVISIBLE_TRIGGERS = (b"\x1b", b"\x00")
 CANONICAL_SLACK = 256
 """Bytes of invisible sequences a canonical match may hold beyond 3 bytes per secret byte."""
+WRAPPED_MAX_VALUES = 64
+"""Literal values up to which wrapped base64 forms are recognised (see _wrapped)."""
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -68,9 +70,7 @@ def build_canonical_rule(
         for form in sorted(base64_forms(value), key=lambda f: (-len(f), f)):
             wrapped.setdefault(form, values[value])
     first_wrapped = len(alternatives) + 1
-    alternatives += [b"(" + wrapped_alternative(form) + b")" for form in wrapped]
-    names += wrapped.values()
-    groups = range(first_wrapped, len(names) + 1)
+    groups = range(first_wrapped, first_wrapped + len(wrapped))
     triggers = set(_INVISIBLE_TRIGGERS)
     if any(0x0A in value for value in ordered):
         triggers.add(b"\r")  # a pty writes the value's "\n" as "\r\n"
@@ -79,7 +79,18 @@ def build_canonical_rule(
     if any(0x20 in value for value in ordered):
         triggers.add(b"+")
     max_len = min(MAX_RULE_LEN, 3 * len(ordered[0]) + CANONICAL_SLACK)
-    regex = _re2(b"|".join(alternatives), max_mem=_LITERAL_MEM if len(ordered) > 64 else 64 << 20)
+    max_mem = _LITERAL_MEM if len(ordered) > 64 else 64 << 20
+    with_wrapped = [*alternatives, *(b"(" + wrapped_alternative(f) + b")" for f in wrapped)]
+    try:
+        if len(ordered) > WRAPPED_MAX_VALUES:
+            raise re2.error("too many values for wrapped base64")
+        regex = _re2(b"|".join(with_wrapped), max_mem=max_mem)
+        names += wrapped.values()
+    except re2.error:
+        # Too many values for one regex (compile time, RE2's program size limit at about 150
+        # values): wrapped base64 is then not recognised (documented in docs/masking.md).
+        regex = _re2(b"|".join(alternatives), max_mem=max_mem)
+        groups = range(0)
     rule = CompiledRule(
         "literal",
         regex,

@@ -205,6 +205,8 @@ def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
     from airlock.mask._canonical import build_canonical_rule  # it builds on this module
 
     canonical, triggers = build_canonical_rule(literals)
+    values = {value for _, value in literals}
+    wraps = canonical is not None and len(canonical.group_names) > len(values)  # see _wrapped
     return LiteralSet(
         rule,
         tuple(sorted(names)),
@@ -212,7 +214,7 @@ def build_literal_set(literals: Sequence[tuple[str, bytes]]) -> LiteralSet:
         canonical=canonical,
         triggers=triggers,
         values=tuple(sorted({value for _, value in literals})),
-        wrapped=tuple(sorted({f for _, value in literals for f in base64_forms(value)})),
+        wrapped=tuple(sorted({f for _, v in literals for f in base64_forms(v)})) if wraps else (),
     )
 
 

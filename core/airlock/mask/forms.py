@@ -28,6 +28,7 @@ def literal_forms(value: bytes) -> list[bytes]:
     forms.update(base64_forms(value))
     forms.update(_percent_forms(value))
     forms.update(_json_forms(value))
+    forms.update(_other_encodings(value))
     forms.add(value.hex().encode())
     forms.add(value.hex().upper().encode())
     return sorted(forms, key=lambda f: (-len(f), f))
@@ -55,6 +56,20 @@ def _embedded_core(encode: Callable[[bytes], bytes], value: bytes, offset: int) 
     first_char = -(-first_bit // 6)  # ceil: the first character wholly inside the value's bits
     end_char = end_bit // 6
     return encoded[first_char:end_char]
+
+
+def _other_encodings(value: bytes) -> set[bytes]:
+    """base32 (padded and not), Python's ``repr`` of the bytes (``b'\\x01'`` escapes, quotes
+    excluded), the body of a shell single-quoted word (``'`` written ``'\\''``), and the text
+    as UTF-16LE and UTF-16BE (``iconv -t UTF-16LE``)."""
+    b32 = base64.b32encode(value)
+    forms = {b32, b32.rstrip(b"="), repr(value)[2:-1].encode(), value.replace(b"'", b"'\\''")}
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return forms
+    forms.update({text.encode("utf-16-le"), text.encode("utf-16-be")})
+    return forms
 
 
 def _percent_forms(value: bytes) -> set[bytes]:
