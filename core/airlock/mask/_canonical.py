@@ -64,13 +64,6 @@ def build_canonical_rule(
         b"(" + _INVISIBLE.join(_canonical_atom(b) for b in value) + b")" for value in ordered
     ]
     names = [values[v] for v in ordered]
-    # Wrapped base64 forms come last: a match at the same start by a form above wins.
-    wrapped: dict[bytes, str] = {}
-    for value in ordered:
-        for form in sorted(base64_forms(value), key=lambda f: (-len(f), f)):
-            wrapped.setdefault(form, values[value])
-    first_wrapped = len(alternatives) + 1
-    groups = range(first_wrapped, first_wrapped + len(wrapped))
     triggers = set(_INVISIBLE_TRIGGERS)
     if any(0x0A in value for value in ordered):
         triggers.add(b"\r")  # a pty writes the value's "\n" as "\r\n"
@@ -80,15 +73,15 @@ def build_canonical_rule(
         triggers.add(b"+")
     max_len = min(MAX_RULE_LEN, 3 * len(ordered[0]) + CANONICAL_SLACK)
     max_mem = _LITERAL_MEM if len(ordered) > 64 else 64 << 20
-    with_wrapped = [*alternatives, *(b"(" + wrapped_alternative(f) + b")" for f in wrapped)]
+    # Wrapped base64 forms come last: a match at the same start by a form above wins.
+    wrapped = _wrapped_forms(ordered, values)
+    first_wrapped = len(alternatives) + 1
+    groups = range(first_wrapped, first_wrapped + len(wrapped))
     try:
-        if len(ordered) > WRAPPED_MAX_VALUES:
-            raise re2.error("too many values for wrapped base64")
-        regex = _re2(b"|".join(with_wrapped), max_mem=max_mem)
+        extra = [b"(" + wrapped_alternative(form) + b")" for form in wrapped]
+        regex = _re2(b"|".join(alternatives + extra), max_mem=max_mem)
         names += wrapped.values()
-    except re2.error:
-        # Too many values for one regex (compile time, RE2's program size limit at about 150
-        # values): wrapped base64 is then not recognised (documented in docs/masking.md).
+    except re2.error:  # pragma: no cover - RE2's program size limit, kept away by the cap
         regex = _re2(b"|".join(alternatives), max_mem=max_mem)
         groups = range(0)
     rule = CompiledRule(
@@ -99,6 +92,18 @@ def build_canonical_rule(
         check=lambda buf, match: wrapped_match_ok(buf, match, groups),
     )
     return rule, tuple(sorted(triggers))
+
+
+def _wrapped_forms(ordered: Sequence[bytes], values: dict[bytes, str]) -> dict[bytes, str]:
+    """Every base64 form of each value → its rule id; none past WRAPPED_MAX_VALUES values
+    (each adds ~8 alternatives: more would make the regex slow to build, then too large)."""
+    wrapped: dict[bytes, str] = {}
+    if len(ordered) > WRAPPED_MAX_VALUES:
+        return wrapped
+    for value in ordered:
+        for form in sorted(base64_forms(value), key=lambda f: (-len(f), f)):
+            wrapped.setdefault(form, values[value])
+    return wrapped
 
 
 _INCOMPLETE = -1
