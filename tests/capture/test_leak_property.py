@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import quopri
 import re
 import sys
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ MAX_PAUSE_TOTAL = 0.6  # seconds: well inside the 1 s hold window
 
 FORMS = (
     *("raw", "json", "json-unicode", "quote", "quote_plus", "base64", "hex", "ansi", "nul"),
-    *("base64-wrapped", "base32", "utf-16le", "bytes-repr", "shell-quoted"),
+    *("base64-wrapped", "base32", "utf-16le", "bytes-repr", "shell-quoted", "quoted-printable"),
 )
 
 AGENT = """
@@ -78,6 +79,7 @@ def printed(case: Case) -> bytes:
         "utf-16le": lambda: s.encode("utf-16-le"),
         "bytes-repr": lambda: repr(raw).encode(),
         "shell-quoted": lambda: b"'" + raw.replace(b"'", b"'\\''") + b"'",
+        "quoted-printable": lambda: quopri.encodestring(raw),
     }[case.form]()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import quopri
 import re
 import shlex
 import subprocess
@@ -156,21 +157,35 @@ def _iconv(value: str, charset: str) -> bytes:
     ).stdout  # fmt: skip
 
 
+def _printf_q(value: str) -> bytes:
+    return subprocess.run(
+        ["bash", "-c", 'printf %q "$1"', "_", value], capture_output=True, check=True, timeout=30
+    ).stdout
+
+
+OTHER_SECRET = "it's" + rand(8) + "é\x01" + rand(5)
+PRINTABLE = "it's a" + rand(8) + '"$x' + rand(5)  # bash writes it with backslashes
 OTHER_FORMS = {
-    "utf-16le": lambda v: _iconv(v, "UTF-16LE"),
-    "utf-16be": lambda v: _iconv(v, "UTF-16BE"),
-    "base32": lambda v: base64.b32encode(v.encode()),
-    "base32-unpadded": lambda v: base64.b32encode(v.encode()).rstrip(b"="),
-    "bytes-repr": lambda v: repr(v.encode()).encode(),
-    "shell-quoted": lambda v: shlex.quote(v).replace("'\"'\"'", "'\\''").encode(),
+    "utf-16le": (OTHER_SECRET, lambda v: _iconv(v, "UTF-16LE")),
+    "utf-16be": (OTHER_SECRET, lambda v: _iconv(v, "UTF-16BE")),
+    "base32": (OTHER_SECRET, lambda v: base64.b32encode(v.encode())),
+    "base32-unpadded": (OTHER_SECRET, lambda v: base64.b32encode(v.encode()).rstrip(b"=")),
+    "bytes-repr": (OTHER_SECRET, lambda v: repr(v.encode()).encode()),
+    "shell-quoted": (OTHER_SECRET, lambda v: shlex.quote(v).replace("'\"'\"'", "'\\''").encode()),
+    "printf-q-ansi-c": (OTHER_SECRET, _printf_q),
+    "printf-q-backslashes": (PRINTABLE, _printf_q),
+    "quoted-printable": (
+        OTHER_SECRET + " =" + PRINTABLE,
+        lambda v: quopri.encodestring(v.encode()),
+    ),
 }
 
 
 @pytest.mark.parametrize("form", OTHER_FORMS)
 def test_encodings_nobody_named_are_masked(form: str) -> None:
     """Issue 13, item 2: each form leaked on the code before it was added to forms.py."""
-    secret = "it's" + rand(8) + "é\x01" + rand(5)
+    secret, encode = OTHER_FORMS[form]
     masker = make(literals=(("env:K", secret),))
-    shown = b"out: " + OTHER_FORMS[form](secret) + b" end\n"
+    shown = b"out: " + encode(secret) + b" end\n"
     out = masker.mask_bytes(shown)
     assert MARK in out and out.startswith(b"out: ") and out.endswith(b" end\n"), out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import quopri
 import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
@@ -61,15 +62,33 @@ def _embedded_core(encode: Callable[[bytes], bytes], value: bytes, offset: int) 
 def _other_encodings(value: bytes) -> set[bytes]:
     """base32 (padded and not), Python's ``repr`` of the bytes (``b'\\x01'`` escapes, quotes
     excluded), the body of a shell single-quoted word (``'`` written ``'\\''``), and the text
-    as UTF-16LE and UTF-16BE (``iconv -t UTF-16LE``)."""
+    as UTF-16LE and UTF-16BE (``iconv -t UTF-16LE``); bash's ``printf %q`` (both of its
+    spellings) and quoted-printable (``quopri``, MIME)."""
     b32 = base64.b32encode(value)
     forms = {b32, b32.rstrip(b"="), repr(value)[2:-1].encode(), value.replace(b"'", b"'\\''")}
+    forms.update(_printf_q_forms(value))
+    forms.add(quopri.encodestring(value).removesuffix(b"=\n"))
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         return forms
     forms.update({text.encode("utf-16-le"), text.encode("utf-16-be")})
     return forms
+
+
+_SHELL_SPECIAL = frozenset(b" '\"\\$`!&;|()<>*?[]{}^,")
+_ANSI_C = {7: b"\\a", 8: b"\\b", 9: b"\\t", 10: b"\\n", 11: b"\\v", 12: b"\\f", 13: b"\\r"}
+_ANSI_C |= {27: b"\\E", 0x27: b"\\'", 0x5C: b"\\\\"}
+
+
+def _printf_q_forms(value: bytes) -> set[bytes]:
+    """bash ``printf %q``: a backslash before each shell-special byte, or, when the value has
+    control bytes, the body of ``$'…'`` (``\\t``, ``\\E``, ``\\'``, octal ``\\001``)."""
+    escaped = b"".join(b"\\" + bytes((b,)) if b in _SHELL_SPECIAL else bytes((b,)) for b in value)
+    ansi_c = b"".join(
+        _ANSI_C.get(b) or (b"\\%03o" % b if b < 0x20 or b == 0x7F else bytes((b,))) for b in value
+    )
+    return {escaped, ansi_c}
 
 
 def _percent_forms(value: bytes) -> set[bytes]:
