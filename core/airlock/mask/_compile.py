@@ -39,6 +39,8 @@ LITERAL_INDEX = 0
 """Rule index of the literal alternation; pattern rules follow from index 1."""
 
 MAX_RULE_LEN = 1 << 16
+WRAPPED_LINE = rb"(?:^|\n)[A-Za-z0-9+/_-]{16}[A-Za-z0-9+/_-]*\r?\n[A-Za-z0-9+/_-]"
+"""A line wrapped base64 could have made (see airlock.mask._wrapped), then one more character."""
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._/@+\-]{0,127}")
 _PROBES = (b"", b"a", b" ", b"a b", b"\n", b"_0")
 _SECRET_GROUP = b"secret"
@@ -149,19 +151,22 @@ class LiteralSet:
     triggers: tuple[bytes, ...] = ()  # a canonical match holds one of these, or a lone CR
     wrapped: tuple[bytes, ...] = ()  # base64 forms, sorted (for wrapped_held)
 
-    def canonical_may_match(self, buf: bytes) -> bool:
+    def canonical_may_match(self, buf: bytes, wrapped_line: bool | None = None) -> bool:
         """False when the canonical rule can find nothing the exact forms do not: ``buf`` has
         no trigger byte and no CR outside a CRLF (a CR before LF can only sit inside a value
-        that has a newline, and then CR is a trigger)."""
+        that has a newline, and then CR is a trigger) and no line wrapped base64 could have
+        made (``wrapped_line``: hyperscan's answer to that, None to ask RE2)."""
         if self.canonical is None:
             return False
         if any(t in buf for t in self.triggers):
             return True
         if b"\r" in buf and buf.count(b"\r") != buf.count(b"\r\n"):
             return True
+        if not self.wrapped or wrapped_line is False:
+            return False
         from airlock.mask._wrapped import may_hold_wrapped
 
-        return bool(self.wrapped) and may_hold_wrapped(buf)
+        return wrapped_line or may_hold_wrapped(buf)
 
     @property
     def max_len(self) -> int:
@@ -341,7 +346,13 @@ class HyperscanLiterals:
     MERGE_AT = 1024  # forms
     _BASE = 1 << 24  # literal ids start here; pattern ids are rule indices
 
-    def __init__(self, forms: Sequence[bytes], patterns: Prefilter) -> None:
+    WRAP_GATE = (1 << 24) - 1
+    """Reported in ``scan``'s rules when ``wrap_gate`` is on and the buffer has a
+    ``WRAPPED_LINE`` (what ``_wrapped.may_hold_wrapped`` asks RE2, in the same pass)."""
+
+    def __init__(
+        self, forms: Sequence[bytes], patterns: Prefilter, wrap_gate: bool = False
+    ) -> None:
         import hyperscan
 
         self._hs = hyperscan
@@ -350,6 +361,10 @@ class HyperscanLiterals:
         expressions = [b"".join(b"\\x%02x" % byte for byte in form) for form in forms]
         ids = [self._BASE + i for i in range(len(forms))]
         flags = [0] * len(forms)
+        if wrap_gate:
+            expressions.append(WRAPPED_LINE)
+            ids.append(self.WRAP_GATE)
+            flags.append(hyperscan.HS_FLAG_SINGLEMATCH)
         self.merged = len(forms) >= self.MERGE_AT and isinstance(patterns, _HyperscanPatterns)
         if self.merged:
             assert isinstance(patterns, _HyperscanPatterns)
@@ -459,4 +474,4 @@ def build_literal_matcher(
     """Hyperscan's literal matcher, or None: with RE2 the alternation is searched directly."""
     if engine != "hyperscan" or literals.rule is None:
         return None
-    return HyperscanLiterals(literals.forms, patterns)
+    return HyperscanLiterals(literals.forms, patterns, wrap_gate=bool(literals.wrapped))

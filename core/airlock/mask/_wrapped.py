@@ -2,12 +2,12 @@
 76 columns), ``openssl base64`` (64) and PEM/MIME writers print a file that holds a secret.
 
 The forms are alternatives of the canonical regex with an optional ``\\r?\\n`` between any two
-characters. A line break is taken as wrapping only when at least ``MIN_WRAP`` base64 characters
-precede it on its line (counted in the stream, before the match too): ordinary text breaks
-lines after short words all the time, wrapped base64 never does. That rule also makes the
-search cheap: the canonical regex runs for a wrapped form only in a buffer holding such a line
-end (``may_hold_wrapped``), and the stream keeps ``MIN_WRAP`` bytes before its frontier so a
-streamed buffer sees the same line start the whole stream does. See docs/masking.md.
+characters. A line break inside a match is taken as wrapping only when the whole line before it
+is ``MIN_WRAP`` to ``MAX_WRAP`` base64 characters (checked for the first break of each match):
+ordinary text breaks lines after words, wrapped base64 never does. That rule also keeps the
+search cheap: the canonical regex runs for a wrapped form only on a buffer holding such a line
+(``may_hold_wrapped``), and the stream keeps ``MAX_WRAP + 2`` bytes before its frontier so a
+streamed buffer judges a line as the whole stream does. See docs/masking.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from typing import Any
 
 import re2
 
+from airlock.mask._compile import WRAPPED_LINE
+
 __all__ = [
+    "MAX_WRAP",
     "MIN_WRAP",
     "may_hold_wrapped",
     "wrapped_alternative",
@@ -27,10 +30,12 @@ __all__ = [
 ]
 
 MIN_WRAP = 16
-"""Fewest base64 characters before a line break that counts as wrapping (a line width)."""
+"""Narrowest line (base64 characters) whose break counts as wrapping."""
+MAX_WRAP = 128
+"""Widest such line (coreutils wraps at 76, openssl and PEM at 64)."""
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
 _BREAK = rb"(?:\r?\n)?"
-_LINE_END = re2.compile(rb"[A-Za-z0-9+/_-]{%d}\r?\n" % MIN_WRAP)
+_LINE = re2.compile(WRAPPED_LINE)
 
 
 def wrapped_alternative(form: bytes) -> bytes:
@@ -39,13 +44,15 @@ def wrapped_alternative(form: bytes) -> bytes:
 
 
 def may_hold_wrapped(buf: bytes) -> bool:
-    """True when ``buf`` has a line end that wrapping could have made (see MIN_WRAP)."""
-    return _LINE_END.search(buf) is not None
+    """True when ``buf`` has a line that wrapping could have made (a superset: see MIN_WRAP);
+    the line may start at the start of ``buf``."""
+    return _LINE.search(buf) is not None
 
 
 def wrapped_match_ok(buf: bytes, match: Any, groups: Iterable[int]) -> bool:
     """False for a match of a wrapped alternative (one of ``groups``) whose first line break
-    follows fewer than MIN_WRAP base64 characters on its line in ``buf``."""
+    does not end a line of MIN_WRAP to MAX_WRAP base64 characters. ``buf`` starts at the
+    stream's start or at least MAX_WRAP + 1 bytes before the match."""
     if not any(match.start(g) >= 0 for g in groups):
         return True
     start, end = match.span()
@@ -53,8 +60,8 @@ def wrapped_match_ok(buf: bytes, match: Any, groups: Iterable[int]) -> bool:
     if newline < 0:
         return True  # no break: an exact form
     line_end = newline - 1 if newline > 0 and buf[newline - 1] == 0x0D else newline
-    run = buf[max(0, line_end - MIN_WRAP) : line_end]
-    return len(run) == MIN_WRAP and all(byte in _B64 for byte in run)
+    line = buf[buf.rfind(b"\n", 0, line_end) + 1 : line_end]
+    return MIN_WRAP <= len(line) <= MAX_WRAP and all(byte in _B64 for byte in line)
 
 
 def wrapped_held(tail: bytes, forms: Sequence[bytes], reach: int) -> int:

@@ -20,7 +20,7 @@ from airlock.mask._compile import (
 )
 from airlock.mask._scan import Span, render
 from airlock.mask._snapshot import NEVER, TRUNCATED, Snapshot, replacement
-from airlock.mask._wrapped import MIN_WRAP
+from airlock.mask._wrapped import MAX_WRAP
 from airlock.mask.rules import BUILTIN_RULES, PatternRule
 from airlock.mask.strength import weak_reason
 
@@ -159,7 +159,7 @@ class Masker:
         )
 
 
-CONTEXT = MIN_WRAP + 2  # + "\r" and the byte before the line: see _commit
+CONTEXT = MAX_WRAP + 2  # a whole wrapped line, its "\r" and one byte more: see _commit
 
 
 def _utf8(text: str) -> tuple[bytes, bool]:
