@@ -56,3 +56,16 @@ def test_a_quiet_stream_holds_a_wrapped_prefix() -> None:
     rest = stream.feed(shown[cut:]) + stream.flush()
     assert first + rest == masker.mask_bytes(shown)
     assert MARK in rest
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_line_with_other_text_is_not_wrapping_however_streamed(engine: str) -> None:
+    """The whole line before a break decides, also when a stream has shown most of it: the
+    stream keeps enough of the line to judge it as the whole text does."""
+    masker = make(engine, literals=(("env:K", SECRET),), builtin=False)
+    encoded = base64.b64encode(b"p" * 45 + SECRET.encode() + b"q" * 30)
+    text = b"auth: " + encoded[:70] + b"\n" + encoded[70:] + b"\n" + b"ok, done\n" * 80
+    assert masker.mask_bytes(text) == text
+    assert stream_through(masker, text, range(len(text))) == text
+    # The same bytes without the prefix are wrapped base64.
+    assert MARK in masker.mask_bytes(encoded[:70] + b"\n" + encoded[70:] + b"\n")
