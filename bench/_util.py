@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import random
 import resource
 import shutil
-import statistics
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import statistics
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parent / ".data"
 VENV_BIN = Path(sys.executable).parent
@@ -120,6 +123,50 @@ def env_without_ci() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "ACTIONS_"))}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server process the benchmark starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``; exit after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on {port}")
+
+
+def serve_until_killed(start: Callable[[], Awaitable[Any]]) -> None:
+    """Run a gateway role process: ``await start()``, say "ready", serve until killed, close."""
+
+    async def main() -> None:
+        gateway = await start()
+        print("ready", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await gateway.close()
+
+    asyncio.run(main())
+
+
+def pg_gateway_config(port: int, mask_columns: list[str]) -> Any:
+    """The PostgreSQL gateway of the benchmarks: local upstream without TLS, masked columns."""
+    from airlock.policy.gateways import PostgresGatewayConfig
+
+    return PostgresGatewayConfig.model_validate(
+        {"name": "bench", "kind": "postgres",
+         "upstream": {"host": "127.0.0.1", "port": port, "database": "postgres", "tls": "disable"},
+         "credential": {"user": "postgres"}, "mask_columns": mask_columns, "mask_values": True}
+    )  # fmt: skip
 
 
 _PR_SET_CHILD_SUBREAPER = 36
