@@ -65,7 +65,7 @@ def test_comment_is_posted_and_the_first_entitled_answer_decides(
             "id": 77,
             "number": 12,
             "body": f"ok\n/airlock approve {rid}",
-            "user": {"login": "alice", "id": 5, "type": "User"},
+            "user": {"login": "alice", "id": user_id_of("alice"), "type": "User"},
         }
     )
     decision = asyncio.run(backend.wait(rid, 5))

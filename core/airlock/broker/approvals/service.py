@@ -93,6 +93,7 @@ class ApprovalService:
         self._forges: dict[str, Forge] = {}
         self._masker: Masker | None = None
         self.version = 0  # bumped on every local decision: wakes long-polls early
+        broker.on_revoke.append(self.job_revoked)
 
     def close(self) -> None:
         """Release forge HTTP sessions."""
@@ -194,6 +195,15 @@ class ApprovalService:
     def _close_unposted(self, row: ApprovalRow) -> None:
         decision = self._sign(row, approved=False, by="airlock", reason="could not be posted")
         self.store.decide(row.request_id, "denied", decision, [])
+
+    def job_revoked(self, job_digest: str) -> None:
+        """Deny every pending request of a revoked job (a click after this changes nothing)."""
+        for row in self.store.pending_of_job(job_digest):
+            decision = self._sign(row, approved=False, by="airlock", reason="job revoked")
+            if self.store.decide(row.request_id, "denied", decision, []):
+                log.info("approval %s denied: its job was revoked", row.request_id)
+                self._show_outcome(row, "denied", decision)
+        self.version += 1
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -301,7 +311,9 @@ class ApprovalService:
 
     def _our_installation(self, installation: GhInstallation | None) -> bool:
         app = self._config.github_app
-        return app is not None and (installation is None or installation.id == app.installation_id)
+        return (
+            app is not None and installation is not None and installation.id == app.installation_id
+        )
 
     # -- GitLab webhook ---------------------------------------------------------------------------
 
@@ -429,6 +441,10 @@ class ApprovalService:
     def _after_vote(self, row: ApprovalRow, tally: Tally, by: str, needed: int) -> WebhookResult:
         if tally.status == "already-decided":
             return WebhookResult("already-decided", 200, request_id=row.request_id)
+        if tally.status == "revoked":
+            why = "the job that asked was revoked"
+            log.info("approval %s: click refused: %s", row.request_id, why)
+            return WebhookResult("refused", 200, why, row.request_id)
         if tally.decision is not None:
             log.info(
                 "approval %s approved by %s (ids %s)%s",
