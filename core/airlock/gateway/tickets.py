@@ -16,6 +16,9 @@ from typing import Protocol
 
 import httpx
 
+from airlock.brokerclient import BrokerClient
+from airlock.errors import AirlockError
+
 __all__ = ["RECHECK_SECONDS", "BrokerTicket", "Ticket", "TicketCheck"]
 
 RECHECK_SECONDS = 5.0  # how long a gateway trusts the broker's "yes" for a ticket
@@ -73,18 +76,15 @@ class BrokerTicket:
         now = time.time()
         if self._accepted.get(key, 0.0) > now:
             return True
-        try:
-            response = httpx.post(
-                self.broker_url.rstrip("/") + "/v1/gateway-tickets/check",
-                json={"gateway": self.gateway, "ticket": value},
-                headers={"Authorization": f"Bearer {self.gateway_token}"},
-                timeout=self.timeout,
-            )
-        except httpx.HTTPError:
-            return False  # fail closed
-        if response.status_code != 200:
-            return False
-        self._accepted[key] = min(
-            float(response.json().get("expires_at", now)), now + RECHECK_SECONDS
+        client = BrokerClient(
+            self.broker_url, http=httpx.Client(timeout=self.timeout, follow_redirects=False)
         )
+        try:
+            answer = client.check_ticket(self.gateway_token, self.gateway, value)
+            expires_at = float(answer.get("expires_at", now))
+        except (AirlockError, TypeError, ValueError):
+            return False  # refused, unreachable or unreadable: fail closed
+        finally:
+            client.close()
+        self._accepted[key] = min(expires_at, now + RECHECK_SECONDS)
         return True
