@@ -38,7 +38,7 @@ from tests.support.broker_server import BrokerServer
 from tests.support.oidc_issuer import OIDCIssuer
 
 from airlock.broker.app import create_app
-from airlock.broker.approvals.store import ApprovalStore
+from airlock.broker.approvals.store import APPROVALS, ApprovalStore
 from airlock.errors import ConfigError
 from airlock.gate.github_api import GitHubApi
 from airlock.gate.rules import Clicker
@@ -175,6 +175,22 @@ def test_a_deployment_rule_without_our_installation_is_ignored(stack: Stack) -> 
     response = post(f"{stack.url}/v1/webhooks/github", raw, headers)
     assert response.status_code == 202 and response.json()["result"] == "ignored"
     assert stack.github.reviews == []
+
+
+def test_a_request_whose_head_is_unknown_takes_no_click(stack: Stack) -> None:
+    """A row without the head it was posted on (an older database) must not accept a click
+    on whatever head the payload names."""
+    token = add_job(stack.broker, github_subject())
+    created = stack.create(token).json()
+    with stack.broker.store.engine.begin() as conn:
+        conn.execute(
+            APPROVALS.update()
+            .where(APPROVALS.c.request_id == created["request_id"])
+            .values(head_sha=None)
+        )
+    response = _send_click(stack, _approve_payload(stack, created, "alice", head_sha="2" * 40))
+    assert response.status_code == 202 and response.json()["result"] == "ignored"
+    assert _status(stack, token, created["request_id"]) == "pending"
 
 
 # -- one person, one vote; one delivery, one effect ---------------------------------------------------

@@ -122,7 +122,8 @@ class GitHubCheckForge(Forge):
         return (
             super().matches(click, shown, head_sha)
             and click.ref == shown.ref
-            and (not head_sha or click.head_sha == head_sha)
+            and bool(head_sha)  # unknown head (a row from before heads were kept): no click
+            and click.head_sha == head_sha
         )
 
 
