@@ -612,15 +612,21 @@ class FakeGitLab:
             int(iid), body["body"], user_id=90, username="project_20_bot_1a2b"
         )
 
-    def add_note(self, iid: int, text: str, *, user_id: int, username: str) -> dict[str, Any]:
-        """Someone (or the job's token) writes a note on the merge request."""
+    def add_note(
+        self, iid: int, text: str, *, user_id: int, username: str, edited: bool = False
+    ) -> dict[str, Any]:
+        """Someone (or the job's token) writes a note on the merge request (``edited``: and
+        changed it afterwards)."""
         self._next_id += 1
+        created = "2024-05-01T10:00:00.000Z"
         note = {
             "id": self._next_id,
             "iid": iid,
             "body": text,
             "system": False,
             "author": {"id": user_id, "username": username},
+            "created_at": created,
+            "updated_at": "2024-05-01T10:07:00.000Z" if edited else created,
         }
         self.notes.append(note)
         return note
