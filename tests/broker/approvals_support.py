@@ -531,9 +531,18 @@ class FakeGitHub:
     def _list_reviews(self, _body: Any, number: str) -> tuple[int, Any]:
         return 200, [r for r in self.pr_reviews if r["number"] == int(number)]
 
-    def comment_as(self, number: int, login: str, body: str, *, user_type: str = "User") -> None:
-        """Someone writes a comment on the pull request."""
+    def comment_as(
+        self,
+        number: int,
+        login: str,
+        body: str,
+        *,
+        user_type: str = "User",
+        edited: bool = False,
+    ) -> None:
+        """Someone writes a comment on the pull request (``edited``: and changed it later)."""
         self._next_id += 1
+        created = "2024-05-01T10:00:00Z"
         self.comments.append(
             {
                 "id": self._next_id,
@@ -541,6 +550,8 @@ class FakeGitHub:
                 "body": body,
                 "user": {"login": login, "id": user_id_of(login), "type": user_type},
                 "html_url": "",
+                "created_at": created,
+                "updated_at": "2024-05-01T10:07:00Z" if edited else created,
             }
         )
 

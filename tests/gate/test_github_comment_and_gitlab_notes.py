@@ -59,6 +59,7 @@ def test_comment_is_posted_and_the_first_entitled_answer_decides(
     github.comment_as(12, "reader", f"/airlock approve {rid}")  # no write permission
     github.comment_as(12, "renovate[bot]", f"/airlock approve {rid}", user_type="Bot")
     github.comment_as(12, "alice", f"/airlock approve {'f' * 32}")  # another request
+    github.comment_as(12, "alice", f"/airlock approve {rid}", edited=True)  # was "lgtm"
     assert backend.status(rid) is None
     github.pr_reviews.append(
         {
