@@ -162,6 +162,7 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         key_path=request.key_path,
         state_dir=request.state_dir,
         environ=request.secret_env,
+        policy_file=request.policy_source,
     )
     # The sandbox's self-check runs while the log and the gateways start (without an egress
     # proxy to probe; with one, it runs once the proxy is up).

@@ -44,16 +44,27 @@ def sandbox_spec(
     key_path: Path | None,
     state_dir: Path | None,
     environ: Mapping[str, str],
+    policy_file: str | None = None,
 ) -> SandboxSpec | None:
-    """The compiled sandbox, or None when it is off. Bad paths raise ConfigError (exit 80)."""
+    """The compiled sandbox, or None when it is off. Bad paths raise ConfigError (exit 80).
+
+    ``policy_file`` stays read-only inside: it is in the checkout, and the job's next session
+    reads it."""
     if mode == "off":
         return None
     home = environ.get("HOME") or str(Path.home())
     protected = protected_paths(
         sessions_dir=Path(cwd, sessions_dir), key_path=key_path, state_dir=state_dir, home=home
     )
+    pinned = [str(Path(cwd, policy_file))] if policy_file else []
     return compile_spec(
-        policy.sandbox, mode=mode, workspace=cwd, home=home, protected=protected, environ=environ
+        policy.sandbox,
+        mode=mode,
+        workspace=cwd,
+        home=home,
+        protected=protected,
+        environ=environ,
+        pinned=pinned,
     )
 
 

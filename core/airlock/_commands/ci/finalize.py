@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airlock.audit._format import MANIFEST_FILE
 from airlock.errors import AirlockError, ExitCode, UsageError
 
 __all__ = [
@@ -91,8 +92,8 @@ def _seal_open_sessions(sessions: Path, key_path: Path | None, result: FinalizeR
 
 
 def _sealed_sessions(sessions: Path) -> list[Path]:
-    found = [p.parent for p in sessions.glob("*/manifest.json")]
-    return sorted(found, key=lambda p: (p / "manifest.json").stat().st_mtime)
+    found = [p.parent for p in sessions.glob(f"*/{MANIFEST_FILE}")]
+    return sorted(found, key=lambda p: (p / MANIFEST_FILE).stat().st_mtime)
 
 
 def _revoke(result: FinalizeResult) -> None:
