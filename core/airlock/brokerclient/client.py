@@ -46,11 +46,6 @@ class BrokerClient:
         """A ticket for a central gateway, bound to this job (central mode)."""
         return self._post("/v1/gateway-tickets", {"gateway": gateway}, bearer=job_token)
 
-    def check_ticket(self, gateway_token: str, gateway: str, ticket: str) -> dict[str, Any]:
-        """The central gateway asks whether a presented ticket is good (raises when not)."""
-        body = {"gateway": gateway, "ticket": ticket}
-        return self._post("/v1/gateway-tickets/check", body, bearer=gateway_token)
-
     def revoke(self, job_token: str) -> int:
         body = self._post("/v1/revoke", {}, bearer=job_token)
         return int(body["revoked"])
