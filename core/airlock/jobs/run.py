@@ -34,16 +34,10 @@ from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType, Identity
-from airlock.jobs.sandboxed import (
-    begin_self_check,
-    effective_mode,
-    sandbox_spec,
-    start_for_session,
-)
+from airlock.jobs.sandboxed import effective_mode, run_checked, sandbox_spec, start_for_session
 from airlock.mask import Masker, StreamMasker
 from airlock.policy import Policy
 from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
-from airlock.sandbox.runtime import EarlyCheck
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -163,15 +157,9 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         state_dir=request.state_dir,
         environ=request.secret_env,
     )
-    # The sandbox's self-check runs while the log and the gateways start (without an egress
-    # proxy to probe; with one, it runs once the proxy is up).
-    early = None
-    if spec is not None and request.policy.network is None:
-        request.sessions_dir.mkdir(parents=True, exist_ok=True)  # so the probes see it covered
-        early = begin_self_check(spec)
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
-    return _Session(request, writer, masker, tracer, spec, early).run()
+    return _Session(request, writer, masker, tracer, spec).run()
 
 
 def _resolve_command(name: str, env: Mapping[str, str], cwd: str) -> None:
@@ -227,11 +215,9 @@ class _Session:
         masker: Masker,
         tracer: TracerStatus | None,
         sandbox: SandboxSpec | None = None,
-        early: EarlyCheck | None = None,
     ) -> None:
         self._req = request
         self._sandbox_spec = sandbox
-        self._early_check = early
         self._sandbox: RunningSandbox | None = None
         self._writer = writer
         self._masker = masker
@@ -254,7 +240,7 @@ class _Session:
             self._start_gateways()
             self._start_egress()
             self._start_sandbox()
-            result = self._runner().run()
+            result = self._run_command()
             self._flush_all()
             self._end(result, time.monotonic() - started)
             self._checkpoint()
@@ -289,11 +275,24 @@ class _Session:
         mode = self._req.policy.capture.pty
         return mode == "always" or (mode == "auto" and os.isatty(1))
 
-    def _runner(self) -> ProcessRunner:
+    def _run_command(self) -> RunResult:
+        sandbox = self._sandbox
+        if sandbox is None or not sandbox.active:
+            return self._runner(contained=False).run()
+        return run_checked(
+            sandbox,
+            lambda contained: self._runner(contained=contained),
+            record=lambda status: self._writer.append(EventType.SANDBOX_STATUS, status),
+            notice=_notice,
+        )
+
+    def _runner(self, *, contained: bool) -> ProcessRunner:
         argv, env, fds = self._req.argv, self._agent_env, tuple[int, ...]()
-        if self._sandbox is not None and self._sandbox.active:
+        on_spawn: Callable[[], None] = lambda: None  # noqa: E731
+        if contained and self._sandbox is not None:
             argv = tuple(self._sandbox.wrap(list(argv)))
             env, fds = self._sandbox.env, self._sandbox.pass_fds
+            on_spawn = self._sandbox.started
         command = Command(argv, env, self._req.cwd, fds)
         return ProcessRunner(
             command,
@@ -304,6 +303,7 @@ class _Session:
             on_idle=self._on_idle,
             on_signal=self._on_signal,
             tracer_required=self._req.policy.capture.exec == "required",
+            on_spawn=on_spawn,
         )
 
     def _start(self) -> None:
@@ -414,7 +414,8 @@ class _Session:
         _notice(f"egress proxy at {self._egress.url} (network: default deny)")
 
     def _start_sandbox(self) -> None:
-        """Check the sandbox from inside and record it; required and broken: exit 85 here."""
+        """Prepare the sandbox (its self-check runs inside it, before the agent: see
+        run_checked); no bwrap with ``required``: exit 85 here, recorded."""
         spec = self._sandbox_spec
         if spec is None:
             return
@@ -428,13 +429,12 @@ class _Session:
                 gateway_env=gateways.env if gateways else {},
                 egress=(egress.host, egress.port) if egress is not None else None,
                 passed=[secret.name for secret in self._req.credentials],  # direct mode
-                early=self._early_check,
             )
         except SandboxUnavailable as exc:
             self._writer.append(EventType.SANDBOX_STATUS, exc.status)
             raise
-        self._writer.append(EventType.SANDBOX_STATUS, self._sandbox.status)
         if not self._sandbox.active:
+            self._writer.append(EventType.SANDBOX_STATUS, self._sandbox.status)
             _notice(f"sandbox downgraded (best_effort): {self._sandbox.status.get('reason')}")
 
     def _approver(self) -> Approve:

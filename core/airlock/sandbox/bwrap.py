@@ -58,18 +58,16 @@ class BwrapCommand:
     def argv(self, command: list[str]) -> list[str]:
         return [self.bwrap, *self.options(), "--", *command]
 
-    def relay_argv(self, pairs: list[tuple[int, str]], command: list[str]) -> list[str]:
-        """The command behind the in-sandbox relay, which bridges ``pairs`` (port, socket name)."""
-        if not pairs:
+    def relay_argv(
+        self, pairs: list[tuple[int, str]], command: list[str], check: list[str] | None = None
+    ) -> list[str]:
+        """The command behind the in-sandbox relay, which runs the self-check (``check``: the
+        relay's options for it) and bridges ``pairs`` (port, socket name) before the command."""
+        if not pairs and not check:
             return self.argv(command)
         bridged = [f"{port}={BRIDGE_DIR}/{name}" for port, name in pairs]
-        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", *bridged, "--"]
-        return self.argv([*relay, *command])
-
-    def probe_argv(self, config_json: str, pairs: list[tuple[int, str]]) -> list[str]:
-        bridged = [f"{port}={BRIDGE_DIR}/{name}" for port, name in pairs]
-        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", "--probe", config_json]
-        return self.argv([*relay, *bridged])
+        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", *(check or []), *bridged]
+        return self.argv([*relay, "--", *command])
 
     def options(self) -> list[str]:
         spec = self.spec
