@@ -212,3 +212,29 @@ def test_best_effort_runs_the_agent_uncontained_after_a_failed_probe(tmp_path: P
     [status] = [e["data"] for e in events if e["type"] == "sandbox.status"]
     assert status["downgraded"] is True and status["active"] is False
     assert "fs.hidden" in status["reason"]
+
+
+TTY_AGENT = r"""
+import errno, fcntl, os, termios
+fd = os.open("/dev/tty", os.O_RDWR)
+os.write(fd, b"hello from /dev/tty\n")
+try:
+    fcntl.ioctl(fd, termios.TIOCSTI, b"x")
+    print("tiocsti: ok")
+except OSError as exc:
+    print("tiocsti:", errno.errorcode[exc.errno])
+"""
+
+
+@needs_bwrap
+def test_an_agent_with_a_pty_can_open_dev_tty_but_not_inject_into_it(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    done = subprocess.run(
+        [AIRLOCK, "run", "--pty", "always", "--sandbox", "required", "--sessions",
+         str(tmp_path / "s"), "--", "/usr/bin/python3", "-I", "-S", "-c", TTY_AGENT],
+        cwd=tmp_path / "ws", capture_output=True, text=True, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hello from /dev/tty" in done.stdout
+    assert "tiocsti: EPERM" in done.stdout

@@ -54,6 +54,7 @@ class BwrapCommand:
     spec: SandboxSpec
     seccomp_fd: int | None
     bridge_dir: str | None = None  # host dir of the Unix sockets, shown at BRIDGE_DIR
+    tty: bool = False  # stdin is the agent's own pty: show it as /dev/tty too
 
     def argv(self, command: list[str]) -> list[str]:
         return [self.bwrap, *self.options(), "--", *command]
@@ -75,6 +76,11 @@ class BwrapCommand:
         opts += ["--uid", str(spec.uid), "--gid", str(spec.gid), "--hostname", "airlock-sandbox"]
         opts += _system_binds(relay_python())
         opts += ["--proc", "/proc", "--dev", "/dev"]
+        if self.tty:
+            # The sandbox has no controlling terminal (--new-session), so /dev/tty would not
+            # open; bind the agent's own pty there (bwrap's fd 0, resolved on the host side).
+            # It is the session's pty, never Airlock's terminal, and TIOCSTI stays refused.
+            opts += ["--dev-bind", "/proc/self/fd/0", "/dev/tty"]
         for tmp in _FRESH:
             opts += ["--tmpfs", tmp]
         opts += ["--dir", _VAR_TMP, "--tmpfs", spec.home]

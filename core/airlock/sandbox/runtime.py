@@ -16,6 +16,7 @@ check: the caller then fails closed or, with ``best_effort``, runs the agent unc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -89,12 +90,14 @@ class RunningSandbox:
         """Why the check refused the sandbox (None: it passed, or has not run)."""
         return self._check.failure if self._check is not None else None
 
-    def wrap(self, argv: list[str]) -> list[str]:
+    def wrap(self, argv: list[str], *, tty: bool = False) -> list[str]:
+        """The sandboxed argv; ``tty``: its stdin will be the agent's own pty (/dev/tty)."""
         if self.command is None:
             return argv
         pairs = self.bridge.pairs if self.bridge else []
         check = self._check.relay_options() if self._check is not None else []
-        return self.command.relay_argv(pairs, argv, check)
+        command = dataclasses.replace(self.command, tty=tty)
+        return command.relay_argv(pairs, argv, check)
 
     def started(self) -> None:
         """The sandbox process exists: drop this process's copies of its ends of the pipes."""
