@@ -45,7 +45,7 @@ def resolve_platform(choice: str, environ: Mapping[str, str]) -> str:
 
 
 def _archive_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> ArchivePlan | None:
-    """``--archive-to`` with what ``airlock archive`` reads from its AIRLOCK_ARCHIVE_* flags."""
+    """``--archive-to`` with the AIRLOCK_* defaults ``airlock archive`` reads for its flags."""
     if not args.archive_to:
         return None
     spool = environ.get("AIRLOCK_SPOOL")
@@ -53,11 +53,17 @@ def _archive_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Archi
         retry_for = float(environ.get("AIRLOCK_ARCHIVE_RETRY_FOR") or 60.0)
     except ValueError as exc:
         raise UsageError("AIRLOCK_ARCHIVE_RETRY_FOR must be a number of seconds") from exc
+    days = args.retention_days
+    if days is None and environ.get("AIRLOCK_ARCHIVE_RETENTION_DAYS"):
+        try:
+            days = int(environ["AIRLOCK_ARCHIVE_RETENTION_DAYS"])
+        except ValueError as exc:
+            raise UsageError("AIRLOCK_ARCHIVE_RETENTION_DAYS must be a number of days") from exc
     return ArchivePlan(
         to=args.archive_to,
-        endpoint_url=args.endpoint_url,
+        endpoint_url=args.endpoint_url or environ.get("AIRLOCK_S3_ENDPOINT_URL") or None,
         mode=(environ.get("AIRLOCK_ARCHIVE_MODE") or "compliance").lower(),
-        retention_days=args.retention_days,
+        retention_days=days,
         allow_unlocked=environ.get("AIRLOCK_ARCHIVE_ALLOW_UNLOCKED", "").lower()
         in ("1", "true", "yes", "on"),
         spool_dir=Path(spool) if spool else None,
