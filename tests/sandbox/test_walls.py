@@ -238,3 +238,20 @@ def test_an_agent_with_a_pty_can_open_dev_tty_but_not_inject_into_it(tmp_path: P
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hello from /dev/tty" in done.stdout
     assert "tiocsti: EPERM" in done.stdout
+
+
+@needs_bwrap
+def test_the_agent_inherits_no_pipe_of_the_self_check(tmp_path: Path) -> None:
+    """The relay closes the results and go pipes before the agent runs: the agent can neither
+    forge the probes' results nor answer for Airlock (nor hold the seccomp memfd)."""
+    (tmp_path / "ws").mkdir()
+    listing = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+    for extra in ([], ["--pty", "always"]):
+        done = subprocess.run(
+            [AIRLOCK, "run", "--sandbox", "required", "--sessions", str(tmp_path / "s"),
+             "--pty", "never", *extra, "--", "/usr/bin/python3", "-I", "-S", "-c", listing],
+            cwd=tmp_path / "ws", capture_output=True, text=True, timeout=120, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.split()[-4:] == ["[0,", "1,", "2,", "3]"], done.stdout  # 3: listdir's
