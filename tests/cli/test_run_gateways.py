@@ -102,6 +102,7 @@ def test_held_credential_masked_columns_and_a_denied_drop(
     assert any(d["rule_id"] == "no-drop-users" and d["action"] == "deny" for d in decisions)
     started = next(e["data"] for e in events if e["type"] == "gateway.started")
     assert started["name"] == "appdb"
+    assert started["row_path"] in ("compiled", "python")  # which row path runs is on record
     assert "APPDB_PASSWORD" in started["withheld"]
 
 

@@ -101,8 +101,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         for gateway in running.described:
             writer.append(EventType.GATEWAY_STARTED, gateway)
+            rows = f", {gateway['row_path']} row path" if "row_path" in gateway else ""
             print(
-                f"airlock: gateway {gateway['name']} ({gateway['kind']}) at {gateway['address']}",
+                f"airlock: gateway {gateway['name']} ({gateway['kind']}{rows}) at "
+                f"{gateway['address']}",
                 file=sys.stderr,
             )
         if args.env_file:

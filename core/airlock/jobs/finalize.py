@@ -101,8 +101,10 @@ def finalize_sessions(settings: FinalizeSettings, say: Say) -> FinalizeResult:
 
 def sealed_sessions(sessions: Path) -> list[Path]:
     """The sealed sessions in ``sessions``, oldest seal first."""
-    found = [p.parent for p in sessions.glob("*/manifest.json")]
-    return sorted(found, key=lambda p: (p / "manifest.json").stat().st_mtime)
+    from airlock.audit._format import MANIFEST_FILE
+
+    found = [p.parent for p in sessions.glob(f"*/{MANIFEST_FILE}")]
+    return sorted(found, key=lambda p: (p / MANIFEST_FILE).stat().st_mtime)
 
 
 def trusted_keys(key_files: list[str] | None = None) -> Mapping[str, Ed25519PublicKey]:

@@ -85,6 +85,7 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         key_path=request.key_path,
         state_dir=request.state_dir,
         environ=request.secret_env,
+        policy_file=request.policy_source,
     )
     seal_abandoned_sessions(request.sessions_dir, request.key)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed

@@ -47,17 +47,39 @@ def sandbox_spec(
     key_path: Path | None,
     state_dir: Path | None,
     environ: Mapping[str, str],
+    policy_file: str | None = None,
 ) -> SandboxSpec | None:
-    """The compiled sandbox, or None when it is off. Bad paths raise ConfigError (exit 80)."""
+    """The compiled sandbox, or None when it is off. Bad paths raise ConfigError (exit 80).
+
+    ``policy_file`` stays read-only inside: it is in the checkout, and the job's next session
+    reads it."""
     if mode == "off":
         return None
     home = environ.get("HOME") or str(Path.home())
     protected = protected_paths(
         sessions_dir=Path(cwd, sessions_dir), key_path=key_path, state_dir=state_dir, home=home
-    )
+    ) + tuple(str(p) for p in _approval_dirs(policy, cwd))
+    pinned = [str(Path(cwd, policy_file))] if policy_file else []
     return compile_spec(
-        policy.sandbox, mode=mode, workspace=cwd, home=home, protected=protected, environ=environ
+        policy.sandbox,
+        mode=mode,
+        workspace=cwd,
+        home=home,
+        protected=protected,
+        environ=environ,
+        pinned=pinned,
     )
+
+
+def _approval_dirs(policy: Policy, cwd: str) -> list[Path]:
+    """The file backend's directory: a decision file in it approves, so the agent must not
+    reach it. Made now, before the agent starts: the sandbox covers only what exists, and a
+    directory the agent made first would be the agent's."""
+    if policy.approvals.backend != "file":
+        return []
+    directory = Path(cwd, policy.approvals.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    return [directory]
 
 
 def start_for_session(

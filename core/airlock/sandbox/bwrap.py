@@ -141,8 +141,40 @@ def probed_paths(spec: SandboxSpec) -> list[str]:
     return [path for path in spec.hidden if not any(_under(b, path) for b in binds)]
 
 
+def _pinned_parents(spec: SandboxSpec) -> list[str]:
+    """The directories between a writable bind and a hidden path or pinned file inside it,
+    outermost first.
+
+    Each is bound read-only onto itself: a mount point cannot be renamed, so the agent cannot
+    carry a hidden path (still covered, and still Airlock's live session directory) away from
+    the name Airlock writes it by (``mv .airlock .moved`` before the seal), nor move the policy
+    file aside and write another for the job's next session.
+    """
+    writable = (spec.workspace, *spec.read_write)
+    pinned: list[str] = []
+    for path in (*covered_paths(spec), *_pinned_files(spec)):
+        for root in writable:
+            parent = str(Path(path).parent)
+            while path != root and _under(parent, root) and parent != root:
+                pinned.append(parent)
+                parent = str(Path(parent).parent)
+    return sorted(dict.fromkeys(pinned), key=len)
+
+
+def _pinned_files(spec: SandboxSpec) -> list[str]:
+    """The pinned files (the policy) that exist inside a writable bind."""
+    writable = (spec.workspace, *spec.read_write)
+    return [
+        path
+        for path in spec.pinned
+        if Path(path).is_file() and any(_under(path, root) for root in writable)
+    ]
+
+
 def _covers(spec: SandboxSpec) -> list[str]:
     opts: list[str] = []
+    for path in (*_pinned_parents(spec), *_pinned_files(spec)):
+        opts += ["--ro-bind", path, path]
     for path in covered_paths(spec):
         if Path(path).is_dir() and not Path(path).is_symlink():
             opts += ["--tmpfs", path, "--remount-ro", path]
