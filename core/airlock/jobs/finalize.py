@@ -101,7 +101,7 @@ def finalize_sessions(settings: FinalizeSettings, say: Say) -> FinalizeResult:
 
 def sealed_sessions(sessions: Path) -> list[Path]:
     """The sealed sessions in ``sessions``, oldest seal first."""
-    from airlock.audit._format import MANIFEST_FILE
+    from airlock.audit.reader import MANIFEST_FILE
 
     found = [p.parent for p in sessions.glob(f"*/{MANIFEST_FILE}")]
     return sorted(found, key=lambda p: (p / MANIFEST_FILE).stat().st_mtime)

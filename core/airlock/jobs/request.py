@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.audit import SigningKey, find_unsealed, seal_session
+from airlock.audit.reader import EVENTS_FILE
 from airlock.capture.prepare import mask_settings
 from airlock.capture.tracer import TracerStatus
 from airlock.errors import AirlockError, UsageError
@@ -97,7 +98,7 @@ def seal_abandoned_sessions(sessions_dir: Path, key: SigningKey) -> list[Path]:
     """Seal, as incomplete, sessions whose recorder died (no manifest, log not locked)."""
     sealed = []
     for path in find_unsealed(sessions_dir):
-        if _is_locked(path / "events.jsonl"):
+        if _is_locked(path / EVENTS_FILE):
             continue  # a live `airlock run` owns it
         with contextlib.suppress(AirlockError):
             seal_session(path, key, reason="the recorder stopped before sealing (found later)")
