@@ -20,6 +20,7 @@ LAYERS = {
     "egress": 1,
     "sandbox": 1,
     "gate": 1,
+    "brokerclient": 1,
     "jobs": 2,
     "ci": 3,
     "broker": 3,

@@ -2,8 +2,8 @@
 
 Each duty is attempted whatever happened to the others; a failed one is a problem in the
 :class:`FinalizeResult` (exit code, message), never an exception. The domains are called
-directly (audit, archive); what needs an edge (the broker client that revokes, the CI
-platform's outputs and summary) is handed in by the caller (``airlock ci finalize``).
+directly (audit, archive, the broker client); the CI platform's outputs and summary are the
+caller's (``airlock ci finalize``, an edge).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "FinalizeSettings",
     "archive_with_spool",
     "finalize_sessions",
+    "revoke_job_leases",
     "sealed_sessions",
     "trusted_keys",
     "verify_into",
@@ -54,7 +55,7 @@ class FinalizeSettings:
     sessions: Path
     key: Path | None = None  # the signing key that seals left-open sessions
     archive: ArchivePlan | None = None
-    revoke: Callable[[], int] | None = None  # ends the job's leases; returns how many
+    revoke: Callable[[], int] | None = None  # ends the job's leases (revoke_job_leases)
     note: str | None = None  # e.g. "cancelled: …", shown at the top of the summary
 
 
@@ -154,6 +155,29 @@ def _seal_open_sessions(
         result.fail(int(exc.exit_code), f"sealing left-open sessions failed: {exc.message}")
     for path in result.sealed_late:
         say(f"sealed {path.name} as incomplete: its recorder stopped before the end")
+
+
+def revoke_job_leases() -> int:
+    """End this job's leases at the broker (the job state `airlock credentials` saved); returns
+    how many. No job state: nothing was issued, nothing to end."""
+    from airlock.brokerclient import (
+        BrokerClient,
+        default_state_dir,
+        forget_job_state,
+        load_job_state,
+    )
+
+    state_dir = default_state_dir()
+    state = load_job_state(state_dir)
+    if state is None:
+        return 0
+    client = BrokerClient(state.broker)
+    try:
+        revoked = client.revoke(state.job_token)
+    finally:
+        client.close()
+    forget_job_state(state_dir)
+    return revoked
 
 
 def _revoke(revoke: Callable[[], int], result: FinalizeResult, say: Say) -> None:

@@ -16,6 +16,7 @@ from airlock.jobs.finalize import (
     FinalizeResult,
     FinalizeSettings,
     finalize_sessions,
+    revoke_job_leases,
     sealed_sessions,
     trusted_keys,
     verify_into,
@@ -71,25 +72,6 @@ def _archive_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Archi
     )
 
 
-def _revoke_leases() -> int:
-    """End this job's leases at the broker (the job state `airlock credentials` saved)."""
-    from airlock.broker.client import BrokerClient, forget_job_state, load_job_state
-    from airlock.broker.jobstate import default_state_dir
-
-    state_dir = default_state_dir()
-    state = load_job_state(state_dir)
-    if state is None:
-        say("no leases to revoke (no job state)")
-        return 0
-    client = BrokerClient(state.broker)
-    try:
-        revoked = client.revoke(state.job_token)
-    finally:
-        client.close()
-    forget_job_state(state_dir)
-    return revoked
-
-
 def finalize(args: argparse.Namespace, environ: Mapping[str, str]) -> FinalizeResult:
     """Every end-of-job duty, each attempted whatever happened to the others."""
     sessions: Path | None = args.sessions
@@ -99,7 +81,7 @@ def finalize(args: argparse.Namespace, environ: Mapping[str, str]) -> FinalizeRe
         sessions=sessions,
         key=args.key,
         archive=_archive_plan(args, environ),
-        revoke=_revoke_leases if args.revoke else None,
+        revoke=revoke_job_leases if args.revoke else None,
         note=getattr(args, "note", None),
     )
     result = finalize_sessions(settings, say)
