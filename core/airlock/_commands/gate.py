@@ -186,7 +186,7 @@ def _masker(args: argparse.Namespace) -> Masker:
     and everything the broker issued to this job (values and job token)."""
     from airlock.audit import load_signing_key
     from airlock.brokerclient import default_state_dir, load_job_state
-    from airlock.jobs.run import build_masker, correlation_key
+    from airlock.jobs.request import build_masker, correlation_key
     from airlock.policy import DEFAULT_POLICY, load_policy
 
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
