@@ -307,3 +307,26 @@ def test_copy_from_stdin_is_an_insert_for_the_guardrails(
         row = conn.execute("SELECT count(*) FROM audit.log WHERE id = %s", (marker,)).fetchone()
     assert row == (0,)
     assert [op.rule_id for op in gw.approvals] == ["audit-ok"]
+
+
+def test_a_name_deallocated_in_sql_and_prepared_again_is_judged_by_what_it_holds_now(
+    make_gateway: MakeGateway,  # noqa: F811
+    upstream: Upstream,  # noqa: F811
+    victims: str,
+) -> None:
+    """Parse s = SELECT 1 (protocol); DEALLOCATE s and PREPARE s AS DELETE … in SQL (one
+    approval); then Bind/Execute s over the protocol must ask again, not run as SELECT 1."""
+    gw = make_gateway(rules=RULES, approve=lambda op: True)
+    with _logged_in(gw) as sock:
+        sock.sendall(pg.encode_parse("s", "SELECT 1") + SYNC)
+        _until_ready(sock)
+        sock.sendall(
+            pg.encode_query(f"DEALLOCATE s; PREPARE s AS DELETE FROM {victims} WHERE id = 1")
+        )
+        _until_ready(sock)
+        asked_for_prepare = len(gw.approvals)
+        sock.sendall(_bind("p", "s") + _execute("p") + SYNC)
+        received = _until_ready(sock)
+        sock.sendall(pg.encode_message(b"X"))
+    assert asked_for_prepare == 1
+    assert len(gw.approvals) == 2, received

@@ -311,7 +311,10 @@ class LlmProxy:
             headers["x-api-key"] = self._key
         else:
             headers["authorization"] = f"Bearer {self._key}"
-        suffix = path[3:] if self.provider == "openai" and path.startswith("/v1") else path
+        # "/v1" is dropped as a whole segment only: the rest must stay a path ("/v1@host/…"
+        # after an upstream URL without a path would make "host" the server called).
+        whole = path == "/v1" or path.startswith("/v1/")
+        suffix = path[3:] if self.provider == "openai" and whole else path
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         url = self.config.upstream_url + suffix + (f"?{query}" if query else "")
         request = self._client.build_request(scope["method"], url, headers=headers, content=body)

@@ -393,17 +393,23 @@ class Relay:
         """What statement ``name`` may hold for a Bind sent now, judged strictest first.
 
         A Parse earlier in this same batch decides alone (if the server refuses or skips it,
-        it skips this Bind too). Otherwise the server holds what it confirmed, or any Parse of
-        earlier batches still unanswered: every one of those could be it."""
+        it skips this Bind too). Otherwise the server holds what it confirmed, any Parse of
+        earlier batches still unanswered, or what SQL PREPARE made: every one could be it."""
         batch = self.results.batches_sent + 1
         changes = [c for c in self.results.changes if c.name == name and c.target in "Ss"]
         same = [c for c in changes if c.batch == batch]
         if same:
             return cast("tuple[str, Verdict] | None", same[-1].entry)
-        found = [self.results.statements.get(name), *(c.entry for c in changes if c.entry)]
+        # SQL PREPARE / DEALLOCATE change the same names where the gateway does not follow them
+        # to the server's answer: a name SQL ever prepared is one more candidate.
+        found = [
+            self.results.statements.get(name),
+            *(c.entry for c in changes if c.entry),
+            self._sql_prepared(name),
+        ]
         candidates: list[tuple[str, Verdict]] = [c for c in found if c is not None]
         if not candidates:
-            return self._sql_prepared(name)
+            return None
         return max(candidates, key=lambda c: _SEVERITY.get(c[1].final.action, 0))
 
     def _sql_prepared(self, name: str) -> tuple[str, Verdict] | None:
