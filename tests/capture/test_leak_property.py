@@ -74,7 +74,7 @@ def printed(case: Case) -> bytes:
         "hex": lambda: raw.hex().encode(),
         "ansi": lambda: raw[:at] + b"\x1b[1;3" + str(at % 8).encode() + b"m" + raw[at:],
         "nul": lambda: raw[:at] + b"\x00" + raw[at:],
-        "base64-wrapped": lambda: _wrap16(base64.b64encode(raw)),
+        "base64-wrapped": lambda: b"\n" + _wrap16(base64.b64encode(raw)),
         "base32": lambda: base64.b32encode(raw),
         "utf-16le": lambda: s.encode("utf-16-le"),
         "bytes-repr": lambda: repr(raw).encode(),
@@ -84,7 +84,8 @@ def printed(case: Case) -> bytes:
 
 
 def _wrap16(encoded: bytes) -> bytes:
-    """base64 wrapped at 16 columns (the narrowest width the masker reads as wrapping)."""
+    """base64 wrapped at 16 columns (the narrowest width the masker reads as wrapping); it
+    starts a line, as ``base64`` prints it."""
     return b"\n".join(encoded[i : i + 16] for i in range(0, len(encoded), 16))
 
 

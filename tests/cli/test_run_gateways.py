@@ -221,7 +221,7 @@ def test_gateway_logs_in_with_a_grant_the_broker_issued(
 ) -> None:
     # What `airlock credentials --grant appdb-login --hold` leaves: the values in the job state,
     # nothing exported. The gateway logs in with them; the agent only gets a ticket.
-    from airlock.broker.jobstate import JobState, save_job_state
+    from airlock.brokerclient import JobState, save_job_state
 
     cluster, password = app_db
     lease = {

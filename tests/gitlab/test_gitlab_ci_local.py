@@ -181,6 +181,12 @@ def test_identity_and_layout_are_gitlab(pipeline: Pipeline) -> None:
     ]
     start = json.loads(events.splitlines()[0])
     assert start["data"]["identity"]["platform"] == "gitlab"
+    # the template's default: the agent ran sandboxed and every self-check probe passed
+    (status,) = [
+        e["data"] for e in map(json.loads, events.splitlines()) if e["type"] == "sandbox.status"
+    ]
+    assert (status["mode"], status["active"]) == ("required", True)
+    assert status["probes"] and all(p["ok"] for p in status["probes"]), status["probes"]
     assert SECRET not in events and JOB_TOKEN not in events
     assert (
         "/gitlab/fallback.group/fallback.project/"

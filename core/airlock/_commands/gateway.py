@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
     from airlock.gateway.runtime import start_gateways
-    from airlock.jobs.run import build_masker, correlation_key
+    from airlock.jobs.request import build_masker, correlation_key
     from airlock.policy import load_policy
 
     if not args.policy:

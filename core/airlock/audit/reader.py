@@ -11,6 +11,7 @@ of every other layer.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import shutil
@@ -29,6 +30,7 @@ __all__ = [
     "find_logs",
     "first_event",
     "iter_events",
+    "line_hashes",
     "load_manifest",
     "open_log",
     "pack_log",
@@ -60,6 +62,18 @@ def open_log(path: Path) -> io.BufferedIOBase:
     events.jsonl.gz (decompressed as it is read)."""
     log = _log_path(path)
     return gzip.open(log, "rb") if log.name == ARCHIVED_EVENTS_FILE else log.open("rb")
+
+
+def line_hashes(path: Path) -> list[str]:
+    """SHA-256 of each complete line of a log (either form), as the broker's checkpoints hash
+    them; a partial last line (a log cut while being written) is not part of the log."""
+    hashes = []
+    with open_log(path) as log:
+        for line in log:
+            if not line.endswith(b"\n"):
+                break
+            hashes.append(hashlib.sha256(line[:-1]).hexdigest())
+    return hashes
 
 
 def _log_path(path: Path) -> Path:

@@ -84,6 +84,7 @@ class ProcessRunner:
         on_signal: Callable[[str], None] = lambda _name: None,
         idle_seconds: float = 0.03,
         tracer_required: bool = False,
+        on_spawn: Callable[[], None] = lambda: None,
     ) -> None:
         self._command = command
         self._use_pty = use_pty
@@ -98,6 +99,7 @@ class ProcessRunner:
         self._master = -1
         self._root_exit: ProcessExit | None = None
         self._tracer_required = tracer_required
+        self._on_spawn = on_spawn
         self._tracer_pid: int | None = None
         self._fifo_keepalive = -1
         self._trace_open = False
@@ -107,7 +109,10 @@ class ProcessRunner:
     def run(self) -> RunResult:
         with contextlib.ExitStack() as stack:
             fifo_fd = self._open_trace_fifo(stack) if self._tracer else None
-            streams, stdin_fd, proc = self._spawn(stack)
+            try:
+                streams, stdin_fd, proc = self._spawn(stack)
+            finally:
+                self._on_spawn()  # spawned or not: the caller may drop the fds it passed
             try:
                 return self._pump(proc, streams, stdin_fd, fifo_fd, stack)
             except BaseException:
@@ -225,7 +230,10 @@ class ProcessRunner:
             quiet = self._idle if deadline is None else min(self._idle, 0.05)
             ready = sel.select(self._wait(quiet, quiet_since))
             now = time.monotonic()
-            if (not ready and now - quiet_since >= quiet) or now - last_release > _MAX_HOLD:
+            if not ready and now - quiet_since >= quiet:
+                self._on_idle()
+                last_release = quiet_since = now  # the next quiet spell starts now
+            elif now - last_release > _MAX_HOLD:
                 self._on_idle()
                 last_release = now
             for key, _ in ready:

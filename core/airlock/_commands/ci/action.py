@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from airlock._commands.ci.bracket import pid_alive, session_start, session_stop, wait_for
-from airlock._commands.ci.finalize import FAIL_MODES, finalize, run_cli, say
+from airlock._commands.ci.finalize import FAIL_MODES, finalize, say
 from airlock._commands.ci.inputs import check_values
 from airlock.ci.sandbox_host import prepare_sandbox_host
 from airlock.errors import UsageError
@@ -21,6 +21,14 @@ __all__ = [
     "action_inputs",
     "parse_env_blocks",
 ]
+
+
+def run_cli(argv: list[str]) -> int:
+    """An ``airlock`` command, in this process: the action's steps are CLI invocations (an
+    edge calling the CLI, as the YAML would; library code never does this)."""
+    from airlock._cli import main
+
+    return main(list(argv))
 
 
 def action_inputs(environ: Mapping[str, str]) -> dict[str, str]:
