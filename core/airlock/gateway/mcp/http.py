@@ -12,26 +12,32 @@ server starts itself (progress, logging, sampling) are not relayed over HTTP in 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
-import socket
-import threading
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
-
-import uvicorn
 
 from airlock.errors import ConfigError, InfrastructureUnavailable
 from airlock.gateway.mcp.bridge import McpBridge
 from airlock.gateway.mcp.relay import error_line
 from airlock.gateway.mcp.transport import DEFAULT_CAP
 from airlock.gateway.mcp.upstream import HttpUpstream
+from airlock.gateway.serving import AsgiServer, ThreadedGateway, bind, serve_asgi
+from airlock.gateway.serving import start_in_thread as _start
 from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.agent_gateways import McpGatewayConfig
 
-__all__ = ["McpHttpFront", "ThreadedMcpGateway", "start_in_thread"]
+__all__ = [
+    "McpGateway",
+    "McpGatewayError",
+    "McpHttpFront",
+    "ThreadedMcpGateway",
+    "serve_mcp",
+    "start_in_thread",
+]
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -84,7 +90,8 @@ class McpHttpFront:
             await _reply(send, 413, _error(None, -32600, "message over the gateway's limit"))
             return
         if self.upstream is not None:
-            status, answer, back = await self.upstream.exchange(body, _header_map(scope))
+            gone = functools.partial(_disconnected, receive)
+            status, answer, back = await self.upstream.exchange(body, _header_map(scope), gone)
             await _reply(send, status, answer, back)
             return
         await self._message(body, send)
@@ -129,6 +136,12 @@ async def _body(receive: Receive, cap: int) -> bytes | None:
             return bytes(body)
 
 
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (the body was read: nothing else can come)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def _header_map(scope: Scope) -> dict[str, str]:
     return {bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in scope["headers"]}
 
@@ -145,41 +158,33 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
-class ThreadedMcpGateway:
-    """The HTTP front and its stdio server, in their own thread and event loop."""
+@dataclass
+class McpGateway:
+    """The HTTP front and its server (a stdio process or an HTTP upstream), running."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        thread: threading.Thread,
-        server: uvicorn.Server,
-        closer: Callable[[], Awaitable[None]],
-        address: tuple[str, int],
-    ) -> None:
-        self._loop, self._thread, self._server, self._closer = loop, thread, server, closer
-        self.address = address
+    front: McpHttpFront
+    _server: AsgiServer = field(repr=False)
+    _closer: Callable[[], Awaitable[None]] = field(repr=False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.address
 
     @property
     def url(self) -> str:
-        return f"http://{self.address[0]}:{self.address[1]}{PATH}"
+        return self._server.url(PATH)
 
-    def close(self, timeout: float = 10.0) -> None:
-        if not self._thread.is_alive():
-            return
-
-        async def stop() -> None:
-            try:
-                await self._closer()  # the server process first, while the loop runs
-            finally:
-                self._server.should_exit = True
-
+    async def close(self) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout)
+            await self._closer()  # the server process first, while the front still runs
         finally:
-            self._thread.join(timeout)
+            await self._server.stop()
 
 
-def start_in_thread(
+ThreadedMcpGateway = ThreadedGateway[McpGateway]
+
+
+async def serve_mcp(
     config: McpGatewayConfig,
     *,
     masker: Masker,
@@ -188,26 +193,12 @@ def start_in_thread(
     ticket: TicketCheck,
     environ: Mapping[str, str],
     **_: Any,
-) -> ThreadedMcpGateway:
-    """Start the stdio server and the HTTP front; returns once both run."""
-    sock = _bind(config)
-    loop = asyncio.new_event_loop()
+) -> McpGateway:
+    """Start the stdio server (or the client of the HTTP upstream) and the HTTP front."""
+    sock = bind(config, McpGatewayError)
     front = McpHttpFront(ticket)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            front,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="h11",
-            server_header=False,
-            date_header=False,
-        )
-    )
-    started: Future[Callable[[], Awaitable[None]]] = Future()
-
-    async def main() -> None:
-        closer: Callable[[], Awaitable[None]]
+    closer: Callable[[], Awaitable[None]]
+    try:
         if config.upstream is not None:
             front.upstream = _http_upstream(config, masker, record, approve, ticket, environ)
             closer = front.upstream.close
@@ -224,29 +215,18 @@ def start_in_thread(
             await bridge.start()
             front.bridge = bridge
             closer = bridge.close
-        server.config.load()
-        server.lifespan = server.config.lifespan_class(server.config)
-        await server.startup(sockets=[sock])
-        started.set_result(closer)
-        await server.main_loop()
-        await server.shutdown(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
+    server = await serve_asgi(front, sock, name=f"airlock-mcp-{config.name}")
+    return McpGateway(front, server, closer)
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(main())
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-        finally:
-            sock.close()
-            loop.close()
 
-    thread = threading.Thread(target=run, name=f"airlock-mcp-{config.name}", daemon=True)
-    thread.start()
-    closer = started.result(30.0)
-    host, port = sock.getsockname()[:2]
-    return ThreadedMcpGateway(loop, thread, server, closer, (host, port))
+def start_in_thread(config: McpGatewayConfig, **kwargs: Any) -> ThreadedMcpGateway:
+    """:func:`serve_mcp` in a background thread; returns once both run."""
+    return _start(
+        lambda: serve_mcp(config, **kwargs), name=f"airlock-mcp-{config.name}", timeout=30.0
+    )
 
 
 def _http_upstream(
@@ -274,19 +254,3 @@ def _http_upstream(
         cap=DEFAULT_CAP,
         bearer=bearer,
     )
-
-
-def _bind(config: McpGatewayConfig) -> socket.socket:
-    host, port = config.listen_host, config.listen_port
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise McpGatewayError(
-            f"gateway {config.name} cannot listen on {config.listen}: {exc.strerror}"
-        ) from exc
-    sock.listen(256)
-    sock.setblocking(False)
-    return sock
