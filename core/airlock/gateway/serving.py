@@ -24,6 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from airlock.errors import InfrastructureUnavailable
 
@@ -82,6 +83,55 @@ def bind(config: Listens, error: type[InfrastructureUnavailable]) -> socket.sock
     return sock
 
 
+class _Coalescing:
+    """A transport whose writes in one turn of the event loop leave in one ``send``.
+
+    uvicorn writes a response's head and its body separately, so a keep-alive response cost the
+    gateway two sends and the client two wake-ups; on a loopback hop between processes each
+    costs more than the gateway's own work. Everything else is the wrapped transport's."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol over a :class:`_Coalescing` transport."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
+
+
 @dataclass
 class AsgiServer:
     """An ASGI app being served on ``sock`` in the current event loop."""
@@ -123,7 +173,9 @@ async def serve_asgi(app: Any, sock: socket.socket, *, name: str) -> AsgiServer:
             server_header=False,
             date_header=False,
             proxy_headers=False,
-            http="h11",  # the same HTTP parser whatever else is installed (httptools: broker)
+            # h11 whatever else is installed (httptools would judge framing differently: it
+            # refuses Content-Length with Transfer-Encoding where h11 lets chunked win)
+            http=_Protocol,
             timeout_keep_alive=_KEEP_ALIVE,
             timeout_graceful_shutdown=GRACE,
         )

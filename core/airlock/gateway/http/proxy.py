@@ -117,7 +117,8 @@ class HttpProxy:
         approve: Approve | None,
         ticket: TicketCheck,
         injector: Injector,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        timeout: httpx.Timeout,
         rules: Sequence[GuardrailRule] = (),
         defaults: GuardrailDefaults | None = None,
         settings: ProxySettings | None = None,
@@ -137,7 +138,8 @@ class HttpProxy:
         self._approvals = Approvals(approve)
         self._upstream = Upstream(
             config,
-            client=client,
+            transport=transport,
+            timeout=timeout,
             injector=injector,
             log=self._log,
             mask_echo=self._settings.mask_held_in_responses,

@@ -68,12 +68,11 @@ async def serve_http(
     injector = load_injector(
         config.credential, os.environ if environ is None else environ, masker, config.name
     )
-    client = httpx.AsyncClient(
-        timeout=_UPSTREAM_TIMEOUT,
-        follow_redirects=False,
+    transport = httpx.AsyncHTTPTransport(
         trust_env=False,  # no proxy variables, no ~/.netrc credentials slipped in
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
     )
+    client = httpx.AsyncClient(transport=transport)  # owns (and closes) the transport
     proxy = HttpProxy(
         config,
         masker=masker,
@@ -81,7 +80,8 @@ async def serve_http(
         approve=approve,
         ticket=ticket,
         injector=injector,
-        client=client,
+        transport=transport,
+        timeout=_UPSTREAM_TIMEOUT,
         rules=rules_for_gateway(guardrails, config.name, "http"),
         defaults=defaults,
         settings=settings,
