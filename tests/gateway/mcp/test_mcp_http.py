@@ -81,7 +81,39 @@ def test_bad_bodies_get_json_rpc_errors(
     assert (
         httpx.post(running.url, content=json.dumps(notification), headers=auth).status_code == 202
     )
-    assert httpx.get(running.url, headers=auth).status_code == 405
+    assert httpx.get(running.url, headers=auth).status_code == 406  # not text/event-stream
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: "):
+            yield json.loads(line[len("data: ") :])
+
+
+def test_messages_the_server_starts_reach_a_listening_agent(
+    gateway: tuple[ThreadedMcpGateway, Ticket, Recorder],
+) -> None:
+    """Streamable HTTP: notifications and the server's own requests come on the GET stream;
+    the agent's answer to such a request is POSTed and reaches the server."""
+    running, ticket, _ = gateway
+    auth = {"Authorization": f"Bearer {ticket.value}"}
+    listen = {**auth, "Accept": "text/event-stream"}
+    with httpx.Client(timeout=10) as client, client.stream("GET", running.url, headers=listen) as s:
+        assert s.status_code == 200 and s.headers["content-type"] == "text/event-stream"
+        events = _events(s.iter_lines())
+        assert client.post(running.url, json=_call(2, "notify"), headers=auth).status_code == 200
+        assert next(events)["params"]["data"] == "working"
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(client.post, running.url, json=_call(3, "ask"), headers=auth)
+            request = next(events)
+            assert request["method"] == "sampling/createMessage" and request["id"] == "srv-1"
+            result = {"role": "assistant", "model": "m",
+                      "content": {"type": "text", "text": "fine"}}  # fmt: skip
+            answer = {"jsonrpc": "2.0", "id": "srv-1", "result": result}
+            assert client.post(running.url, json=answer, headers=auth).status_code == 202
+            assert call.result().json()["result"]["content"][0]["text"] == "ok asked: fine"
+        running.close()  # an open stream ends with the gateway
+        assert list(events) == []
 
 
 def test_a_streamable_http_upstream_behind_the_gateway(tmp_path: Path) -> None:

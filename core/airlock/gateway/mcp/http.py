@@ -5,8 +5,11 @@ needs), or talks to a streamable-HTTP ``upstream:`` (``upstream.py``), and serve
 ``http://127.0.0.1:PORT/mcp``: each POSTed JSON-RPC request goes
 through the relay and its answer comes back as ``application/json``; notifications and
 responses get ``202``. The ticket is the bearer token. Requests of different clients never
-collide: ids are renumbered on the way to the server and restored on the way back. Messages the
-server starts itself (progress, logging, sampling) are not relayed over HTTP in this version.
+collide: ids are renumbered on the way to the server and restored on the way back. Messages a
+stdio server starts itself (progress, logging, sampling requests) go to every agent listening
+on a ``GET`` of the endpoint (``text/event-stream``, as the Streamable HTTP transport has it);
+the agent POSTs its answers to the server's requests like any message. With no listener they
+are dropped. In front of an HTTP ``upstream:`` a ``GET`` gets ``405``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PATH = "/mcp"
+_LISTEN_BACKLOG = 1000
 
 
 class McpGatewayError(InfrastructureUnavailable):
@@ -59,19 +63,33 @@ class McpHttpFront:
         self._cap = cap
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._listeners: set[asyncio.Queue[bytes | None]] = set()
         self.bridge: McpBridge | None = None
         self.upstream: HttpUpstream | None = None
 
     async def to_client(self, line: bytes) -> None:
-        """A line for the agent: the answer to one waiting request (others are dropped)."""
+        """A line for the agent: the answer to one waiting request, or a message the server
+        started (to every listening agent)."""
         try:
             data = json.loads(line)
         except ValueError:
             return
-        key = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return
+        if "method" in data:  # a notification or a request of the server's own
+            for queue in self._listeners:
+                if queue.qsize() < _LISTEN_BACKLOG:  # a listener that does not read loses some
+                    queue.put_nowait(line.rstrip(b"\n"))
+            return
+        key = data.get("id")
         waiting = self._waiting.pop(key, None) if isinstance(key, int) else None
         if waiting is not None and not waiting.done():
             waiting.set_result(data)
+
+    def close_streams(self) -> None:
+        """End every listening stream (the gateway is stopping)."""
+        for queue in self._listeners:
+            queue.put_nowait(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,11 +97,14 @@ class McpHttpFront:
         if scope["path"].rstrip("/") != PATH:
             await _reply(send, 404, {"error": f"the MCP endpoint is {PATH}"})
             return
-        if scope["method"] != "POST":
+        if scope["method"] not in ("POST", "GET"):
             await _reply(send, 405, {"error": "POST JSON-RPC messages to this endpoint"})
             return
         if not self._authorized(scope):
             await _reply(send, 401, {"error": "missing or wrong gateway ticket (bearer token)"})
+            return
+        if scope["method"] == "GET":
+            await self._listen(scope, receive, send)
             return
         body = await _body(receive, self._cap)
         if body is None:
@@ -114,6 +135,36 @@ class McpHttpFront:
         await self.bridge.from_client(json.dumps({**data, "id": internal}).encode() + b"\n")
         answer = await future
         await _reply(send, 200, {**answer, "id": original})
+
+    async def _listen(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The server's own messages as server-sent events, until the agent leaves."""
+        if self.bridge is None:
+            await _reply(send, 405, {"error": "this gateway relays no server-initiated messages"})
+            return
+        if "text/event-stream" not in _header_map(scope).get("accept", ""):
+            await _reply(send, 406, {"error": "GET this endpoint with Accept: text/event-stream"})
+            return
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._listeners.add(queue)
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b": airlock\n\n", "more_body": True})
+            while True:
+                line = asyncio.ensure_future(queue.get())
+                await asyncio.wait({line, gone}, return_when=asyncio.FIRST_COMPLETED)
+                message = line.result() if line.done() else None
+                if message is None:
+                    line.cancel()
+                    break
+                event = b"event: message\ndata: " + message + b"\n\n"
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._listeners.discard(queue)
+            gone.cancel()
 
     def _authorized(self, scope: Scope) -> bool:
         headers = {bytes(k).lower(): bytes(v) for k, v in scope["headers"]}
@@ -178,6 +229,7 @@ class McpGateway:
         try:
             await self._closer()  # the server process first, while the front still runs
         finally:
+            self.front.close_streams()
             await self._server.stop()
 
 
