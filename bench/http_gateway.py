@@ -8,7 +8,7 @@ turns (direct, bare, gateway, direct, ...) and the median round counts. Prints r
 and the CPU per request of each server process (from /proc schedstat, far less sensitive to a
 busy machine than wall time) for every target, and the ratio gateway/direct (the baseline).
 
-    .venv/bin/python bench/http_gateway.py [--quick] [--concurrency 16] [--seconds 8]
+    .venv/bin/python bench/http_gateway.py [--quick] [--concurrency 16] [--seconds 8] [--raw-client]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 _TICKET = "bench-ticket-" + "t" * 32
@@ -98,7 +99,9 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
         finally:
             await gateway.close()
 
-    asyncio.run(main())
+    from airlock.gateway.serving import new_event_loop
+
+    new_event_loop().run_until_complete(main())  # the loop `airlock run` gives the gateway
 
 
 def _run_bare(port: int, upstream: str) -> None:
@@ -154,6 +157,45 @@ async def _load(
     return len(latencies) / elapsed, latencies, errors
 
 
+async def _load_raw(
+    url: str, seconds: float, concurrency: int, headers: dict[str, str]
+) -> tuple[float, list[float], int]:
+    """The same load from a minimal keep-alive client (asyncio streams, one request line and a
+    Content-Length read): the client's own cost barely counts, so the ratio is the servers'."""
+    _, _, rest = url.partition("://")
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    lines = [f"GET /{path} HTTP/1.1", f"Host: {hostport}"] + [
+        f"{k}: {v}" for k, v in headers.items()
+    ]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+        writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies) / (time.perf_counter() - began), latencies, errors
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -184,6 +226,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--raw-client",
+        action="store_true",
+        help="load with a minimal keep-alive client instead of httpx (the servers' cost alone)",
+    )
     parser.add_argument("--role", choices=["upstream", "gateway", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -199,13 +246,18 @@ def main() -> None:
         _run_bare(args.port, args.upstream)
         return
     seconds, rounds = (2.0, 3) if args.quick else (args.seconds, args.rounds)
-    _bench(seconds, rounds, args.concurrency)
+    _bench(seconds, rounds, args.concurrency, _load_raw if args.raw_client else _load)
 
 
 Result = tuple[float, list[float], int, dict[str, float]]  # req/s, latencies, errors, CPU ms/req
 
 
-def _bench(seconds: float, rounds: int, concurrency: int) -> None:
+Load = Callable[
+    [str, float, int, dict[str, str]], Coroutine[Any, Any, tuple[float, list[float], int]]
+]
+
+
+def _bench(seconds: float, rounds: int, concurrency: int, load: Load) -> None:
     up_port, gw_port, bare_port = _free_port(), _free_port(), _free_port()
     me = [sys.executable, __file__]
     load_before = os.getloadavg()
@@ -228,7 +280,9 @@ def _bench(seconds: float, rounds: int, concurrency: int) -> None:
             if gateway.stdout.readline().strip() != "ready":
                 raise SystemExit("bench: the gateway did not start")
             pids = {"upstream": upstream.pid, "bare": bare.pid, "gateway": gateway.pid}
-            results = _measure(up_port, gw_port, bare_port, seconds, rounds, concurrency, pids)
+            results = _measure(
+                up_port, gw_port, bare_port, seconds, rounds, concurrency, pids, load
+            )
             log = next(Path(sessions).rglob("events.jsonl"))
             events = sum(1 for _ in log.open("rb"))
         finally:
@@ -259,6 +313,7 @@ def _measure(
     rounds: int,
     concurrency: int,
     pids: dict[str, int],
+    load: Load,
 ) -> dict[str, list[Result]]:
     """Each target in turn (direct, bare, gateway, direct, ...); per round: req/s, latencies,
     errors, and the CPU per request of every server process on the path."""
@@ -272,12 +327,12 @@ def _measure(
         ),
     }
     for url, headers, _ in targets.values():  # warm-up
-        asyncio.run(_load(url, 1.0, concurrency, headers))
+        asyncio.run(load(url, 1.0, concurrency, headers))
     rows: dict[str, list[Result]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, (url, headers, path) in targets.items():
             before = {p: _cpu_seconds(pids[p]) for p in path}
-            rps, latencies, errors = asyncio.run(_load(url, seconds, concurrency, headers))
+            rps, latencies, errors = asyncio.run(load(url, seconds, concurrency, headers))
             count = max(1, len(latencies))
             cpu = {p: (_cpu_seconds(pids[p]) - before[p]) / count * 1000 for p in path}
             rows[name].append((rps, latencies, errors, cpu))

@@ -277,7 +277,10 @@ async def serve_mcp(
 def start_in_thread(config: McpGatewayConfig, **kwargs: Any) -> ThreadedMcpGateway:
     """:func:`serve_mcp` in a background thread; returns once both run."""
     return _start(
-        lambda: serve_mcp(config, **kwargs), name=f"airlock-mcp-{config.name}", timeout=30.0
+        lambda: serve_mcp(config, **kwargs),
+        name=f"airlock-mcp-{config.name}",
+        timeout=30.0,
+        uvloop=False,  # it runs the stdio server as a child process
     )
 
 
