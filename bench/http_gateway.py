@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from _util import free_port, serve_until_killed, wait_port
 
 _TICKET = "bench-ticket-" + "t" * 32
 _TOKEN = "bench-upstream-token-" + "u" * 24
@@ -66,6 +67,7 @@ def _run_upstream(port: int) -> None:
 def _run_gateway(port: int, upstream: str, sessions: str) -> None:
     from airlock.audit import SessionWriter
     from airlock.gateway.http import serve_http
+    from airlock.gateway.serving import new_event_loop
     from airlock.gateway.tickets import Ticket
     from airlock.mask import Masker, MaskSettings
     from airlock.policy.gateways import HttpGatewayConfig
@@ -84,24 +86,17 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
     writer = SessionWriter.create(Path(sessions))
     ticket = Ticket("bench-session", "bench", _TICKET)
 
-    async def main() -> None:
-        gateway = await serve_http(
+    serve_until_killed(
+        lambda: serve_http(
             config,
             masker=Masker(MaskSettings()),
             record=writer.append,
             approve=None,
             ticket=ticket,
             environ={"BENCH_TOKEN": _TOKEN},
-        )
-        print("ready", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await gateway.close()
-
-    from airlock.gateway.serving import new_event_loop
-
-    new_event_loop().run_until_complete(main())  # the loop `airlock run` gives the gateway
+        ),
+        new_loop=new_event_loop,  # the loop `airlock run` gives the gateway
+    )
 
 
 def _run_bare(port: int, upstream: str) -> None:
@@ -196,23 +191,6 @@ async def _load_raw(
     return len(latencies) / (time.perf_counter() - began), latencies, errors
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"bench: nothing listens on {port}")
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -258,7 +236,7 @@ Load = Callable[
 
 
 def _bench(seconds: float, rounds: int, concurrency: int, load: Load) -> None:
-    up_port, gw_port, bare_port = _free_port(), _free_port(), _free_port()
+    up_port, gw_port, bare_port = free_port(), free_port(), free_port()
     me = [sys.executable, __file__]
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as sessions:
@@ -274,8 +252,8 @@ def _bench(seconds: float, rounds: int, concurrency: int, load: Load) -> None:
             text=True,
         )  # fmt: skip
         try:
-            _wait_port(up_port)
-            _wait_port(bare_port)
+            wait_port(up_port)
+            wait_port(bare_port)
             assert gateway.stdout is not None
             if gateway.stdout.readline().strip() != "ready":
                 raise SystemExit("bench: the gateway did not start")
