@@ -274,7 +274,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     keep-alive benchmark), else asyncio's: the gateways behave the same on both."""
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+    except ImportError:  # uvloop comes with airlock-ci[fast]
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
