@@ -169,8 +169,13 @@ class _Proxy:
 
     def cpu(self) -> float:
         """User + system seconds the proxy process has used so far."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) seconds the proxy process has used so far."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def close(self) -> int:
         out, _ = self.process.communicate("", timeout=60)
@@ -250,9 +255,12 @@ def _measure(args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _
         print(line)
     n = args.connections
     ports = [0, *(p.port for p in proxies.values())]
-    start = {name: p.cpu() for name, p in proxies.items()}
+    start = {name: p.cpu_split() for name, p in proxies.items()}
     runs = [_connections(port, ca, ports, n) for _ in range(args.rounds)]
-    used = {name: p.cpu() - start[name] for name, p in proxies.items()}
+    split = {
+        name: tuple(b - a for a, b in zip(start[name], p.cpu_split(), strict=True))
+        for name, p in proxies.items()
+    }
     times = {mode: [t for run in runs for t in run[i]] for i, mode in enumerate(modes)}
     med = {mode: statistics.median(t) for mode, t in times.items()}
     mean = {mode: statistics.fmean(t) for mode, t in times.items()}
@@ -262,7 +270,9 @@ def _measure(args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _
         if mode in proxies:
             line += f"  added: median {(med[mode] - med['direct']) * 1000:5.2f} ms"
             line += f", mean {(mean[mode] - mean['direct']) * 1000:5.2f} ms (target <= 1 ms)"
-            line += f"  proxy CPU {used[mode] / (n * args.rounds) * 1000:5.2f} ms/conn"
+            user, system = (t / (n * args.rounds) * 1000 for t in split[mode])
+            line += f"  proxy CPU {user + system:5.2f} ms/conn"
+            line += f" ({user:.2f} user + {system:.2f} sys)"
         print(line)
 
 
