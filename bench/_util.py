@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import os
 import random
+import resource
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import statistics
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parent / ".data"
 VENV_BIN = Path(sys.executable).parent
@@ -112,4 +118,117 @@ def row(
 
 
 def env_without_ci() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "ACTIONS_"))}
+    """This environment without CI variables, and with bytecode caching on (an installed
+    package has its bytecode compiled; without it every start compiles Airlock's modules)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "ACTIONS_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server process the benchmark starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``; exit after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on {port}")
+
+
+def serve_until_killed(start: Callable[[], Awaitable[Any]]) -> None:
+    """Run a gateway role process: ``await start()``, say "ready", serve until killed, close."""
+
+    async def main() -> None:
+        gateway = await start()
+        print("ready", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await gateway.close()
+
+    asyncio.run(main())
+
+
+def pg_gateway_config(port: int, mask_columns: list[str]) -> Any:
+    """The PostgreSQL gateway of the benchmarks: local upstream without TLS, masked columns."""
+    from airlock.policy.gateways import PostgresGatewayConfig
+
+    return PostgresGatewayConfig.model_validate(
+        {"name": "bench", "kind": "postgres",
+         "upstream": {"host": "127.0.0.1", "port": port, "database": "postgres", "tls": "disable"},
+         "credential": {"user": "postgres"}, "mask_columns": mask_columns, "mask_values": True}
+    )  # fmt: skip
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> None:
+    """Make this process the subreaper of what it starts, so that a detached grandchild (strace
+    under ``-DDD``) is reaped here and its CPU time counts in :func:`run_cpu`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _reap_orphans() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def run_cpu(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    shell: bool = False,
+    stdout: int | None = subprocess.DEVNULL,
+) -> tuple[float, float]:
+    """One run of ``argv``: (wall seconds, CPU seconds of it and everything it started)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(
+        argv if not shell else " ".join(argv),
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        env=env,
+        shell=shell,
+    )
+    wall = time.perf_counter() - start
+    _reap_orphans()  # strace, detached, may end a moment after the command
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu
+
+
+def interleaved(
+    subjects: dict[str, Callable[[], tuple[float, float]]], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Run each subject once per round, in turns (A B C A B C ...); median (wall, CPU) each.
+    One untimed round first (bytecode caches, page cache)."""
+    for run in subjects.values():
+        run()
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in subjects}
+    for _ in range(rounds):
+        for name, run in subjects.items():
+            samples[name].append(run())
+    return {
+        name: (statistics.median(w for w, _ in got), statistics.median(c for _, c in got))
+        for name, got in samples.items()
+    }
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _util import free_port, serve_until_killed, wait_port
 
 _TICKET = "bench-ticket-" + "t" * 32
 _TOKEN = "bench-upstream-token-" + "u" * 24
@@ -82,8 +83,8 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
     writer = SessionWriter.create(Path(sessions))
     ticket = Ticket("bench-session", "bench", _TICKET)
 
-    async def main() -> None:
-        gateway = await serve_http(
+    serve_until_killed(
+        lambda: serve_http(
             config,
             masker=Masker(MaskSettings()),
             record=writer.append,
@@ -91,13 +92,7 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
             ticket=ticket,
             environ={"BENCH_TOKEN": _TOKEN},
         )
-        print("ready", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await gateway.close()
-
-    asyncio.run(main())
+    )
 
 
 def _run_bare(port: int, upstream: str) -> None:
@@ -153,23 +148,6 @@ async def _load(
     return len(latencies) / elapsed, latencies, errors
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"bench: nothing listens on {port}")
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -202,7 +180,7 @@ def main() -> None:
 
 
 def _bench(seconds: float, rounds: int, concurrency: int) -> None:
-    up_port, gw_port, bare_port = _free_port(), _free_port(), _free_port()
+    up_port, gw_port, bare_port = free_port(), free_port(), free_port()
     me = [sys.executable, __file__]
     with tempfile.TemporaryDirectory() as sessions:
         upstream = subprocess.Popen([*me, "--role", "upstream", "--port", str(up_port)])
@@ -226,8 +204,8 @@ def _bench(seconds: float, rounds: int, concurrency: int) -> None:
             text=True,
         )
         try:
-            _wait_port(up_port)
-            _wait_port(bare_port)
+            wait_port(up_port)
+            wait_port(bare_port)
             assert gateway.stdout is not None
             if gateway.stdout.readline().strip() != "ready":
                 raise SystemExit("bench: the gateway did not start")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _util import free_port, serve_until_killed, wait_port
 
 _TICKET = "bench-ticket-" + "t" * 32
 _KEY = "sk-ant-bench-" + "k" * 40
@@ -88,8 +89,8 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
     )
     writer = SessionWriter.create(Path(sessions))
 
-    async def main() -> None:
-        gateway = await serve_llm(
+    serve_until_killed(
+        lambda: serve_llm(
             config,
             masker=Masker(MaskSettings()),
             record=writer.append,
@@ -97,13 +98,7 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
             ticket=Ticket("bench-session", "bench", _TICKET),
             environ={"ANTHROPIC_API_KEY": _KEY},
         )
-        print("ready", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await gateway.close()
-
-    asyncio.run(main())
+    )
 
 
 def _one_stream(client: Any, url: str, key: str, path: str) -> tuple[float, float, int]:
@@ -119,23 +114,6 @@ def _one_stream(client: Any, url: str, key: str, path: str) -> tuple[float, floa
                 first = time.perf_counter() - started
             events += chunk.count(b"\n\n")
     return first, time.perf_counter() - started, events
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"bench: nothing listens on {port}")
 
 
 def main() -> None:
@@ -166,7 +144,7 @@ Results = dict[str, list[tuple[float, float, int]]]
 def _bench(n: int, rounds: int, pace_ms: float) -> None:
     import httpx
 
-    up, gw = _free_port(), _free_port()
+    up, gw = free_port(), free_port()
     me = [sys.executable, __file__]
     with tempfile.TemporaryDirectory() as sessions:
         procs = [
@@ -181,7 +159,7 @@ def _bench(n: int, rounds: int, pace_ms: float) -> None:
             ),
         ]  # fmt: skip
         try:
-            _wait_port(up)
+            wait_port(up)
             assert procs[1].stdout is not None and procs[1].stdout.readline().strip() == "ready"
             targets = {"direct": (f"http://127.0.0.1:{up}", _KEY),
                        "gateway": (f"http://127.0.0.1:{gw}", _TICKET)}  # fmt: skip

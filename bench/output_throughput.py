@@ -1,75 +1,128 @@
 """Output throughput: `airlock run -- cat BIG` vs plain `cat BIG | cat` vs `asciinema rec`.
 
 Every byte goes through the masker (built-in rules + one literal secret), is shown, and is
-recorded as a hash-chained event. Baselines measured in the same run on the same file:
-a bare pipe (`cat BIG | cat`), and asciinema 2.x recording the same command (a peer recorder).
+recorded as a hash-chained event. Baselines measured in the same run, in turns with the
+subjects, on the same file: a bare pipe (`cat BIG | cat`), a copy of the file into the
+sessions directory (what its disk can take), and asciinema 2.x recording the same command
+(a peer recorder). CPU is that of every process of the run (user + system).
 
-    .venv/bin/python bench/output_throughput.py [--quick]
+    .venv/bin/python bench/output_throughput.py [--quick] [--rounds N] [--sessions DIR]
+        [--before TREE]
+
+--sessions: where the logs go (default: a temporary directory; /dev/shm takes the disk out).
+--before: also run the `airlock` of another checkout (PYTHONPATH=TREE/core), in the same turns.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from _util import env_without_ci, log_corpus, row, timed, tool
+from _util import (
+    adopt_orphans,
+    env_without_ci,
+    interleaved,
+    load_average,
+    log_corpus,
+    run_cpu,
+    tool,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="20 MB instead of 200 MB")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sessions", type=Path, help="directory for the session logs")
+    parser.add_argument("--before", type=Path, help="a checkout to compare with")
     args = parser.parse_args()
-    size = 20 if args.quick else 200
-    corpus = log_corpus(size)
+    adopt_orphans()
+    corpus = log_corpus(20 if args.quick else 200)
     nbytes = corpus.stat().st_size
     env = env_without_ci()
     env["BENCH_SECRET"] = "bench-secret-value-0123456789abcdef"
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.sessions) as tmp:
         policy = Path(tmp, "policy.yaml")
         policy.write_text("capture: {exec: required}\nmask: {env: [BENCH_SECRET]}\n")
         env["XDG_CONFIG_HOME"] = tmp
-        airlock = tool("airlock")
-        sessions = Path(tmp, "sessions")
-        print(f"output throughput, {nbytes / 1e6:.0f} MB of log text, median of 3\n")
-        bare = timed(["cat", str(corpus), "|", "cat"], shell=True, env=env)
-        print(row("bare pipe: cat BIG | cat (baseline)", bare, nbytes))
-        cast = Path(tmp, "out.cast")
-        peer = timed(
-            [tool("asciinema"), "rec", "-q", "--overwrite", "-c", f"cat {corpus}", str(cast)],
-            env=env,
+        trees = {"": env}
+        if args.before is not None:
+            trees[" [before]"] = {**env, "PYTHONPATH": str(args.before.resolve() / "core")}
+        subjects: dict[str, Callable[[], tuple[float, float]]] = {
+            "bare pipe: cat BIG | cat (baseline)": lambda: run_cpu(
+                ["cat", str(corpus), "|", "cat"], shell=True, env=env
+            ),
+            "copy to the sessions dir: cat BIG > F": lambda: _fresh(
+                tmp, lambda out: run_cpu(["cat", str(corpus), ">", str(out)], shell=True, env=env)
+            ),
+            "asciinema rec -c 'cat BIG' (peer)": lambda: _fresh(
+                tmp,
+                lambda out: run_cpu(
+                    [
+                        tool("asciinema"),
+                        "rec",
+                        "-q",
+                        "--overwrite",
+                        "-c",
+                        f"cat {corpus}",
+                        str(out),
+                    ],
+                    env=env,
+                ),
+            ),
+        }
+        for label, tree_env in trees.items():
+            for mode, name in (("never", "pipes"), ("always", "pty")):
+                subjects[f"airlock run -- cat BIG ({name}){label}"] = _airlock(
+                    tmp, policy, mode, corpus, tree_env
+                )
+        print(
+            f"output throughput, {nbytes / 1e6:.0f} MB of log text, median of {args.rounds} "
+            f"rounds in turns, sessions in {tmp}; load average before: {load_average()}\n"
         )
-        print(row("asciinema rec -c 'cat BIG' (peer)", peer, nbytes, bare))
-        for mode in ("never", "always"):
-            seconds = timed(
+        results = interleaved(subjects, args.rounds)
+        bare = results["bare pipe: cat BIG | cat (baseline)"][0]
+        peer = results["asciinema rec -c 'cat BIG' (peer)"][0]
+        for name, (wall, cpu) in results.items():
+            print(
+                f"{name:48} {wall * 1000:8.0f} ms {nbytes / wall / 1e6:7.0f} MB/s  "
+                f"CPU {cpu * 1000:6.0f} ms = {cpu * 1000 / (nbytes / 1e6):5.2f} ms/MB"
+                f"  ({bare / wall:.2f}x bare)"
+            )
+        for label in trees:
+            pty = results[f"airlock run -- cat BIG (pty){label}"][0]
+            print(f"\nairlock (pty){label} vs asciinema: {peer / pty:.2f}x its speed")
+        print(f"load average after: {load_average()}")
+
+
+def _fresh(tmp: str, run: Callable[[Path], tuple[float, float]]) -> tuple[float, float]:
+    out = Path(tmp, "copy")
+    try:
+        return run(out)
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _airlock(
+    tmp: str, policy: Path, mode: str, corpus: Path, env: dict[str, str]
+) -> Callable[[], tuple[float, float]]:
+    def run() -> tuple[float, float]:
+        sessions = Path(tmp, "sessions")
+        try:
+            return run_cpu(
                 [
-                    airlock,
-                    "run",
-                    "--quiet",
-                    "--pty",
-                    mode,
-                    "--policy",
-                    str(policy),
-                    "--sessions",
-                    str(sessions),
-                    "--",
-                    "cat",
-                    str(corpus),
+                    *(tool("airlock"), "run", "--quiet", "--pty", mode, "--policy", str(policy)),
+                    *("--sessions", str(sessions), "--", "cat", str(corpus)),
                 ],
                 env=env,
             )
-            label = "pipes" if mode == "never" else "pty"
-            print(row(f"airlock run -- cat BIG ({label})", seconds, nbytes, bare))
-            if mode == "always":
-                print(f"{'':44} airlock (pty) vs asciinema: {peer / seconds:.2f}x faster")
-        recorded = sum(p.stat().st_size for p in sessions.rglob("events.jsonl"))
-        print(
-            f"\nrecorded {recorded / 1e6:.0f} MB of events over {len(list(sessions.iterdir()))} sessions"
-        )
-    subprocess.run(["true"], check=True)
-    os.sync()
+        finally:
+            shutil.rmtree(sessions, ignore_errors=True)
+
+    return run
 
 
 if __name__ == "__main__":

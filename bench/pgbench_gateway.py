@@ -7,13 +7,16 @@ A throwaway PostgreSQL cluster (tests/support/postgres.py), `pgbench -i -s 1`, t
 (session pooling, from Debian) and the Airlock gateway with every statement recorded to a
 session log and value masking on. Prints TPS, average latency, and ratios in the same run;
 ``--rounds N`` runs the three in turn N times and prints the median ratio (the machine may be
-shared: one round is noisy), and the load average is printed with the figures. The gateway's
-CPU time per statement (its event-loop thread) is printed too: it hardly depends on the load.
+shared: one round is noisy), and the load average is printed with the figures. CPU time per
+statement is printed for the gateway (its event-loop thread) and for pgbouncer (its process):
+it hardly depends on the load. ``--loops uvloop,asyncio`` runs one gateway on each event loop,
+in turn with the others in every round (uvloop, when installed: measured, not a win here).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
@@ -38,7 +41,7 @@ from airlock.gateway.postgres.server import (  # noqa: E402
 )
 from airlock.gateway.tickets import Ticket  # noqa: E402
 from airlock.mask import Masker, MaskSettings  # noqa: E402
-from airlock.policy.gateways import PostgresGatewayConfig  # noqa: E402
+from _util import pg_gateway_config  # noqa: E402
 from airlock.policy.guardrails import GuardrailRule  # noqa: E402
 
 
@@ -53,6 +56,12 @@ def pgbench(port: int, password: str, seconds: int, *extra: str) -> tuple[float,
     latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))  # type: ignore[union-attr]
     done = int(re.search(r"transactions actually processed: (\d+)", out).group(1))  # type: ignore[union-attr]
     return tps, latency, done
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (pgbouncer)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(name: str) -> float:
@@ -85,25 +94,28 @@ def start_pgbouncer(pg: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
-def start_gateway(pg: PostgresCluster, writer: SessionWriter) -> tuple[ThreadedGateway, str]:
-    config = PostgresGatewayConfig.model_validate(
-        {"name": "bench", "kind": "postgres",
-         "upstream": {"host": "127.0.0.1", "port": pg.port, "database": "postgres",
-                      "tls": "disable"},
-         "credential": {"user": "postgres"}, "mask_columns": ["*.password"],
-         "mask_values": True}
-    )  # fmt: skip
-    ticket = Ticket.issue(writer.session_id, "bench")
+def start_gateway(
+    pg: PostgresCluster, writer: SessionWriter, loop: str
+) -> tuple[ThreadedGateway, str]:
+    config = pg_gateway_config(pg.port, ["*.password"]).model_copy(update={"name": f"bench-{loop}"})
+    ticket = Ticket.issue(writer.session_id, config.name)
     rules = [GuardrailRule.model_validate(
         {"id": "no-drop", "sql": {"kinds": ["drop", "truncate"]}, "action": "deny"})]  # fmt: skip
 
     async def deny(op: object) -> bool:
         return False
 
-    gateway = start_in_thread(
-        config, masker=Masker(MaskSettings()), record=writer.append, approve=deny,
-        ticket=ticket, guardrails=rules, login=UpstreamLogin("postgres", pg.password),
-    )  # fmt: skip
+    if loop == "uvloop":  # the gateway's thread makes its loop with asyncio.new_event_loop()
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        gateway = start_in_thread(
+            config, masker=Masker(MaskSettings()), record=writer.append, approve=deny,
+            ticket=ticket, guardrails=rules, login=UpstreamLogin("postgres", pg.password),
+        )  # fmt: skip
+    finally:
+        asyncio.set_event_loop_policy(None)
     return gateway, ticket.value
 
 
@@ -117,11 +129,15 @@ def main() -> None:
         "--mode", choices=["simple", "extended", "prepared"], default="simple",
         help="pgbench -M: query protocol (prepared: Parse once, Bind/Execute each time)",
     )  # fmt: skip
+    parser.add_argument(
+        "--loops", default="asyncio", help="gateway event loops to run, in turn (asyncio,uvloop)"
+    )
     args = parser.parse_args()
+    loops = args.loops.split(",")
     seconds = 5 if args.quick else 20
     load_before = os.getloadavg()
     rounds: list[dict[str, tuple[float, float, int]]] = []
-    cpu_per_statement: list[float] = []
+    cpu: dict[str, list[float]] = {name: [] for name in ["pgbouncer", *loops]}
     with PostgresCluster.start() as pg:
         env = {**os.environ, "PGPASSWORD": pg.password}
         subprocess.run(
@@ -131,18 +147,24 @@ def main() -> None:
         bouncer, bport = start_pgbouncer(pg)
         sessions = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
         writer = SessionWriter.create(sessions)
-        gateway, ticket = start_gateway(pg, writer)
+        gateways = {loop: start_gateway(pg, writer, loop) for loop in loops}
         try:
             for _ in range(args.rounds):
                 mode = ("-M", args.mode)
-                direct = pgbench(pg.port, pg.password, seconds, *mode)
-                bouncer_run = pgbench(bport, pg.password, seconds, *mode)
-                cpu = thread_cpu("airlock-pg-bench")
-                airlock = pgbench(gateway.address[1], ticket, seconds, *mode)
-                cpu_per_statement.append((thread_cpu("airlock-pg-bench") - cpu) / airlock[2])
-                rounds.append({"direct": direct, "pgbouncer": bouncer_run, "airlock": airlock})
+                results = {"direct": pgbench(pg.port, pg.password, seconds, *mode)}
+                before = process_cpu(bouncer.pid)
+                results["pgbouncer"] = pgbench(bport, pg.password, seconds, *mode)
+                cpu["pgbouncer"].append((process_cpu(bouncer.pid) - before) / results[
+                    "pgbouncer"][2])  # fmt: skip
+                for loop, (gateway, ticket) in gateways.items():
+                    before = thread_cpu(f"airlock-pg-bench-{loop}")
+                    run = pgbench(gateway.address[1], ticket, seconds, *mode)
+                    cpu[loop].append((thread_cpu(f"airlock-pg-bench-{loop}") - before) / run[2])
+                    results[f"airlock-{loop}"] = run
+                rounds.append(results)
         finally:
-            gateway.close()
+            for gateway, _ in gateways.values():
+                gateway.close()
             bouncer.terminate()
             bouncer.wait(10)
             events = writer.seq
@@ -151,19 +173,17 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"pgbench -S -M {args.mode} -c 8 -j 2 -T {seconds} (scale 1), "
           f"PostgreSQL {pg.bindir.parent.name}")  # fmt: skip
-    for number, (results, cpu) in enumerate(zip(rounds, cpu_per_statement, strict=True), 1):
-        if len(rounds) > 1:
-            print(f"round {number}")
+    for number, results in enumerate(rounds, 1):
+        print(f"round {number}")
         report(results)
-        print(f"  gateway CPU per statement: {cpu * 1e6:.0f} us (its event-loop thread; "
-              "steadier than TPS on a shared machine)")  # fmt: skip
-    if len(rounds) > 1:
-        ratios = sorted(r["airlock"][0] / r["pgbouncer"][0] for r in rounds)
-        print(f"median airlock / pgbouncer over {len(rounds)} rounds = "
+        print("  CPU per statement: " + ", ".join(
+            f"{name} {values[number - 1] * 1e6:.0f} us" for name, values in cpu.items()))  # fmt: skip
+    for loop in loops:
+        ratios = sorted(r[f"airlock-{loop}"][0] / r["pgbouncer"][0] for r in rounds)
+        print(f"gateway on {loop}: median airlock / pgbouncer over {len(rounds)} rounds = "
               f"{statistics.median(ratios):.2f}x (min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")  # fmt: skip
-        print(
-            f"median gateway CPU per statement: {statistics.median(cpu_per_statement) * 1e6:.0f} us"
-        )
+    print("median CPU per statement: " + ", ".join(
+        f"{name} {statistics.median(values) * 1e6:.1f} us" for name, values in cpu.items()))  # fmt: skip
     print(f"events recorded: {events}; load average before: "
           f"{' '.join(f'{x:.2f}' for x in load_before)}, after: "
           f"{' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)")  # fmt: skip
@@ -171,13 +191,13 @@ def main() -> None:
 
 def report(results: dict[str, tuple[float, float, int]]) -> None:
     for name, (tps, latency, _) in results.items():
-        print(f"  {name:<10} {tps:>10.0f} tps   {latency:7.3f} ms avg latency")
-    direct, bouncer_tps, airlock = (results[k][0] for k in ("direct", "pgbouncer", "airlock"))
-    added = results["airlock"][1] - results["direct"][1]
-    print(f"  airlock / pgbouncer = {airlock / bouncer_tps:.2f}x   (target >= 0.8x)")
-    print(f"  airlock / direct    = {airlock / direct:.2f}x   pgbouncer / direct = "
-          f"{bouncer_tps / direct:.2f}x")  # fmt: skip
-    print(f"  added latency vs direct: {added:.3f} ms")
+        print(f"  {name:<16} {tps:>10.0f} tps   {latency:7.3f} ms avg latency")
+    bouncer_tps = results["pgbouncer"][0]
+    for name, (tps, latency, _) in results.items():
+        if name.startswith("airlock"):
+            print(f"  {name} / pgbouncer = {tps / bouncer_tps:.2f}x (target >= 0.8x), "
+                  f"/ direct = {tps / results['direct'][0]:.2f}x, added latency vs direct "
+                  f"{latency - results['direct'][1]:.3f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ LAYERS = {
     "egress": 1,
     "sandbox": 1,
     "gate": 1,
+    "brokerclient": 1,
     "jobs": 2,
     "ci": 3,
     "broker": 3,
@@ -64,3 +65,28 @@ def test_every_package_has_a_layer() -> None:
     names = {p.name.removesuffix(".py") for p in PACKAGE.iterdir() if not p.name.startswith(".")}
     unknown = names - set(LAYERS) - {"__init__", "__pycache__", "py.typed"}
     assert unknown == set(), f"add {sorted(unknown)} to LAYERS (and to docs/architecture.md)"
+
+
+def test_library_code_never_reenters_the_cli() -> None:
+    """Only the CLI's own modules may import it: orchestration calls the domains directly."""
+    reentries = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] in ("_cli.py", "_commands"):
+            continue
+        for module in _imports(path) | _lazy_imports(path):
+            if module.startswith(("airlock._cli", "airlock._commands")):
+                reentries.append(f"{rel} imports {module}")
+    assert reentries == []
+
+
+def _lazy_imports(path: Path) -> set[str]:
+    """Modules named in strings, as `python -m airlock._cli` argv or importlib calls would."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.startswith(("airlock._cli", "airlock._commands"))
+    }

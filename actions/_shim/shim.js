@@ -35,9 +35,12 @@ function run(phase) {
   if (nothingToDo(phase)) return;
   const python = install();
   if (!python) return;
-  // The root action's own action.yml: Python refuses inputs it does not declare.
+  // The running action's own action.yml: Python refuses inputs it does not declare.
   const env = { ...process.env };
   if (phase === 'main') env.AIRLOCK_ACTION_YML = path.join(__dirname, '..', '..', 'action.yml');
+  if (phase === 'session-main') {
+    env.AIRLOCK_ACTION_YML = path.join(__dirname, '..', 'session', 'action.yml');
+  }
   const child = spawn(python, ['-m', 'airlock._commands.ci', 'action', phase], {
     stdio: 'inherit',
     env,

@@ -143,6 +143,14 @@ def test_agent_example(
     assert archived["head"]["ObjectLockMode"] == "COMPLIANCE"
     assert archived["manifest"]["status"] == "complete" and archived["manifest"]["checkpoints"]
     assert SECRET not in archived["events"] and '"credential.issued"' in archived["events"]
+    # the agent ran sandboxed (the action's default), every probe of its self-check passed
+    (status,) = [e["data"] for e in _events(archived["events"]) if e["type"] == "sandbox.status"]
+    assert (status["mode"], status["active"]) == ("required", True)
+    assert status["probes"] and all(p["ok"] for p in status["probes"]), status["probes"]
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def test_bracket_example(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airlock.archive.agent_summary import agent_totals
-from airlock.archive.describe import describe
+from airlock.audit.describe import Describer
 
 EVENTS: list[dict[str, Any]] = [
     {"type": "llm.request", "data": {"model": "claude-x", "messages": [{"role": "user"}]}},
@@ -45,6 +45,7 @@ def test_a_session_without_agent_events_has_no_agent_lines() -> None:
 
 
 def test_describe_names_the_model_the_tools_and_the_outcome() -> None:
+    describe = Describer().describe
     assert describe(EVENTS[0]) == "claude-x: 1 new message(s)"
     assert describe(EVENTS[1]) == "forwarded: ok → Bash, Read (100/20 tok)"
     assert describe(EVENTS[5]) == "tools/call delete [deny]"

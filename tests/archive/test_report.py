@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from tests.archive.cli import run_cli
 from tests.archive.conftest import write_session
 
-from airlock.archive.describe import strip_ansi
 from airlock.archive.export_ocsf import to_ocsf
 from airlock.archive.report import _script_json, render_report
 from airlock.archive.summary import escape_md, render_summary
 from airlock.audit import SigningKey, iter_events
+from airlock.audit.describe import strip_ansi
 from airlock.mask import Masker, MaskSettings
 
 SECRET = "hunter2-super-secret-value"  # what the masker replaced: must never appear

@@ -201,8 +201,11 @@ def test_search_a_local_archive_and_an_s3_prefix(
         "json",
     ]
     assert run_cli(argv) == 0
-    found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out, err = capsys.readouterr()
+    found = [json.loads(line) for line in out.splitlines()]
     assert [r["text"] for r in found] == ["DROP TABLE t0"], found
+    fetched = [line for line in err.splitlines() if line.startswith("airlock: fetched ")]
+    assert len(fetched) == 6 and all("/6: " in line for line in fetched)  # a total, each object
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert cached == ["events.jsonl.gz"] * 3 + ["manifest.json"] * 3
 

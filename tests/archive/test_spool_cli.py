@@ -71,6 +71,8 @@ def test_s3_down_spools_then_drain_archives_everything(
     new_bucket_name = bucket
     private_moto.client("s3").create_bucket(Bucket=new_bucket_name, ObjectLockEnabledForBucket=True)
     assert run_cli(["archive", "--drain-spool", "--spool", str(spool)]) == 0
+    drained = [line for line in capsys.readouterr().err.splitlines() if " drained " in line]
+    assert [line.split(":")[1] for line in drained] == [" drained 1/2", " drained 2/2"]
 
     assert list(spool.iterdir()) == []
     for session in sessions:

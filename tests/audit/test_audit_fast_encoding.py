@@ -14,7 +14,10 @@ from airlock.audit import SessionWriter
 from airlock.audit._format import (
     _SLOW_CONTROLS,
     _dump_data,
+    _fast_string,
     _has_slow_controls,
+    _orjson_dumps,
+    _replace_string,
     encode_line,
     encode_small,
     genesis,
@@ -38,6 +41,30 @@ def test_same_bytes_as_the_json_module(prefix: str, body: str, stream: str, n: i
     data = {"stream": stream, "text": prefix + "x" * 5000 + body, "n": n, "ok": True, "none": None}
     expected = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     assert _dump_data(data) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=TEXT)
+def test_the_replace_fallback_gives_the_json_modules_bytes(body: str) -> None:
+    """Without orjson (``airlock-ci`` without ``[fast]``) the same bytes come from bytes.replace."""
+    text = "x" * 5000 + body
+    pieces = _replace_string(text)
+    if pieces is not None:  # None: a control byte the json module then escapes
+        assert b"".join(pieces) == json.dumps(text, ensure_ascii=False).encode("utf-8")
+
+
+def test_every_code_point_is_escaped_as_the_json_module_does() -> None:
+    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    expected = json.dumps(text, ensure_ascii=False).encode("utf-8")
+    pieces = _fast_string(text)
+    assert pieces is not None and b"".join(pieces) == expected
+    assert _replace_string(text) is None  # it holds \x00: the json module's turn
+
+
+def test_orjson_is_used_when_installed() -> None:
+    pytest.importorskip("orjson")
+    assert _orjson_dumps() is not None
+    assert _fast_string("a\udcff") is None  # a lone surrogate: the json module's ASCII escapes
 
 
 def test_lone_surrogates_still_fall_back_to_ascii_escapes() -> None:

@@ -216,9 +216,20 @@ def github_headers(
 
 
 def gitlab_note(
-    note: str, *, user_id: int, username: str, iid: int = 7, note_id: int | None = None
+    note: str,
+    *,
+    user_id: int,
+    username: str,
+    iid: int = 7,
+    note_id: int | None = None,
+    updated_at: str = "2024-05-01 10:00:00 UTC",
+    action: str | None = None,
 ) -> dict[str, Any]:
-    """A merge request note event, completed and validated against GitLab's payload type."""
+    """A merge request note event, completed and validated against GitLab's payload type.
+
+    ``updated_at`` later than ``created_at`` is an edited note; ``action`` ("create" /
+    "update") is GitLab 17.0's ``object_attributes.action``, which the gitbeaker type lacks:
+    it is laid over the payload after validation."""
     nid = note_id if note_id is not None else int(time.time() * 1000) % 10**9
     payload = {
         "object_kind": "note",
@@ -251,7 +262,7 @@ def gitlab_note(
             "noteable_type": "MergeRequest",
             "author_id": user_id,
             "created_at": "2024-05-01 10:00:00 UTC",
-            "updated_at": "2024-05-01 10:00:00 UTC",
+            "updated_at": updated_at,
             "project_id": PROJECT_ID,
             "attachment": None,
             "line_code": "",  # gitbeaker types it string (GitLab's docs example: null)
@@ -275,6 +286,8 @@ def gitlab_note(
     full = gitlab_schemas.instance("note_event", **payload)
     problems = gitlab_schemas.validate("note_event", full)
     assert problems == [], problems  # GitLab's payload type (see tests/support/gitlab_schemas)
+    if action is not None:
+        full["object_attributes"]["action"] = action
     return full
 
 
@@ -303,6 +316,9 @@ class FakeGitHub:
         self.calls: list[tuple[str, str, Any]] = []
         self.permissions: dict[str, str] = {}
         self.teams: dict[str, set[str]] = {}
+        # Who holds a login now (by default the account user_id_of(login)): a test that
+        # renames an account and hands its login to another sets it here.
+        self.owners: dict[str, int] = {}
         self.pulls: dict[int, dict[str, Any]] = {}
         self.check_runs: dict[int, dict[str, Any]] = {}
         self.created_actions: dict[int, list[dict[str, Any]]] = {}
@@ -347,9 +363,9 @@ class FakeGitHub:
             ),
             (
                 "GET",
-                rf"{_API}/orgs/([^/]+)/teams/([^/]+)/memberships/([^/?]+)",
-                "/orgs/{org}/teams/{team_slug}/memberships/{username}",
-                self._team,
+                rf"{_API}/orgs/([^/]+)/teams/([^/]+)/members",
+                "/orgs/{org}/teams/{team_slug}/members",
+                self._team_members,
             ),
             (
                 "POST",
@@ -482,13 +498,16 @@ class FakeGitHub:
         if role is None:
             return 404, {"message": "Not Found"}
         legacy = {"maintain": "write", "triage": "read"}.get(role, role)
-        user = {"login": login, "id": user_id_of(login), "role_name": role}
+        user = {"login": login, "id": self.owner(login), "role_name": role}
         return 200, {"permission": legacy, "role_name": role, "user": user}
 
-    def _team(self, _body: Any, org: str, slug: str, login: str) -> tuple[int, Any]:
-        if login.lower() in self.teams.get(f"{org}/{slug}", set()):
-            return 200, {"state": "active", "role": "member", "url": ""}
-        return 404, {"message": "Not Found"}
+    def owner(self, login: str) -> int:
+        """The id of the account that holds ``login`` now."""
+        return self.owners.get(login.lower(), user_id_of(login))
+
+    def _team_members(self, _body: Any, org: str, slug: str) -> tuple[int, Any]:
+        members = sorted(self.teams.get(f"{org}/{slug}", set()))
+        return 200, [{"login": m, "id": self.owner(m), "type": "User"} for m in members]
 
     def _review(self, body: Any, run_id: str) -> tuple[int, Any]:
         self.reviews.append({**body, "run_id": run_id})
@@ -512,9 +531,18 @@ class FakeGitHub:
     def _list_reviews(self, _body: Any, number: str) -> tuple[int, Any]:
         return 200, [r for r in self.pr_reviews if r["number"] == int(number)]
 
-    def comment_as(self, number: int, login: str, body: str, *, user_type: str = "User") -> None:
-        """Someone writes a comment on the pull request."""
+    def comment_as(
+        self,
+        number: int,
+        login: str,
+        body: str,
+        *,
+        user_type: str = "User",
+        edited: bool = False,
+    ) -> None:
+        """Someone writes a comment on the pull request (``edited``: and changed it later)."""
         self._next_id += 1
+        created = "2024-05-01T10:00:00Z"
         self.comments.append(
             {
                 "id": self._next_id,
@@ -522,6 +550,8 @@ class FakeGitHub:
                 "body": body,
                 "user": {"login": login, "id": user_id_of(login), "type": user_type},
                 "html_url": "",
+                "created_at": created,
+                "updated_at": "2024-05-01T10:07:00Z" if edited else created,
             }
         )
 
@@ -593,15 +623,21 @@ class FakeGitLab:
             int(iid), body["body"], user_id=90, username="project_20_bot_1a2b"
         )
 
-    def add_note(self, iid: int, text: str, *, user_id: int, username: str) -> dict[str, Any]:
-        """Someone (or the job's token) writes a note on the merge request."""
+    def add_note(
+        self, iid: int, text: str, *, user_id: int, username: str, edited: bool = False
+    ) -> dict[str, Any]:
+        """Someone (or the job's token) writes a note on the merge request (``edited``: and
+        changed it afterwards)."""
         self._next_id += 1
+        created = "2024-05-01T10:00:00.000Z"
         note = {
             "id": self._next_id,
             "iid": iid,
             "body": text,
             "system": False,
             "author": {"id": user_id, "username": username},
+            "created_at": created,
+            "updated_at": "2024-05-01T10:07:00.000Z" if edited else created,
         }
         self.notes.append(note)
         return note

@@ -29,8 +29,8 @@ from tests.support.oidc_issuer import OIDCIssuer
 
 from airlock.audit import SigningKey
 from airlock.broker.app import create_app
-from airlock.broker.client import BrokerClient
 from airlock.broker.service import Broker
+from airlock.brokerclient import BrokerClient
 from airlock.gate import Operation, approver
 from airlock.gate.broker import ForgeTarget
 from airlock.gate.github_check import GitHubCheckBackend

@@ -36,7 +36,7 @@ from tests.support.postgres import PostgresCluster
 
 from airlock.audit import SigningKey
 from airlock.broker.app import create_app
-from airlock.broker.client import BrokerClient
+from airlock.brokerclient import BrokerClient
 from airlock.gate import approver
 from airlock.gate.broker import ForgeTarget
 from airlock.gate.github_check import GitHubCheckBackend

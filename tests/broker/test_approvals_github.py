@@ -290,6 +290,7 @@ def test_a_renamed_requester_or_author_cannot_approve(
 
 
 def test_the_requesters_old_login_taken_by_someone_else_may_approve(stack: Stack) -> None:
+    stack.github.owners["octocat"] = user_id_of("someone-else")  # GitHub says so too
     token = add_job(stack.broker, github_subject())
     created = stack.create(token).json()
     response = stack.click(created, "octocat", user_id=user_id_of("someone-else"))

@@ -202,6 +202,7 @@ def test_the_same_approver_twice_counts_once(stack: Stack) -> None:
 def test_one_person_under_two_logins_counts_once(stack: Stack) -> None:
     """A rename between two clicks must not make one approver count twice."""
     stack.github.permissions["alice-renamed"] = "write"
+    stack.github.owners["alice-renamed"] = user_id_of("alice")  # the same account, renamed
     token = add_job(stack.broker, github_subject())
     created = stack.create(token)
     assert stack.click(created, "alice") == "pending"

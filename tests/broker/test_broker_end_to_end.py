@@ -24,8 +24,8 @@ from tests.support.broker_server import start_broker_process
 from tests.support.oidc_issuer import OIDCIssuer
 
 from airlock.audit import SessionWriter, iter_events, load_signing_key, verify_session
-from airlock.broker.client import BrokerClient
 from airlock.broker.witness import check_witnessed, parse_public_keys
+from airlock.brokerclient import BrokerClient
 from airlock.errors import VerificationFailed
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")

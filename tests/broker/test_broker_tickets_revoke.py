@@ -3,6 +3,7 @@ real sockets against the broker under uvicorn."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from airlock.audit import SigningKey
 from airlock.broker.app import create_app
 from airlock.broker.service import Broker
 from airlock.broker.state import StateStore
+from airlock.gateway.tickets import CACHE_SIZE, BrokerTicket, check_ticket
 from airlock.policy.broker_config import parse_broker_config
 
 GATEWAY_TOKEN = "gw-" + secrets.token_hex(12)
@@ -142,3 +144,20 @@ def test_an_older_state_database_gains_the_new_columns_in_place(tmp_path: Path) 
         assert {"ceiling", "revoked_at", "issuer", "rule_id"} <= columns
     finally:
         store.close()
+
+
+def test_the_gateway_cache_is_bounded_and_a_fresh_check_sees_a_revoke(api: Api) -> None:
+    """A central gateway remembers a "yes" for RECHECK_SECONDS at most; a fresh check (before
+    sending an operation held for approval) asks the broker again; old answers are dropped
+    past CACHE_SIZE."""
+    job = api.job()
+    ticket = api.ticket(job, "appdb").json()["ticket"]
+    checker = BrokerTicket("s", "appdb", api.url, GATEWAY_TOKEN)
+    assert asyncio.run(check_ticket(checker, ticket))
+    assert api.revoke(job).status_code == 200
+    assert checker.check(ticket)  # the cached answer, at most RECHECK_SECONDS old
+    assert not asyncio.run(check_ticket(checker, ticket, fresh=True))
+    assert not checker.check(ticket)  # the broker's "no" replaced the cached "yes"
+    for i in range(CACHE_SIZE + 5):
+        checker._answer(f"k{i}", httpx.Response(200, json={"expires_at": 1e12}))
+    assert len(checker._accepted) == CACHE_SIZE and "k0" not in checker._accepted

@@ -21,9 +21,9 @@ from tests.support.postgres import PostgresCluster
 
 from airlock.audit import SigningKey
 from airlock.broker.app import create_app
-from airlock.broker.client import BrokerClient
 from airlock.broker.service import Broker
 from airlock.broker.state import StateStore
+from airlock.brokerclient import BrokerClient
 from airlock.policy.broker_config import parse_broker_config
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")

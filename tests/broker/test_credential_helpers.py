@@ -11,7 +11,7 @@ from pathlib import Path
 
 import boto3
 
-from airlock.broker.client import JobState, save_job_state
+from airlock.brokerclient import JobState, save_job_state
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
 

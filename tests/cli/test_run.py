@@ -136,6 +136,21 @@ def test_exit_status_passes_through(tmp_path: Path, code: int) -> None:
     assert result.returncode == code
 
 
+def test_the_quick_exit_keeps_buffered_output_and_the_status(tmp_path: Path) -> None:
+    """The installed `airlock run` ends with os._exit (no interpreter teardown): what Python
+    still buffered (stdout/stderr to pipes, unbuffered mode off) is flushed first."""
+    env = {k: v for k, v in _env(tmp_path).items() if k != "PYTHONUNBUFFERED"}
+    sessions = tmp_path / "s"
+    result = airlock(
+        tmp_path, "run", "--sessions", str(sessions), "--", "sh", "-c", "echo out; exit 7", env=env
+    )
+    assert result.returncode == 7
+    assert result.stdout == b"out\n"
+    assert result.stderr.startswith(b"airlock: session ") and result.stderr.endswith(b"\n")
+    assert b"sealed (" in result.stderr
+    assert (_only_session(sessions) / "manifest.json").exists()
+
+
 def test_death_by_signal_becomes_128_plus_n(tmp_path: Path) -> None:
     result = airlock(
         tmp_path, "run", "--sessions", str(tmp_path / "s"), "--", "sh", "-c", "kill -9 $$"

@@ -102,6 +102,7 @@ def test_held_credential_masked_columns_and_a_denied_drop(
     assert any(d["rule_id"] == "no-drop-users" and d["action"] == "deny" for d in decisions)
     started = next(e["data"] for e in events if e["type"] == "gateway.started")
     assert started["name"] == "appdb"
+    assert started["row_path"] in ("compiled", "python")  # which row path runs is on record
     assert "APPDB_PASSWORD" in started["withheld"]
 
 
@@ -220,7 +221,7 @@ def test_gateway_logs_in_with_a_grant_the_broker_issued(
 ) -> None:
     # What `airlock credentials --grant appdb-login --hold` leaves: the values in the job state,
     # nothing exported. The gateway logs in with them; the agent only gets a ticket.
-    from airlock.broker.jobstate import JobState, save_job_state
+    from airlock.brokerclient import JobState, save_job_state
 
     cluster, password = app_db
     lease = {

@@ -29,7 +29,7 @@ def test_broker_backends_need_a_job_token(
 def test_the_operation_is_masked_with_the_policy_and_the_job_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from airlock.broker.jobstate import JobState, save_job_state
+    from airlock.brokerclient import JobState, save_job_state
 
     state_dir = tmp_path / "state"
     leases = (

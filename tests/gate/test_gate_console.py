@@ -145,7 +145,8 @@ def test_the_session_tells_the_console_backend_whether_the_agent_has_its_own_pty
     key: SigningKey, op: Operation, tmp_path: Path
 ) -> None:
     from airlock.ci.identity import detect_identity
-    from airlock.jobs.run import SessionRequest, _approval_backend
+    from airlock.jobs._parts import _approval_backend
+    from airlock.jobs.request import SessionRequest
     from airlock.policy import Policy
 
     request = SessionRequest(

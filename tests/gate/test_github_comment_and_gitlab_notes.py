@@ -59,13 +59,14 @@ def test_comment_is_posted_and_the_first_entitled_answer_decides(
     github.comment_as(12, "reader", f"/airlock approve {rid}")  # no write permission
     github.comment_as(12, "renovate[bot]", f"/airlock approve {rid}", user_type="Bot")
     github.comment_as(12, "alice", f"/airlock approve {'f' * 32}")  # another request
+    github.comment_as(12, "alice", f"/airlock approve {rid}", edited=True)  # was "lgtm"
     assert backend.status(rid) is None
     github.pr_reviews.append(
         {
             "id": 77,
             "number": 12,
             "body": f"ok\n/airlock approve {rid}",
-            "user": {"login": "alice", "id": 5, "type": "User"},
+            "user": {"login": "alice", "id": user_id_of("alice"), "type": "User"},
         }
     )
     decision = asyncio.run(backend.wait(rid, 5))
@@ -112,7 +113,8 @@ def test_gitlab_notes_without_a_broker(
         (90, "project_20_bot_1a2b"),
     ):
         gitlab.add_note(7, f"/airlock approve {rid}", user_id=user_id, username=name)
-    assert backend.status(rid) is None
+    gitlab.add_note(7, f"/airlock approve {rid}", user_id=11, username="dev", edited=True)
+    assert backend.status(rid) is None  # none of these decides; an edited note counts for nothing
     gitlab.add_note(7, f"/airlock approve {rid}", user_id=11, username="dev")
     decision = asyncio.run(backend.wait(rid, 5))
     assert decision.approved and decision.by == "gitlab:dev"

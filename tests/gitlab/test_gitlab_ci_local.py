@@ -181,6 +181,12 @@ def test_identity_and_layout_are_gitlab(pipeline: Pipeline) -> None:
     ]
     start = json.loads(events.splitlines()[0])
     assert start["data"]["identity"]["platform"] == "gitlab"
+    # the template's default: the agent ran sandboxed and every self-check probe passed
+    (status,) = [
+        e["data"] for e in map(json.loads, events.splitlines()) if e["type"] == "sandbox.status"
+    ]
+    assert (status["mode"], status["active"]) == ("required", True)
+    assert status["probes"] and all(p["ok"] for p in status["probes"]), status["probes"]
     assert SECRET not in events and JOB_TOKEN not in events
     assert (
         "/gitlab/fallback.group/fallback.project/"
@@ -211,6 +217,29 @@ def test_inputs_are_checked_when_the_pipeline_is_created(tmp_path: Path) -> None
     done = run_gcl(project, "--preview", variables={})
     assert done.returncode != 0
     assert "fail-mode" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("retention-days", "ten", "`retention-days` input: provided value is not a number"),
+        ("broker-url", "ftp://x", "`broker-url` input: `ftp://x` does not match required regex"),
+        ("sandbox", "maybe", "`sandbox` input: `maybe` cannot be used because it is not in the"),
+    ],
+)
+def test_each_typed_input_is_refused_by_name(
+    tmp_path: Path, name: str, value: str, said: str
+) -> None:
+    """The template's spec types, options and regexes: the pipeline is not created, and the
+    error names the input. (An input the spec does not declare is refused by GitLab itself;
+    gitlab-ci-local does not check that, so it is not tested here.)"""
+    project = make_project(tmp_path)
+    bad = yaml.safe_load((project / "tests/gitlab/pipelines/bad-input.yml").read_text())
+    bad["include"][0]["inputs"] = {name: value}
+    (project / ".gitlab-ci.yml").write_text(yaml.safe_dump(bad))
+    done = run_gcl(project, "--preview", variables={})
+    assert done.returncode != 0
+    assert said in done.stdout + done.stderr
 
 
 GITLAB_BROKER = """

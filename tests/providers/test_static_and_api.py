@@ -37,7 +37,7 @@ def test_env_secrets_and_missing_sources(monkeypatch: pytest.MonkeyPatch, tmp_pa
     }
     with pytest.raises(ConfigError, match="NOT_SET is not set"):
         provider.issue(IssueRequest("g", {"secrets": ["GONE"]}, "l"))
-    with pytest.raises(ConfigError, match="cannot read secret file /no"):
+    with pytest.raises(ConfigError, match="could not read secret file /no"):
         provider.issue(IssueRequest("g", {"secrets": ["NOFILE"]}, "l"))
 
 

@@ -81,16 +81,21 @@ def test_the_filter_checks_the_architecture_first() -> None:
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers below are x86_64")
 def test_seccomp_refuses_each_call_inside_a_real_sandbox(tmp_path: Path) -> None:
     sandbox = start_sandbox(_spec(tmp_path), endpoints=[], agent_env={"PATH": "/usr/bin:/bin"})
+    statuses: list[dict[str, object]] = []
     try:
         argv = sandbox.wrap(["/usr/bin/python3", "-I", "-S", "-c", SYSCALLS])
-        done = subprocess.run(
-            argv, env=sandbox.env, pass_fds=sandbox.pass_fds, capture_output=True, text=True,
-            timeout=60, check=False,
+        proc = subprocess.Popen(
+            argv, env=sandbox.env, pass_fds=sandbox.pass_fds, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        sandbox.started()
+        assert sandbox.check(statuses.append), sandbox.status  # the probes ran in this sandbox
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         sandbox.close()
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    assert proc.returncode == 0, stderr
+    assert [p["id"] for p in statuses[0]["probes"] if not p["ok"]] == []
+    result = json.loads(stdout)
     assert result.pop("fork") == 7  # plain fork/clone still works
     assert result.pop("clone3") == "ENOSYS"
     assert result == dict.fromkeys(result, "EPERM")
@@ -171,3 +176,82 @@ def test_best_effort_without_bwrap_records_the_downgrade(tmp_path: Path) -> None
     events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
     status = next(e["data"] for e in events if e["type"] == "sandbox.status")
     assert status["downgraded"] is True and status["active"] is False
+
+
+@needs_bwrap
+def test_a_failed_probe_inside_the_agents_sandbox_means_the_agent_never_starts(
+    tmp_path: Path,
+) -> None:
+    # /proc/version cannot be hidden (the sandbox's /proc is its own): fs.hidden fails inside.
+    policy = tmp_path / "airlock.yaml"
+    policy.write_text("sandbox: {mode: required, filesystem: {hidden: [/proc/version]}}\n")
+    marker = tmp_path / "started"
+    done = _run(tmp_path, "--policy", str(policy), "--", "/usr/bin/touch", str(marker))
+    assert done.returncode == 85, done.stderr
+    assert "self-check failed: fs.hidden" in done.stderr
+    assert not marker.exists()
+    [session] = list((tmp_path / "s").iterdir())
+    events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+    status = next(e["data"] for e in events if e["type"] == "sandbox.status")
+    assert [p["id"] for p in status["probes"] if not p["ok"]] == ["fs.hidden"]
+    execs = [e["data"]["path"] for e in events if e["type"] == "process.exec"]
+    assert "/usr/bin/touch" not in execs and "/usr/bin/bwrap" in execs
+    assert json.loads((session / "manifest.json").read_text())["status"] == "incomplete"
+
+
+@needs_bwrap
+def test_best_effort_runs_the_agent_uncontained_after_a_failed_probe(tmp_path: Path) -> None:
+    policy = tmp_path / "airlock.yaml"
+    policy.write_text("sandbox: {mode: best_effort, filesystem: {hidden: [/proc/version]}}\n")
+    marker = tmp_path / "started"
+    done = _run(tmp_path, "--policy", str(policy), "--", "/usr/bin/touch", str(marker))
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()
+    [session] = list((tmp_path / "s").iterdir())
+    events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+    [status] = [e["data"] for e in events if e["type"] == "sandbox.status"]
+    assert status["downgraded"] is True and status["active"] is False
+    assert "fs.hidden" in status["reason"]
+
+
+TTY_AGENT = r"""
+import errno, fcntl, os, termios
+fd = os.open("/dev/tty", os.O_RDWR)
+os.write(fd, b"hello from /dev/tty\n")
+try:
+    fcntl.ioctl(fd, termios.TIOCSTI, b"x")
+    print("tiocsti: ok")
+except OSError as exc:
+    print("tiocsti:", errno.errorcode[exc.errno])
+"""
+
+
+@needs_bwrap
+def test_an_agent_with_a_pty_can_open_dev_tty_but_not_inject_into_it(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    done = subprocess.run(
+        [AIRLOCK, "run", "--pty", "always", "--sandbox", "required", "--sessions",
+         str(tmp_path / "s"), "--", "/usr/bin/python3", "-I", "-S", "-c", TTY_AGENT],
+        cwd=tmp_path / "ws", capture_output=True, text=True, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hello from /dev/tty" in done.stdout
+    assert "tiocsti: EPERM" in done.stdout
+
+
+@needs_bwrap
+def test_the_agent_inherits_no_pipe_of_the_self_check(tmp_path: Path) -> None:
+    """The relay closes the results and go pipes before the agent runs: the agent can neither
+    forge the probes' results nor answer for Airlock (nor hold the seccomp memfd)."""
+    (tmp_path / "ws").mkdir()
+    listing = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+    for extra in ([], ["--pty", "always"]):
+        done = subprocess.run(
+            [AIRLOCK, "run", "--sandbox", "required", "--sessions", str(tmp_path / "s"),
+             "--pty", "never", *extra, "--", "/usr/bin/python3", "-I", "-S", "-c", listing],
+            cwd=tmp_path / "ws", capture_output=True, text=True, timeout=120, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.split()[-4:] == ["[0,", "1,", "2,", "3]"], done.stdout  # 3: listdir's

@@ -30,6 +30,7 @@ from airlock.archive.spool import (
     spool_session,
     with_backoff,
 )
+from airlock.audit.reader import find_logs
 from airlock.errors import UsageError
 
 __all__ = ["register"]
@@ -129,7 +130,7 @@ def _sessions(args: argparse.Namespace) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UsageError(f"{path} is not a session directory")
-    found = sorted(p.parent for p in path.glob(f"*/{EVENTS_NAME}"))
+    found = [log.parent for log in find_logs(path, archived=False)]
     unsealed = [p.name for p in found if not (p / MANIFEST_NAME).exists()]
     if unsealed:
         raise UsageError(

@@ -99,7 +99,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from airlock.broker.client import (
+    from airlock.brokerclient import (
         BrokerClient,
         default_state_dir,
         forget_job_state,
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(mode: str, values: dict[str, str], out: Path | None) -> None:
-    from airlock.broker.jobstate import default_state_dir
+    from airlock.brokerclient import default_state_dir
 
     if mode == "auto":
         mode = _platform_export()

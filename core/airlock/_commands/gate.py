@@ -185,8 +185,8 @@ def _masker(args: argparse.Namespace) -> Masker:
     """What reviewers see is masked like session output: the policy's secrets and patterns,
     and everything the broker issued to this job (values and job token)."""
     from airlock.audit import load_signing_key
-    from airlock.broker.jobstate import default_state_dir, load_job_state
-    from airlock.jobs.run import build_masker, correlation_key
+    from airlock.brokerclient import default_state_dir, load_job_state
+    from airlock.jobs.request import build_masker, correlation_key
     from airlock.policy import DEFAULT_POLICY, load_policy
 
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
@@ -236,7 +236,7 @@ def _backend(args: argparse.Namespace, key: SigningKey) -> ApprovalBackend:
 
 def _broker_settings(kind: str, settings: BackendSettings) -> BackendSettings:
     """Through the broker (as its GitHub App / GitLab bot), with this job's token."""
-    from airlock.broker.client import default_state_dir, load_job_state
+    from airlock.brokerclient import default_state_dir, load_job_state
     from airlock.gate.broker import ForgeTarget
 
     state = load_job_state(default_state_dir())

@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
     from airlock.gateway.runtime import start_gateways
-    from airlock.jobs.run import build_masker, correlation_key
+    from airlock.jobs.request import build_masker, correlation_key
     from airlock.policy import load_policy
 
     if not args.policy:
@@ -101,8 +101,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         for gateway in running.described:
             writer.append(EventType.GATEWAY_STARTED, gateway)
+            rows = f", {gateway['row_path']} row path" if "row_path" in gateway else ""
             print(
-                f"airlock: gateway {gateway['name']} ({gateway['kind']}) at {gateway['address']}",
+                f"airlock: gateway {gateway['name']} ({gateway['kind']}{rows}) at "
+                f"{gateway['address']}",
                 file=sys.stderr,
             )
         if args.env_file:

@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
     from airlock.gateway.mcp.stdio import serve_stdio
-    from airlock.jobs.run import build_masker, correlation_key
+    from airlock.jobs.request import build_masker, correlation_key
     from airlock.policy import DEFAULT_POLICY, load_policy
 
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY

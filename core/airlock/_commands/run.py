@@ -129,7 +129,7 @@ def _default_key_path() -> Path:
 
 
 def _default_state_dir() -> Path:
-    from airlock.broker.jobstate import default_state_dir
+    from airlock.brokerclient import default_state_dir
 
     return default_state_dir()
 
@@ -175,7 +175,7 @@ class _Job:
 
 
 def _job(args: argparse.Namespace) -> _Job:
-    from airlock.broker.jobstate import default_state_dir, load_job_state
+    from airlock.brokerclient import default_state_dir, load_job_state
     from airlock.jobs.run import IssuedSecret
 
     job = _Job()
@@ -189,7 +189,7 @@ def _job(args: argparse.Namespace) -> _Job:
         )
     if not args.broker:
         return job
-    from airlock.broker.client import BrokerClient
+    from airlock.brokerclient import BrokerClient
 
     client = BrokerClient(args.broker)
     job._close.append(client.close)

@@ -8,6 +8,7 @@ from typing import Any
 
 from airlock._commands._common import add_flag
 from airlock.audit import find_unsealed, load_signing_key, seal_session
+from airlock.audit._format import EVENTS_FILE, MANIFEST_FILE
 from airlock.audit.keys import SigningKey
 from airlock.errors import ExitCode, UsageError
 
@@ -22,9 +23,9 @@ def register(sub: Any) -> None:
         "seal",
         help="seal a crashed session (no manifest) as incomplete",
         description=(
-            "Seal a session that has an events.jsonl but no manifest.json (the recorder was "
-            "killed) as 'incomplete', signed with your key. Only complete lines are covered; "
-            "events.jsonl is never rewritten. A session whose chain is broken is not sealed."
+            f"Seal a session that has an {EVENTS_FILE} but no {MANIFEST_FILE} (the recorder "
+            "was killed) as 'incomplete', signed with your key. Only complete lines are covered; "
+            f"{EVENTS_FILE} is never rewritten. A session whose chain is broken is not sealed."
         ),
     )
     parser.add_argument("path", metavar="PATH", help="a session directory (<sessions>/<id>)")

@@ -159,8 +159,8 @@ def _last_seq(session: Path) -> int | None:
 def _broker_checkpoints(
     url: str, session_id: str
 ) -> tuple[list[dict[str, Any]], dict[str, Ed25519PublicKey]]:
-    from airlock.broker.client import BrokerClient
     from airlock.broker.witness import parse_public_keys
+    from airlock.brokerclient import BrokerClient
 
     client = BrokerClient(url)
     try:

@@ -8,7 +8,6 @@ an S3 look-alike may accept a wrong checksum or report retention it does not enf
 
 from __future__ import annotations
 
-import gzip
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from airlock.archive.s3 import (
     composite_sha256,
     hash_file,
 )
+from airlock.audit.reader import pack_log
 from airlock.events import utc_now
 
 __all__ = [
@@ -118,21 +118,11 @@ def retain_until_for(manifest: dict[str, Any], days: int, now: datetime | None =
     return max(until, now.replace(microsecond=0) + timedelta(days=1))
 
 
-def _gzip_log(source: Path, dest: Path) -> None:
-    # mtime=0 and no file name: the same log always compresses to the same bytes (idempotence)
-    with (
-        source.open("rb") as src,
-        dest.open("wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
-    ):
-        shutil.copyfileobj(src, gz, 1024 * 1024)
-
-
 @contextmanager
 def _staged(session_dir: Path, loc: SessionLocation, part_size: int) -> Iterator[list[_Staged]]:
     with tempfile.TemporaryDirectory(prefix="airlock-archive-") as tmp:
         log = Path(tmp) / LOG_OBJECT
-        _gzip_log(session_dir / EVENTS_NAME, log)
+        pack_log(session_dir / EVENTS_NAME, log)
         manifest = Path(tmp) / MANIFEST_NAME
         shutil.copyfile(session_dir / MANIFEST_NAME, manifest)
         base = loc.key()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from airlock.archive.describe import output_text
+from airlock.audit.describe import output_text
 
 __all__ = ["frames", "to_asciicast"]
 

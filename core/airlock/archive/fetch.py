@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 from airlock.archive.interface import ArchiveCheckFailed, ArchiveSink
@@ -10,6 +9,7 @@ from airlock.archive.layout import EVENTS_NAME, LOG_OBJECT, MANIFEST_NAME, join_
 from airlock.archive.local import LocalSink
 from airlock.archive.s3 import S3Sink
 from airlock.audit._format import SESSION_ID_RE
+from airlock.audit.reader import open_log
 from airlock.errors import UsageError
 
 __all__ = ["fetch_session", "make_sink"]
@@ -24,7 +24,7 @@ def make_sink(url: str, endpoint_url: str | None = None) -> ArchiveSink:
 
 
 def fetch_session(url: str, dest: Path, endpoint_url: str | None = None) -> Path:
-    """Download ``<url>/events.jsonl.gz`` and ``manifest.json`` into ``dest/<session-id>/``.
+    """Download the archived log and manifest under ``url`` into ``dest/<session-id>/``.
 
     ``url`` names one archived session directory (``s3://bucket/prefix/.../<session>/`` or a
     local archive path). The log is decompressed, so the result is an ordinary session
@@ -55,7 +55,7 @@ MAX_LOG_BYTES = 64 << 30  # 64 GiB: far past any real session
 
 def _gunzip(source: Path, dest: Path) -> None:
     try:
-        with gzip.open(source, "rb") as src, dest.open("wb") as out:
+        with open_log(source) as src, dest.open("wb") as out:
             written = 0
             while chunk := src.read(1024 * 1024):
                 written += len(chunk)

@@ -9,13 +9,18 @@ with run ``_``. The date is the session's start (UTC).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.audit.reader import EVENTS_FILE, MANIFEST_FILE
+from airlock.audit.reader import (
+    ARCHIVED_EVENTS_FILE,
+    EVENTS_FILE,
+    MANIFEST_FILE,
+    first_event,
+    require_manifest,
+)
 from airlock.errors import UsageError
 
 __all__ = [
@@ -30,7 +35,7 @@ __all__ = [
 ]
 
 EVENTS_NAME = EVENTS_FILE  # the names are the audit reader's
-LOG_OBJECT = f"{EVENTS_FILE}.gz"
+LOG_OBJECT = ARCHIVED_EVENTS_FILE
 MANIFEST_NAME = MANIFEST_FILE
 
 # One path segment of a key: no "/", no "..", nothing a shell or a browser would reinterpret.
@@ -71,31 +76,9 @@ def read_manifest(session_dir: Path, *, required: bool = True) -> dict[str, Any]
 
     With ``required=False`` an unsealed session gives a stub ``{"session_id": <dir name>}``.
     """
-    path = session_dir / MANIFEST_NAME
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        if not required:
-            return {"session_id": session_dir.name, "status": "unsealed"}
-        raise UsageError(
-            f"{session_dir} is not sealed (no {MANIFEST_NAME})",
-            hint=f"run `airlock seal {session_dir}` first",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {type(exc).__name__}") from exc
-    if not isinstance(manifest, dict) or "session_id" not in manifest:
-        raise UsageError(f"{path} is not an Airlock manifest")
-    return manifest
-
-
-def _first_event(session_dir: Path) -> dict[str, Any]:
-    with (session_dir / EVENTS_NAME).open("rb") as fh:
-        line = fh.readline()
-    try:
-        event: dict[str, Any] = json.loads(line)
-    except ValueError:
-        return {}
-    return event if isinstance(event, dict) else {}
+    if not required and not (session_dir / MANIFEST_NAME).exists():
+        return {"session_id": session_dir.name, "status": "unsealed"}
+    return require_manifest(session_dir)
 
 
 def _owner_repo(identity: dict[str, Any]) -> tuple[str, str]:
@@ -109,7 +92,7 @@ def _owner_repo(identity: dict[str, Any]) -> tuple[str, str]:
 def location_for(session_dir: Path, manifest: dict[str, Any] | None = None) -> SessionLocation:
     """Compute the layout fields from the session's first event and its manifest."""
     manifest = manifest if manifest is not None else read_manifest(session_dir)
-    first = _first_event(session_dir)
+    first = first_event(session_dir)
     data = first.get("data") if first.get("type") == "session.start" else None
     identity = data.get("identity", {}) if isinstance(data, dict) else {}
     identity = identity if isinstance(identity, dict) else {}

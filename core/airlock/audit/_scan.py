@@ -11,13 +11,15 @@ import hashlib
 import itertools
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock.audit._format import LINE_RE
 from airlock.errors import VerificationFailed
+
+if TYPE_CHECKING:  # imported when a big log is read (it brings logging: ~5 ms at start-up)
+    from concurrent.futures import Future
 
 __all__ = ["ChainScan", "diagnose_beyond", "scan_chain"]
 
@@ -97,7 +99,11 @@ class _WholeHash:
     def __init__(self, handle: Any) -> None:
         self._hash = hashlib.sha256()
         size = os.fstat(handle.fileno()).st_size
-        self._pool = ThreadPoolExecutor(1) if size >= self._THREAD_FROM else None
+        self._pool = None
+        if size >= self._THREAD_FROM:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1)
         self._pending: Future[None] | None = None
 
     def __enter__(self) -> _WholeHash:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from airlock.audit.files import read_limited
 from airlock.errors import ConfigError
 
 __all__ = [
@@ -143,17 +144,8 @@ def _cannot_create(path: Path, exc: OSError) -> ConfigError:
 
 
 def _read_key_bytes(path: Path) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"could not read key file {path}: {exc.strerror}",
-            hint="check the path (--key / --key-file / AIRLOCK_KEY) and its permissions",
-        ) from exc
-    if len(data) > _MAX_KEY_FILE:
-        raise ConfigError(f"key file {path} is too large to be a PEM key")
-    return data
+    hint = "check the path (--key / --key-file / AIRLOCK_KEY) and its permissions"
+    return read_limited(path, _MAX_KEY_FILE, label="key file", hint=hint)
 
 
 def _check_private_mode(path: Path) -> None:

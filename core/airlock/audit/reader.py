@@ -2,12 +2,19 @@
 
 Every part that reads a session on disk (show, search, report, archive layout, verify, the
 broker's witness check) takes the names and the parsing from here, and describes events with
-:mod:`airlock.audit.describe`.
+:mod:`airlock.audit.describe`. The archived form of the log (``events.jsonl.gz``) is read and
+written here too: :func:`open_log` and :func:`first_event` take either form, :func:`pack_log`
+writes the archived one. tests/audit/test_one_reader.py keeps the file names and the parsing out
+of every other layer.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,94 @@ from airlock.audit._format import EVENTS_FILE, MANIFEST_FILE
 from airlock.audit.verify import session_paths
 from airlock.errors import UsageError, VerificationFailed
 
-__all__ = ["EVENTS_FILE", "MANIFEST_FILE", "iter_events", "load_manifest"]
+__all__ = [
+    "ARCHIVED_EVENTS_FILE",
+    "EVENTS_FILE",
+    "MANIFEST_FILE",
+    "find_logs",
+    "first_event",
+    "iter_events",
+    "line_hashes",
+    "load_manifest",
+    "open_log",
+    "pack_log",
+    "require_manifest",
+]
+
+ARCHIVED_EVENTS_FILE = f"{EVENTS_FILE}.gz"  # the log as archived: gzip, byte-identical inside
+
+
+def require_manifest(session_dir: Path) -> dict[str, Any]:
+    """The session's seal; a UsageError that says what to do when it is missing or not a seal."""
+    path = session_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise UsageError(
+            f"{session_dir} is not sealed (no {MANIFEST_FILE})",
+            hint=f"run `airlock seal {session_dir}` first",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {type(exc).__name__}") from exc
+    if not isinstance(manifest, dict) or "session_id" not in manifest:
+        raise UsageError(f"{path} is not an Airlock manifest")
+    return manifest
+
+
+def open_log(path: Path) -> io.BufferedIOBase:
+    """Open a session log for reading: a session directory, its events.jsonl, or an archived
+    events.jsonl.gz (decompressed as it is read)."""
+    log = _log_path(path)
+    return gzip.open(log, "rb") if log.name == ARCHIVED_EVENTS_FILE else log.open("rb")
+
+
+def line_hashes(path: Path) -> list[str]:
+    """SHA-256 of each complete line of a log (either form), as the broker's checkpoints hash
+    them; a partial last line (a log cut while being written) is not part of the log."""
+    hashes = []
+    with open_log(path) as log:
+        for line in log:
+            if not line.endswith(b"\n"):
+                break
+            hashes.append(hashlib.sha256(line[:-1]).hexdigest())
+    return hashes
+
+
+def _log_path(path: Path) -> Path:
+    return path if path.name == ARCHIVED_EVENTS_FILE else session_paths(path)[1]
+
+
+def first_event(path: Path) -> dict[str, Any]:
+    """The first line of a log (either form) as a dict; ``{}`` when it is missing or unreadable.
+
+    This is the session's ``session.start`` when the log is whole: the identity lives there.
+    """
+    try:
+        with open_log(path) as handle:
+            event = json.loads(handle.readline())
+    except (OSError, ValueError, EOFError):
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def find_logs(root: Path, *, archived: bool = True) -> list[Path]:
+    """The logs under ``root``: a session directory gives its own; a directory of sessions gives
+    each ``<id>/events.jsonl``; with ``archived``, every ``events.jsonl.gz`` below as well."""
+    if (root / EVENTS_FILE).is_file():
+        return [root / EVENTS_FILE]
+    found = sorted(root.glob(f"*/{EVENTS_FILE}"))
+    return found + sorted(root.rglob(ARCHIVED_EVENTS_FILE)) if archived else found
+
+
+def pack_log(source: Path, dest: Path) -> None:
+    """Write the archived form of a log: gzip with no name and mtime 0, so one log always packs
+    to the same bytes (archiving again is idempotent)."""
+    with (
+        source.open("rb") as src,
+        dest.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+    ):
+        shutil.copyfileobj(src, gz, 1024 * 1024)
 
 
 def load_manifest(session_dir: Path) -> dict[str, Any] | None:
@@ -32,15 +126,15 @@ def load_manifest(session_dir: Path) -> dict[str, Any] | None:
 
 
 def iter_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield each complete line of a session (its directory or events.jsonl) as a dict.
+    """Yield each complete line of a session (its directory, events.jsonl or events.jsonl.gz).
 
     Reading does not verify: use :func:`~airlock.audit.verify_session` for that. A partial last
     line (a crashed writer) is skipped; a line that is not a JSON object raises
     VerificationFailed (kind "malformed") with its line number.
     """
-    _, events = session_paths(path)
+    events = _log_path(path)
     try:
-        handle = events.open("rb")
+        handle = open_log(events)
     except OSError as exc:
         raise UsageError(
             f"cannot read session log {events}: {exc.strerror}",

@@ -134,6 +134,9 @@ class Broker:
         else:
             self.providers = {**_ticket_providers(config, store.engine), **providers}
         _check_grants(config, self.providers)
+        # Called with the job digest after a revoke (the approval service denies that job's
+        # pending requests); a failing hook is logged, the revoke stands.
+        self.on_revoke: list[Callable[[str], None]] = []
 
     @staticmethod
     def check_config(config: BrokerConfig) -> None:
@@ -334,6 +337,11 @@ class Broker:
         self._live_job(digest)
         self.store.revoke_job(digest, self._clock())
         log.info("job revoked: %s…", digest[:12])
+        for hook in self.on_revoke:
+            try:
+                hook(digest)
+            except Exception as exc:  # the revoke stands; the hook's own record may lag
+                log.warning("after revoke of %s…: %s failed", digest[:12], type(exc).__name__)
         return sum(
             self._revoke_lease(row) for row in self.store.leases(job_digest=digest, live_only=True)
         )

@@ -8,7 +8,6 @@ runner itself is not.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from airlock.audit.checkpoints import checkpoint_message
-from airlock.audit.reader import EVENTS_FILE
+from airlock.audit.reader import line_hashes
 from airlock.errors import VerificationFailed
 
 __all__ = ["check_witnessed", "parse_public_keys"]
@@ -54,7 +53,7 @@ def check_witnessed(
             kind="unwitnessed",
             hint="the session was not run with --broker, or its id was changed",
         )
-    heads = _line_hashes(session_dir / EVENTS_FILE)
+    heads = line_hashes(session_dir)
     for checkpoint in sorted(checkpoints, key=lambda c: int(c["seq"])):
         seq, head = int(checkpoint["seq"]), str(checkpoint["head"])
         _check_signature(session_id, checkpoint, keys)
@@ -101,13 +100,3 @@ def _check_signature(
             f"the broker's signature on checkpoint {checkpoint['seq']} does not verify",
             kind="checkpoint-mismatch",
         ) from exc
-
-
-def _line_hashes(path: Path) -> list[str]:
-    hashes = []
-    with path.open("rb") as log:
-        for line in log:
-            if not line.endswith(b"\n"):
-                break  # a partial last line is not part of the log
-            hashes.append(hashlib.sha256(line[:-1]).hexdigest())
-    return hashes

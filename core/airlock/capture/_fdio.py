@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import termios
+import threading
 import time
 import tty
 from collections.abc import Iterator, Sequence
@@ -35,12 +36,14 @@ def read_available(fd: int) -> tuple[bytes, bool]:
     A pty hands out about 4 KiB per read; gathering what is already buffered before masking and
     recording turns thousands of tiny events into a few large ones. Returns (data, at EOF).
     """
-    chunks: list[bytes] = []
+    view = _buffer()
     size = 0
     deadline = time.monotonic() + GATHER_SECONDS
     while size < READ_SIZE:
         try:
-            chunk = os.read(fd, READ_SIZE - size)
+            # Into a buffer kept for the next call: os.read(fd, 1 MiB) allocates 1 MiB for the
+            # ~4 KiB a pty read returns, which doubled the CPU of the pty path.
+            got = os.readv(fd, [view[size:]])
         except BlockingIOError:
             # A writer that is still going refills the buffer within microseconds; a human at
             # a prompt does not notice a couple of milliseconds.
@@ -51,12 +54,21 @@ def read_available(fd: int) -> tuple[bytes, bool]:
         except OSError as exc:  # EIO: the pty's slave side is gone
             if exc.errno != errno.EIO:
                 raise
-            chunk = b""
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks), False
+            got = 0
+        if not got:
+            return bytes(view[:size]), True
+        size += got
+    return bytes(view[:size]), False
+
+
+_BUFFERS = threading.local()
+
+
+def _buffer() -> memoryview:
+    view: memoryview | None = getattr(_BUFFERS, "view", None)
+    if view is None:
+        view = _BUFFERS.view = memoryview(bytearray(READ_SIZE))
+    return view
 
 
 def write_all(fd: int, data: bytes) -> None:

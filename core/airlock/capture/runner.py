@@ -34,6 +34,7 @@ _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _WATCHED_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGWINCH, signal.SIGCHLD)
 _DRAIN_GRACE = 2.0
+_TRACE_BATCH = 0.01  # seconds between two reads of a busy trace FIFO
 # A trickle of output that never goes quiet is still released this often (seconds), so a slow
 # progress bar is not held back until the masker's look-behind window fills.
 _MAX_HOLD = 0.25  # seconds to keep reading after the command exits (orphans holding the pipe)
@@ -83,6 +84,7 @@ class ProcessRunner:
         on_signal: Callable[[str], None] = lambda _name: None,
         idle_seconds: float = 0.03,
         tracer_required: bool = False,
+        on_spawn: Callable[[], None] = lambda: None,
     ) -> None:
         self._command = command
         self._use_pty = use_pty
@@ -97,15 +99,20 @@ class ProcessRunner:
         self._master = -1
         self._root_exit: ProcessExit | None = None
         self._tracer_required = tracer_required
+        self._on_spawn = on_spawn
         self._tracer_pid: int | None = None
         self._fifo_keepalive = -1
         self._trace_open = False
         self._tracer_lost = False
+        self._trace_resume: float | None = None  # the trace FIFO is read again from then on
 
     def run(self) -> RunResult:
         with contextlib.ExitStack() as stack:
             fifo_fd = self._open_trace_fifo(stack) if self._tracer else None
-            streams, stdin_fd, proc = self._spawn(stack)
+            try:
+                streams, stdin_fd, proc = self._spawn(stack)
+            finally:
+                self._on_spawn()  # spawned or not: the caller may drop the fds it passed
             try:
                 return self._pump(proc, streams, stdin_fd, fifo_fd, stack)
             except BaseException:
@@ -218,15 +225,19 @@ class ProcessRunner:
         self._pending_signals: list[int] = []
         self._proc = proc
         deadline: float | None = None
-        last_release = time.monotonic()
+        last_release = quiet_since = time.monotonic()
         while True:
-            ready = sel.select(self._idle if deadline is None else min(self._idle, 0.05))
+            quiet = self._idle if deadline is None else min(self._idle, 0.05)
+            ready = sel.select(self._wait(quiet, quiet_since))
             now = time.monotonic()
-            if not ready or now - last_release > _MAX_HOLD:
+            if (not ready and now - quiet_since >= quiet) or now - last_release > _MAX_HOLD:
                 self._on_idle()
                 last_release = now
             for key, _ in ready:
                 self._dispatch(key, sel, streams)
+            if ready:
+                quiet_since = time.monotonic()
+            self._resume_trace(sel, fifo_fd)
             self._forward_signals(result)
             self._check_tracer(result)
             ended = proc.poll() is not None or self._root_exit is not None
@@ -246,6 +257,7 @@ class ProcessRunner:
             self._end_traced(signal.SIGKILL)
             _procs.kill_group(proc, signal.SIGKILL)
         self._finish_trace(fifo_fd, result)
+        self._check_tracer(result)  # the end of the FIFO may have been read only now
         remaining = self._traced_alive() | _procs.group_pids(proc)
         result.leftovers_remaining = len(remaining)
         result.leftovers_stopped = left and not remaining
@@ -255,6 +267,21 @@ class ProcessRunner:
         if root is not None and root.pid != proc.pid:  # an older strace without -DDD is our
             result.exit_status, result.signal = _exit_of(root)  # child: use the command's own
         return result
+
+    def _wait(self, quiet: float, quiet_since: float) -> float:
+        """How long to wait for the next event: until the output has been quiet for ``quiet``
+        seconds, or sooner when the trace FIFO is due to be read again."""
+        now = time.monotonic()
+        wait = max(0.0, quiet_since + quiet - now)
+        if self._trace_resume is not None:
+            wait = min(wait, max(0.0, self._trace_resume - now))
+        return wait
+
+    def _resume_trace(self, sel: PollSelector, fifo_fd: int | None) -> None:
+        if self._trace_resume is None or fifo_fd is None or time.monotonic() < self._trace_resume:
+            return
+        self._trace_resume = None
+        sel.register(fifo_fd, EVENT_READ, "trace")
 
     def _trace_started(self) -> None:
         """strace wrote its first line (the command's exec): it holds the FIFO open and traces
@@ -295,7 +322,11 @@ class ProcessRunner:
             with contextlib.suppress(BlockingIOError):
                 self._pending_signals.extend(os.read(key.fd, 64))
         elif key.data == "trace":
-            self._read_trace(key.fd, sel)
+            if self._read_trace(key.fd, sel):
+                # strace writes a line per system call, so a busy trace would wake this loop
+                # for every process; read it in batches (the FIFO holds ~2,000 processes).
+                sel.unregister(key.fd)
+                self._trace_resume = time.monotonic() + _TRACE_BATCH
         elif key.data == "stdin":
             self._forward_stdin(sel, streams[0].fd)
         else:
@@ -337,9 +368,25 @@ class ProcessRunner:
             self._trace_open = False
             if sel is not None:
                 sel.unregister(fd)
-            if self._root_exit is None and self._proc.poll() is None:
+            if self._root_exit is None and self._tracer_went_first():
                 self._tracer_lost = True
         return False
+
+    def _tracer_went_first(self) -> bool:
+        """The trace ended without the command's end: did the tracer die first?
+
+        Yes while the command runs. Yes too when the command has since exited on its own and the
+        trace never showed that exit, which strace writes before it ends (the command's next
+        fork fails once the seccomp filter has no tracer left, so it may exit before the end
+        of the FIFO is read). A command killed by a signal can take strace's last lines with it
+        (strace re-raises the signal on itself): that is not a lost tracer.
+        """
+        status = self._proc.poll()
+        if status is None:
+            return True
+        assert self._parser is not None
+        root = self._parser.root_pid
+        return status >= 0 and root is not None and root in self._parser.alive
 
     def _seen(self, event: ProcessExec | ProcessExit) -> None:
         if isinstance(event, ProcessExit) and self._parser and event.pid == self._parser.root_pid:

@@ -151,7 +151,7 @@ def _local(environ: Mapping[str, str], cwd: Path) -> Identity:
         cwd,
         ("rev-parse", "--verify", "--quiet", "HEAD"),
         ("symbolic-ref", "--quiet", "HEAD"),
-        ("status", "--porcelain", "--untracked-files=no"),
+        ("status", "--porcelain", "--untracked-files=no", "--ignore-submodules=all"),
     )
     if sha is not None and dirty is not None:
         extra["git_dirty"] = "true" if dirty else "false"
@@ -183,23 +183,65 @@ def _git_all(cwd: Path, *commands: tuple[str, ...]) -> list[str | None]:
     home = os.environ.get("HOME")
     if home:
         env["HOME"] = home
-    procs: list[subprocess.Popen[str] | None] = []
-    for args in commands:
-        try:
-            procs.append(
-                subprocess.Popen(
-                    ["git", "-C", str(cwd), *args],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
-                    env=env,
-                )
-            )
-        except OSError:
-            procs.append(None)
     deadline = time.monotonic() + GIT_TIMEOUT_SECONDS
+    inert = _inert_config(cwd, env, deadline)
+    if inert is None:  # the config could not be read: git must not run here at all
+        return [None for _ in commands]
+    procs = [_git_start(cwd, args, {**env, **inert}) for args in commands]
     return [_git_output(proc, deadline) for proc in procs]
+
+
+def _git_start(
+    cwd: Path, args: tuple[str, ...], env: dict[str, str]
+) -> subprocess.Popen[str] | None:
+    try:
+        return subprocess.Popen(
+            ["git", "-C", str(cwd), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+    except OSError:
+        return None
+
+
+def _inert_config(cwd: Path, env: dict[str, str], deadline: float) -> dict[str, str] | None:
+    """Config that keeps ``git status`` from starting any program, as GIT_CONFIG_* variables.
+
+    The checkout's ``.git/config`` and ``.git/info/attributes`` are the agent's to write (the
+    sandbox leaves the workspace writable) and outlive its session: the next ``airlock run``
+    runs git here, outside any sandbox. ``core.fsmonitor`` and each configured filter driver
+    would run a program of the agent's choosing; the command-line scope (these variables)
+    outranks every config file, so they are switched off here (git 2.31 or later).
+    """
+    listing = ("config", "--null", "--name-only", "--get-regexp", r"^filter\.")
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(cwd), *listing],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=max(0.0, deadline - time.monotonic()),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if found.returncode not in (0, 1):  # 1: no filter configured
+        return None
+    keys = found.stdout.split("\0") if found.returncode == 0 else []
+    drivers = {key[7 : key.rindex(".")] for key in keys if key.count(".") >= 2}
+    pairs = [("core.fsmonitor", "false")]
+    for driver in sorted(drivers):
+        pairs += [(f"filter.{driver}.{var}", "") for var in ("clean", "smudge", "process")]
+        pairs.append((f"filter.{driver}.required", "false"))
+    out = {"GIT_CONFIG_COUNT": str(len(pairs))}
+    for index, (key, value) in enumerate(pairs):
+        out[f"GIT_CONFIG_KEY_{index}"] = key
+        out[f"GIT_CONFIG_VALUE_{index}"] = value
+    return out
 
 
 def _git_output(proc: subprocess.Popen[str] | None, deadline: float) -> str | None:

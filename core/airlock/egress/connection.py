@@ -202,12 +202,23 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+# Cloud metadata services outside the link-local range (169.254.169.254 is link-local): AWS's
+# IPv6 IMDS, Alibaba's metadata service, Azure's WireServer. A name the policy allows may be
+# made to resolve to them (DNS rebinding); they answer the machine's own credentials.
+_METADATA = (
+    ipaddress.ip_network("fd00:ec2::/112"),
+    ipaddress.ip_network("100.100.100.200/32"),
+    ipaddress.ip_network("168.63.129.16/32"),
+)
+
+
 def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return (
         address.is_loopback
         or address.is_link_local
         or address.is_unspecified
         or (address.is_multicast)
+        or any(address in network for network in _METADATA)
     )
 
 
@@ -228,7 +239,8 @@ async def _addresses(ctx: Context, head: RequestHead, decision: NetDecision) -> 
         raise _Refused(
             403,
             "airlock.local-address",
-            f"{head.host} resolves to {local[0]}, a loopback or link-local address, which the "
+            f"{head.host} resolves to {local[0]}, a loopback, link-local or cloud metadata "
+            "address, which the "
             f"proxy refuses; if intended, set local_addresses: true on rule {decision.rule_id}",
         )
     return [str(a) for a in checked]

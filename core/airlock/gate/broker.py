@@ -20,11 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from airlock.audit.keys import SigningKey
+from airlock.brokerclient import AsyncBrokerClient, BrokerClient
+from airlock.errors import AirlockError, InfrastructureUnavailable
 from airlock.events import EventType
 from airlock.gate.interface import (
     Answer,
@@ -38,7 +39,6 @@ from airlock.gate.rules import ApproverRules
 
 __all__ = ["BrokerBackend", "ForgeTarget", "decision_from_status"]
 
-_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _HINT = "check --broker (AIRLOCK_BROKER), the job token from `airlock credentials`, and the broker"
 _RETRY_SECONDS = 1.0
 
@@ -103,14 +103,14 @@ class BrokerBackend(ApprovalBackend):
         self._verify = verify_broker
         self._remote: dict[str, str] = {}
         self._broker_keys: dict[str, Ed25519PublicKey] = {}
-        self._http = httpx.Client(timeout=_TIMEOUT, follow_redirects=False)
+        self._client = BrokerClient(self.broker_url)
         self.last_error = ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(broker_url={self.broker_url!r})"
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
     # -- ApprovalBackend ------------------------------------------------------------------------
 
@@ -123,7 +123,10 @@ class BrokerBackend(ApprovalBackend):
         }
         if self._approvers is not None:
             body["approvers"] = self._approvers.to_dict()
-        data = self._send("POST", "/v1/approvals", body)
+        try:
+            data = self._client.create_approval(self._job_token, body)
+        except AirlockError as exc:
+            raise _gate_error(exc) from None
         remote = str(data.get("request_id", ""))
         if data.get("operation_hash") != req.operation_hash or not remote:
             raise GateError("the broker registered a different operation than the one asked for")
@@ -137,8 +140,8 @@ class BrokerBackend(ApprovalBackend):
 
     def _fetch(self, req: ApprovalRequest) -> Answer | None:
         try:
-            data = self._send("GET", self._status_path(req, 0), None)
-        except GateError as exc:
+            data = self._client.approval_status(self._job_token, self._remote_id(req))
+        except AirlockError as exc:
             self.last_error = exc.message
             return None
         return self._answer(req, data)
@@ -147,7 +150,7 @@ class BrokerBackend(ApprovalBackend):
         """Long-poll the broker until a decision, the broker's expiry or ``timeout``."""
         req = self._get(request_id)
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=_TIMEOUT, follow_redirects=False) as client:
+        async with AsyncBrokerClient(self.broker_url) as client:
             while (left := deadline - time.monotonic()) > 0:
                 decided = self._existing(req)
                 if decided is not None:
@@ -170,21 +173,15 @@ class BrokerBackend(ApprovalBackend):
             return self._decisions.get(req.request_id)
 
     async def _poll(
-        self, client: httpx.AsyncClient, req: ApprovalRequest, wait: float
+        self, client: AsyncBrokerClient, req: ApprovalRequest, wait: float
     ) -> dict[str, Any] | None:
-        url = self.broker_url + self._status_path(req, wait)
         try:
-            response = await client.get(url, headers=self._headers(), timeout=wait + 15)
-            data: dict[str, Any] = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            self.last_error = (
-                f"the broker at {self.broker_url} is unreachable: {type(exc).__name__}"
-            )
-            return None
-        if response.status_code != 200:
-            self.last_error = f"the broker answered {response.status_code}: {data.get('message')}"
-            return None
-        return data
+            return await client.approval_status(self._job_token, self._remote_id(req), wait)
+        except InfrastructureUnavailable as exc:
+            self.last_error = f"the broker is unreachable: {exc.message}"
+        except AirlockError as exc:
+            self.last_error = exc.message
+        return None
 
     def _answer(self, req: ApprovalRequest, data: Mapping[str, Any]) -> Answer | None:
         decision = decision_from_status(data)
@@ -211,8 +208,11 @@ class BrokerBackend(ApprovalBackend):
         return public is not None and decision.verify(public, operation_hash)
 
     def _load_keys(self) -> None:
-        data = self._send("GET", "/.well-known/airlock-keys", None, auth=False)
-        for entry in data.get("keys", ()):
+        try:
+            keys = self._client.public_keys()
+        except AirlockError as exc:
+            raise _gate_error(exc) from None
+        for entry in keys:
             try:
                 public = load_pem_public_key(str(entry["public_pem"]).encode())
             except (KeyError, ValueError, TypeError):
@@ -220,35 +220,16 @@ class BrokerBackend(ApprovalBackend):
             if isinstance(public, Ed25519PublicKey):
                 self._broker_keys[str(entry.get("key_id"))] = public
 
-    def _status_path(self, req: ApprovalRequest, wait: float) -> str:
+    def _remote_id(self, req: ApprovalRequest) -> str:
         remote = self._remote.get(req.request_id)
         if remote is None:
             raise GateError("this request was never posted to the broker")
-        return f"/v1/approvals/{remote}?wait={max(0.0, wait):.1f}"
+        return remote
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._job_token}"}
 
-    def _send(
-        self, method: str, path: str, body: Mapping[str, Any] | None, *, auth: bool = True
-    ) -> dict[str, Any]:
-        headers = self._headers() if auth else {}
-        try:
-            response = self._http.request(
-                method, self.broker_url + path, json=body, headers=headers
-            )
-            data: dict[str, Any] = response.json()
-        except httpx.HTTPError as exc:
-            raise GateError(
-                f"could not reach the broker at {self.broker_url}: {type(exc).__name__}",
-                hint=_HINT,
-            ) from None
-        except ValueError:
-            data = {}
-        if response.status_code >= 400:
-            message = str(data.get("message") or f"HTTP {response.status_code}")
-            raise GateError(f"the broker refused the approval request: {message}", hint=_HINT)
-        return data
+def _gate_error(exc: AirlockError) -> GateError:
+    """The client's error as the gate's own (the message already says what failed)."""
+    return GateError(f"the approval request failed: {exc.message}", hint=_HINT)
 
 
 def _seconds_left(req: ApprovalRequest) -> float:

@@ -21,6 +21,7 @@ import select
 import termios
 import threading
 import time
+import unicodedata
 
 from airlock.audit.keys import SigningKey
 from airlock.gate.interface import Answer, ApprovalBackend, ApprovalRequest, Record
@@ -101,10 +102,27 @@ def _question(req: ApprovalRequest) -> str:
     where = f" on gateway {op.gateway}" if op.gateway else ""
     return (
         f"\r\nairlock: approval needed ({op.kind}{where}, rule {op.rule_id})\r\n"
-        f"  {op.text}\r\n"
+        f"  {_inert(op.text)}\r\n"
         f"  operation {req.operation_hash[:16]}  request {req.request_id}\r\n"
         "Approve? [y/N] "
     )
+
+
+def _inert(text: str) -> str:
+    """``text`` as the terminal must show it: the agent wrote it, and a control character
+    (an escape sequence moving the cursor, erasing lines; a carriage return; a bidi override)
+    could make the approver read another statement than the one held. Each is shown as an
+    escape (``\\x1b``, ``\\u202e``); line breaks stay, indented."""
+    out = []
+    for char in text:
+        if char == "\n":
+            out.append("\r\n  ")
+        elif char != "\t" and unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _read_line(fd: int, deadline: float) -> str | None:

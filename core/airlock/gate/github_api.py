@@ -16,10 +16,12 @@ import requests
 from github import Auth, Github, GithubException
 
 from airlock.gate.interface import GateError
-from airlock.gate.rules import PERMISSION_LEVELS, Clicker
+from airlock.gate.rules import PERMISSION_LEVELS, Clicker, same_id
 
 __all__ = ["GitHubApi", "GitHubRights"]
 
+_PER_PAGE = 100
+_MAX_PAGES = 20
 _HINT = "check the GitHub App's permissions (checks, pull requests, members, deployments)"
 
 
@@ -90,21 +92,45 @@ class GitHubApi:
         data: dict[str, Any] = self.call("GET", f"/repos/{repo}/pulls/{int(number)}")
         return data
 
-    def permission_level(self, repo: str, login: str) -> int:
-        """The user's permission on ``repo`` on the :data:`PERMISSION_LEVELS` scale."""
-        path = f"/repos/{repo}/collaborators/{_seg(login)}/permission"
+    def permission_level(self, repo: str, clicker: Clicker) -> int:
+        """The clicker's permission on ``repo`` on the :data:`PERMISSION_LEVELS` scale.
+
+        Asked by login (GitHub has no by-id form), then confirmed by id: GitHub's answer names
+        the account it describes, and when that is not the clicker (the login was renamed or
+        taken by another account since the click) the clicker gets no permission at all."""
+        if not clicker.user_id:
+            return 0
+        path = f"/repos/{repo}/collaborators/{_seg(clicker.login)}/permission"
         data = self.call("GET", path, missing_ok=True) or {}
+        user = data.get("user") if isinstance(data, dict) else None
+        if not isinstance(user, dict) or not same_id(str(user.get("id", "")), clicker.user_id):
+            return 0
         role = str(data.get("role_name") or data.get("permission") or "none")
         return PERMISSION_LEVELS.get(role, PERMISSION_LEVELS.get(str(data.get("permission")), 0))
 
-    def in_team(self, team: str, login: str) -> bool:
-        """True for an active member of ``org/team-slug``."""
+    def in_team(self, team: str, clicker: Clicker) -> bool:
+        """True when the clicker's id is among the members of ``org/team-slug`` (by id, never
+        by login: a login may have changed hands since the click)."""
         org, _, slug = team.partition("/")
-        if not org or not slug:
+        if not org or not slug or not clicker.user_id:
             return False
-        path = f"/orgs/{_seg(org)}/teams/{_seg(slug)}/memberships/{_seg(login)}"
-        data = self.call("GET", path, missing_ok=True)
-        return isinstance(data, dict) and data.get("state") == "active"
+        path = f"/orgs/{_seg(org)}/teams/{_seg(slug)}/members"
+        for page in range(1, _MAX_PAGES + 1):
+            params = {"per_page": _PER_PAGE, "page": page}
+            members = self.call("GET", path, params=params, missing_ok=True) or []
+            if not isinstance(members, list):
+                return False
+            if any(
+                isinstance(m, dict) and same_id(str(m.get("id", "")), clicker.user_id)
+                for m in members
+            ):
+                return True
+            if len(members) < _PER_PAGE:
+                return False
+        raise GateError(
+            f"team {team} has more than {_MAX_PAGES * _PER_PAGE} members: too many to check",
+            hint="name a smaller team in approvers.teams",
+        )
 
 
 class GitHubRights:
@@ -115,10 +141,10 @@ class GitHubRights:
         self._repo = repo
 
     def permission_level(self, clicker: Clicker) -> int:
-        return self._api.permission_level(self._repo, clicker.login)
+        return self._api.permission_level(self._repo, clicker)
 
     def in_team(self, team: str, clicker: Clicker) -> bool:
-        return self._api.in_team(team, clicker.login)
+        return self._api.in_team(team, clicker)
 
 
 def _seg(value: str) -> str:

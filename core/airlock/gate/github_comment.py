@@ -133,6 +133,9 @@ class GitHubCommentBackend(PollingForgeBackend):
         command = approve_command(str(item.get("body") or ""))
         if command is None or command[1] != req.request_id:
             return None
+        if item.get("updated_at", item.get("created_at")) != item.get("created_at"):
+            log.info("approval %s: an edited comment answers nothing", req.request_id)
+            return None  # only a comment as first written counts (it may have said "lgtm")
         approve = command[0]
         user = item.get("user") or {}
         clicker = Clicker(

@@ -265,6 +265,9 @@ class GitLabNotesBackend(PollingForgeBackend):
         command = parse_command(str(note.get("body", "")))
         if command is None or command.request_id != req.request_id or note.get("system"):
             return None
+        if note.get("created_at") != note.get("updated_at"):
+            log.info("approval %s: an edited note answers nothing", req.request_id)
+            return None  # only a note as first written counts (it may have said "lgtm")
         approve = command.approve
         if approve and self._rules.require_justification and not command.justification:
             log.info("approval %s: note without the required justification", req.request_id)

@@ -4,12 +4,14 @@ A click is refused when the clicker is a bot; when they asked for the operation 
 ``allow_self``); when they wrote the pull/merge request (unless ``allow_author``); when they hold
 less than ``permission`` on the repository; or, if ``users`` or ``teams`` are named, when they
 are neither one of the users nor a member of one of the teams (users and teams are OR'ed).
+A ``users`` entry is a login or, better, ``id:<numeric id>``: a login can be given up and
+taken by another account, an id cannot.
 
 "Who asked" and "who wrote" compare the forge's immutable numeric user ids (GitHub ``actor_id``
 and ``sender.id``, GitLab ``user_id`` and ``user.id``), never logins: a login can be renamed
 between the request and the click. When an id is unknown, an approval is refused (unless the
 rule allows self- or author-approval). Logins are for humans to read, and where a policy names
-users by login they compare without case.
+users by login they compare without case, ASCII only (a confusable matches nobody).
 
 A request needs ``min_approvals`` distinct entitled approvers (the largest over all rule sets),
 and with ``require_justification`` (if any rule set asks) an approval must say why.
@@ -36,6 +38,7 @@ __all__ = [
     "approve_command",
     "code_fence",
     "justification_required",
+    "login_key",
     "parse_command",
     "refusal",
     "required_approvals",
@@ -57,6 +60,7 @@ _BOT_LOGIN = re.compile(r"(\[bot\]$)|(^(project|group)_\d+_bot(_[0-9a-f]+)?$)", 
 _COMMAND = re.compile(
     r"^\s*/airlock\s+(approve|deny)\s+([0-9a-f]{32})\b(.*)$", re.IGNORECASE | re.MULTILINE
 )
+_LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(\[bot\])?", re.ASCII)
 MAX_APPROVALS = 10
 MAX_JUSTIFICATION = 1000
 
@@ -142,9 +146,19 @@ class Rights(Protocol):
         ...
 
 
+def login_key(login: str | None) -> str | None:
+    """A forge login as compared: lower-case ASCII, or None for anything no forge allows.
+
+    GitHub and GitLab logins are ASCII; a non-ASCII "login" is a confusable (``"\u212aevin"``
+    lower-cases to ``"kevin"``) and matches nobody."""
+    text = str(login or "")
+    return text.lower() if _LOGIN.fullmatch(text) else None
+
+
 def same_login(a: str | None, b: str | None) -> bool:
-    """Forge logins compare without case; an unknown login matches nobody."""
-    return bool(a) and bool(b) and str(a).lower() == str(b).lower()
+    """Forge logins compare without case, ASCII only; an unknown login matches nobody."""
+    key = login_key(a)
+    return key is not None and key == login_key(b)
 
 
 def same_id(a: str | None, b: str | None) -> bool:
@@ -209,7 +223,9 @@ def _refusal_one(
 
 
 def _named(rule: ApproverRules, clicker: Clicker, rights: Rights) -> bool:
-    if clicker.login.lower() in rule.users:
+    if clicker.user_id and f"id:{clicker.user_id.strip()}" in rule.users:
+        return True  # pinned by immutable id: the safe way to name a person
+    if login_key(clicker.login) in rule.users:
         return True
     return any(rights.in_team(team, clicker) for team in sorted(rule.teams))
 

@@ -214,6 +214,7 @@ def _start_postgres(
     *,
     first: bool,
 ) -> None:
+    from airlock.gateway.postgres.rowpath import ROW_PATH
     from airlock.gateway.postgres.server import start_in_thread
 
     gateway = start_in_thread(config, **common)
@@ -223,7 +224,13 @@ def _start_postgres(
     if isinstance(ticket, Ticket):  # central mode: jobs bring their own tickets from the broker
         _export_postgres(running, config.name, ticket.value, host, port, database, first=first)
     running.described.append(
-        {"name": config.name, "kind": "postgres", "address": f"{host}:{port}", "database": database}
+        {
+            "name": config.name,
+            "kind": "postgres",
+            "address": f"{host}:{port}",
+            "database": database,
+            "row_path": ROW_PATH,
+        }
     )
 
 

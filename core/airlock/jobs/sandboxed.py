@@ -3,9 +3,10 @@ with the session's gateways bridged in. docs/sandbox.md describes what the agent
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airlock.errors import UsageError
@@ -13,9 +14,11 @@ from airlock.policy import Policy
 from airlock.policy.sandbox import SANDBOX_MODES
 from airlock.sandbox import RunningSandbox, SandboxSpec, compile_spec, protected_paths
 from airlock.sandbox import start_sandbox as _start
-from airlock.sandbox.runtime import EarlyCheck, begin_self_check
 
-__all__ = ["begin_self_check", "effective_mode", "sandbox_spec", "start_for_session"]
+if TYPE_CHECKING:
+    from airlock.capture.runner import ProcessRunner, RunResult
+
+__all__ = ["effective_mode", "run_checked", "sandbox_spec", "start_for_session"]
 
 _PROXY_VARS = ("https_proxy", "http_proxy", "no_proxy", "all_proxy")
 # Only listeners on the host's loopback are bridged: inside, the same 127.0.0.1:PORT reaches
@@ -44,17 +47,39 @@ def sandbox_spec(
     key_path: Path | None,
     state_dir: Path | None,
     environ: Mapping[str, str],
+    policy_file: str | None = None,
 ) -> SandboxSpec | None:
-    """The compiled sandbox, or None when it is off. Bad paths raise ConfigError (exit 80)."""
+    """The compiled sandbox, or None when it is off. Bad paths raise ConfigError (exit 80).
+
+    ``policy_file`` stays read-only inside: it is in the checkout, and the job's next session
+    reads it."""
     if mode == "off":
         return None
     home = environ.get("HOME") or str(Path.home())
     protected = protected_paths(
         sessions_dir=Path(cwd, sessions_dir), key_path=key_path, state_dir=state_dir, home=home
-    )
+    ) + tuple(str(p) for p in _approval_dirs(policy, cwd))
+    pinned = [str(Path(cwd, policy_file))] if policy_file else []
     return compile_spec(
-        policy.sandbox, mode=mode, workspace=cwd, home=home, protected=protected, environ=environ
+        policy.sandbox,
+        mode=mode,
+        workspace=cwd,
+        home=home,
+        protected=protected,
+        environ=environ,
+        pinned=pinned,
     )
+
+
+def _approval_dirs(policy: Policy, cwd: str) -> list[Path]:
+    """The file backend's directory: a decision file in it approves, so the agent must not
+    reach it. Made now, before the agent starts: the sandbox covers only what exists, and a
+    directory the agent made first would be the agent's."""
+    if policy.approvals.backend != "file":
+        return []
+    directory = Path(cwd, policy.approvals.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    return [directory]
 
 
 def start_for_session(
@@ -65,7 +90,6 @@ def start_for_session(
     gateway_env: Mapping[str, str],
     egress: tuple[str, int] | None = None,
     passed: Iterable[str] = (),
-    early: EarlyCheck | None = None,
 ) -> RunningSandbox:
     """Start the sandbox with each gateway's listener, and the egress proxy, reachable inside at
     the same 127.0.0.1 port; the agent's proxy variables (set by the egress step) pass in."""
@@ -81,8 +105,44 @@ def start_for_session(
         agent_env=agent_env,
         extra_env=extra,
         proxy_port=egress[1] if egress is not None else None,
-        early=early,
     )
+
+
+def run_checked(
+    sandbox: RunningSandbox,
+    runner: Callable[[bool], ProcessRunner],
+    *,
+    record: Callable[[dict[str, Any]], object],
+    notice: Callable[[str], None],
+) -> RunResult:
+    """Run the agent in ``sandbox`` (``runner(True)``, which must call ``sandbox.started`` once
+    it has spawned): the relay runs the self-check first and the agent starts only once this
+    side has recorded the status and said go. A failed check with ``required`` raises
+    SandboxUnavailable (exit 85; the agent never ran); with ``best_effort`` the agent then runs
+    uncontained (``runner(False)``) and the status says why."""
+    errors: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            sandbox.check(record)
+        except BaseException as exc:  # handed to the session's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=check, name="airlock-sandbox-check", daemon=True)
+    thread.start()
+    try:
+        result = runner(True).run()
+    finally:
+        sandbox.started()  # so the check sees EOF if the sandbox never started
+        thread.join()
+    if errors:
+        raise errors[0]
+    if sandbox.failure is None:
+        return result
+    if sandbox.status["mode"] == "required":
+        raise sandbox.unavailable()
+    notice(f"sandbox downgraded (best_effort): {sandbox.failure}")
+    return runner(False).run()
 
 
 def _endpoint(address: str) -> tuple[str, int]:

@@ -42,6 +42,7 @@ __all__ = [
     "SENSITIVE_EVENTS",
     "ApprovalsConfig",
     "ApproverEntry",
+    "ApproverName",
     "BrokerConfig",
     "CentralGateway",
     "GitHubAppEntry",
@@ -251,12 +252,22 @@ class GitLabEntry(BaseModel):
     webhook_token: SecretStr = Field(description="the webhook's secret token, or file:/env:")
 
 
+ApproverName = Annotated[
+    str,
+    Field(
+        pattern=r"^(id:[0-9]{1,19}|[A-Za-z0-9][A-Za-z0-9._-]{0,254})$",
+        description="a forge login (ASCII, compared without case) or id:<numeric user id>; "
+        "an id is safer: a login can be given up and taken by another account",
+    ),
+]
+
+
 class ApproverEntry(BaseModel):
     """Who may approve: at least ``permission``, and one of ``users`` or of ``teams`` if named."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    users: list[str] = Field(default_factory=list)
+    users: list[ApproverName] = Field(default_factory=list)
     teams: list[str] = Field(default_factory=list, description="GitHub org/slug or GitLab group")
     permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
     allow_self: bool = Field(default=False, description="the requester may approve")

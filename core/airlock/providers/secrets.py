@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from airlock.audit.files import read_limited
 from airlock.errors import ConfigError
 
 __all__ = ["redact", "resolve_secret"]
@@ -30,16 +31,13 @@ def resolve_secret(spec: str, what: str) -> str:
 
 
 def _read_file(path: Path, what: str) -> str:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(_MAX_SECRET_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"{what}: cannot read secret file {path} ({exc.strerror})",
-            hint="check the path and that the broker's user can read it",
-        ) from None
-    if len(data) > _MAX_SECRET_FILE:
-        raise ConfigError(f"{what}: secret file {path} is larger than 1 MiB")
+    data = read_limited(
+        path,
+        _MAX_SECRET_FILE,
+        label="secret file",
+        what=what,
+        hint="check the path and that the broker's user can read it",
+    )
     try:
         text = data.decode()
     except UnicodeDecodeError:

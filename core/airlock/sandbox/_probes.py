@@ -1,26 +1,30 @@
 # ruff: noqa: PTH108, PTH110, PTH112, PTH118, PTH123, PTH208, S606
 # (os.path, not pathlib: see _relay.py)
-"""Self-check probes, run INSIDE the sandbox by ``_relay.py --probe`` before the agent starts.
+"""Self-check probes, run INSIDE the sandbox by ``_relay.py --check`` before the agent starts.
 
 Standard library only (see ``_relay.py``). Each probe tries one thing a hostile agent would and
 reports ``{"id", "ok", "detail"}``; ``ok`` means the wall held. Some walls are also checked from
 outside (the host canaries must have received nothing): the host merges that in.
 """
 
-from __future__ import annotations
-
+# No `from __future__` (one more import: annotations that need the names below are strings).
+# `_socket`, not `socket` (which pulls in enum, selectors, collections...), and no `typing` at
+# run time: the probes run before every sandboxed agent, and these imports were half their cost.
+import _socket
 import errno
 import os
-import socket
-from collections.abc import Callable
-from typing import Any
 
-Result = dict[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Result = dict[str, Any]
 _TEST_NET = "192.0.2.1"  # RFC 5737 documentation address: nothing real is ever there
 _PTRACE_ATTACH = 16
 
 
-def _result(pid: str, ok: bool, detail: str) -> Result:
+def _result(pid: str, ok: bool, detail: str) -> "Result":
     return {"id": pid, "ok": ok, "detail": detail}
 
 
@@ -28,7 +32,7 @@ def _err(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
-def identity(_config: dict[str, Any]) -> Result:
+def identity(_config: "dict[str, Any]") -> "Result":
     status = {}
     with open("/proc/self/status", encoding="ascii") as fh:
         for line in fh:
@@ -48,20 +52,20 @@ def identity(_config: dict[str, Any]) -> Result:
     return _result("identity", ok, detail)
 
 
-def interfaces(_config: dict[str, Any]) -> Result:
+def interfaces(_config: "dict[str, Any]") -> "Result":
     with open("/proc/net/dev", encoding="ascii") as fh:
         names = [line.split(":")[0].strip() for line in fh.readlines()[2:]]
     return _result("net.interfaces", names == ["lo"], "interfaces: " + ", ".join(names))
 
 
-def tcp_out(config: dict[str, Any]) -> Result:
+def tcp_out(config: "dict[str, Any]") -> "Result":
     targets = [(_TEST_NET, 443)]
     if config.get("canary_tcp"):
         targets.append(tuple(config["canary_tcp"]))
     details = []
     ok = True
     for host, port in targets:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         sock.settimeout(2.0)
         try:
             sock.connect((host, port))
@@ -74,13 +78,13 @@ def tcp_out(config: dict[str, Any]) -> Result:
     return _result("net.tcp_out", ok, "; ".join(details))
 
 
-def udp_out(config: dict[str, Any]) -> Result:
+def udp_out(config: "dict[str, Any]") -> "Result":
     targets = [(_TEST_NET, 53)]
     if config.get("canary_udp"):
         targets.append(tuple(config["canary_udp"]))
     details = []
     for host, port in targets:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
         try:
             sock.sendto(b"airlock-probe", (host, port))
             details.append(f"{host}:{port} sent (host side checks it never arrived)")
@@ -91,15 +95,15 @@ def udp_out(config: dict[str, Any]) -> Result:
     return _result("net.udp_out", True, "; ".join(details))
 
 
-def dns(_config: dict[str, Any]) -> Result:
+def dns(_config: "dict[str, Any]") -> "Result":
     try:
-        socket.getaddrinfo("example.com", 443, proto=socket.IPPROTO_TCP)
+        _socket.getaddrinfo(b"example.com", 443, 0, 0, _socket.IPPROTO_TCP)  # bytes: no idna
     except OSError as exc:
         return _result("net.dns", True, f"example.com does not resolve ({exc})")
     return _result("net.dns", False, "example.com resolved inside the sandbox")
 
 
-def hidden(config: dict[str, Any]) -> Result:
+def hidden(config: "dict[str, Any]") -> "Result":
     exposed = []
     for path in config.get("hidden", []):
         try:
@@ -117,7 +121,7 @@ def hidden(config: dict[str, Any]) -> Result:
     return _result("fs.hidden", not exposed, detail)
 
 
-def write_outside(config: dict[str, Any]) -> Result:
+def write_outside(config: "dict[str, Any]") -> "Result":
     written = []
     for target in ("/usr", "/etc", "/", *config.get("outside", [])):
         path = os.path.join(target, f".airlock-probe-{os.getpid()}")
@@ -132,7 +136,7 @@ def write_outside(config: dict[str, Any]) -> Result:
     return _result("fs.write_outside", not written, detail)
 
 
-def processes(_config: dict[str, Any]) -> Result:
+def processes(_config: "dict[str, Any]") -> "Result":
     mine = {os.getpid(), os.getppid(), 1}
     foreign = []
     for entry in os.listdir("/proc"):
@@ -146,7 +150,7 @@ def processes(_config: dict[str, Any]) -> Result:
     return _result("proc.isolated", not foreign, detail)
 
 
-def ptrace(_config: dict[str, Any]) -> Result:
+def ptrace(_config: "dict[str, Any]") -> "Result":
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -156,7 +160,7 @@ def ptrace(_config: dict[str, Any]) -> Result:
     return _result("ptrace", True, f"PTRACE_ATTACH refused ({errno.errorcode[ctypes.get_errno()]})")
 
 
-def tiocsti(_config: dict[str, Any]) -> Result:
+def tiocsti(_config: "dict[str, Any]") -> "Result":
     import fcntl
     import termios
 
@@ -174,7 +178,7 @@ def tiocsti(_config: dict[str, Any]) -> Result:
     return _result("tty.tiocsti", False, "TIOCSTI injected a character")
 
 
-def sudo(_config: dict[str, Any]) -> Result:
+def sudo(_config: "dict[str, Any]") -> "Result":
     path = next(
         (p for p in ("/usr/bin/sudo", "/bin/sudo", "/usr/sbin/sudo") if os.path.exists(p)), None
     )
@@ -194,13 +198,15 @@ def sudo(_config: dict[str, Any]) -> Result:
     return _result("sudo", code != 0, f"sudo -n true exited {code}")
 
 
-def proxy_denied(config: dict[str, Any]) -> Result | None:
-    proxy = config.get("proxy")
+def proxy_denied(config: "dict[str, Any]") -> "Result | None":
+    proxy = config.get("proxy")  # the egress proxy's bridged Unix socket
     if not proxy:
         return None
     host = config.get("denied_host", "airlock-denied.invalid")
-    sock = socket.create_connection(("127.0.0.1", int(proxy)), timeout=5.0)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(5.0)
     try:
+        sock.connect(proxy)
         sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
         line = sock.recv(256).split(b"\r\n", 1)[0].decode("latin-1")
     except OSError as exc:
@@ -211,7 +217,7 @@ def proxy_denied(config: dict[str, Any]) -> Result | None:
     return _result("net.proxy_denied", refused, f"CONNECT {host}:443 -> {line!r}")
 
 
-PROBES: tuple[Callable[[dict[str, Any]], Result | None], ...] = (
+PROBES: "tuple[Callable[[dict[str, Any]], Result | None], ...]" = (
     identity,
     interfaces,
     tcp_out,
@@ -227,7 +233,7 @@ PROBES: tuple[Callable[[dict[str, Any]], Result | None], ...] = (
 )
 
 
-def run_all(config: dict[str, Any]) -> list[Result]:
+def run_all(config: "dict[str, Any]") -> "list[Result]":
     results = []
     for probe in PROBES:
         try:
@@ -237,3 +243,26 @@ def run_all(config: dict[str, Any]) -> list[Result]:
         if result is not None:
             results.append(result)
     return results
+
+
+def _quote(text: str) -> str:
+    out = ['"']
+    for char in text:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def encode(results: "list[Result]") -> str:
+    """One JSON line (by hand: importing json costs more start-up than all the probes)."""
+    items = [
+        f'{{"id": {_quote(r["id"])}, "ok": {"true" if r["ok"] else "false"}, '
+        f'"detail": {_quote(r["detail"])}}}'
+        for r in results
+    ]
+    return "[" + ", ".join(items) + "]\n"

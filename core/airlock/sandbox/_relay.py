@@ -1,27 +1,35 @@
 # ruff: noqa: PTH100, PTH120, S606
 # (os.path, not pathlib: this starts on every `airlock run` and keeps its imports minimal)
-"""The sandbox's first process: bridge ports to Unix sockets, or probe the walls, then the agent.
+"""The sandbox's first process: probe the walls, bridge ports to Unix sockets, then the agent.
 
 Runs INSIDE the sandbox as ``python3 -I -S relay.py``: standard library only, no Airlock
 imports (Airlock's code and venv are not in the sandbox), few imports (start-up is on every
 ``airlock run``).
 
-    relay.py PORT=SOCKET... -- COMMAND...   listen on 127.0.0.1:PORT for each pair, forward
-                                            every connection to SOCKET, run COMMAND, exit as it
-    relay.py --probe JSON [PORT=SOCKET...]  run the self-check probes, print one JSON line
+    relay.py [CHECK] PORT=SOCKET... -- COMMAND...
+
+For each pair, listen on 127.0.0.1:PORT and forward every connection to SOCKET; run COMMAND and
+exit as it does. CHECK (``--check RESULTS_FD,GO_FD`` with ``--hidden PATH``, ``--canary-tcp
+PORT``, ``--canary-udp PORT``, ``--proxy SOCKET``) first runs the self-check probes, writes
+their results as one JSON line to RESULTS_FD, and waits on GO_FD: COMMAND runs only if the host
+answers go; otherwise the relay exits 85 and COMMAND never starts. Both fds are closed before
+COMMAND runs, so the agent can neither forge results nor answer for the host.
 """
 
-from __future__ import annotations
-
 import os
-import socket
 import sys
-from types import ModuleType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `socket` only loads when ports are bridged (start-up is on every run)
+    import socket
+    from types import ModuleType
 
 _CHUNK = 65536
 
 
-def _listen(port: int) -> socket.socket:
+def _listen(port: int) -> "socket.socket":
+    import socket
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -29,7 +37,9 @@ def _listen(port: int) -> socket.socket:
     return sock
 
 
-def _copy(src: socket.socket, dst: socket.socket) -> None:
+def _copy(src: "socket.socket", dst: "socket.socket") -> None:
+    import socket
+
     try:
         while True:
             data = src.recv(_CHUNK)
@@ -45,7 +55,9 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
             pass
 
 
-def _serve(listener: socket.socket, path: str, threading: ModuleType) -> None:
+def _serve(listener: "socket.socket", path: str, threading: "ModuleType") -> None:
+    import socket
+
     while True:
         conn, _ = listener.accept()
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -59,22 +71,42 @@ def _serve(listener: socket.socket, path: str, threading: ModuleType) -> None:
         threading.Thread(target=_copy, args=(upstream, conn), daemon=True).start()
 
 
-def _start_bridges(pairs: list[tuple[int, str]]) -> None:
-    listeners = [(_listen(port), path) for port, path in pairs]
-    if not listeners:
-        return
-    import threading
-
-    for listener, path in listeners:
-        threading.Thread(target=_serve, args=(listener, path, threading), daemon=True).start()
-
-
-def _parse_pairs(args: list[str]) -> list[tuple[int, str]]:
+def _parse(args: list[str]) -> tuple[list[int], dict[str, object], list[tuple[int, str]]]:
+    check: list[int] = []
+    hidden: list[str] = []
+    config: dict[str, object] = {"hidden": hidden}
     pairs = []
-    for arg in args:
-        port, _, path = arg.partition("=")
-        pairs.append((int(port), path))
-    return pairs
+    it = iter(args)
+    for arg in it:
+        if arg == "--check":
+            check = [int(fd) for fd in next(it).split(",")]
+        elif arg == "--hidden":
+            hidden.append(next(it))
+        elif arg in ("--canary-tcp", "--canary-udp"):
+            config[arg[2:].replace("-", "_")] = ["127.0.0.1", int(next(it))]
+        elif arg == "--proxy":
+            config["proxy"] = next(it)
+        else:
+            port, _, path = arg.partition("=")
+            pairs.append((int(port), path))
+    return check, config, pairs
+
+
+def _self_check(fds: list[int], config: dict[str, object]) -> None:
+    results, go = fds
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _probes  # type: ignore[import-not-found]  # next to this file in the sandbox
+
+    line = _probes.encode(_probes.run_all(config))
+    view = memoryview(line.encode("utf-8", "backslashreplace"))
+    while view:
+        view = view[os.write(results, view) :]
+    os.close(results)
+    answer = os.read(go, 1)
+    os.close(go)
+    if answer != b"1":
+        sys.stderr.write("airlock sandbox: the self-check failed; the command was not started\n")
+        os._exit(85)
 
 
 def _run(pairs: list[tuple[int, str]], argv: list[str]) -> None:
@@ -111,19 +143,11 @@ def _exec(argv: list[str]) -> None:
 
 
 def main(args: list[str]) -> None:
-    if args[:1] == ["--probe"]:
-        import json
-
-        config = json.loads(args[1])
-        _start_bridges(_parse_pairs(args[2:]))
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import _probes  # type: ignore[import-not-found]  # next to this file in the sandbox
-
-        sys.stdout.write(json.dumps(_probes.run_all(config)) + "\n")
-        sys.stdout.flush()
-        os._exit(0)
     cut = args.index("--")
-    _run(_parse_pairs(args[:cut]), args[cut + 1 :])
+    check, config, pairs = _parse(args[:cut])
+    if check:
+        _self_check(check, config)
+    _run(pairs, args[cut + 1 :])
 
 
 if __name__ == "__main__":

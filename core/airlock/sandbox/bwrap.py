@@ -54,22 +54,21 @@ class BwrapCommand:
     spec: SandboxSpec
     seccomp_fd: int | None
     bridge_dir: str | None = None  # host dir of the Unix sockets, shown at BRIDGE_DIR
+    tty: bool = False  # stdin is the agent's own pty: show it as /dev/tty too
 
     def argv(self, command: list[str]) -> list[str]:
         return [self.bwrap, *self.options(), "--", *command]
 
-    def relay_argv(self, pairs: list[tuple[int, str]], command: list[str]) -> list[str]:
-        """The command behind the in-sandbox relay, which bridges ``pairs`` (port, socket name)."""
-        if not pairs:
+    def relay_argv(
+        self, pairs: list[tuple[int, str]], command: list[str], check: list[str] | None = None
+    ) -> list[str]:
+        """The command behind the in-sandbox relay, which runs the self-check (``check``: the
+        relay's options for it) and bridges ``pairs`` (port, socket name) before the command."""
+        if not pairs and not check:
             return self.argv(command)
         bridged = [f"{port}={BRIDGE_DIR}/{name}" for port, name in pairs]
-        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", *bridged, "--"]
-        return self.argv([*relay, *command])
-
-    def probe_argv(self, config_json: str, pairs: list[tuple[int, str]]) -> list[str]:
-        bridged = [f"{port}={BRIDGE_DIR}/{name}" for port, name in pairs]
-        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", "--probe", config_json]
-        return self.argv([*relay, *bridged])
+        relay = [relay_python(), "-I", "-S", f"{RELAY_DIR}/_relay.py", *(check or []), *bridged]
+        return self.argv([*relay, "--", *command])
 
     def options(self) -> list[str]:
         spec = self.spec
@@ -77,6 +76,11 @@ class BwrapCommand:
         opts += ["--uid", str(spec.uid), "--gid", str(spec.gid), "--hostname", "airlock-sandbox"]
         opts += _system_binds(relay_python())
         opts += ["--proc", "/proc", "--dev", "/dev"]
+        if self.tty:
+            # The sandbox has no controlling terminal (--new-session), so /dev/tty would not
+            # open; bind the agent's own pty there (bwrap's fd 0, resolved on the host side).
+            # It is the session's pty, never Airlock's terminal, and TIOCSTI stays refused.
+            opts += ["--dev-bind", "/proc/self/fd/0", "/dev/tty"]
         for tmp in _FRESH:
             opts += ["--tmpfs", tmp]
         opts += ["--dir", _VAR_TMP, "--tmpfs", spec.home]
@@ -137,8 +141,40 @@ def probed_paths(spec: SandboxSpec) -> list[str]:
     return [path for path in spec.hidden if not any(_under(b, path) for b in binds)]
 
 
+def _pinned_parents(spec: SandboxSpec) -> list[str]:
+    """The directories between a writable bind and a hidden path or pinned file inside it,
+    outermost first.
+
+    Each is bound read-only onto itself: a mount point cannot be renamed, so the agent cannot
+    carry a hidden path (still covered, and still Airlock's live session directory) away from
+    the name Airlock writes it by (``mv .airlock .moved`` before the seal), nor move the policy
+    file aside and write another for the job's next session.
+    """
+    writable = (spec.workspace, *spec.read_write)
+    pinned: list[str] = []
+    for path in (*covered_paths(spec), *_pinned_files(spec)):
+        for root in writable:
+            parent = str(Path(path).parent)
+            while path != root and _under(parent, root) and parent != root:
+                pinned.append(parent)
+                parent = str(Path(parent).parent)
+    return sorted(dict.fromkeys(pinned), key=len)
+
+
+def _pinned_files(spec: SandboxSpec) -> list[str]:
+    """The pinned files (the policy) that exist inside a writable bind."""
+    writable = (spec.workspace, *spec.read_write)
+    return [
+        path
+        for path in spec.pinned
+        if Path(path).is_file() and any(_under(path, root) for root in writable)
+    ]
+
+
 def _covers(spec: SandboxSpec) -> list[str]:
     opts: list[str] = []
+    for path in (*_pinned_parents(spec), *_pinned_files(spec)):
+        opts += ["--ro-bind", path, path]
     for path in covered_paths(spec):
         if Path(path).is_dir() and not Path(path).is_symlink():
             opts += ["--tmpfs", path, "--remount-ro", path]

@@ -30,6 +30,25 @@ ALWAYS_HIDDEN = (
     "/etc/ssh",
     "/etc/ssl/private",
     "/etc/security/opasswd",
+    # Credentials of the runner, the machine and what it hosts, at their standard places:
+    "/etc/gitlab-runner",  # GitLab Runner's config.toml: runner and registration tokens
+    "/opt/actions-runner/.credentials",  # a self-hosted GitHub runner's identity
+    "/opt/actions-runner/.credentials_rsaparams",  # ... and its private key
+    "/opt/actions-runner/.runner",
+    "/etc/kubernetes",  # admin.conf, kubelet.conf, pki/*.key on a cluster node
+    "/etc/rancher",  # k3s.yaml / rke2.yaml: cluster-admin kubeconfigs
+    "/etc/credstore",  # systemd system credentials
+    "/etc/credstore.encrypted",
+    "/etc/krb5.keytab",  # the host's Kerberos keys
+    "/etc/mysql/debian.cnf",  # MySQL's maintenance password
+    "/etc/gitlab",  # Omnibus GitLab's gitlab-secrets.json
+    "/etc/letsencrypt",  # certbot's private keys
+    "/etc/wireguard",
+    "/etc/NetworkManager/system-connections",
+    "/etc/pki/tls/private",
+    "/etc/ipsec.secrets",
+    "/etc/ppp/chap-secrets",
+    "/etc/ppp/pap-secrets",
     "/var/run/docker.sock",
     "/run/docker.sock",
     "/run/containerd",
@@ -55,6 +74,7 @@ class SandboxSpec:
     home_files: tuple[str, ...]
     hidden: tuple[str, ...]  # covered last, so no bind can reveal them
     env_pass: tuple[str, ...]
+    pinned: tuple[str, ...] = ()  # files in a writable bind kept read-only (the policy file)
     uid: int = 1000
     gid: int = 1000
 
@@ -81,6 +101,7 @@ def compile_spec(
     home: str,
     protected: Iterable[str],
     environ: Mapping[str, str],
+    pinned: Iterable[str] = (),
 ) -> SandboxSpec:
     """The session's sandbox, or :class:`ConfigError` naming the path to change."""
     fs = policy.filesystem
@@ -106,6 +127,7 @@ def compile_spec(
         home_files=tuple(_absolute(p, home) for p in policy.home_files),
         hidden=tuple(dict.fromkeys(hidden)),
         env_pass=(*BASE_ENV, *policy.env),
+        pinned=tuple(dict.fromkeys(_abs(p) for p in pinned)),
     )
 
 

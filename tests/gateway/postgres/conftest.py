@@ -19,7 +19,7 @@ from tests.support.postgres import PostgresCluster, postgres_cluster  # noqa: F4
 
 from airlock.gate.interface import Operation
 from airlock.gateway.postgres.server import ThreadedGateway, UpstreamLogin, start_in_thread
-from airlock.gateway.tickets import Ticket
+from airlock.gateway.tickets import Ticket, TicketCheck
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.gateways import PostgresGatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
@@ -128,6 +128,7 @@ def make_gateway(upstream: Upstream) -> Iterator[MakeGateway]:
         approve: Callable[[Operation], Any] | None = None,
         login: UpstreamLogin | None = None,
         startup_timeout: float = 10.0,
+        ticket_check: TicketCheck | None = None,
         **overrides: Any,
     ) -> RunningGateway:
         events: list[tuple[str, dict[str, Any]]] = []
@@ -156,7 +157,7 @@ def make_gateway(upstream: Upstream) -> Iterator[MakeGateway]:
             masker=masker,
             record=record,
             approve=wrapped if approve is not None else deny_all,
-            ticket=ticket,
+            ticket=ticket_check or ticket,
             guardrails=[GuardrailRule.model_validate(r) for r in rules],
             defaults=GuardrailDefaults.model_validate(defaults or {}),
             login=login or UpstreamLogin(APP_USER, upstream.password),

@@ -188,7 +188,8 @@ def test_psycopg_extended_protocol_and_prepared_statements(gateway: RunningGatew
 def test_copy_both_ways(gateway: RunningGateway) -> None:
     with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
         conn.execute("CREATE TEMP TABLE t (n int, s text)")
-        with conn.cursor().copy("COPY t FROM STDIN") as copy:
+        # COPY FROM is an insert: qualified, so the fixture's audit.* insert rule does not hold it
+        with conn.cursor().copy("COPY pg_temp.t FROM STDIN") as copy:
             for i in range(1000):
                 copy.write_row((i, f"row {i}"))
         assert conn.execute("SELECT count(*), sum(n) FROM t").fetchone() == (1000, 499500)
@@ -303,7 +304,8 @@ def test_asyncpg_fetch_prepare_and_copy(gateway: RunningGateway) -> None:
             stmt = await conn.prepare("SELECT name FROM users WHERE id = $1")
             assert await stmt.fetchval(4) == "user4"
             await conn.execute("CREATE TEMP TABLE c (n int)")
-            await conn.copy_records_to_table("c", records=[(i,) for i in range(500)])
+            records = [(i,) for i in range(500)]  # COPY FROM: an insert, into pg_temp (not audit.*)
+            await conn.copy_records_to_table("c", records=records, schema_name="pg_temp")
             assert await conn.fetchval("SELECT sum(n) FROM c") == 124750
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="no-drop"):
                 await conn.execute("DROP TABLE c")

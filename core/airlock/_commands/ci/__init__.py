@@ -36,6 +36,7 @@ from airlock._commands.ci.finalize import (
     finalize_command,
     outputs_command,
 )
+from airlock._commands.ci.inputs import register_check_inputs
 from airlock.errors import AirlockError, ExitCode
 
 __all__ = [
@@ -65,6 +66,7 @@ def register(sub: Any) -> None:
     _register_outputs(ci_sub)
     _register_follow(ci_sub)
     _register_sandbox_host(ci_sub)
+    register_check_inputs(ci_sub)
 
 
 def _register_sandbox_host(ci_sub: Any) -> None:

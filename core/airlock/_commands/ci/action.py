@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from airlock._commands.ci.bracket import pid_alive, session_start, session_stop, wait_for
-from airlock._commands.ci.finalize import FAIL_MODES, finalize, run_cli, say
+from airlock._commands.ci.finalize import FAIL_MODES, finalize, say
+from airlock._commands.ci.inputs import check_values
 from airlock.ci.sandbox_host import prepare_sandbox_host
 from airlock.errors import UsageError
 
@@ -21,6 +21,14 @@ __all__ = [
     "action_inputs",
     "parse_env_blocks",
 ]
+
+
+def run_cli(argv: list[str]) -> int:
+    """An ``airlock`` command, in this process: the action's steps are CLI invocations (an
+    edge calling the CLI, as the YAML would; library code never does this)."""
+    from airlock._cli import main
+
+    return main(list(argv))
 
 
 def action_inputs(environ: Mapping[str, str]) -> dict[str, str]:
@@ -66,9 +74,6 @@ def _fail_mode(value: str) -> str:
     return value
 
 
-_GRANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
-
-
 def declared_inputs(environ: Mapping[str, str]) -> set[str] | None:
     """The inputs the running action declares: its action.yml, named by the shim."""
     import yaml
@@ -89,25 +94,7 @@ def check_inputs(inputs: Mapping[str, str], declared: set[str] | None = None) ->
             f"unknown input(s) {', '.join(unknown)} for this action",
             hint=f"the inputs are: {', '.join(sorted(declared or ()))}",
         )
-    workdir = inputs.get("working-directory")
-    if workdir and not Path(workdir).is_dir():
-        raise UsageError(
-            f"working-directory {workdir!r} is not a directory",
-            hint="give a directory of the checkout (relative to the workspace), or leave it empty",
-        )
-    policy = inputs.get("policy")
-    if policy and not Path(policy).is_file():
-        raise UsageError(
-            f"policy {policy!r} is not a file", hint="give the path relative to the workspace"
-        )
-    broker = inputs.get("broker-url")
-    if broker and not re.fullmatch(r"https?://[^\s]+", broker):
-        raise UsageError(f"broker-url must be an http(s):// URL, not {broker!r}")
-    bad = [g for g in _grants(inputs.get("grants", "")) if not _GRANT.fullmatch(g)]
-    if bad:
-        raise UsageError(f"grants holds names that cannot be grants: {', '.join(map(repr, bad))}")
-    if inputs.get("grants") and not broker:
-        raise UsageError("grants are asked of the broker: set broker-url too")
+    check_values(inputs)
 
 
 def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse.Namespace:
@@ -263,11 +250,14 @@ def _is_main_step(pid: int) -> bool:
 def _session_main(environ: Mapping[str, str]) -> int:
     inputs = action_inputs(environ)
     phase = inputs.get("phase") or "start"
+    if phase not in ("start", "stop"):
+        raise UsageError(
+            f"input phase must be start or stop, not {phase!r}", hint="set `with: phase: start`"
+        )
     args = _finalize_args(inputs, None)
-    if phase == "stop":
+    if phase == "stop":  # stop always stops what start began: its inputs were checked then
         return session_stop(args, environ)
-    if phase != "start":
-        raise UsageError(f"phase must be start or stop, not {phase!r}")
+    check_inputs(inputs, declared_inputs(environ))
     code = _exchange(inputs)
     if code != 0:
         return code

@@ -157,7 +157,9 @@ def session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         raise _unavailable(f"the bracket recorder did not start: {_tail(log)}")
     gateway_env = _gateway_variables(bracket.ready_file, environ)
-    session = max(sessions.glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime).parent
+    from airlock.audit.reader import find_logs  # here: `follow` and `stop` start faster
+
+    session = max(find_logs(sessions, archived=False), key=lambda p: p.stat().st_mtime).parent
     bracket.save(
         {
             "pid": proc.pid,

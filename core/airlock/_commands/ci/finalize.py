@@ -1,18 +1,27 @@
-"""``airlock ci finalize`` and ``outputs``: seal, revoke, archive, verify, summarize."""
+"""``airlock ci finalize`` and ``outputs``: the job's end (airlock.jobs.finalize does the
+sealing, revoking, verifying, archiving), then the CI platform's outputs and summary."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from airlock.errors import AirlockError, ExitCode, UsageError
+from airlock.errors import AirlockError, UsageError
+from airlock.jobs.finalize import (
+    ArchivePlan,
+    FinalizeResult,
+    FinalizeSettings,
+    finalize_sessions,
+    revoke_job_leases,
+    sealed_sessions,
+    trusted_keys,
+    verify_into,
+    write_report,
+)
 
 __all__ = [
     "FAIL_MODES",
@@ -22,7 +31,6 @@ __all__ = [
     "finalize_command",
     "outputs_command",
     "resolve_platform",
-    "run_cli",
     "say",
     "warn",
 ]
@@ -31,121 +39,52 @@ FAIL_MODES = ("closed", "open")
 PLATFORMS = ("auto", "github", "gitlab", "local")
 
 
-@dataclass
-class FinalizeResult:
-    """What ``finalize`` did: per-duty problems (exit code, message) and the last session."""
-
-    problems: list[tuple[int, str]] = field(default_factory=list)
-    sessions: list[Path] = field(default_factory=list)
-    sealed_late: list[Path] = field(default_factory=list)
-    archive_urls: dict[str, str] = field(default_factory=dict)
-    verdicts: dict[str, dict[str, str]] = field(default_factory=dict)
-    note: str | None = None  # e.g. "cancelled: …", shown at the top of the summary
-
-    def fail(self, code: int, message: str) -> None:
-        """Record a duty that failed."""
-        self.problems.append((code, message))
-
-    def exit_code(self, fail_mode: str) -> int:
-        """The most serious problem's code under fail-mode closed; 0 under open."""
-        if not self.problems or fail_mode == "open":
-            return 0
-        return max(code for code, _ in self.problems)
-
-
-def run_cli(argv: Sequence[str]) -> int:
-    from airlock._cli import main
-
-    return main(list(argv))
-
-
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, Any]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def _cli_has(command: str) -> bool:
-    from airlock._cli import build_parser
-
-    return command in _subcommands(build_parser())
-
-
 def resolve_platform(choice: str, environ: Mapping[str, str]) -> str:
     from airlock.ci import detect_platform
 
     return detect_platform(environ) if choice == "auto" else choice
 
 
-def _seal_open_sessions(sessions: Path, key_path: Path | None, result: FinalizeResult) -> None:
-    from airlock.audit import load_signing_key
-    from airlock.jobs.run import seal_abandoned_sessions
-
+def _archive_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> ArchivePlan | None:
+    """``--archive-to`` with the AIRLOCK_* defaults ``airlock archive`` reads for its flags."""
+    if not args.archive_to:
+        return None
+    spool = environ.get("AIRLOCK_SPOOL")
     try:
-        result.sealed_late = seal_abandoned_sessions(sessions, load_signing_key(key_path))
-    except AirlockError as exc:
-        result.fail(int(exc.exit_code), f"sealing left-open sessions failed: {exc.message}")
-    for path in result.sealed_late:
-        say(f"sealed {path.name} as incomplete: its recorder stopped before the end")
-
-
-def _sealed_sessions(sessions: Path) -> list[Path]:
-    found = [p.parent for p in sessions.glob("*/manifest.json")]
-    return sorted(found, key=lambda p: (p / "manifest.json").stat().st_mtime)
-
-
-def _revoke(result: FinalizeResult) -> None:
-    if not _cli_has("credentials"):
-        result.fail(int(ExitCode.UNAVAILABLE), "cannot revoke: this airlock has no credentials")
-        return
-    code = run_cli(["credentials", "--revoke"])
-    if code != 0:
-        result.fail(code, f"revoking the job's credential leases failed (exit {code})")
-
-
-def _archive(session: Path, args: argparse.Namespace, result: FinalizeResult) -> None:
-    receipt = session.parent / f".{session.name}.receipt.json"
-    argv = ["archive", str(session), "--to", args.archive_to, "--receipt", str(receipt)]
-    if args.endpoint_url:
-        argv += ["--endpoint-url", args.endpoint_url]
-    if args.retention_days is not None:
-        argv += ["--retention-days", str(args.retention_days)]
-    code = run_cli(argv)
-    if code != 0:
-        result.fail(code, f"archiving {session.name} failed (exit {code})")
-        return
-    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-        result.archive_urls[session.name] = json.loads(receipt.read_text())[0]["url"]
-
-
-def _verify(session: Path, result: FinalizeResult) -> None:
-    from airlock._commands.report import trusted_keys
-    from airlock.archive.report import verification_state
-
-    verdict = verification_state(session, trusted_keys([]))
-    result.verdicts[session.name] = verdict
-    if verdict["state"] == "failed":
-        result.fail(int(ExitCode.VERIFY_FAILED), f"{session.name}: {verdict['text']}")
+        retry_for = float(environ.get("AIRLOCK_ARCHIVE_RETRY_FOR") or 60.0)
+    except ValueError as exc:
+        raise UsageError("AIRLOCK_ARCHIVE_RETRY_FOR must be a number of seconds") from exc
+    days = args.retention_days
+    if days is None and environ.get("AIRLOCK_ARCHIVE_RETENTION_DAYS"):
+        try:
+            days = int(environ["AIRLOCK_ARCHIVE_RETENTION_DAYS"])
+        except ValueError as exc:
+            raise UsageError("AIRLOCK_ARCHIVE_RETENTION_DAYS must be a number of days") from exc
+    return ArchivePlan(
+        to=args.archive_to,
+        endpoint_url=args.endpoint_url or environ.get("AIRLOCK_S3_ENDPOINT_URL") or None,
+        mode=(environ.get("AIRLOCK_ARCHIVE_MODE") or "compliance").lower(),
+        retention_days=days,
+        allow_unlocked=environ.get("AIRLOCK_ARCHIVE_ALLOW_UNLOCKED", "").lower()
+        in ("1", "true", "yes", "on"),
+        spool_dir=Path(spool) if spool else None,
+        retry_for=retry_for,
+    )
 
 
 def finalize(args: argparse.Namespace, environ: Mapping[str, str]) -> FinalizeResult:
     """Every end-of-job duty, each attempted whatever happened to the others."""
-    result = FinalizeResult(note=getattr(args, "note", None))
     sessions: Path | None = args.sessions
     if sessions is None:
         raise UsageError("finalize needs --sessions", hint="the directory `airlock run` wrote to")
-    if sessions.is_dir():
-        _seal_open_sessions(sessions, args.key, result)
-        result.sessions = _sealed_sessions(sessions)
-    if args.revoke:
-        _revoke(result)
-    for session in result.sessions:
-        _verify(session, result)
-        if args.archive_to:
-            _archive(session, args, result)
-    if not result.sessions:
-        result.fail(int(ExitCode.UNAVAILABLE), f"no sealed session in {sessions}: nothing recorded")
+    settings = FinalizeSettings(
+        sessions=sessions,
+        key=args.key,
+        archive=_archive_plan(args, environ),
+        revoke=revoke_job_leases if args.revoke else None,
+        note=getattr(args, "note", None),
+    )
+    result = finalize_sessions(settings, say)
     _publish(result, args, environ)
     return result
 
@@ -191,7 +130,6 @@ def report_link(environ: Mapping[str, str]) -> str | None:
 def _summary_markdown(
     result: FinalizeResult, fail_mode: str, environ: Mapping[str, str] | None = None
 ) -> str:
-    from airlock._commands.report import trusted_keys
     from airlock.archive.summary import code_span, escape_md, render_summary
 
     link = report_link(environ or {})
@@ -246,8 +184,7 @@ def _github_report(result: FinalizeResult, sessions: Path | None) -> Path | None
     if not result.sessions or sessions is None:
         return None
     report = sessions.parent / "report.html"
-    if run_cli(["report", str(result.sessions[-1]), "-o", str(report)]) != 0:
-        result.fail(int(ExitCode.UNAVAILABLE), "writing the HTML report failed")
+    if not write_report(result.sessions[-1], report, result):
         return None
     return report.resolve()
 
@@ -266,7 +203,7 @@ def _publish_gitlab(
     (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode, environ))
     write_dotenv(directory / "airlock.env", _dotenv(outputs))
     if result.sessions:
-        run_cli(["report", str(result.sessions[-1]), "-o", str(directory / "report.html")])
+        write_report(result.sessions[-1], directory / "report.html", result)
 
 
 def _collect(sessions: list[Path], into: Path) -> None:
@@ -297,9 +234,9 @@ def outputs_command(args: argparse.Namespace) -> int:
 
     result = FinalizeResult()
     sessions: Path = args.sessions or default_sessions_dir()
-    result.sessions = _sealed_sessions(sessions) if sessions.is_dir() else []
+    result.sessions = sealed_sessions(sessions) if sessions.is_dir() else []
     for session in result.sessions[-1:]:
-        _verify(session, result)
+        verify_into(session, result, trusted_keys())
     outputs = _outputs(result, "closed")
     platform = resolve_platform(args.platform, os.environ)
     if platform == "github":

@@ -12,6 +12,7 @@ from airlock.gate.forges.payloads import (
     GhInstallation,
     NoteEvent,
 )
+from airlock.policy.broker_config import ApproverName
 
 __all__ = [
     "ApproversBody",
@@ -31,7 +32,7 @@ class _Strict(BaseModel):
 
 
 class ApproversBody(_Strict):
-    users: list[str] = Field(default_factory=list, max_length=100)
+    users: list[ApproverName] = Field(default_factory=list, max_length=100)
     teams: list[str] = Field(default_factory=list, max_length=100)
     permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
     allow_self: bool = False

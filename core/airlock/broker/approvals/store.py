@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from airlock.broker.state import add_missing_columns
+from airlock.broker.state import JOBS, add_missing_columns
 from airlock.gate.interface import Decision, format_time
 from airlock.gate.rules import ApproverRules
 
@@ -161,7 +161,7 @@ class Vote:
 class Tally:
     """What an approval did: ``counted`` (a new vote), the votes so far, the decision if any."""
 
-    status: str  # "pending", "approved" or "already-decided"
+    status: str  # "pending", "approved", "already-decided" or "revoked" (the job was)
     votes: tuple[Vote, ...]
     counted: bool
     decision: Decision | None = None
@@ -205,6 +205,14 @@ class ApprovalStore:
                 .where(APPROVALS.c.request_id == request_id)
                 .values(forge_ref=forge_ref, url=url, head_sha=head_sha, author=author)
             )
+
+    def pending_of_job(self, job_digest: str) -> list[ApprovalRow]:
+        """The job's requests still waiting for an answer."""
+        query = sa.select(APPROVALS).where(
+            APPROVALS.c.job_digest == job_digest, APPROVALS.c.status == PENDING
+        )
+        with self._engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query)]
 
     def pending_plans(self, repository_id: str, run_id: str) -> list[ApprovalRow]:
         query = sa.select(APPROVALS).where(
@@ -314,9 +322,14 @@ def _tally(
     needed: int,
     sign: Callable[[tuple[Vote, ...]], Decision],
 ) -> Tally:
-    locked = sa.select(APPROVALS.c.status).where(APPROVALS.c.request_id == request_id)
-    if conn.execute(locked.with_for_update()).scalar() != PENDING:
+    locked = sa.select(APPROVALS.c.status, APPROVALS.c.job_digest).where(
+        APPROVALS.c.request_id == request_id
+    )
+    row = conn.execute(locked.with_for_update()).first()
+    if row is None or row.status != PENDING:
         return Tally("already-decided", (), False)
+    if _job_revoked(conn, row.job_digest):
+        return Tally("revoked", (), False)
     mine = sa.select(VOTES.c.login).where(
         VOTES.c.request_id == request_id, VOTES.c.login == vote.approver_id
     )
@@ -349,6 +362,14 @@ def _tally(
         )
     )
     return Tally("approved", votes, counted, decision)
+
+
+def _job_revoked(conn: sa.Connection, job_digest: str) -> bool:
+    """True when the job that asked was revoked. Locks the job's row (``FOR UPDATE``), so a
+    revoke racing this vote waits for it, or this vote sees the revoke: never both."""
+    query = sa.select(JOBS.c.revoked_at).where(JOBS.c.job_digest == job_digest)
+    job = conn.execute(query.with_for_update()).first()
+    return job is not None and job.revoked_at is not None
 
 
 def _decided(decision: Decision) -> dict[str, Any]:

@@ -101,8 +101,8 @@ class GitHubCheckForge(Forge):
         if payload.get("action") != "requested_action":
             return None
         event = CheckRunEvent.model_validate(payload)
-        if event.installation is not None and event.installation.id != self._installation_id:
-            return None
+        if event.installation is None or event.installation.id != self._installation_id:
+            return None  # only our App's installation answers: no installation, no answer
         action = event.requested_action.identifier if event.requested_action else ""
         parsed = parse_identifier(action)
         sender = event.sender
@@ -122,7 +122,8 @@ class GitHubCheckForge(Forge):
         return (
             super().matches(click, shown, head_sha)
             and click.ref == shown.ref
-            and (not head_sha or click.head_sha == head_sha)
+            and bool(head_sha)  # unknown head (a row from before heads were kept): no click
+            and click.head_sha == head_sha
         )
 
 

@@ -66,8 +66,9 @@ class GitLabNotesForge(Forge):
             return None
         event = NoteEvent.model_validate(payload)
         command = parse_command(event.object_attributes.note)
-        if command is None or event.object_attributes.system or event.merge_request is None:
-            return None
+        note = event.object_attributes
+        if command is None or note.system or note.edited or event.merge_request is None:
+            return None  # an edited note answers nothing: an answer is what was first written
         user = event.user
         bot = self._api().is_bot(str(user.id))
         return Click(

@@ -82,6 +82,16 @@ class _GlNote(_Loose):
     note: str
     noteable_type: str
     system: bool = False
+    action: str | None = None  # "create" | "update" (GitLab 17.0+; edits fire since 16.11)
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @property
+    def edited(self) -> bool:
+        """True for a note edited after it was written (GitLab sends a note hook on edits)."""
+        if self.action is not None:
+            return self.action != "create"
+        return bool(self.created_at and self.updated_at and self.created_at != self.updated_at)
 
 
 class _GlMergeRequest(_Loose):

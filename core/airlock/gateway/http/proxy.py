@@ -64,7 +64,7 @@ from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.gateway.http.paths import NormalPath, normalize_path
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.gateway.http.upstream import Upstream
-from airlock.gateway.tickets import Ticket, TicketCheck
+from airlock.gateway.tickets import TicketCheck, check_ticket
 from airlock.mask import Masker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import (
@@ -228,11 +228,8 @@ class HttpProxy:
         proxy = ticket_from(ex.header("proxy-authorization"))
         return proxy or ticket_from(ex.header("authorization"))
 
-    async def _check_ticket(self, presented: str) -> bool:
-        if isinstance(self._ticket, Ticket):  # local: a constant-time compare
-            return self._ticket.check(presented)
-        # central mode asks the broker (blocking HTTP): never in the loop that serves the others
-        return await asyncio.to_thread(self._ticket.check, presented)
+    async def _check_ticket(self, presented: str, *, fresh: bool = False) -> bool:
+        return await check_ticket(self._ticket, presented, fresh=fresh)
 
     async def _authenticate(self, ex: Exchange) -> None:
         proxy = ex.header("proxy-authorization")
@@ -421,7 +418,7 @@ class HttpProxy:
     async def _recheck_ticket(self, ex: Exchange) -> None:
         """A hold can outlast the ticket (the job was revoked or ended meanwhile): ask again."""
         presented = self._presented(ex)
-        if presented is None or not await self._check_ticket(presented):
+        if presented is None or not await self._check_ticket(presented, fresh=True):
             raise Refused(
                 401,
                 "the gateway ticket was revoked or expired while the request was held",

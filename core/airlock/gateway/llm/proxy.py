@@ -61,7 +61,7 @@ from airlock.gateway.llm.providers import (
     tool_name,
 )
 from airlock.gateway.llm.sse import SseError, SseParser
-from airlock.gateway.tickets import TicketCheck
+from airlock.gateway.tickets import TicketCheck, check_ticket
 from airlock.mask import Masker
 from airlock.policy.agent_gateways import LlmGatewayConfig, decide_tool
 from airlock.policy.guardrails import Decision, strictest
@@ -121,7 +121,7 @@ class LlmProxy:
             return
         call = _Call(str(next(self._ids)), str(scope["path"]))
         try:
-            self._authenticate(scope)
+            await self._authenticate(scope)
             if not plain_path(call.path):
                 raise Refusal(400, "invalid_request_error", "the path has '.', '..' or '\\'")
             body = await read_body(receive)
@@ -140,10 +140,10 @@ class LlmProxy:
 
     # ------------------------------------------------------------------------ checks
 
-    def _authenticate(self, scope: Scope) -> None:
+    async def _authenticate(self, scope: Scope) -> None:
         headers = headers_of(scope)
         presented = headers.get("x-api-key") or bearer(headers.get("authorization", ""))
-        if presented and self._ticket.check(presented):
+        if presented and await check_ticket(self._ticket, presented):
             return
         outcome = "missing" if not presented else "wrong"
         self._emit(EventType.LLM_REQUEST, {"gateway": self.config.name, "auth": outcome})
@@ -311,7 +311,10 @@ class LlmProxy:
             headers["x-api-key"] = self._key
         else:
             headers["authorization"] = f"Bearer {self._key}"
-        suffix = path[3:] if self.provider == "openai" and path.startswith("/v1") else path
+        # "/v1" is dropped as a whole segment only: the rest must stay a path ("/v1@host/…"
+        # after an upstream URL without a path would make "host" the server called).
+        whole = path == "/v1" or path.startswith("/v1/")
+        suffix = path[3:] if self.provider == "openai" and whole else path
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         url = self.config.upstream_url + suffix + (f"?{query}" if query else "")
         request = self._client.build_request(scope["method"], url, headers=headers, content=body)

@@ -27,7 +27,7 @@ from airlock.gateway.mcp.bridge import McpBridge
 from airlock.gateway.mcp.relay import error_line
 from airlock.gateway.mcp.transport import DEFAULT_CAP
 from airlock.gateway.mcp.upstream import HttpUpstream
-from airlock.gateway.tickets import TicketCheck
+from airlock.gateway.tickets import TicketCheck, check_ticket
 from airlock.mask import Masker
 from airlock.policy.agent_gateways import McpGatewayConfig
 
@@ -76,7 +76,7 @@ class McpHttpFront:
         if scope["method"] != "POST":
             await _reply(send, 405, {"error": "POST JSON-RPC messages to this endpoint"})
             return
-        if not self._authorized(scope):
+        if not await self._authorized(scope):
             await _reply(send, 401, {"error": "missing or wrong gateway ticket (bearer token)"})
             return
         body = await _body(receive, self._cap)
@@ -108,10 +108,12 @@ class McpHttpFront:
         answer = await future
         await _reply(send, 200, {**answer, "id": original})
 
-    def _authorized(self, scope: Scope) -> bool:
+    async def _authorized(self, scope: Scope) -> bool:
         headers = {bytes(k).lower(): bytes(v) for k, v in scope["headers"]}
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        return scheme.lower() == "bearer" and bool(token) and self._ticket.check(token.strip())
+        if scheme.lower() != "bearer" or not token:
+            return False
+        return await check_ticket(self._ticket, token.strip())
 
 
 def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:

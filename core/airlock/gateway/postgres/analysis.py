@@ -276,6 +276,8 @@ def _const_text(node: Any) -> str | None:
 
 
 def _copy(node: Any, facts: _Facts) -> None:
+    if node.is_from and node.relation is not None:
+        facts.kinds.add("insert")  # COPY t FROM …: writes rows into t, as INSERT does
     if node.is_program:
         facts.kinds.add("copy_program")
     elif node.filename is not None:

@@ -9,86 +9,28 @@ import asyncio
 import contextlib
 import inspect
 import secrets
-import ssl
-from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from airlock.events import EventType
 from airlock.gate.interface import Operation
 from airlock.gateway.postgres import protocol as pg
+from airlock.gateway.postgres import upstream
 from airlock.gateway.postgres._shared import (
     CONNECT_TIMEOUT,
-    READ_SIZE,
     Refused,
     Shared,
     fatal,
-    md5_password,
     read_one,
     take_buffered,
 )
-from airlock.gateway.postgres.parse_state import PARSE_STATE_RULE, unsafe_encoding
+from airlock.gateway.postgres.pipe import Pipe
 from airlock.gateway.postgres.relay import Held, Relay, Step
-from airlock.gateway.postgres.scram import MECHANISM, ScramClient
+from airlock.gateway.tickets import BrokerTicket, check_ticket
 from airlock.policy.guardrails import Action, Decision
 
-__all__ = ["Connection"]
+__all__ = ["TICKET_RULE", "Connection"]
 
-# Client startup parameters passed upstream; others (options, replication, ...) are dropped:
-# `options=-c session_replication_role=replica` would, for example, switch off triggers.
-_PASSED_PARAMS = (
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "extra_float_digits",
-)
-
-
-# ------------------------------------------------------------------------------ connection
-
-
-class _Pipe(asyncio.Protocol):
-    """The relay-phase protocol of one side: bytes and end of stream go to the connection,
-    flow control to the other side (``peer``). The stream protocol it replaces still learns of
-    the connection's end, so the stream writer's ``wait_closed`` returns."""
-
-    def __init__(
-        self,
-        on_data: Callable[[bytes], None],
-        on_eof: Callable[[], None],
-        previous: asyncio.BaseProtocol,
-        peer: asyncio.Transport,
-        may_resume_peer: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._on_data = on_data
-        self._on_eof = on_eof
-        self._previous = previous
-        self._peer = peer
-        self._may_resume_peer = may_resume_peer
-        self.paused = False
-
-    def data_received(self, data: bytes) -> None:
-        self._on_data(data)
-
-    def eof_received(self) -> bool | None:
-        self._on_eof()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        try:
-            self._on_eof()
-        finally:
-            self._previous.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-        self._peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self._may_resume_peer():
-            self._peer.resume_reading()
+TICKET_RULE = "airlock.ticket_revoked"  # a held statement whose ticket ended before its approval
 
 
 class Connection:
@@ -109,9 +51,10 @@ class Connection:
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.client_t = cast(asyncio.Transport, writer.transport)
         self.up_t: asyncio.Transport = self.client_t  # the upstream's, once connected
-        self.up_pipe: _Pipe | None = None
+        self.up_pipe: Pipe | None = None
         self.holding: asyncio.Task[None] | None = None
         self.after_password = b""  # what a client pipelined behind its password, relayed later
+        self.presented = b""  # the ticket the client logged in with: checked again after holds
 
     async def run(self) -> None:
         try:
@@ -171,10 +114,10 @@ class Connection:
         target = self.s.cancel_keys.get((request.pid, request.key))
         if target is None:
             return  # PostgreSQL says nothing either way
-        upstream = self.s.config.upstream
+        server = self.s.config.upstream
         with contextlib.suppress(OSError, TimeoutError):
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(upstream.host, upstream.port), CONNECT_TIMEOUT
+                asyncio.open_connection(server.host, server.port), CONNECT_TIMEOUT
             )
             writer.write(pg.encode_cancel(*target))
             await writer.drain()
@@ -192,7 +135,8 @@ class Connection:
         if not isinstance(message, pg.PasswordMessage):
             raise pg.ProtocolError("expected a password message")
         self.after_password = parser.take_buffered()
-        if not self.s.ticket.check(message.data.rstrip(b"\0")):
+        self.presented = message.data.rstrip(b"\0")
+        if not await check_ticket(self.s.ticket, self.presented):
             raise Refused(
                 fatal(
                     "28P01",
@@ -206,127 +150,13 @@ class Connection:
     # ------------------------------------------------------------------ upstream side
 
     async def _connect_upstream(self, startup: pg.StartupMessage) -> None:
-        upstream = self.s.config.upstream
-        try:
-            self.up_r, self.up_w = await asyncio.wait_for(
-                asyncio.open_connection(upstream.host, upstream.port, limit=READ_SIZE),
-                CONNECT_TIMEOUT,
-            )
-            await self._upstream_tls()
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise Refused(
-                fatal(
-                    "08006",
-                    f"the Airlock gateway {self.s.config.name} cannot reach its upstream database",
-                    hint="check the gateway's upstream host, port and tls settings and that the "
-                    "database is up",
-                ),
-                f"upstream unreachable: {type(exc).__name__}",
-            ) from None
-        assert self.up_w is not None
-        self._check_startup_encoding(startup)
-        params = {"user": self.s.login.user, "database": upstream.database}
-        params.update({k: v for k, v in startup.params.items() if k in _PASSED_PARAMS})
-        self.up_w.write(pg.encode_startup(params))
-        await self._upstream_login()
-
-    def _check_startup_encoding(self, startup: pg.StartupMessage) -> None:
-        encoding = startup.params.get("client_encoding", "")
-        if unsafe_encoding(encoding):
-            raise Refused(
-                fatal(
-                    "22023",
-                    f"the Airlock gateway {self.s.config.name} does not accept client_encoding "
-                    f"{encoding[:40]}: the gateway would read SQL differently from the server "
-                    f"(rule {PARSE_STATE_RULE})",
-                    hint="connect with client_encoding UTF8 (PGCLIENTENCODING=UTF8)",
-                ),
-                f"client asked for client_encoding {encoding[:40]} ({PARSE_STATE_RULE})",
-            )
-
-    async def _upstream_tls(self) -> None:
-        tls = self.s.config.upstream.tls
-        assert self.up_r is not None and self.up_w is not None
-        if tls == "disable":
-            return
-        self.up_w.write(pg.encode_ssl_request())
-        await self.up_w.drain()
-        answer = await self.up_r.readexactly(1)
-        if answer == b"S":
-            await self.up_w.start_tls(self._tls_context(), server_hostname=self._sni())
-        elif answer != b"N" or tls != "prefer":
-            raise ssl.SSLError(f"upstream refused TLS (tls: {tls})")
-
-    def _tls_context(self) -> ssl.SSLContext:
-        upstream = self.s.config.upstream
-        if upstream.tls == "verify-full":
-            return ssl.create_default_context(cafile=upstream.ca_file)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # prefer/require: encrypted, not authenticated
-        return context
-
-    def _sni(self) -> str | None:
-        return self.s.config.upstream.host if self.s.config.upstream.tls == "verify-full" else None
-
-    async def _upstream_login(self) -> None:
-        assert self.up_r is not None and self.up_w is not None
-        parser = pg.BackendParser()
-        scram: ScramClient | None = None
-        greeting = bytearray(pg.encode_auth(0))
-        while True:
-            message = await read_one(self.up_r, parser)
-            if isinstance(message, pg.Authentication):
-                scram = self._answer_auth(message, scram)
-                await self.up_w.drain()
-            elif isinstance(message, pg.ErrorResponse):
-                error = self.relay.results.masked_error(message)
-                raise Refused(error, "upstream refused the login")
-            elif isinstance(message, pg.BackendKeyData):
-                greeting += self._our_key(message)
-            elif isinstance(message, pg.ReadyForQuery):
-                greeting += message.raw
-                self.client_w.write(bytes(greeting))
-                await self.client_w.drain()
-                self.upstream_parser = parser
-                return
-            else:
-                if isinstance(message, pg.ParameterStatus):
-                    self.relay.state.update(message.name, message.value)
-                greeting += message.raw
-
-    def _answer_auth(self, message: pg.Authentication, scram: ScramClient | None) -> Any:
-        assert self.up_w is not None
-        login = self.s.login
-        if message.code == 0:
-            return scram
-        if message.code == 3 and login.password is not None:
-            self.up_w.write(pg.encode_password(login.password.encode() + b"\0"))
-        elif message.code == 5 and login.password is not None:
-            self.up_w.write(pg.encode_password(md5_password(login, message.data[:4])))
-        elif message.code == 10 and login.password is not None:
-            if MECHANISM.encode() not in message.data.split(b"\0"):
-                raise self._login_error("upstream offers no SCRAM-SHA-256")
-            scram = ScramClient(login.password)
-            self.up_w.write(pg.encode_password(scram.first()))
-        elif message.code == 11 and scram is not None:
-            self.up_w.write(pg.encode_password(scram.final(message.data)))
-        elif message.code == 12 and scram is not None:
-            scram.verify(message.data)
-        else:
-            raise self._login_error(f"unsupported upstream authentication (code {message.code})")
-        return scram
-
-    def _login_error(self, what: str) -> Refused:
-        return Refused(
-            fatal(
-                "28000",
-                f"the Airlock gateway {self.s.config.name} cannot log in upstream",
-                hint="the held credential or the upstream's authentication method does not fit; "
-                "see the session log",
-            ),
-            what,
+        self.up_r, self.up_w = await upstream.connect(self.s, startup)
+        parser, greeting = await upstream.login(
+            self.s, self.up_r, self.up_w, self._our_key, self.relay
         )
+        self.client_w.write(greeting)
+        await self.client_w.drain()
+        self.upstream_parser = parser
 
     def _our_key(self, message: pg.BackendKeyData) -> bytes:
         pid = secrets.randbelow(2**31 - 1) + 1
@@ -353,8 +183,8 @@ class Connection:
         self.after_password = b""
         early_up = self.upstream_parser.take_buffered() + take_buffered(self.up_r)
         client_eof, up_eof = self.client_r.at_eof(), self.up_r.at_eof()
-        client_pipe = _Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
-        up_pipe = _Pipe(
+        client_pipe = Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
+        up_pipe = Pipe(
             self._on_upstream_data,
             self._on_upstream_eof,
             up_t.get_protocol(),
@@ -364,6 +194,7 @@ class Connection:
         self.up_pipe = up_pipe
         client_t.set_protocol(client_pipe)
         up_t.set_protocol(up_pipe)
+        watch: asyncio.Task[None] | None = None
         try:
             if early_up:
                 self._on_upstream_data(early_up)
@@ -375,9 +206,13 @@ class Connection:
                 self._finish()
             client_t.resume_reading()
             up_t.resume_reading()
+            watch = self._watch_ticket()
             await self.finished
         finally:
             self._finish()
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
             holding = self.holding
             if holding is not None:
                 holding.cancel()
@@ -426,6 +261,7 @@ class Connection:
     async def _hold(self, held: Held) -> None:
         try:
             decision = await self._ask(held.verdict.final, held.masked)
+            revoked = decision.action == "allow" and not await self._ticket_still_valid()
         except asyncio.CancelledError:
             self.relay.cancelled()
             raise
@@ -434,11 +270,71 @@ class Connection:
                 self.relay.cancelled()
                 return
             self.holding = None
+            if revoked:
+                self.relay.revoked()
+                self._revoked()
+                return
             self._apply(self.relay.decided(decision))
             if self.holding is None and not (self.up_pipe and self.up_pipe.paused):
                 self.client_t.resume_reading()
         except Exception as exc:
             self._finish(exc)
+
+    async def _ticket_still_valid(self) -> bool:
+        """A hold can outlast the ticket (its job was revoked or ended meanwhile): ask again,
+        past any cached answer, before the approved statement is sent."""
+        valid = await check_ticket(self.s.ticket, self.presented, fresh=True)
+        if not valid:
+            self.s.event(
+                EventType.GUARDRAIL,
+                {
+                    "connection": self.conn_id,
+                    "rule_id": TICKET_RULE,
+                    "action": "deny",
+                    "reason": "the gateway ticket was revoked or expired while the statement "
+                    "was held: never sent",
+                },
+            )
+        return valid
+
+    def _watch_ticket(self) -> asyncio.Task[None] | None:
+        """Central mode: the ticket is checked again every ``recheck`` seconds while the
+        connection is open, so a job revoked at the broker loses its open connections too."""
+        ticket = self.s.ticket
+        if not isinstance(ticket, BrokerTicket):
+            return None  # a session's own ticket lives as long as the session and its gateway
+
+        async def watch() -> None:
+            while not self.finished.done():
+                await asyncio.sleep(ticket.recheck)
+                if await check_ticket(ticket, self.presented, fresh=True):
+                    continue
+                if not self.finished.done():
+                    self.s.event(
+                        EventType.GUARDRAIL,
+                        {
+                            "connection": self.conn_id,
+                            "rule_id": TICKET_RULE,
+                            "action": "deny",
+                            "reason": "the gateway ticket was revoked or expired: connection ended",
+                        },
+                    )
+                    self._revoked("while the connection was open")
+                return
+
+        return asyncio.get_running_loop().create_task(watch())
+
+    def _revoked(self, when: str = "while a statement was held") -> None:
+        """End a connection whose ticket no longer holds: nothing more is relayed for it."""
+        self.client_t.write(
+            fatal(
+                "28000",
+                f"the Airlock gateway {self.s.config.name} ended this connection: its ticket was "
+                f"revoked or expired {when} (rule {TICKET_RULE})",
+                hint="the job's tickets end with the job; run the statement again in a live job",
+            )
+        )
+        self._finish()
 
     async def _ask(self, decision: Decision, masked: str) -> Decision:
         operation = Operation(

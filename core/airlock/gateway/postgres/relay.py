@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from typing import cast
 
 from airlock.events import EventType
 from airlock.gateway.postgres import protocol as pg
@@ -34,6 +35,8 @@ _CLIENT_PASSED = frozenset(b"Hdcf")
 # What a client may send while a statement is held (it is read so that its going away is
 # seen); past this, reading pauses until the hold ends.
 MAX_BACKLOG = 1024 * 1024
+_SEVERITY = {"require_approval": 1, "deny": 2}
+_NO_STATEMENT = "\0cursor"  # no statement has this name (names are C strings)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class Relay:
         self.framer = pg.Framer(pg.FRONTEND_TYPES)
         self.statements: dict[str, tuple[str, Verdict]] = {}
         self.portals: dict[str, pg.Bind] = {}
+        # A portal runs the statement as it was at its Bind (PostgreSQL keeps the portal's plan
+        # when its statement is parsed again or closed): judged by that, never by the name.
+        self.bound: dict[str, tuple[str, Verdict]] = {}
+        self.rebound: set[str] = set()  # portals whose statement name changed since their Bind
         self.approved_portals: set[str] = set()  # held Executes approved, for that Bind only
         self.sql_prepared: dict[str, SqlStatement] = {}  # SQL PREPARE, for judging EXECUTE
         self.refusal_count = 0
@@ -108,6 +115,15 @@ class Relay:
             return Step(upstream=sent)
         after = self._pump(*pg.Framer(pg.FRONTEND_TYPES).split(backlog))
         return Step(sent + after.upstream, after.hold, after.pause, after.end)
+
+    def revoked(self) -> None:
+        """The held statement was approved but its ticket ended meanwhile: it is never sent,
+        nor anything the client sent after it (the connection ends); recorded as the statement's
+        result."""
+        assert self.holding is not None, "revoked() without a held statement"
+        self.holding = None
+        self.backlog = b""
+        self.results.result(error=("28000", "ticket revoked while held for approval: never sent"))
 
     def cancelled(self) -> None:
         """The client went (or the gateway closed) while a statement was held: it is never
@@ -163,11 +179,19 @@ class Relay:
         """The bytes to send upstream for ``message``, or the statement to hold for approval."""
         if isinstance(message, pg.Parse):
             self.results.described.pop(message.name, None)
+            self._statement_changed(message.name)
             verdict = self.s.guard.verdict(message.sql, self.sql_prepared)
             self.statements[message.name] = (message.sql, verdict)
+            self.results.name_change_sent("S", message.name, (message.sql, verdict))
             return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
         if isinstance(message, pg.Bind):
             self.portals[message.portal] = message
+            self.rebound.discard(message.portal)
+            known = self._definition(message.statement)
+            if known is None:
+                self.bound.pop(message.portal, None)
+            else:
+                self.bound[message.portal] = known
             self.approved_portals.discard(message.portal)
             self.results.portal_rows.pop(message.portal, None)
         elif isinstance(message, pg.Describe):
@@ -176,7 +200,11 @@ class Relay:
             return self._execute(message)
         elif isinstance(message, pg.Close):
             (self.statements if message.target == "S" else self.portals).pop(message.name, None)
-            if message.target != "S":
+            self.results.name_change_sent("s" if message.target == "S" else "P", message.name)
+            if message.target == "S":
+                self._statement_changed(message.name)
+            else:
+                self.bound.pop(message.name, None)
                 self.approved_portals.discard(message.name)
         elif isinstance(message, pg.FunctionCall):
             self.results.batches_sent += 1
@@ -319,7 +347,9 @@ class Relay:
         """Record an Execute; hold it when its statement needs approval. One approval covers
         this execution only (its statement and these parameter values): a new Bind asks again."""
         bind = self.portals.get(message.portal)
-        known = self.statements.get(bind.statement) if bind is not None else None
+        known = self.bound.get(message.portal) if bind is not None else None
+        if bind is None and self.s.columns.active:
+            bind = self._cursor_portal(message.portal)
         sql, verdict = known or ("", self.s.guard.verdict(""))
         masked = self.s.masker.mask_text(sql)
         params = self._params(bind)
@@ -335,18 +365,65 @@ class Relay:
         )
         self.results.execute_sent(seq, bind)
         raw = self._describe_first(bind) + message.raw
+        if verdict.final.action == "deny":  # a Bind of a name that may hold a refused Parse
+            return self._refused(verdict.final, verdict, None, asked=False, extended=True)
         if verdict.final.action != "require_approval" or message.portal in self.approved_portals:
             return raw
         text = f"{masked}\n-- parameters: {json.dumps(params)}" if params else masked
         return Held(verdict, text, raw, None, portal=message.portal)
 
+    def _cursor_portal(self, portal: str) -> pg.Bind:
+        """A portal the client never bound: a SQL cursor (``DECLARE``). Its columns are known
+        only from a Describe of the portal, asked at every Execute (a cursor name can be
+        declared again), so its rows are masked as ``FETCH`` would mask them."""
+        self.results.portal_rows.pop(portal, None)
+        return pg.Bind(b"", portal, _NO_STATEMENT, (), (), ())
+
     def _describe_first(self, bind: pg.Bind | None) -> bytes:
         """A Describe of ``bind``'s portal to send before its Execute when the columns of what
         it returns are not known (masking goes by column name); empty when they are."""
-        if bind is None or not self.s.columns.active or self.results.columns_known(bind):
+        if bind is None or not self.s.columns.active:
+            return b""
+        if bind.portal not in self.rebound and self.results.columns_known(bind):
             return b""
         self.results.describe_sent("P", bind.portal, ours=True)
         return pg.encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
+
+    def _definition(self, name: str) -> tuple[str, Verdict] | None:
+        """What statement ``name`` may hold for a Bind sent now, judged strictest first.
+
+        A Parse earlier in this same batch decides alone (if the server refuses or skips it,
+        it skips this Bind too). Otherwise the server holds what it confirmed, any Parse of
+        earlier batches still unanswered, or what SQL PREPARE made: every one could be it."""
+        batch = self.results.batches_sent + 1
+        changes = [c for c in self.results.changes if c.name == name and c.target in "Ss"]
+        same = [c for c in changes if c.batch == batch]
+        if same:
+            return cast("tuple[str, Verdict] | None", same[-1].entry)
+        # SQL PREPARE / DEALLOCATE change the same names where the gateway does not follow them
+        # to the server's answer: a name SQL ever prepared is one more candidate.
+        found = [
+            self.results.statements.get(name),
+            *(c.entry for c in changes if c.entry),
+            self._sql_prepared(name),
+        ]
+        candidates: list[tuple[str, Verdict]] = [c for c in found if c is not None]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda c: _SEVERITY.get(c[1].final.action, 0))
+
+    def _sql_prepared(self, name: str) -> tuple[str, Verdict] | None:
+        """A statement made by SQL ``PREPARE``, which shares its namespace with Parse: a Bind
+        of it is judged as SQL ``EXECUTE`` of it is (one approval, one execution)."""
+        if name not in self.sql_prepared:
+            return None
+        sql = 'EXECUTE "' + name.replace('"', '""') + '"'
+        return sql, self.s.guard.verdict(sql, self.sql_prepared)
+
+    def _statement_changed(self, name: str) -> None:
+        """Statement ``name`` is parsed again or closed: the portals bound to it keep the old
+        one, so their columns must come from a Describe of the portal, not of the name."""
+        self.rebound.update(p for p, bind in self.portals.items() if bind.statement == name)
 
     def _params(self, bind: pg.Bind | None) -> list[str | None]:
         if bind is None:

@@ -17,12 +17,14 @@ from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres._shared import RowPlan, Shared, cstring, refusal_token, rows_of
 from airlock.gateway.postgres.masking import ColumnPlan
 from airlock.gateway.postgres.parse_state import SessionState
+from airlock.gateway.postgres.rowpath import join_values, mask_one_column
 
-__all__ = ["Describe", "Inflight", "Results"]
+__all__ = ["Describe", "Inflight", "NameChange", "Results"]
 
 _DATA_ROW, _ROW_DESCRIPTION, _COMMAND_COMPLETE, _READY, _COPY_DATA = b"DTCZd"
 # Backend messages passed on without looking inside (the rest are decoded).
-_PASSED = frozenset(b"123tKVcGHWvR")
+_PASSED = frozenset(b"2tKVcGHWvR")
+_PARSE_COMPLETE, _CLOSE_COMPLETE = b"13"
 _NO_DATA = ord("n")
 _PARAMETER_STATUS, _NOTIFICATION = b"SA"
 
@@ -50,6 +52,18 @@ class Describe:
     ours: bool = False  # sent by the gateway to learn the columns: its answer is not relayed
 
 
+@dataclass(frozen=True)
+class NameChange:
+    """A Parse or Close sent upstream, not yet answered: what the server's statement names hold
+    changes only when it answers ParseComplete / CloseComplete (a Parse it refuses, or skips
+    after an error earlier in the batch, changes nothing)."""
+
+    batch: int
+    target: str  # "S": a Parse; "s": a Close of a statement; "P": a Close of a portal
+    name: str
+    entry: Any = None  # a Parse's (sql, verdict)
+
+
 class Results:
     """What comes back from upstream, for one connection."""
 
@@ -63,6 +77,8 @@ class Results:
         self.described: dict[str, bytes | None] = {}  # statement -> RowDescription (or NoData)
         self.portal_rows: dict[str, bytes | None] = {}  # portal -> RowDescription (or NoData)
         self.refusals: dict[str, tuple[bytes, str]] = {}  # token -> (our error, its message)
+        self.changes: deque[NameChange] = deque()  # Parses and Closes not yet answered
+        self.statements: dict[str, Any] = {}  # what the server's statement names hold, confirmed
         self.batches_sent = 0  # Syncs and Queries sent (the client half counts them)
         self.batches_done = 0  # ReadyForQuery seen
         self.tx_status = "I"
@@ -87,6 +103,9 @@ class Results:
         self.inflight.append(
             Inflight(seq, time.monotonic(), self.batches_sent + 1, False, bind=bind)
         )
+
+    def name_change_sent(self, target: str, name: str, entry: Any = None) -> None:
+        self.changes.append(NameChange(self.batches_sent + 1, target, name, entry))
 
     def describe_sent(self, target: str, name: str, *, ours: bool = False) -> None:
         self.describes.append(Describe(self.batches_sent + 1, target, name, ours))
@@ -123,6 +142,9 @@ class Results:
                 new = self._rows(buf, frames[first:index])
             elif kind in _PASSED:
                 continue
+            elif kind in (_PARSE_COMPLETE, _CLOSE_COMPLETE):
+                self._acknowledged(kind == _PARSE_COMPLETE)
+                continue
             elif kind == _NOTIFICATION:
                 new = self._notification(buf, start, end)
             elif kind == _PARAMETER_STATUS:
@@ -156,6 +178,18 @@ class Results:
             return buf if done == len(buf) else buf[:done]
         pieces.append(buf[last:done])
         return b"".join(pieces)
+
+    def _acknowledged(self, parse: bool) -> None:
+        """ParseComplete / CloseComplete: the oldest Parse (or Close) sent took effect."""
+        while self.changes:
+            change = self.changes.popleft()
+            if (change.target == "S") != parse:
+                continue  # answers come in order; a mismatch is skipped, never applied
+            if change.target == "S":
+                self.statements[change.name] = change.entry
+            elif change.target == "s":
+                self.statements.pop(change.name, None)
+            return
 
     def _from_upstream(self, message: pg.Message) -> bytes | None:
         """The bytes that replace ``message`` on the way to the client; None: unchanged.
@@ -290,6 +324,7 @@ class Results:
         if head is None or not head.simple:  # the server skips to Sync: no more answers
             batch = self.batches_done + 1
             self.describes = deque(d for d in self.describes if d.batch != batch)
+            self.changes = deque(c for c in self.changes if c.batch != batch)
         token = refusal_token(message.message)
         replacement = self.refusals.pop(token, None) if token else None
         if replacement is not None:
@@ -342,6 +377,8 @@ class Results:
             self.describes.popleft()
         while self.inflight and self.inflight[0].batch <= self.batches_done:
             self.inflight.popleft()
+        while self.changes and self.changes[0].batch <= self.batches_done:
+            self.changes.popleft()
         if self.batches_done >= self.batches_sent:
             self.refusals.clear()  # refusals skipped by an earlier error never come back
 
@@ -364,21 +401,7 @@ def _has_secret(mask: Callable[[bytes], bytes], buf: bytes, run: list[pg.Frame])
     """Whether any value of the DataRows in ``run`` holds something the masker masks: one scan
     over the values joined by NUL. (Not over the raw rows: a length byte that is a letter
     before a value, or the next row's ``D`` after it, would hide a token from ``\\b``.)"""
-    unpack = _LENGTH.unpack_from
-    values: list[bytes] = []
-    append = values.append
-    for _, start, end in run:
-        pos = start + 7
-        for _ in range(unpack(buf, start + 3)[0] & 0xFFFF):
-            size = unpack(buf, pos)[0]
-            if size > 0:
-                append(buf[pos + 4 : pos + 4 + size])
-                pos += 4 + size
-            else:
-                pos += 4
-        if pos > end:
-            raise pg.ProtocolError("a DataRow is shorter than its columns say")
-    joined = b"\0".join(values)
+    joined = join_values(buf, run)
     return mask(joined) is not joined
 
 
@@ -390,7 +413,7 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
     last = masked[-1][0]
     unpack, pack = _LENGTH.unpack_from, _LENGTH.pack
     if len(masked) == 1:
-        return _mask_one_column(buf, run, *masked[0])
+        return [mask_one_column(buf, run, *masked[0])]
     out: list[bytes] = []
     append = out.append
     for _, start, end in run:
@@ -417,32 +440,4 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
         append(b"D" + pack(end - start - 1 + delta) + buf[start + 5 : start + 7])
         out += pieces
         append(buf[copied:end])
-    return out
-
-
-def _mask_one_column(
-    buf: bytes, run: list[pg.Frame], index: int, replacement: bytes
-) -> list[bytes]:
-    """:func:`_mask_columns` for the common plan of one masked column."""
-    unpack, pack = _LENGTH.unpack_from, _LENGTH.pack
-    width = len(replacement)
-    out: list[bytes] = []
-    append = out.append
-    for _, start, end in run:
-        if unpack(buf, start + 3)[0] & 0xFFFF <= index:  # the column count (int16 at +5)
-            raise pg.ProtocolError("a DataRow has fewer columns than its RowDescription")
-        pos = start + 7
-        for _ in range(index):
-            size = unpack(buf, pos)[0]
-            pos += 4 + size if size > 0 else 4
-        size = unpack(buf, pos)[0]
-        if size < 0:  # NULL stays NULL
-            append(buf[start:end])
-            continue
-        after = pos + 4 + size
-        if after > end:
-            raise pg.ProtocolError("a DataRow is shorter than its columns say")
-        append(b"D" + pack(end - start - 1 + width - 4 - size) + buf[start + 5 : pos])
-        append(replacement)
-        append(buf[after:end])
     return out

@@ -1,0 +1,184 @@
+"""Attacks on the sandbox from moves the earlier reviews did not name, with real bubblewrap, git
+and ``airlock run`` processes, checked from outside.
+
+What the agent writes in the workspace outlives its session, and the next ``airlock run`` in
+that checkout runs ``git`` there (the session's identity: commit, ref, dirty) *outside* the
+sandbox. ``.git/config`` and ``.git/info/attributes`` are the agent's to write: a
+``core.fsmonitor`` hook or a filter driver it names would run as Airlock's user, uncontained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.service,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
+    pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed"),
+]
+
+AIRLOCK = str(Path(sys.executable).parent / "airlock")
+
+
+def _checkout(tmp_path: Path) -> Path:
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path)}
+    for args in (
+        ["init", "-q"],
+        ["-c", "user.email=a@example.com", "-c", "user.name=a", "commit", "-q",
+         "--allow-empty", "-m", "first"],
+    ):  # fmt: skip
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    (repo / "tracked.txt").write_text("hello\n")
+    subprocess.run(["git", "add", "tracked.txt"], cwd=repo, env=env, check=True)
+    return repo
+
+
+def _airlock_run(
+    tmp_path: Path,
+    repo: Path,
+    script: str,
+    *,
+    policy: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
+    env.update({"XDG_CONFIG_HOME": str(tmp_path / "cfg"), **(extra_env or {})})
+    with_policy = ["--policy", str(policy.relative_to(repo))] if policy is not None else []
+    return subprocess.run(
+        [AIRLOCK, "run", *with_policy, "--pty", "never", "--sandbox", "required", "--",
+         "sh", "-c", script],
+        cwd=repo, env=env, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param('git config core.fsmonitor "touch {marker}; false"', id="fsmonitor-hook"),
+        pytest.param(
+            'echo "* filter=agent" > .git/info/attributes; '
+            'git config filter.agent.clean "touch {marker}; cat"; '
+            "sleep 1; echo jello > tracked.txt",  # same size: git must read it,
+            id="filter-driver",
+        ),
+    ],
+)
+def test_what_the_agent_plants_in_git_config_never_runs_outside_the_sandbox(
+    tmp_path: Path, plant: str
+) -> None:
+    repo = _checkout(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    marker = outside / "ran-outside-the-sandbox"
+    planted = _airlock_run(tmp_path, repo, plant.format(marker=marker))
+    assert planted.returncode == 0, planted.stderr
+    assert not marker.exists()  # inside, the agent cannot write there itself
+    planted_config = (repo / ".git" / "config").read_bytes()
+    assert b"fsmonitor" in planted_config or b"filter" in planted_config
+
+    following = _airlock_run(tmp_path, repo, "true")  # the next step of the same job
+
+    assert following.returncode == 0, following.stderr
+    assert not marker.exists(), "git ran the agent's program outside the sandbox"
+
+
+def test_the_agent_cannot_move_the_live_session_away_from_its_seal(tmp_path: Path) -> None:
+    """The sessions dir is hidden under a tmpfs, but its parent ``.airlock`` sits in the
+    writable workspace: renaming it moves the live session (the mount moves along), and the
+    seal, written by path at the end, finds no directory: the session is left unsealed."""
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    result = _airlock_run(
+        tmp_path, repo, "mv .airlock .moved; mkdir -p .airlock/sessions; echo agent done"
+    )
+    assert b"agent done" in result.stdout
+    assert result.returncode == 0, result.stderr
+    [session] = (repo / ".airlock" / "sessions").iterdir()
+    assert json.loads((session / "manifest.json").read_text())["status"] == "complete"
+    assert not (repo / ".moved").exists()
+
+
+# Root-owned 0600 credentials at their standard places under the read-only system binds. The
+# agent's uid maps to the uid running Airlock (root on many self-hosted runners): it owns them.
+RUNNER_SECRETS = (
+    "/etc/gitlab-runner/config.toml",  # GitLab Runner's registration and runner tokens
+    "/opt/actions-runner/.credentials_rsaparams",  # a self-hosted GitHub runner's private key
+)
+
+
+@pytest.fixture
+def planted_runner_secrets() -> Iterator[dict[str, str]]:
+    """The files above, created for the test (root only; never over a real one)."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent owns root's files only when Airlock runs as root")
+    made: list[Path] = []
+    canaries: dict[str, str] = {}
+    try:
+        for name in RUNNER_SECRETS:
+            path = Path(name)
+            if path.parent.exists():
+                pytest.skip(f"{path.parent} exists on this machine: not touched")
+            path.parent.mkdir(mode=0o700)
+            made.append(path.parent)
+            canaries[name] = "canary-" + secrets.token_hex(8)
+            path.write_text(canaries[name])
+            path.chmod(0o600)
+        yield canaries
+    finally:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_runner_credentials_under_the_system_binds_are_hidden(
+    tmp_path: Path, planted_runner_secrets: dict[str, str]
+) -> None:
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    result = _airlock_run(
+        tmp_path, repo, "cat " + " ".join(planted_runner_secrets) + " 2>/dev/null; echo read-done"
+    )
+    assert b"read-done" in result.stdout, result.stderr
+    leaked = [
+        path for path, canary in planted_runner_secrets.items() if canary.encode() in result.stdout
+    ]
+    assert leaked == []
+
+
+@pytest.mark.parametrize("where", ["airlock.yaml", ".github/airlock.yaml"])
+def test_the_agent_cannot_rewrite_the_policy_of_the_next_session(
+    tmp_path: Path, where: str
+) -> None:
+    """The policy file is in the checkout, which the agent may write: a rewritten policy (no
+    masking here; a wider allowlist or no guardrails as well) would rule the job's next
+    ``airlock run``. Inside the sandbox it is read-only, and cannot be moved aside."""
+    repo = tmp_path / "ws"
+    policy = repo / where
+    policy.parent.mkdir(parents=True)
+    policy.write_text("mask: {env: [TOK]}\nsandbox: {env: [TOK]}\n")
+    weaker = "sandbox: {env: [TOK]}"
+    moves = (
+        f"echo '{weaker}' > {where}; "
+        f"mv {where} moved.yaml; echo '{weaker}' > {where}; "
+        f"mv {Path(where).parent} moved-dir; mkdir -p {Path(where).parent}; echo '{weaker}' > {where}; "
+        "echo tried"
+    )
+    token = "tok_" + secrets.token_hex(12)
+    first = _airlock_run(tmp_path, repo, moves, policy=policy, extra_env={"TOK": token})
+    assert b"tried" in first.stdout, first.stderr
+    second = _airlock_run(
+        tmp_path, repo, 'echo "token=$TOK"', policy=policy, extra_env={"TOK": token}
+    )
+    assert second.returncode == 0, second.stderr
+    assert b"token=" in second.stdout
+    assert token.encode() not in second.stdout, "the next session ran under the agent's policy"
