@@ -11,6 +11,7 @@ client's EOF is passed on as a half-close, and the tunnel ends when the upstream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import socket
@@ -20,7 +21,6 @@ __all__ = ["Counts", "relay"]
 
 _CHUNK = 256 * 1024
 _PIPE_SIZE = 1 << 20
-_PIPE_START = 65536  # Linux's default pipe size
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
@@ -107,7 +107,7 @@ class _Splice:
         self.loop, self.src, self.dst = loop, src, dst
         self.counts, self.up, self.done = counts, direction == "up", done
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.capacity = _PIPE_START  # grown (one fcntl) only for a tunnel that fills it
+        self._grow()  # 16 slots by default; one slot per TCP fragment: small moves
         self.pending = 0  # bytes in the pipe, not yet in dst
         self.state = "idle"  # reading | writing | stopped
 
@@ -135,8 +135,6 @@ class _Splice:
         if moved == 0:
             self._eof()
             return
-        if moved == self.capacity and moved < _PIPE_SIZE:
-            self._grow()
         if self.up:
             self.counts.up += moved
         else:
@@ -145,10 +143,8 @@ class _Splice:
         self._flush()
 
     def _grow(self) -> None:
-        try:  # over the user's pipe quota, the kernel refuses: the pipe keeps its size
-            self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
-            self.capacity = 0
+        with contextlib.suppress(OSError):  # over the user's pipe quota: it keeps its size
+            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
     def _flush(self) -> None:
         while self.pending:
