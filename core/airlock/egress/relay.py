@@ -1,10 +1,11 @@
 """A CONNECT tunnel's bytes, once the CONNECT and SNI checks passed: moved untouched both ways.
 
-On Linux the bytes never enter Python: each direction is ``socket -> pipe -> socket`` with
-``splice(2)`` (no copy to user space), driven by the event loop's reader/writer callbacks, so
-Python runs once per read the kernel has ready, whatever its size. Elsewhere (or when a side
-already ended) the two transports are joined with :class:`_Pipe` protocols (one preallocated
-buffer per direction). Either way: flow control (a slow reader pauses the other side), a
+A tunnel starts with the two transports joined by :class:`_Pipe` protocols (one preallocated
+buffer per direction): cheapest to set up, which is what a short exchange costs. On Linux, once
+one direction has moved 1 MiB, the tunnel moves to ``splice(2)``: each direction becomes
+``socket -> pipe -> socket`` (no copy to user space), driven by the event loop's reader/writer
+callbacks, so Python runs once per read the kernel has ready and the bytes never enter it.
+Either way: flow control (a slow reader pauses the other side), a
 client's EOF is passed on as a half-close, and the tunnel ends when the upstream side ends.
 """
 
@@ -21,6 +22,7 @@ __all__ = ["Counts", "relay"]
 
 _CHUNK = 256 * 1024
 _PIPE_SIZE = 1 << 20
+_SPLICE_AFTER = 1 << 20  # bytes one way before a tunnel moves to splice
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
@@ -39,27 +41,12 @@ async def relay(
     counts: Counts,
 ) -> None:
     """Move bytes between the client (``reader``/``writer``) and ``upstream`` until it ends."""
-    client_t, upstream_t = writer.transport, upstream.transport
-    for transport in (client_t, upstream_t):  # from here on, nothing reads into the streams
-        if isinstance(transport, asyncio.ReadTransport):
-            transport.pause_reading()
-    early_up, early_down = _take_buffer(reader), _take_buffer(up_reader)
-    if early_up:
-        upstream.write(early_up)
-        counts.up += len(early_up)
-    if early_down:
-        writer.write(early_down)
-        counts.down += len(early_down)
-    await upstream.drain()
-    await writer.drain()
-    ended = reader.at_eof() or up_reader.at_eof()
-    buffered = client_t.get_write_buffer_size() or upstream_t.get_write_buffer_size()
     client_sock = writer.get_extra_info("socket")
     upstream_sock = upstream.get_extra_info("socket")
-    if hasattr(os, "splice") and not ended and not buffered and client_sock and upstream_sock:
+    can_splice = hasattr(os, "splice") and client_sock is not None and upstream_sock is not None
+    tunnel = _Pipes(reader, writer.transport, up_reader, upstream.transport, counts, can_splice)
+    if await tunnel.run() == "splice":
         await _splice_both(client_sock.fileno(), upstream_sock.fileno(), counts)
-    else:
-        await _pipe_both(reader, client_t, up_reader, upstream_t, counts)
 
 
 def _take_buffer(stream: asyncio.StreamReader) -> bytes:
@@ -181,26 +168,60 @@ class _Splice:
             self.done.set_result(None)
 
 
-async def _pipe_both(
-    reader: asyncio.StreamReader,
-    client_t: asyncio.BaseTransport,
-    up_reader: asyncio.StreamReader,
-    upstream_t: asyncio.BaseTransport,
-    counts: Counts,
-) -> None:
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    to_upstream = _Pipe(upstream_t, counts, "up", done, half_close=True)
-    to_client = _Pipe(client_t, counts, "down", done, half_close=False)
-    for stream, transport, pipe in (
-        (reader, client_t, to_upstream),
-        (up_reader, upstream_t, to_client),
-    ):
-        transport.set_protocol(pipe)
-        if stream.at_eof():
-            pipe.eof_received()
-        elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
-            transport.resume_reading()
-    await done
+class _Pipes:
+    """Both directions through :class:`_Pipe` protocols; once one direction has moved
+    ``_SPLICE_AFTER`` bytes (a bulk transfer, not a short exchange, which would pay more to set
+    up splicing than it saves), the tunnel moves to splice when nothing waits in either
+    transport's write buffer and neither side has ended: ``run`` then answers ``"splice"``."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        client_t: asyncio.BaseTransport,
+        up_reader: asyncio.StreamReader,
+        upstream_t: asyncio.BaseTransport,
+        counts: Counts,
+        can_splice: bool,
+    ) -> None:
+        self.streams = (reader, up_reader)
+        self.transports = (client_t, upstream_t)
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.can_splice = can_splice
+        self.eof_seen = False
+        self.pipes = (
+            _Pipe(upstream_t, counts, "up", self, half_close=True),
+            _Pipe(client_t, counts, "down", self, half_close=False),
+        )
+
+    async def run(self) -> str:
+        for stream, transport, pipe in zip(self.streams, self.transports, self.pipes, strict=True):
+            buffered = _take_buffer(stream)
+            transport.set_protocol(pipe)
+            if buffered:
+                pipe.forward(buffered)
+            if stream.at_eof():
+                pipe.eof_received()
+            elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+                transport.resume_reading()
+        return await self.done
+
+    def maybe_splice(self) -> None:
+        if not self.can_splice or self.eof_seen or self.done.done():
+            return
+        for transport in self.transports:
+            if not isinstance(transport, asyncio.Transport):
+                return
+            if transport.is_closing() or transport.get_write_buffer_size():
+                return
+        for transport in self.transports:
+            assert isinstance(transport, asyncio.Transport)
+            if transport.is_reading():
+                transport.pause_reading()
+        self.done.set_result("splice")
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result("done")
 
 
 class _Pipe(asyncio.BufferedProtocol):
@@ -215,15 +236,15 @@ class _Pipe(asyncio.BufferedProtocol):
         peer: asyncio.BaseTransport,
         counts: Counts,
         direction: str,
-        done: asyncio.Future[None],
+        tunnel: _Pipes,
         *,
         half_close: bool,
     ) -> None:
         assert isinstance(peer, asyncio.WriteTransport)
         self.peer = peer
         self.counts = counts
-        self.direction = direction
-        self.done = done
+        self.up = direction == "up"
+        self.tunnel = tunnel
         self.half_close = half_close
         self.buffer = memoryview(bytearray(_CHUNK))
 
@@ -231,21 +252,29 @@ class _Pipe(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.direction == "up":
-            self.counts.up += nbytes
+        self.forward(self.buffer[:nbytes])
+
+    def forward(self, data: bytes | memoryview) -> None:
+        if self.up:
+            self.counts.up += len(data)
+            moved = self.counts.up
         else:
-            self.counts.down += nbytes
-        self.peer.write(self.buffer[:nbytes])
+            self.counts.down += len(data)
+            moved = self.counts.down
+        self.peer.write(data)
+        if moved >= _SPLICE_AFTER:
+            self.tunnel.maybe_splice()
 
     def eof_received(self) -> bool:
+        self.tunnel.eof_seen = True
         if self.half_close and self.peer.can_write_eof():
             self.peer.write_eof()
             return True
-        self._finish()
+        self.tunnel.finish()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._finish()
+        self.tunnel.finish()
 
     def pause_writing(self) -> None:  # our transport's buffer is full: stop feeding it
         other = self.peer
@@ -256,7 +285,3 @@ class _Pipe(asyncio.BufferedProtocol):
         other = self.peer
         if isinstance(other, asyncio.ReadTransport) and not other.is_closing():
             other.resume_reading()
-
-    def _finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
