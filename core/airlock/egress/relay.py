@@ -20,7 +20,7 @@ from typing import Protocol
 
 __all__ = ["Counts", "relay"]
 
-_CHUNK = 256 * 1024
+_CHUNK = 64 * 1024  # under malloc's mmap threshold: no fresh zeroed pages per tunnel
 _PIPE_SIZE = 1 << 20
 _SPLICE_AFTER = 1 << 20  # bytes one way before a tunnel moves to splice
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
