@@ -1,5 +1,6 @@
-"""A tunnel's bytes after the checks, both ways of relaying them (``splice`` on Linux, protocol
-pipes elsewhere): every byte arrives in order, a client's half-close reaches the upstream while
+"""A tunnel's bytes after the checks, both ways of relaying them (on Linux protocol pipes, then
+``splice`` after the first MiB, which this test crosses; protocol pipes only elsewhere): every
+byte arrives in order, a client's half-close reaches the upstream while
 the answer still flows back, a reader that lags pauses the sender (nothing lost), and the
 ``net.connect`` event counts the bytes."""
 
