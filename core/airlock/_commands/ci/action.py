@@ -262,7 +262,9 @@ def _session_main(environ: Mapping[str, str]) -> int:
     if code != 0:
         return code
     _save_state(environ, {"started": "1"})
-    args.witness = _witness_argv(inputs)
+    # the recorder streams checkpoints of its log to the broker as it runs
+    args.broker = inputs.get("broker-url") or None
+    args.audience = (inputs.get("audience") or None) if args.broker else None
     args.record_scripts = inputs.get("record-scripts", "false").lower() == "true"
     return session_start(args, environ)
 
