@@ -17,7 +17,9 @@ from typing import Any, Generic, TypeVar, cast
 from airlock.errors import UsageError
 from airlock.jobs.request import IssuedSecret, SessionOutcome, Witness
 
-__all__ = ["RunOptions", "run_command"]
+__all__ = ["RunOptions", "run_and_report", "run_command"]
+
+COMMAND_NOT_FOUND = 127
 
 T = TypeVar("T")
 
@@ -87,6 +89,55 @@ def run_command(
         return run_session(request)
     finally:
         job.close()
+
+
+def run_and_report(
+    argv: Sequence[str], options: RunOptions, environ: Mapping[str, str], *, quiet: bool = False
+) -> int:
+    """:func:`run_command` for an entry point: the command's exit status, or Airlock's own
+    failure as an ``airlock: error: …`` line on stderr and its exit code (127: no command)."""
+    import os
+    import sys
+
+    from airlock.errors import AirlockError, ExitCode, MissingExtra
+    from airlock.jobs.request import CommandNotFound
+
+    def fail(text: str, code: int) -> int:
+        print(f"airlock: error: {text}", file=sys.stderr)
+        return code
+
+    try:
+        outcome = run_command(argv, options, environ)
+    except CommandNotFound as exc:
+        return fail(exc.explain(), COMMAND_NOT_FOUND)
+    except AirlockError as exc:
+        return fail(exc.explain(), int(exc.exit_code))
+    except ModuleNotFoundError as exc:  # an optional dependency the policy's gateways need
+        missing = MissingExtra.from_import(exc, command="run")
+        if missing is not None:
+            return fail(missing.explain(), int(missing.exit_code))
+        if os.environ.get("AIRLOCK_DEBUG"):
+            raise
+        return fail(_internal_text(exc), int(ExitCode.INTERNAL))
+    except Exception as exc:  # a bug: a foreign exception's message may hold data, not shown
+        if os.environ.get("AIRLOCK_DEBUG"):
+            raise
+        return fail(_internal_text(exc), int(ExitCode.INTERNAL))
+    if not quiet:
+        print(
+            f"airlock: session {outcome.session_id} sealed "
+            f"({outcome.manifest.get('event_count')} events, exit {outcome.exit_status}): "
+            f"{outcome.path}",
+            file=sys.stderr,
+        )
+    return outcome.exit_status
+
+
+def _internal_text(exc: Exception) -> str:
+    return (
+        f"internal error ({type(exc).__name__}); "
+        "rerun with AIRLOCK_DEBUG=1 for a traceback and report it"
+    )
 
 
 def _default_key_path() -> Path:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.errors import AirlockError, ExitCode, MissingExtra, UsageError
+from airlock.errors import AirlockError, UsageError
 from airlock.jobs.launch import RunOptions
 
 __all__ = ["RecorderRequest", "main", "read_request", "recorder_argv", "write_request"]
@@ -95,41 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if len(args) != 1:
             raise UsageError("usage: python -m airlock.jobs.recorder REQUEST.json")
-        from airlock.jobs.launch import run_command
-        from airlock.jobs.request import CommandNotFound
-
         request = read_request(Path(args[0]))
-        try:
-            outcome = run_command(request.follow_argv(), request.options, os.environ)
-        except CommandNotFound as exc:
-            print(f"airlock: error: {exc.explain()}", file=sys.stderr)
-            return 127
     except AirlockError as exc:
         print(f"airlock: error: {exc.explain()}", file=sys.stderr)
         return int(exc.exit_code)
+    from airlock.jobs.launch import run_and_report
+
+    try:
+        return run_and_report(request.follow_argv(), request.options, os.environ, quiet=True)
     except KeyboardInterrupt:
         return 130
-    except ModuleNotFoundError as exc:  # an optional dependency the policy's gateways need
-        missing = MissingExtra.from_import(exc, command="ci session start")
-        if missing is None:
-            return _internal(exc)
-        print(f"airlock: error: {missing.explain()}", file=sys.stderr)
-        return int(missing.exit_code)
-    except Exception as exc:
-        return _internal(exc)
-    return outcome.exit_status
-
-
-def _internal(exc: Exception) -> int:
-    """A bug: a foreign exception's message may hold data, so only its type is shown."""
-    if os.environ.get("AIRLOCK_DEBUG"):
-        raise exc
-    print(
-        f"airlock: error: internal error ({type(exc).__name__}); "
-        "rerun with AIRLOCK_DEBUG=1 for a traceback and report it",
-        file=sys.stderr,
-    )
-    return int(ExitCode.INTERNAL)
 
 
 if __name__ == "__main__":  # pragma: no cover

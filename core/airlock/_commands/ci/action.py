@@ -10,7 +10,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from airlock._commands.ci.bracket import pid_alive, session_start, session_stop, wait_for
+from airlock._commands.ci.bracket import (
+    pid_alive,
+    run_options,
+    session_start,
+    session_stop,
+    wait_for,
+)
 from airlock._commands.ci.finalize import FAIL_MODES, finalize, say
 from airlock._commands.ci.inputs import check_values
 from airlock.ci.sandbox_host import prepare_sandbox_host
@@ -117,14 +123,6 @@ def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse
     )
 
 
-def _witness_argv(inputs: Mapping[str, str]) -> list[str]:
-    """``airlock run`` flags that stream checkpoints of the log to the broker as it runs."""
-    if not inputs.get("broker-url"):
-        return []
-    argv = ["--broker", inputs["broker-url"]]
-    return [*argv, "--audience", inputs["audience"]] if inputs.get("audience") else argv
-
-
 def _exchange(inputs: Mapping[str, str]) -> int:
     if not inputs.get("broker-url"):
         return 0
@@ -183,12 +181,20 @@ def _action_main(environ: Mapping[str, str]) -> int:
         return code
     sandbox = inputs.get("sandbox") or "required"
     prepare_sandbox_host(sandbox, say=say)
-    argv = ["run", "--sessions", str(args.sessions), "--sandbox", sandbox, *_witness_argv(inputs)]
-    if args.policy:
-        argv += ["--policy", str(args.policy)]
+    broker = inputs.get("broker-url") or None  # witnesses checkpoints of the log as it runs
+    options = run_options(
+        environ,
+        args.sessions,
+        policy=args.policy,
+        sandbox=sandbox,
+        broker=broker,
+        audience=(inputs.get("audience") or None) if broker else None,
+    )
     if inputs.get("working-directory"):
         os.chdir(inputs["working-directory"])
-    status = run_cli([*argv, "--", "bash", "-e", "-o", "pipefail", "-c", command])
+    from airlock.jobs.launch import run_and_report
+
+    status = run_and_report(["bash", "-e", "-o", "pipefail", "-c", command], options, os.environ)
     if status != 0:
         _annotate_failure(status)
     finalized = finalize(args, environ).exit_code(args.fail_mode)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the recorder's modules load in start only: `stop` starts fa
 
 __all__ = [
     "pid_alive",
+    "run_options",
     "session_command",
     "session_start",
     "session_stop",
@@ -116,29 +117,38 @@ def _bracket(args: argparse.Namespace, environ: Mapping[str, str]) -> _Bracket:
     return _Bracket((base / "airlock" / "bracket").resolve())
 
 
-def _run_options(
-    args: argparse.Namespace, environ: Mapping[str, str], sessions: Path
+def run_options(
+    environ: Mapping[str, str],
+    sessions: Path,
+    *,
+    policy: Path | None = None,
+    key: Path | None = None,
+    pty: str | None = None,
+    sandbox: str | None = None,
+    broker: str | None = None,
+    audience: str | None = None,
 ) -> RunOptions:
-    """``airlock run``'s options for the recorder: the flags start was given, then the
-    ``AIRLOCK_*`` variables ``airlock run`` itself would read."""
-
+    """``airlock run``'s options for a session this edge starts: what it was given, else the
+    ``AIRLOCK_*`` variable ``airlock run`` itself would read."""
     from airlock.jobs.launch import RunOptions
 
     def env(name: str) -> str | None:
         return environ.get(name) or None
 
-    key = getattr(args, "key", None) or env("AIRLOCK_KEY")
-    state_dir = env("AIRLOCK_STATE_DIR")
+    def env_path(name: str) -> Path | None:
+        value = env(name)
+        return Path(value) if value else None
+
     return RunOptions(
         sessions=sessions,
-        policy=args.policy or None,
-        key=Path(key) if key else None,
-        pty="never",
+        policy=policy or env_path("AIRLOCK_POLICY"),
+        key=key or env_path("AIRLOCK_KEY"),
+        pty=pty or env("AIRLOCK_PTY"),
         strace=env("AIRLOCK_STRACE"),
-        sandbox=env("AIRLOCK_SANDBOX"),
-        broker=getattr(args, "broker", None) or env("AIRLOCK_BROKER_URL"),
-        audience=getattr(args, "audience", None) or env("AIRLOCK_AUDIENCE"),
-        state_dir=Path(state_dir) if state_dir else None,
+        sandbox=sandbox or env("AIRLOCK_SANDBOX"),
+        broker=broker or env("AIRLOCK_BROKER_URL"),
+        audience=audience or env("AIRLOCK_AUDIENCE"),
+        state_dir=env_path("AIRLOCK_STATE_DIR"),
     )
 
 
@@ -164,7 +174,15 @@ def session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     bracket.hook.write_text(_hook_text(bool(getattr(args, "record_scripts", False))))
     from airlock.jobs.recorder import RecorderRequest, recorder_argv, write_request
 
-    options = _run_options(args, environ, sessions)
+    options = run_options(
+        environ,
+        sessions,
+        policy=args.policy,
+        key=getattr(args, "key", None),
+        pty="never",
+        broker=getattr(args, "broker", None),
+        audience=getattr(args, "audience", None),
+    )
     request = RecorderRequest(bracket.journal, bracket.stop_file, bracket.ready_file, options)
     write_request(bracket.request_file, request)
     log = bracket.state / "recorder.log"
