@@ -117,8 +117,11 @@ def test_the_reentry_check_sees_argv_strings(tmp_path: Path) -> None:
     assert _lazy_imports(sample) == {"airlock._cli", "python -m airlock._commands.ci follow"}
 
 
-def test_the_bracket_recorder_is_not_the_cli() -> None:
-    """`airlock ci session start` spawns the jobs recorder, not `python -m airlock._cli run`."""
-    bracket = PACKAGE / "_commands" / "ci" / "bracket.py"
-    assert _lazy_imports(bracket) == set()
-    assert "airlock._cli" not in bracket.read_text(encoding="utf-8")
+def test_the_ci_entry_points_do_not_reenter_the_cli() -> None:
+    """`airlock ci session start` spawns the jobs recorder, not `python -m airlock._cli run`;
+    the action's steps call jobs (run, credentials), not the CLI in-process."""
+    for name in ("bracket.py", "action.py"):
+        path = PACKAGE / "_commands" / "ci" / name
+        assert _lazy_imports(path) == set(), name
+        assert not {m for m in _imports(path) if m.startswith("airlock._cli")}, name
+        assert "airlock._cli" not in path.read_text(encoding="utf-8"), name
