@@ -135,6 +135,19 @@ def test_an_argument_cannot_hide_or_forge_a_result(tmp_path: Path) -> None:
     assert not any("/nonexistent/cmd" in e.path for e in execs)
 
 
+@pytest.mark.timeout(30)
+def test_an_argument_built_to_backtrack_is_parsed_in_one_pass() -> None:
+    """Arguments of `) = 1 ` up to strace's 64 KiB limit: the result search once tried every
+    `)` up to the next quote, ~6 s of CPU per argument (a minute for this line, while the
+    recorder could not read anything else); from the last quote on, milliseconds."""
+    arg = (") = 1 " * 11_000)[:65_536]
+    args = ", ".join(f'"{arg}"' for _ in range(10))
+    line = f'7 1700000000.000001 execve("/bin/echo", ["echo", {args}], 0x1 /* 1 var */) = 0\n'
+    (event,) = _events(line + "7 1700000000.1 +++ exited with 0 +++\n")[:1]
+    assert isinstance(event, ProcessExec)
+    assert event.argv == ("echo", *[arg] * 10)
+
+
 def _strace_quote(raw: bytes, hex_escapes: bool) -> str:
     """Quote bytes the way strace does: printable ASCII as is, the rest escaped."""
     named = {10: "\\n", 9: "\\t", 13: "\\r", 11: "\\v", 12: "\\f", 34: '\\"', 92: "\\\\"}

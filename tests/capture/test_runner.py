@@ -160,3 +160,13 @@ def test_an_older_strace_without_dddd_still_gives_the_commands_status() -> None:
     result = runner.run()
     assert result.exit_status == 7
     assert any(isinstance(p, ProcessExec) and p.path == "/bin/true" for p in rec.processes)
+
+
+@pytest.mark.parametrize("trace", [False, True])
+def test_a_quiet_command_is_not_polled_in_a_busy_loop(trace: bool) -> None:
+    """While the command prints nothing, the runner sleeps between quiet checks: one idle call
+    per 30 ms quiet spell at most (a busy loop made thousands in 0.6 s). A slow machine only
+    makes fewer."""
+    result, rec = run(["sleep", "0.6"], trace=trace)
+    assert result.exit_status == 0
+    assert 1 <= rec.idle <= 0.6 / 0.03 * 3

@@ -9,9 +9,12 @@ import subprocess
 from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.mask.helpers import make, rand
 
 from airlock.mask import replacement
+from airlock.mask._compile import _LONE_CR
 
 # A secret with every character class JSON and URL encoders treat specially.
 SECRET = 'k"' + rand(6) + "\\/ é\x01<&>+" + rand(6)
@@ -145,3 +148,11 @@ def test_binary_output_is_masked_losslessly(engine: str) -> None:
     noise = bytes(range(256)) * 4
     out = masker.mask_bytes(noise + value + noise)
     assert out == noise + b"[MASKED:env:BIN]" + noise
+
+
+@settings(max_examples=300, deadline=None)
+@given(buf=st.binary(max_size=40).map(lambda b: bytes(b"\r\na"[x % 3] for x in b)))
+def test_a_lone_cr_is_found_as_counting_crs_and_crlfs_would(buf: bytes) -> None:
+    """The quick check for pty text (CR only inside CRLF: the canonical matcher can skip it)."""
+    by_count = b"\r" in buf and buf.count(b"\r") != buf.count(b"\r\n")
+    assert (_LONE_CR.search(buf) is not None) == by_count

@@ -237,7 +237,9 @@ class ExecTraceParser:
             self._pending_call[pid] = rest[: -len(_UNFINISHED)]
             return
         call = _CALL.match(rest)
-        result = _RESULT.search(rest)
+        # From the last quote on: the result holds none, and searching a quoted argument made
+        # of `) = 1 ` repeated tried each candidate up to the quote (seconds for one line).
+        result = _RESULT.search(rest, rest.rfind('"') + 1)
         if call is None or result is None:
             self.unparsed_lines += 1
             return

@@ -230,7 +230,10 @@ class ProcessRunner:
             quiet = self._idle if deadline is None else min(self._idle, 0.05)
             ready = sel.select(self._wait(quiet, quiet_since))
             now = time.monotonic()
-            if (not ready and now - quiet_since >= quiet) or now - last_release > _MAX_HOLD:
+            if not ready and now - quiet_since >= quiet:
+                self._on_idle()
+                last_release = quiet_since = now  # the next quiet spell starts now
+            elif now - last_release > _MAX_HOLD:
                 self._on_idle()
                 last_release = now
             for key, _ in ready:
