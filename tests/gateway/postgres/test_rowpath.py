@@ -204,3 +204,15 @@ def test_value_lengths_at_their_limits_give_equal_results(
             index,
             b"\0\0\0\x01*",
         )
+
+
+def test_a_length_past_the_buffer_in_a_multi_column_mask_is_a_protocol_error() -> None:
+    """Two masked columns take the per-row Python loop of results.py: a value length that
+    points past the end of what was read is refused as a protocol error, not a struct.error."""
+    from airlock.gateway.postgres.results import _mask_columns
+
+    row = b"D" + struct.pack("!iH", 4 + 2 + 4 + 2 + 4, 3) + struct.pack("!i", 2) + b"ok"
+    row += struct.pack("!i", 1 << 20)  # column 1 says a MiB follows; the buffer ends here
+    frames = [(ord("D"), 0, len(row))]
+    with pytest.raises(ProtocolError):
+        _mask_columns(row, frames, (None, b"masked", b"masked"))
