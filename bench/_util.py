@@ -144,8 +144,12 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"bench: nothing listens on {port}")
 
 
-def serve_until_killed(start: Callable[[], Awaitable[Any]]) -> None:
-    """Run a gateway role process: ``await start()``, say "ready", serve until killed, close."""
+def serve_until_killed(
+    start: Callable[[], Awaitable[Any]],
+    new_loop: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
+    """Run a gateway role process: ``await start()``, say "ready", serve until killed, close
+    (in ``new_loop()``'s event loop when given)."""
 
     async def main() -> None:
         gateway = await start()
@@ -155,7 +159,10 @@ def serve_until_killed(start: Callable[[], Awaitable[Any]]) -> None:
         finally:
             await gateway.close()
 
-    asyncio.run(main())
+    if new_loop is None:
+        asyncio.run(main())
+    else:
+        new_loop().run_until_complete(main())
 
 
 def pg_gateway_config(port: int, mask_columns: list[str]) -> Any:

@@ -1,22 +1,25 @@
-"""The egress proxy's cost: a 200 MB HTTPS download and 1,000 short HTTPS connections, through
-the proxy vs direct, in the same run.
+"""The egress proxy's cost: a 200 MB HTTPS download and 1,000 short HTTPS connections, direct,
+through the proxy as it was (``--before``, a git ref, default ``main``) and as it is, in one run.
 
-Three processes: a local HTTPS server (Python's http.server + TLS, a test CA), the client (curl
-for the download; a small Python loop for the short connections), and this process, which runs
-the egress proxy in a thread as `airlock run` does. Direct and proxied runs alternate (in
-turns); the best of ``--rounds`` counts. Prints MB/s and the ratio proxied/direct (target >= 0.8x), and the
-milliseconds the proxy adds to each new connection (target <= 1 ms): wall clock, with direct
-and proxied connections alternating one by one, and the proxy's own CPU time per connection,
-which a loaded machine does not inflate.
+Processes: a local HTTPS server (Python's http.server + TLS, a test CA), the clients (curl for
+the download; a small Python loop for the short connections), and two egress proxies, each in a
+process of its own (``before`` runs the sources of ``--before``, ``after`` this tree's), so their
+CPU time (user+sys from /proc/<pid>/stat) is theirs alone. Modes take turns: downloads rotate
+direct/before/after each round; short connections rotate one by one. Prints MB/s and the ratio
+to direct (target >= 0.8x), ms added per connection (target <= 1 ms), and each proxy's CPU per
+GB and per connection, which a loaded machine inflates far less than wall time.
 
     .venv/bin/python bench/egress_proxy.py [--size-mb 200] [--connections 1000] [--rounds 3]
+        [--before main]
 """
 
 from __future__ import annotations
 
 import argparse
 import http.server
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,23 +28,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "core"))
 
-from airlock.egress import start_egress_proxy  # noqa: E402
-from airlock.policy import parse_policy  # noqa: E402
 from tests.support.tls_ca import LocalCA  # noqa: E402
 
 _NAME = "bench.test"
 
 _CLIENT = r"""
-import socket, ssl, statistics, sys, time
-host, port, proxy_port, count, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+import json, socket, ssl, sys, time
+host, port, count, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+proxies = [int(p) for p in sys.argv[5:]]  # 0: direct
 context = ssl.create_default_context(cafile=cafile)
 request = f"GET /small HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
 
-def one(via_proxy):
+def one(proxy_port):
     start = time.perf_counter()
-    if via_proxy:
+    if proxy_port:
         sock = socket.create_connection(("127.0.0.1", proxy_port))
         sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\n\r\n".encode())
         answer = b""
@@ -59,14 +60,37 @@ def one(via_proxy):
         assert body.endswith(b"ok\n"), body[-40:]
     return time.perf_counter() - start
 
-direct, proxied = [], []
-for i in range(count):  # in turns, one connection each, so load drift hits both alike
-    first = i % 2 == 0
-    a = one(not first)
-    b = one(first)
-    (proxied if first else direct).append(b)
-    (direct if first else proxied).append(a)
-print(sum(direct), sum(proxied), statistics.median(direct), statistics.median(proxied))
+times = {p: [] for p in proxies}
+for i in range(count):  # in turns, one connection each, so load drift hits all alike
+    for k in range(len(proxies)):
+        p = proxies[(i + k) % len(proxies)]
+        times[p].append(one(p))
+print(json.dumps([times[p] for p in proxies]))
+"""
+
+_PROXY = """
+import sys
+from pathlib import Path
+core, server_port, port_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, core)
+from airlock.egress import start_egress_proxy
+from airlock.policy import parse_policy
+
+async def resolve(host, port):
+    return ["127.0.0.1"]
+
+policy = parse_policy(
+    f"network: {{allow: [{{id: bench, host: bench.test, ports: [{server_port}], "
+    "local_addresses: true}]}"
+)
+events = []
+proxy = start_egress_proxy(
+    policy.network, record=lambda kind, data: events.append(kind), approve=None, resolve=resolve
+)
+Path(port_file).write_text(str(proxy.port))
+sys.stdin.read()  # until the bench closes our stdin
+proxy.close()
+print(events.count("net.connect"))
 """
 
 
@@ -107,10 +131,6 @@ def _serve(port_file: str, cert: str, key: str, big: str) -> None:
     server.serve_forever()
 
 
-async def _resolve(host: str, port: int) -> list[str]:
-    return ["127.0.0.1"]
-
-
 def _download(port: int, ca: Path, proxy: str | None) -> float:
     argv = ["curl", "-sS", "-o", os.devnull, "--cacert", str(ca)]
     if proxy:
@@ -124,14 +144,53 @@ def _download(port: int, ca: Path, proxy: str | None) -> float:
     return time.perf_counter() - start
 
 
-def _connections(port: int, ca: Path, proxy_port: int, count: int) -> list[float]:
-    done = subprocess.run(
-        [sys.executable, "-c", _CLIENT, _NAME, str(port), str(proxy_port), str(count), str(ca)],
-        check=True,
-        capture_output=True,
-        text=True,
+def _connections(port: int, ca: Path, proxies: list[int], count: int) -> list[list[float]]:
+    argv = [sys.executable, "-c", _CLIENT, _NAME, str(port), str(count), str(ca)]
+    done = subprocess.run([*argv, *map(str, proxies)], check=True, capture_output=True, text=True)
+    result: list[list[float]] = json.loads(done.stdout)
+    return result
+
+
+class _Proxy:
+    """One egress proxy in a process of its own, running the sources under ``core``."""
+
+    def __init__(self, core: Path, server_port: int, work: Path, name: str) -> None:
+        port_file = work / f"{name}.port"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _PROXY, str(core), str(server_port), str(port_file)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        """User + system seconds the proxy process has used so far."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) seconds the proxy process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+    def close(self) -> int:
+        out, _ = self.process.communicate("", timeout=60)
+        return int(out.strip() or 0)
+
+
+def _before_sources(ref: str, work: Path) -> Path:
+    """The ``core`` directory of git ref ``ref``, unpacked under ``work``."""
+    target = work / "before"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "core"], check=True, capture_output=True
     )
-    return [float(x) for x in done.stdout.split()]
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "core"
 
 
 def main() -> None:
@@ -139,6 +198,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", default="main", help="git ref of the proxy to compare with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -157,55 +217,63 @@ def main() -> None:
             while not port_file.exists() or not port_file.read_text():
                 time.sleep(0.05)
             port = int(port_file.read_text())
-            _measure(args, port, ca.path)
+            cores = {"before": _before_sources(args.before, work), "after": ROOT / "core"}
+            proxies = {name: _Proxy(core, port, work, name) for name, core in cores.items()}
+            try:
+                _measure(args, port, ca.path, proxies)
+            finally:
+                counts = {name: proxy.close() for name, proxy in proxies.items()}
+            print(f"net.connect events recorded: {counts}")
         finally:
             server.terminate()
             server.wait()
 
 
-def _measure(args: argparse.Namespace, port: int, ca: Path) -> None:
-    policy = parse_policy(
-        f"network: {{allow: [{{id: bench, host: {_NAME}, ports: [{port}], local_addresses: true}}]}}"
-    )
-    assert policy.network is not None
-    events: list[str] = []
-    proxy = start_egress_proxy(
-        policy.network,
-        record=lambda kind, data: events.append(kind),
-        approve=None,
-        resolve=_resolve,
-    )
-    try:
-        rounds, relay_cpu = [], 0.0
-        for _ in range(args.rounds):
-            plain = _download(port, ca, None)
-            cpu = time.process_time()  # this process only runs the proxy meanwhile
-            rounds.append((plain, _download(port, ca, proxy.url)))
-            relay_cpu += time.process_time() - cpu
-        direct, proxied = min(r[0] for r in rounds), min(r[1] for r in rounds)
-        size = args.size_mb * (1 << 20)
-        print(f"download {args.size_mb} MiB over HTTPS (best of {args.rounds})")
-        print(f"  direct (baseline)   {direct:7.3f} s  {size / direct / 1e6:8.1f} MB/s")
-        print(f"  through the proxy   {proxied:7.3f} s  {size / proxied / 1e6:8.1f} MB/s")
-        print(f"  ratio               {direct / proxied:7.2f}x of direct (target >= 0.8x)")
-        gb = size * args.rounds / 1e9
-        print(f"  proxy CPU           {relay_cpu / gb:7.2f} s per GB relayed (whatever the load)")
-        n = args.connections
-        cpu = time.process_time()  # this process only runs the proxy meanwhile
-        runs = [_connections(port, ca, proxy.port, n) for _ in range(args.rounds)]
-        cpu_each = (time.process_time() - cpu) / (n * args.rounds)
-        total_d, total_p, med_d, med_p = min(runs, key=lambda r: r[0] + r[1])
-        print(f"{n} short HTTPS connections each way, alternating (best of {args.rounds})")
-        print(f"  direct (baseline)   {total_d:7.3f} s  median {med_d * 1000:6.2f} ms each")
-        print(f"  through the proxy   {total_p:7.3f} s  median {med_p * 1000:6.2f} ms each")
-        print(
-            f"  added               {(total_p - total_d) / n * 1000:7.2f} ms per connection "
-            f"(mean), {(med_p - med_d) * 1000:.2f} ms (median) (target <= 1 ms)"
-        )
-        print(f"  proxy CPU           {cpu_each * 1000:7.2f} ms per connection (whatever the load)")
-    finally:
-        proxy.close()
-    print(f"net.connect events recorded: {events.count('net.connect')}")
+def _measure(args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _Proxy]) -> None:
+    print(f"load average {os.getloadavg()[0]:.1f}; before = {args.before}")
+    modes: list[str] = ["direct", *proxies]
+    walls: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu = dict.fromkeys(proxies, 0.0)
+    for turn in range(args.rounds):
+        for k in range(len(modes)):
+            mode = modes[(turn + k) % len(modes)]
+            proxy = proxies.get(mode)
+            start_cpu = proxy.cpu() if proxy else 0.0
+            walls[mode].append(_download(port, ca, proxy.url if proxy else None))
+            if proxy:
+                cpu[mode] += proxy.cpu() - start_cpu
+    size = args.size_mb * (1 << 20)
+    gb = size * args.rounds / 1e9
+    direct = statistics.median(walls["direct"])
+    print(f"download {args.size_mb} MiB over HTTPS, median of {args.rounds} (in turns)")
+    for mode in modes:
+        wall = statistics.median(walls[mode])
+        line = f"  {mode:8} {wall:7.3f} s {size / wall / 1e6:8.1f} MB/s"
+        if mode in proxies:
+            line += f"  {direct / wall:5.2f}x of direct (target >= 0.8x)"
+            line += f"  proxy CPU {cpu[mode] / gb:5.2f} s/GB"
+        print(line)
+    n = args.connections
+    ports = [0, *(p.port for p in proxies.values())]
+    start = {name: p.cpu_split() for name, p in proxies.items()}
+    runs = [_connections(port, ca, ports, n) for _ in range(args.rounds)]
+    split = {
+        name: tuple(b - a for a, b in zip(start[name], p.cpu_split(), strict=True))
+        for name, p in proxies.items()
+    }
+    times = {mode: [t for run in runs for t in run[i]] for i, mode in enumerate(modes)}
+    med = {mode: statistics.median(t) for mode, t in times.items()}
+    mean = {mode: statistics.fmean(t) for mode, t in times.items()}
+    print(f"{n} short HTTPS connections per mode x {args.rounds}, rotating one by one")
+    for mode in modes:
+        line = f"  {mode:8} median {med[mode] * 1000:6.2f} ms  mean {mean[mode] * 1000:6.2f} ms"
+        if mode in proxies:
+            line += f"  added: median {(med[mode] - med['direct']) * 1000:5.2f} ms"
+            line += f", mean {(mean[mode] - mean['direct']) * 1000:5.2f} ms (target <= 1 ms)"
+            user, system = (t / (n * args.rounds) * 1000 for t in split[mode])
+            line += f"  proxy CPU {user + system:5.2f} ms/conn"
+            line += f" ({user:.2f} user + {system:.2f} sys)"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ Same run, same machine: a small JSON upstream under uvicorn (its own process), t
 gateway in front of it (its own process: ticket check, held bearer credential, recording every
 request and response to a real session log with masking and a 64 KiB body cap), and a Python
 load client (httpx.AsyncClient, bounded concurrency) in this process. Each target is measured in
-turns (direct, gateway, direct, gateway, ...) and the best round counts. Prints req/s, p50 and
-p99 for both and the ratio gateway/direct (the baseline).
+turns (direct, bare, gateway, direct, ...) and the median round counts. Prints req/s, p50, p99
+and the CPU per request of each server process (from /proc schedstat, far less sensitive to a
+busy machine than wall time) for every target, and the ratio gateway/direct (the baseline).
 
-    .venv/bin/python bench/http_gateway.py [--quick] [--concurrency 16] [--seconds 8]
+    .venv/bin/python bench/http_gateway.py [--quick] [--concurrency 16] [--seconds 8] [--raw-client]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from _util import free_port, serve_until_killed, wait_port
@@ -65,6 +67,7 @@ def _run_upstream(port: int) -> None:
 def _run_gateway(port: int, upstream: str, sessions: str) -> None:
     from airlock.audit import SessionWriter
     from airlock.gateway.http import serve_http
+    from airlock.gateway.serving import new_event_loop
     from airlock.gateway.tickets import Ticket
     from airlock.mask import Masker, MaskSettings
     from airlock.policy.gateways import HttpGatewayConfig
@@ -91,7 +94,8 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
             approve=None,
             ticket=ticket,
             environ={"BENCH_TOKEN": _TOKEN},
-        )
+        ),
+        new_loop=new_event_loop,  # the loop `airlock run` gives the gateway
     )
 
 
@@ -148,6 +152,45 @@ async def _load(
     return len(latencies) / elapsed, latencies, errors
 
 
+async def _load_raw(
+    url: str, seconds: float, concurrency: int, headers: dict[str, str]
+) -> tuple[float, list[float], int]:
+    """The same load from a minimal keep-alive client (asyncio streams, one request line and a
+    Content-Length read): the client's own cost barely counts, so the ratio is the servers'."""
+    _, _, rest = url.partition("://")
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    lines = [f"GET /{path} HTTP/1.1", f"Host: {hostport}"] + [
+        f"{k}: {v}" for k, v in headers.items()
+    ]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+        writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies) / (time.perf_counter() - began), latencies, errors
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -157,10 +200,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 3 s")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--raw-client",
+        action="store_true",
+        help="load with a minimal keep-alive client instead of httpx (the servers' cost alone)",
+    )
     parser.add_argument("--role", choices=["upstream", "gateway", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -175,13 +223,22 @@ def main() -> None:
     if args.role == "bare":
         _run_bare(args.port, args.upstream)
         return
-    seconds, rounds = (3.0, 2) if args.quick else (args.seconds, args.rounds)
-    _bench(seconds, rounds, args.concurrency)
+    seconds, rounds = (2.0, 3) if args.quick else (args.seconds, args.rounds)
+    _bench(seconds, rounds, args.concurrency, _load_raw if args.raw_client else _load)
 
 
-def _bench(seconds: float, rounds: int, concurrency: int) -> None:
+Result = tuple[float, list[float], int, dict[str, float]]  # req/s, latencies, errors, CPU ms/req
+
+
+Load = Callable[
+    [str, float, int, dict[str, str]], Coroutine[Any, Any, tuple[float, list[float], int]]
+]
+
+
+def _bench(seconds: float, rounds: int, concurrency: int, load: Load) -> None:
     up_port, gw_port, bare_port = free_port(), free_port(), free_port()
     me = [sys.executable, __file__]
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as sessions:
         upstream = subprocess.Popen([*me, "--role", "upstream", "--port", str(up_port)])
         bare = subprocess.Popen(
@@ -189,90 +246,113 @@ def _bench(seconds: float, rounds: int, concurrency: int) -> None:
              f"http://127.0.0.1:{up_port}"]
         )  # fmt: skip
         gateway = subprocess.Popen(
-            [
-                *me,
-                "--role",
-                "gateway",
-                "--port",
-                str(gw_port),
-                "--upstream",
-                f"http://127.0.0.1:{up_port}",
-                "--sessions",
-                sessions,
-            ],
+            [*me, "--role", "gateway", "--port", str(gw_port), "--upstream",
+             f"http://127.0.0.1:{up_port}", "--sessions", sessions],
             stdout=subprocess.PIPE,
             text=True,
-        )
+        )  # fmt: skip
         try:
             wait_port(up_port)
             wait_port(bare_port)
             assert gateway.stdout is not None
             if gateway.stdout.readline().strip() != "ready":
                 raise SystemExit("bench: the gateway did not start")
-            cpu_before = _cpu_seconds(gateway.pid)
-            results = _measure(up_port, gw_port, bare_port, seconds, rounds, concurrency)
-            cpu = _cpu_seconds(gateway.pid) - cpu_before
+            pids = {"upstream": upstream.pid, "bare": bare.pid, "gateway": gateway.pid}
+            results = _measure(
+                up_port, gw_port, bare_port, seconds, rounds, concurrency, pids, load
+            )
             log = next(Path(sessions).rglob("events.jsonl"))
             events = sum(1 for _ in log.open("rb"))
         finally:
             for proc in (gateway, bare, upstream):
                 proc.terminate()
                 proc.wait(10)
-    _report(results, seconds, rounds, concurrency, events)
-    # each request through the gateway writes http.request and http.response
-    print(f"gateway CPU per request: {cpu / max(1, events // 2) * 1000:.3f} ms (user+system)")
+    _report(results, seconds, rounds, concurrency, events, load_before, os.getloadavg())
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc): less sensitive to a busy machine
-    than wall time."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process, all its threads (Linux schedstat: nanoseconds actually run, far
+    less sensitive to a busy machine than wall time, and exact where utime/stime are sampled
+    at each clock tick)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def _measure(
-    up_port: int, gw_port: int, bare_port: int, seconds: float, rounds: int, concurrency: int
-) -> dict[str, tuple[float, list[float], int]]:
+    up_port: int,
+    gw_port: int,
+    bare_port: int,
+    seconds: float,
+    rounds: int,
+    concurrency: int,
+    pids: dict[str, int],
+    load: Load,
+) -> dict[str, list[Result]]:
+    """Each target in turn (direct, bare, gateway, direct, ...); per round: req/s, latencies,
+    errors, and the CPU per request of every server process on the path."""
     targets = {
-        "direct": (f"http://127.0.0.1:{up_port}/items", {}),
-        "bare": (f"http://127.0.0.1:{bare_port}/items", {}),
-        "gateway": (f"http://127.0.0.1:{gw_port}/items", {"Authorization": f"Bearer {_TICKET}"}),
+        "direct": (f"http://127.0.0.1:{up_port}/items", {}, ("upstream",)),
+        "bare": (f"http://127.0.0.1:{bare_port}/items", {}, ("bare", "upstream")),
+        "gateway": (
+            f"http://127.0.0.1:{gw_port}/items",
+            {"Authorization": f"Bearer {_TICKET}"},
+            ("gateway", "upstream"),
+        ),
     }
-    best: dict[str, tuple[float, list[float], int]] = {}
-    for url, headers in targets.values():  # warm-up
-        asyncio.run(_load(url, 1.0, concurrency, headers))
+    for url, headers, _ in targets.values():  # warm-up
+        asyncio.run(load(url, 1.0, concurrency, headers))
+    rows: dict[str, list[Result]] = {name: [] for name in targets}
     for _ in range(rounds):
-        for name, (url, headers) in targets.items():
-            result = asyncio.run(_load(url, seconds, concurrency, headers))
-            if name not in best or result[0] > best[name][0]:
-                best[name] = result
-    return best
+        for name, (url, headers, path) in targets.items():
+            before = {p: _cpu_seconds(pids[p]) for p in path}
+            rps, latencies, errors = asyncio.run(load(url, seconds, concurrency, headers))
+            count = max(1, len(latencies))
+            cpu = {p: (_cpu_seconds(pids[p]) - before[p]) / count * 1000 for p in path}
+            rows[name].append((rps, latencies, errors, cpu))
+    return rows
 
 
 def _report(
-    results: dict[str, tuple[float, list[float], int]],
+    rows: dict[str, list[Result]],
     seconds: float,
     rounds: int,
     concurrency: int,
     events: int,
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
 ) -> None:
+    med = statistics.median
     print(
         f"HTTP gateway benchmark: GET of a {len(_BODY)}-byte JSON body, concurrency {concurrency}, "
-        f"best of {rounds} rounds of {seconds:.0f} s, {os.cpu_count()} CPUs"
+        f"median of {rounds} interleaved rounds of {seconds:.0f} s, {os.cpu_count()} CPUs, "
+        f"load avg {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
-    print(f"{'target':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-    for name, (rps, lat, errors) in results.items():
-        print(f"{name:<10}{rps:>10.0f}{_pct(lat, 0.5):>10.2f}{_pct(lat, 0.99):>10.2f}{errors:>8}")
-    direct, gateway = results["direct"], results["gateway"]
-    print(f"ratio gateway/direct (req/s): {gateway[0] / direct[0]:.2f}x")
-    bare = results["bare"]
+    print(f"{'target':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}  CPU ms/request")
+    rps = {name: med(r[0] for r in rs) for name, rs in rows.items()}
+    for name, rs in rows.items():
+        p50 = med(_pct(r[1], 0.5) for r in rs)
+        p99 = med(_pct(r[1], 0.99) for r in rs)
+        cpu = {p: med(r[3][p] for r in rs) for p in rs[0][3]}
+        shown = ", ".join(f"{p} {v:.3f}" for p, v in cpu.items())
+        print(
+            f"{name:<10}{rps[name]:>10.0f}{p50:>10.2f}{p99:>10.2f}{sum(r[2] for r in rs):>8}  {shown}"
+        )
+    print(f"ratio gateway/direct (median req/s): {rps['gateway'] / rps['direct']:.2f}x")
     print(
-        f"ratio bare proxy/direct: {bare[0] / direct[0]:.2f}x; gateway/bare proxy: "
-        f"{gateway[0] / bare[0]:.2f}x (the floor of a uvicorn + httpx hop, same run)"
+        f"ratio bare proxy/direct: {rps['bare'] / rps['direct']:.2f}x; gateway/bare proxy: "
+        f"{rps['gateway'] / rps['bare']:.2f}x (the floor of a uvicorn + httpx hop, same run)"
     )
+    gw_cpu = med(r[3]["gateway"] for r in rows["gateway"])
+    up_cpu = med(r[3]["upstream"] for r in rows["direct"])
     print(
-        f"added p50 latency: {_pct(gateway[1], 0.5) - _pct(direct[1], 0.5):.2f} ms "
-        f"(median of all requests {statistics.median(gateway[1]) * 1000:.2f} ms)"
+        f"server CPU per request: direct {up_cpu:.3f} ms (upstream), through the gateway "
+        f"{gw_cpu + med(r[3]['upstream'] for r in rows['gateway']):.3f} ms "
+        f"(gateway {gw_cpu:.3f} ms + upstream)"
     )
     print(f"session log lines written by the gateway: {events}")
 

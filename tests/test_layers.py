@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "core" / "airlock"
@@ -21,8 +22,8 @@ LAYERS = {
     "sandbox": 1,
     "gate": 1,
     "brokerclient": 1,
+    "ci": 1,  # CI platform facts (identity, environment, runner files): errors/events/policy
     "jobs": 2,
-    "ci": 3,
     "broker": 3,
     "_commands": 3,
     "_cli": 3,
@@ -80,13 +81,47 @@ def test_library_code_never_reenters_the_cli() -> None:
     assert reentries == []
 
 
+_CLI_MODULE = re.compile(r"\bairlock\._(cli|commands)\b")
+
+
 def _lazy_imports(path: Path) -> set[str]:
-    """Modules named in strings, as `python -m airlock._cli` argv or importlib calls would."""
+    """Modules named in strings, as `python -m airlock._cli` argv or importlib calls would:
+    any string but a docstring that names the CLI's modules, alone or within a command line."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     return {
         node.value
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
-        and node.value.startswith(("airlock._cli", "airlock._commands"))
+        and id(node) not in docstrings
+        and _CLI_MODULE.search(node.value)
     }
+
+
+def test_the_reentry_check_sees_argv_strings(tmp_path: Path) -> None:
+    """The check above finds a spawned CLI, whole or split, and leaves docstrings alone."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        '"""Unlike airlock._cli, this module..."""\n'
+        'A = [sys.executable, "-m", "airlock._cli", "run"]\n'
+        'B = "python -m airlock._commands.ci follow"\n'
+    )
+    assert _lazy_imports(sample) == {"airlock._cli", "python -m airlock._commands.ci follow"}
+
+
+def test_the_ci_entry_points_do_not_reenter_the_cli() -> None:
+    """`airlock ci session start` spawns the jobs recorder, not `python -m airlock._cli run`;
+    the action's steps call jobs (run, credentials), not the CLI in-process."""
+    for name in ("bracket.py", "action.py"):
+        path = PACKAGE / "_commands" / "ci" / name
+        assert _lazy_imports(path) == set(), name
+        assert not {m for m in _imports(path) if m.startswith("airlock._cli")}, name
+        assert "airlock._cli" not in path.read_text(encoding="utf-8"), name

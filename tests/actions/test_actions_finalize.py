@@ -1,5 +1,6 @@
-"""`airlock ci finalize | outputs | action | session | follow` as real processes, with the
-runner's files parsed back: every duty done even when another failed, fail modes, brackets."""
+"""`airlock ci finalize | outputs | action | session` and the bracket's recorder and follow loop
+(`python -m airlock.jobs.recorder | follow`) as real processes, with the runner's files parsed
+back: every duty done even when another failed, fail modes, brackets."""
 
 from __future__ import annotations
 
@@ -304,7 +305,7 @@ def test_follow_stops_on_a_truncated_journal(runner: Runner, tmp_path: Path) -> 
     journal, stop = tmp_path / "journal", tmp_path / "stop"
     journal.write_text("one line\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "airlock._commands.ci", "follow", str(journal), "--stop", str(stop)],
+        [sys.executable, "-m", "airlock.jobs.follow", str(journal), "--stop", str(stop)],
         env={**os.environ, "PYTHONPATH": str(REPO / "core")},
         stdout=subprocess.PIPE,
         text=True,

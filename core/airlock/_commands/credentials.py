@@ -4,9 +4,9 @@ short-lived credentials and export them for the CI platform; ``--revoke`` ends t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,6 @@ def _run(args: argparse.Namespace) -> int:
         default_state_dir,
         forget_job_state,
         load_job_state,
-        save_job_state,
     )
 
     state_dir: Path = args.state_dir or default_state_dir()
@@ -133,29 +132,24 @@ def _run(args: argparse.Namespace) -> int:
             "--broker and --audience are required",
             hint="or set AIRLOCK_BROKER_URL and AIRLOCK_AUDIENCE",
         )
-    from airlock.oidc import acquire_token
+    from airlock.jobs.credentials import issue_credentials
 
-    token = acquire_token(args.audience, gitlab_variable=args.id_token_variable)
-    client = BrokerClient(args.broker)
-    try:
-        state = client.exchange(token, args.grant)
-        for name in args.gateway:
-            ticket = client.gateway_ticket(state.job_token, name)
-            prefix = name.upper().replace("-", "_")
-            lease = {
-                "lease_id": str(ticket.get("lease_id", f"ticket-{name}")),
-                "grant": f"gateway:{name}",
-                "expires_at": ticket["expires_at"],
-                "values": {f"{prefix}_TICKET": ticket["ticket"]},
-            }
-            state = dataclasses.replace(state, leases=(*state.leases, lease))
-    finally:
-        client.close()
-    save_job_state(state, state_dir)
+    state = issue_credentials(
+        args.broker,
+        args.audience,
+        args.grant,
+        state_dir=state_dir,
+        gateways=args.gateway,
+        id_token_variable=args.id_token_variable,
+    )
     _export("none" if args.hold else args.export, state.values(), args.out)
-    grants = ", ".join(lease["grant"] for lease in state.leases) or "none"
-    print(f"airlock: issued {grants} under rule {state.rule_id}", file=sys.stderr)
+    say_issued(state.leases, state.rule_id)
     return 0
+
+
+def say_issued(leases: Sequence[Mapping[str, Any]], rule_id: str) -> None:
+    grants = ", ".join(str(lease["grant"]) for lease in leases) or "none"
+    print(f"airlock: issued {grants} under rule {rule_id}", file=sys.stderr)
 
 
 def _export(mode: str, values: dict[str, str], out: Path | None) -> None:
@@ -164,7 +158,7 @@ def _export(mode: str, values: dict[str, str], out: Path | None) -> None:
     if mode == "auto":
         mode = _platform_export()
     if mode == "github":
-        _export_github(values)
+        export_github(values)
     elif mode == "gitlab":
         # Not a dotenv report: that is a downloadable artifact whose variables flow, unmasked,
         # into later jobs. A 0600 script outside the project, sourced in this job, is not.
@@ -190,7 +184,7 @@ def _platform_export() -> str:
     return "none"
 
 
-def _export_github(values: dict[str, str]) -> None:
+def export_github(values: dict[str, str]) -> None:
     from airlock.ci.github import mask_commands, set_env
 
     # Mask every value, line by line, before it is written anywhere the runner reads.

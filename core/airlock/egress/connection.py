@@ -34,6 +34,7 @@ from airlock.egress.protocol import (
     ResponseHead,
     forward_head,
 )
+from airlock.egress.relay import relay
 from airlock.egress.tls import ClientHelloReader
 from airlock.events import EventType
 from airlock.gate.interface import Approve, Operation, Record
@@ -291,7 +292,7 @@ async def _tunnel(
     hello_bytes = await _read_hello(head, reader, rest, attempt)
     upstream.write(hello_bytes)
     attempt.up += len(hello_bytes)
-    await _relay(reader, writer, up_reader, upstream, attempt)
+    await relay(reader, writer, up_reader, upstream, attempt)
 
 
 async def _read_hello(
@@ -316,105 +317,6 @@ async def _read_hello(
     if hello.sni is not None and hello.sni != expected:
         raise _Refused(0, "airlock.sni", f"SNI {hello.sni} differs from the CONNECT host")
     return bytes(seen)
-
-
-async def _relay(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    upstream: asyncio.StreamWriter,
-    attempt: _Attempt,
-) -> None:
-    """Splice the two transports with protocols (no stream buffers in between) until the
-    upstream side ends; a client's EOF is passed on as a half-close."""
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    client_t, upstream_t = writer.transport, upstream.transport
-    to_upstream = _Pipe(upstream_t, attempt, "up", done, half_close=True)
-    to_client = _Pipe(client_t, attempt, "down", done, half_close=False)
-    for stream, transport, pipe in (
-        (reader, client_t, to_upstream),
-        (up_reader, upstream_t, to_client),
-    ):
-        buffered = _take_buffer(stream)
-        transport.set_protocol(pipe)
-        if buffered:
-            pipe.forward(buffered)
-        if stream.at_eof():
-            pipe.eof_received()
-        elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
-            transport.resume_reading()
-    await done
-
-
-def _take_buffer(stream: asyncio.StreamReader) -> bytes:
-    buffer = getattr(stream, "_buffer", None)  # asyncio keeps what it read ahead here
-    if not isinstance(buffer, bytearray) or not buffer:
-        return b""
-    data = bytes(buffer)
-    buffer.clear()
-    return data
-
-
-class _Pipe(asyncio.BufferedProtocol):
-    """Bytes read from one transport are written to ``peer``; when ``peer``'s buffer fills up,
-    reading from this side pauses (the peer's protocol is the other pipe, which asks us).
-
-    Reads land in one preallocated buffer per direction (no new object per read); the peer's
-    ``write`` sends at once or copies what it could not send, so the buffer is free again."""
-
-    def __init__(
-        self,
-        peer: asyncio.BaseTransport,
-        attempt: _Attempt,
-        direction: str,
-        done: asyncio.Future[None],
-        *,
-        half_close: bool,
-    ) -> None:
-        assert isinstance(peer, asyncio.WriteTransport)
-        self.peer = peer
-        self.attempt = attempt
-        self.direction = direction
-        self.done = done
-        self.half_close = half_close
-        self.buffer = memoryview(bytearray(_CHUNK))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.forward(self.buffer[:nbytes])
-
-    def forward(self, data: bytes | memoryview) -> None:
-        if self.direction == "up":
-            self.attempt.up += len(data)
-        else:
-            self.attempt.down += len(data)
-        self.peer.write(data)
-
-    def eof_received(self) -> bool:
-        if self.half_close and self.peer.can_write_eof():
-            self.peer.write_eof()
-            return True
-        self._finish()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish()
-
-    def pause_writing(self) -> None:  # our transport's buffer is full: stop feeding it
-        other = self.peer
-        if isinstance(other, asyncio.ReadTransport):
-            other.pause_reading()
-
-    def resume_writing(self) -> None:
-        other = self.peer
-        if isinstance(other, asyncio.ReadTransport) and not other.is_closing():
-            other.resume_reading()
-
-    def _finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
 
 
 async def _forward(

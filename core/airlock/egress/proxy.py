@@ -5,7 +5,10 @@
     proxy.close()             # stop; open tunnels are closed and their net.connect recorded
 
 ``resolve`` replaces DNS (tests map names to 127.0.0.1 with it); by default the proxy asks the
-system resolver, for names a rule allows only.
+system resolver, for names a rule allows only. Answers are kept for ``RESOLVE_TTL`` seconds
+(the system resolver does not say a record's TTL), per proxy, so one session's burst of
+connections to a host costs one lookup; failures are not kept. Each connection still checks
+the answer (local addresses), so a kept answer is judged exactly as a fresh one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from airlock.egress.connection import Context, Resolve, handle_connection
@@ -20,9 +25,10 @@ from airlock.errors import InfrastructureUnavailable
 from airlock.gate.interface import Approve, Record
 from airlock.policy.network import EgressRules, NetworkPolicy
 
-__all__ = ["EgressProxy", "EgressProxyError", "start_egress_proxy"]
+__all__ = ["RESOLVE_TTL", "CachedResolve", "EgressProxy", "EgressProxyError", "start_egress_proxy"]
 
 _START_TIMEOUT = 10.0
+RESOLVE_TTL = 30.0
 
 
 class EgressProxyError(InfrastructureUnavailable):
@@ -39,6 +45,29 @@ async def _system_resolve(host: str, port: int) -> list[str]:
         if address not in seen:
             seen.append(address)
     return seen
+
+
+class CachedResolve:
+    """``resolve`` with its answers kept ``ttl`` seconds, per (host, port); errors not kept.
+    Used from the proxy's one event loop thread only."""
+
+    def __init__(
+        self, resolve: Resolve, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._resolve, self._ttl, self._clock = resolve, ttl, clock
+        self._kept: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        now = self._clock()
+        kept = self._kept.get((host, port))
+        if kept is not None and kept[0] > now:
+            return list(kept[1])
+        found = await self._resolve(host, port)
+        if found:
+            if len(self._kept) >= 4096:  # a bound, not a policy: start over
+                self._kept.clear()
+            self._kept[(host, port)] = (now + self._ttl, list(found))
+        return found
 
 
 class EgressProxy:
@@ -90,10 +119,15 @@ def start_egress_proxy(
     approve: Approve | None,
     listen: tuple[str, int] = ("127.0.0.1", 0),
     resolve: Resolve | None = None,
+    resolve_ttl: float = RESOLVE_TTL,
 ) -> EgressProxy:
-    """Start the proxy for ``network`` in a background thread; return once it accepts."""
+    """Start the proxy for ``network`` in a background thread; return once it accepts.
+    ``resolve_ttl`` seconds an answer is kept (0: ask every time)."""
     rules = network.compiled()
-    ctx = Context(rules, record, approve, resolve or _system_resolve)
+    lookup = resolve or _system_resolve
+    ctx = Context(
+        rules, record, approve, CachedResolve(lookup, resolve_ttl) if resolve_ttl else lookup
+    )
     loop = asyncio.new_event_loop()
     tasks: set[asyncio.Task[None]] = set()
     started: Future[asyncio.Server] = Future()

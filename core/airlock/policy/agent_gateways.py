@@ -145,6 +145,24 @@ def _unique_ids(rules: tuple[ToolRule, ...]) -> tuple[ToolRule, ...]:
     return rules
 
 
+class _ToolGateway(_Gateway):
+    """A gateway that judges tool calls (the model's, or the agent's to an MCP server)."""
+
+    tool_rules: tuple[ToolRule, ...] = Field(
+        default=(),
+        description="Rules on tool calls: tool-name glob, argument matchers, "
+        "allow | deny | require_approval (the strictest match wins).",
+    )
+    tools_default: Action = Field(
+        default="allow", description="What happens to a tool call no rule matches."
+    )
+
+    @field_validator("tool_rules")
+    @classmethod
+    def _ids(cls, value: tuple[ToolRule, ...]) -> tuple[ToolRule, ...]:
+        return _unique_ids(value)
+
+
 # ---------------------------------------------------------------------------------- model API
 
 
@@ -174,7 +192,7 @@ class LlmBudget(_Section):
     )
 
 
-class LlmGatewayConfig(_Gateway):
+class LlmGatewayConfig(_ToolGateway):
     """A model-API gateway: the agent talks to it as to the provider, with a session ticket."""
 
     kind: Literal["llm"] = Field(description="llm")
@@ -195,23 +213,12 @@ class LlmGatewayConfig(_Gateway):
         default=(), description="Model-name globs the agent may use; empty: any."
     )
     budget: LlmBudget = Field(default_factory=LlmBudget)
-    tool_rules: tuple[ToolRule, ...] = Field(
-        default=(), description="Rules on the tool calls in the model's responses."
-    )
-    tools_default: Action = Field(
-        default="allow", description="What happens to a tool call no rule matches."
-    )
     record_text_limit: StrictInt = Field(
         default=65536,
         ge=0,
         le=16 * 1024 * 1024,
         description="Characters of each message's text recorded (the rest is cut, marked).",
     )
-
-    @field_validator("tool_rules")
-    @classmethod
-    def _ids(cls, value: tuple[ToolRule, ...]) -> tuple[ToolRule, ...]:
-        return _unique_ids(value)
 
     @model_validator(mode="after")
     def _upstream_known(self) -> LlmGatewayConfig:
@@ -262,7 +269,7 @@ class McpCredential(_Section):
         return tuple(_check_env_name(v) for v in value)
 
 
-class McpGatewayConfig(_Gateway):
+class McpGatewayConfig(_ToolGateway):
     """An MCP gateway: a stdio server Airlock starts, or a streamable-HTTP upstream it fronts."""
 
     kind: Literal["mcp"] = Field(description="mcp")
@@ -273,23 +280,12 @@ class McpGatewayConfig(_Gateway):
         default=None, description="URL of a streamable-HTTP MCP server (instead of command)."
     )
     credential: McpCredential | None = Field(default=None)
-    tool_rules: tuple[ToolRule, ...] = Field(
-        default=(), description="Per-tool allow | deny | require_approval, with argument matchers."
-    )
-    tools_default: Action = Field(
-        default="allow", description="What happens to a tool no rule matches."
-    )
     record_result_limit: StrictInt = Field(
         default=65536,
         ge=0,
         le=64 * 1024 * 1024,
         description="Characters of each tool result recorded (the rest is cut, marked).",
     )
-
-    @field_validator("tool_rules")
-    @classmethod
-    def _ids(cls, value: tuple[ToolRule, ...]) -> tuple[ToolRule, ...]:
-        return _unique_ids(value)
 
     @model_validator(mode="after")
     def _one_server(self) -> McpGatewayConfig:

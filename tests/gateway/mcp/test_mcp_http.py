@@ -81,7 +81,39 @@ def test_bad_bodies_get_json_rpc_errors(
     assert (
         httpx.post(running.url, content=json.dumps(notification), headers=auth).status_code == 202
     )
-    assert httpx.get(running.url, headers=auth).status_code == 405
+    assert httpx.get(running.url, headers=auth).status_code == 406  # not text/event-stream
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: "):
+            yield json.loads(line[len("data: ") :])
+
+
+def test_messages_the_server_starts_reach_a_listening_agent(
+    gateway: tuple[ThreadedMcpGateway, Ticket, Recorder],
+) -> None:
+    """Streamable HTTP: notifications and the server's own requests come on the GET stream;
+    the agent's answer to such a request is POSTed and reaches the server."""
+    running, ticket, _ = gateway
+    auth = {"Authorization": f"Bearer {ticket.value}"}
+    listen = {**auth, "Accept": "text/event-stream"}
+    with httpx.Client(timeout=10) as client, client.stream("GET", running.url, headers=listen) as s:
+        assert s.status_code == 200 and s.headers["content-type"] == "text/event-stream"
+        events = _events(s.iter_lines())
+        assert client.post(running.url, json=_call(2, "notify"), headers=auth).status_code == 200
+        assert next(events)["params"]["data"] == "working"
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(client.post, running.url, json=_call(3, "ask"), headers=auth)
+            request = next(events)
+            assert request["method"] == "sampling/createMessage" and request["id"] == "srv-1"
+            result = {"role": "assistant", "model": "m",
+                      "content": {"type": "text", "text": "fine"}}  # fmt: skip
+            answer = {"jsonrpc": "2.0", "id": "srv-1", "result": result}
+            assert client.post(running.url, json=answer, headers=auth).status_code == 202
+            assert call.result().json()["result"]["content"][0]["text"] == "ok asked: fine"
+        running.close()  # an open stream ends with the gateway
+        assert list(events) == []
 
 
 def test_a_streamable_http_upstream_behind_the_gateway(tmp_path: Path) -> None:
@@ -141,3 +173,48 @@ def test_a_streamable_http_upstream_behind_the_gateway(tmp_path: Path) -> None:
     calls = [(d["tool"], d["action"]) for d in recorder.of("mcp.request") if d.get("tool")]
     assert calls == [("add", "allow"), ("delete_file", "deny")]
     assert "remote-held-token" not in recorder.text()
+
+
+def test_a_held_tool_call_dies_with_its_client(tmp_path: Path) -> None:
+    """In front of an HTTP upstream, an agent that leaves while its call waits for approval
+    cancels the approval request; a late approval sends nothing."""
+    import socket
+    import time
+
+    from airlock.audit import SigningKey
+    from airlock.gate import approver
+    from airlock.gate.file import FileBackend, decide, pending
+
+    recorder, ticket = Recorder(), Ticket.issue("s1", "remote")
+    backend = FileBackend(tmp_path, key=SigningKey.generate(), record=recorder)
+    backend.poll_interval = 0.02
+    config = McpGatewayConfig.model_validate(
+        {"name": "remote", "kind": "mcp", "upstream": "http://127.0.0.1:9/mcp",  # never reached
+         "tool_rules": [{"id": "hold-sql", "tool": "run_sql", "action": "require_approval"}]}
+    )  # fmt: skip
+    running = start_in_thread(
+        config, masker=Masker(MaskSettings()), record=recorder, approve=approver(backend, 60),
+        ticket=ticket, environ={},
+    )  # fmt: skip
+    try:
+        body = json.dumps(_call(1, "run_sql")).encode()
+        head = (
+            f"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ticket.value}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection(running.address) as client:
+            client.sendall(head.encode() + body)
+            deadline = time.monotonic() + 10
+            while not list(pending(tmp_path)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            request = next(iter(pending(tmp_path)))
+        while not recorder.of("approval.cancelled") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        decide(tmp_path, str(request["request_id"]), approved=True, by="late")
+        time.sleep(0.2)
+    finally:
+        running.close()
+    cancelled = recorder.of("approval.cancelled")
+    assert len(cancelled) == 1 and "client disconnected" in cancelled[0]["reason"]
+    assert recorder.of("approval.decided") == []
+    assert [e.get("error") for e in recorder.of("mcp.response")] == ["not approved"]

@@ -119,5 +119,100 @@ def test_malformed_rows_are_refused_by_both(
     _same(rowpath.py_mask_one_column, fast, corrupted, run, index, prefixed)
 
 
+LIMITS = st.sampled_from([-(2**31), -2, -1, 0, 1, 4, 2**15, 2**16 - 1, 2**31 - 5, 2**31 - 1])
+
+
+@SETTINGS
+@given(
+    rows=rows, at=st.integers(0, 400), field=LIMITS, cut=st.integers(0, 3), index=st.integers(0, 4)
+)
+def test_length_fields_at_their_limits_are_the_same(
+    compiled: ModuleType, rows: list, at: int, field: int, cut: int, index: int
+) -> None:
+    """An int32 (a value length) or, cut to 2 bytes, an int16 (a column count) set to a limit
+    anywhere after a frame header: equal results or equal refusals."""
+    data = bytearray(b"".join(encode_data_row(r) for r in rows))
+    run = _run(bytes(data))
+    position = at % len(data)
+    if not any(s <= position < s + 5 for _, s, _e in run):
+        data[position : position + 4 - min(cut, 2)] = struct.pack("!i", field)[min(cut, 2) :]
+    corrupted = bytes(data)  # (a field at the very end makes it longer: the frames stay inside)
+    _same(rowpath.py_join_values, rowpath._compiled_join(compiled), corrupted, run)
+    prefixed = struct.pack("!i", 3) + b"***"
+    fast = rowpath._compiled_mask(compiled)
+    _same(rowpath.py_mask_one_column, fast, corrupted, run, index, prefixed)
+
+
 def test_the_gateway_says_which_row_path_runs() -> None:
     assert rowpath.ROW_PATH in ("compiled", "python")
+
+
+# ------------------------------------------------------ regressions found by fuzzing _rows.c
+# (tests/gateway/postgres/fuzz_rowpath.py, against an ASan/UBSan build)
+
+ROW = encode_data_row([b"abc", None])
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        (68, 2**62, -(2**63)),  # end - start overflowed to a positive "length": a segfault
+        (68, 2**62, -(2**63) + 1),
+        (68, -1, len(ROW)),  # before the buffer
+        (68, 0, len(ROW) + 1),  # past it
+        (68, len(ROW), 0),  # backwards
+        (68, 2**64, 2**64 + 9),  # not even a Py_ssize_t
+    ],
+)
+def test_a_frame_outside_the_buffer_is_refused_by_both(
+    compiled: ModuleType, frame: rowpath.Frame
+) -> None:
+    for python, fast in (
+        (rowpath.py_join_values, rowpath._compiled_join(compiled)),
+        (lambda b, r: rowpath.py_mask_one_column(b, r, 0, b""), lambda b, r: rowpath._compiled_mask(compiled)(b, r, 0, b"")),
+    ):  # fmt: skip
+        with pytest.raises(ProtocolError):
+            python(ROW, [frame])
+        with pytest.raises(ProtocolError):
+            fast(ROW, [frame])
+
+
+@pytest.mark.parametrize("index", [-1, 2**31, 2**40, 2**63])
+def test_a_column_index_out_of_range_is_refused_by_both(compiled: ModuleType, index: int) -> None:
+    run = _run(ROW)  # -1 masked column 0 in Python; 2**31 was an OverflowError in C
+    with pytest.raises(ProtocolError):
+        rowpath.py_mask_one_column(ROW, run, index, b"\0\0\0\0")
+    with pytest.raises(ProtocolError):
+        rowpath._compiled_mask(compiled)(ROW, run, index, b"\0\0\0\0")
+
+
+@pytest.mark.parametrize("size", [-(2**31), -2, 0, 2**31 - 1, 2**31 - 5, 4, 5])
+@pytest.mark.parametrize("column", [0, 1])
+def test_value_lengths_at_their_limits_give_equal_results(
+    compiled: ModuleType, size: int, column: int
+) -> None:
+    data = bytearray(encode_data_row([b"abcd", b"ef", None]))
+    data[7 + 8 * column : 11 + 8 * column] = struct.pack("!i", size)  # columns 0 and 1's lengths
+    corrupted, run = bytes(data), _run(bytes(data))
+    _same(rowpath.py_join_values, rowpath._compiled_join(compiled), corrupted, run)
+    for index in (0, 1, 2):
+        _same(
+            rowpath.py_mask_one_column,
+            rowpath._compiled_mask(compiled),
+            corrupted,
+            run,
+            index,
+            b"\0\0\0\x01*",
+        )
+
+
+def test_a_length_past_the_buffer_in_a_multi_column_mask_is_a_protocol_error() -> None:
+    """Two masked columns take the per-row Python loop of results.py: a value length that
+    points past the end of what was read is refused as a protocol error, not a struct.error."""
+    from airlock.gateway.postgres.results import _mask_columns
+
+    row = b"D" + struct.pack("!iH", 4 + 2 + 4 + 2 + 4, 3) + struct.pack("!i", 2) + b"ok"
+    row += struct.pack("!i", 1 << 20)  # column 1 says a MiB follows; the buffer ends here
+    frames = [(ord("D"), 0, len(row))]
+    with pytest.raises(ProtocolError):
+        _mask_columns(row, frames, (None, b"masked", b"masked"))

@@ -7,7 +7,6 @@
                                          main, post (action.yml), session-main, session-post
                                          (actions/session)
     airlock ci session start|stop        bracket: record the steps between start and stop
-    airlock ci follow JOURNAL --stop F   (internal) the recorded process of a bracket session
 
 `python -m airlock._commands.ci ARGS` is the same as `airlock ci ARGS` (the shims use it).
 
@@ -27,7 +26,7 @@ from typing import Any
 
 from airlock._commands._common import add_flag
 from airlock._commands.ci.action import action_command, action_inputs, parse_env_blocks
-from airlock._commands.ci.bracket import follow_command, session_command
+from airlock._commands.ci.bracket import session_command
 from airlock._commands.ci.finalize import (
     FAIL_MODES,
     PLATFORMS,
@@ -64,7 +63,6 @@ def register(sub: Any) -> None:
     _register_action(ci_sub)
     _register_session(ci_sub)
     _register_outputs(ci_sub)
-    _register_follow(ci_sub)
     _register_sandbox_host(ci_sub)
     register_check_inputs(ci_sub)
 
@@ -205,18 +203,6 @@ def _register_outputs(ci_sub: Any) -> None:
     add_flag(parser, "--platform", env="AIRLOCK_CI_PLATFORM", choices=PLATFORMS, default="auto")
     add_flag(parser, "--artifacts", env="AIRLOCK_ARTIFACTS", type=Path, help="GitLab: dotenv dir")
     parser.set_defaults(func=outputs_command)
-
-
-def _register_follow(ci_sub: Any) -> None:
-    parser: argparse.ArgumentParser = ci_sub.add_parser(
-        "follow", help="(internal) print lines appended to JOURNAL until --stop FILE exists"
-    )
-    parser.add_argument("journal", type=Path)
-    parser.add_argument("--stop", type=Path, required=True)
-    parser.add_argument(
-        "--ready", type=Path, help="write the gateway variables the recorder gave us here (JSON)"
-    )
-    parser.set_defaults(func=follow_command)
 
 
 # ---------------------------------------------------------------------------------------------

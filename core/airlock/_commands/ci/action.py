@@ -6,29 +6,28 @@ import argparse
 import contextlib
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from airlock._commands.ci.bracket import pid_alive, session_start, session_stop, wait_for
+from airlock._commands.ci.bracket import (
+    pid_alive,
+    run_options,
+    session_start,
+    session_stop,
+    wait_for,
+)
 from airlock._commands.ci.finalize import FAIL_MODES, finalize, say
 from airlock._commands.ci.inputs import check_values
 from airlock.ci.sandbox_host import prepare_sandbox_host
-from airlock.errors import UsageError
+from airlock.errors import AirlockError, UsageError
 
 __all__ = [
     "action_command",
     "action_inputs",
     "parse_env_blocks",
 ]
-
-
-def run_cli(argv: list[str]) -> int:
-    """An ``airlock`` command, in this process: the action's steps are CLI invocations (an
-    edge calling the CLI, as the YAML would; library code never does this)."""
-    from airlock._cli import main
-
-    return main(list(argv))
 
 
 def action_inputs(environ: Mapping[str, str]) -> dict[str, str]:
@@ -42,15 +41,6 @@ def action_inputs(environ: Mapping[str, str]) -> dict[str, str]:
 
 def _grants(raw: str) -> list[str]:
     return [g for g in raw.replace(",", "\n").split() if g]
-
-
-def _credentials_argv(inputs: Mapping[str, str]) -> list[str]:
-    argv = ["credentials", "--broker", inputs["broker-url"], "--export", "github"]
-    if inputs.get("audience"):
-        argv += ["--audience", inputs["audience"]]
-    for grant in _grants(inputs.get("grants", "")):
-        argv += ["--grant", grant]
-    return argv
 
 
 def _save_state(environ: Mapping[str, str], values: Mapping[str, str]) -> None:
@@ -117,21 +107,44 @@ def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse
     )
 
 
-def _witness_argv(inputs: Mapping[str, str]) -> list[str]:
-    """``airlock run`` flags that stream checkpoints of the log to the broker as it runs."""
-    if not inputs.get("broker-url"):
-        return []
-    argv = ["--broker", inputs["broker-url"]]
-    return [*argv, "--audience", inputs["audience"]] if inputs.get("audience") else argv
-
-
-def _exchange(inputs: Mapping[str, str]) -> int:
+def _exchange(inputs: Mapping[str, str], environ: Mapping[str, str]) -> int:
     if not inputs.get("broker-url"):
         return 0
-    code = run_cli(_credentials_argv(inputs))
-    if code != 0:
-        say(f"credentials exchange failed (exit {code}); nothing was started")
-    return code
+    try:
+        _issue(inputs, environ)
+    except AirlockError as exc:
+        print(f"airlock: error: {exc.explain()}", file=sys.stderr)
+        say(f"credentials exchange failed (exit {int(exc.exit_code)}); nothing was started")
+        return int(exc.exit_code)
+    return 0
+
+
+def _issue(inputs: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    """``airlock credentials --export github`` with the action's inputs, then the ``AIRLOCK_*``
+    variables that command would read."""
+    from airlock._commands.credentials import export_github, say_issued
+    from airlock.brokerclient import default_state_dir
+    from airlock.jobs.credentials import issue_credentials
+
+    def env_list(name: str) -> list[str]:
+        return [v for v in environ.get(name, "").split(",") if v]
+
+    audience = inputs.get("audience") or environ.get("AIRLOCK_AUDIENCE")
+    if not audience:
+        raise UsageError("broker-url needs an audience", hint="set `with: audience: ...`")
+    state_dir = environ.get("AIRLOCK_STATE_DIR")
+    state = issue_credentials(
+        inputs["broker-url"],
+        audience,
+        [*env_list("AIRLOCK_GRANTS"), *_grants(inputs.get("grants", ""))],
+        state_dir=Path(state_dir) if state_dir else default_state_dir(),
+        gateways=env_list("AIRLOCK_GATEWAYS"),
+        id_token_variable=environ.get("AIRLOCK_ID_TOKEN_VARIABLE") or "AIRLOCK_ID_TOKEN",
+    )
+    hold = environ.get("AIRLOCK_HOLD", "").strip().lower() in {"1", "true", "yes", "on"}
+    if not hold:
+        export_github(state.values())
+    say_issued(state.leases, state.rule_id)
 
 
 def _exchange_into_this_step(inputs: Mapping[str, str], environ: Mapping[str, str]) -> int:
@@ -142,7 +155,7 @@ def _exchange_into_this_step(inputs: Mapping[str, str], environ: Mapping[str, st
     """
     env_file = Path(environ["GITHUB_ENV"]) if environ.get("GITHUB_ENV") else None
     before = env_file.stat().st_size if env_file is not None and env_file.exists() else 0
-    code = _exchange(inputs)
+    code = _exchange(inputs, environ)
     if code == 0 and env_file is not None and env_file.exists():
         with env_file.open("rb") as handle:
             handle.seek(before)
@@ -183,12 +196,20 @@ def _action_main(environ: Mapping[str, str]) -> int:
         return code
     sandbox = inputs.get("sandbox") or "required"
     prepare_sandbox_host(sandbox, say=say)
-    argv = ["run", "--sessions", str(args.sessions), "--sandbox", sandbox, *_witness_argv(inputs)]
-    if args.policy:
-        argv += ["--policy", str(args.policy)]
+    broker = inputs.get("broker-url") or None  # witnesses checkpoints of the log as it runs
+    options = run_options(
+        environ,
+        args.sessions,
+        policy=args.policy,
+        sandbox=sandbox,
+        broker=broker,
+        audience=(inputs.get("audience") or None) if broker else None,
+    )
     if inputs.get("working-directory"):
         os.chdir(inputs["working-directory"])
-    status = run_cli([*argv, "--", "bash", "-e", "-o", "pipefail", "-c", command])
+    from airlock.jobs.launch import run_and_report
+
+    status = run_and_report(["bash", "-e", "-o", "pipefail", "-c", command], options, os.environ)
     if status != 0:
         _annotate_failure(status)
     finalized = finalize(args, environ).exit_code(args.fail_mode)
@@ -258,11 +279,13 @@ def _session_main(environ: Mapping[str, str]) -> int:
     if phase == "stop":  # stop always stops what start began: its inputs were checked then
         return session_stop(args, environ)
     check_inputs(inputs, declared_inputs(environ))
-    code = _exchange(inputs)
+    code = _exchange(inputs, environ)
     if code != 0:
         return code
     _save_state(environ, {"started": "1"})
-    args.witness = _witness_argv(inputs)
+    # the recorder streams checkpoints of its log to the broker as it runs
+    args.broker = inputs.get("broker-url") or None
+    args.audience = (inputs.get("audience") or None) if args.broker else None
     args.record_scripts = inputs.get("record-scripts", "false").lower() == "true"
     return session_start(args, environ)
 

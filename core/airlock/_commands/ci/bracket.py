@@ -8,26 +8,28 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock._commands.ci.finalize import finalize, resolve_platform, say, warn
 from airlock.errors import AirlockError, ExitCode, UsageError
+from airlock.jobs.follow import is_gateway_variable
+
+if TYPE_CHECKING:  # the recorder's modules load in start only: `stop` starts faster
+    from airlock.jobs.launch import RunOptions
 
 __all__ = [
-    "follow_command",
     "pid_alive",
+    "run_options",
     "session_command",
     "session_start",
     "session_stop",
     "wait_for",
 ]
 
-_FOLLOW_POLL_SECONDS = 0.05
 _HOOK_SCRIPT_MAX = 65536
 
 _HOOK = """\
@@ -90,6 +92,10 @@ class _Bracket:
     def ready_file(self) -> Path:
         return self.state / "ready.json"
 
+    @property
+    def request_file(self) -> Path:
+        return self.state / "recorder.json"
+
     def load(self) -> dict[str, Any]:
         try:
             data: dict[str, Any] = json.loads(self.file.read_text())
@@ -111,14 +117,39 @@ def _bracket(args: argparse.Namespace, environ: Mapping[str, str]) -> _Bracket:
     return _Bracket((base / "airlock" / "bracket").resolve())
 
 
-def _recorder_argv(args: argparse.Namespace, bracket: _Bracket, sessions: Path) -> list[str]:
-    argv = [sys.executable, "-m", "airlock._cli", "run", "--sessions", str(sessions)]
-    argv += ["--pty", "never", "--quiet", *getattr(args, "witness", [])]
-    if args.policy:
-        argv += ["--policy", str(args.policy)]
-    follow = [sys.executable, "-m", "airlock._commands.ci", "follow", str(bracket.journal)]
-    follow += ["--stop", str(bracket.stop_file), "--ready", str(bracket.ready_file)]
-    return [*argv, "--", *follow]
+def run_options(
+    environ: Mapping[str, str],
+    sessions: Path,
+    *,
+    policy: Path | None = None,
+    key: Path | None = None,
+    pty: str | None = None,
+    sandbox: str | None = None,
+    broker: str | None = None,
+    audience: str | None = None,
+) -> RunOptions:
+    """``airlock run``'s options for a session this edge starts: what it was given, else the
+    ``AIRLOCK_*`` variable ``airlock run`` itself would read."""
+    from airlock.jobs.launch import RunOptions
+
+    def env(name: str) -> str | None:
+        return environ.get(name) or None
+
+    def env_path(name: str) -> Path | None:
+        value = env(name)
+        return Path(value) if value else None
+
+    return RunOptions(
+        sessions=sessions,
+        policy=policy or env_path("AIRLOCK_POLICY"),
+        key=key or env_path("AIRLOCK_KEY"),
+        pty=pty or env("AIRLOCK_PTY"),
+        strace=env("AIRLOCK_STRACE"),
+        sandbox=sandbox or env("AIRLOCK_SANDBOX"),
+        broker=broker or env("AIRLOCK_BROKER_URL"),
+        audience=audience or env("AIRLOCK_AUDIENCE"),
+        state_dir=env_path("AIRLOCK_STATE_DIR"),
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -141,10 +172,23 @@ def session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     bracket.ready_file.unlink(missing_ok=True)
     bracket.journal.touch(mode=0o600)
     bracket.hook.write_text(_hook_text(bool(getattr(args, "record_scripts", False))))
+    from airlock.jobs.recorder import RecorderRequest, recorder_argv, write_request
+
+    options = run_options(
+        environ,
+        sessions,
+        policy=args.policy,
+        key=getattr(args, "key", None),
+        pty="never",
+        broker=getattr(args, "broker", None),
+        audience=getattr(args, "audience", None),
+    )
+    request = RecorderRequest(bracket.journal, bracket.stop_file, bracket.ready_file, options)
+    write_request(bracket.request_file, request)
     log = bracket.state / "recorder.log"
     with log.open("ab") as log_file:
         proc = subprocess.Popen(
-            _recorder_argv(args, bracket, sessions),
+            recorder_argv(bracket.request_file),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
@@ -157,7 +201,7 @@ def session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         raise _unavailable(f"the bracket recorder did not start: {_tail(log)}")
     gateway_env = _gateway_variables(bracket.ready_file, environ)
-    from airlock.audit.reader import find_logs  # here: `follow` and `stop` start faster
+    from airlock.audit.reader import find_logs  # here: `stop` starts faster
 
     session = max(find_logs(sessions, archived=False), key=lambda p: p.stat().st_mtime).parent
     bracket.save(
@@ -183,16 +227,9 @@ def _tail(log: Path, lines: int = 5) -> str:
     return " / ".join(line.strip() for line in text) or f"see {log}"
 
 
-# What `airlock run` gives the agent to reach the policy's gateways (gateway/runtime.py).
-_GATEWAY_NAMES = ("DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
-_GATEWAY_SUFFIXES = ("_DATABASE_URL", "_URL", "_TOKEN", "PGSSLMODE")
-# Those that carry the session-bound ticket: masked before they are exported.
+# Gateway variables that carry the session-bound ticket: masked before they are exported.
 _TICKET_NAMES = ("DATABASE_URL", "PGPASSWORD")
 _TICKET_SUFFIXES = ("_DATABASE_URL", "_TOKEN")
-
-
-def _is_gateway_variable(name: str) -> bool:
-    return name in _GATEWAY_NAMES or name.endswith(_GATEWAY_SUFFIXES)
 
 
 def _gateway_variables(ready: Path, environ: Mapping[str, str]) -> dict[str, str]:
@@ -291,7 +328,7 @@ def _unexport_bracket(environ: Mapping[str, str]) -> None:
         set_env(files.env, "AIRLOCK_JOURNAL", "")
         # the gateways stopped with the recorder: their addresses and tickets are dead
         for name in filter(None, environ.get("AIRLOCK_GATEWAY_VARIABLES", "").split(",")):
-            if _is_gateway_variable(name):
+            if is_gateway_variable(name):
                 set_env(files.env, name, "")
 
 
@@ -299,42 +336,3 @@ def session_command(args: argparse.Namespace) -> int:
     if args.phase == "start":
         return session_start(args, os.environ)
     return session_stop(args, os.environ)
-
-
-def _write_ready(path: Path) -> None:
-    """Tell start that the recorder is up, with the gateway variables it gave this process."""
-    found = {k: v for k, v in os.environ.items() if _is_gateway_variable(k)}
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(found, handle)
-    tmp.rename(path)
-
-
-def follow_command(args: argparse.Namespace) -> int:
-    """Copy what is appended to the journal to stdout (the recorder masks and logs it)."""
-    journal: Path = args.journal
-    if args.ready is not None:
-        _write_ready(args.ready)
-    position = 0
-    out = sys.stdout.buffer
-    while True:
-        stopping = args.stop.exists()
-        try:
-            size = journal.stat().st_size
-        except FileNotFoundError:
-            print("airlock: the bracket journal was deleted", flush=True)
-            return int(ExitCode.VERIFY_FAILED)
-        if size < position:
-            print("airlock: the bracket journal was truncated", flush=True)
-            return int(ExitCode.VERIFY_FAILED)
-        if size > position:
-            with journal.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read(size - position)
-            position += len(chunk)
-            out.write(chunk)
-            out.flush()
-        if stopping:
-            return 0
-        time.sleep(_FOLLOW_POLL_SECONDS)

@@ -13,9 +13,10 @@ Per request, in this order:
 7. the response streams back and ``http.response`` records status, size, duration and the first
    ``record_bodies`` bytes of the body, masked.
 
-This module drives; the decisions and the parts live beside it: ``paths`` (normalisation, the
-readings judged), ``hold`` (a held request, I/O-free: facts in, actions out), ``exchange`` (the
-request's state and body), ``recording`` (the events), ``upstream`` (send and relay).
+This module drives (I/O); the decisions and the parts live beside it: ``decide`` (I/O-free:
+the path, the verdict, the refusals), ``paths`` (normalisation, the readings judged), ``hold``
+(a held request, I/O-free: facts in, actions out), ``exchange`` (the request's state and body),
+``recording`` (the events), ``upstream`` (send and relay); ``gateway/approvals.py`` asks.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,10 +32,18 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from airlock.gate.interface import EXPIRED as GATE_EXPIRED
-from airlock.gate.interface import Decider, Operation
+from airlock.gate.interface import Operation
+from airlock.gateway.approvals import SESSION_ENDED, Approvals
 from airlock.gateway.http.capture import BodyTap, render_prefix
 from airlock.gateway.http.credentials import Injector
+from airlock.gateway.http.decide import (
+    auth_refusal,
+    denial,
+    judge,
+    refusal_response,
+    request_path,
+    target_refusal,
+)
 from airlock.gateway.http.exchange import (
     ClientGone,
     Exchange,
@@ -45,23 +53,16 @@ from airlock.gateway.http.exchange import (
     ticket_from,
 )
 from airlock.gateway.http.hold import (
-    APPROVED,
-    CLIENT_GONE,
-    DENIED,
-    EXPIRED,
-    SESSION_ENDED,
     Action,
     Ask,
     Cancel,
     Forward,
     Gone,
     Hold,
-    Outcome,
     Pass,
     Refuse,
 )
 from airlock.gateway.http.jsonmask import JsonFieldMasker
-from airlock.gateway.http.paths import NormalPath, normalize_path
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.gateway.http.upstream import Upstream
 from airlock.gateway.tickets import TicketCheck, check_ticket
@@ -72,10 +73,7 @@ from airlock.policy.guardrails import (
     Decision,
     GuardrailDefaults,
     GuardrailRule,
-    HttpRequestInfo,
-    decide_http,
     describe_json_body,
-    strictest,
 )
 
 __all__ = ["HttpProxy", "ProxySettings"]
@@ -87,10 +85,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _APPROVAL_EXCERPT = 2000
-# Symfony, Zend/Laminas and IIS (URL Rewrite) route by these headers instead of the request line.
-_REWRITES = ("x-original-url", "x-rewrite-url")
-_NO_APPROVER = "no approval backend is configured"
-_STOPPED = "gateway stopped"
 
 
 @dataclass(frozen=True)
@@ -111,18 +105,6 @@ class ProxySettings:
     mask_held_in_responses: bool = True
 
 
-def _origin_form(target: bytes) -> bytes | None:
-    """The path of a request target: absolute-form (``GET http://host/path``, as clients that
-    take the gateway for a forward proxy send it) is read as its path; the authority is ignored,
-    as the ``Host`` header is. Another form (``*``, ``items/1``) is not a path: None."""
-    if target.startswith(b"/"):
-        return target
-    scheme, sep, rest = target.partition(b"://")
-    if sep and scheme.lower() in (b"http", b"https"):
-        return b"/" + rest.partition(b"/")[2]
-    return None
-
-
 class HttpProxy:
     """ASGI app proxying to ``config.upstream`` with the held credential (see module doc)."""
 
@@ -135,14 +117,14 @@ class HttpProxy:
         approve: Approve | None,
         ticket: TicketCheck,
         injector: Injector,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        timeout: httpx.Timeout,
         rules: Sequence[GuardrailRule] = (),
         defaults: GuardrailDefaults | None = None,
         settings: ProxySettings | None = None,
     ) -> None:
         self.config = config
         self._masker = masker
-        self._approve = approve
         self._ticket = ticket
         self._injector = injector
         self._rules = tuple(rules)
@@ -153,10 +135,11 @@ class HttpProxy:
         self._needs_json = any(r.http is not None and r.http.json_body for r in self._rules)
         self._host = (urlsplit(config.upstream).hostname or "").lower()
         self._ids = itertools.count(1)
-        self._holds: set[asyncio.Future[tuple[Outcome, str]]] = set()
+        self._approvals = Approvals(approve)
         self._upstream = Upstream(
             config,
-            client=client,
+            transport=transport,
+            timeout=timeout,
             injector=injector,
             log=self._log,
             mask_echo=self._settings.mask_held_in_responses,
@@ -207,12 +190,7 @@ class HttpProxy:
 
     def _exchange(self, scope: Scope) -> Exchange:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        target = _origin_form(raw_path.split(b"?", 1)[0])
-        path = (
-            normalize_path(target)
-            if target is not None
-            else NormalPath("/", "/", invalid="the request target is not a path")
-        )
+        path = request_path(raw_path)
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         return Exchange(
             id=str(next(self._ids)),
@@ -236,29 +214,14 @@ class HttpProxy:
         presented = self._presented(ex)
         if presented is not None and await self._check_ticket(presented):
             return
-        status = 407 if proxy else 401
-        outcome = "missing" if presented is None else "wrong"
-        self._log.request(ex, None, auth=outcome)
-        raise Refused(
-            status,
-            f"{outcome} gateway ticket",
-            "send the session ticket as a bearer token, or as the password of basic auth "
-            "(e.g. http://airlock:TICKET@host/…)",
-            auth=outcome,
-        )
+        refusal = auth_refusal(bool(proxy), presented)
+        self._log.request(ex, None, auth=refusal.extra["auth"])
+        raise refusal
 
     def _check_target(self, ex: Exchange) -> None:
-        if ex.path.invalid:
-            raise Refused(
-                400, ex.path.invalid, "send a path (/…) of UTF-8 text without control characters"
-            )
-        for name in _REWRITES:  # frameworks route by these over the request line
-            if ex.header(name):
-                raise Refused(
-                    400,
-                    f"the {name} header is refused: it would change the path upstream",
-                    "send the path in the request line",
-                )
+        refusal = target_refusal(ex.path, ex.header)
+        if refusal is not None:
+            raise refusal
 
     async def _judge(self, ex: Exchange, body: RequestBody) -> Decision:
         # Any method may carry a body (GET included, as Elasticsearch does): all are inspected.
@@ -267,16 +230,7 @@ class HttpProxy:
         if self._rules and ex.has_form_body():  # it may name the method: ``_method=DELETE``
             await self._buffer_all(body, "checked for a _method override")
             form = bytes(body.buffer)
-        decisions = (
-            decide_http(
-                HttpRequestInfo(method, path, self._host, document), self._rules, self._defaults
-            )
-            for method in ex.methods(form)
-            for path in ex.path.candidates
-        )
-        decision = strictest(decisions)
-        assert decision is not None  # a request has at least one method and one path reading
-        return decision
+        return judge(ex, form, self._host, document, self._rules, self._defaults)
 
     async def _inspect_json(self, ex: Exchange, body: RequestBody) -> Any:
         await self._buffer_all(body, "checked against JSON guardrails")
@@ -309,12 +263,7 @@ class HttpProxy:
         if decision.action == "allow":
             return
         if decision.action == "deny":
-            raise Refused(
-                403,
-                f"refused by guardrail {decision.rule_id}",
-                "this request is not allowed by the session policy; see the rule in airlock.yaml",
-                rule_id=decision.rule_id,
-            )
+            raise denial(decision)
         limit = self._settings.hold_limit
         if self._injector.needs_body:  # the signature needs the body in memory anyway
             await self._buffer_all(body, "held for approval and signed")
@@ -345,9 +294,6 @@ class HttpProxy:
 
     async def _ask(self, ex: Exchange, hold: Hold, text: str) -> list[Action]:
         """Ask while watching the client; what the hold makes of the first thing to happen."""
-        if self._approve is None:
-            ex.extra["approval"] = _NO_APPROVER
-            return hold.decided(DENIED)
         op = Operation(
             kind="http",
             text=text,
@@ -355,51 +301,19 @@ class HttpProxy:
             gateway=self.config.name,
             session_id=self._ticket.session_id,
         )
-        asking = asyncio.ensure_future(self._decide(op))
-        gone = asyncio.ensure_future(ex.body.disconnected() if ex.body else asyncio.Event().wait())
-        self._holds.add(asking)
-        try:
-            await asyncio.wait({asking, gone}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            asking.cancel(_STOPPED)
-            raise
-        finally:
-            self._holds.discard(asking)
-            gone.cancel()
-        if asking.cancelled():  # cancel_holds(): the session is ending
+        asked = await self._approvals.ask(op, gone=ex.body.disconnected if ex.body else None)
+        if asked.why and asked.outcome in ("approved", "denied", "expired"):
+            ex.extra["approval"] = asked.why
+        if asked.outcome == "ended":
             return hold.session_ended()
-        if gone.done():  # the client left (even as the answer came): never send it upstream
-            actions = hold.client_gone()
-            if not asking.done():
-                asking.cancel(CLIENT_GONE)
-                await asyncio.wait({asking})
-            return actions
-        outcome, why = asking.result()
-        if why:
-            ex.extra["approval"] = why
-        return hold.decided(outcome)
-
-    async def _decide(self, op: Operation) -> tuple[Outcome, str]:
-        """The outcome and, when it is not plain, why. A broken approval path denies."""
-        try:
-            decider: object = self._approve  # an Approver also says why (Decider)
-            if isinstance(decider, Decider):
-                verdict = await decider.decide(op)
-                if verdict.approved:
-                    return APPROVED, ""
-                return (EXPIRED if verdict.reason == GATE_EXPIRED else DENIED), verdict.reason
-            assert self._approve is not None
-            return (APPROVED if await self._approve(op) else DENIED), ""
-        except Exception as exc:  # it never lets a request through
-            return DENIED, f"approval failed: {type(exc).__name__}"
+        if asked.outcome == "gone":
+            return hold.client_gone()
+        return hold.decided(asked.outcome)
 
     def cancel_holds(self, reason: str = SESSION_ENDED) -> int:
         """Cancel every request held for approval (the session is ending): each is refused with
         503 and recorded, and its approval request is cancelled. Returns how many."""
-        holds = list(self._holds)
-        for task in holds:
-            task.cancel(reason)
-        return len(holds)
+        return self._approvals.cancel_all(reason)
 
     def _excerpt(self, ex: Exchange, body: RequestBody) -> str | None:
         if not body.held_size:
@@ -440,25 +354,8 @@ class HttpProxy:
         if not ex.request_recorded:  # refused while reading the body: the request is still logged
             with contextlib.suppress(Refused):
                 self._log.request(ex, None)
-        payload = {"error": refusal.error, "gateway": self.config.name}
-        if refusal.hint:
-            payload["hint"] = refusal.hint
-        if "rule_id" in refusal.extra:
-            payload["rule_id"] = refusal.extra["rule_id"]
-        data = json.dumps(payload).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-        ]
-        if refusal.status == 401:
-            headers.append(
-                (b"www-authenticate", f'Basic realm="airlock {self.config.name}"'.encode())
-            )
-        elif refusal.status == 407:
-            headers.append(
-                (b"proxy-authenticate", f'Basic realm="airlock {self.config.name}"'.encode())
-            )
+        status, headers, data = refusal_response(refusal, self.config.name)
         self._log.response(ex, refusal.status, error=refusal.error, **refusal.extra)
         ex.responded = True
-        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -50,14 +50,19 @@ _TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "y
 
 
 class Upstream:
-    """One gateway's upstream: ``config.upstream`` through ``client``, with ``injector``'s
-    credential; ``mask_echo`` masks that credential in text responses."""
+    """One gateway's upstream: ``config.upstream`` through ``transport``, with ``injector``'s
+    credential; ``mask_echo`` masks that credential in text responses.
+
+    Requests go to the transport (httpcore's connection pool) directly, not through an
+    ``httpx.AsyncClient``: a proxy wants none of a client's layers (default headers, cookies,
+    auth flows, redirects), and skipping them is a third of the gateway's CPU per request."""
 
     def __init__(
         self,
         config: HttpGatewayConfig,
         *,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        timeout: httpx.Timeout,
         injector: Injector,
         log: ExchangeLog,
         mask_echo: bool,
@@ -65,7 +70,8 @@ class Upstream:
         upstream = urlsplit(config.upstream)
         self._origin = f"{upstream.scheme}://{upstream.netloc}"
         self._base_path = upstream.path
-        self._client = client
+        self._transport = transport
+        self._extensions = {"timeout": timeout.as_dict()}
         self._injector = injector
         self._log = log
         self._cap = config.record_bodies
@@ -76,7 +82,7 @@ class Upstream:
         request = self._upstream_request(ex, body)
         ex.forwarded = True
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
         except ClientGone:
             raise
         except httpx.TimeoutException as exc:
@@ -112,7 +118,9 @@ class Upstream:
         if self._echo is not None:  # text responses are masked: they must arrive uncompressed
             headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))
-        request = self._client.build_request(ex.method, url, headers=headers, content=content)
+        request = httpx.Request(
+            ex.method, url, headers=headers, content=content, extensions=self._extensions
+        )
         self._injector.apply(request, content if isinstance(content, bytes) else None)
         return request
 

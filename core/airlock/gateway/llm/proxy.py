@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from airlock.events import EventType
-from airlock.gate.interface import Operation
+from airlock.gateway.approvals import Approvals, Approve, tool_operation
 from airlock.gateway.llm.asgi import (
     Receive,
     Refusal,
@@ -69,7 +68,6 @@ from airlock.policy.guardrails import Decision, strictest
 __all__ = ["LlmProxy"]
 
 Record = Callable[[str, Mapping[str, Any]], object]
-Approve = Callable[[Operation], Awaitable[bool]]
 _PASS_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "user-agent")
 _MODEL_PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
 _CUT = "…[cut by airlock]"
@@ -108,7 +106,7 @@ class LlmProxy:
         self._key_bytes = key.encode()
         self._masker = masker
         self._record = record
-        self._approve = approve
+        self._approvals = Approvals(approve)
         self._ticket = ticket
         self._client = client
         self._ids = itertools.count(1)
@@ -269,21 +267,20 @@ class LlmProxy:
         call.outcome = "approved" if worst and worst.action == "require_approval" else call.outcome
         return None
 
+    def cancel_holds(self) -> int:
+        """The session is ending: tool calls held for approval are refused (and recorded)."""
+        return self._approvals.cancel_all()
+
     async def _ask(self, tool: Any, decision: Decision) -> bool:
-        if self._approve is None:
-            return False
-        arguments = json.dumps(tool.arguments, sort_keys=True, ensure_ascii=False)
-        op = Operation(
-            kind="tool",
-            text=self._masker.mask_text(f"{tool.name} {arguments}")[:4000],
+        op = tool_operation(
+            self._masker,
+            tool.name,
+            tool.arguments,
             rule_id=decision.rule_id,
             gateway=self.config.name,
             session_id=self._ticket.session_id,
         )
-        try:
-            return await self._approve(op)
-        except Exception:  # a broken approval path denies
-            return False
+        return (await self._approvals.ask(op)).approved
 
     # ------------------------------------------------------------------------ other paths
 

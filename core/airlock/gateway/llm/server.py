@@ -1,4 +1,4 @@
-"""Run the model gateway: uvicorn on a socket bound by us, in the caller's loop or a thread.
+"""Run the model gateway (``gateway/serving.py``), in the caller's loop or a thread.
 
 gateway = await serve_llm(config, masker=m, record=w.append, approve=a, ticket=t,
                           environ=os.environ)
@@ -8,20 +8,17 @@ await gateway.close()
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
-import threading
 from collections.abc import Mapping
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 
 from airlock.errors import ConfigError, InfrastructureUnavailable
-from airlock.gateway.llm.proxy import Approve, LlmProxy, Record
+from airlock.gateway.approvals import Approve
+from airlock.gateway.llm.proxy import LlmProxy, Record
+from airlock.gateway.serving import ProxyGateway, ThreadedGateway, bind, serve_asgi
+from airlock.gateway.serving import start_in_thread as _start
 from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.agent_gateways import LlmGatewayConfig
@@ -37,32 +34,8 @@ class LlmGatewayError(InfrastructureUnavailable):
     default_hint = "check the gateway's listen address in airlock.yaml (is the port free?)"
 
 
-@dataclass
-class LlmGateway:
-    """A running model gateway in the current event loop."""
-
-    name: str
-    address: tuple[str, int]
-    proxy: LlmProxy
-    _server: uvicorn.Server = field(repr=False)
-    _task: asyncio.Task[None] = field(repr=False)
-    _client: httpx.AsyncClient = field(repr=False)
-    _sock: socket.socket = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``; OpenAI clients add ``/v1`` (see :func:`agent_env`)."""
-        host, port = self.address
-        return f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        self._server.should_exit = True
-        try:
-            await self._task
-        finally:
-            await self._server.shutdown(sockets=[self._sock])
-            await self._client.aclose()
-            self._sock.close()
+LlmGateway = ProxyGateway[LlmProxy]
+ThreadedLlmGateway = ThreadedGateway[LlmGateway]
 
 
 def held_key(config: LlmGatewayConfig, environ: Mapping[str, str]) -> str:
@@ -107,85 +80,11 @@ async def serve_llm(
         ticket=ticket,
         client=client,
     )
-    sock = _bind(config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            proxy,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            http="h11",
-            date_header=False,
-        )
-    )
-    server.config.load()
-    server.lifespan = server.config.lifespan_class(server.config)
-    await server.startup(sockets=[sock])
-    task = asyncio.create_task(server.main_loop(), name=f"airlock-llm-{config.name}")
-    host, port = sock.getsockname()[:2]
-    return LlmGateway(config.name, (host, port), proxy, server, task, client, sock)
-
-
-def _bind(config: LlmGatewayConfig) -> socket.socket:
-    host, port = config.listen_host, config.listen_port
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise LlmGatewayError(
-            f"gateway {config.name} cannot listen on {config.listen}: {exc.strerror}"
-        ) from exc
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
-
-
-class ThreadedLlmGateway:
-    """An :class:`LlmGateway` in its own thread and event loop (for ``airlock run``)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread, gw: LlmGateway):
-        self._loop, self._thread, self.gateway = loop, thread, gw
-
-    @property
-    def url(self) -> str:
-        return self.gateway.url
-
-    def close(self, timeout: float = 10.0) -> None:
-        if not self._thread.is_alive():
-            return
-        future = asyncio.run_coroutine_threadsafe(self.gateway.close(), self._loop)
-        try:
-            future.result(timeout)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout)
+    sock = bind(config, LlmGatewayError)
+    server = await serve_asgi(proxy, sock, name=f"airlock-llm-{config.name}")
+    return LlmGateway(config.name, proxy, server, client)
 
 
 def start_in_thread(config: LlmGatewayConfig, **kwargs: Any) -> ThreadedLlmGateway:
     """:func:`serve_llm` in a background thread; raises what it raises."""
-    loop = asyncio.new_event_loop()
-    started: Future[LlmGateway] = Future()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            started.set_result(loop.run_until_complete(serve_llm(config, **kwargs)))
-        except BaseException as exc:
-            started.set_exception(exc)
-            loop.close()
-            return
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, name=f"airlock-llm-{config.name}", daemon=True)
-    thread.start()
-    try:
-        gateway = started.result(10.0)
-    except (ConfigError, LlmGatewayError):
-        thread.join()
-        raise
-    return ThreadedLlmGateway(loop, thread, gateway)
+    return _start(lambda: serve_llm(config, **kwargs), name=f"airlock-llm-{config.name}")

@@ -10,11 +10,10 @@ await bridge.close()
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from airlock.gate.interface import Operation
+from airlock.gateway.approvals import Approvals, Approve, tool_operation
 from airlock.gateway.mcp.relay import Ask, McpRelay, Record, ToClient, ToServer
 from airlock.gateway.mcp.transport import DEFAULT_CAP, Line, ServerProcess, server_environment
 from airlock.mask import Masker
@@ -23,7 +22,6 @@ from airlock.policy.agent_gateways import McpGatewayConfig
 __all__ = ["McpBridge"]
 
 RecordFn = Callable[[str, Mapping[str, Any]], object]
-Approve = Callable[[Operation], Awaitable[bool]]
 
 
 class McpBridge:
@@ -47,7 +45,8 @@ class McpBridge:
         held = [environ[n] for n in names]
         self.config = config
         self.relay = McpRelay(config, masker, held)
-        self._masker, self._record, self._approve = masker, record, approve
+        self._masker, self._record = masker, record
+        self._approvals = Approvals(approve)
         self._session_id, self._to_client = session_id, to_client
         self._server = ServerProcess(
             list(command or config.command), self._env, self._from_server, self._exited, cap
@@ -85,23 +84,20 @@ class McpBridge:
                 task.add_done_callback(self._tasks.discard)
 
     async def _ask(self, ask: Ask) -> None:
-        arguments = json.dumps(ask.arguments, sort_keys=True, ensure_ascii=False)
-        op = Operation(
-            kind="tool",
-            text=self._masker.mask_text(f"{ask.tool} {arguments}")[:4000],
+        op = tool_operation(
+            self._masker,
+            ask.tool,
+            ask.arguments,
             rule_id=ask.decision.rule_id,
             gateway=self.config.name,
             session_id=self._session_id,
         )
-        approved = False
-        if self._approve is not None:
-            try:
-                approved = await self._approve(op)
-            except Exception:  # a broken approval path denies
-                approved = False
-        await self._dispatch(self.relay.decided(ask, approved))
+        asked = await self._approvals.ask(op)
+        if asked.outcome != "ended":  # closing: the agent's side is going away too
+            await self._dispatch(self.relay.decided(ask, asked.approved))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        self._approvals.cancel_all()
+        for task in list(self._tasks):  # one that has not started asking yet
             task.cancel()
         await self._server.close()

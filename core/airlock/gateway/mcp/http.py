@@ -5,38 +5,48 @@ needs), or talks to a streamable-HTTP ``upstream:`` (``upstream.py``), and serve
 ``http://127.0.0.1:PORT/mcp``: each POSTed JSON-RPC request goes
 through the relay and its answer comes back as ``application/json``; notifications and
 responses get ``202``. The ticket is the bearer token. Requests of different clients never
-collide: ids are renumbered on the way to the server and restored on the way back. Messages the
-server starts itself (progress, logging, sampling) are not relayed over HTTP in this version.
+collide: ids are renumbered on the way to the server and restored on the way back. Messages a
+stdio server starts itself (progress, logging, sampling requests) go to every agent listening
+on a ``GET`` of the endpoint (``text/event-stream``, as the Streamable HTTP transport has it);
+the agent POSTs its answers to the server's requests like any message. With no listener they
+are dropped. In front of an HTTP ``upstream:`` a ``GET`` gets ``405``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
-import socket
-import threading
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
-
-import uvicorn
 
 from airlock.errors import ConfigError, InfrastructureUnavailable
 from airlock.gateway.mcp.bridge import McpBridge
 from airlock.gateway.mcp.relay import error_line
 from airlock.gateway.mcp.transport import DEFAULT_CAP
 from airlock.gateway.mcp.upstream import HttpUpstream
+from airlock.gateway.serving import AsgiServer, ThreadedGateway, bind, serve_asgi
+from airlock.gateway.serving import start_in_thread as _start
 from airlock.gateway.tickets import TicketCheck, check_ticket
 from airlock.mask import Masker
 from airlock.policy.agent_gateways import McpGatewayConfig
 
-__all__ = ["McpHttpFront", "ThreadedMcpGateway", "start_in_thread"]
+__all__ = [
+    "McpGateway",
+    "McpGatewayError",
+    "McpHttpFront",
+    "ThreadedMcpGateway",
+    "serve_mcp",
+    "start_in_thread",
+]
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PATH = "/mcp"
+_LISTEN_BACKLOG = 1000
 
 
 class McpGatewayError(InfrastructureUnavailable):
@@ -53,19 +63,33 @@ class McpHttpFront:
         self._cap = cap
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._listeners: set[asyncio.Queue[bytes | None]] = set()
         self.bridge: McpBridge | None = None
         self.upstream: HttpUpstream | None = None
 
     async def to_client(self, line: bytes) -> None:
-        """A line for the agent: the answer to one waiting request (others are dropped)."""
+        """A line for the agent: the answer to one waiting request, or a message the server
+        started (to every listening agent)."""
         try:
             data = json.loads(line)
         except ValueError:
             return
-        key = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return
+        if "method" in data:  # a notification or a request of the server's own
+            for queue in self._listeners:
+                if queue.qsize() < _LISTEN_BACKLOG:  # a listener that does not read loses some
+                    queue.put_nowait(line.rstrip(b"\n"))
+            return
+        key = data.get("id")
         waiting = self._waiting.pop(key, None) if isinstance(key, int) else None
         if waiting is not None and not waiting.done():
             waiting.set_result(data)
+
+    def close_streams(self) -> None:
+        """End every listening stream (the gateway is stopping)."""
+        for queue in self._listeners:
+            queue.put_nowait(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,18 +97,22 @@ class McpHttpFront:
         if scope["path"].rstrip("/") != PATH:
             await _reply(send, 404, {"error": f"the MCP endpoint is {PATH}"})
             return
-        if scope["method"] != "POST":
+        if scope["method"] not in ("POST", "GET"):
             await _reply(send, 405, {"error": "POST JSON-RPC messages to this endpoint"})
             return
         if not await self._authorized(scope):
             await _reply(send, 401, {"error": "missing or wrong gateway ticket (bearer token)"})
+            return
+        if scope["method"] == "GET":
+            await self._listen(scope, receive, send)
             return
         body = await _body(receive, self._cap)
         if body is None:
             await _reply(send, 413, _error(None, -32600, "message over the gateway's limit"))
             return
         if self.upstream is not None:
-            status, answer, back = await self.upstream.exchange(body, _header_map(scope))
+            gone = functools.partial(_disconnected, receive)
+            status, answer, back = await self.upstream.exchange(body, _header_map(scope), gone)
             await _reply(send, status, answer, back)
             return
         await self._message(body, send)
@@ -107,6 +135,36 @@ class McpHttpFront:
         await self.bridge.from_client(json.dumps({**data, "id": internal}).encode() + b"\n")
         answer = await future
         await _reply(send, 200, {**answer, "id": original})
+
+    async def _listen(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The server's own messages as server-sent events, until the agent leaves."""
+        if self.bridge is None:
+            await _reply(send, 405, {"error": "this gateway relays no server-initiated messages"})
+            return
+        if "text/event-stream" not in _header_map(scope).get("accept", ""):
+            await _reply(send, 406, {"error": "GET this endpoint with Accept: text/event-stream"})
+            return
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._listeners.add(queue)
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b": airlock\n\n", "more_body": True})
+            while True:
+                line = asyncio.ensure_future(queue.get())
+                await asyncio.wait({line, gone}, return_when=asyncio.FIRST_COMPLETED)
+                message = line.result() if line.done() else None
+                if message is None:
+                    line.cancel()
+                    break
+                event = b"event: message\ndata: " + message + b"\n\n"
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._listeners.discard(queue)
+            gone.cancel()
 
     async def _authorized(self, scope: Scope) -> bool:
         headers = {bytes(k).lower(): bytes(v) for k, v in scope["headers"]}
@@ -131,6 +189,12 @@ async def _body(receive: Receive, cap: int) -> bytes | None:
             return bytes(body)
 
 
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (the body was read: nothing else can come)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def _header_map(scope: Scope) -> dict[str, str]:
     return {bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in scope["headers"]}
 
@@ -147,41 +211,34 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
-class ThreadedMcpGateway:
-    """The HTTP front and its stdio server, in their own thread and event loop."""
+@dataclass
+class McpGateway:
+    """The HTTP front and its server (a stdio process or an HTTP upstream), running."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        thread: threading.Thread,
-        server: uvicorn.Server,
-        closer: Callable[[], Awaitable[None]],
-        address: tuple[str, int],
-    ) -> None:
-        self._loop, self._thread, self._server, self._closer = loop, thread, server, closer
-        self.address = address
+    front: McpHttpFront
+    _server: AsgiServer = field(repr=False)
+    _closer: Callable[[], Awaitable[None]] = field(repr=False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.address
 
     @property
     def url(self) -> str:
-        return f"http://{self.address[0]}:{self.address[1]}{PATH}"
+        return self._server.url(PATH)
 
-    def close(self, timeout: float = 10.0) -> None:
-        if not self._thread.is_alive():
-            return
-
-        async def stop() -> None:
-            try:
-                await self._closer()  # the server process first, while the loop runs
-            finally:
-                self._server.should_exit = True
-
+    async def close(self) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout)
+            await self._closer()  # the server process first, while the front still runs
         finally:
-            self._thread.join(timeout)
+            self.front.close_streams()
+            await self._server.stop()
 
 
-def start_in_thread(
+ThreadedMcpGateway = ThreadedGateway[McpGateway]
+
+
+async def serve_mcp(
     config: McpGatewayConfig,
     *,
     masker: Masker,
@@ -190,26 +247,12 @@ def start_in_thread(
     ticket: TicketCheck,
     environ: Mapping[str, str],
     **_: Any,
-) -> ThreadedMcpGateway:
-    """Start the stdio server and the HTTP front; returns once both run."""
-    sock = _bind(config)
-    loop = asyncio.new_event_loop()
+) -> McpGateway:
+    """Start the stdio server (or the client of the HTTP upstream) and the HTTP front."""
+    sock = bind(config, McpGatewayError)
     front = McpHttpFront(ticket)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            front,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="h11",
-            server_header=False,
-            date_header=False,
-        )
-    )
-    started: Future[Callable[[], Awaitable[None]]] = Future()
-
-    async def main() -> None:
-        closer: Callable[[], Awaitable[None]]
+    closer: Callable[[], Awaitable[None]]
+    try:
         if config.upstream is not None:
             front.upstream = _http_upstream(config, masker, record, approve, ticket, environ)
             closer = front.upstream.close
@@ -226,29 +269,21 @@ def start_in_thread(
             await bridge.start()
             front.bridge = bridge
             closer = bridge.close
-        server.config.load()
-        server.lifespan = server.config.lifespan_class(server.config)
-        await server.startup(sockets=[sock])
-        started.set_result(closer)
-        await server.main_loop()
-        await server.shutdown(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
+    server = await serve_asgi(front, sock, name=f"airlock-mcp-{config.name}")
+    return McpGateway(front, server, closer)
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(main())
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-        finally:
-            sock.close()
-            loop.close()
 
-    thread = threading.Thread(target=run, name=f"airlock-mcp-{config.name}", daemon=True)
-    thread.start()
-    closer = started.result(30.0)
-    host, port = sock.getsockname()[:2]
-    return ThreadedMcpGateway(loop, thread, server, closer, (host, port))
+def start_in_thread(config: McpGatewayConfig, **kwargs: Any) -> ThreadedMcpGateway:
+    """:func:`serve_mcp` in a background thread; returns once both run."""
+    return _start(
+        lambda: serve_mcp(config, **kwargs),
+        name=f"airlock-mcp-{config.name}",
+        timeout=30.0,
+        uvloop=False,  # it runs the stdio server as a child process
+    )
 
 
 def _http_upstream(
@@ -276,19 +311,3 @@ def _http_upstream(
         cap=DEFAULT_CAP,
         bearer=bearer,
     )
-
-
-def _bind(config: McpGatewayConfig) -> socket.socket:
-    host, port = config.listen_host, config.listen_port
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise McpGatewayError(
-            f"gateway {config.name} cannot listen on {config.listen}: {exc.strerror}"
-        ) from exc
-    sock.listen(256)
-    sock.setblocking(False)
-    return sock

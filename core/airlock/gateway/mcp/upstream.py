@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from airlock.gate.interface import Operation
+from airlock.gateway.approvals import Approvals, Approve, tool_operation
 from airlock.gateway.llm.sse import SseParser
 from airlock.gateway.mcp.relay import Ask, McpRelay, Record, ToClient, ToServer, error_line
 from airlock.mask import Masker
@@ -24,6 +24,7 @@ from airlock.policy.agent_gateways import McpGatewayConfig
 __all__ = ["HttpUpstream"]
 
 RecordFn = Callable[[str, Mapping[str, Any]], object]
+Gone = Callable[[], Awaitable[object]]
 _TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=30.0)
 _INTERNAL = -32603
 
@@ -37,7 +38,7 @@ class HttpUpstream:
         *,
         masker: Masker,
         record: RecordFn,
-        approve: Callable[[Operation], Awaitable[bool]] | None,
+        approve: Approve | None,
         session_id: str,
         held: list[str],
         cap: int,
@@ -47,15 +48,18 @@ class HttpUpstream:
         self.config = config
         self.relay = McpRelay(config, masker, held)
         self._url = config.upstream
-        self._masker, self._record, self._approve = masker, record, approve
+        self._masker, self._record = masker, record
+        self._approvals = Approvals(approve)
         self._session_id, self._cap = session_id, cap
         self._bearer = bearer  # the upstream's own token, held here
         self._client = httpx.AsyncClient(timeout=_TIMEOUT, trust_env=False)
 
     async def exchange(
-        self, body: bytes, headers: Mapping[str, str]
+        self, body: bytes, headers: Mapping[str, str], gone: Gone | None = None
     ) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
-        """(status, JSON answer or None, Mcp-* headers for the agent) for one agent message."""
+        """(status, JSON answer or None, Mcp-* headers for the agent) for one agent message.
+        ``gone()`` finishes when the agent disconnects: a tool call held for approval is then
+        refused (and its approval cancelled), never sent."""
         wanted = _request_id(body)
         answer: dict[str, Any] | None = None
         status, back = 202, dict[str, str]()
@@ -68,7 +72,7 @@ class HttpUpstream:
                 found = _match(action.line, wanted)
                 answer = answer or found
             elif isinstance(action, Ask):
-                queue += self.relay.decided(action, await self._ask(action))
+                queue += self.relay.decided(action, await self._ask(action, gone))
             elif isinstance(action, ToServer):
                 status, back, lines = await self._post(action.line, headers)
                 for line in lines:
@@ -116,23 +120,24 @@ class HttpUpstream:
                 return [b'{"oversized": true}']
         return [bytes(body)] if body.strip() else []
 
-    async def _ask(self, ask: Ask) -> bool:
-        if self._approve is None:
-            return False
-        arguments = json.dumps(ask.arguments, sort_keys=True, ensure_ascii=False)
-        op = Operation(
-            kind="tool",
-            text=self._masker.mask_text(f"{ask.tool} {arguments}")[:4000],
+    async def _ask(self, ask: Ask, gone: Gone | None) -> bool:
+        op = tool_operation(
+            self._masker,
+            ask.tool,
+            ask.arguments,
             rule_id=ask.decision.rule_id,
             gateway=self.config.name,
             session_id=self._session_id,
         )
-        try:
-            return await self._approve(op)
-        except Exception:  # a broken approval path denies
-            return False
+        asked = await self._approvals.ask(op, gone=gone)
+        return asked.approved
+
+    def cancel_holds(self) -> int:
+        """The session is ending: every tool call held for approval is refused."""
+        return self._approvals.cancel_all()
 
     async def close(self) -> None:
+        self.cancel_holds()
         await self._client.aclose()
 
 

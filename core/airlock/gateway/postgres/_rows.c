@@ -11,7 +11,13 @@
  *       NULLs stay NULL.
  *
  * Anything malformed raises ValueError (the caller turns it into a ProtocolError). Every read
- * is bounds-checked against its own message, never only against the buffer.
+ * is bounds-checked against its own message, never only against the buffer. Each check is
+ * written as a subtraction of two positions already known to be in order (pos <= end), so it
+ * cannot overflow whatever a length field says (int32: -1 is NULL, other negatives are refused
+ * or read as NULL like the Python twin does, up to INT32_MAX is only compared, never added
+ * before the check). No Python code runs between the two passes of join_values and
+ * mask_one_column (no callback, no GC-tracked allocation), so the second pass writes exactly
+ * the size the first one counted.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -45,7 +51,7 @@ static PyObject *split(PyObject *self, PyObject *args) {
     if (frames == NULL) goto done;
     const unsigned char *b = buf.buf, *t = table.buf;
     Py_ssize_t size = buf.len;
-    while (size - pos >= 5) {
+    while (size - pos >= 5) { /* 0 <= pos <= size: the 5-byte header is inside buf */
         unsigned char kind = b[pos];
         int32_t length = be32(b + pos + 1);
         if (!t[kind] || length < 4 || (Py_ssize_t)length > limit) {
@@ -53,8 +59,8 @@ static PyObject *split(PyObject *self, PyObject *args) {
             Py_CLEAR(frames);
             goto done;
         }
-        Py_ssize_t end = pos + 1 + (Py_ssize_t)length;
-        if (end > size) break;
+        if ((Py_ssize_t)length > size - pos - 1) break; /* unfinished: wait for the rest */
+        Py_ssize_t end = pos + 1 + (Py_ssize_t)length;      /* <= size */
         PyObject *frame = PyTuple_New(3);
         if (frame == NULL) { Py_CLEAR(frames); goto done; }
         PyTuple_SET_ITEM(frame, 0, PyLong_FromLong(kind));
@@ -86,7 +92,9 @@ static int frame_at(PyObject *run, Py_ssize_t i, Py_ssize_t size, Py_ssize_t *st
     *start = PyLong_AsSsize_t(PyTuple_GET_ITEM(frame, 1));
     *end = PyLong_AsSsize_t(PyTuple_GET_ITEM(frame, 2));
     if (PyErr_Occurred()) return -1;
-    if (*start < 0 || *end > size || *end - *start < 7) {
+    /* 0 <= start <= end <= size before end - start is computed (frames are the caller's: a
+     * forged one must not reach outside buf); a DataRow has a header and a column count. */
+    if (*start < 0 || *end > size || *start > *end || *end - *start < 7) {
         PyErr_SetString(PyExc_ValueError, "a DataRow is shorter than its columns say");
         return -1;
     }
@@ -113,11 +121,11 @@ static PyObject *join_values(PyObject *self, PyObject *args) {
             if (frame_at(run, i, buf.len, &start, &end) < 0) goto fail;
             int columns = (b[start + 5] << 8) | b[start + 6];
             Py_ssize_t pos = start + 7;
-            for (int c = 0; c < columns; c++) {
-                if (pos + 4 > end) goto short_row;
+            for (int c = 0; c < columns; c++) { /* invariant: start + 7 <= pos <= end */
+                if (end - pos < 4) goto short_row;
                 int32_t size = be32(b + pos);
                 if (size > 0) {
-                    if (pos + 4 + (Py_ssize_t)size > end) goto short_row;
+                    if ((Py_ssize_t)size > end - pos - 4) goto short_row;
                     if (pass == 0) {
                         total += size;
                         values++;
@@ -147,8 +155,8 @@ done:
 static PyObject *mask_one_column(PyObject *self, PyObject *args) {
     Py_buffer buf, rep;
     PyObject *run;
-    int index;
-    if (!PyArg_ParseTuple(args, "y*O!iy*", &buf, &PyList_Type, &run, &index, &rep)) return NULL;
+    Py_ssize_t index;
+    if (!PyArg_ParseTuple(args, "y*O!ny*", &buf, &PyList_Type, &run, &index, &rep)) return NULL;
     const unsigned char *b = buf.buf;
     Py_ssize_t count = PyList_GET_SIZE(run), width = rep.len, total = 0;
     PyObject *out = NULL;
@@ -166,27 +174,28 @@ static PyObject *mask_one_column(PyObject *self, PyObject *args) {
         for (Py_ssize_t i = 0; i < count; i++) {
             Py_ssize_t start, end;
             if (frame_at(run, i, buf.len, &start, &end) < 0) goto fail;
-            int columns = (b[start + 5] << 8) | b[start + 6];
-            if (columns <= index) {
+            Py_ssize_t columns = (b[start + 5] << 8) | b[start + 6];
+            if (columns <= index) { /* so index < 65536: the loop below is short */
                 PyErr_SetString(PyExc_ValueError,
                                 "a DataRow has fewer columns than its RowDescription");
                 goto fail;
             }
             Py_ssize_t pos = start + 7;
-            for (int c = 0; c < index; c++) {
-                if (pos + 4 > end) goto short_row;
+            for (Py_ssize_t c = 0; c < index; c++) { /* invariant: start + 7 <= pos <= end */
+                if (end - pos < 4) goto short_row;
                 int32_t size = be32(b + pos);
+                if (size > 0 && (Py_ssize_t)size > end - pos - 4) goto short_row;
                 pos += size > 0 ? 4 + (Py_ssize_t)size : 4;
             }
-            if (pos + 4 > end) goto short_row;
+            if (end - pos < 4) goto short_row;
             int32_t size = be32(b + pos);
             if (size < 0) { /* NULL stays NULL */
                 if (pass == 0) total += end - start;
                 else { memcpy(w, b + start, (size_t)(end - start)); w += end - start; }
                 continue;
             }
-            Py_ssize_t after = pos + 4 + (Py_ssize_t)size;
-            if (after > end) goto short_row;
+            if ((Py_ssize_t)size > end - pos - 4) goto short_row;
+            Py_ssize_t after = pos + 4 + (Py_ssize_t)size; /* <= end */
             Py_ssize_t length = end - start - 1 + width - 4 - size;
             if (length > INT32_MAX) {
                 PyErr_SetString(PyExc_ValueError, "a masked DataRow is too long");
@@ -230,6 +239,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rows", NULL, -1, me
 /* rowpath.py loads a build only when VERSION is the one it expects (a stale build is ignored). */
 PyMODINIT_FUNC PyInit__rows(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 1) < 0) Py_CLEAR(m);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 2) < 0) Py_CLEAR(m);
     return m;
 }

@@ -416,28 +416,31 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
         return [mask_one_column(buf, run, *masked[0])]
     out: list[bytes] = []
     append = out.append
-    for _, start, end in run:
-        if int.from_bytes(buf[start + 5 : start + 7], "big") <= last:
-            raise pg.ProtocolError("a DataRow has fewer columns than its RowDescription")
-        pos = copied = start + 7
-        column = delta = 0
-        pieces: list[bytes] = []
-        for index, replacement in masked:
-            while column < index:
+    try:
+        for _, start, end in run:
+            if int.from_bytes(buf[start + 5 : start + 7], "big") <= last:
+                raise pg.ProtocolError("a DataRow has fewer columns than its RowDescription")
+            pos = copied = start + 7
+            column = delta = 0
+            pieces: list[bytes] = []
+            for index, replacement in masked:
+                while column < index:
+                    size = unpack(buf, pos)[0]
+                    pos += 4 + size if size > 0 else 4
+                    column += 1
                 size = unpack(buf, pos)[0]
-                pos += 4 + size if size > 0 else 4
+                after = pos + 4 + size if size > 0 else pos + 4
+                if size >= 0:
+                    pieces += (buf[copied:pos], replacement)
+                    delta += len(replacement) - (after - pos)
+                    copied = after
+                pos = after
                 column += 1
-            size = unpack(buf, pos)[0]
-            after = pos + 4 + size if size > 0 else pos + 4
-            if size >= 0:
-                pieces += (buf[copied:pos], replacement)
-                delta += len(replacement) - (after - pos)
-                copied = after
-            pos = after
-            column += 1
-        if pos > end:
-            raise pg.ProtocolError("a DataRow is shorter than its columns say")
-        append(b"D" + pack(end - start - 1 + delta) + buf[start + 5 : start + 7])
-        out += pieces
-        append(buf[copied:end])
+            if pos > end:
+                raise pg.ProtocolError("a DataRow is shorter than its columns say")
+            append(b"D" + pack(end - start - 1 + delta) + buf[start + 5 : start + 7])
+            out += pieces
+            append(buf[copied:end])
+    except struct.error:  # a length prefix that points past the buffer
+        raise pg.ProtocolError("a DataRow is shorter than its columns say") from None
     return out

@@ -70,8 +70,9 @@ def py_join_values(buf: bytes, run: list[Frame]) -> bytes:
     unpack = _LENGTH.unpack_from
     values: list[bytes] = []
     append = values.append
+    limit = len(buf)
     for _, start, end in run:
-        if end - start < 7:
+        if start < 0 or end > limit or end - start < 7:  # a frame inside buf, as in _rows.c
             raise ProtocolError("a DataRow is shorter than its columns say")
         pos = start + 7
         for _ in range(int.from_bytes(buf[start + 5 : start + 7], "big")):
@@ -92,11 +93,13 @@ def py_mask_one_column(buf: bytes, run: list[Frame], index: int, replacement: by
     """The DataRows of ``run`` with column ``index`` replaced by ``replacement`` (its length
     prefix included); NULLs stay NULL. (The per-row loop of a big result: kept flat.)"""
     unpack, pack = _LENGTH.unpack_from, _LENGTH.pack
-    width = len(replacement)
+    width, limit = len(replacement), len(buf)
+    if index < 0:
+        raise ProtocolError("negative column index")
     out: list[bytes] = []
     append = out.append
     for _, start, end in run:
-        if end - start < 7:
+        if start < 0 or end > limit or end - start < 7:  # a frame inside buf, as in _rows.c
             raise ProtocolError("a DataRow is shorter than its columns say")
         if int.from_bytes(buf[start + 5 : start + 7], "big") <= index:
             raise ProtocolError("a DataRow has fewer columns than its RowDescription")
@@ -124,7 +127,7 @@ def py_mask_one_column(buf: bytes, run: list[Frame], index: int, replacement: by
 # -------------------------------------------------------------------------- compiled
 
 SOURCE = Path(__file__).with_name("_rows.c")
-_VERSION = 1  # _rows.c's VERSION: a build of another version is not used
+_VERSION = 2  # _rows.c's VERSION: a build of another version is not used
 
 
 def _current(module: ModuleType) -> bool:
@@ -160,7 +163,7 @@ def _compiled_join(rows: ModuleType) -> Callable[[bytes, list[Frame]], bytes]:
     def join_values(buf: bytes, run: list[Frame]) -> bytes:
         try:
             joined: bytes = fast(buf, run)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: a position past 2**63
             raise ProtocolError(str(exc)) from None
         return joined
 
@@ -173,7 +176,7 @@ def _compiled_mask(rows: ModuleType) -> Callable[[bytes, list[Frame], int, bytes
     def mask_one_column(buf: bytes, run: list[Frame], index: int, replacement: bytes) -> bytes:
         try:
             masked: bytes = fast(buf, run, index, replacement)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: a position past 2**63
             raise ProtocolError(str(exc)) from None
         return masked
 
