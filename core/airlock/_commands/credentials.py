@@ -100,9 +100,7 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from airlock.brokerclient import (
-        BrokerClient,
         default_state_dir,
-        forget_job_state,
         load_job_state,
     )
 
@@ -115,16 +113,12 @@ def _run(args: argparse.Namespace) -> int:
             )
         return _helper(args.helper, list(args.helper_args), state.leases)
     if args.revoke:
-        state = load_job_state(state_dir)
-        if state is None:
+        from airlock.jobs.credentials import revoke_job_leases
+
+        revoked = revoke_job_leases(state_dir)
+        if revoked is None:
             print("airlock: no leases to revoke (no job state)", file=sys.stderr)
             return 0
-        client = BrokerClient(state.broker)
-        try:
-            revoked = client.revoke(state.job_token)
-        finally:
-            client.close()
-        forget_job_state(state_dir)
         print(f"airlock: revoked {revoked} lease(s)", file=sys.stderr)
         return 0
     if not args.broker or not args.audience:

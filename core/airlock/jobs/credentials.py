@@ -10,9 +10,16 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from airlock.brokerclient import BrokerClient, JobState, save_job_state
+from airlock.brokerclient import (
+    BrokerClient,
+    JobState,
+    default_state_dir,
+    forget_job_state,
+    load_job_state,
+    save_job_state,
+)
 
-__all__ = ["issue_credentials"]
+__all__ = ["issue_credentials", "revoke_job_leases"]
 
 
 def issue_credentials(
@@ -46,3 +53,20 @@ def issue_credentials(
         client.close()
     save_job_state(state, state_dir)
     return state
+
+
+def revoke_job_leases(state_dir: Path | None = None) -> int | None:
+    """End this job's leases at the broker (the job state `airlock credentials` saved in
+    ``state_dir``, default :func:`default_state_dir`) and forget the state; returns how many
+    leases ended, or None when there is no job state (nothing was issued, nothing to end)."""
+    state_dir = state_dir or default_state_dir()
+    state = load_job_state(state_dir)
+    if state is None:
+        return None
+    client = BrokerClient(state.broker)
+    try:
+        revoked = client.revoke(state.job_token)
+    finally:
+        client.close()
+    forget_job_state(state_dir)
+    return revoked

@@ -160,24 +160,9 @@ def _seal_open_sessions(
 def revoke_job_leases() -> int:
     """End this job's leases at the broker (the job state `airlock credentials` saved); returns
     how many. No job state: nothing was issued, nothing to end."""
-    from airlock.brokerclient import (
-        BrokerClient,
-        default_state_dir,
-        forget_job_state,
-        load_job_state,
-    )
+    from airlock.jobs.credentials import revoke_job_leases as revoke
 
-    state_dir = default_state_dir()
-    state = load_job_state(state_dir)
-    if state is None:
-        return 0
-    client = BrokerClient(state.broker)
-    try:
-        revoked = client.revoke(state.job_token)
-    finally:
-        client.close()
-    forget_job_state(state_dir)
-    return revoked
+    return revoke() or 0
 
 
 def _revoke(revoke: Callable[[], int], result: FinalizeResult, say: Say) -> None:
