@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 from airlock.events import EventType
 from airlock.gateway.postgres._shared import Shared, cstring
@@ -66,16 +66,19 @@ class Held:
     portal: str | None = None
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """What to do after client bytes (or an approval answer): send ``upstream``; then ask for
     approval of ``hold`` (nothing more is sent until :meth:`Relay.decided`); ``pause`` reading
-    the client (its backlog is full); ``end``: the client sent Terminate."""
+    the client (its backlog is full); ``end``: the client sent Terminate. (A named tuple: one
+    is made per statement, and a frozen dataclass costs several times more to build.)"""
 
     upstream: bytes = b""
     hold: Held | None = None
     pause: bool = False
     end: bool = False
+
+
+_NOTHING = Step()
 
 
 class Relay:
@@ -104,7 +107,7 @@ class Relay:
         """Bytes from the client in (any split); what to do out."""
         buf, frames = self.framer.split(data)
         if not frames:
-            return Step()
+            return _NOTHING
         if self.holding is not None:
             self.backlog += buf[frames[0][1] : frames[-1][2]]
             return Step(pause=len(self.backlog) > MAX_BACKLOG)
@@ -245,9 +248,10 @@ class Relay:
             self.sql_prepared[name] = prepared
         masked = self.s.masker.mask_text(sql)
         if simple:
-            seq = self.s.event(
+            seq = self.s.record(
                 EventType.DB_QUERY,
                 {
+                    "gateway": self.s.config.name,
                     "connection": self.conn_id,
                     "protocol": "simple",
                     "sql": masked,
@@ -366,9 +370,10 @@ class Relay:
         sql, verdict = known or ("", self.s.guard.verdict(""))
         masked = self.s.masker.mask_text(sql)
         params = self._params(bind)
-        seq = self.s.event(
+        seq = self.s.record(  # the hot events build their one dict (Shared.event copies)
             EventType.DB_QUERY,
             {
+                "gateway": self.s.config.name,
                 "connection": self.conn_id,
                 "protocol": "extended",
                 "sql": masked,
@@ -408,6 +413,9 @@ class Relay:
         A Parse earlier in this same batch decides alone (if the server refuses or skips it,
         it skips this Bind too). Otherwise the server holds what it confirmed, any Parse of
         earlier batches still unanswered, or what SQL PREPARE made: every one could be it."""
+        confirmed = self.results.statements.get(name)
+        if not self.results.changes and name not in self.sql_prepared:
+            return cast("tuple[str, Verdict] | None", confirmed)  # the steady state: no doubt
         batch = self.results.batches_sent + 1
         changes = [c for c in self.results.changes if c.name == name and c.target in "Ss"]
         same = [c for c in changes if c.batch == batch]
@@ -416,7 +424,7 @@ class Relay:
         # SQL PREPARE / DEALLOCATE change the same names where the gateway does not follow them
         # to the server's answer: a name SQL ever prepared is one more candidate.
         found = [
-            self.results.statements.get(name),
+            confirmed,
             *(c.entry for c in changes if c.entry),
             self._sql_prepared(name),
         ]

@@ -42,7 +42,7 @@ _NO_DATA = ord("n")
 _PARAMETER_STATUS, _NOTIFICATION = b"SA"
 
 
-@dataclass
+@dataclass(slots=True)
 class Inflight:
     """A statement sent upstream whose results are still coming."""
 
@@ -368,19 +368,21 @@ class Results:
         head = self.inflight[0] if self.inflight else None
         if head is None:
             return
+        now = time.monotonic()
         data: dict[str, Any] = {
+            "gateway": self.s.config.name,
             "connection": self.conn_id,
             "query": head.query_seq if isinstance(head.query_seq, int) else None,
             "rows": rows_of(tag, head.rows),
-            "duration_ms": round((time.monotonic() - head.started) * 1000, 3),
+            "duration_ms": round((now - head.started) * 1000, 3),
         }
         if tag is not None:
             data["tag"] = tag
         if error is not None:
             data["error"] = {"sqlstate": error[0], "message": error[1]}
-        self.s.event(EventType.DB_RESULT, data)
+        self.s.record(EventType.DB_RESULT, data)
         head.rows = 0
-        head.started = time.monotonic()
+        head.started = now
         if not head.simple:  # a simple Query ends at ReadyForQuery, after all its statements
             self.inflight.popleft()
 
