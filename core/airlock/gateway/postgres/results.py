@@ -153,6 +153,16 @@ class Results:
                     index += 1
                 end = frames[index - 1][2]
                 new = self._rows(buf, frames[first:index])
+            elif kind == _COMMAND_COMPLETE:  # every statement's end: tested first
+                self.result(tag=cstring(buf[start:end], "CommandComplete"))
+                self.column_plan = None
+                continue
+            elif kind == _READY:
+                if end - start != 6:
+                    raise ProtocolError("ReadyForQuery message has a bad length")
+                self.tx_status = chr(buf[start + 5])
+                self._ready()
+                continue
             elif kind in _PASSED:
                 continue
             elif kind in (_PARSE_COMPLETE, _CLOSE_COMPLETE):
@@ -167,16 +177,6 @@ class Results:
                 continue
             elif kind == _COPY_DATA:
                 new = self._copy_data(buf, start, end)
-            elif kind == _COMMAND_COMPLETE:
-                self.result(tag=cstring(buf[start:end], "CommandComplete"))
-                self.column_plan = None
-                continue
-            elif kind == _READY:
-                if end - start != 6:
-                    raise ProtocolError("ReadyForQuery message has a bad length")
-                self.tx_status = chr(buf[start + 5])
-                self._ready()
-                continue
             elif kind in (_ROW_DESCRIPTION, _NO_DATA):
                 new = self._description(buf[start:end], kind == _NO_DATA)
                 if new is None:
