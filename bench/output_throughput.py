@@ -7,10 +7,12 @@ sessions directory (what its disk can take), and asciinema 2.x recording the sam
 (a peer recorder). CPU is that of every process of the run (user + system).
 
     .venv/bin/python bench/output_throughput.py [--quick] [--rounds N] [--sessions DIR]
-        [--before TREE]
+        [--before TREE] [--sandbox MODE[,MODE...]]
 
 --sessions: where the logs go (default: a temporary directory; /dev/shm takes the disk out).
 --before: also run the `airlock` of another checkout (PYTHONPATH=TREE/core), in the same turns.
+--sandbox: run each airlock subject once per mode (e.g. `off,required`), in the same turns, and
+print required/off ratios (issue 10: the sandbox must cost <= 5 %). Default: the policy's mode.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=Path, help="directory for the session logs")
     parser.add_argument("--before", type=Path, help="a checkout to compare with")
+    parser.add_argument("--sandbox", help="comma-separated --sandbox modes, e.g. off,required")
     args = parser.parse_args()
+    modes = args.sandbox.split(",") if args.sandbox else [""]
     adopt_orphans()
     corpus = log_corpus(20 if args.quick else 200)
     nbytes = corpus.stat().st_size
@@ -75,10 +79,11 @@ def main() -> None:
             ),
         }
         for label, tree_env in trees.items():
-            for mode, name in (("never", "pipes"), ("always", "pty")):
-                subjects[f"airlock run -- cat BIG ({name}){label}"] = _airlock(
-                    tmp, policy, mode, corpus, tree_env
-                )
+            for pty, name in (("never", "pipes"), ("always", "pty")):
+                for sandbox in modes:
+                    subjects[_name(name, label, sandbox)] = _airlock(
+                        tmp, policy, pty, corpus, tree_env, sandbox
+                    )
         print(
             f"output throughput, {nbytes / 1e6:.0f} MB of log text, median of {args.rounds} "
             f"rounds in turns, sessions in {tmp}; load average before: {load_average()}\n"
@@ -88,14 +93,29 @@ def main() -> None:
         peer = results["asciinema rec -c 'cat BIG' (peer)"][0]
         for name, (wall, cpu) in results.items():
             print(
-                f"{name:48} {wall * 1000:8.0f} ms {nbytes / wall / 1e6:7.0f} MB/s  "
+                f"{name:60} {wall * 1000:8.0f} ms {nbytes / wall / 1e6:7.0f} MB/s  "
                 f"CPU {cpu * 1000:6.0f} ms = {cpu * 1000 / (nbytes / 1e6):5.2f} ms/MB"
                 f"  ({bare / wall:.2f}x bare)"
             )
+        print()
         for label in trees:
-            pty = results[f"airlock run -- cat BIG (pty){label}"][0]
-            print(f"\nairlock (pty){label} vs asciinema: {peer / pty:.2f}x its speed")
+            for sandbox in modes:
+                pty = results[_name("pty", label, sandbox)][0]
+                print(f"{_name('pty', label, sandbox)} vs asciinema: {peer / pty:.2f}x its speed")
+            for name in ("pipes", "pty") if "off" in modes else ():
+                off = results[_name(name, label, "off")]
+                for sandbox in (m for m in modes if m != "off"):
+                    on = results[_name(name, label, sandbox)]
+                    print(
+                        f"{name}{label}: --sandbox {sandbox} / off = {on[0] / off[0]:.2f}x time, "
+                        f"{on[1] / off[1]:.2f}x CPU (target <= 1.05x)"
+                    )
         print(f"load average after: {load_average()}")
+
+
+def _name(output: str, label: str, sandbox: str) -> str:
+    mode = f", --sandbox {sandbox}" if sandbox else ""
+    return f"airlock run -- cat BIG ({output}{mode}){label}"
 
 
 def _fresh(tmp: str, run: Callable[[Path], tuple[float, float]]) -> tuple[float, float]:
@@ -107,14 +127,17 @@ def _fresh(tmp: str, run: Callable[[Path], tuple[float, float]]) -> tuple[float,
 
 
 def _airlock(
-    tmp: str, policy: Path, mode: str, corpus: Path, env: dict[str, str]
+    tmp: str, policy: Path, mode: str, corpus: Path, env: dict[str, str], sandbox: str
 ) -> Callable[[], tuple[float, float]]:
+    chosen = ("--sandbox", sandbox) if sandbox else ()
+
     def run() -> tuple[float, float]:
         sessions = Path(tmp, "sessions")
         try:
             return run_cpu(
                 [
-                    *(tool("airlock"), "run", "--quiet", "--pty", mode, "--policy", str(policy)),
+                    *(tool("airlock"), "run", "--quiet", "--pty", mode, *chosen),
+                    *("--policy", str(policy)),
                     *("--sessions", str(sessions), "--", "cat", str(corpus)),
                 ],
                 env=env,
