@@ -22,3 +22,9 @@ def test_run_imports_leave_httpx_until_a_broker_is_used() -> None:
     assert _loaded_after(code + "\nfrom airlock.brokerclient import BrokerClient", ["httpx"]) == [
         "httpx"
     ]
+
+
+def test_identity_and_strace_probe_start_before_the_policy_package_loads() -> None:
+    # `airlock run` starts git and the strace probe, then reads the policy while they run.
+    code = "import airlock.ci, airlock.capture.tracer"
+    assert _loaded_after(code, ["pydantic", "airlock.policy"]) == []
