@@ -7,12 +7,13 @@ sessions directory (what its disk can take), and asciinema 2.x recording the sam
 (a peer recorder). CPU is that of every process of the run (user + system).
 
     .venv/bin/python bench/output_throughput.py [--quick] [--rounds N] [--sessions DIR]
-        [--before TREE] [--sandbox MODE[,MODE...]]
+        [--before TREE] [--sandbox MODE[,MODE...]] [--outputs pipes,pty]
 
 --sessions: where the logs go (default: a temporary directory; /dev/shm takes the disk out).
 --before: also run the `airlock` of another checkout (PYTHONPATH=TREE/core), in the same turns.
 --sandbox: run each airlock subject once per mode (e.g. `off,required`), in the same turns, and
 print required/off ratios (issue 10: the sandbox must cost <= 5 %). Default: the policy's mode.
+--outputs: which airlock subjects to run (default both: pipes and a pty).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def main() -> None:
     parser.add_argument("--sessions", type=Path, help="directory for the session logs")
     parser.add_argument("--before", type=Path, help="a checkout to compare with")
     parser.add_argument("--sandbox", help="comma-separated --sandbox modes, e.g. off,required")
+    parser.add_argument("--outputs", default="pipes,pty", help="pipes, pty or pipes,pty")
     args = parser.parse_args()
     modes = args.sandbox.split(",") if args.sandbox else [""]
+    outputs = [o for o in (("never", "pipes"), ("always", "pty")) if o[1] in args.outputs]
     adopt_orphans()
     corpus = log_corpus(20 if args.quick else 200)
     nbytes = corpus.stat().st_size
@@ -62,7 +65,9 @@ def main() -> None:
             "copy to the sessions dir: cat BIG > F": lambda: _fresh(
                 tmp, lambda out: run_cpu(["cat", str(corpus), ">", str(out)], shell=True, env=env)
             ),
-            "asciinema rec -c 'cat BIG' (peer)": lambda: _fresh(
+        }
+        if ("always", "pty") in outputs:
+            subjects[PEER] = lambda: _fresh(
                 tmp,
                 lambda out: run_cpu(
                     [
@@ -76,10 +81,9 @@ def main() -> None:
                     ],
                     env=env,
                 ),
-            ),
-        }
+            )
         for label, tree_env in trees.items():
-            for pty, name in (("never", "pipes"), ("always", "pty")):
+            for pty, name in outputs:
                 for sandbox in modes:
                     subjects[_name(name, label, sandbox)] = _airlock(
                         tmp, policy, pty, corpus, tree_env, sandbox
@@ -90,7 +94,6 @@ def main() -> None:
         )
         results = interleaved(subjects, args.rounds)
         bare = results["bare pipe: cat BIG | cat (baseline)"][0]
-        peer = results["asciinema rec -c 'cat BIG' (peer)"][0]
         for name, (wall, cpu) in results.items():
             print(
                 f"{name:60} {wall * 1000:8.0f} ms {nbytes / wall / 1e6:7.0f} MB/s  "
@@ -99,10 +102,11 @@ def main() -> None:
             )
         print()
         for label in trees:
-            for sandbox in modes:
+            for sandbox in modes if PEER in results else ():
                 pty = results[_name("pty", label, sandbox)][0]
-                print(f"{_name('pty', label, sandbox)} vs asciinema: {peer / pty:.2f}x its speed")
-            for name in ("pipes", "pty") if "off" in modes else ():
+                speed = results[PEER][0] / pty
+                print(f"{_name('pty', label, sandbox)} vs asciinema: {speed:.2f}x its speed")
+            for _, name in outputs if "off" in modes else ():
                 off = results[_name(name, label, "off")]
                 for sandbox in (m for m in modes if m != "off"):
                     on = results[_name(name, label, sandbox)]
@@ -111,6 +115,9 @@ def main() -> None:
                         f"{on[1] / off[1]:.2f}x CPU (target <= 1.05x)"
                     )
         print(f"load average after: {load_average()}")
+
+
+PEER = "asciinema rec -c 'cat BIG' (peer)"
 
 
 def _name(output: str, label: str, sandbox: str) -> str:
