@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -25,13 +24,13 @@ from airlock._commands._common import add_flag
 from airlock.audit import iter_events
 from airlock.audit.describe import Describer
 from airlock.audit.reader import EVENTS_FILE, load_manifest
+from airlock.audit.visible import visible
 from airlock.errors import AirlockError, ExitCode, UsageError
 
 __all__ = ["register", "summarize"]
 
 _EVENTS = EVENTS_FILE
 _WIDTH = 120
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 _TYPE_STYLES = {
     "session": "bold cyan",
     "process": "green",
@@ -153,7 +152,7 @@ def _parse_ts(value: Any) -> datetime | None:
 def _clean(text: str, limit: int = _WIDTH) -> str:
     """One line, control characters escaped, trimmed to ``limit``."""
     text = text[: limit * 2]  # a 64 KiB output chunk is cut before it is escaped
-    text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    text = visible(text).replace("\n", "\\n").replace("\t", "\\t")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
