@@ -88,12 +88,21 @@ def test_install_never_imports_from_the_checkout(tmp_path: Path) -> None:
 
 
 def test_every_python_start_in_the_actions_ignores_the_working_directory() -> None:
-    """The composite actions' ``run:`` lines and the venv's ``airlock`` wrapper: each
+    """The composite actions' ``run:`` lines, the venv's ``airlock`` wrapper and the GitLab
+    template's install (the merge request's checkout is its working directory too): each
     ``python -m`` / ``python -c`` of Airlock's carries ``-P`` (Python 3.11+, which install.sh
     requires)."""
-    starts = re.compile(r'(?:"\$AIRLOCK_PY"|\$\(dirname "\$0"\)/python")((?: -\w)*) -[mc] ')
+    starts = re.compile(
+        r'(?:"\$AIRLOCK_PY"|\$\(dirname "\$0"\)/python"|"\$AIRLOCK_PYTHON"|"\$airlock_venv/bin/python")'
+        r"((?: -\w)*) -[mc] "
+    )
+    files = [
+        *REPO.glob("actions/*/action.yml"),
+        REPO / "actions/_shim/install.sh",
+        REPO / "gitlab-templates/airlock.yml",
+    ]
     unsafe, seen = [], 0
-    for path in [*REPO.glob("actions/*/action.yml"), REPO / "actions/_shim/install.sh"]:
+    for path in files:
         for line in path.read_text().splitlines():
             for match in starts.finditer(line):
                 seen += 1
