@@ -105,3 +105,17 @@ def test_the_agent_cannot_leave_its_own_dotenv_report(tmp_path: Path) -> None:
     assert finalize.returncode == 0, finalize.stderr
     [session] = (artifacts / "sessions").iterdir()
     assert (session / "manifest.json").is_file()
+
+
+def test_a_session_the_agent_forged_in_the_artifacts_is_not_passed_on(tmp_path: Path) -> None:
+    """``airlock/sessions`` is what the archive job (``.airlock-archive``) archives: only the
+    sessions Airlock recorded belong there."""
+    forged = "airlock/sessions/20990101T000000Z-forged"
+    plant = f"mkdir -p {forged} && echo '{{}}' > {forged}/manifest.json && echo planted"
+
+    artifacts, finalize = _agent_then_finalize(tmp_path, plant)
+
+    assert finalize.returncode == 0, finalize.stderr
+    [session] = (artifacts / "sessions").iterdir()
+    assert session.name != "20990101T000000Z-forged"
+    assert (session / "manifest.json").is_file()

@@ -52,15 +52,16 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
-def copy_sessions(sessions: Iterable[Path], into: Path) -> None:
-    """Copy each session directory into ``into`` (a real directory), unless it is there already
-    (``into`` is where it lives, or an earlier finalize of this job copied it)."""
+def copy_sessions(sessions: Iterable[Path], into: Path, source: Path | None = None) -> None:
+    """Copy each session directory into ``into``, a fresh real directory: what was there (a
+    session the agent forged, say) is removed first, unless ``into`` is the sessions directory
+    ``source`` itself (a later job that archives the artifacts)."""
+    if source is None or _absolute(source) != _absolute(into):
+        _remove(into)
     into = real_directory(into)
     for session in sessions:
         target = into / session.name
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
-            target.unlink()
-        if not target.exists():
+        if _absolute(session) != _absolute(target):
             shutil.copytree(session, target, symlinks=True)
 
 
