@@ -9,6 +9,7 @@ sandbox. ``.git/config`` and ``.git/info/attributes`` are the agent's to write: 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -182,3 +183,40 @@ def test_the_agent_cannot_rewrite_the_policy_of_the_next_session(
     assert second.returncode == 0, second.stderr
     assert b"token=" in second.stdout
     assert token.encode() not in second.stdout, "the next session ran under the agent's policy"
+
+
+def _persist_credentials(repo: Path, token: str) -> tuple[str, str]:
+    """What actions/checkout (persist-credentials, the default) and GitLab Runner leave in the
+    checkout: the job's token as an HTTP header, and in the remote's URL."""
+    header = "AUTHORIZATION: basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    url = f"https://gitlab-ci-token:{token}@git.example/acme/api.git"
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo.parent)}
+    for args in (
+        ["config", "--local", "http.https://git.example/.extraheader", header],
+        ["remote", "add", "origin", url],
+    ):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    return header, url
+
+
+def test_the_job_token_the_checkout_persisted_is_not_the_agents(tmp_path: Path) -> None:
+    """The sandbox hides the runner's token files, but actions/checkout writes the job's
+    GITHUB_TOKEN into the checkout's own ``.git/config`` (and GitLab Runner its CI_JOB_TOKEN
+    into the remote URL): the agent read it there, and could use it through any allowed host.
+    It is taken out while the agent runs and put back for the job's later steps."""
+    repo = _checkout(tmp_path)
+    token = "ghs_" + secrets.token_hex(18)
+    header, url = _persist_credentials(repo, token)
+    steal = "cat .git/config > stolen.txt; git config --get-all remote.origin.url >> stolen.txt; "
+    steal += "git config user.email agent@example.com && echo configured"
+
+    result = _airlock_run(tmp_path, repo, steal)
+
+    assert result.returncode == 0, result.stderr
+    assert b"configured" in result.stdout  # git config still works inside
+    stolen = (repo / "stolen.txt").read_text()
+    assert "git.example" in stolen  # the agent read the config...
+    assert token not in stolen and header.split()[-1] not in stolen  # ...without the token
+    after = (repo / ".git" / "config").read_text()
+    assert header in after and url in after, "the later steps of the job lost their credentials"
+    assert "agent@example.com" in after  # what the agent changed stays
