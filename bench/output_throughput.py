@@ -148,6 +148,7 @@ def _airlock(
                     *("--sessions", str(sessions), "--", "cat", str(corpus)),
                 ],
                 env=env,
+                cwd=corpus.parent,  # the workspace: a sandbox shows the agent only that
             )
         finally:
             shutil.rmtree(sessions, ignore_errors=True)
