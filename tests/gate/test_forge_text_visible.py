@@ -24,6 +24,7 @@ from airlock.archive.summary import code_span, escape_md
 from airlock.audit import SigningKey
 from airlock.audit.visible import is_invisible, visible
 from airlock.ci.github import append_summary, error_annotation
+from airlock.ci.gitlab import section_start
 from airlock.gate import Operation
 from airlock.gate.github_api import GitHubApi
 from airlock.gate.github_check import check_run_body
@@ -116,6 +117,7 @@ def test_job_summary_and_annotations(tmp_path: Any) -> None:
     assert append_summary(summary, f"| 1 | {SNEAKY} |\n")
     _nothing_raw(summary.read_text(encoding="utf-8"))
     _nothing_raw(error_annotation(SNEAKY, title=SNEAKY))
+    _nothing_raw(section_start("airlock", SNEAKY).split("\r\x1b[0K", 1)[1])  # GitLab's job log
 
 
 @given(st.text())
