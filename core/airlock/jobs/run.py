@@ -42,6 +42,7 @@ from airlock.jobs.request import (
 from airlock.jobs.sandboxed import effective_mode, sandbox_spec
 from airlock.mask import Masker, StreamMasker
 from airlock.sandbox import RunningSandbox, SandboxSpec
+from airlock.sandbox.checkout import HiddenCredentials
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -162,6 +163,7 @@ class _Session(SessionParts):
         self._egress_env: dict[str, str] = {}
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
+        self._hidden_git: HiddenCredentials | None = None
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
@@ -193,6 +195,7 @@ class _Session(SessionParts):
                 self._egress.close()
             if self._sandbox is not None:
                 self._sandbox.close()
+            self._restore_checkout_credentials()  # the agent has ended: back for later steps
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
