@@ -82,7 +82,12 @@ def log_corpus(size_mb: int) -> Path:
 
 
 def _run_once(
-    argv: Sequence[str], *, env: dict[str, str] | None, shell: bool, stdout: int | None
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None,
+    shell: bool,
+    stdout: int | None,
+    cwd: Path | None = None,
 ) -> None:
     """Run ``argv`` to its end (a failure aborts the benchmark); stderr is dropped."""
     subprocess.run(
@@ -92,6 +97,7 @@ def _run_once(
         check=True,
         env=env,
         shell=shell,
+        cwd=cwd,
     )
 
 
@@ -208,11 +214,12 @@ def run_cpu(
     env: dict[str, str] | None = None,
     shell: bool = False,
     stdout: int | None = subprocess.DEVNULL,
+    cwd: Path | None = None,
 ) -> tuple[float, float]:
     """One run of ``argv``: (wall seconds, CPU seconds of it and everything it started)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    _run_once(argv, env=env, shell=shell, stdout=stdout)
+    _run_once(argv, env=env, shell=shell, stdout=stdout, cwd=cwd)
     wall = time.perf_counter() - start
     _reap_orphans()  # strace, detached, may end a moment after the command
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
