@@ -196,6 +196,11 @@ def _persist_credentials(repo: Path, token: str) -> tuple[str, str]:
         ["remote", "add", "origin", url],
     ):
         subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    submodule = repo / ".git" / "modules" / "lib" / "config"  # checkout's `submodules: true`
+    submodule.parent.mkdir(parents=True)
+    submodule.write_text(
+        f'[core]\n\tbare = false\n[http "https://git.example/"]\n\textraheader = {header}\n'
+    )
     return header, url
 
 
@@ -207,7 +212,8 @@ def test_the_job_token_the_checkout_persisted_is_not_the_agents(tmp_path: Path) 
     repo = _checkout(tmp_path)
     token = "ghs_" + secrets.token_hex(18)
     header, url = _persist_credentials(repo, token)
-    steal = "cat .git/config > stolen.txt; git config --get-all remote.origin.url >> stolen.txt; "
+    steal = "cat .git/config .git/modules/lib/config > stolen.txt; "
+    steal += "git config --get-all remote.origin.url >> stolen.txt; "
     steal += "git config user.email agent@example.com && echo configured"
 
     result = _airlock_run(tmp_path, repo, steal)
@@ -220,6 +226,7 @@ def test_the_job_token_the_checkout_persisted_is_not_the_agents(tmp_path: Path) 
     after = (repo / ".git" / "config").read_text()
     assert header in after and url in after, "the later steps of the job lost their credentials"
     assert "agent@example.com" in after  # what the agent changed stays
+    assert header in (repo / ".git" / "modules" / "lib" / "config").read_text()
 
 
 def test_a_read_only_path_inside_the_workspace_stays_read_only(tmp_path: Path) -> None:
