@@ -173,6 +173,8 @@ class _Session(SessionParts):
             self._start_egress()
             self._start_sandbox()
             result = self._run_command()
+            if self._egress is not None:  # open tunnels end now: recorded before session.end
+                self._egress.close()
             self._flush_all()
             self._end(result, time.monotonic() - started)
             self._checkpoint()
@@ -301,6 +303,9 @@ class _Session(SessionParts):
         )
 
     def _seal_incomplete(self, reason: str) -> None:
+        if self._egress is not None:  # its open tunnels are recorded before the seal
+            with contextlib.suppress(Exception):
+                self._egress.close()
         with contextlib.suppress(AirlockError, OSError):
             self._writer.seal(
                 self._req.key,

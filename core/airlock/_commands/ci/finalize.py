@@ -221,10 +221,11 @@ def _artifacts_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> Path
 
 
 def warn(platform: str, message: str) -> None:
+    from airlock.audit.visible import visible
     from airlock.ci.github import escape_command_data
 
     if platform == "github":
-        print(f"::warning title=Airlock::{escape_command_data(message)}", flush=True)
+        print(f"::warning title=Airlock::{escape_command_data(visible(message))}", flush=True)
     else:
         say(f"warning: {message}")
 
