@@ -280,3 +280,36 @@ def test_a_workspace_that_holds_home_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 80, result.stderr
     assert b"holds $HOME" in result.stderr
     assert (home / ".bashrc").read_text() == "# the user's\n"
+
+
+_FILELESS = """
+import os
+fd = os.memfd_create("x")
+os.write(fd, open("/bin/echo", "rb").read())
+if os.fork() == 0:
+    os.execve(fd, ["ls", "fileless-ran"], {})
+os.wait()
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="capture/ (exec tracer): an execveat of a memfd (fexecve) is recorded with path '' "
+    "and the argv[0] the agent chose; the event should say it was fileless (and hash the image)",
+)
+def test_a_fileless_exec_is_recorded_as_one(tmp_path: Path) -> None:
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
+    result = subprocess.run(
+        [AIRLOCK, "run", "--pty", "never", "--sandbox", "required", "--",
+         "python3", "-c", _FILELESS],
+        cwd=repo, env=env, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert b"fileless-ran" in result.stdout, result.stderr
+    [session] = (repo / ".airlock" / "sessions").iterdir()
+    events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+    [run] = [e["data"] for e in events if e["type"] == "process.exec"
+             and e["data"]["argv"] == ["ls", "fileless-ran"]]  # fmt: skip
+    assert run["path"] not in ("", "ls") or run.get("fileless") is True, run
