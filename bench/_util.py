@@ -201,6 +201,7 @@ def run_cpu(
     env: dict[str, str] | None = None,
     shell: bool = False,
     stdout: int | None = subprocess.DEVNULL,
+    cwd: Path | None = None,
 ) -> tuple[float, float]:
     """One run of ``argv``: (wall seconds, CPU seconds of it and everything it started)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -212,6 +213,7 @@ def run_cpu(
         check=True,
         env=env,
         shell=shell,
+        cwd=cwd,
     )
     wall = time.perf_counter() - start
     _reap_orphans()  # strace, detached, may end a moment after the command
