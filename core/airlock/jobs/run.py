@@ -163,7 +163,7 @@ class _Session(SessionParts):
         self._egress_env: dict[str, str] = {}
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
-        self._hidden_git: HiddenCredentials | None = None
+        self._hidden_git: list[HiddenCredentials] = []
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
