@@ -15,6 +15,7 @@ handlers are not installed (the caller owns signals) and it logs nothing of its 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -22,11 +23,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-import httpx
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from airlock.errors import InfrastructureUnavailable
+from airlock.errors import InfrastructureUnavailable, UsageError
 
 __all__ = [
     "AsgiServer",
@@ -138,8 +138,12 @@ class AsgiServer:
     """An ASGI app being served on ``sock`` in the current event loop."""
 
     sock: socket.socket
-    server: uvicorn.Server = field(repr=False)
-    task: asyncio.Task[None] = field(repr=False)
+    _stop: Callable[[], Awaitable[None]] = field(repr=False)
+    _accepted: Callable[[], list[socket.socket]] = field(repr=False)
+
+    def accepted(self) -> list[socket.socket]:
+        """The sockets of the client connections open now."""
+        return self._accepted()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -154,16 +158,36 @@ class AsgiServer:
 
     async def stop(self) -> None:
         """Stop accepting, let responses in flight finish (up to :data:`GRACE` seconds)."""
-        self.server.should_exit = True
         try:
-            await self.task
+            await self._stop()
         finally:
-            await self.server.shutdown(sockets=[self.sock])
             self.sock.close()
 
 
-async def serve_asgi(app: Any, sock: socket.socket, *, name: str) -> AsgiServer:
-    """Serve ``app`` on ``sock`` (from :func:`bind`); returns once it accepts connections."""
+SERVERS = ("h1", "uvicorn")
+
+
+async def serve_asgi(app: Any, sock: socket.socket, *, name: str, server: str = "") -> AsgiServer:
+    """Serve ``app`` on ``sock`` (from :func:`bind`); returns once it accepts connections.
+
+    ``server``: ``h1`` (default; ``gateway/h1``: httptools on an asyncio Protocol) or ``uvicorn``
+    (uvicorn + h11); when empty, ``AIRLOCK_GATEWAY_SERVER`` or ``h1``."""
+    chosen = server or os.environ.get("AIRLOCK_GATEWAY_SERVER", "") or "h1"
+    if chosen not in SERVERS:
+        raise UsageError(
+            f"unknown gateway server {chosen!r}",
+            hint=f"set AIRLOCK_GATEWAY_SERVER to one of {', '.join(SERVERS)}",
+        )
+    if chosen == "uvicorn":
+        return await _serve_uvicorn(app, sock, name=name)
+    from airlock.gateway.h1.server import H1Server  # UsageError when httptools is missing
+
+    h1 = H1Server(app, keep_alive=_KEEP_ALIVE)
+    await h1.start(sock)
+    return AsgiServer(sock, lambda: h1.stop(GRACE), h1.sockets)
+
+
+async def _serve_uvicorn(app: Any, sock: socket.socket, *, name: str) -> AsgiServer:
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -184,7 +208,25 @@ async def serve_asgi(app: Any, sock: socket.socket, *, name: str) -> AsgiServer:
     server.config.load()
     server.lifespan = server.config.lifespan_class(server.config)
     await server.startup(sockets=[sock])
-    return AsgiServer(sock, server, asyncio.create_task(server.main_loop(), name=name))
+    task = asyncio.create_task(server.main_loop(), name=name)
+
+    async def stop() -> None:
+        server.should_exit = True
+        try:
+            await task
+        finally:
+            await server.shutdown(sockets=[sock])
+
+    def accepted() -> list[socket.socket]:
+        return [c.transport.get_extra_info("socket") for c in server.server_state.connections]
+
+    return AsgiServer(sock, stop, accepted)
+
+
+class Closes(Protocol):
+    """An upstream client (an ``httpx.AsyncClient``, a ``gateway/h1`` pool)."""
+
+    async def aclose(self) -> None: ...
 
 
 class HoldsApprovals(Protocol):
@@ -204,7 +246,7 @@ class ProxyGateway(Generic[P]):
     name: str
     proxy: P
     _server: AsgiServer = field(repr=False)
-    _client: httpx.AsyncClient = field(repr=False)
+    _client: Closes = field(repr=False)
 
     @property
     def address(self) -> tuple[str, int]:

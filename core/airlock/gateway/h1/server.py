@@ -1,0 +1,433 @@
+"""A lean HTTP/1.1 server for the gateways' ASGI apps: an asyncio Protocol over httptools
+(llhttp, the parser of Node.js).
+
+    server = H1Server(app)
+    await server.start(sock)          # a listening socket from ``serving.bind``
+    await server.stop(grace=5)        # stop accepting; finish, then cancel, requests in flight
+
+Why not uvicorn: on a keep-alive request through the HTTP gateway, uvicorn + h11 cost several
+times the gateway's own work (bench/RESULTS.md). This server does only what the gateways use:
+keep-alive and pipelining (one request at a time per connection), streamed bodies both ways
+with flow control, chunked encoding, ``Expect: 100-continue``, the ASGI ``http.disconnect``
+when the client leaves, and a graceful stop.
+
+Framing is llhttp's, which is strict where a proxy must be: Content-Length together with
+Transfer-Encoding, a duplicate Content-Length, a bad chunk size or a header folded over two lines
+is a 400 and the connection is closed, before the app sees anything. A Transfer-Encoding other
+than exactly ``chunked`` is refused too (501): the upstream would have to undo it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+__all__ = ["H1Server"]
+
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+_MAX_HEAD = 64 * 1024  # request line and headers; beyond this the request is refused (431)
+_HIGH_WATER = 256 * 1024  # request body buffered before reading from the client pauses
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_BODYLESS = frozenset({204, 304})
+_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+def _status_line(status: int) -> bytes:
+    return _STATUS.get(status) or f"HTTP/1.1 {status} \r\n".encode()
+
+
+def _error_response(status: int, error: str, hint: str) -> bytes:
+    body = json.dumps({"error": error, "hint": hint}).encode()
+    return (
+        _status_line(status)
+        + b"content-type: application/json\r\nconnection: close\r\n"
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+class H1Server:
+    """Serves one ASGI app on listening sockets in the running event loop (see module doc)."""
+
+    def __init__(self, app: App, *, keep_alive: float = 30.0) -> None:
+        self.app = app
+        self.keep_alive = keep_alive
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        """Accept connections on ``sock`` (listening, non-blocking)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+
+    def sockets(self) -> list[socket.socket]:
+        """The sockets of the client connections open now."""
+        found = (c.transport.get_extra_info("socket") for c in self.connections)
+        return [s for s in found if s is not None]
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; close idle connections; give requests in flight ``grace`` seconds,
+        then cancel them (the app sees the cancellation and can record it)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+        for conn in list(self.connections):
+            conn.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while self.connections and loop.time() < deadline:  # until each connection_lost ran
+            await asyncio.sleep(0.005)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests, runs one :class:`_Cycle` at a time."""
+
+    def __init__(self, server: H1Server) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.cycle: _Cycle | None = None  # the request being answered
+        self.parsing: _Cycle | None = None  # the request whose body is being read
+        self.pipeline: deque[_Cycle] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.in_head = False
+        self.head_size = 0
+        self.write_paused = False
+        self.read_paused = False
+        self.drained: list[asyncio.Future[None]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.stopping = False
+        self.upgraded = False
+        self.lost = False
+        self.addresses: tuple[Any, Any] = (None, None)
+
+    # ------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # bind() asks for TCP_NODELAY through the protocol number; set it here as well
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        here = transport.get_extra_info("sockname")
+        self.addresses = (tuple(here[:2]) if here else None, tuple(peer[:2]) if peer else None)
+        self._idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        for cycle in (self.cycle, self.parsing, *self.pipeline):
+            if cycle is not None:
+                cycle.disconnected = True
+                cycle.event.set()
+        self._wake_writers()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        for waiter in self.drained:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drained.clear()
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.lost:
+            waiter = self.loop.create_future()
+            self.drained.append(waiter)
+            await waiter
+
+    def data_received(self, data: bytes) -> None:
+        self._cancel_timer()
+        if self.upgraded:
+            return  # after an Upgrade the bytes are another protocol's: never parsed as HTTP
+        if self.in_head:
+            self.head_size += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True  # answered as plain HTTP (the proxy strips Upgrade), then closed
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, _BadRequest):
+                raise
+            self._refuse(cause.status, cause.error)
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP/1.1 request: {exc}")
+        else:
+            if self.in_head and self.head_size > _MAX_HEAD:
+                self._refuse(431, f"request line and headers larger than {_MAX_HEAD} bytes")
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.in_head = True
+        self.head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        codings = [v for k, v in self.headers if k == b"transfer-encoding"]
+        if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+            raise _BadRequest(501, "only Transfer-Encoding: chunked is accepted")
+        cycle = _Cycle(self, self._scope(), keep_alive=self.parser.should_keep_alive())
+        self.parsing = cycle
+        if self.cycle is None:
+            self._run(cycle)
+        else:  # pipelined: answered in order, once the one before is
+            self.pipeline.append(cycle)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None and not self.parsing.response_complete:
+            self.parsing.body += body
+            self.parsing.event.set()
+            if len(self.parsing.body) > _HIGH_WATER:
+                self._pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self.parsing is not None:
+            self.parsing.more = False
+            self.parsing.event.set()
+            self.parsing = None
+
+    def _scope(self) -> dict[str, Any]:
+        raw_path, _, query = self.url.partition(b"?")
+        version = self.parser.get_http_version()
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "server": self.addresses[0],
+            "client": self.addresses[1],
+            "scheme": "http",
+            "method": self.parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": unquote(raw_path.decode("latin-1")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self.headers,
+        }
+
+    # ------------------------------------------------------------------ cycles
+
+    def _run(self, cycle: _Cycle) -> None:
+        self.cycle = cycle
+        self.task = self.loop.create_task(cycle.run(self.server.app))
+
+    def done(self, cycle: _Cycle) -> None:
+        """``cycle``'s response is complete: next request, or close."""
+        if not cycle.keep_alive or self.stopping or self.upgraded or self.lost:
+            self.close()
+            return
+        self.cycle = None
+        if self.pipeline:
+            self._run(self.pipeline.popleft())
+        if not self.pipeline:
+            self._resume_reading()
+        if self.cycle is None:
+            self._idle()
+
+    def _refuse(self, status: int, error: str) -> None:
+        """Answer a request the parser refused (when no response has begun), then close."""
+        if self.cycle is None or not self.cycle.response_started:
+            hint = "send one well-formed HTTP/1.1 request (RFC 9112)"
+            self.transport.write(_error_response(status, error, hint))
+        self.close()
+
+    def shutdown(self) -> None:
+        """The server stops: close now if idle, else after the current response."""
+        self.stopping = True
+        if self.cycle is None:
+            self.close()
+
+    def close(self) -> None:
+        self._cancel_timer()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.pipeline:
+            self.read_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def body_taken(self) -> None:
+        self._resume_reading()
+
+    def _idle(self) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(self.server.keep_alive, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        if self.cycle is None:
+            self.close()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class _Cycle:
+    """One request and its response, as the ASGI app sees them (``receive`` and ``send``)."""
+
+    def __init__(self, conn: _Connection, scope: dict[str, Any], *, keep_alive: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        headers = scope["headers"]
+        self.expect_100 = (b"expect", b"100-continue") in (
+            (k, v.lower()) for k, v in headers if k == b"expect"
+        )
+        self.head_only = scope["method"] == "HEAD"
+        self.body = bytearray()
+        self.more = True
+        self.ended = False  # the last body message was handed to the app
+        self.event = asyncio.Event()
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.bodyless = False
+        self.head = b""
+
+    async def run(self, app: App) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            self.conn.close()
+            raise
+        except Exception:  # the app's own bug: the client gets a 500, never its message
+            self._failed()
+            return
+        if not self.response_complete:
+            self._failed()
+
+    def _failed(self) -> None:
+        if not self.response_started and not self.conn.lost:
+            error = "internal error in the gateway"
+            self.conn.transport.write(_error_response(500, error, "this is a bug in Airlock"))
+        self.conn.close()  # a response cut short: the client must see the break
+
+    async def receive(self) -> dict[str, Any]:
+        if self.expect_100:
+            self.expect_100 = False
+            if not self.response_started and not self.conn.transport.is_closing():
+                self.conn.transport.write(_CONTINUE)
+        while True:
+            if self.disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+            if self.body or (not self.more and not self.ended):
+                message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more}
+                self.body.clear()
+                self.ended = not self.more
+                self.conn.body_taken()
+                return message
+            self.event.clear()
+            await self.event.wait()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("the response was already started")
+            self.response_started = True
+            self._start(int(message["status"]), message.get("headers", []))
+        elif kind == "http.response.body":
+            if not self.response_started or self.response_complete:
+                raise RuntimeError("http.response.body outside a response")
+            more = bool(message.get("more_body", False))
+            self._write(bytes(message.get("body", b"")), more)
+            if more:
+                await self.conn.drain()
+            else:
+                self.response_complete = True
+                self.event.set()
+                self.conn.done(self)
+
+    def _start(self, status: int, headers: Any) -> None:
+        lines = [_status_line(status)]
+        length = False
+        for name, value in headers:
+            low = bytes(name).lower()
+            if low == b"content-length":
+                length = True
+            elif low == b"connection" and b"close" in bytes(value).lower():
+                self.keep_alive = False
+            elif low == b"transfer-encoding":
+                continue  # framing is this server's
+            lines.append(b"%s: %s\r\n" % (name, value))
+        self.bodyless = self.head_only or status in _BODYLESS or status < 200
+        self.chunked = not length and not self.bodyless
+        if self.chunked and self.scope["http_version"] == "1.0":
+            self.chunked = False  # HTTP/1.0 has no chunks: the body ends with the connection
+            self.keep_alive = False
+        self.head = b"".join(lines)
+
+    def _write(self, body: bytes, more: bool) -> None:
+        data = b""
+        if self.head:
+            head, self.head = self.head, b""
+            if self.chunked and not more:  # the whole body in one message: give its length
+                self.chunked = False
+                head += b"content-length: %d\r\n" % len(body)
+            elif self.chunked:
+                head += b"transfer-encoding: chunked\r\n"
+            if not self.keep_alive:
+                head += b"connection: close\r\n"
+            data = head + b"\r\n"
+        if self.bodyless:
+            body = b""
+        elif self.chunked:
+            body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + (
+                b"" if more else b"0\r\n\r\n"
+            )
+        if self.conn.lost or self.conn.transport.is_closing():
+            return
+        self.conn.transport.write(data + body if data else body)
