@@ -170,9 +170,10 @@ def test_an_ambiguous_body_framing_is_refused_and_nothing_is_forwarded(
     answer = _send(gw.url, _smuggle(ticket, framing, body))
     assert _status(answer) in (400, 501), answer[:200]
     assert b"connection: close" in answer.lower()
-    # refused before the app: nothing judged, recorded as forwarded, or sent upstream
-    assert not any(e.get("forwarded") for e in recorder.of("http.request"))
-    assert recorder.of("http.response") == []
+    # the smuggled DELETE is never parsed as a request: not judged, recorded or forwarded; a
+    # body refused mid-way (bad chunk size) is recorded as abandoned by the client
+    assert [e["method"] for e in recorder.of("http.request")] in ([], ["POST"])
+    assert all(e["status"] == 499 for e in recorder.of("http.response"))
     assert httpx.get(f"{gw.url}/y", headers={"Authorization": f"Bearer {ticket.value}"}).is_success
 
 
