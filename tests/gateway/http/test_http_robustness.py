@@ -218,3 +218,66 @@ def test_an_unexpected_failure_is_a_500_that_names_no_data(
     assert r.status_code == 500 and "ValueError" in r.json()["error"]
     assert "secret-looking" not in r.text and "secret-looking" not in recorder.text()
     assert recorder.of("http.response")[-1]["status"] == 500
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(v for k, v in _header_lines(head) if k == b"content-length"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _header_lines(head: bytes) -> Iterator[tuple[bytes, bytes]]:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        yield name.strip().lower(), value.strip()
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    gw = make_gateway()
+    with _raw_connection(gw.url) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+            + f"Authorization: Bearer {ticket.value}\r\n\r\n".encode()
+        )
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+    assert recorder.of("http.request")[0]["body"] == "hello"
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    gw = make_gateway(rules=[{"id": "no-b", "http": {"path": "/b"}, "action": "deny"}])
+    auth = f"Authorization: Bearer {ticket.value}\r\n".encode()
+    with _raw_connection(gw.url) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            b"".join(
+                b"GET /%s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (p, auth) for p in (b"a", b"b", b"c")
+            )
+        )
+        statuses = [_read_response(sock).split(b" ", 2)[1] for _ in range(3)]
+    assert statuses == [b"200", b"403", b"200"]
+    assert [e["path"] for e in recorder.of("http.request")] == ["/a", "/b", "/c"]
+
+
+def test_the_gateway_without_httptools_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from airlock.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "httptools", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "airlock.gateway.h1")
+    with pytest.raises(UsageError, match="httptools") as caught:
+        importlib.import_module("airlock.gateway.h1")
+    assert "reinstall airlock-ci" in caught.value.hint
