@@ -8,14 +8,15 @@
     running = start_in_thread(lambda: serve_x(config, ...), name="airlock-http-x")
     running.url; running.close()            # the same gateway in its own thread and loop
 
-The app runs under uvicorn on a socket bound here, in the caller's event loop; uvicorn's signal
-handlers are not installed (the caller owns signals) and it logs nothing of its own.
+The app runs under ``gateway/h1``'s HTTP/1.1 server (httptools on an asyncio Protocol) on a
+socket bound here, in the caller's event loop; it installs no signal handlers (the caller owns
+signals) and logs nothing of its own. The gateways left uvicorn + h11 for it in issue 12: those
+layers cost several times the gateway's own work per keep-alive request (docs/gateways.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -23,10 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
-from airlock.errors import InfrastructureUnavailable, UsageError
+from airlock.errors import InfrastructureUnavailable
 
 __all__ = [
     "AsgiServer",
@@ -84,55 +82,6 @@ def bind(config: Listens, error: type[InfrastructureUnavailable]) -> socket.sock
     return sock
 
 
-class _Coalescing:
-    """A transport whose writes in one turn of the event loop leave in one ``send``.
-
-    uvicorn writes a response's head and its body separately, so a keep-alive response cost the
-    gateway two sends and the client two wake-ups; on a loopback hop between processes each
-    costs more than the gateway's own work. Everything else is the wrapped transport's."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class _Protocol(H11Protocol):
-    """uvicorn's h11 protocol over a :class:`_Coalescing` transport."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
-
-
 @dataclass
 class AsgiServer:
     """An ASGI app being served on ``sock`` in the current event loop."""
@@ -164,63 +113,14 @@ class AsgiServer:
             self.sock.close()
 
 
-SERVERS = ("h1", "uvicorn")
-
-
-async def serve_asgi(app: Any, sock: socket.socket, *, name: str, server: str = "") -> AsgiServer:
-    """Serve ``app`` on ``sock`` (from :func:`bind`); returns once it accepts connections.
-
-    ``server``: ``h1`` (default; ``gateway/h1``: httptools on an asyncio Protocol) or ``uvicorn``
-    (uvicorn + h11); when empty, ``AIRLOCK_GATEWAY_SERVER`` or ``h1``."""
-    chosen = server or os.environ.get("AIRLOCK_GATEWAY_SERVER", "") or "h1"
-    if chosen not in SERVERS:
-        raise UsageError(
-            f"unknown gateway server {chosen!r}",
-            hint=f"set AIRLOCK_GATEWAY_SERVER to one of {', '.join(SERVERS)}",
-        )
-    if chosen == "uvicorn":
-        return await _serve_uvicorn(app, sock, name=name)
+async def serve_asgi(app: Any, sock: socket.socket, *, name: str) -> AsgiServer:
+    """Serve ``app`` on ``sock`` (from :func:`bind`) with ``gateway/h1``'s server; returns once
+    it accepts connections. ``name`` names the request tasks."""
     from airlock.gateway.h1.server import H1Server  # UsageError when httptools is missing
 
-    h1 = H1Server(app, keep_alive=_KEEP_ALIVE)
+    h1 = H1Server(app, keep_alive=_KEEP_ALIVE, name=name)
     await h1.start(sock)
     return AsgiServer(sock, lambda: h1.stop(GRACE), h1.sockets)
-
-
-async def _serve_uvicorn(app: Any, sock: socket.socket, *, name: str) -> AsgiServer:
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            date_header=False,
-            proxy_headers=False,
-            # h11 whatever else is installed (httptools would judge framing differently: it
-            # refuses Content-Length with Transfer-Encoding where h11 lets chunked win)
-            http=_Protocol,
-            timeout_keep_alive=_KEEP_ALIVE,
-            timeout_graceful_shutdown=GRACE,
-        )
-    )
-    server.config.load()
-    server.lifespan = server.config.lifespan_class(server.config)
-    await server.startup(sockets=[sock])
-    task = asyncio.create_task(server.main_loop(), name=name)
-
-    async def stop() -> None:
-        server.should_exit = True
-        try:
-            await task
-        finally:
-            await server.shutdown(sockets=[sock])
-
-    def accepted() -> list[socket.socket]:
-        return [c.transport.get_extra_info("socket") for c in server.server_state.connections]
-
-    return AsgiServer(sock, stop, accepted)
 
 
 class Closes(Protocol):

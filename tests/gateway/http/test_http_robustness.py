@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -220,15 +221,15 @@ def test_an_unexpected_failure_is_a_500_that_names_no_data(
     assert recorder.of("http.response")[-1]["status"] == 500
 
 
-def _read_response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(v for k, v in _header_lines(head) if k == b"content-length"))
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
+def _read_response(stream: Any) -> bytes:
+    """One response with a Content-Length from a buffered socket reader (``sock.makefile``)."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = stream.readline()
+        assert line, "the connection closed"
+        head += line
+    length = int(next(v for k, v in _header_lines(head.rstrip(b"\r\n")) if k == b"content-length"))
+    return head + stream.read(length)
 
 
 def _header_lines(head: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -249,7 +250,7 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(
         )
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
-        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+        assert _read_response(sock.makefile("rb")).startswith(b"HTTP/1.1 200")
     assert recorder.of("http.request")[0]["body"] == "hello"
 
 
@@ -265,7 +266,8 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(
                 b"GET /%s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (p, auth) for p in (b"a", b"b", b"c")
             )
         )
-        statuses = [_read_response(sock).split(b" ", 2)[1] for _ in range(3)]
+        stream = sock.makefile("rb")
+        statuses = [_read_response(stream).split(b" ", 2)[1] for _ in range(3)]
     assert statuses == [b"200", b"403", b"200"]
     assert [e["path"] for e in recorder.of("http.request")] == ["/a", "/b", "/c"]
 

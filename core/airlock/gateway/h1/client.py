@@ -150,13 +150,16 @@ class Response:
         self.status_code = status
         self.raw_headers = headers
         self._closed = False
+        self._index: dict[bytes, bytes] | None = None
 
     def header(self, name: str) -> str:
-        key = name.encode("latin-1")
-        for k, v in self.raw_headers:
-            if k.lower() == key:
-                return v.decode("latin-1")
-        return ""
+        """The first value of header ``name`` (lower-case), or ``""``."""
+        if self._index is None:
+            self._index = {}
+            for key, value in self.raw_headers:
+                self._index.setdefault(key.lower(), value)
+        found = self._index.get(name.encode("latin-1"))
+        return "" if found is None else found.decode("latin-1")
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked framing undone); raises :class:`UpstreamError`."""

@@ -64,8 +64,9 @@ def _error_response(status: int, error: str, hint: str) -> bytes:
 class H1Server:
     """Serves one ASGI app on listening sockets in the running event loop (see module doc)."""
 
-    def __init__(self, app: App, *, keep_alive: float = 30.0) -> None:
+    def __init__(self, app: App, *, keep_alive: float = 30.0, name: str = "h1") -> None:
         self.app = app
+        self.name = name
         self.keep_alive = keep_alive
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
@@ -253,7 +254,7 @@ class _Connection(asyncio.Protocol):
 
     def _run(self, cycle: _Cycle) -> None:
         self.cycle = cycle
-        self.task = self.loop.create_task(cycle.run(self.server.app))
+        self.task = self.loop.create_task(cycle.run(self.server.app), name=self.server.name)
 
     def done(self, cycle: _Cycle) -> None:
         """``cycle``'s response is complete: next request, or close."""
