@@ -37,6 +37,7 @@ _MAX_HEAD = 64 * 1024  # request line and headers; beyond this the request is re
 _HIGH_WATER = 256 * 1024  # request body buffered before reading from the client pauses
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BODYLESS = frozenset({204, 304})
+_LINGER = 2.0  # seconds a refused connection still reads (and drops) before it closes
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
@@ -119,12 +120,14 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
         self.head_size = 0
+        self.chunk_size = 0
         self.write_paused = False
         self.read_paused = False
         self.drained: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.stopping = False
         self.upgraded = False
+        self.refused = False
         self.lost = False
         self.addresses: tuple[Any, Any] = (None, None)
 
@@ -173,8 +176,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._cancel_timer()
-        if self.upgraded:
-            return  # after an Upgrade the bytes are another protocol's: never parsed as HTTP
+        if self.upgraded or self.refused:
+            return  # another protocol's bytes after an Upgrade; anything after a refusal
+        self.chunk_size = len(data)
         if self.in_head:
             self.head_size += len(data)
         try:
@@ -198,7 +202,8 @@ class _Connection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.in_head = True
-        self.head_size = 0
+        # at most the whole chunk it began in: a head is never let past the limit unseen
+        self.head_size = self.chunk_size
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -258,6 +263,8 @@ class _Connection(asyncio.Protocol):
 
     def done(self, cycle: _Cycle) -> None:
         """``cycle``'s response is complete: next request, or close."""
+        if self.refused:
+            return  # closing (lingering) already
         if not cycle.keep_alive or self.stopping or self.upgraded or self.lost:
             self.close()
             return
@@ -270,11 +277,27 @@ class _Connection(asyncio.Protocol):
             self._idle()
 
     def _refuse(self, status: int, error: str) -> None:
-        """Answer a request the parser refused (when no response has begun), then close."""
+        """Answer a request the parser refused (when no response has begun), then close.
+
+        The app's request, if one is running, sees the client leave. The connection ends with
+        a lingering close: what the client still sends is read and dropped for a moment, so
+        that its kernel gets no reset, which could discard the answer before it is read."""
         if self.cycle is None or not self.cycle.response_started:
             hint = "send one well-formed HTTP/1.1 request (RFC 9112)"
             self.transport.write(_error_response(status, error, hint))
-        self.close()
+        self.refused = True
+        for cycle in (self.cycle, self.parsing, *self.pipeline):
+            if cycle is not None:
+                cycle.disconnected = True
+                cycle.event.set()
+        self.pipeline.clear()
+        self._resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._cancel_timer()
+            self.timer = self.loop.call_later(_LINGER, self.close)  # cancelled by close()
+        else:
+            self.close()
 
     def shutdown(self) -> None:
         """The server stops: close now if idle, else after the current response."""
@@ -429,6 +452,6 @@ class _Cycle:
             body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + (
                 b"" if more else b"0\r\n\r\n"
             )
-        if self.conn.lost or self.conn.transport.is_closing():
+        if self.conn.lost or self.conn.refused or self.conn.transport.is_closing():
             return
         self.conn.transport.write(data + body if data else body)
