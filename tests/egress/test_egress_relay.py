@@ -1,5 +1,6 @@
-"""A tunnel's bytes after the checks, both ways of relaying them (on Linux protocol pipes, then
-``splice`` after the first MiB, which this test crosses; protocol pipes only elsewhere): every
+"""A tunnel's bytes after the checks, every way of relaying them (the compiled relay thread,
+``_relay.c``; in Python: protocol pipes, then on Linux ``splice`` after the first MiB, which
+this test crosses; protocol pipes only elsewhere), with the same outcome and counts: every
 byte arrives in order, a client's half-close reaches the upstream while
 the answer still flows back, a reader that lags pauses the sender (nothing lost), and the
 ``net.connect`` event counts the bytes."""
@@ -15,6 +16,8 @@ import time
 
 import pytest
 from tests.egress.conftest import Events, ProxyFactory
+
+from airlock.egress import proxy as egress_proxy
 
 _BIG = 12 * 1024 * 1024
 
@@ -54,13 +57,22 @@ class _AnswerAfterEof:
         self.thread.join(10)
 
 
-@pytest.mark.parametrize("way", ["splice", "pipes"])
+@pytest.mark.parametrize("way", ["native", "splice", "pipes"])
 def test_half_close_bulk_and_back_pressure(
-    way: str, start_proxy: ProxyFactory, events: Events, monkeypatch: pytest.MonkeyPatch
+    way: str,
+    start_proxy: ProxyFactory,
+    events: Events,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if way == "native":  # the compiled relay (_relay.c)
+        module = request.getfixturevalue("compiled_relay")
+        monkeypatch.setattr(egress_proxy, "load", lambda: module)
+    else:
+        monkeypatch.setenv("AIRLOCK_EGRESS_RELAY", "python")
     if way == "pipes":
         monkeypatch.delattr(os, "splice", raising=False)
-    elif not hasattr(os, "splice"):
+    elif way == "splice" and not hasattr(os, "splice"):
         pytest.skip("no splice(2) on this system")
     upstream = _AnswerAfterEof()
     proxy = start_proxy(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airlock.egress.addresses import Address, parse_address, refused_reason
+from airlock.egress.native import NativeRelay
 from airlock.egress.protocol import (
     BodyFramer,
     HeadParser,
@@ -81,6 +82,7 @@ class Context:
     record: Record
     approve: Approve | None
     resolve: Resolve
+    native: NativeRelay | None = None  # the compiled relay, when built (``native.py``)
 
 
 async def handle_connection(
@@ -97,7 +99,7 @@ async def handle_connection(
         addresses = await _addresses(ctx, head, decision)
         up_reader, upstream = await _open(addresses, head.port, attempt)
         if head.is_connect:
-            await _tunnel(head, reader, writer, up_reader, upstream, rest, attempt)
+            await _tunnel(ctx, head, reader, writer, up_reader, upstream, rest, attempt)
         else:
             await _forward(head, reader, writer, up_reader, upstream, rest, attempt)
     except _Refused as refused:
@@ -256,6 +258,7 @@ async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> Non
 
 
 async def _tunnel(
+    ctx: Context,
     head: RequestHead,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -267,6 +270,9 @@ async def _tunnel(
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
     await writer.drain()
     hello_bytes = await _read_hello(head, reader, rest, attempt)
+    if ctx.native is not None:
+        await ctx.native.relay(reader, writer, up_reader, upstream, hello_bytes, attempt)
+        return
     upstream.write(hello_bytes)
     attempt.up += len(hello_bytes)
     await relay(reader, writer, up_reader, upstream, attempt)

@@ -49,7 +49,7 @@ async def relay(
         await _splice_both(client_sock.fileno(), upstream_sock.fileno(), counts)
 
 
-def _take_buffer(stream: asyncio.StreamReader) -> bytes:
+def take_buffer(stream: asyncio.StreamReader) -> bytes:
     buffer = getattr(stream, "_buffer", None)  # asyncio keeps what it read ahead here
     if not isinstance(buffer, bytearray) or not buffer:
         return b""
@@ -195,7 +195,7 @@ class _Pipes:
 
     async def run(self) -> str:
         for stream, transport, pipe in zip(self.streams, self.transports, self.pipes, strict=True):
-            buffered = _take_buffer(stream)
+            buffered = take_buffer(stream)
             transport.set_protocol(pipe)
             if buffered:
                 pipe.forward(buffered)
