@@ -17,6 +17,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 python="${AIRLOCK_PYTHON:-python3}"
 cache="${AIRLOCK_CACHE_DIR:-${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/airlock}"
+case "$cache" in /*) ;; *) cache="$PWD/$cache" ;; esac
+case "$python" in /*) ;; */*) python="$PWD/$python" ;; esac
+# The working directory is the checkout, which a pull request (and the agent, in an earlier
+# step) fills: `python -m venv|pip|compileall` and `python -c 'import …'` would import a
+# package of that name from it first. Nothing below needs it.
+cd /
+export PYTHONSAFEPATH=1
 
 # Exec capture (strace, ptrace), the sandbox (bubblewrap) and the locking below are Linux's.
 if [ "$(uname -s)" != Linux ]; then
@@ -127,11 +134,11 @@ build_venv() {
   # Bytecode now, once (as pip and uv --compile-bytecode do for the dependencies): without it
   # every step that starts Airlock compiles ~150 modules first, about a second.
   "$tmp/bin/python" -m compileall -q "$site/airlock" >&2
-  printf '#!/bin/sh\nexec "$(dirname "$0")/python" -m airlock._cli "$@"\n' > "$tmp/bin/airlock.tmp"
+  printf '#!/bin/sh\nexec "$(dirname "$0")/python" -P -m airlock._cli "$@"\n' > "$tmp/bin/airlock.tmp"
   chmod 755 "$tmp/bin/airlock.tmp"
   mv "$tmp/bin/airlock.tmp" "$tmp/bin/airlock"
   # every command module imports: a dependency missing from requirements.txt fails here, once
-  "$tmp/bin/python" -m airlock._cli --version >&2
+  "$tmp/bin/python" -P -m airlock._cli --version >&2
   mv -T "$tmp" "$venv"
 }
 

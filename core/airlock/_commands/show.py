@@ -7,8 +7,8 @@ cannot move the cursor, recolour or rewrite the reader's terminal.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
-import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -23,15 +23,16 @@ from rich.text import Text
 
 from airlock._commands._common import add_flag
 from airlock.audit import iter_events
-from airlock.audit.describe import Describer
-from airlock.audit.reader import EVENTS_FILE, load_manifest
+from airlock.audit.describe import Describer, EventView
+from airlock.audit.reader import EVENTS_FILE, event_time, load_manifest
+from airlock.audit.visible import visible
 from airlock.errors import AirlockError, ExitCode, UsageError
 
 __all__ = ["register", "summarize"]
 
 _EVENTS = EVENTS_FILE
 _WIDTH = 120
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+_REORDER_SECONDS = 2.0  # how far back a process event may move in the timeline
 _TYPE_STYLES = {
     "session": "bold cyan",
     "process": "green",
@@ -127,10 +128,8 @@ def _print_timeline(
 ) -> None:
     start: datetime | None = None
     describer = Describer()
-    for event in events:
-        when = _parse_ts(event.get("ts"))
+    for when, event, view in _in_time_order(events, describer):
         start = start or when
-        view = describer.view(event)  # every event: a decision refers to its request
         if not keep(str(event.get("type", ""))):
             continue
         offset = (when - start).total_seconds() if when and start else 0.0
@@ -143,17 +142,32 @@ def _print_timeline(
         console.print(line)
 
 
-def _parse_ts(value: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+def _in_time_order(
+    events: Iterator[dict[str, Any]], describer: Describer
+) -> Iterator[tuple[datetime | None, dict[str, Any], EventView]]:
+    """(when it happened, event, its view) in the order things happened, stable in log order.
+
+    A process event is written when its trace batch is read, a little after the exec (and
+    after output the process already printed): it moves back to its own time, up to
+    ``_REORDER_SECONDS`` of log time. Views are made in log order (a decision refers to its
+    request)."""
+    held: list[tuple[float, int, datetime | None, dict[str, Any], EventView]] = []
+    last = float("-inf")
+    for seq, event in enumerate(events):
+        when = event_time(event)
+        key = when.timestamp() if when is not None else last
+        last = max(last, key)
+        heapq.heappush(held, (key, seq, when, event, describer.view(event)))
+        while held and held[0][0] <= last - _REORDER_SECONDS:
+            yield heapq.heappop(held)[2:]
+    while held:
+        yield heapq.heappop(held)[2:]
 
 
 def _clean(text: str, limit: int = _WIDTH) -> str:
     """One line, control characters escaped, trimmed to ``limit``."""
     text = text[: limit * 2]  # a 64 KiB output chunk is cut before it is escaped
-    text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    text = visible(text).replace("\n", "\\n").replace("\t", "\\t")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

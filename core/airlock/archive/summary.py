@@ -22,6 +22,7 @@ from airlock.archive.layout import read_manifest
 from airlock.archive.report import verification_state
 from airlock.audit import iter_events
 from airlock.audit.describe import Describer, EventView, truncate
+from airlock.audit.visible import visible
 
 __all__ = ["MAX_SUMMARY_BYTES", "MAX_SUMMARY_ROWS", "code_span", "escape_md", "render_summary"]
 
@@ -40,8 +41,14 @@ _ICON = {"ok": "✅", "incomplete": "⚠️", "failed": "❌"}
 
 
 def escape_md(text: str) -> str:
-    """Text safe in a Markdown table cell: HTML escaped, Markdown punctuation escaped, one line."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text safe in a Markdown table cell: HTML escaped, Markdown punctuation escaped, one line,
+    invisible characters (bidi, zero-width) as visible escapes."""
+    text = (
+        visible(" ".join(text.split()))
+        .replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
     text = " ".join(text.split())
     return _MD_SPECIAL.sub(r"\\\1", text)
 
@@ -53,7 +60,7 @@ def code_span(text: str) -> str:
     backtick longer than the longest run inside, padded with a space when the text starts or
     ends with a backtick (CommonMark 6.1).
     """
-    text = " ".join(text.split()) or " "
+    text = visible(" ".join(text.split())) or " "
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text[0] == "`" or text[-1] == "`" or (text[0] == " " == text[-1]) else ""

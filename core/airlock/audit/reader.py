@@ -16,6 +16,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "ARCHIVED_EVENTS_FILE",
     "EVENTS_FILE",
     "MANIFEST_FILE",
+    "event_time",
     "find_logs",
     "first_event",
     "iter_events",
@@ -38,6 +40,24 @@ __all__ = [
 ]
 
 ARCHIVED_EVENTS_FILE = f"{EVENTS_FILE}.gz"  # the log as archived: gzip, byte-identical inside
+_TRACED = ("process.exec", "process.exit")
+
+
+def event_time(event: dict[str, Any]) -> datetime | None:
+    """When the event happened: for a process exec or exit, strace's own clock (``data.at``,
+    its ``-ttt`` time; the line is written when the trace batch is read, a little later);
+    otherwise the recorder's ``ts``. None when neither can be read."""
+    data = event.get("data")
+    at = data.get("at") if isinstance(data, dict) else None
+    if event.get("type") in _TRACED and isinstance(at, int | float) and not isinstance(at, bool):
+        try:
+            return datetime.fromtimestamp(at, UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
+    try:
+        return datetime.fromisoformat(str(event.get("ts")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def require_manifest(session_dir: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from airlock.audit.visible import visible
 from airlock.errors import InfrastructureUnavailable, UsageError
 
 __all__ = [
@@ -72,7 +73,9 @@ def escape_command_data(value: str) -> str:
 
 
 def error_annotation(message: str, *, title: str = "Airlock") -> str:
-    """An ``::error::`` workflow command: the run's page shows ``message`` as an annotation."""
+    """An ``::error::`` workflow command: the run's page shows ``message`` as an annotation
+    (invisible characters escaped, :func:`~airlock.audit.visible.visible`)."""
+    message, title = visible(message), visible(title)
     title = title.replace("%", "%25").replace("\r", "").replace("\n", " ")
     title = title.replace(":", "%3A").replace(",", "%2C")
     return f"::error title={title}::{escape_command_data(message)}"
@@ -161,8 +164,10 @@ def append_summary(path: Path, markdown: str, max_bytes: int = MAX_SUMMARY_BYTES
     """Append ``markdown`` to the step summary; False (nothing written) when it would not fit.
 
     GitHub refuses a step's summary over 1 MiB and shows an error instead of it; the size
-    counted is what the file already holds plus what is added.
+    counted is what the file already holds plus what is added. Invisible characters (bidi
+    controls, zero-width) are written as visible escapes.
     """
+    markdown = visible(markdown)
     current = path.stat().st_size if path.exists() else 0
     if current + len(markdown.encode("utf-8")) > max_bytes:
         return False

@@ -15,12 +15,12 @@ the two files here have different duties:
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from airlock.ci.artifacts import replace_file
 from airlock.errors import InfrastructureUnavailable, UsageError
 
 __all__ = [
@@ -87,13 +87,10 @@ def format_env_script(values: Mapping[str, str]) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
+    """A new 0600 file at ``path``: what held the name before (a symlink or hard link planted
+    in the checkout) is removed, never written through (see airlock.ci.artifacts)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, text.encode("utf-8"))
-        finally:
-            os.close(fd)
+        replace_file(path, text.encode("utf-8"), 0o600)
     except OSError as exc:
         raise InfrastructureUnavailable(
             f"cannot write {path}: {exc.strerror}", hint="check that the directory is writable"

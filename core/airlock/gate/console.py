@@ -21,9 +21,9 @@ import select
 import termios
 import threading
 import time
-import unicodedata
 
 from airlock.audit.keys import SigningKey
+from airlock.audit.visible import visible
 from airlock.gate.interface import Answer, ApprovalBackend, ApprovalRequest, Record
 
 __all__ = ["ConsoleBackend"]
@@ -113,16 +113,7 @@ def _inert(text: str) -> str:
     (an escape sequence moving the cursor, erasing lines; a carriage return; a bidi override)
     could make the approver read another statement than the one held. Each is shown as an
     escape (``\\x1b``, ``\\u202e``); line breaks stay, indented."""
-    out = []
-    for char in text:
-        if char == "\n":
-            out.append("\r\n  ")
-        elif char != "\t" and unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    return visible(text).replace("\n", "\r\n  ")
 
 
 def _read_line(fd: int, deadline: float) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 import requests
 from github import Auth, Github, GithubException
 
+from airlock.audit.visible import visible_json
 from airlock.gate.interface import GateError
 from airlock.gate.rules import PERMISSION_LEVELS, Clicker, same_id
 
@@ -65,8 +66,11 @@ class GitHubApi:
         params: Mapping[str, Any] | None = None,
         missing_ok: bool = False,
     ) -> Any:
-        """``verb path`` with a JSON ``body``; None for a 404 when ``missing_ok``."""
+        """``verb path`` with a JSON ``body``; None for a 404 when ``missing_ok``. Every
+        string in ``body`` goes out :func:`~airlock.audit.visible.visible` (agent text with bidi
+        or zero-width characters must not reach a check run or comment raw)."""
         requester = self._github.requester
+        body = visible_json(body) if body is not None else None
         try:
             _, data = requester.requestJsonAndCheck(
                 verb, path, parameters=dict(params) if params else None, input=body

@@ -26,6 +26,7 @@ import requests
 from gitlab.exceptions import GitlabError, GitlabHttpError
 
 from airlock.audit.keys import SigningKey
+from airlock.audit.visible import visible_json
 from airlock.events import EventType
 from airlock.gate._polling import PollingForgeBackend
 from airlock.gate.gitlab_job import GitLabBackend  # re-exported: the job's side lives there
@@ -76,7 +77,9 @@ class GitLabApi:
         params: Mapping[str, Any] | None = None,
         missing_ok: bool = False,
     ) -> Any:
-        """``verb /api/v4{path}``; None for a 404 when ``missing_ok``."""
+        """``verb /api/v4{path}``; None for a 404 when ``missing_ok``. Strings in ``body`` go
+        out :func:`~airlock.audit.visible.visible` (no raw bidi/zero-width text in a note)."""
+        body = visible_json(body) if body is not None else None
         try:
             if verb == "GET":
                 return self._gl.http_get(path, query_data=dict(params or {}))

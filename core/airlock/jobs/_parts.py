@@ -18,11 +18,13 @@ from airlock.audit import SessionWriter
 from airlock.capture.exectrace import ProcessExec, ProcessExit
 from airlock.capture.runner import Command, ProcessRunner, RunResult
 from airlock.capture.tracer import TracerStatus
+from airlock.errors import InfrastructureUnavailable
 from airlock.events import EventType
 from airlock.jobs.request import SessionRequest
 from airlock.jobs.sandboxed import run_checked, start_for_session
 from airlock.mask import Masker
 from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
+from airlock.sandbox.checkout import HiddenCredentials, hide_checkout_credentials
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -44,6 +46,7 @@ class SessionParts:
     _egress: EgressProxy | None
     _egress_env: dict[str, str]
     _agent_env: dict[str, str]
+    _hidden_git: HiddenCredentials | None
 
     def _use_pty(self) -> bool:
         if self._req.use_pty is not None:
@@ -207,6 +210,7 @@ class SessionParts:
         spec = self._sandbox_spec
         if spec is None:
             return
+        self._hide_checkout_credentials(spec)
         gateways = self._gateways
         egress = self._egress
         try:
@@ -224,6 +228,28 @@ class SessionParts:
         if not self._sandbox.active:
             self._writer.append(EventType.SANDBOX_STATUS, self._sandbox.status)
             notice(f"sandbox downgraded (best_effort): {self._sandbox.status.get('reason')}")
+
+    def _hide_checkout_credentials(self, spec: SandboxSpec) -> None:
+        """The job's token that actions/checkout or GitLab Runner left in the checkout's git
+        config: out while the agent runs, back when the sandbox has ended (run's finally)."""
+        try:
+            self._hidden_git = hide_checkout_credentials(spec.workspace)
+        except OSError as exc:
+            raise InfrastructureUnavailable(
+                f"cannot take the job's git credentials out of the checkout: {exc.strerror}",
+                hint="check that the checkout's .git/config is writable",
+            ) from exc
+        if self._hidden_git is None:
+            return
+        for value in self._hidden_git.secrets:
+            self._masker.add_secret(value, "checkout-credential")
+        count = len(self._hidden_git.headers) + len(self._hidden_git.urls)
+        notice(f"{count} git credential(s) in the checkout hidden from the agent until it ends")
+
+    def _restore_checkout_credentials(self) -> None:
+        hidden, self._hidden_git = self._hidden_git, None
+        if hidden is not None and not hidden.restore():
+            notice("warning: .git is no longer a directory: the job's git credentials are gone")
 
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""

@@ -131,11 +131,13 @@ def verify_into(
 
 
 def write_report(session: Path, target: Path, result: FinalizeResult) -> bool:
-    """The session's HTML report at ``target``; a failure is a problem of ``result``."""
+    """The session's HTML report at ``target`` (a new file: what held the name is removed, never
+    written through); a failure is a problem of ``result``."""
     from airlock.archive.report import render_report
+    from airlock.ci.artifacts import replace_file
 
     try:
-        target.write_text(render_report(session, trusted_keys()), encoding="utf-8")
+        replace_file(target, render_report(session, trusted_keys()).encode("utf-8"))
     except (AirlockError, OSError) as exc:
         why = exc.message if isinstance(exc, AirlockError) else exc.strerror
         result.fail(int(ExitCode.UNAVAILABLE), f"writing the HTML report failed: {why}")

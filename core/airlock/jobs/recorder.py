@@ -36,12 +36,12 @@ class RecorderRequest:
 
     def follow_argv(self) -> list[str]:
         """The recorded command: :mod:`airlock.jobs.follow` on this bracket's files."""
-        argv = [sys.executable, "-m", "airlock.jobs.follow", str(self.journal)]
+        argv = [sys.executable, "-P", "-m", "airlock.jobs.follow", str(self.journal)]
         return [*argv, "--stop", str(self.stop), "--ready", str(self.ready)]
 
 
 def recorder_argv(request_file: Path) -> list[str]:
-    return [sys.executable, "-m", "airlock.jobs.recorder", str(request_file)]
+    return [sys.executable, "-P", "-m", "airlock.jobs.recorder", str(request_file)]
 
 
 def write_request(path: Path, request: RecorderRequest) -> None:

@@ -42,6 +42,7 @@ from airlock.jobs.request import (
 from airlock.jobs.sandboxed import effective_mode, sandbox_spec
 from airlock.mask import Masker, StreamMasker
 from airlock.sandbox import RunningSandbox, SandboxSpec
+from airlock.sandbox.checkout import HiddenCredentials
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -162,6 +163,7 @@ class _Session(SessionParts):
         self._egress_env: dict[str, str] = {}
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
+        self._hidden_git: HiddenCredentials | None = None
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
@@ -171,6 +173,8 @@ class _Session(SessionParts):
             self._start_egress()
             self._start_sandbox()
             result = self._run_command()
+            if self._egress is not None:  # open tunnels end now: recorded before session.end
+                self._egress.close()
             self._flush_all()
             self._end(result, time.monotonic() - started)
             self._checkpoint()
@@ -191,6 +195,7 @@ class _Session(SessionParts):
                 self._egress.close()
             if self._sandbox is not None:
                 self._sandbox.close()
+            self._restore_checkout_credentials()  # the agent has ended: back for later steps
             if self._gateways is not None:
                 self._gateways.close()
             self._writer.close()
@@ -298,6 +303,9 @@ class _Session(SessionParts):
         )
 
     def _seal_incomplete(self, reason: str) -> None:
+        if self._egress is not None:  # its open tunnels are recorded before the seal
+            with contextlib.suppress(Exception):
+                self._egress.close()
         with contextlib.suppress(AirlockError, OSError):
             self._writer.seal(
                 self._req.key,

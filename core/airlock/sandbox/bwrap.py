@@ -84,11 +84,8 @@ class BwrapCommand:
         for tmp in _FRESH:
             opts += ["--tmpfs", tmp]
         opts += ["--dir", _VAR_TMP, "--tmpfs", spec.home]
-        for path in spec.home_files + spec.read_only:
-            opts += ["--ro-bind-try", path, path]
         opts += ["--bind", spec.workspace, spec.workspace]
-        for path in spec.read_write:
-            opts += ["--bind-try", path, path]
+        opts += _path_binds(spec)
         opts += ["--ro-bind", str(_HERE / "_relay.py"), f"{RELAY_DIR}/_relay.py"]
         opts += ["--ro-bind", str(_HERE / "_probes.py"), f"{RELAY_DIR}/_probes.py"]
         if self.bridge_dir is not None:
@@ -98,6 +95,18 @@ class BwrapCommand:
         if self.seccomp_fd is not None:
             opts += ["--seccomp", str(self.seccomp_fd)]
         return opts
+
+
+def _path_binds(spec: SandboxSpec) -> list[str]:
+    """The policy's paths after the workspace, outermost first: a read-only path inside the
+    workspace (or inside a ``read_write`` path) is bound on top of it and stays read-only, and
+    a ``read_write`` path inside a read-only one stays writable."""
+    binds = [(p, "--ro-bind-try") for p in (*spec.home_files, *spec.read_only)]
+    binds += [(p, "--bind-try") for p in spec.read_write]
+    opts: list[str] = []
+    for path, flag in sorted(binds, key=lambda bind: len(Path(bind[0]).parts)):
+        opts += [flag, path, path]
+    return opts
 
 
 def _system_binds(python: str) -> list[str]:

@@ -8,6 +8,7 @@ state, a ``read_write`` path that holds it, ``/`` as a writable path.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,10 @@ def compile_spec(
         _refuse_overlap(path, protected, "read_write", writable=True)
     for path in read_only:
         _refuse_overlap(path, protected, "read_only", writable=False)
+    workspace = _abs(workspace)
+    _refuse_workspace(workspace, _abs(home))
+    writable = (workspace, *read_write)
+    read_only += tuple(p for p in _own_install() if any(_inside(p, w) for w in writable))
     hidden = (
         *ALWAYS_HIDDEN,
         *protected,
@@ -120,7 +125,7 @@ def compile_spec(
     )
     return SandboxSpec(
         mode=mode,
-        workspace=_abs(workspace),
+        workspace=workspace,
         home=_abs(home),
         read_write=read_write,
         read_only=read_only,
@@ -153,6 +158,26 @@ def _refuse_overlap(path: str, protected: tuple[str, ...], key: str, *, writable
                 f"sandbox.filesystem.{key}: '{path}' would expose Airlock's own state ({state})",
                 hint="remove it from the policy, or move --sessions / --key / the state dir",
             )
+
+
+def _refuse_workspace(workspace: str, home: str) -> None:
+    """The workspace is bound read-write over the fresh $HOME: one that holds $HOME (or is
+    ``/``) would hand the agent the real one (shell profiles, ~/.ssh, tokens in dotfiles)."""
+    if _inside(home, workspace):
+        raise ConfigError(
+            f"the workspace {workspace} holds $HOME ({home}): the agent would read and write "
+            "your real home directory (shell profiles, ~/.ssh, tokens in dotfiles)",
+            hint="run `airlock run` from the project's directory",
+        )
+
+
+def _own_install() -> tuple[str, ...]:
+    """Airlock's own code and the environment it runs from: read-only inside, even where a
+    writable bind holds them (a project's .venv), or the agent could rewrite what runs next
+    outside the sandbox."""
+    import airlock
+
+    return tuple(dict.fromkeys((_abs(Path(airlock.__file__).parent), _abs(sys.prefix))))
 
 
 def _runner_paths(environ: Mapping[str, str]) -> list[str]:

@@ -218,3 +218,27 @@ def test_a_held_tool_call_dies_with_its_client(tmp_path: Path) -> None:
     assert len(cancelled) == 1 and "client disconnected" in cancelled[0]["reason"]
     assert recorder.of("approval.decided") == []
     assert [e.get("error") for e in recorder.of("mcp.response")] == ["not approved"]
+
+
+SHAPED = {
+    "notification": {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "rm"}},
+    "id null": {"jsonrpc": "2.0", "id": None, "method": "tools/call", "params": {"name": "rm"}},
+    "batch": [{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "rm"}}],
+    "other case": {"jsonrpc": "2.0", "id": 9, "method": "TOOLS/call", "params": {"name": "rm"}},
+}
+
+
+@pytest.mark.parametrize("message", SHAPED.values(), ids=SHAPED.keys())
+def test_shaped_messages_are_refused_not_passed_on(
+    gateway: tuple[ThreadedMcpGateway, Ticket, Recorder], message: Any
+) -> None:
+    """The server (raw_server.py) answers every tools/call it gets: nothing comes back ok."""
+    running, ticket, recorder = gateway
+    auth = {"Authorization": f"Bearer {ticket.value}"}
+    answer = httpx.post(running.url, content=json.dumps(message), headers=auth)
+    assert answer.status_code in (200, 400)
+    assert (
+        answer.json()["error"]["code"] == -32600 and "refused" in answer.json()["error"]["message"]
+    )
+    assert [e["error"][:8] for e in recorder.of("mcp.request")] == ["refused:"]
+    assert recorder.of("mcp.response") == []  # the server never answered anything

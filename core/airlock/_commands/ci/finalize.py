@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from airlock.errors import AirlockError, UsageError
+from airlock.errors import AirlockError, ExitCode, UsageError
 from airlock.jobs.finalize import (
     ArchivePlan,
     FinalizeResult,
@@ -195,32 +195,37 @@ def _publish_gitlab(
     environ: Mapping[str, str],
     outputs: Mapping[str, str],
 ) -> None:
+    """The artifacts directory is in the checkout, which the agent (and the merge request) may
+    have filled first: every name is replaced, never written through (airlock.ci.artifacts).
+    The dotenv report goes first, so that no failure after it leaves a planted one behind."""
+    from airlock.ci.artifacts import copy_sessions, replace_file
     from airlock.ci.gitlab import write_dotenv
 
-    directory: Path = args.artifacts or Path(environ.get("CI_PROJECT_DIR", ".")) / "airlock"
-    directory.mkdir(parents=True, exist_ok=True)
-    _collect(result.sessions, directory / "sessions")
-    (directory / "summary.md").write_text(_summary_markdown(result, args.fail_mode, environ))
-    write_dotenv(directory / "airlock.env", _dotenv(outputs))
-    if result.sessions:
-        write_report(result.sessions[-1], directory / "report.html", result)
+    try:
+        directory = _artifacts_dir(args, environ)
+        write_dotenv(directory / "airlock.env", _dotenv(outputs))
+        copy_sessions(result.sessions, directory / "sessions", args.sessions)
+        summary = _summary_markdown(result, args.fail_mode, environ)
+        replace_file(directory / "summary.md", summary.encode("utf-8"))
+        if result.sessions:
+            write_report(result.sessions[-1], directory / "report.html", result)
+    except OSError as exc:
+        result.fail(int(ExitCode.UNAVAILABLE), f"writing the job's artifacts failed: {exc}")
 
 
-def _collect(sessions: list[Path], into: Path) -> None:
-    """Copy sealed sessions kept outside the artifacts directory into it (for later jobs)."""
-    import shutil
+def _artifacts_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    from airlock.ci.artifacts import real_directory
 
-    for session in sessions:
-        target = into / session.name
-        if session.resolve() != target.resolve() and not target.exists():
-            shutil.copytree(session, target)
+    project = Path(environ.get("CI_PROJECT_DIR", "."))
+    return real_directory(args.artifacts or project / "airlock", project)
 
 
 def warn(platform: str, message: str) -> None:
+    from airlock.audit.visible import visible
     from airlock.ci.github import escape_command_data
 
     if platform == "github":
-        print(f"::warning title=Airlock::{escape_command_data(message)}", flush=True)
+        print(f"::warning title=Airlock::{escape_command_data(visible(message))}", flush=True)
     else:
         say(f"warning: {message}")
 
@@ -246,9 +251,7 @@ def outputs_command(args: argparse.Namespace) -> int:
     elif platform == "gitlab":
         from airlock.ci.gitlab import write_dotenv
 
-        directory: Path = args.artifacts or Path(os.environ.get("CI_PROJECT_DIR", ".")) / "airlock"
-        directory.mkdir(parents=True, exist_ok=True)
-        write_dotenv(directory / "airlock.env", _dotenv(outputs))
+        write_dotenv(_artifacts_dir(args, os.environ) / "airlock.env", _dotenv(outputs))
     else:
         print(json.dumps(outputs, indent=2))
     return 0

@@ -24,7 +24,7 @@ from typing import Any
 
 from airlock.errors import ConfigError, InfrastructureUnavailable
 from airlock.gateway.mcp.bridge import McpBridge
-from airlock.gateway.mcp.relay import error_line
+from airlock.gateway.mcp.relay import DuplicateKey, error_line, parse_message, refusal
 from airlock.gateway.mcp.transport import DEFAULT_CAP
 from airlock.gateway.mcp.upstream import HttpUpstream
 from airlock.gateway.serving import AsgiServer, ThreadedGateway, bind, serve_asgi
@@ -111,23 +111,43 @@ class McpHttpFront:
             await _reply(send, 413, _error(None, -32600, "message over the gateway's limit"))
             return
         if self.upstream is not None:
-            gone = functools.partial(_disconnected, receive)
-            status, answer, back = await self.upstream.exchange(body, _header_map(scope), gone)
-            await _reply(send, status, answer, back)
-            return
-        await self._message(body, send)
+            await self._upstream(body, scope, receive, send)
+        else:
+            await self._message(body, send)
+
+    async def _upstream(self, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.upstream is not None
+        gone = functools.partial(_disconnected, receive)
+        data = _parsed(body)
+        original: Any = None
+        if _renumbered(data):  # two agents' ids never meet in the relay
+            original, internal = data["id"], next(self._ids)
+            body = json.dumps({**data, "id": internal}).encode()
+        status, answer, back = await self.upstream.exchange(body, _header_map(scope), gone)
+        if answer is not None and original is not None:
+            answer = {**answer, "id": original}
+        await _reply(send, status, answer, back)
 
     async def _message(self, body: bytes, send: Send) -> None:
         assert self.bridge is not None
         try:
-            data = json.loads(body)
-        except ValueError:
-            await self.bridge.from_client(body)  # recorded; answered below
-            await _reply(send, 400, _error(None, -32700, "Airlock: not JSON"))
+            data = parse_message(body)
+        except ValueError as exc:
+            await self.bridge.from_client(body)  # recorded (and refused); answered below
+            code, what = (
+                (-32600, f"refused: {exc}")
+                if isinstance(exc, DuplicateKey)
+                else (-32700, "not JSON")
+            )
+            await _reply(send, 400, _error(None, code, f"Airlock: {what}"))
             return
-        if not (isinstance(data, dict) and "method" in data and "id" in data):
-            await self.bridge.from_client(body)
-            await _reply(send, 202, None)
+        if not _renumbered(data):
+            await self.bridge.from_client(body)  # recorded, and refused or passed on
+            problem = refusal(data)
+            if problem is None:
+                await _reply(send, 202, None)
+            else:
+                await _reply(send, 400, _error(None, -32600, f"Airlock: refused: {problem}"))
             return
         original, internal = data["id"], next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -172,6 +192,21 @@ class McpHttpFront:
         if scheme.lower() != "bearer" or not token:
             return False
         return await check_ticket(self._ticket, token.strip())
+
+
+def _parsed(body: bytes) -> Any:
+    try:
+        return parse_message(body)
+    except ValueError:
+        return None  # the relay answers it
+
+
+def _renumbered(data: Any) -> bool:
+    """A request (with a usable id): it gets an id of the gateway's own on the way in."""
+    if not (isinstance(data, dict) and "method" in data):
+        return False
+    request_id = data.get("id")
+    return isinstance(request_id, int | str) and not isinstance(request_id, bool)
 
 
 def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:

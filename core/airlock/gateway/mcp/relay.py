@@ -8,6 +8,12 @@ The transports (stdio, streamable HTTP) only move lines; this class decides. Fro
     resources/read  recorded and forwarded
     anything else   forwarded (tools/list's answer is filtered: tools a rule denies outright
                     are not offered)
+    refused         (recorded, a JSON-RPC error to the agent, nothing sent) whatever could be
+                    read two ways: a notification (no id) of a method that is not
+                    ``notifications/…``, an id that is null, not a string or an integer, or
+                    already in flight, a batch (array), a key given twice, a method name that
+                    is not plain ASCII ``word/word`` or that only differs from a judged one in
+                    case or punctuation (see :func:`refusal`)
 
 From the server: the answer to each pending request is recorded (result masked and cut,
 error, duration) and forwarded; the held credentials are scrubbed from what the agent gets.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,10 +48,70 @@ from airlock.mask import Masker
 from airlock.policy.agent_gateways import McpGatewayConfig, ToolRule, decide_tool
 from airlock.policy.guardrails import Decision
 
-__all__ = ["DENIED", "Ask", "McpRelay", "Record", "ToClient", "ToServer"]
+__all__ = [
+    "DENIED",
+    "Ask",
+    "DuplicateKey",
+    "McpRelay",
+    "Record",
+    "ToClient",
+    "ToServer",
+    "parse_message",
+    "refusal",
+]
 
 DENIED = -32001  # server-defined range: refused by Airlock's policy
 _CUT = "…[cut by airlock]"
+_METHOD_RE = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
+_JUDGED = frozenset({"tools/call", "resources/read"})
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (parsers disagree on which one wins)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise DuplicateKey("a key is given twice in one object")
+    return dict(pairs)
+
+
+def parse_message(line: bytes) -> Any:
+    """The agent's message as JSON; :class:`DuplicateKey` (a ``ValueError``) on a key given
+    twice, ``ValueError`` when it is not JSON."""
+    return json.loads(line, object_pairs_hook=_unique_keys)
+
+
+def _folded(method: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKC", method).casefold() if c.isalnum())
+
+
+def refusal(message: Any) -> str | None:
+    """Why the relay refuses this (parsed) agent message outright, or None. Every server
+    must read what is judged the way the relay does: so nothing that could be read two ways
+    is passed on."""
+    if isinstance(message, list):
+        return "batches (JSON arrays) are not accepted: send one message at a time"
+    if not isinstance(message, dict) or "method" not in message:
+        return None
+    method = message["method"]
+    if not isinstance(method, str) or not _METHOD_RE.fullmatch(method):
+        return "the method name must be plain ASCII words joined by '/'"
+    if method not in _JUDGED and _folded(method) in {_folded(m) for m in _JUDGED}:
+        return f"the method name must be written exactly as MCP has it, not {method!r}"
+    if "result" in message or "error" in message:
+        return "a message is a request or an answer, not both"
+    if "id" not in message:
+        if method.startswith("notifications/"):
+            return None
+        return f"{method} is a request: it needs an id (a notification cannot carry it)"
+    request_id = message["id"]
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        return "a request's id must be a string or an integer (not null)"
+    return None
+
+
 _ID_RE = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,20})')
 
 
@@ -115,6 +182,7 @@ class McpRelay:
                 masker.add_secret(value, "gateway-credential")  # never in the log either
         self._clock = clock
         self._pending: dict[Any, _Pending] = {}
+        self._asking: set[Any] = set()  # ids of tools/calls held for approval
         self.server_alive = True
         self.counts = {"calls": 0, "denied": 0, "errors": 0}
 
@@ -124,6 +192,9 @@ class McpRelay:
         """Judge one line from the agent."""
         if not line.strip():
             return []
+        problem, request_id = self._problem(line)
+        if problem is not None:
+            return self._refused(request_id, line, problem)
         try:
             message = jsonrpc_message_adapter.validate_json(line, by_name=False)
         except ValidationError as exc:
@@ -141,6 +212,32 @@ class McpRelay:
             data = self._base(message.id, "resources/read") | {"uri": uri}
             return [Record(EventType.MCP_REQUEST.value, data), ToServer(line)]
         return [ToServer(line)]
+
+    def _problem(self, line: bytes) -> tuple[str | None, Any]:
+        """(why the line is refused or None, the id to answer it with)."""
+        try:
+            message = parse_message(line)
+        except DuplicateKey as exc:
+            return str(exc), None
+        except ValueError:
+            return None, None  # not JSON: answered as such
+        request_id = message.get("id") if isinstance(message, dict) else None
+        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+            request_id = None
+        problem = refusal(message)
+        in_flight = request_id in self._pending or request_id in self._asking
+        if problem is None and isinstance(message, dict) and "method" in message and in_flight:
+            problem = f"the id {request_id!r} is already used by a request in flight"
+        return problem, request_id
+
+    def _refused(self, request_id: Any, line: bytes, problem: str) -> list[Action]:
+        self.counts["denied"] += 1
+        error = self._masker.mask_text(f"refused: {problem}")
+        data = {"gateway": self.config.name, "error": error, "size": len(line)}
+        return [
+            Record(EventType.MCP_REQUEST.value, data),
+            ToClient(error_line(request_id, INVALID_REQUEST, f"Airlock: {error}")),
+        ]
 
     def _bad_client_line(self, line: bytes, exc: ValidationError) -> list[Action]:
         is_json = _json_or_none(line) is not None
@@ -181,12 +278,14 @@ class McpRelay:
             message = f"Airlock: tool {name} is denied by rule {decision.rule_id}"
             return [*actions, ToClient(error_line(request_id, DENIED, message))]
         if decision.action == "require_approval":
+            self._asking.add(request_id)
             return [*actions, Ask(request_id, name, arguments, decision, line)]
         self._pending[request_id] = _Pending("tools/call", self._clock(), name)
         return [*actions, ToServer(line)]
 
     def decided(self, ask: Ask, approved: bool) -> list[Action]:
         """The human's answer to an :class:`Ask`."""
+        self._asking.discard(ask.request_id)
         if not approved:
             self.counts["denied"] += 1
             message = f"Airlock: tool {ask.tool} was not approved (rule {ask.decision.rule_id})"

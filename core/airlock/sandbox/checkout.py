@@ -1,0 +1,140 @@
+"""The job's git credentials in the checkout, out of the agent's reach while it runs.
+
+``actions/checkout`` (``persist-credentials``, its default) writes the job's ``GITHUB_TOKEN``
+into the checkout's own ``.git/config`` as an ``http.<url>.extraheader``, and GitLab Runner puts
+``CI_JOB_TOKEN`` in the remote's URL (``https://gitlab-ci-token:TOKEN@…``). The workspace is the
+agent's to read, so the sandbox alone does not hide them. Before the agent starts, those lines
+are taken out of ``.git/config`` (the rest stays: the agent may run and configure git); when the
+sandbox has ended they are put back, so that the job's later steps (a push, a pull request) still
+have them. What the agent changed in the file meanwhile is kept.
+
+The config is rewritten by a new file renamed over it, and only while ``.git`` is a real
+directory: a symlink the agent left in its place is never written through.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["HiddenCredentials", "hide_checkout_credentials"]
+
+_SECTION = re.compile(r"^\s*\[")
+_EXTRAHEADER = re.compile(r"^\s*extraheader\s*=", re.IGNORECASE)
+_USERINFO_URL = re.compile(
+    r"^(?P<head>\s*(?:url|pushurl)\s*=\s*\"?[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s\"]+)@",
+    re.IGNORECASE,
+)
+_MIN_SECRET = 8
+
+
+@dataclass
+class HiddenCredentials:
+    """What was taken out of ``config``, to put back with :meth:`restore`."""
+
+    config: Path
+    original: bytes
+    sanitized: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)  # (section line, removed line)
+    urls: list[tuple[str, str]] = field(default_factory=list)  # (line as hidden, original line)
+    secrets: list[str] = field(default_factory=list)  # the values, for the masker
+
+    def restore(self) -> bool:
+        """Put the credentials back (after the agent has ended); False when ``.git`` is no
+        longer a real directory (nothing is written then)."""
+        git = self.config.parent
+        if git.is_symlink() or not git.is_dir():
+            return False
+        try:
+            current = self.config.read_bytes() if not self.config.is_symlink() else None
+        except OSError:
+            current = None
+        if current is None or current == self.sanitized:
+            _replace(self.config, self.original)
+            return True
+        text = current.decode("utf-8", "surrogateescape")
+        lines = text.splitlines(keepends=True)
+        for hidden, original in self.urls:
+            lines = [original if line == hidden else line for line in lines]
+        restored = "".join(lines)
+        if restored and not restored.endswith("\n"):
+            restored += "\n"
+        restored += "".join(section + line for section, line in self.headers)
+        _replace(self.config, restored.encode("utf-8", "surrogateescape"))
+        return True
+
+
+def hide_checkout_credentials(workspace: str) -> HiddenCredentials | None:
+    """Take the job's git credentials out of ``<workspace>/.git/config``; None when there is
+    no such file or nothing to take out."""
+    git = Path(workspace, ".git")
+    config = git / "config"
+    if git.is_symlink() or not git.is_dir() or config.is_symlink() or not config.is_file():
+        return None
+    original = config.read_bytes()
+    hidden = HiddenCredentials(config, original, b"")
+    kept: list[str] = []
+    section = ""
+    for line in original.decode("utf-8", "surrogateescape").splitlines(keepends=True):
+        if _SECTION.match(line):
+            section = line if line.endswith("\n") else line + "\n"
+        if _EXTRAHEADER.match(line):
+            hidden.headers.append((section, line if line.endswith("\n") else line + "\n"))
+            hidden.secrets += _header_secrets(line.split("=", 1)[1])
+            continue
+        match = _USERINFO_URL.match(line)
+        if match is not None:
+            without = match.group("head") + line[match.end() :]
+            hidden.urls.append((without, line))
+            hidden.secrets += _userinfo_secrets(match.group("userinfo"))
+            line = without
+        kept.append(line)
+    if not hidden.headers and not hidden.urls:
+        return None
+    hidden.sanitized = "".join(kept).encode("utf-8", "surrogateescape")
+    _replace(config, hidden.sanitized)
+    return hidden
+
+
+def _header_secrets(value: str) -> list[str]:
+    """``AUTHORIZATION: basic BASE64(user:token)`` (or bearer TOKEN): the encoded and the
+    decoded values."""
+    words = value.split()
+    if not words:
+        return []
+    found = [words[-1]] if len(words[-1]) >= _MIN_SECRET else []
+    if len(words) >= 2 and words[-2].lower() == "basic":
+        try:
+            decoded = base64.b64decode(words[-1], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return found
+        found += _userinfo_secrets(decoded)
+    return found
+
+
+def _userinfo_secrets(userinfo: str) -> list[str]:
+    _, sep, password = userinfo.partition(":")
+    value = password if sep else userinfo
+    return [value] if len(value) >= _MIN_SECRET else []
+
+
+def _replace(config: Path, data: bytes) -> None:
+    """``data`` as ``config``: a new file in the same directory, renamed over it."""
+    mode = 0o644
+    with contextlib.suppress(OSError):
+        mode = config.stat().st_mode & 0o777 if not config.is_symlink() else mode
+    temporary = config.with_name(f".{config.name}.airlock-{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    temporary.replace(config)
