@@ -37,8 +37,8 @@ class _Upstream:
             except OSError:
                 return
             thread = threading.Thread(target=self._one, args=(conn,), daemon=True)
-            self.threads.append(thread)
             thread.start()
+            self.threads.append(thread)  # started first: close() may join it at once
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
