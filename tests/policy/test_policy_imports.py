@@ -16,3 +16,15 @@ def test_policy_import_leaves_yaml_until_a_file_is_read() -> None:
     assert _loaded_after("import airlock.policy", ["yaml"]) == []
     code = "import airlock.policy\nairlock.policy.parse_policy('version: 1\\n')"
     assert _loaded_after(code, ["yaml"]) == ["yaml"]
+
+
+def test_default_policy_builds_no_schema() -> None:
+    # `airlock run` without --policy: building the nested models' schemas is start-up time.
+    code = (
+        "from airlock.policy import DEFAULT_POLICY, Policy\n"
+        "from airlock.policy.gateways import PostgresGatewayConfig\n"
+        "assert DEFAULT_POLICY.digest().startswith('sha256:')\n"
+        "print(Policy.__pydantic_complete__, PostgresGatewayConfig.__pydantic_complete__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -64,6 +64,17 @@ def test_default_policy_fails_closed_and_masks() -> None:
     assert DEFAULT_POLICY.environment == EnvironmentPolicy(remove=(), keep_masked_vars=True)
 
 
+def test_default_policy_is_the_validated_defaults() -> None:
+    # DEFAULT_POLICY is built without validation (start-up speed); it must be Policy() exactly,
+    # and its pinned digest (model._DEFAULT_DIGEST) that of Policy(): update both with a default.
+    validated = Policy()
+    assert validated == DEFAULT_POLICY
+    assert DEFAULT_POLICY.model_fields_set == validated.model_fields_set == set()
+    assert DEFAULT_POLICY.model_dump() == validated.model_dump()
+    assert DEFAULT_POLICY.digest() == validated.digest()
+    assert hash(DEFAULT_POLICY) == hash(validated)
+
+
 @pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n", "{}", "---\n"])
 def test_empty_documents_mean_the_defaults(text: str) -> None:
     assert parse_policy(text) == DEFAULT_POLICY
