@@ -28,3 +28,10 @@ def test_identity_and_strace_probe_start_before_the_policy_package_loads() -> No
     # `airlock run` starts git and the strace probe, then reads the policy while they run.
     code = "import airlock.ci, airlock.capture.tracer"
     assert _loaded_after(code, ["pydantic", "airlock.policy"]) == []
+
+
+def test_run_command_module_leaves_the_policy_package_to_run_command() -> None:
+    # `airlock run` imports jobs.launch first: if that loaded pydantic, git and the strace
+    # probe would start only after it (they are started inside run_command).
+    code = "import airlock._commands.run, airlock.jobs.launch"
+    assert _loaded_after(code, ["pydantic", "airlock.policy", "cryptography"]) == []

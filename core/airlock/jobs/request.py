@@ -10,16 +10,17 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airlock.audit import SigningKey, find_unsealed, seal_session
-from airlock.audit.reader import EVENTS_FILE
-from airlock.capture.prepare import mask_settings
 from airlock.capture.tracer import TracerStatus
 from airlock.errors import AirlockError, UsageError
 from airlock.events import Identity
-from airlock.mask import Masker
-from airlock.policy import Policy
+
+if TYPE_CHECKING:  # `airlock run` imports this module before it starts git and the strace
+    # probe; pydantic and the policy models load while those run (jobs/launch.py)
+    from airlock.audit import SigningKey
+    from airlock.mask import Masker
+    from airlock.policy import Policy
 
 __all__ = [
     "CommandNotFound",
@@ -86,6 +87,9 @@ class SessionOutcome:
 
 def build_masker(policy: Policy, secret_env: Mapping[str, str], hmac_key: bytes) -> Masker:
     """The session's masker: built-in rules, the policy's patterns, and its env secrets."""
+    from airlock.capture.prepare import mask_settings
+    from airlock.mask import Masker
+
     return Masker(mask_settings(policy, secret_env, hmac_key))
 
 
@@ -97,6 +101,9 @@ def correlation_key(key: SigningKey) -> bytes:
 def seal_abandoned_sessions(sessions_dir: Path, key: SigningKey) -> list[Path]:
     """Seal, as incomplete, sessions whose recorder died (no manifest, log not locked) and
     that a recorder of this machine opened: never a directory that only looks like one."""
+    from airlock.audit import find_unsealed, seal_session
+    from airlock.audit.reader import EVENTS_FILE
+
     sealed = []
     for path in find_unsealed(sessions_dir, opened_here_only=True):
         if _is_locked(path / EVENTS_FILE):
