@@ -454,3 +454,19 @@ def test_background_leftovers_are_stopped_when_the_command_ends(
     end = _events(_only_session(tmp_path / "s"))[-1]
     assert end["data"]["leftovers_stopped"] is True
     assert end["data"]["exit_status"] == 0
+
+
+@pytest.mark.parametrize("given", [None, "logfire"])
+def test_pydantic_plugins_are_off_for_airlock_not_for_the_agent(
+    tmp_path: Path, given: str | None
+) -> None:
+    # `airlock run` turns pydantic's plugin scan off in its own process only.
+    env = _env(tmp_path)
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    if given is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = given
+    policy = _policy(tmp_path, "version: 1\n")
+    script = 'echo "plugins=${PYDANTIC_DISABLE_PLUGINS-unset}"'
+    out = airlock(tmp_path, "run", "--policy", str(policy), "--", "sh", "-c", script, env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"plugins={given or 'unset'}" in out.stdout.decode()

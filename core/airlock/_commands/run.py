@@ -78,8 +78,12 @@ def _run(args: argparse.Namespace) -> int:
         audience=args.audience,
         state_dir=args.state_dir,
     )
+    environ = dict(os.environ)  # the agent's environment is made from this copy
+    # pydantic's plugins are entry points of whatever else is installed: not Airlock's, never
+    # given the policy to look at, and their scan costs start-up (docs.pydantic.dev, plugins).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
-        outcome = run_command(argv, options, os.environ)
+        outcome = run_command(argv, options, environ)
     except CommandNotFound as exc:
         print(f"airlock: error: {exc.explain()}", file=sys.stderr)
         return COMMAND_NOT_FOUND
