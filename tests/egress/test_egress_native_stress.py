@@ -6,6 +6,7 @@ left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -13,6 +14,8 @@ import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
+
+from airlock.egress.native import NativeRelay
 
 
 @contextlib.contextmanager
@@ -100,3 +103,74 @@ def test_a_hung_up_upstream_waiting_for_a_slow_client_does_not_spin(
             relay.close()
             for sock in (client, client_side, upstream_side, upstream):
                 sock.close()
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.up = 0
+        self.down = 0
+
+
+def test_a_tunnel_that_ended_as_the_session_ends_keeps_its_counts(
+    compiled_relay: ModuleType,
+) -> None:
+    """The relay thread ends a tunnel (upstream answered and closed) and, before the loop
+    reads its report, the session ends and cancels the tunnel's task: ``cancel`` finds no
+    tunnel, and the bytes moved must still reach the ``net.connect`` counts (they were lost:
+    the report was dropped with the task gone)."""
+    loop = asyncio.new_event_loop()
+    relay = NativeRelay(compiled_relay, loop)
+    counts = _Counts()
+    answer = b"the answer"
+
+    async def scenario() -> None:
+        accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+        accepted = loop.create_future()
+
+        async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            accepted.set_result((r, w))
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        with (
+            socket.create_server(("127.0.0.1", 0)) as listener,
+            socket.socket() as client,
+        ):
+            client.setblocking(False)
+            await loop.sock_connect(client, server.sockets[0].getsockname())
+            reader, writer = await accepted
+            up_reader, upstream = await asyncio.open_connection(*listener.getsockname())
+            peer, _ = listener.accept()
+            task = loop.create_task(
+                relay.relay(reader, writer, up_reader, upstream, b"hello", counts)
+            )
+            while relay.open_tunnels() == 0:
+                await asyncio.sleep(0.001)
+            # from here on, no await: the loop does not read the relay's report
+            with peer:
+                peer.settimeout(20)
+                assert peer.recv(5) == b"hello"
+                peer.sendall(answer)
+            client.settimeout(20)
+            assert _read_all(client) == answer  # the tunnel ended in the relay thread
+            deadline = time.monotonic() + 20
+            while relay.open_tunnels() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            task.cancel()  # the session ends before the report is read
+            await asyncio.gather(task, return_exceptions=True)
+            for w in (writer, upstream):
+                w.close()
+            server.close()
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        relay.close()
+        loop.close()
+    assert (counts.up, counts.down) == (len(b"hello"), len(answer))
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
