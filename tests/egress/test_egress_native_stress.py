@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import random
+import selectors
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from types import ModuleType
@@ -174,3 +178,178 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return bytes(data)
+
+
+_KINDS = ("plain", "half", "slow", "reset", "cancel", "early")
+
+
+class _End:
+    """One test end of a tunnel (client or upstream): what it sends, what it received."""
+
+    def __init__(self, sock: socket.socket, out: bytes) -> None:
+        sock.setblocking(False)
+        self.sock, self.out, self.off = sock, memoryview(out), 0
+        self.got = hashlib.sha256()
+        self.count = 0
+        self.eof = self.closed = self.shut = False
+        self.read_after = 0.0
+
+    def events(self, now: float) -> int:
+        if self.closed:
+            return 0
+        ev = selectors.EVENT_READ if not self.eof and now >= self.read_after else 0
+        return ev | (selectors.EVENT_WRITE if self.off < len(self.out) else 0)
+
+    def step(self, events: int, limit: int) -> None:
+        if events & selectors.EVENT_WRITE and self.off < min(limit, len(self.out)):
+            with contextlib.suppress(BlockingIOError):
+                self.off += self.sock.send(self.out[self.off : min(limit, len(self.out))])
+        if events & selectors.EVENT_READ:
+            try:
+                data = self.sock.recv(262144)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            self.got.update(data)
+            self.count += len(data)
+            self.eof = not data
+
+
+class _Tunnel:
+    """A tunnel through the relay with random bytes each way and one way of ending."""
+
+    def __init__(self, rng: random.Random, relay: Any, listener: socket.socket) -> None:
+        self.kind = rng.choice(_KINDS)
+        self.up = rng.randbytes(int(min(1 << 20, rng.paretovariate(0.7) * 2000)))
+        self.down = rng.randbytes(int(min(1 << 20, rng.paretovariate(0.7) * 2000)))
+        self.first = self.up[: rng.randint(0, min(600, len(self.up)))]  # "the ClientHello"
+        small = 4096 if self.kind == "slow" else 0  # small buffers: back pressure sooner
+        client, self.client_side = _pair(listener, rcvbuf=small, peer_sndbuf=small)
+        self.upstream_side, upstream = _pair(listener)
+        self.client = _End(client, self.up[len(self.first) :])
+        self.upstream = _End(upstream, self.down)
+        if self.kind == "slow":  # the client stops reading a while: back pressure
+            self.client.read_after = time.monotonic() + rng.uniform(0.1, 0.6)
+        self.reset_at = rng.randint(0, len(self.client.out)) if self.kind == "reset" else -1
+        self.cancel_at = time.monotonic() + rng.uniform(0, 0.3) if self.kind == "cancel" else 0
+        self.handle: int = relay.add(
+            self.client_side.fileno(), self.upstream_side.fileno(), self.first, b""
+        )
+        if self.kind == "early":  # the caller may close its own copies at once
+            self.release()
+        self.report: tuple[int, int, str] | None = None
+        self.cancelled = False
+
+    def release(self) -> None:
+        self.client_side.close()
+        self.upstream_side.close()
+
+    def advance(self, relay: Any, now: float) -> None:
+        client, upstream = self.client, self.upstream
+        if self.kind == "half" and not client.shut and client.off == len(client.out):
+            client.shut = True
+            client.sock.shutdown(socket.SHUT_WR)
+        if self.kind == "reset" and not client.closed and client.off >= self.reset_at:
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.sock.close()
+            client.closed = True
+        if self.cancel_at and now >= self.cancel_at and self.report is None:
+            self.cancel_at = 0
+            self.cancelled = True
+            relay.cancel(self.handle)
+            self.release()
+        # The upstream closes once it sent all and got all (and the client's EOF after a
+        # half-close): its EOF ends the tunnel.
+        if (
+            self.kind in ("plain", "half", "slow", "early")
+            and not upstream.closed
+            and upstream.off == len(upstream.out)
+            and upstream.count == len(self.up)
+            and (upstream.eof or self.kind != "half")
+        ):
+            upstream.sock.close()
+            upstream.closed = True
+        if self.report is not None:
+            self.release()
+
+    def over(self) -> bool:
+        ended = self.report is not None or self.cancelled
+        return ended and all(e.closed or e.eof for e in (self.client, self.upstream))
+
+    def problems(self) -> list[str]:
+        whole = self.kind in ("plain", "half", "slow", "early")
+        found = []
+        client, upstream = self.client, self.upstream
+        if whole and self.report != (len(self.up) - len(self.first), len(self.down), ""):
+            found.append(f"{self.kind}: reported {self.report}")
+        down_seen = self.down if whole else self.down[: client.count]
+        up_seen = self.up if whole else self.up[: upstream.count]
+        if client.got.digest() != hashlib.sha256(down_seen).digest():
+            found.append(f"{self.kind}: the client got {client.count} wrong bytes")
+        if upstream.got.digest() != hashlib.sha256(up_seen).digest():
+            found.append(f"{self.kind}: the upstream got {upstream.count} wrong bytes")
+        return found
+
+
+def test_many_concurrent_tunnels_arrive_intact_and_are_counted(
+    compiled_relay: ModuleType,
+) -> None:
+    """240 tunnels, 60 at a time: random sizes each way (heavy tail up to 1 MiB), half-closes,
+    resets (SO_LINGER 0), cancels while busy, clients that stop reading, callers closing
+    their copies at once. Every byte arrives at its own peer (hashes), every tunnel that
+    ended is reported once with its counts, and no descriptor or tunnel is left."""
+    rng = random.Random(5)
+    relay, _tid = _new_relay(compiled_relay)
+    sel = selectors.DefaultSelector()
+    sel.register(relay.fileno(), selectors.EVENT_READ, None)
+    live: dict[int, _Tunnel] = {}
+    problems: list[str] = []
+    made = finished = 0
+    with _listener() as listener:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        deadline = time.monotonic() + 120
+        while (made < 240 or live) and time.monotonic() < deadline:
+            while made < 240 and len(live) < 60:
+                tunnel = _Tunnel(rng, relay, listener)
+                live[tunnel.handle] = tunnel
+                made += 1
+            now = time.monotonic()
+            for tunnel in live.values():
+                for end in (tunnel.client, tunnel.upstream):
+                    with contextlib.suppress(KeyError, ValueError):
+                        sel.unregister(end.sock)
+                    if events := end.events(now):
+                        sel.register(end.sock, events, (tunnel, end))
+            for key, events in sel.select(0.02):
+                if key.data is None:
+                    for handle, up, down, reason in relay.finished():
+                        tunnel = live[handle]  # a report for a tunnel of this test
+                        assert tunnel.report is None, "reported twice"
+                        tunnel.report = (up, down, reason)
+                        finished += 1
+                else:
+                    tunnel, end = key.data
+                    limit = (
+                        tunnel.reset_at
+                        if end is tunnel.client and tunnel.reset_at >= 0
+                        else len(end.out)
+                    )
+                    end.step(events, limit)
+            now = time.monotonic()
+            for handle, tunnel in list(live.items()):
+                tunnel.advance(relay, now)
+                if tunnel.over():
+                    problems += tunnel.problems()
+                    for end in (tunnel.client, tunnel.upstream):
+                        with contextlib.suppress(KeyError, ValueError):
+                            sel.unregister(end.sock)
+                        end.sock.close()
+                    del live[handle]
+        assert not live, f"{len(live)} tunnels never ended"
+        assert relay.open_tunnels() == 0
+        assert problems == []
+        assert finished >= 240 * 3 // 5  # all but the cancelled ones and some resets
+        assert len(os.listdir("/proc/self/fd")) == fds_before
+    sel.close()
+    relay.close()
