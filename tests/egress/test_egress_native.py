@@ -37,8 +37,8 @@ class _Upstream:
             except OSError:
                 return
             thread = threading.Thread(target=self._one, args=(conn,), daemon=True)
-            self.threads.append(thread)
             thread.start()
+            self.threads.append(thread)  # started first: close() may join it at once
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
@@ -124,13 +124,13 @@ def test_both_relays_report_the_same_outcomes_and_counts(
             assert _read_all(sock) == b""  # not a ClientHello: closed, nothing relayed
         proxy.close()
         found = events.wait_net(start + 3)[start:]
-        seen[way] = [
-            (e["outcome"], e["bytes_up"], e["bytes_down"], e.get("sni"), e.get("error"))
+        seen[way] = sorted(  # the client may hear a tunnel's end before it is recorded
+            (e["outcome"], e["bytes_up"], e["bytes_down"], e.get("sni") or "", e.get("error", ""))
             for e in found
-        ]
+        )
     upstream.close()
     assert seen["native"] == seen["python"]
-    assert [s[1:3] for s in seen["native"][:2]] == [
+    assert [s[1:3] for s in seen["native"] if s[0] == "allowed"] == [
         (len(_HELLO), len(upstream.reply)),
         (len(_HELLO) + 4, len(upstream.reply)),
     ]

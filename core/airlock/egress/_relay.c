@@ -228,6 +228,8 @@ static void on_event(Relay *r, Tunnel *t, size_t slot, int s, uint32_t events) {
         int sent = flush(t, other, reason, sizeof reason);
         if (sent < 0) end = 1;
         else if (sent > 0 && t->dir[other].eof) end = pass_eof(t, other);
+        else if (sent > 0 && pump(r, t, other, reason, sizeof reason) != 0)
+            end = 1; /* drained: read the source again now, not one epoll round later */
     }
     if (!end && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
         int got = pump(r, t, s, reason, sizeof reason);
