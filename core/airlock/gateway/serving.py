@@ -8,8 +8,10 @@
     running = start_in_thread(lambda: serve_x(config, ...), name="airlock-http-x")
     running.url; running.close()            # the same gateway in its own thread and loop
 
-The app runs under uvicorn on a socket bound here, in the caller's event loop; uvicorn's signal
-handlers are not installed (the caller owns signals) and it logs nothing of its own.
+The app runs under ``gateway/h1``'s HTTP/1.1 server (httptools on an asyncio Protocol) on a
+socket bound here, in the caller's event loop; it installs no signal handlers (the caller owns
+signals) and logs nothing of its own. The gateways left uvicorn + h11 for it in issue 12: those
+layers cost several times the gateway's own work per keep-alive request (docs/gateways.md).
 """
 
 from __future__ import annotations
@@ -21,10 +23,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
-
-import httpx
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from airlock.errors import InfrastructureUnavailable
 
@@ -84,62 +82,17 @@ def bind(config: Listens, error: type[InfrastructureUnavailable]) -> socket.sock
     return sock
 
 
-class _Coalescing:
-    """A transport whose writes in one turn of the event loop leave in one ``send``.
-
-    uvicorn writes a response's head and its body separately, so a keep-alive response cost the
-    gateway two sends and the client two wake-ups; on a loopback hop between processes each
-    costs more than the gateway's own work. Everything else is the wrapped transport's."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class _Protocol(H11Protocol):
-    """uvicorn's h11 protocol over a :class:`_Coalescing` transport."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
-
-
 @dataclass
 class AsgiServer:
     """An ASGI app being served on ``sock`` in the current event loop."""
 
     sock: socket.socket
-    server: uvicorn.Server = field(repr=False)
-    task: asyncio.Task[None] = field(repr=False)
+    _stop: Callable[[], Awaitable[None]] = field(repr=False)
+    _accepted: Callable[[], list[socket.socket]] = field(repr=False)
+
+    def accepted(self) -> list[socket.socket]:
+        """The sockets of the client connections open now."""
+        return self._accepted()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -154,37 +107,26 @@ class AsgiServer:
 
     async def stop(self) -> None:
         """Stop accepting, let responses in flight finish (up to :data:`GRACE` seconds)."""
-        self.server.should_exit = True
         try:
-            await self.task
+            await self._stop()
         finally:
-            await self.server.shutdown(sockets=[self.sock])
             self.sock.close()
 
 
 async def serve_asgi(app: Any, sock: socket.socket, *, name: str) -> AsgiServer:
-    """Serve ``app`` on ``sock`` (from :func:`bind`); returns once it accepts connections."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            date_header=False,
-            proxy_headers=False,
-            # h11 whatever else is installed (httptools would judge framing differently: it
-            # refuses Content-Length with Transfer-Encoding where h11 lets chunked win)
-            http=_Protocol,
-            timeout_keep_alive=_KEEP_ALIVE,
-            timeout_graceful_shutdown=GRACE,
-        )
-    )
-    server.config.load()
-    server.lifespan = server.config.lifespan_class(server.config)
-    await server.startup(sockets=[sock])
-    return AsgiServer(sock, server, asyncio.create_task(server.main_loop(), name=name))
+    """Serve ``app`` on ``sock`` (from :func:`bind`) with ``gateway/h1``'s server; returns once
+    it accepts connections. ``name`` names the request tasks."""
+    from airlock.gateway.h1.server import H1Server  # UsageError when httptools is missing
+
+    h1 = H1Server(app, keep_alive=_KEEP_ALIVE, name=name)
+    await h1.start(sock)
+    return AsgiServer(sock, lambda: h1.stop(GRACE), h1.sockets)
+
+
+class Closes(Protocol):
+    """An upstream client (an ``httpx.AsyncClient``, a ``gateway/h1`` pool)."""
+
+    async def aclose(self) -> None: ...
 
 
 class HoldsApprovals(Protocol):
@@ -204,7 +146,7 @@ class ProxyGateway(Generic[P]):
     name: str
     proxy: P
     _server: AsgiServer = field(repr=False)
-    _client: httpx.AsyncClient = field(repr=False)
+    _client: Closes = field(repr=False)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -413,12 +413,9 @@ def test_every_socket_of_a_keep_alive_exchange_has_tcp_nodelay(
 
     async def nodelay() -> list[int]:
         # the client's connection as the gateway accepted it, and the gateway's upstream one
-        server = gw.gateway._server.server
-        accepted = [c.transport.get_extra_info("socket") for c in server.server_state.connections]
-        pool = gw.gateway._client._transport._pool  # type: ignore[attr-defined]
-        upstream = [
-            c._connection._network_stream.get_extra_info("socket") for c in pool.connections
-        ]
+        accepted = gw.gateway._server.accepted()
+        pool = gw.gateway._client
+        upstream = [c.transport.get_extra_info("socket") for c in pool.connections()]  # type: ignore[attr-defined]
         assert accepted and upstream
         return [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted + upstream]
 

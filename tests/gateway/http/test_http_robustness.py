@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -218,3 +220,100 @@ def test_an_unexpected_failure_is_a_500_that_names_no_data(
     assert r.status_code == 500 and "ValueError" in r.json()["error"]
     assert "secret-looking" not in r.text and "secret-looking" not in recorder.text()
     assert recorder.of("http.response")[-1]["status"] == 500
+
+
+def _read_response(stream: Any) -> bytes:
+    """One response with a Content-Length from a buffered socket reader (``sock.makefile``)."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = stream.readline()
+        assert line, "the connection closed"
+        head += line
+    length = int(next(v for k, v in _header_lines(head.rstrip(b"\r\n")) if k == b"content-length"))
+    return head + stream.read(length)
+
+
+def _header_lines(head: bytes) -> Iterator[tuple[bytes, bytes]]:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        yield name.strip().lower(), value.strip()
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    gw = make_gateway()
+    with _raw_connection(gw.url) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+            + f"Authorization: Bearer {ticket.value}\r\n\r\n".encode()
+        )
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        assert _read_response(sock.makefile("rb")).startswith(b"HTTP/1.1 200")
+    assert recorder.of("http.request")[0]["body"] == "hello"
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    gw = make_gateway(rules=[{"id": "no-b", "http": {"path": "/b"}, "action": "deny"}])
+    auth = f"Authorization: Bearer {ticket.value}\r\n".encode()
+    with _raw_connection(gw.url) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            b"".join(
+                b"GET /%s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (p, auth) for p in (b"a", b"b", b"c")
+            )
+        )
+        stream = sock.makefile("rb")
+        statuses = [_read_response(stream).split(b" ", 2)[1] for _ in range(3)]
+    assert statuses == [b"200", b"403", b"200"]
+    assert [e["path"] for e in recorder.of("http.request")] == ["/a", "/b", "/c"]
+
+
+def test_the_gateway_without_httptools_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from airlock.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "httptools", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "airlock.gateway.h1")
+    with pytest.raises(UsageError, match="httptools") as caught:
+        importlib.import_module("airlock.gateway.h1")
+    assert "reinstall airlock-ci" in caught.value.hint
+
+
+def test_a_request_sent_one_byte_at_a_time_is_read_whole(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    gw = make_gateway()
+    raw = (
+        b"POST /echo?q=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + f"Authorization: Bearer {ticket.value}\r\n\r\n".encode()
+        + b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    with _raw_connection(gw.url) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(5)
+        for i in range(len(raw)):
+            sock.sendall(raw[i : i + 1])
+        assert _read_response(sock.makefile("rb")).startswith(b"HTTP/1.1 200")
+    (request,) = recorder.of("http.request")
+    assert (request["path"], request["query"], request["body"]) == ("/echo", "q=1", "abcde")
+
+
+def test_headers_past_the_limit_get_431_and_others_are_served(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    gw = make_gateway()
+    with _raw_connection(gw.url) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(ConnectionError):  # the gateway may close while we still send
+            for _ in range(80):
+                sock.sendall(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 431")
+    assert httpx.get(f"{gw.url}/y", headers=_auth(ticket)).status_code == 200

@@ -13,9 +13,8 @@ import base64
 import hashlib
 from collections.abc import Mapping
 
-import httpx
-
 from airlock.errors import ConfigError
+from airlock.gateway.h1.messages import Request
 from airlock.mask import Masker
 from airlock.policy.gateways import AwsSigV4Credential, HttpCredential
 
@@ -41,7 +40,7 @@ class Injector(abc.ABC):
     secrets: tuple[str, ...] = ()
 
     @abc.abstractmethod
-    def apply(self, request: httpx.Request, body: bytes | None) -> None:
+    def apply(self, request: Request, body: bytes | None) -> None:
         """Add the credential to ``request`` (``body`` is given when :attr:`needs_body`)."""
 
     def __repr__(self) -> str:
@@ -51,7 +50,7 @@ class Injector(abc.ABC):
 class NoCredential(Injector):
     """Forward without credentials (client auth is still stripped)."""
 
-    def apply(self, request: httpx.Request, body: bytes | None) -> None:
+    def apply(self, request: Request, body: bytes | None) -> None:
         return None
 
 
@@ -61,7 +60,7 @@ class _HeaderInjector(Injector):
         self._value = value
         self.strip = CLIENT_AUTH_HEADERS | {name.lower()}
 
-    def apply(self, request: httpx.Request, body: bytes | None) -> None:
+    def apply(self, request: Request, body: bytes | None) -> None:
         request.headers[self._name] = self._value
 
 
@@ -76,7 +75,7 @@ class _SigV4Injector(Injector):
         self.needs_body = config.service != "s3"
         self.strip = CLIENT_AUTH_HEADERS | _AWS_HEADERS
 
-    def apply(self, request: httpx.Request, body: bytes | None) -> None:
+    def apply(self, request: Request, body: bytes | None) -> None:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 

@@ -80,6 +80,7 @@ class Exchange:
     body: RequestBody | None = None
     hold: Hold | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
     def methods(self, form: bytes = b"") -> list[str]:
         """The request's method, and those its method overrides name: frameworks (Rails,
@@ -102,11 +103,13 @@ class Exchange:
         return is_form(self.header("content-type"))
 
     def header(self, name: str) -> str:
-        wanted = name.encode()
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return ""
+        """The first value of header ``name`` (lower-case), or ``""``."""
+        if self._index is None:  # built once: the proxy asks about a dozen times a request
+            self._index = {}
+            for key, value in self.headers:
+                self._index.setdefault(key.lower(), value)
+        found = self._index.get(name.encode())
+        return "" if found is None else found.decode("latin-1")
 
 
 class RequestBody:
@@ -150,7 +153,8 @@ class RequestBody:
 
     async def _next(self) -> bytes:
         try:
-            message = await asyncio.wait_for(self._receive(), self._timeout)
+            async with asyncio.timeout(self._timeout):  # no task per read, unlike wait_for
+                message = await self._receive()
         except TimeoutError as exc:
             raise Refused(
                 408,

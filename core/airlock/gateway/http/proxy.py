@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from airlock.gate.interface import Operation
 from airlock.gateway.approvals import SESSION_ENDED, Approvals
+from airlock.gateway.h1.client import Pool
 from airlock.gateway.http.capture import BodyTap, render_prefix
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.decide import (
@@ -117,8 +116,7 @@ class HttpProxy:
         approve: Approve | None,
         ticket: TicketCheck,
         injector: Injector,
-        transport: httpx.AsyncBaseTransport,
-        timeout: httpx.Timeout,
+        pool: Pool,
         rules: Sequence[GuardrailRule] = (),
         defaults: GuardrailDefaults | None = None,
         settings: ProxySettings | None = None,
@@ -138,8 +136,7 @@ class HttpProxy:
         self._approvals = Approvals(approve)
         self._upstream = Upstream(
             config,
-            transport=transport,
-            timeout=timeout,
+            pool=pool,
             injector=injector,
             log=self._log,
             mask_echo=self._settings.mask_held_in_responses,

@@ -15,9 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
-
 from airlock.errors import InfrastructureUnavailable
+from airlock.gateway.h1.client import Pool, Timeouts
 from airlock.gateway.http.credentials import load_injector
 from airlock.gateway.http.proxy import Approve, HttpProxy, ProxySettings, Record
 from airlock.gateway.serving import ProxyGateway, ThreadedGateway, bind, serve_asgi
@@ -35,7 +34,7 @@ __all__ = [
     "start_in_thread",
 ]
 
-_UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=30.0)
+_UPSTREAM_TIMEOUT = Timeouts(connect=10.0, read=300.0, write=300.0, pool=30.0)
 
 
 class HttpGatewayError(InfrastructureUnavailable):
@@ -68,11 +67,8 @@ async def serve_http(
     injector = load_injector(
         config.credential, os.environ if environ is None else environ, masker, config.name
     )
-    transport = httpx.AsyncHTTPTransport(
-        trust_env=False,  # no proxy variables, no ~/.netrc credentials slipped in
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-    )
-    client = httpx.AsyncClient(transport=transport)  # owns (and closes) the transport
+    # no proxy variables, no ~/.netrc credentials: the pool reads no environment
+    pool = Pool(config.upstream, _UPSTREAM_TIMEOUT, max_connections=256, max_idle=64)
     proxy = HttpProxy(
         config,
         masker=masker,
@@ -80,15 +76,14 @@ async def serve_http(
         approve=approve,
         ticket=ticket,
         injector=injector,
-        transport=transport,
-        timeout=_UPSTREAM_TIMEOUT,
+        pool=pool,
         rules=rules_for_gateway(guardrails, config.name, "http"),
         defaults=defaults,
         settings=settings,
     )
     sock = bind(config, HttpGatewayError)
     server = await serve_asgi(proxy, sock, name=f"airlock-http-{config.name}")
-    return HttpGateway(config.name, proxy, server, client)
+    return HttpGateway(config.name, proxy, server, pool)
 
 
 def start_in_thread(config: HttpGatewayConfig, **kwargs: Any) -> ThreadedHttpGateway:

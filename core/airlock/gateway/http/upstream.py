@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
+from airlock.gateway.h1.client import Pool, Request, Response, UpstreamError, UpstreamTimeout
 from airlock.gateway.http.capture import BodyTap
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.exchange import (
@@ -50,28 +49,21 @@ _TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "y
 
 
 class Upstream:
-    """One gateway's upstream: ``config.upstream`` through ``transport``, with ``injector``'s
-    credential; ``mask_echo`` masks that credential in text responses.
-
-    Requests go to the transport (httpcore's connection pool) directly, not through an
-    ``httpx.AsyncClient``: a proxy wants none of a client's layers (default headers, cookies,
-    auth flows, redirects), and skipping them is a third of the gateway's CPU per request."""
+    """One gateway's upstream: ``config.upstream`` through ``pool`` (``gateway/h1/client.py``),
+    with ``injector``'s credential; ``mask_echo`` masks that credential in text responses."""
 
     def __init__(
         self,
         config: HttpGatewayConfig,
         *,
-        transport: httpx.AsyncBaseTransport,
-        timeout: httpx.Timeout,
+        pool: Pool,
         injector: Injector,
         log: ExchangeLog,
         mask_echo: bool,
     ) -> None:
         upstream = urlsplit(config.upstream)
-        self._origin = f"{upstream.scheme}://{upstream.netloc}"
         self._base_path = upstream.path
-        self._transport = transport
-        self._extensions = {"timeout": timeout.as_dict()}
+        self._pool = pool
         self._injector = injector
         self._log = log
         self._cap = config.record_bodies
@@ -82,14 +74,14 @@ class Upstream:
         request = self._upstream_request(ex, body)
         ex.forwarded = True
         try:
-            response = await self._transport.handle_async_request(request)
+            response = await self._pool.send(request)
         except ClientGone:
             raise
-        except httpx.TimeoutException as exc:
+        except UpstreamTimeout as exc:
             raise Refused(
                 504, "upstream timed out", "check the upstream", upstream=error_name(exc)
             ) from None
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             raise Refused(
                 502, "upstream unreachable", "check the upstream URL", upstream=error_name(exc)
             ) from None
@@ -101,10 +93,10 @@ class Upstream:
             watcher.cancel()
             await response.aclose()
 
-    def _upstream_request(self, ex: Exchange, body: RequestBody) -> httpx.Request:
-        url = self._origin + join_upstream(self._base_path, ex.path.wire)
+    def _upstream_request(self, ex: Exchange, body: RequestBody) -> Request:
+        target = join_upstream(self._base_path, ex.path.wire)
         if ex.query:
-            url += "?" + ex.query
+            target += "?" + ex.query
         # the whole body is in memory: read without a hold, or held but small enough to sign
         buffered = body.done and (body.spool is None or len(body.buffer) == body.held_size)
         drop = _HOP_BY_HOP | self._injector.strip | ({"content-length"} if buffered else set())
@@ -118,19 +110,17 @@ class Upstream:
         if self._echo is not None:  # text responses are masked: they must arrive uncompressed
             headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))
-        request = httpx.Request(
-            ex.method, url, headers=headers, content=content, extensions=self._extensions
-        )
+        request = self._pool.request(ex.method, target, headers, content)
         self._injector.apply(request, content if isinstance(content, bytes) else None)
         return request
 
     async def _relay(
-        self, ex: Exchange, response: httpx.Response, send: Send, gone: asyncio.Event
+        self, ex: Exchange, response: Response, send: Send, gone: asyncio.Event
     ) -> None:
-        echo = self._echo_stream(ex, response)
-        drop = _HOP_BY_HOP | ({"content-length"} if echo is not None else set())
+        masked = self._masks_echo(ex, response)
+        drop = _HOP_BY_HOP | ({"content-length"} if masked else set())
         headers = [
-            (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in drop
+            (k, v) for k, v in response.raw_headers if k.decode("latin-1").lower() not in drop
         ]
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
         tap = BodyTap(self._cap)
@@ -138,28 +128,30 @@ class Upstream:
         # response, so has the log. A bodiless response is complete with its headers.
         if ex.method == "HEAD" or response.status_code in (204, 304):
             last, error = await self._pump(response, _discard, tap, None, gone)
-            self._record_relay(ex, response, tap, error, echo)
+            self._record_relay(ex, response, tap, error, masked)
             ex.responded = True
             await send(start)
-        elif echo is not None and (_content_length(response) or _WHOLE + 1) <= _WHOLE:
+        elif masked and (_content_length(response) or _WHOLE + 1) <= _WHOLE:
             # A small text response is masked whole and sent with its length in one message:
             # no chunked encoding, one write fewer on every keep-alive request.
             body, error = await self._read_whole(response, tap, gone)
-            last = echo.feed(body) + echo.flush() if error is None else b""
-            self._record_relay(ex, response, tap, error, echo)
+            assert self._echo is not None
+            last = self._echo.mask_bytes(body) if error is None else b""
+            self._record_relay(ex, response, tap, error, masked)
             headers.append((b"content-length", str(len(last)).encode()))
             ex.responded = True
             await send(start)
         else:
             ex.responded = True
             await send(start)
+            echo = EchoMask(self._echo.stream()) if masked and self._echo is not None else None
             last, error = await self._pump(response, send, tap, echo, gone)
-            self._record_relay(ex, response, tap, error, echo)
+            self._record_relay(ex, response, tap, error, masked)
         if error is None:
             await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _read_whole(
-        self, response: httpx.Response, tap: BodyTap, gone: asyncio.Event
+        self, response: Response, tap: BodyTap, gone: asyncio.Event
     ) -> tuple[bytes, str | None]:
         """The whole (small) body, and any error."""
         data = bytearray()
@@ -169,13 +161,13 @@ class Upstream:
                     return b"", "client disconnected mid-response"
                 tap.feed(chunk)
                 data += chunk
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             return b"", f"upstream failed mid-response: {error_name(exc)}"
         return bytes(data), None
 
     async def _pump(
         self,
-        response: httpx.Response,
+        response: Response,
         send: Send,
         tap: BodyTap,
         echo: EchoMask | None,
@@ -197,7 +189,7 @@ class Upstream:
                 out = chunk if echo is None else echo.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             return b"", f"upstream failed mid-response: {error_name(exc)}"
         return (last if echo is None else echo.flush()), None
 
@@ -222,30 +214,29 @@ class Upstream:
     def _record_relay(
         self,
         ex: Exchange,
-        response: httpx.Response,
+        response: Response,
         tap: BodyTap,
         error: str | None,
-        echo: EchoMask | None,
+        masked: bool,
     ) -> None:
         self._log.response(
             ex,
             response.status_code,
             tap=tap,
-            headers=response.headers.raw,
-            content_type=response.headers.get("content-type", ""),
-            content_encoding=response.headers.get("content-encoding", ""),
+            headers=response.raw_headers,
+            content_type=response.header("content-type"),
+            content_encoding=response.header("content-encoding"),
             error=error,
-            **({"client_masked": True} if echo is not None else {}),
+            **({"client_masked": True} if masked else {}),
         )
 
-    def _echo_stream(self, ex: Exchange, response: httpx.Response) -> EchoMask | None:
+    def _masks_echo(self, ex: Exchange, response: Response) -> bool:
+        """The response is text the held credential is masked in before the client sees it."""
         if self._echo is None or ex.method == "HEAD":
-            return None
-        ctype = response.headers.get("content-type", "").lower()
-        encoded = response.headers.get("content-encoding", "").lower() not in ("", "identity")
-        if encoded or not any(kind in ctype for kind in _TEXT_TYPES):
-            return None
-        return EchoMask(self._echo.stream())
+            return False
+        ctype = response.header("content-type").lower()
+        encoded = response.header("content-encoding").lower() not in ("", "identity")
+        return not encoded and any(kind in ctype for kind in _TEXT_TYPES)
 
     # ------------------------------------------------------------------ answers and events
 
@@ -262,6 +253,6 @@ async def _discard(message: dict[str, Any]) -> None:
     return None
 
 
-def _content_length(response: httpx.Response) -> int | None:
-    raw = response.headers.get("content-length", "")
+def _content_length(response: Response) -> int | None:
+    raw = response.header("content-length")
     return int(raw) if raw.isdigit() else None
