@@ -12,6 +12,7 @@ import asyncio
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -534,3 +535,54 @@ def test_a_request_head_sent_a_byte_at_a_time_does_not_hold_a_connection_forever
             time.sleep(0.2)
         assert idle.recv(100) == b""  # the keep-alive limit works for a silent connection
         assert closed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/h1/server.py parses a whole read (up to 256 kB) while a request is in "
+    "flight and queues every pipelined request in it (a _Cycle with its scope each): "
+    "about 55 times the bytes sent; h11 before held one request at a time",
+)
+def test_pipelined_requests_behind_a_slow_one_cost_memory_in_proportion() -> None:
+    """A client pipelines 14 000 tiny requests (250 kB) behind one the app is still answering:
+    the server may queue a few, not build them all (memory grows ~55x the bytes otherwise)."""
+    from airlock.gateway.h1.server import H1Server
+
+    flood = b"GET /held HTTP/1.1\r\n\r\n" + b"GET / HTTP/1.1\r\n\r\n" * 14_000
+    server_file = H1Server.__module__.replace(".", "/") + ".py"
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/held":
+            await asyncio.sleep(30)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        server = H1Server(app)
+        await server.start(listener)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            _, writer = await asyncio.open_connection(*listener.getsockname())
+            writer.write(flood)
+            await writer.drain()
+            for _ in range(100):  # until the server has read what it will read
+                await asyncio.sleep(0.02)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        grown = sum(
+            s.size_diff
+            for s in after.compare_to(before, "filename")
+            if s.traceback[0].filename.endswith(server_file)
+        )
+        writer.close()
+        await server.stop(0)
+        return grown
+
+    grown = asyncio.run(main())
+    assert grown < 4 * len(flood), f"{grown} bytes held for {len(flood)} bytes sent"
