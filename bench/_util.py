@@ -81,6 +81,26 @@ def log_corpus(size_mb: int) -> Path:
     return path
 
 
+def _run_once(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None,
+    shell: bool,
+    stdout: int | None,
+    cwd: Path | None = None,
+) -> None:
+    """Run ``argv`` to its end (a failure aborts the benchmark); stderr is dropped."""
+    subprocess.run(
+        argv if not shell else " ".join(argv),
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        env=env,
+        shell=shell,
+        cwd=cwd,
+    )
+
+
 def timed(
     argv: Sequence[str],
     *,
@@ -93,14 +113,7 @@ def timed(
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run(
-            argv if not shell else " ".join(argv),
-            stdout=stdout,
-            stderr=subprocess.DEVNULL,
-            check=True,
-            env=env,
-            shell=shell,
-        )
+        _run_once(argv, env=env, shell=shell, stdout=stdout)
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2]
@@ -201,18 +214,12 @@ def run_cpu(
     env: dict[str, str] | None = None,
     shell: bool = False,
     stdout: int | None = subprocess.DEVNULL,
+    cwd: Path | None = None,
 ) -> tuple[float, float]:
     """One run of ``argv``: (wall seconds, CPU seconds of it and everything it started)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(
-        argv if not shell else " ".join(argv),
-        stdout=stdout,
-        stderr=subprocess.DEVNULL,
-        check=True,
-        env=env,
-        shell=shell,
-    )
+    _run_once(argv, env=env, shell=shell, stdout=stdout, cwd=cwd)
     wall = time.perf_counter() - start
     _reap_orphans()  # strace, detached, may end a moment after the command
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

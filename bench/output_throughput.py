@@ -7,10 +7,13 @@ sessions directory (what its disk can take), and asciinema 2.x recording the sam
 (a peer recorder). CPU is that of every process of the run (user + system).
 
     .venv/bin/python bench/output_throughput.py [--quick] [--rounds N] [--sessions DIR]
-        [--before TREE]
+        [--before TREE] [--sandbox MODE[,MODE...]] [--outputs pipes,pty]
 
 --sessions: where the logs go (default: a temporary directory; /dev/shm takes the disk out).
 --before: also run the `airlock` of another checkout (PYTHONPATH=TREE/core), in the same turns.
+--sandbox: run each airlock subject once per mode (e.g. `off,required`), in the same turns, and
+print required/off ratios (issue 10: the sandbox must cost <= 5 %). Default: the policy's mode.
+--outputs: which airlock subjects to run (default both: pipes and a pty).
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=Path, help="directory for the session logs")
     parser.add_argument("--before", type=Path, help="a checkout to compare with")
+    parser.add_argument("--sandbox", help="comma-separated --sandbox modes, e.g. off,required")
+    parser.add_argument("--outputs", default="pipes,pty", help="pipes, pty or pipes,pty")
     args = parser.parse_args()
+    modes = args.sandbox.split(",") if args.sandbox else [""]
+    outputs = [o for o in (("never", "pipes"), ("always", "pty")) if o[1] in args.outputs]
     adopt_orphans()
     corpus = log_corpus(20 if args.quick else 200)
     nbytes = corpus.stat().st_size
@@ -58,7 +65,9 @@ def main() -> None:
             "copy to the sessions dir: cat BIG > F": lambda: _fresh(
                 tmp, lambda out: run_cpu(["cat", str(corpus), ">", str(out)], shell=True, env=env)
             ),
-            "asciinema rec -c 'cat BIG' (peer)": lambda: _fresh(
+        }
+        if ("always", "pty") in outputs:
+            subjects[PEER] = lambda: _fresh(
                 tmp,
                 lambda out: run_cpu(
                     [
@@ -72,30 +81,48 @@ def main() -> None:
                     ],
                     env=env,
                 ),
-            ),
-        }
+            )
         for label, tree_env in trees.items():
-            for mode, name in (("never", "pipes"), ("always", "pty")):
-                subjects[f"airlock run -- cat BIG ({name}){label}"] = _airlock(
-                    tmp, policy, mode, corpus, tree_env
-                )
+            for pty, name in outputs:
+                for sandbox in modes:
+                    subjects[_name(name, label, sandbox)] = _airlock(
+                        tmp, policy, pty, corpus, tree_env, sandbox
+                    )
         print(
             f"output throughput, {nbytes / 1e6:.0f} MB of log text, median of {args.rounds} "
             f"rounds in turns, sessions in {tmp}; load average before: {load_average()}\n"
         )
         results = interleaved(subjects, args.rounds)
         bare = results["bare pipe: cat BIG | cat (baseline)"][0]
-        peer = results["asciinema rec -c 'cat BIG' (peer)"][0]
         for name, (wall, cpu) in results.items():
             print(
-                f"{name:48} {wall * 1000:8.0f} ms {nbytes / wall / 1e6:7.0f} MB/s  "
+                f"{name:60} {wall * 1000:8.0f} ms {nbytes / wall / 1e6:7.0f} MB/s  "
                 f"CPU {cpu * 1000:6.0f} ms = {cpu * 1000 / (nbytes / 1e6):5.2f} ms/MB"
                 f"  ({bare / wall:.2f}x bare)"
             )
+        print()
         for label in trees:
-            pty = results[f"airlock run -- cat BIG (pty){label}"][0]
-            print(f"\nairlock (pty){label} vs asciinema: {peer / pty:.2f}x its speed")
+            for sandbox in modes if PEER in results else ():
+                pty = results[_name("pty", label, sandbox)][0]
+                speed = results[PEER][0] / pty
+                print(f"{_name('pty', label, sandbox)} vs asciinema: {speed:.2f}x its speed")
+            for _, name in outputs if "off" in modes else ():
+                off = results[_name(name, label, "off")]
+                for sandbox in (m for m in modes if m != "off"):
+                    on = results[_name(name, label, sandbox)]
+                    print(
+                        f"{name}{label}: --sandbox {sandbox} / off = {on[0] / off[0]:.2f}x time, "
+                        f"{on[1] / off[1]:.2f}x CPU (target <= 1.05x)"
+                    )
         print(f"load average after: {load_average()}")
+
+
+PEER = "asciinema rec -c 'cat BIG' (peer)"
+
+
+def _name(output: str, label: str, sandbox: str) -> str:
+    mode = f", --sandbox {sandbox}" if sandbox else ""
+    return f"airlock run -- cat BIG ({output}{mode}){label}"
 
 
 def _fresh(tmp: str, run: Callable[[Path], tuple[float, float]]) -> tuple[float, float]:
@@ -107,17 +134,21 @@ def _fresh(tmp: str, run: Callable[[Path], tuple[float, float]]) -> tuple[float,
 
 
 def _airlock(
-    tmp: str, policy: Path, mode: str, corpus: Path, env: dict[str, str]
+    tmp: str, policy: Path, mode: str, corpus: Path, env: dict[str, str], sandbox: str
 ) -> Callable[[], tuple[float, float]]:
+    chosen = ("--sandbox", sandbox) if sandbox else ()
+
     def run() -> tuple[float, float]:
         sessions = Path(tmp, "sessions")
         try:
             return run_cpu(
                 [
-                    *(tool("airlock"), "run", "--quiet", "--pty", mode, "--policy", str(policy)),
+                    *(tool("airlock"), "run", "--quiet", "--pty", mode, *chosen),
+                    *("--policy", str(policy)),
                     *("--sessions", str(sessions), "--", "cat", str(corpus)),
                 ],
                 env=env,
+                cwd=corpus.parent,  # the workspace: a sandbox shows the agent only that
             )
         finally:
             shutil.rmtree(sessions, ignore_errors=True)

@@ -9,22 +9,20 @@ harmless statement under a harmless rule; the approver answers ``y`` to what it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import select
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.listener import Listener
+from tests.support.terminal import read_until, terminal
 
 from airlock.audit import SigningKey
 from airlock.gate import ConsoleBackend, Operation, ask
+
+__all__ = ["terminal"]  # the fixture
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
 
@@ -37,27 +35,9 @@ DISGUISE = (
 )
 
 
-@pytest.fixture
-def terminal() -> Iterator[tuple[int, str]]:
-    master, slave = os.openpty()
-    yield master, os.ttyname(slave)
-    os.close(master)
-    os.close(slave)
-
-
-def _read_until(fd: int, marker: bytes, timeout: float = 10) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while marker not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            seen += os.read(fd, 4096)
-    return seen
-
-
 async def _prompted(master: int, backend: ConsoleBackend, op: Operation) -> bytes:
     task = asyncio.create_task(ask(backend, op, 10))
-    prompt = await asyncio.to_thread(_read_until, master, b"[y/N]")
+    prompt = await asyncio.to_thread(read_until, master, b"[y/N]")
     os.write(master, b"n\n")
     await task
     return prompt
@@ -115,7 +95,7 @@ def test_the_agent_cannot_answer_its_own_request_in_the_file_backend(tmp_path: P
         pytest.skip("bubblewrap is not installed")
     workspace = tmp_path / "ws"
     (workspace / "approvals").mkdir(parents=True)
-    site = _Site()
+    site = Listener()
     try:
         (tmp_path / "airlock.yaml").write_text(
             "approvals: {backend: file, dir: approvals, timeout: 5s}\n"
@@ -138,29 +118,3 @@ def test_the_agent_cannot_answer_its_own_request_in_the_file_backend(tmp_path: P
     assert b"answer:" in result.stdout, result.stderr
     assert site.hits == 0, result.stdout  # the held request never reached the site
     assert b"self-approved" not in result.stdout
-
-
-class _Site:
-    """A local HTTP listener that counts the requests that reach it."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self._server.accept()
-                with conn:
-                    conn.recv(65536)
-                    self.hits += 1
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-                    )
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()

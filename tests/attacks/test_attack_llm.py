@@ -12,12 +12,11 @@ sends the user-info as Basic auth instead of the key.) Both servers here are on 
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
+from tests.support.listener import Listener
 
 from airlock.gateway.llm import start_in_thread
 from airlock.gateway.tickets import Ticket
@@ -27,38 +26,14 @@ from airlock.policy.agent_gateways import LlmGatewayConfig
 KEY = "sk-upstream-" + "k" * 24
 
 
-class _Listener:
+def _models() -> Listener:
     """Answers every request with an empty model list and keeps the request heads."""
-
-    def __init__(self) -> None:
-        self.heads: list[bytes] = []
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self._server.accept()
-                with conn:
-                    conn.settimeout(5)
-                    with contextlib.suppress(OSError):
-                        self.heads.append(conn.recv(65536))
-                        body = b'{"object":"list","data":[]}'
-                        conn.sendall(
-                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-                        )
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
+    return Listener(b'{"object":"list","data":[]}', "application/json")
 
 
 @pytest.fixture
-def listeners() -> Iterator[tuple[_Listener, _Listener]]:
-    upstream, evil = _Listener(), _Listener()
+def listeners() -> Iterator[tuple[Listener, Listener]]:
+    upstream, evil = _models(), _models()
     yield upstream, evil
     upstream.close()
     evil.close()
@@ -66,7 +41,7 @@ def listeners() -> Iterator[tuple[_Listener, _Listener]]:
 
 @pytest.mark.parametrize("trick", ["/v1@127.0.0.1:{evil}/models", "/v1@127.0.0.1:{evil}"])
 def test_the_gateway_calls_its_upstream_only(
-    listeners: tuple[_Listener, _Listener], trick: str
+    listeners: tuple[Listener, Listener], trick: str
 ) -> None:
     upstream, evil = listeners
     config = LlmGatewayConfig.model_validate(

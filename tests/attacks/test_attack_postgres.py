@@ -24,7 +24,16 @@ from tests.gateway.postgres.conftest import (  # noqa: F401 (fixtures)
     upstream,
 )
 
-from airlock.gateway.postgres import protocol as pg
+from airlock.gateway.postgres.encode import (
+    encode_message,
+    encode_parse,
+    encode_password,
+    encode_query,
+    encode_ready,
+    encode_startup,
+)
+from airlock.gateway.postgres.framing import BackendParser
+from airlock.gateway.postgres.messages import DataRow, ErrorResponse, Message
 
 pytestmark = pytest.mark.service
 
@@ -51,16 +60,16 @@ def _count(upstream: Upstream, table: str) -> int:  # noqa: F811
 
 def _logged_in(gw: RunningGateway) -> socket.socket:
     sock = socket.create_connection((gw.host, gw.port), timeout=20)
-    sock.sendall(pg.encode_startup({"user": "agent", "database": "x"}))
+    sock.sendall(encode_startup({"user": "agent", "database": "x"}))
     sock.recv(65536)  # the password request
-    sock.sendall(pg.encode_password(gw.ticket.value.encode() + b"\0"))
+    sock.sendall(encode_password(gw.ticket.value.encode() + b"\0"))
     _until_ready(sock)
     return sock
 
 
 def _until_ready(sock: socket.socket) -> bytes:
     received = b""
-    while not (received.endswith(pg.encode_ready("I")) or received.endswith(pg.encode_ready("E"))):
+    while not (received.endswith(encode_ready("I")) or received.endswith(encode_ready("E"))):
         chunk = sock.recv(65536)
         if not chunk:
             break
@@ -71,25 +80,25 @@ def _until_ready(sock: socket.socket) -> bytes:
 def _bind(portal: str, statement: str) -> bytes:
     body = portal.encode() + b"\0" + statement.encode() + b"\0"
     body += struct.pack("!hhh", 0, 0, 0)  # no parameter formats, no parameters, result formats
-    return pg.encode_message(b"B", body)
+    return encode_message(b"B", body)
 
 
 def _execute(portal: str) -> bytes:
-    return pg.encode_message(b"E", portal.encode() + b"\0" + struct.pack("!i", 0))
+    return encode_message(b"E", portal.encode() + b"\0" + struct.pack("!i", 0))
 
 
 def _close(target: bytes, name: str) -> bytes:
-    return pg.encode_message(b"C", target + name.encode() + b"\0")
+    return encode_message(b"C", target + name.encode() + b"\0")
 
 
-SYNC = pg.encode_message(b"S")
+SYNC = encode_message(b"S")
 
 
 def _run(gw: RunningGateway, *messages: bytes) -> bytes:
     with _logged_in(gw) as sock:
         sock.sendall(b"".join(messages) + SYNC)
         received = _until_ready(sock)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     return received
 
 
@@ -103,9 +112,9 @@ def test_a_held_statement_is_held_when_the_unnamed_statement_is_parsed_again(
     gw = make_gateway(rules=RULES)
     received = _run(
         gw,
-        pg.encode_parse("", f"DELETE FROM {victims}"),
+        encode_parse("", f"DELETE FROM {victims}"),
         _bind("p", ""),
-        pg.encode_parse("", "SELECT 1"),
+        encode_parse("", "SELECT 1"),
         _execute("p"),
     )
     assert _count(upstream, victims) == 10, received
@@ -121,7 +130,7 @@ def test_a_held_statement_is_held_when_its_named_statement_is_closed(
     gw = make_gateway(rules=RULES)
     received = _run(
         gw,
-        pg.encode_parse("s", f"DELETE FROM {victims}"),
+        encode_parse("s", f"DELETE FROM {victims}"),
         _bind("p", "s"),
         _close(b"S", "s"),
         _execute("p"),
@@ -131,7 +140,7 @@ def test_a_held_statement_is_held_when_its_named_statement_is_closed(
 
 
 def _describe_statement(name: str) -> bytes:
-    return pg.encode_message(b"D", b"S" + name.encode() + b"\0")
+    return encode_message(b"D", b"S" + name.encode() + b"\0")
 
 
 def test_a_masked_column_stays_masked_when_the_statement_is_parsed_again(
@@ -142,19 +151,19 @@ def test_a_masked_column_stays_masked_when_the_statement_is_parsed_again(
     gw = make_gateway()  # mask_columns: *.password
     received = _run(
         gw,
-        pg.encode_parse("", "SELECT password FROM users WHERE id = 1"),
+        encode_parse("", "SELECT password FROM users WHERE id = 1"),
         _bind("p", ""),
-        pg.encode_parse("", "SELECT 'x'::text AS id"),
+        encode_parse("", "SELECT 'x'::text AS id"),
         _describe_statement(""),
         _execute("p"),
     )
-    rows = [m for m in _messages(received) if isinstance(m, pg.DataRow)]
+    rows = [m for m in _messages(received) if isinstance(m, DataRow)]
     assert len(rows) == 1, received
     assert b"pw1" not in received, rows
 
 
-def _messages(data: bytes) -> list[pg.Message]:
-    parser = pg.BackendParser()
+def _messages(data: bytes) -> list[Message]:
+    parser = BackendParser()
     parser.feed(data)
     out = []
     while (message := parser.next_message()) is not None:
@@ -171,13 +180,13 @@ def test_a_held_statement_is_held_when_a_failed_parse_reuses_its_name(
     to s, Execute p: the server runs the DELETE, so a refused Parse must not rename s."""
     gw = make_gateway(rules=RULES)
     with _logged_in(gw) as sock:
-        sock.sendall(pg.encode_parse("s", f"DELETE FROM {victims}") + SYNC)
+        sock.sendall(encode_parse("s", f"DELETE FROM {victims}") + SYNC)
         _until_ready(sock)
-        sock.sendall(pg.encode_parse("s", "SELECT 1") + SYNC)
+        sock.sendall(encode_parse("s", "SELECT 1") + SYNC)
         _until_ready(sock)
         sock.sendall(_bind("p", "s") + _execute("p") + SYNC)
         received = _until_ready(sock)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     assert _count(upstream, victims) == 10, received
     assert gw.approvals != [], received
 
@@ -192,13 +201,13 @@ def test_a_held_statement_is_held_when_the_server_skips_the_parse_that_replaced_
     server still holds the DELETE as the unnamed statement."""
     gw = make_gateway(rules=RULES)
     with _logged_in(gw) as sock:
-        sock.sendall(pg.encode_parse("", f"DELETE FROM {victims}") + SYNC)
+        sock.sendall(encode_parse("", f"DELETE FROM {victims}") + SYNC)
         _until_ready(sock)
-        sock.sendall(_bind("x", "no_such_statement") + pg.encode_parse("", "SELECT 1") + SYNC)
+        sock.sendall(_bind("x", "no_such_statement") + encode_parse("", "SELECT 1") + SYNC)
         _until_ready(sock)
         sock.sendall(_bind("p", "") + _execute("p") + SYNC)
         received = _until_ready(sock)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     assert _count(upstream, victims) == 10, received
     assert gw.approvals != [], received
 
@@ -214,11 +223,11 @@ def test_a_statement_prepared_in_sql_is_judged_when_a_protocol_bind_runs_it(
     Bind p to "s" and Execute p runs the DELETE, whatever the gateway thought "s" was."""
     gw = make_gateway(rules=[{"id": "no-delete", "sql": {"kinds": ["delete"]}, "action": action}])
     with _logged_in(gw) as sock:
-        sock.sendall(pg.encode_query(f"PREPARE s AS DELETE FROM {victims}"))
+        sock.sendall(encode_query(f"PREPARE s AS DELETE FROM {victims}"))
         prepared = _until_ready(sock)
         sock.sendall(_bind("p", "s") + _execute("p") + SYNC)
         received = _until_ready(sock)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     assert _count(upstream, victims) == 10, (prepared, received)
 
 
@@ -231,12 +240,12 @@ def test_each_protocol_execution_of_a_sql_prepared_statement_asks_again(
     Bind/Execute of the same SQL-prepared statement (the approver said yes to the PREPARE)."""
     gw = make_gateway(rules=RULES, approve=lambda op: True)
     with _logged_in(gw) as sock:
-        sock.sendall(pg.encode_query(f"PREPARE s AS DELETE FROM {victims} WHERE id = 1"))
+        sock.sendall(encode_query(f"PREPARE s AS DELETE FROM {victims} WHERE id = 1"))
         _until_ready(sock)
         asked_for_prepare = len(gw.approvals)
         sock.sendall(_bind("p", "s") + _execute("p") + SYNC)
         received = _until_ready(sock)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     assert asked_for_prepare == 1
     assert len(gw.approvals) == 2, received  # the execution was asked for too
 
@@ -249,21 +258,19 @@ def test_a_masked_column_stays_masked_when_a_sql_cursor_is_executed_as_a_portal(
     rows unmasked (``FETCH`` in SQL is masked)."""
     gw = make_gateway()  # mask_columns: *.password
     with _logged_in(gw) as sock:
-        sock.sendall(pg.encode_query("BEGIN; DECLARE c CURSOR FOR SELECT password FROM users"))
+        sock.sendall(encode_query("BEGIN; DECLARE c CURSOR FOR SELECT password FROM users"))
         _until_ready_in_transaction(sock)
         sock.sendall(_execute("c") + SYNC)
         received = _until_ready_in_transaction(sock)
-        sock.sendall(pg.encode_message(b"X"))
-    rows = [m for m in _messages(received) if isinstance(m, pg.DataRow)]
+        sock.sendall(encode_message(b"X"))
+    rows = [m for m in _messages(received) if isinstance(m, DataRow)]
     assert rows, received
     assert b"pw1" not in received
 
 
 def _until_ready_in_transaction(sock: socket.socket) -> bytes:
     received = b""
-    while not received.endswith(pg.encode_ready("T")) and not received.endswith(
-        pg.encode_ready("E")
-    ):
+    while not received.endswith(encode_ready("T")) and not received.endswith(encode_ready("E")):
         chunk = sock.recv(65536)
         if not chunk:
             break
@@ -278,12 +285,12 @@ def test_an_execute_of_no_portal_fails_cleanly_and_the_connection_stays_usable(
     with _logged_in(gw) as sock:
         sock.sendall(_execute("nothing") + SYNC)
         failed = _until_ready(sock)
-        sock.sendall(pg.encode_query("SELECT 40 + 2"))
+        sock.sendall(encode_query("SELECT 40 + 2"))
         answered = _until_ready(sock)
-        sock.sendall(pg.encode_message(b"X"))
-    errors = [m for m in _messages(failed) if isinstance(m, pg.ErrorResponse)]
+        sock.sendall(encode_message(b"X"))
+    errors = [m for m in _messages(failed) if isinstance(m, ErrorResponse)]
     assert len(errors) == 1 and b"34000" in errors[0].raw, failed  # invalid_cursor_name
-    assert [m for m in _messages(answered) if isinstance(m, pg.DataRow)] != []
+    assert [m for m in _messages(answered) if isinstance(m, DataRow)] != []
 
 
 def test_copy_from_stdin_is_an_insert_for_the_guardrails(
@@ -318,15 +325,13 @@ def test_a_name_deallocated_in_sql_and_prepared_again_is_judged_by_what_it_holds
     approval); then Bind/Execute s over the protocol must ask again, not run as SELECT 1."""
     gw = make_gateway(rules=RULES, approve=lambda op: True)
     with _logged_in(gw) as sock:
-        sock.sendall(pg.encode_parse("s", "SELECT 1") + SYNC)
+        sock.sendall(encode_parse("s", "SELECT 1") + SYNC)
         _until_ready(sock)
-        sock.sendall(
-            pg.encode_query(f"DEALLOCATE s; PREPARE s AS DELETE FROM {victims} WHERE id = 1")
-        )
+        sock.sendall(encode_query(f"DEALLOCATE s; PREPARE s AS DELETE FROM {victims} WHERE id = 1"))
         _until_ready(sock)
         asked_for_prepare = len(gw.approvals)
         sock.sendall(_bind("p", "s") + _execute("p") + SYNC)
         received = _until_ready(sock)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     assert asked_for_prepare == 1
     assert len(gw.approvals) == 2, received

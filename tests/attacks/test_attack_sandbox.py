@@ -196,6 +196,11 @@ def _persist_credentials(repo: Path, token: str) -> tuple[str, str]:
         ["remote", "add", "origin", url],
     ):
         subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    submodule = repo / ".git" / "modules" / "lib" / "config"  # checkout's `submodules: true`
+    submodule.parent.mkdir(parents=True)
+    submodule.write_text(
+        f'[core]\n\tbare = false\n[http "https://git.example/"]\n\textraheader = {header}\n'
+    )
     return header, url
 
 
@@ -207,7 +212,8 @@ def test_the_job_token_the_checkout_persisted_is_not_the_agents(tmp_path: Path) 
     repo = _checkout(tmp_path)
     token = "ghs_" + secrets.token_hex(18)
     header, url = _persist_credentials(repo, token)
-    steal = "cat .git/config > stolen.txt; git config --get-all remote.origin.url >> stolen.txt; "
+    steal = "cat .git/config .git/modules/lib/config > stolen.txt; "
+    steal += "git config --get-all remote.origin.url >> stolen.txt; "
     steal += "git config user.email agent@example.com && echo configured"
 
     result = _airlock_run(tmp_path, repo, steal)
@@ -220,6 +226,7 @@ def test_the_job_token_the_checkout_persisted_is_not_the_agents(tmp_path: Path) 
     after = (repo / ".git" / "config").read_text()
     assert header in after and url in after, "the later steps of the job lost their credentials"
     assert "agent@example.com" in after  # what the agent changed stays
+    assert header in (repo / ".git" / "modules" / "lib" / "config").read_text()
 
 
 def test_a_read_only_path_inside_the_workspace_stays_read_only(tmp_path: Path) -> None:
@@ -273,3 +280,36 @@ def test_a_workspace_that_holds_home_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 80, result.stderr
     assert b"holds $HOME" in result.stderr
     assert (home / ".bashrc").read_text() == "# the user's\n"
+
+
+_FILELESS = """
+import os
+fd = os.memfd_create("x")
+os.write(fd, open("/bin/echo", "rb").read())
+if os.fork() == 0:
+    os.execve(fd, ["ls", "fileless-ran"], {})
+os.wait()
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="capture/ (exec tracer): an execveat of a memfd (fexecve) is recorded with path '' "
+    "and the argv[0] the agent chose; the event should say it was fileless (and hash the image)",
+)
+def test_a_fileless_exec_is_recorded_as_one(tmp_path: Path) -> None:
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
+    result = subprocess.run(
+        [AIRLOCK, "run", "--pty", "never", "--sandbox", "required", "--",
+         "python3", "-c", _FILELESS],
+        cwd=repo, env=env, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert b"fileless-ran" in result.stdout, result.stderr
+    [session] = (repo / ".airlock" / "sessions").iterdir()
+    events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+    [run] = [e["data"] for e in events if e["type"] == "process.exec"
+             and e["data"]["argv"] == ["ls", "fileless-ran"]]  # fmt: skip
+    assert run["path"] not in ("", "ls") or run.get("fileless") is True, run

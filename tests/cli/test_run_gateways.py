@@ -273,3 +273,55 @@ def test_a_grant_that_was_not_issued_is_a_clear_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 80
     assert "airlock credentials --grant appdb-login --hold" in result.stderr
+
+
+def test_a_hold_pending_when_the_command_ends_is_in_the_sealed_log(
+    tmp_path: Path, app_db: tuple[PostgresCluster, str]
+) -> None:
+    """A client outside the agent's process tree (so no leftover-stopping ends it first) holds a
+    DROP when the command ends: the gateways close before ``session.end``, so the hold's outcome is
+    sealed into the log instead of being written after the seal and lost."""
+    cluster, password = app_db
+    with psycopg.connect(cluster.dsn(USER, password, DB), autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id int)")
+    approvals = tmp_path / "approvals"
+    policy = _policy(tmp_path, cluster, f"{{backend: file, dir: {approvals}, timeout: 60s}}")
+    url_file, go_file = tmp_path / "url", tmp_path / "go"
+    script = f'echo "$DATABASE_URL" > {url_file}; while [ ! -e {go_file} ]; do sleep 0.05; done'
+    errors: list[BaseException] = []
+
+    def outside_client() -> None:
+        while not url_file.exists() or not url_file.read_text().strip():
+            time.sleep(0.05)
+        try:
+            with psycopg.connect(url_file.read_text().strip(), autocommit=True) as conn:
+                conn.execute("DROP TABLE kept")
+        except psycopg.Error as exc:  # the gateway ends the held statement at session end
+            errors.append(exc)
+
+    def release_when_held() -> None:
+        while not list(pending(approvals)):
+            time.sleep(0.05)
+        go_file.touch()
+
+    threads = [threading.Thread(target=outside_client), threading.Thread(target=release_when_held)]
+    for thread in threads:
+        thread.start()
+    result = _run(tmp_path, policy, password, script)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert errors, "the held DROP must not succeed"
+    events = _events(tmp_path)
+    types = [e["type"] for e in events]
+    assert types.count("approval.requested") == 1
+    ended = types.index("session.end")
+    assert "approval.cancelled" in types[:ended], types[-8:]
+    with psycopg.connect(cluster.dsn(USER, password, DB)) as conn:
+        assert conn.execute("SELECT to_regclass('kept')").fetchone() == ("kept",)
+    verify = subprocess.run(
+        [AIRLOCK, "verify", str(next((tmp_path / "s").iterdir()))],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cfg")},
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr

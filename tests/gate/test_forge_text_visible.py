@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.archive.conftest import write_session
 from tests.broker import approvals_support
 from tests.broker.approvals_support import (
     GITLAB_TOKEN,
@@ -20,10 +21,12 @@ from tests.broker.approvals_support import (
     FakeGitLab,
 )
 
+from airlock.archive.report import render_report
 from airlock.archive.summary import code_span, escape_md
 from airlock.audit import SigningKey
 from airlock.audit.visible import is_invisible, visible
 from airlock.ci.github import append_summary, error_annotation
+from airlock.ci.gitlab import section_start
 from airlock.gate import Operation
 from airlock.gate.github_api import GitHubApi
 from airlock.gate.github_check import check_run_body
@@ -116,6 +119,7 @@ def test_job_summary_and_annotations(tmp_path: Any) -> None:
     assert append_summary(summary, f"| 1 | {SNEAKY} |\n")
     _nothing_raw(summary.read_text(encoding="utf-8"))
     _nothing_raw(error_annotation(SNEAKY, title=SNEAKY))
+    _nothing_raw(section_start("airlock", SNEAKY).split("\r\x1b[0K", 1)[1])  # GitLab's job log
 
 
 @given(st.text())
@@ -130,3 +134,16 @@ def test_visible_text_has_nothing_invisible_and_keeps_the_rest(text: str) -> Non
 @pytest.mark.parametrize("char", ["\u202a", "\u202e", "\u2066", "\u2069", "\u200b", "\u2060"])
 def test_each_bidi_and_zero_width_character_is_escaped(char: str) -> None:
     assert visible(f"a{char}b") == f"a\\u{ord(char):04x}b"
+
+
+def test_html_report_shows_invisible_characters_as_escapes(tmp_path: Any) -> None:
+    """The report an approver may open from the job summary: the same rule (control
+    characters are the page's own business: the replay reads ANSI, text goes in as text)."""
+    events = [
+        ("db.query", {"sql": SNEAKY, "gateway": "appdb"}),
+        ("output", {"stream": "stdout", "text": f"{SNEAKY}\r\n"}),
+    ]
+    session = write_session(tmp_path / "s", SigningKey.generate(), events=events)
+    page = render_report(session, {})
+    assert re.search("[\u202a-\u202e\u2066-\u2069\u200b-\u200f\u2060\ufeff\u00ad]", page) is None
+    assert "\\\\u202e" in page and "\\\\u200b" in page  # JSON in the page: \\u202e shown

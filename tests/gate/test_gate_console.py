@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import subprocess
 import sys
 import termios
@@ -12,35 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.terminal import read_until, terminal
 
 from airlock.audit import SigningKey
 from airlock.gate import EXPIRED, ConsoleBackend, Operation, ask
 
-
-def _read_until(fd: int, marker: bytes, timeout: float = 5) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while marker not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            seen += os.read(fd, 4096)
-    return seen
-
-
-@pytest.fixture
-def pty_pair() -> tuple[int, str]:
-    master, slave = os.openpty()
-    name = os.ttyname(slave)
-    yield master, name
-    os.close(master)
-    os.close(slave)
+__all__ = ["terminal"]  # the fixture
 
 
 async def _answer(
     master: int, reply: bytes, backend: ConsoleBackend, op: Operation
 ) -> tuple[bytes, object]:
     task = asyncio.create_task(ask(backend, op, 10))
-    prompt = await asyncio.to_thread(_read_until, master, b"[y/N]")
+    prompt = await asyncio.to_thread(read_until, master, b"[y/N]")
     os.write(master, reply)
     return prompt, await task
 
@@ -50,9 +33,9 @@ async def _answer(
     [(b"y\n", True), (b"YES\r", True), (b"n\n", False), (b"\n", False), (b"maybe\n", False)],
 )
 def test_prompt_on_tty(
-    pty_pair: tuple[int, str], key: SigningKey, op: Operation, reply: bytes, approved: bool
+    terminal: tuple[int, str], key: SigningKey, op: Operation, reply: bytes, approved: bool
 ) -> None:
-    master, name = pty_pair
+    master, name = terminal
     backend = ConsoleBackend(key=key, tty=name)
     backend.poll_interval = 0.02
     prompt, decision = asyncio.run(_answer(master, reply, backend, op))
@@ -71,9 +54,9 @@ def test_no_terminal_means_deny(key: SigningKey, op: Operation, tmp_path: object
 
 
 def test_silence_on_the_tty_expires(
-    pty_pair: tuple[int, str], key: SigningKey, op: Operation
+    terminal: tuple[int, str], key: SigningKey, op: Operation
 ) -> None:
-    _, name = pty_pair
+    _, name = terminal
     backend = ConsoleBackend(key=key, tty=name)
     backend.poll_interval = 0.02
     decision = asyncio.run(ask(backend, op, 0.3))
@@ -81,11 +64,11 @@ def test_silence_on_the_tty_expires(
 
 
 def test_typed_ahead_input_is_flushed_before_the_question(
-    pty_pair: tuple[int, str], key: SigningKey, op: Operation
+    terminal: tuple[int, str], key: SigningKey, op: Operation
 ) -> None:
     """A "y" waiting in the terminal before the prompt (typed ahead, or pushed by an agent
     with TIOCSTI) is no answer: only what comes after the question counts."""
-    master, name = pty_pair
+    master, name = terminal
     os.write(master, b"y\r")  # in the terminal's input queue before anything is asked
     backend = ConsoleBackend(key=key, tty=name)
     backend.poll_interval = 0.02
@@ -95,11 +78,11 @@ def test_typed_ahead_input_is_flushed_before_the_question(
 
 
 def test_an_agent_sharing_the_terminal_cannot_answer_with_tiocsti(
-    pty_pair: tuple[int, str], key: SigningKey, op: Operation
+    terminal: tuple[int, str], key: SigningKey, op: Operation
 ) -> None:
     """The agent types "y\\r" into the terminal with TIOCSTI as soon as anything is asked:
     the backend told that the agent shares the terminal never asks, and denies."""
-    master, name = pty_pair
+    master, name = terminal
     injector = subprocess.Popen(
         [sys.executable, "-c", _INJECT, name],
         stdout=subprocess.DEVNULL,
@@ -113,22 +96,22 @@ def test_an_agent_sharing_the_terminal_cannot_answer_with_tiocsti(
         injector.kill()
         injector.wait()
     assert decision.approved is False and "shares this terminal" in decision.reason
-    assert b"[y/N]" not in _read_until(master, b"[y/N]", timeout=0.3)  # never asked
+    assert b"[y/N]" not in read_until(master, b"[y/N]", timeout=0.3)  # never asked
 
 
 def test_tiocsti_really_answers_a_shared_terminal(
-    pty_pair: tuple[int, str], key: SigningKey, op: Operation
+    terminal: tuple[int, str], key: SigningKey, op: Operation
 ) -> None:
     """Why the refusal matters: on a shared terminal, TIOCSTI input reads as the human's."""
     if not hasattr(termios, "TIOCSTI"):
         pytest.skip("no TIOCSTI on this platform")
-    master, name = pty_pair
+    master, name = terminal
     backend = ConsoleBackend(key=key, tty=name)
     backend.poll_interval = 0.02
 
     async def run() -> object:
         task = asyncio.create_task(ask(backend, op, 10))
-        await asyncio.to_thread(_read_until, master, b"[y/N]")
+        await asyncio.to_thread(read_until, master, b"[y/N]")
         injected = subprocess.run(
             [sys.executable, "-c", _INJECT_NOW, name], capture_output=True, check=False
         )

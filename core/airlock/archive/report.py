@@ -29,6 +29,7 @@ from airlock.archive.conversation import conversation
 from airlock.archive.layout import read_manifest
 from airlock.audit import iter_events, verify_session
 from airlock.audit.describe import Describer, output_text, strip_ansi, truncate
+from airlock.audit.visible import visible_json
 from airlock.errors import VerificationFailed
 
 __all__ = ["ReportLimits", "render_report", "verification_state"]
@@ -184,7 +185,9 @@ def render_report(
         "FOOTER": html.escape(footer),
         "STYLE": style,
         "SCRIPT": script,
-        "DATA": _script_json(payload),
+        # bidi and zero-width characters shown as escapes; control characters are the
+        # page's to handle (the replay reads ANSI escapes, text goes in as text)
+        "DATA": _script_json(visible_json(payload, controls=False)),
     }
     # one pass, so text from the log can never be taken for a placeholder
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _resource("report.html"))

@@ -17,6 +17,7 @@ from airlock.audit._format import (
     line_hash,
 )
 from airlock.audit._manifest import LogState, build_manifest, write_manifest
+from airlock.audit._opened import opened_here
 from airlock.audit._scan import ChainScan, scan_chain
 from airlock.audit.keys import SigningKey
 from airlock.audit.pending import PENDING_FILE, read_pending
@@ -107,8 +108,9 @@ def _append_pending(session_dir: Path, events: Path, scan: ChainScan) -> bool:
     return True
 
 
-def find_unsealed(sessions_dir: Path) -> list[Path]:
-    """Session directories under ``sessions_dir`` with an events.jsonl and no manifest."""
+def find_unsealed(sessions_dir: Path, *, opened_here_only: bool = False) -> list[Path]:
+    """Session directories under ``sessions_dir`` with an events.jsonl and no manifest; with
+    ``opened_here_only``, only those a recorder of this machine opened (see _opened.py)."""
     try:
         children = sorted(Path(sessions_dir).iterdir())
     except (FileNotFoundError, NotADirectoryError):
@@ -116,7 +118,9 @@ def find_unsealed(sessions_dir: Path) -> list[Path]:
     return [
         child
         for child in children
-        if (child / EVENTS_FILE).is_file() and not (child / MANIFEST_FILE).exists()
+        if (child / EVENTS_FILE).is_file()
+        and not (child / MANIFEST_FILE).exists()
+        and (not opened_here_only or opened_here(child))
     ]
 
 

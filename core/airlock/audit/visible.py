@@ -20,13 +20,16 @@ _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 _BLANK_LETTERS = frozenset({"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u034f"})
 
 
-def is_invisible(char: str) -> bool:
-    """True for a character that changes or hides what a reader sees (not ``\\n``/``\\t``)."""
+def is_invisible(char: str, *, controls: bool = True) -> bool:
+    """True for a character that changes or hides what a reader sees (not ``\\n``/``\\t``).
+    With ``controls=False``, control characters (C0, DEL, C1) are not counted: for a view that
+    handles them itself (a terminal replay reading ANSI escapes, text put in a page as text)."""
     if char in "\n\t":
         return False
-    if char.isascii():
-        return not char.isprintable()
-    return unicodedata.category(char) in _HIDDEN_CATEGORIES or char in _BLANK_LETTERS
+    category = unicodedata.category(char)
+    if category == "Cc":
+        return controls
+    return category in _HIDDEN_CATEGORIES or char in _BLANK_LETTERS
 
 
 def _escape(char: str) -> str:
@@ -36,19 +39,23 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def visible(text: str) -> str:
-    """``text`` with every invisible character written as a visible escape."""
-    if text.isascii() and text.isprintable():
+def visible(text: str, *, controls: bool = True) -> str:
+    """``text`` with every invisible character written as a visible escape (control
+    characters left as they are with ``controls=False``, see :func:`is_invisible`)."""
+    if text.isascii() and (text.isprintable() or not controls):
         return text  # the common case, at no cost
-    return "".join(_escape(c) if is_invisible(c) else c for c in text)
+    return "".join(_escape(c) if is_invisible(c, controls=controls) else c for c in text)
 
 
-def visible_json(value: Any) -> Any:
+def visible_json(value: Any, *, controls: bool = True) -> Any:
     """Every string (keys too) in a JSON-like value made :func:`visible`."""
     if isinstance(value, str):
-        return visible(value)
+        return visible(value, controls=controls)
     if isinstance(value, Mapping):
-        return {visible(str(k)): visible_json(v) for k, v in value.items()}
+        return {
+            visible(str(k), controls=controls): visible_json(v, controls=controls)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [visible_json(v) for v in value]
+        return [visible_json(v, controls=controls) for v in value]
     return value

@@ -32,6 +32,7 @@ from airlock.audit._format import (
     line_hash,
 )
 from airlock.audit._manifest import LogState, build_manifest, write_manifest
+from airlock.audit._opened import mark_opened
 from airlock.audit.keys import SigningKey
 from airlock.errors import RecordingError, UsageError
 
@@ -97,6 +98,10 @@ class SessionWriter:
             raise RecordingError(
                 f"cannot create session directory {session_dir}: {exc.strerror}"
             ) from exc
+        try:
+            mark_opened(session_dir)  # only what this machine opened is ever sealed late
+        except OSError as exc:
+            raise RecordingError(f"cannot mark session {session_dir}: {exc.strerror}") from exc
         events = session_dir / EVENTS_FILE
         pending = session_dir / (EVENTS_FILE + ".new")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC

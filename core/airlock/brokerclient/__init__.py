@@ -10,7 +10,10 @@ imports it, so the CLI's job-side commands fail with an exit-80/85 message, neve
     JobState + save/load/forget  jobstate.py  0600 file outside the workspace
 """
 
-from airlock.brokerclient.client import AsyncBrokerClient, BrokerClient
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from airlock.brokerclient.jobstate import (
     JobState,
     default_state_dir,
@@ -18,6 +21,9 @@ from airlock.brokerclient.jobstate import (
     load_job_state,
     save_job_state,
 )
+
+if TYPE_CHECKING:
+    from airlock.brokerclient.client import AsyncBrokerClient, BrokerClient
 
 __all__ = [
     "AsyncBrokerClient",
@@ -28,3 +34,13 @@ __all__ = [
     "load_job_state",
     "save_job_state",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The clients import httpx (and, through it, click/rich/pygments when installed: ~0.1 s);
+    # `airlock run` without a broker only needs the job state file.
+    if name in ("AsyncBrokerClient", "BrokerClient"):
+        from airlock.brokerclient import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

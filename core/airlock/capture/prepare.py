@@ -8,10 +8,9 @@ compiled rules, or waits for them) and fails closed on the probe's result as bef
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 
-from airlock.capture.tracer import TracerStatus, probe_strace
+from airlock.capture.tracer import TracerStatus, start_probe
 from airlock.mask import Masker, MaskSettings, PatternRule
 from airlock.policy import Policy
 
@@ -36,22 +35,14 @@ def mask_settings(policy: Policy, secret_env: Mapping[str, str], hmac_key: bytes
     )
 
 
-def start_probe(path: str | None) -> Callable[[], TracerStatus]:
-    """Probe strace on a background thread; the returned function waits for the result."""
-    result: list[TracerStatus] = []
-    thread = threading.Thread(
-        target=lambda: result.append(probe_strace(path)), name="airlock-strace-probe", daemon=True
-    )
-    thread.start()
-
-    def wait() -> TracerStatus:
-        thread.join()
-        return result[0] if result else probe_strace(path)  # the thread failed: say why here
-
-    return wait
-
-
-def warm_up(policy: Policy, strace_path: str | None) -> Callable[[], TracerStatus] | None:
-    """Start compiling the policy's mask rules and, when exec capture is on, probing strace."""
+def warm_up(
+    policy: Policy,
+    strace_path: str | None,
+    probe: Callable[[], TracerStatus] | None = None,
+) -> Callable[[], TracerStatus] | None:
+    """Start compiling the policy's mask rules and, when exec capture is on, probing strace
+    (or use ``probe``, one started before the policy was read)."""
     Masker.warm_up(mask_settings(policy, {}, b""))
-    return None if policy.capture.exec == "off" else start_probe(strace_path)
+    if policy.capture.exec == "off":
+        return None
+    return probe or start_probe(strace_path)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from airlock.capture.exectrace import STRACE_ARGS
 
-__all__ = ["TracerStatus", "probe_strace"]
+__all__ = ["TracerStatus", "probe_strace", "start_probe"]
 
 _PROBE_TIMEOUT = 10.0
 
@@ -53,6 +55,21 @@ def probe_strace(path: str | None = None) -> TracerStatus:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         last_error = lines[-1] if lines else f"exit status {proc.returncode}"
     return TracerStatus(False, found, (), f"strace cannot trace here: {last_error}")
+
+
+def start_probe(path: str | None) -> Callable[[], TracerStatus]:
+    """Probe strace on a background thread; the returned function waits for the result."""
+    result: list[TracerStatus] = []
+    thread = threading.Thread(
+        target=lambda: result.append(probe_strace(path)), name="airlock-strace-probe", daemon=True
+    )
+    thread.start()
+
+    def wait() -> TracerStatus:
+        thread.join()
+        return result[0] if result else probe_strace(path)  # the thread failed: say why here
+
+    return wait
 
 
 def _variants() -> list[tuple[str, ...]]:

@@ -52,17 +52,26 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
-def copy_sessions(sessions: Iterable[Path], into: Path, source: Path | None = None) -> None:
+def copy_sessions(sessions: Iterable[Path], into: Path) -> None:
     """Copy each session directory into ``into``, a fresh real directory: what was there (a
-    session the agent forged, say) is removed first, unless ``into`` is the sessions directory
-    ``source`` itself (a later job that archives the artifacts)."""
-    if source is None or _absolute(source) != _absolute(into):
+    session the agent forged, say) is removed first, unless ``into`` is itself where the
+    sessions are (a later job that archives the artifacts: nothing is copied then)."""
+    sessions = list(sessions)
+    if not _holds(into, sessions):
         _remove(into)
     into = real_directory(into)
     for session in sessions:
         target = into / session.name
-        if _absolute(session) != _absolute(target):
+        if not target.exists():
             shutil.copytree(session, target, symlinks=True)
+
+
+def _holds(directory: Path, sessions: list[Path]) -> bool:
+    """True when ``directory`` (a real directory, not a symlink) holds one of ``sessions``."""
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    real = directory.resolve()
+    return any(real in session.resolve().parents for session in sessions)
 
 
 def _absolute(path: Path) -> Path:

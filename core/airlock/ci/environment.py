@@ -35,8 +35,10 @@ git credentials a runner leaves in the checkout): see docs/policy.md, "What this
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from airlock.policy import Policy, env_pattern_matches
+if TYPE_CHECKING:  # `airlock run` imports this module before it reads the policy
+    from airlock.policy import Policy
 
 __all__ = ["SENSITIVE_CI_VARIABLES", "agent_environment", "is_sensitive_variable", "removed_names"]
 
@@ -74,6 +76,8 @@ def is_sensitive_variable(name: str) -> bool:
 
 
 def _matches_any(name: str, patterns: Iterable[str]) -> bool:
+    from airlock.policy import env_pattern_matches
+
     return any(env_pattern_matches(pattern, name) for pattern in patterns)
 
 

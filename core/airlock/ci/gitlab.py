@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from airlock.audit.visible import visible
 from airlock.ci.artifacts import replace_file
 from airlock.errors import InfrastructureUnavailable, UsageError
 
@@ -115,7 +116,7 @@ def section_start(
         raise UsageError(f"invalid section name {name!r}")
     stamp = int(time.time() if now is None else now)
     option = "[collapsed=true]" if collapsed else ""
-    title = " ".join(header.split())
+    title = visible(" ".join(header.split()))  # no escape or bidi control of the header's own
     return f"\x1b[0Ksection_start:{stamp}:{name}{option}\r\x1b[0K{title}"
 
 

@@ -46,7 +46,7 @@ class SessionParts:
     _egress: EgressProxy | None
     _egress_env: dict[str, str]
     _agent_env: dict[str, str]
-    _hidden_git: HiddenCredentials | None
+    _hidden_git: list[HiddenCredentials]
 
     def _use_pty(self) -> bool:
         if self._req.use_pty is not None:
@@ -239,17 +239,18 @@ class SessionParts:
                 f"cannot take the job's git credentials out of the checkout: {exc.strerror}",
                 hint="check that the checkout's .git/config is writable",
             ) from exc
-        if self._hidden_git is None:
+        if not self._hidden_git:
             return
-        for value in self._hidden_git.secrets:
-            self._masker.add_secret(value, "checkout-credential")
-        count = len(self._hidden_git.headers) + len(self._hidden_git.urls)
+        for hidden in self._hidden_git:
+            for value in hidden.secrets:
+                self._masker.add_secret(value, "checkout-credential")
+        count = sum(len(h.headers) + len(h.urls) for h in self._hidden_git)
         notice(f"{count} git credential(s) in the checkout hidden from the agent until it ends")
 
     def _restore_checkout_credentials(self) -> None:
-        hidden, self._hidden_git = self._hidden_git, None
-        if hidden is not None and not hidden.restore():
-            notice("warning: .git is no longer a directory: the job's git credentials are gone")
+        hidden, self._hidden_git = self._hidden_git, []
+        if not all([h.restore() for h in hidden]):
+            notice("warning: .git changed shape: some of the job's git credentials are gone")
 
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""

@@ -47,19 +47,23 @@ def run_command(
         raise UsageError(
             "no command given", hint="usage: airlock run [OPTIONS] -- COMMAND [ARGS...]"
         )
-    # Imported here so that callers start fast. The slow parts of start-up (compiling the mask
-    # rules, probing strace, asking git who we are) start as soon as the policy is known and
-    # run while the rest is imported and loaded.
+    # Imported here so that callers start fast. The slow parts of start-up run in the
+    # background while the rest is imported and loaded: asking git who we are and probing
+    # strace (processes to wait for) start first, before the policy is read (its probe is
+    # unused when the policy turns exec capture off); compiling the mask rules once the
+    # policy is known.
+    from airlock.capture.tracer import start_probe
+    from airlock.ci import agent_environment, detect_identity, removed_names
+
+    env = dict(environ)
+    identity = _Background(detect_identity, env)
+    early_probe = start_probe(options.strace)
     from airlock.policy import DEFAULT_POLICY, load_policy
 
     policy = load_policy(options.policy) if options.policy else DEFAULT_POLICY
     from airlock.capture.prepare import warm_up
 
-    tracer_probe = warm_up(policy, options.strace)
-    from airlock.ci import agent_environment, detect_identity, removed_names
-
-    env = dict(environ)
-    identity = _Background(detect_identity, env)
+    tracer_probe = warm_up(policy, options.strace, early_probe)
     from airlock.audit import load_signing_key
     from airlock.jobs.run import SessionRequest, run_session
 

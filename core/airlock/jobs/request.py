@@ -95,9 +95,10 @@ def correlation_key(key: SigningKey) -> bytes:
 
 
 def seal_abandoned_sessions(sessions_dir: Path, key: SigningKey) -> list[Path]:
-    """Seal, as incomplete, sessions whose recorder died (no manifest, log not locked)."""
+    """Seal, as incomplete, sessions whose recorder died (no manifest, log not locked) and
+    that a recorder of this machine opened: never a directory that only looks like one."""
     sealed = []
-    for path in find_unsealed(sessions_dir):
+    for path in find_unsealed(sessions_dir, opened_here_only=True):
         if _is_locked(path / EVENTS_FILE):
             continue  # a live `airlock run` owns it
         with contextlib.suppress(AirlockError):

@@ -163,7 +163,7 @@ class _Session(SessionParts):
         self._egress_env: dict[str, str] = {}
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
-        self._hidden_git: HiddenCredentials | None = None
+        self._hidden_git: list[HiddenCredentials] = []
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()
@@ -173,8 +173,7 @@ class _Session(SessionParts):
             self._start_egress()
             self._start_sandbox()
             result = self._run_command()
-            if self._egress is not None:  # open tunnels end now: recorded before session.end
-                self._egress.close()
+            self._close_recorders()  # what they record as they close is sealed with the rest
             self._flush_all()
             self._end(result, time.monotonic() - started)
             self._checkpoint()
@@ -302,10 +301,18 @@ class _Session(SessionParts):
             },
         )
 
+    def _close_recorders(self) -> None:
+        """Close the egress proxy (open tunnels get their ``net.connect``) and the gateways
+        (pending holds get ``approval.cancelled``, requests in flight their outcome) while the
+        log is still open: closing them after the seal would drop those last events."""
+        if self._egress is not None:
+            self._egress.close()
+        if self._gateways is not None:
+            self._gateways.close()
+
     def _seal_incomplete(self, reason: str) -> None:
-        if self._egress is not None:  # its open tunnels are recorded before the seal
-            with contextlib.suppress(Exception):
-                self._egress.close()
+        with contextlib.suppress(Exception):
+            self._close_recorders()
         with contextlib.suppress(AirlockError, OSError):
             self._writer.seal(
                 self._req.key,

@@ -38,6 +38,7 @@ class HiddenCredentials:
     """What was taken out of ``config``, to put back with :meth:`restore`."""
 
     config: Path
+    root: Path  # the checkout's .git: nothing on the way to config may be a symlink
     original: bytes
     sanitized: bytes
     headers: list[tuple[str, str]] = field(default_factory=list)  # (section line, removed line)
@@ -47,16 +48,23 @@ class HiddenCredentials:
     def restore(self) -> bool:
         """Put the credentials back (after the agent has ended); False when ``.git`` is no
         longer a real directory (nothing is written then)."""
-        git = self.config.parent
-        if git.is_symlink() or not git.is_dir():
+        root = self.root
+        if root.is_symlink() or not _real_file(self.config.parent, root):
             return False
+        try:
+            self._put_back()
+        except OSError:
+            return False
+        return True
+
+    def _put_back(self) -> None:
         try:
             current = self.config.read_bytes() if not self.config.is_symlink() else None
         except OSError:
             current = None
         if current is None or current == self.sanitized:
             _replace(self.config, self.original)
-            return True
+            return
         text = current.decode("utf-8", "surrogateescape")
         lines = text.splitlines(keepends=True)
         for hidden, original in self.urls:
@@ -66,18 +74,37 @@ class HiddenCredentials:
             restored += "\n"
         restored += "".join(section + line for section, line in self.headers)
         _replace(self.config, restored.encode("utf-8", "surrogateescape"))
-        return True
 
 
-def hide_checkout_credentials(workspace: str) -> HiddenCredentials | None:
-    """Take the job's git credentials out of ``<workspace>/.git/config``; None when there is
-    no such file or nothing to take out."""
+def hide_checkout_credentials(workspace: str) -> list[HiddenCredentials]:
+    """Take the job's git credentials out of ``<workspace>/.git/config`` and the submodules'
+    configs under ``.git/modules`` (actions/checkout writes the header there too); one entry
+    per file that held some."""
     git = Path(workspace, ".git")
-    config = git / "config"
-    if git.is_symlink() or not git.is_dir() or config.is_symlink() or not config.is_file():
+    if git.is_symlink() or not git.is_dir():
+        return []
+    configs = [git / "config"]
+    modules = git / "modules"
+    if modules.is_dir() and not modules.is_symlink():
+        configs += sorted(p for p in modules.rglob("config") if _real_file(p, git))
+    hidden = [_hide_in(config) for config in configs if _real_file(config, git)]
+    return [h for h in hidden if h is not None]
+
+
+def _real_file(path: Path, root: Path) -> bool:
+    """A regular file reached from ``root`` without a symlink on the way."""
+    while path != root:
+        if path.is_symlink():
+            return False
+        path = path.parent
+    return True
+
+
+def _hide_in(config: Path) -> HiddenCredentials | None:
+    if not config.is_file():
         return None
     original = config.read_bytes()
-    hidden = HiddenCredentials(config, original, b"")
+    hidden = HiddenCredentials(config, _git_root(config), original, b"")
     kept: list[str] = []
     section = ""
     for line in original.decode("utf-8", "surrogateescape").splitlines(keepends=True):
@@ -99,6 +126,13 @@ def hide_checkout_credentials(workspace: str) -> HiddenCredentials | None:
     hidden.sanitized = "".join(kept).encode("utf-8", "surrogateescape")
     _replace(config, hidden.sanitized)
     return hidden
+
+
+def _git_root(config: Path) -> Path:
+    for parent in config.parents:
+        if parent.name == ".git":
+            return parent
+    return config.parent
 
 
 def _header_secrets(value: str) -> list[str]:

@@ -204,3 +204,33 @@ def test_a_server_that_cannot_start_is_a_config_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 80
     assert "cannot start the MCP server" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_shaped_messages_never_reach_the_server_over_stdio(tmp_path: Path) -> None:
+    """What the server reads is written to a file by `tee` in front of it: of six messages
+    that each try to get `rm` past the rules, none arrives; the one plain call does."""
+    seen = tmp_path / "server-read.jsonl"
+    server = ["sh", "-c", f"tee {seen} | {sys.executable} {HERE / 'raw_server.py'}"]
+    rm = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete_all"}}
+    lines = [
+        json.dumps(rm),  # a notification
+        json.dumps({**rm, "id": None}),
+        json.dumps([{**rm, "id": 1}]),  # a batch
+        json.dumps({**rm, "id": 2, "method": "Tools/Call"}),
+        json.dumps({**rm, "id": 3, "method": "tools/call\u200b"}),
+        '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"delete_all","name":"ok"}}',
+        json.dumps({**rm, "id": 5, "params": {"name": "fine"}}),
+    ]
+    args = ["-m", "airlock._cli", "mcp", "--", *server]
+    done = subprocess.run(
+        [sys.executable, *args], input="\n".join(lines) + "\n", env=_env(tmp_path),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a.get("error", {}).get("code") for a in answers] == [-32600] * 6 + [None], answers
+    assert answers[-1]["result"]["content"][0]["text"] == "ok fine"
+    assert [json.loads(line)["params"]["name"] for line in seen.read_text().splitlines()] == [
+        "fine"
+    ]
+    refused = [e for e in _session_events(tmp_path) if "refused" in str(e["data"].get("error"))]
+    assert len(refused) == 6

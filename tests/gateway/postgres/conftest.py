@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from tests.support.postgres import PostgresCluster, postgres_cluster  # noqa: F401 (fixture)
 
+from airlock.errors import RecordingError
 from airlock.gate.interface import Operation
 from airlock.gateway.postgres.server import ThreadedGateway, UpstreamLogin, start_in_thread
 from airlock.gateway.tickets import Ticket, TicketCheck
@@ -129,6 +130,7 @@ def make_gateway(upstream: Upstream) -> Iterator[MakeGateway]:
         login: UpstreamLogin | None = None,
         startup_timeout: float = 10.0,
         ticket_check: TicketCheck | None = None,
+        refuse_record: Callable[[str, Mapping[str, Any]], bool] | None = None,
         **overrides: Any,
     ) -> RunningGateway:
         events: list[tuple[str, dict[str, Any]]] = []
@@ -136,6 +138,8 @@ def make_gateway(upstream: Upstream) -> Iterator[MakeGateway]:
         approvals: list[Operation] = []
 
         def record(type_: str, data: Mapping[str, Any]) -> int:
+            if refuse_record is not None and refuse_record(str(type_), data):
+                raise RecordingError("the session log cannot be written (test)")
             with lock:
                 events.append((str(type_), dict(data)))
                 return len(events)

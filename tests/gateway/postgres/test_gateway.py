@@ -20,22 +20,24 @@ from tests.gateway.postgres.conftest import (
     Upstream,
 )
 
-from airlock.gateway.postgres import protocol as pg
+from airlock.gateway.postgres.encode import encode_password, encode_query, encode_startup
+from airlock.gateway.postgres.framing import BackendParser
+from airlock.gateway.postgres.messages import DataRow, ErrorResponse, Message
 
 # ------------------------------------------------------------------------- raw client
 
 
 def _raw_connect(gw: RunningGateway, password: str | None = None) -> socket.socket:
     sock = socket.create_connection((gw.host, gw.port), timeout=10)
-    sock.sendall(pg.encode_startup({"user": "agent", "database": "x"}))
+    sock.sendall(encode_startup({"user": "agent", "database": "x"}))
     _read_until(sock, b"R")
-    sock.sendall(pg.encode_password((password or gw.ticket.value).encode() + b"\0"))
+    sock.sendall(encode_password((password or gw.ticket.value).encode() + b"\0"))
     return sock
 
 
-def _read_until(sock: socket.socket, kind: bytes) -> list[pg.Message]:
-    parser = pg.BackendParser()
-    messages: list[pg.Message] = []
+def _read_until(sock: socket.socket, kind: bytes) -> list[Message]:
+    parser = BackendParser()
+    messages: list[Message] = []
     while True:
         data = sock.recv(65536)
         if not data:
@@ -50,7 +52,7 @@ def _read_until(sock: socket.socket, kind: bytes) -> list[pg.Message]:
 def _raw_bytes_of_query(gw: RunningGateway, sql: str) -> bytes:
     sock = _raw_connect(gw)
     _read_until(sock, b"Z")
-    sock.sendall(pg.encode_query(sql))
+    sock.sendall(encode_query(sql))
     received = b"".join(m.raw for m in _read_until(sock, b"Z"))
     sock.close()
     return received
@@ -59,10 +61,10 @@ def _raw_bytes_of_query(gw: RunningGateway, sql: str) -> bytes:
 def test_a_query_pipelined_behind_the_password_is_answered(gateway: RunningGateway) -> None:
     """Password and a Query in one write: the query is relayed after login, not dropped."""
     with socket.create_connection((gateway.host, gateway.port), timeout=10) as sock:
-        sock.sendall(pg.encode_startup({"user": "agent", "database": "x"}))
+        sock.sendall(encode_startup({"user": "agent", "database": "x"}))
         _read_until(sock, b"R")
-        password = pg.encode_password(gateway.ticket.value.encode() + b"\0")
-        sock.sendall(password + pg.encode_query("SELECT 41 + 1 AS answer"))
+        password = encode_password(gateway.ticket.value.encode() + b"\0")
+        sock.sendall(password + encode_query("SELECT 41 + 1 AS answer"))
         received = _read_until(sock, b"Z") + _read_until(sock, b"Z")
     rows = [m for m in received if m.raw[:1] == b"D"]
     assert len(rows) == 1 and rows[0].raw.endswith(b"42")
@@ -103,12 +105,12 @@ def test_masking_is_on_the_bytes_the_client_receives(gateway: RunningGateway) ->
     assert b"[MASKED:column]" in received and b"[MASKED:env:API_SECRET]" in received
     assert b"user1" in received  # unmasked columns pass
     # lengths rewritten correctly: the stream parses cleanly into rows of 4 values
-    rows = [m for m in _parse(received) if isinstance(m, pg.DataRow)]
+    rows = [m for m in _parse(received) if isinstance(m, DataRow)]
     assert len(rows) == 10 and all(len(r.values) == 4 for r in rows)
 
 
-def _parse(data: bytes) -> list[pg.Message]:
-    parser = pg.BackendParser()
+def _parse(data: bytes) -> list[Message]:
+    parser = BackendParser()
     parser.feed(data)
     return list(parser)
 
@@ -223,12 +225,12 @@ def test_a_client_that_reads_slowly_gets_every_row_while_others_are_served(
 ) -> None:
     sock = _raw_connect(gateway)
     _read_until(sock, b"Z")
-    sock.sendall(pg.encode_query("SELECT n, h FROM big ORDER BY n"))
+    sock.sendall(encode_query("SELECT n, h FROM big ORDER BY n"))
     time.sleep(0.5)  # the result backs up: the gateway must stop reading upstream, not buffer
     assert _alive(gateway)
     messages = _read_until(sock, b"Z")
     sock.close()
-    rows = [m for m in messages if isinstance(m, pg.DataRow)]
+    rows = [m for m in messages if isinstance(m, DataRow)]
     assert len(rows) == 100_000 and rows[-1].values[0] == b"100000"
 
 
@@ -407,7 +409,7 @@ def test_garbage_gets_a_protocol_error_and_the_gateway_keeps_serving(
         sock.sendall(b"\x00\x00\x00\x10GARBAGE GARBAGE!")
         data = _error_then_close(sock)
     error = _parse(data)[0]
-    assert isinstance(error, pg.ErrorResponse) and error.sqlstate == "08P01"
+    assert isinstance(error, ErrorResponse) and error.sqlstate == "08P01"
     assert _alive(gateway)
     assert any("protocol" in e["error"] or "version" in e["error"]
                for e in gateway.of_type("airlock.error"))  # fmt: skip
@@ -419,7 +421,7 @@ def test_oversized_message_after_login_is_refused(gateway: RunningGateway) -> No
     sock.sendall(b"Q" + struct.pack("!i", 512 * 1024 * 1024))
     messages = _parse(_error_then_close(sock))
     sock.close()
-    assert isinstance(messages[-1], pg.ErrorResponse) and messages[-1].sqlstate == "08P01"
+    assert isinstance(messages[-1], ErrorResponse) and messages[-1].sqlstate == "08P01"
     assert _alive(gateway)
 
 
@@ -431,7 +433,7 @@ def test_slowloris_startup_times_out_without_blocking_others(make_gateway: MakeG
         started = time.monotonic()
         data = _error_then_close(slow)
         assert time.monotonic() - started < 5
-    assert isinstance(_parse(data)[0], pg.ErrorResponse)
+    assert isinstance(_parse(data)[0], ErrorResponse)
     assert any("timed out" in e["error"] for e in gw.of_type("airlock.error"))
 
 

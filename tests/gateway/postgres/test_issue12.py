@@ -27,7 +27,16 @@ from tests.gateway.postgres.conftest import (
     Upstream,
 )
 
-from airlock.gateway.postgres import protocol as pg
+from airlock.gateway.postgres.encode import (
+    encode_message,
+    encode_parse,
+    encode_password,
+    encode_query,
+    encode_ready,
+    encode_startup,
+)
+from airlock.gateway.postgres.framing import BackendParser
+from airlock.gateway.postgres.messages import DataRow, ErrorResponse, Message, ReadyForQuery
 
 pytestmark = pytest.mark.service
 
@@ -417,20 +426,20 @@ def test_psycopg_gets_typed_masked_values_in_both_formats(
 
 def _logged_in(gw: RunningGateway) -> socket.socket:
     sock = socket.create_connection((gw.host, gw.port), timeout=10)
-    sock.sendall(pg.encode_startup({"user": "agent", "database": "x"}))
+    sock.sendall(encode_startup({"user": "agent", "database": "x"}))
     sock.recv(65536)  # the password request
-    sock.sendall(pg.encode_password(gw.ticket.value.encode() + b"\0"))
+    sock.sendall(encode_password(gw.ticket.value.encode() + b"\0"))
     received = b""
-    while not received.endswith(pg.encode_ready("I")):
+    while not received.endswith(encode_ready("I")):
         received += sock.recv(65536)
     return sock
 
 
-def _until_closed(sock: socket.socket) -> list[pg.Message]:
+def _until_closed(sock: socket.socket) -> list[Message]:
     data = b""
     while chunk := sock.recv(65536):
         data += chunk
-    parser = pg.BackendParser()
+    parser = BackendParser()
     parser.feed(data)
     return list(parser)
 
@@ -438,7 +447,7 @@ def _until_closed(sock: socket.socket) -> list[pg.Message]:
 @pytest.mark.parametrize(
     "bad",
     [
-        pg.encode_password(b"again\0"),  # a login message after login: out of order
+        encode_password(b"again\0"),  # a login message after login: out of order
         b"\x7f" + struct.pack("!i", 8) + b"junk",  # an unknown message type
         b"Q" + struct.pack("!i", 4),  # a Query with no text at all
     ],
@@ -450,7 +459,7 @@ def test_garbage_after_login_ends_that_connection_cleanly(
     with _logged_in(gateway) as sock:
         sock.sendall(bad)
         messages = _until_closed(sock)
-    assert isinstance(messages[-1], pg.ErrorResponse) and messages[-1].sqlstate == "08P01"
+    assert isinstance(messages[-1], ErrorResponse) and messages[-1].sqlstate == "08P01"
     assert gateway.of_type("airlock.error")
     assert _alive_after(gateway)
 
@@ -491,17 +500,17 @@ def test_a_backslash_statement_pipelined_behind_a_running_one_is_refused(
     gw = make_gateway(rules=[NO_UNSCOPED])
     with _logged_in(gw) as sock:
         evil = f"SELECT 'x\\''; DELETE FROM {victims}; --'"
-        sock.sendall(pg.encode_query("SELECT public.flip()") + pg.encode_query(evil))
-        parser = pg.BackendParser()
+        sock.sendall(encode_query("SELECT public.flip()") + encode_query(evil))
+        parser = BackendParser()
         ready = 0
         errors = []
         while ready < 2:
             parser.feed(sock.recv(65536))
             for message in parser:
-                ready += isinstance(message, pg.ReadyForQuery)
-                if isinstance(message, pg.ErrorResponse):
+                ready += isinstance(message, ReadyForQuery)
+                if isinstance(message, ErrorResponse):
                     errors.append(message.message)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     assert len(errors) == 1 and "parse_state" in errors[0]
     assert _count(upstream, victims) == 10
 
@@ -509,9 +518,7 @@ def test_a_backslash_statement_pipelined_behind_a_running_one_is_refused(
 def _bind_execute(statement: str) -> bytes:
     bind = b"\0" + statement.encode() + b"\0" + struct.pack("!hhh", 0, 0, 0)
     execute = b"\0" + struct.pack("!i", 0)
-    return (
-        pg.encode_message(b"B", bind) + pg.encode_message(b"E", execute) + pg.encode_message(b"S")
-    )
+    return encode_message(b"B", bind) + encode_message(b"E", execute) + encode_message(b"S")
 
 
 def test_rows_of_a_statement_never_described_are_masked_and_our_describe_is_not_seen(
@@ -520,18 +527,18 @@ def test_rows_of_a_statement_never_described_are_masked_and_our_describe_is_not_
     """A client that executes without any Describe: the gateway asks for the columns itself
     (masking goes by name) and keeps the answer to itself."""
     with _logged_in(gateway) as sock:
-        sync = pg.encode_message(b"S")
-        sock.sendall(pg.encode_parse("s", "SELECT email FROM users WHERE id = 1") + sync)
+        sync = encode_message(b"S")
+        sock.sendall(encode_parse("s", "SELECT email FROM users WHERE id = 1") + sync)
         sock.sendall(_bind_execute("s"))
-        parser = pg.BackendParser()
-        messages: list[pg.Message] = []
-        while sum(isinstance(m, pg.ReadyForQuery) for m in messages) < 2:
+        parser = BackendParser()
+        messages: list[Message] = []
+        while sum(isinstance(m, ReadyForQuery) for m in messages) < 2:
             parser.feed(sock.recv(65536))
             messages.extend(parser)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     kinds = [m.raw[:1] for m in messages]
     assert kinds == [b"1", b"Z", b"2", b"D", b"C", b"Z"]  # no RowDescription reaches the client
-    row = next(m for m in messages if isinstance(m, pg.DataRow))
+    row = next(m for m in messages if isinstance(m, DataRow))
     assert row.values == (b"[MASKED:column]",)
 
 
@@ -559,9 +566,9 @@ def gateway_rows(upstream: Upstream, table: str, notes: list[str]) -> Iterator[s
 
 def _raw_rows(gw: RunningGateway, query: str) -> bytes:
     with _logged_in(gw) as sock:
-        sock.sendall(pg.encode_query(query))
+        sock.sendall(encode_query(query))
         received = b""
-        while not received.endswith(pg.encode_ready("I")):
+        while not received.endswith(encode_ready("I")):
             received += sock.recv(65536)
-        sock.sendall(pg.encode_message(b"X"))
+        sock.sendall(encode_message(b"X"))
     return received

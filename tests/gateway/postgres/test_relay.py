@@ -10,10 +10,18 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres._shared import Shared, UpstreamLogin
+from airlock.gateway.postgres.encode import (
+    encode_data_row,
+    encode_message,
+    encode_parse,
+    encode_query,
+    encode_ready,
+)
+from airlock.gateway.postgres.framing import BackendParser
 from airlock.gateway.postgres.guard import SqlGuard
 from airlock.gateway.postgres.masking import ColumnMasker
+from airlock.gateway.postgres.messages import DataRow
 from airlock.gateway.postgres.relay import Relay
 from airlock.gateway.tickets import Ticket
 from airlock.mask import Masker, MaskSettings
@@ -63,27 +71,27 @@ def _relay(events: list[tuple[str, dict[str, Any]]]) -> Relay:
 def _bind(portal: str, statement: str, params: list[bytes]) -> bytes:
     body = portal.encode() + b"\0" + statement.encode() + b"\0" + struct.pack("!hh", 0, len(params))
     body += b"".join(struct.pack("!i", len(p)) + p for p in params)
-    return pg.encode_message(b"B", body + struct.pack("!h", 0))
+    return encode_message(b"B", body + struct.pack("!h", 0))
 
 
 def _execute(portal: str = "") -> bytes:
-    return pg.encode_message(b"E", portal.encode() + b"\0" + struct.pack("!i", 0))
+    return encode_message(b"E", portal.encode() + b"\0" + struct.pack("!i", 0))
 
 
-SYNC = pg.encode_message(b"S")
+SYNC = encode_message(b"S")
 MESSAGES = [
-    pg.encode_query("SELECT 1"),
-    pg.encode_query("DROP TABLE t"),
-    pg.encode_query(f"SELECT '{SECRET}'"),
-    pg.encode_query("UPDATE t SET a = 1 WHERE id = 2"),
-    pg.encode_query("SET standard_conforming_strings = off"),
-    pg.encode_parse("s1", "UPDATE t SET a = $1 WHERE id = $2")
+    encode_query("SELECT 1"),
+    encode_query("DROP TABLE t"),
+    encode_query(f"SELECT '{SECRET}'"),
+    encode_query("UPDATE t SET a = 1 WHERE id = 2"),
+    encode_query("SET standard_conforming_strings = off"),
+    encode_parse("s1", "UPDATE t SET a = $1 WHERE id = $2")
     + _bind("", "s1", [b"x", b"1"])
     + _execute()
     + SYNC,
-    pg.encode_parse("", "SELECT email FROM users") + _bind("", "", []) + _execute() + SYNC,
-    pg.encode_message(b"D", b"Ss1\0") + SYNC,
-    pg.encode_message(b"H"),
+    encode_parse("", "SELECT email FROM users") + _bind("", "", []) + _execute() + SYNC,
+    encode_message(b"D", b"Ss1\0") + SYNC,
+    encode_message(b"H"),
 ]
 
 
@@ -148,22 +156,22 @@ def _row_description(*names: str) -> bytes:
     body = struct.pack("!h", len(names))
     for name in names:
         body += name.encode() + b"\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0)
-    return pg.encode_message(b"T", body)
+    return encode_message(b"T", body)
 
 
 def test_results_fed_byte_by_byte_are_masked_like_one_piece() -> None:
     backend = (
         _row_description("id", "email", "note")
-        + pg.encode_data_row([b"1", b"a@example.com", f"key {SECRET}".encode()])
-        + pg.encode_data_row([b"2", None, b"plain"])
-        + pg.encode_message(b"A", struct.pack("!i", 7) + b"ch\0" + SECRET.encode() + b"\0")
-        + pg.encode_message(b"C", b"SELECT 2\0")
-        + pg.encode_ready("I")
+        + encode_data_row([b"1", b"a@example.com", f"key {SECRET}".encode()])
+        + encode_data_row([b"2", None, b"plain"])
+        + encode_message(b"A", struct.pack("!i", 7) + b"ch\0" + SECRET.encode() + b"\0")
+        + encode_message(b"C", b"SELECT 2\0")
+        + encode_ready("I")
     )
     outs = []
     for chunks in ([backend], [backend[i : i + 1] for i in range(len(backend))]):
         relay = _relay([])
-        relay.client_data(pg.encode_query("SELECT id, email, note FROM users"))
+        relay.client_data(encode_query("SELECT id, email, note FROM users"))
         outs.append(b"".join(relay.results.feed(c) for c in chunks))
     assert outs[0] == outs[1]
     assert b"a@example.com" not in outs[0] and SECRET.encode() not in outs[0]
@@ -183,17 +191,15 @@ def test_the_fast_row_path_masks_exactly_like_decode_and_encode(
 ) -> None:
     """Rows with an ``email`` column: the run-at-once path equals per-row decode → replace →
     encode."""
-    backend = _row_description("id", "email", "note") + b"".join(
-        pg.encode_data_row(r) for r in rows
-    )
+    backend = _row_description("id", "email", "note") + b"".join(encode_data_row(r) for r in rows)
     relay = _relay([])
     relay.s.config = relay.s.config.model_copy(update={"mask_values": False})
-    relay.client_data(pg.encode_query("SELECT id, email, note FROM users"))
+    relay.client_data(encode_query("SELECT id, email, note FROM users"))
     got = relay.results.feed(backend)
     expected = [[r[0], None if r[1] is None else b"[MASKED:column]", r[2]] for r in rows]
-    parser = pg.BackendParser()
+    parser = BackendParser()
     parser.feed(got)
-    decoded = [list(m.values) for m in parser if isinstance(m, pg.DataRow)]
+    decoded = [list(m.values) for m in parser if isinstance(m, DataRow)]
     assert decoded == expected
 
 
@@ -203,9 +209,9 @@ def test_value_masking_sees_tokens_at_either_edge_of_a_value() -> None:
     key = "AKIA" + "ABCDEFGHIJKLMNOP"
     leading = (key + " " + "x" * 44).encode()  # 65 bytes: its length's last byte is "A"
     rows = [[b"1", leading], [b"2", ("note " + key).encode()], [b"3", b"plain"]]
-    backend = _row_description("id", "note") + b"".join(pg.encode_data_row(r) for r in rows)
+    backend = _row_description("id", "note") + b"".join(encode_data_row(r) for r in rows)
     relay = _relay([])
-    relay.client_data(pg.encode_query("SELECT id, note FROM notes"))
+    relay.client_data(encode_query("SELECT id, note FROM notes"))
     out = relay.results.feed(backend)
     assert key.encode() not in out
     assert out.count(b"[MASKED:aws-access-key-id]") == 2

@@ -204,7 +204,7 @@ def _publish_gitlab(
     try:
         directory = _artifacts_dir(args, environ)
         write_dotenv(directory / "airlock.env", _dotenv(outputs))
-        copy_sessions(result.sessions, directory / "sessions", args.sessions)
+        copy_sessions(result.sessions, directory / "sessions")
         summary = _summary_markdown(result, args.fail_mode, environ)
         replace_file(directory / "summary.md", summary.encode("utf-8"))
         if result.sessions:

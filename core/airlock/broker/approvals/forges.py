@@ -4,6 +4,8 @@ best-effort updates (progress, outcome, replies) that never change a decision.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from airlock.broker.approvals.store import ApprovalRow
 from airlock.errors import AirlockError, UsageError
@@ -21,6 +23,7 @@ __all__ = ["FORGES", "ForgeDispatch", "carries_text", "shown"]
 log = logging.getLogger("airlock.broker.approvals")
 
 FORGES: dict[str, type[Forge]] = {f.name: f for f in (GitHubCheckForge, GitLabNotesForge)}
+_Section = TypeVar("_Section")
 
 
 def carries_text(backend: str) -> bool:
@@ -74,9 +77,7 @@ class ForgeDispatch:
 
     def github(self) -> GitHubApi:
         """The GitHub App client."""
-        app = self._config.github_app
-        if app is None:
-            raise UsageError("this broker has no github_app configured")
+        app = _configured(self._config.github_app, "github_app")
         if self._github is None:
             pem = resolve_secret(app.private_key.get_secret_value(), "github_app private_key")
             self._github = GitHubApi.as_app(
@@ -86,9 +87,7 @@ class ForgeDispatch:
 
     def gitlab(self) -> GitLabApi:
         """The GitLab client."""
-        gl = self._config.gitlab
-        if gl is None:
-            raise UsageError("this broker has no gitlab section configured")
+        gl = _configured(self._config.gitlab, "gitlab section")
         if self._gitlab is None:
             token = resolve_secret(gl.token.get_secret_value(), "gitlab token")
             self._gitlab = GitLabApi(gl.url, private_token=token)
@@ -98,31 +97,35 @@ class ForgeDispatch:
 
     def show_outcome(self, row: ApprovalRow, status: str, decision: Decision) -> None:
         """Rewrite the request on the forge with its outcome."""
-        if row.forge_ref is None or row.backend not in FORGES:
-            return
-        try:
-            self.forge(row.backend).show_outcome(shown(row), status, decision)
-        except (AirlockError, ValueError) as exc:
-            log.warning(
-                "approval %s: could not show the outcome on the forge: %s", row.request_id, exc
-            )
+        self._best_effort(row, "show the outcome", lambda f, s: f.show_outcome(s, status, decision))
 
     def show_progress(self, row: ApprovalRow, approvers: list[str], needed: int) -> None:
         """ "1 of 2 approvals" on the check run or the note while pending."""
-        if row.forge_ref is None or row.backend not in FORGES:
-            return
-        try:
-            self.forge(row.backend).show_progress(shown(row), approvers, needed)
-        except (AirlockError, ValueError) as exc:
-            log.warning(
-                "approval %s: could not show progress on the forge: %s", row.request_id, exc
-            )
+        self._best_effort(row, "show progress", lambda f, s: f.show_progress(s, approvers, needed))
 
     def reply(self, row: ApprovalRow, text: str) -> None:
         """Answer on the forge's thread, where it has one."""
-        if row.backend not in FORGES:
+        self._best_effort(row, "reply", lambda f, s: f.reply(s, text), shown_only=False)
+
+    def _best_effort(
+        self,
+        row: ApprovalRow,
+        what: str,
+        act: Callable[[Forge, Shown], None],
+        *,
+        shown_only: bool = True,
+    ) -> None:
+        """``act`` on the forge of ``row`` (one it was shown on, with ``shown_only``); a forge
+        that fails is logged: the decision stands either way."""
+        if (shown_only and row.forge_ref is None) or row.backend not in FORGES:
             return
         try:
-            self.forge(row.backend).reply(shown(row), text)
+            act(self.forge(row.backend), shown(row))
         except (AirlockError, ValueError) as exc:
-            log.warning("approval %s: could not reply on the forge: %s", row.request_id, exc)
+            log.warning("approval %s: could not %s on the forge: %s", row.request_id, what, exc)
+
+
+def _configured(section: _Section | None, name: str) -> _Section:
+    if section is None:
+        raise UsageError(f"this broker has no {name} configured")
+    return section

@@ -1,10 +1,11 @@
-"""The PostgreSQL gateway: sans-I/O protocol (``protocol``), the sans-I/O relay (``relay`` for
-what the client sends, ``results`` for what comes back), SQL reading and guardrails
-(``analysis``, ``plpgsql``, ``tautology``, ``parse_state``, ``guard``), column masking
-(``masking``), SCRAM client (``scram``) and the asyncio server (``server``, ``connection``)."""
+"""The PostgreSQL gateway: sans-I/O wire protocol (``messages``, ``framing``, ``decode``,
+``encode``), the sans-I/O relay (``relay`` for what the client sends, ``results`` for what comes
+back), SQL reading and guardrails (``analysis``, ``plpgsql``, ``tautology``, ``parse_state``,
+``guard``), column masking (``masking``), SCRAM client (``scram``) and the asyncio server
+(``server``, ``connection``)."""
 
 from airlock.gateway.postgres.guard import Judgement, SqlGuard, analyse_sql
-from airlock.gateway.postgres.protocol import ProtocolError
+from airlock.gateway.postgres.messages import ProtocolError
 from airlock.gateway.postgres.server import (
     PostgresGateway,
     ThreadedGateway,

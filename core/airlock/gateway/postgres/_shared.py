@@ -13,9 +13,11 @@ from typing import Any
 from airlock.errors import ConfigError
 from airlock.events import EventType
 from airlock.gate.interface import Operation
-from airlock.gateway.postgres import protocol as pg
+from airlock.gateway.postgres.decode import decode_backend
+from airlock.gateway.postgres.encode import encode_error
 from airlock.gateway.postgres.guard import SqlGuard
 from airlock.gateway.postgres.masking import ColumnMasker, ColumnPlan
+from airlock.gateway.postgres.messages import Message, ProtocolError, RowDescription
 from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.gateways import PostgresGatewayConfig
@@ -101,8 +103,8 @@ class Shared:
         for every column; the Bind decides what comes)."""
         known = self.row_plans.get((raw, formats))
         if known is None:
-            message = pg.decode_backend(raw)
-            assert isinstance(message, pg.RowDescription)
+            message = decode_backend(raw)
+            assert isinstance(message, RowDescription)
             fields = message.fields
             if formats is not None:
                 fields = tuple(
@@ -136,7 +138,7 @@ def _format(formats: tuple[int, ...], index: int) -> int:
 def cstring(raw: bytes, what: str) -> str:
     """The one NUL-terminated string that is the whole body of message ``raw``."""
     if raw.find(b"\0", 5) != len(raw) - 1:
-        raise pg.ProtocolError(f"{what} message is malformed")
+        raise ProtocolError(f"{what} message is malformed")
     return raw[5:-1].decode("utf-8", "replace")
 
 
@@ -174,10 +176,10 @@ def md5_password(login: UpstreamLogin, salt: bytes) -> bytes:
 
 
 def fatal(sqlstate: str, message: str, *, hint: str | None = None) -> bytes:
-    return pg.encode_error(sqlstate, message, severity="FATAL", hint=hint)
+    return encode_error(sqlstate, message, severity="FATAL", hint=hint)
 
 
-async def read_one(reader: asyncio.StreamReader, parser: Any) -> pg.Message:
+async def read_one(reader: asyncio.StreamReader, parser: Any) -> Message:
     while True:
         message = parser.next_message()
         if message is not None:

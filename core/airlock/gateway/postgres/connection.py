@@ -13,7 +13,6 @@ from typing import cast
 
 from airlock.events import EventType
 from airlock.gate.interface import Operation
-from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres import upstream
 from airlock.gateway.postgres._shared import (
     CONNECT_TIMEOUT,
@@ -22,6 +21,23 @@ from airlock.gateway.postgres._shared import (
     fatal,
     read_one,
     take_buffered,
+)
+from airlock.gateway.postgres.encode import (
+    encode_auth,
+    encode_backend_key,
+    encode_cancel,
+    encode_negotiate,
+)
+from airlock.gateway.postgres.framing import BackendParser, FrontendParser
+from airlock.gateway.postgres.messages import (
+    MAX_STARTUP,
+    BackendKeyData,
+    CancelRequest,
+    GSSENCRequest,
+    PasswordMessage,
+    ProtocolError,
+    SSLRequest,
+    StartupMessage,
 )
 from airlock.gateway.postgres.pipe import Pipe
 from airlock.gateway.postgres.relay import Held, Relay, Step
@@ -46,7 +62,7 @@ class Connection:
         self.up_w: asyncio.StreamWriter | None = None
         self.conn_id = secrets.token_hex(4)
         self.relay = Relay(shared, self.conn_id)
-        self.upstream_parser = pg.BackendParser()
+        self.upstream_parser = BackendParser()
         self.cancel_key: tuple[int, bytes] | None = None
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.client_t = cast(asyncio.Transport, writer.transport)
@@ -68,7 +84,7 @@ class Connection:
             await self._fail(fatal("08P01", "startup timed out"), "client startup timed out")
         except Refused as refused:
             await self._fail(refused.error, refused.what)
-        except pg.ProtocolError as exc:
+        except ProtocolError as exc:
             await self._fail(fatal("08P01", f"protocol violation: {exc}"), str(exc))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -86,31 +102,31 @@ class Connection:
 
     # -------------------------------------------------------------------- client side
 
-    async def _startup(self) -> pg.StartupMessage | None:
-        parser = pg.FrontendParser()
+    async def _startup(self) -> StartupMessage | None:
+        parser = FrontendParser()
         while True:
             message = parser.next_message()
             if message is None:
-                data = await self.client_r.read(pg.MAX_STARTUP)
+                data = await self.client_r.read(MAX_STARTUP)
                 if not data:
                     return None
                 parser.feed(data)
                 continue
-            if isinstance(message, pg.SSLRequest | pg.GSSENCRequest):
+            if isinstance(message, SSLRequest | GSSENCRequest):
                 if parser.buffered:  # bytes after SSLRequest before our answer: injection
-                    raise pg.ProtocolError("data received before the SSL answer")
+                    raise ProtocolError("data received before the SSL answer")
                 self.client_w.write(b"N")  # loopback: no TLS between agent and gateway
                 await self.client_w.drain()
-            elif isinstance(message, pg.CancelRequest):
+            elif isinstance(message, CancelRequest):
                 await self._forward_cancel(message)
                 return None
             else:
-                assert isinstance(message, pg.StartupMessage)
+                assert isinstance(message, StartupMessage)
                 if parser.buffered:
-                    raise pg.ProtocolError("data received before authentication")
+                    raise ProtocolError("data received before authentication")
                 return message
 
-    async def _forward_cancel(self, request: pg.CancelRequest) -> None:
+    async def _forward_cancel(self, request: CancelRequest) -> None:
         target = self.s.cancel_keys.get((request.pid, request.key))
         if target is None:
             return  # PostgreSQL says nothing either way
@@ -119,21 +135,21 @@ class Connection:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(server.host, server.port), CONNECT_TIMEOUT
             )
-            writer.write(pg.encode_cancel(*target))
+            writer.write(encode_cancel(*target))
             await writer.drain()
             writer.close()
 
-    async def _authenticate_client(self, startup: pg.StartupMessage) -> None:
+    async def _authenticate_client(self, startup: StartupMessage) -> None:
         if startup.version & 0xFFFF:
             options = tuple(k for k in startup.params if k.startswith("_pq_."))
-            self.client_w.write(pg.encode_negotiate(0, options))
-        self.client_w.write(pg.encode_auth(3))  # cleartext: loopback, and it is only a ticket
+            self.client_w.write(encode_negotiate(0, options))
+        self.client_w.write(encode_auth(3))  # cleartext: loopback, and it is only a ticket
         await self.client_w.drain()
-        parser = pg.FrontendParser()
+        parser = FrontendParser()
         parser.in_startup = False
         message = await read_one(self.client_r, parser)
-        if not isinstance(message, pg.PasswordMessage):
-            raise pg.ProtocolError("expected a password message")
+        if not isinstance(message, PasswordMessage):
+            raise ProtocolError("expected a password message")
         self.after_password = parser.take_buffered()
         self.presented = message.data.rstrip(b"\0")
         if not await check_ticket(self.s.ticket, self.presented):
@@ -149,7 +165,7 @@ class Connection:
 
     # ------------------------------------------------------------------ upstream side
 
-    async def _connect_upstream(self, startup: pg.StartupMessage) -> None:
+    async def _connect_upstream(self, startup: StartupMessage) -> None:
         self.up_r, self.up_w = await upstream.connect(self.s, startup)
         parser, greeting = await upstream.login(
             self.s, self.up_r, self.up_w, self._our_key, self.relay
@@ -158,12 +174,12 @@ class Connection:
         await self.client_w.drain()
         self.upstream_parser = parser
 
-    def _our_key(self, message: pg.BackendKeyData) -> bytes:
+    def _our_key(self, message: BackendKeyData) -> bytes:
         pid = secrets.randbelow(2**31 - 1) + 1
         key = secrets.token_bytes(4)
         self.cancel_key = (pid, key)
         self.s.cancel_keys[self.cancel_key] = (message.pid, message.key)
-        return pg.encode_backend_key(pid, key)
+        return encode_backend_key(pid, key)
 
     # -------------------------------------------------------------------------- relay
     #

@@ -1,6 +1,17 @@
-"""PostgreSQL v3 wire protocol: the message events (frozen dataclasses, each keeping its exact
-bytes in ``raw``), the size caps, and :class:`ProtocolError`. Decoding is in :mod:`.decode`,
-framing in :mod:`.framing`, encoders in :mod:`.encode`; :mod:`.protocol` gathers them."""
+"""PostgreSQL v3 wire protocol, sans-I/O: the message events (frozen dataclasses, each keeping
+its exact bytes in ``raw``), the size caps, and :class:`ProtocolError`.
+
+    parser = FrontendParser()            # framing: what a client sends (startup packet first)
+    parser.feed(data)
+    for message in parser:               # Query, Parse, Bind, ..., or StartupMessage first
+        ...
+
+:class:`~.framing.BackendParser` does the same for what a server sends. Anything malformed
+raises :class:`ProtocolError` (and only that): unknown type bytes, lengths out of range, fields
+that do not fit their message, messages over the size caps. A relay that passes most messages
+through unchanged uses :class:`~.framing.Framer` instead: it only delimits messages, and the
+relay decodes the few it needs with :mod:`.decode` and forwards the rest as the bytes came.
+Encoders are in :mod:`.encode`."""
 
 from __future__ import annotations
 

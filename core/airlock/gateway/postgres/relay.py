@@ -13,12 +13,25 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 from airlock.events import EventType
-from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres._shared import Shared, cstring
+from airlock.gateway.postgres.decode import decode_frontend
+from airlock.gateway.postgres.encode import encode_error, encode_message, encode_parse, encode_query
+from airlock.gateway.postgres.framing import FRONTEND_TYPES, Frame, Framer
 from airlock.gateway.postgres.guard import Verdict
+from airlock.gateway.postgres.messages import (
+    Bind,
+    Close,
+    Describe,
+    Execute,
+    FunctionCall,
+    Message,
+    Parse,
+    PasswordMessage,
+    ProtocolError,
+)
 from airlock.gateway.postgres.parse_state import (
     PARSE_STATE_RULE,
     SessionState,
@@ -49,20 +62,23 @@ class Held:
     verdict: Verdict
     masked: str
     raw: bytes
-    parse: pg.Parse | None
+    parse: Parse | None
     portal: str | None = None
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """What to do after client bytes (or an approval answer): send ``upstream``; then ask for
     approval of ``hold`` (nothing more is sent until :meth:`Relay.decided`); ``pause`` reading
-    the client (its backlog is full); ``end``: the client sent Terminate."""
+    the client (its backlog is full); ``end``: the client sent Terminate. (A named tuple: one
+    is made per statement, and a frozen dataclass costs several times more to build.)"""
 
     upstream: bytes = b""
     hold: Held | None = None
     pause: bool = False
     end: bool = False
+
+
+_NOTHING = Step()
 
 
 class Relay:
@@ -74,9 +90,9 @@ class Relay:
         self.nonce = secrets.token_hex(6)
         self.state = SessionState()
         self.results = Results(shared, conn_id, self.state)
-        self.framer = pg.Framer(pg.FRONTEND_TYPES)
+        self.framer = Framer(FRONTEND_TYPES)
         self.statements: dict[str, tuple[str, Verdict]] = {}
-        self.portals: dict[str, pg.Bind] = {}
+        self.portals: dict[str, Bind] = {}
         # A portal runs the statement as it was at its Bind (PostgreSQL keeps the portal's plan
         # when its statement is parsed again or closed): judged by that, never by the name.
         self.bound: dict[str, tuple[str, Verdict]] = {}
@@ -91,7 +107,7 @@ class Relay:
         """Bytes from the client in (any split); what to do out."""
         buf, frames = self.framer.split(data)
         if not frames:
-            return Step()
+            return _NOTHING
         if self.holding is not None:
             self.backlog += buf[frames[0][1] : frames[-1][2]]
             return Step(pause=len(self.backlog) > MAX_BACKLOG)
@@ -113,7 +129,7 @@ class Relay:
         backlog, self.backlog = self.backlog, b""
         if not backlog:
             return Step(upstream=sent)
-        after = self._pump(*pg.Framer(pg.FRONTEND_TYPES).split(backlog))
+        after = self._pump(*Framer(FRONTEND_TYPES).split(backlog))
         return Step(sent + after.upstream, after.hold, after.pause, after.end)
 
     def revoked(self) -> None:
@@ -137,7 +153,7 @@ class Relay:
 
     # ------------------------------------------------------------------------ client side
 
-    def _pump(self, buf: bytes, frames: list[pg.Frame]) -> Step:
+    def _pump(self, buf: bytes, frames: list[Frame]) -> Step:
         """Judge, record and forward whole messages: runs that need no change go as they came.
         Stops at a statement held for approval (the messages after it wait in the backlog) and
         at Terminate."""
@@ -152,14 +168,14 @@ class Relay:
                 forward = self._statement(cstring(raw, "Query"), raw, simple=True)
             elif kind == _SYNC:
                 if end - start != 5:
-                    raise pg.ProtocolError("Sync message has trailing bytes")
+                    raise ProtocolError("Sync message has trailing bytes")
                 self.results.batches_sent += 1
                 continue
             elif kind == _TERMINATE:
                 pieces.append(buf[last:end])
                 return Step(upstream=b"".join(pieces), end=True)
             else:
-                forward = self._from_client(pg.decode_frontend(raw))
+                forward = self._from_client(decode_frontend(raw))
             if forward is raw:
                 continue
             pieces.append(buf[last:start])
@@ -175,16 +191,16 @@ class Relay:
         pieces.append(buf[last:done])
         return Step(upstream=b"".join(pieces))
 
-    def _from_client(self, message: pg.Message) -> bytes | Held:
+    def _from_client(self, message: Message) -> bytes | Held:
         """The bytes to send upstream for ``message``, or the statement to hold for approval."""
-        if isinstance(message, pg.Parse):
+        if isinstance(message, Parse):
             self.results.described.pop(message.name, None)
             self._statement_changed(message.name)
             verdict = self.s.guard.verdict(message.sql, self.sql_prepared)
             self.statements[message.name] = (message.sql, verdict)
             self.results.name_change_sent("S", message.name, (message.sql, verdict))
             return self._statement(message.sql, message.raw, parse=message, verdict=verdict)
-        if isinstance(message, pg.Bind):
+        if isinstance(message, Bind):
             self.portals[message.portal] = message
             self.rebound.discard(message.portal)
             known = self._definition(message.statement)
@@ -194,11 +210,11 @@ class Relay:
                 self.bound[message.portal] = known
             self.approved_portals.discard(message.portal)
             self.results.portal_rows.pop(message.portal, None)
-        elif isinstance(message, pg.Describe):
+        elif isinstance(message, Describe):
             self.results.describe_sent(message.target, message.name)
-        elif isinstance(message, pg.Execute):
+        elif isinstance(message, Execute):
             return self._execute(message)
-        elif isinstance(message, pg.Close):
+        elif isinstance(message, Close):
             (self.statements if message.target == "S" else self.portals).pop(message.name, None)
             self.results.name_change_sent("s" if message.target == "S" else "P", message.name)
             if message.target == "S":
@@ -206,15 +222,15 @@ class Relay:
             else:
                 self.bound.pop(message.name, None)
                 self.approved_portals.discard(message.name)
-        elif isinstance(message, pg.FunctionCall):
+        elif isinstance(message, FunctionCall):
             self.results.batches_sent += 1
             return self._refusal(
                 "airlock.function_call",
                 "the fastpath function call interface is not allowed through the gateway",
                 "call the function in SQL (SELECT f(...)) so guardrails can judge it",
             )
-        elif isinstance(message, pg.PasswordMessage):
-            raise pg.ProtocolError("unexpected password message after login")
+        elif isinstance(message, PasswordMessage):
+            raise ProtocolError("unexpected password message after login")
         return message.raw
 
     def _statement(
@@ -223,7 +239,7 @@ class Relay:
         raw: bytes,
         *,
         simple: bool = False,
-        parse: pg.Parse | None = None,
+        parse: Parse | None = None,
         verdict: Verdict | None = None,
     ) -> bytes | Held:
         busy = self.results.busy
@@ -232,9 +248,10 @@ class Relay:
             self.sql_prepared[name] = prepared
         masked = self.s.masker.mask_text(sql)
         if simple:
-            seq = self.s.event(
+            seq = self.s.record(
                 EventType.DB_QUERY,
                 {
+                    "gateway": self.s.config.name,
                     "connection": self.conn_id,
                     "protocol": "simple",
                     "sql": masked,
@@ -263,7 +280,7 @@ class Relay:
             why = "a statement still running may have changed standard_conforming_strings"
         return why
 
-    def _refused_state(self, why: str, masked: str, parse: pg.Parse | None) -> bytes:
+    def _refused_state(self, why: str, masked: str, parse: Parse | None) -> bytes:
         self.s.event(
             EventType.GUARDRAIL,
             {
@@ -302,7 +319,7 @@ class Relay:
         self,
         decision: Decision,
         verdict: Verdict,
-        parse: pg.Parse | None,
+        parse: Parse | None,
         *,
         asked: bool,
         extended: bool = False,
@@ -324,7 +341,7 @@ class Relay:
         rule_id: str,
         message: str,
         hint: str,
-        parse: pg.Parse | None = None,
+        parse: Parse | None = None,
         *,
         extended: bool = False,
     ) -> bytes:
@@ -334,16 +351,16 @@ class Relay:
         and so creates nothing; otherwise a Query."""
         self.refusal_count += 1
         token = f"airlock_refused_{self.nonce}_{self.refusal_count}"
-        error = pg.encode_error("42501", message, hint=hint, detail=f"rule {rule_id}")
+        error = encode_error("42501", message, hint=hint, detail=f"rule {rule_id}")
         self.results.refusals[token] = (error, message)
         poison = f'SELECT "{token}"'
         if parse is not None:
-            return pg.encode_parse(parse.name, poison)
+            return encode_parse(parse.name, poison)
         if extended:
-            return pg.encode_parse(token, poison)
-        return pg.encode_query(poison)
+            return encode_parse(token, poison)
+        return encode_query(poison)
 
-    def _execute(self, message: pg.Execute) -> bytes | Held:
+    def _execute(self, message: Execute) -> bytes | Held:
         """Record an Execute; hold it when its statement needs approval. One approval covers
         this execution only (its statement and these parameter values): a new Bind asks again."""
         bind = self.portals.get(message.portal)
@@ -353,9 +370,10 @@ class Relay:
         sql, verdict = known or ("", self.s.guard.verdict(""))
         masked = self.s.masker.mask_text(sql)
         params = self._params(bind)
-        seq = self.s.event(
+        seq = self.s.record(  # the hot events build their one dict (Shared.event copies)
             EventType.DB_QUERY,
             {
+                "gateway": self.s.config.name,
                 "connection": self.conn_id,
                 "protocol": "extended",
                 "sql": masked,
@@ -372,14 +390,14 @@ class Relay:
         text = f"{masked}\n-- parameters: {json.dumps(params)}" if params else masked
         return Held(verdict, text, raw, None, portal=message.portal)
 
-    def _cursor_portal(self, portal: str) -> pg.Bind:
+    def _cursor_portal(self, portal: str) -> Bind:
         """A portal the client never bound: a SQL cursor (``DECLARE``). Its columns are known
         only from a Describe of the portal, asked at every Execute (a cursor name can be
         declared again), so its rows are masked as ``FETCH`` would mask them."""
         self.results.portal_rows.pop(portal, None)
-        return pg.Bind(b"", portal, _NO_STATEMENT, (), (), ())
+        return Bind(b"", portal, _NO_STATEMENT, (), (), ())
 
-    def _describe_first(self, bind: pg.Bind | None) -> bytes:
+    def _describe_first(self, bind: Bind | None) -> bytes:
         """A Describe of ``bind``'s portal to send before its Execute when the columns of what
         it returns are not known (masking goes by column name); empty when they are."""
         if bind is None or not self.s.columns.active:
@@ -387,7 +405,7 @@ class Relay:
         if bind.portal not in self.rebound and self.results.columns_known(bind):
             return b""
         self.results.describe_sent("P", bind.portal, ours=True)
-        return pg.encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
+        return encode_message(b"D", b"P" + bind.portal.encode() + b"\0")
 
     def _definition(self, name: str) -> tuple[str, Verdict] | None:
         """What statement ``name`` may hold for a Bind sent now, judged strictest first.
@@ -395,6 +413,9 @@ class Relay:
         A Parse earlier in this same batch decides alone (if the server refuses or skips it,
         it skips this Bind too). Otherwise the server holds what it confirmed, any Parse of
         earlier batches still unanswered, or what SQL PREPARE made: every one could be it."""
+        confirmed = self.results.statements.get(name)
+        if not self.results.changes and name not in self.sql_prepared:
+            return cast("tuple[str, Verdict] | None", confirmed)  # the steady state: no doubt
         batch = self.results.batches_sent + 1
         changes = [c for c in self.results.changes if c.name == name and c.target in "Ss"]
         same = [c for c in changes if c.batch == batch]
@@ -403,7 +424,7 @@ class Relay:
         # SQL PREPARE / DEALLOCATE change the same names where the gateway does not follow them
         # to the server's answer: a name SQL ever prepared is one more candidate.
         found = [
-            self.results.statements.get(name),
+            confirmed,
             *(c.entry for c in changes if c.entry),
             self._sql_prepared(name),
         ]
@@ -425,7 +446,7 @@ class Relay:
         one, so their columns must come from a Describe of the portal, not of the name."""
         self.rebound.update(p for p, bind in self.portals.items() if bind.statement == name)
 
-    def _params(self, bind: pg.Bind | None) -> list[str | None]:
+    def _params(self, bind: Bind | None) -> list[str | None]:
         if bind is None:
             return []
         formats = bind.param_formats

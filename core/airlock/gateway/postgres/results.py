@@ -13,9 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from airlock.events import EventType
-from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres._shared import RowPlan, Shared, cstring, refusal_token, rows_of
+from airlock.gateway.postgres.decode import decode_backend
+from airlock.gateway.postgres.encode import encode_data_row, encode_error, encode_message
+from airlock.gateway.postgres.framing import BACKEND_TYPES, Frame, Framer
 from airlock.gateway.postgres.masking import ColumnPlan
+from airlock.gateway.postgres.messages import (
+    Bind,
+    DataRow,
+    EmptyQueryResponse,
+    ErrorResponse,
+    Message,
+    NoticeResponse,
+    ParameterStatus,
+    ProtocolError,
+    Simple,
+)
 from airlock.gateway.postgres.parse_state import SessionState
 from airlock.gateway.postgres.rowpath import join_values, mask_one_column
 
@@ -29,7 +42,7 @@ _NO_DATA = ord("n")
 _PARAMETER_STATUS, _NOTIFICATION = b"SA"
 
 
-@dataclass
+@dataclass(slots=True)
 class Inflight:
     """A statement sent upstream whose results are still coming."""
 
@@ -38,7 +51,7 @@ class Inflight:
     batch: int
     simple: bool
     rows: int = 0
-    bind: pg.Bind | None = None  # an Execute's: its portal, statement and result formats
+    bind: Bind | None = None  # an Execute's: its portal, statement and result formats
     planned: bool = False
 
 
@@ -71,7 +84,7 @@ class Results:
         self.s = shared
         self.conn_id = conn_id
         self.state = state
-        self.framer = pg.Framer(pg.BACKEND_TYPES)
+        self.framer = Framer(BACKEND_TYPES)
         self.inflight: deque[Inflight] = deque()
         self.describes: deque[Describe] = deque()
         self.described: dict[str, bytes | None] = {}  # statement -> RowDescription (or NoData)
@@ -99,7 +112,7 @@ class Results:
     def query_sent(self, seq: object) -> None:
         self.inflight.append(Inflight(seq, time.monotonic(), self.batches_sent, True))
 
-    def execute_sent(self, seq: object, bind: pg.Bind | None) -> None:
+    def execute_sent(self, seq: object, bind: Bind | None) -> None:
         self.inflight.append(
             Inflight(seq, time.monotonic(), self.batches_sent + 1, False, bind=bind)
         )
@@ -110,7 +123,7 @@ class Results:
     def describe_sent(self, target: str, name: str, *, ours: bool = False) -> None:
         self.describes.append(Describe(self.batches_sent + 1, target, name, ours))
 
-    def columns_known(self, bind: pg.Bind) -> bool:
+    def columns_known(self, bind: Bind) -> bool:
         """Whether the columns of ``bind``'s results are (or are about to be) known."""
         if bind.portal in self.portal_rows or bind.statement in self.described:
             return True
@@ -127,7 +140,7 @@ class Results:
 
     # ------------------------------------------------------------------------ the stream
 
-    def _rewrite(self, buf: bytes, frames: list[pg.Frame]) -> bytes:
+    def _rewrite(self, buf: bytes, frames: list[Frame]) -> bytes:
         pieces: list[bytes] = []
         last = 0
         index, count = 0, len(frames)
@@ -140,6 +153,16 @@ class Results:
                     index += 1
                 end = frames[index - 1][2]
                 new = self._rows(buf, frames[first:index])
+            elif kind == _COMMAND_COMPLETE:  # every statement's end: tested first
+                self.result(tag=cstring(buf[start:end], "CommandComplete"))
+                self.column_plan = None
+                continue
+            elif kind == _READY:
+                if end - start != 6:
+                    raise ProtocolError("ReadyForQuery message has a bad length")
+                self.tx_status = chr(buf[start + 5])
+                self._ready()
+                continue
             elif kind in _PASSED:
                 continue
             elif kind in (_PARSE_COMPLETE, _CLOSE_COMPLETE):
@@ -148,28 +171,18 @@ class Results:
             elif kind == _NOTIFICATION:
                 new = self._notification(buf, start, end)
             elif kind == _PARAMETER_STATUS:
-                status = pg.decode_backend(buf[start:end])
-                assert isinstance(status, pg.ParameterStatus)
+                status = decode_backend(buf[start:end])
+                assert isinstance(status, ParameterStatus)
                 self.state.update(status.name, status.value)
                 continue
             elif kind == _COPY_DATA:
                 new = self._copy_data(buf, start, end)
-            elif kind == _COMMAND_COMPLETE:
-                self.result(tag=cstring(buf[start:end], "CommandComplete"))
-                self.column_plan = None
-                continue
-            elif kind == _READY:
-                if end - start != 6:
-                    raise pg.ProtocolError("ReadyForQuery message has a bad length")
-                self.tx_status = chr(buf[start + 5])
-                self._ready()
-                continue
             elif kind in (_ROW_DESCRIPTION, _NO_DATA):
                 new = self._description(buf[start:end], kind == _NO_DATA)
                 if new is None:
                     continue
             else:
-                new = self._from_upstream(pg.decode_backend(buf[start:end]))
+                new = self._from_upstream(decode_backend(buf[start:end]))
             if new is not None:
                 pieces += (buf[last:start], new)
                 last = end
@@ -191,18 +204,18 @@ class Results:
                 self.statements.pop(change.name, None)
             return
 
-    def _from_upstream(self, message: pg.Message) -> bytes | None:
+    def _from_upstream(self, message: Message) -> bytes | None:
         """The bytes that replace ``message`` on the way to the client; None: unchanged.
 
         RowDescription, DataRow, CommandComplete and ReadyForQuery take the fast paths in
         :meth:`_rewrite` and never come here."""
-        if isinstance(message, pg.EmptyQueryResponse):
+        if isinstance(message, EmptyQueryResponse):
             self.result(tag="")
-        elif isinstance(message, pg.ErrorResponse):
+        elif isinstance(message, ErrorResponse):
             return self._error(message)
-        elif isinstance(message, pg.NoticeResponse):
+        elif isinstance(message, NoticeResponse):
             return self._changed(message)
-        elif isinstance(message, pg.Simple) and message.type == "s":
+        elif isinstance(message, Simple) and message.type == "s":
             self.result(tag="(suspended)")
         return None
 
@@ -240,7 +253,7 @@ class Results:
         self.nulled = nulled
         self.noticed = False
 
-    def _rows(self, buf: bytes, run: list[pg.Frame]) -> bytes | None:
+    def _rows(self, buf: bytes, run: list[Frame]) -> bytes | None:
         """A run of DataRows: the bytes replacing them, None when unchanged. One masker scan
         covers the whole run; only when it finds something is each row looked at alone."""
         head = self.inflight[0] if self.inflight else None
@@ -263,7 +276,7 @@ class Results:
     def _null_notice(self) -> bytes:
         """Masked columns of a type with no masked value come back NULL: never silently."""
         names = ", ".join(self.nulled)
-        return pg.encode_error(
+        return encode_error(
             "01000",
             f"Airlock gateway {self.s.config.name}: masked column(s) {names} sent as NULL",
             hint="their type has no value that can say 'masked' (see docs/gateways.md)",
@@ -275,8 +288,8 @@ class Results:
         plan = self.column_plan
         mask_values = self.s.config.mask_values
         raw = buf[start:end]
-        row = pg.decode_backend(raw)
-        assert isinstance(row, pg.DataRow)
+        row = decode_backend(raw)
+        assert isinstance(row, DataRow)
         values = list(row.values)
         changed = False
         if plan is not None:
@@ -286,7 +299,7 @@ class Results:
                     changed = True
         if mask_values:
             changed |= self._mask_values(values)
-        return pg.encode_data_row(values) if changed else None
+        return encode_data_row(values) if changed else None
 
     def _copy_data(self, buf: bytes, start: int, end: int) -> bytes | None:
         """COPY ... TO STDOUT data (one row per message): value masking only, as the COPY
@@ -295,7 +308,7 @@ class Results:
             return None
         data = buf[start + 5 : end]
         masked = self.s.masker.mask_bytes(data)
-        return None if masked == data else pg.encode_message(b"d", masked)
+        return None if masked == data else encode_message(b"d", masked)
 
     def _notification(self, buf: bytes, start: int, end: int) -> bytes | None:
         """NOTIFY channel and payload, masked (always: they are free text like an error)."""
@@ -303,7 +316,7 @@ class Results:
         masked = self.s.masker.mask_bytes(body[4:])
         if masked == body[4:]:
             return None
-        return pg.encode_message(b"A", body[:4] + masked)
+        return encode_message(b"A", body[:4] + masked)
 
     def _text(self, index: int) -> bool:
         return index < len(self.text_columns) and self.text_columns[index]
@@ -319,7 +332,7 @@ class Results:
                     changed = True
         return changed
 
-    def _error(self, message: pg.ErrorResponse) -> bytes | None:
+    def _error(self, message: ErrorResponse) -> bytes | None:
         head = self.inflight[0] if self.inflight else None
         if head is None or not head.simple:  # the server skips to Sync: no more answers
             batch = self.batches_done + 1
@@ -338,36 +351,38 @@ class Results:
         self.result(error=(message.sqlstate, self.s.masker.mask_text(message.message)))
         return masked
 
-    def masked_error(self, message: pg.ErrorResponse | pg.NoticeResponse) -> bytes:
+    def masked_error(self, message: ErrorResponse | NoticeResponse) -> bytes:
         """``message`` with its fields masked."""
         return self._changed(message) or message.raw
 
-    def _changed(self, message: pg.ErrorResponse | pg.NoticeResponse) -> bytes | None:
+    def _changed(self, message: ErrorResponse | NoticeResponse) -> bytes | None:
         """``message`` with its fields masked; None when nothing needed masking."""
         masker = self.s.masker
         fields = {k: masker.mask_text(v) for k, v in message.fields.items()}
         if fields == dict(message.fields):
             return None
         body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
-        return pg.encode_message(message.raw[:1], body)
+        return encode_message(message.raw[:1], body)
 
     def result(self, *, tag: str | None = None, error: tuple[str, str] | None = None) -> None:
         head = self.inflight[0] if self.inflight else None
         if head is None:
             return
+        now = time.monotonic()
         data: dict[str, Any] = {
+            "gateway": self.s.config.name,
             "connection": self.conn_id,
             "query": head.query_seq if isinstance(head.query_seq, int) else None,
             "rows": rows_of(tag, head.rows),
-            "duration_ms": round((time.monotonic() - head.started) * 1000, 3),
+            "duration_ms": round((now - head.started) * 1000, 3),
         }
         if tag is not None:
             data["tag"] = tag
         if error is not None:
             data["error"] = {"sqlstate": error[0], "message": error[1]}
-        self.s.event(EventType.DB_RESULT, data)
+        self.s.record(EventType.DB_RESULT, data)
         head.rows = 0
-        head.started = time.monotonic()
+        head.started = now
         if not head.simple:  # a simple Query ends at ReadyForQuery, after all its statements
             self.inflight.popleft()
 
@@ -397,7 +412,7 @@ def _encoded_plan(plan: ColumnPlan) -> tuple[bytes | None, ...]:
 _LENGTH = struct.Struct("!i")
 
 
-def _has_secret(mask: Callable[[bytes], bytes], buf: bytes, run: list[pg.Frame]) -> bool:
+def _has_secret(mask: Callable[[bytes], bytes], buf: bytes, run: list[Frame]) -> bool:
     """Whether any value of the DataRows in ``run`` holds something the masker masks: one scan
     over the values joined by NUL. (Not over the raw rows: a length byte that is a letter
     before a value, or the next row's ``D`` after it, would hide a token from ``\\b``.)"""
@@ -405,7 +420,7 @@ def _has_secret(mask: Callable[[bytes], bytes], buf: bytes, run: list[pg.Frame])
     return mask(joined) is not joined
 
 
-def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...]) -> list[bytes]:
+def _mask_columns(buf: bytes, run: list[Frame], plan: tuple[bytes | None, ...]) -> list[bytes]:
     """The DataRows of ``run`` with the columns ``plan`` masks replaced (NULLs stay NULL),
     walking the length prefixes only up to the last masked column. (The per-row loop of the
     1M-row case: kept flat on purpose.)"""
@@ -419,7 +434,7 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
     try:
         for _, start, end in run:
             if int.from_bytes(buf[start + 5 : start + 7], "big") <= last:
-                raise pg.ProtocolError("a DataRow has fewer columns than its RowDescription")
+                raise ProtocolError("a DataRow has fewer columns than its RowDescription")
             pos = copied = start + 7
             column = delta = 0
             pieces: list[bytes] = []
@@ -437,10 +452,10 @@ def _mask_columns(buf: bytes, run: list[pg.Frame], plan: tuple[bytes | None, ...
                 pos = after
                 column += 1
             if pos > end:
-                raise pg.ProtocolError("a DataRow is shorter than its columns say")
+                raise ProtocolError("a DataRow is shorter than its columns say")
             append(b"D" + pack(end - start - 1 + delta) + buf[start + 5 : start + 7])
             out += pieces
             append(buf[copied:end])
     except struct.error:  # a length prefix that points past the buffer
-        raise pg.ProtocolError("a DataRow is shorter than its columns say") from None
+        raise ProtocolError("a DataRow is shorter than its columns say") from None
     return out

@@ -13,7 +13,7 @@ import hmac
 import secrets
 import unicodedata
 
-from airlock.gateway.postgres.protocol import ProtocolError
+from airlock.gateway.postgres.messages import ProtocolError
 
 __all__ = ["ScramClient"]
 

@@ -10,7 +10,6 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from airlock.gateway.postgres import protocol as pg
 from airlock.gateway.postgres._shared import (
     CONNECT_TIMEOUT,
     READ_SIZE,
@@ -19,6 +18,21 @@ from airlock.gateway.postgres._shared import (
     fatal,
     md5_password,
     read_one,
+)
+from airlock.gateway.postgres.encode import (
+    encode_auth,
+    encode_password,
+    encode_ssl_request,
+    encode_startup,
+)
+from airlock.gateway.postgres.framing import BackendParser
+from airlock.gateway.postgres.messages import (
+    Authentication,
+    BackendKeyData,
+    ErrorResponse,
+    ParameterStatus,
+    ReadyForQuery,
+    StartupMessage,
 )
 from airlock.gateway.postgres.parse_state import PARSE_STATE_RULE, unsafe_encoding
 from airlock.gateway.postgres.scram import MECHANISM, ScramClient
@@ -41,7 +55,7 @@ PASSED_PARAMS = (
 
 
 async def connect(
-    s: Shared, startup: pg.StartupMessage
+    s: Shared, startup: StartupMessage
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """An upstream connection (TLS as configured) that has been sent the startup message."""
     _check_startup_encoding(s, startup)  # before connecting: nothing to clean up then
@@ -68,7 +82,7 @@ async def connect(
         ) from None
     params = {"user": s.login.user, "database": upstream.database}
     params.update({k: v for k, v in startup.params.items() if k in PASSED_PARAMS})
-    up_w.write(pg.encode_startup(params))
+    up_w.write(encode_startup(params))
     return up_r, up_w
 
 
@@ -76,34 +90,34 @@ async def login(
     s: Shared,
     up_r: asyncio.StreamReader,
     up_w: asyncio.StreamWriter,
-    our_key: Callable[[pg.BackendKeyData], bytes],
+    our_key: Callable[[BackendKeyData], bytes],
     relay: Relay,
-) -> tuple[pg.BackendParser, bytes]:
+) -> tuple[BackendParser, bytes]:
     """Answer upstream's authentication; returns the parser (it may hold bytes already) and the
     greeting for the client (AuthenticationOk, parameters, our cancel key, ReadyForQuery)."""
-    parser = pg.BackendParser()
+    parser = BackendParser()
     scram: ScramClient | None = None
-    greeting = bytearray(pg.encode_auth(0))
+    greeting = bytearray(encode_auth(0))
     while True:
         message = await read_one(up_r, parser)
-        if isinstance(message, pg.Authentication):
+        if isinstance(message, Authentication):
             scram = _answer_auth(s, up_w, message, scram)
             await up_w.drain()
-        elif isinstance(message, pg.ErrorResponse):
+        elif isinstance(message, ErrorResponse):
             error = relay.results.masked_error(message)
             raise Refused(error, "upstream refused the login")
-        elif isinstance(message, pg.BackendKeyData):
+        elif isinstance(message, BackendKeyData):
             greeting += our_key(message)
-        elif isinstance(message, pg.ReadyForQuery):
+        elif isinstance(message, ReadyForQuery):
             greeting += message.raw
             return parser, bytes(greeting)
         else:
-            if isinstance(message, pg.ParameterStatus):
+            if isinstance(message, ParameterStatus):
                 relay.state.update(message.name, message.value)
             greeting += message.raw
 
 
-def _check_startup_encoding(s: Shared, startup: pg.StartupMessage) -> None:
+def _check_startup_encoding(s: Shared, startup: StartupMessage) -> None:
     encoding = startup.params.get("client_encoding", "")
     if unsafe_encoding(encoding):
         raise Refused(
@@ -122,7 +136,7 @@ async def _tls(s: Shared, up_r: asyncio.StreamReader, up_w: asyncio.StreamWriter
     tls = s.config.upstream.tls
     if tls == "disable":
         return
-    up_w.write(pg.encode_ssl_request())
+    up_w.write(encode_ssl_request())
     await up_w.drain()
     answer = await up_r.readexactly(1)
     if answer == b"S":
@@ -143,22 +157,22 @@ def _tls_context(s: Shared) -> ssl.SSLContext:
 
 
 def _answer_auth(
-    s: Shared, up_w: asyncio.StreamWriter, message: pg.Authentication, scram: ScramClient | None
+    s: Shared, up_w: asyncio.StreamWriter, message: Authentication, scram: ScramClient | None
 ) -> ScramClient | None:
     login = s.login
     if message.code == 0:
         return scram
     if message.code == 3 and login.password is not None:
-        up_w.write(pg.encode_password(login.password.encode() + b"\0"))
+        up_w.write(encode_password(login.password.encode() + b"\0"))
     elif message.code == 5 and login.password is not None:
-        up_w.write(pg.encode_password(md5_password(login, message.data[:4])))
+        up_w.write(encode_password(md5_password(login, message.data[:4])))
     elif message.code == 10 and login.password is not None:
         if MECHANISM.encode() not in message.data.split(b"\0"):
             raise _login_error(s, "upstream offers no SCRAM-SHA-256")
         scram = ScramClient(login.password)
-        up_w.write(pg.encode_password(scram.first()))
+        up_w.write(encode_password(scram.first()))
     elif message.code == 11 and scram is not None:
-        up_w.write(pg.encode_password(scram.final(message.data)))
+        up_w.write(encode_password(scram.final(message.data)))
     elif message.code == 12 and scram is not None:
         scram.verify(message.data)
     else:

@@ -1,0 +1,30 @@
+"""`airlock run` without a broker does not pay for the broker's HTTP client at start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _loaded_after(code: str, modules: list[str]) -> list[str]:
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_run_imports_leave_httpx_until_a_broker_is_used() -> None:
+    code = (
+        "import airlock.jobs.run, airlock.jobs.launch\n"
+        "from airlock.brokerclient import default_state_dir, load_job_state\n"
+        "load_job_state(default_state_dir())"
+    )
+    assert _loaded_after(code, ["httpx"]) == []
+    assert _loaded_after(code + "\nfrom airlock.brokerclient import BrokerClient", ["httpx"]) == [
+        "httpx"
+    ]
+
+
+def test_identity_and_strace_probe_start_before_the_policy_package_loads() -> None:
+    # `airlock run` starts git and the strace probe, then reads the policy while they run.
+    code = "import airlock.ci, airlock.capture.tracer"
+    assert _loaded_after(code, ["pydantic", "airlock.policy"]) == []
