@@ -586,3 +586,28 @@ def test_pipelined_requests_behind_a_slow_one_cost_memory_in_proportion() -> Non
 
     grown = asyncio.run(main())
     assert grown < 4 * len(flood), f"{grown} bytes held for {len(flood)} bytes sent"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/h1/server.py _refuse writes its error at once when the request in flight "
+    "has not started its response: the client reads it as the answer to that request, "
+    "which still goes upstream (its own answer is dropped)",
+)
+def test_a_malformed_pipelined_request_is_answered_after_the_one_before_it(
+    gateway: Gateway, upstreams: Any, ticket: Ticket
+) -> None:
+    def slow(n: int, _: dict[str, Any]) -> bytes:
+        time.sleep(0.3)  # the first request is still upstream when the second is parsed
+        return OK
+
+    upstream = upstreams(slow)
+    gw, recorder = gateway(upstream.url)
+    with _connect(gw.url) as sock:
+        sock.sendall(_get(b"/first", ticket) + b"GET /x HTTP/1.1\r\nBad Header: 1\r\n\r\n")
+        got, _ = _responses(sock)
+    deadline = time.monotonic() + 10
+    while not recorder.of("http.response") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first request is carried through, answered or not
+    assert upstream.urls() == [b"/first"]
+    assert [m["status"] for m in got] == [200, 400]
