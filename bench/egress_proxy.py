@@ -87,7 +87,8 @@ events = []
 proxy = start_egress_proxy(
     policy.network, record=lambda kind, data: events.append(kind), approve=None, resolve=resolve
 )
-Path(port_file).write_text(str(proxy.port))
+relay = "compiled" if getattr(proxy, "native", None) is not None else "python"
+Path(port_file).write_text(f"{proxy.port} {relay}")
 sys.stdin.read()  # until the bench closes our stdin
 proxy.close()
 print(events.count("net.connect"))
@@ -164,7 +165,8 @@ class _Proxy:
         )
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
-        self.port = int(port_file.read_text())
+        port, _, self.relay = port_file.read_text().partition(" ")
+        self.port = int(port)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def cpu(self) -> float:
@@ -230,7 +232,8 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _Proxy]) -> None:
-    print(f"load average {os.getloadavg()[0]:.1f}; before = {args.before}")
+    relays = ", ".join(f"{name}: {proxy.relay} relay" for name, proxy in proxies.items())
+    print(f"load average {os.getloadavg()[0]:.1f}; before = {args.before}; {relays}")
     modes: list[str] = ["direct", *proxies]
     walls: dict[str, list[float]] = {mode: [] for mode in modes}
     cpu = dict.fromkeys(proxies, 0.0)

@@ -100,7 +100,7 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
 
 
 def _run_bare(port: int, upstream: str) -> None:
-    """The floor: the same server and client stack (uvicorn h11, httpx) forwarding with no
+    """A reference: uvicorn h11 + httpx (the gateway's stack before issue 12) forwarding with no
     ticket, rules, recording or masking. Not Airlock: what any Python proxy of this shape costs."""
     import httpx
     import uvicorn
@@ -345,7 +345,7 @@ def _report(
     print(f"ratio gateway/direct (median req/s): {rps['gateway'] / rps['direct']:.2f}x")
     print(
         f"ratio bare proxy/direct: {rps['bare'] / rps['direct']:.2f}x; gateway/bare proxy: "
-        f"{rps['gateway'] / rps['bare']:.2f}x (the floor of a uvicorn + httpx hop, same run)"
+        f"{rps['gateway'] / rps['bare']:.2f}x (a bare uvicorn + httpx hop, same run)"
     )
     gw_cpu = med(r[3]["gateway"] for r in rows["gateway"])
     up_cpu = med(r[3]["upstream"] for r in rows["direct"])

@@ -109,7 +109,7 @@ EXTRA_OF_MODULE = {
     "github": "broker",
     "gitlab": "broker",
     "requests": "broker",
-    "httptools": "broker",
+    "uvicorn": "broker",
     "uvloop": "broker",
     "mcp": "agent",
     "anthropic": "agent",

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from tests.support.tls_ca import LocalCA
 
-from airlock.egress import EgressProxy, start_egress_proxy
+from airlock.egress import EgressProxy, build_relay, native, start_egress_proxy
+from airlock.egress import proxy as egress_proxy
 from airlock.gate.file import decide, pending
 from airlock.gate.interface import Approve
 from airlock.policy import parse_policy
@@ -107,3 +113,38 @@ def decide_first(directory: Path, verdict: bool) -> None:
             decide(directory, str(found[0]["request_id"]), approved=verdict, by="tester")
             return
         time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def compiled_relay(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    """The compiled tunnel relay (``_relay.c``): the built one, else built into a temporary
+    directory (skipped without a C compiler: then the Python relay is the only one)."""
+    try:
+        built = importlib.import_module("airlock.egress._relay")
+    except ImportError:
+        pass
+    else:
+        if native.current(built):
+            return built
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the compiled relay is Linux only")
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the pure-Python relay is the only one")
+    path = build_relay.build(Path(tmp_path_factory.mktemp("relay")))
+    spec = importlib.util.spec_from_file_location("_relay", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert native.current(module)
+    return module
+
+
+@pytest.fixture(params=["native", "python"])
+def relay_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Proxies started in this test relay tunnels the compiled way, or the pure-Python way."""
+    if request.param == "python":
+        monkeypatch.setenv("AIRLOCK_EGRESS_RELAY", "python")
+    else:
+        module = request.getfixturevalue("compiled_relay")
+        monkeypatch.setattr(egress_proxy, "load", lambda: module)
+    return str(request.param)

@@ -1,7 +1,7 @@
-"""A tunnel's bytes after the checks, both ways of relaying them (on Linux protocol pipes, then
-``splice`` after the first MiB, which this test crosses; protocol pipes only elsewhere): every
-byte arrives in order, a client's half-close reaches the upstream while
-the answer still flows back, a reader that lags pauses the sender (nothing lost), and the
+"""A tunnel's bytes after the checks, both ways of relaying them (the compiled relay thread,
+``_relay.c``, and its twin in Python, asyncio protocol pipes), with the same outcome and
+counts: every byte arrives in order, a client's half-close reaches the upstream while the
+answer still flows back, a reader that lags pauses the sender (nothing lost), and the
 ``net.connect`` event counts the bytes."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import time
 
 import pytest
 from tests.egress.conftest import Events, ProxyFactory
+
+from airlock.egress import proxy as egress_proxy
 
 _BIG = 12 * 1024 * 1024
 
@@ -54,14 +56,19 @@ class _AnswerAfterEof:
         self.thread.join(10)
 
 
-@pytest.mark.parametrize("way", ["splice", "pipes"])
+@pytest.mark.parametrize("way", ["native", "python"])
 def test_half_close_bulk_and_back_pressure(
-    way: str, start_proxy: ProxyFactory, events: Events, monkeypatch: pytest.MonkeyPatch
+    way: str,
+    start_proxy: ProxyFactory,
+    events: Events,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    if way == "pipes":
-        monkeypatch.delattr(os, "splice", raising=False)
-    elif not hasattr(os, "splice"):
-        pytest.skip("no splice(2) on this system")
+    if way == "native":  # the compiled relay (_relay.c)
+        module = request.getfixturevalue("compiled_relay")
+        monkeypatch.setattr(egress_proxy, "load", lambda: module)
+    else:
+        monkeypatch.setenv("AIRLOCK_EGRESS_RELAY", "python")
     upstream = _AnswerAfterEof()
     proxy = start_proxy(
         "network: {allow: [{id: raw, host: allowed.test, "

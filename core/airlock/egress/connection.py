@@ -7,7 +7,8 @@ module only moves bytes and keeps the ``net.connect`` record of the attempt. In 
 2. the rules decide on host, port (and method, path for plain HTTP); deny → 403 naming the rule
    and what to add; ``require_approval`` → held until ``approve(op)`` answers;
 3. the host is resolved *here* (the agent has no DNS), IP literals need a rule naming them, and
-   loopback / link-local answers are refused unless the rule says ``local_addresses: true``;
+   any answer that is not a public address (``addresses.py``: loopback, private, link-local,
+   metadata, their IPv6 forms...) is refused unless the rule says ``local_addresses: true``;
 4. CONNECT: 200, then the TLS ClientHello is read; its SNI must equal the CONNECT host (no SNI
    for a name, or not TLS at all → the tunnel is closed); then bytes flow both ways untouched.
    Plain HTTP: one request per connection, hop-by-hop headers dropped, ``Host`` set from the
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from airlock.egress.addresses import Address, parse_address, refused_reason
+from airlock.egress.native import NativeRelay
 from airlock.egress.protocol import (
     BodyFramer,
     HeadParser,
@@ -80,6 +82,7 @@ class Context:
     record: Record
     approve: Approve | None
     resolve: Resolve
+    native: NativeRelay | None = None  # the compiled relay, when built (``native.py``)
 
 
 async def handle_connection(
@@ -96,7 +99,7 @@ async def handle_connection(
         addresses = await _addresses(ctx, head, decision)
         up_reader, upstream = await _open(addresses, head.port, attempt)
         if head.is_connect:
-            await _tunnel(head, reader, writer, up_reader, upstream, rest, attempt)
+            await _tunnel(ctx, head, reader, writer, up_reader, upstream, rest, attempt)
         else:
             await _forward(head, reader, writer, up_reader, upstream, rest, attempt)
     except _Refused as refused:
@@ -192,34 +195,8 @@ async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecis
     return decision
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-# Cloud metadata services outside the link-local range (169.254.169.254 is link-local): AWS's
-# IPv6 IMDS, Alibaba's metadata service, Azure's WireServer. A name the policy allows may be
-# made to resolve to them (DNS rebinding); they answer the machine's own credentials.
-_METADATA = (
-    ipaddress.ip_network("fd00:ec2::/112"),
-    ipaddress.ip_network("100.100.100.200/32"),
-    ipaddress.ip_network("168.63.129.16/32"),
-)
-
-
-def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return (
-        address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or (address.is_multicast)
-        or any(address in network for network in _METADATA)
-    )
+def _ip(text: str) -> Address | None:
+    return parse_address(text)
 
 
 async def _addresses(ctx: Context, head: RequestHead, decision: NetDecision) -> list[str]:
@@ -234,15 +211,17 @@ async def _addresses(ctx: Context, head: RequestHead, decision: NetDecision) -> 
         if not found:
             raise _Refused(502, decision.rule_id, f"cannot resolve {head.host}")
     checked = [a for a in (_ip(f) for f in found) if a is not None]
-    local = [a for a in checked if _is_local(a)]
-    if local and not decision.local_addresses:
-        raise _Refused(
-            403,
-            "airlock.local-address",
-            f"{head.host} resolves to {local[0]}, a loopback, link-local or cloud metadata "
-            "address, which the "
-            f"proxy refuses; if intended, set local_addresses: true on rule {decision.rule_id}",
-        )
+    if not decision.local_addresses:
+        for address in checked:
+            reason = refused_reason(address)
+            if reason is not None:
+                raise _Refused(
+                    403,
+                    "airlock.local-address",
+                    f"{head.host} resolves to {address}, {reason}, which the proxy refuses "
+                    "(only public addresses are reached); if intended, set "
+                    f"local_addresses: true on rule {decision.rule_id}",
+                )
     return [str(a) for a in checked]
 
 
@@ -279,6 +258,7 @@ async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> Non
 
 
 async def _tunnel(
+    ctx: Context,
     head: RequestHead,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -290,6 +270,9 @@ async def _tunnel(
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
     await writer.drain()
     hello_bytes = await _read_hello(head, reader, rest, attempt)
+    if ctx.native is not None:
+        await ctx.native.relay(reader, writer, up_reader, upstream, hello_bytes, attempt)
+        return
     upstream.write(hello_bytes)
     attempt.up += len(hello_bytes)
     await relay(reader, writer, up_reader, upstream, attempt)

@@ -14,6 +14,7 @@ the answer (local addresses), so a kept answer is judged exactly as a fresh one.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from airlock.egress.connection import Context, Resolve, handle_connection
+from airlock.egress.native import NativeRelay, load
 from airlock.errors import InfrastructureUnavailable
 from airlock.gate.interface import Approve, Record
 from airlock.policy.network import EgressRules, NetworkPolicy
@@ -80,8 +82,10 @@ class EgressProxy:
         thread: threading.Thread,
         server: asyncio.Server,
         tasks: set[asyncio.Task[None]],
+        native: NativeRelay | None = None,
     ) -> None:
         self.rules = rules
+        self.native = native  # the compiled tunnel relay, None: tunnels relayed in Python
         self._loop = loop
         self._thread = thread
         self._server = server
@@ -109,7 +113,23 @@ class EgressProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.native is not None:
+            self.native.close()
         await self._server.wait_closed()
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """With the compiled relay: uvloop's event loop where it is installed (airlock-ci[fast]),
+    fewer µs per loop turn, which is most of a short tunnel's cost; asyncio's otherwise, or
+    with ``AIRLOCK_EGRESS_LOOP=asyncio``. (The pure-Python relay needs asyncio's transports.)"""
+    if os.environ.get("AIRLOCK_EGRESS_LOOP", "").strip().lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def start_egress_proxy(
@@ -125,10 +145,16 @@ def start_egress_proxy(
     ``resolve_ttl`` seconds an answer is kept (0: ask every time)."""
     rules = network.compiled()
     lookup = resolve or _system_resolve
+    module = load()
+    loop = _new_event_loop() if module is not None else asyncio.new_event_loop()
+    native = NativeRelay(module, loop) if module is not None else None
     ctx = Context(
-        rules, record, approve, CachedResolve(lookup, resolve_ttl) if resolve_ttl else lookup
+        rules,
+        record,
+        approve,
+        CachedResolve(lookup, resolve_ttl) if resolve_ttl else lookup,
+        native,
     )
-    loop = asyncio.new_event_loop()
     tasks: set[asyncio.Task[None]] = set()
     started: Future[asyncio.Server] = Future()
 
@@ -155,6 +181,8 @@ def start_egress_proxy(
                     f"the egress proxy cannot listen on {listen[0]}:{listen[1]}: {exc.strerror}"
                 )
             )
+            if native is not None:
+                native.close()
             loop.close()
             return
         started.set_result(server)
@@ -167,4 +195,4 @@ def start_egress_proxy(
         server = started.result(_START_TIMEOUT)
     except TimeoutError:
         raise EgressProxyError("the egress proxy did not start within 10 s") from None
-    return EgressProxy(rules, loop, thread, server, tasks)
+    return EgressProxy(rules, loop, thread, server, tasks, native)

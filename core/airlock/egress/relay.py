@@ -1,29 +1,20 @@
-"""A CONNECT tunnel's bytes, once the CONNECT and SNI checks passed: moved untouched both ways.
+"""A CONNECT tunnel's bytes, once the CONNECT and SNI checks passed, in Python: moved untouched
+both ways. The compiled relay (``native.py``) does this when it is built; this is its twin.
 
-A tunnel starts with the two transports joined by :class:`_Pipe` protocols (one preallocated
-buffer per direction): cheapest to set up, which is what a short exchange costs. On Linux, once
-one direction has moved 1 MiB, the tunnel moves to ``splice(2)``: each direction becomes
-``socket -> pipe -> socket`` (no copy to user space), driven by the event loop's reader/writer
-callbacks, so Python runs once per read the kernel has ready and the bytes never enter it.
-Either way: flow control (a slow reader pauses the other side), a
-client's EOF is passed on as a half-close, and the tunnel ends when the upstream side ends.
+The two transports are joined by :class:`_Pipe` protocols (one preallocated buffer per
+direction). Flow control: a slow reader pauses the other side; a client's EOF is passed on as
+a half-close, and the tunnel ends when the upstream side ends. (``splice(2)`` was tried here and
+dropped: it was slower in wall time and in CPU than these pipes, bench/RESULTS.md.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
-import socket
 from typing import Protocol
 
-__all__ = ["Counts", "relay"]
+__all__ = ["Counts", "relay", "take_buffer"]
 
-_CHUNK = 64 * 1024  # under malloc's mmap threshold: no fresh zeroed pages per tunnel
-_PIPE_SIZE = 1 << 20
-_SPLICE_AFTER = 1 << 20  # bytes one way before a tunnel moves to splice
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_CHUNK = 256 * 1024
 
 
 class Counts(Protocol):
@@ -41,15 +32,11 @@ async def relay(
     counts: Counts,
 ) -> None:
     """Move bytes between the client (``reader``/``writer``) and ``upstream`` until it ends."""
-    client_sock = writer.get_extra_info("socket")
-    upstream_sock = upstream.get_extra_info("socket")
-    can_splice = hasattr(os, "splice") and client_sock is not None and upstream_sock is not None
-    tunnel = _Pipes(reader, writer.transport, up_reader, upstream.transport, counts, can_splice)
-    if await tunnel.run() == "splice":
-        await _splice_both(client_sock.fileno(), upstream_sock.fileno(), counts)
+    await _Pipes(reader, writer.transport, up_reader, upstream.transport, counts).run()
 
 
-def _take_buffer(stream: asyncio.StreamReader) -> bytes:
+def take_buffer(stream: asyncio.StreamReader) -> bytes:
+    """What ``stream`` read ahead and nobody consumed yet (emptied)."""
     buffer = getattr(stream, "_buffer", None)  # asyncio keeps what it read ahead here
     if not isinstance(buffer, bytearray) or not buffer:
         return b""
@@ -58,121 +45,8 @@ def _take_buffer(stream: asyncio.StreamReader) -> bytes:
     return data
 
 
-async def _splice_both(client_fd: int, upstream_fd: int, counts: Counts) -> None:
-    # The transports keep their sockets (and close them later); the loop watches duplicates,
-    # since it refuses a reader on a descriptor a transport owns. Their reading is paused.
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    client, up = os.dup(client_fd), os.dup(upstream_fd)
-    directions: list[_Splice] = []
-    try:
-        directions.append(_Splice(loop, client, up, counts, "up", done))
-        directions.append(_Splice(loop, up, client, counts, "down", done))
-        for direction in directions:
-            direction.start()
-        await done
-    finally:
-        for direction in directions:
-            direction.stop()
-        os.close(client)
-        os.close(up)
-
-
-class _Splice:
-    """One direction, ``src -> pipe -> dst``: read what the kernel has when ``src`` is readable,
-    pass it on; when ``dst`` is full, stop reading ``src`` until ``dst`` is writable again."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        src: int,
-        dst: int,
-        counts: Counts,
-        direction: str,
-        done: asyncio.Future[None],
-    ) -> None:
-        self.loop, self.src, self.dst = loop, src, dst
-        self.counts, self.up, self.done = counts, direction == "up", done
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._grow()  # 16 slots by default; one slot per TCP fragment: small moves
-        self.pending = 0  # bytes in the pipe, not yet in dst
-        self.state = "idle"  # reading | writing | stopped
-
-    def start(self) -> None:
-        self.state = "reading"
-        self.loop.add_reader(self.src, self._readable)
-
-    def stop(self) -> None:
-        if self.state == "reading":
-            self.loop.remove_reader(self.src)
-        elif self.state == "writing":
-            self.loop.remove_writer(self.dst)
-        self.state = "stopped"
-        os.close(self.pipe_r)
-        os.close(self.pipe_w)
-
-    def _readable(self) -> None:
-        try:
-            moved = os.splice(self.src, self.pipe_w, _PIPE_SIZE, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._end()
-            return
-        if moved == 0:
-            self._eof()
-            return
-        if self.up:
-            self.counts.up += moved
-        else:
-            self.counts.down += moved
-        self.pending = moved
-        self._flush()
-
-    def _grow(self) -> None:
-        with contextlib.suppress(OSError):  # over the user's pipe quota: it keeps its size
-            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-
-    def _flush(self) -> None:
-        while self.pending:
-            try:
-                self.pending -= os.splice(self.pipe_r, self.dst, self.pending, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                if self.state == "reading":  # dst is full: stop reading until it drains
-                    self.loop.remove_reader(self.src)
-                    self.loop.add_writer(self.dst, self._flush)
-                    self.state = "writing"
-                return
-            except OSError:
-                self._end()
-                return
-        if self.state == "writing":
-            self.loop.remove_writer(self.dst)
-            self.loop.add_reader(self.src, self._readable)
-            self.state = "reading"
-
-    def _eof(self) -> None:
-        self.loop.remove_reader(self.src)
-        self.state = "idle"
-        if self.up:  # the client finished sending: half-close, the answer may still come
-            try:
-                with socket.socket(fileno=os.dup(self.dst)) as sock:
-                    sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._end()
-            return
-        self._end()
-
-    def _end(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
 class _Pipes:
-    """Both directions through :class:`_Pipe` protocols; once one direction has moved
-    ``_SPLICE_AFTER`` bytes (a bulk transfer, not a short exchange, which would pay more to set
-    up splicing than it saves), the tunnel moves to splice when nothing waits in either
-    transport's write buffer and neither side has ended: ``run`` then answers ``"splice"``."""
+    """Both directions through :class:`_Pipe` protocols; ``run`` returns when it ended."""
 
     def __init__(
         self,
@@ -181,21 +55,18 @@ class _Pipes:
         up_reader: asyncio.StreamReader,
         upstream_t: asyncio.BaseTransport,
         counts: Counts,
-        can_splice: bool,
     ) -> None:
         self.streams = (reader, up_reader)
         self.transports = (client_t, upstream_t)
-        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.can_splice = can_splice
-        self.eof_seen = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pipes = (
             _Pipe(upstream_t, counts, "up", self, half_close=True),
             _Pipe(client_t, counts, "down", self, half_close=False),
         )
 
-    async def run(self) -> str:
+    async def run(self) -> None:
         for stream, transport, pipe in zip(self.streams, self.transports, self.pipes, strict=True):
-            buffered = _take_buffer(stream)
+            buffered = take_buffer(stream)
             transport.set_protocol(pipe)
             if buffered:
                 pipe.forward(buffered)
@@ -203,25 +74,11 @@ class _Pipes:
                 pipe.eof_received()
             elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
                 transport.resume_reading()
-        return await self.done
-
-    def maybe_splice(self) -> None:
-        if not self.can_splice or self.eof_seen or self.done.done():
-            return
-        for transport in self.transports:
-            if not isinstance(transport, asyncio.Transport):
-                return
-            if transport.is_closing() or transport.get_write_buffer_size():
-                return
-        for transport in self.transports:
-            assert isinstance(transport, asyncio.Transport)
-            if transport.is_reading():
-                transport.pause_reading()
-        self.done.set_result("splice")
+        await self.done
 
     def finish(self) -> None:
         if not self.done.done():
-            self.done.set_result("done")
+            self.done.set_result(None)
 
 
 class _Pipe(asyncio.BufferedProtocol):
@@ -257,16 +114,11 @@ class _Pipe(asyncio.BufferedProtocol):
     def forward(self, data: bytes | memoryview) -> None:
         if self.up:
             self.counts.up += len(data)
-            moved = self.counts.up
         else:
             self.counts.down += len(data)
-            moved = self.counts.down
         self.peer.write(data)
-        if moved >= _SPLICE_AFTER:
-            self.tunnel.maybe_splice()
 
     def eof_received(self) -> bool:
-        self.tunnel.eof_seen = True
         if self.half_close and self.peer.can_write_eof():
             self.peer.write_eof()
             return True

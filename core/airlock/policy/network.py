@@ -236,9 +236,10 @@ class NetworkAllowRule(_NetworkRule):
     )
     local_addresses: StrictBool = Field(
         default=False,
-        description="Let this host resolve to loopback or link-local addresses (127.0.0.0/8, "
-        "::1, 169.254.0.0/16, fe80::/10), which are refused otherwise: Airlock's own "
-        "listeners and cloud metadata live there.",
+        description="Let this host resolve to addresses that are not public (loopback, "
+        "private 10/8, 172.16/12, 192.168/16, CGNAT 100.64/10, link-local, ULA fc00::/7, "
+        "cloud metadata, and their IPv6 forms), which are refused otherwise: Airlock's own "
+        "listeners, the runner's network and cloud metadata live there.",
     )
 
 

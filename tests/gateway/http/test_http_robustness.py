@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -283,3 +284,36 @@ def test_the_gateway_without_httptools_is_a_clear_error(monkeypatch: pytest.Monk
     with pytest.raises(UsageError, match="httptools") as caught:
         importlib.import_module("airlock.gateway.h1")
     assert "reinstall airlock-ci" in caught.value.hint
+
+
+def test_a_request_sent_one_byte_at_a_time_is_read_whole(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    gw = make_gateway()
+    raw = (
+        b"POST /echo?q=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + f"Authorization: Bearer {ticket.value}\r\n\r\n".encode()
+        + b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    with _raw_connection(gw.url) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(5)
+        for i in range(len(raw)):
+            sock.sendall(raw[i : i + 1])
+        assert _read_response(sock.makefile("rb")).startswith(b"HTTP/1.1 200")
+    (request,) = recorder.of("http.request")
+    assert (request["path"], request["query"], request["body"]) == ("/echo", "q=1", "abcde")
+
+
+def test_headers_past_the_limit_get_431_and_others_are_served(
+    make_gateway: GatewayFactory, ticket: Ticket
+) -> None:
+    gw = make_gateway()
+    with _raw_connection(gw.url) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(ConnectionError):  # the gateway may close while we still send
+            for _ in range(80):
+                sock.sendall(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 431")
+    assert httpx.get(f"{gw.url}/y", headers=_auth(ticket)).status_code == 200

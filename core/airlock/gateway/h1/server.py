@@ -20,24 +20,20 @@ than exactly ``chunked`` is refused too (501): the upstream would have to undo i
 from __future__ import annotations
 
 import asyncio
-import http
-import json
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
+from airlock.gateway.h1.cycle import App, Cycle, error_response
+
 __all__ = ["H1Server"]
 
-App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _MAX_HEAD = 64 * 1024  # request line and headers; beyond this the request is refused (431)
 _HIGH_WATER = 256 * 1024  # request body buffered before reading from the client pauses
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_BODYLESS = frozenset({204, 304})
-_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
+_LINGER = 2.0  # seconds a refused connection still reads (and drops) before it closes
 
 
 class _BadRequest(Exception):
@@ -47,20 +43,6 @@ class _BadRequest(Exception):
         self.error = error
 
 
-def _status_line(status: int) -> bytes:
-    return _STATUS.get(status) or f"HTTP/1.1 {status} \r\n".encode()
-
-
-def _error_response(status: int, error: str, hint: str) -> bytes:
-    body = json.dumps({"error": error, "hint": hint}).encode()
-    return (
-        _status_line(status)
-        + b"content-type: application/json\r\nconnection: close\r\n"
-        + b"content-length: %d\r\n\r\n" % len(body)
-        + body
-    )
-
-
 class H1Server:
     """Serves one ASGI app on listening sockets in the running event loop (see module doc)."""
 
@@ -68,13 +50,13 @@ class H1Server:
         self.app = app
         self.name = name
         self.keep_alive = keep_alive
-        self.connections: set[_Connection] = set()
+        self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self, sock: socket.socket) -> None:
         """Accept connections on ``sock`` (listening, non-blocking)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._server = await loop.create_server(lambda: Connection(self), sock=sock)
 
     def sockets(self) -> list[socket.socket]:
         """The sockets of the client connections open now."""
@@ -103,28 +85,30 @@ class H1Server:
             await asyncio.sleep(0.005)
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parses requests, runs one :class:`_Cycle` at a time."""
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests, runs one :class:`Cycle` at a time."""
 
     def __init__(self, server: H1Server) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.cycle: _Cycle | None = None  # the request being answered
-        self.parsing: _Cycle | None = None  # the request whose body is being read
-        self.pipeline: deque[_Cycle] = deque()
+        self.cycle: Cycle | None = None  # the request being answered
+        self.parsing: Cycle | None = None  # the request whose body is being read
+        self.pipeline: deque[Cycle] = deque()
         self.task: asyncio.Task[None] | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
         self.head_size = 0
+        self.chunk_size = 0
         self.write_paused = False
         self.read_paused = False
         self.drained: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.stopping = False
         self.upgraded = False
+        self.refused = False
         self.lost = False
         self.addresses: tuple[Any, Any] = (None, None)
 
@@ -173,8 +157,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._cancel_timer()
-        if self.upgraded:
-            return  # after an Upgrade the bytes are another protocol's: never parsed as HTTP
+        if self.upgraded or self.refused:
+            return  # another protocol's bytes after an Upgrade; anything after a refusal
+        self.chunk_size = len(data)
         if self.in_head:
             self.head_size += len(data)
         try:
@@ -198,7 +183,8 @@ class _Connection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.in_head = True
-        self.head_size = 0
+        # at most the whole chunk it began in: a head is never let past the limit unseen
+        self.head_size = self.chunk_size
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -211,7 +197,7 @@ class _Connection(asyncio.Protocol):
         codings = [v for k, v in self.headers if k == b"transfer-encoding"]
         if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
             raise _BadRequest(501, "only Transfer-Encoding: chunked is accepted")
-        cycle = _Cycle(self, self._scope(), keep_alive=self.parser.should_keep_alive())
+        cycle = Cycle(self, self._scope(), keep_alive=self.parser.should_keep_alive())
         self.parsing = cycle
         if self.cycle is None:
             self._run(cycle)
@@ -252,12 +238,14 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ cycles
 
-    def _run(self, cycle: _Cycle) -> None:
+    def _run(self, cycle: Cycle) -> None:
         self.cycle = cycle
         self.task = self.loop.create_task(cycle.run(self.server.app), name=self.server.name)
 
-    def done(self, cycle: _Cycle) -> None:
+    def done(self, cycle: Cycle) -> None:
         """``cycle``'s response is complete: next request, or close."""
+        if self.refused:
+            return  # closing (lingering) already
         if not cycle.keep_alive or self.stopping or self.upgraded or self.lost:
             self.close()
             return
@@ -270,11 +258,27 @@ class _Connection(asyncio.Protocol):
             self._idle()
 
     def _refuse(self, status: int, error: str) -> None:
-        """Answer a request the parser refused (when no response has begun), then close."""
+        """Answer a request the parser refused (when no response has begun), then close.
+
+        The app's request, if one is running, sees the client leave. The connection ends with
+        a lingering close: what the client still sends is read and dropped for a moment, so
+        that its kernel gets no reset, which could discard the answer before it is read."""
         if self.cycle is None or not self.cycle.response_started:
             hint = "send one well-formed HTTP/1.1 request (RFC 9112)"
-            self.transport.write(_error_response(status, error, hint))
-        self.close()
+            self.transport.write(error_response(status, error, hint))
+        self.refused = True
+        for cycle in (self.cycle, self.parsing, *self.pipeline):
+            if cycle is not None:
+                cycle.disconnected = True
+                cycle.event.set()
+        self.pipeline.clear()
+        self._resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._cancel_timer()
+            self.timer = self.loop.call_later(_LINGER, self.close)  # cancelled by close()
+        else:
+            self.close()
 
     def shutdown(self) -> None:
         """The server stops: close now if idle, else after the current response."""
@@ -313,122 +317,3 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-class _Cycle:
-    """One request and its response, as the ASGI app sees them (``receive`` and ``send``)."""
-
-    def __init__(self, conn: _Connection, scope: dict[str, Any], *, keep_alive: bool) -> None:
-        self.conn = conn
-        self.scope = scope
-        self.keep_alive = keep_alive
-        headers = scope["headers"]
-        self.expect_100 = (b"expect", b"100-continue") in (
-            (k, v.lower()) for k, v in headers if k == b"expect"
-        )
-        self.head_only = scope["method"] == "HEAD"
-        self.body = bytearray()
-        self.more = True
-        self.ended = False  # the last body message was handed to the app
-        self.event = asyncio.Event()
-        self.disconnected = False
-        self.response_started = False
-        self.response_complete = False
-        self.chunked = False
-        self.bodyless = False
-        self.head = b""
-
-    async def run(self, app: App) -> None:
-        try:
-            await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            self.conn.close()
-            raise
-        except Exception:  # the app's own bug: the client gets a 500, never its message
-            self._failed()
-            return
-        if not self.response_complete:
-            self._failed()
-
-    def _failed(self) -> None:
-        if not self.response_started and not self.conn.lost:
-            error = "internal error in the gateway"
-            self.conn.transport.write(_error_response(500, error, "this is a bug in Airlock"))
-        self.conn.close()  # a response cut short: the client must see the break
-
-    async def receive(self) -> dict[str, Any]:
-        if self.expect_100:
-            self.expect_100 = False
-            if not self.response_started and not self.conn.transport.is_closing():
-                self.conn.transport.write(_CONTINUE)
-        while True:
-            if self.disconnected or self.response_complete:
-                return {"type": "http.disconnect"}
-            if self.body or (not self.more and not self.ended):
-                message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more}
-                self.body.clear()
-                self.ended = not self.more
-                self.conn.body_taken()
-                return message
-            self.event.clear()
-            await self.event.wait()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            if self.response_started:
-                raise RuntimeError("the response was already started")
-            self.response_started = True
-            self._start(int(message["status"]), message.get("headers", []))
-        elif kind == "http.response.body":
-            if not self.response_started or self.response_complete:
-                raise RuntimeError("http.response.body outside a response")
-            more = bool(message.get("more_body", False))
-            self._write(bytes(message.get("body", b"")), more)
-            if more:
-                await self.conn.drain()
-            else:
-                self.response_complete = True
-                self.event.set()
-                self.conn.done(self)
-
-    def _start(self, status: int, headers: Any) -> None:
-        lines = [_status_line(status)]
-        length = False
-        for name, value in headers:
-            low = bytes(name).lower()
-            if low == b"content-length":
-                length = True
-            elif low == b"connection" and b"close" in bytes(value).lower():
-                self.keep_alive = False
-            elif low == b"transfer-encoding":
-                continue  # framing is this server's
-            lines.append(b"%s: %s\r\n" % (name, value))
-        self.bodyless = self.head_only or status in _BODYLESS or status < 200
-        self.chunked = not length and not self.bodyless
-        if self.chunked and self.scope["http_version"] == "1.0":
-            self.chunked = False  # HTTP/1.0 has no chunks: the body ends with the connection
-            self.keep_alive = False
-        self.head = b"".join(lines)
-
-    def _write(self, body: bytes, more: bool) -> None:
-        data = b""
-        if self.head:
-            head, self.head = self.head, b""
-            if self.chunked and not more:  # the whole body in one message: give its length
-                self.chunked = False
-                head += b"content-length: %d\r\n" % len(body)
-            elif self.chunked:
-                head += b"transfer-encoding: chunked\r\n"
-            if not self.keep_alive:
-                head += b"connection: close\r\n"
-            data = head + b"\r\n"
-        if self.bodyless:
-            body = b""
-        elif self.chunked:
-            body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + (
-                b"" if more else b"0\r\n\r\n"
-            )
-        if self.conn.lost or self.conn.transport.is_closing():
-            return
-        self.conn.transport.write(data + body if data else body)

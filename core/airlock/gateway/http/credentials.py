@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Mapping
 
 from airlock.errors import ConfigError
-from airlock.gateway.h1.client import Request
+from airlock.gateway.h1.messages import Request
 from airlock.mask import Masker
 from airlock.policy.gateways import AwsSigV4Credential, HttpCredential
 

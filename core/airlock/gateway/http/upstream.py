@@ -117,8 +117,8 @@ class Upstream:
     async def _relay(
         self, ex: Exchange, response: Response, send: Send, gone: asyncio.Event
     ) -> None:
-        echo = self._echo_stream(ex, response)
-        drop = _HOP_BY_HOP | ({"content-length"} if echo is not None else set())
+        masked = self._masks_echo(ex, response)
+        drop = _HOP_BY_HOP | ({"content-length"} if masked else set())
         headers = [
             (k, v) for k, v in response.raw_headers if k.decode("latin-1").lower() not in drop
         ]
@@ -128,23 +128,25 @@ class Upstream:
         # response, so has the log. A bodiless response is complete with its headers.
         if ex.method == "HEAD" or response.status_code in (204, 304):
             last, error = await self._pump(response, _discard, tap, None, gone)
-            self._record_relay(ex, response, tap, error, echo)
+            self._record_relay(ex, response, tap, error, masked)
             ex.responded = True
             await send(start)
-        elif echo is not None and (_content_length(response) or _WHOLE + 1) <= _WHOLE:
+        elif masked and (_content_length(response) or _WHOLE + 1) <= _WHOLE:
             # A small text response is masked whole and sent with its length in one message:
             # no chunked encoding, one write fewer on every keep-alive request.
             body, error = await self._read_whole(response, tap, gone)
-            last = echo.feed(body) + echo.flush() if error is None else b""
-            self._record_relay(ex, response, tap, error, echo)
+            assert self._echo is not None
+            last = self._echo.mask_bytes(body) if error is None else b""
+            self._record_relay(ex, response, tap, error, masked)
             headers.append((b"content-length", str(len(last)).encode()))
             ex.responded = True
             await send(start)
         else:
             ex.responded = True
             await send(start)
+            echo = EchoMask(self._echo.stream()) if masked and self._echo is not None else None
             last, error = await self._pump(response, send, tap, echo, gone)
-            self._record_relay(ex, response, tap, error, echo)
+            self._record_relay(ex, response, tap, error, masked)
         if error is None:
             await send({"type": "http.response.body", "body": last, "more_body": False})
 
@@ -215,7 +217,7 @@ class Upstream:
         response: Response,
         tap: BodyTap,
         error: str | None,
-        echo: EchoMask | None,
+        masked: bool,
     ) -> None:
         self._log.response(
             ex,
@@ -225,17 +227,16 @@ class Upstream:
             content_type=response.header("content-type"),
             content_encoding=response.header("content-encoding"),
             error=error,
-            **({"client_masked": True} if echo is not None else {}),
+            **({"client_masked": True} if masked else {}),
         )
 
-    def _echo_stream(self, ex: Exchange, response: Response) -> EchoMask | None:
+    def _masks_echo(self, ex: Exchange, response: Response) -> bool:
+        """The response is text the held credential is masked in before the client sees it."""
         if self._echo is None or ex.method == "HEAD":
-            return None
+            return False
         ctype = response.header("content-type").lower()
         encoded = response.header("content-encoding").lower() not in ("", "identity")
-        if encoded or not any(kind in ctype for kind in _TEXT_TYPES):
-            return None
-        return EchoMask(self._echo.stream())
+        return not encoded and any(kind in ctype for kind in _TEXT_TYPES)
 
     # ------------------------------------------------------------------ answers and events
 

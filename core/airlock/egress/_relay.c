@@ -1,0 +1,529 @@
+/* The compiled tunnel relay of the egress proxy (optional; relay.py holds the pure-Python
+ * twin, and tests run the same tunnels through both and compare what they report).
+ *
+ *   Relay()                 one relay thread with its own epoll; it never takes the GIL
+ *   relay.fileno()          an eventfd, readable when tunnels have finished
+ *   relay.add(client_fd, upstream_fd, to_upstream, to_client) -> handle
+ *       relay an ADMITTED tunnel (the caller checked the CONNECT and the SNI): the two fds are
+ *       duplicated (the caller keeps and later closes its own), the bytes given are sent first
+ *   relay.finished() -> [(handle, bytes_up, bytes_down, reason)]   reason "" when it ended
+ *       normally (upstream closed), else what failed
+ *   relay.cancel(handle) -> (bytes_up, bytes_down) or None: end a tunnel now (session end)
+ *   relay.close()           end every tunnel, stop the thread (also on dealloc)
+ *
+ * A tunnel is two directions, client -> upstream ("up") and upstream -> client ("down"). Each
+ * read lands in the thread's one buffer and is sent at once; what the destination cannot take
+ * is copied to that direction's own pending buffer and the source is not read again until it
+ * is sent (flow control: a slow reader pauses the other side). The client's EOF is passed on
+ * as a half-close (shutdown SHUT_WR of upstream); the upstream's EOF ends the tunnel once
+ * everything read is delivered. Every access to the tunnel table holds the mutex; epoll events
+ * carry (slot, generation), so an event for a tunnel that ended meanwhile is ignored.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define BUF_SIZE (256 * 1024)
+#define WAKE_TAG UINT64_MAX
+#define MAX_READS 8 /* per wake-up and direction: fairness between tunnels */
+
+typedef struct {
+    char *pend;  /* bytes read but not yet sent (owned) */
+    size_t cap;  /* capacity of pend */
+    size_t plen; /* bytes in pend */
+    size_t poff; /* bytes of pend already sent */
+    int eof;     /* the source said EOF */
+    int passed;  /* the EOF was passed on (half-close done) */
+} Dir;
+
+static size_t pending(const Dir *dir) { return dir->plen; }
+
+typedef struct {
+    int used;
+    uint32_t gen;
+    int fd[2]; /* 0: client, 1: upstream (our duplicates) */
+    Dir dir[2]; /* dir[s] moves fd[s] -> fd[1 - s]: 0 up, 1 down */
+    unsigned long long bytes[2];
+    uint32_t interest[2];
+} Tunnel;
+
+typedef struct {
+    uint64_t handle;
+    unsigned long long up, down;
+    char reason[96];
+} Done;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t mu;
+    pthread_t thread;
+    int running;
+    int stopping;
+    int ep, notify, wake;
+    Tunnel *slots;
+    size_t nslots;
+    Done *done;
+    size_t ndone, capdone;
+    char *buf;
+} Relay;
+
+static uint64_t handle_of(size_t slot, uint32_t gen) { return ((uint64_t)gen << 32) | slot; }
+static uint64_t tag_of(size_t slot, uint32_t gen, int side) {
+    return ((uint64_t)(gen & 0x7fffffffu) << 33) | ((uint64_t)slot << 1) | (uint64_t)side;
+}
+
+static void fail_reason(char *out, size_t size, const char *what, int err) {
+    snprintf(out, size, "%s: %s", what, strerror(err));
+}
+
+/* Free a tunnel's resources; the mutex is held. */
+static void release(Relay *r, Tunnel *t) {
+    for (int s = 0; s < 2; s++) {
+        epoll_ctl(r->ep, EPOLL_CTL_DEL, t->fd[s], NULL);
+        close(t->fd[s]);
+        free(t->dir[s].pend);
+        t->dir[s].pend = NULL;
+    }
+    t->used = 0;
+    t->gen++;
+}
+
+/* The tunnel ended: report it and free it; the mutex is held. */
+static void finish(Relay *r, Tunnel *t, const char *reason) {
+    size_t slot = (size_t)(t - r->slots);
+    if (r->ndone == r->capdone) {
+        size_t cap = r->capdone ? r->capdone * 2 : 16;
+        Done *grown = realloc(r->done, cap * sizeof(Done));
+        if (grown != NULL) {
+            r->done = grown;
+            r->capdone = cap;
+        }
+    }
+    if (r->ndone < r->capdone) {
+        Done *d = &r->done[r->ndone++];
+        d->handle = handle_of(slot, t->gen);
+        d->up = t->bytes[0];
+        d->down = t->bytes[1];
+        snprintf(d->reason, sizeof d->reason, "%s", reason);
+    }
+    release(r, t);
+}
+
+static int update_interest(Relay *r, Tunnel *t, size_t slot) {
+    for (int s = 0; s < 2; s++) {
+        uint32_t want = 0;
+        if (!t->dir[s].eof && pending(&t->dir[s]) == 0) want |= EPOLLIN;
+        if (pending(&t->dir[1 - s]) > 0) want |= EPOLLOUT;
+        if (want != t->interest[s]) {
+            struct epoll_event ev = {.events = want, .data.u64 = tag_of(slot, t->gen, s)};
+            if (epoll_ctl(r->ep, EPOLL_CTL_MOD, t->fd[s], &ev) < 0) return -1;
+            t->interest[s] = want;
+        }
+    }
+    return 0;
+}
+
+/* Send what direction d has pending; 1: all sent, 0: destination full, -1: error (reason). */
+static int flush(Tunnel *t, int d, char *reason, size_t rsize) {
+    Dir *dir = &t->dir[d];
+    while (dir->poff < dir->plen) {
+        ssize_t n = send(t->fd[1 - d], dir->pend + dir->poff, dir->plen - dir->poff,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            fail_reason(reason, rsize, d ? "send to client" : "send upstream", errno);
+            return -1;
+        }
+        dir->poff += (size_t)n;
+    }
+    dir->plen = dir->poff = 0;
+    return 1;
+}
+
+/* An EOF read in direction d, everything before it delivered: pass it on. 1: tunnel ends. */
+static int pass_eof(Tunnel *t, int d) {
+    if (t->dir[d].passed) return 0;
+    t->dir[d].passed = 1;
+    if (d == 1) { /* upstream finished: the tunnel ends; the client hears it now, not once
+                   * the loop has closed its socket (that close follows the report) */
+        shutdown(t->fd[0], SHUT_WR);
+        return 1;
+    }
+    shutdown(t->fd[1], SHUT_WR); /* client finished sending: the answer may still come */
+    return 0;
+}
+
+/* Read direction d while there is data and the destination takes it. */
+static int pump(Relay *r, Tunnel *t, int d, char *reason, size_t rsize) {
+    Dir *dir = &t->dir[d];
+    for (int i = 0; i < MAX_READS && !dir->eof && dir->plen == 0; i++) {
+        ssize_t n = recv(t->fd[d], r->buf, BUF_SIZE, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            fail_reason(reason, rsize, d ? "read from upstream" : "read from client", errno);
+            return -1;
+        }
+        if (n == 0) {
+            dir->eof = 1;
+            return pass_eof(t, d);
+        }
+        t->bytes[d] += (unsigned long long)n;
+        size_t sent = 0;
+        while (sent < (size_t)n) {
+            ssize_t m = send(t->fd[1 - d], r->buf + sent, (size_t)n - sent,
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (m < 0) {
+                if (errno == EINTR) continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+                fail_reason(reason, rsize, d ? "send to client" : "send upstream", errno);
+                return -1;
+            }
+            sent += (size_t)m;
+        }
+        if (sent < (size_t)n) { /* the destination is full: keep the rest, stop reading */
+            if (dir->cap < BUF_SIZE) {
+                char *grown = realloc(dir->pend, BUF_SIZE);
+                if (grown == NULL) {
+                    snprintf(reason, rsize, "out of memory");
+                    return -1;
+                }
+                dir->pend = grown;
+                dir->cap = BUF_SIZE;
+            }
+            memcpy(dir->pend, r->buf + sent, (size_t)n - sent);
+            dir->plen = (size_t)n - sent;
+            dir->poff = 0;
+        }
+        if ((size_t)n < BUF_SIZE) break; /* the socket is likely empty: back to epoll */
+    }
+    return 0;
+}
+
+/* An epoll event on side s of a tunnel; the mutex is held. */
+static void on_event(Relay *r, Tunnel *t, size_t slot, int s, uint32_t events) {
+    char reason[96] = "";
+    int end = 0;
+    int other = 1 - s;
+    if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && t->dir[other].plen > 0) {
+        int sent = flush(t, other, reason, sizeof reason);
+        if (sent < 0) end = 1;
+        else if (sent > 0 && t->dir[other].eof) end = pass_eof(t, other);
+        else if (sent > 0 && pump(r, t, other, reason, sizeof reason) != 0)
+            end = 1; /* drained: read the source again now, not one epoll round later */
+    }
+    if (!end && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
+        int got = pump(r, t, s, reason, sizeof reason);
+        if (got != 0) end = 1;
+    }
+    if (!end && (events & EPOLLERR)) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(t->fd[s], SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) {
+            fail_reason(reason, sizeof reason, s ? "upstream" : "client", err);
+            end = 1;
+        }
+    }
+    if (!end && (events & EPOLLHUP) && t->dir[s].eof && t->dir[other].plen == 0) {
+        end = 1; /* both ways closed on that side: nothing more can move */
+        if (s == 0) snprintf(reason, sizeof reason, "client closed");
+    }
+    if (!end && update_interest(r, t, slot) < 0) {
+        fail_reason(reason, sizeof reason, "epoll", errno);
+        end = 1;
+    }
+    if (end) finish(r, t, reason);
+}
+
+static void *run(void *arg) {
+    Relay *r = (Relay *)arg;
+    struct epoll_event events[64];
+    for (;;) {
+        int n = epoll_wait(r->ep, events, 64, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        pthread_mutex_lock(&r->mu);
+        if (r->stopping) {
+            pthread_mutex_unlock(&r->mu);
+            break;
+        }
+        size_t before = r->ndone;
+        for (int i = 0; i < n; i++) {
+            uint64_t tag = events[i].data.u64;
+            if (tag == WAKE_TAG) continue;
+            size_t slot = (size_t)((tag >> 1) & 0xffffffffu);
+            uint32_t gen = (uint32_t)(tag >> 33);
+            if (slot >= r->nslots) continue;
+            Tunnel *t = &r->slots[slot];
+            if (!t->used || (t->gen & 0x7fffffffu) != gen) continue; /* ended meanwhile */
+            on_event(r, t, slot, (int)(tag & 1), events[i].events);
+        }
+        int report = r->ndone != before;
+        pthread_mutex_unlock(&r->mu);
+        if (report) {
+            uint64_t one = 1;
+            ssize_t ignored = write(r->notify, &one, sizeof one);
+            (void)ignored;
+        }
+    }
+    return NULL;
+}
+
+static void stop(Relay *r) {
+    if (r->running) {
+        pthread_mutex_lock(&r->mu);
+        r->stopping = 1;
+        pthread_mutex_unlock(&r->mu);
+        uint64_t one = 1;
+        ssize_t ignored = write(r->wake, &one, sizeof one);
+        (void)ignored;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(r->thread, NULL);
+        Py_END_ALLOW_THREADS
+        r->running = 0;
+    }
+    for (size_t i = 0; i < r->nslots; i++)
+        if (r->slots[i].used) release(r, &r->slots[i]);
+    if (r->ep >= 0) close(r->ep);
+    if (r->notify >= 0) close(r->notify);
+    if (r->wake >= 0) close(r->wake);
+    r->ep = r->notify = r->wake = -1;
+}
+
+static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (!PyArg_ParseTuple(args, ":Relay")) return NULL;
+    Relay *r = (Relay *)type->tp_alloc(type, 0);
+    if (r == NULL) return NULL;
+    r->ep = r->notify = r->wake = -1;
+    pthread_mutex_init(&r->mu, NULL);
+    r->buf = malloc(BUF_SIZE);
+    r->ep = epoll_create1(EPOLL_CLOEXEC);
+    r->notify = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->buf == NULL || r->ep < 0 || r->notify < 0 || r->wake < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(r);
+        return NULL;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_TAG};
+    if (epoll_ctl(r->ep, EPOLL_CTL_ADD, r->wake, &ev) < 0 ||
+        (errno = pthread_create(&r->thread, NULL, run, r)) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(r);
+        return NULL;
+    }
+    r->running = 1;
+    return (PyObject *)r;
+}
+
+static void relay_dealloc(Relay *r) {
+    PyTypeObject *type = Py_TYPE(r);
+    stop(r);
+    free(r->slots);
+    free(r->done);
+    free(r->buf);
+    pthread_mutex_destroy(&r->mu);
+    type->tp_free((PyObject *)r);
+    Py_DECREF(type);
+}
+
+static int set_pending(Dir *dir, const char *data, Py_ssize_t len) {
+    if (len == 0) return 0;
+    if ((dir->pend = malloc((size_t)len)) == NULL) return -1;
+    dir->cap = (size_t)len;
+    memcpy(dir->pend, data, (size_t)len);
+    dir->plen = (size_t)len;
+    return 0;
+}
+
+static PyObject *relay_add(Relay *r, PyObject *args) {
+    int cfd, ufd;
+    Py_buffer up, down;
+    if (!PyArg_ParseTuple(args, "iiy*y*:add", &cfd, &ufd, &up, &down)) return NULL;
+    PyObject *result = NULL;
+    pthread_mutex_lock(&r->mu);
+    if (r->stopping || !r->running) {
+        PyErr_SetString(PyExc_ValueError, "the relay is closed");
+        goto out;
+    }
+    size_t slot = 0;
+    while (slot < r->nslots && r->slots[slot].used) slot++;
+    if (slot == r->nslots) {
+        size_t n = r->nslots ? r->nslots * 2 : 64;
+        Tunnel *grown = realloc(r->slots, n * sizeof(Tunnel));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        memset(grown + r->nslots, 0, (n - r->nslots) * sizeof(Tunnel));
+        r->slots = grown;
+        r->nslots = n;
+    }
+    Tunnel *t = &r->slots[slot];
+    uint32_t gen = t->gen;
+    memset(t, 0, sizeof *t);
+    t->gen = gen;
+    t->fd[0] = fcntl(cfd, F_DUPFD_CLOEXEC, 3);
+    t->fd[1] = t->fd[0] < 0 ? -1 : fcntl(ufd, F_DUPFD_CLOEXEC, 3);
+    if (t->fd[1] < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        if (t->fd[0] >= 0) close(t->fd[0]);
+        goto out;
+    }
+    if (set_pending(&t->dir[0], up.buf, up.len) < 0 ||
+        set_pending(&t->dir[1], down.buf, down.len) < 0) {
+        PyErr_NoMemory();
+        close(t->fd[0]);
+        close(t->fd[1]);
+        free(t->dir[0].pend);
+        free(t->dir[1].pend);
+        goto out;
+    }
+    t->used = 1;
+    for (int s = 0; s < 2; s++) {
+        struct epoll_event ev = {.events = 0, .data.u64 = tag_of(slot, t->gen, s)};
+        if (epoll_ctl(r->ep, EPOLL_CTL_ADD, t->fd[s], &ev) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            if (s == 1) epoll_ctl(r->ep, EPOLL_CTL_DEL, t->fd[0], NULL);
+            for (int k = 0; k < 2; k++) {
+                close(t->fd[k]);
+                free(t->dir[k].pend);
+                t->dir[k].pend = NULL;
+            }
+            t->used = 0;
+            goto out;
+        }
+    }
+    /* The first bytes (the ClientHello) go out now, from this thread: the relay thread need
+     * not wake up for them (one scheduling hop less on each tunnel's way). */
+    uint64_t handle = handle_of(slot, t->gen);
+    char reason[96] = "";
+    int ended = 0;
+    for (int d = 0; d < 2 && !ended; d++)
+        if (pending(&t->dir[d]) > 0 && flush(t, d, reason, sizeof reason) < 0) ended = 1;
+    if (!ended && update_interest(r, t, slot) < 0) {
+        fail_reason(reason, sizeof reason, "epoll", errno);
+        ended = 1;
+    }
+    if (ended) { /* reported like any end: the caller hears of it through finished() */
+        finish(r, t, reason);
+        uint64_t one = 1;
+        ssize_t ignored = write(r->notify, &one, sizeof one);
+        (void)ignored;
+    }
+    result = PyLong_FromUnsignedLongLong(handle);
+out:
+    pthread_mutex_unlock(&r->mu);
+    PyBuffer_Release(&up);
+    PyBuffer_Release(&down);
+    return result;
+}
+
+static PyObject *relay_cancel(Relay *r, PyObject *arg) {
+    unsigned long long handle = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    size_t slot = (size_t)(handle & 0xffffffffu);
+    uint32_t gen = (uint32_t)(handle >> 32);
+    PyObject *result = Py_None;
+    unsigned long long up = 0, down = 0;
+    int found = 0;
+    pthread_mutex_lock(&r->mu);
+    if (slot < r->nslots && r->slots[slot].used && r->slots[slot].gen == gen) {
+        Tunnel *t = &r->slots[slot];
+        up = t->bytes[0];
+        down = t->bytes[1];
+        release(r, t);
+        found = 1;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (found) return Py_BuildValue("(KK)", up, down);
+    Py_INCREF(result);
+    return result;
+}
+
+static PyObject *relay_finished(Relay *r, PyObject *unused) {
+    uint64_t count;
+    ssize_t ignored = read(r->notify, &count, sizeof count);
+    (void)ignored;
+    pthread_mutex_lock(&r->mu);
+    PyObject *list = PyList_New((Py_ssize_t)r->ndone);
+    if (list != NULL) {
+        for (size_t i = 0; i < r->ndone; i++) {
+            Done *d = &r->done[i];
+            PyObject *item = Py_BuildValue("(KKKs)", (unsigned long long)d->handle, d->up,
+                                           d->down, d->reason);
+            if (item == NULL) {
+                Py_CLEAR(list);
+                break;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+        }
+        if (list != NULL) r->ndone = 0;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return list;
+}
+
+static PyObject *relay_fileno(Relay *r, PyObject *unused) { return PyLong_FromLong(r->notify); }
+
+static PyObject *relay_count(Relay *r, PyObject *unused) {
+    size_t n = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->nslots; i++) n += r->slots[i].used != 0;
+    pthread_mutex_unlock(&r->mu);
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *relay_close(Relay *r, PyObject *unused) {
+    stop(r);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef relay_methods[] = {
+    {"add", (PyCFunction)relay_add, METH_VARARGS, "relay an admitted tunnel; its handle"},
+    {"cancel", (PyCFunction)relay_cancel, METH_O, "end a tunnel now; (up, down) or None"},
+    {"finished", (PyCFunction)relay_finished, METH_NOARGS, "[(handle, up, down, reason)]"},
+    {"fileno", (PyCFunction)relay_fileno, METH_NOARGS, "readable when tunnels finished"},
+    {"open_tunnels", (PyCFunction)relay_count, METH_NOARGS, "tunnels being relayed"},
+    {"close", (PyCFunction)relay_close, METH_NOARGS, "end every tunnel, stop the thread"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot relay_slots[] = {
+    {Py_tp_new, relay_new},
+    {Py_tp_dealloc, relay_dealloc},
+    {Py_tp_methods, relay_methods},
+    {Py_tp_doc, "One relay thread with its own epoll for the admitted tunnels of a proxy."},
+    {0, NULL},
+};
+
+static PyType_Spec relay_spec = {"_relay.Relay", sizeof(Relay), 0, Py_TPFLAGS_DEFAULT,
+                                 relay_slots};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_relay", NULL, -1, NULL};
+
+/* tunnels.py loads a build only when VERSION is the one it expects (a stale build is ignored). */
+PyMODINIT_FUNC PyInit__relay(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    PyObject *type = PyType_FromSpec(&relay_spec);
+    if (type == NULL || PyModule_AddObject(m, "Relay", type) < 0 ||
+        PyModule_AddIntConstant(m, "VERSION", 1) < 0) {
+        Py_XDECREF(type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
