@@ -629,3 +629,30 @@ def test_a_response_transfer_coding_the_gateway_cannot_undo_is_refused(
         sock.sendall(_get(b"/echo", ticket, b"Connection: close\r\n"))
         got, _ = _responses(sock)
     assert [m["status"] for m in got] == [502]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/h1/server.py data_received cancels the timer first, and after a refusal "
+    "that timer is the lingering close: a client that keeps sending keeps the refused "
+    "connection open forever",
+)
+def test_a_refused_connection_closes_even_if_the_client_keeps_sending(
+    gateway: Gateway, upstreams: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serving, "_KEEP_ALIVE", 0.5)
+    upstream = upstreams(lambda n, _: OK)
+    gw, _ = gateway(upstream.url)
+    with _connect(gw.url) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        deadline = time.monotonic() + 6  # the linger is 2 s
+        closed = False
+        while time.monotonic() < deadline and not closed:
+            try:
+                sock.sendall(b"x")  # once the server has closed, a send is reset
+            except OSError:
+                closed = True
+            time.sleep(0.1)
+        assert closed
+    assert upstream.requests == []
