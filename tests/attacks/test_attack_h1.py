@@ -240,10 +240,6 @@ def _get(path: bytes, ticket: Ticket, extra: bytes = b"") -> bytes:
 # ---------------------------------------------------------------------------- upstream side
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/h1/client.py parses on past the end of a response in the same read (status, headers and body of the next message are merged into this one) and gateway/http/upstream.py _pump sends bytes past the response's Content-Length: the client sees a second, forged response",
-)
 def test_upstream_bytes_after_a_response_never_reach_the_client(
     gateway: Gateway, upstreams: Any, ticket: Ticket
 ) -> None:
@@ -468,10 +464,6 @@ def test_http10_keep_alive_requests_are_each_judged(
     assert b"/items/1" not in upstream.urls()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/h1/server.py on_header appends trailer fields to the request's headers after on_headers_complete, uncounted (in_head is False): no 431, and trailers in the head's read are forwarded upstream as headers",
-)
 def test_trailers_are_bounded_like_headers(
     gateway: Gateway, upstreams: Any, ticket: Ticket
 ) -> None:
@@ -496,11 +488,6 @@ def test_trailers_are_bounded_like_headers(
     assert upstream.requests == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/h1/server.py checks the 64 kB limit only when a read ends inside a head: "
-    "a head that completes within a read (here 120 kB over two reads) is never checked",
-)
 def test_a_head_larger_than_the_limit_is_refused_however_it_arrives(
     gateway: Gateway, upstreams: Any, ticket: Ticket
 ) -> None:
@@ -517,10 +504,6 @@ def test_a_head_larger_than_the_limit_is_refused_however_it_arrives(
     assert upstream.requests == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/h1/server.py data_received cancels the keep-alive timer on the first byte and nothing re-arms it until a response: an unfinished head holds the connection forever",
-)
 def test_a_request_head_sent_a_byte_at_a_time_does_not_hold_a_connection_forever(
     gateway: Gateway, upstreams: Any, ticket: Ticket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -543,12 +526,6 @@ def test_a_request_head_sent_a_byte_at_a_time_does_not_hold_a_connection_forever
         assert closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/h1/server.py parses a whole read while a request is in flight and queues "
-    "every pipelined request in it (a Cycle with its scope each: ~30-55x the bytes sent, "
-    "~14 MB per connection for a 256 kB read); h11 before held one request at a time",
-)
 def test_requests_pipelined_behind_a_slow_one_are_not_all_queued() -> None:
     """A client pipelines 3 000 tiny requests (54 kB, one read) behind one the app is still
     answering: the server may queue a few, not build them all in memory."""
@@ -606,12 +583,6 @@ def test_a_malformed_pipelined_request_never_answers_for_the_one_before_it(
         assert statuses in ([400], [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/h1/client.py accepts a response Transfer-Encoding other than chunked "
-    "(llhttp undoes only the chunks) and the relay drops the header: the client gets the "
-    "still-coded body, which the echo masker never saw decoded (httpx refused it: 502)",
-)
 @pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip"])
 def test_a_response_transfer_coding_the_gateway_cannot_undo_is_refused(
     gateway: Gateway, upstreams: Any, ticket: Ticket, coding: bytes
@@ -631,12 +602,6 @@ def test_a_response_transfer_coding_the_gateway_cannot_undo_is_refused(
     assert [m["status"] for m in got] == [502]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/h1/server.py data_received cancels the timer first, and after a refusal "
-    "that timer is the lingering close: a client that keeps sending keeps the refused "
-    "connection open forever",
-)
 def test_a_refused_connection_closes_even_if_the_client_keeps_sending(
     gateway: Gateway, upstreams: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
