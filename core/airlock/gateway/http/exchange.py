@@ -79,6 +79,8 @@ class Exchange:
     forwarded: bool = False
     body: RequestBody | None = None
     hold: Hold | None = None
+    # says whether the client has left, without awaiting (the h1 server's scope extension)
+    client_gone: Callable[[], bool] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 

@@ -29,6 +29,7 @@ from airlock.policy.gateways import HttpGatewayConfig
 __all__ = ["Upstream"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Gone = Callable[[], bool]  # has the client left?
 _WHOLE = 64 * 1024  # text responses up to this size (by Content-Length) are masked whole
 
 _HOP_BY_HOP = frozenset(
@@ -85,12 +86,17 @@ class Upstream:
             raise Refused(
                 502, "upstream unreachable", "check the upstream URL", upstream=error_name(exc)
             ) from None
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(body.watch_disconnect(gone))
+        watcher = None
+        gone = ex.client_gone
+        if gone is None:  # a server without the h1 extension: a task awaits http.disconnect
+            event = asyncio.Event()
+            watcher = asyncio.create_task(body.watch_disconnect(event))
+            gone = event.is_set
         try:
             await self._relay(ex, response, send, gone)
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await response.aclose()
 
     def _upstream_request(self, ex: Exchange, body: RequestBody) -> Request:
@@ -114,9 +120,7 @@ class Upstream:
         self._injector.apply(request, content if isinstance(content, bytes) else None)
         return request
 
-    async def _relay(
-        self, ex: Exchange, response: Response, send: Send, gone: asyncio.Event
-    ) -> None:
+    async def _relay(self, ex: Exchange, response: Response, send: Send, gone: Gone) -> None:
         masked = self._masks_echo(ex, response)
         drop = _HOP_BY_HOP | ({"content-length"} if masked else set())
         headers = [
@@ -151,13 +155,13 @@ class Upstream:
             await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _read_whole(
-        self, response: Response, tap: BodyTap, gone: asyncio.Event
+        self, response: Response, tap: BodyTap, gone: Gone
     ) -> tuple[bytes, str | None]:
         """The whole (small) body, and any error."""
         data = bytearray()
         try:
             async for chunk in response.aiter_raw():
-                if gone.is_set():
+                if gone():
                     return b"", "client disconnected mid-response"
                 tap.feed(chunk)
                 data += chunk
@@ -171,7 +175,7 @@ class Upstream:
         send: Send,
         tap: BodyTap,
         echo: EchoMask | None,
-        gone: asyncio.Event,
+        gone: Gone,
     ) -> tuple[bytes, str | None]:
         """Relay the body; return the bytes held back for the last message, and any error."""
         # With a Content-Length the last chunk is known by its size and held back.
@@ -180,7 +184,7 @@ class Upstream:
         chunks = response.aiter_raw()
         try:
             while (chunk := await self._next_chunk(chunks, echo, send)) is not None:
-                if gone.is_set():
+                if gone():
                     return b"", "client disconnected mid-response"
                 tap.feed(chunk)
                 if length is not None and tap.size >= length:
