@@ -34,17 +34,18 @@ _WHOLE = 64 * 1024  # text responses up to this size (by Content-Length) are mas
 
 _HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-        "host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"host",
     }
 )
+_HOP_BY_HOP_LENGTH = _HOP_BY_HOP | {b"content-length"}
 # Responses that can carry an echo of the credential as text (and are masked for the client).
 _TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
 
@@ -69,6 +70,9 @@ class Upstream:
         self._log = log
         self._cap = config.record_bodies
         self._echo = _echo_masker(injector, config.name) if mask_echo else None
+        # request headers not forwarded (as lower-case bytes, the way they are compared)
+        self._drop = _HOP_BY_HOP | {n.lower().encode("latin-1") for n in injector.strip}
+        self._drop_buffered = self._drop | {b"content-length"}
 
     async def forward(self, ex: Exchange, body: RequestBody, send: Send) -> None:
         """Send the request upstream with the held credential and relay the response."""
@@ -105,8 +109,8 @@ class Upstream:
             target += "?" + ex.query
         # the whole body is in memory: read without a hold, or held but small enough to sign
         buffered = body.done and (body.spool is None or len(body.buffer) == body.held_size)
-        drop = _HOP_BY_HOP | self._injector.strip | ({"content-length"} if buffered else set())
-        headers = [(k, v) for k, v in ex.headers if k.decode("latin-1").lower() not in drop]
+        drop = self._drop_buffered if buffered else self._drop
+        headers = [(k, v) for k, v in ex.headers if k.lower() not in drop]
         content: bytes | AsyncIterator[bytes]
         if buffered:
             content = bytes(body.buffer)
@@ -122,10 +126,8 @@ class Upstream:
 
     async def _relay(self, ex: Exchange, response: Response, send: Send, gone: Gone) -> None:
         masked = self._masks_echo(ex, response)
-        drop = _HOP_BY_HOP | ({"content-length"} if masked else set())
-        headers = [
-            (k, v) for k, v in response.raw_headers if k.decode("latin-1").lower() not in drop
-        ]
+        drop = _HOP_BY_HOP_LENGTH if masked else _HOP_BY_HOP
+        headers = [(k, v) for k, v in response.raw_headers if k.lower() not in drop]
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
         tap = BodyTap(self._cap)
         # The response is recorded before its last byte is sent: once the client has the whole
