@@ -6,11 +6,12 @@ client never holds a response the log lacks."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from tests.gateway.http.conftest import TOKEN, GatewayFactory
+from tests.gateway.http.conftest import TOKEN, GatewayFactory, Recorder
 from tests.gateway.http.servers import serving, upstream_app
 
 from airlock.errors import RecordingError
@@ -133,3 +134,23 @@ def test_a_response_is_recorded_before_the_client_has_all_of_it(
         gw.close()
     assert len(held) == 2
     assert all(size < len(whole) for size in held), (held, len(whole))
+
+
+def test_a_client_that_leaves_mid_response_is_noticed_and_recorded(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    """No watcher task: the h1 server's ``airlock.client_gone`` says the client left, the relay
+    stops and ``http.response`` records why."""
+    gw = make_gateway()
+    with socket.create_connection(gw.address) as sock:
+        sock.sendall(
+            f"GET /slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ticket.value}\r\n\r\n".encode()
+        )
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the head and the first tick
+    for _ in range(500):  # the upstream sends a tick every 0.1 s: the next one finds it gone
+        if recorder.of("http.response"):
+            break
+        time.sleep(0.01)
+    (response,) = recorder.of("http.response")
+    assert response["status"] == 200 and response["error"] == "client disconnected mid-response"
