@@ -59,16 +59,16 @@ class Response:
         self.status_code = status
         self.raw_headers = headers
         self._closed = False
-        self._index: dict[bytes, bytes] | None = None
+        self._index: dict[str, str] | None = None
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (lower-case), or ``""``."""
-        if self._index is None:
-            self._index = {}
+        index = self._index
+        if index is None:  # built once, decoded: the gateway asks about five times a response
+            index = self._index = {}
             for key, value in self.raw_headers:
-                self._index.setdefault(key.lower(), value)
-        found = self._index.get(name.encode("latin-1"))
-        return "" if found is None else found.decode("latin-1")
+                index.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+        return index.get(name, "")
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked framing undone); raises :class:`UpstreamError`."""
@@ -195,6 +195,10 @@ def _default_ssl_context() -> ssl.SSLContext:
     return context
 
 
+class _Trailing(Exception):
+    """Bytes after the end of a response."""
+
+
 class _Connection(asyncio.Protocol):
     """One connection to the upstream: one exchange at a time."""
 
@@ -236,6 +240,12 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Trailing):
+                self.keep_alive = False  # the response stands; the connection is never reused
+            else:
+                self._fail(RemoteProtocolError(f"malformed response from the upstream: {exc}"))
+            self.transport.close()
         except httptools.HttpParserError as exc:
             self._fail(RemoteProtocolError(f"malformed response from the upstream: {exc}"))
             self.transport.close()
@@ -250,10 +260,17 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parser callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the response: never parsed as the next one
+            raise _Trailing
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        codings = [v for k, v in self.headers if k.lower() == b"transfer-encoding"]
+        if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+            raise ValueError("a Transfer-Encoding other than chunked")  # never relayed coded
         status = self.parser.get_status_code()
         if status < 200:  # 1xx (103 Early Hints): not the response; its headers are dropped
             self.headers = []
