@@ -184,6 +184,13 @@ def _register_session(ci_sub: Any) -> None:
     add_flag(parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy")
     add_flag(
         parser,
+        "--policy-sha256",
+        env="AIRLOCK_POLICY_SHA256",
+        metavar="HEX",
+        help="SHA-256 of the policy file's exact bytes (see airlock run --help)",
+    )
+    add_flag(
+        parser,
         "--record-scripts",
         env="AIRLOCK_BRACKET_RECORD_SCRIPTS",
         action="store_true",
