@@ -141,8 +141,9 @@ def load_session_policy(
             raise PolicyPinError(
                 f"refusing the policy file {path}: {reason}",
                 hint=(
-                    "inline the policy (a multi-line policy: input) or pin it with "
-                    "policy-sha256 (--policy-sha256, AIRLOCK_POLICY_SHA256) set to its SHA-256"
+                    "inline the policy or pin it with policy-sha256: give the YAML itself as a "
+                    "multi-line policy value, or set policy-sha256 (--policy-sha256, "
+                    "AIRLOCK_POLICY_SHA256) to `sha256sum` of the file as committed"
                 ),
             )
     policy = policy_from_bytes(raw, str(path))
