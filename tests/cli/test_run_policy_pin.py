@@ -156,3 +156,36 @@ def test_an_inline_policy_takes_no_pin_and_a_bad_pin_is_a_usage_error(tmp_path: 
     _policy(tmp_path, TRUSTED.encode())
     done, events = run(tmp_path, "--policy", "airlock.yaml", "--policy-sha256", "abc")
     _refused(done, events, "must be the 64 hex digits")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gateway", "--policy", "airlock.yaml"],
+        ["mcp", "--policy", "airlock.yaml", "--", "true"],
+        ["gate", "request", "--policy", "airlock.yaml", "--backend", "file", "--operation", "x"],
+    ],
+    ids=["gateway", "mcp", "gate"],
+)
+def test_the_other_commands_that_read_a_policy_refuse_it_too(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    _policy(tmp_path, TRUSTED.encode())
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "AIRLOCK"))}
+    done = subprocess.run(
+        [AIRLOCK, *argv],
+        env={
+            **base,
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "GITHUB_EVENT_NAME": "workflow_run",
+        },
+        cwd=tmp_path / "work",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 80, done.stderr
+    assert "inline the policy or pin it with policy-sha256" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["airlock.yaml"]  # no state

@@ -139,11 +139,12 @@ def load_session_policy(
         reason = pin_required_reason(environ)
         if reason is not None:
             raise PolicyPinError(
-                f"refusing the policy file {path}: {reason}",
+                "inline the policy or pin it with policy-sha256: the policy file "
+                f"{path} is not pinned, and {reason}",
                 hint=(
-                    "inline the policy or pin it with policy-sha256: give the YAML itself as a "
-                    "multi-line policy value, or set policy-sha256 (--policy-sha256, "
-                    "AIRLOCK_POLICY_SHA256) to `sha256sum` of the file as committed"
+                    "give the YAML itself as a multi-line policy value, or set policy-sha256 "
+                    "(--policy-sha256, AIRLOCK_POLICY_SHA256) to `sha256sum` of the file as "
+                    "committed"
                 ),
             )
     policy = policy_from_bytes(raw, str(path))
