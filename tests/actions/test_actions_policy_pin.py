@@ -76,13 +76,13 @@ def test_run_accepts_an_inline_or_pinned_policy_under_pull_request_target(
     assert policy["origin"] == ("pinned" if pinned else "inline")
 
 
-def _main(runner: Runner, phase: str, action_yml: Path, **inputs: str) -> Any:
+def _main(runner: Runner, step: str, action_yml: Path, **inputs: str) -> Any:
     extra = {
         **UNTRUSTED,
         "AIRLOCK_ACTION_YML": str(action_yml),
         **{f"INPUT_{k.upper()}": v for k, v in inputs.items()},
     }
-    return runner.ci("action", phase, extra=extra, timeout=120)
+    return runner.ci("action", step, extra=extra, timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -112,3 +112,19 @@ def test_the_root_action_runs_an_inline_policy_under_pull_request_target(runner:
     policy = _session_start(sessions)["data"]["policy"]
     assert policy["origin"] == "inline"
     assert policy["bytes_sha256"] == "sha256:" + hashlib.sha256(POLICY.encode()).hexdigest()
+
+
+def test_the_session_action_records_with_an_inline_policy_under_pull_request_target(
+    runner: Runner,
+) -> None:
+    """The bracket's recorder is another process: the inline policy reaches it intact."""
+    yml = REPO / "actions" / "session" / "action.yml"
+    inline = POLICY + "sandbox: {mode: off}\n"
+    start = _main(runner, "session-main", yml, policy=inline)
+    assert start.returncode == 0, start.stderr
+    stop = _main(runner, "session-main", yml, policy=inline, phase="stop")
+    assert stop.returncode == 0, stop.stderr
+    (events,) = (runner.root / "temp").rglob("events.jsonl")
+    policy = _session_start(events.parent.parent)["data"]["policy"]
+    assert policy["origin"] == "inline"
+    assert policy["bytes_sha256"] == "sha256:" + hashlib.sha256(inline.encode()).hexdigest()
