@@ -143,11 +143,12 @@ def test_the_pin_is_over_the_exact_bytes_crlf_is_another_file(tmp_path: Path) ->
 
 
 def test_an_inline_policy_is_accepted_where_a_file_is_not(tmp_path: Path) -> None:
-    done, events = run(tmp_path, "--policy", TRUSTED, event="pull_request_target")
+    inline = "# from https://example.com//policies/\n" + TRUSTED  # kept byte for byte
+    done, events = run(tmp_path, "--policy", inline, event="pull_request_target")
     assert done.returncode == 0, done.stderr
     recorded = events[0]["data"]["policy"]
     assert recorded["origin"] == "inline" and recorded["source"] == "inline"
-    assert recorded["bytes_sha256"] == "sha256:" + _sha(TRUSTED.encode())
+    assert recorded["bytes_sha256"] == "sha256:" + _sha(inline.encode())
 
 
 def test_an_inline_policy_takes_no_pin_and_a_bad_pin_is_a_usage_error(tmp_path: Path) -> None:

@@ -40,7 +40,11 @@ def default_sessions_dir() -> Path:
 def add_session_flags(parser: argparse.ArgumentParser) -> None:
     """--policy, --sessions and --key: what every command that records a session takes."""
     add_flag(
-        parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy (airlock.yaml)"
+        parser,
+        "--policy",
+        env="AIRLOCK_POLICY",
+        # str, not Path: an inline policy (it holds a newline) is kept byte for byte
+        help="session policy: a file (airlock.yaml), or the YAML itself when it holds a newline",
     )
     add_flag(
         parser,

@@ -82,7 +82,6 @@ def _register_request(actions: Any) -> None:
         parser,
         "--policy",
         env="AIRLOCK_POLICY",
-        type=Path,
         help="session policy whose mask rules (env secrets, patterns) clean the operation text",
     )
     add_flag(

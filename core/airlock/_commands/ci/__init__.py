@@ -181,7 +181,7 @@ def _register_session(ci_sub: Any) -> None:
         type=Path,
         help="state directory (default: $RUNNER_TEMP/airlock/bracket)",
     )
-    add_flag(parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy")
+    add_flag(parser, "--policy", env="AIRLOCK_POLICY", help="session policy (a file, or inline)")
     add_flag(
         parser,
         "--policy-sha256",
