@@ -170,3 +170,15 @@ def test_credentials_from_the_broker_masked_witnessed_revoked(
     assert STATIC_VALUE not in events and '"credential.issued"' in events
     manifest = json.loads(next(archive.rglob("manifest.json")).read_text())
     assert manifest["checkpoints"], "the broker witnessed the session as it ran"
+
+
+def test_pull_request_target_refuses_the_checkout_policy_and_runs_an_inline_one(
+    act_repo: Path,
+) -> None:
+    """act runs the workflow as GitHub runs pull_request_target: GITHUB_EVENT_NAME says so."""
+    done = run_act(act_repo, "policytarget.yml", {}, event="pull_request_target")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "inline the policy or pin it with policy-sha256" in log
+    assert "must not run" not in log  # the unpinned session never started
+    assert "policytarget: unpinned=failure inline-exit=0" in log

@@ -40,7 +40,10 @@ def _value(expr: str, inputs: dict[str, str], action_path: Path) -> str:
 
 
 def _run_step(
-    runner: Runner, step: dict[str, Any], inputs: dict[str, str]
+    runner: Runner,
+    step: dict[str, Any],
+    inputs: dict[str, str],
+    extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """One composite step as the runner runs it: its env evaluated, its script under bash."""
     env = {
@@ -50,7 +53,7 @@ def _run_step(
     assert "${{" not in step["run"]  # never an expression inside a script
     return subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-        env=runner.env({**env, "GITHUB_WORKSPACE": str(runner.root / "work")}),
+        env=runner.env({**env, "GITHUB_WORKSPACE": str(runner.root / "work"), **(extra or {})}),
         cwd=runner.root / "work",
         capture_output=True,
         text=True,
@@ -65,16 +68,17 @@ def _inputs(action: str, given: dict[str, str]) -> dict[str, str]:
 
 
 def run_composite(
-    runner: Runner, action: str, given: dict[str, str]
+    runner: Runner, action: str, given: dict[str, str], extra: dict[str, str] | None = None
 ) -> tuple[int, str, str, list[str]]:
-    """(exit status, stdout, stderr, names of the steps that ran) up to the first failure."""
+    """(exit status, stdout, stderr, names of the steps that ran) up to the first failure;
+    ``extra``: more of the runner's environment (GITHUB_EVENT_NAME, …)."""
     inputs = _inputs(action, given)
     ran: list[str] = []
     out = err = ""
     for step in _steps(action)[1]:
         if step.get("id") == "install":
             continue
-        done = _run_step(runner, step, inputs)
+        done = _run_step(runner, step, inputs, extra)
         ran.append(step["name"])
         out, err = out + done.stdout, err + done.stderr
         if done.returncode != 0:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_flag", "add_session_flags", "default_sessions_dir"]
+__all__ = ["add_flag", "add_session_flags", "default_sessions_dir", "session_policy"]
+
+if TYPE_CHECKING:
+    from airlock.policy import Policy
+    from airlock.policy.pin import PolicySource
 
 
 def add_flag(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: Any) -> None:
@@ -36,7 +40,21 @@ def default_sessions_dir() -> Path:
 def add_session_flags(parser: argparse.ArgumentParser) -> None:
     """--policy, --sessions and --key: what every command that records a session takes."""
     add_flag(
-        parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy (airlock.yaml)"
+        parser,
+        "--policy",
+        env="AIRLOCK_POLICY",
+        # str, not Path: an inline policy (it holds a newline) is kept byte for byte
+        help="session policy: a file (airlock.yaml), or the YAML itself when it holds a newline",
+    )
+    add_flag(
+        parser,
+        "--policy-sha256",
+        env="AIRLOCK_POLICY_SHA256",
+        metavar="HEX",
+        help=(
+            "SHA-256 of the policy file's exact bytes: any other file is refused; required "
+            "under pull_request_target, issue_comment and workflow_run unless the policy is inline"
+        ),
     )
     add_flag(
         parser,
@@ -47,3 +65,12 @@ def add_session_flags(parser: argparse.ArgumentParser) -> None:
         help="directory that holds session logs (default: .airlock/sessions)",
     )
     add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, help="Ed25519 signing key (PEM)")
+
+
+def session_policy(args: argparse.Namespace) -> tuple[Policy, PolicySource]:
+    """The policy --policy (a path, or inline YAML when it holds a newline) and
+    --policy-sha256 name, checked against this job's event (:mod:`airlock.policy.pin`)."""
+    from airlock.policy.pin import load_session_policy, split_policy_value
+
+    path, text = split_policy_value(args.policy)
+    return load_session_policy(path, text=text, pin=args.policy_sha256, environ=os.environ)

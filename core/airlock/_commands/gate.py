@@ -82,8 +82,14 @@ def _register_request(actions: Any) -> None:
         parser,
         "--policy",
         env="AIRLOCK_POLICY",
-        type=Path,
         help="session policy whose mask rules (env secrets, patterns) clean the operation text",
+    )
+    add_flag(
+        parser,
+        "--policy-sha256",
+        env="AIRLOCK_POLICY_SHA256",
+        metavar="HEX",
+        help="SHA-256 of the policy file's exact bytes (see airlock run --help)",
     )
     add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, metavar="PEM", help="signing key")
     add_flag(parser, "--json", env="AIRLOCK_JSON", action="store_true", help="print JSON")
@@ -184,12 +190,12 @@ def _operation(args: argparse.Namespace) -> Operation:
 def _masker(args: argparse.Namespace) -> Masker:
     """What reviewers see is masked like session output: the policy's secrets and patterns,
     and everything the broker issued to this job (values and job token)."""
+    from airlock._commands._common import session_policy
     from airlock.audit import load_signing_key
     from airlock.brokerclient import default_state_dir, load_job_state
     from airlock.jobs.request import build_masker, correlation_key
-    from airlock.policy import DEFAULT_POLICY, load_policy
 
-    policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
+    policy, _ = session_policy(args)
     masker = build_masker(policy, os.environ, correlation_key(load_signing_key(args.key)))
     state = load_job_state(default_state_dir())
     if state is not None:

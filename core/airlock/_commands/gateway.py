@@ -59,19 +59,19 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from airlock._commands._common import session_policy
     from airlock.audit import SessionWriter, load_signing_key
     from airlock.ci import detect_identity
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
     from airlock.gateway.runtime import start_gateways
     from airlock.jobs.request import build_masker, correlation_key
-    from airlock.policy import load_policy
 
     if not args.policy:
         raise UsageError("--policy is required", hint="airlock gateway --policy airlock.yaml")
-    policy = load_policy(args.policy)
+    policy, _ = session_policy(args)
     if not policy.gateways:
-        raise UsageError(f"{args.policy} declares no gateways", hint="add a gateways: section")
+        raise UsageError("the policy declares no gateways", hint="add a gateways: section")
     key = load_signing_key(args.key)
     environ = dict(os.environ)
     masker = build_masker(policy, environ, correlation_key(key))

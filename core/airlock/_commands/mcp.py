@@ -70,15 +70,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
+    from airlock._commands._common import session_policy
     from airlock.audit import SessionWriter, load_signing_key
     from airlock.ci import detect_identity
     from airlock.events import EventType
     from airlock.gate import ApprovalBackend, DenyBackend, FileBackend, approver
     from airlock.gateway.mcp.stdio import serve_stdio
     from airlock.jobs.request import build_masker, correlation_key
-    from airlock.policy import DEFAULT_POLICY, load_policy
 
-    policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
+    policy, _ = session_policy(args)
     config = _gateway_config(policy, args.gateway, argv)
     key = load_signing_key(args.key)
     environ = dict(os.environ)

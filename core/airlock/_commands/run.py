@@ -66,10 +66,14 @@ def _run(args: argparse.Namespace) -> int:
         )
     from airlock.jobs.launch import RunOptions, run_command
     from airlock.jobs.request import CommandNotFound
+    from airlock.policy.pin import split_policy_value
 
+    policy, policy_text = split_policy_value(args.policy)
     options = RunOptions(
         sessions=args.sessions,
-        policy=args.policy,
+        policy=policy,
+        policy_text=policy_text,
+        policy_sha256=args.policy_sha256,
         key=args.key,
         pty=args.pty,
         strace=args.strace,

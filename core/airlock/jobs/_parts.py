@@ -108,7 +108,11 @@ class SessionParts:
                 "argv": [self._masker.mask_text(a) for a in req.argv],
                 "cwd": self._masker.mask_text(req.cwd),
                 "airlock_version": __version__,
-                "policy": {"source": req.policy_source, "sha256": req.policy.digest()},
+                "policy": {
+                    "source": req.policy_source,
+                    "sha256": req.policy.digest(),
+                    **(req.policy_origin or {}),
+                },
                 "pty": self._use_pty(),
                 "mask": {
                     "engine": self._masker.engine_name,

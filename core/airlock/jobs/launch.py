@@ -37,6 +37,8 @@ class RunOptions:
     broker: str | None = None  # a broker that witnesses checkpoints as the session runs
     audience: str | None = None
     state_dir: Path | None = None
+    policy_text: str | None = None  # an inline policy (from the workflow), instead of a file
+    policy_sha256: str | None = None  # the pin: SHA-256 of the policy file's exact bytes
 
 
 def run_command(
@@ -58,9 +60,11 @@ def run_command(
     env = dict(environ)
     identity = _Background(detect_identity, env)
     early_probe = start_probe(options.strace)
-    from airlock.policy import DEFAULT_POLICY, load_policy
+    from airlock.policy.pin import load_session_policy
 
-    policy = load_policy(options.policy) if options.policy else DEFAULT_POLICY
+    policy, origin = load_session_policy(
+        options.policy, text=options.policy_text, pin=options.policy_sha256, environ=env
+    )
     from airlock.capture.prepare import warm_up
 
     tracer_probe = warm_up(policy, options.strace, early_probe)
@@ -80,6 +84,7 @@ def run_command(
             env_removed=tuple(removed_names(env, policy)),
             use_pty=None if options.pty in (None, "auto") else options.pty == "always",
             policy_source=str(options.policy) if options.policy else None,
+            policy_origin=origin.to_dict(),
             strace_path=options.strace,
             tracer_probe=tracer_probe,
             credentials=job.credentials,

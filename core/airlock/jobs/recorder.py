@@ -79,6 +79,8 @@ def read_request(path: Path) -> RecorderRequest:
             broker=as_text("broker"),
             audience=as_text("audience"),
             state_dir=as_path("state_dir"),
+            policy_text=as_text("policy_text"),
+            policy_sha256=as_text("policy_sha256"),
         )
         return RecorderRequest(
             Path(data["journal"]), Path(data["stop"]), Path(data["ready"]), options

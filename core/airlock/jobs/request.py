@@ -65,6 +65,7 @@ class SessionRequest:
     cwd: str = field(default_factory=os.getcwd)
     use_pty: bool | None = None  # None: decide from the policy and whether stdout is a terminal
     policy_source: str | None = None
+    policy_origin: Mapping[str, str | None] | None = None  # PolicySource.to_dict()
     strace_path: str | None = None
     credentials: tuple[IssuedSecret, ...] = ()
     witness: Witness | None = None

@@ -27,7 +27,15 @@ from airlock.policy.model import Policy
 if TYPE_CHECKING:
     import yaml  # imported when a file is read: `airlock run` without --policy does without
 
-__all__ = ["MAX_POLICY_BYTES", "PolicyError", "PolicyProblem", "load_policy", "parse_policy"]
+__all__ = [
+    "MAX_POLICY_BYTES",
+    "PolicyError",
+    "PolicyProblem",
+    "load_policy",
+    "load_policy_bytes",
+    "parse_policy",
+    "policy_from_bytes",
+]
 
 MAX_POLICY_BYTES = 1024 * 1024
 
@@ -66,6 +74,11 @@ class PolicyError(ConfigError):
 
 def load_policy(path: Path) -> Policy:
     """Read and validate the policy file at ``path``; :class:`PolicyError` on any problem."""
+    return policy_from_bytes(load_policy_bytes(path), str(path))
+
+
+def load_policy_bytes(path: Path) -> bytes:
+    """The exact bytes of the policy file at ``path`` (at most 1 MiB), read once."""
     source = str(path)
     try:
         with path.open("rb") as handle:
@@ -78,6 +91,11 @@ def load_policy(path: Path) -> Policy:
         ) from exc
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError([PolicyProblem(source, "", "policy file is larger than 1 MiB")])
+    return raw
+
+
+def policy_from_bytes(raw: bytes, source: str) -> Policy:
+    """Validate a policy file's bytes (UTF-8 YAML); ``source`` names it in messages."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

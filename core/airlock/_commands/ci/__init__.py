@@ -181,7 +181,14 @@ def _register_session(ci_sub: Any) -> None:
         type=Path,
         help="state directory (default: $RUNNER_TEMP/airlock/bracket)",
     )
-    add_flag(parser, "--policy", env="AIRLOCK_POLICY", type=Path, help="session policy")
+    add_flag(parser, "--policy", env="AIRLOCK_POLICY", help="session policy (a file, or inline)")
+    add_flag(
+        parser,
+        "--policy-sha256",
+        env="AIRLOCK_POLICY_SHA256",
+        metavar="HEX",
+        help="SHA-256 of the policy file's exact bytes (see airlock run --help)",
+    )
     add_flag(
         parser,
         "--record-scripts",

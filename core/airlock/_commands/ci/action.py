@@ -32,11 +32,15 @@ __all__ = [
 
 def action_inputs(environ: Mapping[str, str]) -> dict[str, str]:
     """The action's inputs: ``INPUT_<NAME>`` variables (name upper-cased, hyphens kept), trimmed."""
-    return {
+    inputs = {
         key[len("INPUT_") :].lower(): value.strip()
         for key, value in environ.items()
         if key.startswith("INPUT_")
     }
+    policy = environ.get("INPUT_POLICY", "")
+    if "\n" in policy:  # inline YAML: its newlines say so (airlock.policy.pin)
+        inputs["policy"] = policy
+    return inputs
 
 
 def _grants(raw: str) -> list[str]:
@@ -84,7 +88,7 @@ def check_inputs(inputs: Mapping[str, str], declared: set[str] | None = None) ->
             f"unknown input(s) {', '.join(unknown)} for this action",
             hint=f"the inputs are: {', '.join(sorted(declared or ()))}",
         )
-    check_values(inputs)
+    check_values(inputs, os.environ)
 
 
 def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse.Namespace:
@@ -101,10 +105,19 @@ def _finalize_args(inputs: Mapping[str, str], sessions: Path | None) -> argparse
         artifacts=None,
         fail_mode=_fail_mode(inputs.get("fail-mode") or "closed"),
         key=None,
-        # resolved now: the main step may change to working-directory before the run
-        policy=Path(inputs["policy"]).resolve() if inputs.get("policy") else None,
+        policy=_policy_input(inputs.get("policy", "")),
+        policy_sha256=inputs.get("policy-sha256") or None,
         state=None,
     )
+
+
+def _policy_input(value: str) -> str | Path | None:
+    """The policy input: inline YAML as is; a path resolved now (the main step may change to
+    working-directory before the run)."""
+    from airlock.policy.pin import split_policy_value
+
+    path, text = split_policy_value(value)
+    return text if text is not None else (path.resolve() if path is not None else None)
 
 
 def _exchange(inputs: Mapping[str, str], environ: Mapping[str, str]) -> int:
@@ -201,6 +214,7 @@ def _action_main(environ: Mapping[str, str]) -> int:
         environ,
         args.sessions,
         policy=args.policy,
+        policy_sha256=args.policy_sha256,
         sandbox=sandbox,
         broker=broker,
         audience=(inputs.get("audience") or None) if broker else None,

@@ -121,7 +121,8 @@ def run_options(
     environ: Mapping[str, str],
     sessions: Path,
     *,
-    policy: Path | None = None,
+    policy: str | Path | None = None,
+    policy_sha256: str | None = None,
     key: Path | None = None,
     pty: str | None = None,
     sandbox: str | None = None,
@@ -131,6 +132,7 @@ def run_options(
     """``airlock run``'s options for a session this edge starts: what it was given, else the
     ``AIRLOCK_*`` variable ``airlock run`` itself would read."""
     from airlock.jobs.launch import RunOptions
+    from airlock.policy.pin import split_policy_value
 
     def env(name: str) -> str | None:
         return environ.get(name) or None
@@ -139,9 +141,12 @@ def run_options(
         value = env(name)
         return Path(value) if value else None
 
+    policy_path, policy_text = split_policy_value(policy or env("AIRLOCK_POLICY"))
     return RunOptions(
         sessions=sessions,
-        policy=policy or env_path("AIRLOCK_POLICY"),
+        policy=policy_path,
+        policy_text=policy_text,
+        policy_sha256=policy_sha256 or env("AIRLOCK_POLICY_SHA256"),
         key=key or env_path("AIRLOCK_KEY"),
         pty=pty or env("AIRLOCK_PTY"),
         strace=env("AIRLOCK_STRACE"),
@@ -178,6 +183,7 @@ def session_start(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         environ,
         sessions,
         policy=args.policy,
+        policy_sha256=getattr(args, "policy_sha256", None),
         key=getattr(args, "key", None),
         pty="never",
         broker=getattr(args, "broker", None),

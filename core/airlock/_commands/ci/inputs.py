@@ -9,6 +9,7 @@ the fix: exit 80, an ``::error::`` annotation, and no session, lease or approval
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -89,8 +90,10 @@ def _directory(name: str, value: str) -> None:
         )
 
 
-def _file(name: str, value: str) -> None:
-    if not Path(value).is_file():
+def _policy_file(name: str, value: str) -> None:
+    if "\n" in value:  # inline YAML: checked with the pin by _check_policy
+        return
+    if not Path(value.strip()).is_file():
         raise UsageError(
             f"input {name} {value!r} is not a file", hint="give the path relative to the workspace"
         )
@@ -110,7 +113,8 @@ _CHECKS: dict[str, Callable[[str, str], None]] = {
     "fail-mode": _choice("closed", "open"),
     "grants": _grants,
     "kind": _choice(*_KINDS),
-    "policy": _file,
+    "policy": _policy_file,
+    "policy-sha256": lambda name, value: None,  # checked with the policy by _check_policy
     "record-scripts": _boolean,
     "retention-days": _whole,
     "revoke": _boolean,
@@ -120,17 +124,29 @@ _CHECKS: dict[str, Callable[[str, str], None]] = {
 }
 
 
-def check_values(inputs: Mapping[str, str]) -> None:
+def check_values(inputs: Mapping[str, str], environ: Mapping[str, str] | None = None) -> None:
     """Check every input this module knows; empty values are left to the defaults."""
     for name, value in inputs.items():
         check = _CHECKS.get(name)
         if check is not None and value.strip():
-            check(name, value.strip())
+            check(name, value if name == "policy" else value.strip())
+    if "policy" in inputs or "policy-sha256" in inputs:
+        _check_policy(inputs, os.environ if environ is None else environ)
     if inputs.get("grants", "").strip() and not inputs.get("broker-url", "").strip():
         raise UsageError(
             "input grants is asked of the broker: set broker-url too",
             hint="set `with: broker-url:` to the broker's URL",
         )
+
+
+def _check_policy(inputs: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    """The policy as the session will load it: parsed, its pin checked, and refused unpinned
+    where the checkout is not the workflow's to trust, before any lease or session starts."""
+    from airlock.policy.pin import load_session_policy, split_policy_value
+
+    path, text = split_policy_value(inputs.get("policy", ""))
+    pin = inputs.get("policy-sha256", "").strip() or None
+    load_session_policy(path, text=text, pin=pin, environ=environ)
 
 
 def _pairs(raw: list[str]) -> dict[str, str]:
