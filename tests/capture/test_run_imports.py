@@ -35,3 +35,18 @@ def test_run_command_module_leaves_the_policy_package_to_run_command() -> None:
     # probe would start only after it (they are started inside run_command).
     code = "import airlock._commands.run, airlock.jobs.launch"
     assert _loaded_after(code, ["pydantic", "airlock.policy", "cryptography"]) == []
+
+
+def test_airlock_run_without_a_policy_reaches_run_command_before_pydantic() -> None:
+    code = (
+        "import sys\n"
+        "import airlock.jobs.launch as launch\n"
+        "def stop(*args, **kwargs):\n"
+        "    print('pydantic' in sys.modules, 'airlock.policy' in sys.modules)\n"
+        "    raise SystemExit(0)\n"
+        "launch.run_command = stop\n"
+        "from airlock._cli import main\n"
+        "main(['run', '--', 'true'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

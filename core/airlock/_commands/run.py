@@ -66,9 +66,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     from airlock.jobs.launch import RunOptions, run_command
     from airlock.jobs.request import CommandNotFound
-    from airlock.policy.pin import split_policy_value
 
-    policy, policy_text = split_policy_value(args.policy)
+    policy, policy_text = None, None
+    if args.policy is not None:  # else pydantic loads in run_command, once git has started
+        from airlock.policy.pin import split_policy_value
+
+        policy, policy_text = split_policy_value(args.policy)
     options = RunOptions(
         sessions=args.sessions,
         policy=policy,
