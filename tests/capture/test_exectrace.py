@@ -187,6 +187,8 @@ FILELESS = """\
 14 1.8 execve("/proc/self/fd/7", ["ls"], 0x1 /* 0 vars */) = 0
 10 1.9 clone(child_stack=NULL, flags=SIGCHLD) = 7 /* 15 in strace's PID NS */
 15 2.0 execveat(5</usr/bin/true>, "", ["x"], 0x1 /* 0 vars */, AT_EMPTY_PATH) = 0
+10 2.1 clone(child_stack=NULL, flags=SIGCHLD) = 8 /* 16 in strace's PID NS */
+16 2.2 execveat(AT_FDCWD</usr/bin>, "echo", ["e"], 0x1 /* 0 vars */, 0) = 0
 """
 
 
@@ -199,6 +201,7 @@ def test_fileless_execs_name_their_fd_and_parent() -> None:
         (13, 10, "/usr/bin/echo", False, None),  # relative to the dir fd, resolved
         (14, 10, "/proc/self/fd/7", True, None),
         (15, 10, "/usr/bin/true", False, "5</usr/bin/true>"),  # fexecve of a file on disk
+        (16, 10, "/usr/bin/echo", False, None),  # AT_FDCWD: the cwd strace shows
     ]
     assert execs[1].exec_fields() == {"fileless": True, "exec_fd": "3</memfd:x (deleted)>"}
     assert execs[3].exec_fields() == {}

@@ -61,9 +61,9 @@ _RESUMED = re.compile(r"^<\.\.\. ([a-z_0-9]+) resumed>(.*)$")
 _RESULT = re.compile(r'\)\s+=\s+(-?\d+|\?)(?: /\* (\d+) in strace\'s PID NS \*/)?(?:\s[^"]*)?$')
 _EXITED = re.compile(r"^\+\+\+ exited with (\d+) \+\+\+$")
 _KILLED = re.compile(r"^\+\+\+ killed by (SIG[A-Z0-9]+)(?: \(core dumped\))? \+\+\+$")
-# `-y` decorates an fd with what it is: `3</usr/bin>`; a deleted file or memfd as
+# `-y` decorates an fd with what it is: `3</usr/bin>`, `AT_FDCWD</tmp>`; a deleted file or memfd as
 # `3</memfd:x>(deleted)` (strace 6) or `3</memfd:x (deleted)>`.
-_FD_PATH = re.compile(r"^(-?\d+)<(.*)>(\(deleted\))?$")
+_FD_PATH = re.compile(r"^(-?\d+|AT_FDCWD)<(.*)>(\(deleted\))?$")
 _PROC_FD = re.compile(r"^/(?:proc/(?:self|thread-self|\d+)|dev)/fd/\d+$")
 _UNFINISHED = " <unfinished ...>"
 _FORKS = frozenset({"clone", "clone3", "fork", "vfork"})
