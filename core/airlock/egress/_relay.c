@@ -54,6 +54,8 @@ typedef struct {
     Dir dir[2]; /* dir[s] moves fd[s] -> fd[1 - s]: 0 up, 1 down */
     unsigned long long bytes[2];
     uint32_t interest[2];
+    int hup[2];     /* epoll said EPOLLHUP on that side (reported even with no interest) */
+    int watched[2]; /* the fd is in the epoll set */
 } Tunnel;
 
 typedef struct {
@@ -123,10 +125,16 @@ static int update_interest(Relay *r, Tunnel *t, size_t slot) {
         uint32_t want = 0;
         if (!t->dir[s].eof && pending(&t->dir[s]) == 0) want |= EPOLLIN;
         if (pending(&t->dir[1 - s]) > 0) want |= EPOLLOUT;
-        if (want != t->interest[s]) {
+        /* A hung-up socket reports EPOLLHUP whatever the interest: while it has nothing to do
+         * (its reading paused until the other side drains) it leaves the set, else the thread
+         * would spin on that HUP. It comes back when the pending bytes are sent. */
+        int watch = want != 0 || !t->hup[s];
+        if (want != t->interest[s] || watch != t->watched[s]) {
             struct epoll_event ev = {.events = want, .data.u64 = tag_of(slot, t->gen, s)};
-            if (epoll_ctl(r->ep, EPOLL_CTL_MOD, t->fd[s], &ev) < 0) return -1;
+            int op = !watch ? EPOLL_CTL_DEL : t->watched[s] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+            if (epoll_ctl(r->ep, op, t->fd[s], &ev) < 0) return -1;
             t->interest[s] = want;
+            t->watched[s] = watch;
         }
     }
     return 0;
@@ -215,6 +223,7 @@ static void on_event(Relay *r, Tunnel *t, size_t slot, int s, uint32_t events) {
     char reason[96] = "";
     int end = 0;
     int other = 1 - s;
+    if (events & EPOLLHUP) t->hup[s] = 1;
     if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && t->dir[other].plen > 0) {
         int sent = flush(t, other, reason, sizeof reason);
         if (sent < 0) end = 1;
@@ -405,6 +414,7 @@ static PyObject *relay_add(Relay *r, PyObject *args) {
             t->used = 0;
             goto out;
         }
+        t->watched[s] = 1;
     }
     /* The first bytes (the ClientHello) go out now, from this thread: the relay thread need
      * not wake up for them (one scheduling hop less on each tunnel's way). */

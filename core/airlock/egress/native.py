@@ -64,11 +64,16 @@ class NativeRelay:
         count: int = self._relay.open_tunnels()
         return count
 
-    def _finished(self) -> None:
+    def _finished(self, keep: int | None = None) -> tuple[int, int] | None:
+        """Resolve the tunnels the relay thread ended; the counts of ``keep``, if among them."""
+        kept = None
         for handle, up, down, _reason in self._relay.finished():
+            if handle == keep:
+                kept = (up, down)
             future = self._waiting.pop(handle, None)
             if future is not None and not future.done():
                 future.set_result((up, down))
+        return kept
 
     async def relay(
         self,
@@ -105,6 +110,8 @@ class NativeRelay:
         except asyncio.CancelledError:
             self._waiting.pop(handle, None)
             moved = self._relay.cancel(handle)  # its duplicates are closed on return
+            if moved is None:  # it ended meanwhile: its report is not read yet
+                moved = self._finished(keep=handle)
             if moved is not None:
                 counts.up += moved[0]
                 counts.down += moved[1]

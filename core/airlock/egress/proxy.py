@@ -110,9 +110,15 @@ class EgressProxy:
 
     async def _shutdown(self) -> None:
         self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A handler joins ``_tasks`` when it first runs: one accepted just before the close may
+        # not have yet. Let such handlers start, then cancel until none is left, so every
+        # connection is recorded, and none reaches the compiled relay after it has closed.
+        await asyncio.sleep(0)
+        while self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.sleep(0)
         if self.native is not None:
             self.native.close()
         await self._server.wait_closed()

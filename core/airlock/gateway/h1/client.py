@@ -195,6 +195,10 @@ def _default_ssl_context() -> ssl.SSLContext:
     return context
 
 
+class _Trailing(Exception):
+    """Bytes after the end of a response."""
+
+
 class _Connection(asyncio.Protocol):
     """One connection to the upstream: one exchange at a time."""
 
@@ -236,6 +240,12 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Trailing):
+                self.keep_alive = False  # the response stands; the connection is never reused
+            else:
+                self._fail(RemoteProtocolError(f"malformed response from the upstream: {exc}"))
+            self.transport.close()
         except httptools.HttpParserError as exc:
             self._fail(RemoteProtocolError(f"malformed response from the upstream: {exc}"))
             self.transport.close()
@@ -250,10 +260,17 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parser callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the response: never parsed as the next one
+            raise _Trailing
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        codings = [v for k, v in self.headers if k.lower() == b"transfer-encoding"]
+        if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+            raise ValueError("a Transfer-Encoding other than chunked")  # never relayed coded
         status = self.parser.get_status_code()
         if status < 200:  # 1xx (103 Early Hints): not the response; its headers are dropped
             self.headers = []

@@ -72,7 +72,7 @@ class Cycle:
             self._failed()
 
     def _failed(self) -> None:
-        if not self.response_started and not self.conn.lost:
+        if not self.response_started and not self.conn.lost and not self.conn.refused:
             error = "internal error in the gateway"
             self.conn.transport.write(error_response(500, error, "this is a bug in Airlock"))
         self.conn.close()  # a response cut short: the client must see the break

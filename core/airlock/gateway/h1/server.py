@@ -33,7 +33,12 @@ __all__ = ["H1Server"]
 
 _MAX_HEAD = 64 * 1024  # request line and headers; beyond this the request is refused (431)
 _HIGH_WATER = 256 * 1024  # request body buffered before reading from the client pauses
+_MAX_PIPELINE = 16  # requests parsed ahead of the one being answered
 _LINGER = 2.0  # seconds a refused connection still reads (and drops) before it closes
+
+
+class _Overflow(Exception):
+    """Too many pipelined requests ahead: the rest of the read is left unparsed."""
 
 
 class _BadRequest(Exception):
@@ -109,6 +114,9 @@ class Connection(asyncio.Protocol):
         self.stopping = False
         self.upgraded = False
         self.refused = False
+        self.overflow = False  # too many pipelined requests: the rest is read once they are done
+        self.head_bytes = 0
+        self.trailers = 0
         self.lost = False
         self.addresses: tuple[Any, Any] = (None, None)
 
@@ -156,8 +164,9 @@ class Connection(asyncio.Protocol):
             await waiter
 
     def data_received(self, data: bytes) -> None:
-        self._cancel_timer()
-        if self.upgraded or self.refused:
+        # the timer is not cancelled here: an unfinished head, or a client that keeps sending
+        # after a refusal, must not keep the connection (the idle timer only closes when idle)
+        if self.upgraded or self.refused or self.overflow:
             return  # another protocol's bytes after an Upgrade; anything after a refusal
         self.chunk_size = len(data)
         if self.in_head:
@@ -168,6 +177,10 @@ class Connection(asyncio.Protocol):
             self.upgraded = True  # answered as plain HTTP (the proxy strips Upgrade), then closed
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
+            if isinstance(cause, _Overflow):
+                self.overflow = True
+                self._pause_reading()
+                return
             if not isinstance(cause, _BadRequest):
                 raise
             self._refuse(cause.status, cause.error)
@@ -185,15 +198,28 @@ class Connection(asyncio.Protocol):
         self.in_head = True
         # at most the whole chunk it began in: a head is never let past the limit unseen
         self.head_size = self.chunk_size
+        self.head_bytes = 0
+        self.trailers = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:  # a trailer field: counted, never merged into the headers
+            self.trailers += len(name) + len(value)
+            if self.trailers > _MAX_HEAD:
+                raise _BadRequest(431, f"trailer fields larger than {_MAX_HEAD} bytes")
+            return
+        self.head_bytes += len(name) + len(value) + 4
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        if self.head_bytes > _MAX_HEAD:  # a head completed within a read is checked here
+            raise _BadRequest(431, f"request line and headers larger than {_MAX_HEAD} bytes")
+        if self.cycle is not None and len(self.pipeline) >= _MAX_PIPELINE:
+            raise _Overflow
         codings = [v for k, v in self.headers if k == b"transfer-encoding"]
         if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
             raise _BadRequest(501, "only Transfer-Encoding: chunked is accepted")
@@ -246,6 +272,10 @@ class Connection(asyncio.Protocol):
         """``cycle``'s response is complete: next request, or close."""
         if self.refused:
             return  # closing (lingering) already
+        if self.overflow and not self.pipeline:
+            self.cycle = None
+            self._refuse(429, f"more than {_MAX_PIPELINE} pipelined requests")
+            return
         if not cycle.keep_alive or self.stopping or self.upgraded or self.lost:
             self.close()
             return
