@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -83,11 +83,12 @@ class ProcessExec:
     fileless: bool = False  # the image came from an open fd (memfd, deleted file, /proc/*/fd/N)
     exec_fd: str | None = None  # that fd as strace showed it: `3</memfd:x (deleted)>`
 
-    def exec_fields(self) -> dict[str, object]:
-        """The fields a ``process.exec`` event adds for a fileless exec (none otherwise)."""
+    def exec_fields(self, mask: Callable[[str], str]) -> dict[str, object]:
+        """The fields a ``process.exec`` event adds for a fileless exec (none otherwise);
+        ``mask`` (``Masker.mask_text``) masks the fd's name, which the process chose."""
         if not self.fileless:
             return {}
-        return {"fileless": True, **({"exec_fd": self.exec_fd} if self.exec_fd else {})}
+        return {"fileless": True, **({"exec_fd": mask(self.exec_fd)} if self.exec_fd else {})}
 
 
 @dataclass(frozen=True)
