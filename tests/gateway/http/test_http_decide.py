@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from airlock.gateway.http.capture import BodyTap
 from airlock.gateway.http.decide import (
+    Verdicts,
     auth_refusal,
     denial,
     judge,
@@ -112,6 +113,49 @@ def test_a_form_body_override_is_judged(tail: str) -> None:
     if ex.path.invalid or not ex.path.judged.startswith("/items/"):
         return
     assert judge(ex, b"a=1&_method=DELETE", "upstream", None, RULES, DEFAULTS).action == "deny"
+
+
+SHARED = Verdicts("upstream", RULES, DEFAULTS)  # one cache across every example below
+JSON_RULES = (
+    GuardrailRule.model_validate(
+        {"id": "no-force", "http": {"path": "/items/*", "json": {"force": True}}, "action": "deny"}
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    item_spellings(),
+    st.sampled_from(
+        [
+            ("GET", []),
+            ("DELETE", []),
+            ("POST", [(b"x-http-method-override", b"DELETE")]),
+            ("POST", [(b"content-type", b"application/x-www-form-urlencoded")]),
+        ]
+    ),
+    st.booleans(),
+)
+def test_remembered_verdicts_are_the_verdicts(
+    raw: bytes, method: tuple[str, list[tuple[bytes, bytes]]], override_in_form: bool
+) -> None:
+    """The cache keys on every method a request names: an override (header, ``_method`` in a
+    form) on a path judged before gets its own verdict, never the remembered one."""
+    ex = _exchange(method[0], raw, method[1])
+    form = b"_method=DELETE" if override_in_form and ex.has_form_body() else b""
+    expected = judge(ex, form, "upstream", None, RULES, DEFAULTS)
+    assert SHARED.judge(ex, form, None) == expected
+    assert SHARED.judge(ex, form, None) == expected  # and again, from the cache
+    assert SHARED.path(raw.partition(b"?")[0]) == ex.path
+
+
+def test_a_json_rule_sees_every_body() -> None:
+    verdicts = Verdicts("upstream", JSON_RULES, DEFAULTS)
+    ex = _exchange("POST", b"/items/1", [(b"content-type", b"application/json")])
+    assert verdicts.judge(ex, b"", None).action == "allow"  # no body
+    assert verdicts.judge(ex, b"", {"force": False}).action == "allow"
+    assert verdicts.judge(ex, b"", {"force": True}).action == "deny"
+    assert verdicts.judge(ex, b"", None).action == "allow"
 
 
 def test_other_resources_pass() -> None:

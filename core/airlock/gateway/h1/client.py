@@ -59,16 +59,16 @@ class Response:
         self.status_code = status
         self.raw_headers = headers
         self._closed = False
-        self._index: dict[bytes, bytes] | None = None
+        self._index: dict[str, str] | None = None
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (lower-case), or ``""``."""
-        if self._index is None:
-            self._index = {}
+        index = self._index
+        if index is None:  # built once, decoded: the gateway asks about five times a response
+            index = self._index = {}
             for key, value in self.raw_headers:
-                self._index.setdefault(key.lower(), value)
-        found = self._index.get(name.encode("latin-1"))
-        return "" if found is None else found.decode("latin-1")
+                index.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+        return index.get(name, "")
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked framing undone); raises :class:`UpstreamError`."""

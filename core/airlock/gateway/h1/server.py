@@ -101,7 +101,8 @@ class Connection(asyncio.Protocol):
         self.cycle: Cycle | None = None  # the request being answered
         self.parsing: Cycle | None = None  # the request whose body is being read
         self.pipeline: deque[Cycle] = deque()
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # answers requests, one after another
+        self.waiter: asyncio.Future[Cycle | None] | None = None  # the task, idle, waits on it
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
@@ -142,6 +143,7 @@ class Connection(asyncio.Protocol):
             if cycle is not None:
                 cycle.disconnected = True
                 cycle.event.set()
+        self._wake_task(None)
         self._wake_writers()
 
     def pause_writing(self) -> None:
@@ -266,7 +268,30 @@ class Connection(asyncio.Protocol):
 
     def _run(self, cycle: Cycle) -> None:
         self.cycle = cycle
-        self.task = self.loop.create_task(cycle.run(self.server.app), name=self.server.name)
+        if not self._wake_task(cycle):  # none idle: the first request, or the task is busy
+            self.task = self.loop.create_task(self._serve(cycle), name=self.server.name)
+
+    def _wake_task(self, cycle: Cycle | None) -> bool:
+        waiter, self.waiter = self.waiter, None
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_result(cycle)
+        return True
+
+    async def _serve(self, cycle: Cycle | None) -> None:
+        """Answer this connection's requests in turn: one task per connection, not per request
+        (a keep-alive request costs a future, not a task). ``None`` ends it (the connection is
+        lost)."""
+        app = self.server.app
+        while cycle is not None:
+            await cycle.run(app)
+            if self.lost or self.transport.is_closing() or self.cycle is not None:
+                # closing; or the next request came while the app was still running after its
+                # response, and has a task of its own
+                return
+            waiter = self.loop.create_future()
+            self.waiter = waiter
+            cycle = await waiter
 
     def done(self, cycle: Cycle) -> None:
         """``cycle``'s response is complete: next request, or close."""

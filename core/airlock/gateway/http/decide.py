@@ -10,6 +10,8 @@ them is decided here, in functions a property test can feed directly
     judge(exchange, form, host, document, rules, defaults)
                                             the strictest decision over every reading of the
                                             request (each method it names, each path reading)
+    Verdicts(host, rules, defaults)         judge, remembering the verdicts that depend on the
+                                            method and path alone (no JSON body to match)
     denial(decision)                        the 403 of a deny rule
     refusal_response(refusal, gateway)      status, headers and JSON body the client gets
 """
@@ -94,6 +96,52 @@ def auth_refusal(proxy_auth: bool, presented: str | None) -> Refused:
     )
 
 
+_REMEMBERED = 1024  # verdicts (and paths) kept per gateway; the whole cache is dropped when full
+
+
+class Verdicts:
+    """:func:`judge` for one gateway, with a cache: a request with no JSON document to match
+    (``document`` None) is judged on its methods and path alone, so its verdict is kept under
+    those. The methods include every override the request names (headers, ``_method`` in the
+    query or ``form``), so a cached verdict is never a dodge; rules that look at a JSON body
+    still see each body. Raw paths are normalised once each, the same way."""
+
+    def __init__(
+        self, host: str, rules: Sequence[GuardrailRule], defaults: GuardrailDefaults
+    ) -> None:
+        self._host = host
+        self._rules = tuple(rules)
+        self._defaults = defaults
+        self._verdicts: dict[tuple[tuple[str, ...], NormalPath], Decision] = {}
+        self._paths: dict[bytes, NormalPath] = {}
+
+    def path(self, raw_path: bytes) -> NormalPath:
+        """:func:`request_path`, remembered."""
+        found = self._paths.get(raw_path)
+        if found is None:
+            found = _remember(self._paths, raw_path, request_path(raw_path))
+        return found
+
+    def judge(self, ex: Exchange, form: bytes, document: Any) -> Decision:
+        """:func:`judge`, remembered when ``document`` is None."""
+        if document is not None:
+            return judge(ex, form, self._host, document, self._rules, self._defaults)
+        methods = tuple(ex.methods(form))
+        key = (methods, ex.path)
+        found = self._verdicts.get(key)
+        if found is None:
+            decision = _strictest(methods, ex.path, self._host, None, self._rules, self._defaults)
+            found = _remember(self._verdicts, key, decision)
+        return found
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(cache) >= _REMEMBERED:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def judge(
     ex: Exchange,
     form: bytes,
@@ -104,10 +152,21 @@ def judge(
 ) -> Decision:
     """The strictest decision over every method the request names (overrides, ``_method`` in
     ``form``) and every reading of its path: a rule cannot be dodged by spelling."""
+    return _strictest(ex.methods(form), ex.path, host, document, rules, defaults)
+
+
+def _strictest(
+    methods: Sequence[str],
+    path: NormalPath,
+    host: str,
+    document: Any,
+    rules: Sequence[GuardrailRule],
+    defaults: GuardrailDefaults,
+) -> Decision:
     decisions = (
-        decide_http(HttpRequestInfo(method, path, host, document), rules, defaults)
-        for method in ex.methods(form)
-        for path in ex.path.candidates
+        decide_http(HttpRequestInfo(method, reading, host, document), rules, defaults)
+        for method in methods
+        for reading in path.candidates
     )
     decision = strictest(decisions)
     assert decision is not None  # a request has at least one method and one path reading

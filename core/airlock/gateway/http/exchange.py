@@ -79,8 +79,10 @@ class Exchange:
     forwarded: bool = False
     body: RequestBody | None = None
     hold: Hold | None = None
+    # says whether the client has left, without awaiting (the h1 server's scope extension)
+    client_gone: Callable[[], bool] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
+    _index: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def methods(self, form: bytes = b"") -> list[str]:
         """The request's method, and those its method overrides name: frameworks (Rails,
@@ -104,12 +106,12 @@ class Exchange:
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (lower-case), or ``""``."""
-        if self._index is None:  # built once: the proxy asks about a dozen times a request
-            self._index = {}
+        index = self._index
+        if index is None:  # built once, decoded: the proxy asks about a dozen times a request
+            index = self._index = {}
             for key, value in self.headers:
-                self._index.setdefault(key.lower(), value)
-        found = self._index.get(name.encode())
-        return "" if found is None else found.decode("latin-1")
+                index.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+        return index.get(name, "")
 
 
 class RequestBody:

@@ -33,14 +33,14 @@ from urllib.parse import urlsplit
 from airlock.gate.interface import Operation
 from airlock.gateway.approvals import SESSION_ENDED, Approvals
 from airlock.gateway.h1.client import Pool
+from airlock.gateway.h1.cycle import CLIENT_GONE
 from airlock.gateway.http.capture import BodyTap, render_prefix
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.decide import (
+    Verdicts,
     auth_refusal,
     denial,
-    judge,
     refusal_response,
-    request_path,
     target_refusal,
 )
 from airlock.gateway.http.exchange import (
@@ -132,6 +132,7 @@ class HttpProxy:
         self._log = ExchangeLog(config.name, config.record_bodies, masker, self._fields, record)
         self._needs_json = any(r.http is not None and r.http.json_body for r in self._rules)
         self._host = (urlsplit(config.upstream).hostname or "").lower()
+        self._verdicts = Verdicts(self._host, self._rules, self._defaults)
         self._ids = itertools.count(1)
         self._approvals = Approvals(approve)
         self._upstream = Upstream(
@@ -187,7 +188,7 @@ class HttpProxy:
 
     def _exchange(self, scope: Scope) -> Exchange:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        path = request_path(raw_path)
+        path = self._verdicts.path(bytes(raw_path))
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         return Exchange(
             id=str(next(self._ids)),
@@ -197,6 +198,7 @@ class HttpProxy:
             headers=[(bytes(k), bytes(v)) for k, v in scope.get("headers", [])],
             started=time.perf_counter(),
             request_tap=BodyTap(self.config.record_bodies),
+            client_gone=scope.get("extensions", {}).get(CLIENT_GONE),
         )
 
     def _presented(self, ex: Exchange) -> str | None:
@@ -227,7 +229,7 @@ class HttpProxy:
         if self._rules and ex.has_form_body():  # it may name the method: ``_method=DELETE``
             await self._buffer_all(body, "checked for a _method override")
             form = bytes(body.buffer)
-        return judge(ex, form, self._host, document, self._rules, self._defaults)
+        return self._verdicts.judge(ex, form, document)
 
     async def _inspect_json(self, ex: Exchange, body: RequestBody) -> Any:
         await self._buffer_all(body, "checked against JSON guardrails")

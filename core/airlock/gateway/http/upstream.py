@@ -29,21 +29,23 @@ from airlock.policy.gateways import HttpGatewayConfig
 __all__ = ["Upstream"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Gone = Callable[[], bool]  # has the client left?
 _WHOLE = 64 * 1024  # text responses up to this size (by Content-Length) are masked whole
 
 _HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-        "host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"host",
     }
 )
+_HOP_BY_HOP_LENGTH = _HOP_BY_HOP | {b"content-length"}
 # Responses that can carry an echo of the credential as text (and are masked for the client).
 _TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
 
@@ -68,6 +70,9 @@ class Upstream:
         self._log = log
         self._cap = config.record_bodies
         self._echo = _echo_masker(injector, config.name) if mask_echo else None
+        # request headers not forwarded (as lower-case bytes, the way they are compared)
+        self._drop = _HOP_BY_HOP | {n.lower().encode("latin-1") for n in injector.strip}
+        self._drop_buffered = self._drop | {b"content-length"}
 
     async def forward(self, ex: Exchange, body: RequestBody, send: Send) -> None:
         """Send the request upstream with the held credential and relay the response."""
@@ -85,12 +90,17 @@ class Upstream:
             raise Refused(
                 502, "upstream unreachable", "check the upstream URL", upstream=error_name(exc)
             ) from None
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(body.watch_disconnect(gone))
+        watcher = None
+        gone = ex.client_gone
+        if gone is None:  # a server without the h1 extension: a task awaits http.disconnect
+            event = asyncio.Event()
+            watcher = asyncio.create_task(body.watch_disconnect(event))
+            gone = event.is_set
         try:
             await self._relay(ex, response, send, gone)
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await response.aclose()
 
     def _upstream_request(self, ex: Exchange, body: RequestBody) -> Request:
@@ -99,8 +109,8 @@ class Upstream:
             target += "?" + ex.query
         # the whole body is in memory: read without a hold, or held but small enough to sign
         buffered = body.done and (body.spool is None or len(body.buffer) == body.held_size)
-        drop = _HOP_BY_HOP | self._injector.strip | ({"content-length"} if buffered else set())
-        headers = [(k, v) for k, v in ex.headers if k.decode("latin-1").lower() not in drop]
+        drop = self._drop_buffered if buffered else self._drop
+        headers = [(k, v) for k, v in ex.headers if k.lower() not in drop]
         content: bytes | AsyncIterator[bytes]
         if buffered:
             content = bytes(body.buffer)
@@ -114,14 +124,10 @@ class Upstream:
         self._injector.apply(request, content if isinstance(content, bytes) else None)
         return request
 
-    async def _relay(
-        self, ex: Exchange, response: Response, send: Send, gone: asyncio.Event
-    ) -> None:
+    async def _relay(self, ex: Exchange, response: Response, send: Send, gone: Gone) -> None:
         masked = self._masks_echo(ex, response)
-        drop = _HOP_BY_HOP | ({"content-length"} if masked else set())
-        headers = [
-            (k, v) for k, v in response.raw_headers if k.decode("latin-1").lower() not in drop
-        ]
+        drop = _HOP_BY_HOP_LENGTH if masked else _HOP_BY_HOP
+        headers = [(k, v) for k, v in response.raw_headers if k.lower() not in drop]
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
         tap = BodyTap(self._cap)
         # The response is recorded before its last byte is sent: once the client has the whole
@@ -151,13 +157,13 @@ class Upstream:
             await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _read_whole(
-        self, response: Response, tap: BodyTap, gone: asyncio.Event
+        self, response: Response, tap: BodyTap, gone: Gone
     ) -> tuple[bytes, str | None]:
         """The whole (small) body, and any error."""
         data = bytearray()
         try:
             async for chunk in response.aiter_raw():
-                if gone.is_set():
+                if gone():
                     return b"", "client disconnected mid-response"
                 tap.feed(chunk)
                 data += chunk
@@ -171,7 +177,7 @@ class Upstream:
         send: Send,
         tap: BodyTap,
         echo: EchoMask | None,
-        gone: asyncio.Event,
+        gone: Gone,
     ) -> tuple[bytes, str | None]:
         """Relay the body; return the bytes held back for the last message, and any error."""
         # With a Content-Length the last chunk is known by its size and held back.
@@ -180,7 +186,7 @@ class Upstream:
         chunks = response.aiter_raw()
         try:
             while (chunk := await self._next_chunk(chunks, echo, send)) is not None:
-                if gone.is_set():
+                if gone():
                     return b"", "client disconnected mid-response"
                 tap.feed(chunk)
                 if length is not None and tap.size >= length:
