@@ -314,4 +314,4 @@ def test_a_fileless_exec_is_recorded_as_one(tmp_path: Path) -> None:
     [python] = [e["data"] for e in events if e["type"] == "process.exec"
                 and e["data"]["argv"][:2] == ["python3", "-c"]]  # fmt: skip
     assert run["ppid"] == python["pid"], (run, python)
-    assert run.get("fileless", True) is True  # set once jobs/ records ProcessExec.exec_fields()
+    assert run["fileless"] is True
