@@ -173,3 +173,57 @@ def test_c_strings_round_trip(raw: bytes, hex_escapes: bool, cut: bool) -> None:
     value, end, truncated = parse_c_string(text, 7)
     assert value.encode("utf-8", "surrogateescape") == raw  # exact bytes, for the masker
     assert (end, truncated) == (7 + len(quoted), cut)
+
+
+FILELESS = """\
+10 1.0 execve("/usr/bin/python3", ["python3"], 0x1 /* 1 var */) = 0
+10 1.1 clone(child_stack=NULL, flags=SIGCHLD) = 3 /* 11 in strace's PID NS */
+11 1.2 execveat(3</memfd:x>(deleted), "", ["ls", "x"], 0x1 /* 0 vars */, AT_EMPTY_PATH) = 0
+10 1.3 clone(child_stack=NULL, flags=SIGCHLD) = 4 /* 12 in strace's PID NS */
+12 1.4 execveat(4</memfd:y (deleted)>, "", ["ls"], 0x1 /* 0 vars */, AT_EMPTY_PATH) = 0
+10 1.5 clone(child_stack=NULL, flags=SIGCHLD) = 5 /* 13 in strace's PID NS */
+13 1.6 execveat(4</usr/bin>, "echo", ["e"], 0x1 /* 0 vars */, 0) = 0
+10 1.7 clone(child_stack=NULL, flags=SIGCHLD) = 6 /* 14 in strace's PID NS */
+14 1.8 execve("/proc/self/fd/7", ["ls"], 0x1 /* 0 vars */) = 0
+10 1.9 clone(child_stack=NULL, flags=SIGCHLD) = 7 /* 15 in strace's PID NS */
+15 2.0 execveat(5</usr/bin/true>, "", ["x"], 0x1 /* 0 vars */, AT_EMPTY_PATH) = 0
+10 2.1 clone(child_stack=NULL, flags=SIGCHLD) = 8 /* 16 in strace's PID NS */
+16 2.2 execveat(AT_FDCWD</usr/bin>, "echo", ["e"], 0x1 /* 0 vars */, 0) = 0
+"""
+
+
+def test_fileless_execs_name_their_fd_and_parent() -> None:
+    execs = [e for e in _events(FILELESS) if isinstance(e, ProcessExec)]
+    got = [(e.pid, e.ppid, e.path, e.fileless, e.exec_fd) for e in execs[1:]]
+    assert got == [
+        (11, 10, "/memfd:x (deleted)", True, "3</memfd:x (deleted)>"),
+        (12, 10, "/memfd:y (deleted)", True, "4</memfd:y (deleted)>"),
+        (13, 10, "/usr/bin/echo", False, None),  # relative to the dir fd, resolved
+        (14, 10, "/proc/self/fd/7", True, None),
+        (15, 10, "/usr/bin/true", False, "5</usr/bin/true>"),  # fexecve of a file on disk
+        (16, 10, "/usr/bin/echo", False, None),  # AT_FDCWD: the cwd strace shows
+    ]
+    assert execs[1].exec_fields(str.upper) == {"fileless": True, "exec_fd": "3</MEMFD:X (DELETED)>"}
+    assert execs[3].exec_fields(str.upper) == {}
+
+
+def test_real_fileless_exec_in_a_pid_namespace(tmp_path: Path) -> None:
+    out = tmp_path / "trace"
+    script = (
+        "import os\n"
+        "fd = os.memfd_create('img')\n"
+        "os.write(fd, open('/bin/true', 'rb').read())\n"
+        "if os.fork() == 0:\n"
+        "    os.execve(fd, ['innocent'], {})\n"
+        "os.wait()\n"
+    )
+    subprocess.run(
+        ["strace", *STRACE_ARGS, "-o", str(out), "--", "unshare", "--user", "--pid", "--fork",
+         "python3", "-I", "-c", script],
+        check=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    execs = [e for e in _events(out.read_text()) if isinstance(e, ProcessExec)]
+    python = next(e for e in execs if e.argv[:2] == ("python3", "-I"))
+    [run] = [e for e in execs if e.argv == ("innocent",)]
+    assert (run.path, run.fileless, run.ppid) == ("/memfd:img (deleted)", True, python.pid)

@@ -104,7 +104,21 @@ def test_a_complete_private_key_block_is_not_held() -> None:
     assert stream.flush_idle(1.0) == b"[MASKED:private-key-block]\nnext "
 
 
-@pytest.mark.parametrize("inside", [b"\x1b[1;34m", b"\x1b]0;t\x07", b"\x00", b"\r", b"%"], ids=repr)
+@pytest.mark.parametrize(
+    "inside",
+    [
+        b"\x1b[1;34m",
+        b"\x1b]0;t\x07",
+        b"\x00",
+        b"\r",
+        b"%",
+        b"\x7f",
+        b"\xc2\x9b1m",
+        b"x\x08",
+        b"@\x08",
+    ],
+    ids=repr,
+)
 def test_a_literal_with_invisible_bytes_split_anywhere_is_masked(
     engine: str, inside: bytes
 ) -> None:

@@ -84,6 +84,11 @@ INVISIBLE = {
     "nul": b"\x00",
     "carriage return": b"\r",
     "several": b"\x1b[31m\x00\r\x1b[0m",
+    "del": b"\x7f",
+    "c1 csi colour (utf-8)": b"\xc2\x9b1;31m",
+    "overstruck character": b"x\x08",
+    "overstruck underline": b"_\x08",
+    "mixed": b"\x7f\xc2\x9b0m#\x08\x1b[0m",
 }
 
 

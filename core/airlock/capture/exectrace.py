@@ -1,20 +1,29 @@
 """Sans-I/O parser of ``strace -f`` output: text lines in, process events out.
 
-We run ``strace -DDD -f --seccomp-bpf -q -ttt -y -s 65536 -e signal=none
+We run ``strace -DDD -f --seccomp-bpf --pidns-translation -q -ttt -y -s 65536 -e signal=none
 -e trace=execve,execveat,exit_group,chdir,fchdir,clone,clone3,fork,vfork -o FIFO -- CMD``
 and feed what it writes to :class:`ExecTraceParser`. strace interleaves processes: a call may
 be split into ``<unfinished ...>`` and ``<... NAME resumed>`` halves, and a child's first call can
 appear before its parent's ``clone`` returns. So exec events are held until the parent of the pid
 is known (or the trace ends) and are then released in order.
 
+Inside the sandbox's PID namespace a ``clone`` returns the child's pid *in that namespace*, while
+strace names processes by their pid in its own; ``--pidns-translation`` adds the latter
+(``= 3 /* 4711 in strace's PID NS */``), which is the one we link parents by.
+
+An exec of an open file rather than a path (``fexecve``: ``execveat(fd, "", …, AT_EMPTY_PATH)``,
+or ``execve("/proc/self/fd/N")``) is marked ``fileless``; its path is what ``-y`` shows the fd
+to be (``/memfd:x (deleted)`` for a memfd), never the ``argv[0]`` the process chose.
+
 No sockets or files here: tests feed lines one byte at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -32,6 +41,7 @@ STRACE_ARGS = (
     "-DDD",
     "-f",
     "--seccomp-bpf",
+    "--pidns-translation",
     "-q",
     "-ttt",
     "-y",
@@ -48,10 +58,13 @@ _CALL = re.compile(r"^([a-z_0-9]+)\((.*)$")
 _RESUMED = re.compile(r"^<\.\.\. ([a-z_0-9]+) resumed>(.*)$")
 # The return value follows the last `) = `; what may follow it (an errno, a comment) holds no
 # quote, so a `) = 0` written inside an argument string can never be taken for the result.
-_RESULT = re.compile(r'\)\s+=\s+(-?\d+|\?)(?:\s[^"]*)?$')
+_RESULT = re.compile(r'\)\s+=\s+(-?\d+|\?)(?: /\* (\d+) in strace\'s PID NS \*/)?(?:\s[^"]*)?$')
 _EXITED = re.compile(r"^\+\+\+ exited with (\d+) \+\+\+$")
 _KILLED = re.compile(r"^\+\+\+ killed by (SIG[A-Z0-9]+)(?: \(core dumped\))? \+\+\+$")
-_FD_PATH = re.compile(r"^-?\d+<(.*)>$")
+# `-y` decorates an fd with what it is: `3</usr/bin>`, `AT_FDCWD</tmp>`; a deleted file or memfd as
+# `3</memfd:x>(deleted)` (strace 6) or `3</memfd:x (deleted)>`.
+_FD_PATH = re.compile(r"^(-?\d+|AT_FDCWD)<(.*)>(\(deleted\))?$")
+_PROC_FD = re.compile(r"^/(?:proc/(?:self|thread-self|\d+)|dev)/fd/\d+$")
 _UNFINISHED = " <unfinished ...>"
 _FORKS = frozenset({"clone", "clone3", "fork", "vfork"})
 _MAX_HELD = 1000  # events waiting for a parent pid; past this they go out without one
@@ -67,6 +80,15 @@ class ProcessExec:
     ts: float
     truncated: bool = False  # strace cut an argument (longer than -s)
     cut: tuple[int, ...] = ()  # which: argv indices, and -1 for the path
+    fileless: bool = False  # the image came from an open fd (memfd, deleted file, /proc/*/fd/N)
+    exec_fd: str | None = None  # that fd as strace showed it: `3</memfd:x (deleted)>`
+
+    def exec_fields(self, mask: Callable[[str], str]) -> dict[str, object]:
+        """The fields a ``process.exec`` event adds for a fileless exec (none otherwise);
+        ``mask`` (``Masker.mask_text``) masks the fd's name, which the process chose."""
+        if not self.fileless:
+            return {}
+        return {"fileless": True, **({"exec_fd": mask(self.exec_fd)} if self.exec_fd else {})}
 
 
 @dataclass(frozen=True)
@@ -204,9 +226,7 @@ class ExecTraceParser:
             return event
         ppid = self._parent.get(event.pid)
         cwd = event.cwd or self._cwd.get(ppid) if ppid is not None else event.cwd
-        return ProcessExec(
-            event.pid, ppid, event.path, event.argv, cwd, event.ts, event.truncated, event.cut
-        )
+        return dataclasses.replace(event, ppid=ppid, cwd=cwd)
 
     def _line(self, line: str) -> None:
         match = _LINE.match(line)
@@ -243,7 +263,8 @@ class ExecTraceParser:
         if call is None or result is None:
             self.unparsed_lines += 1
             return
-        yield from self._syscall(pid, ts, call[1], call[2], result[1])
+        ret = result[2] or result[1]  # a clone's child, by the pid strace names it by
+        yield from self._syscall(pid, ts, call[1], call[2], ret)
 
     def _exit(self, pid: int, ts: float, rest: str) -> Iterator[ProcessExit]:
         if pid in self._threads:
@@ -287,17 +308,16 @@ class ExecTraceParser:
             fd = _FD_PATH.match(args.split(")", 1)[0])
             if fd is None:
                 return
-            target = fd[1]
+            target = fd[2]
         base = self._cwd.get(pid, self._root_cwd)
         self._cwd[pid] = posixpath.normpath(posixpath.join(base, target))
 
     def _exec(self, pid: int, ts: float, name: str, args: str) -> ProcessExec:
         start = args.index('"')
         path, end, cut_path = parse_c_string(args, start)
+        fileless, exec_fd = bool(_PROC_FD.match(path)), None
         if name == "execveat" and not path.startswith("/"):
-            dirfd = _FD_PATH.match(args[:start].rstrip(", "))
-            if dirfd is not None:
-                path = posixpath.join(dirfd[1], path)
+            path, fileless, exec_fd = _execveat_target(args[:start].rstrip(", "), path, args, end)
         argv: tuple[str, ...] = ()
         cut_argv = False
         cut: tuple[int, ...] = ()
@@ -307,4 +327,25 @@ class ExecTraceParser:
         self._threads.discard(pid)  # a thread that execs becomes the process
         cwd = self._cwd.get(pid)
         cut = ((-1,) if cut_path else ()) + cut
-        return ProcessExec(pid, None, path, argv, cwd, ts, cut_path or cut_argv, cut)
+        truncated = cut_path or cut_argv
+        return ProcessExec(pid, None, path, argv, cwd, ts, truncated, cut, fileless, exec_fd)
+
+
+def _execveat_target(dirfd: str, path: str, args: str, end: int) -> tuple[str, bool, str | None]:
+    """(path, fileless, exec_fd) of ``execveat(dirfd, path, …)`` with a relative ``path``.
+
+    With ``AT_EMPTY_PATH`` and an empty path, the image is the fd itself: its path is what
+    ``-y`` shows, and it is fileless unless that is a file still on disk. A relative path is
+    joined to the directory the fd is (unknown when strace could not say: kept relative).
+    """
+    fd = _FD_PATH.match(dirfd)
+    if path == "" and "AT_EMPTY_PATH" in args[end:]:
+        if fd is None:
+            return "", True, dirfd or None
+        deleted = fd[3] is not None or fd[2].endswith(" (deleted)")
+        target = fd[2].removesuffix(" (deleted)") + (" (deleted)" if deleted else "")
+        fileless = deleted or not fd[2].startswith("/") or fd[2].startswith("/memfd:")
+        return target, fileless, f"{fd[1]}<{target}>"
+    if fd is None or not fd[2].startswith("/"):
+        return path, False, None
+    return posixpath.join(fd[2], path), False, None

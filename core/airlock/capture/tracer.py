@@ -34,7 +34,8 @@ def probe_strace(path: str | None = None) -> TracerStatus:
     """Check that strace exists and may trace here (ptrace can be forbidden in containers).
 
     Tries ``--seccomp-bpf`` first (far cheaper per syscall), then plain ``-f``; each with
-    ``-DDD`` (the command stays Airlock's own child), then without it for an older strace.
+    ``-DDD`` (the command stays Airlock's own child), then without it for an older strace;
+    all of that with ``--pidns-translation`` first, then without.
     """
     found = path or shutil.which("strace")
     if found is None:
@@ -74,8 +75,11 @@ def start_probe(path: str | None) -> Callable[[], TracerStatus]:
 
 def _variants() -> list[tuple[str, ...]]:
     found: list[tuple[str, ...]] = []
-    for drop in ((), ("--seccomp-bpf",), ("-DDD",), ("-DDD", "--seccomp-bpf")):
-        args = tuple(a for a in STRACE_ARGS if a not in drop)
-        if args not in found:
-            found.append(args)
+    # --pidns-translation (strace >= 5.9) links parents inside the sandbox's PID namespace;
+    # an older strace still records every exec, with ppid unknown there.
+    for pidns in ((), ("--pidns-translation",)):
+        for drop in ((), ("--seccomp-bpf",), ("-DDD",), ("-DDD", "--seccomp-bpf")):
+            args = tuple(a for a in STRACE_ARGS if a not in drop + pidns)
+            if args not in found:
+                found.append(args)
     return found

@@ -275,6 +275,7 @@ class _Session(SessionParts):
                     "ppid": event.ppid,
                     **_masked_process_fields(self._masker, event),
                     "at": event.ts,
+                    **event.exec_fields(self._masker.mask_text),
                     **({"truncated": True} if event.truncated else {}),
                 },
             )
