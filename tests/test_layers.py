@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "core" / "airlock"
 LAYERS = {
     "errors": 0,
     "events": 0,
+    "cbuild": 0,  # compiles our own C helpers (gateway row path, egress relay)
     "audit": 0,
     "policy": 1,
     "mask": 1,

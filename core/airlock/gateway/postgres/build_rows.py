@@ -8,12 +8,10 @@ the same results. ``./dev setup`` runs this when the build is missing or older t
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
+from airlock.cbuild import build_main, compile_module
 from airlock.gateway.postgres.rowpath import SOURCE
 
 __all__ = ["build"]
@@ -22,25 +20,8 @@ __all__ = ["build"]
 def build(target: Path | None = None, compiler: str | None = None) -> Path:
     """Compile ``_rows.c`` into ``target`` (default: next to its source); returns the module
     file. Raises ``OSError``/``subprocess.CalledProcessError`` when it cannot be compiled."""
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    out = (target or SOURCE.parent) / f"_rows{suffix}"
-    cc = compiler or os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    include = sysconfig.get_paths()["include"]
-    command = [*cc.split(), "-O2", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{include}"]
-    subprocess.run([*command, str(SOURCE), "-o", str(out)], check=True, capture_output=True)
-    return out
-
-
-def main() -> int:
-    try:
-        print(f"built {build()}")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        print(f"not built (the pure-Python row path runs): {exc} {detail.decode()[:400]}",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return compile_module(SOURCE, "_rows", target, compiler, ())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(build_main(build, "pure-Python row path"))
