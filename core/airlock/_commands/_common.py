@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_flag", "add_session_flags", "default_sessions_dir", "session_policy"]
+__all__ = [
+    "add_flag",
+    "add_policy_flags",
+    "add_session_flags",
+    "default_sessions_dir",
+    "session_policy",
+]
 
 if TYPE_CHECKING:
     from airlock.policy import Policy
@@ -37,14 +43,14 @@ def default_sessions_dir() -> Path:
     return Path(".airlock") / "sessions"
 
 
-def add_session_flags(parser: argparse.ArgumentParser) -> None:
-    """--policy, --sessions and --key: what every command that records a session takes."""
+def add_policy_flags(parser: argparse.ArgumentParser, what: str = "session policy") -> None:
+    """--policy (a file, or the YAML itself) and --policy-sha256 (its pin)."""
     add_flag(
         parser,
         "--policy",
         env="AIRLOCK_POLICY",
         # str, not Path: an inline policy (it holds a newline) is kept byte for byte
-        help="session policy: a file (airlock.yaml), or the YAML itself when it holds a newline",
+        help=f"{what}: a file (airlock.yaml), or the YAML itself when it holds a newline",
     )
     add_flag(
         parser,
@@ -56,6 +62,11 @@ def add_session_flags(parser: argparse.ArgumentParser) -> None:
             "under pull_request_target, issue_comment and workflow_run unless the policy is inline"
         ),
     )
+
+
+def add_session_flags(parser: argparse.ArgumentParser) -> None:
+    """--policy, --sessions and --key: what every command that records a session takes."""
+    add_policy_flags(parser)
     add_flag(
         parser,
         "--sessions",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from airlock._commands._common import add_flag
+from airlock._commands._common import add_flag, add_policy_flags
 from airlock.audit import SigningKey, load_signing_key
 from airlock.ci.identity import detect_identity
 from airlock.errors import ApprovalDenied, ApprovalTimedOut, ExitCode, UsageError
@@ -78,19 +78,7 @@ def _register_request(actions: Any) -> None:
         parser, "--rule-id", env="AIRLOCK_GATE_RULE_ID", default="manual", help="shown and bound"
     )
     add_flag(parser, "--session-id", env="AIRLOCK_SESSION_ID", help="bound into the hash")
-    add_flag(
-        parser,
-        "--policy",
-        env="AIRLOCK_POLICY",
-        help="session policy whose mask rules (env secrets, patterns) clean the operation text",
-    )
-    add_flag(
-        parser,
-        "--policy-sha256",
-        env="AIRLOCK_POLICY_SHA256",
-        metavar="HEX",
-        help="SHA-256 of the policy file's exact bytes (see airlock run --help)",
-    )
+    add_policy_flags(parser, "session policy whose mask rules clean the operation text")
     add_flag(parser, "--key", env="AIRLOCK_KEY", type=Path, metavar="PEM", help="signing key")
     add_flag(parser, "--json", env="AIRLOCK_JSON", action="store_true", help="print JSON")
     parser.set_defaults(func=_request)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airlock._commands._common import add_flag
+from airlock._commands._common import add_flag, add_policy_flags
 from airlock._commands.ci.action import action_command, action_inputs, parse_env_blocks
 from airlock._commands.ci.bracket import session_command
 from airlock._commands.ci.finalize import (
@@ -181,14 +181,7 @@ def _register_session(ci_sub: Any) -> None:
         type=Path,
         help="state directory (default: $RUNNER_TEMP/airlock/bracket)",
     )
-    add_flag(parser, "--policy", env="AIRLOCK_POLICY", help="session policy (a file, or inline)")
-    add_flag(
-        parser,
-        "--policy-sha256",
-        env="AIRLOCK_POLICY_SHA256",
-        metavar="HEX",
-        help="SHA-256 of the policy file's exact bytes (see airlock run --help)",
-    )
+    add_policy_flags(parser)
     add_flag(
         parser,
         "--record-scripts",
