@@ -18,6 +18,7 @@ from typing import Any
 
 import httptools
 import pytest
+from tests.gateway.http.conftest import Recorder
 
 from airlock.gate import Operation
 from airlock.gateway import serving
@@ -132,17 +133,6 @@ class RawUpstream:
         self._stop.set()
         self._thread.join(5)
         self.listener.close()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, type_: str, data: Any) -> None:
-        self.events.append((type_, dict(data)))
-
-    def of(self, type_: str) -> list[dict[str, Any]]:
-        return [d for t, d in self.events if t == type_]
 
 
 Gateway = Callable[..., tuple[ThreadedHttpGateway, Recorder]]
