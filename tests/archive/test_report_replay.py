@@ -102,6 +102,10 @@ def test_replay_plays_seeks_and_links_the_transcript(
         "#replay-seek", f"(r) => {{ r.value = '{end}'; r.dispatchEvent(new Event('input')); }}"
     )
     assert screen.get_attribute("data-frames") == "3"
+    # The seek bar reaches any frame time: a 0.01 step snapped a last frame at 0.0234 s to
+    # 0.02 s (and one at 0.004 s to 0: no frames), so "seek to the end" missed frames.
+    reach = "(r) => { r.max = '0.0234'; r.value = '0.0234'; return Number(r.value); }"
+    assert page.eval_on_selector("#replay-seek", reach) == 0.0234
 
     conversation = page.locator("#conversation").inner_text()
     assert "user: ls" in conversation and "running ls" in conversation
