@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -227,3 +228,33 @@ def test_real_fileless_exec_in_a_pid_namespace(tmp_path: Path) -> None:
     python = next(e for e in execs if e.argv[:2] == ("python3", "-I"))
     [run] = [e for e in execs if e.argv == ("innocent",)]
     assert (run.path, run.fileless, run.ppid) == ("/memfd:img (deleted)", True, python.pid)
+
+
+def test_a_held_exec_keeps_every_field_when_its_parent_becomes_known() -> None:
+    # The parser builds the released event field by field (no dataclasses.replace, for speed):
+    # a held exec with every field set must come out as replace() would give it.
+    parser = ExecTraceParser(root_ppid=None, root_cwd="/w")
+    parser.feed('10 1.0 execve("/bin/sh", ["sh"], 0x1 /* 1 var */) = 0\n')
+    held = parser.feed(
+        '11 1.1 execveat(3</memfd:x (deleted)>, "", ["x", "a"...], 0x1 /* 1 var */, '
+        "AT_EMPTY_PATH) = 0\n"
+    )
+    assert held == []
+    (got,) = parser.feed("10 1.2 vfork() = 11\n")
+    assert isinstance(got, ProcessExec)
+    unreleased = ProcessExec(
+        11, None, got.path, got.argv, None, 1.1, True, (1,), True, "3</memfd:x (deleted)>"
+    )
+    assert got == dataclasses.replace(unreleased, ppid=10, cwd="/w")
+    assert {f.name for f in dataclasses.fields(ProcessExec)} == {
+        "pid",
+        "ppid",
+        "path",
+        "argv",
+        "cwd",
+        "ts",
+        "truncated",
+        "cut",
+        "fileless",
+        "exec_fd",
+    }  # a new field must be passed on in ExecTraceParser._complete too

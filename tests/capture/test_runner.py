@@ -170,3 +170,45 @@ def test_a_quiet_command_is_not_polled_in_a_busy_loop(trace: bool) -> None:
     result, rec = run(["sleep", "0.6"], trace=trace)
     assert result.exit_status == 0
     assert 1 <= rec.idle <= 0.6 / 0.03 * 3
+
+
+class Timeline(Recorder):
+    """Output and process events in the order the runner handed them over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def on_output(self, stream: str, data: bytes) -> None:
+        super().on_output(stream, data)
+        self.order += [f"out:{word}" for word in data.decode().split()]
+
+    def on_process(self, event: ProcessExec | ProcessExit) -> None:
+        self.processes.append(event)
+        if isinstance(event, ProcessExec) and event.path == "/bin/echo":
+            self.order.append(f"exec:{event.argv[1]}")
+
+
+def test_a_busy_trace_read_in_batches_loses_nothing_and_keeps_execs_ahead_of_output() -> None:
+    # Enough processes that the trace FIFO is read in growing batches. Every exec is recorded
+    # with its parent; and as a stream read drains the trace before handing over the output,
+    # an echo's exec comes before its output nearly always (not always: an exec waits for its
+    # parent's fork to return in the trace, which strace may write after the child printed).
+    script = 'for i in $(seq 200); do /bin/true; /bin/true; /bin/echo "w$i"; done'
+    rec = Timeline()
+    runner = ProcessRunner(
+        Command(("sh", "-c", script), dict(os.environ), os.getcwd()),
+        use_pty=False,
+        tracer=probe_strace(),
+        on_output=rec.on_output,
+        on_process=rec.on_process,
+        on_idle=rec.on_idle,
+    )
+    assert runner.run().exit_status == 0
+    words = [f"w{i}" for i in range(1, 201)]
+    assert sorted(rec.order) == sorted([f"exec:{w}" for w in words] + [f"out:{w}" for w in words])
+    execs = [e for e in rec.processes if isinstance(e, ProcessExec)]
+    assert len(execs) == 602  # sh, seq, then 3 x 200
+    assert {e.ppid for e in execs[1:]} == {execs[0].pid}
+    late = [w for w in words if rec.order.index(f"out:{w}") < rec.order.index(f"exec:{w}")]
+    assert len(late) < len(words) // 10  # main before the drain: 184-194 of 200 late

@@ -34,7 +34,13 @@ _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _WATCHED_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGWINCH, signal.SIGCHLD)
 _DRAIN_GRACE = 2.0
-_TRACE_BATCH = 0.01  # seconds between two reads of a busy trace FIFO
+# Seconds between two reads of a busy trace FIFO: strace writes a line per system call, and each
+# wake of this loop costs more (cold caches) than parsing the lines it brings. The pause grows
+# while the trace stays busy and shrinks back when it calms down; a stream read drains the
+# trace first, so a process's exec is still recorded before the output it writes.
+_TRACE_BATCH = 0.01
+_TRACE_BATCH_MAX = 0.08
+_TRACE_BUSY = 16 * 1024  # bytes read in one batch that count as busy (~25 short processes)
 # A trickle of output that never goes quiet is still released this often (seconds), so a slow
 # progress bar is not held back until the masker's look-behind window fills.
 _MAX_HOLD = 0.25  # seconds to keep reading after the command exits (orphans holding the pipe)
@@ -105,6 +111,9 @@ class ProcessRunner:
         self._trace_open = False
         self._tracer_lost = False
         self._trace_resume: float | None = None  # the trace FIFO is read again from then on
+        self._trace_pause = _TRACE_BATCH
+        self._fifo_fd = -1
+        self._trace_read = 0  # bytes the last reads of the FIFO brought
 
     def run(self) -> RunResult:
         with contextlib.ExitStack() as stack:
@@ -220,6 +229,7 @@ class ProcessRunner:
             sel.register(stream.fd, EVENT_READ, stream)
         if fifo_fd is not None:
             sel.register(fifo_fd, EVENT_READ, "trace")
+            self._fifo_fd = fifo_fd
         if stdin_fd is not None:
             sel.register(stdin_fd, EVENT_READ, "stdin")
         self._pending_signals: list[int] = []
@@ -325,19 +335,38 @@ class ProcessRunner:
             with contextlib.suppress(BlockingIOError):
                 self._pending_signals.extend(os.read(key.fd, 64))
         elif key.data == "trace":
+            self._trace_read = 0
             if self._read_trace(key.fd, sel):
                 # strace writes a line per system call, so a busy trace would wake this loop
                 # for every process; read it in batches (the FIFO holds ~2,000 processes).
                 sel.unregister(key.fd)
-                self._trace_resume = time.monotonic() + _TRACE_BATCH
+                self._trace_resume = time.monotonic() + self._next_trace_pause()
         elif key.data == "stdin":
             self._forward_stdin(sel, streams[0].fd)
         else:
             self._read_stream(key.data, sel)
 
+    def _next_trace_pause(self) -> float:
+        if self._trace_read >= _TRACE_BUSY:
+            self._trace_pause = min(self._trace_pause * 2, _TRACE_BATCH_MAX)
+        elif self._trace_read < _TRACE_BUSY // 4:
+            self._trace_pause = max(self._trace_pause / 2, _TRACE_BATCH)
+        return self._trace_pause
+
+    def _drain_trace(self, sel: PollSelector) -> None:
+        """Read what the trace FIFO holds (paused or not) before output just read is handed
+        over: strace writes a process's exec before the process runs on, so that exec is
+        then recorded before the output the process wrote."""
+        if not self._trace_open or self._fifo_fd < 0:
+            return
+        paused = self._trace_resume is not None  # then the FIFO is not registered
+        if not self._read_trace(self._fifo_fd, None if paused else sel):
+            self._trace_resume = None  # it ended: never register it again
+
     def _read_stream(self, stream: _Stream, sel: PollSelector) -> None:
         data, eof = _fdio.read_available(stream.fd)
         if data:
+            self._drain_trace(sel)
             self._on_output(stream.name, data)
         if eof:
             stream.open = False
@@ -363,6 +392,7 @@ class ProcessRunner:
                 return True
             if not data:
                 break
+            self._trace_read += len(data)
             if self._fifo_keepalive >= 0:
                 self._trace_started()
             for event in self._parser.feed(self._decode_trace(data)):

@@ -268,23 +268,20 @@ class _Session(SessionParts):
     def _on_process(self, event: ProcessExec | ProcessExit) -> None:
         if isinstance(event, ProcessExec):
             self._counts["processes"] += 1
+            data = _masked_process_fields(self._masker, event)
+            if event.fileless:
+                data.update(event.exec_fields(self._masker.mask_text))
+            if event.truncated:
+                data["truncated"] = True
+            self._writer.append(EventType.PROCESS_EXEC, data)
+        elif event.signal is None:
             self._writer.append(
-                EventType.PROCESS_EXEC,
-                {
-                    "pid": event.pid,
-                    "ppid": event.ppid,
-                    **_masked_process_fields(self._masker, event),
-                    "at": event.ts,
-                    **event.exec_fields(self._masker.mask_text),
-                    **({"truncated": True} if event.truncated else {}),
-                },
+                EventType.PROCESS_EXIT, {"pid": event.pid, "at": event.ts, "status": event.status}
             )
         else:
-            data: dict[str, Any] = {"pid": event.pid, "at": event.ts}
-            data.update(
-                {"status": event.status} if event.signal is None else {"signal": event.signal}
+            self._writer.append(
+                EventType.PROCESS_EXIT, {"pid": event.pid, "at": event.ts, "signal": event.signal}
             )
-            self._writer.append(EventType.PROCESS_EXIT, data)
 
     def _end(self, result: RunResult, duration: float) -> None:
         self._writer.append(
@@ -325,16 +322,23 @@ class _Session(SessionParts):
 
 
 def _masked_process_fields(masker: Masker, event: ProcessExec) -> dict[str, Any]:
-    """Path, argv and cwd of an exec, masked; a value strace cut short is masked as a stream
-    that ends at the cut (the prefix of a secret the cut went through is masked too)."""
-
-    def mask(text: str, index: int) -> str:
-        return masker.mask_cut_text(text) if index in event.cut else masker.mask_text(text)
-
+    """A ``process.exec`` event's pid, ppid, path, argv, cwd and time, the text masked; a value
+    strace cut short is masked as a stream that ends at the cut (the prefix of a secret the cut
+    went through is masked too)."""
+    mask, cut = masker.mask_text, event.cut
+    if cut:
+        mask_cut = masker.mask_cut_text
+        path = mask_cut(event.path) if -1 in cut else mask(event.path)
+        argv = [mask_cut(arg) if i in cut else mask(arg) for i, arg in enumerate(event.argv)]
+    else:
+        path, argv = mask(event.path), [mask(arg) for arg in event.argv]
     return {
-        "path": mask(event.path, -1),
-        "argv": [mask(arg, i) for i, arg in enumerate(event.argv)],
-        "cwd": masker.mask_text(event.cwd) if event.cwd is not None else None,
+        "pid": event.pid,
+        "ppid": event.ppid,
+        "path": path,
+        "argv": argv,
+        "cwd": mask(event.cwd) if event.cwd is not None else None,
+        "at": event.ts,
     }
 
 
