@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+from airlock.policy.default import DEFAULT_DIGEST
 
 
 def _loaded_after(code: str, modules: list[str]) -> list[str]:
@@ -50,3 +55,20 @@ def test_airlock_run_without_a_policy_reaches_run_command_before_pydantic() -> N
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_airlock_run_without_a_policy_never_loads_pydantic(tmp_path: Path) -> None:
+    # The whole run (session, seal): the defaults come from airlock.policy.default.
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('pydantic' in sys.modules, file=sys.stderr))\n"
+        "from airlock._cli import main\n"
+        f"sys.exit(main(['run', '--quiet', '--sessions', {str(tmp_path)!r}, '--', 'true']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "AIRLOCK_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert (out.returncode, out.stderr.split()[-1:]) == (0, ["False"])
+    (session,) = tmp_path.iterdir()
+    first = json.loads((session / "events.jsonl").read_text().splitlines()[0])
+    assert first["data"]["policy"]["sha256"] == DEFAULT_DIGEST
+    assert first["data"]["policy"]["origin"] == "default"

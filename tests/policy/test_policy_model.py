@@ -66,7 +66,8 @@ def test_default_policy_fails_closed_and_masks() -> None:
 
 def test_default_policy_is_the_validated_defaults() -> None:
     # DEFAULT_POLICY is built without validation (start-up speed); it must be Policy() exactly,
-    # and its pinned digest (model._DEFAULT_DIGEST) that of Policy(): update both with a default.
+    # and its pinned digest (policy.default.DEFAULT_DIGEST) that of Policy(): update both with a
+    # default.
     validated = Policy()
     assert validated == DEFAULT_POLICY
     assert DEFAULT_POLICY.model_fields_set == validated.model_fields_set == set()

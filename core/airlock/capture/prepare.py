@@ -9,10 +9,13 @@ compiled rules, or waits for them) and fails closed on the probe's result as bef
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from airlock.capture.tracer import TracerStatus, start_probe
 from airlock.mask import Masker, MaskSettings, PatternRule
-from airlock.policy import Policy
+
+if TYPE_CHECKING:  # a run without a policy file never loads the models (policy.default)
+    from airlock.policy import Policy
 
 __all__ = ["mask_settings", "start_probe", "warm_up"]
 

@@ -76,7 +76,7 @@ def is_sensitive_variable(name: str) -> bool:
 
 
 def _matches_any(name: str, patterns: Iterable[str]) -> bool:
-    from airlock.policy import env_pattern_matches
+    from airlock.policy.default import env_pattern_matches
 
     return any(env_pattern_matches(pattern, name) for pattern in patterns)
 

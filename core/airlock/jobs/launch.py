@@ -12,10 +12,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from airlock.errors import UsageError
 from airlock.jobs.request import IssuedSecret, SessionOutcome, Witness
+
+if TYPE_CHECKING:
+    from airlock.policy import Policy
+    from airlock.policy.default import PolicySource
 
 __all__ = ["RunOptions", "run_and_report", "run_command"]
 
@@ -60,11 +64,7 @@ def run_command(
     env = dict(environ)
     identity = _Background(detect_identity, env)
     early_probe = start_probe(options.strace)
-    from airlock.policy.pin import load_session_policy
-
-    policy, origin = load_session_policy(
-        options.policy, text=options.policy_text, pin=options.policy_sha256, environ=env
-    )
+    policy, origin = _session_policy(options, env)
     from airlock.capture.prepare import warm_up
 
     tracer_probe = warm_up(policy, options.strace, early_probe)
@@ -98,6 +98,21 @@ def run_command(
         return run_session(request)
     finally:
         job.close()
+
+
+def _session_policy(options: RunOptions, env: dict[str, str]) -> tuple[Policy, PolicySource]:
+    """The policy and where it came from. Without a file, inline text or pin, the defaults'
+    stand-in (:mod:`airlock.policy.default`): pydantic and the models load only if a session
+    reads a part of the policy that the stand-in does not hold."""
+    if options.policy is None and options.policy_text is None and options.policy_sha256 is None:
+        from airlock.policy.default import PolicySource, default_run_policy
+
+        return cast("Policy", default_run_policy()), PolicySource("default", None, None)
+    from airlock.policy.pin import load_session_policy
+
+    return load_session_policy(
+        options.policy, text=options.policy_text, pin=options.policy_sha256, environ=env
+    )
 
 
 def run_and_report(

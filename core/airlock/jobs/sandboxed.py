@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airlock.errors import UsageError
-from airlock.policy import Policy
-from airlock.policy.sandbox import SANDBOX_MODES
+from airlock.policy.default import SANDBOX_MODES
 from airlock.sandbox import RunningSandbox, SandboxSpec, compile_spec, protected_paths
 from airlock.sandbox import start_sandbox as _start
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a run without a policy file never loads the models (policy.default)
     from airlock.capture.runner import ProcessRunner, RunResult
+    from airlock.policy import Policy
 
 __all__ = ["effective_mode", "run_checked", "sandbox_spec", "start_for_session"]
 

@@ -5,49 +5,58 @@ which gateways it runs and which guardrails they enforce.
 :class:`PolicyError` (a :class:`~airlock.errors.ConfigError`) listing every problem.
 ``DEFAULT_POLICY`` is what ``airlock run`` uses without ``--policy``. docs/policy.md is the
 reference; docs/policy.schema.json is :func:`policy_json_schema` committed.
+
+Names are imported on first use (PEP 562): ``airlock run`` without a policy file reads the
+defaults through :mod:`airlock.policy.default` and never loads pydantic or the models.
 """
 
-from airlock.policy.gateways import (
-    GatewayConfig,
-    HttpCredential,
-    HttpGatewayConfig,
-    PostgresCredential,
-    PostgresGatewayConfig,
-    PostgresUpstream,
-)
-from airlock.policy.guardrails import (
-    Decision,
-    GuardrailDefaults,
-    GuardrailRule,
-    HttpMatch,
-    HttpRequestInfo,
-    SqlMatch,
-    SqlStatement,
-    decide_http,
-    decide_sql,
-    rules_for_gateway,
-)
-from airlock.policy.load import (
-    MAX_POLICY_BYTES,
-    PolicyError,
-    PolicyProblem,
-    load_policy,
-    parse_policy,
-)
-from airlock.policy.model import (
-    DEFAULT_POLICY,
-    ApprovalsPolicy,
-    CaptureSettings,
-    EnvironmentPolicy,
-    MaskPattern,
-    MaskPolicy,
-    Policy,
-    builtin_rule_ids,
-    env_pattern_matches,
-)
-from airlock.policy.network import NetworkPolicy
-from airlock.policy.sandbox import SandboxFilesystem, SandboxPolicy
-from airlock.policy.schema import policy_json_schema
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airlock.policy.gateways import (
+        GatewayConfig,
+        HttpCredential,
+        HttpGatewayConfig,
+        PostgresCredential,
+        PostgresGatewayConfig,
+        PostgresUpstream,
+    )
+    from airlock.policy.guardrails import (
+        Decision,
+        GuardrailDefaults,
+        GuardrailRule,
+        HttpMatch,
+        HttpRequestInfo,
+        SqlMatch,
+        SqlStatement,
+        decide_http,
+        decide_sql,
+        rules_for_gateway,
+    )
+    from airlock.policy.load import (
+        MAX_POLICY_BYTES,
+        PolicyError,
+        PolicyProblem,
+        load_policy,
+        parse_policy,
+    )
+    from airlock.policy.model import (
+        DEFAULT_POLICY,
+        ApprovalsPolicy,
+        CaptureSettings,
+        EnvironmentPolicy,
+        MaskPattern,
+        MaskPolicy,
+        Policy,
+        builtin_rule_ids,
+        env_pattern_matches,
+    )
+    from airlock.policy.network import NetworkPolicy
+    from airlock.policy.sandbox import SandboxFilesystem, SandboxPolicy
+    from airlock.policy.schema import policy_json_schema
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -85,3 +94,53 @@ __all__ = [
     "policy_json_schema",
     "rules_for_gateway",
 ]
+
+_WHERE = {
+    "ApprovalsPolicy": "model",
+    "CaptureSettings": "model",
+    "DEFAULT_POLICY": "model",
+    "Decision": "guardrails",
+    "EnvironmentPolicy": "model",
+    "GatewayConfig": "gateways",
+    "GuardrailDefaults": "guardrails",
+    "GuardrailRule": "guardrails",
+    "HttpCredential": "gateways",
+    "HttpGatewayConfig": "gateways",
+    "HttpMatch": "guardrails",
+    "HttpRequestInfo": "guardrails",
+    "MAX_POLICY_BYTES": "load",
+    "MaskPattern": "model",
+    "MaskPolicy": "model",
+    "NetworkPolicy": "network",
+    "Policy": "model",
+    "PolicyError": "load",
+    "PolicyProblem": "load",
+    "PostgresCredential": "gateways",
+    "PostgresGatewayConfig": "gateways",
+    "PostgresUpstream": "gateways",
+    "SandboxFilesystem": "sandbox",
+    "SandboxPolicy": "sandbox",
+    "SqlMatch": "guardrails",
+    "SqlStatement": "guardrails",
+    "builtin_rule_ids": "model",
+    "decide_http": "guardrails",
+    "decide_sql": "guardrails",
+    "env_pattern_matches": "model",
+    "load_policy": "load",
+    "parse_policy": "load",
+    "policy_json_schema": "schema",
+    "rules_for_gateway": "guardrails",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -20,9 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-# gateways.py imports this module below its own classes (for the GatewayConfig union); the
-# package's __init__ imports gateways.py first, so these names exist by then.
-from airlock.policy.gateways import _check_env_name, _Gateway, _Section
+from airlock.policy._gateway_base import _check_env_name, _Gateway, _Section
 from airlock.policy.guardrails import (
     GUARDRAIL_ID_PATTERN,
     Action,

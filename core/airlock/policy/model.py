@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from airlock.policy.default import DEFAULT_DIGEST, env_pattern_matches
 from airlock.policy.durations import Duration
 from airlock.policy.gateways import GatewayConfig
 from airlock.policy.guardrails import GuardrailDefaults, GuardrailRule
@@ -135,13 +136,6 @@ def builtin_rule_ids() -> frozenset[str]:
     from airlock.mask.rules import BUILTIN_RULES
 
     return frozenset(rule.id for rule in BUILTIN_RULES)
-
-
-def env_pattern_matches(pattern: str, name: str) -> bool:
-    """True when variable ``name`` matches ``pattern``: an exact name or a trailing ``*`` glob."""
-    if pattern.endswith("*"):
-        return name.startswith(pattern[:-1])
-    return name == pattern
 
 
 def _duplicates(items: tuple[str, ...]) -> list[str]:
@@ -441,7 +435,7 @@ class Policy(_Section):
         Two files that differ only in comments, key order or spelt-out defaults have one digest.
         """
         if self is DEFAULT_POLICY:  # dumping it would build every model's schema (see below)
-            return _DEFAULT_DIGEST
+            return DEFAULT_DIGEST  # Policy().digest(), pinned in airlock.policy.default
         canonical = json.dumps(
             self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
@@ -481,7 +475,5 @@ def _constructed(cls: type[_S]) -> _S:
 
 
 DEFAULT_POLICY: Policy = _constructed(Policy)
-# ``Policy().digest()``, pinned by a test: update it with the defaults.
-_DEFAULT_DIGEST = "sha256:c334efa18fa8b809fd7f0e35194f7d1b0b3bbab113ec0c0939baeae4cb629f03"
 """What ``airlock run`` uses without ``--policy``: exec capture required, pty auto, built-in
 masking on, nothing removed beyond the CI variables Airlock always withholds."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from airlock.errors import ConfigError, UsageError
+from airlock.policy.default import PolicySource
 from airlock.policy.load import load_policy_bytes, parse_policy, policy_from_bytes
 from airlock.policy.model import DEFAULT_POLICY, Policy
 
@@ -45,19 +45,6 @@ _TRUE = {"1", "true", "yes", "on"}
 
 class PolicyPinError(ConfigError):
     """The policy file is refused: unpinned where a pin is required, or its pin does not match."""
-
-
-@dataclass(frozen=True)
-class PolicySource:
-    """Where the session's policy came from: ``origin`` is default, inline, path or pinned;
-    ``bytes_sha256`` is ``sha256:<hex>`` of the exact bytes read (None for the default)."""
-
-    origin: str
-    source: str | None
-    bytes_sha256: str | None
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {"origin": self.origin, "source": self.source, "bytes_sha256": self.bytes_sha256}
 
 
 def split_policy_value(value: str | Path | None) -> tuple[Path | None, str | None]:

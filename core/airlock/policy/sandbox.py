@@ -13,9 +13,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from airlock.policy.default import SANDBOX_MODES
+
 __all__ = ["SANDBOX_MODES", "SandboxFilesystem", "SandboxPolicy"]
 
-SANDBOX_MODES = ("required", "best_effort", "off")
 _ENV_PASS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*\*?$"  # noqa: S105 (a name pattern)
 _ENV_PASS_RE = re.compile(_ENV_PASS_PATTERN)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airlock.errors import InfrastructureUnavailable
-from airlock.policy.model import env_pattern_matches
+from airlock.policy.default import env_pattern_matches
 from airlock.sandbox.bridge import Bridge
 from airlock.sandbox.bwrap import BRIDGE_DIR, BwrapCommand, find_bwrap, probed_paths
 from airlock.sandbox.seccomp import build_filter, host_arch

@@ -12,9 +12,12 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airlock.errors import ConfigError
-from airlock.policy import SandboxPolicy
+
+if TYPE_CHECKING:  # a run without a policy file never loads the models (policy.default)
+    from airlock.policy import SandboxPolicy
 
 __all__ = ["ALWAYS_HIDDEN", "BASE_ENV", "SandboxSpec", "compile_spec", "protected_paths"]
 
