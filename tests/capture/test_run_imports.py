@@ -57,11 +57,13 @@ def test_airlock_run_without_a_policy_reaches_run_command_before_pydantic() -> N
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_airlock_run_without_a_policy_never_loads_pydantic(tmp_path: Path) -> None:
-    # The whole run (session, seal): the defaults come from airlock.policy.default.
+def test_airlock_run_without_a_policy_never_loads_pydantic_or_the_sandbox(tmp_path: Path) -> None:
+    # The whole run (session, seal): the defaults come from airlock.policy.default; the
+    # sandbox (off by default) is not loaded either.
     code = (
         "import atexit, sys\n"
-        "atexit.register(lambda: print('pydantic' in sys.modules, file=sys.stderr))\n"
+        "late = ('pydantic', 'airlock.sandbox.runtime', 'airlock.policy.model')\n"
+        "atexit.register(lambda: print(any(m in sys.modules for m in late), file=sys.stderr))\n"
         "from airlock._cli import main\n"
         f"sys.exit(main(['run', '--quiet', '--sessions', {str(tmp_path)!r}, '--', 'true']))\n"
     )

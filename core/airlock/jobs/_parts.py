@@ -23,14 +23,14 @@ from airlock.events import EventType
 from airlock.jobs.request import SessionRequest
 from airlock.jobs.sandboxed import run_checked, start_for_session
 from airlock.mask import Masker
-from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
-from airlock.sandbox.checkout import HiddenCredentials, hide_checkout_credentials
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
     from airlock.gate import ApprovalBackend, Approve
     from airlock.gate.interface import Record
     from airlock.gateway.runtime import RunningGateways
+    from airlock.sandbox import RunningSandbox, SandboxSpec
+    from airlock.sandbox.checkout import HiddenCredentials
 
 __all__: list[str] = []
 
@@ -214,6 +214,8 @@ class SessionParts:
         spec = self._sandbox_spec
         if spec is None:
             return
+        from airlock.sandbox import SandboxUnavailable  # loaded only when the sandbox is on
+
         self._hide_checkout_credentials(spec)
         gateways = self._gateways
         egress = self._egress
@@ -236,6 +238,8 @@ class SessionParts:
     def _hide_checkout_credentials(self, spec: SandboxSpec) -> None:
         """The job's token that actions/checkout or GitLab Runner left in the checkout's git
         config: out while the agent runs, back when the sandbox has ended (run's finally)."""
+        from airlock.sandbox.checkout import hide_checkout_credentials
+
         try:
             self._hidden_git = hide_checkout_credentials(spec.workspace)
         except OSError as exc:

@@ -41,12 +41,12 @@ from airlock.jobs.request import (
 )
 from airlock.jobs.sandboxed import effective_mode, sandbox_spec
 from airlock.mask import Masker, StreamMasker
-from airlock.sandbox import RunningSandbox, SandboxSpec
-from airlock.sandbox.checkout import HiddenCredentials
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
     from airlock.gateway.runtime import RunningGateways
+    from airlock.sandbox import RunningSandbox, SandboxSpec  # and the sandbox when it is on
+    from airlock.sandbox.checkout import HiddenCredentials
 
 __all__ = [
     "CommandNotFound",

@@ -11,12 +11,11 @@ from urllib.parse import urlsplit
 
 from airlock.errors import UsageError
 from airlock.policy.default import SANDBOX_MODES
-from airlock.sandbox import RunningSandbox, SandboxSpec, compile_spec, protected_paths
-from airlock.sandbox import start_sandbox as _start
 
-if TYPE_CHECKING:  # a run without a policy file never loads the models (policy.default)
+if TYPE_CHECKING:  # a run without a policy file or sandbox loads neither (policy.default)
     from airlock.capture.runner import ProcessRunner, RunResult
     from airlock.policy import Policy
+    from airlock.sandbox import RunningSandbox, SandboxSpec
 
 __all__ = ["effective_mode", "run_checked", "sandbox_spec", "start_for_session"]
 
@@ -55,6 +54,8 @@ def sandbox_spec(
     reads it."""
     if mode == "off":
         return None
+    from airlock.sandbox import compile_spec, protected_paths
+
     home = environ.get("HOME") or str(Path.home())
     protected = protected_paths(
         sessions_dir=Path(cwd, sessions_dir), key_path=key_path, state_dir=state_dir, home=home
@@ -99,6 +100,8 @@ def start_for_session(
     if egress is not None:
         endpoints.append(egress)
         extra.update({k: v for k, v in agent_env.items() if k.lower() in _PROXY_VARS})
+    from airlock.sandbox import start_sandbox as _start
+
     return _start(
         spec,
         endpoints=[e for e in endpoints if e[0] in _LOOPBACK],
