@@ -3,10 +3,24 @@
 (:mod:`.seccomp`), bridge host endpoints into the sandbox's own network namespace
 (:mod:`.bridge`), and check the walls from inside before the agent starts (:mod:`.runtime`).
 docs/sandbox.md explains the choices.
+
+Names are imported on first use (PEP 562): `airlock run` with the sandbox off loads only
+:mod:`.checkout` (the journal of a killed run's hidden git credentials).
 """
 
-from airlock.sandbox.runtime import RunningSandbox, SandboxUnavailable, sandbox_env, start_sandbox
-from airlock.sandbox.spec import SandboxSpec, compile_spec, protected_paths
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airlock.sandbox.runtime import (
+        RunningSandbox,
+        SandboxUnavailable,
+        sandbox_env,
+        start_sandbox,
+    )
+    from airlock.sandbox.spec import SandboxSpec, compile_spec, protected_paths
 
 __all__ = [
     "RunningSandbox",
@@ -17,3 +31,26 @@ __all__ = [
     "sandbox_env",
     "start_sandbox",
 ]
+
+_WHERE = {
+    "RunningSandbox": "runtime",
+    "SandboxSpec": "spec",
+    "SandboxUnavailable": "runtime",
+    "compile_spec": "spec",
+    "protected_paths": "spec",
+    "sandbox_env": "runtime",
+    "start_sandbox": "runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
