@@ -212,3 +212,19 @@ def test_a_busy_trace_read_in_batches_loses_nothing_and_keeps_execs_ahead_of_out
     assert {e.ppid for e in execs[1:]} == {execs[0].pid}
     late = [w for w in words if rec.order.index(f"out:{w}") < rec.order.index(f"exec:{w}")]
     assert len(late) < len(words) // 10  # main before the drain: 184-194 of 200 late
+
+
+def test_the_trace_pause_grows_while_batches_are_busy_and_shrinks_back() -> None:
+    runner = ProcessRunner(
+        Command(("true",), {}, "/"),
+        use_pty=False,
+        tracer=None,
+        on_output=lambda _s, _d: None,
+        on_process=lambda _e: None,
+        on_idle=lambda: None,
+    )
+    pauses = []
+    for size in (400, 2048, 5000, 9000, 20000, 40000, 1500, 300, 100, 0, 0, 0):
+        runner._trace_read = size  # bytes the last batch brought
+        pauses.append(runner._next_trace_pause())
+    assert pauses == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08, 0.08, 0.04, 0.02, 0.01, 0.01, 0.01]

@@ -40,7 +40,7 @@ _DRAIN_GRACE = 2.0
 # trace first, so a process's exec is still recorded before the output it writes.
 _TRACE_BATCH = 0.01
 _TRACE_BATCH_MAX = 0.08
-_TRACE_BUSY = 16 * 1024  # bytes read in one batch that count as busy (~25 short processes)
+_TRACE_BUSY = 2048  # bytes read in one batch that count as busy (a short process: ~350)
 # A trickle of output that never goes quiet is still released this often (seconds), so a slow
 # progress bar is not held back until the masker's look-behind window fills.
 _MAX_HOLD = 0.25  # seconds to keep reading after the command exits (orphans holding the pipe)
