@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,3 +67,50 @@ def test_any_policy_module_can_be_imported_first(module: str) -> None:
     # The package imports its names lazily, so no module is guaranteed to load before another.
     code = f"import airlock.policy.{module}\nfrom airlock.policy import GatewayConfig, Policy"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _outcome(call: Any) -> tuple[str, str]:
+    try:
+        policy, source = call()
+    except Exception as exc:  # the refusal itself is what is compared
+        return type(exc).__name__, str(exc)
+    return policy.digest(), repr(source.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "pin"),
+    [
+        ("examples/policies/minimal.yaml", None, None),
+        ("examples/policies/minimal.yaml", None, "0" * 64),  # a pin that does not match
+        ("does/not/exist.yaml", None, None),
+        (None, "capture: {exec: sometimes}\n", None),
+        (None, "capture: {exec: off}\n", None),
+        (None, "mask: {patterns: [{id: x, regex: ''}]}\n", None),
+        (None, None, "0" * 64),  # a pin without a file
+        (None, None, "not-a-pin"),
+    ],
+)
+def test_run_takes_the_stand_in_only_when_no_policy_is_given(
+    path: str | None, text: str | None, pin: str | None
+) -> None:
+    # Anything given (file, inline text, pin) goes through load_session_policy: same policy,
+    # same refusal as every other command that reads a policy.
+    from airlock.jobs.launch import RunOptions, _session_policy
+    from airlock.policy.pin import load_session_policy
+
+    file = Path(__file__).resolve().parents[2] / path if path else None
+    options = RunOptions(sessions=Path("s"), policy=file, policy_text=text, policy_sha256=pin)
+    fast = _outcome(lambda: _session_policy(options, {}))
+    slow = _outcome(lambda: load_session_policy(file, text=text, pin=pin, environ={}))
+    assert fast == slow
+
+
+def test_run_without_any_policy_gets_the_stand_in_with_the_defaults_origin() -> None:
+    from airlock.jobs.launch import RunOptions, _session_policy
+    from airlock.policy.pin import load_session_policy
+
+    policy, source = _session_policy(RunOptions(sessions=Path("s")), {})
+    assert policy is default_run_policy()  # type: ignore[comparison-overlap]
+    default, default_source = load_session_policy(None, environ={})
+    assert default is DEFAULT_POLICY
+    assert (policy.digest(), source) == (default.digest(), default_source)
