@@ -29,6 +29,7 @@ __all__ = [
     "encode_data",
     "encode_line",
     "encode_small",
+    "entry_pieces",
     "genesis",
     "join_entry",
     "line_hash",
@@ -266,7 +267,13 @@ def encode_data(data: Mapping[str, Any]) -> list[bytes]:
 def join_entry(seq: int, ts: str, type_: str, prev: str, data: list[bytes]) -> bytes:
     """:func:`encode_line` of encoded ``data``, with its ``\\n``, built in one copy (output
     lines are megabytes)."""
-    return b"".join([_head(seq, ts, type_, prev), *data, b"}\n"])
+    return b"".join(entry_pieces(seq, ts, type_, prev, data))
+
+
+def entry_pieces(seq: int, ts: str, type_: str, prev: str, data: list[bytes]) -> list[bytes]:
+    """The pieces :func:`join_entry` joins, the last one ``b"}\\n"``: to write with ``writev``
+    and hash piece by piece instead (a big line is then never copied whole)."""
+    return [_head(seq, ts, type_, prev), *data, b"}\n"]
 
 
 def canonical_json(obj: Any) -> bytes:

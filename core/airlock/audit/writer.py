@@ -27,6 +27,7 @@ from airlock.audit._format import (
     TYPE_RE,
     encode_data,
     encode_small,
+    entry_pieces,
     genesis,
     join_entry,
     line_hash,
@@ -214,14 +215,30 @@ class SessionWriter:
 
     def _write_entry(self, fd: int, type_: str, encoded: list[bytes]) -> int:
         ts = self._clock()
-        return self._written(fd, join_entry(self.seq, ts, type_, self.head, encoded), ts)
+        if len(encoded) == 1 and len(encoded[0]) < _JOIN_BELOW:
+            return self._written(fd, join_entry(self.seq, ts, type_, self.head, encoded), ts)
+        # A big line (a command's output): written with writev and hashed piece by piece, so
+        # the megabytes of its text are not copied once more into a joined line.
+        pieces = entry_pieces(self.seq, ts, type_, self.head, encoded)
+        self._write_pieces(fd, pieces)
+        chain = hashlib.sha256()
+        for piece in pieces[:-1]:
+            chain.update(piece)
+            self._whole.update(piece)
+        chain.update(pieces[-1][:-1])  # the line's hash leaves out its "\n"
+        self._whole.update(pieces[-1])
+        self._bytes += sum(map(len, pieces))
+        return self._moved_on(chain.hexdigest(), ts)
 
     def _written(self, fd: int, payload: bytes, ts: str) -> int:
         """Write one whole line (with its ``\\n``) and move the chain on."""
         self._write_line(fd, payload)
         self._whole.update(payload)
         self._bytes += len(payload)
-        self.head = line_hash(memoryview(payload)[:-1])
+        return self._moved_on(line_hash(memoryview(payload)[:-1]), ts)
+
+    def _moved_on(self, head: str, ts: str) -> int:
+        self.head = head
         self._first_ts = self._first_ts or ts
         self._last_ts = ts
         self.seq += 1
@@ -303,10 +320,18 @@ class SessionWriter:
         return self._fd
 
     def _write_line(self, fd: int, payload: bytes) -> None:
-        view = memoryview(payload)
+        self._write_pieces(fd, [payload])
+
+    def _write_pieces(self, fd: int, pieces: list[bytes]) -> None:
+        """One ``writev`` of the whole line (on ``O_APPEND``, as one ``write``)."""
+        views = [memoryview(piece) for piece in pieces if piece]
         try:
-            while view:  # a short write (e.g. at RLIMIT_FSIZE) is retried; the retry then fails
-                view = view[os.write(fd, view) :]
+            while views:  # a short write (e.g. at RLIMIT_FSIZE) is retried; the retry then fails
+                written = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+                while views and written >= len(views[0]):
+                    written -= len(views.pop(0))
+                if views:
+                    views[0] = views[0][written:]
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, "error")
             self._failure = f"write failed: {name} ({exc.strerror})"
@@ -349,6 +374,7 @@ class SessionWriter:
 
 _Queued = tuple[str, list[bytes], Callable[[], object] | None]
 _QUEUED_LINES = 4  # events waiting for the writer's thread: bounds the memory they hold
+_JOIN_BELOW = 64 * 1024  # smaller lines are joined into one bytes object (one piece to hash)
 
 
 def _checked_type(type: str) -> str:
