@@ -33,6 +33,7 @@ __all__ = [
     "genesis",
     "join_entry",
     "line_hash",
+    "surely_encodes",
 ]
 
 FORMAT: Final = "airlock-session/1"
@@ -221,6 +222,21 @@ def encode_small(data: Mapping[str, Any]) -> str | None:
         except UnicodeEncodeError:
             return _ENCODE_ASCII(dict(data))  # lone surrogates, as in _dump_parts
     return text
+
+
+def surely_encodes(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` is a flat object with a big string (the shape of an output event)
+    whose :func:`encode_data` cannot raise: str keys; str, int, bool and None values only (a
+    lone surrogate is escaped, not refused)."""
+    big = False
+    for key, value in data.items():
+        if type(key) is not str:
+            return False
+        if type(value) is str:
+            big = big or len(value) >= _FAST_MIN
+        elif not (value is None or type(value) is int or type(value) is bool):
+            return False
+    return big
 
 
 def _dump_parts(data: Mapping[str, Any]) -> list[bytes]:

@@ -31,6 +31,7 @@ from airlock.audit._format import (
     genesis,
     join_entry,
     line_hash,
+    surely_encodes,
 )
 from airlock.audit._manifest import LogState, build_manifest, write_manifest
 from airlock.audit._opened import mark_opened
@@ -152,17 +153,19 @@ class SessionWriter:
     def append_later(
         self, type: str, data: Mapping[str, Any], then: Callable[[], object] | None = None
     ) -> None:
-        """Queue one event: it is encoded now, in the caller's thread, and written in order by
-        the writer's thread, which then calls ``then`` (say, showing the output that was just
-        recorded). Should the write fail, ``then`` is not called and the writer is broken.
+        """Queue one event: it is written in order by the writer's thread, which then calls
+        ``then`` (say, showing the output that was just recorded). Should the write fail,
+        ``then`` is not called and the writer is broken.
 
-        For a producer of big events (a command's output): JSON-escaping here, hashing and
-        writing there, on two cores. Raises at once what :meth:`append` would raise before
+        For a producer of big events (a command's output), whose own thread reads and masks:
+        the writer's thread JSON-escapes a big text value, hashes and writes, on another core.
+        Anything else is encoded here. Raises at once what :meth:`append` would raise before
         writing; a later write failure is raised by the next call. ``then`` must not append.
         """
         type_ = _checked_type(type)
         self._writable_fd()
-        encoded = encode_data(data)
+        encoded: list[bytes] | dict[str, Any]
+        encoded = dict(data) if surely_encodes(data) else encode_data(data)
         self._producers.add(threading.get_ident())
         if self._queue is None:
             self._queue = queue.Queue(_QUEUED_LINES)
@@ -200,6 +203,8 @@ class SessionWriter:
                 return
             type_, encoded, then = item
             try:
+                if isinstance(encoded, dict):
+                    encoded = encode_data(encoded)
                 with self._lock:
                     if self._failure is not None or self._fd is None:
                         continue  # not recorded, so not shown either
@@ -372,7 +377,8 @@ class SessionWriter:
             self._fd = None
 
 
-_Queued = tuple[str, list[bytes], Callable[[], object] | None]
+# (type, data encoded or still to encode, then)
+_Queued = tuple[str, list[bytes] | dict[str, Any], Callable[[], object] | None]
 _QUEUED_LINES = 4  # events waiting for the writer's thread: bounds the memory they hold
 _JOIN_BELOW = 64 * 1024  # smaller lines are joined into one bytes object (one piece to hash)
 
