@@ -66,8 +66,10 @@ def main() -> None:
     if args.before is not None:
         trees["before"] = args.before.resolve()
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    print(f"output stages, {args.mb} MB in 1 MiB chunks, {args.rounds} rounds in turns; "
-          f"load average before: {load_average()}")
+    print(
+        f"output stages, {args.mb} MB in 1 MiB chunks, {args.rounds} rounds in turns; "
+        f"load average before: {load_average()}"
+    )
     for _ in range(args.rounds):
         for name, tree in trees.items():
             env = {**os.environ, "PYTHONPATH": str(tree / "core")}

@@ -1,8 +1,8 @@
 """The append-only, hash-chained session log: :class:`SessionWriter`.
 
-Each event is one ``write`` (``writev`` for a big line) of a whole line on an ``O_APPEND`` descriptor, with no buffering
-in Python: a SIGKILL loses at most the line being written, and what is already written stays
-readable and verifiable. The writer fsyncs only when sealing.
+Each event is one ``write`` (a ``writev`` for a big line) of a whole line on an ``O_APPEND``
+descriptor, with no buffering in Python: a SIGKILL loses at most the line being written, and
+what is already written stays readable and verifiable. The writer fsyncs only when sealing.
 """
 
 from __future__ import annotations
