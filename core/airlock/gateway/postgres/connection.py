@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import inspect
 import secrets
+import threading
 from typing import cast
 
 from airlock.events import EventType
@@ -39,6 +40,13 @@ from airlock.gateway.postgres.messages import (
     SSLRequest,
     StartupMessage,
 )
+from airlock.gateway.postgres.native import (
+    UPSTREAM,
+    LoopWires,
+    TransportWires,
+    Wires,
+    native_ready,
+)
 from airlock.gateway.postgres.pipe import Pipe
 from airlock.gateway.postgres.relay import Held, Relay, Step
 from airlock.gateway.tickets import BrokerTicket, check_ticket
@@ -68,6 +76,12 @@ class Connection:
         self.client_t = cast(asyncio.Transport, writer.transport)
         self.up_t: asyncio.Transport = self.client_t  # the upstream's, once connected
         self.up_pipe: Pipe | None = None
+        self.wires: Wires = TransportWires(self.client_t, self.client_t, lambda: True)
+        # The relay's state is changed under this lock: with the compiled I/O loop, bytes are
+        # relayed on its thread while holds end on the event loop's. ``stopped``: nothing more
+        # is relayed (an error, or Terminate), at once: the end follows on the loop's thread.
+        self.lock = threading.RLock()
+        self.stopped = False
         self.holding: asyncio.Task[None] | None = None
         self.after_password = b""  # what a client pipelined behind its password, relayed later
         self.presented = b""  # the ticket the client logged in with: checked again after holds
@@ -199,17 +213,20 @@ class Connection:
         self.after_password = b""
         early_up = self.upstream_parser.take_buffered() + take_buffered(self.up_r)
         client_eof, up_eof = self.client_r.at_eof(), self.up_r.at_eof()
-        client_pipe = Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
-        up_pipe = Pipe(
-            self._on_upstream_data,
-            self._on_upstream_eof,
-            up_t.get_protocol(),
-            peer=client_t,
-            may_resume_peer=lambda: self.holding is None,
-        )
-        self.up_pipe = up_pipe
-        client_t.set_protocol(client_pipe)
-        up_t.set_protocol(up_pipe)
+        io = self.s.io_loop()
+        native: LoopWires | None = None
+        if io is not None and native_ready(client_t, up_t):
+            native = LoopWires(
+                io,
+                asyncio.get_running_loop(),
+                client_t,
+                up_t,
+                self._on_native_data,
+                self._on_native_end,
+            )
+            self.wires = native
+        else:
+            self._pipes(client_t, up_t)
         watch: asyncio.Task[None] | None = None
         try:
             if early_up:
@@ -220,12 +237,17 @@ class Connection:
                 self._on_upstream_eof()
             if client_eof:
                 self._finish()
-            client_t.resume_reading()
-            up_t.resume_reading()
+            if native is not None:
+                native.start()
+            else:
+                client_t.resume_reading()
+                up_t.resume_reading()
             watch = self._watch_ticket()
             await self.finished
         finally:
             self._finish()
+            if native is not None:
+                native.stop()  # no bytes move for this connection after this
             if watch is not None:
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
@@ -233,7 +255,37 @@ class Connection:
             if holding is not None:
                 holding.cancel()
                 await asyncio.gather(holding, return_exceptions=True)
-            self.relay.cancelled()  # a hold whose task never got to run
+            with self.lock:
+                self.relay.cancelled()  # a hold whose task never got to run
+
+    def _pipes(self, client_t: asyncio.Transport, up_t: asyncio.Transport) -> None:
+        """Relay through the asyncio transports (no compiled I/O loop)."""
+        client_pipe = Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
+        up_pipe = Pipe(
+            self._on_upstream_data,
+            self._on_upstream_eof,
+            up_t.get_protocol(),
+            peer=client_t,
+            may_resume_peer=lambda: self.holding is None,
+        )
+        self.up_pipe = up_pipe
+        self.wires = TransportWires(client_t, up_t, lambda: not up_pipe.paused)
+        client_t.set_protocol(client_pipe)
+        up_t.set_protocol(up_pipe)
+
+    def _on_native_data(self, side: int, data: bytes) -> None:
+        """Bytes from the compiled I/O loop (on its thread)."""
+        if side == UPSTREAM:
+            self._on_upstream_data(data)
+        else:
+            self._on_client_data(data)
+
+    def _on_native_end(self, side: int) -> None:
+        """A side of the connection closed or failed (on the event loop's thread)."""
+        if side == UPSTREAM:
+            self._on_upstream_eof()
+        else:
+            self._finish()
 
     def _finish(self, exc: BaseException | None = None) -> None:
         if self.finished.done():
@@ -244,55 +296,68 @@ class Connection:
             self.finished.set_exception(exc)
 
     def _on_upstream_eof(self) -> None:
-        if self.finished.done():
-            return
-        self.s.error_event("upstream connection lost", connection=self.conn_id)
-        self.client_t.write(
-            fatal(
-                "08006",
-                f"the Airlock gateway {self.s.config.name} lost its upstream connection",
-                hint="reconnect; if it keeps happening, check the upstream database",
+        with self.lock:
+            if self.finished.done():
+                return
+            self.stopped = True
+            self.s.error_event("upstream connection lost", connection=self.conn_id)
+            self.wires.to_client(
+                fatal(
+                    "08006",
+                    f"the Airlock gateway {self.s.config.name} lost its upstream connection",
+                    hint="reconnect; if it keeps happening, check the upstream database",
+                )
             )
-        )
-        self._finish()
+            self._finish()
 
     def _on_client_data(self, data: bytes) -> None:
-        if self.finished.done():
-            return
-        try:
-            self._apply(self.relay.client_data(data))
-        except Exception as exc:
-            self._finish(exc)
+        with self.lock:
+            if self.stopped or self.finished.done():
+                return
+            try:
+                self._apply(self.relay.client_data(data))
+            except Exception as exc:
+                self.stopped = True
+                self.wires.call(self._finish, exc)
 
     def _apply(self, step: Step) -> None:
+        """Carry out ``step`` (the lock is held)."""
         if step.upstream:
-            self.up_t.write(step.upstream)
+            self.wires.to_upstream(step.upstream)
         if step.pause:
-            self.client_t.pause_reading()
+            self.wires.pause_client()
         if step.hold is not None:
-            self.holding = asyncio.get_running_loop().create_task(self._hold(step.hold))
+            self.wires.call(self._start_hold, step.hold)
         if step.end:
-            self._finish()
+            self.stopped = True
+            self.wires.call(self._finish)
+
+    def _start_hold(self, held: Held) -> None:
+        if self.finished.done():  # the connection ended first: _relay cancelled the hold
+            return
+        self.holding = asyncio.get_running_loop().create_task(self._hold(held))
 
     async def _hold(self, held: Held) -> None:
         try:
             decision = await self._ask(held.verdict.final, held.masked)
             revoked = decision.action == "allow" and not await self._ticket_still_valid()
         except asyncio.CancelledError:
-            self.relay.cancelled()
+            with self.lock:
+                self.relay.cancelled()
             raise
         try:
-            if self.finished.done():  # the client went while the answer was on its way
-                self.relay.cancelled()
-                return
-            self.holding = None
-            if revoked:
-                self.relay.revoked()
-                self._revoked()
-                return
-            self._apply(self.relay.decided(decision))
-            if self.holding is None and not (self.up_pipe and self.up_pipe.paused):
-                self.client_t.resume_reading()
+            with self.lock:
+                if self.finished.done():  # the client went while the answer was on its way
+                    self.relay.cancelled()
+                    return
+                self.holding = None
+                if revoked:
+                    self.relay.revoked()
+                    self._revoked()
+                    return
+                self._apply(self.relay.decided(decision))
+                if self.relay.holding is None:
+                    self.wires.resume_client()
         except Exception as exc:
             self._finish(exc)
 
@@ -342,15 +407,18 @@ class Connection:
 
     def _revoked(self, when: str = "while a statement was held") -> None:
         """End a connection whose ticket no longer holds: nothing more is relayed for it."""
-        self.client_t.write(
-            fatal(
-                "28000",
-                f"the Airlock gateway {self.s.config.name} ended this connection: its ticket was "
-                f"revoked or expired {when} (rule {TICKET_RULE})",
-                hint="the job's tickets end with the job; run the statement again in a live job",
+        with self.lock:
+            self.stopped = True
+            self.wires.to_client(
+                fatal(
+                    "28000",
+                    f"the Airlock gateway {self.s.config.name} ended this connection: its ticket "
+                    f"was revoked or expired {when} (rule {TICKET_RULE})",
+                    hint="the job's tickets end with the job; run the statement again in a live "
+                    "job",
+                )
             )
-        )
-        self._finish()
+            self._finish()
 
     async def _ask(self, decision: Decision, masked: str) -> Decision:
         operation = Operation(
@@ -379,11 +447,13 @@ class Connection:
         return Decision(action, decision.rule_id, decision.index)
 
     def _on_upstream_data(self, data: bytes) -> None:
-        if self.finished.done():
-            return
-        try:
-            out = self.relay.results.feed(data)
-            if out:
-                self.client_t.write(out)
-        except Exception as exc:
-            self._finish(exc)
+        with self.lock:
+            if self.stopped or self.finished.done():
+                return
+            try:
+                out = self.relay.results.feed(data)
+                if out:
+                    self.wires.to_client(out)
+            except Exception as exc:
+                self.stopped = True
+                self.wires.call(self._finish, exc)

@@ -71,6 +71,7 @@ class PostgresGateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._shared.close_io()
         await self._server.wait_closed()
 
     async def _serve_client(
