@@ -216,16 +216,17 @@ class Connection:
         io = self.s.io_loop()
         native: LoopWires | None = None
         if io is not None and native_ready(client_t, up_t):
-            native = LoopWires(
-                io,
-                asyncio.get_running_loop(),
-                client_t,
-                up_t,
-                self._on_native_data,
-                self._on_native_end,
-            )
-            self.wires = native
-        else:
+            with contextlib.suppress(OSError):  # then asyncio's transports move the bytes
+                native = LoopWires(
+                    io,
+                    asyncio.get_running_loop(),
+                    client_t,
+                    up_t,
+                    self._on_native_data,
+                    self._on_native_end,
+                )
+                self.wires = native
+        if native is None:
             self._pipes(client_t, up_t)
         watch: asyncio.Task[None] | None = None
         try:

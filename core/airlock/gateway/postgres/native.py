@@ -114,12 +114,12 @@ class LoopWires:
         self._client = client
         self._upstream = upstream
         self._on_end = on_end
-        client.pause_reading()  # from here on the event loop never touches these sockets
-        upstream.pause_reading()
         sockets = [t.get_extra_info("socket") for t in (client, upstream)]
-        self.handle: int | None = io.add(
+        self.handle: int | None = io.add(  # OSError (no fd left to duplicate): nothing changed
             sockets[0].fileno(), sockets[1].fileno(), on_data, self._ended
         )
+        client.pause_reading()  # from here on the event loop never touches these sockets
+        upstream.pause_reading()
 
     def _ended(self, side: int, reason: str) -> None:
         self._loop.call_soon_threadsafe(self._on_end, side)
