@@ -133,6 +133,7 @@ def start_gateway(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 s per target instead of 20 s")
+    parser.add_argument("--seconds", type=int, help="seconds per target (overrides --quick)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the three targets in turn N times (median)"
     )
@@ -149,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     variants = [(loop, io) for loop in args.loops.split(",") for io in args.io.split(",")]
     loops = [f"{loop}-{io}" for loop, io in variants]
-    seconds = 5 if args.quick else 20
+    seconds = args.seconds or (5 if args.quick else 20)
     load_before = os.getloadavg()
     rounds: list[dict[str, tuple[float, float, int]]] = []
     cpu: dict[str, list[float]] = {name: [] for name in ["pgbouncer", *loops]}
