@@ -241,8 +241,10 @@ static void *run(void *arg) {
         }
         pthread_mutex_unlock(&L->mu);
         for (size_t i = 0; i < ncalls; i++) {
-            PyObject *result = PyObject_CallFunction(calls[i].fn, "iO", calls[i].side,
-                                                     calls[i].data);
+            PyObject *args[2] = {PyLong_FromLong(calls[i].side), calls[i].data};
+            PyObject *result =
+                args[0] == NULL ? NULL : PyObject_Vectorcall(calls[i].fn, args, 2, NULL);
+            Py_XDECREF(args[0]);
             if (result == NULL) PyErr_WriteUnraisable(calls[i].fn);
             Py_XDECREF(result);
             Py_DECREF(calls[i].fn);

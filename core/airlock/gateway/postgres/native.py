@@ -15,6 +15,7 @@ move the bytes (:class:`TransportWires`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import sys
@@ -122,7 +123,7 @@ class LoopWires:
         upstream.pause_reading()
 
     def _ended(self, side: int, reason: str) -> None:
-        self._loop.call_soon_threadsafe(self._on_end, side)
+        self.call(self._on_end, side)
 
     def start(self) -> None:
         """Start reading both sides (``add`` leaves them paused)."""
@@ -131,11 +132,11 @@ class LoopWires:
 
     def to_upstream(self, data: bytes) -> None:
         if not self._io.send(self.handle, UPSTREAM, data):
-            self._loop.call_soon_threadsafe(self._on_end, UPSTREAM)
+            self.call(self._on_end, UPSTREAM)
 
     def to_client(self, data: bytes) -> None:
         if not self._io.send(self.handle, CLIENT, data):
-            self._loop.call_soon_threadsafe(self._on_end, CLIENT)
+            self.call(self._on_end, CLIENT)
 
     def pause_client(self) -> None:
         self._io.pause(self.handle, CLIENT, True)
@@ -144,7 +145,8 @@ class LoopWires:
         self._io.pause(self.handle, CLIENT, False)
 
     def call(self, fn: Callable[..., None], *args: Any) -> None:
-        self._loop.call_soon_threadsafe(fn, *args)
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: the gateway is gone
+            self._loop.call_soon_threadsafe(fn, *args)
 
     def stop(self) -> None:
         """Take the connection out of the loop; what it had not sent yet goes to the transports
