@@ -1,5 +1,6 @@
-"""One client connection of the PostgreSQL gateway and its upstream connection: startup, ticket
-check, upstream login, then the I/O around the sans-I/O :class:`~.relay.Relay` that judges,
+"""One client connection of the PostgreSQL gateway and its upstream connection: startup and
+ticket check (:mod:`.login`), upstream login, then the I/O around the sans-I/O
+:class:`~.relay.Relay` that judges,
 records and masks (this module moves bytes, holds statements while approvers answer, and ends
 holds whose client went away)."""
 
@@ -15,31 +16,11 @@ from typing import cast
 from airlock.events import EventType
 from airlock.gate.interface import Operation
 from airlock.gateway.postgres import upstream
-from airlock.gateway.postgres._shared import (
-    CONNECT_TIMEOUT,
-    Refused,
-    Shared,
-    fatal,
-    read_one,
-    take_buffered,
-)
-from airlock.gateway.postgres.encode import (
-    encode_auth,
-    encode_backend_key,
-    encode_cancel,
-    encode_negotiate,
-)
-from airlock.gateway.postgres.framing import BackendParser, FrontendParser
-from airlock.gateway.postgres.messages import (
-    MAX_STARTUP,
-    BackendKeyData,
-    CancelRequest,
-    GSSENCRequest,
-    PasswordMessage,
-    ProtocolError,
-    SSLRequest,
-    StartupMessage,
-)
+from airlock.gateway.postgres._shared import Refused, Shared, fatal, take_buffered
+from airlock.gateway.postgres.encode import encode_backend_key
+from airlock.gateway.postgres.framing import BackendParser
+from airlock.gateway.postgres.login import authenticate_client, read_startup
+from airlock.gateway.postgres.messages import BackendKeyData, ProtocolError, StartupMessage
 from airlock.gateway.postgres.native import (
     UPSTREAM,
     LoopWires,
@@ -88,10 +69,14 @@ class Connection:
 
     async def run(self) -> None:
         try:
-            startup = await asyncio.wait_for(self._startup(), self.s.startup_timeout)
+            startup = await asyncio.wait_for(
+                read_startup(self.s, self.client_r, self.client_w), self.s.startup_timeout
+            )
             if startup is None:
                 return
-            await self._authenticate_client(startup)
+            self.presented, self.after_password = await authenticate_client(
+                self.s, self.client_r, self.client_w, startup
+            )
             await self._connect_upstream(startup)
             await self._relay()
         except TimeoutError:
@@ -113,69 +98,6 @@ class Connection:
         with contextlib.suppress(Exception):
             self.client_w.write(error)
             await self.client_w.drain()
-
-    # -------------------------------------------------------------------- client side
-
-    async def _startup(self) -> StartupMessage | None:
-        parser = FrontendParser()
-        while True:
-            message = parser.next_message()
-            if message is None:
-                data = await self.client_r.read(MAX_STARTUP)
-                if not data:
-                    return None
-                parser.feed(data)
-                continue
-            if isinstance(message, SSLRequest | GSSENCRequest):
-                if parser.buffered:  # bytes after SSLRequest before our answer: injection
-                    raise ProtocolError("data received before the SSL answer")
-                self.client_w.write(b"N")  # loopback: no TLS between agent and gateway
-                await self.client_w.drain()
-            elif isinstance(message, CancelRequest):
-                await self._forward_cancel(message)
-                return None
-            else:
-                assert isinstance(message, StartupMessage)
-                if parser.buffered:
-                    raise ProtocolError("data received before authentication")
-                return message
-
-    async def _forward_cancel(self, request: CancelRequest) -> None:
-        target = self.s.cancel_keys.get((request.pid, request.key))
-        if target is None:
-            return  # PostgreSQL says nothing either way
-        server = self.s.config.upstream
-        with contextlib.suppress(OSError, TimeoutError):
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(server.host, server.port), CONNECT_TIMEOUT
-            )
-            writer.write(encode_cancel(*target))
-            await writer.drain()
-            writer.close()
-
-    async def _authenticate_client(self, startup: StartupMessage) -> None:
-        if startup.version & 0xFFFF:
-            options = tuple(k for k in startup.params if k.startswith("_pq_."))
-            self.client_w.write(encode_negotiate(0, options))
-        self.client_w.write(encode_auth(3))  # cleartext: loopback, and it is only a ticket
-        await self.client_w.drain()
-        parser = FrontendParser()
-        parser.in_startup = False
-        message = await read_one(self.client_r, parser)
-        if not isinstance(message, PasswordMessage):
-            raise ProtocolError("expected a password message")
-        self.after_password = parser.take_buffered()
-        self.presented = message.data.rstrip(b"\0")
-        if not await check_ticket(self.s.ticket, self.presented):
-            raise Refused(
-                fatal(
-                    "28P01",
-                    f"password authentication failed for the Airlock gateway {self.s.config.name}",
-                    hint="use the session ticket Airlock gave you as the password "
-                    "(PGPASSWORD / DATABASE_URL), not a database password",
-                ),
-                "client presented a wrong ticket",
-            )
 
     # ------------------------------------------------------------------ upstream side
 
