@@ -1,8 +1,8 @@
 """One client connection of the PostgreSQL gateway and its upstream connection: startup and
 ticket check (:mod:`.login`), upstream login, then the I/O around the sans-I/O
-:class:`~.relay.Relay` that judges,
-records and masks (this module moves bytes, holds statements while approvers answer, and ends
-holds whose client went away)."""
+:class:`~.relay.Relay` that judges, records and masks (this module moves bytes, through asyncio's
+transports or the compiled I/O loop of :mod:`.native`, holds statements while approvers answer,
+and ends holds whose client went away)."""
 
 from __future__ import annotations
 
