@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -112,6 +113,19 @@ static void stop(Drain *d) {
     d->running = 0;
 }
 
+/* The thread starts with every signal blocked: signals go to the Python threads (the runner's
+ * loop hears them through its wakeup fd), never interrupt a read here. */
+static int start(Drain *d) {
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous);
+    errno = pthread_create(&d->thread, NULL, run, d);
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = err;
+    return err;
+}
+
 static PyObject *drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     int fd;
     Py_ssize_t limit;
@@ -135,8 +149,7 @@ static PyObject *drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     d->ring = malloc(d->cap);
     d->notify = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     d->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (d->ring == NULL || d->notify < 0 || d->stop_fd < 0 ||
-        (errno = pthread_create(&d->thread, NULL, run, d)) != 0) {
+    if (d->ring == NULL || d->notify < 0 || d->stop_fd < 0 || start(d) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(d);
         return NULL;

@@ -257,6 +257,7 @@ class ProcessRunner:
             open_streams = any(s.open for s in streams)
             if deadline is not None and (not open_streams or time.monotonic() > deadline):
                 break
+        self._take_drained(streams)
         # Whatever the command left running would go on unrecorded after the seal: its process
         # group, and every traced process that left it (setsid daemons).
         left = _procs.end_group(proc)
@@ -353,6 +354,15 @@ class ProcessRunner:
         if eof:
             stream.open = False
             sel.unregister(stream.watched())
+
+    def _take_drained(self, streams: list[_Stream]) -> None:
+        """The loop ends with the pty still open (a process left behind holds it past the drain
+        grace): what the drain thread read before then is recorded too, not dropped."""
+        for stream in streams:
+            if stream.open and stream.drain is not None:
+                data, _ = stream.drain.take()
+                if data:
+                    self._on_output(stream.name, data)
 
     def _forward_stdin(self, sel: PollSelector, master: int) -> None:
         data = os.read(0, 65536)
