@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
+from airlock.capture import drain
 from airlock.capture.runner import Command, ProcessRunner
 
 DEADLINE = 20.0  # seconds to wait for something that must happen (never a timing assertion)
@@ -132,3 +135,27 @@ def test_close_stops_the_thread_on_a_quiet_pty_and_on_a_full_ring(
     finally:
         os.close(slave)
         os.close(master)
+
+
+def test_a_drain_that_cannot_start_leaves_the_reading_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class NoThreads:
+        VERSION = 1
+
+        @staticmethod
+        def Drain(fd: int, limit: int) -> None:
+            raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(drain, "load", lambda: NoThreads)
+    got = bytearray()
+    runner = ProcessRunner(
+        Command(("sh", "-c", "echo still recorded"), dict(os.environ), str(tmp_path)),
+        use_pty=True,
+        tracer=None,
+        on_output=lambda _s, data: got.extend(data),
+        on_process=lambda _e: None,
+        on_idle=lambda: None,
+    )
+    assert runner.run().exit_status == 0
+    assert bytes(got) == b"still recorded\r\n"

@@ -62,4 +62,9 @@ def open_drain(fd: int) -> Drain | None:
     """A drain thread reading ``fd`` (a non-blocking pty master), or ``None`` (see
     :func:`load`): then the loop reads the pty itself."""
     module = load()
-    return None if module is None else cast(Drain, module.Drain(fd, LIMIT))
+    if module is None:
+        return None
+    try:
+        return cast(Drain, module.Drain(fd, LIMIT))
+    except OSError:  # no thread to be had (a process limit): the loop's own read records alike
+        return None
