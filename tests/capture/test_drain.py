@@ -108,6 +108,27 @@ def test_a_small_ring_wraps_and_keeps_the_order(compiled_drain: ModuleType) -> N
     assert got == data
 
 
+def test_a_prompt_is_handed_on_while_the_command_waits(compiled_drain: ModuleType) -> None:
+    """A gathering take waits for more only while the command writes: a prompt comes out."""
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    drain = compiled_drain.Drain(master, 1 << 20)
+    try:
+        os.write(slave, b"password: ")
+        got = b""
+        deadline = time.monotonic() + DEADLINE
+        while got != b"password: " and time.monotonic() < deadline:
+            select.select([drain.fileno()], [], [], 0.05)
+            data, eof = drain.take(0.002)
+            got += data
+            assert not eof
+        assert got == b"password: "
+    finally:
+        drain.close()
+        os.close(slave)
+        os.close(master)
+
+
 def _closes(drain: object) -> bool:
     closer = threading.Thread(target=drain.close)  # type: ignore[attr-defined]
     closer.start()

@@ -6,9 +6,11 @@
  *   drain.fileno()          an eventfd, readable when data, EOF or an error waits to be taken
  *   drain.take(gather) -> (bytes, eof)
  *                           everything read so far, in order; eof: nothing comes after it.
- *                           With gather > 0 and less than GATHER bytes read, first wait up to
- *                           gather seconds for more (GIL released). Raises OSError when the
- *                           read failed (not EIO, which is the slave side closing: EOF)
+ *                           With gather > 0 and less than GATHER bytes read, first wait for
+ *                           more (GIL released) while the command keeps writing, as the loop's
+ *                           own read did: until GATHER bytes, or the pty has been empty for
+ *                           gather seconds in all, or MAX_GATHER_NS passed. Raises OSError
+ *                           when the read failed (not EIO, which is the slave side closing: EOF)
  *   drain.close()           stop the thread (before fd is closed); also on dealloc
  *
  * The thread reads into the free part of the ring without the lock; the taker copies the
@@ -29,7 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define GATHER (256 * 1024)
+#define GATHER (512 * 1024) /* half the ring: the thread reads on while it is copied out */
+#define MAX_GATHER_NS 50000000LL
 #define MAX_READ (64 * 1024)
 
 typedef struct {
@@ -41,6 +44,7 @@ typedef struct {
     int running, stopping, fd, notify, stop_fd;
     int signalled; /* notify was written since the last take */
     int eof, error;
+    int idle; /* the thread waits for the pty to be readable (the command is not writing) */
     size_t want; /* a taker waits for this many bytes */
     char *ring;
     size_t cap, head, count;
@@ -54,6 +58,13 @@ static void signal_taker(Drain *d) {
         (void)ignored;
         d->signalled = 1;
     }
+}
+
+static void set_idle(Drain *d, int idle) {
+    pthread_mutex_lock(&d->mu);
+    d->idle = idle;
+    if (idle) pthread_cond_signal(&d->more); /* a gathering taker now counts the pause */
+    pthread_mutex_unlock(&d->mu);
 }
 
 /* Room to read into: (offset, length) of the free part after the filled one, 0 when closing. */
@@ -80,7 +91,9 @@ static void *run(void *arg) {
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             struct pollfd fds[2] = {{.fd = d->fd, .events = POLLIN}, {.fd = d->stop_fd, .events = POLLIN}};
+            set_idle(d, 1);
             poll(fds, 2, -1);
+            set_idle(d, 0);
             continue;
         }
         int err = n < 0 ? errno : 0;
@@ -171,15 +184,32 @@ static void drain_dealloc(Drain *d) {
     Py_DECREF(type);
 }
 
+static struct timespec after(long long ns) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    ns += t.tv_nsec;
+    t.tv_sec += (time_t)(ns / 1000000000LL);
+    t.tv_nsec = (long)(ns % 1000000000LL);
+    return t;
+}
+
+static int before(const struct timespec *a, const struct timespec *b) {
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* Called with the lock held: wait for GATHER bytes while the command keeps the pty busy. A
+ * pause of the command (the thread idle) ends the wait once `gather` seconds have passed since
+ * the call; nothing makes it longer than MAX_GATHER_NS. */
 static void wait_gather(Drain *d, double gather) {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    long long ns = until.tv_nsec + (long long)(gather * 1e9);
-    until.tv_sec += (time_t)(ns / 1000000000LL);
-    until.tv_nsec = (long)(ns % 1000000000LL);
+    struct timespec pause_end = after((long long)(gather * 1e9));
+    struct timespec cap = after(MAX_GATHER_NS);
     d->want = GATHER;
-    while (d->count < GATHER && !d->eof && !d->error && d->running)
-        if (pthread_cond_timedwait(&d->more, &d->mu, &until) == ETIMEDOUT) break;
+    while (d->count < GATHER && !d->eof && !d->error && d->running) {
+        const struct timespec *until = d->idle && before(&pause_end, &cap) ? &pause_end : &cap;
+        struct timespec now = after(0);
+        if (!before(&now, until)) break;
+        pthread_cond_timedwait(&d->more, &d->mu, until);
+    }
     d->want = 0;
 }
 
