@@ -3,7 +3,8 @@
 The runner knows nothing about masking or logs. It hands raw output to ``on_output`` (which
 masks, shows and records it) and process events to ``on_process``; ``on_idle`` is called when
 the output has been quiet for ``idle_seconds``, so held-back bytes (a prompt) can be shown.
-Everything runs in one thread around one selector.
+Everything runs in one thread around one selector; only a pty is read by a thread of its own
+(:mod:`.drain`), whose bytes the loop takes and hands on in order.
 """
 
 from __future__ import annotations
