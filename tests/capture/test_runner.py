@@ -170,3 +170,28 @@ def test_a_quiet_command_is_not_polled_in_a_busy_loop(trace: bool) -> None:
     result, rec = run(["sleep", "0.6"], trace=trace)
     assert result.exit_status == 0
     assert 1 <= rec.idle <= 0.6 / 0.03 * 3
+
+
+def test_pty_mode_reads_the_same_either_way(drain_way: str) -> None:
+    code = "import os,sys; print(os.isatty(0), os.isatty(1)); sys.stdout.write('y' * 300000)"
+    result, rec = run([sys.executable, "-c", code], pty=True)
+    assert result.exit_status == 0
+    assert bytes(rec.output["pty"]) == b"True True\r\n" + b"y" * 300000
+
+
+def test_signals_reach_the_command_under_a_pty(drain_way: str) -> None:
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda s, f: (print('got', s, flush=True), sys.exit(42)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(20)\n"
+    )
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result, rec = run([sys.executable, "-c", code], pty=True)
+    finally:
+        timer.cancel()
+    assert result.exit_status == 42
+    assert b"got 15" in bytes(rec.output["pty"])
+    assert result.forwarded == ["SIGTERM"]
