@@ -122,8 +122,13 @@ def test_both_relays_report_the_same_outcomes_and_counts(
             assert _read_all(sock) == upstream.reply
         with _tunnel(proxy.port, upstream.port, b"\x16\x03\x01\x00\x05hello") as sock:
             assert _read_all(sock) == b""  # not a ClientHello: closed, nothing relayed
+        with _tunnel(proxy.port, upstream.port, _client_hello("other.test")) as sock:
+            assert _read_all(sock) == b""  # another SNI: closed, nothing relayed
+        with _tunnel(proxy.port, upstream.port, _HELLO[:50]) as sock:  # the rest comes later
+            sock.sendall(_HELLO[50:])
+            assert _read_all(sock) == upstream.reply
         proxy.close()
-        found = events.wait_net(start + 3)[start:]
+        found = events.wait_net(start + 5)[start:]
         seen[way] = sorted(  # the client may hear a tunnel's end before it is recorded
             (e["outcome"], e["bytes_up"], e["bytes_down"], e.get("sni") or "", e.get("error", ""))
             for e in found
@@ -132,7 +137,13 @@ def test_both_relays_report_the_same_outcomes_and_counts(
     assert seen["native"] == seen["python"]
     assert [s[1:3] for s in seen["native"] if s[0] == "allowed"] == [
         (len(_HELLO), len(upstream.reply)),
+        (len(_HELLO), len(upstream.reply)),
         (len(_HELLO) + 4, len(upstream.reply)),
+    ]
+    refused = [s[3:] for s in seen["native"] if s[0] == "denied"]
+    assert sorted(refused) == [
+        ("", "not a TLS ClientHello: only TLS goes through CONNECT"),
+        ("other.test", "SNI other.test differs from the CONNECT host"),
     ]
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airlock.egress.addresses import Address, parse_address, refused_reason
-from airlock.egress.native import NativeRelay
+from airlock.egress.native import Ended, NativeRelay, Verdict
 from airlock.egress.protocol import (
     BodyFramer,
     HeadParser,
@@ -37,7 +37,7 @@ from airlock.egress.protocol import (
     forward_head,
 )
 from airlock.egress.relay import relay
-from airlock.egress.tls import ClientHelloReader
+from airlock.egress.tls import ClientHello, ClientHelloReader
 from airlock.events import EventType
 from airlock.gate.interface import Approve, Operation, Record
 from airlock.policy.network import EgressRules, NetDecision
@@ -268,11 +268,22 @@ async def _tunnel(
     attempt: _Attempt,
 ) -> None:
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    if ctx.native is not None:  # the relay thread reads and checks the ClientHello
+        ended = await ctx.native.relay(
+            reader,
+            writer,
+            up_reader,
+            upstream,
+            rest,
+            attempt,
+            expect=head.host,
+            sni_optional=_ip(head.host) is not None,
+            hello_timeout=_HELLO_TIMEOUT,
+        )
+        _native_verdict(head, ended, attempt)
+        return
     await writer.drain()
     hello_bytes = await _read_hello(head, reader, rest, attempt)
-    if ctx.native is not None:
-        await ctx.native.relay(reader, writer, up_reader, upstream, hello_bytes, attempt)
-        return
     upstream.write(hello_bytes)
     attempt.up += len(hello_bytes)
     await relay(reader, writer, up_reader, upstream, attempt)
@@ -291,6 +302,12 @@ async def _read_hello(
                 raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
             seen += data
             hello = hello_reader.feed(data)
+    _check_hello(head, hello, attempt)
+    return bytes(seen)
+
+
+def _check_hello(head: RequestHead, hello: ClientHello, attempt: _Attempt) -> None:
+    """Refuse unless the ClientHello names the CONNECT host (or none, for an IP literal)."""
     attempt.data["sni"] = hello.sni
     expected = head.host
     if not hello.tls or hello.malformed:
@@ -299,7 +316,24 @@ async def _read_hello(
         raise _Refused(0, "airlock.sni", f"no SNI in the ClientHello for {expected}")
     if hello.sni is not None and hello.sni != expected:
         raise _Refused(0, "airlock.sni", f"SNI {hello.sni} differs from the CONNECT host")
-    return bytes(seen)
+
+
+def _native_verdict(head: RequestHead, ended: Ended, attempt: _Attempt) -> None:
+    """Record the compiled relay's ClientHello check as :func:`_check_hello` would have: the
+    same SNI, rule and words. Its verdict is checked again here (fail closed if they differ)."""
+    verdict = ended.verdict
+    if verdict == Verdict.CLOSED:
+        raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
+    if verdict == Verdict.TIMED_OUT:
+        raise TimeoutError
+    if verdict == Verdict.FAILED:
+        raise OSError(0, ended.reason or "read failed")
+    if verdict == Verdict.NONE:  # the relay closed before it judged (the proxy stopped)
+        raise OSError(0, ended.reason or "closed: the proxy stopped")
+    hello = ClientHello(tls=verdict != Verdict.NOT_TLS, sni=ended.sni)
+    _check_hello(head, hello, attempt)  # raises for every refusing verdict
+    if verdict != Verdict.ADMITTED:
+        raise _Refused(0, "airlock.sni", "the ClientHello was refused")  # unreachable
 
 
 async def _forward(
