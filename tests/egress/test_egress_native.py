@@ -185,3 +185,36 @@ def test_200_tunnels_leave_no_descriptor_behind(
         assert proxy.native.open_tunnels() == 0
     assert _fds_settled(before) == before
     upstream.close()
+
+
+def test_refused_tunnels_are_recorded_before_closed_and_leave_no_descriptor(
+    relay_way: str, start_proxy: ProxyFactory, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tunnel refused by the ClientHello check is closed only once it is recorded (the
+    compiled relay hands its sockets back for that: the client never hears of a refusal the log
+    lacks), and no descriptor is left open."""
+    upstream = _Upstream()
+    proxy = start_proxy(_network(upstream.port))
+    with _tunnel(proxy.port, upstream.port) as sock:  # warm up: the loop's own descriptors
+        assert _read_all(sock) == b"pong"
+    events.wait_net(1)
+    before = _fds()
+    kind_of_events = type(events)  # conftest's class (the module may be imported twice)
+    record = kind_of_events.__call__
+
+    def slow_record(self: Events, kind: str, data: dict[str, object]) -> None:
+        time.sleep(0.2)  # a slow log: a close before the record would come first
+        record(self, kind, data)
+
+    monkeypatch.setattr(kind_of_events, "__call__", slow_record)
+    other = _client_hello("other.test")
+    for count in range(2, 12):
+        with _tunnel(proxy.port, upstream.port, other) as sock:
+            assert _read_all(sock) == b""
+            assert len(events.net()) == count  # already recorded when the client hears
+    recorded = events.net()
+    assert [e["rule_id"] for e in recorded[1:]] == ["airlock.sni"] * 10
+    if proxy.native is not None:
+        assert proxy.native.open_tunnels() == 0
+    assert _fds_settled(before) == before
+    upstream.close()

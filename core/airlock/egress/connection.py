@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +47,7 @@ from airlock.policy.network import EgressRules, NetDecision
 __all__ = ["Context", "Resolve", "handle_connection"]
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
+_SETS_NODELAY = "uvloop.loop"  # its TCP transports set TCP_NODELAY themselves: not twice
 _CHUNK = 256 * 1024
 _HEAD_TIMEOUT = 30.0
 _HELLO_TIMEOUT = 10.0
@@ -63,6 +66,7 @@ class _Attempt:
     data: dict[str, Any] = field(default_factory=dict)
     up: int = 0
     down: int = 0
+    held: list[int] = field(default_factory=list)  # sockets to close once recorded
 
     def event(self) -> dict[str, Any]:
         duration = round((time.monotonic() - self.started) * 1000, 3)
@@ -122,6 +126,8 @@ async def handle_connection(
         # connection still ends here.
         with contextlib.suppress(Exception):
             ctx.record(str(EventType.NET_CONNECT), attempt.event())
+        for fd in attempt.held:  # a tunnel the relay thread refused: closed only now
+            os.close(fd)
         if upstream is not None:
             upstream.close()
         if refusal is not None and refusal.status:
@@ -195,7 +201,12 @@ async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecis
     return decision
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> Address | None:
+    """``parse_address``, kept: the same few hosts and answers come back on every connection.
+    A name that ends in a letter and has no ``:`` is no IP literal (``ipaddress`` is slow)."""
+    if text[-1:].isalpha() and ":" not in text:
+        return None
     return parse_address(text)
 
 
@@ -238,7 +249,7 @@ async def _open(
             continue
         attempt.data["address"] = address
         sock = writer.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and type(writer.transport).__module__ != _SETS_NODELAY:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer
     reason = _os_reason(last) if last is not None else "no address"
@@ -279,6 +290,7 @@ async def _tunnel(
             expect=head.host,
             sni_optional=_ip(head.host) is not None,
             hello_timeout=_HELLO_TIMEOUT,
+            held=attempt.held,
         )
         _native_verdict(head, ended, attempt)
         return

@@ -57,7 +57,14 @@ class Ended(NamedTuple):
     reason: str
 
 
-_Report = tuple[int, int, str, int, str | None]  # up, down, reason, verdict, sni
+# up, down, reason, verdict, sni, held: the sockets of a tunnel refused before relaying, still
+# open for the caller to close once the refusal is recorded ((-1, -1): already closed)
+_Report = tuple[int, int, str, int, str | None, tuple[int, int]]
+_CLOSED: tuple[int, int] = (-1, -1)
+
+
+def _held(report: _Report) -> list[int]:
+    return [fd for fd in report[5] if fd >= 0]
 
 
 def current(module: ModuleType) -> bool:
@@ -96,12 +103,16 @@ class NativeRelay:
     def _finished(self, keep: int | None = None) -> _Report | None:
         """Resolve the tunnels the relay thread ended; the report of ``keep``, if among them."""
         kept = None
-        for handle, *report in self._relay.finished():
-            if handle == keep:
-                kept = tuple(report)
+        for handle, *fields in self._relay.finished():
+            report = cast(_Report, tuple(fields))
             future = self._waiting.pop(handle, None)
-            if future is not None and not future.done():
-                future.set_result(tuple(report))
+            if handle == keep:
+                kept = report
+            elif future is not None and not future.done():
+                future.set_result(report)
+            else:  # nobody waits for it (cannot happen): its sockets are closed here
+                for fd in _held(report):
+                    os.close(fd)
         return kept
 
     async def relay(
@@ -115,19 +126,47 @@ class NativeRelay:
         expect: str | None = None,
         sni_optional: bool = False,
         hello_timeout: float = 10.0,
+        held: list[int] | None = None,
     ) -> Ended:
         """Relay the tunnel until it ends, ``first`` going upstream before anything else.
         With ``expect``, ``first`` is the start of the ClientHello: the relay thread reads the
-        rest and relays only if its SNI is ``expect`` (or absent, with ``sni_optional``)."""
+        rest and relays only if its SNI is ``expect`` (or absent, with ``sni_optional``).
+        A tunnel refused before relaying leaves its sockets open in ``held``, for the caller
+        to close once it recorded the refusal (without ``held``, they are closed here)."""
+        hold: list[int] = [] if held is None else held
+        try:
+            return await self._relay_tunnel(
+                reader, writer, up_reader, upstream, first, counts, expect, sni_optional,
+                hello_timeout, hold,
+            )  # fmt: skip
+        finally:
+            if held is None:
+                for fd in hold:
+                    os.close(fd)
+
+    async def _relay_tunnel(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        upstream: asyncio.StreamWriter,
+        first: bytes,
+        counts: Counts,
+        expect: str | None,
+        sni_optional: bool,
+        hello_timeout: float,
+        held: list[int],
+    ) -> Ended:
         client_sock = writer.get_extra_info("socket")
         upstream_sock = upstream.get_extra_info("socket")
         if client_sock is None or upstream_sock is None:
             raise OSError("no socket to relay")
         # uvloop's transports are not asyncio.Transport subclasses, hence the casts
         transports = [cast(asyncio.Transport, w.transport) for w in (writer, upstream)]
-        async with asyncio.timeout(_FLUSH_TIMEOUT):
-            while any(t.get_write_buffer_size() for t in transports):  # the 200 not sent yet
-                await asyncio.sleep(0.005)
+        if any(t.get_write_buffer_size() for t in transports):  # the 200 not sent yet
+            async with asyncio.timeout(_FLUSH_TIMEOUT):
+                while any(t.get_write_buffer_size() for t in transports):
+                    await asyncio.sleep(0.005)
         for transport in transports:
             transport.pause_reading()  # the loop no longer touches these sockets
         to_upstream = first + take_buffer(reader)
@@ -148,16 +187,23 @@ class NativeRelay:
         future: asyncio.Future[_Report] = self._loop.create_future()
         self._waiting[handle] = future
         try:
-            up, down, reason, verdict, sni = await future
+            up, down, reason, verdict, sni, _ = report = await future
         except asyncio.CancelledError:
             self._waiting.pop(handle, None)
-            moved = self._relay.cancel(handle)  # its duplicates are closed on return
-            if moved is None:  # it ended meanwhile: its report is not read yet
-                moved = self._finished(keep=handle)
+            moved: tuple[int, int] | None = self._relay.cancel(handle)  # dups closed on return
+            late: _Report | None = None
+            if moved is None and future.done() and not future.cancelled():
+                late = future.result()  # it ended, reported, and then we were cancelled
+            elif moved is None:  # it ended meanwhile: its report is not read yet
+                late = self._finished(keep=handle)
+            if late is not None:
+                moved = late[0], late[1]
+                held.extend(_held(late))
             if moved is not None:
                 counts.up += moved[0]
                 counts.down += moved[1]
             raise
+        held.extend(_held(report))
         counts.up += up
         counts.down += down
         return Ended(Verdict(verdict), sni, reason)
@@ -168,5 +214,5 @@ class NativeRelay:
         self._relay.close()
         for future in self._waiting.values():
             if not future.done():
-                future.set_result((0, 0, "closed: the proxy stopped", Verdict.NONE, None))
+                future.set_result((0, 0, "closed: the proxy stopped", Verdict.NONE, None, _CLOSED))
         self._waiting.clear()
