@@ -141,11 +141,11 @@ def test_a_tunnel_that_ended_as_the_session_ends_keeps_its_counts(
         ):
             client.setblocking(False)
             await loop.sock_connect(client, server.sockets[0].getsockname())
-            reader, writer = await accepted
-            up_reader, upstream = await asyncio.open_connection(*listener.getsockname())
+            _, writer = await accepted
+            _, upstream = await asyncio.open_connection(*listener.getsockname())
             peer, _ = listener.accept()
             task = loop.create_task(
-                relay.relay(reader, writer, up_reader, upstream, b"hello", counts)
+                relay.relay(writer.transport, upstream.transport, b"hello", b"", counts)
             )
             while relay.open_tunnels() == 0:
                 await asyncio.sleep(0.001)

@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from airlock.egress.addresses import Address, parse_address, refused_reason
 from airlock.egress.native import Ended, NativeRelay, Verdict
@@ -38,7 +38,7 @@ from airlock.egress.protocol import (
     ResponseHead,
     forward_head,
 )
-from airlock.egress.relay import relay
+from airlock.egress.relay import relay, take_buffer
 from airlock.egress.tls import ClientHello, ClientHelloReader
 from airlock.events import EventType
 from airlock.gate.interface import Approve, Operation, Record
@@ -94,18 +94,23 @@ async def handle_connection(
 ) -> None:
     """Serve one client connection to the end; always records one ``net.connect``."""
     attempt = _Attempt()
-    upstream: asyncio.StreamWriter | None = None
+    upstream: asyncio.StreamWriter | asyncio.BaseTransport | None = None
     refusal: _Refused | None = None
     try:
         head, rest = await _read_head(reader)
         attempt.data.update(_describe(head))
         decision = await _judge(ctx, head, attempt)
         addresses = await _addresses(ctx, head, decision)
-        up_reader, upstream = await _open(addresses, head.port, attempt)
-        if head.is_connect:
-            await _tunnel(ctx, head, reader, writer, up_reader, upstream, rest, attempt)
+        if head.is_connect and ctx.native is not None:  # the compiled relay takes it all
+            upstream = await _open(addresses, head.port, attempt, _connect_paused)
+            await _native_tunnel(ctx.native, head, reader, writer, upstream, rest, attempt)
         else:
-            await _forward(head, reader, writer, up_reader, upstream, rest, attempt)
+            up_reader, up_writer = await _open(addresses, head.port, attempt, _connect_stream)
+            upstream = up_writer
+            if head.is_connect:
+                await _tunnel(head, reader, writer, up_reader, up_writer, rest, attempt)
+            else:
+                await _forward(head, reader, writer, up_reader, up_writer, rest, attempt)
     except _Refused as refused:
         refusal = refused
         attempt.data.update(outcome="denied", rule_id=refused.rule_id, error=refused.reason)
@@ -236,24 +241,54 @@ async def _addresses(ctx: Context, head: RequestHead, decision: NetDecision) -> 
     return [str(a) for a in checked]
 
 
+_T = TypeVar("_T")
+
+
 async def _open(
-    addresses: list[str], port: int, attempt: _Attempt
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    addresses: list[str],
+    port: int,
+    attempt: _Attempt,
+    connect: Callable[[str, int], Awaitable[_T]],
+) -> _T:
+    """The first of ``addresses`` that ``connect`` reaches (10 s each); else 502."""
     last: BaseException | None = None
     for address in addresses:
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(address, port, limit=_CHUNK)
+                connected = await connect(address, port)
         except (OSError, TimeoutError) as exc:
             last = exc
             continue
         attempt.data["address"] = address
-        sock = writer.get_extra_info("socket")
-        if sock is not None and type(writer.transport).__module__ != _SETS_NODELAY:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return reader, writer
+        return connected
     reason = _os_reason(last) if last is not None else "no address"
     raise _Refused(502, str(attempt.data.get("rule_id", "")), f"cannot connect: {reason}")
+
+
+async def _connect_stream(
+    address: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(address, port, limit=_CHUNK)
+    sock = writer.get_extra_info("socket")
+    if sock is not None and type(writer.transport).__module__ != _SETS_NODELAY:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+class _Paused(asyncio.Protocol):
+    """The upstream side of a tunnel for the compiled relay: never read by the loop (the relay
+    thread reads it once the ClientHello passed), so no stream is built for it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.ReadTransport, transport).pause_reading()
+
+    def eof_received(self) -> bool:
+        return True  # unreachable while paused; keep the socket for the relay regardless
+
+
+async def _connect_paused(address: str, port: int) -> asyncio.BaseTransport:
+    transport, _ = await asyncio.get_running_loop().create_connection(_Paused, address, port)
+    return transport
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
@@ -268,8 +303,32 @@ async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> Non
         await writer.drain()
 
 
+async def _native_tunnel(
+    native: NativeRelay,
+    head: RequestHead,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    upstream: asyncio.BaseTransport,
+    rest: bytes,
+    attempt: _Attempt,
+) -> None:
+    """200, then the relay thread reads and checks the ClientHello, and relays."""
+    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    ended = await native.relay(
+        writer.transport,
+        upstream,
+        rest + take_buffer(reader),
+        b"",
+        attempt,
+        expect=head.host,
+        sni_optional=_ip(head.host) is not None,
+        hello_timeout=_HELLO_TIMEOUT,
+        held=attempt.held,
+    )
+    _native_verdict(head, ended, attempt)
+
+
 async def _tunnel(
-    ctx: Context,
     head: RequestHead,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -278,22 +337,8 @@ async def _tunnel(
     rest: bytes,
     attempt: _Attempt,
 ) -> None:
+    """200, the ClientHello read and checked here, then the Python relay."""
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-    if ctx.native is not None:  # the relay thread reads and checks the ClientHello
-        ended = await ctx.native.relay(
-            reader,
-            writer,
-            up_reader,
-            upstream,
-            rest,
-            attempt,
-            expect=head.host,
-            sni_optional=_ip(head.host) is not None,
-            hello_timeout=_HELLO_TIMEOUT,
-            held=attempt.held,
-        )
-        _native_verdict(head, ended, attempt)
-        return
     await writer.drain()
     hello_bytes = await _read_hello(head, reader, rest, attempt)
     upstream.write(hello_bytes)

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple, cast
 
-from airlock.egress.relay import Counts, take_buffer
+from airlock.egress.relay import Counts
 
 __all__ = ["SOURCE", "Ended", "NativeRelay", "Verdict", "load"]
 
@@ -117,26 +117,26 @@ class NativeRelay:
 
     async def relay(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        up_reader: asyncio.StreamReader,
-        upstream: asyncio.StreamWriter,
-        first: bytes,
+        client: asyncio.BaseTransport,
+        upstream: asyncio.BaseTransport,
+        to_upstream: bytes,
+        to_client: bytes,
         counts: Counts,
         expect: str | None = None,
         sni_optional: bool = False,
         hello_timeout: float = 10.0,
         held: list[int] | None = None,
     ) -> Ended:
-        """Relay the tunnel until it ends, ``first`` going upstream before anything else.
-        With ``expect``, ``first`` is the start of the ClientHello: the relay thread reads the
-        rest and relays only if its SNI is ``expect`` (or absent, with ``sni_optional``).
-        A tunnel refused before relaying leaves its sockets open in ``held``, for the caller
-        to close once it recorded the refusal (without ``held``, they are closed here)."""
+        """Relay the tunnel between the sockets of two transports until it ends; what their
+        streams read ahead goes first (``to_upstream``, ``to_client``). With ``expect``,
+        ``to_upstream`` is the start of the ClientHello: the relay thread reads the rest and
+        relays only if its SNI is ``expect`` (or absent, with ``sni_optional``). A tunnel
+        refused before relaying leaves its sockets open in ``held``, for the caller to close
+        once it recorded the refusal (without ``held``, they are closed here)."""
         hold: list[int] = [] if held is None else held
         try:
             return await self._relay_tunnel(
-                reader, writer, up_reader, upstream, first, counts, expect, sni_optional,
+                client, upstream, to_upstream, to_client, counts, expect, sni_optional,
                 hello_timeout, hold,
             )  # fmt: skip
         finally:
@@ -146,31 +146,28 @@ class NativeRelay:
 
     async def _relay_tunnel(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        up_reader: asyncio.StreamReader,
-        upstream: asyncio.StreamWriter,
-        first: bytes,
+        client: asyncio.BaseTransport,
+        upstream: asyncio.BaseTransport,
+        to_upstream: bytes,
+        to_client: bytes,
         counts: Counts,
         expect: str | None,
         sni_optional: bool,
         hello_timeout: float,
         held: list[int],
     ) -> Ended:
-        client_sock = writer.get_extra_info("socket")
+        client_sock = client.get_extra_info("socket")
         upstream_sock = upstream.get_extra_info("socket")
         if client_sock is None or upstream_sock is None:
             raise OSError("no socket to relay")
         # uvloop's transports are not asyncio.Transport subclasses, hence the casts
-        transports = [cast(asyncio.Transport, w.transport) for w in (writer, upstream)]
+        transports = [cast(asyncio.Transport, t) for t in (client, upstream)]
         if any(t.get_write_buffer_size() for t in transports):  # the 200 not sent yet
             async with asyncio.timeout(_FLUSH_TIMEOUT):
                 while any(t.get_write_buffer_size() for t in transports):
                     await asyncio.sleep(0.005)
         for transport in transports:
             transport.pause_reading()  # the loop no longer touches these sockets
-        to_upstream = first + take_buffer(reader)
-        to_client = take_buffer(up_reader)
         fds = (client_sock.fileno(), upstream_sock.fileno())
         if expect is None:
             handle: int = self._relay.add(*fds, to_upstream, to_client)
