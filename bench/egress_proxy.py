@@ -3,14 +3,15 @@ through the proxy as it was (``--before``, a git ref, default ``main``) and as i
 
 Processes: a local HTTPS server (Python's http.server + TLS, a test CA), the clients (curl for
 the download; a small Python loop for the short connections), and two egress proxies, each in a
-process of its own (``before`` runs the sources of ``--before``, ``after`` this tree's), so their
-CPU time (user+sys from /proc/<pid>/stat) is theirs alone. Modes take turns: downloads rotate
+process of its own (``before`` runs the sources of ``--before``, with its compiled relay built
+when it has one; ``after`` this tree's), so their CPU time (user+sys from /proc/<pid>/stat) is
+theirs alone. Modes take turns: downloads rotate
 direct/before/after each round; short connections rotate one by one. Prints MB/s and the ratio
 to direct (target >= 0.8x), ms added per connection (target <= 1 ms), and each proxy's CPU per
 GB and per connection, which a loaded machine inflates far less than wall time.
 
     .venv/bin/python bench/egress_proxy.py [--size-mb 200] [--connections 1000] [--rounds 3]
-        [--before main]
+        [--before main] [--only download|connections]
 """
 
 from __future__ import annotations
