@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.egress.conftest import Events, ProxyFactory
+from tests.egress.test_egress_native import _HELLO, _network, _read_all, _tunnel, _Upstream
 
 from airlock.egress.tls import MAX_HELLO_BYTES, ClientHelloReader
 
@@ -139,3 +140,33 @@ def test_a_tunnel_without_a_hello_is_closed_after_the_timeout(
     # both ways record it alike: the CONNECT was allowed, the tunnel timed out unrelayed
     assert (event["outcome"], event["error"], event["bytes_up"]) == ("allowed", "timed out", 0)
     assert event["rule_id"] == "raw" and "sni" not in event
+
+
+def test_silent_tunnels_time_out_while_others_relay(
+    compiled_relay: ModuleType,
+    start_proxy: ProxyFactory,
+    events: Events,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several tunnels wait for a ClientHello that never comes (the relay thread's one timer
+    serves them all, re-armed for the next); a tunnel opened meanwhile is relayed; each silent
+    one ends "timed out", unrelayed, and the relay holds none afterwards."""
+    from airlock.egress import connection
+    from airlock.egress import proxy as egress_proxy
+
+    monkeypatch.setattr(egress_proxy, "load", lambda: compiled_relay)
+    monkeypatch.setattr(connection, "_HELLO_TIMEOUT", 0.3)
+    upstream = _Upstream()
+    proxy = start_proxy(_network(upstream.port))
+    assert proxy.native is not None
+    silent = [_tunnel(proxy.port, upstream.port, b"") for _ in range(4)]
+    with _tunnel(proxy.port, upstream.port) as sock:
+        assert _read_all(sock) == b"pong"
+    for sock in silent:
+        with sock:
+            assert _read_all(sock) == b""
+    recorded = events.wait_net(5)
+    outcomes = sorted((e.get("error", ""), e["bytes_up"]) for e in recorded)
+    assert outcomes == [("", len(_HELLO))] + [("timed out", 0)] * 4
+    assert proxy.native.open_tunnels() == 0
+    upstream.close()
