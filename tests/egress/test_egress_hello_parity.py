@@ -170,3 +170,24 @@ def test_silent_tunnels_time_out_while_others_relay(
     assert outcomes == [("", len(_HELLO))] + [("timed out", 0)] * 4
     assert proxy.native.open_tunnels() == 0
     upstream.close()
+
+
+def test_a_trickled_hello_is_admitted(
+    relay_way: str, start_proxy: ProxyFactory, events: Events
+) -> None:
+    """A ClientHello sent a byte at a time (the compiled relay parses again only when a record
+    can have completed) is checked and relayed like one sent whole."""
+    upstream = _Upstream()
+    proxy = start_proxy(_network(upstream.port))
+    with _tunnel(proxy.port, upstream.port, b"") as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(_HELLO)):
+            sock.send(_HELLO[i : i + 1])
+        assert _read_all(sock) == b"pong"
+    (event,) = events.wait_net(1)
+    assert (event["outcome"], event["sni"], event["bytes_up"]) == (
+        "allowed",
+        "allowed.test",
+        len(_HELLO),
+    )
+    upstream.close()

@@ -79,9 +79,12 @@ static int hello_body(const unsigned char *b, size_t n, char **sni) {
 
 /* The first bytes of a tunnel: H_MORE (need more), H_NOT_TLS, H_MALFORMED, or H_OK with *sni
  * (malloc'd, or NULL: no host_name). The handshake may span records; past HELLO_MAX bytes
- * without a complete ClientHello it is malformed. */
-static int parse_hello(const unsigned char *raw, size_t len, char **sni) {
+ * without a complete ClientHello it is malformed. With H_MORE, *need is the length before
+ * which nothing can change (the current record's end): the caller need not parse again until
+ * it has that many bytes (or HELLO_MAX), so a client trickling bytes costs no re-parse each. */
+static int parse_hello(const unsigned char *raw, size_t len, char **sni, size_t *need) {
     *sni = NULL;
+    *need = 0;
     unsigned char *hs = malloc(len ? len : 1);
     if (hs == NULL) return H_MALFORMED;
     size_t hlen = 0, pos = 0;
@@ -89,6 +92,7 @@ static int parse_hello(const unsigned char *raw, size_t len, char **sni) {
     for (;;) {
         if (len - pos < 5) {
             state = len > HELLO_MAX ? H_MALFORMED : H_MORE;
+            *need = pos + 5;
             break;
         }
         if (raw[pos] != 22 || raw[pos + 1] != 3) { /* a handshake record, TLS 1.x */
@@ -98,6 +102,7 @@ static int parse_hello(const unsigned char *raw, size_t len, char **sni) {
         size_t rlen = be16(raw + pos + 3);
         if (len - pos - 5 < rlen) {
             state = len > HELLO_MAX ? H_MALFORMED : H_MORE;
+            *need = pos + 5 + rlen;
             break;
         }
         memcpy(hs + hlen, raw + pos + 5, rlen);

@@ -78,6 +78,7 @@ typedef struct {
     char *sni;      /* the SNI read (owned), NULL: none or not read */
     int verdict;
     long long deadline; /* CLOCK_MONOTONIC ms by which the ClientHello must be complete */
+    size_t hello_need;  /* parse again once this many bytes are read (parse_hello's *need) */
 } Tunnel;
 
 typedef struct {
@@ -288,7 +289,8 @@ static void arm(Relay *r, long long when) {
  * verdict says why); -2: admitted, but sending failed (reason). */
 static int judge_hello(Tunnel *t, char *reason, size_t rsize) {
     char *sni = NULL;
-    int state = parse_hello((const unsigned char *)t->dir[0].pend, t->dir[0].plen, &sni);
+    int state = parse_hello((const unsigned char *)t->dir[0].pend, t->dir[0].plen, &sni,
+                            &t->hello_need);
     if (state == H_MORE) return 1;
     t->sni = sni;
     if (state != H_OK) t->verdict = V_NOT_TLS;
@@ -325,6 +327,7 @@ static int read_hello(Tunnel *t, char *reason, size_t rsize) {
             return -1;
         }
         dir->plen += (size_t)n;
+        if (dir->plen < t->hello_need && dir->plen <= HELLO_MAX) continue; /* same answer */
         int judged = judge_hello(t, reason, rsize);
         if (judged != 1) return judged;
     }
@@ -692,7 +695,8 @@ static PyObject *py_parse_hello(PyObject *unused, PyObject *arg) {
     Py_buffer data;
     if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
     char *sni = NULL;
-    int state = parse_hello((const unsigned char *)data.buf, (size_t)data.len, &sni);
+    size_t need;
+    int state = parse_hello((const unsigned char *)data.buf, (size_t)data.len, &sni, &need);
     PyBuffer_Release(&data);
     PyObject *result = Py_BuildValue("(iz)", state, sni);
     free(sni);
