@@ -8,8 +8,10 @@ bytes); nothing reaches the upstream before that. It says when each tunnel ended
 bytes moved each way, the check's verdict and the SNI read, through an eventfd the loop
 watches: the ``net.connect`` event keeps its SNI, byte counts and duration, and a refusal is
 worded and recorded by ``connection.py`` exactly as the Python check words it. The relay works
-on duplicates of the sockets, closed when the tunnel ends or is cancelled (the session ends);
-the loop's own descriptors are closed at the hand-over.
+on duplicates of the sockets, closed when the tunnel ends or is cancelled (the session ends),
+except a refused tunnel's: those come back with the report and are closed once the refusal is
+recorded (the client never hears of a refusal before the log has it). The loop's own
+descriptors are closed at the hand-over.
 
 Optional: built by ``python -m airlock.egress.build_relay`` (``./dev`` does), Linux only.
 Without it, or with ``AIRLOCK_EGRESS_RELAY=python``, the pure-Python relay (``relay.py``)
