@@ -295,7 +295,7 @@ async def _native_tunnel(
     ended = await native.relay(
         writer.transport,
         upstream,
-        rest + take_buffer(reader),
+        lambda: rest + take_buffer(reader),  # taken once the client is paused
         b"",
         attempt,
         expect=head.host,

@@ -24,6 +24,7 @@ import asyncio
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
 from types import ModuleType
@@ -121,7 +122,7 @@ class NativeRelay:
         self,
         client: asyncio.BaseTransport,
         upstream: asyncio.BaseTransport,
-        to_upstream: bytes,
+        to_upstream: bytes | Callable[[], bytes],
         to_client: bytes,
         counts: Counts,
         expect: str | None = None,
@@ -170,6 +171,8 @@ class NativeRelay:
                     await asyncio.sleep(0.005)
         for transport in transports:
             transport.pause_reading()  # the loop no longer touches these sockets
+        if callable(to_upstream):  # what the client sent so far, the wait above included
+            to_upstream = to_upstream()
         fds = (client_sock.fileno(), upstream_sock.fileno())
         if expect is None:
             handle: int = self._relay.add(*fds, to_upstream, to_client)
