@@ -129,3 +129,30 @@ def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once() -> None
         server.close()
 
     asyncio.run(main())
+
+
+def test_requests_past_the_connection_limit_wait_in_turn_or_time_out() -> None:
+    """One connection allowed: the second request waits for the first to be done with; a
+    request that waits longer than the pool timeout fails with PoolTimeout and leaves no trace
+    that would hold up the requests after it."""
+
+    async def main() -> None:
+        server = await _serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None, [])
+        origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        pool = Pool(origin, Timeouts(read=5, pool=0.2), max_connections=1)
+        first = await pool.send(pool.request("GET", "/1", [], b""))
+        with pytest.raises(UpstreamError) as waited:
+            await pool.send(pool.request("GET", "/2", [], b""))
+        assert type(waited.value).__name__ == "PoolTimeout"
+        await first.aclose()
+        assert await _get(pool) == (200, b"ok")  # the request that gave up is gone
+        third = await pool.send(pool.request("GET", "/3", [], b""))
+        fourth = asyncio.ensure_future(_get(pool))
+        await asyncio.sleep(0.05)
+        assert not fourth.done()  # waits for the one connection
+        await third.aclose()
+        assert await fourth == (200, b"ok")
+        await pool.aclose()
+        server.close()
+
+    asyncio.run(main())

@@ -61,6 +61,18 @@ class Response:
         self._closed = False
         self._index: dict[str, str] | None = None
 
+    def body_now(self) -> bytes | None:
+        """The whole body when it has all arrived and none of it was read yet, else None."""
+        conn = self._conn
+        if not conn.complete or conn.error is not None or conn.taken:
+            return None
+        conn.taken = True
+        body = conn.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        conn.buffered = 0
+        return data
+
     def header(self, name: str) -> str:
         """The first value of header ``name`` (lower-case), or ``""``."""
         index = self._index
@@ -103,7 +115,11 @@ class Pool:
         if parts.scheme == "https" and self._ssl is None:
             self._ssl = _default_ssl_context()
         self.timeouts = timeouts
-        self._slots = asyncio.Semaphore(max_connections)
+        self._host_header = parts.netloc.encode("ascii")
+        # connections in use, at most ``max_connections``; waiters for a free one, in order
+        self._busy = 0
+        self._max = max_connections
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._max_idle = max_idle
         self._idle: deque[_Connection] = deque()
 
@@ -115,21 +131,18 @@ class Pool:
         content: bytes | AsyncIterator[bytes],
     ) -> Request:
         """A :class:`Request` to this pool's origin."""
-        return Request(method, target, headers, content, origin=self.origin)
+        return Request(method, target, headers, content, origin=self.origin, host=self._host_header)
 
     async def send(self, request: Request) -> Response:
         """Send ``request``; return once the response's status and headers are in."""
-        if not self._slots.locked():
-            await self._slots.acquire()
+        if self._busy < self._max and not self._waiting:
+            self._busy += 1
         else:
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.timeouts.pool)
-            except TimeoutError:
-                raise PoolTimeout("no free connection to the upstream") from None
+            await self._wait_for_slot()
         try:
-            conn = await self._connection()
+            conn = self._idle_connection() or await self._connect()
         except BaseException:
-            self._slots.release()
+            self._free_slot()
             raise
         try:
             return await conn.exchange(request)
@@ -137,12 +150,38 @@ class Pool:
             self.release(conn, reuse=False)
             raise
 
-    async def _connection(self) -> _Connection:
+    async def _wait_for_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(self.timeouts.pool):
+                await waiter  # its slot is handed over by _free_slot
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # handed a slot while leaving: pass it on
+            elif waiter in self._waiting:
+                self._waiting.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout("no free connection to the upstream") from None
+            raise
+
+    def _free_slot(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to it: _busy stays
+                return
+        self._busy -= 1
+
+    def _idle_connection(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()
             if conn.reusable():
                 return conn
             conn.close()
+        return None
+
+    async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeouts.connect):
@@ -160,7 +199,7 @@ class Pool:
         return conn
 
     def release(self, conn: _Connection, reuse: bool) -> None:
-        self._slots.release()
+        self._free_slot()
         if reuse and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
@@ -218,6 +257,7 @@ class _Connection(asyncio.Protocol):
         self.head_done = False
         self.body: deque[bytes] = deque()
         self.buffered = 0
+        self.taken = False  # the whole body was taken at once (Response.body_now)
         self.complete = False
         self.keep_alive = False
 
@@ -308,6 +348,7 @@ class _Connection(asyncio.Protocol):
         self.status, self.headers, self.head_done, self.complete = 0, [], False, False
         self.body.clear()
         self.buffered = 0
+        self.taken = False
         self.error = None
         self.head_only = request.method == "HEAD"
         await self._send(request)

@@ -10,7 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airlock.events import EventType
-from airlock.gateway.http.capture import BodyTap, masked_headers, render_body, render_prefix
+from airlock.gateway.http.capture import (
+    BodyTap,
+    header_names,
+    masked_headers,
+    render_prefix,
+    render_whole,
+)
 from airlock.gateway.http.exchange import Exchange, Refused, RequestBody
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.mask import Masker
@@ -51,6 +57,10 @@ RESPONSE_HEADERS = frozenset(
 )
 
 
+_REQUEST_NAMES = header_names(REQUEST_HEADERS)
+_RESPONSE_NAMES = header_names(RESPONSE_HEADERS)
+
+
 class ExchangeLog:
     """Writes one gateway's events through ``record``, masked with ``masker`` and ``fields``."""
 
@@ -66,16 +76,17 @@ class ExchangeLog:
     def request(
         self, ex: Exchange, decision: Decision | None, body: RequestBody | None = None, **extra: Any
     ) -> None:
+        mask = self._masker.mask_text
         data: dict[str, Any] = {
             "gateway": self._gateway,
             "id": ex.id,
             "method": ex.method,
-            "path": self._masker.mask_text(ex.path.judged),
-            "query": self._masker.mask_text(ex.query),
-            "headers": masked_headers(ex.headers, REQUEST_HEADERS, self._masker),
+            "path": mask(ex.path.judged),
+            "query": mask(ex.query) if ex.query else "",
+            "headers": masked_headers(ex.headers, _REQUEST_NAMES, self._masker),
             **extra,
         }
-        if body is not None:
+        if body is not None and body.buffer and self._cap:
             data |= self._request_prefix(ex, body)
         ex.request_recorded = True
         self.emit(EventType.HTTP_REQUEST, data)
@@ -116,7 +127,11 @@ class ExchangeLog:
         content_encoding: str = "",
         error: str | None = None,
         **extra: Any,
-    ) -> None:
+    ) -> bool:
+        """Record ``http.response``; True when the response body recorded is the whole body,
+        as it was, and the session masker found nothing to mask in it (see
+        ``capture.render_whole``)."""
+        clean = False
         data: dict[str, Any] = {
             "gateway": self._gateway,
             "id": ex.id,
@@ -127,14 +142,26 @@ class ExchangeLog:
             **ex.extra,
         }
         if tap is not None:
-            data["headers"] = masked_headers(headers, RESPONSE_HEADERS, self._masker)
-            data["body"] = self._render(tap, content_type, content_encoding)
+            data["headers"] = masked_headers(headers, _RESPONSE_NAMES, self._masker)
+            data["body"], clean = render_whole(
+                tap,
+                content_type=content_type,
+                content_encoding=content_encoding,
+                fields=self._fields,
+                masker=self._masker,
+            )
             data["size"] = tap.size
         if error is not None:
             data["error"] = self._masker.mask_text(error)
+            clean = False
         # The request is over; a writer that failed reports it on the next event it cannot take.
         with contextlib.suppress(Refused):
             self.emit(EventType.HTTP_RESPONSE, data)
+        return clean
+
+    def masks(self, value: str) -> bool:
+        """Whether the session masker masks ``value`` (a held secret: it must)."""
+        return self._masker.mask_text(value) != value
 
     def _request_body(self, ex: Exchange) -> dict[str, Any]:
         if ex.forwarded or ex.body is None:
@@ -143,15 +170,6 @@ class ExchangeLog:
             return ex.body.summary()  # refused before forwarding: what the gateway read of it
         data: dict[str, Any] = {"size": ex.hold.size, "sha256": ex.hold.sha256}
         return data if ex.body.done else data | {"complete": False}
-
-    def _render(self, tap: BodyTap, content_type: str, content_encoding: str) -> dict[str, Any]:
-        return render_body(
-            tap,
-            content_type=content_type,
-            content_encoding=content_encoding,
-            fields=self._fields,
-            masker=self._masker,
-        )
 
     def emit(self, event: EventType, data: Mapping[str, Any]) -> None:
         try:

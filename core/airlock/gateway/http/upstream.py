@@ -21,7 +21,6 @@ from airlock.gateway.http.exchange import (
     RequestBody,
     error_name,
 )
-from airlock.gateway.http.paths import join_upstream
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.gateways import HttpGatewayConfig
@@ -65,13 +64,20 @@ class Upstream:
     ) -> None:
         upstream = urlsplit(config.upstream)
         self._base_path = upstream.path
+        self._prefix = upstream.path.rstrip("/")
         self._pool = pool
         self._injector = injector
         self._log = log
         self._cap = config.record_bodies
         self._echo = _echo_masker(injector, config.name) if mask_echo else None
+        # The session masker masks every held secret (registered with it as it was read): a
+        # small text response it recorded whole and found clean holds none of them, so the
+        # echo masker's own scan of it is skipped.
+        self._fold = self._echo is not None and all(log.masks(v) for v in injector.secrets)
         # request headers not forwarded (as lower-case bytes, the way they are compared)
         self._drop = _HOP_BY_HOP | {n.lower().encode("latin-1") for n in injector.strip}
+        if self._echo is not None:  # text responses are masked: they must arrive uncompressed
+            self._drop = self._drop | {b"accept-encoding"}
         self._drop_buffered = self._drop | {b"content-length"}
 
     async def forward(self, ex: Exchange, body: RequestBody, send: Send) -> None:
@@ -104,24 +110,29 @@ class Upstream:
             await response.aclose()
 
     def _upstream_request(self, ex: Exchange, body: RequestBody) -> Request:
-        target = join_upstream(self._base_path, ex.path.wire)
+        wire = ex.path.wire
+        prefix = self._prefix  # join_upstream, inline
+        target = prefix + wire if wire != "/" or not prefix else prefix + "/"
         if ex.query:
             target += "?" + ex.query
         # the whole body is in memory: read without a hold, or held but small enough to sign
         buffered = body.done and (body.spool is None or len(body.buffer) == body.held_size)
         drop = self._drop_buffered if buffered else self._drop
-        headers = [(k, v) for k, v in ex.headers if k.lower() not in drop]
+        headers = [(k, v) for k, v in ex.headers if k not in drop]  # names are lower-case
         content: bytes | AsyncIterator[bytes]
         if buffered:
             content = bytes(body.buffer)
             ex.request_tap.feed(content)
         else:
             content = body.stream(ex.request_tap)
-        if self._echo is not None:  # text responses are masked: they must arrive uncompressed
-            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+        if self._echo is not None:
             headers.append((b"accept-encoding", b"identity"))
+        fixed = self._injector.header  # a fixed header, its name stripped from the client's
+        if fixed is not None:
+            headers.append(fixed)
         request = self._pool.request(ex.method, target, headers, content)
-        self._injector.apply(request, content if isinstance(content, bytes) else None)
+        if fixed is None:
+            self._injector.apply(request, content if isinstance(content, bytes) else None)
         return request
 
     async def _relay(self, ex: Exchange, response: Response, send: Send, gone: Gone) -> None:
@@ -141,10 +152,15 @@ class Upstream:
             # A small text response is masked whole and sent with its length in one message:
             # no chunked encoding, one write fewer on every keep-alive request.
             body, error = await self._read_whole(response, tap, gone)
+            clean = self._record_relay(ex, response, tap, error, masked)
             assert self._echo is not None
-            last = self._echo.mask_bytes(body) if error is None else b""
-            self._record_relay(ex, response, tap, error, masked)
-            headers.append((b"content-length", str(len(last)).encode()))
+            if error is not None:
+                last = b""
+            elif clean and self._fold:  # the session masker's scan found no held secret
+                last = body
+            else:
+                last = self._echo.mask_bytes(body)
+            headers.append((b"content-length", b"%d" % len(last)))
             ex.responded = True
             await send(start)
         else:
@@ -160,6 +176,12 @@ class Upstream:
         self, response: Response, tap: BodyTap, gone: Gone
     ) -> tuple[bytes, str | None]:
         """The whole (small) body, and any error."""
+        whole = response.body_now()
+        if whole is not None:  # it came with the head: no reads to wait for
+            if gone():
+                return b"", "client disconnected mid-response"
+            tap.feed(whole)
+            return whole, None
         data = bytearray()
         try:
             async for chunk in response.aiter_raw():
@@ -224,8 +246,8 @@ class Upstream:
         tap: BodyTap,
         error: str | None,
         masked: bool,
-    ) -> None:
-        self._log.response(
+    ) -> bool:
+        return self._log.response(
             ex,
             response.status_code,
             tap=tap,
