@@ -49,17 +49,24 @@ from airlock.gateway.h1.messages import (
 __all__ = ["Pool", "Request", "Response", "Timeouts", "UpstreamError", "UpstreamTimeout"]
 
 _HIGH_WATER = 256 * 1024  # response body buffered before reading from the upstream pauses
+_NAMES = {n: n.encode() for n in ("content-type", "content-encoding", "content-length")}
 
 
 class Response:
     """An upstream response: status and headers now, the body as it arrives."""
 
-    def __init__(self, conn: _Connection, status: int, headers: list[tuple[bytes, bytes]]):
+    def __init__(
+        self,
+        conn: _Connection,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        index: dict[bytes, bytes],
+    ):
         self._conn = conn
         self.status_code = status
         self.raw_headers = headers
         self._closed = False
-        self._index: dict[str, str] | None = None
+        self._index = index  # lower-case name: its first value
 
     def body_now(self) -> bytes | None:
         """The whole body when it has all arrived and none of it was read yet, else None."""
@@ -75,12 +82,8 @@ class Response:
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (lower-case), or ``""``."""
-        index = self._index
-        if index is None:  # built once, decoded: the gateway asks about five times a response
-            index = self._index = {}
-            for key, value in self.raw_headers:
-                index.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        return index.get(name, "")
+        value = self._index.get(_NAMES.get(name) or name.encode("latin-1"))
+        return "" if value is None else value.decode("latin-1")
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked framing undone); raises :class:`UpstreamError`."""
@@ -254,6 +257,8 @@ class _Connection(asyncio.Protocol):
         self.head_only = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.index: dict[bytes, bytes] = {}  # lower-case name: first value
+        self.codings: list[bytes] = []  # Transfer-Encoding values
         self.head_done = False
         self.body: deque[bytes] = deque()
         self.buffered = 0
@@ -306,14 +311,19 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        low = name.lower()
+        if low not in self.index:
+            self.index[low] = value
+        if low == b"transfer-encoding":
+            self.codings.append(value)
 
     def on_headers_complete(self) -> None:
-        codings = [v for k, v in self.headers if k.lower() == b"transfer-encoding"]
+        codings = self.codings
         if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
             raise ValueError("a Transfer-Encoding other than chunked")  # never relayed coded
         status = self.parser.get_status_code()
         if status < 200:  # 1xx (103 Early Hints): not the response; its headers are dropped
-            self.headers = []
+            self.headers, self.index, self.codings = [], {}, []
             return
         self.status = status
         self.head_done = True
@@ -338,40 +348,44 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ the exchange
 
     def _until_close(self) -> bool:
-        framing = {k.lower() for k, _ in self.headers} & {b"content-length", b"transfer-encoding"}
+        framing = b"content-length" in self.index or b"transfer-encoding" in self.index
         return not framing and self.status not in (204, 304)
 
     def reusable(self) -> bool:
         return not self.lost and not self.transport.is_closing()
 
-    async def exchange(self, request: Request) -> Response:
+    def _begin(self, request: Request) -> None:
         self.status, self.headers, self.head_done, self.complete = 0, [], False, False
+        self.index, self.codings = {}, []
         self.body.clear()
         self.buffered = 0
         self.taken = False
         self.error = None
         self.head_only = request.method == "HEAD"
-        await self._send(request)
-        while not self.head_done:
-            await self._wait(self.pool.timeouts.read, ReadTimeout)
-        return Response(self, self.status, self.headers)
 
-    async def _send(self, request: Request) -> None:
-        head = request.head()
-        if isinstance(request.content, bytes):
-            self._write(head + request.content)
+    async def exchange(self, request: Request) -> Response:
+        self._begin(request)
+        if isinstance(request.content, bytes):  # head and body in one write
+            self._write(request.head() + request.content)
         else:
-            self._write(head)
-            async for chunk in request.content:
-                if request.chunked and chunk:
-                    chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-                self._write(chunk)
-                while self.write_paused and self.error is None:
-                    await self._wait(self.pool.timeouts.write, WriteTimeout)
-            if request.chunked:
-                self._write(b"0\r\n\r\n")
+            await self._send_stream(request)
         if self.error is not None and not self.head_done:
             raise self.error
+        while not self.head_done:
+            await self._wait(self.pool.timeouts.read, ReadTimeout)
+        return Response(self, self.status, self.headers, self.index)
+
+    async def _send_stream(self, request: Request) -> None:
+        assert not isinstance(request.content, bytes)
+        self._write(request.head())
+        async for chunk in request.content:
+            if request.chunked and chunk:
+                chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+            self._write(chunk)
+            while self.write_paused and self.error is None:
+                await self._wait(self.pool.timeouts.write, WriteTimeout)
+        if request.chunked:
+            self._write(b"0\r\n\r\n")
 
     def _write(self, data: bytes) -> None:
         if self.lost or self.transport.is_closing():

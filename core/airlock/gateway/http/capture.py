@@ -31,22 +31,33 @@ __all__ = [
 _MAX_DECODE_GROWTH = 4  # a recorded, decompressed prefix is at most cap * this many bytes
 
 
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
+
+
 class BodyTap:
     """Sees a body's chunks: counts, hashes, and keeps the first ``cap`` bytes."""
+
+    __slots__ = ("_hash", "_kept", "cap", "size")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.size = 0
-        self._hash = hashlib.sha256()
-        self._kept = bytearray()
+        self._hash: Any = None  # made on the first bytes (most requests have none)
+        self._kept = b""
 
     def feed(self, chunk: bytes) -> None:
         """Account for one chunk."""
+        if not chunk:
+            return
+        if self._hash is None:
+            self._hash = hashlib.sha256(chunk)
+            self._kept = chunk[: self.cap]
+        else:
+            self._hash.update(chunk)
+            room = self.cap - len(self._kept)
+            if room > 0:
+                self._kept += chunk[:room]
         self.size += len(chunk)
-        self._hash.update(chunk)
-        room = self.cap - len(self._kept)
-        if room > 0:
-            self._kept += chunk[:room]
 
     @property
     def prefix(self) -> bytes:
@@ -58,7 +69,7 @@ class BodyTap:
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return _EMPTY_SHA256 if self._hash is None else self._hash.hexdigest()
 
 
 def render_body(
@@ -93,17 +104,18 @@ def render_whole(
     data: dict[str, Any] = {"size": tap.size, "sha256": tap.sha256}
     if tap.cap == 0 or tap.size == 0:
         return data, False
+    truncated = tap.truncated
     shown, clean = _render(
         tap.prefix,
         cap=tap.cap,
-        truncated=tap.truncated,
+        truncated=truncated,
         content_type=content_type,
         content_encoding=content_encoding,
         fields=fields,
         masker=masker,
     )
     data.update(shown)
-    return data, clean and not tap.truncated
+    return data, clean and not truncated
 
 
 def render_prefix(
@@ -144,18 +156,22 @@ def _render(
     :func:`render_whole`)."""
     if not prefix:
         return {}, False
-    raw = _decoded(prefix, content_encoding, cap)
+    raw = _decoded(prefix, content_encoding, cap) if content_encoding else prefix
     if raw is None:
         return {"body_omitted": f"content-encoding {content_encoding} not decoded"}, False
-    text = _text(raw, truncated=truncated)
-    if text is None:
-        return {"body_omitted": "binary"}, False
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        cut = _text(raw, truncated=truncated)
+        if cut is None:
+            return {"body_omitted": "binary"}, False
+        text = cut
     clean = raw is prefix
     if _looks_json(content_type, text):
         if "\\u" in text:
             text = decode_json_escapes(text)
             clean = False
-        if fields and fields.might_match(text):
+        if fields.enabled and fields.might_match(text):
             masked_json = _mask_json(text, fields)
             if masked_json is None:
                 return {"body_omitted": "JSON cut at the cap cannot be field-masked"}, False

@@ -145,12 +145,8 @@ class HttpProxy:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._handle(scope, receive, send)
-
-    # ------------------------------------------------------------------ request lifecycle
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
         ex = self._exchange(scope)
         extensions = scope.get("extensions") or {}
         body = RequestBody(receive, self._settings.client_timeout, extensions.get(BODY_NOW))
@@ -161,15 +157,24 @@ class HttpProxy:
         finally:
             body.close()
 
+    # ------------------------------------------------------------------ request lifecycle
+
     async def _steps(self, ex: Exchange, body: RequestBody, send: Send) -> None:
         try:
             await self._authenticate(ex)
             self._check_target(ex)
-            decision = await self._judge(ex, body)
+            if self._needs_json or (self._rules and ex.has_form_body()):
+                decision = await self._judge(ex, body)
+            else:  # judged on its methods and path alone
+                decision = self._verdicts.judge(ex, b"", None)
             await body.fill(self.config.record_bodies)
             self._log.request(ex, decision, body)
-            await self._enforce(ex, decision, body)
-            await self._forward(ex, body, send)
+            if decision.action != "allow":
+                await self._enforce(ex, decision, body)
+            if self._injector.needs_body or ex.hold is not None:
+                await self._forward(ex, body, send)
+            else:
+                await self._upstream.forward(ex, body, send)
         except Refused as refusal:
             await self._refuse(ex, refusal, send)
         except ClientGone as gone:

@@ -4,7 +4,6 @@ recorded"). A request that cannot be recorded is refused (fail closed)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -57,6 +56,7 @@ RESPONSE_HEADERS = frozenset(
 )
 
 
+_UNMATCHED = DEFAULT_RULE_IDS["http_unmatched"]
 _REQUEST_NAMES = header_names(REQUEST_HEADERS)
 _RESPONSE_NAMES = header_names(RESPONSE_HEADERS)
 
@@ -90,7 +90,9 @@ class ExchangeLog:
             data |= self._request_prefix(ex, body)
         ex.request_recorded = True
         self.emit(EventType.HTTP_REQUEST, data)
-        if decision is not None and worth_recording(decision):
+        if decision is not None and (
+            decision.action != "allow" or decision.rule_id != _UNMATCHED
+        ):  # worth_recording
             self.emit(
                 EventType.GUARDRAIL,
                 {
@@ -138,9 +140,12 @@ class ExchangeLog:
             "status": status,
             "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
             "request_body": self._request_body(ex),
-            **{k: v for k, v in extra.items() if k != "auth"},
-            **ex.extra,
         }
+        for key, value in extra.items():
+            if key != "auth":
+                data[key] = value
+        if ex.extra:
+            data.update(ex.extra)
         if tap is not None:
             data["headers"] = masked_headers(headers, _RESPONSE_NAMES, self._masker)
             data["body"], clean = render_whole(
@@ -155,8 +160,11 @@ class ExchangeLog:
             data["error"] = self._masker.mask_text(error)
             clean = False
         # The request is over; a writer that failed reports it on the next event it cannot take.
-        with contextlib.suppress(Refused):
+        # (a try costs nothing where contextlib.suppress is three calls a request)
+        try:  # noqa: SIM105
             self.emit(EventType.HTTP_RESPONSE, data)
+        except Refused:
+            pass
         return clean
 
     def masks(self, value: str) -> bool:

@@ -5,6 +5,7 @@ last byte leaves (docs/gateways.md)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,7 +47,8 @@ _HOP_BY_HOP = frozenset(
 )
 _HOP_BY_HOP_LENGTH = _HOP_BY_HOP | {b"content-length"}
 # Responses that can carry an echo of the credential as text (and are masked for the client).
-_TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
+_TEXT_TYPES = re.compile("text/|json|xml|javascript|x-www-form-urlencoded|yaml")
+_CLIENT_MASKED = {"client_masked": True}
 
 
 class Upstream:
@@ -136,7 +138,9 @@ class Upstream:
         return request
 
     async def _relay(self, ex: Exchange, response: Response, send: Send, gone: Gone) -> None:
-        masked = self._masks_echo(ex, response)
+        ctype = response.header("content-type")
+        coding = response.header("content-encoding")
+        masked = self._masks_echo(ex, ctype, coding)
         drop = _HOP_BY_HOP_LENGTH if masked else _HOP_BY_HOP
         headers = [(k, v) for k, v in response.raw_headers if k.lower() not in drop]
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
@@ -145,14 +149,19 @@ class Upstream:
         # response, so has the log. A bodiless response is complete with its headers.
         if ex.method == "HEAD" or response.status_code in (204, 304):
             last, error = await self._pump(response, _discard, tap, None, gone)
-            self._record_relay(ex, response, tap, error, masked)
+            self._record_relay(ex, response, tap, error, masked, ctype, coding)
             ex.responded = True
             await send(start)
         elif masked and (_content_length(response) or _WHOLE + 1) <= _WHOLE:
             # A small text response is masked whole and sent with its length in one message:
             # no chunked encoding, one write fewer on every keep-alive request.
-            body, error = await self._read_whole(response, tap, gone)
-            clean = self._record_relay(ex, response, tap, error, masked)
+            body = response.body_now()  # in the same read as the head, usually
+            if body is not None and not gone():
+                tap.feed(body)
+                error = None
+            else:
+                body, error = await self._read_whole(response, body, tap, gone)
+            clean = self._record_relay(ex, response, tap, error, masked, ctype, coding)
             assert self._echo is not None
             if error is not None:
                 last = b""
@@ -168,20 +177,16 @@ class Upstream:
             await send(start)
             echo = EchoMask(self._echo.stream()) if masked and self._echo is not None else None
             last, error = await self._pump(response, send, tap, echo, gone)
-            self._record_relay(ex, response, tap, error, masked)
+            self._record_relay(ex, response, tap, error, masked, ctype, coding)
         if error is None:
             await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _read_whole(
-        self, response: Response, tap: BodyTap, gone: Gone
+        self, response: Response, whole: bytes | None, tap: BodyTap, gone: Gone
     ) -> tuple[bytes, str | None]:
-        """The whole (small) body, and any error."""
-        whole = response.body_now()
-        if whole is not None:  # it came with the head: no reads to wait for
-            if gone():
-                return b"", "client disconnected mid-response"
-            tap.feed(whole)
-            return whole, None
+        """The whole (small) body, and any error (``whole``: what ``body_now`` gave)."""
+        if whole is not None:  # it was all in, but the client has gone
+            return b"", "client disconnected mid-response"
         data = bytearray()
         try:
             async for chunk in response.aiter_raw():
@@ -246,25 +251,28 @@ class Upstream:
         tap: BodyTap,
         error: str | None,
         masked: bool,
+        ctype: str,
+        coding: str,
     ) -> bool:
+        extra = _CLIENT_MASKED if masked else {}
         return self._log.response(
             ex,
             response.status_code,
             tap=tap,
             headers=response.raw_headers,
-            content_type=response.header("content-type"),
-            content_encoding=response.header("content-encoding"),
+            content_type=ctype,
+            content_encoding=coding,
             error=error,
-            **({"client_masked": True} if masked else {}),
+            **extra,
         )
 
-    def _masks_echo(self, ex: Exchange, response: Response) -> bool:
+    def _masks_echo(self, ex: Exchange, ctype: str, coding: str) -> bool:
         """The response is text the held credential is masked in before the client sees it."""
         if self._echo is None or ex.method == "HEAD":
             return False
-        ctype = response.header("content-type").lower()
-        encoded = response.header("content-encoding").lower() not in ("", "identity")
-        return not encoded and any(kind in ctype for kind in _TEXT_TYPES)
+        if coding and coding.lower() not in ("", "identity"):
+            return False
+        return _TEXT_TYPES.search(ctype.lower()) is not None
 
     # ------------------------------------------------------------------ answers and events
 
