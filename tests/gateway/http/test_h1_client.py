@@ -100,13 +100,20 @@ def test_tls_upstream_is_verified_and_connections_are_reused(tmp_path: Path) -> 
         assert [await _get(trusting) for _ in range(3)] == [(200, b"hello world")] * 3
         assert len(trusting.connections()) == 1  # one connection, kept alive
         assert all(h.startswith(b"GET /x?y=1 HTTP/1.1\r\nhost: 127.0.0.1:") for h in seen)
+        response = await trusting.send(trusting.request("GET", "/", [], b""), whole=100)
+        assert response.body_now() == b"hello world"  # chunked: not awaited, but it came whole
+        await response.aclose()
         await trusting.aclose()
         server.close()
 
     asyncio.run(main())
 
 
-def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once() -> None:
+@pytest.mark.parametrize("whole", [0, 1000])
+def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once(whole: int) -> None:
+    """Also when the small body is awaited with the head (``whole``): the head is returned and
+    the body's read reports the break."""
+
     async def main() -> None:
         seen: list[bytes] = []
         cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"
@@ -118,7 +125,8 @@ def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once() -> None
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         pool = Pool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", Timeouts(read=5))
-        response = await pool.send(pool.request("POST", "/pay", [], b"{}"))
+        response = await pool.send(pool.request("POST", "/pay", [], b"{}"), whole=whole)
+        assert response.status_code == 200 and response.body_now() is None
         with pytest.raises(UpstreamError) as broken:
             async for _ in response.aiter_raw():
                 pass

@@ -136,8 +136,11 @@ class Pool:
         """A :class:`Request` to this pool's origin."""
         return Request(method, target, headers, content, origin=self.origin, host=self._host_header)
 
-    async def send(self, request: Request) -> Response:
-        """Send ``request``; return once the response's status and headers are in."""
+    async def send(self, request: Request, *, whole: int = 0) -> Response:
+        """Send ``request``; return once the response's status and headers are in, or, when
+        its Content-Length is at most ``whole``, once its body is in as well (then
+        :meth:`Response.body_now` has it: one wake-up per response instead of two; the read
+        timeout then covers head and body together)."""
         if self._busy < self._max and not self._waiting:
             self._busy += 1
         else:
@@ -148,7 +151,7 @@ class Pool:
             self._free_slot()
             raise
         try:
-            return await conn.exchange(request)
+            return await conn.exchange(request, whole)
         except BaseException:
             self.release(conn, reuse=False)
             raise
@@ -263,6 +266,8 @@ class _Connection(asyncio.Protocol):
         self.body: deque[bytes] = deque()
         self.buffered = 0
         self.taken = False  # the whole body was taken at once (Response.body_now)
+        self.whole = 0  # a body up to this size (by Content-Length) is awaited with the head
+        self.await_body = False  # this response's body is: no wake-up until it is complete
         self.complete = False
         self.keep_alive = False
 
@@ -294,7 +299,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(RemoteProtocolError(f"malformed response from the upstream: {exc}"))
             self.transport.close()
-        self._wake()
+        if not self.await_body or self.complete or self.error is not None:
+            self._wake()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -331,6 +337,9 @@ class _Connection(asyncio.Protocol):
         if self.head_only:  # llhttp cannot be told the answer to HEAD has no body
             self.complete = True
             self.keep_alive = False
+        elif self.whole:
+            length = self.index.get(b"content-length", b"")
+            self.await_body = length.isdigit() and int(length) <= self.whole
 
     def on_body(self, body: bytes) -> None:
         if self.head_only:
@@ -360,10 +369,12 @@ class _Connection(asyncio.Protocol):
         self.body.clear()
         self.buffered = 0
         self.taken = False
+        self.await_body = False
         self.error = None
         self.head_only = request.method == "HEAD"
 
-    async def exchange(self, request: Request) -> Response:
+    async def exchange(self, request: Request, whole: int = 0) -> Response:
+        self.whole = whole
         self._begin(request)
         if isinstance(request.content, bytes):  # head and body in one write
             self._write(request.head() + request.content)
@@ -372,8 +383,24 @@ class _Connection(asyncio.Protocol):
         if self.error is not None and not self.head_done:
             raise self.error
         while not self.head_done:
-            await self._wait(self.pool.timeouts.read, ReadTimeout)
+            try:
+                await self._wait(self.pool.timeouts.read, ReadTimeout)
+            except UpstreamError:
+                if not self.head_done:
+                    raise
+                # the head is in, its (awaited) body broke: the body's read reports it
+        if self.await_body and not self.complete and self.error is None:
+            await self._wait_body()
         return Response(self, self.status, self.headers, self.index)
+
+    async def _wait_body(self) -> None:
+        """Wait for the rest of a small body; a failure is left for the body's read to raise,
+        as for any body."""
+        try:
+            while not self.complete and self.error is None:
+                await self._wait(self.pool.timeouts.read, ReadTimeout)
+        except UpstreamError:
+            pass
 
     async def _send_stream(self, request: Request) -> None:
         assert not isinstance(request.content, bytes)

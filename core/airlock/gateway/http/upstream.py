@@ -87,7 +87,7 @@ class Upstream:
         request = self._upstream_request(ex, body)
         ex.forwarded = True
         try:
-            response = await self._pool.send(request)
+            response = await self._pool.send(request, whole=_WHOLE)
         except ClientGone:
             raise
         except UpstreamTimeout as exc:
