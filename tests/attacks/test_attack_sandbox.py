@@ -54,7 +54,8 @@ def _airlock_run(
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
-    env.update({"XDG_CONFIG_HOME": str(tmp_path / "cfg"), **(extra_env or {})})
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "cfg"), AIRLOCK_STATE_DIR=str(tmp_path / "state"))
+    env.update(extra_env or {})
     with_policy = ["--policy", str(policy.relative_to(repo))] if policy is not None else []
     return subprocess.run(
         [AIRLOCK, "run", *with_policy, "--pty", "never", "--sandbox", "required", "--",
@@ -227,6 +228,51 @@ def test_the_job_token_the_checkout_persisted_is_not_the_agents(tmp_path: Path) 
     assert header in after and url in after, "the later steps of the job lost their credentials"
     assert "agent@example.com" in after  # what the agent changed stays
     assert header in (repo / ".git" / "modules" / "lib" / "config").read_text()
+
+
+def test_a_killed_run_does_not_keep_the_job_token_from_the_later_steps(tmp_path: Path) -> None:
+    """``airlock run`` SIGKILLed while the agent runs (the runner's OOM killer, a cancelled
+    step) could not put the token back: the job's later steps (a push, a pull request) ran
+    without it. The journal in the state directory lets the next run put it back, once."""
+    repo = _checkout(tmp_path)
+    token = "ghs_" + secrets.token_hex(18)
+    header, url = _persist_credentials(repo, token)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI_", "GITLAB"))}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "cfg"), AIRLOCK_STATE_DIR=str(tmp_path / "state"))
+    run = subprocess.Popen(
+        [AIRLOCK, "run", "--pty", "never", "--sandbox", "required", "--",
+         "sh", "-c", "touch started; exec sleep 60"],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(repo / "started", run)
+        assert token not in (repo / ".git" / "config").read_text()  # hidden while it runs
+        journals = list((tmp_path / "state").glob("checkout-credentials-*.json"))
+        assert len(journals) == 1 and journals[0].stat().st_mode & 0o077 == 0
+    finally:
+        run.kill()
+        run.wait()
+    assert token not in (repo / ".git" / "config").read_text()  # the dead run left it out
+
+    again = _airlock_run(tmp_path, repo, "echo next")
+
+    assert again.returncode == 0, again.stderr
+    assert b"put back the job's git credentials" in again.stderr
+    config = (repo / ".git" / "config").read_text()
+    assert config.count(header) == 1 and url in config, config.replace(token, "<token>")
+    assert (repo / ".git" / "modules" / "lib" / "config").read_text().count(header) == 1
+    assert list((tmp_path / "state").glob("checkout-credentials-*.json")) == []
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    import time
+
+    for _ in range(600):
+        if path.exists():
+            return
+        assert proc.poll() is None, "airlock run ended before the agent started"
+        time.sleep(0.05)
+    raise AssertionError(f"{path.name} never appeared")
 
 
 def test_a_read_only_path_inside_the_workspace_stays_read_only(tmp_path: Path) -> None:

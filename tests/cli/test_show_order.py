@@ -35,3 +35,37 @@ def test_exec_is_shown_when_it_happened(tmp_path: Path, capsys: pytest.CaptureFi
     assert types == ["session.start", "process.exec", "process.exit", "output", "session.end"]
     offsets = [float(line.split()[0].rstrip("s")) for line in lines]
     assert offsets == sorted(offsets)  # the timeline never goes back
+
+
+def test_the_report_lists_an_exec_when_it_happened_too(tmp_path: Path) -> None:
+    """The HTML report placed process events at the time their trace batch was read (after the
+    output they printed), while `airlock show` placed them at the exec: one timeline for both."""
+    import json
+
+    from airlock.archive.report import render_report
+
+    writer = SessionWriter.create(tmp_path, "s2")
+    writer.append(EventType.SESSION_START, {"argv": ["sh"]})
+    exec_at = time.time()
+    time.sleep(0.05)
+    writer.append(EventType.OUTPUT, {"stream": "stdout", "text": "hello\n"})
+    writer.append(
+        EventType.PROCESS_EXEC,
+        {"pid": 7, "ppid": 1, "path": "/bin/echo", "argv": ["echo", "hello"], "at": exec_at},
+    )
+    writer.append(EventType.SESSION_END, {"exit_status": 0})
+    key = SigningKey.generate()
+    writer.seal(key, exit_code=0)
+
+    page = render_report(tmp_path / "s2", {})
+    data = re.search(r'<script id="airlock-data" type="application/json">(.*?)</script>', page)
+    assert data is not None
+    rows = json.loads(data.group(1))["events"]
+    assert [row["type"] for row in rows] == [
+        "session.start",
+        "process.exec",
+        "output",
+        "session.end",
+    ]
+    offsets = [float(row["offset"].rstrip("s")) for row in rows]
+    assert offsets == sorted(offsets) and offsets[1] < offsets[2]

@@ -7,7 +7,6 @@ cannot move the cursor, recolour or rewrite the reader's terminal.
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import shlex
 import sys
@@ -23,8 +22,8 @@ from rich.text import Text
 
 from airlock._commands._common import add_flag
 from airlock.audit import iter_events
-from airlock.audit.describe import Describer, EventView
-from airlock.audit.reader import EVENTS_FILE, event_time, load_manifest
+from airlock.audit.describe import Describer
+from airlock.audit.reader import EVENTS_FILE, in_time_order, load_manifest
 from airlock.audit.visible import visible
 from airlock.errors import AirlockError, ExitCode, UsageError
 
@@ -32,7 +31,6 @@ __all__ = ["register", "summarize"]
 
 _EVENTS = EVENTS_FILE
 _WIDTH = 120
-_REORDER_SECONDS = 2.0  # how far back a process event may move in the timeline
 _TYPE_STYLES = {
     "session": "bold cyan",
     "process": "green",
@@ -128,7 +126,7 @@ def _print_timeline(
 ) -> None:
     start: datetime | None = None
     describer = Describer()
-    for when, event, view in _in_time_order(events, describer):
+    for when, event, view in in_time_order(events, describer.view):
         start = start or when
         if not keep(str(event.get("type", ""))):
             continue
@@ -140,28 +138,6 @@ def _print_timeline(
             line.append(f"{(view.outcome or 'denied').upper()} ", style="bold red")
         line.append(_clean(view.summary))
         console.print(line)
-
-
-def _in_time_order(
-    events: Iterator[dict[str, Any]], describer: Describer
-) -> Iterator[tuple[datetime | None, dict[str, Any], EventView]]:
-    """(when it happened, event, its view) in the order things happened, stable in log order.
-
-    A process event is written when its trace batch is read, a little after the exec (and
-    after output the process already printed): it moves back to its own time, up to
-    ``_REORDER_SECONDS`` of log time. Views are made in log order (a decision refers to its
-    request)."""
-    held: list[tuple[float, int, datetime | None, dict[str, Any], EventView]] = []
-    last = float("-inf")
-    for seq, event in enumerate(events):
-        when = event_time(event)
-        key = when.timestamp() if when is not None else last
-        last = max(last, key)
-        heapq.heappush(held, (key, seq, when, event, describer.view(event)))
-        while held and held[0][0] <= last - _REORDER_SECONDS:
-            yield heapq.heappop(held)[2:]
-    while held:
-        yield heapq.heappop(held)[2:]
 
 
 def _clean(text: str, limit: int = _WIDTH) -> str:

@@ -14,7 +14,7 @@ import hashlib
 import html
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -29,6 +29,7 @@ from airlock.archive.conversation import conversation
 from airlock.archive.layout import read_manifest
 from airlock.audit import iter_events, verify_session
 from airlock.audit.describe import Describer, output_text, strip_ansi, truncate
+from airlock.audit.reader import event_time, in_time_order
 from airlock.audit.visible import visible_json
 from airlock.errors import VerificationFailed
 
@@ -64,13 +65,12 @@ def verification_state(
     return {"state": "ok", "text": f"verified: {head}"}
 
 
-def _offset(ts: str, start: datetime | None) -> str:
-    try:
-        moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return ts
-    if start is None:
-        return ts
+def _offset(event: dict[str, Any], start: datetime | None) -> str:
+    """Seconds since the session began, at the time the event happened (strace's own time for
+    a process event: see audit.reader.event_time)."""
+    moment = event_time(event)
+    if moment is None or start is None:
+        return str(event.get("ts", ""))
     return f"{(moment - start).total_seconds():9.3f}s"
 
 
@@ -86,17 +86,14 @@ def _collect(
     start: datetime | None = None
     identity: dict[str, Any] = {}
     describer = Describer()
-    for event in events:
-        if on_event is not None:
-            on_event()
+    for _, event, view in in_time_order(_counted(events, on_event), describer.view):
         etype = str(event.get("type"))
-        view = describer.view(event)
         types[etype] = types.get(etype, 0) + 1
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
         assert isinstance(data, dict)
         if etype == "session.start":
             identity = data.get("identity") or {}
-            start = datetime.fromisoformat(str(event.get("ts")).replace("Z", "+00:00"))
+            start = event_time(event)
         if etype == "output" and size < limits.terminal_chars:
             text = strip_ansi(output_text(data))
             terminal.append(text)
@@ -106,7 +103,7 @@ def _collect(
             rows.append(
                 {
                     "seq": event.get("seq"),
-                    "offset": _offset(str(event.get("ts", "")), start),
+                    "offset": _offset(event, start),
                     "type": etype,
                     "summary": truncate(view.plain, 300),
                     "denied": view.denied,
@@ -114,6 +111,15 @@ def _collect(
                 }
             )
     return rows, types, "".join(terminal)[: limits.terminal_chars], identity
+
+
+def _counted(
+    events: Iterable[dict[str, Any]], on_event: Callable[[], None] | None
+) -> Iterator[dict[str, Any]]:
+    for event in events:
+        if on_event is not None:
+            on_event()
+        yield event
 
 
 def _frames(session_dir: Path, limits: ReportLimits) -> list[tuple[float, str]]:

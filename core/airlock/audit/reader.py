@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import heapq
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from airlock.audit._format import EVENTS_FILE, MANIFEST_FILE
 from airlock.audit.verify import session_paths
@@ -31,6 +32,7 @@ __all__ = [
     "event_time",
     "find_logs",
     "first_event",
+    "in_time_order",
     "iter_events",
     "line_hashes",
     "load_manifest",
@@ -41,6 +43,8 @@ __all__ = [
 
 ARCHIVED_EVENTS_FILE = f"{EVENTS_FILE}.gz"  # the log as archived: gzip, byte-identical inside
 _TRACED = ("process.exec", "process.exit")
+REORDER_SECONDS = 2.0  # how far back a process event may move in the timeline
+V = TypeVar("V")
 
 
 def event_time(event: dict[str, Any]) -> datetime | None:
@@ -58,6 +62,29 @@ def event_time(event: dict[str, Any]) -> datetime | None:
         return datetime.fromisoformat(str(event.get("ts")).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def in_time_order(
+    events: Iterable[dict[str, Any]], view: Callable[[dict[str, Any]], V]
+) -> Iterator[tuple[datetime | None, dict[str, Any], V]]:
+    """(when it happened, event, ``view(event)``) in the order things happened, stable in log
+    order: what ``airlock show`` and the report list.
+
+    A process event is written when its trace batch is read, a little after the exec (and
+    after output the process already printed): it moves back to its own time
+    (:func:`event_time`), up to ``REORDER_SECONDS`` of log time. ``view`` is called in log order
+    (a decision refers to its request)."""
+    held: list[tuple[float, int, datetime | None, dict[str, Any], V]] = []
+    last = float("-inf")
+    for seq, event in enumerate(events):
+        when = event_time(event)
+        key = when.timestamp() if when is not None else last
+        last = max(last, key)
+        heapq.heappush(held, (key, seq, when, event, view(event)))
+        while held and held[0][0] <= last - REORDER_SECONDS:
+            yield heapq.heappop(held)[2:]
+    while held:
+        yield heapq.heappop(held)[2:]
 
 
 def require_manifest(session_dir: Path) -> dict[str, Any]:

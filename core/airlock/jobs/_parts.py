@@ -24,7 +24,11 @@ from airlock.jobs.request import SessionRequest
 from airlock.jobs.sandboxed import run_checked, start_for_session
 from airlock.mask import Masker
 from airlock.sandbox import RunningSandbox, SandboxSpec, SandboxUnavailable
-from airlock.sandbox.checkout import HiddenCredentials, hide_checkout_credentials
+from airlock.sandbox.checkout import (
+    CheckoutJournal,
+    HiddenCredentials,
+    hide_checkout_credentials,
+)
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -47,6 +51,7 @@ class SessionParts:
     _egress_env: dict[str, str]
     _agent_env: dict[str, str]
     _hidden_git: list[HiddenCredentials]
+    _git_journal: CheckoutJournal | None
 
     def _use_pty(self) -> bool:
         if self._req.use_pty is not None:
@@ -235,9 +240,12 @@ class SessionParts:
 
     def _hide_checkout_credentials(self, spec: SandboxSpec) -> None:
         """The job's token that actions/checkout or GitLab Runner left in the checkout's git
-        config: out while the agent runs, back when the sandbox has ended (run's finally)."""
+        config: out while the agent runs, back when the sandbox has ended (run's finally), or
+        by the job's next run or finalize when this one is killed (the journal)."""
         try:
-            self._hidden_git = hide_checkout_credentials(spec.workspace)
+            self._hidden_git, self._git_journal = hide_checkout_credentials(
+                spec.workspace, self._req.state_dir
+            )
         except OSError as exc:
             raise InfrastructureUnavailable(
                 f"cannot take the job's git credentials out of the checkout: {exc.strerror}",
@@ -255,6 +263,9 @@ class SessionParts:
         hidden, self._hidden_git = self._hidden_git, []
         if not all([h.restore() for h in hidden]):
             notice("warning: .git changed shape: some of the job's git credentials are gone")
+        journal, self._git_journal = self._git_journal, None
+        if journal is not None:
+            journal.done()
 
     def _approver(self) -> Approve:
         """The approval backend the policy names, bound to this session's identity."""

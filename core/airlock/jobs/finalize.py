@@ -85,6 +85,7 @@ def finalize_sessions(settings: FinalizeSettings, say: Say) -> FinalizeResult:
     """Seal, revoke, verify and archive: every duty, each whatever happened to the others."""
     result = FinalizeResult(note=settings.note)
     sessions = settings.sessions
+    _restore_checkouts(say)
     if sessions.is_dir():
         _seal_open_sessions(sessions, settings.key, result, say)
         result.sessions = sealed_sessions(sessions)
@@ -157,6 +158,14 @@ def _seal_open_sessions(
         result.fail(int(exc.exit_code), f"sealing left-open sessions failed: {exc.message}")
     for path in result.sealed_late:
         say(f"sealed {path.name} as incomplete: its recorder stopped before the end")
+
+
+def _restore_checkouts(say: Say) -> None:
+    """The job's git credentials a killed ``airlock run`` left hidden: back for later steps."""
+    from airlock.brokerclient import default_state_dir
+    from airlock.jobs.request import restore_abandoned_checkouts
+
+    restore_abandoned_checkouts(default_state_dir(), say)
 
 
 def revoke_job_leases() -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "Witness",
     "build_masker",
     "correlation_key",
+    "restore_abandoned_checkouts",
     "seal_abandoned_sessions",
 ]
 
@@ -113,6 +114,21 @@ def seal_abandoned_sessions(sessions_dir: Path, key: SigningKey) -> list[Path]:
             seal_session(path, key, reason="the recorder stopped before sealing (found later)")
             sealed.append(path)
     return sealed
+
+
+def restore_abandoned_checkouts(state_dir: Path, say: Callable[[str], None]) -> int:
+    """Put back the job's git credentials a killed ``airlock run`` left hidden in the
+    checkout (see airlock.sandbox.checkout); returns how many configs were restored."""
+    from airlock.sandbox.checkout import restore_abandoned
+
+    try:
+        restored = restore_abandoned(state_dir)
+    except OSError as exc:
+        say(f"warning: cannot put back the git credentials a killed run hid: {exc.strerror}")
+        return 0
+    if restored:
+        say(f"put back the job's git credentials in {restored} git config(s) a killed run hid")
+    return restored
 
 
 def _is_locked(path: Path) -> bool:

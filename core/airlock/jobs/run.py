@@ -28,7 +28,7 @@ from airlock.capture.runner import RunResult
 from airlock.capture.tracer import TracerStatus, probe_strace
 from airlock.errors import AirlockError, InfrastructureUnavailable, RecordingError, UsageError
 from airlock.events import EventType
-from airlock.jobs._parts import SessionParts
+from airlock.jobs._parts import SessionParts, notice
 from airlock.jobs.request import (
     CommandNotFound,
     IssuedSecret,
@@ -37,12 +37,13 @@ from airlock.jobs.request import (
     Witness,
     build_masker,
     correlation_key,
+    restore_abandoned_checkouts,
     seal_abandoned_sessions,
 )
 from airlock.jobs.sandboxed import effective_mode, sandbox_spec
 from airlock.mask import Masker, StreamMasker
 from airlock.sandbox import RunningSandbox, SandboxSpec
-from airlock.sandbox.checkout import HiddenCredentials
+from airlock.sandbox.checkout import CheckoutJournal, HiddenCredentials
 
 if TYPE_CHECKING:  # gateways and approvals load only when the policy declares gateways
     from airlock.egress import EgressProxy
@@ -89,6 +90,8 @@ def run_session(request: SessionRequest) -> SessionOutcome:
         policy_file=request.policy_source,
     )
     seal_abandoned_sessions(request.sessions_dir, request.key)
+    if request.state_dir is not None:
+        restore_abandoned_checkouts(request.state_dir, notice)
     writer = SessionWriter.create(request.sessions_dir)  # holds a lock on its log until sealed
     return _Session(request, writer, masker, tracer, spec).run()
 
@@ -164,6 +167,7 @@ class _Session(SessionParts):
         self._agent_env = dict(request.agent_env)
         self._pending = PendingSpool(writer.path)  # held output, masked: see audit/pending.py
         self._hidden_git: list[HiddenCredentials] = []
+        self._git_journal: CheckoutJournal | None = None
 
     def run(self) -> SessionOutcome:
         started = time.monotonic()

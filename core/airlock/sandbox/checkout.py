@@ -10,6 +10,12 @@ have them. What the agent changed in the file meanwhile is kept.
 
 The config is rewritten by a new file renamed over it, and only while ``.git`` is a real
 directory: a symlink the agent left in its place is never written through.
+
+A recorder killed while the agent runs (SIGKILL, a runner that loses the machine's memory)
+cannot put them back itself. So before a config is touched, what it held is written to a
+journal in Airlock's state directory (0600, hidden from the agent, never in the workspace or
+the sessions directory, which become artifacts), locked by the live run; the next ``airlock
+run`` or ``airlock finalize`` of the job restores what a dead run left (:func:`restore_abandoned`).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
+import json
 import os
 import re
+import secrets as _random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["HiddenCredentials", "hide_checkout_credentials"]
+__all__ = ["CheckoutJournal", "HiddenCredentials", "hide_checkout_credentials", "restore_abandoned"]
 
 _SECTION = re.compile(r"^\s*\[")
 _EXTRAHEADER = re.compile(r"^\s*extraheader\s*=", re.IGNORECASE)
@@ -31,6 +40,7 @@ _USERINFO_URL = re.compile(
     re.IGNORECASE,
 )
 _MIN_SECRET = 8
+_JOURNAL = "checkout-credentials-"
 
 
 @dataclass
@@ -62,6 +72,8 @@ class HiddenCredentials:
             current = self.config.read_bytes() if not self.config.is_symlink() else None
         except OSError:
             current = None
+        if current == self.original:
+            return  # never taken out (a run killed before it rewrote the file), or already back
         if current is None or current == self.sanitized:
             _replace(self.config, self.original)
             return
@@ -72,23 +84,123 @@ class HiddenCredentials:
         restored = "".join(lines)
         if restored and not restored.endswith("\n"):
             restored += "\n"
-        restored += "".join(section + line for section, line in self.headers)
+        present = set(lines)
+        restored += "".join(sec + line for sec, line in self.headers if line not in present)
         _replace(self.config, restored.encode("utf-8", "surrogateescape"))
 
+    def to_json(self) -> dict[str, object]:
+        """What :meth:`from_json` needs to put the lines back (the values are not kept apart:
+        they are in ``original``)."""
+        return {
+            "config": str(self.config),
+            "root": str(self.root),
+            "original": base64.b64encode(self.original).decode("ascii"),
+            "sanitized": base64.b64encode(self.sanitized).decode("ascii"),
+            "headers": self.headers,
+            "urls": self.urls,
+        }
 
-def hide_checkout_credentials(workspace: str) -> list[HiddenCredentials]:
+    @classmethod
+    def from_json(cls, entry: dict[str, object]) -> HiddenCredentials:
+        def pairs(name: str) -> list[tuple[str, str]]:
+            value = entry[name]
+            assert isinstance(value, list)
+            return [(str(a), str(b)) for a, b in value]
+
+        return cls(
+            Path(str(entry["config"])),
+            Path(str(entry["root"])),
+            base64.b64decode(str(entry["original"])),
+            base64.b64decode(str(entry["sanitized"])),
+            pairs("headers"),
+            pairs("urls"),
+        )
+
+
+class CheckoutJournal:
+    """The lines taken out, on disk until they are back, locked while this run lives."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def write(cls, directory: Path, hidden: list[HiddenCredentials]) -> CheckoutJournal:
+        """Journal ``hidden`` (fsynced) before any config is rewritten."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / f"{_JOURNAL}{os.getpid()}-{_random.token_hex(4)}.json"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = json.dumps({"version": 1, "entries": [h.to_json() for h in hidden]}).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return cls(path, fd)
+
+    def done(self) -> None:
+        """The lines are back (or cannot be): forget them."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+def restore_abandoned(directory: Path) -> int:
+    """Put back what runs that died left hidden (journals no live run holds); returns how many
+    configs were restored. A journal that cannot be read is one whose run died before it
+    touched any config (it is written and synced first): it is removed."""
+    restored = 0
+    for path in sorted(directory.glob(f"{_JOURNAL}*.json")) if directory.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live run's
+        try:
+            with os.fdopen(fd, "rb") as file:
+                entries = json.loads(file.read())["entries"]
+            hidden = [HiddenCredentials.from_json(entry) for entry in entries]
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            hidden = []
+        restored += sum(1 for h in hidden if h.restore())
+        path.unlink(missing_ok=True)
+    return restored
+
+
+def hide_checkout_credentials(
+    workspace: str, journal_dir: Path | None = None
+) -> tuple[list[HiddenCredentials], CheckoutJournal | None]:
     """Take the job's git credentials out of ``<workspace>/.git/config`` and the submodules'
     configs under ``.git/modules`` (actions/checkout writes the header there too); one entry
-    per file that held some."""
+    per file that held some, and the journal (in ``journal_dir``) that holds them until
+    :meth:`CheckoutJournal.done`."""
     git = Path(workspace, ".git")
     if git.is_symlink() or not git.is_dir():
-        return []
+        return [], None
     configs = [git / "config"]
     modules = git / "modules"
     if modules.is_dir() and not modules.is_symlink():
         configs += sorted(p for p in modules.rglob("config") if _real_file(p, git))
-    hidden = [_hide_in(config) for config in configs if _real_file(config, git)]
-    return [h for h in hidden if h is not None]
+    planned = [_plan(config) for config in configs if _real_file(config, git)]
+    hidden = [h for h in planned if h is not None]
+    if not hidden:
+        return [], None
+    journal = CheckoutJournal.write(journal_dir, hidden) if journal_dir is not None else None
+    for entry in hidden:
+        _replace(entry.config, entry.sanitized)
+    return hidden, journal
 
 
 def _real_file(path: Path, root: Path) -> bool:
@@ -100,7 +212,7 @@ def _real_file(path: Path, root: Path) -> bool:
     return True
 
 
-def _hide_in(config: Path) -> HiddenCredentials | None:
+def _plan(config: Path) -> HiddenCredentials | None:
     if not config.is_file():
         return None
     original = config.read_bytes()
@@ -124,7 +236,6 @@ def _hide_in(config: Path) -> HiddenCredentials | None:
     if not hidden.headers and not hidden.urls:
         return None
     hidden.sanitized = "".join(kept).encode("utf-8", "surrogateescape")
-    _replace(config, hidden.sanitized)
     return hidden
 
 
