@@ -8,7 +8,9 @@ that says, without awaiting, whether the client has left; an app that streams a 
 it instead of running a task that awaits ``http.disconnect`` (one task fewer per request).
 ``scope["extensions"]["airlock.body_now"]``: a function that returns the whole request body when
 it has all arrived and none of it was received yet (taking it, as ``receive`` would), else None;
-a small request then costs no ``receive`` round."""
+a small request then costs no ``receive`` round. ``scope["extensions"]["airlock.respond"]``:
+``respond(status, headers, body)`` sends a whole response at once, without awaiting: what
+``http.response.start`` and one last ``http.response.body`` do."""
 
 from __future__ import annotations
 
@@ -21,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airlock.gateway.h1.server import Connection
 
-__all__ = ["BODY_NOW", "CLIENT_GONE", "App", "Cycle", "error_response"]
+__all__ = ["BODY_NOW", "CLIENT_GONE", "RESPOND", "App", "Cycle", "error_response"]
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BODYLESS = frozenset({204, 304})
 CLIENT_GONE = "airlock.client_gone"
 BODY_NOW = "airlock.body_now"
+RESPOND = "airlock.respond"
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
@@ -66,7 +69,11 @@ class Cycle:
         self.chunked = False
         self.bodyless = False
         self.head = b""
-        scope["extensions"] = {CLIENT_GONE: self.client_gone, BODY_NOW: self.body_now}
+        scope["extensions"] = {
+            CLIENT_GONE: self.client_gone,
+            BODY_NOW: self.body_now,
+            RESPOND: self.respond,
+        }
 
     def client_gone(self) -> bool:
         """The client left (or its connection was refused) before the response was complete."""
@@ -144,6 +151,17 @@ class Cycle:
                 self.response_complete = True
                 self.wake()
                 self.conn.done(self)
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The whole response at once (see the module doc)."""
+        if self.response_started:
+            raise RuntimeError("the response was already started")
+        self.response_started = True
+        self._start(status, headers)
+        self._write(body, False)
+        self.response_complete = True
+        self.wake()
+        self.conn.done(self)
 
     def _start(self, status: int, headers: Any) -> None:
         lines = [_status_line(status)]

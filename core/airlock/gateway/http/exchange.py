@@ -92,6 +92,8 @@ class Exchange:
     hold: Hold | None = None
     # says whether the client has left, without awaiting (the h1 server's scope extension)
     client_gone: Callable[[], bool] | None = None
+    # sends a whole response at once, without awaiting (the h1 server's scope extension)
+    respond: Callable[[int, list[tuple[bytes, bytes]], bytes], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -195,14 +197,20 @@ class RequestBody:
         self.done = not message.get("more_body", False)
         return bytes(message.get("body", b""))
 
-    async def fill(self, limit: int) -> None:
-        """Buffer until ``limit`` bytes (or a little more) or the end of the body."""
+    def take_now(self) -> bool:
+        """Take the whole body if it has all arrived (the server's ``airlock.body_now``), with
+        no receive round; True when the body is then read whole."""
         if not self.done and not self.buffer and self._body_now is not None:
             whole = self._body_now()
-            if whole is not None:  # all of it is in already: no receive round
+            if whole is not None:
                 self.buffer += whole
                 self.done = True
-                return
+        return self.done
+
+    async def fill(self, limit: int) -> None:
+        """Buffer until ``limit`` bytes (or a little more) or the end of the body."""
+        if self.take_now():
+            return
         while not self.done and len(self.buffer) < limit:
             self.buffer += await self._next()
 

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from airlock.gate.interface import Operation
 from airlock.gateway.approvals import SESSION_ENDED, Approvals
 from airlock.gateway.h1.client import Pool
-from airlock.gateway.h1.cycle import BODY_NOW, CLIENT_GONE
+from airlock.gateway.h1.cycle import BODY_NOW, CLIENT_GONE, RESPOND
 from airlock.gateway.http.capture import BodyTap, render_prefix
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.decide import (
@@ -151,6 +151,7 @@ class HttpProxy:
         extensions = scope.get("extensions") or {}
         body = RequestBody(receive, self._settings.client_timeout, extensions.get(BODY_NOW))
         ex.client_gone = extensions.get(CLIENT_GONE)
+        ex.respond = extensions.get(RESPOND)
         ex.body = body
         try:
             await self._steps(ex, body, send)
@@ -167,7 +168,8 @@ class HttpProxy:
                 decision = await self._judge(ex, body)
             else:  # judged on its methods and path alone
                 decision = self._verdicts.judge(ex, b"", None)
-            await body.fill(self.config.record_bodies)
+            if not body.take_now():
+                await body.fill(self.config.record_bodies)
             self._log.request(ex, decision, body)
             if decision.action != "allow":
                 await self._enforce(ex, decision, body)

@@ -171,6 +171,9 @@ class Upstream:
                 last = self._echo.mask_bytes(body)
             headers.append((b"content-length", b"%d" % len(last)))
             ex.responded = True
+            if error is None and ex.respond is not None:  # head and body, no awaits
+                ex.respond(response.status_code, headers, last)
+                return
             await send(start)
         else:
             ex.responded = True
