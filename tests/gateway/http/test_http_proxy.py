@@ -444,3 +444,21 @@ def test_every_socket_of_a_keep_alive_exchange_has_tcp_nodelay(
         assert client.get(f"{gw.url}/x", headers=_bearer(ticket)).status_code == 200
         flags = asyncio.run_coroutine_threadsafe(nodelay(), gw._loop).result(5)
     assert flags and all(flags)
+
+
+def test_a_secret_registered_mid_session_is_masked_in_headers_seen_before(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    """Masked headers are remembered per header list, but never across a new secret."""
+    from airlock.mask import Masker, MaskSettings
+
+    masker = Masker(MaskSettings())
+    gw = make_gateway(masker=masker)
+    late = "late-secret-" + "z" * 24
+    headers = {**_bearer(ticket), "User-Agent": f"agent/{late}"}
+    with httpx.Client(headers=headers) as client:
+        client.get(f"{gw.url}/echo")
+        masker.add_secret(late, "late")
+        client.get(f"{gw.url}/echo")
+    first, second = (e["headers"]["user-agent"] for e in recorder.of("http.request"))
+    assert first == f"agent/{late}" and second == "agent/[MASKED:late]"

@@ -57,6 +57,7 @@ RESPONSE_HEADERS = frozenset(
 
 
 _UNMATCHED = DEFAULT_RULE_IDS["http_unmatched"]
+_REMEMBERED = 256  # header lists whose masked allowlist is kept
 _REQUEST_NAMES = header_names(REQUEST_HEADERS)
 _RESPONSE_NAMES = header_names(RESPONSE_HEADERS)
 
@@ -72,6 +73,10 @@ class ExchangeLog:
         self._masker = masker
         self._fields = fields
         self._record = record
+        # Masked header allowlists remembered per exact header list (a client or upstream sends
+        # the same few again and again), for as long as the masker has the same secrets.
+        self._heads: dict[Any, dict[str, str]] = {}
+        self._secrets = masker.literal_count
 
     def request(
         self, ex: Exchange, decision: Decision | None, body: RequestBody | None = None, **extra: Any
@@ -83,7 +88,7 @@ class ExchangeLog:
             "method": ex.method,
             "path": mask(ex.path.judged),
             "query": mask(ex.query) if ex.query else "",
-            "headers": masked_headers(ex.headers, _REQUEST_NAMES, self._masker),
+            "headers": self._masked_headers(ex.headers, _REQUEST_NAMES),
             **extra,
         }
         if body is not None and body.buffer and self._cap:
@@ -147,7 +152,7 @@ class ExchangeLog:
         if ex.extra:
             data.update(ex.extra)
         if tap is not None:
-            data["headers"] = masked_headers(headers, _RESPONSE_NAMES, self._masker)
+            data["headers"] = self._masked_headers(headers, _RESPONSE_NAMES)
             data["body"], clean = render_whole(
                 tap,
                 content_type=content_type,
@@ -166,6 +171,25 @@ class ExchangeLog:
         except Refused:
             pass
         return clean
+
+    def _masked_headers(
+        self, headers: Sequence[tuple[bytes, bytes]], names: dict[bytes, str]
+    ) -> dict[str, str]:
+        """:func:`masked_headers`, remembered. The masker only ever gains secrets, and its
+        count of them is read before masking: a value masked before a secret was added is never
+        reused after."""
+        secrets = self._masker.literal_count
+        if secrets != self._secrets:
+            self._heads.clear()
+            self._secrets = secrets
+        key = (id(names), *headers)
+        found = self._heads.get(key)
+        if found is None:
+            found = masked_headers(headers, names, self._masker)
+            if len(self._heads) >= _REMEMBERED:
+                self._heads.clear()
+            self._heads[key] = found
+        return dict(found)
 
     def masks(self, value: str) -> bool:
         """Whether the session masker masks ``value`` (a held secret: it must)."""
