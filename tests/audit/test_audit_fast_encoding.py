@@ -22,6 +22,7 @@ from airlock.audit._format import (
     encode_small,
     genesis,
     line_hash,
+    surely_encodes,
 )
 from airlock.events import EventType
 
@@ -138,3 +139,25 @@ def test_written_lines_are_the_documented_layout(events: list[dict[str, object]]
         type_ = "db.query" if seq % 2 else "custom.type-1:x"
         assert raw == encode_line(seq, parsed["ts"], type_, prev, data)
         prev = line_hash(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(TEXT, VALUES, max_size=4), body=TEXT, key=TEXT)
+def test_what_surely_encodes_encodes_as_the_json_module_does(
+    data: dict[str, object], body: str, key: str
+) -> None:
+    """The writer's thread escapes such data later: it must never fail there."""
+    data = {**data, key: "x" * 5000 + body}
+    if surely_encodes(data):
+        assert json.loads(_dump_data(data)) == data
+    else:
+        assert any(
+            not isinstance(v, str | int | None) or isinstance(v, float) for v in data.values()
+        )
+
+
+def test_surely_encodes_wants_a_big_text_and_plain_values() -> None:
+    assert surely_encodes({"stream": "stdout", "text": "x" * 5000 + "\udcff", "n": 1})
+    assert not surely_encodes({"stream": "stdout", "text": "x" * 100})
+    assert not surely_encodes({"text": "x" * 5000, "f": 1.0})
+    assert not surely_encodes({"text": "x" * 5000, 1: "a"})

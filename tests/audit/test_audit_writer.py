@@ -197,6 +197,27 @@ def test_queued_data_that_is_not_json_is_refused_at_once(tmp_path: Path) -> None
         writer.append_later("output", {"text": object()})
     writer.flush()
     assert writer.seq == 0 and not writer.broken
+    with pytest.raises(TypeError):  # a big text with it: still refused at once
+        writer.append_later("output", {"text": "x" * 9000, "n": object()})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        writer.append_later("output", {"text": "x" * 9000, "n": float("nan")})
+    assert writer.seq == 0 and not writer.broken
+
+
+def test_queued_big_text_is_recorded_as_it_was_when_queued(tmp_path: Path) -> None:
+    """A big text is escaped on the writer's thread: from a copy of the mapping taken at the
+    call, so a caller that changes its dict afterwards does not change the record."""
+    writer = SessionWriter.create(tmp_path, "s1")
+    release, showing = threading.Event(), threading.Event()
+    writer.append_later("output", {"text": "first"}, lambda: (showing.set(), release.wait(30)))
+    assert showing.wait(30)  # the writer's thread is busy: the next event waits in the queue
+    data = {"stream": "stdout", "text": 'a"\\\x1b\n' * 2000 + "\udcff", "n": 7}
+    writer.append_later("output", data)
+    data["text"], data["n"] = "changed", 8
+    release.set()
+    writer.close()
+    _, second = iter_events(tmp_path / "s1")
+    assert second["data"] == {"stream": "stdout", "text": 'a"\\\x1b\n' * 2000 + "\udcff", "n": 7}
 
 
 def test_after_seal_the_writer_refuses_more(tmp_path: Path, key: SigningKey) -> None:

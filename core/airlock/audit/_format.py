@@ -29,9 +29,11 @@ __all__ = [
     "encode_data",
     "encode_line",
     "encode_small",
+    "entry_pieces",
     "genesis",
     "join_entry",
     "line_hash",
+    "surely_encodes",
 ]
 
 FORMAT: Final = "airlock-session/1"
@@ -222,6 +224,21 @@ def encode_small(data: Mapping[str, Any]) -> str | None:
     return text
 
 
+def surely_encodes(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` is a flat object with a big string (the shape of an output event)
+    whose :func:`encode_data` cannot raise: str keys; str, int, bool and None values only (a
+    lone surrogate is escaped, not refused)."""
+    big = False
+    for key, value in data.items():
+        if type(key) is not str:
+            return False
+        if type(value) is str:
+            big = big or len(value) >= _FAST_MIN
+        elif not (value is None or type(value) is int or type(value) is bool):
+            return False
+    return big
+
+
 def _dump_parts(data: Mapping[str, Any]) -> list[bytes]:
     if any(isinstance(v, str) and len(v) >= _FAST_MIN for v in data.values()):
         try:
@@ -266,7 +283,13 @@ def encode_data(data: Mapping[str, Any]) -> list[bytes]:
 def join_entry(seq: int, ts: str, type_: str, prev: str, data: list[bytes]) -> bytes:
     """:func:`encode_line` of encoded ``data``, with its ``\\n``, built in one copy (output
     lines are megabytes)."""
-    return b"".join([_head(seq, ts, type_, prev), *data, b"}\n"])
+    return b"".join(entry_pieces(seq, ts, type_, prev, data))
+
+
+def entry_pieces(seq: int, ts: str, type_: str, prev: str, data: list[bytes]) -> list[bytes]:
+    """The pieces :func:`join_entry` joins, the last one ``b"}\\n"``: to write with ``writev``
+    and hash piece by piece instead (a big line is then never copied whole)."""
+    return [_head(seq, ts, type_, prev), *data, b"}\n"]
 
 
 def canonical_json(obj: Any) -> bytes:

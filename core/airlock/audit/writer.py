@@ -1,8 +1,8 @@
 """The append-only, hash-chained session log: :class:`SessionWriter`.
 
-Each event is one ``os.write`` of a whole line on an ``O_APPEND`` descriptor, with no buffering
-in Python: a SIGKILL loses at most the line being written, and what is already written stays
-readable and verifiable. The writer fsyncs only when sealing.
+Each event is one ``write`` (a ``writev`` for a big line) of a whole line on an ``O_APPEND``
+descriptor, with no buffering in Python: a SIGKILL loses at most the line being written, and
+what is already written stays readable and verifiable. The writer fsyncs only when sealing.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from airlock.audit._format import (
     TYPE_RE,
     encode_data,
     encode_small,
+    entry_pieces,
     genesis,
     join_entry,
     line_hash,
+    surely_encodes,
 )
 from airlock.audit._manifest import LogState, build_manifest, write_manifest
 from airlock.audit._opened import mark_opened
@@ -151,17 +153,19 @@ class SessionWriter:
     def append_later(
         self, type: str, data: Mapping[str, Any], then: Callable[[], object] | None = None
     ) -> None:
-        """Queue one event: it is encoded now, in the caller's thread, and written in order by
-        the writer's thread, which then calls ``then`` (say, showing the output that was just
-        recorded). Should the write fail, ``then`` is not called and the writer is broken.
+        """Queue one event: it is written in order by the writer's thread, which then calls
+        ``then`` (say, showing the output that was just recorded). Should the write fail,
+        ``then`` is not called and the writer is broken.
 
-        For a producer of big events (a command's output): JSON-escaping here, hashing and
-        writing there, on two cores. Raises at once what :meth:`append` would raise before
+        For a producer of big events (a command's output), whose own thread reads and masks:
+        the writer's thread JSON-escapes a big text value, hashes and writes, on another core.
+        Anything else is encoded here. Raises at once what :meth:`append` would raise before
         writing; a later write failure is raised by the next call. ``then`` must not append.
         """
         type_ = _checked_type(type)
         self._writable_fd()
-        encoded = encode_data(data)
+        encoded: list[bytes] | dict[str, Any]
+        encoded = dict(data) if surely_encodes(data) else encode_data(data)
         self._producers.add(threading.get_ident())
         if self._queue is None:
             self._queue = queue.Queue(_QUEUED_LINES)
@@ -199,6 +203,8 @@ class SessionWriter:
                 return
             type_, encoded, then = item
             try:
+                if isinstance(encoded, dict):
+                    encoded = encode_data(encoded)
                 with self._lock:
                     if self._failure is not None or self._fd is None:
                         continue  # not recorded, so not shown either
@@ -214,14 +220,30 @@ class SessionWriter:
 
     def _write_entry(self, fd: int, type_: str, encoded: list[bytes]) -> int:
         ts = self._clock()
-        return self._written(fd, join_entry(self.seq, ts, type_, self.head, encoded), ts)
+        if len(encoded) == 1 and len(encoded[0]) < _JOIN_BELOW:
+            return self._written(fd, join_entry(self.seq, ts, type_, self.head, encoded), ts)
+        # A big line (a command's output): written with writev and hashed piece by piece, so
+        # the megabytes of its text are not copied once more into a joined line.
+        pieces = entry_pieces(self.seq, ts, type_, self.head, encoded)
+        self._write_pieces(fd, pieces)
+        chain = hashlib.sha256()
+        for piece in pieces[:-1]:
+            chain.update(piece)
+            self._whole.update(piece)
+        chain.update(pieces[-1][:-1])  # the line's hash leaves out its "\n"
+        self._whole.update(pieces[-1])
+        self._bytes += sum(map(len, pieces))
+        return self._moved_on(chain.hexdigest(), ts)
 
     def _written(self, fd: int, payload: bytes, ts: str) -> int:
         """Write one whole line (with its ``\\n``) and move the chain on."""
         self._write_line(fd, payload)
         self._whole.update(payload)
         self._bytes += len(payload)
-        self.head = line_hash(memoryview(payload)[:-1])
+        return self._moved_on(line_hash(memoryview(payload)[:-1]), ts)
+
+    def _moved_on(self, head: str, ts: str) -> int:
+        self.head = head
         self._first_ts = self._first_ts or ts
         self._last_ts = ts
         self.seq += 1
@@ -303,10 +325,18 @@ class SessionWriter:
         return self._fd
 
     def _write_line(self, fd: int, payload: bytes) -> None:
-        view = memoryview(payload)
+        self._write_pieces(fd, [payload])
+
+    def _write_pieces(self, fd: int, pieces: list[bytes]) -> None:
+        """One ``writev`` of the whole line (on ``O_APPEND``, as one ``write``)."""
+        views = [memoryview(piece) for piece in pieces if piece]
         try:
-            while view:  # a short write (e.g. at RLIMIT_FSIZE) is retried; the retry then fails
-                view = view[os.write(fd, view) :]
+            while views:  # a short write (e.g. at RLIMIT_FSIZE) is retried; the retry then fails
+                written = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+                while views and written >= len(views[0]):
+                    written -= len(views.pop(0))
+                if views:
+                    views[0] = views[0][written:]
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, "error")
             self._failure = f"write failed: {name} ({exc.strerror})"
@@ -347,8 +377,10 @@ class SessionWriter:
             self._fd = None
 
 
-_Queued = tuple[str, list[bytes], Callable[[], object] | None]
+# (type, data encoded or still to encode, then)
+_Queued = tuple[str, list[bytes] | dict[str, Any], Callable[[], object] | None]
 _QUEUED_LINES = 4  # events waiting for the writer's thread: bounds the memory they hold
+_JOIN_BELOW = 64 * 1024  # smaller lines are joined into one bytes object (one piece to hash)
 
 
 def _checked_type(type: str) -> str:

@@ -152,16 +152,20 @@ class LiteralSet:
     triggers: tuple[bytes, ...] = ()  # a canonical match holds one of these, or a lone CR
     wrapped: tuple[bytes, ...] = ()  # base64 forms, sorted (for wrapped_held)
 
-    def canonical_may_match(self, buf: bytes, wrapped_line: bool | None = None) -> bool:
+    def canonical_may_match(
+        self, buf: bytes, wrapped_line: bool | None = None, gate: bool | None = None
+    ) -> bool:
         """False when the canonical rule can find nothing the exact forms do not: ``buf`` has
         no trigger byte and no CR outside a CRLF (a CR before LF can only sit inside a value
         that has a newline, and then CR is a trigger) and no line wrapped base64 could have
-        made (``wrapped_line``: hyperscan's answer to that, None to ask RE2)."""
+        made (``wrapped_line``: hyperscan's answer to that, None to ask RE2). ``gate``:
+        hyperscan's answer to the trigger and CR questions (:func:`canonical_gate`), None to
+        search here."""
         if self.canonical is None:
             return False
-        if any(t in buf for t in self.triggers):
-            return True
-        if _LONE_CR.search(buf) is not None:  # half the CPU of counting CRs and CRLFs
+        if gate is None:
+            gate = any(t in buf for t in self.triggers) or _LONE_CR.search(buf) is not None
+        if gate:
             return True
         if not self.wrapped or wrapped_line is False:
             return False
@@ -350,9 +354,16 @@ class HyperscanLiterals:
     WRAP_GATE = (1 << 24) - 1
     """Reported in ``scan``'s rules when ``wrap_gate`` is on and the buffer has a
     ``WRAPPED_LINE`` (what ``_wrapped.may_hold_wrapped`` asks RE2, in the same pass)."""
+    CANONICAL_GATE = (1 << 24) - 2
+    """Reported when ``triggers`` is given and the buffer has one of them, or a CR before
+    anything but LF (see :func:`canonical_gate`)."""
 
     def __init__(
-        self, forms: Sequence[bytes], patterns: Prefilter, wrap_gate: bool = False
+        self,
+        forms: Sequence[bytes],
+        patterns: Prefilter,
+        wrap_gate: bool = False,
+        triggers: Sequence[bytes] | None = None,
     ) -> None:
         import hyperscan
 
@@ -365,6 +376,11 @@ class HyperscanLiterals:
         if wrap_gate:
             expressions.append(WRAPPED_LINE)
             ids.append(self.WRAP_GATE)
+            flags.append(hyperscan.HS_FLAG_SINGLEMATCH)
+        self.gates_canonical = triggers is not None
+        if triggers is not None:
+            expressions.append(canonical_gate(triggers))
+            ids.append(self.CANONICAL_GATE)
             flags.append(hyperscan.HS_FLAG_SINGLEMATCH)
         self.merged = len(forms) >= self.MERGE_AT and isinstance(patterns, _HyperscanPatterns)
         if self.merged:
@@ -400,6 +416,17 @@ class HyperscanLiterals:
 
         self._db.scan(data, match_event_handler=on_match, scratch=scratch)
         return hits, longest
+
+
+def canonical_gate(triggers: Sequence[bytes]) -> bytes:
+    """A hyperscan expression that matches where ``LiteralSet.canonical_may_match`` looks for a
+    trigger byte or a CR not followed by LF, except a CR that ends the buffer (the caller checks
+    that one). In the literal scan it costs a fraction of the ``in`` tests and the regex search
+    (measured ~0.1 against ~0.4 ms of CPU per MB)."""
+    lone_cr = rb"\x0d[^\x0a]"
+    if not triggers:
+        return lone_cr
+    return b"[" + b"".join(b"\\x%02x" % t[0] for t in triggers) + b"]|" + lone_cr
 
 
 class _Re2Patterns:
@@ -475,4 +502,7 @@ def build_literal_matcher(
     """Hyperscan's literal matcher, or None: with RE2 the alternation is searched directly."""
     if engine != "hyperscan" or literals.rule is None:
         return None
-    return HyperscanLiterals(literals.forms, patterns, wrap_gate=bool(literals.wrapped))
+    triggers = literals.triggers if literals.canonical is not None else None
+    return HyperscanLiterals(
+        literals.forms, patterns, wrap_gate=bool(literals.wrapped), triggers=triggers
+    )

@@ -98,14 +98,18 @@ class Snapshot:
     def _scan(self, buf: bytes) -> tuple[set[int], dict[int, int] | None]:
         """The prefilter's pass: pattern rules that may match, and the literal occurrences
         when hyperscan finds them (None: the literal rule is searched with RE2)."""
-        wrapped_line = None
-        if self.literal_matcher is not None:
-            hits, occurrences = self.literal_matcher.scan(buf)
+        wrapped_line = gate = None
+        matcher = self.literal_matcher
+        if matcher is not None:
+            hits, occurrences = matcher.scan(buf)
             wrapped_line = HyperscanLiterals.WRAP_GATE in hits
             hits.discard(HyperscanLiterals.WRAP_GATE)
+            if matcher.gates_canonical:
+                gate = HyperscanLiterals.CANONICAL_GATE in hits or buf.endswith(b"\r")
+                hits.discard(HyperscanLiterals.CANONICAL_GATE)
         else:
             hits, occurrences = self.prefilter.hits(buf), None
-        if self.literals.canonical_may_match(buf, wrapped_line):
+        if self.literals.canonical_may_match(buf, wrapped_line, gate):
             hits.add(self.canonical_index)
         return hits, occurrences
 
