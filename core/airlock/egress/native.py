@@ -131,11 +131,13 @@ class NativeRelay:
         held: list[int] | None = None,
     ) -> Ended:
         """Relay the tunnel between the sockets of two transports until it ends; what their
-        streams read ahead goes first (``to_upstream``, ``to_client``). With ``expect``,
-        ``to_upstream`` is the start of the ClientHello: the relay thread reads the rest and
-        relays only if its SNI is ``expect`` (or absent, with ``sni_optional``). A tunnel
-        refused before relaying leaves its sockets open in ``held``, for the caller to close
-        once it recorded the refusal (without ``held``, they are closed here)."""
+        streams read ahead goes first (``to_upstream``, ``to_client``; ``to_upstream`` may be a
+        function, called once the client is paused, so nothing it sends meanwhile is lost).
+        With ``expect``, ``to_upstream`` is the start of the ClientHello: the relay thread
+        reads the rest and relays only if its SNI is ``expect`` (or absent, with
+        ``sni_optional``). A tunnel refused before relaying leaves its sockets open in
+        ``held``, for the caller to close once it recorded the refusal (without ``held``,
+        they are closed here)."""
         hold: list[int] = [] if held is None else held
         try:
             return await self._relay_tunnel(
@@ -151,7 +153,7 @@ class NativeRelay:
         self,
         client: asyncio.BaseTransport,
         upstream: asyncio.BaseTransport,
-        to_upstream: bytes,
+        to_upstream: bytes | Callable[[], bytes],
         to_client: bytes,
         counts: Counts,
         expect: str | None,
