@@ -3,14 +3,15 @@ through the proxy as it was (``--before``, a git ref, default ``main``) and as i
 
 Processes: a local HTTPS server (Python's http.server + TLS, a test CA), the clients (curl for
 the download; a small Python loop for the short connections), and two egress proxies, each in a
-process of its own (``before`` runs the sources of ``--before``, ``after`` this tree's), so their
-CPU time (user+sys from /proc/<pid>/stat) is theirs alone. Modes take turns: downloads rotate
+process of its own (``before`` runs the sources of ``--before``, with its compiled relay built
+when it has one; ``after`` this tree's), so their CPU time (user+sys from /proc/<pid>/stat) is
+theirs alone. Modes take turns: downloads rotate
 direct/before/after each round; short connections rotate one by one. Prints MB/s and the ratio
 to direct (target >= 0.8x), ms added per connection (target <= 1 ms), and each proxy's CPU per
 GB and per connection, which a loaded machine inflates far less than wall time.
 
     .venv/bin/python bench/egress_proxy.py [--size-mb 200] [--connections 1000] [--rounds 3]
-        [--before main]
+        [--before main] [--only download|connections]
 """
 
 from __future__ import annotations
@@ -192,7 +193,12 @@ def _before_sources(ref: str, work: Path) -> Path:
         ["git", "-C", str(ROOT), "archive", ref, "core"], check=True, capture_output=True
     )
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target / "core"
+    core = target / "core"
+    if (core / "airlock" / "egress" / "build_relay.py").exists():  # its compiled relay, if any
+        env = {**os.environ, "PYTHONPATH": str(core)}
+        command = [sys.executable, "-m", "airlock.egress.build_relay"]
+        subprocess.run(command, env=env, cwd=core, check=False, capture_output=True)
+    return core
 
 
 def main() -> None:
@@ -201,6 +207,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", default="main", help="git ref of the proxy to compare with")
+    parser.add_argument(
+        "--only", choices=("download", "connections"), help="run one of the two measures"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -235,6 +244,15 @@ def _measure(args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _
     relays = ", ".join(f"{name}: {proxy.relay} relay" for name, proxy in proxies.items())
     print(f"load average {os.getloadavg()[0]:.1f}; before = {args.before}; {relays}")
     modes: list[str] = ["direct", *proxies]
+    if args.only != "connections":
+        _measure_downloads(args, port, ca, proxies, modes)
+    if args.only != "download":
+        _measure_connections(args, port, ca, proxies, modes)
+
+
+def _measure_downloads(
+    args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _Proxy], modes: list[str]
+) -> None:
     walls: dict[str, list[float]] = {mode: [] for mode in modes}
     cpu = dict.fromkeys(proxies, 0.0)
     for turn in range(args.rounds):
@@ -256,6 +274,11 @@ def _measure(args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _
             line += f"  {direct / wall:5.2f}x of direct (target >= 0.8x)"
             line += f"  proxy CPU {cpu[mode] / gb:5.2f} s/GB"
         print(line)
+
+
+def _measure_connections(
+    args: argparse.Namespace, port: int, ca: Path, proxies: dict[str, _Proxy], modes: list[str]
+) -> None:
     n = args.connections
     ports = [0, *(p.port for p in proxies.values())]
     start = {name: p.cpu_split() for name, p in proxies.items()}

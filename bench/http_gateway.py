@@ -8,7 +8,13 @@ turns (direct, bare, gateway, direct, ...) and the median round counts. Prints r
 and the CPU per request of each server process (from /proc schedstat, far less sensitive to a
 busy machine than wall time) for every target, and the ratio gateway/direct (the baseline).
 
+``--before REV|DIR`` adds the gateway of older code (a git revision, or a directory holding its
+``airlock`` package) as one more target of the same turns; ``--calls N`` then counts the Python
+function calls per request of each gateway (cProfile over N raw keep-alive requests: a figure
+the machine's load does not move).
+
     .venv/bin/python bench/http_gateway.py [--quick] [--concurrency 16] [--seconds 8] [--raw-client]
+        [--before main] [--calls 2000]
 """
 
 from __future__ import annotations
@@ -86,17 +92,40 @@ def _run_gateway(port: int, upstream: str, sessions: str) -> None:
     writer = SessionWriter.create(Path(sessions))
     ticket = Ticket("bench-session", "bench", _TICKET)
 
-    serve_until_killed(
-        lambda: serve_http(
+    async def start() -> Any:
+        gateway = await serve_http(
             config,
             masker=Masker(MaskSettings()),
             record=writer.append,
             approve=None,
             ticket=ticket,
             environ={"BENCH_TOKEN": _TOKEN},
-        ),
-        new_loop=new_event_loop,  # the loop `airlock run` gives the gateway
-    )
+        )
+        _count_calls_on_signal()
+        return gateway
+
+    serve_until_killed(start, new_loop=new_event_loop)  # the loop `airlock run` gives it
+
+
+def _count_calls_on_signal() -> None:
+    """SIGUSR1 starts a cProfile of this process; SIGUSR2 stops it and prints the calls seen
+    (all, and those of Python functions) on stdout."""
+    import cProfile
+    import pstats
+    import signal
+
+    profiler = cProfile.Profile()
+
+    def report() -> None:
+        profiler.disable()
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        total = sum(row[1] for row in stats.values())
+        python = sum(row[1] for key, row in stats.items() if key[0] != "~")
+        print(f"calls {total} {python}", flush=True)
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, profiler.enable)
+    loop.add_signal_handler(signal.SIGUSR2, report)
 
 
 def _run_bare(port: int, upstream: str) -> None:
@@ -153,7 +182,11 @@ async def _load(
 
 
 async def _load_raw(
-    url: str, seconds: float, concurrency: int, headers: dict[str, str]
+    url: str,
+    seconds: float,
+    concurrency: int,
+    headers: dict[str, str],
+    requests: int | None = None,
 ) -> tuple[float, list[float], int]:
     """The same load from a minimal keep-alive client (asyncio streams, one request line and a
     Content-Length read): the client's own cost barely counts, so the ratio is the servers'."""
@@ -171,7 +204,7 @@ async def _load_raw(
     async def worker() -> None:
         nonlocal errors
         reader, writer = await asyncio.open_connection(host, int(port))
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < stop_at and (requests is None or len(latencies) < requests):
             started = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -205,6 +238,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
+        "--before",
+        metavar="REV|DIR",
+        help="also measure the gateway of older code: a git revision or a directory with airlock/",
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="count Python function calls per request over N raw requests (cProfile)",
+    )
+    parser.add_argument(
         "--raw-client",
         action="store_true",
         help="load with a minimal keep-alive client instead of httpx (the servers' cost alone)",
@@ -224,7 +269,22 @@ def main() -> None:
         _run_bare(args.port, args.upstream)
         return
     seconds, rounds = (2.0, 3) if args.quick else (args.seconds, args.rounds)
-    _bench(seconds, rounds, args.concurrency, _load_raw if args.raw_client else _load)
+    load = _load_raw if args.raw_client else _load
+    with tempfile.TemporaryDirectory() as scratch:
+        before = _before_tree(args.before, Path(scratch)) if args.before else None
+        _bench(seconds, rounds, args.concurrency, load, before, args.calls)
+
+
+def _before_tree(spec: str, scratch: Path) -> str:
+    """The directory holding the older code's ``airlock`` package."""
+    if (Path(spec) / "airlock").is_dir():
+        return str(Path(spec).resolve())
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", spec, "core"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive.stdout, check=True)
+    return str(scratch / "core")
 
 
 Result = tuple[float, list[float], int, dict[str, float]]  # req/s, latencies, errors, CPU ms/req
@@ -235,39 +295,73 @@ Load = Callable[
 ]
 
 
-def _bench(seconds: float, rounds: int, concurrency: int, load: Load) -> None:
-    up_port, gw_port, bare_port = free_port(), free_port(), free_port()
+def _bench(
+    seconds: float, rounds: int, concurrency: int, load: Load, before: str | None, calls: int
+) -> None:
+    up_port, bare_port = free_port(), free_port()
+    ports = {"gateway": free_port(), "before": free_port()}
     me = [sys.executable, __file__]
+    upstream_url = f"http://127.0.0.1:{up_port}"
     load_before = os.getloadavg()
+    trees = {"gateway": None, "before": before} if before else {"gateway": None}
     with tempfile.TemporaryDirectory() as sessions:
         upstream = subprocess.Popen([*me, "--role", "upstream", "--port", str(up_port)])
         bare = subprocess.Popen(
-            [*me, "--role", "bare", "--port", str(bare_port), "--upstream",
-             f"http://127.0.0.1:{up_port}"]
+            [*me, "--role", "bare", "--port", str(bare_port), "--upstream", upstream_url]
         )  # fmt: skip
-        gateway = subprocess.Popen(
-            [*me, "--role", "gateway", "--port", str(gw_port), "--upstream",
-             f"http://127.0.0.1:{up_port}", "--sessions", sessions],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        gateways = {}
+        for name, tree in trees.items():
+            env = dict(os.environ, PYTHONPATH=tree) if tree else None
+            gateways[name] = subprocess.Popen(
+                [*me, "--role", "gateway", "--port", str(ports[name]), "--upstream",
+                 upstream_url, "--sessions", f"{sessions}/{name}"],
+                stdout=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
         try:
             wait_port(up_port)
             wait_port(bare_port)
-            assert gateway.stdout is not None
-            if gateway.stdout.readline().strip() != "ready":
-                raise SystemExit("bench: the gateway did not start")
-            pids = {"upstream": upstream.pid, "bare": bare.pid, "gateway": gateway.pid}
+            for name, proc in gateways.items():
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "ready":
+                    raise SystemExit(f"bench: the {name} gateway did not start")
+            pids = {"upstream": upstream.pid, "bare": bare.pid}
+            pids |= {name: proc.pid for name, proc in gateways.items()}
+            gw_ports = {name: ports[name] for name in gateways}
             results = _measure(
-                up_port, gw_port, bare_port, seconds, rounds, concurrency, pids, load
+                up_port, gw_ports, bare_port, seconds, rounds, concurrency, pids, load
             )
-            log = next(Path(sessions).rglob("events.jsonl"))
+            counted = {name: _count_calls(p, ports[name], calls) for name, p in gateways.items()}
+            log = next(Path(sessions, "gateway").rglob("events.jsonl"))
             events = sum(1 for _ in log.open("rb"))
         finally:
-            for proc in (gateway, bare, upstream):
+            for proc in (*gateways.values(), bare, upstream):
                 proc.terminate()
                 proc.wait(10)
     _report(results, seconds, rounds, concurrency, events, load_before, os.getloadavg())
+    for name, (total, python) in counted.items():
+        if calls:
+            print(
+                f"function calls per request, {name}: {total / calls:.0f} "
+                f"({python / calls:.0f} of Python functions; cProfile over {calls} raw requests)"
+            )
+
+
+def _count_calls(proc: subprocess.Popen[str], port: int, requests: int) -> tuple[int, int]:
+    """(all, Python-level) function calls the gateway made over ``requests`` raw requests."""
+    if not requests:
+        return 0, 0
+    import signal
+
+    headers = {"Authorization": f"Bearer {_TICKET}"}
+    url = f"http://127.0.0.1:{port}/items"
+    asyncio.run(_load_raw(url, 0.5, 1, headers))  # warm
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.2)
+    asyncio.run(_load_raw(url, 3600, 1, headers, requests=requests))
+    proc.send_signal(signal.SIGUSR2)
+    assert proc.stdout is not None
+    _, total, python = proc.stdout.readline().split()
+    return int(total), int(python)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -285,7 +379,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _measure(
     up_port: int,
-    gw_port: int,
+    gw_ports: dict[str, int],
     bare_port: int,
     seconds: float,
     rounds: int,
@@ -293,17 +387,18 @@ def _measure(
     pids: dict[str, int],
     load: Load,
 ) -> dict[str, list[Result]]:
-    """Each target in turn (direct, bare, gateway, direct, ...); per round: req/s, latencies,
-    errors, and the CPU per request of every server process on the path."""
-    targets = {
+    """Each target in turn (direct, bare, gateway[, before], direct, ...); per round: req/s,
+    latencies, errors, and the CPU per request of every server process on the path."""
+    targets: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
         "direct": (f"http://127.0.0.1:{up_port}/items", {}, ("upstream",)),
         "bare": (f"http://127.0.0.1:{bare_port}/items", {}, ("bare", "upstream")),
-        "gateway": (
-            f"http://127.0.0.1:{gw_port}/items",
-            {"Authorization": f"Bearer {_TICKET}"},
-            ("gateway", "upstream"),
-        ),
     }
+    for name, port in gw_ports.items():
+        targets[name] = (
+            f"http://127.0.0.1:{port}/items",
+            {"Authorization": f"Bearer {_TICKET}"},
+            (name, "upstream"),
+        )
     for url, headers, _ in targets.values():  # warm-up
         asyncio.run(load(url, 1.0, concurrency, headers))
     rows: dict[str, list[Result]] = {name: [] for name in targets}
@@ -354,6 +449,14 @@ def _report(
         f"{gw_cpu + med(r[3]['upstream'] for r in rows['gateway']):.3f} ms "
         f"(gateway {gw_cpu:.3f} ms + upstream)"
     )
+    per_round = [g[0] / d[0] for g, d in zip(rows["gateway"], rows["direct"], strict=True)]
+    print("gateway/direct per round: " + ", ".join(f"{r:.2f}x" for r in per_round))
+    if "before" in rows:
+        old_cpu = med(r[3]["before"] for r in rows["before"])
+        print(
+            f"older code (--before), same turns: {rps['before'] / rps['direct']:.2f}x direct, "
+            f"gateway CPU {old_cpu:.3f} ms/request (now {gw_cpu:.3f} ms)"
+        )
     print(f"session log lines written by the gateway: {events}")
 
 

@@ -11,6 +11,9 @@ shared: one round is noisy), and the load average is printed with the figures. C
 statement is printed for the gateway (its event-loop thread) and for pgbouncer (its process):
 it hardly depends on the load. ``--loops uvloop,asyncio`` runs one gateway on each event loop,
 in turn with the others in every round (uvloop, when installed: measured, not a win here).
+``--io compiled,python`` runs one gateway per I/O path (the compiled I/O loop, ``_loop.c``, or
+asyncio's transports), in turn. The gateway's CPU is the whole bench process's (every gateway
+thread: the event loop's and the I/O loop's; the others idle meanwhile).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -64,11 +67,11 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(name: str) -> float:
-    """CPU seconds used so far by the thread called ``name`` (the gateway's event loop)."""
-    thread = next(t for t in threading.enumerate() if t.name == name)
-    assert thread.ident is not None
-    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+def own_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process: the gateways' threads (the
+    event loop's, the compiled I/O loop's) and an idle main thread waiting for pgbench."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def start_pgbouncer(pg: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
@@ -95,9 +98,11 @@ def start_pgbouncer(pg: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_gateway(
-    pg: PostgresCluster, writer: SessionWriter, loop: str
+    pg: PostgresCluster, writer: SessionWriter, loop: str, io: str = "compiled"
 ) -> tuple[ThreadedGateway, str]:
-    config = pg_gateway_config(pg.port, ["*.password"]).model_copy(update={"name": f"bench-{loop}"})
+    config = pg_gateway_config(pg.port, ["*.password"]).model_copy(
+        update={"name": f"bench-{loop}-{io}"}
+    )
     ticket = Ticket.issue(writer.session_id, config.name)
     rules = [GuardrailRule.model_validate(
         {"id": "no-drop", "sql": {"kinds": ["drop", "truncate"]}, "action": "deny"})]  # fmt: skip
@@ -116,12 +121,19 @@ def start_gateway(
         )  # fmt: skip
     finally:
         asyncio.set_event_loop_policy(None)
+    if io == "python":  # asyncio's transports move the bytes (no compiled I/O loop)
+        gateway.gateway._shared.io = False
+    elif gateway.gateway._shared.io_loop() is None:
+        sys.exit(
+            "the compiled I/O loop is not built: python -m airlock.gateway.postgres.build_rows"
+        )
     return gateway, ticket.value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 s per target instead of 20 s")
+    parser.add_argument("--seconds", type=int, help="seconds per target (overrides --quick)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the three targets in turn N times (median)"
     )
@@ -132,9 +144,13 @@ def main() -> None:
     parser.add_argument(
         "--loops", default="asyncio", help="gateway event loops to run, in turn (asyncio,uvloop)"
     )
+    parser.add_argument(
+        "--io", default="compiled", help="gateway I/O paths to run, in turn (compiled,python)"
+    )
     args = parser.parse_args()
-    loops = args.loops.split(",")
-    seconds = 5 if args.quick else 20
+    variants = [(loop, io) for loop in args.loops.split(",") for io in args.io.split(",")]
+    loops = [f"{loop}-{io}" for loop, io in variants]
+    seconds = args.seconds or (5 if args.quick else 20)
     load_before = os.getloadavg()
     rounds: list[dict[str, tuple[float, float, int]]] = []
     cpu: dict[str, list[float]] = {name: [] for name in ["pgbouncer", *loops]}
@@ -147,7 +163,7 @@ def main() -> None:
         bouncer, bport = start_pgbouncer(pg)
         sessions = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
         writer = SessionWriter.create(sessions)
-        gateways = {loop: start_gateway(pg, writer, loop) for loop in loops}
+        gateways = {f"{loop}-{io}": start_gateway(pg, writer, loop, io) for loop, io in variants}
         try:
             for _ in range(args.rounds):
                 mode = ("-M", args.mode)
@@ -157,9 +173,9 @@ def main() -> None:
                 cpu["pgbouncer"].append((process_cpu(bouncer.pid) - before) / results[
                     "pgbouncer"][2])  # fmt: skip
                 for loop, (gateway, ticket) in gateways.items():
-                    before = thread_cpu(f"airlock-pg-bench-{loop}")
+                    before = own_cpu()
                     run = pgbench(gateway.address[1], ticket, seconds, *mode)
-                    cpu[loop].append((thread_cpu(f"airlock-pg-bench-{loop}") - before) / run[2])
+                    cpu[loop].append((own_cpu() - before) / run[2])
                     results[f"airlock-{loop}"] = run
                 rounds.append(results)
         finally:

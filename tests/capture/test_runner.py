@@ -228,3 +228,28 @@ def test_the_trace_pause_grows_while_batches_are_busy_and_shrinks_back() -> None
         runner._trace_read = size  # bytes the last batch brought
         pauses.append(runner._next_trace_pause())
     assert pauses == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08, 0.08, 0.04, 0.02, 0.01, 0.01, 0.01]
+
+
+def test_pty_mode_reads_the_same_either_way(drain_way: str) -> None:
+    code = "import os,sys; print(os.isatty(0), os.isatty(1)); sys.stdout.write('y' * 300000)"
+    result, rec = run([sys.executable, "-c", code], pty=True)
+    assert result.exit_status == 0
+    assert bytes(rec.output["pty"]) == b"True True\r\n" + b"y" * 300000
+
+
+def test_signals_reach_the_command_under_a_pty(drain_way: str) -> None:
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda s, f: (print('got', s, flush=True), sys.exit(42)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(20)\n"
+    )
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result, rec = run([sys.executable, "-c", code], pty=True)
+    finally:
+        timer.cancel()
+    assert result.exit_status == 42
+    assert b"got 15" in bytes(rec.output["pty"])
+    assert result.forwarded == ["SIGTERM"]

@@ -103,6 +103,7 @@ def test_held_credential_masked_columns_and_a_denied_drop(
     started = next(e["data"] for e in events if e["type"] == "gateway.started")
     assert started["name"] == "appdb"
     assert started["row_path"] in ("compiled", "python")  # which row path runs is on record
+    assert started["io_path"] in ("compiled", "python")  # and which I/O path
     assert "APPDB_PASSWORD" in started["withheld"]
 
 

@@ -66,7 +66,7 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The addresses the proxy tried to connect to (it never does: refused with 502)."""
     tried: list[list[str]] = []
 
-    async def recorder(addresses: list[str], port: int, attempt: object) -> None:
+    async def recorder(addresses: list[str], port: int, *_: object) -> None:
         tried.append(addresses)
         raise connection._Refused(502, "test", "connect step replaced by the test")
 

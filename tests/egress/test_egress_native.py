@@ -122,8 +122,13 @@ def test_both_relays_report_the_same_outcomes_and_counts(
             assert _read_all(sock) == upstream.reply
         with _tunnel(proxy.port, upstream.port, b"\x16\x03\x01\x00\x05hello") as sock:
             assert _read_all(sock) == b""  # not a ClientHello: closed, nothing relayed
+        with _tunnel(proxy.port, upstream.port, _client_hello("other.test")) as sock:
+            assert _read_all(sock) == b""  # another SNI: closed, nothing relayed
+        with _tunnel(proxy.port, upstream.port, _HELLO[:50]) as sock:  # the rest comes later
+            sock.sendall(_HELLO[50:])
+            assert _read_all(sock) == upstream.reply
         proxy.close()
-        found = events.wait_net(start + 3)[start:]
+        found = events.wait_net(start + 5)[start:]
         seen[way] = sorted(  # the client may hear a tunnel's end before it is recorded
             (e["outcome"], e["bytes_up"], e["bytes_down"], e.get("sni") or "", e.get("error", ""))
             for e in found
@@ -132,7 +137,13 @@ def test_both_relays_report_the_same_outcomes_and_counts(
     assert seen["native"] == seen["python"]
     assert [s[1:3] for s in seen["native"] if s[0] == "allowed"] == [
         (len(_HELLO), len(upstream.reply)),
+        (len(_HELLO), len(upstream.reply)),
         (len(_HELLO) + 4, len(upstream.reply)),
+    ]
+    refused = [s[3:] for s in seen["native"] if s[0] == "denied"]
+    assert sorted(refused) == [
+        ("", "not a TLS ClientHello: only TLS goes through CONNECT"),
+        ("other.test", "SNI other.test differs from the CONNECT host"),
     ]
 
 
@@ -170,6 +181,39 @@ def test_200_tunnels_leave_no_descriptor_behind(
             assert _read_all(sock) == b"pong"
     recorded = events.wait_net(201)
     assert len(recorded) == 201 and {e["outcome"] for e in recorded} == {"allowed"}
+    if proxy.native is not None:
+        assert proxy.native.open_tunnels() == 0
+    assert _fds_settled(before) == before
+    upstream.close()
+
+
+def test_refused_tunnels_are_recorded_before_closed_and_leave_no_descriptor(
+    relay_way: str, start_proxy: ProxyFactory, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tunnel refused by the ClientHello check is closed only once it is recorded (the
+    compiled relay hands its sockets back for that: the client never hears of a refusal the log
+    lacks), and no descriptor is left open."""
+    upstream = _Upstream()
+    proxy = start_proxy(_network(upstream.port))
+    with _tunnel(proxy.port, upstream.port) as sock:  # warm up: the loop's own descriptors
+        assert _read_all(sock) == b"pong"
+    events.wait_net(1)
+    before = _fds()
+    kind_of_events = type(events)  # conftest's class (the module may be imported twice)
+    record = kind_of_events.__call__
+
+    def slow_record(self: Events, kind: str, data: dict[str, object]) -> None:
+        time.sleep(0.2)  # a slow log: a close before the record would come first
+        record(self, kind, data)
+
+    monkeypatch.setattr(kind_of_events, "__call__", slow_record)
+    other = _client_hello("other.test")
+    for count in range(2, 12):
+        with _tunnel(proxy.port, upstream.port, other) as sock:
+            assert _read_all(sock) == b""
+            assert len(events.net()) == count  # already recorded when the client hears
+    recorded = events.net()
+    assert [e["rule_id"] for e in recorded[1:]] == ["airlock.sni"] * 10
     if proxy.native is not None:
         assert proxy.native.open_tunnels() == 0
     assert _fds_settled(before) == before

@@ -102,7 +102,7 @@ def test_a_hung_up_upstream_waiting_for_a_slow_client_does_not_spin(
             deadline = time.monotonic() + 20
             while not (done := relay.finished()) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert done == [(handle, 0, len(reply), "")]
+            assert done == [(handle, 0, len(reply), "", 0, None, (-1, -1))]  # no hello check
         finally:
             relay.close()
             for sock in (client, client_side, upstream_side, upstream):
@@ -141,11 +141,11 @@ def test_a_tunnel_that_ended_as_the_session_ends_keeps_its_counts(
         ):
             client.setblocking(False)
             await loop.sock_connect(client, server.sockets[0].getsockname())
-            reader, writer = await accepted
-            up_reader, upstream = await asyncio.open_connection(*listener.getsockname())
+            _, writer = await accepted
+            _, upstream = await asyncio.open_connection(*listener.getsockname())
             peer, _ = listener.accept()
             task = loop.create_task(
-                relay.relay(reader, writer, up_reader, upstream, b"hello", counts)
+                relay.relay(writer.transport, upstream.transport, b"hello", b"", counts)
             )
             while relay.open_tunnels() == 0:
                 await asyncio.sleep(0.001)
@@ -323,7 +323,7 @@ def test_many_concurrent_tunnels_arrive_intact_and_are_counted(
                         sel.register(end.sock, events, (tunnel, end))
             for key, events in sel.select(0.02):
                 if key.data is None:
-                    for handle, up, down, reason in relay.finished():
+                    for handle, up, down, reason, *_ in relay.finished():
                         tunnel = live[handle]  # a report for a tunnel of this test
                         assert tunnel.report is None, "reported twice"
                         tunnel.report = (up, down, reason)

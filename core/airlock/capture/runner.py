@@ -3,7 +3,8 @@
 The runner knows nothing about masking or logs. It hands raw output to ``on_output`` (which
 masks, shows and records it) and process events to ``on_process``; ``on_idle`` is called when
 the output has been quiet for ``idle_seconds``, so held-back bytes (a prompt) can be shown.
-Everything runs in one thread around one selector.
+Everything runs in one thread around one selector; only a pty is read by a thread of its own
+(:mod:`.drain`), whose bytes the loop takes and hands on in order.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from selectors import EVENT_READ, PollSelector, SelectorKey
 
 from airlock.capture import _fdio, _procs
+from airlock.capture.drain import Drain, open_drain
 from airlock.capture.exectrace import ExecTraceParser, ProcessExec, ProcessExit
 from airlock.capture.tracer import TracerStatus
 from airlock.errors import InfrastructureUnavailable
@@ -73,6 +75,10 @@ class _Stream:
     name: str
     fd: int
     open: bool = True
+    drain: Drain | None = None  # a thread reads fd (a pty); the loop takes what it read
+
+    def watched(self) -> int:
+        return self.drain.fileno() if self.drain is not None else self.fd
 
 
 class ProcessRunner:
@@ -203,13 +209,16 @@ class ProcessRunner:
         )
         os.close(slave)
         os.set_blocking(master, False)
+        drain = open_drain(master)
+        if drain is not None:
+            stack.callback(drain.close)  # before the master is closed (callbacks run LIFO)
         stdin_fd: int | None = None
         if os.isatty(0):
             stack.enter_context(_fdio.raw_terminal(0))
             stdin_fd = 0
         elif not _fdio.is_closed(0):
             stdin_fd = 0
-        return [_Stream("pty", master)], stdin_fd, proc
+        return [_Stream("pty", master, drain=drain)], stdin_fd, proc
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -226,7 +235,7 @@ class ProcessRunner:
         wake_r = stack.enter_context(_fdio.signal_wakeup(_WATCHED_SIGNALS))
         sel.register(wake_r, EVENT_READ, "signal")
         for stream in streams:
-            sel.register(stream.fd, EVENT_READ, stream)
+            sel.register(stream.watched(), EVENT_READ, stream)
         if fifo_fd is not None:
             sel.register(fifo_fd, EVENT_READ, "trace")
             self._fifo_fd = fifo_fd
@@ -259,6 +268,7 @@ class ProcessRunner:
             open_streams = any(s.open for s in streams)
             if deadline is not None and (not open_streams or time.monotonic() > deadline):
                 break
+        self._take_drained(streams)
         # Whatever the command left running would go on unrecorded after the seal: its process
         # group, and every traced process that left it (setsid daemons).
         left = _procs.end_group(proc)
@@ -364,13 +374,25 @@ class ProcessRunner:
             self._trace_resume = None  # it ended: never register it again
 
     def _read_stream(self, stream: _Stream, sel: PollSelector) -> None:
-        data, eof = _fdio.read_available(stream.fd)
+        if stream.drain is not None:
+            data, eof = stream.drain.take(_fdio.GATHER_SECONDS)
+        else:
+            data, eof = _fdio.read_available(stream.fd)
         if data:
             self._drain_trace(sel)
             self._on_output(stream.name, data)
         if eof:
             stream.open = False
-            sel.unregister(stream.fd)
+            sel.unregister(stream.watched())
+
+    def _take_drained(self, streams: list[_Stream]) -> None:
+        """The loop ends with the pty still open (a process left behind holds it past the drain
+        grace): what the drain thread read before then is recorded too, not dropped."""
+        for stream in streams:
+            if stream.open and stream.drain is not None:
+                data, _ = stream.drain.take()
+                if data:
+                    self._on_output(stream.name, data)
 
     def _forward_stdin(self, sel: PollSelector, master: int) -> None:
         data = os.read(0, 65536)

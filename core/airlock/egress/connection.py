@@ -11,8 +11,10 @@ module only moves bytes and keeps the ``net.connect`` record of the attempt. In 
    metadata, their IPv6 forms...) is refused unless the rule says ``local_addresses: true``;
 4. CONNECT: 200, then the TLS ClientHello is read; its SNI must equal the CONNECT host (no SNI
    for a name, or not TLS at all → the tunnel is closed); then bytes flow both ways untouched.
-   Plain HTTP: one request per connection, hop-by-hop headers dropped, ``Host`` set from the
-   URL, ``Connection: close`` both ways.
+   With the compiled relay (``native.py``) the tunnel is handed over right after the 200 and
+   the relay thread reads and checks the ClientHello the same way. Plain HTTP
+   (``forward.py``): one request per connection, hop-by-hop headers dropped, ``Host`` set from
+   the URL, ``Connection: close`` both ways.
 5. one ``net.connect`` event when the attempt ends (or the proxy closes).
 """
 
@@ -20,58 +22,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from airlock.egress.addresses import Address, parse_address, refused_reason
-from airlock.egress.native import NativeRelay
+from airlock.egress.attempt import Attempt, Refused
+from airlock.egress.forward import forward
+from airlock.egress.native import Ended, NativeRelay, Verdict
 from airlock.egress.protocol import (
-    BodyFramer,
     HeadParser,
     ProxyProtocolError,
     RequestHead,
-    ResponseHead,
-    forward_head,
 )
-from airlock.egress.relay import relay
-from airlock.egress.tls import ClientHelloReader
+from airlock.egress.relay import relay, take_buffer
+from airlock.egress.tls import ClientHello, ClientHelloReader
 from airlock.events import EventType
 from airlock.gate.interface import Approve, Operation, Record
 from airlock.policy.network import EgressRules, NetDecision
 
 __all__ = ["Context", "Resolve", "handle_connection"]
 
+_Refused = Refused  # the name tests know it by
+
 Resolve = Callable[[str, int], Awaitable[list[str]]]
+_SETS_NODELAY = "uvloop.loop"  # its TCP transports set TCP_NODELAY themselves: not twice
 _CHUNK = 256 * 1024
 _HEAD_TIMEOUT = 30.0
 _HELLO_TIMEOUT = 10.0
 _CONNECT_TIMEOUT = 10.0
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, rule_id: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.rule_id, self.reason = status, rule_id, reason
-
-
-@dataclass
-class _Attempt:
-    started: float = field(default_factory=time.monotonic)
-    data: dict[str, Any] = field(default_factory=dict)
-    up: int = 0
-    down: int = 0
-
-    def event(self) -> dict[str, Any]:
-        duration = round((time.monotonic() - self.started) * 1000, 3)
-        return {
-            **self.data,
-            "bytes_up": self.up,
-            "bytes_down": self.down,
-            "duration_ms": duration,
-        }
 
 
 @dataclass(frozen=True)
@@ -89,20 +71,25 @@ async def handle_connection(
     ctx: Context, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """Serve one client connection to the end; always records one ``net.connect``."""
-    attempt = _Attempt()
-    upstream: asyncio.StreamWriter | None = None
-    refusal: _Refused | None = None
+    attempt = Attempt()
+    upstream: asyncio.StreamWriter | asyncio.BaseTransport | None = None
+    refusal: Refused | None = None
     try:
         head, rest = await _read_head(reader)
         attempt.data.update(_describe(head))
         decision = await _judge(ctx, head, attempt)
         addresses = await _addresses(ctx, head, decision)
-        up_reader, upstream = await _open(addresses, head.port, attempt)
-        if head.is_connect:
-            await _tunnel(ctx, head, reader, writer, up_reader, upstream, rest, attempt)
+        if head.is_connect and ctx.native is not None:  # the compiled relay takes it all
+            upstream = await _open(addresses, head.port, attempt, _connect_paused)
+            await _native_tunnel(ctx.native, head, reader, writer, upstream, rest, attempt)
         else:
-            await _forward(head, reader, writer, up_reader, upstream, rest, attempt)
-    except _Refused as refused:
+            up_reader, up_writer = await _open(addresses, head.port, attempt, _connect_stream)
+            upstream = up_writer
+            if head.is_connect:
+                await _tunnel(head, reader, writer, up_reader, up_writer, rest, attempt)
+            else:
+                await forward(head, reader, writer, up_reader, up_writer, rest, attempt)
+    except Refused as refused:
         refusal = refused
         attempt.data.update(outcome="denied", rule_id=refused.rule_id, error=refused.reason)
         if refused.status:
@@ -122,6 +109,8 @@ async def handle_connection(
         # connection still ends here.
         with contextlib.suppress(Exception):
             ctx.record(str(EventType.NET_CONNECT), attempt.event())
+        for fd in attempt.held:  # a tunnel the relay thread refused: closed only now
+            os.close(fd)
         if upstream is not None:
             upstream.close()
         if refusal is not None and refusal.status:
@@ -143,14 +132,14 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[RequestHead, bytes]:
         async with asyncio.timeout(_HEAD_TIMEOUT):
             return await _head_from(reader, parser)
     except ProxyProtocolError as exc:
-        raise _Refused(400, "airlock.bad-request", str(exc)) from None
+        raise Refused(400, "airlock.bad-request", str(exc)) from None
 
 
 async def _head_from(reader: asyncio.StreamReader, parser: HeadParser) -> tuple[RequestHead, bytes]:
     while True:
         data = await reader.read(65536)
         if not data:
-            raise _Refused(0, "airlock.bad-request", "connection closed before a request")
+            raise Refused(0, "airlock.bad-request", "connection closed before a request")
         head = parser.feed(data)
         if head is not None:
             assert isinstance(head, RequestHead)
@@ -168,7 +157,7 @@ def _describe(head: RequestHead) -> dict[str, Any]:
     return data
 
 
-async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecision:
+async def _judge(ctx: Context, head: RequestHead, attempt: Attempt) -> NetDecision:
     method = None if head.is_connect else head.method
     path = head.readings[0] if head.readings else "/"
     if head.is_connect:
@@ -177,14 +166,14 @@ async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecis
         decision = ctx.rules.decide_readings(head.host, head.port, head.method, head.readings)
     attempt.data.update(rule_id=decision.rule_id)
     if decision.action == "deny":
-        raise _Refused(403, decision.rule_id, decision.hint or "refused by the network policy")
+        raise Refused(403, decision.rule_id, decision.hint or "refused by the network policy")
     if decision.action == "require_approval":
         target = f"{head.host}:{head.port}"
         text = f"CONNECT {target}" if head.is_connect else f"{method} http://{target}{path}"
         op = Operation(kind="http", text=text, rule_id=decision.rule_id, gateway="egress")
         approved = ctx.approve is not None and await ctx.approve(op)
         if not approved:
-            raise _Refused(
+            raise Refused(
                 403,
                 decision.rule_id,
                 f"{text} needs approval (rule {decision.rule_id}) and was not approved",
@@ -195,7 +184,12 @@ async def _judge(ctx: Context, head: RequestHead, attempt: _Attempt) -> NetDecis
     return decision
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> Address | None:
+    """``parse_address``, kept: the same few hosts and answers come back on every connection.
+    A name that ends in a letter and has no ``:`` is no IP literal (``ipaddress`` is slow)."""
+    if text[-1:].isalpha() and ":" not in text:
+        return None
     return parse_address(text)
 
 
@@ -207,15 +201,15 @@ async def _addresses(ctx: Context, head: RequestHead, decision: NetDecision) -> 
         try:
             found = await ctx.resolve(head.host, head.port)
         except OSError:
-            raise _Refused(502, decision.rule_id, f"cannot resolve {head.host}") from None
+            raise Refused(502, decision.rule_id, f"cannot resolve {head.host}") from None
         if not found:
-            raise _Refused(502, decision.rule_id, f"cannot resolve {head.host}")
+            raise Refused(502, decision.rule_id, f"cannot resolve {head.host}")
     checked = [a for a in (_ip(f) for f in found) if a is not None]
     if not decision.local_addresses:
         for address in checked:
             reason = refused_reason(address)
             if reason is not None:
-                raise _Refused(
+                raise Refused(
                     403,
                     "airlock.local-address",
                     f"{head.host} resolves to {address}, {reason}, which the proxy refuses "
@@ -225,24 +219,54 @@ async def _addresses(ctx: Context, head: RequestHead, decision: NetDecision) -> 
     return [str(a) for a in checked]
 
 
+_T = TypeVar("_T")
+
+
 async def _open(
-    addresses: list[str], port: int, attempt: _Attempt
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    addresses: list[str],
+    port: int,
+    attempt: Attempt,
+    connect: Callable[[str, int], Awaitable[_T]],
+) -> _T:
+    """The first of ``addresses`` that ``connect`` reaches (10 s each); else 502."""
     last: BaseException | None = None
     for address in addresses:
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(address, port, limit=_CHUNK)
+                connected = await connect(address, port)
         except (OSError, TimeoutError) as exc:
             last = exc
             continue
         attempt.data["address"] = address
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return reader, writer
+        return connected
     reason = _os_reason(last) if last is not None else "no address"
-    raise _Refused(502, str(attempt.data.get("rule_id", "")), f"cannot connect: {reason}")
+    raise Refused(502, str(attempt.data.get("rule_id", "")), f"cannot connect: {reason}")
+
+
+async def _connect_stream(
+    address: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(address, port, limit=_CHUNK)
+    sock = writer.get_extra_info("socket")
+    if sock is not None and type(writer.transport).__module__ != _SETS_NODELAY:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+class _Paused(asyncio.Protocol):
+    """The upstream side of a tunnel for the compiled relay: never read by the loop (the relay
+    thread reads it once the ClientHello passed), so no stream is built for it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.ReadTransport, transport).pause_reading()
+
+    def eof_received(self) -> bool:
+        return True  # unreachable while paused; keep the socket for the relay regardless
+
+
+async def _connect_paused(address: str, port: int) -> asyncio.BaseTransport:
+    transport, _ = await asyncio.get_running_loop().create_connection(_Paused, address, port)
+    return transport
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
@@ -257,29 +281,51 @@ async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> Non
         await writer.drain()
 
 
+async def _native_tunnel(
+    native: NativeRelay,
+    head: RequestHead,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    upstream: asyncio.BaseTransport,
+    rest: bytes,
+    attempt: Attempt,
+) -> None:
+    """200, then the relay thread reads and checks the ClientHello, and relays."""
+    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    ended = await native.relay(
+        writer.transport,
+        upstream,
+        lambda: rest + take_buffer(reader),  # taken once the client is paused
+        b"",
+        attempt,
+        expect=head.host,
+        sni_optional=_ip(head.host) is not None,
+        hello_timeout=_HELLO_TIMEOUT,
+        held=attempt.held,
+    )
+    _native_verdict(head, ended, attempt)
+
+
 async def _tunnel(
-    ctx: Context,
     head: RequestHead,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     up_reader: asyncio.StreamReader,
     upstream: asyncio.StreamWriter,
     rest: bytes,
-    attempt: _Attempt,
+    attempt: Attempt,
 ) -> None:
+    """200, the ClientHello read and checked here, then the Python relay."""
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
     await writer.drain()
     hello_bytes = await _read_hello(head, reader, rest, attempt)
-    if ctx.native is not None:
-        await ctx.native.relay(reader, writer, up_reader, upstream, hello_bytes, attempt)
-        return
     upstream.write(hello_bytes)
     attempt.up += len(hello_bytes)
     await relay(reader, writer, up_reader, upstream, attempt)
 
 
 async def _read_hello(
-    head: RequestHead, reader: asyncio.StreamReader, rest: bytes, attempt: _Attempt
+    head: RequestHead, reader: asyncio.StreamReader, rest: bytes, attempt: Attempt
 ) -> bytes:
     hello_reader = ClientHelloReader()
     seen = bytearray(rest)
@@ -288,123 +334,38 @@ async def _read_hello(
         while hello is None:
             data = await reader.read(16384)
             if not data:
-                raise _Refused(0, "airlock.sni", "closed before the TLS ClientHello")
+                raise Refused(0, "airlock.sni", "closed before the TLS ClientHello")
             seen += data
             hello = hello_reader.feed(data)
-    attempt.data["sni"] = hello.sni
-    expected = head.host
-    if not hello.tls or hello.malformed:
-        raise _Refused(0, "airlock.sni", "not a TLS ClientHello: only TLS goes through CONNECT")
-    if hello.sni is None and _ip(expected) is None:
-        raise _Refused(0, "airlock.sni", f"no SNI in the ClientHello for {expected}")
-    if hello.sni is not None and hello.sni != expected:
-        raise _Refused(0, "airlock.sni", f"SNI {hello.sni} differs from the CONNECT host")
+    _check_hello(head, hello, attempt)
     return bytes(seen)
 
 
-async def _forward(
-    head: RequestHead,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    upstream: asyncio.StreamWriter,
-    rest: bytes,
-    attempt: _Attempt,
-) -> None:
-    try:
-        framer = BodyFramer.for_request(head)
-    except ProxyProtocolError as exc:
-        raise _Refused(400, "airlock.bad-request", str(exc)) from None
-    headers = tuple((k, v) for k, v in head.headers if k.lower() not in ("host", "expect"))
-    authority = head.host if head.port == 80 else f"{head.host}:{head.port}"
-    if ":" in head.host:
-        authority = f"[{head.host}]" if head.port == 80 else f"[{head.host}]:{head.port}"
-    first = forward_head(
-        f"{head.method} {head.path} HTTP/1.1",
-        headers,
-        (("Host", authority), ("Connection", "close")),
-    )
-    upstream.write(first)
-    attempt.up += len(first)
-    if (head.header("expect") or "").lower() == "100-continue" and not framer.done:
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the judging is already done
-    await _send_body(framer, reader, upstream, rest, attempt)
-    await _return_response(head, writer, up_reader, attempt)
+def _check_hello(head: RequestHead, hello: ClientHello, attempt: Attempt) -> None:
+    """Refuse unless the ClientHello names the CONNECT host (or none, for an IP literal)."""
+    attempt.data["sni"] = hello.sni
+    expected = head.host
+    if not hello.tls or hello.malformed:
+        raise Refused(0, "airlock.sni", "not a TLS ClientHello: only TLS goes through CONNECT")
+    if hello.sni is None and _ip(expected) is None:
+        raise Refused(0, "airlock.sni", f"no SNI in the ClientHello for {expected}")
+    if hello.sni is not None and hello.sni != expected:
+        raise Refused(0, "airlock.sni", f"SNI {hello.sni} differs from the CONNECT host")
 
 
-async def _send_body(
-    framer: BodyFramer,
-    reader: asyncio.StreamReader,
-    upstream: asyncio.StreamWriter,
-    data: bytes,
-    attempt: _Attempt,
-) -> None:
-    while not framer.done:
-        if not data:
-            data = await reader.read(_CHUNK)
-            if not data:
-                raise _Refused(0, "airlock.bad-request", "client closed inside the request body")
-        try:
-            used, _ = framer.feed(data)
-        except ProxyProtocolError as exc:
-            raise _Refused(0, "airlock.bad-request", str(exc)) from None
-        upstream.write(data[:used])
-        attempt.up += used
-        await upstream.drain()
-        data = data[used:]
-    # Bytes after the body would be a second request; one request per connection: dropped.
-
-
-async def _return_response(
-    head: RequestHead,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    attempt: _Attempt,
-) -> None:
-    parser = HeadParser(response=True)
-    response = await _response_head(parser, up_reader, b"", attempt)
-    while 100 <= response.status < 200:  # interim responses: not forwarded (Expect is ours)
-        leftover, parser = parser.rest, HeadParser(response=True)
-        response = await _response_head(parser, up_reader, leftover, attempt)
-    attempt.data["status"] = response.status
-    status_line = f"HTTP/1.1 {response.status} {response.reason}".rstrip()
-    out = forward_head(status_line, response.headers, (("Connection", "close"),))
-    writer.write(out)
-    attempt.down += len(out)
-    body = parser.rest
-    try:
-        framer = BodyFramer.for_response(response, head.method)
-    except ProxyProtocolError:
-        framer = BodyFramer("close")
-    while True:
-        if body:
-            used, done = framer.feed(body)
-            writer.write(body[:used])
-            attempt.down += used
-            await writer.drain()
-            if done:
-                return
-        if framer.done:
-            return
-        body = await up_reader.read(_CHUNK)
-        if not body:
-            return
-
-
-async def _response_head(
-    parser: HeadParser, up_reader: asyncio.StreamReader, data: bytes, attempt: _Attempt
-) -> ResponseHead:
-    rule = str(attempt.data.get("rule_id"))
-    while True:
-        if not data:
-            data = await up_reader.read(_CHUNK)
-            if not data:
-                raise _Refused(502, rule, "upstream closed before answering")
-        try:
-            response = parser.feed(data)
-        except ProxyProtocolError as exc:
-            raise _Refused(502, rule, str(exc)) from None
-        if response is not None:
-            assert isinstance(response, ResponseHead)
-            return response
-        data = b""
+def _native_verdict(head: RequestHead, ended: Ended, attempt: Attempt) -> None:
+    """Record the compiled relay's ClientHello check as :func:`_check_hello` would have: the
+    same SNI, rule and words. Its verdict is checked again here (fail closed if they differ)."""
+    verdict = ended.verdict
+    if verdict == Verdict.CLOSED:
+        raise Refused(0, "airlock.sni", "closed before the TLS ClientHello")
+    if verdict == Verdict.TIMED_OUT:
+        raise TimeoutError
+    if verdict == Verdict.FAILED:
+        raise OSError(0, ended.reason or "read failed")
+    if verdict == Verdict.NONE:  # the relay closed before it judged (the proxy stopped)
+        raise OSError(0, ended.reason or "closed: the proxy stopped")
+    hello = ClientHello(tls=verdict != Verdict.NOT_TLS, sni=ended.sni)
+    _check_hello(head, hello, attempt)  # raises for every refusing verdict
+    if verdict != Verdict.ADMITTED:
+        raise Refused(0, "airlock.sni", "the ClientHello was refused")  # unreachable

@@ -39,21 +39,23 @@ class ClientHelloReader:
 
     def __init__(self) -> None:
         self._raw = bytearray()
+        self._pos = 0  # the records before it are in _handshake: each is read once, not per feed
+        self._handshake = bytearray()
 
     def feed(self, data: bytes) -> ClientHello | None:
         self._raw += data
-        handshake = bytearray()
-        pos = 0
+        handshake = self._handshake
         while True:
+            pos = self._pos
             if len(self._raw) - pos < 5:
-                return self._need_more(pos)
+                return self._need_more()
             ctype, major, length = self._raw[pos], self._raw[pos + 1], _u16(self._raw, pos + 3)
             if ctype != _HANDSHAKE or major != 3:
                 return ClientHello(tls=False)
             if len(self._raw) - pos - 5 < length:
-                return self._need_more(pos)
+                return self._need_more()
             handshake += self._raw[pos + 5 : pos + 5 + length]
-            pos += 5 + length
+            self._pos = pos + 5 + length
             if len(handshake) >= 4:
                 if handshake[0] != _CLIENT_HELLO:
                     return ClientHello(tls=False)
@@ -61,7 +63,7 @@ class ClientHelloReader:
                 if len(handshake) >= 4 + body_len:
                     return _parse_hello(bytes(handshake[4 : 4 + body_len]))
 
-    def _need_more(self, pos: int) -> ClientHello | None:
+    def _need_more(self) -> ClientHello | None:
         if len(self._raw) > MAX_HELLO_BYTES:
             return ClientHello(tls=True, malformed=True)
         return None

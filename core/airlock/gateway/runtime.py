@@ -214,6 +214,7 @@ def _start_postgres(
     *,
     first: bool,
 ) -> None:
+    from airlock.gateway.postgres.native import IO_PATH
     from airlock.gateway.postgres.rowpath import ROW_PATH
     from airlock.gateway.postgres.server import start_in_thread
 
@@ -230,6 +231,7 @@ def _start_postgres(
             "address": f"{host}:{port}",
             "database": database,
             "row_path": ROW_PATH,
+            "io_path": IO_PATH,
         }
     )
 

@@ -100,13 +100,20 @@ def test_tls_upstream_is_verified_and_connections_are_reused(tmp_path: Path) -> 
         assert [await _get(trusting) for _ in range(3)] == [(200, b"hello world")] * 3
         assert len(trusting.connections()) == 1  # one connection, kept alive
         assert all(h.startswith(b"GET /x?y=1 HTTP/1.1\r\nhost: 127.0.0.1:") for h in seen)
+        response = await trusting.send(trusting.request("GET", "/", [], b""), whole=100)
+        assert response.body_now() == b"hello world"  # chunked: not awaited, but it came whole
+        await response.aclose()
         await trusting.aclose()
         server.close()
 
     asyncio.run(main())
 
 
-def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once() -> None:
+@pytest.mark.parametrize("whole", [0, 1000])
+def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once(whole: int) -> None:
+    """Also when the small body is awaited with the head (``whole``): the head is returned and
+    the body's read reports the break."""
+
     async def main() -> None:
         seen: list[bytes] = []
         cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"
@@ -118,7 +125,8 @@ def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once() -> None
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         pool = Pool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", Timeouts(read=5))
-        response = await pool.send(pool.request("POST", "/pay", [], b"{}"))
+        response = await pool.send(pool.request("POST", "/pay", [], b"{}"), whole=whole)
+        assert response.status_code == 200 and response.body_now() is None
         with pytest.raises(UpstreamError) as broken:
             async for _ in response.aiter_raw():
                 pass
@@ -126,6 +134,33 @@ def test_a_response_cut_short_is_an_error_and_the_request_is_sent_once() -> None
         assert type(broken.value).__name__ == "ReadError"
         assert len(seen) == 1 and b"content-length: 2" in seen[0]
         assert pool.connections() == []  # a broken connection is not reused
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_requests_past_the_connection_limit_wait_in_turn_or_time_out() -> None:
+    """One connection allowed: the second request waits for the first to be done with; a
+    request that waits longer than the pool timeout fails with PoolTimeout and leaves no trace
+    that would hold up the requests after it."""
+
+    async def main() -> None:
+        server = await _serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None, [])
+        origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        pool = Pool(origin, Timeouts(read=5, pool=0.2), max_connections=1)
+        first = await pool.send(pool.request("GET", "/1", [], b""))
+        with pytest.raises(UpstreamError) as waited:
+            await pool.send(pool.request("GET", "/2", [], b""))
+        assert type(waited.value).__name__ == "PoolTimeout"
+        await first.aclose()
+        assert await _get(pool) == (200, b"ok")  # the request that gave up is gone
+        third = await pool.send(pool.request("GET", "/3", [], b""))
+        fourth = asyncio.ensure_future(_get(pool))
+        await asyncio.sleep(0.05)
+        assert not fourth.done()  # waits for the one connection
+        await third.aclose()
+        assert await fourth == (200, b"ok")
+        await pool.aclose()
         server.close()
 
     asyncio.run(main())

@@ -80,3 +80,31 @@ def test_a_request_is_not_held_behind_an_app_still_busy_after_its_response() -> 
 
     asyncio.run(main())
     assert order == ["answered /first", "answered /second", "first finished"]
+
+
+def test_a_connection_in_use_outlives_the_keep_alive_time_and_closes_once_idle() -> None:
+    """The idle timer is moved on lazily: a connection that keeps sending requests stays open
+    past the keep-alive time (counted from the last response), then closes when left idle."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _OK})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> list[bytes]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        server = H1Server(app, keep_alive=0.6)
+        await server.start(sock)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        answers = []
+        for _ in range(8):  # 1.6 s in all, a request every 0.2 s
+            answers.append(await _get(reader, writer, "/"))
+            await asyncio.sleep(0.2)
+        answers.append(await asyncio.wait_for(reader.read(), 10))  # idle: closed by the server
+        writer.close()
+        await server.stop(grace=1)
+        return answers
+
+    assert asyncio.run(main()) == [b"ok"] * 8 + [b""]

@@ -336,6 +336,27 @@ def test_held_credential_echoed_by_the_upstream_is_masked_for_the_client(
     assert r.json()["headers"]["accept-encoding"] == "identity"  # so that it can be masked
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"record_bodies": 0},  # nothing recorded
+        {"record_bodies": 64},  # recorded cut before the credential
+        {"mask_json_fields": ["headers"]},  # the credential's field masked in the record
+        {"record_bodies": 65536},  # recorded whole: the session masker finds it
+    ],
+)
+def test_echo_is_masked_for_the_client_whatever_the_log_keeps(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder, fields: dict[str, Any]
+) -> None:
+    """The client's copy is masked by its own scan unless the record is the whole body as it
+    was and the session masker (which holds the credential too) found nothing in it."""
+    gw = make_gateway(**fields)
+    r = httpx.get(f"{gw.url}/echo", headers=_bearer(ticket))
+    assert TOKEN not in r.text and "[MASKED:gateway.api]" in r.text
+    assert r.headers["content-length"] == str(len(r.content))
+    assert TOKEN not in json.dumps(recorder.of("http.response"))
+
+
 def test_echo_masking_can_be_turned_off(make_gateway: GatewayFactory, ticket: Ticket) -> None:
     from airlock.gateway.http import ProxySettings
 
@@ -423,3 +444,21 @@ def test_every_socket_of_a_keep_alive_exchange_has_tcp_nodelay(
         assert client.get(f"{gw.url}/x", headers=_bearer(ticket)).status_code == 200
         flags = asyncio.run_coroutine_threadsafe(nodelay(), gw._loop).result(5)
     assert flags and all(flags)
+
+
+def test_a_secret_registered_mid_session_is_masked_in_headers_seen_before(
+    make_gateway: GatewayFactory, ticket: Ticket, recorder: Recorder
+) -> None:
+    """Masked headers are remembered per header list, but never across a new secret."""
+    from airlock.mask import Masker, MaskSettings
+
+    masker = Masker(MaskSettings())
+    gw = make_gateway(masker=masker)
+    late = "late-secret-" + "z" * 24
+    headers = {**_bearer(ticket), "User-Agent": f"agent/{late}"}
+    with httpx.Client(headers=headers) as client:
+        client.get(f"{gw.url}/echo")
+        masker.add_secret(late, "late")
+        client.get(f"{gw.url}/echo")
+    first, second = (e["headers"]["user-agent"] for e in recorder.of("http.request"))
+    assert first == f"agent/{late}" and second == "agent/[MASKED:late]"

@@ -41,9 +41,11 @@ def test_upstream_that_disappears_gives_502_and_the_gateway_keeps_serving(
         again.stop()
 
 
-@pytest.fixture
-def dying_upstream() -> Iterator[str]:
-    """Answers with Content-Length: 100000, sends 10 bytes, then closes the connection."""
+@pytest.fixture(params=[100000, 1000])
+def dying_upstream(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Answers with Content-Length: 100000 (streamed) or 1000 (a small body, awaited whole
+    with the head), sends 10 bytes, then closes the connection."""
+    length = int(request.param)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -59,7 +61,8 @@ def dying_upstream() -> Iterator[str]:
             with conn:
                 conn.recv(65536)
                 conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: text/plain\r\n\r\n0123456789"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % length
+                    + b"Content-Type: text/plain\r\n\r\n0123456789"
                 )
 
     thread = threading.Thread(target=serve, daemon=True)

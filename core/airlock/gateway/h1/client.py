@@ -49,26 +49,41 @@ from airlock.gateway.h1.messages import (
 __all__ = ["Pool", "Request", "Response", "Timeouts", "UpstreamError", "UpstreamTimeout"]
 
 _HIGH_WATER = 256 * 1024  # response body buffered before reading from the upstream pauses
+_NAMES = {n: n.encode() for n in ("content-type", "content-encoding", "content-length")}
 
 
 class Response:
     """An upstream response: status and headers now, the body as it arrives."""
 
-    def __init__(self, conn: _Connection, status: int, headers: list[tuple[bytes, bytes]]):
+    def __init__(
+        self,
+        conn: _Connection,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        index: dict[bytes, bytes],
+    ):
         self._conn = conn
         self.status_code = status
         self.raw_headers = headers
         self._closed = False
-        self._index: dict[str, str] | None = None
+        self._index = index  # lower-case name: its first value
+
+    def body_now(self) -> bytes | None:
+        """The whole body when it has all arrived and none of it was read yet, else None."""
+        conn = self._conn
+        if not conn.complete or conn.error is not None or conn.taken:
+            return None
+        conn.taken = True
+        body = conn.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        conn.buffered = 0
+        return data
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (lower-case), or ``""``."""
-        index = self._index
-        if index is None:  # built once, decoded: the gateway asks about five times a response
-            index = self._index = {}
-            for key, value in self.raw_headers:
-                index.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        return index.get(name, "")
+        value = self._index.get(_NAMES.get(name) or name.encode("latin-1"))
+        return "" if value is None else value.decode("latin-1")
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked framing undone); raises :class:`UpstreamError`."""
@@ -103,7 +118,11 @@ class Pool:
         if parts.scheme == "https" and self._ssl is None:
             self._ssl = _default_ssl_context()
         self.timeouts = timeouts
-        self._slots = asyncio.Semaphore(max_connections)
+        self._host_header = parts.netloc.encode("ascii")
+        # connections in use, at most ``max_connections``; waiters for a free one, in order
+        self._busy = 0
+        self._max = max_connections
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._max_idle = max_idle
         self._idle: deque[_Connection] = deque()
 
@@ -115,34 +134,60 @@ class Pool:
         content: bytes | AsyncIterator[bytes],
     ) -> Request:
         """A :class:`Request` to this pool's origin."""
-        return Request(method, target, headers, content, origin=self.origin)
+        return Request(method, target, headers, content, origin=self.origin, host=self._host_header)
 
-    async def send(self, request: Request) -> Response:
-        """Send ``request``; return once the response's status and headers are in."""
-        if not self._slots.locked():
-            await self._slots.acquire()
+    async def send(self, request: Request, *, whole: int = 0) -> Response:
+        """Send ``request``; return once the response's status and headers are in, or, when
+        its Content-Length is at most ``whole``, once its body is in as well (then
+        :meth:`Response.body_now` has it: one wake-up per response instead of two; the read
+        timeout then covers head and body together)."""
+        if self._busy < self._max and not self._waiting:
+            self._busy += 1
         else:
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.timeouts.pool)
-            except TimeoutError:
-                raise PoolTimeout("no free connection to the upstream") from None
+            await self._wait_for_slot()
         try:
-            conn = await self._connection()
+            conn = self._idle_connection() or await self._connect()
         except BaseException:
-            self._slots.release()
+            self._free_slot()
             raise
         try:
-            return await conn.exchange(request)
+            return await conn.exchange(request, whole)
         except BaseException:
             self.release(conn, reuse=False)
             raise
 
-    async def _connection(self) -> _Connection:
+    async def _wait_for_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(self.timeouts.pool):
+                await waiter  # its slot is handed over by _free_slot
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # handed a slot while leaving: pass it on
+            elif waiter in self._waiting:
+                self._waiting.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout("no free connection to the upstream") from None
+            raise
+
+    def _free_slot(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to it: _busy stays
+                return
+        self._busy -= 1
+
+    def _idle_connection(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()
             if conn.reusable():
                 return conn
             conn.close()
+        return None
+
+    async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeouts.connect):
@@ -160,7 +205,7 @@ class Pool:
         return conn
 
     def release(self, conn: _Connection, reuse: bool) -> None:
-        self._slots.release()
+        self._free_slot()
         if reuse and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
@@ -215,9 +260,14 @@ class _Connection(asyncio.Protocol):
         self.head_only = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.index: dict[bytes, bytes] = {}  # lower-case name: first value
+        self.codings: list[bytes] = []  # Transfer-Encoding values
         self.head_done = False
         self.body: deque[bytes] = deque()
         self.buffered = 0
+        self.taken = False  # the whole body was taken at once (Response.body_now)
+        self.whole = 0  # a body up to this size (by Content-Length) is awaited with the head
+        self.await_body = False  # this response's body is: no wake-up until it is complete
         self.complete = False
         self.keep_alive = False
 
@@ -249,7 +299,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(RemoteProtocolError(f"malformed response from the upstream: {exc}"))
             self.transport.close()
-        self._wake()
+        if not self.await_body or self.complete or self.error is not None:
+            self._wake()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -266,14 +317,19 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        low = name.lower()
+        if low not in self.index:
+            self.index[low] = value
+        if low == b"transfer-encoding":
+            self.codings.append(value)
 
     def on_headers_complete(self) -> None:
-        codings = [v for k, v in self.headers if k.lower() == b"transfer-encoding"]
+        codings = self.codings
         if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
             raise ValueError("a Transfer-Encoding other than chunked")  # never relayed coded
         status = self.parser.get_status_code()
         if status < 200:  # 1xx (103 Early Hints): not the response; its headers are dropped
-            self.headers = []
+            self.headers, self.index, self.codings = [], {}, []
             return
         self.status = status
         self.head_done = True
@@ -281,6 +337,9 @@ class _Connection(asyncio.Protocol):
         if self.head_only:  # llhttp cannot be told the answer to HEAD has no body
             self.complete = True
             self.keep_alive = False
+        elif self.whole:
+            length = self.index.get(b"content-length", b"")
+            self.await_body = length.isdigit() and int(length) <= self.whole
 
     def on_body(self, body: bytes) -> None:
         if self.head_only:
@@ -298,39 +357,62 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ the exchange
 
     def _until_close(self) -> bool:
-        framing = {k.lower() for k, _ in self.headers} & {b"content-length", b"transfer-encoding"}
+        framing = b"content-length" in self.index or b"transfer-encoding" in self.index
         return not framing and self.status not in (204, 304)
 
     def reusable(self) -> bool:
         return not self.lost and not self.transport.is_closing()
 
-    async def exchange(self, request: Request) -> Response:
+    def _begin(self, request: Request) -> None:
         self.status, self.headers, self.head_done, self.complete = 0, [], False, False
+        self.index, self.codings = {}, []
         self.body.clear()
         self.buffered = 0
+        self.taken = False
+        self.await_body = False
         self.error = None
         self.head_only = request.method == "HEAD"
-        await self._send(request)
-        while not self.head_done:
-            await self._wait(self.pool.timeouts.read, ReadTimeout)
-        return Response(self, self.status, self.headers)
 
-    async def _send(self, request: Request) -> None:
-        head = request.head()
-        if isinstance(request.content, bytes):
-            self._write(head + request.content)
+    async def exchange(self, request: Request, whole: int = 0) -> Response:
+        self.whole = whole
+        self._begin(request)
+        if isinstance(request.content, bytes):  # head and body in one write
+            self._write(request.head() + request.content)
         else:
-            self._write(head)
-            async for chunk in request.content:
-                if request.chunked and chunk:
-                    chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-                self._write(chunk)
-                while self.write_paused and self.error is None:
-                    await self._wait(self.pool.timeouts.write, WriteTimeout)
-            if request.chunked:
-                self._write(b"0\r\n\r\n")
+            await self._send_stream(request)
         if self.error is not None and not self.head_done:
             raise self.error
+        while not self.head_done:
+            try:
+                await self._wait(self.pool.timeouts.read, ReadTimeout)
+            except UpstreamError:
+                if not self.head_done:
+                    raise
+                # the head is in, its (awaited) body broke: the body's read reports it
+        if self.await_body and not self.complete and self.error is None:
+            await self._wait_body()
+        return Response(self, self.status, self.headers, self.index)
+
+    async def _wait_body(self) -> None:
+        """Wait for the rest of a small body; a failure is left for the body's read to raise,
+        as for any body."""
+        try:
+            while not self.complete and self.error is None:
+                await self._wait(self.pool.timeouts.read, ReadTimeout)
+        except UpstreamError:
+            pass
+
+    async def _send_stream(self, request: Request) -> None:
+        assert not isinstance(request.content, bytes)
+        self._write(request.head())
+        async for chunk in request.content:
+            if request.chunked and chunk:
+                chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+            self._write(chunk)
+            while self.write_paused and self.error is None:
+                await self._wait(self.pool.timeouts.write, WriteTimeout)
+        if request.chunked:
+            self._write(b"0\r\n\r\n")
 
     def _write(self, data: bytes) -> None:
         if self.lost or self.transport.is_closing():

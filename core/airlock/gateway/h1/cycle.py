@@ -3,9 +3,14 @@
 ``http.disconnect``; ``send`` frames the response (Content-Length when the whole body comes in one
 message, else chunks; none for HEAD, 1xx, 204, 304) and writes its head with the first body.
 
-The scope carries one extension, ``scope["extensions"]["airlock.client_gone"]``: a function
+The scope carries two extensions. ``scope["extensions"]["airlock.client_gone"]``: a function
 that says, without awaiting, whether the client has left; an app that streams a response checks
-it instead of running a task that awaits ``http.disconnect`` (one task fewer per request)."""
+it instead of running a task that awaits ``http.disconnect`` (one task fewer per request).
+``scope["extensions"]["airlock.body_now"]``: a function that returns the whole request body when
+it has all arrived and none of it was received yet (taking it, as ``receive`` would), else None;
+a small request then costs no ``receive`` round. ``scope["extensions"]["airlock.respond"]``:
+``respond(status, headers, body)`` sends a whole response at once, without awaiting: what
+``http.response.start`` and one last ``http.response.body`` do."""
 
 from __future__ import annotations
 
@@ -18,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airlock.gateway.h1.server import Connection
 
-__all__ = ["CLIENT_GONE", "App", "Cycle", "error_response"]
+__all__ = ["BODY_NOW", "CLIENT_GONE", "RESPOND", "App", "Cycle", "error_response"]
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BODYLESS = frozenset({204, 304})
 CLIENT_GONE = "airlock.client_gone"
+BODY_NOW = "airlock.body_now"
+RESPOND = "airlock.respond"
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
@@ -44,30 +51,49 @@ def error_response(status: int, error: str, hint: str) -> bytes:
 class Cycle:
     """One request and its response, as the ASGI app sees them (``receive`` and ``send``)."""
 
-    def __init__(self, conn: Connection, scope: dict[str, Any], *, keep_alive: bool) -> None:
+    def __init__(
+        self, conn: Connection, scope: dict[str, Any], *, keep_alive: bool, expect: bool = False
+    ) -> None:
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
-        headers = scope["headers"]
-        self.expect_100 = (b"expect", b"100-continue") in (
-            (k, v.lower()) for k, v in headers if k == b"expect"
-        )
+        self.expect_100 = expect  # the request said Expect: 100-continue
         self.head_only = scope["method"] == "HEAD"
         self.body = bytearray()
         self.more = True
         self.ended = False  # the last body message was handed to the app
-        self.event = asyncio.Event()
+        self.waiter: asyncio.Future[None] | None = None  # receive() waits on it
         self.disconnected = False
         self.response_started = False
         self.response_complete = False
         self.chunked = False
         self.bodyless = False
         self.head = b""
-        scope["extensions"] = {CLIENT_GONE: self.client_gone}
+        scope["extensions"] = {
+            CLIENT_GONE: self.client_gone,
+            BODY_NOW: self.body_now,
+            RESPOND: self.respond,
+        }
 
     def client_gone(self) -> bool:
         """The client left (or its connection was refused) before the response was complete."""
         return self.disconnected
+
+    def body_now(self) -> bytes | None:
+        """The whole body, when it has all arrived and nothing of it was received yet."""
+        if self.more or self.ended or self.disconnected or self.expect_100:
+            return None
+        data = bytes(self.body)
+        self.body.clear()
+        self.ended = True
+        self.conn.body_taken()
+        return data
+
+    def wake(self) -> None:
+        """Something changed (body, end, disconnect): a waiting ``receive`` looks again."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def run(self, app: App) -> None:
         try:
@@ -101,8 +127,11 @@ class Cycle:
                 self.ended = not self.more
                 self.conn.body_taken()
                 return message
-            self.event.clear()
-            await self.event.wait()
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -120,17 +149,28 @@ class Cycle:
                 await self.conn.drain()
             else:
                 self.response_complete = True
-                self.event.set()
+                self.wake()
                 self.conn.done(self)
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The whole response at once (see the module doc)."""
+        if self.response_started:
+            raise RuntimeError("the response was already started")
+        self.response_started = True
+        self._start(status, headers)
+        self._write(body, False)
+        self.response_complete = True
+        self.wake()
+        self.conn.done(self)
 
     def _start(self, status: int, headers: Any) -> None:
         lines = [_status_line(status)]
         length = False
         for name, value in headers:
-            low = bytes(name).lower()
+            low = name.lower()
             if low == b"content-length":
                 length = True
-            elif low == b"connection" and b"close" in bytes(value).lower():
+            elif low == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
             elif low == b"transfer-encoding":
                 continue  # framing is this server's

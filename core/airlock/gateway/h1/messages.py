@@ -108,11 +108,13 @@ class Request:
         content: bytes | AsyncIterator[bytes],
         *,
         origin: str,
+        host: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
         self.url = origin + target
-        raw = [(b"host", urlsplit(origin).netloc.encode("ascii")), *headers]
+        host = urlsplit(origin).netloc.encode("ascii") if host is None else host
+        raw = [(b"host", host), *headers]
         self.chunked = False
         if isinstance(content, bytes):
             if content or method in _WITH_LENGTH:

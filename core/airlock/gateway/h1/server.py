@@ -35,6 +35,7 @@ _MAX_HEAD = 64 * 1024  # request line and headers; beyond this the request is re
 _HIGH_WATER = 256 * 1024  # request body buffered before reading from the client pauses
 _MAX_PIPELINE = 16  # requests parsed ahead of the one being answered
 _LINGER = 2.0  # seconds a refused connection still reads (and drops) before it closes
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class _Overflow(Exception):
@@ -118,6 +119,9 @@ class Connection(asyncio.Protocol):
         self.overflow = False  # too many pipelined requests: the rest is read once they are done
         self.head_bytes = 0
         self.trailers = 0
+        self.codings: list[bytes] = []  # Transfer-Encoding values of the request being parsed
+        self.expect = False  # the request being parsed says Expect: 100-continue
+        self.idle_since = 0.0
         self.lost = False
         self.addresses: tuple[Any, Any] = (None, None)
 
@@ -142,7 +146,7 @@ class Connection(asyncio.Protocol):
         for cycle in (self.cycle, self.parsing, *self.pipeline):
             if cycle is not None:
                 cycle.disconnected = True
-                cycle.event.set()
+                cycle.wake()
         self._wake_task(None)
         self._wake_writers()
 
@@ -202,6 +206,8 @@ class Connection(asyncio.Protocol):
         self.head_size = self.chunk_size
         self.head_bytes = 0
         self.trailers = 0
+        self.codings = []
+        self.expect = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -214,7 +220,12 @@ class Connection(asyncio.Protocol):
                 raise _BadRequest(431, f"trailer fields larger than {_MAX_HEAD} bytes")
             return
         self.head_bytes += len(name) + len(value) + 4
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"transfer-encoding":
+            self.codings.append(value)
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect = True
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -222,10 +233,12 @@ class Connection(asyncio.Protocol):
             raise _BadRequest(431, f"request line and headers larger than {_MAX_HEAD} bytes")
         if self.cycle is not None and len(self.pipeline) >= _MAX_PIPELINE:
             raise _Overflow
-        codings = [v for k, v in self.headers if k == b"transfer-encoding"]
+        codings = self.codings
         if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
             raise _BadRequest(501, "only Transfer-Encoding: chunked is accepted")
-        cycle = Cycle(self, self._scope(), keep_alive=self.parser.should_keep_alive())
+        cycle = Cycle(
+            self, self._scope(), keep_alive=self.parser.should_keep_alive(), expect=self.expect
+        )
         self.parsing = cycle
         if self.cycle is None:
             self._run(cycle)
@@ -236,29 +249,30 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.parsing is not None and not self.parsing.response_complete:
             self.parsing.body += body
-            self.parsing.event.set()
+            self.parsing.wake()
             if len(self.parsing.body) > _HIGH_WATER:
                 self._pause_reading()
 
     def on_message_complete(self) -> None:
         if self.parsing is not None:
             self.parsing.more = False
-            self.parsing.event.set()
+            self.parsing.wake()
             self.parsing = None
 
     def _scope(self) -> dict[str, Any]:
         raw_path, _, query = self.url.partition(b"?")
-        version = self.parser.get_http_version()
+        path = raw_path.decode("latin-1")
+        method = self.parser.get_method()
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": version,
+            "http_version": self.parser.get_http_version(),
             "server": self.addresses[0],
             "client": self.addresses[1],
             "scheme": "http",
-            "method": self.parser.get_method().decode("ascii"),
+            "method": _METHODS.get(method) or method.decode("ascii"),
             "root_path": "",
-            "path": unquote(raw_path.decode("latin-1")),
+            "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
             "query_string": query,
             "headers": self.headers,
@@ -325,7 +339,7 @@ class Connection(asyncio.Protocol):
         for cycle in (self.cycle, self.parsing, *self.pipeline):
             if cycle is not None:
                 cycle.disconnected = True
-                cycle.event.set()
+                cycle.wake()
         self.pipeline.clear()
         self._resume_reading()
         if self.transport.can_write_eof():
@@ -361,11 +375,19 @@ class Connection(asyncio.Protocol):
         self._resume_reading()
 
     def _idle(self) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(self.server.keep_alive, self._idle_timeout)
+        # One timer, moved on lazily: a keep-alive request costs a clock read, not a timer.
+        self.idle_since = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.server.keep_alive, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
-        if self.cycle is None:
+        self.timer = None
+        if self.cycle is not None:
+            return  # busy: the next _idle() sets a timer again
+        left = self.idle_since + self.server.keep_alive - self.loop.time()
+        if left > 0:
+            self.timer = self.loop.call_later(left, self._idle_timeout)
+        else:
             self.close()
 
     def _cancel_timer(self) -> None:

@@ -12,33 +12,52 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.mask import Masker
 
-__all__ = ["BodyTap", "decode_json_escapes", "masked_headers", "render_body", "render_prefix"]
+__all__ = [
+    "BodyTap",
+    "decode_json_escapes",
+    "header_names",
+    "masked_headers",
+    "render_body",
+    "render_prefix",
+    "render_whole",
+]
 
 _MAX_DECODE_GROWTH = 4  # a recorded, decompressed prefix is at most cap * this many bytes
+
+
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
 class BodyTap:
     """Sees a body's chunks: counts, hashes, and keeps the first ``cap`` bytes."""
 
+    __slots__ = ("_hash", "_kept", "cap", "size")
+
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.size = 0
-        self._hash = hashlib.sha256()
-        self._kept = bytearray()
+        self._hash: Any = None  # made on the first bytes (most requests have none)
+        self._kept = b""
 
     def feed(self, chunk: bytes) -> None:
         """Account for one chunk."""
+        if not chunk:
+            return
+        if self._hash is None:
+            self._hash = hashlib.sha256(chunk)
+            self._kept = chunk[: self.cap]
+        else:
+            self._hash.update(chunk)
+            room = self.cap - len(self._kept)
+            if room > 0:
+                self._kept += chunk[:room]
         self.size += len(chunk)
-        self._hash.update(chunk)
-        room = self.cap - len(self._kept)
-        if room > 0:
-            self._kept += chunk[:room]
 
     @property
     def prefix(self) -> bytes:
@@ -50,7 +69,7 @@ class BodyTap:
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return _EMPTY_SHA256 if self._hash is None else self._hash.hexdigest()
 
 
 def render_body(
@@ -62,18 +81,41 @@ def render_body(
     masker: Masker,
 ) -> dict[str, Any]:
     """Event data for a body: ``size``, ``sha256`` and, when recordable, ``body`` (masked)."""
+    return render_whole(
+        tap,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        fields=fields,
+        masker=masker,
+    )[0]
+
+
+def render_whole(
+    tap: BodyTap,
+    *,
+    content_type: str,
+    content_encoding: str,
+    fields: JsonFieldMasker,
+    masker: Masker,
+) -> tuple[dict[str, Any], bool]:
+    """:func:`render_body`, and whether the recorded ``body`` is the whole body exactly as it
+    was, UTF-8, with nothing decoded or masked in it: then ``masker`` found no secret in the
+    body's bytes."""
     data: dict[str, Any] = {"size": tap.size, "sha256": tap.sha256}
     if tap.cap == 0 or tap.size == 0:
-        return data
-    return data | render_prefix(
+        return data, False
+    truncated = tap.truncated
+    shown, clean = _render(
         tap.prefix,
         cap=tap.cap,
-        truncated=tap.truncated,
+        truncated=truncated,
         content_type=content_type,
         content_encoding=content_encoding,
         fields=fields,
         masker=masker,
     )
+    data.update(shown)
+    return data, clean and not truncated
 
 
 def render_prefix(
@@ -89,22 +131,54 @@ def render_prefix(
     """``body`` (masked text) and ``body_truncated`` for the first bytes of a body, or
     ``body_omitted`` saying why they cannot be recorded as text. A compressed prefix is
     decoded to at most a few times ``cap``."""
+    return _render(
+        prefix,
+        cap=cap,
+        truncated=truncated,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        fields=fields,
+        masker=masker,
+    )[0]
+
+
+def _render(
+    prefix: bytes,
+    *,
+    cap: int,
+    truncated: bool,
+    content_type: str,
+    content_encoding: str,
+    fields: JsonFieldMasker,
+    masker: Masker,
+) -> tuple[dict[str, Any], bool]:
+    """:func:`render_prefix`, and whether the text recorded is ``prefix`` itself (see
+    :func:`render_whole`)."""
     if not prefix:
-        return {}
-    raw = _decoded(prefix, content_encoding, cap)
+        return {}, False
+    raw = _decoded(prefix, content_encoding, cap) if content_encoding else prefix
     if raw is None:
-        return {"body_omitted": f"content-encoding {content_encoding} not decoded"}
-    text = _text(raw, truncated=truncated)
-    if text is None:
-        return {"body_omitted": "binary"}
+        return {"body_omitted": f"content-encoding {content_encoding} not decoded"}, False
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        cut = _text(raw, truncated=truncated)
+        if cut is None:
+            return {"body_omitted": "binary"}, False
+        text = cut
+    clean = raw is prefix
     if _looks_json(content_type, text):
-        text = decode_json_escapes(text)
-        if fields and fields.might_match(text):
+        if "\\u" in text:
+            text = decode_json_escapes(text)
+            clean = False
+        if fields.enabled and fields.might_match(text):
             masked_json = _mask_json(text, fields)
             if masked_json is None:
-                return {"body_omitted": "JSON cut at the cap cannot be field-masked"}
+                return {"body_omitted": "JSON cut at the cap cannot be field-masked"}, False
             text = masked_json
-    return {"body": masker.mask_text(text), "body_truncated": truncated}
+            clean = False
+    masked = masker.mask_text(text)
+    return {"body": masked, "body_truncated": truncated}, clean and masked == text
 
 
 # A \uXXXX escape not itself escaped (preceded by an even number of backslashes), or a pair.
@@ -138,14 +212,20 @@ def _unescape(match: re.Match[str]) -> str:
     return match.group(4) + char
 
 
+def header_names(allow: Iterable[str]) -> dict[bytes, str]:
+    """An allowlist of header names for :func:`masked_headers`: lower-case bytes to text."""
+    return {name.lower().encode("latin-1"): name.lower() for name in allow}
+
+
 def masked_headers(
-    headers: Iterable[tuple[bytes, bytes]], allow: frozenset[str], masker: Masker
+    headers: Iterable[tuple[bytes, bytes]], allow: Mapping[bytes, str], masker: Masker
 ) -> dict[str, str]:
-    """The allowlisted headers (lower-case names), values masked; repeats joined with ", "."""
+    """The allowlisted headers (``allow``: see :func:`header_names`), values masked; repeats
+    joined with ", "."""
     out: dict[str, str] = {}
     for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1").lower()
-        if name in allow:
+        name = allow.get(raw_name.lower())
+        if name is not None:
             value = masker.mask_text(raw_value.decode("latin-1"))
             out[name] = f"{out[name]}, {value}" if name in out else value
     return out

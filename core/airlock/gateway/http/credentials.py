@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import contextlib
 import hashlib
 from collections.abc import Mapping
 
@@ -38,6 +39,9 @@ class Injector(abc.ABC):
     needs_body: bool = False
     #: The held secret values (never shown): masked in text responses to the client.
     secrets: tuple[str, ...] = ()
+    #: When set, all :meth:`apply` does is add this one header (its name in :attr:`strip`):
+    #: the gateway appends it to the headers it forwards instead.
+    header: tuple[bytes, bytes] | None = None
 
     @abc.abstractmethod
     def apply(self, request: Request, body: bytes | None) -> None:
@@ -59,6 +63,8 @@ class _HeaderInjector(Injector):
         self._name = name
         self._value = value
         self.strip = CLIENT_AUTH_HEADERS | {name.lower()}
+        with contextlib.suppress(UnicodeEncodeError):  # else apply() says so, per request
+            self.header = (name.encode("latin-1"), value.encode("latin-1"))
 
     def apply(self, request: Request, body: bytes | None) -> None:
         request.headers[self._name] = self._value

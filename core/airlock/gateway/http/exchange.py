@@ -39,6 +39,17 @@ __all__ = [
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 _SPOOL_CHUNK = 256 * 1024
 _OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+_KEYS = {
+    name: name.encode()
+    for name in (
+        "authorization",
+        "proxy-authorization",
+        "content-type",
+        "content-encoding",
+        "x-original-url",
+        "x-rewrite-url",
+    )
+}
 # ``_method=DELETE`` in the query or a form body: Rails, Laravel, Symfony, Express run it as that
 # method. In a multipart body the field is found by its part header.
 _FORM_FIELD = "_method"
@@ -81,19 +92,31 @@ class Exchange:
     hold: Hold | None = None
     # says whether the client has left, without awaiting (the h1 server's scope extension)
     client_gone: Callable[[], bool] | None = None
+    # sends a whole response at once, without awaiting (the h1 server's scope extension)
+    respond: Callable[[int, list[tuple[bytes, bytes]], bytes], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    _index: dict[str, str] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # copied once, names lower-case: every lookup and filter after this compares bytes
+        self.headers = [(k.lower(), v) for k, v in self.headers]
 
     def methods(self, form: bytes = b"") -> list[str]:
         """The request's method, and those its method overrides name: frameworks (Rails,
         Laravel, Express, Google APIs) run ``POST`` + ``X-HTTP-Method-Override: DELETE``, or
         ``_method=DELETE`` in the query or a form body (``form``), as a DELETE, so the
-        guardrails judge every one of them; a HEAD is judged as a GET too."""
-        values = [v.decode("latin-1") for k, v in self.headers if k.lower() in _OVERRIDES]
-        values += [v for k, v in parse_qsl(self.query, keep_blank_values=True) if k == _FORM_FIELD]
+        guardrails judge every one of them; a HEAD is judged as a GET too. Header names are
+        lower-case (as the proxy stores them)."""
+        values = [v.decode("latin-1") for k, v in self.headers if k in _OVERRIDES]
+        if self.query:
+            values += [
+                v for k, v in parse_qsl(self.query, keep_blank_values=True) if k == _FORM_FIELD
+            ]
         if form:
             values += form_methods(form, self.header("content-type"))
-        names = [self.method.upper()]
+        method = self.method.upper()
+        if not values and method != "HEAD":
+            return [method]
+        names = [method]
         for value in values:
             names += value.upper().replace(",", " ").split()
         if "HEAD" in names:  # servers run the GET handler for a HEAD (RFC 9110 §9.3.2)
@@ -106,20 +129,26 @@ class Exchange:
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (lower-case), or ``""``."""
-        index = self._index
-        if index is None:  # built once, decoded: the proxy asks about a dozen times a request
-            index = self._index = {}
-            for key, value in self.headers:
-                index.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        return index.get(name, "")
+        key = _KEYS.get(name) or name.encode("latin-1")
+        for k, v in self.headers:  # a handful of headers: a scan beats building an index
+            if k == key:
+                return v.decode("latin-1")
+        return ""
 
 
 class RequestBody:
     """The client's request body: a buffered prefix, then the rest, streamed on demand."""
 
-    def __init__(self, receive: Receive, timeout: float) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        timeout: float,
+        body_now: Callable[[], bytes | None] | None = None,
+    ) -> None:
         self._receive = receive
         self._timeout = timeout
+        # the server's ``airlock.body_now`` extension: the whole body at once, when it is in
+        self._body_now = body_now
         self.buffer = bytearray()
         self.done = False
         self.spool: Any = None  # a SpooledTemporaryFile holding the whole body, once held
@@ -168,8 +197,20 @@ class RequestBody:
         self.done = not message.get("more_body", False)
         return bytes(message.get("body", b""))
 
+    def take_now(self) -> bool:
+        """Take the whole body if it has all arrived (the server's ``airlock.body_now``), with
+        no receive round; True when the body is then read whole."""
+        if not self.done and not self.buffer and self._body_now is not None:
+            whole = self._body_now()
+            if whole is not None:
+                self.buffer += whole
+                self.done = True
+        return self.done
+
     async def fill(self, limit: int) -> None:
         """Buffer until ``limit`` bytes (or a little more) or the end of the body."""
+        if self.take_now():
+            return
         while not self.done and len(self.buffer) < limit:
             self.buffer += await self._next()
 

@@ -30,16 +30,20 @@ class JsonFieldMasker:
         # none of them (quoted, no escapes left) has nothing to mask, and is not walked.
         lasts = [g.rsplit(".", 1)[-1] for g in globs]
         self._wild = any(_WILD & set(last) for last in lasts)
-        self._quoted = tuple(json.dumps(last, ensure_ascii=False) for last in lasts)
+        quoted = [json.dumps(last, ensure_ascii=False) for last in lasts]
+        # one search for any quoted name or a backslash
+        self._gate = re.compile("|".join(re.escape(q) for q in [*quoted, "\\"]))
+        #: any glob at all (else nothing is ever masked)
+        self.enabled = bool(self._anywhere or self._paths)
 
     def might_match(self, text: str) -> bool:
         """False when no field of the JSON ``text`` can match (then :meth:`mask` changes
         nothing): every glob ends on a plain name that the text never quotes, and the text has
         no escape left that could spell one."""
-        return self._wild or "\\" in text or any(q in text for q in self._quoted)
+        return self._wild or self._gate.search(text) is not None
 
     def __bool__(self) -> bool:
-        return bool(self._anywhere or self._paths)
+        return self.enabled
 
     def mask(self, document: Any) -> Any:
         """A copy of ``document`` with every matching field's value replaced."""

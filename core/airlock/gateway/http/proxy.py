@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from airlock.gate.interface import Operation
 from airlock.gateway.approvals import SESSION_ENDED, Approvals
 from airlock.gateway.h1.client import Pool
-from airlock.gateway.h1.cycle import CLIENT_GONE
+from airlock.gateway.h1.cycle import BODY_NOW, CLIENT_GONE, RESPOND
 from airlock.gateway.http.capture import BodyTap, render_prefix
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.decide import (
@@ -64,7 +64,7 @@ from airlock.gateway.http.hold import (
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.gateway.http.upstream import Upstream
-from airlock.gateway.tickets import TicketCheck, check_ticket
+from airlock.gateway.tickets import Ticket, TicketCheck, check_ticket
 from airlock.mask import Masker
 from airlock.policy.gateways import HttpGatewayConfig
 from airlock.policy.guardrails import (
@@ -134,6 +134,7 @@ class HttpProxy:
         self._host = (urlsplit(config.upstream).hostname or "").lower()
         self._verdicts = Verdicts(self._host, self._rules, self._defaults)
         self._ids = itertools.count(1)
+        self._local_ticket = ticket if isinstance(ticket, Ticket) else None
         self._approvals = Approvals(approve)
         self._upstream = Upstream(
             config,
@@ -144,29 +145,38 @@ class HttpProxy:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._handle(scope, receive, send)
-
-    # ------------------------------------------------------------------ request lifecycle
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
         ex = self._exchange(scope)
-        body = RequestBody(receive, self._settings.client_timeout)
+        extensions = scope.get("extensions") or {}
+        body = RequestBody(receive, self._settings.client_timeout, extensions.get(BODY_NOW))
+        ex.client_gone = extensions.get(CLIENT_GONE)
+        ex.respond = extensions.get(RESPOND)
         ex.body = body
         try:
             await self._steps(ex, body, send)
         finally:
             body.close()
 
+    # ------------------------------------------------------------------ request lifecycle
+
     async def _steps(self, ex: Exchange, body: RequestBody, send: Send) -> None:
         try:
             await self._authenticate(ex)
             self._check_target(ex)
-            decision = await self._judge(ex, body)
-            await body.fill(self.config.record_bodies)
+            if self._needs_json or (self._rules and ex.has_form_body()):
+                decision = await self._judge(ex, body)
+            else:  # judged on its methods and path alone
+                decision = self._verdicts.judge(ex, b"", None)
+            if not body.take_now():
+                await body.fill(self.config.record_bodies)
             self._log.request(ex, decision, body)
-            await self._enforce(ex, decision, body)
-            await self._forward(ex, body, send)
+            if decision.action != "allow":
+                await self._enforce(ex, decision, body)
+            if self._injector.needs_body or ex.hold is not None:
+                await self._forward(ex, body, send)
+            else:
+                await self._upstream.forward(ex, body, send)
         except Refused as refusal:
             await self._refuse(ex, refusal, send)
         except ClientGone as gone:
@@ -189,16 +199,15 @@ class HttpProxy:
     def _exchange(self, scope: Scope) -> Exchange:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = self._verdicts.path(bytes(raw_path))
-        query = bytes(scope.get("query_string", b"")).decode("latin-1")
+        query = scope.get("query_string", b"")
         return Exchange(
             id=str(next(self._ids)),
             method=str(scope["method"]),
             path=path,
-            query=query,
-            headers=[(bytes(k), bytes(v)) for k, v in scope.get("headers", [])],
+            query=query.decode("latin-1") if query else "",
+            headers=scope.get("headers", []),  # copied (names lower-cased) by Exchange
             started=time.perf_counter(),
             request_tap=BodyTap(self.config.record_bodies),
-            client_gone=scope.get("extensions", {}).get(CLIENT_GONE),
         )
 
     def _presented(self, ex: Exchange) -> str | None:
@@ -210,9 +219,12 @@ class HttpProxy:
 
     async def _authenticate(self, ex: Exchange) -> None:
         proxy = ex.header("proxy-authorization")
-        presented = self._presented(ex)
-        if presented is not None and await self._check_ticket(presented):
-            return
+        presented = ticket_from(proxy) if proxy else None
+        presented = presented or ticket_from(ex.header("authorization"))
+        if presented is not None:
+            local = self._local_ticket  # a constant-time compare: no coroutine needed
+            if local.check(presented) if local is not None else await self._check_ticket(presented):
+                return
         refusal = auth_refusal(bool(proxy), presented)
         self._log.request(ex, None, auth=refusal.extra["auth"])
         raise refusal

@@ -4,13 +4,18 @@ recorded"). A request that cannot be recorded is refused (fail closed)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airlock.events import EventType
-from airlock.gateway.http.capture import BodyTap, masked_headers, render_body, render_prefix
+from airlock.gateway.http.capture import (
+    BodyTap,
+    header_names,
+    masked_headers,
+    render_prefix,
+    render_whole,
+)
 from airlock.gateway.http.exchange import Exchange, Refused, RequestBody
 from airlock.gateway.http.jsonmask import JsonFieldMasker
 from airlock.mask import Masker
@@ -51,6 +56,12 @@ RESPONSE_HEADERS = frozenset(
 )
 
 
+_UNMATCHED = DEFAULT_RULE_IDS["http_unmatched"]
+_REMEMBERED = 256  # header lists whose masked allowlist is kept
+_REQUEST_NAMES = header_names(REQUEST_HEADERS)
+_RESPONSE_NAMES = header_names(RESPONSE_HEADERS)
+
+
 class ExchangeLog:
     """Writes one gateway's events through ``record``, masked with ``masker`` and ``fields``."""
 
@@ -62,24 +73,31 @@ class ExchangeLog:
         self._masker = masker
         self._fields = fields
         self._record = record
+        # Masked header allowlists remembered per exact header list (a client or upstream sends
+        # the same few again and again), for as long as the masker has the same secrets.
+        self._heads: dict[Any, dict[str, str]] = {}
+        self._secrets = masker.literal_count
 
     def request(
         self, ex: Exchange, decision: Decision | None, body: RequestBody | None = None, **extra: Any
     ) -> None:
+        mask = self._masker.mask_text
         data: dict[str, Any] = {
             "gateway": self._gateway,
             "id": ex.id,
             "method": ex.method,
-            "path": self._masker.mask_text(ex.path.judged),
-            "query": self._masker.mask_text(ex.query),
-            "headers": masked_headers(ex.headers, REQUEST_HEADERS, self._masker),
+            "path": mask(ex.path.judged),
+            "query": mask(ex.query) if ex.query else "",
+            "headers": self._masked_headers(ex.headers, _REQUEST_NAMES),
             **extra,
         }
-        if body is not None:
+        if body is not None and body.buffer and self._cap:
             data |= self._request_prefix(ex, body)
         ex.request_recorded = True
         self.emit(EventType.HTTP_REQUEST, data)
-        if decision is not None and worth_recording(decision):
+        if decision is not None and (
+            decision.action != "allow" or decision.rule_id != _UNMATCHED
+        ):  # worth_recording
             self.emit(
                 EventType.GUARDRAIL,
                 {
@@ -116,25 +134,66 @@ class ExchangeLog:
         content_encoding: str = "",
         error: str | None = None,
         **extra: Any,
-    ) -> None:
+    ) -> bool:
+        """Record ``http.response``; True when the response body recorded is the whole body,
+        as it was, and the session masker found nothing to mask in it (see
+        ``capture.render_whole``)."""
+        clean = False
         data: dict[str, Any] = {
             "gateway": self._gateway,
             "id": ex.id,
             "status": status,
             "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
             "request_body": self._request_body(ex),
-            **{k: v for k, v in extra.items() if k != "auth"},
-            **ex.extra,
         }
+        for key, value in extra.items():
+            if key != "auth":
+                data[key] = value
+        if ex.extra:
+            data.update(ex.extra)
         if tap is not None:
-            data["headers"] = masked_headers(headers, RESPONSE_HEADERS, self._masker)
-            data["body"] = self._render(tap, content_type, content_encoding)
+            data["headers"] = self._masked_headers(headers, _RESPONSE_NAMES)
+            data["body"], clean = render_whole(
+                tap,
+                content_type=content_type,
+                content_encoding=content_encoding,
+                fields=self._fields,
+                masker=self._masker,
+            )
             data["size"] = tap.size
         if error is not None:
             data["error"] = self._masker.mask_text(error)
+            clean = False
         # The request is over; a writer that failed reports it on the next event it cannot take.
-        with contextlib.suppress(Refused):
+        # (a try costs nothing where contextlib.suppress is three calls a request)
+        try:  # noqa: SIM105
             self.emit(EventType.HTTP_RESPONSE, data)
+        except Refused:
+            pass
+        return clean
+
+    def _masked_headers(
+        self, headers: Sequence[tuple[bytes, bytes]], names: dict[bytes, str]
+    ) -> dict[str, str]:
+        """:func:`masked_headers`, remembered. The masker only ever gains secrets, and its
+        count of them is read before masking: a value masked before a secret was added is never
+        reused after."""
+        secrets = self._masker.literal_count
+        if secrets != self._secrets:
+            self._heads.clear()
+            self._secrets = secrets
+        key = (id(names), *headers)
+        found = self._heads.get(key)
+        if found is None:
+            found = masked_headers(headers, names, self._masker)
+            if len(self._heads) >= _REMEMBERED:
+                self._heads.clear()
+            self._heads[key] = found
+        return dict(found)
+
+    def masks(self, value: str) -> bool:
+        """Whether the session masker masks ``value`` (a held secret: it must)."""
+        return self._masker.mask_text(value) != value
 
     def _request_body(self, ex: Exchange) -> dict[str, Any]:
         if ex.forwarded or ex.body is None:
@@ -143,15 +202,6 @@ class ExchangeLog:
             return ex.body.summary()  # refused before forwarding: what the gateway read of it
         data: dict[str, Any] = {"size": ex.hold.size, "sha256": ex.hold.sha256}
         return data if ex.body.done else data | {"complete": False}
-
-    def _render(self, tap: BodyTap, content_type: str, content_encoding: str) -> dict[str, Any]:
-        return render_body(
-            tap,
-            content_type=content_type,
-            content_encoding=content_encoding,
-            fields=self._fields,
-            masker=self._masker,
-        )
 
     def emit(self, event: EventType, data: Mapping[str, Any]) -> None:
         try:

@@ -5,6 +5,7 @@ last byte leaves (docs/gateways.md)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +22,6 @@ from airlock.gateway.http.exchange import (
     RequestBody,
     error_name,
 )
-from airlock.gateway.http.paths import join_upstream
 from airlock.gateway.http.recording import ExchangeLog
 from airlock.mask import Masker, MaskSettings
 from airlock.policy.gateways import HttpGatewayConfig
@@ -47,7 +47,8 @@ _HOP_BY_HOP = frozenset(
 )
 _HOP_BY_HOP_LENGTH = _HOP_BY_HOP | {b"content-length"}
 # Responses that can carry an echo of the credential as text (and are masked for the client).
-_TEXT_TYPES = ("text/", "json", "xml", "javascript", "x-www-form-urlencoded", "yaml")
+_TEXT_TYPES = re.compile("text/|json|xml|javascript|x-www-form-urlencoded|yaml")
+_CLIENT_MASKED = {"client_masked": True}
 
 
 class Upstream:
@@ -65,13 +66,20 @@ class Upstream:
     ) -> None:
         upstream = urlsplit(config.upstream)
         self._base_path = upstream.path
+        self._prefix = upstream.path.rstrip("/")
         self._pool = pool
         self._injector = injector
         self._log = log
         self._cap = config.record_bodies
         self._echo = _echo_masker(injector, config.name) if mask_echo else None
+        # The session masker masks every held secret (registered with it as it was read): a
+        # small text response it recorded whole and found clean holds none of them, so the
+        # echo masker's own scan of it is skipped.
+        self._fold = self._echo is not None and all(log.masks(v) for v in injector.secrets)
         # request headers not forwarded (as lower-case bytes, the way they are compared)
         self._drop = _HOP_BY_HOP | {n.lower().encode("latin-1") for n in injector.strip}
+        if self._echo is not None:  # text responses are masked: they must arrive uncompressed
+            self._drop = self._drop | {b"accept-encoding"}
         self._drop_buffered = self._drop | {b"content-length"}
 
     async def forward(self, ex: Exchange, body: RequestBody, send: Send) -> None:
@@ -79,7 +87,7 @@ class Upstream:
         request = self._upstream_request(ex, body)
         ex.forwarded = True
         try:
-            response = await self._pool.send(request)
+            response = await self._pool.send(request, whole=_WHOLE)
         except ClientGone:
             raise
         except UpstreamTimeout as exc:
@@ -104,28 +112,35 @@ class Upstream:
             await response.aclose()
 
     def _upstream_request(self, ex: Exchange, body: RequestBody) -> Request:
-        target = join_upstream(self._base_path, ex.path.wire)
+        wire = ex.path.wire
+        prefix = self._prefix  # join_upstream, inline
+        target = prefix + wire if wire != "/" or not prefix else prefix + "/"
         if ex.query:
             target += "?" + ex.query
         # the whole body is in memory: read without a hold, or held but small enough to sign
         buffered = body.done and (body.spool is None or len(body.buffer) == body.held_size)
         drop = self._drop_buffered if buffered else self._drop
-        headers = [(k, v) for k, v in ex.headers if k.lower() not in drop]
+        headers = [(k, v) for k, v in ex.headers if k not in drop]  # names are lower-case
         content: bytes | AsyncIterator[bytes]
         if buffered:
             content = bytes(body.buffer)
             ex.request_tap.feed(content)
         else:
             content = body.stream(ex.request_tap)
-        if self._echo is not None:  # text responses are masked: they must arrive uncompressed
-            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+        if self._echo is not None:
             headers.append((b"accept-encoding", b"identity"))
+        fixed = self._injector.header  # a fixed header, its name stripped from the client's
+        if fixed is not None:
+            headers.append(fixed)
         request = self._pool.request(ex.method, target, headers, content)
-        self._injector.apply(request, content if isinstance(content, bytes) else None)
+        if fixed is None:
+            self._injector.apply(request, content if isinstance(content, bytes) else None)
         return request
 
     async def _relay(self, ex: Exchange, response: Response, send: Send, gone: Gone) -> None:
-        masked = self._masks_echo(ex, response)
+        ctype = response.header("content-type")
+        coding = response.header("content-encoding")
+        masked = self._masks_echo(ex, ctype, coding)
         drop = _HOP_BY_HOP_LENGTH if masked else _HOP_BY_HOP
         headers = [(k, v) for k, v in response.raw_headers if k.lower() not in drop]
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
@@ -134,32 +149,47 @@ class Upstream:
         # response, so has the log. A bodiless response is complete with its headers.
         if ex.method == "HEAD" or response.status_code in (204, 304):
             last, error = await self._pump(response, _discard, tap, None, gone)
-            self._record_relay(ex, response, tap, error, masked)
+            self._record_relay(ex, response, tap, error, masked, ctype, coding)
             ex.responded = True
             await send(start)
         elif masked and (_content_length(response) or _WHOLE + 1) <= _WHOLE:
             # A small text response is masked whole and sent with its length in one message:
             # no chunked encoding, one write fewer on every keep-alive request.
-            body, error = await self._read_whole(response, tap, gone)
+            body = response.body_now()  # in the same read as the head, usually
+            if body is not None and not gone():
+                tap.feed(body)
+                error = None
+            else:
+                body, error = await self._read_whole(response, body, tap, gone)
+            clean = self._record_relay(ex, response, tap, error, masked, ctype, coding)
             assert self._echo is not None
-            last = self._echo.mask_bytes(body) if error is None else b""
-            self._record_relay(ex, response, tap, error, masked)
-            headers.append((b"content-length", str(len(last)).encode()))
+            if error is not None:
+                last = b""
+            elif clean and self._fold:  # the session masker's scan found no held secret
+                last = body
+            else:
+                last = self._echo.mask_bytes(body)
+            headers.append((b"content-length", b"%d" % len(last)))
             ex.responded = True
+            if error is None and ex.respond is not None:  # head and body, no awaits
+                ex.respond(response.status_code, headers, last)
+                return
             await send(start)
         else:
             ex.responded = True
             await send(start)
             echo = EchoMask(self._echo.stream()) if masked and self._echo is not None else None
             last, error = await self._pump(response, send, tap, echo, gone)
-            self._record_relay(ex, response, tap, error, masked)
+            self._record_relay(ex, response, tap, error, masked, ctype, coding)
         if error is None:
             await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _read_whole(
-        self, response: Response, tap: BodyTap, gone: Gone
+        self, response: Response, whole: bytes | None, tap: BodyTap, gone: Gone
     ) -> tuple[bytes, str | None]:
-        """The whole (small) body, and any error."""
+        """The whole (small) body, and any error (``whole``: what ``body_now`` gave)."""
+        if whole is not None:  # it was all in, but the client has gone
+            return b"", "client disconnected mid-response"
         data = bytearray()
         try:
             async for chunk in response.aiter_raw():
@@ -224,25 +254,28 @@ class Upstream:
         tap: BodyTap,
         error: str | None,
         masked: bool,
-    ) -> None:
-        self._log.response(
+        ctype: str,
+        coding: str,
+    ) -> bool:
+        extra = _CLIENT_MASKED if masked else {}
+        return self._log.response(
             ex,
             response.status_code,
             tap=tap,
             headers=response.raw_headers,
-            content_type=response.header("content-type"),
-            content_encoding=response.header("content-encoding"),
+            content_type=ctype,
+            content_encoding=coding,
             error=error,
-            **({"client_masked": True} if masked else {}),
+            **extra,
         )
 
-    def _masks_echo(self, ex: Exchange, response: Response) -> bool:
+    def _masks_echo(self, ex: Exchange, ctype: str, coding: str) -> bool:
         """The response is text the held credential is masked in before the client sees it."""
         if self._echo is None or ex.method == "HEAD":
             return False
-        ctype = response.header("content-type").lower()
-        encoded = response.header("content-encoding").lower() not in ("", "identity")
-        return not encoded and any(kind in ctype for kind in _TEXT_TYPES)
+        if coding and coding.lower() not in ("", "identity"):
+            return False
+        return _TEXT_TYPES.search(ctype.lower()) is not None
 
     # ------------------------------------------------------------------ answers and events
 

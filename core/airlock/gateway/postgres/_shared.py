@@ -18,6 +18,7 @@ from airlock.gateway.postgres.encode import encode_error
 from airlock.gateway.postgres.guard import SqlGuard
 from airlock.gateway.postgres.masking import ColumnMasker, ColumnPlan
 from airlock.gateway.postgres.messages import Message, ProtocolError, RowDescription
+from airlock.gateway.postgres.native import load as load_io
 from airlock.gateway.tickets import TicketCheck
 from airlock.mask import Masker
 from airlock.policy.gateways import PostgresGatewayConfig
@@ -96,6 +97,21 @@ class Shared:
     # RowDescription bytes -> (column masking plan, which columns are text): a result shape
     # seen before is not decoded again.
     row_plans: dict[tuple[bytes, tuple[int, ...] | None], RowPlan] = field(default_factory=dict)
+    # The compiled I/O loop (native.py), made for the first relayed connection; False: none.
+    io: Any = None
+
+    def io_loop(self) -> Any:
+        """The gateway's compiled I/O loop, or None (not built or turned off)."""
+        if self.io is None:
+            module = load_io()
+            self.io = False if module is None else module.Loop()
+        return self.io or None
+
+    def close_io(self) -> None:
+        """Stop the I/O loop's thread (the gateway is closing; its connections are gone)."""
+        io, self.io = self.io, False
+        if io:
+            io.close()
 
     def row_plan(self, raw: bytes, formats: tuple[int, ...] | None = None) -> RowPlan:
         """The masking plan and the text columns of results described by RowDescription

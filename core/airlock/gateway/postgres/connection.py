@@ -1,7 +1,8 @@
-"""One client connection of the PostgreSQL gateway and its upstream connection: startup, ticket
-check, upstream login, then the I/O around the sans-I/O :class:`~.relay.Relay` that judges,
-records and masks (this module moves bytes, holds statements while approvers answer, and ends
-holds whose client went away)."""
+"""One client connection of the PostgreSQL gateway and its upstream connection: startup and
+ticket check (:mod:`.login`), upstream login, then the I/O around the sans-I/O
+:class:`~.relay.Relay` that judges, records and masks (this module moves bytes, through asyncio's
+transports or the compiled I/O loop of :mod:`.native`, holds statements while approvers answer,
+and ends holds whose client went away)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,23 @@ import asyncio
 import contextlib
 import inspect
 import secrets
+import threading
 from typing import cast
 
 from airlock.events import EventType
 from airlock.gate.interface import Operation
 from airlock.gateway.postgres import upstream
-from airlock.gateway.postgres._shared import (
-    CONNECT_TIMEOUT,
-    Refused,
-    Shared,
-    fatal,
-    read_one,
-    take_buffered,
-)
-from airlock.gateway.postgres.encode import (
-    encode_auth,
-    encode_backend_key,
-    encode_cancel,
-    encode_negotiate,
-)
-from airlock.gateway.postgres.framing import BackendParser, FrontendParser
-from airlock.gateway.postgres.messages import (
-    MAX_STARTUP,
-    BackendKeyData,
-    CancelRequest,
-    GSSENCRequest,
-    PasswordMessage,
-    ProtocolError,
-    SSLRequest,
-    StartupMessage,
+from airlock.gateway.postgres._shared import Refused, Shared, fatal, take_buffered
+from airlock.gateway.postgres.encode import encode_backend_key
+from airlock.gateway.postgres.framing import BackendParser
+from airlock.gateway.postgres.login import authenticate_client, read_startup
+from airlock.gateway.postgres.messages import BackendKeyData, ProtocolError, StartupMessage
+from airlock.gateway.postgres.native import (
+    UPSTREAM,
+    LoopWires,
+    TransportWires,
+    Wires,
+    native_ready,
 )
 from airlock.gateway.postgres.pipe import Pipe
 from airlock.gateway.postgres.relay import Held, Relay, Step
@@ -68,16 +57,26 @@ class Connection:
         self.client_t = cast(asyncio.Transport, writer.transport)
         self.up_t: asyncio.Transport = self.client_t  # the upstream's, once connected
         self.up_pipe: Pipe | None = None
+        self.wires: Wires = TransportWires(self.client_t, self.client_t, lambda: True)
+        # The relay's state is changed under this lock: with the compiled I/O loop, bytes are
+        # relayed on its thread while holds end on the event loop's. ``stopped``: nothing more
+        # is relayed (an error, or Terminate), at once: the end follows on the loop's thread.
+        self.lock = threading.RLock()
+        self.stopped = False
         self.holding: asyncio.Task[None] | None = None
         self.after_password = b""  # what a client pipelined behind its password, relayed later
         self.presented = b""  # the ticket the client logged in with: checked again after holds
 
     async def run(self) -> None:
         try:
-            startup = await asyncio.wait_for(self._startup(), self.s.startup_timeout)
+            startup = await asyncio.wait_for(
+                read_startup(self.s, self.client_r, self.client_w), self.s.startup_timeout
+            )
             if startup is None:
                 return
-            await self._authenticate_client(startup)
+            self.presented, self.after_password = await authenticate_client(
+                self.s, self.client_r, self.client_w, startup
+            )
             await self._connect_upstream(startup)
             await self._relay()
         except TimeoutError:
@@ -99,69 +98,6 @@ class Connection:
         with contextlib.suppress(Exception):
             self.client_w.write(error)
             await self.client_w.drain()
-
-    # -------------------------------------------------------------------- client side
-
-    async def _startup(self) -> StartupMessage | None:
-        parser = FrontendParser()
-        while True:
-            message = parser.next_message()
-            if message is None:
-                data = await self.client_r.read(MAX_STARTUP)
-                if not data:
-                    return None
-                parser.feed(data)
-                continue
-            if isinstance(message, SSLRequest | GSSENCRequest):
-                if parser.buffered:  # bytes after SSLRequest before our answer: injection
-                    raise ProtocolError("data received before the SSL answer")
-                self.client_w.write(b"N")  # loopback: no TLS between agent and gateway
-                await self.client_w.drain()
-            elif isinstance(message, CancelRequest):
-                await self._forward_cancel(message)
-                return None
-            else:
-                assert isinstance(message, StartupMessage)
-                if parser.buffered:
-                    raise ProtocolError("data received before authentication")
-                return message
-
-    async def _forward_cancel(self, request: CancelRequest) -> None:
-        target = self.s.cancel_keys.get((request.pid, request.key))
-        if target is None:
-            return  # PostgreSQL says nothing either way
-        server = self.s.config.upstream
-        with contextlib.suppress(OSError, TimeoutError):
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(server.host, server.port), CONNECT_TIMEOUT
-            )
-            writer.write(encode_cancel(*target))
-            await writer.drain()
-            writer.close()
-
-    async def _authenticate_client(self, startup: StartupMessage) -> None:
-        if startup.version & 0xFFFF:
-            options = tuple(k for k in startup.params if k.startswith("_pq_."))
-            self.client_w.write(encode_negotiate(0, options))
-        self.client_w.write(encode_auth(3))  # cleartext: loopback, and it is only a ticket
-        await self.client_w.drain()
-        parser = FrontendParser()
-        parser.in_startup = False
-        message = await read_one(self.client_r, parser)
-        if not isinstance(message, PasswordMessage):
-            raise ProtocolError("expected a password message")
-        self.after_password = parser.take_buffered()
-        self.presented = message.data.rstrip(b"\0")
-        if not await check_ticket(self.s.ticket, self.presented):
-            raise Refused(
-                fatal(
-                    "28P01",
-                    f"password authentication failed for the Airlock gateway {self.s.config.name}",
-                    hint="use the session ticket Airlock gave you as the password "
-                    "(PGPASSWORD / DATABASE_URL), not a database password",
-                ),
-                "client presented a wrong ticket",
-            )
 
     # ------------------------------------------------------------------ upstream side
 
@@ -199,17 +135,21 @@ class Connection:
         self.after_password = b""
         early_up = self.upstream_parser.take_buffered() + take_buffered(self.up_r)
         client_eof, up_eof = self.client_r.at_eof(), self.up_r.at_eof()
-        client_pipe = Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
-        up_pipe = Pipe(
-            self._on_upstream_data,
-            self._on_upstream_eof,
-            up_t.get_protocol(),
-            peer=client_t,
-            may_resume_peer=lambda: self.holding is None,
-        )
-        self.up_pipe = up_pipe
-        client_t.set_protocol(client_pipe)
-        up_t.set_protocol(up_pipe)
+        io = self.s.io_loop()
+        native: LoopWires | None = None
+        if io is not None and native_ready(client_t, up_t):
+            with contextlib.suppress(OSError):  # then asyncio's transports move the bytes
+                native = LoopWires(
+                    io,
+                    asyncio.get_running_loop(),
+                    client_t,
+                    up_t,
+                    self._on_native_data,
+                    self._on_native_end,
+                )
+                self.wires = native
+        if native is None:
+            self._pipes(client_t, up_t)
         watch: asyncio.Task[None] | None = None
         try:
             if early_up:
@@ -220,12 +160,17 @@ class Connection:
                 self._on_upstream_eof()
             if client_eof:
                 self._finish()
-            client_t.resume_reading()
-            up_t.resume_reading()
+            if native is not None:
+                native.start()
+            else:
+                client_t.resume_reading()
+                up_t.resume_reading()
             watch = self._watch_ticket()
             await self.finished
         finally:
             self._finish()
+            if native is not None:
+                native.stop()  # no bytes move for this connection after this
             if watch is not None:
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
@@ -233,7 +178,37 @@ class Connection:
             if holding is not None:
                 holding.cancel()
                 await asyncio.gather(holding, return_exceptions=True)
-            self.relay.cancelled()  # a hold whose task never got to run
+            with self.lock:
+                self.relay.cancelled()  # a hold whose task never got to run
+
+    def _pipes(self, client_t: asyncio.Transport, up_t: asyncio.Transport) -> None:
+        """Relay through the asyncio transports (no compiled I/O loop)."""
+        client_pipe = Pipe(self._on_client_data, self._finish, client_t.get_protocol(), peer=up_t)
+        up_pipe = Pipe(
+            self._on_upstream_data,
+            self._on_upstream_eof,
+            up_t.get_protocol(),
+            peer=client_t,
+            may_resume_peer=lambda: self.holding is None,
+        )
+        self.up_pipe = up_pipe
+        self.wires = TransportWires(client_t, up_t, lambda: not up_pipe.paused)
+        client_t.set_protocol(client_pipe)
+        up_t.set_protocol(up_pipe)
+
+    def _on_native_data(self, side: int, data: bytes) -> None:
+        """Bytes from the compiled I/O loop (on its thread)."""
+        if side == UPSTREAM:
+            self._on_upstream_data(data)
+        else:
+            self._on_client_data(data)
+
+    def _on_native_end(self, side: int) -> None:
+        """A side of the connection closed or failed (on the event loop's thread)."""
+        if side == UPSTREAM:
+            self._on_upstream_eof()
+        else:
+            self._finish()
 
     def _finish(self, exc: BaseException | None = None) -> None:
         if self.finished.done():
@@ -244,55 +219,68 @@ class Connection:
             self.finished.set_exception(exc)
 
     def _on_upstream_eof(self) -> None:
-        if self.finished.done():
-            return
-        self.s.error_event("upstream connection lost", connection=self.conn_id)
-        self.client_t.write(
-            fatal(
-                "08006",
-                f"the Airlock gateway {self.s.config.name} lost its upstream connection",
-                hint="reconnect; if it keeps happening, check the upstream database",
+        with self.lock:
+            if self.finished.done():
+                return
+            self.stopped = True
+            self.s.error_event("upstream connection lost", connection=self.conn_id)
+            self.wires.to_client(
+                fatal(
+                    "08006",
+                    f"the Airlock gateway {self.s.config.name} lost its upstream connection",
+                    hint="reconnect; if it keeps happening, check the upstream database",
+                )
             )
-        )
-        self._finish()
+            self._finish()
 
     def _on_client_data(self, data: bytes) -> None:
-        if self.finished.done():
-            return
-        try:
-            self._apply(self.relay.client_data(data))
-        except Exception as exc:
-            self._finish(exc)
+        with self.lock:
+            if self.stopped or self.finished.done():
+                return
+            try:
+                self._apply(self.relay.client_data(data))
+            except Exception as exc:
+                self.stopped = True
+                self.wires.call(self._finish, exc)
 
     def _apply(self, step: Step) -> None:
+        """Carry out ``step`` (the lock is held)."""
         if step.upstream:
-            self.up_t.write(step.upstream)
+            self.wires.to_upstream(step.upstream)
         if step.pause:
-            self.client_t.pause_reading()
+            self.wires.pause_client()
         if step.hold is not None:
-            self.holding = asyncio.get_running_loop().create_task(self._hold(step.hold))
+            self.wires.call(self._start_hold, step.hold)
         if step.end:
-            self._finish()
+            self.stopped = True
+            self.wires.call(self._finish)
+
+    def _start_hold(self, held: Held) -> None:
+        if self.finished.done():  # the connection ended first: _relay cancelled the hold
+            return
+        self.holding = asyncio.get_running_loop().create_task(self._hold(held))
 
     async def _hold(self, held: Held) -> None:
         try:
             decision = await self._ask(held.verdict.final, held.masked)
             revoked = decision.action == "allow" and not await self._ticket_still_valid()
         except asyncio.CancelledError:
-            self.relay.cancelled()
+            with self.lock:
+                self.relay.cancelled()
             raise
         try:
-            if self.finished.done():  # the client went while the answer was on its way
-                self.relay.cancelled()
-                return
-            self.holding = None
-            if revoked:
-                self.relay.revoked()
-                self._revoked()
-                return
-            self._apply(self.relay.decided(decision))
-            if self.holding is None and not (self.up_pipe and self.up_pipe.paused):
-                self.client_t.resume_reading()
+            with self.lock:
+                if self.finished.done():  # the client went while the answer was on its way
+                    self.relay.cancelled()
+                    return
+                self.holding = None
+                if revoked:
+                    self.relay.revoked()
+                    self._revoked()
+                    return
+                self._apply(self.relay.decided(decision))
+                if self.relay.holding is None:
+                    self.wires.resume_client()
         except Exception as exc:
             self._finish(exc)
 
@@ -342,15 +330,18 @@ class Connection:
 
     def _revoked(self, when: str = "while a statement was held") -> None:
         """End a connection whose ticket no longer holds: nothing more is relayed for it."""
-        self.client_t.write(
-            fatal(
-                "28000",
-                f"the Airlock gateway {self.s.config.name} ended this connection: its ticket was "
-                f"revoked or expired {when} (rule {TICKET_RULE})",
-                hint="the job's tickets end with the job; run the statement again in a live job",
+        with self.lock:
+            self.stopped = True
+            self.wires.to_client(
+                fatal(
+                    "28000",
+                    f"the Airlock gateway {self.s.config.name} ended this connection: its ticket "
+                    f"was revoked or expired {when} (rule {TICKET_RULE})",
+                    hint="the job's tickets end with the job; run the statement again in a live "
+                    "job",
+                )
             )
-        )
-        self._finish()
+            self._finish()
 
     async def _ask(self, decision: Decision, masked: str) -> Decision:
         operation = Operation(
@@ -379,11 +370,13 @@ class Connection:
         return Decision(action, decision.rule_id, decision.index)
 
     def _on_upstream_data(self, data: bytes) -> None:
-        if self.finished.done():
-            return
-        try:
-            out = self.relay.results.feed(data)
-            if out:
-                self.client_t.write(out)
-        except Exception as exc:
-            self._finish(exc)
+        with self.lock:
+            if self.stopped or self.finished.done():
+                return
+            try:
+                out = self.relay.results.feed(data)
+                if out:
+                    self.wires.to_client(out)
+            except Exception as exc:
+                self.stopped = True
+                self.wires.call(self._finish, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -93,6 +94,7 @@ class SqlGuard:
         self._by_text = functools.lru_cache(maxsize=2048)(self._judge)
         self._by_shape: dict[str, Judgement] = {}
         self._verdicts: dict[str, Verdict] = {}
+        self._by_key: dict[str, Verdict] = {}  # text with its integer literals out (_key)
         self._shape_safe = not any(r.sql is not None and r.sql.text for r in self.rules)
 
     def judge(self, sql: str) -> Judgement:
@@ -136,6 +138,11 @@ class SqlGuard:
     def _cached_verdict(self, sql: str) -> Verdict:
         if not self._shape_safe:
             return Verdict.of(self._by_text(sql))
+        key = _key(sql)
+        if key is not None:
+            known = self._by_key.get(key)
+            if known is not None:
+                return known
         try:
             shape = pg_parser.fingerprint(sql)
         except Exception:  # unparsable: the full path decides (and records why)
@@ -149,6 +156,10 @@ class SqlGuard:
             if len(self._verdicts) >= self._MAX_SHAPES:
                 self._verdicts.clear()
             self._verdicts[shape] = verdict
+        if key is not None:  # a shape that may be cached: so may this finer key of it
+            if len(self._by_key) >= self._MAX_SHAPES:
+                self._by_key.clear()
+            self._by_key[key] = verdict
         return verdict
 
     def _judge(self, sql: str) -> Judgement:
@@ -157,6 +168,28 @@ class SqlGuard:
         # No statement at all (empty query): nothing runs, so nothing to refuse.
         final = strictest(decisions) or Decision("allow", DEFAULT_RULE_IDS["sql_unmatched"])
         return Judgement(statements, decisions, final)
+
+
+# The cheap key of a statement's shape (no parse, no fingerprint): the text with each integer
+# literal replaced by a quote. Only for texts with no quote, dollar, backslash, comment or
+# non-ASCII character: the lexer is then never inside a string, identifier or comment, so a
+# run of digits that starts after whitespace or an operator or punctuation character (never
+# after an identifier's letter, digit, _ or $) and ends before one of those (never before a
+# letter, _ or ., which would make it part of another token) is one integer token. Two texts
+# with the same key differ only in the values of such tokens: the fingerprint (which ignores
+# every constant) is the same, and so is the verdict. A key contains a quote only where
+# digits were, so it never equals a text that is its own key.
+_KEY_UNSAFE = re.compile(r"['\"$\\]|--|/\*|[^\x00-\x7f]")
+_INTEGER = re.compile(
+    r"(?<=[ \t\n\r\f\v=(,<>+*/%^|&!~@#\-\[])[0-9]+(?=[ \t\n\r\f\v;),<>=+*/%^|&!~@#\-\]]|\Z)"
+)
+
+
+def _key(sql: str) -> str | None:
+    """``sql`` with its integer literals out, or None when it cannot be keyed safely."""
+    if _KEY_UNSAFE.search(sql) is not None:
+        return None
+    return _INTEGER.sub("'", sql)
 
 
 # Kinds whose judgement can turn on a literal value, which a query fingerprint ignores.

@@ -49,6 +49,8 @@ __all__ = [
     "start_in_thread",
 ]
 
+_ACCEPT_TURNS = 8  # loop turns from an accepted socket to its handler's first step, and then some
+
 
 class PostgresGateway:
     """A running gateway. ``address`` is where it listens; ``close()`` stops it."""
@@ -57,6 +59,7 @@ class PostgresGateway:
         self._server = server
         self._shared = shared
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         sock = server.sockets[0].getsockname()
         self.address: tuple[str, int] = (sock[0], sock[1])
 
@@ -67,15 +70,28 @@ class PostgresGateway:
 
     async def close(self) -> None:
         """Stop listening and end every open connection."""
+        self._closing = True
         self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A connection joins ``_tasks`` when its handler first runs: one accepted just before
+        # the close may not have yet (its transport was then never closed). Accept, transport,
+        # protocol and handler task take a few loop turns: let them run (a handler that starts
+        # now closes its connection at once), then cancel until none is left.
+        for _ in range(_ACCEPT_TURNS):
+            await asyncio.sleep(0)
+        while self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.sleep(0)
+        self._shared.close_io()
         await self._server.wait_closed()
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self._closing:
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)

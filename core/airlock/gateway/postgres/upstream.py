@@ -62,15 +62,19 @@ async def connect(
     upstream = s.config.upstream
     opened: asyncio.StreamWriter | None = None
     try:
-        up_r, up_w = await asyncio.wait_for(
-            asyncio.open_connection(upstream.host, upstream.port, limit=READ_SIZE),
-            CONNECT_TIMEOUT,
-        )
+        # asyncio.timeout, not wait_for: a wait_for cancelled as the connection completed lost
+        # the connection, open (the gateway closing at the session's end cancels connects).
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            up_r, up_w = await asyncio.open_connection(
+                upstream.host, upstream.port, limit=READ_SIZE
+            )
         opened = up_w
         await _tls(s, up_r, up_w)
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
+    except BaseException as exc:
         if opened is not None:
             opened.close()
+        if not isinstance(exc, OSError | TimeoutError | ssl.SSLError):
+            raise
         raise Refused(
             fatal(
                 "08006",
