@@ -79,8 +79,8 @@ class SqlGuard:
     no decision depends on unless a rule matches on ``text:``. So `WHERE id = 1` and
     `WHERE id = 2` are parsed once (~60 µs) between them. Statements whose judgement *does*
     depend on literals are never cached by shape: settings (``SET x = 'off'``,
-    ``set_config('…')``), bodies (``DO $$…$$``, ``CREATE FUNCTION … AS '…'``) and writes (a
-    ``WHERE 1 = 1`` is a tautology, ``WHERE 1 = 2`` is not).
+    ``set_config('…')``, ``ALTER ROLE … SET x = 0``), bodies (``DO $$…$$``, ``CREATE
+    FUNCTION … AS '…'``) and writes (a ``WHERE 1 = 1`` is a tautology, ``WHERE 1 = 2`` is not).
     """
 
     _MAX_SHAPES = 4096
@@ -192,8 +192,10 @@ def _key(sql: str) -> str | None:
     return _INTEGER.sub("'", sql)
 
 
-# Kinds whose judgement can turn on a literal value, which a query fingerprint ignores.
-_LITERAL_KINDS = frozenset({"set", "do", "create", "call", "delete", "update", "merge"})
+# Kinds whose judgement can turn on a literal value, which a query fingerprint ignores. "alter":
+# ALTER ROLE/DATABASE/SYSTEM/FUNCTION ... SET changes parsing for some values only
+# (standard_conforming_strings = 0 but not = 1), so a cached twin must not answer for it.
+_LITERAL_KINDS = frozenset({"set", "do", "create", "call", "delete", "update", "merge", "alter"})
 
 
 def _literals_matter(judgement: Judgement) -> bool:
