@@ -111,7 +111,9 @@ def _json_forms(value: bytes) -> set[bytes]:
 
     ``json.dumps`` (``\\uXXXX`` for non-ASCII) and ``ensure_ascii=False`` (the same escapes
     as JavaScript's ``JSON.stringify``), each also with ``/`` written ``\\/`` (PHP, some Java),
-    upper-case ``\\uXXXX`` digits (.NET) and ``<``, ``>``, ``&`` as ``\\u003c`` … (Go).
+    upper-case ``\\uXXXX`` digits (.NET) and ``<``, ``>``, ``&`` as ``\\u003c`` … (Go); and as
+    .NET's System.Text.Json writes it by default, ``+``, ``'``, ``"``, ``<``, ``>``, ``&`` and a
+    backquote as upper-case escapes (``\\u002B``), with and without ``\\/``.
     A value that is not UTF-8 cannot be a JSON string and has no JSON form.
     """
     try:
@@ -124,8 +126,21 @@ def _json_forms(value: bytes) -> set[bytes]:
         variants = {body, body.replace("/", "\\/"), _upper_unicode_escapes(body)}
         variants.add(body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
         forms.update(v.encode("utf-8") for v in variants)
+    dotnet = _html_safe_escapes(_upper_unicode_escapes(json.dumps(text)[1:-1]))
+    forms.update({dotnet.encode(), dotnet.replace("/", "\\/").encode()})
     forms.discard(value)
     return forms
+
+
+# What .NET's default JavaScriptEncoder escapes besides non-ASCII and control characters.
+_HTML_SENSITIVE = {c: f"\\u{ord(c):04X}" for c in "+'<>&`"}
+_QUOTE = re.compile(r'(?<!\\)((?:\\\\)*)\\"')  # a \" that is not itself escaped
+
+
+def _html_safe_escapes(body: str) -> str:
+    """A ``json.dumps`` body with ``"`` and the HTML-sensitive characters as ``\\u00XX``."""
+    body = _QUOTE.sub(lambda m: m.group(1) + "\\u0022", body)
+    return "".join(_HTML_SENSITIVE.get(c, c) for c in body)
 
 
 def _upper_unicode_escapes(body: str) -> str:
