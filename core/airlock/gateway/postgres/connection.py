@@ -123,8 +123,9 @@ class Connection:
     # and masked in the callback that receives them and leave in one write to the other side.
     # Flow control passes through (a slow client pauses reading upstream, and the reverse).
     # While a statement is held for approval the client is still read (what it sends waits in
-    # a backlog, up to _MAX_BACKLOG), so that a client going away cancels the hold: a held
-    # statement is never sent for a client that is gone.
+    # a backlog, up to relay.MAX_BACKLOG; past it the client is disconnected, never paused), so
+    # that a client going away cancels the hold: a held statement is never sent for a client
+    # that is gone.
 
     async def _relay(self) -> None:
         assert self.up_r is not None and self.up_w is not None

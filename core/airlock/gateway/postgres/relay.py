@@ -69,8 +69,9 @@ class Held:
 class Step(NamedTuple):
     """What to do after client bytes (or an approval answer): send ``upstream``; then ask for
     approval of ``hold`` (nothing more is sent until :meth:`Relay.decided`); ``pause`` reading
-    the client (its backlog is full); ``end``: the client sent Terminate. (A named tuple: one
-    is made per statement, and a frozen dataclass costs several times more to build.)"""
+    the client (unused: a held connection's backlog past ``MAX_BACKLOG`` ends it); ``end``: the
+    client sent Terminate, or more than ``MAX_BACKLOG`` bytes while a statement was held. (A
+    named tuple: one is made per statement; a frozen dataclass costs several times more.)"""
 
     upstream: bytes = b""
     hold: Held | None = None
@@ -110,7 +111,18 @@ class Relay:
             return _NOTHING
         if self.holding is not None:
             self.backlog += buf[frames[0][1] : frames[-1][2]]
-            return Step(pause=len(self.backlog) > MAX_BACKLOG)
+            if len(self.backlog) <= MAX_BACKLOG:
+                return _NOTHING
+            # Not paused: a client that is not read cannot be seen leaving, and its held
+            # statement would be sent for nobody once approved. It is disconnected instead,
+            # and the held statement is never sent.
+            self.backlog = b""
+            self.s.error_event(
+                f"the client sent more than {MAX_BACKLOG} bytes while a statement was held for "
+                "approval: disconnected, the held statement never sent",
+                connection=self.conn_id,
+            )
+            return Step(end=True)
         return self._pump(buf, frames)
 
     def decided(self, decision: Decision) -> Step:
