@@ -10,7 +10,10 @@ it instead of running a task that awaits ``http.disconnect`` (one task fewer per
 it has all arrived and none of it was received yet (taking it, as ``receive`` would), else None;
 a small request then costs no ``receive`` round. ``scope["extensions"]["airlock.respond"]``:
 ``respond(status, headers, body)`` sends a whole response at once, without awaiting: what
-``http.response.start`` and one last ``http.response.body`` do."""
+``http.response.start`` and one last ``http.response.body`` do.
+``scope["extensions"]["airlock.peer_closed"]``: whether the client has closed its end, asked of
+the socket (a connection whose reading is paused hears of it only when reading resumes): an app
+that waits long (a request held for approval) polls it."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airlock.gateway.h1.server import Connection
 
-__all__ = ["BODY_NOW", "CLIENT_GONE", "RESPOND", "App", "Cycle", "error_response"]
+__all__ = ["BODY_NOW", "CLIENT_GONE", "PEER_CLOSED", "RESPOND", "App", "Cycle", "error_response"]
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -31,6 +34,7 @@ _BODYLESS = frozenset({204, 304})
 CLIENT_GONE = "airlock.client_gone"
 BODY_NOW = "airlock.body_now"
 RESPOND = "airlock.respond"
+PEER_CLOSED = "airlock.peer_closed"
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
@@ -73,6 +77,7 @@ class Cycle:
             CLIENT_GONE: self.client_gone,
             BODY_NOW: self.body_now,
             RESPOND: self.respond,
+            PEER_CLOSED: conn.peer_closed,
         }
 
     def client_gone(self) -> bool:

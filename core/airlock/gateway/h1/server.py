@@ -35,6 +35,8 @@ _MAX_HEAD = 64 * 1024  # request line and headers; beyond this the request is re
 _HIGH_WATER = 256 * 1024  # request body buffered before reading from the client pauses
 _MAX_PIPELINE = 16  # requests parsed ahead of the one being answered
 _LINGER = 2.0  # seconds a refused connection still reads (and drops) before it closes
+# Linux TCP states (tcp_states.h) in which the peer has closed: CLOSE, CLOSE_WAIT, LAST_ACK
+_PEER_CLOSED = frozenset({7, 8, 9})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
@@ -138,6 +140,21 @@ class Connection(asyncio.Protocol):
         here = transport.get_extra_info("sockname")
         self.addresses = (tuple(here[:2]) if here else None, tuple(peer[:2]) if peer else None)
         self._idle()
+
+    def peer_closed(self) -> bool:
+        """Whether the client has closed its end (FIN or RST), asked of the socket itself: a
+        connection whose reading is paused (a request pipelined behind the one being answered,
+        a full body buffer) is not told of it by the event loop until reading resumes."""
+        if self.lost:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or not hasattr(socket, "TCP_INFO"):
+            return False
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except OSError:
+            return False
+        return state in _PEER_CLOSED
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

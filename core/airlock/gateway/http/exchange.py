@@ -56,6 +56,7 @@ _FORM_FIELD = "_method"
 _MULTIPART_FIELD = re.compile(
     rb'name="?_method"?[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)', re.I
 )
+PEER_POLL = 0.1  # seconds between two looks at a held request's socket (RequestBody.disconnected)
 IDLE_FLUSH = 0.1  # seconds of upstream quiet after which masked text held back is released
 
 
@@ -144,11 +145,14 @@ class RequestBody:
         receive: Receive,
         timeout: float,
         body_now: Callable[[], bytes | None] | None = None,
+        peer_closed: Callable[[], bool] | None = None,
     ) -> None:
         self._receive = receive
         self._timeout = timeout
         # the server's ``airlock.body_now`` extension: the whole body at once, when it is in
         self._body_now = body_now
+        # the server's ``airlock.peer_closed``: the client closed its end (asked of the socket)
+        self._peer_closed = peer_closed
         self.buffer = bytearray()
         self.done = False
         self.spool: Any = None  # a SpooledTemporaryFile holding the whole body, once held
@@ -222,7 +226,27 @@ class RequestBody:
         gone.set()
 
     async def disconnected(self) -> None:
-        """Return when the client has gone (call once the body is read whole)."""
+        """Return when the client has gone (call once the body is read whole). With the
+        server's ``airlock.peer_closed``, the socket is asked too, every ``PEER_POLL`` seconds:
+        a connection whose reading is paused (a request pipelined behind this one) is not told
+        of the client's leaving by ``receive``."""
+        if self._peer_closed is None:
+            await self._until_disconnect()
+            return
+        until = asyncio.ensure_future(self._until_disconnect())
+        try:
+            while not self._peer_closed():
+                done, _ = await asyncio.wait({until}, timeout=PEER_POLL)
+                if done:
+                    return
+        finally:
+            until.cancel()
+
+    def peer_closed(self) -> bool:
+        """The server's ``airlock.peer_closed`` now (False without it)."""
+        return self._peer_closed is not None and self._peer_closed()
+
+    async def _until_disconnect(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
 

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from airlock.gate.interface import Operation
 from airlock.gateway.approvals import SESSION_ENDED, Approvals
 from airlock.gateway.h1.client import Pool
-from airlock.gateway.h1.cycle import BODY_NOW, CLIENT_GONE, RESPOND
+from airlock.gateway.h1.cycle import BODY_NOW, CLIENT_GONE, PEER_CLOSED, RESPOND
 from airlock.gateway.http.capture import BodyTap, render_prefix
 from airlock.gateway.http.credentials import Injector
 from airlock.gateway.http.decide import (
@@ -149,7 +149,12 @@ class HttpProxy:
             return
         ex = self._exchange(scope)
         extensions = scope.get("extensions") or {}
-        body = RequestBody(receive, self._settings.client_timeout, extensions.get(BODY_NOW))
+        body = RequestBody(
+            receive,
+            self._settings.client_timeout,
+            extensions.get(BODY_NOW),
+            extensions.get(PEER_CLOSED),
+        )
         ex.client_gone = extensions.get(CLIENT_GONE)
         ex.respond = extensions.get(RESPOND)
         ex.body = body
@@ -317,7 +322,9 @@ class HttpProxy:
             ex.extra["approval"] = asked.why
         if asked.outcome == "ended":
             return hold.session_ended()
-        if asked.outcome == "gone":
+        if asked.outcome == "gone" or (
+            asked.outcome == "approved" and ex.body is not None and ex.body.peer_closed()
+        ):  # the client left, maybe since the socket was last asked: it never runs
             return hold.client_gone()
         return hold.decided(asked.outcome)
 
