@@ -11,6 +11,7 @@ LAYERS = {
     "errors": 0,
     "events": 0,
     "cbuild": 0,  # compiles our own C helpers (gateway row path, egress relay)
+    "lazy": 0,  # a package's names imported from its modules on first use (PEP 562)
     "audit": 0,
     "policy": 1,
     "mask": 1,
