@@ -12,6 +12,7 @@ run for nobody. Now such a client is disconnected and its held statement never s
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import threading
 from collections.abc import Iterator
@@ -43,9 +44,8 @@ pytestmark = pytest.mark.service
 
 @pytest.fixture
 def victims(upstream: Upstream) -> Iterator[str]:  # noqa: F811
-    name = "victims_s6_hold"
+    name = f"victims_{secrets.token_hex(3)}"
     with upstream.superuser() as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
         conn.execute(f"CREATE TABLE {name} AS SELECT i AS id FROM generate_series(1, 10) i")
         conn.execute(f"ALTER TABLE {name} OWNER TO {APP_USER}")
     yield name
