@@ -152,7 +152,7 @@ class Connection(asyncio.Protocol):
             return False
         try:
             state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-        except OSError:
+        except (OSError, TypeError, ValueError):  # not a TCP socket (a test's socket pair)
             return False
         return state in _PEER_CLOSED
 
