@@ -105,3 +105,45 @@ def test_a_held_drop_never_runs_when_its_client_leaves_with_a_full_backlog(
         release.set()
     assert _alive_after(gw)
     assert _exists(upstream, victims)
+
+
+@pytest.mark.parametrize("io_path", ["compiled", "python"])
+def test_an_approved_statement_is_not_sent_for_a_client_that_left_while_unread(
+    make_gateway: MakeGateway,  # noqa: F811
+    upstream: Upstream,  # noqa: F811
+    victims: str,
+    io_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client is not read while its statement is held (as when the upstream is slow to take
+    what came before it: flow control pauses the client), so its leaving is not reported: the
+    approval that comes after must not send the statement for nobody."""
+    compiled = native.load()
+    if io_path == "compiled" and compiled is None:
+        pytest.skip("the compiled I/O loop is not built")
+    client_data = Relay.client_data
+
+    def paused_at_hold(self: Relay, data: bytes) -> Step:
+        step = client_data(self, data)
+        return step._replace(pause=True) if step.hold is not None else step
+
+    monkeypatch.setattr(Relay, "client_data", paused_at_hold)
+    approve, release, asked = _held_until_released()
+    gw = make_gateway(
+        rules=[{"id": "drops", "sql": {"kinds": ["drop"]}, "action": "require_approval"}],
+        approve=approve,
+    )
+    shared: Any = gw.handle.gateway._shared  # type: ignore[attr-defined]
+    shared.io = compiled.Loop() if io_path == "compiled" and compiled is not None else False
+    sock = _logged_in(gw)
+    try:
+        sock.sendall(encode_query(f"DROP TABLE {victims}"))
+        _wait_for(lambda: bool(asked), "the approval request")
+    finally:
+        sock.close()  # the client is gone, unread
+        release.set()  # and then the approver says yes
+    _wait_for(
+        lambda: bool(_never_sent(gw)) or not _exists(upstream, victims), "the held statement's end"
+    )
+    assert _exists(upstream, victims)
+    assert _alive_after(gw)

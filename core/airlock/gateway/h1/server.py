@@ -28,6 +28,7 @@ from urllib.parse import unquote
 import httptools
 
 from airlock.gateway.h1.cycle import App, Cycle, error_response
+from airlock.gateway.peer import peer_closed
 
 __all__ = ["H1Server"]
 
@@ -35,8 +36,6 @@ _MAX_HEAD = 64 * 1024  # request line and headers; beyond this the request is re
 _HIGH_WATER = 256 * 1024  # request body buffered before reading from the client pauses
 _MAX_PIPELINE = 16  # requests parsed ahead of the one being answered
 _LINGER = 2.0  # seconds a refused connection still reads (and drops) before it closes
-# Linux TCP states (tcp_states.h) in which the peer has closed: CLOSE, CLOSE_WAIT, LAST_ACK
-_PEER_CLOSED = frozenset({7, 8, 9})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
@@ -145,16 +144,7 @@ class Connection(asyncio.Protocol):
         """Whether the client has closed its end (FIN or RST), asked of the socket itself: a
         connection whose reading is paused (a request pipelined behind the one being answered,
         a full body buffer) is not told of it by the event loop until reading resumes."""
-        if self.lost:
-            return True
-        sock = self.transport.get_extra_info("socket")
-        if sock is None or not hasattr(socket, "TCP_INFO"):
-            return False
-        try:
-            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-        except (OSError, TypeError, ValueError):  # not a TCP socket (a test's socket pair)
-            return False
-        return state in _PEER_CLOSED
+        return self.lost or peer_closed(self.transport.get_extra_info("socket"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -15,6 +15,7 @@ from typing import cast
 
 from airlock.events import EventType
 from airlock.gate.interface import Operation
+from airlock.gateway.peer import peer_closed
 from airlock.gateway.postgres import upstream
 from airlock.gateway.postgres._shared import Refused, Shared, fatal, take_buffered
 from airlock.gateway.postgres.encode import encode_backend_key
@@ -271,8 +272,11 @@ class Connection:
             raise
         try:
             with self.lock:
-                if self.finished.done():  # the client went while the answer was on its way
+                if self.finished.done() or (
+                    decision.action == "allow" and peer_closed(self._client_socket())
+                ):  # the client went while the answer was on its way, or while it was unread
                     self.relay.cancelled()
+                    self._finish()
                     return
                 self.holding = None
                 if revoked:
@@ -284,6 +288,10 @@ class Connection:
                     self.wires.resume_client()
         except Exception as exc:
             self._finish(exc)
+
+    def _client_socket(self) -> object:
+        """The client's socket (the compiled loop reads a duplicate of it: the same socket)."""
+        return self.client_t.get_extra_info("socket")
 
     async def _ticket_still_valid(self) -> bool:
         """A hold can outlast the ticket (its job was revoked or ended meanwhile): ask again,
