@@ -20,13 +20,7 @@ from typing import Any
 
 import pytest
 from tests.attacks.test_attack_postgres import _logged_in
-from tests.gateway.postgres.conftest import (  # noqa: F401 (fixtures)
-    APP_USER,
-    MakeGateway,
-    Upstream,
-    make_gateway,
-    upstream,
-)
+from tests.gateway.postgres.conftest import APP_USER, MakeGateway, Upstream
 from tests.gateway.postgres.test_issue12 import (
     _alive_after,
     _exists,
@@ -43,7 +37,7 @@ pytestmark = pytest.mark.service
 
 
 @pytest.fixture
-def victims(upstream: Upstream) -> Iterator[str]:  # noqa: F811
+def victims(upstream: Upstream) -> Iterator[str]:
     name = f"victims_{secrets.token_hex(3)}"
     with upstream.superuser() as conn:
         conn.execute(f"CREATE TABLE {name} AS SELECT i AS id FROM generate_series(1, 10) i")
@@ -55,8 +49,8 @@ def victims(upstream: Upstream) -> Iterator[str]:  # noqa: F811
 
 @pytest.mark.parametrize("io_path", ["compiled", "python"])
 def test_a_held_drop_never_runs_when_its_client_leaves_with_a_full_backlog(
-    make_gateway: MakeGateway,  # noqa: F811
-    upstream: Upstream,  # noqa: F811
+    make_gateway: MakeGateway,
+    upstream: Upstream,
     victims: str,
     io_path: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -109,8 +103,8 @@ def test_a_held_drop_never_runs_when_its_client_leaves_with_a_full_backlog(
 
 @pytest.mark.parametrize("io_path", ["compiled", "python"])
 def test_an_approved_statement_is_not_sent_for_a_client_that_left_while_unread(
-    make_gateway: MakeGateway,  # noqa: F811
-    upstream: Upstream,  # noqa: F811
+    make_gateway: MakeGateway,
+    upstream: Upstream,
     victims: str,
     io_path: str,
     monkeypatch: pytest.MonkeyPatch,
