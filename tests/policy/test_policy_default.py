@@ -66,7 +66,8 @@ def test_reading_it_loads_no_pydantic_until_a_part_it_does_not_hold_is_read() ->
 def test_any_policy_module_can_be_imported_first(module: str) -> None:
     # The package imports its names lazily, so no module is guaranteed to load before another.
     code = f"import airlock.policy.{module}\nfrom airlock.policy import GatewayConfig, Policy"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def _outcome(call: Any) -> tuple[str, str]:

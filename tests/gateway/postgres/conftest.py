@@ -193,3 +193,15 @@ def gateway(make_gateway: MakeGateway) -> RunningGateway:
             },
         ]
     )
+
+
+@pytest.fixture
+def victims(upstream: Upstream) -> Iterator[str]:
+    """A table of 10 rows the agent will try to delete, owned by the gateway's login."""
+    name = f"victims_{secrets.token_hex(3)}"
+    with upstream.superuser() as conn:
+        conn.execute(f"CREATE TABLE {name} AS SELECT i AS id FROM generate_series(1, 10) i")
+        conn.execute(f"ALTER TABLE {name} OWNER TO {APP_USER}")
+    yield name
+    with upstream.superuser() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")

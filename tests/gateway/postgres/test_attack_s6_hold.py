@@ -12,15 +12,13 @@ run for nobody. Now such a client is disconnected and its held statement never s
 from __future__ import annotations
 
 import contextlib
-import secrets
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from tests.attacks.test_attack_postgres import _logged_in
-from tests.gateway.postgres.conftest import APP_USER, MakeGateway, Upstream
+from tests.gateway.postgres.conftest import MakeGateway, Upstream
 from tests.gateway.postgres.test_issue12 import (
     _alive_after,
     _exists,
@@ -34,17 +32,6 @@ from airlock.gateway.postgres.encode import encode_query
 from airlock.gateway.postgres.relay import MAX_BACKLOG, Relay, Step
 
 pytestmark = pytest.mark.service
-
-
-@pytest.fixture
-def victims(upstream: Upstream) -> Iterator[str]:
-    name = f"victims_{secrets.token_hex(3)}"
-    with upstream.superuser() as conn:
-        conn.execute(f"CREATE TABLE {name} AS SELECT i AS id FROM generate_series(1, 10) i")
-        conn.execute(f"ALTER TABLE {name} OWNER TO {APP_USER}")
-    yield name
-    with upstream.superuser() as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @pytest.mark.parametrize("io_path", ["compiled", "python"])

@@ -47,18 +47,6 @@ NO_UNSCOPED = {
 }
 
 
-@pytest.fixture
-def victims(upstream: Upstream) -> Iterator[str]:
-    """A table of 10 rows the agent will try to delete, owned by the gateway's login."""
-    name = f"victims_{secrets.token_hex(3)}"
-    with upstream.superuser() as conn:
-        conn.execute(f"CREATE TABLE {name} AS SELECT i AS id FROM generate_series(1, 10) i")
-        conn.execute(f"ALTER TABLE {name} OWNER TO {APP_USER}")
-    yield name
-    with upstream.superuser() as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
-
-
 def _count(upstream: Upstream, table: str) -> int:
     with upstream.superuser() as conn:
         row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
