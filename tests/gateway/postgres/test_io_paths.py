@@ -39,7 +39,6 @@ from tests.gateway.postgres.test_issue12 import (  # noqa: F401
     test_a_held_drop_never_runs_once_its_client_is_killed,
     test_closing_the_gateway_records_every_pending_hold_without_tracebacks,
     test_one_approval_runs_one_execution_of_a_prepared_update,
-    victims,
 )
 from tests.gateway.postgres.test_recorded_first import (  # noqa: F401
     test_a_statement_whose_event_cannot_be_recorded_is_never_sent,
