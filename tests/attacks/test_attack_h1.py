@@ -19,6 +19,7 @@ from typing import Any
 import httptools
 import pytest
 from tests.gateway.http.conftest import Recorder
+from tests.support.raw_http import Parsed, RawUpstream
 
 from airlock.gate import Operation
 from airlock.gateway import serving
@@ -34,105 +35,6 @@ RULES: list[dict[str, Any]] = [
     {"id": "no-admin", "http": {"path": "/admin/**"}, "action": "deny"},
 ]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2\r\n\r\nOK"
-
-
-class _Parsed:
-    """What an httptools parser saw: messages with their heads and bodies."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.parser: Any = None
-
-    def on_headers_complete(self) -> None:
-        if isinstance(self.parser, httptools.HttpResponseParser):
-            self.messages[-1]["status"] = self.parser.get_status_code()
-
-    def on_message_begin(self) -> None:
-        self.messages.append({"url": b"", "headers": [], "body": b"", "complete": False})
-
-    def on_url(self, url: bytes) -> None:
-        self.messages[-1]["url"] += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.messages[-1]["headers"].append((name.lower(), value))
-
-    def on_body(self, body: bytes) -> None:
-        self.messages[-1]["body"] += body
-
-    def on_message_complete(self) -> None:
-        self.messages[-1]["complete"] = True
-
-
-class RawUpstream:
-    """An upstream that answers each request it parses with ``answer(n, request)`` raw bytes
-    (``n`` counts requests across connections); records every request it received."""
-
-    def __init__(self, answer: Callable[[int, dict[str, Any]], bytes]) -> None:
-        self.answer = answer
-        self.requests: list[dict[str, Any]] = []
-        self.connections = 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        seen = _Parsed()
-        parser = httptools.HttpRequestParser(seen)
-        done = 0
-        conn.settimeout(0.2)
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserError:
-                    return
-                for message in seen.messages[done:]:
-                    if not message["complete"]:
-                        break
-                    done += 1
-                    message["method"] = parser.get_method()
-                    with self._lock:
-                        n = len(self.requests)
-                        self.requests.append(message)
-                    reply = self.answer(n, message)
-                    if reply:
-                        conn.sendall(reply)
-                    if (
-                        b"\r\nconnection: close\r\n"
-                        in reply.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
-                    ):
-                        return  # a response that ends with the connection
-
-    def urls(self) -> list[bytes]:
-        return [m["url"] for m in self.requests]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.listener.close()
 
 
 Gateway = Callable[..., tuple[ThreadedHttpGateway, Recorder]]
@@ -200,7 +102,7 @@ def _connect(url: str) -> socket.socket:
 def _responses(sock: socket.socket, count: int = 99) -> tuple[list[dict[str, Any]], str]:
     """Read up to ``count`` whole responses (or until the server closes or goes quiet) with a
     strict parser; returns them, and why reading stopped if the bytes were not HTTP."""
-    seen = _Parsed()
+    seen = Parsed()
     parser = httptools.HttpResponseParser(seen)
     seen.parser = parser
     error = ""

@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-import httptools
 import httpx
 import pytest
-from tests.attacks.test_attack_h1 import _Parsed
 from tests.gateway.http.conftest import Recorder
+from tests.support.raw_http import RawUpstream
 
 from airlock.gateway.http import ThreadedHttpGateway, start_in_thread
 from airlock.gateway.tickets import Ticket
@@ -95,61 +91,18 @@ def _answer(path: str, auth: bytes) -> list[bytes]:
     return [_head("text/plain", len(body)) + body]
 
 
-class EchoUpstream:
+class EchoUpstream(RawUpstream):
     """A raw HTTP/1.1 upstream (keep-alive) that echoes the Authorization it receives in the
     shape the request's path names (:func:`_answer`)."""
 
     def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.auth: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__(self._echo)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        seen = _Parsed()
-        parser = httptools.HttpRequestParser(seen)
-        seen.parser = parser
-        done = 0
-        conn.settimeout(0.2)
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                parser.feed_data(data)
-                for message in seen.messages[done:]:
-                    if not message["complete"]:
-                        break
-                    done += 1
-                    auth = dict(message["headers"]).get(b"authorization", b"")
-                    self.auth.append(auth)
-                    for i, piece in enumerate(_answer(message["url"].decode(), auth)):
-                        if i:
-                            time.sleep(0.05)  # a separate segment, after the gateway's read
-                        conn.sendall(piece)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.listener.close()
+    def _echo(self, n: int, message: dict[str, Any]) -> list[bytes]:
+        auth = dict(message["headers"]).get(b"authorization", b"")
+        self.auth.append(auth)
+        return _answer(message["url"].decode(), auth)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.attacks.test_attack_h1 import OK, RawUpstream
+from tests.attacks.test_attack_h1 import OK
 from tests.gateway.http.conftest import Recorder
+from tests.support.raw_http import RawUpstream
 
 from airlock.gate import Operation
 from airlock.gateway.http import ThreadedHttpGateway, start_in_thread
